@@ -1,0 +1,130 @@
+"""The `personatune` command: parse and dispatch only.
+
+    personatune run CONFIG.yaml [--from STAGE] [--until STAGE] [--force] [key=value ...]
+    personatune validate PERSONA.yaml [--json]
+    personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json]
+    personatune config [CONFIG.yaml] [key=value ...] [--keys]
+    personatune env
+
+Exit codes: 0 success, 1 a quality gate failed, 2 bad input (one line on stderr, no traceback),
+130 interrupted (re-run the same command to resume).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from personatune.errors import PersonatuneError
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from personatune.config import load_config
+    from personatune.pipeline import run_pipeline
+
+    cfg = load_config(args.config, args.overrides)
+    return run_pipeline(cfg, from_stage=args.from_stage, until=args.until, force=args.force)
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from personatune.stages import s2_persona
+
+    report = s2_persona.evaluate_persona_file(args.persona)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print(s2_persona.format_table(report))
+    return 0 if report.passed else 1
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from personatune.scoring.aggregate import format_summary
+    from personatune.scoring.batch import score_jsonl
+
+    summary = score_jsonl(args.persona, args.input, args.output, evaluator_dir=args.evaluator)
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    from personatune.config import config_keys_help, load_config, to_yaml
+
+    if args.keys:
+        for key, doc, default in config_keys_help():
+            print(f"{key:42s} {default!s:24s} {doc}")
+        return 0
+    cfg = load_config(args.config, args.overrides)
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def _cmd_env(args: argparse.Namespace) -> int:
+    from personatune.models import describe_environment
+
+    info = describe_environment()
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+    else:
+        for k, v in info.items():
+            print(f"{k:28s} {v}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="personatune", description="Train a language model to hold a persona, with a measured gate after every stage.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("run", help="run the gated pipeline (resumes where it stopped)")
+    r.add_argument("config", help="run config YAML, e.g. examples/quickstart.yaml")
+    r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.name=tiny run_dir=/tmp/runs")
+    r.add_argument("--from", dest="from_stage", help="re-run from this stage (number or name)")
+    r.add_argument("--until", help="stop after this stage (number or name)")
+    r.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
+    r.set_defaults(fn=_cmd_run)
+
+    v = sub.add_parser("validate", help="check a persona file against the stage-2 gate")
+    v.add_argument("persona", help="persona YAML file")
+    v.add_argument("--json", action="store_true", help="print the gate result as JSON")
+    v.set_defaults(fn=_cmd_validate)
+
+    s = sub.add_parser("score", help="score responses against a persona")
+    s.add_argument("--persona", required=True, help="persona YAML file")
+    s.add_argument("--evaluator", help="fitted evaluator folder (from stage 4 or `fit`)")
+    s.add_argument("--input", required=True, help="JSONL: id, text, optional prompt, context, targets")
+    s.add_argument("--output", required=True, help="JSONL with one score record per input line")
+    s.add_argument("--json", action="store_true", help="print the aggregates as JSON")
+    s.set_defaults(fn=_cmd_score)
+
+    c = sub.add_parser("config", help="print the resolved config (defaults < YAML < key=value) without running")
+    c.add_argument("config", nargs="?", help="run config YAML")
+    c.add_argument("overrides", nargs="*", help="key=value overrides")
+    c.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
+    c.set_defaults(fn=_cmd_config)
+
+    e = sub.add_parser("env", help="print versions, device, threads and where the default models were found")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=_cmd_env)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script. Bad input becomes one line on stderr, never a traceback."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.fn(args))
+    except PersonatuneError as e:
+        print(f"personatune: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("personatune: interrupted; run the same command again to resume from the stage in progress", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

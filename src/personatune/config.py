@@ -1,0 +1,250 @@
+"""The run config: typed, documented, strict.
+
+Precedence (lowest to highest): field defaults < the YAML file < `key=value` overrides on the
+command line (dotted paths, values parsed as YAML scalars: `model.name=tiny`, `seed=3`).
+Unknown keys are errors with a "did you mean". Every problem is reported at once in one
+`ConfigError`. The resolved config is written into the run directory before any work.
+
+>>> cfg = load_config(None, ["persona=examples/personas/captain_nova.yaml", "model.name=tiny"])
+>>> cfg.model.name
+'tiny'
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from personatune.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelArgs(_Section):
+    """Which model to train, and how to load it."""
+
+    name: str = Field("smollm2-135m-instruct", description="model: 'smollm2-135m-instruct' (embedded GGUF default), 'tiny' (in-process test model), a Hugging Face id, or a local path")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPUs that support it")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    trust_remote_code: bool = Field(False, description="allow model code from the checkpoint to run; off unless you trust the source")
+    cache_dir: str | None = Field(None, description="where converted checkpoints are cached; default $PERSONATUNE_CACHE or ~/.cache/personatune")
+
+
+class PersonaGateArgs(_Section):
+    """Stage-2 gate thresholds (METRICS.md)."""
+
+    min_traits: int = Field(5, ge=1, description="fewest core traits allowed (count)")
+    max_traits: int = Field(10, ge=1, description="most core traits allowed (count)")
+    min_positive: int = Field(3, ge=1, description="fewest positive exemplars per trait (count)")
+    min_negative: int = Field(3, ge=1, description="fewest negative exemplars per trait (count)")
+    min_separability: float = Field(0.8, ge=0, le=1, description="leave-one-out accuracy each trait's exemplars must reach (fraction, 0-1)")
+    max_trait_similarity: float = Field(0.9, ge=0, le=1, description="cosine similarity bound between two traits' exemplar centroids; above it they are redundant (0-1)")
+    min_examples: int = Field(3, ge=0, description="fewest example interactions (count)")
+
+
+class DataGateArgs(_Section):
+    """Stage-3 gate thresholds (METRICS.md)."""
+
+    chosen_consistency: float = Field(0.85, ge=0, le=1, description="consistency rate the chosen responses must reach (fraction)")
+    rejected_inconsistency: float = Field(0.85, ge=0, le=1, description="share of rejected responses that must be inconsistent (fraction)")
+    min_prompts_per_trait: int = Field(20, ge=1, description="prompts that must target each trait (count)")
+    min_contexts_per_trait: int = Field(3, ge=1, description="distinct contexts each trait must be targeted in (count)")
+    min_pairs_per_violated_trait: int = Field(20, ge=1, description="pairs whose rejected response violates each trait (count)")
+
+
+class EvalGateArgs(_Section):
+    """Stage-4 gate thresholds (METRICS.md)."""
+
+    min_auroc: float = Field(0.90, ge=0, le=1, description="per-trait detector AUROC on held-out data (0-1)")
+    adherence: float = Field(0.90, ge=0, le=1, description="trait adherence of held-out chosen responses, overall and per context (fraction)")
+    max_style_variance: float = Field(0.15, ge=0, description="style variance across contexts must stay below this (relative std, unitless)")
+    min_per_context: int = Field(5, ge=2, description="responses a context group needs to count in style variance (count)")
+
+
+class OptimGateArgs(_Section):
+    """Stage-5/6 gate thresholds (METRICS.md)."""
+
+    max_kl: float = Field(0.1, ge=0, description="mean per-token KL(policy || reference) on held-out prompts (nats/token)")
+    consistency: float = Field(0.85, ge=0, le=1, description="consistency rate of the policy's own samples (fraction)")
+    adherence: float = Field(0.90, ge=0, le=1, description="trait adherence of the policy's own samples (fraction)")
+    max_style_variance: float = Field(0.15, ge=0, description="style variance of the policy's samples (relative std, unitless)")
+
+
+class FinalGateArgs(_Section):
+    """Stage-7 gate thresholds (METRICS.md)."""
+
+    min_retention: float = Field(0.95, ge=0, description="capability-suite score of final / baseline (ratio)")
+    min_improvement: float = Field(0.0, description="lower end of the bootstrap 95% interval of consistency(final) - consistency(baseline) must exceed this (fraction)")
+
+
+class GateArgs(_Section):
+    """Every gate threshold, one section per stage."""
+
+    persona: PersonaGateArgs = Field(default_factory=PersonaGateArgs)
+    data: DataGateArgs = Field(default_factory=DataGateArgs)
+    evaluation: EvalGateArgs = Field(default_factory=EvalGateArgs)
+    optimization: OptimGateArgs = Field(default_factory=OptimGateArgs)
+    final: FinalGateArgs = Field(default_factory=FinalGateArgs)
+
+
+class RunConfig(_Section):
+    """A whole run. See examples/quickstart.yaml."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run directory is <run_dir>/<name>")
+    run_dir: str = Field("runs", description="parent folder of run directories")
+    persona: str = Field(..., description="path to the persona YAML file (relative to the config file's folder or the working directory)")
+    seed: int = Field(0, description="global random seed")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's own choice")
+    model: ModelArgs = Field(default_factory=ModelArgs)
+    gates: GateArgs = Field(default_factory=GateArgs)
+
+
+def _dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    keys = []
+    for name, f in model.model_fields.items():
+        path = f"{prefix}{name}"
+        keys.append(path)
+        ann = f.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            keys += _dotted_keys(ann, path + ".")
+    return keys
+
+
+def _set_dotted(d: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    cur = d
+    for p in parts[:-1]:
+        nxt = cur.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            cur[p] = nxt
+        cur = nxt
+    cur[parts[-1]] = value
+
+
+def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
+    """Turn `a.b=value` strings into a nested dict. Returns (dict, problems)."""
+    out: dict[str, Any] = {}
+    problems = []
+    for o in overrides:
+        if "=" not in o:
+            problems.append(f"override {o!r}: expected key=value (e.g. model.name=tiny)")
+            continue
+        k, v = o.split("=", 1)
+        try:
+            val = yaml.safe_load(v) if v != "" else ""
+        except yaml.YAMLError:
+            val = v
+        _set_dotted(out, k.strip(), val)
+    return out, problems
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _format_validation(err: ValidationError, known: list[str], source: str) -> list[str]:
+    lines = []
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
+            hint = f"; did you mean '{close[0]}'?" if close else ""
+            lines.append(f"{path}: unknown key{hint} (valid keys are listed in docs/configuration.md or by `personatune config --keys`)")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required but missing; add `{path}: ...` to {source} or pass {path}=...")
+        else:
+            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+    return lines
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Resolve a run config: defaults < YAML file < key=value overrides.
+
+    Relative `persona` paths are resolved against the config file's folder first, then the
+    working directory.
+
+    Raises:
+        ConfigError: listing every problem (unreadable file, unknown key with a suggestion, bad value).
+    """
+    data: dict[str, Any] = {}
+    problems: list[str] = []
+    source = "the config"
+    base_dir = Path.cwd()
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} not found; fix: pass an existing YAML file, e.g. examples/quickstart.yaml")
+        try:
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax there") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of keys (got {type(loaded).__name__})")
+        data = loaded
+        base_dir = p.resolve().parent
+    over, problems = parse_overrides(overrides or [])
+    data = _merge(data, over)
+    known = _dotted_keys(RunConfig)
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as e:
+        problems += _format_validation(e, known, source)
+        cfg = None
+    if problems or cfg is None:
+        raise ConfigError(f"invalid config ({source}): " + "; ".join(problems))
+    persona = Path(cfg.persona)
+    if not persona.is_absolute():
+        cand = base_dir / persona
+        if not cand.exists() and (Path.cwd() / persona).exists():
+            cand = Path.cwd() / persona
+        cfg.persona = str(cand.resolve())
+    return cfg
+
+
+def config_keys_help() -> list[tuple[str, str, Any]]:
+    """(dotted key, description, default) for every config field, for `personatune config --keys`."""
+    rows: list[tuple[str, str, Any]] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, f in model.model_fields.items():
+            ann = f.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann, f"{prefix}{name}.")
+            else:
+                default = None if f.is_required() else f.get_default(call_default_factory=True)
+                rows.append((f"{prefix}{name}", f.description or "", "(required)" if f.is_required() else default))
+
+    walk(RunConfig, "")
+    return rows
+
+
+def section_hash(cfg: RunConfig, keys: tuple[str, ...], extra: str = "") -> str:
+    """A stable hash of the given top-level config sections (used to decide if a stage must re-run)."""
+    dump = cfg.model_dump(mode="json")
+    sel = {k: dump.get(k) for k in sorted(keys)}
+    blob = json.dumps(sel, sort_keys=True) + extra
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def to_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

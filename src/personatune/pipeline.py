@@ -1,0 +1,152 @@
+"""The literal stage table and the gated runner (the workflow's decision tree).
+
+    Stage 1 baseline ready?          -> continue
+    Stage 2 traits defined?          -> continue
+    Stage 3 consistency >= 85%?      -> continue
+    Stage 4 adherence >= 90%?        -> continue
+    Stage 5 KL <= 0.1, persona kept? -> continue
+    Stage 6 best round kept          -> continue
+    Stage 7 no regression?           -> DEPLOY
+
+The runner writes the resolved config first, then walks the table in order. A stage whose
+config sections, inputs and outputs are unchanged since it finished is skipped, so re-running
+the same command after a crash or Ctrl-C resumes at the stage that was in progress. A failed
+gate stops the run with exit code 1 and the gate's diagnosis.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Callable
+
+from personatune.config import RunConfig, section_hash, to_yaml
+from personatune.errors import ConfigError, PersonatuneError
+from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
+from personatune.stage import Stage
+from personatune.stages import s1_baseline, s2_persona
+
+# The one table of stages, in run order. `run=None` marks a stage that is not implemented yet.
+STAGES: tuple[Stage, ...] = (
+    Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "seed"), version=1, issue=5),
+    Stage("02_persona", "Persona definition", s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
+    Stage("03_consistency_data", "Consistency data", None, issue=4),
+    Stage("04_evaluation", "Persona evaluation", None, issue=4),
+    Stage("05_optimization", "Optimization (KL-bounded)", None, issue=5),
+    Stage("06_iterations", "Iterative training", None, issue=5),
+    Stage("07_final_eval", "Evaluation & monitoring", None, issue=6),
+)
+
+
+def find_stage(name: str, stages: tuple[Stage, ...] = STAGES) -> int:
+    """Index of a stage given as '3', 's3', '03', '03_consistency_data' or 'consistency_data'.
+
+    Raises:
+        ConfigError: no such stage (lists the valid names).
+    """
+    key = name.strip().lower().lstrip("s")
+    for i, st in enumerate(stages):
+        num = st.id.split("_", 1)[0]
+        if key in (st.id, num, str(int(num)), st.id.split("_", 1)[1]) or name == st.id:
+            return i
+    valid = ", ".join(f"{int(s.id[:2])} ({s.id})" for s in stages)
+    raise ConfigError(f"unknown stage {name!r}; valid stages: {valid}")
+
+
+def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
+    extra = f"v{st.version}"
+    if "persona" in st.config_keys:
+        # The persona file's content, not just its path, decides whether stage 2 must re-run.
+        extra += file_hash(cfg.persona) if Path(cfg.persona).is_file() else "missing"
+    return section_hash(cfg, st.config_keys, extra=extra)
+
+
+def run_pipeline(
+    cfg: RunConfig,
+    *,
+    from_stage: str | None = None,
+    until: str | None = None,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+    stages: tuple[Stage, ...] = STAGES,
+) -> int:
+    """Run the stages of the table in order, skipping the ones that are already done.
+
+    Args:
+        cfg: the resolved run config.
+        from_stage: re-run from this stage on, even if done (earlier stages must be done or will run).
+        until: stop after this stage.
+        force: re-run every selected stage even if its inputs are unchanged.
+        echo: where progress lines go.
+        stages: the stage table (tests pass their own).
+
+    Returns:
+        Exit code: 0 when every selected stage passed (or the table ends at an unimplemented stage),
+        1 when a gate failed.
+
+    Raises:
+        PersonatuneError: bad input found by a stage (shown as one line by the CLI).
+        KeyboardInterrupt: re-raised after the stage is marked interrupted.
+    """
+    root = Path(cfg.run_dir) / cfg.name
+    rd = RunDir(root)
+    # The resolved config is written before any work, so a run can always be reproduced.
+    atomic_write_text(root / "config.yaml", to_yaml(cfg))
+    rd.log(f"run started: stages {from_stage or 'first'}..{until or 'last'} force={force}")
+    start_i = find_stage(from_stage, stages) if from_stage else 0
+    stop_i = find_stage(until, stages) if until else len(stages) - 1
+    echo(f"run directory: {root}")
+    t_run = time.time()
+    for i, st in enumerate(stages):
+        if i > stop_i:
+            break
+        n = f"[{i + 1}/{len(stages)}] {st.title}"
+        if st.run is None:
+            missing = ", ".join(f"{int(s.id[:2])} {s.title} (issue #{s.issue})" for s in stages[i : stop_i + 1] if s.run is None)
+            echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
+            rd.log(f"stopped at unimplemented stage {st.id}")
+            return 0
+        key = stage_cache_key(cfg, st)
+        inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
+        rec = rd.record(st.id)
+        rerun = force or i >= start_i and from_stage is not None
+        if not rerun and rec.status == "done" and rec.config_hash == key and rec.inputs == inputs and rd.outputs_intact(rec):
+            echo(f"{n}: done earlier, inputs unchanged — skipped ({rec.message or ''})".rstrip(" ()"))
+            continue
+        echo(f"{n}: running …")
+        rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
+        rd.set_record(st.id, rec)
+        rd.log(f"{st.id} started")
+        try:
+            result = st.run(cfg, rd)
+        except KeyboardInterrupt:
+            rec.status, rec.error = "interrupted", "KeyboardInterrupt"
+            rd.set_record(st.id, rec)
+            rd.log(f"{st.id} interrupted")
+            raise
+        except PersonatuneError as e:
+            rec.status, rec.error = "failed", str(e)
+            rd.set_record(st.id, rec)
+            rd.log(f"{st.id} failed: {e}")
+            raise
+        rec.finished = time.time()
+        rec.seconds = round(rec.finished - (rec.started or rec.finished), 3)
+        rec.outputs = rd.hash_outputs(result.outputs)
+        rec.message = result.message
+        if result.gate is not None:
+            gate = result.gate.to_dict()
+            # The gate result reaches disk before the pipeline goes on or stops.
+            atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate)
+            rec.gate = {"passed": gate["passed"], "results": [{k: r[k] for k in ("metric", "value", "threshold", "direction", "passed")} for r in gate["results"]]}
+        passed = result.gate is None or result.gate.passed
+        rec.status = "done" if passed else "gate_failed"
+        rd.set_record(st.id, rec)
+        rd.log(f"{st.id} {rec.status} in {rec.seconds}s: {result.message}")
+        if result.gate is not None:
+            echo(result.gate.summary())
+        echo(f"{n}: {'done' if passed else 'GATE FAILED'} in {rec.seconds:.1f}s — {result.message}")
+        if not passed:
+            echo(f"The pipeline stops at {st.id}. Details: {rd.stage_dir(st.id) / 'gate.json'}")
+            return 1
+    echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")
+    return 0

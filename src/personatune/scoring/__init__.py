@@ -1,0 +1,1 @@
+"""The persona scorer: trait detection, style features, behaviour rules, consistency, aggregates."""

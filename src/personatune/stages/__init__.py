@@ -1,0 +1,1 @@
+"""One module per stage, each with one entry point `run(config, run_dir) -> StageResult`."""

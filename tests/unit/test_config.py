@@ -1,0 +1,67 @@
+import pytest
+
+from personatune.config import RunConfig, config_keys_help, load_config, section_hash
+from personatune.errors import ConfigError
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_precedence_defaults_yaml_overrides(tmp_path):
+    (tmp_path / "p.yaml").write_text("x: 1\n")
+    cfg_path = write(tmp_path, "persona: p.yaml\nseed: 3\nmodel:\n  name: tiny\n")
+    cfg = load_config(cfg_path, ["seed=7", "gates.data.chosen_consistency=0.9"])
+    assert cfg.seed == 7  # override beats YAML
+    assert cfg.model.name == "tiny"  # YAML beats default
+    assert cfg.model.dtype == "auto"  # default
+    assert cfg.gates.data.chosen_consistency == 0.9
+    assert cfg.persona == str((tmp_path / "p.yaml").resolve())  # relative to the config file
+
+
+def test_unknown_key_did_you_mean(tmp_path):
+    cfg_path = write(tmp_path, "persona: p.yaml\nmodle:\n  name: tiny\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg_path, ["model.nme=x"])
+    msg = str(e.value)
+    assert "modle: unknown key; did you mean 'model'?" in msg
+    assert "model.nme: unknown key; did you mean 'model.name'?" in msg  # every problem at once
+
+
+def test_bad_value_and_missing_required(tmp_path):
+    cfg_path = write(tmp_path, "seed: notanumber\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg_path)
+    msg = str(e.value)
+    assert "persona: required but missing" in msg
+    assert "seed:" in msg and "notanumber" in msg
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    cfg_path = write(tmp_path, "persona: p.yaml\nmodel: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"line \d+"):
+        load_config(cfg_path)
+
+
+def test_missing_file():
+    with pytest.raises(ConfigError, match="not found"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_override_without_equals(tmp_path):
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, ["persona=x.yaml", "seed"])
+
+
+def test_section_hash_changes_only_with_its_sections(tmp_path):
+    a = RunConfig(persona="p.yaml")
+    b = RunConfig(persona="p.yaml", seed=5)
+    assert section_hash(a, ("model",)) == section_hash(b, ("model",))
+    assert section_hash(a, ("seed",)) != section_hash(b, ("seed",))
+
+
+def test_every_key_is_documented():
+    for key, doc, _ in config_keys_help():
+        assert doc, f"config key {key} has no description"

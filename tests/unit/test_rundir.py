@@ -1,0 +1,106 @@
+import json
+import os
+
+import pytest
+
+from personatune.config import RunConfig
+from personatune.errors import RunDirError
+from personatune.gates import GateReport, GateSpec, check_gates
+from personatune.pipeline import find_stage, run_pipeline
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
+from personatune.stage import Stage, StageResult
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    p = tmp_path / "f.json"
+    atomic_write_json(p, {"a": 1})
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError):
+        atomic_write_text(p, "new")
+    assert json.loads(p.read_text()) == {"a": 1}
+    assert [q.name for q in tmp_path.iterdir()] == ["f.json"]  # no temp file left behind
+
+
+def test_corrupt_manifest_is_a_clear_error(tmp_path):
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(RunDirError, match="corrupt"):
+        RunDir(tmp_path)
+
+
+def _table(calls, fail_in=None, gate_value=1.0):
+    def mk(sid, upstream=()):
+        def run(cfg, rd):
+            calls.append(sid)
+            if fail_in == sid:
+                raise KeyboardInterrupt
+            p = rd.stage_dir(sid) / "out.txt"
+            atomic_write_text(p, f"{sid} seed={cfg.seed}")
+            gate = GateReport(sid, check_gates([GateSpec("g", 0.5, ">=", "fraction")], {"g": gate_value}))
+            return StageResult(outputs={"out": p}, gate=gate, message="ok")
+
+        return Stage(sid, sid, run, config_keys=("seed",), inputs=tuple((u, "out") for u in upstream))
+
+    return (mk("01_a"), mk("02_b", ["01_a"]), mk("03_c", ["02_b"]), Stage("04_d", "d", None, issue=99))
+
+
+def test_resume_skips_done_stages_after_interrupt(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(cfg, stages=_table(calls, fail_in="02_b"), echo=lambda s: None)
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["01_a"]["status"] == "done"
+    assert m["stages"]["02_b"]["status"] == "interrupted"
+    calls.clear()
+    lines: list[str] = []
+    rc = run_pipeline(cfg, stages=_table(calls), echo=lines.append)
+    assert rc == 0
+    assert calls == ["02_b", "03_c"]  # 01_a skipped: nothing lost but the stage in progress
+    assert any("not implemented yet" in l and "issue #99" in l for l in lines)
+    assert (tmp_path / "r" / "config.yaml").exists()
+
+
+def test_changed_config_or_damaged_output_reruns(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    calls.clear()
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    assert calls == []
+    (tmp_path / "r" / "02_b" / "out.txt").write_text("tampered")
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    assert calls == ["02_b", "03_c"]  # its own output damaged; 03_c's input hash changed
+    calls.clear()
+    run_pipeline(cfg.model_copy(update={"seed": 1}), stages=_table(calls), echo=lambda s: None)
+    assert calls == ["01_a", "02_b", "03_c"]
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    calls.clear()
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None, from_stage="3")
+    assert calls == ["03_c"]  # --from re-runs that stage on; earlier done stages stay
+    calls.clear()
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None, force=True, until="1")
+    assert calls == ["01_a"]
+
+
+def test_failed_gate_stops_with_exit_1_and_gate_json(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    rc = run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None)
+    assert rc == 1 and calls == ["01_a"]
+    gate = json.loads((tmp_path / "r" / "01_a" / "gate.json").read_text())
+    assert gate["passed"] is False and gate["results"][0]["value"] == 0.1
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["01_a"]["status"] == "gate_failed"
+
+
+def test_find_stage_names():
+    assert find_stage("2") == 1 and find_stage("s3") == 2 and find_stage("04_evaluation") == 3
+    assert find_stage("consistency_data") == 2
+    from personatune.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="valid stages"):
+        find_stage("9")
