@@ -1,0 +1,5 @@
+import sys
+
+from personatune.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Built-in data written for this project (prompt banks, neutral utterances)."""
