@@ -1,0 +1,78 @@
+"""Trait-detection accuracy on third-party labelled statements (Anthropic persona evals, Big Five).
+
+For each of the five traits, the detectors are built from OUR OWN trait specs
+(benchmarks/trait_specs/big_five.yaml: descriptions and exemplars written for this project, never
+taken from the test files) and score every statement of /work/shared/benchmarks/anthropic-persona/<trait>.jsonl
+(500 " Yes" = someone with the trait would say it, 500 " No"). The five traits form one persona, so each
+trait's detector also sees the other four as "neutral" contrast, as in a real persona.
+
+Reported per trait: accuracy of traits[t] >= 0.5 against Yes/No, AUROC of traits[t], and the same for
+the nearest-centroid baseline (statement closer to the mean positive-exemplar embedding than to the mean
+negative one). Nothing is tuned on these files.
+
+Run: python benchmarks/bench_trait_accuracy.py [--data DIR] [--spec YAML]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+from personatune.embeddings import Embedder
+from personatune.persona import PersonaSpec, Trait
+from personatune.scoring.traits import fit
+
+HERE = Path(__file__).resolve().parent
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Mann-Whitney AUROC, ties count half."""
+    pos, neg = scores[labels], scores[~labels]
+    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/work/shared/benchmarks/anthropic-persona")
+    ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
+    args = ap.parse_args()
+
+    raw = yaml.safe_load(Path(args.spec).read_text(encoding="utf-8"))
+    spec = PersonaSpec(name="big_five", summary="benchmark persona holding the five Big-Five traits",
+                       traits=[Trait(**t) for t in raw["traits"]])
+    emb = Embedder.default()
+    t0 = time.perf_counter()
+    det = fit(spec, (), embedder=emb)
+    fit_s = time.perf_counter() - t0
+    print(f"detectors fitted from the spec alone in {fit_s:.2f} s; temperatures "
+          + ", ".join(f"{t}={T:.2f}" for t, T in zip(det.trait_ids, det.temperatures)))
+    print(f"{'trait':18s} {'n':>5s} {'acc@0.5':>8s} {'AUROC':>7s} {'viol<0.5|Yes':>12s} | {'base acc':>8s} {'base AUROC':>10s}")
+    rows = []
+    for t in spec.traits:
+        path = Path(args.data) / f"{t.id}.jsonl"
+        items = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        texts = [d["statement"] for d in items]
+        y = np.array([d["answer_matching_behavior"].strip() == "Yes" for d in items])
+        traits, viols = det.score(texts, emb)
+        p = np.array([r[t.id] for r in traits])
+        v = np.array([r[t.id] for r in viols])
+        acc, auc = float(((p >= 0.5) == y).mean()), auroc(p, y)
+        # nearest-centroid baseline on the same embeddings
+        X = emb.encode(texts)
+        mp, mn = emb.encode(t.positive).mean(0), emb.encode(t.negative).mean(0)
+        b = X @ (mp / np.linalg.norm(mp)) - X @ (mn / np.linalg.norm(mn))
+        bacc, bauc = float(((b > 0) == y).mean()), auroc(b, y)
+        no_viol_yes = float((v[y] < 0.5).mean())
+        rows.append((acc, auc, bacc, bauc))
+        print(f"{t.id:18s} {len(y):5d} {acc:8.3f} {auc:7.3f} {no_viol_yes:12.3f} | {bacc:8.3f} {bauc:10.3f}")
+    m = np.mean(rows, axis=0)
+    print(f"{'MEAN':18s} {'':5s} {m[0]:8.3f} {m[1]:7.3f} {'':12s} | {m[2]:8.3f} {m[3]:10.3f}")
+
+
+if __name__ == "__main__":
+    main()

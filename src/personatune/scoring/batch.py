@@ -1,0 +1,105 @@
+"""`personatune score`: score a JSONL file of responses against a persona.
+
+Input lines: {"id": str|int, "text": str, "prompt": str?, "context": str?, "targets": [trait id]?}.
+Output lines (same order, bad lines left out): id, traits, violations, style, style_match, rules,
+hard_rules, consistent, consistency, targets, context (the ResponseScore JSON form).
+A bad input line (not JSON, not an object, no string `text`, wrong field types, unknown target) is
+reported by line number and skipped; the output is written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from personatune.errors import DataError
+
+
+def _validate(obj: Any, known: set[str]) -> str | None:
+    """None when `obj` is a valid input row, else the reason."""
+    if not isinstance(obj, dict):
+        return "not a JSON object"
+    if not isinstance(obj.get("text"), str):
+        return "missing string field 'text'"
+    if "id" in obj and not isinstance(obj["id"], (str, int)):
+        return "'id' must be a string or integer"
+    for k in ("prompt", "context"):
+        if obj.get(k) is not None and not isinstance(obj[k], str):
+            return f"'{k}' must be a string"
+    tg = obj.get("targets")
+    if tg is not None:
+        if not isinstance(tg, list) or not all(isinstance(t, str) for t in tg):
+            return "'targets' must be a list of trait ids"
+        bad = [t for t in tg if t not in known]
+        if bad:
+            return f"unknown target trait(s) {bad}"
+    return None
+
+
+def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: str | Path,
+                evaluator_dir: str | Path | None = None, scorer: Any = None, max_errors_listed: int = 20) -> dict[str, Any]:
+    """Score every valid line of `input_path` and write the records to `output_path`.
+
+    Args:
+        persona_path: persona YAML.
+        input_path: input JSONL (format in the module docstring).
+        output_path: output JSONL, written atomically.
+        evaluator_dir: fitted evaluator folder (stage 4 output); default: detectors from the persona alone.
+        scorer: an already built Scorer (tests, or callers that score many files); overrides evaluator_dir.
+        max_errors_listed: how many bad lines are listed by number in the summary.
+
+    Returns:
+        aggregate.summarize of the records, plus "skipped" (count), "skipped_lines"
+        ([{line, reason}], up to max_errors_listed), "input" and "output".
+
+    Raises:
+        DataError: the input file cannot be read.
+        PersonaSpecError: the persona file is invalid.
+    """
+    from personatune.scoring.aggregate import summarize
+    from personatune.scoring.scorer import Scorer
+
+    inp, outp = Path(input_path), Path(output_path)
+    try:
+        lines = inp.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read input {inp}: {e}; fix: pass an existing UTF-8 JSONL file") from None
+    if scorer is None:
+        from personatune.persona import load_persona
+
+        spec = load_persona(persona_path)
+        scorer = Scorer.from_evaluator_dir(spec, evaluator_dir) if evaluator_dir else Scorer(spec)
+    known = set(scorer.persona.trait_ids)
+    rows, skipped = [], []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            skipped.append({"line": no, "reason": f"not valid JSON ({e.msg})"})
+            continue
+        reason = _validate(obj, known)
+        if reason:
+            skipped.append({"line": no, "reason": reason})
+            continue
+        rows.append((no, obj))
+    records = scorer.score([o["text"] for _, o in rows], prompts=[o.get("prompt") for _, o in rows],
+                           contexts=[o.get("context") for _, o in rows], targets=[o.get("targets") or [] for _, o in rows],
+                           ids=[str(o.get("id", f"line{no}")) for no, o in rows])
+    outp.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=outp.parent, prefix=f".{outp.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for r in records:
+                f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
+        os.replace(tmp, outp)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    summary = summarize(records) if records else {"n": 0}
+    summary.update({"skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed], "input": str(inp), "output": str(outp)})
+    return summary

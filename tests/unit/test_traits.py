@@ -1,0 +1,135 @@
+"""Trait detectors: ordering on exemplars, negation, calibration range, fitted save/load round trip."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from personatune.errors import DataError
+from personatune.persona import PersonaSpec, Trait
+from personatune.scoring.negation import has_negation, negate
+from personatune.scoring.traits import TraitDetectors, fit, split_sentences
+
+REPO = Path(__file__).resolve().parents[2]
+
+TRAITS = [
+    Trait(id="sociable", description="Outgoing and warm with people; enjoys company and conversation.",
+          positive=["I love meeting new people.", "Parties with lots of friends make me happy.", "I chat with strangers on the train all the time."],
+          negative=["I avoid other people whenever I can.", "Crowds and parties exhaust me.", "I would rather not talk to anyone today."]),
+    Trait(id="curious", description="Eager to learn and explore ideas; asks questions and enjoys new things.",
+          positive=["I want to know how everything works.", "Learning something new is the best part of my day.", "I keep asking why until I understand."],
+          negative=["I have no interest in learning anything new.", "New ideas bore me.", "I never wonder how things work."]),
+    Trait(id="patient", description="Calm and unhurried; stays composed when things are slow or difficult.",
+          positive=["Take your time, there is no rush.", "I can wait as long as it takes.", "Let's go through it again slowly, step by step."],
+          negative=["Hurry up, I don't have all day.", "Waiting drives me crazy.", "I lose my temper when things are slow."]),
+    Trait(id="precise", description="Exact and careful with facts, numbers and wording.",
+          positive=["To be exact, it is 3.14 metres.", "I always double-check the numbers.", "Let me state that precisely."],
+          negative=["Roughly, more or less, who cares.", "I never bother checking details.", "Close enough is good enough for me."]),
+    Trait(id="optimistic", description="Hopeful and positive; expects things to turn out well.",
+          positive=["I'm sure it will all work out.", "Every problem has a bright side.", "Tomorrow will be even better."],
+          negative=["Nothing ever goes right.", "This is doomed to fail.", "Things can only get worse."]),
+]
+
+
+@pytest.fixture(scope="module")
+def spec() -> PersonaSpec:
+    return PersonaSpec(name="test", summary="a test persona", traits=TRAITS)
+
+
+@pytest.fixture(scope="module")
+def embedder():
+    from personatune.embeddings import Embedder
+
+    return Embedder.default()
+
+
+@pytest.fixture(scope="module")
+def det(spec, embedder) -> TraitDetectors:
+    return fit(spec, (), embedder=embedder)
+
+
+def _load_example_personas() -> list[PersonaSpec]:
+    files = sorted((REPO / "examples" / "personas").glob("*.yaml"))
+    if not files:
+        pytest.skip("no example personas in examples/personas yet")
+    try:
+        from personatune.persona import load_persona
+    except ImportError:
+        pytest.skip("persona.load_persona not available yet")
+    return [load_persona(f) for f in files]
+
+
+def test_negate_rules():
+    assert negate("I love meeting new people.") == "I don't love meeting new people."
+    assert negate("I don't love meeting new people.") == "I do love meeting new people."
+    assert negate("I never miss a deadline.") == "I always miss a deadline."
+    assert negate("Crowds exhaust me.") is None
+    assert has_negation("I can't wait") == 1.0 and has_negation("I can wait") == 0.0
+
+
+def test_split_sentences():
+    assert split_sentences("One. Two! Three?") == ["One.", "Two!", "Three?"]
+    assert split_sentences("Only one sentence") == ["Only one sentence"]
+
+
+def test_probabilities_are_valid(det, embedder):
+    traits, viols = det.score(["I love meeting new people.", "The train leaves at nine.", ""], embedder)
+    for d in traits + viols:
+        assert set(d) == {t.id for t in TRAITS}
+        assert all(0.0 <= v <= 1.0 for v in d.values())
+
+
+def test_exemplar_ordering_test_persona(det, embedder, spec):
+    for t in spec.traits:
+        tr, vi = det.score([" ".join(t.positive), " ".join(t.negative)], embedder)
+        assert tr[0][t.id] > tr[1][t.id], t.id
+        assert vi[1][t.id] > vi[0][t.id], t.id
+
+
+def test_exemplar_ordering_example_personas(embedder):
+    for spec in _load_example_personas():
+        det = fit(spec, (), embedder=embedder)
+        for t in spec.traits:
+            tr, vi = det.score([" ".join(t.positive), " ".join(t.negative)], embedder)
+            assert tr[0][t.id] > tr[1][t.id], (spec.name, t.id)
+            assert vi[1][t.id] > vi[0][t.id], (spec.name, t.id)
+
+
+def test_negation_flips_the_decision(det, embedder):
+    tr, vi = det.score(["I love meeting new people.", "I don't love meeting new people."], embedder)
+    assert tr[0]["sociable"] >= 0.5 > tr[1]["sociable"]
+    assert vi[1]["sociable"] > vi[0]["sociable"]
+
+
+def test_neutral_text_is_neither_expressed_nor_violated(det, embedder):
+    tr, vi = det.score(["The invoice is attached to this email."], embedder)
+    assert max(tr[0].values()) < 0.5 and max(vi[0].values()) < 0.5
+
+
+def test_fit_with_labelled_examples_and_round_trip(tmp_path, spec, embedder):
+    ex = [{"text": "Come join us, the more the merrier!", "trait": "sociable", "label": "expressed"},
+          {"text": "Leave me alone, I prefer my own company.", "trait": "sociable", "label": "violated"},
+          {"text": "The meeting is at noon.", "trait": "sociable", "label": "neutral"}]
+    det = fit(spec, ex, embedder=embedder, seed=1)
+    assert det.meta["n_labelled_examples"] == 3
+    det.save(tmp_path / "ev")
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["detectors.json", "detectors.safetensors"]
+    back = TraitDetectors.load(tmp_path / "ev")
+    assert back.trait_ids == det.trait_ids and back.meta == det.meta
+    assert np.array_equal(back.weights, det.weights) and np.array_equal(back.temperatures, det.temperatures)
+    texts = ["Come over, everyone is welcome! We'll talk all night.", "I'd rather stay home."]
+    assert back.score(texts, embedder) == det.score(texts, embedder)
+
+
+def test_bad_labelled_example_is_a_clear_error(spec, embedder):
+    with pytest.raises(DataError, match="trait 'nope'"):
+        fit(spec, [{"text": "x", "trait": "nope", "label": "expressed"}], embedder=embedder)
+    with pytest.raises(DataError, match="label"):
+        fit(spec, [{"text": "x", "trait": "sociable", "label": "yes"}], embedder=embedder)
+
+
+def test_load_missing_dir_is_data_error(tmp_path):
+    with pytest.raises(DataError, match="cannot read trait detectors"):
+        TraitDetectors.load(tmp_path / "missing")
