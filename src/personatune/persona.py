@@ -11,7 +11,8 @@ its field path and line number, in one `PersonaSpecError`.
 from __future__ import annotations
 
 import re
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -128,3 +129,134 @@ class PersonaSpec(_Strict):
             if t.id == trait_id:
                 return t
         raise KeyError(trait_id)
+
+
+# --- loading ------------------------------------------------------------------------------------------
+def _line_map(node: Any, path: tuple = (), out: dict[tuple, int] | None = None) -> dict[tuple, int]:
+    """Field path (tuple of keys / indices) -> 1-based line number, from a composed YAML node tree."""
+    import yaml
+
+    out = {} if out is None else out
+    out.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            key = k.value
+            out[path + (key,)] = k.start_mark.line + 1
+            _line_map(v, path + (key,), out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, v in enumerate(node.value):
+            out[path + (i,)] = v.start_mark.line + 1
+            _line_map(v, path + (i,), out)
+    return out
+
+
+def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
+    """Line of the deepest existing prefix of `loc` (a missing field points at its parent)."""
+    for n in range(len(loc), -1, -1):
+        if loc[:n] in lines:
+            return lines[loc[:n]]
+    return None
+
+
+def _fmt_path(loc: tuple) -> str:
+    s = ""
+    for p in loc:
+        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
+    return s or "(top level)"
+
+
+def _cross_field_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
+    """Problems pydantic cannot see field by field: duplicate ids, examples without both roles."""
+    out: list[tuple[tuple, str]] = []
+    for key in ("traits", "behaviors"):
+        seen: dict[str, int] = {}
+        items = data.get(key)
+        if isinstance(items, list):
+            for i, it in enumerate(items):
+                if isinstance(it, dict) and isinstance(it.get("id"), str):
+                    if it["id"] in seen:
+                        out.append(((key, i, "id"), f"duplicate id {it['id']!r} (first used at {key}[{seen[it['id']]}]); give each a unique id"))
+                    else:
+                        seen[it["id"]] = i
+    examples = data.get("examples")
+    if isinstance(examples, list):
+        for i, ex in enumerate(examples):
+            msgs = ex.get("messages") if isinstance(ex, dict) else None
+            if isinstance(msgs, list):
+                roles = {m.get("role") for m in msgs if isinstance(m, dict)}
+                if not {"user", "assistant"} <= roles:
+                    out.append((("examples", i, "messages"), "needs at least one user and one assistant turn"))
+    return out
+
+
+def load_persona(path: str | Path) -> PersonaSpec:
+    """Load and validate a persona file.
+
+    YAML is read with `yaml.SafeLoader` (no tag can construct Python objects). Every problem is
+    collected and reported together.
+
+    Raises:
+        PersonaSpecError: one message listing every problem as `field.path (line N): problem`.
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    from personatune.errors import PersonaSpecError
+
+    p = Path(path)
+    if not p.is_file():
+        raise PersonaSpecError(f"persona file {p} not found; fix: pass the path of a persona YAML (see examples/personas/)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise PersonaSpecError(f"persona file {p} cannot be read as UTF-8 text ({e}); fix: save it as UTF-8 YAML") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.load(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise PersonaSpecError(f"{p}{where}: not valid YAML: {problem}; fix the syntax there (python tags are not allowed)") from None
+    if not isinstance(data, dict):
+        raise PersonaSpecError(f"{p}: the top level must be a mapping with keys name, summary, traits, style, behaviors, facts, examples "
+                               f"(got {type(data).__name__})")
+    lines = _line_map(node) if node is not None else {}
+    problems: list[tuple[tuple, str]] = []
+    spec = None
+    try:
+        spec = PersonaSpec.model_validate(data)
+    except ValidationError as e:
+        for err in e.errors():
+            loc = tuple(err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                import difflib
+
+                parent = PersonaSpec
+                for part in loc[:-1]:
+                    if isinstance(part, str):
+                        f = getattr(parent, "model_fields", {}).get(part)
+                        ann = getattr(f, "annotation", None)
+                        inner = getattr(ann, "__args__", (ann,))
+                        parent = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), parent)
+                valid = list(getattr(parent, "model_fields", {}))
+                close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+                msg = f"unknown key{f'; did you mean {close[0]!r}?' if close else ''} (valid: {', '.join(valid)})"
+            elif err["type"] == "missing":
+                msg = "required field is missing"
+            else:
+                inp = err.get("input")
+                if not isinstance(inp, (dict, list)):
+                    msg += f" (got {inp!r})"
+            problems.append((loc, msg))
+    problems += _cross_field_problems(data)
+    if problems:
+        parts = []
+        for loc, msg in sorted(problems, key=lambda x: (_line_of(lines, x[0]) or 0)):
+            line = _line_of(lines, loc)
+            parts.append(f"{_fmt_path(loc)}{f' (line {line})' if line else ''}: {msg}")
+        raise PersonaSpecError(f"{p}: {len(parts)} problem{'s' if len(parts) > 1 else ''}: " + "; ".join(parts))
+    if spec is None:  # unreachable: validation errors are always listed above
+        raise PersonaSpecError(f"{p}: invalid persona file")
+    return spec
