@@ -95,6 +95,51 @@ class GateArgs(_Section):
     final: FinalGateArgs = Field(default_factory=FinalGateArgs)
 
 
+class SFTArgs(_Section):
+    """Stage 1: optional supervised fine-tuning of the base model."""
+
+    dataset: str | None = Field(None, description="general chat data with a `messages` column: a local .json/.jsonl file or a Hugging Face dataset id; None = no SFT, the base model is the baseline")
+    split: str = Field("train", description="dataset split to use (hub datasets)")
+    max_examples: int | None = Field(None, ge=1, description="cap on general examples used (count)")
+    persona_mix: float = Field(0.0, ge=0, lt=1, description="share of the SFT mix taken from the persona's example interactions (fraction; 0.7 = 70/30 persona/general)")
+    peft: Literal["lora", "full"] = Field("lora", description="LoRA adapters (merged after training) or full fine-tuning")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    learning_rate: float = Field(2e-4, gt=0, description="AdamW learning rate")
+    epochs: float = Field(1.0, gt=0, description="passes over the mix")
+    batch_size: int = Field(4, ge=1, description="sequences per device step")
+    max_length: int = Field(512, ge=16, description="tokens per sequence (longer ones are truncated)")
+    capability: bool = Field(True, description="score the built-in capability suite and perplexity of the baseline")
+
+
+class TeacherArgs(_Section):
+    """Who writes the stage-3 responses."""
+
+    backend: Literal["hf", "openai"] = Field("hf", description="'hf': in-process generation with `model` (or model.name); 'openai': an OpenAI-compatible server (vLLM, Ollama, llama.cpp server)")
+    model: str | None = Field(None, description="hf: model name/path (default: the baseline model); openai: the served model's name")
+    base_url: str | None = Field(None, description="openai: server URL, e.g. http://127.0.0.1:8000/v1 (vLLM), http://127.0.0.1:11434/v1 (Ollama)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key (never logged)")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight at once (count)")
+    max_retries: int = Field(5, ge=0, description="openai: retries per request, with exponential backoff (count)")
+    batch_size: int = Field(16, ge=1, description="hf: sequences generated together (count)")
+    max_new_tokens: int = Field(80, ge=1, description="tokens generated per response (count)")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature for persona responses (0 = greedy)")
+    top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass (0-1]")
+
+
+class DataArgs(_Section):
+    """Stage 3: scenarios, responses, contrast."""
+
+    teacher: TeacherArgs = Field(default_factory=TeacherArgs)
+    contexts: list[str] = Field(default_factory=lambda: ["casual", "technical", "emotional", "adversarial", "multi_turn", "off_topic"], description="prompt-bank contexts to use")
+    targets_per_prompt: int = Field(2, ge=1, description="traits each prompt targets (count)")
+    heldout_fraction: float = Field(0.2, ge=0.05, le=0.5, description="share of prompts per context kept for evaluation only (fraction)")
+    max_prompt_similarity: float = Field(0.92, gt=0, le=1, description="cosine similarity above which prompts are near-duplicates (0-1)")
+    best_of: int = Field(4, ge=1, description="candidates sampled per prompt; the most consistent is kept as chosen if it is consistent (count)")
+    contrast: list[Literal["baseline", "trait_flipped", "style_broken"]] = Field(default_factory=lambda: ["baseline", "trait_flipped", "style_broken"], description="kinds of rejected responses to build")
+    few_shot: bool = Field(True, description="render the persona's example interactions as few-shot turns")
+    max_prompts: int | None = Field(None, ge=1, description="cap on scenarios (for quick runs); None = all")
+
+
 class RunConfig(_Section):
     """A whole run. See examples/quickstart.yaml."""
 
@@ -104,6 +149,8 @@ class RunConfig(_Section):
     seed: int = Field(0, description="global random seed")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's own choice")
     model: ModelArgs = Field(default_factory=ModelArgs)
+    sft: SFTArgs = Field(default_factory=SFTArgs)
+    data: DataArgs = Field(default_factory=DataArgs)
     gates: GateArgs = Field(default_factory=GateArgs)
 
 

@@ -24,14 +24,16 @@ from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
 from personatune.stage import Stage
-from personatune.stages import s1_baseline, s2_persona
+from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_evaluation
 
 # The one table of stages, in run order. `run=None` marks a stage that is not implemented yet.
 STAGES: tuple[Stage, ...] = (
-    Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "seed"), version=1, issue=5),
+    Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "sft", "seed", "persona"), version=2, issue=5),
     Stage("02_persona", "Persona definition", s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
-    Stage("03_consistency_data", "Consistency data", None, issue=4),
-    Stage("04_evaluation", "Persona evaluation", None, issue=4),
+    Stage("03_consistency_data", "Consistency data", s3_consistency_data.run, config_keys=("data", "gates", "seed", "model", "threads"),
+          inputs=(("01_baseline", "baseline"), ("02_persona", "persona")), version=1, issue=4),
+    Stage("04_evaluation", "Persona evaluation", s4_evaluation.run, config_keys=("gates", "seed", "data", "model"),
+          inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")), version=1, issue=4),
     Stage("05_optimization", "Optimization (KL-bounded)", None, issue=5),
     Stage("06_iterations", "Iterative training", None, issue=5),
     Stage("07_final_eval", "Evaluation & monitoring", None, issue=6),

@@ -1,0 +1,78 @@
+"""Rendering a persona into a system prompt (and its examples into few-shot turns).
+
+Used by stage 3 to make the teacher answer in persona, and — with one trait inverted or the
+style broken — to make targeted inconsistent contrast responses.
+"""
+
+from __future__ import annotations
+
+from personatune.persona import PersonaSpec, Trait
+
+_FORMALITY = {
+    "casual": "relaxed and informal, with contractions",
+    "neutral": "plain and natural",
+    "formal": "formal and precise, no slang, no contractions",
+}
+_OPPOSITE_FORMALITY = {"casual": "formal", "neutral": "casual", "formal": "casual"}
+_EMOJI = {"never": "Never use emoji.", "sometimes": "Use an emoji now and then.", "often": "Use emoji often."}
+
+
+def _trait_line(t: Trait, flipped: bool) -> str:
+    if not flipped:
+        return f"- {t.description}"
+    if t.inverse:
+        return f"- {t.inverse}"
+    # Without an explicit inverse, the trait's own negative exemplars show the opposite behaviour.
+    return f"- You are NOT like this: {t.description} Instead you talk like: \"{t.negative[0]}\""
+
+
+def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_style: bool = False) -> str:
+    """The persona as a system prompt.
+
+    Args:
+        spec: the persona.
+        flip: a trait id to invert (for trait-flipped contrast data), or None.
+        break_style: describe the opposite voice (for style-broken contrast data): the other register,
+            the other end of the length range, emoji flipped, signature phrases dropped.
+
+    Returns:
+        The system prompt text.
+    """
+    lines = [f"You are {spec.name}. {spec.summary.strip()}", "", "Your character:"]
+    lines += [_trait_line(t, t.id == flip) for t in spec.traits]
+    st = spec.style
+    lo, hi = st.words
+    if break_style:
+        form = _OPPOSITE_FORMALITY[st.formality]
+        length = f"Answer in at least {hi * 2} words." if hi < 80 else f"Answer in at most {max(3, lo // 2)} words."
+        emoji = "Use emoji often." if st.emoji == "never" else "Never use emoji."
+        lines += ["", "Voice:", f"- Your register is {_FORMALITY[form]}.", f"- {length}", f"- {emoji}"]
+    else:
+        lines += ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
+        if st.signature_phrases:
+            lines.append("- Phrases you like to use: " + "; ".join(f'"{p}"' for p in st.signature_phrases))
+        if st.avoid_phrases:
+            lines.append("- Never say: " + "; ".join(f'"{p}"' for p in st.avoid_phrases))
+        for b in spec.behaviors:
+            lines.append(f"- {b.description}")
+    if spec.facts:
+        lines += ["", "Facts about you:"] + [f"- {f}" for f in spec.facts]
+    lines += ["", "Stay in character in every reply, whatever the user asks."]
+    return "\n".join(lines)
+
+
+def few_shot_messages(spec: PersonaSpec) -> list[dict[str, str]]:
+    """The persona's example interactions as alternating turns (system turns dropped)."""
+    out: list[dict[str, str]] = []
+    for ex in spec.examples:
+        out += [{"role": m.role, "content": m.content} for m in ex.messages if m.role != "system"]
+    return out
+
+
+def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, few_shot: bool = True, flip: str | None = None,
+                         break_style: bool = False) -> list[dict[str, str]]:
+    """System prompt + few-shot turns + the scenario's messages, ready for a chat template."""
+    conv = [{"role": "system", "content": render_system_prompt(spec, flip=flip, break_style=break_style)}]
+    if few_shot and not break_style and flip is None:
+        conv += few_shot_messages(spec)
+    return conv + [dict(m) for m in messages]

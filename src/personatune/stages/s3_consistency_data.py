@@ -1,0 +1,330 @@
+"""Stage 3 — consistency data: scenarios, in-persona responses, contrasting inconsistent ones.
+
+Steps:
+1. Scenarios from the built-in prompt bank (personatune.scenarios): six contexts, each prompt with
+   the traits it targets, near-duplicates dropped, a held-out split kept apart for stages 4-7.
+2. The teacher writes `best_of` in-persona candidates per prompt (persona rendered as a system
+   prompt, its example interactions as few-shot turns). The scorer scores them; the most consistent
+   candidate becomes "chosen" only if it is consistent.
+3. Contrast ("rejected"), each labelled with what it violates:
+   (a) baseline: the model with no persona prompt — what training must move away from;
+   (b) trait_flipped: the persona with one targeted trait inverted — a targeted negative;
+   (c) style_broken: the persona's content in the opposite voice.
+4. Output in TRL's formats: `sft` (messages) and `pairs` (prompt / chosen / rejected, conversational),
+   with metadata columns, a dataset card, and the gate of METRICS.md.
+
+Generation is resumable: every finished chunk is appended to `generations.jsonl`, keyed by a hash of
+the conversation and sampling parameters, so an interrupted run does not start over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from personatune.config import RunConfig
+from personatune.errors import DataError
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+from personatune.persona import PersonaSpec, load_persona
+from personatune.persona_prompt import persona_conversation
+from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
+from personatune.scenarios import Scenario, build_scenarios, coverage
+from personatune.stage import StageResult
+
+STAGE = "03_consistency_data"
+
+
+# --- resumable generation ------------------------------------------------------------------------
+def _job_key(conv: list[dict[str, str]], params: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps([conv, params], sort_keys=True).encode()).hexdigest()[:24]
+
+
+def _load_generations(path: Path) -> dict[str, list[str]]:
+    done: dict[str, list[str]] = {}
+    if not path.exists():
+        return done
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+            done[row["key"]] = row["outputs"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line cut short by a crash: that job is simply generated again
+    return done
+
+
+def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict[str, Any]]], path: Path, chunk: int,
+                       echo=print) -> list[list[str]]:
+    """Run generation jobs, skipping those already recorded in `path`, appending each finished chunk.
+
+    Args:
+        backend: a GenerationBackend (`generate(conversations, max_new_tokens=, temperature=, top_p=, n=, seed=)`).
+        jobs: (conversation, params) pairs; params: max_new_tokens, temperature, top_p, n, seed.
+        path: the append-only JSONL record of finished jobs.
+        chunk: jobs per backend call (jobs with equal params are grouped).
+
+    Returns:
+        Per job, its list of n completions.
+    """
+    done = _load_generations(path)
+    keys = [_job_key(c, p) for c, p in jobs]
+    todo = [i for i, k in enumerate(keys) if k not in done]
+    if todo and len(todo) < len(jobs):
+        echo(f"  resuming generation: {len(jobs) - len(todo)} of {len(jobs)} jobs already done")
+    groups: dict[str, list[int]] = {}
+    for i in todo:
+        groups.setdefault(json.dumps(jobs[i][1], sort_keys=True), []).append(i)
+    t0, n_done = time.time(), 0
+    with open(path, "a", encoding="utf-8") as f:
+        for pkey, idx in groups.items():
+            params = json.loads(pkey)
+            for s in range(0, len(idx), chunk):
+                part = idx[s : s + chunk]
+                outs = backend.generate([jobs[i][0] for i in part], **params)
+                for i, o in zip(part, outs):
+                    done[keys[i]] = list(o)
+                    f.write(json.dumps({"key": keys[i], "outputs": list(o)}) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+                n_done += len(part)
+                rate = n_done / max(time.time() - t0, 1e-9)
+                echo(f"  generated {n_done}/{len(todo)} jobs ({rate:.2f} jobs/s, ETA {(len(todo) - n_done) / max(rate, 1e-9):.0f}s)")
+    return [done[k] for k in keys]
+
+
+# --- backends ------------------------------------------------------------------------------------
+def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
+    """(teacher backend, baseline backend). The baseline is always the in-process baseline model."""
+    import torch
+
+    from personatune import models
+    from personatune.generation.hf import HFBackend
+
+    t = config.data.teacher
+    baseline_path = _baseline_model_path(run_dir)
+    model, tok = models.load_model_and_tokenizer(baseline_path, dtype=config.model.dtype, device=config.model.device,
+                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    base = HFBackend(model, tok, batch_size=t.batch_size)
+    if t.backend == "openai":
+        from personatune.generation.cache import ResponseCache
+        from personatune.generation.openai_compat import OpenAIBackend
+
+        if not t.base_url or not t.model:
+            raise DataError("data.teacher.backend=openai needs data.teacher.base_url and data.teacher.model; set both (e.g. base_url=http://127.0.0.1:8000/v1)")
+        teacher = OpenAIBackend(t.base_url, t.model, api_key_env=t.api_key_env, concurrency=t.concurrency, max_retries=t.max_retries,
+                                cache=ResponseCache(run_dir.stage_dir(STAGE) / "openai_cache"))
+        return teacher, base
+    if t.model and t.model != config.model.name:
+        tm, tt = models.load_model_and_tokenizer(t.model, dtype=config.model.dtype, device=config.model.device,
+                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+        return HFBackend(tm, tt, batch_size=t.batch_size), base
+    return base, base
+
+
+def _baseline_model_path(run_dir: RunDir) -> str:
+    info = json.loads(run_dir.output_path("01_baseline", "baseline").read_text(encoding="utf-8"))
+    p = Path(info["path"])
+    return str(p if p.is_absolute() else run_dir.root / p)
+
+
+# --- the stage -----------------------------------------------------------------------------------
+def _cap(scenarios: list[Scenario], n: int | None) -> list[Scenario]:
+    """At most n scenarios, taken round-robin over contexts so every context stays represented."""
+    if n is None or n >= len(scenarios):
+        return scenarios
+    by: dict[str, list[Scenario]] = {}
+    for s in scenarios:
+        by.setdefault(s.context, []).append(s)
+    out: list[Scenario] = []
+    while len(out) < n:
+        for ctx in list(by):
+            if by[ctx] and len(out) < n:
+                out.append(by[ctx].pop(0))
+    return out
+
+
+def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[list[str]], contrast: dict[str, list[tuple[str, str | None, str]]],
+                scorer: Any) -> tuple[list[dict], list[dict], dict[str, Any]]:
+    """Score candidates and contrast responses; build sft rows, pair rows and gate counts.
+
+    Args:
+        contrast: scenario id -> list of (kind, flipped trait or None, text).
+
+    Returns:
+        (sft rows, pair rows, stats) — stats hold the counts the gate needs.
+    """
+    texts, meta = [], []
+    for s, cands in zip(scenarios, candidates):
+        for c in cands:
+            texts.append(c)
+            meta.append((s, "candidate", None))
+        for kind, flip, text in contrast.get(s.id, []):
+            texts.append(text)
+            meta.append((s, kind, flip))
+    scores = scorer.score(texts, prompts=[m[0].prompt for m in meta], contexts=[m[0].context for m in meta],
+                          targets=[m[0].targets for m in meta], ids=[f"{m[0].id}:{i}" for i, m in enumerate(meta)])
+    by_s: dict[str, dict[str, list]] = {}
+    for text, (s, kind, flip), sc in zip(texts, meta, scores):
+        d = by_s.setdefault(s.id, {"cands": [], "rej": []})
+        (d["cands"] if kind == "candidate" else d["rej"]).append((text, kind, flip, sc))
+    sft, pairs = [], []
+    stats = {"scenarios": 0, "chosen_consistent": 0, "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids},
+             "by_kind": {}}
+    for s in scenarios:
+        d = by_s.get(s.id, {"cands": [], "rej": []})
+        stats["scenarios"] += 1
+        # The rejected-inconsistency rate is measured on every contrast response, paired or not.
+        labelled = []
+        for text, kind, flip, sc in d["rej"]:
+            stats["rejected"] += 1
+            k = stats["by_kind"].setdefault(kind, {"n": 0, "inconsistent": 0})
+            k["n"] += 1
+            if not sc.consistent:
+                stats["rejected_inconsistent"] += 1
+                k["inconsistent"] += 1
+            violated = sorted({t for t, v in sc.violations.items() if v >= 0.5} | ({flip} if flip and not sc.consistent else set()))
+            labelled.append((text, kind, flip, sc, violated))
+        if not d["cands"]:
+            continue
+        best_text, _, _, best = max(d["cands"], key=lambda x: x[3].consistency)
+        if not best.consistent:
+            continue
+        stats["chosen_consistent"] += 1
+        sft.append({"messages": s.messages + [{"role": "assistant", "content": best_text}], "context": s.context, "targets": s.targets,
+                    "scenario_id": s.id, "split": s.split, "consistency": best.consistency})
+        for text, kind, flip, sc, violated in labelled:
+            for t in violated:
+                stats["violated_pairs"][t] = stats["violated_pairs"].get(t, 0) + 1
+            pairs.append({
+                "prompt": s.messages, "chosen": [{"role": "assistant", "content": best_text}], "rejected": [{"role": "assistant", "content": text}],
+                "context": s.context, "targets": s.targets, "violated_traits": violated, "rejected_kind": kind, "flipped_trait": flip,
+                "scenario_id": s.id, "split": s.split, "chosen_consistency": best.consistency, "rejected_consistency": sc.consistency,
+                "rejected_consistent": sc.consistent,
+            })
+    return sft, pairs, stats
+
+
+def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any], config: RunConfig) -> GateReport:
+    """The METRICS.md stage-3 gate with its diagnosis."""
+    from personatune.scoring.aggregate import wilson_ci
+
+    g = config.gates.data
+    n, k = stats["scenarios"], stats["chosen_consistent"]
+    nr, kr = stats["rejected"], stats["rejected_inconsistent"]
+    cov = coverage(scenarios, spec.trait_ids)
+    specs = [
+        GateSpec("chosen_consistency_rate", g.chosen_consistency, ">=", "fraction of prompts", "share of prompts whose best-of-k teacher response is consistent"),
+        GateSpec("rejected_inconsistency_rate", g.rejected_inconsistency, ">=", "fraction of rejected responses", "share of rejected responses the scorer finds inconsistent"),
+    ]
+    measured: dict[str, Measurement | None] = {
+        "chosen_consistency_rate": Measurement(k / n, n=n, ci=wilson_ci(k, n)) if n else None,
+        "rejected_inconsistency_rate": Measurement(kr / nr, n=nr, ci=wilson_ci(kr, nr)) if nr else None,
+    }
+    diagnosis, steps = [], []
+    for t in spec.trait_ids:
+        per = cov.get(t, {})
+        specs.append(GateSpec(f"prompts[{t}]", g.min_prompts_per_trait, ">=", "prompts", f"prompts targeting {t}"))
+        measured[f"prompts[{t}]"] = Measurement(float(sum(per.values())))
+        specs.append(GateSpec(f"contexts[{t}]", g.min_contexts_per_trait, ">=", "contexts", f"contexts in which {t} is targeted"))
+        measured[f"contexts[{t}]"] = Measurement(float(len(per)))
+        specs.append(GateSpec(f"violated_pairs[{t}]", g.min_pairs_per_violated_trait, ">=", "pairs", f"pairs whose rejected response violates {t}"))
+        measured[f"violated_pairs[{t}]"] = Measurement(float(stats["violated_pairs"].get(t, 0)))
+    results = check_gates(specs, measured)
+    for r in results:
+        if r.passed:
+            continue
+        if r.metric == "chosen_consistency_rate":
+            diagnosis.append(f"only {k}/{n} prompts got a consistent teacher response (best of {config.data.best_of})")
+            steps.append("use a stronger teacher (data.teacher.backend=openai with a larger model), raise data.best_of, or check that the persona's style targets (words range, formality) are reachable")
+        elif r.metric == "rejected_inconsistency_rate":
+            kinds = ", ".join(f"{kk}: {v['inconsistent']}/{v['n']}" for kk, v in stats["by_kind"].items())
+            diagnosis.append(f"too many rejected responses are consistent with the persona (inconsistent per kind: {kinds})")
+            steps.append("drop the kind that fails from data.contrast, or make the persona's traits more distinctive so contrast responses differ")
+        elif r.metric.startswith("violated_pairs["):
+            diagnosis.append(f"trait {r.metric[15:-1]} is the violated trait of only {int(r.value or 0)} pairs")
+            steps.append(f"give trait {r.metric[15:-1]} an explicit `inverse` description and sharper negative exemplars, or add prompts that target it")
+        else:
+            diagnosis.append(f"{r.metric} = {r.value} below {r.threshold}")
+            steps.append("add prompts (more contexts, a larger data.max_prompts) or raise data.targets_per_prompt")
+    return GateReport(STAGE, results, diagnosis=diagnosis, next_steps=list(dict.fromkeys(steps)))
+
+
+def dataset_card(spec: PersonaSpec, scenarios: list[Scenario], sft: list[dict], pairs: list[dict], gate: GateReport) -> str:
+    cov = coverage(scenarios, spec.trait_ids)
+    ctxs = sorted({s.context for s in scenarios})
+    lines = [f"# Consistency data for {spec.name}", "", "Made by personatune stage 3. Load with",
+             "`datasets.load_dataset('json', data_files='train/pairs.jsonl')`.", "",
+             f"- scenarios: {len(scenarios)} ({sum(s.split == 'heldout' for s in scenarios)} held out)",
+             f"- sft rows (train / held-out): {sum(r['split'] == 'train' for r in sft)} / {sum(r['split'] == 'heldout' for r in sft)}",
+             f"- pairs (train / held-out): {sum(r['split'] == 'train' for r in pairs)} / {sum(r['split'] == 'heldout' for r in pairs)}", "",
+             "## Coverage (prompts targeting each trait, per context)", "", "| trait | " + " | ".join(ctxs) + " | total |",
+             "|---|" + "---|" * (len(ctxs) + 1)]
+    for t in spec.trait_ids:
+        row = [str(cov.get(t, {}).get(c, 0)) for c in ctxs]
+        lines.append(f"| {t} | " + " | ".join(row) + f" | {sum(cov.get(t, {}).values())} |")
+    lines += ["", "## Gate", "", "```", gate.summary(), "```", ""]
+    return "\n".join(lines)
+
+
+def run(config: RunConfig, run_dir: RunDir) -> StageResult:
+    """Build the stage-3 dataset and check its gate."""
+    from personatune.embeddings import Embedder
+    from personatune.scoring.scorer import Scorer
+
+    out = run_dir.stage_dir(STAGE)
+    spec = load_persona(run_dir.output_path("02_persona", "persona"))
+    d = config.data
+    embedder = Embedder.default()
+    scenarios = _cap(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
+                                     heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed), d.max_prompts)
+    atomic_write_jsonl(out / "scenarios.jsonl", [s.to_dict() for s in scenarios])
+    teacher, base = make_teacher(config, run_dir)
+    t = d.teacher
+    p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed}
+    jobs: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
+    for s in scenarios:
+        jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot), {**p, "n": d.best_of}))
+    teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)))
+    cjobs, cmeta = [], []
+    for s in scenarios:
+        if "baseline" in d.contrast:
+            cjobs.append(([dict(m) for m in s.messages], {**p, "n": 1}))
+            cmeta.append((s.id, "baseline", None))
+        if "trait_flipped" in d.contrast:
+            for tr in s.targets:
+                cjobs.append((persona_conversation(spec, s.messages, flip=tr), {**p, "n": 1}))
+                cmeta.append((s.id, "trait_flipped", tr))
+        if "style_broken" in d.contrast:
+            cjobs.append((persona_conversation(spec, s.messages, break_style=True), {**p, "n": 1}))
+            cmeta.append((s.id, "style_broken", None))
+    # Baseline contrast comes from the baseline model itself; the other kinds from the teacher.
+    base_idx = [i for i, m in enumerate(cmeta) if m[1] == "baseline"]
+    other_idx = [i for i, m in enumerate(cmeta) if m[1] != "baseline"]
+    couts: list[list[str]] = [[] for _ in cjobs]
+    for idx, be in ((base_idx, base), (other_idx, teacher)):
+        if idx:
+            res = generate_resumable(be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size)
+            for i, r in zip(idx, res):
+                couts[i] = r
+    contrast: dict[str, list[tuple[str, str | None, str]]] = {}
+    for (sid, kind, flip), o in zip(cmeta, couts):
+        contrast.setdefault(sid, []).append((kind, flip, o[0]))
+    scorer = Scorer(spec, embedder=embedder)
+    sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer)
+    gate = data_gate(spec, scenarios, stats, config)
+    for split in ("train", "heldout"):
+        atomic_write_jsonl(out / split / "sft.jsonl", [r for r in sft if r["split"] == split])
+        atomic_write_jsonl(out / split / "pairs.jsonl", [r for r in pairs if r["split"] == split])
+    atomic_write_jsonl(out / "heldout" / "prompts.jsonl", [s.to_dict() for s in scenarios if s.split == "heldout"])
+    atomic_write_text(out / "README.md", dataset_card(spec, scenarios, sft, pairs, gate))
+    return StageResult(
+        outputs={"scenarios": out / "scenarios.jsonl", "train": out / "train", "heldout": out / "heldout", "card": out / "README.md"},
+        gate=gate,
+        metrics={"scenarios": stats["scenarios"], "chosen": stats["chosen_consistent"], "pairs": len(pairs)},
+        message=f"{len(sft)} chosen of {stats['scenarios']} prompts, {len(pairs)} pairs",
+    )

@@ -1,0 +1,200 @@
+"""Stage 4 — persona evaluation: fit the evaluator, validate it, and measure adherence and style.
+
+1. Fit per-trait detectors on the TRAINING split of the stage-3 data: chosen responses express their
+   targeted traits; trait-flipped rejected responses violate their flipped trait; the persona's own
+   exemplars are added (positive = expressed, negative = violated). The fitted scorer is written to
+   `04_evaluation/evaluator/` (safetensors + JSON).
+2. Validate on the HELD-OUT split (never used for fitting or training):
+   - per-trait detector AUROC of traits[t]: held-out chosen responses targeting t (label 1) against
+     held-out trait-flipped responses for t (label 0);
+   - trait adherence of held-out chosen responses, overall and per context;
+   - their style variance across contexts.
+3. Record the baseline model's persona metrics on the held-out prompts, with no system prompt: the
+   "before" numbers that stage 7 compares against.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from personatune.config import RunConfig
+from personatune.errors import DataError
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+from personatune.persona import PersonaSpec, load_persona
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
+from personatune.stage import StageResult
+
+STAGE = "04_evaluation"
+
+
+def auroc(scores: list[float], labels: list[int]) -> float | None:
+    """Area under the ROC curve (Mann-Whitney U, ties count half). None without both classes."""
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    greater = (pos[:, None] > neg[None, :]).sum()
+    ties = (pos[:, None] == neg[None, :]).sum()
+    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file written by an earlier stage.
+
+    Raises:
+        DataError: a line is not valid JSON (names the file and line).
+    """
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); fix: re-run the stage that wrote it (--from {path.parent.parent.name[:2]})") from None
+    return rows
+
+
+def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> list[dict[str, str]]:
+    """Training examples for the detectors: {text, trait, label in expressed|violated|neutral}."""
+    ex: list[dict[str, str]] = []
+    for t in spec.traits:
+        ex += [{"text": p, "trait": t.id, "label": "expressed"} for p in t.positive]
+        ex += [{"text": n, "trait": t.id, "label": "violated"} for n in t.negative]
+    for r in sft:
+        text = r["messages"][-1]["content"]
+        ex += [{"text": text, "trait": t, "label": "expressed"} for t in r.get("targets", [])]
+    for p in pairs:
+        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait") and not p.get("rejected_consistent", False):
+            ex.append({"text": p["rejected"][-1]["content"], "trait": p["flipped_trait"], "label": "violated"})
+        elif p.get("rejected_kind") == "baseline":
+            ex += [{"text": p["rejected"][-1]["content"], "trait": t, "label": "neutral"} for t in p.get("targets", [])]
+    return ex
+
+
+def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per trait: AUROC of traits[t] on held-out chosen (t targeted, label 1) vs trait-flipped for t (label 0)."""
+    texts, trait_of, labels = [], [], []
+    for r in sft:
+        for t in r.get("targets", []):
+            texts.append(r["messages"][-1]["content"])
+            trait_of.append(t)
+            labels.append(1)
+    for p in pairs:
+        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait"):
+            texts.append(p["rejected"][-1]["content"])
+            trait_of.append(p["flipped_trait"])
+            labels.append(0)
+    scores = scorer.score(texts) if texts else []
+    out = {}
+    for t in spec.trait_ids:
+        idx = [i for i, tt in enumerate(trait_of) if tt == t]
+        s = [scores[i].traits[t] for i in idx]
+        y = [labels[i] for i in idx]
+        out[t] = {"auroc": auroc(s, y), "n_pos": int(sum(y)), "n_neg": int(len(y) - sum(y))}
+    return out
+
+
+def run(config: RunConfig, run_dir: RunDir) -> StageResult:
+    """Fit the evaluator on the training split; gate on the held-out split."""
+    from personatune.embeddings import Embedder
+    from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
+    from personatune.scoring.scorer import Scorer
+    from personatune.scoring.traits import fit
+
+    out = run_dir.stage_dir(STAGE)
+    g = config.gates.evaluation
+    spec = load_persona(run_dir.output_path("02_persona", "persona"))
+    train, held = run_dir.output_path("03_consistency_data", "train"), run_dir.output_path("03_consistency_data", "heldout")
+    tr_sft, tr_pairs = read_jsonl(train / "sft.jsonl"), read_jsonl(train / "pairs.jsonl")
+    ho_sft, ho_pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
+    embedder = Embedder.default()
+    detectors = fit(spec, labelled_examples(spec, tr_sft, tr_pairs), embedder=embedder, seed=config.seed)
+    scorer = Scorer(spec, embedder=embedder, detectors=detectors)
+    scorer.save(out / "evaluator")
+
+    aucs = heldout_auroc(scorer, spec, ho_sft, ho_pairs)
+    records = scorer.score([r["messages"][-1]["content"] for r in ho_sft], prompts=[r["messages"][-2]["content"] for r in ho_sft],
+                           contexts=[r["context"] for r in ho_sft], targets=[r["targets"] for r in ho_sft], ids=[r["scenario_id"] for r in ho_sft])
+    adh = trait_adherence(records)
+    sv = style_variance(records, min_per_context=g.min_per_context)
+    cons = consistency_rate(records)
+
+    specs = [GateSpec(f"auroc[{t}]", g.min_auroc, ">=", "AUROC", f"held-out detector AUROC for {t}") for t in spec.trait_ids]
+    measured: dict[str, Measurement | None] = {
+        f"auroc[{t}]": (Measurement(a["auroc"], n=a["n_pos"] + a["n_neg"]) if a["auroc"] is not None else None) for t, a in aucs.items()}
+    specs.append(GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "adherence of held-out chosen responses"))
+    measured["adherence"] = adh.overall
+    for ctx, m in sorted(adh.per_context.items()):
+        specs.append(GateSpec(f"adherence[{ctx}]", g.adherence, ">=", "fraction of (response, trait) pairs", f"adherence in context {ctx}"))
+        measured[f"adherence[{ctx}]"] = m
+    specs.append(GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts", "style variance of held-out chosen responses"))
+    measured["style_variance"] = Measurement(sv.value, n=len(records)) if sv.value is not None else None
+    results = check_gates(specs, measured)
+    diagnosis, steps = [], []
+    for r in results:
+        if r.passed:
+            continue
+        if r.metric.startswith("auroc["):
+            t = r.metric[6:-1]
+            a = aucs[t]
+            if a["auroc"] is None:
+                diagnosis.append(f"trait {t}: no held-out examples of both classes ({a['n_pos']} expressed, {a['n_neg']} trait-flipped)")
+                steps.append("raise data.heldout_fraction or the number of prompts so every trait has held-out contrast")
+            else:
+                diagnosis.append(f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses")
+                steps.append(f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or use a judge (scorer.judge)")
+        elif r.metric.startswith("adherence["):
+            diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
+            steps.append(f"add persona example interactions in context {r.metric[10:-1]}, or raise data.best_of")
+        elif r.metric == "adherence":
+            worst = sorted(adh.per_trait.items(), key=lambda kv: kv[1].value)[:2]
+            diagnosis.append("lowest traits: " + ", ".join(f"{t} {m.value:.2f}" for t, m in worst))
+            steps.append("improve the teacher (data.teacher) or those traits' exemplars")
+        else:
+            diagnosis.append(f"style variance {sv.value} (features that vary most: {', '.join(sorted(sv.per_feature, key=sv.per_feature.get, reverse=True)[:3]) if sv.value is not None else 'n/a'})")
+            steps.append("tighten the persona's style (words range, signature phrases) so the voice holds across contexts")
+    gate = GateReport(STAGE, results, diagnosis=diagnosis, next_steps=list(dict.fromkeys(steps)))
+
+    report = {
+        "auroc": aucs,
+        "adherence": {"overall": adh.overall.__dict__, "per_trait": {k: v.__dict__ for k, v in adh.per_trait.items()},
+                      "per_context": {k: v.__dict__ for k, v in adh.per_context.items()}},
+        "style_variance": sv.value,
+        "consistency_rate": cons.__dict__,
+        "n_heldout": len(records),
+        "n_train_examples": len(labelled_examples(spec, tr_sft, tr_pairs)),
+    }
+    report["baseline_persona"] = baseline_persona_metrics(config, run_dir, scorer, min_per_context=g.min_per_context)
+    atomic_write_json(out / "report.json", report)
+    table = ["| context | adherence | n |", "|---|---|---|"] + [f"| {c} | {m.value:.3f} | {m.n} |" for c, m in sorted(adh.per_context.items())]
+    atomic_write_text(out / "per_context.md", "\n".join(table) + "\n")
+    return StageResult(outputs={"evaluator": out / "evaluator", "report": out / "report.json"}, gate=gate,
+                       metrics={"adherence": adh.overall.value, "style_variance": sv.value},
+                       message=f"evaluator fitted; held-out adherence {adh.overall.value:.3f}, style variance {sv.value}")
+
+
+def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, min_per_context: int) -> dict[str, Any]:
+    """The baseline model's persona metrics on held-out prompts, no system prompt (the 'before' of stage 7)."""
+    from personatune import models
+    from personatune.generation.hf import HFBackend
+    from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
+    from personatune.stages.s3_consistency_data import _baseline_model_path
+
+    prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
+    model, tok = models.load_model_and_tokenizer(_baseline_model_path(run_dir), dtype=config.model.dtype, device=config.model.device,
+                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+    t = config.data.teacher
+    outs = HFBackend(model, tok, batch_size=t.batch_size).generate([p["messages"] for p in prompts], max_new_tokens=t.max_new_tokens,
+                                                                   temperature=t.temperature, top_p=t.top_p, n=1, seed=config.seed)
+    texts = [o[0] for o in outs]
+    recs = scorer.score(texts, contexts=[p["context"] for p in prompts], targets=[p["targets"] for p in prompts], ids=[p["id"] for p in prompts])
+    atomic_write_json(run_dir.stage_dir(STAGE) / "baseline_samples.json", [{"id": p["id"], "context": p["context"], "prompt": p["messages"][-1]["content"], "response": x}
+                                                                          for p, x in zip(prompts, texts)])
+    sv = style_variance(recs, min_per_context=min_per_context)
+    return {"consistency_rate": consistency_rate(recs).__dict__, "adherence": trait_adherence(recs).overall.__dict__, "style_variance": sv.value, "n": len(recs)}

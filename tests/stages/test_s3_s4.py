@@ -1,0 +1,124 @@
+"""Stages 1-4 end to end on the tiny model, with the teacher behind a real OpenAI-compatible HTTP
+server on 127.0.0.1 (tests/fake_openai_server.py) that writes scripted persona responses.
+
+The scripted teacher answers like the persona (its positive exemplars and signature phrases) when the
+system prompt is the persona's, like the flipped trait's negatives when a trait is inverted, and in
+the wrong voice when the style is broken — so every code path of stages 3 and 4 sees real data.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import sys
+from pathlib import Path
+
+import pytest
+
+from personatune.config import load_config
+from personatune.persona import load_persona
+from personatune.pipeline import run_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[2]
+PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
+
+
+def scripted_teacher(spec, good: bool = True):
+    rng = random.Random(0)
+
+    def respond(body):
+        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+        if not good:
+            return "I feel gloomy and I do not care. Whatever."
+        for t in spec.traits:
+            if (t.inverse and t.inverse in system) or f"NOT like this: {t.description}" in system:
+                return " ".join(rng.sample(t.negative, 2))
+        if "Your register is formal" in system or "Use emoji often" in system:
+            return "Kindly note that the requested information is provided herein. " * 12
+        # In persona: a few positive exemplars of several traits, in the persona's voice.
+        picks = [rng.choice(t.positive) for t in spec.traits]
+        return "Aye, crew! " + " ".join(picks)
+
+    return respond
+
+
+def config(tmp_path, srv, **over):
+    args = [f"run_dir={tmp_path}", "name=t", "data.teacher.backend=openai", f"data.teacher.base_url={srv.base_url}",
+            "data.teacher.model=fake-model", "data.max_prompts=60", "data.best_of=2", "data.teacher.max_new_tokens=16",
+            "sft.capability=false", "gates.data.min_prompts_per_trait=10", "gates.data.min_pairs_per_violated_trait=3",
+            "gates.evaluation.min_per_context=2", "gates.persona.min_separability=0"] + [f"{k}={v}" for k, v in over.items()]
+    return load_config(REPO / "examples" / "tiny.yaml", args)
+
+
+def test_stages_1_to_4_with_scripted_teacher(tmp_path):
+    spec = load_persona(PERSONA)
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(spec)
+        cfg = config(tmp_path, srv)
+        lines: list[str] = []
+        rc = run_pipeline(cfg, until="4", echo=lines.append)
+        n_requests = len(srv.requests)
+    out = "\n".join(lines)
+    run = tmp_path / "t"
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stages"]["03_consistency_data"]["status"] == "done", out
+    pairs = [json.loads(x) for x in (run / "03_consistency_data" / "train" / "pairs.jsonl").read_text().splitlines()]
+    assert pairs and {p["rejected_kind"] for p in pairs} == {"baseline", "trait_flipped", "style_broken"}
+    assert all(p["prompt"][0]["role"] != "system" for p in pairs)  # the persona goes into the weights, not the prompt
+    # The dataset loads with `datasets` in TRL's conversational preference format.
+    import datasets
+
+    ds = datasets.load_dataset("json", data_files=str(run / "03_consistency_data" / "train" / "pairs.jsonl"), split="train")
+    assert {"prompt", "chosen", "rejected", "context", "violated_traits"} <= set(ds.column_names)
+    card = (run / "03_consistency_data" / "README.md").read_text()
+    assert "Coverage" in card and "optimistic" in card
+    # Stage 4 ran: the evaluator exists and the gate result is on disk, pass or fail.
+    assert (run / "04_evaluation" / "evaluator").is_dir()
+    gate4 = json.loads((run / "04_evaluation" / "gate.json").read_text())
+    assert any(r["metric"].startswith("auroc[") for r in gate4["results"])
+    report = json.loads((run / "04_evaluation" / "report.json").read_text())
+    assert "baseline_persona" in report and report["n_heldout"] > 0
+    assert rc in (0, 1)
+    assert n_requests > 0
+
+
+def test_teacher_that_cannot_stay_in_persona_fails_stage_3_with_diagnosis(tmp_path):
+    spec = load_persona(PERSONA)
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(spec, good=False)
+        lines: list[str] = []
+        rc = run_pipeline(config(tmp_path, srv, **{"data.max_prompts": 18}), until="4", echo=lines.append)
+    assert rc == 1
+    gate = json.loads((tmp_path / "t" / "03_consistency_data" / "gate.json").read_text())
+    assert gate["passed"] is False
+    r = next(x for x in gate["results"] if x["metric"] == "chosen_consistency_rate")
+    assert r["value"] == 0 and r["n"] == 18
+    assert any("prompts got a consistent teacher response" in d for d in gate["diagnosis"])
+    assert any("stronger teacher" in s for s in gate["next_steps"])
+    assert not (tmp_path / "t" / "04_evaluation" / "gate.json").exists()  # stopped at stage 3
+
+
+def test_interrupted_generation_resumes_from_cache(tmp_path):
+    spec = load_persona(PERSONA)
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(spec)
+        srv.fail_after(10, 500)  # the server dies after 10 completions
+        cfg = config(tmp_path, srv, **{"data.max_prompts": 12, "data.teacher.max_retries": 0})
+        from personatune.errors import PersonatuneError
+
+        with pytest.raises(PersonatuneError):
+            run_pipeline(cfg, until="3", echo=lambda s: None)
+        first = srv.ok_count
+        srv.fail_after(None)
+        srv.requests.clear()
+        run_pipeline(cfg, until="3", echo=lambda s: None)
+        resumed = len(srv.requests)
+    m = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    assert m["stages"]["03_consistency_data"]["status"] in ("done", "gate_failed")
+    assert first >= 10
+    # Only the requests that had not completed are sent again: 12 prompts x (2 candidates + 2 trait
+    # flips + 1 style-broken) = 60 teacher requests in all (the baseline contrast is generated locally).
+    assert resumed == 60 - first
