@@ -48,6 +48,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(summary))
+    skipped = summary.get("skipped_lines") or []
+    if skipped:
+        print(f"skipped {len(skipped)} bad input line(s):", file=sys.stderr)
+        for s in skipped[:20]:
+            print(f"  line {s['line']}: {s['reason']}", file=sys.stderr)
+    print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 

@@ -1,0 +1,114 @@
+"""End-to-end: the real `personatune` command, as a user runs it, on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+_SCRIPT = Path(sys.executable).parent / "personatune"
+# The installed console script, exactly as a user calls it (module fallback for unusual layouts).
+EXE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "personatune"]
+
+
+def cli(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    return subprocess.run([*EXE, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def test_run_tiny_until_stage_2_then_resume(tmp_path):
+    r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = tmp_path / "tiny"
+    assert (run / "config.yaml").exists()
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stages"]["01_baseline"]["status"] == "done"
+    assert m["stages"]["02_persona"]["status"] == "done"
+    assert json.loads((run / "02_persona" / "gate.json").read_text())["passed"] is True
+    # Second run: nothing changed, both stages skipped.
+    r2 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2")
+    assert r2.returncode == 0 and r2.stdout.count("skipped") == 2, r2.stdout
+    # Without --until the run stops cleanly at the first stage not implemented yet.
+    r3 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}")
+    assert r3.returncode == 0 and "not implemented yet" in r3.stdout, r3.stdout + r3.stderr
+
+
+def test_killed_run_resumes_at_the_stage_in_progress(tmp_path):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
+    p = subprocess.Popen([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2"], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    manifest = tmp_path / "tiny" / "manifest.json"
+    deadline = time.time() + 240
+    killed = False
+    while time.time() < deadline and p.poll() is None:
+        if manifest.exists():
+            m = json.loads(manifest.read_text())  # atomic writes: always whole JSON
+            if m["stages"].get("02_persona", {}).get("status") == "running":
+                p.send_signal(signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.02)
+    p.wait(timeout=60)
+    if not killed:
+        pytest.skip("stage 2 finished before it could be killed")
+    m = json.loads(manifest.read_text())
+    assert m["stages"]["01_baseline"]["status"] == "done"
+    assert m["stages"]["02_persona"]["status"] == "running"
+    r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "SFT preparation (baseline model): done earlier" in r.stdout  # stage 1 not redone
+    assert "Persona definition: running" in r.stdout
+
+
+def test_bad_inputs_are_one_line_errors(tmp_path):
+    r = cli("run", "examples/tiny.yaml", "modle.name=tiny")
+    assert r.returncode == 2 and "did you mean 'model'" in r.stderr and "Traceback" not in r.stderr
+    r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "model.name=/no/such/model", "--until", "1")
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert "/no/such/model" in r.stderr
+    r = cli("validate", str(tmp_path / "missing.yaml"))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("persona", sorted(p.name for p in (REPO / "examples" / "personas").glob("*.yaml")))
+def test_validate_example_personas(persona):
+    r = cli("validate", f"examples/personas/{persona}", "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)["passed"] is True
+
+
+def test_env_and_config_commands():
+    r = cli("env")
+    assert r.returncode == 0 and "torch" in r.stdout, r.stderr
+    r = cli("config", "examples/quickstart.yaml", "seed=5")
+    assert r.returncode == 0 and "seed: 5" in r.stdout
+    r = cli("config", "--keys")
+    assert r.returncode == 0 and "gates.optimization.max_kl" in r.stdout
+
+
+def test_score_command_reports_and_skips_bad_lines(tmp_path):
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(
+        json.dumps({"id": "a", "text": "Aye, crewmate! Chin up, clear skies ahead. All hands on deck!", "context": "casual",
+                    "targets": ["optimistic"]}) + "\n"
+        + "not json\n"
+        + json.dumps({"id": "b"}) + "\n"
+        + json.dumps({"id": "c", "text": "This is hopeless. Please submit the form.", "context": "casual"}) + "\n"
+    )
+    out = tmp_path / "out.jsonl"
+    r = cli("score", "--persona", "examples/personas/captain_nova.yaml", "--input", str(inp), "--output", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    assert "line 2: not valid JSON" in r.stderr and "line 3: missing string field 'text'" in r.stderr
+    rows = [json.loads(x) for x in out.read_text().splitlines()]
+    assert [x["id"] for x in rows] == ["a", "c"]
+    for x in rows:
+        assert {"traits", "violations", "style", "rules", "consistent", "consistency"} <= set(x)
+    summary = json.loads(r.stdout)
+    assert summary["skipped"] == 2
