@@ -4,6 +4,7 @@
     personatune validate PERSONA.yaml [--json]
     personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json]
     personatune config [CONFIG.yaml] [key=value ...] [--keys]
+    personatune report RUN_DIR
     personatune env
 
 Exit codes: 0 success, 1 a quality gate failed, 2 bad input (one line on stderr, no traceback),
@@ -69,6 +70,13 @@ def _cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from personatune.report import build_report
+
+    print(build_report(args.run_dir))
+    return 0
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from personatune.models import describe_environment
 
@@ -111,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("overrides", nargs="*", help="key=value overrides")
     c.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     c.set_defaults(fn=_cmd_config)
+
+    rp = sub.add_parser("report", help="(re)build <run>/report.html from a run directory alone")
+    rp.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
+    rp.set_defaults(fn=_cmd_report)
 
     e = sub.add_parser("env", help="print versions, device, threads and where the default models were found")
     e.add_argument("--json", action="store_true")

@@ -1,0 +1,531 @@
+"""The self-contained HTML report of a run: `build_report(run_dir)` writes `<run>/report.html`.
+
+The page is built from the run directory alone (JSON, JSONL and YAML files; no model is loaded)
+and opens from disk with no network: CSS is inline, charts are inline SVG generated in Python,
+and there is no JavaScript. Every section appears only when its artifacts exist; otherwise it
+says which stage has not run yet. Every string read from a run file is HTML-escaped.
+
+Sections, top to bottom:
+    1. header: run name, model, persona, verdict; the stage strip
+    2. quality gates of every stage (value vs threshold, unit, n, CI, pass/fail, diagnosis)
+    3. baseline (stage 1) and persona (stage 2)
+    4. data coverage, trait x context (stage 3)
+    5. persona evaluation (stage 4)
+    6. training curves over steps (stage 5) and rounds (stage 6)
+    7. final evaluation: verdict, baseline vs final per trait, per-context heatmap (stage 7)
+    8. sample responses side by side, run files (config, log tail, unreadable files)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from personatune.report.charts import bar_chart, count_color, heat_color, line_chart
+from personatune.report.load import STAGE_TITLES, RunData, dig, load_run, num
+from personatune.rundir import atomic_write_text
+
+# Contexts in the order the prompt bank defines them (personatune.scenarios.CONTEXTS); others follow sorted.
+CONTEXT_ORDER = ("casual", "technical", "emotional", "adversarial", "multi_turn", "off_topic")
+SAMPLE_LIMIT = 24  # sample rows shown; a run can hold thousands and the page must stay light
+LOG_TAIL = 40  # lines of log.txt shown
+TABLE_LIMIT = 300  # rows of metrics.jsonl / rounds.jsonl listed under the charts (the charts use every row)
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",sans-serif;max-width:1120px;margin:0 auto;padding:0 18px 60px;color:#1f2328;line-height:1.45}
+header{border-bottom:2px solid #d0d7de;padding:18px 0 10px;margin-bottom:8px}
+h1{margin:0 0 6px;font-size:1.6em} h2{margin-top:34px;border-bottom:1px solid #d0d7de;padding-bottom:4px} h3{margin:20px 0 6px}
+.meta span{margin-right:18px;color:#57606a} .meta b{color:#1f2328}
+nav a{margin-right:12px;font-size:.92em} a{color:#0969da}
+table{border-collapse:collapse;margin:8px 0 12px;font-size:.92em}
+th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
+th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+tr.pass td.res{background:#dafbe1} tr.fail td.res{background:#ffebe9}
+.badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:.85em;font-weight:600;color:#fff}
+.b-pass{background:#1a7f37} .b-fail{background:#cf222e} .b-run{background:#9a6700} .b-none{background:#8c959f}
+.verdict{font-size:1.15em;padding:3px 14px}
+.note{color:#57606a;font-style:italic;margin:6px 0}
+.warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:6px}
+.strip{display:flex;gap:6px;flex-wrap:wrap;margin:10px 0}
+.strip div{flex:1 1 130px;border-radius:6px;padding:6px 8px;font-size:.85em;border:1px solid #d0d7de}
+.strip .s-pass{background:#dafbe1} .strip .s-fail{background:#ffebe9} .strip .s-run{background:#fff8c5} .strip .s-none{background:#f6f8fa;color:#57606a}
+table.samples{table-layout:fixed;width:100%} table.samples td{white-space:pre-wrap;word-wrap:break-word}
+pre{white-space:pre-wrap;word-wrap:break-word;background:#f6f8fa;padding:8px 10px;border-radius:6px;max-height:420px;overflow:auto;font-size:.85em}
+svg.chart{max-width:100%;height:auto;display:block;margin:6px 0}
+ul.diag li{margin:2px 0} details{margin:8px 0} summary{cursor:pointer;color:#0969da}
+footer{margin-top:40px;color:#57606a;font-size:.85em}
+"""
+
+
+def esc(x: Any) -> str:
+    """HTML-escape any value's text (quotes too, so it is safe inside attributes)."""
+    return html.escape(str(x), quote=True)
+
+
+def fmt(v: Any) -> str:
+    """A value as short text: 4 significant digits for floats, "—" for None."""
+    if v is None:
+        return "—"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
+        return ", ".join(fmt(x) for x in v)
+    if isinstance(v, (dict, list)):
+        s = json.dumps(v, default=str)
+        return s if len(s) <= 240 else s[:237] + "…"
+    return str(v)
+
+
+def ci_text(ci: Any) -> str:
+    """"lo..hi" for a 2-element interval, "—" otherwise."""
+    if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(num(c) is not None for c in ci):
+        return f"{ci[0]:.3g}..{ci[1]:.3g}"
+    return "—"
+
+
+def as_text(x: Any) -> str:
+    """A prompt or response as plain text: chat messages become 'role: content' lines."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, list) and all(isinstance(m, dict) and "content" in m for m in x):
+        return "\n".join(f"{m.get('role', '?')}: {m['content']}" for m in x)
+    return "" if x is None else fmt(x)
+
+
+def _list(x: Any) -> list[Any]:
+    """`x` when it is a list, else [] (a string must not be iterated letter by letter)."""
+    return x if isinstance(x, list) else []
+
+
+def _table(head: Sequence[str], rows: Sequence[Sequence[str]], cls: str = "") -> str:
+    """A table from already-escaped cell HTML (a cell string starting with '<td' is used as is)."""
+    h = "".join(f"<th>{esc(c)}</th>" for c in head)
+    body = "".join("<tr>" + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{h}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _kv(obj: dict[str, Any], prefix: str = "", depth: int = 0) -> list[tuple[str, Any]]:
+    """Flatten nested mappings to (dotted key, value) rows, three levels deep."""
+    rows: list[tuple[str, Any]] = []
+    for k, v in obj.items():
+        if isinstance(v, dict) and depth < 2 and not ({"value"} <= set(v) and len(v) <= 4):
+            rows += _kv(v, f"{prefix}{k}.", depth + 1)
+        else:
+            rows.append((f"{prefix}{k}", v))
+    return rows
+
+
+def _kv_table(obj: Any) -> str:
+    if not isinstance(obj, dict):
+        return f"<p>{esc(fmt(obj))}</p>"
+    rows = []
+    for k, v in _kv(obj):
+        if isinstance(v, dict) and "value" in v:
+            v = f"{fmt(num(v))} (n={fmt(v.get('n'))}, 95% CI {ci_text(v.get('ci'))})"
+        rows.append([esc(k), f'<td class="num">{esc(fmt(v))}</td>'])
+    return _table(["key", "value"], rows)
+
+
+def _badge(status: str | None, gated: bool = False) -> str:
+    cls, label = {
+        "done": ("b-pass", "passed" if gated else "done"), "gate_failed": ("b-fail", "gate failed"), "failed": ("b-fail", "error"),
+        "running": ("b-run", "running / stopped"), "interrupted": ("b-run", "interrupted"),
+    }.get(status or "", ("b-none", "not run yet"))
+    return f'<span class="badge {cls}">{esc(label)}</span>'
+
+
+def _absent(rd: RunData, stage: str, what: str) -> str:
+    """The short note shown in place of a section whose artifacts do not exist."""
+    status = rd.status(stage)
+    title = f"stage {int(stage[:2]) if stage[:2].isdigit() else stage}, {STAGE_TITLES.get(stage, stage)},"
+    if status in (None, "pending"):
+        why = f"{title} has not run yet"
+    elif status == "done":
+        why = f"{title} finished but wrote no {what}"
+    else:
+        why = f"{title} did not finish (status: {status})"
+    return f'<p class="note">{esc(why)} — no {esc(what)} to show.</p>'
+
+
+def _section(sid: str, title: str, body: str) -> str:
+    return f'<section id="{esc(sid)}"><h2>{esc(title)}</h2>{body}</section>'
+
+
+def _when(t: Any) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(t)) if num(t) is not None else "—"
+
+
+# --- sections ---------------------------------------------------------------------------------
+def _strip(rd: RunData) -> str:
+    parts = []
+    for sid in rd.stage_ids:
+        rec = rd.record(sid)
+        st = rd.status(sid)
+        cls = {"done": "s-pass", "gate_failed": "s-fail", "failed": "s-fail", "running": "s-run", "interrupted": "s-run"}.get(st or "", "s-none")
+        secs = f" · {num(rec.get('seconds')):.1f}s" if num(rec.get("seconds")) is not None else ""
+        parts.append(f'<div class="{cls}"><b>{esc(sid)}</b><br>{esc(STAGE_TITLES.get(sid, sid))}<br>{_badge(st, bool(rec.get("gate")))}{esc(secs)}</div>')
+    return f'<div class="strip">{"".join(parts)}</div>'
+
+
+def _gate_table(results: list[Any]) -> str:
+    rows = []
+    for r in results:
+        if not isinstance(r, dict):
+            continue
+        ok = r.get("passed")
+        res = f'<td class="res">{"PASS" if ok else "FAIL"}</td>'
+        thr = f"{r.get('direction', '')} {fmt(r.get('threshold'))}"
+        note = " ".join(x for x in (str(r.get("description") or ""), str(r.get("note") or "")) if x)
+        rows.append((ok, [esc(r.get("metric", "?")), f'<td class="num">{esc(fmt(r.get("value")))}</td>', f'<td class="num">{esc(thr)}</td>',
+                          esc(r.get("unit", "")), f'<td class="num">{esc(fmt(r.get("n")))}</td>', f'<td class="num">{esc(ci_text(r.get("ci")))}</td>', res, esc(note)]))
+    head = "".join(f"<th>{h}</th>" for h in ("metric", "value", "threshold", "unit", "n", "95% CI", "result", "what / note"))
+    body = "".join(f'<tr class="{"pass" if ok else "fail"}">' + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells) + "</tr>" for ok, cells in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _gates(rd: RunData) -> str:
+    out = []
+    for sid in rd.stage_ids:
+        rec = rd.record(sid)
+        gate = rd.json(rd.root / sid / "gate.json")
+        if not isinstance(gate, dict):
+            gate = rec.get("gate") if isinstance(rec.get("gate"), dict) else None
+        head = f"<h3>{esc(sid)} — {esc(STAGE_TITLES.get(sid, sid))} {_badge(rd.status(sid), gate is not None)}</h3>"
+        info = []
+        if rec.get("seconds") is not None:
+            info.append(f"ran {fmt(rec.get('seconds'))} s, finished {_when(rec.get('finished'))}")
+        if rec.get("message"):
+            info.append(str(rec["message"]))
+        body = "".join(f'<p class="note">{esc(i)}</p>' for i in info)
+        if rec.get("error"):
+            body += f'<p class="warn">error: {esc(rec["error"])}</p>'
+        if gate is None:
+            body += '<p class="note">no gate result.</p>' if rec else _absent(rd, sid, "gate result")
+        else:
+            body += _gate_table(_list(gate.get("results")))
+            diag = [("cause", d) for d in _list(gate.get("diagnosis"))] + [("fix", s) for s in _list(gate.get("next_steps"))]
+            if diag:
+                body += '<ul class="diag">' + "".join(f"<li><b>{k}:</b> {esc(v)}</li>" for k, v in diag) + "</ul>"
+        out.append(head + body)
+    return _section("gates", "Quality gates", "".join(out))
+
+
+def _baseline(rd: RunData) -> str:
+    b = rd.json(rd.path("01_baseline", "baseline", "baseline.json"))
+    if not isinstance(b, dict):
+        return _section("baseline", "Baseline model (stage 1)", _absent(rd, "01_baseline", "baseline.json"))
+    rows = [[esc(k), f'<td class="num">{esc(fmt(b.get(k)))}</td>'] for k in ("model", "path", "parameters", "load_seconds", "sft_rows", "chat_template") if k in b]
+    body = _table(["field", "value"], rows)
+    if b.get("sanity_prompt") or b.get("sanity_reply"):
+        body += _table(["sanity prompt", "reply"], [[esc(b.get("sanity_prompt", "")), f'<td style="white-space:pre-wrap">{esc(b.get("sanity_reply", ""))}</td>']])
+    cap = b.get("capability") if isinstance(b.get("capability"), dict) else {}
+    tasks = cap.get("tasks") if isinstance(cap.get("tasks"), dict) else {}
+    if cap:
+        body += f"<h3>Capability suite: score {esc(fmt(num(cap.get('score'))))} (n={esc(fmt(cap.get('n')))})</h3>"
+        if tasks:
+            body += _table(["task", "accuracy"], [[esc(t), f'<td class="num">{esc(fmt(num(v)))}</td>'] for t, v in tasks.items()])
+    if isinstance(b.get("perplexity"), dict):
+        body += "<h3>Held-out perplexity</h3>" + _kv_table(b["perplexity"])
+    return _section("baseline", "Baseline model (stage 1)", body)
+
+
+def _persona_doc(rd: RunData) -> dict[str, Any] | None:
+    p = rd.path("02_persona", "persona", "persona.yaml")
+    if not p.is_file():
+        cands = sorted((rd.root / "02_persona").glob("*.y*ml")) if (rd.root / "02_persona").is_dir() else []
+        p = cands[0] if cands else p
+    doc = rd.yaml(p)
+    return doc if isinstance(doc, dict) else None
+
+
+def _persona(rd: RunData, doc: dict[str, Any] | None) -> str:
+    if doc is None:
+        return _section("persona", "Persona (stage 2)", _absent(rd, "02_persona", "persona file"))
+    body = f"<p><b>{esc(doc.get('name', '?'))}</b> — {esc(doc.get('summary', ''))}</p>"
+    traits = [t for t in _list(doc.get("traits")) if isinstance(t, dict)]
+    if traits:
+        body += _table(["trait", "description", "positive", "negative"],
+                       [[f"<code>{esc(t.get('id', '?'))}</code>", esc(t.get("description", "")),
+                         f'<td class="num">{len(_list(t.get("positive")))}</td>', f'<td class="num">{len(_list(t.get("negative")))}</td>'] for t in traits])
+    if isinstance(doc.get("style"), dict):
+        body += "<h3>Style</h3>" + _kv_table(doc["style"])
+    return _section("persona", "Persona (stage 2)", body)
+
+
+def _order(keys: set[str], preferred: Sequence[str]) -> list[str]:
+    return [k for k in preferred if k in keys] + sorted(keys - set(preferred))
+
+
+def _coverage(rd: RunData, traits: list[str]) -> str:
+    title = "Data coverage (stage 3)"
+    scen = rd.jsonl(rd.path("03_consistency_data", "scenarios", "scenarios.jsonl"))
+    if not scen:
+        return _section("coverage", title, _absent(rd, "03_consistency_data", "scenarios.jsonl"))
+    g = dig(rd.config, "gates", "data") or {}
+    min_prompts, min_ctx, min_pairs = (num(g.get("min_prompts_per_trait")) or 20, num(g.get("min_contexts_per_trait")) or 3,
+                                       num(g.get("min_pairs_per_violated_trait")) or 20)
+    contexts = _order({str(s.get("context", "?")) for s in scen}, CONTEXT_ORDER)
+    cell: dict[tuple[str, str], int] = {}
+    held: dict[str, int] = {}
+    for s in scen:
+        for t in _list(s.get("targets")):
+            cell[(str(t), str(s.get("context", "?")))] = cell.get((str(t), str(s.get("context", "?"))), 0) + 1
+            held[str(t)] = held.get(str(t), 0) + (s.get("split") == "heldout")
+    pairs = [p for split in ("train", "heldout") for p in rd.jsonl(rd.path("03_consistency_data", split, f"{split}/pairs.jsonl"))]
+    violated: dict[str, int] = {}
+    kinds: dict[str, int] = {}
+    for p in pairs:
+        for t in _list(p.get("violated_traits")):
+            violated[str(t)] = violated.get(str(t), 0) + 1
+        kinds[str(p.get("rejected_kind", "?"))] = kinds.get(str(p.get("rejected_kind", "?")), 0) + 1
+    rows_t = _order({t for t, _ in cell} | set(violated), traits)
+    top = max(cell.values(), default=0)
+    rows = []
+    for t in rows_t:
+        counts = [cell.get((t, c), 0) for c in contexts]
+        total, nctx = sum(counts), sum(1 for c in counts if c)
+        okc = lambda ok: "#dafbe1" if ok else "#ffebe9"  # noqa: E731 - two-state colour for gate columns
+        rows.append([f"<code>{esc(t)}</code>"] + [f'<td class="num" style="background:{count_color(n, top)}">{n}</td>' for n in counts] + [
+            f'<td class="num" style="background:{okc(total >= min_prompts)}">{total}</td>', f'<td class="num" style="background:{okc(nctx >= min_ctx)}">{nctx}</td>',
+            f'<td class="num">{held.get(t, 0)}</td>',
+            f'<td class="num" style="background:{okc(violated.get(t, 0) >= min_pairs)}">{violated.get(t, 0)}</td>'])
+    per_ctx = [sum(1 for s in scen if str(s.get("context", "?")) == c) for c in contexts]
+    rows.append(["<i>all scenarios</i>"] + [f'<td class="num">{n}</td>' for n in per_ctx] + [f'<td class="num">{len(scen)}</td>', "", 
+                f'<td class="num">{sum(1 for s in scen if s.get("split") == "heldout")}</td>', f'<td class="num">{len(pairs)}</td>'])
+    body = (f"<p>{len(scen)} scenarios; {len(pairs)} preference pairs"
+            + (f" (rejected by kind: {esc(', '.join(f'{k} {v}' for k, v in sorted(kinds.items())))})" if kinds else "") + ". "
+            f"Cells count the prompts that target a trait in a context; the gate asks every trait for ≥ {fmt(min_prompts)} prompts "
+            f"in ≥ {fmt(min_ctx)} contexts and ≥ {fmt(min_pairs)} pairs that violate it.</p>")
+    body += _table(["trait \\ context", *contexts, "prompts", "contexts", "held-out", "violated in pairs"], rows)
+    card = rd.text(rd.path("03_consistency_data", "card", "README.md"))
+    if card:
+        body += f"<details><summary>dataset card (README.md)</summary><pre>{esc(card)}</pre></details>"
+    return _section("coverage", title, body)
+
+
+def _heat_table(row_names: list[str], col_names: list[str], value: dict[tuple[str, str], float | None], *, corner: str) -> str:
+    vals = [v for v in value.values() if v is not None]
+    lo, hi = (0.0, 1.0) if all(0 <= v <= 1 for v in vals) else (min(vals, default=0.0), max(vals, default=1.0))
+    rows = [[esc(r)] + [f'<td class="num" style="background:{heat_color(value.get((r, c)), lo, hi)}">{esc(fmt(value.get((r, c))))}</td>' for c in col_names]
+            for r in row_names]
+    return _table([corner, *col_names], rows)
+
+
+def _evaluation(rd: RunData, traits: list[str]) -> str:
+    title = "Persona evaluation (stage 4)"
+    rep = rd.json(rd.path("04_evaluation", "report", "report.json"))
+    if not isinstance(rep, dict):
+        return _section("evaluation", title, _absent(rd, "04_evaluation", "report.json"))
+    g = dig(rd.config, "gates", "evaluation") or {}
+    auroc = rep.get("auroc") if isinstance(rep.get("auroc"), dict) else {}
+    per_trait = dig(rep, "adherence", "per_trait") or {}
+    names = _order(set(auroc) | set(per_trait), traits)
+    body = ""
+    if names:
+        thr = num(g.get("min_auroc")) or 0.9
+        body += "<h3>Per trait: detector AUROC and held-out adherence</h3>" + bar_chart(
+            names, {"detector AUROC": [num(dig(auroc, t, "auroc")) for t in names], "adherence (held-out chosen)": [num(per_trait.get(t)) for t in names]},
+            thresholds=[("gate", thr)], title="per-trait AUROC and adherence")
+    per_ctx = dig(rep, "adherence", "per_context") or {}
+    if isinstance(per_ctx, dict) and per_ctx:
+        ctxs = _order(set(per_ctx), CONTEXT_ORDER)
+        rows = [[esc(c), f'<td class="num" style="background:{heat_color(num(per_ctx[c]))}">{esc(fmt(num(per_ctx[c])))}</td>',
+                 f'<td class="num">{esc(fmt(dig(per_ctx, c, "n")))}</td>', f'<td class="num">{esc(ci_text(dig(per_ctx, c, "ci")))}</td>'] for c in ctxs]
+        body += "<h3>Adherence per context (held-out chosen responses)</h3>" + _table(["context", "adherence", "n", "95% CI"], rows)
+    bp = rep.get("baseline_persona") if isinstance(rep.get("baseline_persona"), dict) else {}
+    rows = []
+    for label, a, b in (("consistency rate", rep.get("consistency_rate"), bp.get("consistency_rate")),
+                        ("adherence", dig(rep, "adherence", "overall"), bp.get("adherence")),
+                        ("style variance", rep.get("style_variance"), bp.get("style_variance"))):
+        rows.append([esc(label), f'<td class="num">{esc(fmt(num(a)))}</td>', f'<td class="num">{esc(fmt(num(b)))}</td>'])
+    body += ("<h3>Overall</h3>" + _table(["metric", f"held-out chosen (n={fmt(rep.get('n_heldout'))})", f"baseline model, no system prompt (n={fmt(bp.get('n'))})"], rows))
+    return _section("evaluation", title, body)
+
+
+def _curves_for(rows: list[dict[str, Any]], x_key: str, x_label: str, rd: RunData) -> str:
+    """KL, persona-quality and style-variance charts for metrics rows keyed by step or round."""
+    g = dig(rd.config, "gates", "optimization") or {}
+    rows = [r for r in rows if num(r.get(x_key)) is not None]
+    if not rows:
+        return f'<p class="note">no rows with a numeric {esc(x_key)!s}.</p>'
+    pts = lambda k: [(num(r[x_key]), num(r.get(k))) for r in rows]  # noqa: E731 - one-line accessor
+    has = lambda k: any(num(r.get(k)) is not None for r in rows)  # noqa: E731
+    out = ""
+    if has("kl"):
+        band = {"KL": [(num(r[x_key]), num(r["kl"]) - num(r["kl_stderr"]), num(r["kl"]) + num(r["kl_stderr"]))
+                       for r in rows if num(r.get("kl")) is not None and num(r.get("kl_stderr")) is not None]}
+        out += line_chart({"KL": pts("kl")}, x_label=x_label, y_label="KL (nats/token)", bands=band,
+                          thresholds=[("budget", num(g.get("max_kl")) or 0.1)], title=f"KL to the reference per {x_label}")
+    quality = {k: pts(k) for k in ("consistency", "adherence", "reward") if has(k)}
+    if quality:
+        ys = [y for s in quality.values() for _, y in s if y is not None]
+        out += line_chart(quality, x_label=x_label, y_label="fraction / reward", y_range=(0.0, 1.0) if all(0 <= y <= 1 for y in ys) else None,
+                          thresholds=[(n, t) for n, t in (("consistency", num(g.get("consistency")) or 0.85), ("adherence", num(g.get("adherence")) or 0.9)) if n in quality],
+                          title=f"persona metrics per {x_label}")
+    if has("style_variance"):
+        out += line_chart({"style variance": pts("style_variance")}, x_label=x_label, y_label="style variance",
+                          thresholds=[("gate", num(g.get("max_style_variance")) or 0.15)], title=f"style variance per {x_label}")
+    keys = list(dict.fromkeys(k for r in rows for k in r))
+    cols = [k for k in keys if all(not isinstance(r.get(k), (dict, list)) for r in rows)]
+    shown = rows[-TABLE_LIMIT:]
+    what = f"all {len(rows)} rows" if len(shown) == len(rows) else f"last {len(shown)} of {len(rows)} rows"
+    out += (f"<details><summary>{what}</summary>"
+            + _table(cols, [[f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in cols] for r in shown]) + "</details>")
+    return out
+
+
+def _curves(rd: RunData) -> str:
+    steps = rd.jsonl(rd.path("05_optimization", "metrics", "metrics.jsonl"))
+    rounds = rd.jsonl(rd.path("06_iterations", "rounds", "rounds.jsonl"))
+    body = "<h3>Optimization: evaluation steps (stage 5)</h3>"
+    body += _curves_for(steps, "step", "step", rd) if steps else _absent(rd, "05_optimization", "metrics.jsonl")
+    body += "<h3>Iterative rounds (stage 6)</h3>"
+    body += _curves_for(rounds, "round", "round", rd) if rounds else _absent(rd, "06_iterations", "rounds.jsonl")
+    return _section("curves", "Training curves (stages 5-6)", body)
+
+
+def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
+    title = "Final evaluation (stage 7)"
+    if final is None:
+        return _section("final", title, _absent(rd, "07_final_eval", "final.json"))
+    body = ""
+    reasons = _list(final.get("reasons")) or ([final["reasons"]] if isinstance(final.get("reasons"), str) else [])
+    if reasons:
+        body += "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in reasons) + "</ul>"
+    for key, label in (("improvement", "Persona improvement (consistency, final − baseline)"), ("retention", "Capability retention"),
+                       ("robustness", "Robustness to persona-break prompts")):
+        v = final.get(key)
+        if v is None:
+            continue
+        if isinstance(v, dict) and "value" in v:
+            # A headline measurement, with whatever else the stage recorded beside it.
+            extra = [f"95% CI {ci_text(v.get('ci'))}"] if ci_text(v.get("ci")) != "—" else []
+            extra += [f"n={fmt(v['n'])}"] if v.get("n") is not None else []
+            body += f"<h3>{esc(label)}</h3><p><b>{esc(fmt(num(v)))}</b>{esc(' (' + ', '.join(extra) + ')' if extra else '')}</p>"
+            rest = {k: x for k, x in v.items() if k not in ("value", "ci", "n")}
+            body += _kv_table(rest) if rest else ""
+        elif isinstance(v, dict) and isinstance(v.get("before"), dict) and isinstance(v.get("after"), dict):
+            keys = list(dict.fromkeys([*v["before"], *v["after"]]))
+            body += f"<h3>{esc(label)}</h3>" + _table(["metric", "before", "after"], [[esc(k), f'<td class="num">{esc(fmt(num(v["before"].get(k)) if num(v["before"].get(k)) is not None else v["before"].get(k)))}</td>',
+                                                                                    f'<td class="num">{esc(fmt(num(v["after"].get(k)) if num(v["after"].get(k)) is not None else v["after"].get(k)))}</td>'] for k in keys])
+        else:
+            body += f"<h3>{esc(label)}</h3>" + _kv_table(v)
+    pt = final.get("per_trait") if isinstance(final.get("per_trait"), dict) else {}
+    if pt:
+        names = _order(set(pt), traits)
+        body += "<h3>Baseline vs final, per trait</h3>" + bar_chart(
+            names, {"baseline": [num(dig(pt, t, "baseline")) for t in names], "final": [num(dig(pt, t, "final")) for t in names]},
+            title="baseline vs final per trait")
+    pc = final.get("per_context") if isinstance(final.get("per_context"), dict) else {}
+    pc = {c: v for c, v in pc.items() if isinstance(v, dict)}
+    if pc:
+        ctxs = _order(set(pc), CONTEXT_ORDER)
+        if all({"baseline", "final"} & set(v) for v in pc.values()):
+            value = {(c, k): num(pc[c].get(k)) for c in ctxs for k in ("baseline", "final")}
+            cols = ["baseline", "final"]
+        else:
+            cols = _order({k for v in pc.values() for k in v}, traits)
+            value = {(c, k): num(pc[c].get(k)) for c in ctxs for k in cols}
+        body += ("<h3>Per context</h3>" + _heat_table(ctxs, cols, value, corner="context")
+                 + '<p class="note">Colour runs from red (low) to green (high); on 0-1 when every value is a fraction.</p>')
+    return _section("final", title, body or '<p class="note">final.json holds no figures.</p>')
+
+
+def _samples(rd: RunData, final: dict[str, Any] | None) -> str:
+    title = "Sample responses"
+    samples = [s for s in _list((final or {}).get("samples")) if isinstance(s, dict)]
+    if samples:
+        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("baseline"))), esc(as_text(s.get("final")))]
+                for s in samples[:SAMPLE_LIMIT]]
+        head = ["context", "prompt", "baseline", "final"]
+        note = "Baseline and final model on the same prompts, no system prompt."
+    else:
+        base = rd.json(rd.path("04_evaluation", "baseline_samples", "baseline_samples.json"))
+        samples = [s for s in _list(base) if isinstance(s, dict)]
+        if not samples:
+            return _section("samples", title, _absent(rd, "07_final_eval", "side-by-side samples"))
+        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("response"))), '<td class="note">not run yet</td>']
+                for s in samples[:SAMPLE_LIMIT]]
+        head = ["context", "prompt", "baseline", "final"]
+        note = "Baseline model on held-out prompts, no system prompt (stage 4); the final model's column fills in after stage 7."
+    shown = f" Showing {min(len(samples), SAMPLE_LIMIT)} of {len(samples)}." if len(samples) > SAMPLE_LIMIT else ""
+    colgroup = '<colgroup><col style="width:10%"><col style="width:24%"><col style="width:33%"><col style="width:33%"></colgroup>'
+    return _section("samples", title, f'<p class="note">{esc(note + shown)}</p>' + _table(head, rows, "samples").replace("<thead>", colgroup + "<thead>", 1))
+
+
+def _files(rd: RunData) -> str:
+    body = ""
+    if rd.config_text:
+        body += f"<details><summary>config.yaml (resolved)</summary><pre>{esc(rd.config_text)}</pre></details>"
+    log = rd.text(rd.root / "log.txt")
+    if log:
+        lines = log.splitlines()
+        body += f"<details><summary>log.txt (last {min(LOG_TAIL, len(lines))} of {len(lines)} lines)</summary><pre>{esc(chr(10).join(lines[-LOG_TAIL:]))}</pre></details>"
+    if rd.warnings:
+        body += '<div class="warn"><b>Files that could not be read:</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in rd.warnings) + "</ul></div>"
+    return _section("files", "Run files", body or '<p class="note">no config.yaml or log.txt.</p>')
+
+
+# --- entry points -----------------------------------------------------------------------------
+def render_report(run_dir: str | Path) -> str:
+    """The report of a run directory as one self-contained HTML document.
+
+    Args:
+        run_dir: the run's folder (`<run_dir>/<name>`).
+
+    Returns:
+        The HTML text (UTF-8, no external resources, no scripts).
+
+    Raises:
+        RunDirError: the folder does not exist or is not a run directory.
+    """
+    rd = load_run(run_dir)
+    persona = _persona_doc(rd)
+    traits = [str(t.get("id")) for t in _list((persona or {}).get("traits")) if isinstance(t, dict) and t.get("id")]
+    final = rd.json(rd.path("07_final_eval", "final", "final.json"))
+    final = final if isinstance(final, dict) else None
+    verdict = str(final.get("verdict")) if final and final.get("verdict") else None
+    vb = (f'<span class="badge verdict {"b-pass" if verdict == "DEPLOY" else "b-fail"}">{esc(verdict)}</span>' if verdict
+          else '<span class="badge verdict b-none">no verdict yet</span>')
+    model = dig(rd.config, "model", "name") or dig(rd.json(rd.path("01_baseline", "baseline", "baseline.json")), "model") or "?"
+    pname = (persona or {}).get("name") or rd.config.get("persona") or "?"
+    sections = [_gates(rd), _baseline(rd), _persona(rd, persona), _coverage(rd, traits), _evaluation(rd, traits), _curves(rd),
+                _final(rd, final, traits), _samples(rd, final)]
+    sections.append(_files(rd))  # last: it lists the warnings the other sections collected
+    nav = " ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (("gates", "gates"), ("baseline", "baseline"), ("persona", "persona"), ("coverage", "data"),
+                                                                ("evaluation", "evaluation"), ("curves", "curves"), ("final", "final"), ("samples", "samples"), ("files", "files")))
+    created = rd.manifest.get("created")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>personatune report — {esc(rd.name)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>personatune report — {esc(rd.name)} {vb}</h1>"
+        f'<div class="meta"><span>model <b>{esc(model)}</b></span><span>persona <b>{esc(pname)}</b></span>'
+        f"<span>run created <b>{esc(_when(created))}</b></span></div>{_strip(rd)}<nav>{nav}</nav></header>"
+        + "".join(sections)
+        + f"<footer>Generated by <code>personatune report</code> at {esc(_when(time.time()))} from {esc(rd.root)}. "
+        "Built from the run directory alone; no model was loaded.</footer></body></html>\n"
+    )
+
+
+def build_report(run_dir: str | Path) -> Path:
+    """Write `<run_dir>/report.html` atomically.
+
+    Args:
+        run_dir: the run's folder (`<run_dir>/<name>`).
+
+    Returns:
+        The path of the written report.
+
+    Raises:
+        RunDirError: the folder does not exist or is not a run directory.
+    """
+    text = render_report(run_dir)
+    out = Path(run_dir) / "report.html"
+    atomic_write_text(out, text)
+    return out

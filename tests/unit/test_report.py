@@ -1,0 +1,281 @@
+"""The HTML report: sections, escaping, no external resources, graceful degradation.
+
+Every test builds a synthetic run directory by hand (`make_run`), so no model or stage runs.
+`test_report_browser.py` reuses `make_run` to open the same report in a real headless Chromium.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from personatune.errors import RunDirError
+from personatune.report import build_report, render_report
+from personatune.report.charts import bar_chart, line_chart, nice_ticks
+
+XSS = '<script>alert("pwned")</script>'
+TRAITS = ("warmth", "curiosity", "precision")
+# (trait, context) -> number of scenarios targeting it; the coverage table must show exactly these.
+COVERAGE = {("warmth", "casual"): 3, ("warmth", "technical"): 2, ("curiosity", "emotional"): 4, ("precision", "technical"): 1}
+STAGES = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", "05_optimization", "06_iterations", "07_final_eval")
+
+
+def _w(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(obj if isinstance(obj, str) else json.dumps(obj), encoding="utf-8")
+
+
+def _jsonl(path: Path, rows: list[dict]) -> None:
+    _w(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _gate(stage: str, results: list[dict], diagnosis: list[str] = (), next_steps: list[str] = ()) -> dict:
+    full = [{"unit": "fraction", "n": 10, "ci": None, "description": "", "note": "", **r} for r in results]
+    return {"stage": stage, "results": full, "diagnosis": list(diagnosis), "next_steps": list(next_steps), "passed": all(r["passed"] for r in full)}
+
+
+def make_run(root: Path, upto: int = 7) -> Path:
+    """Write a run directory whose stages 1..`upto` finished, with small hand-made artifacts."""
+    root.mkdir(parents=True, exist_ok=True)
+    _w(root / "config.yaml", "name: demo-run\npersona: personas/ada.yaml\nmodel:\n  name: smollm2-135m-instruct\n"
+       "data:\n  teacher:\n    base_url: http://127.0.0.1:8000/v1\ngates:\n  optimization:\n    max_kl: 0.1\n")
+    _w(root / "log.txt", "".join(f"2025-01-01 00:00:{i:02d} event {i}\n" for i in range(60)))
+    gates = {
+        "01_baseline": _gate("01_baseline", [{"metric": "chat_template_present", "value": 1.0, "threshold": 1, "direction": ">=", "passed": True}]),
+        "02_persona": _gate("02_persona", [{"metric": "separability[warmth]", "value": 0.95, "threshold": 0.8, "direction": ">=", "passed": True}]),
+        "03_consistency_data": _gate("03_consistency_data", [{"metric": "chosen_consistency_rate", "value": 0.91, "threshold": 0.85, "direction": ">=",
+                                                              "passed": True, "n": 120, "ci": [0.85, 0.95]}]),
+        "04_evaluation": _gate("04_evaluation", [{"metric": "adherence[technical]", "value": 0.8123, "threshold": 0.9, "direction": ">=", "passed": False}],
+                               diagnosis=[f"context technical drifts {XSS}"], next_steps=["add persona example interactions in context technical"]),
+        "05_optimization": _gate("05_optimization", [{"metric": "kl", "value": 0.07, "threshold": 0.1, "direction": "<=", "unit": "nats/token", "passed": True}]),
+        "06_iterations": None,
+        "07_final_eval": _gate("07_final_eval", [{"metric": "retention", "value": 0.97, "threshold": 0.95, "direction": ">=", "unit": "ratio", "passed": True}]),
+    }
+    manifest = {"version": 1, "created": 1735689600.0, "stages": {}}
+    for i, sid in enumerate(STAGES[:upto]):
+        g = gates[sid]
+        manifest["stages"][sid] = {"status": "done", "config_hash": "abc", "inputs": {}, "outputs": {}, "started": 1735689600.0 + i,
+                                   "finished": 1735689601.5 + i, "seconds": 1.5, "message": f"{sid} ok", "error": None,
+                                   "gate": None if g is None else {"passed": g["passed"], "results": g["results"]}}
+        if g is not None:
+            _w(root / sid / "gate.json", g)
+    _w(root / "manifest.json", manifest)
+
+    _w(root / "01_baseline" / "baseline.json", {"model": "smollm2-135m-instruct", "path": "/models/smol", "parameters": 134515008,
+                                                "capability": {"score": 0.42, "n": 50, "tasks": {"arithmetic": 0.3, "facts": 0.54}},
+                                                "perplexity": {"perplexity": 12.5, "nll_per_token": 2.53, "tokens": 900},
+                                                "sanity_prompt": "In one sentence, what is the capital of France?", "sanity_reply": "Paris."})
+    _w(root / "02_persona" / "persona.yaml", "name: Ada <the tutor>\nsummary: A warm & precise tutor.\ntraits:\n"
+       + "".join(f"  - id: {t}\n    description: expresses {t}\n    positive: [a, b, c]\n    negative: [x, y, z]\n" for t in TRAITS)
+       + "style:\n  formality: casual\n  words: [20, 120]\n")
+    manifest["stages"]["02_persona"]["outputs"] = {"persona": {"path": "02_persona/persona.yaml", "hash": "h"}}
+    _w(root / "manifest.json", manifest)
+    if upto < 3:
+        return root
+
+    scen = [{"id": f"{c}-{t}-{k}", "context": c, "messages": [{"role": "user", "content": f"q {k}"}], "targets": [t],
+             "split": "heldout" if k == 0 else "train", "source": "bank"} for (t, c), n in COVERAGE.items() for k in range(n)]
+    _jsonl(root / "03_consistency_data" / "scenarios.jsonl", scen)
+    pair = {"prompt": [{"role": "user", "content": "hi"}], "chosen": [{"role": "assistant", "content": "hello!"}],
+            "rejected": [{"role": "assistant", "content": "go away"}], "context": "casual", "targets": ["warmth"]}
+    _jsonl(root / "03_consistency_data" / "train" / "pairs.jsonl",
+           [{**pair, "violated_traits": ["warmth"], "rejected_kind": "flip"}] * 5 + [{**pair, "violated_traits": ["curiosity"], "rejected_kind": "baseline"}] * 2)
+    _jsonl(root / "03_consistency_data" / "heldout" / "pairs.jsonl", [{**pair, "violated_traits": ["warmth"], "rejected_kind": "flip"}])
+    _w(root / "03_consistency_data" / "README.md", "# Dataset card\n\ncoverage table here\n")
+    # Recorded like the real stage: folders as outputs, files found inside them.
+    manifest["stages"]["03_consistency_data"]["outputs"] = {k: {"path": f"03_consistency_data/{v}", "hash": "h"} for k, v in
+                                                            (("scenarios", "scenarios.jsonl"), ("train", "train"), ("heldout", "heldout"), ("card", "README.md"))}
+    _w(root / "manifest.json", manifest)
+    if upto < 4:
+        return root
+
+    m = lambda v, n=30: {"value": v, "n": n, "ci": [v - 0.05, min(1.0, v + 0.05)]}  # noqa: E731
+    _w(root / "04_evaluation" / "report.json", {
+        "auroc": {"warmth": {"auroc": 0.97, "n_pos": 10, "n_neg": 10}, "curiosity": {"auroc": 0.88, "n_pos": 8, "n_neg": 9},
+                  "precision": {"auroc": None, "n_pos": 3, "n_neg": 0}},
+        "adherence": {"overall": m(0.93), "per_trait": {t: m(0.9 + 0.02 * i) for i, t in enumerate(TRAITS)},
+                      "per_context": {"casual": m(0.95), "technical": m(0.8123), "emotional": m(0.92)}},
+        "style_variance": 0.11, "consistency_rate": m(0.9), "n_heldout": 30,
+        "baseline_persona": {"consistency_rate": m(0.3), "adherence": m(0.55), "style_variance": 0.2, "n": 30}})
+    _w(root / "04_evaluation" / "baseline_samples.json", [{"id": "s1", "context": "casual", "prompt": "How are you?", "response": "Fine. " + XSS}])
+    if upto < 5:
+        return root
+
+    _jsonl(root / "05_optimization" / "metrics.jsonl", [
+        {"step": s, "kl": 0.01 * s, "kl_stderr": 0.005, "consistency": 0.5 + 0.08 * s, "adherence": 0.6 + 0.06 * s, "style_variance": 0.2 - 0.02 * s,
+         "reward": 0.4 + 0.1 * s, "checkpoint": f"05_optimization/checkpoint-{s}"} for s in range(0, 6)])
+    _jsonl(root / "06_iterations" / "rounds.jsonl", [
+        {"round": r, "kl": 0.05 + 0.01 * r, "consistency": 0.8 + 0.04 * r, "adherence": 0.88 + 0.02 * r, "style_variance": 0.12} for r in (1, 2, 3)])
+    if upto < 7:
+        return root
+
+    _w(root / "07_final_eval" / "final.json", {
+        "verdict": "DEPLOY", "reasons": ["persona improvement interval lies above 0", "retention 0.97 >= 0.95"],
+        "improvement": {"value": 0.42, "ci": [0.31, 0.53]}, "retention": {"value": 0.97, "baseline": 0.42, "final": 0.4074},
+        "per_trait": {"warmth": {"baseline": 0.5, "final": 0.9}, "curiosity": {"baseline": 0.25, "final": 0.75}, "precision": {"baseline": 0.6, "final": 0.6}},
+        "per_context": {"casual": {"warmth": 0.91, "curiosity": 0.7}, "technical": {"warmth": 0.4, "curiosity": 0.95}},
+        "robustness": {"before": 0.2, "after": 0.65},
+        "samples": [{"prompt": "Tell me about <b>HTML</b>", "baseline": "baseline says " + XSS, "final": 'final <a href="https://evil.example">x</a>',
+                     "context": "technical"}]})
+    return root
+
+
+def _section(page: str, sid: str) -> str:
+    m = re.search(rf'<section id="{sid}">(.*?)</section>', page, re.S)
+    assert m, f"section {sid} missing"
+    return m.group(1)
+
+
+def _row_numbers(section: str, label: str) -> list[str]:
+    row = re.search(rf"<tr><td>{re.escape(label)}</td>(.*?)</tr>", section, re.S)
+    assert row, f"row {label} missing"
+    return re.findall(r'<td class="num"[^>]*>([^<]*)</td>', row.group(1))
+
+
+def test_full_run_has_every_section(tmp_path):
+    run = make_run(tmp_path / "demo")
+    out = build_report(run)
+    assert out == run / "report.html"
+    page = out.read_text(encoding="utf-8")
+    for sid in ("gates", "baseline", "persona", "coverage", "evaluation", "curves", "final", "samples", "files"):
+        assert f'<section id="{sid}">' in page
+    assert "demo-run" in page and "smollm2-135m-instruct" in page and "Ada &lt;the tutor&gt;" in page
+    assert 'class="badge verdict b-pass">DEPLOY<' in page
+    # Every stage with a gate.json has its table; stage 4's failing gate shows value, threshold and FAIL.
+    gates = _section(page, "gates")
+    assert gates.count("<table>") == 6
+    assert re.search(r'<tr class="fail"><td>adherence\[technical\]</td><td class="num">0.8123</td><td class="num">&gt;= 0.9</td>', gates)
+    assert "0.85..0.95" in gates and "add persona example interactions in context technical" in gates
+    # Curves: KL (with its stderr band and budget line), persona metrics and style variance, for steps and rounds.
+    curves = _section(page, "curves")
+    assert curves.count("<svg") == 6 and "<polygon" in curves and "budget 0.1" in curves
+    final = _section(page, "final")
+    assert final.count("<svg") == 1 and "0.31..0.53" in final and "retention 0.97 &gt;= 0.95" in final
+    assert "log.txt (last 40 of 60 lines)" in page
+
+
+def test_no_unescaped_file_text(tmp_path):
+    page = render_report(make_run(tmp_path / "demo"))
+    assert "<script" not in page.lower()
+    assert "<b>HTML</b>" not in page and "Tell me about &lt;b&gt;HTML&lt;/b&gt;" in page
+    assert page.count("&lt;script&gt;alert(&quot;pwned&quot;)&lt;/script&gt;") >= 2  # sample response and gate diagnosis
+    assert '<a href="https://evil.example">' not in page
+
+
+def test_no_external_resources(tmp_path):
+    page = render_report(make_run(tmp_path / "demo"))
+    assert not re.search(r"""(?:src|href|xlink:href|action)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
+    assert not re.search(r"<link\b|@import|url\(", page, re.I)
+    assert re.findall(r'href="([^"]*)"', page) and all(h.startswith("#") for h in re.findall(r'href="([^"]*)"', page))
+
+
+def test_coverage_counts_trait_by_context(tmp_path):
+    cov = _section(render_report(make_run(tmp_path / "demo")), "coverage")
+    # columns: casual, technical, emotional, prompts, contexts, held-out, violated in pairs
+    assert _row_numbers(cov, "<code>warmth</code>") == ["3", "2", "0", "5", "2", "2", "6"]
+    assert _row_numbers(cov, "<code>curiosity</code>") == ["0", "0", "4", "4", "1", "1", "2"]
+    assert _row_numbers(cov, "<code>precision</code>") == ["0", "1", "0", "1", "1", "1", "0"]
+
+
+def test_bars_are_proportional_to_values(tmp_path):
+    final = _section(render_report(make_run(tmp_path / "demo")), "final")
+    widths = {m.group(2): float(m.group(1)) for m in re.finditer(r'<rect x="[\d.]+" y="\d+" width="([\d.]+)" height="\d+" fill="#\w+"><title>([^<]*)</title>', final)}
+    assert widths["warmth / final: 0.9"] / widths["warmth / baseline: 0.5"] == pytest.approx(0.9 / 0.5, rel=0.01)
+    assert widths["curiosity / final: 0.75"] / widths["curiosity / baseline: 0.25"] == pytest.approx(3.0, rel=0.01)
+
+
+def test_line_chart_maps_higher_values_higher():
+    svg = line_chart({"kl": [(0, 0.01), (1, 0.05), (2, 0.03)]}, x_label="step", y_label="KL")
+    cx_cy = [(float(a), float(b)) for a, b in re.findall(r'<circle cx="([\d.]+)" cy="([\d.]+)"', svg)]
+    assert [c[0] for c in cx_cy] == sorted(c[0] for c in cx_cy)
+    assert cx_cy[1][1] < cx_cy[2][1] < cx_cy[0][1]  # SVG y grows downwards
+
+
+def test_charts_tolerate_missing_and_single_points():
+    assert "n/a" in bar_chart(["a", "b"], {"s": [0.5, None]})
+    one = line_chart({"kl": [(3, 0.2)], "none": [(3, None)]}, x_label="round", y_label="KL")
+    assert one.count("<circle") == 1
+    assert nice_ticks(0, 1) == [0, 0.2, 0.4, 0.6, 0.8, 1.0]
+
+
+def test_stages_1_2_only_render_with_notes(tmp_path):
+    page = render_report(make_run(tmp_path / "early", upto=2))
+    assert "no verdict yet" in page
+    assert "stage 3, Consistency data, has not run yet" in page
+    assert "stage 4, Persona evaluation, has not run yet" in page
+    assert "stage 5, Optimization (KL-bounded), has not run yet" in page
+    assert "stage 7, Final evaluation, has not run yet" in page
+    assert "Capability suite: score 0.42" in page and "<code>curiosity</code>" in page
+
+
+def test_stage_4_samples_shown_before_final(tmp_path):
+    samples = _section(render_report(make_run(tmp_path / "mid", upto=6)), "samples")
+    assert "Fine. &lt;script&gt;" in samples and "not run yet" in samples
+
+
+def test_alternative_final_shapes(tmp_path):
+    run = make_run(tmp_path / "demo")
+    final = json.loads((run / "07_final_eval" / "final.json").read_text())
+    final["per_context"] = {"casual": {"baseline": {"value": 0.3, "n": 5}, "final": {"value": 0.8, "n": 5}}, "odd": "not a mapping"}
+    final["per_trait"]["warmth"] = {"baseline": {"value": 0.1}, "final": {"value": 0.2}}
+    final["robustness"] = {"before": {"break_rate": 0.5}, "after": {"break_rate": 0.1}}
+    (run / "07_final_eval" / "final.json").write_text(json.dumps(final))
+    sec = _section(render_report(run), "final")
+    assert re.search(r"<tr><td>casual</td><td[^>]*>0.3</td><td[^>]*>0.8</td></tr>", sec)
+    assert "odd" not in sec and "break_rate" in sec
+
+
+def test_corrupt_files_are_reported_not_fatal(tmp_path):
+    run = make_run(tmp_path / "demo")
+    (run / "07_final_eval" / "final.json").write_text("{not json")
+    with open(run / "05_optimization" / "metrics.jsonl", "a") as f:
+        f.write("garbage line\n")
+    page = render_report(run)
+    assert "07_final_eval/final.json: not valid JSON" in page
+    assert "05_optimization/metrics.jsonl: 1 line(s) are not JSON objects" in page
+    assert "<polyline" in _section(page, "curves")
+
+
+def test_manifest_output_outside_run_is_ignored(tmp_path):
+    run = make_run(tmp_path / "demo", upto=2)
+    (tmp_path / "secret.yaml").write_text("name: SECRET\nsummary: outside\n")
+    man = json.loads((run / "manifest.json").read_text())
+    man["stages"]["02_persona"]["outputs"]["persona"]["path"] = "../secret.yaml"
+    (run / "manifest.json").write_text(json.dumps(man))
+    page = render_report(run)
+    assert "SECRET" not in page and "Ada &lt;the tutor&gt;" in page
+
+
+def test_build_report_writes_atomically(tmp_path):
+    run = make_run(tmp_path / "demo", upto=3)
+    (run / "report.html").write_text("old")
+    path = build_report(str(run))
+    assert path.read_text(encoding="utf-8").startswith("<!DOCTYPE html>")
+    assert not list(run.glob(".report.html.*"))
+
+
+def test_not_a_run_directory(tmp_path):
+    with pytest.raises(RunDirError, match="does not exist"):
+        build_report(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunDirError, match="not a run directory"):
+        build_report(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("junk", [[], "text", 3, None, {"results": "x", "per_trait": [1], "samples": "s", "stages": 1}])
+def test_wrong_shapes_never_crash(tmp_path, junk):
+    # Stages 5-7 are still being written: whatever shape a file takes, the report must render.
+    run = make_run(tmp_path / "demo")
+    files = sorted(p for p in run.rglob("*") if p.suffix in (".json", ".jsonl") and p.name != "manifest.json")
+    for p in files:
+        p.write_text(json.dumps(junk) + ("\n" if p.suffix == ".jsonl" else ""))
+    man = json.loads((run / "manifest.json").read_text())
+    for i, sid in enumerate(STAGES):
+        man["stages"][sid] = junk if i % 2 else {"status": junk, "outputs": junk, "gate": junk, "seconds": junk, "finished": junk, "message": junk}
+    (run / "manifest.json").write_text(json.dumps(man))
+    page = render_report(run)
+    assert page.endswith("</html>\n") and '<section id="final">' in page
+    assert len(files) == 15
