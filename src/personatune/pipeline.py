@@ -63,6 +63,16 @@ def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
     return section_hash(cfg, st.config_keys, extra=extra)
 
 
+def _write_report(root: Path, echo: Callable[[str], None]) -> None:
+    """Rebuild report.html from the run directory (also after a failed gate: it shows the diagnosis)."""
+    from personatune.report import build_report
+
+    try:
+        echo(f"report: {build_report(root)}")
+    except (PersonatuneError, OSError, ValueError) as e:  # the report never decides the run's outcome
+        echo(f"report could not be written: {e}")
+
+
 def run_pipeline(
     cfg: RunConfig,
     *,
@@ -107,6 +117,7 @@ def run_pipeline(
             missing = ", ".join(f"{int(s.id[:2])} {s.title} (issue #{s.issue})" for s in stages[i : stop_i + 1] if s.run is None)
             echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
             rd.log(f"stopped at unimplemented stage {st.id}")
+            _write_report(root, echo)
             return 0
         key = stage_cache_key(cfg, st)
         inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
@@ -149,6 +160,8 @@ def run_pipeline(
         echo(f"{n}: {'done' if passed else 'GATE FAILED'} in {rec.seconds:.1f}s — {result.message}")
         if not passed:
             echo(f"The pipeline stops at {st.id}. Details: {rd.stage_dir(st.id) / 'gate.json'}")
+            _write_report(root, echo)
             return 1
     echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")
+    _write_report(root, echo)
     return 0
