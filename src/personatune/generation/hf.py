@@ -3,7 +3,7 @@
 What `HFBackend.generate` does, in order:
 1. Render each conversation with the tokenizer's chat template as text, then tokenize it with
    `add_special_tokens=False` (the template already holds BOS; tokenizing with special tokens
-   would double it). `personatune.models.encode_chat` does this when that module is present.
+   would double it): `personatune.models.encode_chat`, the project's one implementation.
 2. Sort conversations by prompt length (longest first) and cut them into batches of
    `batch_size`: neighbours have similar lengths, so little compute goes to padding.
 3. LEFT-pad each batch (decoder-only models continue from the last position, so every prompt
@@ -27,28 +27,7 @@ import time
 from typing import Any
 
 from personatune.generation import BackendError, Conversation, SamplingParams, check_conversations
-
-
-def encode_chat(tokenizer: Any, messages: Conversation, add_generation_prompt: bool = True) -> list[int]:
-    """Token ids of a conversation rendered with the tokenizer's chat template (no doubled BOS).
-
-    Uses `personatune.models.encode_chat` when that module provides it (one implementation for the
-    whole project); otherwise renders to text and tokenizes with `add_special_tokens=False`.
-
-    Raises:
-        BackendError: the tokenizer has no chat template.
-    """
-    try:
-        from personatune.models import encode_chat as shared  # the project's single implementation
-    except ImportError:
-        shared = None
-    if shared is not None:
-        return list(shared(tokenizer, messages, add_generation_prompt=add_generation_prompt))
-    if not getattr(tokenizer, "chat_template", None):
-        raise BackendError("the tokenizer has no chat template; fix: use an instruct/chat model, or add a chat_template "
-                           "to its tokenizer_config.json")
-    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+from personatune.models import encode_chat
 
 
 def _as_list(x: Any) -> list[int]:
