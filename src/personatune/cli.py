@@ -5,9 +5,11 @@
     personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json]
     personatune config [CONFIG.yaml] [key=value ...] [--keys]
     personatune report RUN_DIR
+    personatune serve RUN_DIR|MODEL [--host H --port P ...]
+    personatune monitor --persona P|RUN_DIR [--evaluator DIR] LOGS.jsonl [--out drift.html]
     personatune env
 
-Exit codes: 0 success, 1 a quality gate failed, 2 bad input (one line on stderr, no traceback),
+Exit codes: 0 success, 1 a quality gate failed (monitor: a drift alert fired), 2 bad input (one line on stderr, no traceback),
 130 interrupted (re-run the same command to resume).
 """
 
@@ -77,6 +79,21 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from personatune.serve import serve_main
+
+    return serve_main(args.target, host=args.host, port=args.port, evaluator=args.evaluator, persona=args.persona,
+                      queue_size=args.queue_size, batch_size=args.batch_size, timeout_s=args.timeout, max_tokens=args.max_tokens,
+                      default_max_tokens=args.default_max_tokens, max_body_bytes=args.max_body_bytes, window=args.window,
+                      log_path=args.log, dtype=args.dtype, device=args.device)
+
+
+def _cmd_monitor(args: argparse.Namespace) -> int:
+    from personatune.monitor import monitor_main
+
+    return monitor_main(args.persona, args.evaluator, args.logs, reference=args.reference, window=args.window, out_html=args.out, alpha=args.alpha)
+
+
 def _cmd_env(args: argparse.Namespace) -> int:
     from personatune.models import describe_environment
 
@@ -123,6 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="(re)build <run>/report.html from a run directory alone")
     rp.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
     rp.set_defaults(fn=_cmd_report)
+
+    sv = sub.add_parser("serve", help="OpenAI-compatible /v1/chat/completions for a trained model, scored in the background, /metrics")
+    sv.add_argument("target", help="a run directory (its final model, persona and evaluator) or a model name/path")
+    sv.add_argument("--persona", help="persona YAML (default: the run's)")
+    sv.add_argument("--evaluator", help="fitted evaluator folder (default: the run's)")
+    sv.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    sv.add_argument("--port", type=int, default=8000, help="TCP port")
+    sv.add_argument("--queue-size", type=int, help="requests waiting for generation before 503 (count)")
+    sv.add_argument("--batch-size", type=int, help="requests generated together (count)")
+    sv.add_argument("--timeout", type=float, help="seconds a request may wait and run")
+    sv.add_argument("--max-tokens", type=int, help="largest max_tokens a request may ask for")
+    sv.add_argument("--default-max-tokens", type=int, help="max_tokens when a request gives none")
+    sv.add_argument("--max-body-bytes", type=int, help="largest request body (bytes); larger gets 413")
+    sv.add_argument("--window", type=int, help="responses in the rolling /metrics window (count)")
+    sv.add_argument("--log", help="append served conversations to this JSONL (the format `monitor` reads)")
+    sv.add_argument("--dtype", help="model dtype (auto, float32, bfloat16, float16)")
+    sv.add_argument("--device", help="auto, cpu, cuda, cuda:N")
+    sv.set_defaults(fn=_cmd_serve)
+
+    mo = sub.add_parser("monitor", help="score production conversations and test each window for persona drift")
+    mo.add_argument("logs", help="JSONL, one conversation per line (OpenAI-style messages)")
+    mo.add_argument("--persona", required=True, help="persona YAML, or a run directory (persona, evaluator and reference from it)")
+    mo.add_argument("--evaluator", help="fitted evaluator folder")
+    mo.add_argument("--reference", help="reference JSONL (default: the run's stage-3 held-out chosen responses)")
+    mo.add_argument("--window", type=int, default=200, help="conversations per window (count)")
+    mo.add_argument("--out", default="drift.html", help="HTML drift report to write (a .json summary goes beside it)")
+    mo.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate over all windows and tests")
+    mo.set_defaults(fn=_cmd_monitor)
 
     e = sub.add_parser("env", help="print versions, device, threads and where the default models were found")
     e.add_argument("--json", action="store_true")
