@@ -35,9 +35,14 @@ def test_run_tiny_until_stage_2_then_resume(tmp_path):
     # Second run: nothing changed, both stages skipped.
     r2 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2")
     assert r2.returncode == 0 and r2.stdout.count("skipped") == 2, r2.stdout
-    # Without --until the run stops cleanly at the first stage not implemented yet.
+    # Without --until the run goes on into stage 3, where the tiny model's noise cannot be consistent:
+    # the gate fails, the run stops there with exit 1, the diagnosis, and the report.
     r3 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}")
-    assert r3.returncode == 0 and "not implemented yet" in r3.stdout, r3.stdout + r3.stderr
+    assert r3.returncode == 1, r3.stdout + r3.stderr
+    assert "GATE FAILED" in r3.stdout and "The pipeline stops at 03_consistency_data" in r3.stdout
+    assert "cause: only 0/24 prompts got a consistent teacher response" in r3.stdout
+    assert (run / "report.html").exists()
+    assert not (run / "04_evaluation").exists()
 
 
 def test_killed_run_resumes_at_the_stage_in_progress(tmp_path):

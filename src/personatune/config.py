@@ -22,6 +22,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from personatune.errors import ConfigError
+from personatune.training import TrainArgs
 
 
 class _Section(BaseModel):
@@ -151,6 +152,7 @@ class RunConfig(_Section):
     model: ModelArgs = Field(default_factory=ModelArgs)
     sft: SFTArgs = Field(default_factory=SFTArgs)
     data: DataArgs = Field(default_factory=DataArgs)
+    train: TrainArgs = Field(default_factory=TrainArgs)
     gates: GateArgs = Field(default_factory=GateArgs)
 
 

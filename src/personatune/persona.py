@@ -10,11 +10,17 @@ its field path and line number, in one `PersonaSpecError`.
 
 from __future__ import annotations
 
+import difflib
 import re
+import types
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from personatune.errors import PersonaSpecError
 
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -131,132 +137,352 @@ class PersonaSpec(_Strict):
         raise KeyError(trait_id)
 
 
-# --- loading ------------------------------------------------------------------------------------------
-def _line_map(node: Any, path: tuple = (), out: dict[tuple, int] | None = None) -> dict[tuple, int]:
-    """Field path (tuple of keys / indices) -> 1-based line number, from a composed YAML node tree."""
-    import yaml
+# ---------------------------------------------------------------------------------------------
+# Loading: YAML -> node tree (for line numbers) -> plain data -> schema + cross-field checks.
+# ---------------------------------------------------------------------------------------------
 
-    out = {} if out is None else out
-    out.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for k, v in node.value:
-            key = k.value
-            out[path + (key,)] = k.start_mark.line + 1
-            _line_map(v, path + (key,), out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, v in enumerate(node.value):
-            out[path + (i,)] = v.start_mark.line + 1
-            _line_map(v, path + (i,), out)
-    return out
+Loc = tuple[str | int, ...]
 
 
-def _line_of(lines: dict[tuple, int], loc: tuple) -> int | None:
-    """Line of the deepest existing prefix of `loc` (a missing field points at its parent)."""
-    for n in range(len(loc), -1, -1):
-        if loc[:n] in lines:
-            return lines[loc[:n]]
+@dataclass(frozen=True)
+class PersonaProblem:
+    """One problem in a persona file.
+
+    Attributes:
+        loc: field path as keys and list indices, e.g. ("traits", 0, "positive").
+        line: 1-based line in the file (of the field, or of the nearest enclosing one that exists).
+        message: what is wrong.
+        fix: what to change.
+    """
+
+    loc: Loc
+    line: int | None
+    message: str
+    fix: str
+
+    @property
+    def path(self) -> str:
+        return format_loc(self.loc)
+
+    def render(self) -> str:
+        where = f" (line {self.line})" if self.line is not None else ""
+        return f"{self.path}{where}: {self.message}; fix: {self.fix}"
+
+
+def format_loc(loc: Loc) -> str:
+    """("traits", 0, "positive", 2) -> "traits[0].positive[2]"; the empty path is "(top level)"."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _line_map(node: yaml.Node) -> tuple[dict[Loc, int], list[PersonaProblem]]:
+    """Field path -> 1-based line, from the composed node tree; also reports duplicate mapping keys.
+
+    A mapping entry maps to the line of its key (where the field is named), a list item to the line
+    where the item starts. SafeLoader silently keeps the last of two equal keys; we report it instead.
+    """
+    lines: dict[Loc, int] = {(): node.start_mark.line + 1}
+    dups: list[PersonaProblem] = []
+
+    def walk(n: yaml.Node, loc: Loc) -> None:
+        if isinstance(n, yaml.MappingNode):
+            seen: dict[str, int] = {}
+            for k, v in n.value:
+                key = str(k.value) if isinstance(k, yaml.ScalarNode) else f"<{k.tag}>"
+                line = k.start_mark.line + 1
+                if key in seen:
+                    dups.append(PersonaProblem(loc + (key,), line, f"key {key!r} appears twice in this mapping (lines {seen[key]} and {line}); only the last would count",
+                                               "keep one of them"))
+                seen[key] = line
+                lines[loc + (key,)] = line
+                walk(v, loc + (key,))
+        elif isinstance(n, yaml.SequenceNode):
+            for i, item in enumerate(n.value):
+                lines[loc + (i,)] = item.start_mark.line + 1
+                walk(item, loc + (i,))
+
+    walk(node, ())
+    return lines, dups
+
+
+def _line_of(lines: dict[Loc, int], loc: Loc) -> int | None:
+    # The longest prefix of `loc` that exists in the file: a missing field points at its parent.
+    for k in range(len(loc), -1, -1):
+        if loc[:k] in lines:
+            return lines[loc[:k]]
     return None
 
 
-def _fmt_path(loc: tuple) -> str:
-    s = ""
-    for p in loc:
-        s += f"[{p}]" if isinstance(p, int) else (f".{p}" if s else str(p))
-    return s or "(top level)"
+def _unwrap(ann: Any) -> Any:
+    """`X | None` -> X (first non-None member of a union); anything else unchanged."""
+    if get_origin(ann) in (Union, types.UnionType):
+        members = [a for a in get_args(ann) if a is not type(None)]
+        return members[0] if members else ann
+    return ann
 
 
-def _cross_field_problems(data: dict[str, Any]) -> list[tuple[tuple, str]]:
-    """Problems pydantic cannot see field by field: duplicate ids, examples without both roles."""
-    out: list[tuple[tuple, str]] = []
-    for key in ("traits", "behaviors"):
-        seen: dict[str, int] = {}
-        items = data.get(key)
-        if isinstance(items, list):
-            for i, it in enumerate(items):
-                if isinstance(it, dict) and isinstance(it.get("id"), str):
-                    if it["id"] in seen:
-                        out.append(((key, i, "id"), f"duplicate id {it['id']!r} (first used at {key}[{seen[it['id']]}]); give each a unique id"))
-                    else:
-                        seen[it["id"]] = i
+def _model_at(loc: Loc) -> type[BaseModel] | None:
+    """The schema model describing the value at `loc` (None when that value is not a model)."""
+    cur: Any = PersonaSpec
+    for part in loc:
+        cur = _unwrap(cur)
+        if isinstance(part, int):
+            args = get_args(cur)
+            if get_origin(cur) is not list or not args:
+                return None
+            cur = args[0]
+        elif isinstance(cur, type) and issubclass(cur, BaseModel) and part in cur.model_fields:
+            cur = cur.model_fields[part].annotation
+        else:
+            return None
+    cur = _unwrap(cur)
+    return cur if isinstance(cur, type) and issubclass(cur, BaseModel) else None
+
+
+def _keys_of(model: type[BaseModel]) -> str:
+    return ", ".join(model.model_fields)
+
+
+def _value_fix(name: str | int, got: Any) -> str:
+    """The fix for a failed field validator, by field name."""
+    if name == "id" and isinstance(got, str):
+        suggestion = re.sub(r"[^a-z0-9]+", "_", got.strip().lower()).strip("_")
+        suggestion = suggestion if suggestion and suggestion[0].isalpha() else f"t_{suggestion}".rstrip("_")
+        return f"rename it, e.g. {suggestion!r}"
+    if name == "regex":
+        return "correct the pattern (escape literal characters such as ( ) [ ] ? . with a backslash)"
+    if name == "words":
+        return "write [min, max] with 1 <= min <= max, e.g. [20, 120]"
+    return "change the value as described"
+
+
+def _problem_from_pydantic(err: dict[str, Any], lines: dict[Loc, int]) -> PersonaProblem:
+    """Turn one pydantic error into a problem with a plain-words message and a concrete fix."""
+    loc: Loc = tuple(err["loc"])
+    kind = err["type"]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    got = err.get("input")
+    got_s = repr(got) if len(repr(got)) <= 60 else repr(got)[:57] + "..."
+    line = _line_of(lines, loc)
+    parent = _model_at(loc[:-1]) if loc else None
+    name = loc[-1] if loc else ""
+    if kind == "missing":
+        if isinstance(name, int):
+            return PersonaProblem(loc, line, "item missing", "give exactly the items this list needs (see docs/persona-definition.md)")
+        desc = parent.model_fields[name].description if parent is not None and name in parent.model_fields else None
+        return PersonaProblem(loc, line, "required field is missing", f"add `{name}:`" + (f" ({desc})" if desc else ""))
+    if kind == "extra_forbidden":
+        valid = list(parent.model_fields) if parent is not None else []
+        close = difflib.get_close_matches(str(name), valid, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        return PersonaProblem(loc, line, f"unknown key {name!r}", f"{hint}valid keys here: {', '.join(valid)}")
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        model = _model_at(loc)
+        keys = f" with keys {_keys_of(model)}" if model is not None else ""
+        return PersonaProblem(loc, line, f"expected a mapping, got {got_s}", f"write it as `key: value` lines{keys}")
+    if kind == "list_type":
+        return PersonaProblem(loc, line, f"expected a list, got {got_s}", "write a YAML list, one `- item` per line")
+    if kind in ("string_type", "string_sub_type"):
+        return PersonaProblem(loc, line, f"expected text, got {got_s}", "write text; quote it if YAML would read it as a number, date, yes/no or null")
+    if kind in ("int_type", "int_parsing", "int_from_float"):
+        return PersonaProblem(loc, line, f"expected a whole number, got {got_s}", "write an integer such as 40")
+    if kind in ("bool_type", "bool_parsing"):
+        return PersonaProblem(loc, line, f"expected true or false, got {got_s}", "write true or false")
+    if kind == "literal_error":
+        return PersonaProblem(loc, line, f"{got_s} is not allowed", f"use one of {err.get('ctx', {}).get('expected', 'the documented values')}")
+    if kind == "too_short" and name == "messages":
+        return PersonaProblem(loc, line, "an example needs at least two turns", "give a `- role: user` turn followed by a `- role: assistant` turn")
+    if kind in ("too_short", "string_too_short"):
+        return PersonaProblem(loc, line, msg, "fill it in" if kind == "string_too_short" else "add the missing items")
+    if kind in ("too_long", "string_too_long"):
+        return PersonaProblem(loc, line, msg, "remove the extra items")
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return PersonaProblem(loc, line, f"{msg}, got {got_s}", "change the number to meet that bound")
+    if kind in ("tuple_type",):
+        return PersonaProblem(loc, line, f"expected a list [min, max], got {got_s}", "write it as [min, max], e.g. [20, 120]")
+    if kind == "value_error":
+        return PersonaProblem(loc, line, msg, _value_fix(name, got))
+    return PersonaProblem(loc, line, f"{msg} (got {got_s})", "see docs/persona-definition.md for this field")
+
+
+def _norm_text(s: str) -> str:
+    return " ".join(s.casefold().split())
+
+
+def _cross_field_problems(data: dict[str, Any], lines: dict[Loc, int]) -> list[PersonaProblem]:
+    """Problems no single field shows: duplicates, contradictions, incomplete examples.
+
+    Runs on the raw data, defensively (types may be wrong there too), so these problems are
+    reported together with the schema's in one error.
+    """
+    out: list[PersonaProblem] = []
+
+    def add(loc: Loc, message: str, fix: str) -> None:
+        out.append(PersonaProblem(loc, _line_of(lines, loc), message, fix))
+
+    # 1. Traits: unique ids; exemplars non-empty and each used once across the whole persona
+    # (a duplicated exemplar would survive its own leave-one-out and inflate separability).
+    traits = data.get("traits")
+    trait_ids: dict[str, Loc] = {}
+    seen_text: dict[str, Loc] = {}
+    for i, t in enumerate(traits if isinstance(traits, list) else []):
+        if not isinstance(t, dict):
+            continue
+        tid = t.get("id")
+        if isinstance(tid, str):
+            if tid in trait_ids:
+                add(("traits", i, "id"), f"duplicate trait id {tid!r} (first used at {format_loc(trait_ids[tid])}, line {_line_of(lines, trait_ids[tid])})",
+                    "give every trait a unique id, or merge the two traits")
+            else:
+                trait_ids[tid] = ("traits", i, "id")
+        for key in ("positive", "negative"):
+            items = t.get(key)
+            for j, u in enumerate(items if isinstance(items, list) else []):
+                if not isinstance(u, str):
+                    continue
+                loc = ("traits", i, key, j)
+                if not u.strip():
+                    add(loc, "empty utterance", "write an utterance or remove the item")
+                    continue
+                k = _norm_text(u)
+                if k in seen_text:
+                    first = seen_text[k]
+                    what = "the same trait's other list" if first[:2] == loc[:2] and first[2] != key else format_loc(first)
+                    add(loc, f"same utterance as {what} (line {_line_of(lines, first)})",
+                        "keep each exemplar once: an utterance cannot both express and contradict a trait, and a repeated one inflates the separability check")
+                else:
+                    seen_text[k] = loc
+
+    # 2. Style: a phrase cannot be both a signature and avoided.
+    style = data.get("style")
+    if isinstance(style, dict):
+        sig, avoid = style.get("signature_phrases"), style.get("avoid_phrases")
+        if isinstance(sig, list) and isinstance(avoid, list):
+            sig_norm = {_norm_text(s) for s in sig if isinstance(s, str)}
+            for j, a in enumerate(avoid):
+                if isinstance(a, str) and _norm_text(a) in sig_norm:
+                    add(("style", "avoid_phrases", j), f"{a!r} is also in style.signature_phrases", "remove it from one of the two lists")
+
+    # 3. Behaviours: unique ids; a check must state at least one condition and a consistent length range.
+    behaviors = data.get("behaviors")
+    beh_ids: dict[str, Loc] = {}
+    for i, b in enumerate(behaviors if isinstance(behaviors, list) else []):
+        if not isinstance(b, dict):
+            continue
+        bid = b.get("id")
+        if isinstance(bid, str):
+            if bid in beh_ids:
+                add(("behaviors", i, "id"), f"duplicate behavior id {bid!r} (first used at {format_loc(beh_ids[bid])}, line {_line_of(lines, beh_ids[bid])})",
+                    "give every behavior a unique id")
+            else:
+                beh_ids[bid] = ("behaviors", i, "id")
+        chk = b.get("check")
+        if isinstance(chk, dict):
+            conds = [k for k in Check.model_fields if chk.get(k) not in (None, [], "")]
+            if not conds:
+                add(("behaviors", i, "check"), "the check states no condition, so it would pass every response",
+                    f"give at least one of {_keys_of(Check)}, or remove `check`")
+            lo, hi = chk.get("min_words"), chk.get("max_words")
+            if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
+                add(("behaviors", i, "check", "min_words"), f"min_words {lo} is greater than max_words {hi}", "make min_words <= max_words")
+
+    # 4. Examples: each needs a user turn and a later assistant turn (the reply that shows the persona).
     examples = data.get("examples")
-    if isinstance(examples, list):
-        for i, ex in enumerate(examples):
-            msgs = ex.get("messages") if isinstance(ex, dict) else None
-            if isinstance(msgs, list):
-                roles = {m.get("role") for m in msgs if isinstance(m, dict)}
-                if not {"user", "assistant"} <= roles:
-                    out.append((("examples", i, "messages"), "needs at least one user and one assistant turn"))
+    for i, ex in enumerate(examples if isinstance(examples, list) else []):
+        msgs = ex.get("messages") if isinstance(ex, dict) else None
+        if not isinstance(msgs, list):
+            continue
+        roles = [m.get("role") for m in msgs if isinstance(m, dict)]
+        if len(msgs) < 2:
+            continue  # the schema already reports "an example needs at least two turns"
+        if "user" not in roles:
+            add(("examples", i, "messages"), "no user turn", "add `- role: user` with what the user says")
+        elif "assistant" not in roles[roles.index("user"):]:
+            add(("examples", i, "messages"), "no assistant turn after the user turn", "add `- role: assistant` with the persona's reply")
     return out
 
 
-def load_persona(path: str | Path) -> PersonaSpec:
-    """Load and validate a persona file.
+def _yaml_error_parts(e: yaml.YAMLError) -> tuple[str, str]:
+    """(where, what) of a PyYAML error: "line L, column C" and the problem in words."""
+    mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else "unknown line"
+    parts = [str(x) for x in (getattr(e, "context", None), getattr(e, "problem", None)) if x]
+    return where, " ".join(parts) or str(e).splitlines()[0]
 
-    YAML is read with `yaml.SafeLoader` (no tag can construct Python objects). Every problem is
-    collected and reported together.
+
+def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
+    """Parse and validate persona YAML text.
+
+    Args:
+        text: the YAML document.
+        source: name shown in error messages (the file path).
+
+    Returns:
+        The validated persona. Count requirements (5-10 traits, >= 3 exemplars, >= 3 examples) are
+        not checked here: they belong to the stage-2 gate, so a draft persona still loads.
 
     Raises:
-        PersonaSpecError: one message listing every problem as `field.path (line N): problem`.
+        PersonaSpecError: YAML syntax error, a tag SafeLoader refuses (e.g. !!python/object),
+            a document that is not a mapping, or schema / cross-field problems (all listed at once).
     """
-    import yaml
-    from pydantic import ValidationError
-
-    from personatune.errors import PersonaSpecError
-
-    p = Path(path)
-    if not p.is_file():
-        raise PersonaSpecError(f"persona file {p} not found; fix: pass the path of a persona YAML (see examples/personas/)")
+    loader = yaml.SafeLoader(text)
     try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        raise PersonaSpecError(f"persona file {p} cannot be read as UTF-8 text ({e}); fix: save it as UTF-8 YAML") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.load(text, Loader=yaml.SafeLoader)
+        # Compose first (nodes keep line numbers), then construct with SafeLoader's constructors only.
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except yaml.constructor.ConstructorError as e:
+        where, what = _yaml_error_parts(e)
+        if "constructor for the tag" in what:
+            raise PersonaSpecError(
+                f"{source}: {where}: YAML tag not allowed ({what}); fix: remove the tag — persona files are plain data, "
+                "only standard YAML types are read and no tag can run code"
+            ) from None
+        raise PersonaSpecError(f"{source}: {where}: {what}; fix: correct the YAML at that line") from None
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
-        where = f" (line {mark.line + 1})" if mark else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise PersonaSpecError(f"{p}{where}: not valid YAML: {problem}; fix the syntax there (python tags are not allowed)") from None
+        where, what = _yaml_error_parts(e)
+        raise PersonaSpecError(f"{source}: YAML syntax error at {where}: {what}; fix: correct the YAML at that line (check indentation, colons and quotes)") from None
+    finally:
+        loader.dispose()
     if not isinstance(data, dict):
-        raise PersonaSpecError(f"{p}: the top level must be a mapping with keys name, summary, traits, style, behaviors, facts, examples "
-                               f"(got {type(data).__name__})")
-    lines = _line_map(node) if node is not None else {}
-    problems: list[tuple[tuple, str]] = []
-    spec = None
+        kind = "empty" if data is None else f"a {type(data).__name__}"
+        raise PersonaSpecError(f"{source}: the file is {kind}, not a mapping; fix: start with `name:`, `summary:` and `traits:` keys (see docs/persona-definition.md)")
+    lines, problems = _line_map(node)
+    spec: PersonaSpec | None = None
     try:
         spec = PersonaSpec.model_validate(data)
     except ValidationError as e:
-        for err in e.errors():
-            loc = tuple(err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                import difflib
-
-                parent = PersonaSpec
-                for part in loc[:-1]:
-                    if isinstance(part, str):
-                        f = getattr(parent, "model_fields", {}).get(part)
-                        ann = getattr(f, "annotation", None)
-                        inner = getattr(ann, "__args__", (ann,))
-                        parent = next((a for a in inner if isinstance(a, type) and issubclass(a, BaseModel)), parent)
-                valid = list(getattr(parent, "model_fields", {}))
-                close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
-                msg = f"unknown key{f'; did you mean {close[0]!r}?' if close else ''} (valid: {', '.join(valid)})"
-            elif err["type"] == "missing":
-                msg = "required field is missing"
-            else:
-                inp = err.get("input")
-                if not isinstance(inp, (dict, list)):
-                    msg += f" (got {inp!r})"
-            problems.append((loc, msg))
-    problems += _cross_field_problems(data)
-    if problems:
-        parts = []
-        for loc, msg in sorted(problems, key=lambda x: (_line_of(lines, x[0]) or 0)):
-            line = _line_of(lines, loc)
-            parts.append(f"{_fmt_path(loc)}{f' (line {line})' if line else ''}: {msg}")
-        raise PersonaSpecError(f"{p}: {len(parts)} problem{'s' if len(parts) > 1 else ''}: " + "; ".join(parts))
-    if spec is None:  # unreachable: validation errors are always listed above
-        raise PersonaSpecError(f"{p}: invalid persona file")
+        problems += [_problem_from_pydantic(dict(err), lines) for err in e.errors()]
+    problems += _cross_field_problems(data, lines)
+    if problems or spec is None:
+        problems.sort(key=lambda p: (p.line if p.line is not None else 0))
+        n = len(problems)
+        body = "\n".join("  - " + p.render() for p in problems)
+        raise PersonaSpecError(f"{source}: invalid persona file, {n} problem{'s' if n != 1 else ''}:\n{body}")
     return spec
+
+
+def load_persona(path: str | Path) -> PersonaSpec:
+    """Load a persona file safely and validate it.
+
+    Args:
+        path: the persona YAML file.
+
+    Returns:
+        The validated `PersonaSpec`.
+
+    Raises:
+        PersonaSpecError: file missing or unreadable, or any problem listed by `persona_from_yaml`.
+    """
+    p = Path(path)
+    if not p.is_file():
+        what = "is a folder, not a file" if p.is_dir() else "not found"
+        raise PersonaSpecError(f"persona file {str(p)!r} {what}; fix: give the path of a persona YAML file (examples in examples/personas/)")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise PersonaSpecError(f"persona file {str(p)!r} is not UTF-8 text (byte {e.start}); fix: save it as UTF-8") from None
+    except OSError as e:
+        raise PersonaSpecError(f"persona file {str(p)!r} cannot be read ({e.strerror}); fix: check its permissions") from None
+    return persona_from_yaml(text, source=str(p))

@@ -1,227 +1,526 @@
-"""Stage 2 — persona definition: is every trait clear and measurable?
+"""Stage 2 — persona definition: load the persona file and check it against the stage-2 gate.
 
-Checks (METRICS.md; thresholds in `gates.persona`, see docs/persona-definition.md):
-1. counts: 5-10 traits; each with a description, >= 3 positive and >= 3 negative exemplars;
-   >= 3 example interactions. (Structure and types — style, behaviour checks, regexes — are
-   validated when the file is loaded; a file that does not load is "invalid", exit code 2.)
-2. separability, per trait, leave-one-out with the scorer's own trait detectors (see
-   `loo_separability`): left-out positives must be detected, left-out negatives and the other traits'
-   left-out positives must not; the balanced accuracy must be >= 0.8.
-3. redundancy: cosine similarity between two traits' positive centroids < 0.9.
+The gate (METRICS.md, docs/persona-definition.md) asks for:
+
+1. 5-10 traits, each with a description and >= 3 positive and >= 3 negative exemplars;
+2. **separability**: per trait, leave-one-out accuracy >= 0.8 of a nearest-centroid classifier on
+   MiniLM sentence embeddings (below);
+3. **no redundancy**: the cosine similarity of every two traits' centroids (mean positive embedding)
+   stays below a bound (0.9);
+4. style and behaviour rules parse (the schema checks them; here every check is also compiled by the
+   rule engine the scorer uses);
+5. >= 3 example interactions.
+
+Separability of trait t, leave-one-out. The classes are every trait's positives plus t's own
+negatives. Each of t's exemplars is held out in turn; every class centroid (the normalised mean of its
+embeddings, without the held-out one) is compared with it by cosine similarity, and the nearest wins.
+A held-out positive is right when t's positives win; a held-out negative is right when anything else
+wins (it reads as "not t"). Accuracy = right / (positives + negatives of t).
+
+Output of `run`: `02_persona/persona.yaml` (the exact file the later stages read) and
+`02_persona/persona_report.json` (the full report: per-trait table, similarities, confusions).
+
+>>> report = evaluate_persona_file("examples/personas/captain_nova.yaml")   # doctest: +SKIP
+>>> report.passed, report.traits[0].loo_accuracy                           # doctest: +SKIP
+(True, 1.0)
 """
 
 from __future__ import annotations
 
-import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from personatune.config import PersonaGateArgs, RunConfig
+from personatune.errors import ConfigError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
-from personatune.rundir import RunDir
-from personatune.stage import StageResult
+
+if TYPE_CHECKING:
+    from personatune.config import RunConfig
+    from personatune.rundir import RunDir
+    from personatune.stage import StageResult
 
 STAGE = "02_persona"
+# How many misclassified exemplars per trait the report quotes (the full list is in the JSON).
+QUOTE_CONFUSIONS = 2
+
+
+class EmbedderLike(Protocol):
+    """What the gate needs from an embedder (personatune.embeddings.Embedder fits)."""
+
+    def encode(self, texts: list[str]) -> np.ndarray: ...
 
 
 @dataclass
-class TraitRow:
-    """One line of the per-trait table."""
+class PersonaGateConfig:
+    """Stage-2 gate thresholds. Same fields as the run config's `gates.persona` section.
 
-    trait: str
+    Attributes:
+        min_traits: fewest core traits allowed (count, >= 1).
+        max_traits: most core traits allowed (count, >= min_traits).
+        min_positive: fewest positive exemplars per trait (count, >= 1).
+        min_negative: fewest negative exemplars per trait (count, >= 1).
+        min_separability: leave-one-out accuracy each trait must reach (fraction, 0-1).
+        max_trait_similarity: two traits whose centroid cosine similarity is not below this are redundant (cosine, 0-1).
+        min_examples: fewest example interactions (count, >= 0).
+    """
+
+    min_traits: int = 5
+    max_traits: int = 10
+    min_positive: int = 3
+    min_negative: int = 3
+    min_separability: float = 0.8
+    max_trait_similarity: float = 0.9
+    min_examples: int = 3
+
+    def __post_init__(self) -> None:
+        bad = []
+        for name in ("min_traits", "max_traits", "min_positive", "min_negative"):
+            if int(getattr(self, name)) < 1:
+                bad.append(f"gates.persona.{name} = {getattr(self, name)} must be >= 1")
+        if self.max_traits < self.min_traits:
+            bad.append(f"gates.persona.max_traits = {self.max_traits} must be >= min_traits = {self.min_traits}")
+        for name in ("min_separability", "max_trait_similarity"):
+            if not 0.0 <= float(getattr(self, name)) <= 1.0:
+                bad.append(f"gates.persona.{name} = {getattr(self, name)} must be in [0, 1]")
+        if self.min_examples < 0:
+            bad.append(f"gates.persona.min_examples = {self.min_examples} must be >= 0")
+        if bad:
+            raise ConfigError("; ".join(bad) + "; fix: change those values in the config")
+
+    @classmethod
+    def from_args(cls, args: Any) -> "PersonaGateConfig":
+        """Build from any object with the same attribute names (the config's `PersonaGateArgs`)."""
+        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+@dataclass
+class TraitCheck:
+    """One row of the per-trait table.
+
+    Attributes:
+        id: trait id.
+        n_positive / n_negative: exemplar counts.
+        has_description: the description is not blank.
+        loo_accuracy: leave-one-out accuracy over positives and negatives (None: no exemplar).
+        loo_positive / loo_negative: the same on positives only / negatives only.
+        nearest_trait / nearest_similarity: the other trait whose centroid is closest, and that cosine.
+        confusions: misclassified exemplars: {"kind": "positive"|"negative", "text", "nearest": class}.
+        problems: short reasons this trait fails the gate (empty when it passes).
+    """
+
+    id: str
     n_positive: int
     n_negative: int
-    separability: float | None
-    nearest_trait: str | None
-    nearest_similarity: float | None
-    passed: bool = True
+    has_description: bool
+    loo_accuracy: float | None = None
+    loo_positive: float | None = None
+    loo_negative: float | None = None
+    nearest_trait: str | None = None
+    nearest_similarity: float | None = None
+    confusions: list[dict[str, str]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems
 
 
 @dataclass
 class PersonaGateReport:
-    """The stage-2 gate: the gate results plus the per-trait table."""
+    """The stage-2 result: the gate, the per-trait table and the pairwise similarities.
+
+    Attributes:
+        persona: the persona's name.
+        source: the file it came from (None when checked from memory).
+        config: the thresholds used.
+        gate: the gate results with diagnosis and next steps (what the pipeline writes to gate.json).
+        traits: one row per trait, in file order.
+        similarity: trait id -> trait id -> centroid cosine similarity.
+        warnings: things worth fixing that do not fail the gate (e.g. an example breaks a hard rule).
+    """
 
     persona: str
+    source: str | None
+    config: PersonaGateConfig
     gate: GateReport
-    table: list[TraitRow] = field(default_factory=list)
+    traits: list[TraitCheck] = field(default_factory=list)
+    similarity: dict[str, dict[str, float]] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
         return self.gate.passed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"persona": self.persona, "passed": self.passed, **{k: v for k, v in self.gate.to_dict().items() if k != "passed"},
-                "traits": [r.__dict__ for r in self.table]}
+        """JSON-ready dict: `passed`, the gate (results, diagnosis, next steps), the table, similarities."""
+        return {
+            "stage": STAGE,
+            "persona": self.persona,
+            "source": self.source,
+            "passed": self.passed,
+            "config": asdict(self.config),
+            "gate": self.gate.to_dict(),
+            "traits": [{**asdict(t), "passed": t.passed} for t in self.traits],
+            "similarity": self.similarity,
+            "warnings": list(self.warnings),
+        }
 
 
-def _unit(v: np.ndarray) -> np.ndarray:
-    return v / max(float(np.linalg.norm(v)), 1e-12)
+# --- the measurements --------------------------------------------------------------------------------
 
 
-def loo_separability(spec: PersonaSpec, embedder: Any, seed: int = 0) -> dict[str, dict[str, float]]:
-    """Leave-one-out separability per trait, measured with the scorer's own trait detectors.
+def _normalize(v: np.ndarray) -> np.ndarray:
+    n = np.linalg.norm(v, axis=-1, keepdims=True)
+    return v / np.maximum(n, 1e-12)
 
-    Fold j leaves out the j-th positive and the j-th negative exemplar of every trait; the detectors
-    (personatune.scoring.traits.fit) are fitted on the rest and score the left-out exemplars, so every
-    exemplar is judged by detectors that never saw it. For trait t:
-      - recall: its left-out positives are expressed (traits[t] >= 0.5) and not violated;
-      - own negatives: its left-out negatives are not expressed (traits[t] < 0.5);
-      - other traits: the other traits' left-out positives are not expressed as t.
-    Separability = the mean of those three rates (balanced accuracy), so a trait passes only when the
-    scorer can find it, tell it from its opposite, and tell it from the persona's other traits.
+
+def loo_separability(pos: list[np.ndarray], neg: list[np.ndarray]) -> list[dict[str, Any]]:
+    """Leave-one-out nearest-centroid accuracy of every trait (pure arithmetic, no model).
+
+    Args:
+        pos: per trait, an (n_pos, d) array of its positives' embeddings (rows may be any length;
+            they are normalised here).
+        neg: per trait, an (n_neg, d) array of its negatives' embeddings.
 
     Returns:
-        trait id -> {"separability", "recall", "own_negatives", "other_traits"}.
+        Per trait: {"accuracy", "positive", "negative"} (None where there was nothing to classify)
+        and "predictions": for each held-out exemplar, ("positive"|"negative", index, winning class),
+        where a class is a trait index for positives or -1 for the trait's own negatives.
     """
-    from personatune.scoring.traits import fit
-
-    n_folds = max(max(len(t.positive), len(t.negative)) for t in spec.traits)
-    hits = {t.id: {"recall": [], "own_negatives": [], "other_traits": []} for t in spec.traits}
-    for j in range(n_folds):
-        kept, held = [], []
-        for t in spec.traits:
-            kept.append(t.model_copy(update={"positive": [x for i, x in enumerate(t.positive) if i != j],
-                                             "negative": [x for i, x in enumerate(t.negative) if i != j]}))
-            if j < len(t.positive):
-                held.append((t.id, t.positive[j], True))
-            if j < len(t.negative):
-                held.append((t.id, t.negative[j], False))
-        det = fit(spec.model_copy(update={"traits": kept}), (), embedder=embedder, seed=seed, other_trait_weight=0.2)
-        traits, violations = det.score([h[1] for h in held], embedder)
-        for (owner, _, positive), tr, vi in zip(held, traits, violations):
-            if positive:
-                hits[owner]["recall"].append(tr[owner] >= 0.5 and vi[owner] < 0.5)
-                for u in hits:
-                    if u != owner:
-                        hits[u]["other_traits"].append(tr[u] < 0.5)
-            else:
-                hits[owner]["own_negatives"].append(tr[owner] < 0.5)
-    out = {}
-    for t, h in hits.items():
-        rates = {k: (float(np.mean(v)) if v else 0.0) for k, v in h.items()}
-        rates["separability"] = float(np.mean([rates["recall"], rates["own_negatives"], rates["other_traits"]]))
-        out[t] = rates
+    pos = [_normalize(np.asarray(p, dtype=np.float64)) for p in pos]
+    neg = [_normalize(np.asarray(n, dtype=np.float64)) for n in neg]
+    sums = [p.sum(axis=0) if len(p) else None for p in pos]
+    out: list[dict[str, Any]] = []
+    for t in range(len(pos)):
+        # Classes for trait t: every trait's positives (index u) and t's own negatives (index -1).
+        class_sums = {u: (sums[u], len(pos[u])) for u in range(len(pos)) if sums[u] is not None}
+        if len(neg[t]):
+            class_sums[-1] = (neg[t].sum(axis=0), len(neg[t]))
+        preds: list[tuple[str, int, int]] = []
+        right = {"positive": 0, "negative": 0}
+        for kind, own_class, rows in (("positive", t, pos[t]), ("negative", -1, neg[t])):
+            for i, x in enumerate(rows):
+                best_c, best_s = None, -np.inf
+                for c, (s, n) in class_sums.items():
+                    if c == own_class:
+                        s, n = s - x, n - 1  # hold x out of its own class
+                    if n <= 0:
+                        continue
+                    sim = float(_normalize(s / n) @ x)
+                    if sim > best_s:
+                        best_c, best_s = c, sim
+                winner = -2 if best_c is None else best_c  # -2: no class left to compare with
+                preds.append((kind, i, winner))
+                ok = winner == t if kind == "positive" else winner != t
+                right[kind] += int(ok)
+        n_pos, n_neg = len(pos[t]), len(neg[t])
+        out.append({
+            "accuracy": (right["positive"] + right["negative"]) / (n_pos + n_neg) if n_pos + n_neg else None,
+            "positive": right["positive"] / n_pos if n_pos else None,
+            "negative": right["negative"] / n_neg if n_neg else None,
+            "predictions": preds,
+        })
     return out
 
 
-def check_persona(spec: PersonaSpec, embedder: Any, args: PersonaGateArgs | None = None, name: str = "") -> PersonaGateReport:
-    """Run the stage-2 gate on a loaded persona.
+def centroid_similarity(pos: list[np.ndarray]) -> np.ndarray:
+    """(K, K) cosine similarity of the trait centroids (normalised mean of normalised positives).
+
+    A trait without positives gets a row and column of NaN.
+    """
+    k = len(pos)
+    dim = next((np.asarray(p).shape[-1] for p in pos if len(p)), 1)
+    cents = np.full((k, dim), np.nan)
+    for i, p in enumerate(pos):
+        if len(p):
+            cents[i] = _normalize(_normalize(np.asarray(p, dtype=np.float64)).mean(axis=0))
+    return cents @ cents.T
+
+
+def _rules_parse(spec: PersonaSpec) -> tuple[float, int, list[str]]:
+    """Compile every behaviour check and style phrase list with the scorer's own engine.
+
+    Returns:
+        (1.0 if all compile else 0.0, number of things compiled, error lines).
+    """
+    from personatune.scoring.rules import compile_rules
+    from personatune.scoring.style import compile_phrases
+
+    errors: list[str] = []
+    n = 0
+    for i, b in enumerate(spec.behaviors):
+        if b.check is None:
+            continue
+        n += 1
+        try:
+            compile_rules([b])("probe")
+        except Exception as e:  # noqa: BLE001 - any failure of a user-written rule is reported, not raised
+            errors.append(f"behaviors[{i}] {b.id!r}: check does not run ({type(e).__name__}: {e})")
+    for key in ("signature_phrases", "avoid_phrases"):
+        n += 1
+        try:
+            compile_phrases(getattr(spec.style, key))
+        except Exception as e:  # noqa: BLE001 - as above
+            errors.append(f"style.{key}: does not compile ({type(e).__name__}: {e})")
+    return (0.0 if errors else 1.0), n, errors
+
+
+def _example_warnings(spec: PersonaSpec) -> list[str]:
+    """Assistant turns of the example interactions that break the persona's own hard rules or avoid-list."""
+    from personatune.scoring.rules import compile_rules
+    from personatune.scoring.style import compile_phrases
+
+    rules = compile_rules(spec.behaviors)
+    avoid = compile_phrases(spec.style.avoid_phrases)
+    out = []
+    for i, ex in enumerate(spec.examples):
+        for j, m in enumerate(ex.messages):
+            if m.role != "assistant":
+                continue
+            failed = [bid for bid, ok in rules(m.content).items() if not ok and bid in rules.hard_ids]
+            if failed:
+                out.append(f"examples[{i}].messages[{j}] breaks hard rule(s) {', '.join(failed)}; fix the example or the rule")
+            if avoid is not None and (hit := avoid.search(m.content)):
+                out.append(f"examples[{i}].messages[{j}] uses avoided phrase {hit.group(0)!r}; fix the example or style.avoid_phrases")
+    return out
+
+
+# --- the gate --------------------------------------------------------------------------------------
+
+
+def _gate_specs(c: PersonaGateConfig) -> list[GateSpec]:
+    return [
+        GateSpec("trait_count", c.min_traits, ">=", "traits", "number of core traits (lower bound)"),
+        GateSpec("trait_count", c.max_traits, "<=", "traits", "number of core traits (upper bound)"),
+        GateSpec("traits_without_description", 0, "<=", "traits", "traits whose description is blank"),
+        GateSpec("min_positive_exemplars", c.min_positive, ">=", "exemplars (fewest over traits)", "positive exemplars of the trait that has fewest"),
+        GateSpec("min_negative_exemplars", c.min_negative, ">=", "exemplars (fewest over traits)", "negative exemplars of the trait that has fewest"),
+        GateSpec("min_separability", c.min_separability, ">=", "leave-one-out accuracy (fraction, lowest trait)",
+                 "nearest-centroid LOO accuracy on MiniLM embeddings: own positives vs other traits' positives and own negatives"),
+        GateSpec("max_trait_similarity", c.max_trait_similarity, "<", "cosine similarity (highest pair)",
+                 "cosine similarity of two traits' centroids (mean positive embedding)"),
+        GateSpec("rules_parse", 1.0, ">=", "boolean (1 = every check and phrase list compiles)", "style phrase lists and behaviour checks compile in the rule engine"),
+        GateSpec("example_interactions", c.min_examples, ">=", "examples", "example interactions with a user and an assistant turn"),
+    ]
+
+
+def check_persona(spec: PersonaSpec, embedder: EmbedderLike, config: "PersonaGateConfig | Any" = None, source: str | None = None) -> PersonaGateReport:
+    """Check a loaded persona against the stage-2 gate.
 
     Args:
-        spec: the persona.
-        embedder: object with `encode(list[str]) -> (n, d)` unit vectors.
-        args: thresholds (defaults: METRICS.md).
+        spec: the persona (already schema-valid: see `load_persona`).
+        embedder: sentence encoder, `encode(list[str]) -> (n, d) array` (MiniLM in production).
+        config: thresholds (default: METRICS.md values); the run config's `gates.persona` section works too.
+        source: file name shown in the report.
+
+    Returns:
+        The report: gate results, per-trait table, similarities, diagnosis and next steps.
     """
-    a = args or PersonaGateArgs()
-    usable = [t for t in spec.traits if t.positive and t.negative]
-    texts = [x for t in usable for x in (*t.positive, *t.negative)]
-    emb = embedder.encode(texts) if texts else np.zeros((0, 1))
-    pos, neg, k = {}, {}, 0
-    for t in usable:
-        pos[t.id] = emb[k : k + len(t.positive)]
-        k += len(t.positive)
-        neg[t.id] = emb[k : k + len(t.negative)]
-        k += len(t.negative)
-    enough = [t for t in spec.traits if len(t.positive) >= 2 and len(t.negative) >= 2]
-    detail = loo_separability(spec.model_copy(update={"traits": enough}), embedder) if len(enough) >= 2 else {}
-    sep = {t: d["separability"] for t, d in detail.items()}
-    cents = {t: _unit(e.mean(0)) for t, e in pos.items()}
-    nearest: dict[str, tuple[str | None, float | None]] = {}
-    for t in cents:
-        sims = [(u, float(cents[t] @ c)) for u, c in cents.items() if u != t]
-        nearest[t] = max(sims, key=lambda x: x[1]) if sims else (None, None)
-    max_pair = max((s for _, s in nearest.values() if s is not None), default=0.0)
+    # The run config's `gates.persona` section (PersonaGateArgs) has the same fields: accept it as is.
+    c = config if isinstance(config, PersonaGateConfig) else PersonaGateConfig.from_args(config) if config is not None else PersonaGateConfig()
+    ids = spec.trait_ids
+    pos_texts = [list(t.positive) for t in spec.traits]
+    neg_texts = [list(t.negative) for t in spec.traits]
+    every = [u for lst in pos_texts + neg_texts for u in lst]
+    vecs = embedder.encode(every) if every else np.zeros((0, 1))
+    table: dict[str, np.ndarray] = {u: vecs[i] for i, u in enumerate(every)}
+    dim = vecs.shape[1] if vecs.ndim == 2 and vecs.shape[0] else 1
+    pos = [np.stack([table[u] for u in lst]) if lst else np.zeros((0, dim)) for lst in pos_texts]
+    neg = [np.stack([table[u] for u in lst]) if lst else np.zeros((0, dim)) for lst in neg_texts]
+    sep = loo_separability(pos, neg)
+    sim = centroid_similarity(pos) if ids else np.zeros((0, 0))
 
-    specs = [
-        GateSpec("traits", a.min_traits, ">=", "traits", "number of core traits (lower bound)"),
-        GateSpec("traits_max", a.max_traits, "<=", "traits", "number of core traits (upper bound)"),
-        GateSpec("examples", a.min_examples, ">=", "example interactions", "example interactions"),
-        GateSpec("max_trait_similarity", a.max_trait_similarity, "<", "cosine similarity", "the most similar pair of trait centroids"),
-    ]
-    measured: dict[str, Any] = {"traits": float(len(spec.traits)), "traits_max": float(len(spec.traits)),
-                                "examples": float(len(spec.examples)), "max_trait_similarity": Measurement(max_pair, n=len(cents))}
-    rows, diagnosis, steps = [], [], []
-    for t in spec.traits:
-        specs.append(GateSpec(f"positive[{t.id}]", a.min_positive, ">=", "exemplars", f"positive exemplars of {t.id}"))
-        specs.append(GateSpec(f"negative[{t.id}]", a.min_negative, ">=", "exemplars", f"negative exemplars of {t.id}"))
-        specs.append(GateSpec(f"separability[{t.id}]", a.min_separability, ">=", "LOO accuracy", f"leave-one-out separability of {t.id}"))
-        measured[f"positive[{t.id}]"] = float(len(t.positive))
-        measured[f"negative[{t.id}]"] = float(len(t.negative))
-        s = sep.get(t.id)
-        measured[f"separability[{t.id}]"] = Measurement(s, n=len(t.positive) + len(t.negative)) if s is not None else None
-        nt, ns = nearest.get(t.id, (None, None))
-        ok = (len(t.positive) >= a.min_positive and len(t.negative) >= a.min_negative and s is not None and s >= a.min_separability
-              and (ns is None or ns < a.max_trait_similarity))
-        rows.append(TraitRow(t.id, len(t.positive), len(t.negative), s, nt, ns, ok))
-    results = check_gates(specs, measured)
+    rows: list[TraitCheck] = []
+    for k, t in enumerate(spec.traits):
+        row = TraitCheck(t.id, len(t.positive), len(t.negative), bool(t.description.strip()),
+                         sep[k]["accuracy"], sep[k]["positive"], sep[k]["negative"])
+        others = [(sim[k, u], ids[u]) for u in range(len(ids)) if u != k and not np.isnan(sim[k, u])]
+        if others:
+            s, u_id = max(others)
+            row.nearest_trait, row.nearest_similarity = u_id, float(s)
+        for kind, i, winner in sep[k]["predictions"]:
+            wrong = winner != k if kind == "positive" else winner == k
+            if wrong:
+                text = (t.positive if kind == "positive" else t.negative)[i]
+                nearest = "(none)" if winner == -2 else f"{t.id} (negatives)" if winner == -1 else ids[winner]
+                row.confusions.append({"kind": kind, "text": text, "nearest": nearest})
+        if not row.has_description:
+            row.problems.append("no description")
+        if row.n_positive < c.min_positive:
+            row.problems.append(f"{row.n_positive} positive < {c.min_positive}")
+        if row.n_negative < c.min_negative:
+            row.problems.append(f"{row.n_negative} negative < {c.min_negative}")
+        if row.loo_accuracy is None or row.loo_accuracy < c.min_separability:
+            row.problems.append(f"LOO {'n/a' if row.loo_accuracy is None else f'{row.loo_accuracy:.2f}'} < {c.min_separability:g}")
+        if row.nearest_similarity is not None and row.nearest_similarity >= c.max_trait_similarity:
+            row.problems.append(f"redundant with {row.nearest_trait}")
+        rows.append(row)
+
+    # Redundancy: the most similar pair (each unordered pair once).
+    pairs = sorted(((float(sim[a, b]), ids[a], ids[b]) for a in range(len(ids)) for b in range(a + 1, len(ids)) if not np.isnan(sim[a, b])), reverse=True)
+    rules_ok, n_rules, rule_errors = _rules_parse(spec)
+    accs = [r.loo_accuracy for r in rows if r.loo_accuracy is not None]
+    worst = min((r for r in rows if r.loo_accuracy is not None), key=lambda r: r.loo_accuracy, default=None)
+    measured: dict[str, Measurement | None] = {
+        "trait_count": Measurement(float(len(ids)), n=len(ids)),
+        "traits_without_description": Measurement(float(sum(not r.has_description for r in rows)), n=len(ids)),
+        "min_positive_exemplars": Measurement(float(min((r.n_positive for r in rows), default=0)), n=len(ids)),
+        "min_negative_exemplars": Measurement(float(min((r.n_negative for r in rows), default=0)), n=len(ids)),
+        "min_separability": Measurement(float(min(accs)), n=sum(r.n_positive + r.n_negative for r in rows)) if accs else None,
+        "max_trait_similarity": Measurement(pairs[0][0], n=len(pairs)) if pairs else None,
+        "rules_parse": Measurement(rules_ok, n=n_rules),
+        "example_interactions": Measurement(float(len(spec.examples)), n=len(spec.examples)),
+    }
+    results = check_gates(_gate_specs(c), measured)
     for r in results:
-        if r.passed:
-            continue
-        m = r.metric
-        if m in ("traits", "traits_max"):
-            diagnosis.append(f"the persona has {len(spec.traits)} traits; {a.min_traits}-{a.max_traits} are needed")
-            steps.append("merge or drop traits" if m == "traits_max" else "add core traits until there are at least " + str(a.min_traits))
-        elif m == "examples":
-            diagnosis.append(f"only {len(spec.examples)} example interactions")
-            steps.append(f"add example interactions (at least {a.min_examples}), ideally one per context")
-        elif m.startswith(("positive[", "negative[")):
-            kind, t = m.split("[")
-            diagnosis.append(f"trait {t[:-1]} has {int(r.value or 0)} {kind} exemplars")
-            steps.append(f"write at least {int(r.threshold)} {kind} exemplars for trait {t[:-1]}")
-        elif m.startswith("separability["):
-            t = m[13:-1]
-            nt, _ = nearest.get(t, (None, None))
-            diagnosis.append(f"trait {t} is hard to tell apart (LOO accuracy {r.value if r.value is None else round(r.value, 3)}; nearest trait: {nt})")
-            steps.append(f"make {t}'s exemplars more specific to it and less like {nt}'s, or sharpen its negatives")
-        elif m == "max_trait_similarity":
-            pair = [(t, u) for t, (u, s) in nearest.items() if s is not None and s >= a.max_trait_similarity]
-            diagnosis.append("redundant traits: " + ", ".join(f"{t}~{u}" for t, u in pair))
-            steps.append("merge the redundant traits into one, or rewrite one of them so it measures something else")
-    return PersonaGateReport(persona=name or spec.name, gate=GateReport(STAGE, results, diagnosis, steps), table=rows)
+        if r.metric == "min_separability" and worst is not None:
+            r.note = f"lowest: {worst.id}"
+        elif r.metric == "max_trait_similarity":
+            r.note = f"pair: {pairs[0][1]} ~ {pairs[0][2]}" if pairs else "fewer than 2 traits with positives"
+    gate = GateReport(stage=STAGE, results=results)
+    _diagnose(gate, spec, rows, pairs, rule_errors, c)
+    return PersonaGateReport(
+        persona=spec.name, source=source, config=c, gate=gate, traits=rows,
+        similarity={ids[a]: {ids[b]: round(float(sim[a, b]), 4) for b in range(len(ids)) if b != a and not np.isnan(sim[a, b])} for a in range(len(ids))},
+        warnings=_example_warnings(spec),
+    )
 
 
-def evaluate_persona_file(path: str | Path, embedder: Any = None, gate_config: PersonaGateArgs | None = None) -> PersonaGateReport:
-    """Load a persona file and run the stage-2 gate (used by `personatune validate` and the stage).
+def _diagnose(gate: GateReport, spec: PersonaSpec, rows: list[TraitCheck], pairs: list[tuple[float, str, str]],
+              rule_errors: list[str], c: PersonaGateConfig) -> None:
+    """Fill `gate.diagnosis` (what is wrong, by name) and `gate.next_steps` (what to change)."""
+    d, fix = gate.diagnosis, gate.next_steps
+    n = len(rows)
+    if n < c.min_traits:
+        d.append(f"the persona has {n} trait(s); the gate needs {c.min_traits}-{c.max_traits}")
+        fix.append(f"add {c.min_traits - n} more trait(s) under `traits:`, each a distinct facet of the persona")
+    elif n > c.max_traits:
+        d.append(f"the persona has {n} traits; the gate allows at most {c.max_traits}")
+        closest = ", ".join(f"{a}~{b} ({s:.2f})" for s, a, b in pairs[:3])
+        fix.append(f"merge or drop {n - c.max_traits} trait(s); the most similar pairs are {closest}")
+    for r in rows:
+        if not r.has_description:
+            d.append(f"trait {r.id!r} has a blank description")
+            fix.append(f"write one or two sentences under traits.{r.id}.description: what expressing it looks like")
+        if r.n_positive < c.min_positive:
+            d.append(f"trait {r.id!r} has {r.n_positive} positive exemplar(s) (needs >= {c.min_positive})")
+            fix.append(f"add {c.min_positive - r.n_positive} more first-person utterance(s) that express {r.id!r} to its `positive:` list")
+        if r.n_negative < c.min_negative:
+            d.append(f"trait {r.id!r} has {r.n_negative} negative exemplar(s) (needs >= {c.min_negative})")
+            fix.append(f"add {c.min_negative - r.n_negative} more utterance(s) that contradict {r.id!r} to its `negative:` list")
+        if r.loo_accuracy is not None and r.loo_accuracy < c.min_separability:
+            pos_bad = [x for x in r.confusions if x["kind"] == "positive"]
+            neg_bad = [x for x in r.confusions if x["kind"] == "negative"]
+            parts = []
+            if pos_bad:
+                where = sorted({x["nearest"] for x in pos_bad})
+                parts.append(f"{len(pos_bad)}/{r.n_positive} positives were nearer to {', '.join(where)} (e.g. {pos_bad[0]['text']!r})")
+            if neg_bad:
+                parts.append(f"{len(neg_bad)}/{r.n_negative} negatives were nearer to {r.id}'s own positives (e.g. {neg_bad[0]['text']!r})")
+            d.append(f"trait {r.id!r} is not separable: leave-one-out accuracy {r.loo_accuracy:.2f} < {c.min_separability:g}; " + "; ".join(parts))
+            advice = []
+            if pos_bad:
+                advice.append(f"rewrite the positives of {r.id!r} quoted above so they show what only {r.id!r} does, in words its negatives and the other traits do not use")
+            if neg_bad:
+                advice.append(f"make the negatives of {r.id!r} contradict it in content and wording (the opposite attitude), not just its positives with 'not' added")
+            fix.append("; ".join(advice))
+    for s, a, b in pairs:
+        if s >= c.max_trait_similarity:
+            d.append(f"traits {a!r} and {b!r} are redundant: centroid cosine similarity {s:.3f} >= {c.max_trait_similarity:g}")
+            fix.append(f"merge {a!r} and {b!r} into one trait, or rewrite their positives so each expresses something the other does not")
+    d.extend(rule_errors)
+    if rule_errors:
+        fix.append("correct the behaviour checks / phrase lists named above")
+    if len(spec.examples) < c.min_examples:
+        d.append(f"the persona has {len(spec.examples)} example interaction(s); the gate needs >= {c.min_examples}")
+        fix.append(f"add {c.min_examples - len(spec.examples)} example(s) under `examples:` (a user turn and the persona's reply)")
+
+
+# --- entry points ------------------------------------------------------------------------------------
+
+
+def evaluate_persona_file(path: str | Path, embedder: EmbedderLike | None = None, gate_config: "PersonaGateConfig | Any" = None) -> PersonaGateReport:
+    """Load a persona file and check it against the stage-2 gate (what `personatune validate` runs).
+
+    Args:
+        path: the persona YAML file.
+        embedder: sentence encoder (default: the bundled MiniLM, `Embedder.default()`).
+        gate_config: thresholds (default: METRICS.md values).
+
+    Returns:
+        The report; `report.passed` decides exit 0 (pass) or 1 (failed gate).
 
     Raises:
-        PersonaSpecError: the file is invalid (one message listing every problem with its line).
+        PersonaSpecError: the file is missing or invalid (exit 2), listing every problem with path and line.
+        ModelNotFoundError: no embedder was given and MiniLM is not installed.
     """
     spec = load_persona(path)
     if embedder is None:
         from personatune.embeddings import Embedder
 
         embedder = Embedder.default()
-    return check_persona(spec, embedder, gate_config, name=str(path))
+    return check_persona(spec, embedder, gate_config, source=str(path))
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, spec)
 
 
 def format_table(report: PersonaGateReport) -> str:
-    """The per-trait table and the gate summary, for the console."""
-    lines = [f"persona: {report.persona}", "",
-             f"{'trait':24s} {'pos':>4s} {'neg':>4s} {'LOO acc':>8s}  {'nearest trait (cosine)':32s} ok",
-             "-" * 80]
-    for r in report.table:
-        sep = "n/a" if r.separability is None else f"{r.separability:.3f}"
-        near = "-" if r.nearest_trait is None else f"{r.nearest_trait} ({r.nearest_similarity:.3f})"
-        lines.append(f"{r.trait:24s} {r.n_positive:4d} {r.n_negative:4d} {sep:>8s}  {near:32s} {'yes' if r.passed else 'NO'}")
+    """The human view: per-trait table, gate lines, diagnosis and fixes, warnings.
+
+    Args:
+        report: a stage-2 report.
+
+    Returns:
+        Multi-line text for the console.
+    """
+    head = f"persona: {report.persona}" + (f"  ({report.source})" if report.source else "")
+    wid = max([5] + [len(r.id) for r in report.traits])
+    nid = max([13] + [len(r.nearest_trait or "") + 9 for r in report.traits])
+    lines = [head, "", f"{'trait':<{wid}}  #pos  #neg  LOO acc (pos/neg)   {'nearest trait (cos)':<{nid}}  result"]
+    for r in report.traits:
+        near = f"{r.nearest_trait} ({r.nearest_similarity:.2f})" if r.nearest_trait else "-"
+        loo = f"{_fmt(r.loo_accuracy)} ({_fmt(r.loo_positive)}/{_fmt(r.loo_negative)})"
+        res = "PASS" if r.passed else "FAIL: " + ", ".join(r.problems)
+        lines.append(f"{r.id:<{wid}}  {r.n_positive:>4}  {r.n_negative:>4}  {loo:<18}  {near:<{nid}}  {res}")
     lines += ["", report.gate.summary()]
+    lines += [f"  warning: {w}" for w in report.warnings]
     return "\n".join(lines)
 
 
-def run(config: RunConfig, run_dir: RunDir) -> StageResult:
-    """Copy the persona into the run directory and check its gate."""
-    out = run_dir.stage_dir(STAGE)
-    report = evaluate_persona_file(config.persona, gate_config=config.gates.persona)
-    # Later stages read this copy (through the manifest), so editing the original mid-run changes nothing.
-    tmp = out / ".persona.yaml.tmp"
-    shutil.copyfile(config.persona, tmp)
-    tmp.replace(out / "persona.yaml")
-    from personatune.rundir import atomic_write_json
+def run(config: "RunConfig", run_dir: "RunDir") -> "StageResult":
+    """Stage 2: copy the persona file into the run, check it, write the report.
 
-    atomic_write_json(out / "traits.json", [r.__dict__ for r in report.table])
-    n = len(report.table)
-    return StageResult(outputs={"persona": out / "persona.yaml", "traits": out / "traits.json"}, gate=report.gate,
-                       metrics={"traits": n}, message=f"{n} traits checked")
+    Args:
+        config: the run config (`persona`, `gates.persona`).
+        run_dir: the run directory.
+
+    Returns:
+        Outputs `persona` (02_persona/persona.yaml, what later stages read) and `report`
+        (02_persona/persona_report.json), the gate, and headline metrics.
+
+    Raises:
+        PersonaSpecError: the persona file is missing or invalid.
+    """
+    from personatune.rundir import atomic_write_json, atomic_write_text
+    from personatune.stage import StageResult
+
+    out = run_dir.stage_dir(STAGE)
+    gate_config = PersonaGateConfig.from_args(config.gates.persona)
+    report = evaluate_persona_file(config.persona, gate_config=gate_config)
+    # Later stages read this copy, so editing the original during a run cannot change what they see.
+    atomic_write_text(out / "persona.yaml", Path(config.persona).read_text(encoding="utf-8"))
+    atomic_write_json(out / "persona_report.json", report.to_dict())
+    atomic_write_text(out / "persona_report.txt", format_table(report) + "\n")
+    accs = [r.loo_accuracy for r in report.traits if r.loo_accuracy is not None]
+    sims = [r.nearest_similarity for r in report.traits if r.nearest_similarity is not None]
+    metrics = {"traits": len(report.traits), "min_separability": min(accs) if accs else None,
+               "max_trait_similarity": max(sims) if sims else None,
+               "examples": next(int(r.value) for r in report.gate.results if r.metric == "example_interactions")}
+    msg = (f"{metrics['traits']} traits, lowest LOO accuracy {_fmt(metrics['min_separability'])}, "
+           f"highest trait similarity {_fmt(metrics['max_trait_similarity'])}")
+    return StageResult(outputs={"persona": out / "persona.yaml", "report": out / "persona_report.json"}, gate=report.gate, metrics=metrics, message=msg)

@@ -1,0 +1,261 @@
+"""Stage 5 — KL-bounded optimization: put the persona into the weights, within a KL budget.
+
+1. Load the baseline (stage 1) as the policy, the persona (stage 2), the stage-3 training pairs (no system
+   prompt: the persona must end up in the weights) and the held-out prompts, and the scorer: the fitted
+   evaluator of stage 4 when present, else a scorer built from the persona alone.
+2. Train with TRL (`train.algorithm`: DPO on the pairs, or GRPO/RLOO online with the scorer's consistency as
+   reward), LoRA or full, KL penalty `train.beta` > 0. Every `train.eval_every` steps PersonaEvalCallback samples
+   the policy on held-out prompts, measures the exact per-token KL to the fixed reference (personatune.kl),
+   scores the samples, appends the record to `metrics.jsonl`, saves a checkpoint, and the KL-budget controller
+   decides whether to continue, stop or raise beta (`train.kl_control`).
+3. Select the best checkpoint within the KL budget (personatune.kl_budget.select_checkpoint) — never simply
+   the last — and re-measure it on ALL held-out prompts for the gate (METRICS.md): KL <= max_kl nats/token,
+   consistency >= 0.85, adherence >= 0.90, style variance < 0.15, all on the policy's own samples, no system prompt.
+4. Save it (LoRA merged when `train.merge_lora`) with its tokenizer and chat template to `05_optimization/model/`,
+   with a model card README.md.
+
+Multi-process (accelerate launch / torchrun): every rank trains; the main rank does steps 3-4 and writes
+`result.json`, the others wait at a barrier and return the same result. Outputs: model, metrics, card.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+from personatune.config import RunConfig
+from personatune.errors import DataError, RunDirError
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+from personatune.kl_budget import Selection, select_checkpoint
+from personatune.persona import load_persona
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
+from personatune.stage import StageResult
+from personatune.training import TrainArgs
+
+STAGE = "05_optimization"
+
+
+def _read_jsonl(path: Path) -> list[dict[str, Any]]:
+    if not path.is_file():
+        raise DataError(f"{path} is missing; fix: re-run stage 3 (personatune run CONFIG --from 3)")
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); fix: re-run stage 3") from None
+    return rows
+
+
+def train_dataset(pairs_path: Path, algorithm: str) -> Any:
+    """The TRL dataset from stage-3 pairs: DPO gets prompt/chosen/rejected; GRPO/RLOO one row per prompt with context, targets.
+
+    Raises:
+        DataError: the file is missing or empty, or a prompt carries a system turn (the persona must come from the weights).
+    """
+    from datasets import Dataset
+
+    rows = _read_jsonl(pairs_path)
+    if not rows:
+        raise DataError(f"{pairs_path} has no pairs; fix: check the stage-3 gate and data (data.max_prompts, data.contrast)")
+    for i, r in enumerate(rows, 1):
+        if any(m.get("role") == "system" for m in r.get("prompt", [])):
+            raise DataError(f"{pairs_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
+                            f"into the weights; fix: remove system turns from the prompts")
+    if algorithm == "dpo":
+        return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+    seen: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        seen.setdefault(r.get("scenario_id") or json.dumps(r["prompt"]), {"prompt": r["prompt"], "context": r.get("context"), "targets": list(r.get("targets") or [])})
+    return Dataset.from_list(list(seen.values()))
+
+
+def _make_scorer(spec: Any, run_dir: RunDir) -> tuple[Any, str]:
+    from personatune.embeddings import Embedder
+    from personatune.scoring.scorer import Scorer
+
+    embedder = Embedder.default()
+    try:
+        path = run_dir.output_path("04_evaluation", "evaluator")
+    except RunDirError:
+        return Scorer(spec, embedder=embedder), "persona only (stage 4 evaluator not found)"
+    return Scorer.from_evaluator_dir(spec, path, embedder=embedder), f"stage-4 evaluator {path.relative_to(run_dir.root)}"
+
+
+def _load_checkpoint(trainer: Any, ckpt: Path, peft: str) -> None:
+    """Put the weights of a saved checkpoint into the trainer's model, in place."""
+    from safetensors.torch import load_file
+
+    if peft == "lora":
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trainer.model, load_file(str(ckpt / "adapter_model.safetensors")))
+    else:
+        # Tied weights (e.g. lm_head = embeddings) are saved once; strict=False leaves the tie in place.
+        trainer.model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+
+
+def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[dict[str, Any]]) -> GateReport:
+    """The METRICS.md stage-5 gate on the selected model's held-out samples, with the diagnosis."""
+    g = config.gates.optimization
+    kl = ev.kl
+    kl_ci = (kl.per_token - 1.96 * kl.stderr, kl.per_token + 1.96 * kl.stderr) if math.isfinite(kl.stderr) else None
+    specs = [GateSpec("kl_per_token", g.max_kl, "<=", "nats/token", "mean per-token KL(policy || reference) on the policy's samples, held-out prompts, no system prompt"),
+             GateSpec("consistency_rate", g.consistency, ">=", "fraction of responses", "consistency rate of the policy's own samples"),
+             GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "trait adherence of the policy's own samples"),
+             GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts", "style variance of the policy's own samples")]
+    measured = {"kl_per_token": Measurement(kl.per_token, n=kl.sequences, ci=kl_ci), "consistency_rate": ev.consistency, "adherence": ev.adherence,
+                "style_variance": Measurement(ev.style_variance, n=len(ev.texts)) if ev.style_variance is not None else None}
+    results = check_gates(specs, measured)
+    last = sel.last_within_budget
+    where = (f"the last checkpoint within the KL budget is step {last['step']} (KL {last['kl']:.4g}, consistency {last.get('consistency')})"
+             if last else "no checkpoint was within the KL budget")
+    diagnosis, steps = [], []
+    for r in results:
+        if r.passed:
+            continue
+        if r.metric == "kl_per_token":
+            diagnosis.append(f"KL {kl.per_token:.4g} ± {kl.stderr:.2g} nats/token exceeds {g.max_kl:g}; {where}")
+            steps.append("raise train.beta, lower train.learning_rate or train.max_steps, or evaluate more often (train.eval_every) so an in-budget checkpoint exists")
+        elif r.metric == "consistency_rate":
+            diagnosis.append(f"consistency {r.value:.3f} of the selected model (selection: {sel.reason}); {where}")
+            steps.append("if KL has headroom: train longer or with a higher train.learning_rate; else improve the stage-3 pairs (data.best_of, a stronger teacher)")
+        elif r.metric == "adherence":
+            worst = sorted(ev.adherence_per_trait.items(), key=lambda kv: kv[1])[:2]
+            diagnosis.append(f"adherence {r.value:.3f}" + (" (lowest traits: " + ", ".join(f"{t} {v:.2f}" for t, v in worst) + ")" if worst else ""))
+            steps.append("add pairs whose rejected response violates the weak traits (stage 3), or train longer within the KL budget")
+        else:
+            diagnosis.append(f"style variance {r.value} (not measured when a context has fewer than {config.gates.evaluation.min_per_context} held-out prompts)")
+            steps.append("tighten the persona's style targets, or raise data.heldout_fraction so each context has enough held-out prompts")
+    if not history:
+        diagnosis.append("no in-training eval ran (train.eval_every=0 and too few steps); the final weights were gated")
+    return GateReport(STAGE, results, diagnosis=diagnosis, next_steps=steps)
+
+
+def model_card(config: RunConfig, args: TrainArgs, spec: Any, data_info: dict[str, Any], sel: Selection, summary: dict[str, Any], gate: GateReport) -> str:
+    lines = [f"# {spec.name} — persona model (personatune stage 5)", "",
+             f"Base: `{data_info['baseline']}`. Trained with TRL {args.algorithm.upper()} ({args.peft}"
+             f"{', merged' if args.peft == 'lora' and args.merge_lora else ''}), KL penalty beta={args.beta:g}. "
+             "The persona is in the weights: prompts carry no system prompt.", "",
+             "## Data", "", f"- training rows: {data_info['rows']} from `{data_info['pairs']}`", f"- held-out prompts for the gate: {data_info['heldout']}",
+             f"- scorer: {data_info['scorer']}", "", "## Checkpoint selection", "", sel.reason or "final weights (no in-budget checkpoint evaluated)", "",
+             "## Metrics (held-out prompts, no system prompt)", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary.items()]
+    lines += ["", "## Gate", "", "```", gate.summary(), "```", "", "## Training config", "", "```json",
+              json.dumps(args.model_dump(mode="json"), indent=2), "```", ""]
+    return "\n".join(lines)
+
+
+def run(config: RunConfig, run_dir: RunDir) -> StageResult:
+    """Train, select the best checkpoint within the KL budget, gate it, save it.
+
+    Raises:
+        ConfigError: train.beta is 0 while the KL gate exists, or a bad batch/num_generations combination.
+        DataError: stage-3 data missing, empty, or with system prompts.
+        RunDirError: an earlier stage has not finished.
+    """
+    import torch
+
+    from personatune import models, training
+    from personatune.stages.s3_consistency_data import _baseline_model_path
+
+    args: TrainArgs = getattr(config, "train", None) or TrainArgs()
+    g = config.gates.optimization
+    training.check_beta(args.beta, g.max_kl)  # before any loading: a refused config costs nothing
+    out = run_dir.stage_dir(STAGE)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed = args.seed if args.seed is not None else config.seed
+
+    # 1. Inputs, all found through the manifest.
+    spec = load_persona(run_dir.output_path("02_persona", "persona"))
+    pairs_path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
+    held_rows = _read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
+    if not held_rows:
+        raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
+    ds = train_dataset(pairs_path, args.algorithm)
+    baseline = _baseline_model_path(run_dir)
+    model, tok = models.load_model_and_tokenizer(baseline, dtype=config.model.dtype, device=config.model.device,
+                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir, for_training=True)
+    scorer, scorer_desc = _make_scorer(spec, run_dir)
+    t = config.data.teacher
+    min_ctx = config.gates.evaluation.min_per_context
+    # Persona metrics use stage 4's decoding (data.teacher), so baseline and trained model are compared alike.
+    evaluate = partial(training.evaluate_policy, tokenizer=tok, scorer=scorer, kl_max_new_tokens=args.kl_max_new_tokens, max_new_tokens=t.max_new_tokens,
+                       temperature=t.temperature, top_p=t.top_p, seed=seed, batch_size=args.eval_batch_size, min_per_context=min_ctx)
+    small = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts)
+    full = training.EvalSet.from_rows(held_rows)
+
+    # 2. Train. Old metrics/checkpoints of an earlier attempt would mix into the selection, so they go first.
+    metrics_path = out / "metrics.jsonl"
+    if metrics_path.exists():
+        metrics_path.unlink()
+    cb = training.PersonaEvalCallback(lambda m, r: evaluate(m, r, evalset=small), out, eval_every=args.eval_every, max_kl=g.max_kl,
+                                      kl_control=args.kl_control, beta_raise_factor=args.beta_raise_factor, max_beta_raises=args.max_beta_raises,
+                                      eval_at_start=args.eval_at_start, echo=lambda s: (print(s), run_dir.log(s.strip())))
+    common = dict(output_dir=out / "trainer", max_kl=g.max_kl, seed=seed, callbacks=[cb.hooks()])
+    if args.algorithm == "dpo":
+        trainer = training.build_dpo_trainer(model, tok, ds, args, **common)
+    else:
+        from personatune.scoring.reward import make_reward_fn
+
+        build = training.build_grpo_trainer if args.algorithm == "grpo" else training.build_rloo_trainer
+        trainer = build(model, tok, ds, args, reward_funcs=[make_reward_fn(scorer)], **common)
+    cb.bind(trainer)
+    trainer.train()
+    acc = trainer.accelerator
+    if not acc.is_main_process:
+        # 3-4 run on the main rank only; the others return what it wrote.
+        acc.wait_for_everyone()
+        saved = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        return StageResult(outputs={k: run_dir.root / v for k, v in saved["outputs"].items()}, gate=GateReport.from_dict(saved["gate"]),
+                           metrics=saved["metrics"], message=saved["message"])
+
+    # 3. Select within the KL budget and gate on all held-out prompts.
+    model_u = acc.unwrap_model(trainer.model)
+    reference = training.reference_of(trainer)
+    history = cb.history
+    if cb.sharded:  # deferred evals: measure each saved checkpoint now
+        for row in history:
+            if row.get("checkpoint"):
+                _load_checkpoint(trainer, out / row["checkpoint"], args.peft)
+                row.update(evaluate(model_u, reference, evalset=small).summary())
+        training.append_jsonl(out / "metrics_deferred.jsonl", {"records": history})
+    sel = select_checkpoint(history, g.max_kl, min_consistency=g.consistency, min_adherence=g.adherence, max_style_variance=g.max_style_variance)
+    if sel.record is not None:
+        _load_checkpoint(trainer, out / sel.record["checkpoint"], args.peft)
+    ev = evaluate(model_u, reference, evalset=full)
+    gate = optimization_gate(config, ev, sel, history)
+    summary = {**ev.summary(), "selected_step": sel.record["step"] if sel.record else None, "steps_trained": trainer.state.global_step,
+               "final_beta": float(trainer.beta)}
+    atomic_write_json(out / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
+                                             for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
+
+    # 4. Save the selected model (merged LoRA by default) with tokenizer + chat template, and its card.
+    final = model_u
+    if args.peft == "lora" and args.merge_lora:
+        final = model_u.merge_and_unload()
+    model_dir = out / "model"
+    if args.peft == "lora" and not args.merge_lora:
+        final.save_pretrained(str(model_dir))
+        tok.save_pretrained(str(model_dir))
+    else:
+        models.save_model(final, tok, model_dir)
+    data_info = {"baseline": baseline, "rows": len(ds), "pairs": str(pairs_path.relative_to(run_dir.root)), "heldout": len(full.ids), "scorer": scorer_desc}
+    atomic_write_text(model_dir / "README.md", model_card(config, args, spec, data_info, sel, summary, gate))
+    metrics = {"selection": {"reason": sel.reason, "within_budget": sel.within_budget, "record": sel.record}, "final": summary,
+               "kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__, "history": history}
+    atomic_write_json(out / "metrics.json", metrics)
+    outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
+    message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: KL {ev.kl.per_token:.4g} nats/token, "
+               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {ev.style_variance}")
+    small_metrics = {k: summary[k] for k in ("kl", "consistency", "adherence", "style_variance", "selected_step", "steps_trained")}
+    atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
+                                            "metrics": small_metrics, "message": message})
+    if acc.num_processes > 1:
+        acc.wait_for_everyone()
+    return StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)

@@ -1,0 +1,479 @@
+"""Stage-5 training: TRL trainers configured (never subclassed), plus the persona/KL eval callback.
+
+- `TrainArgs`: every knob of the optimization stage, one documented field each (nested in the run config as `train:`).
+- `build_dpo_trainer`, `build_grpo_trainer`, `build_rloo_trainer`: build a TRL trainer from TrainArgs. The KL
+  penalty `beta` is always set explicitly and must be > 0 while a KL gate exists (TRL's GRPO default is 0 =
+  no KL term and no reference model at all).
+- `PersonaEvalCallback`: every `eval_every` steps, samples the policy on held-out prompts (no system prompt),
+  measures the exact per-token KL to the fixed reference with `personatune.kl.measure_kl`, scores the samples
+  (consistency, adherence, style variance), appends the record to `metrics.jsonl`, logs it to the trainer (so
+  `report_to` trackers get it), saves a checkpoint for that step, and asks the KL-budget controller
+  (`personatune.kl_budget.decide`) whether to continue, stop, or raise beta.
+
+The reference: with LoRA it is the policy itself with its adapters disabled (exactly the base weights, no
+second copy in memory; TRL's DPO/GRPO/RLOO use the same reference under PEFT). With full fine-tuning it is
+the trainer's own frozen reference model (`trainer.ref_model`; for DPO we hand TRL a frozen copy we made).
+
+This module imports only pydantic at import time, so the run config can nest `TrainArgs` without loading
+torch; everything heavy is imported inside the functions that need it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from personatune.errors import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    from personatune.gates import Measurement
+    from personatune.kl import KLResult
+
+
+class TrainArgs(BaseModel):
+    """Stage 5: KL-bounded persona optimization with TRL."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    algorithm: Literal["dpo", "grpo", "rloo"] = Field("dpo", description="TRL algorithm: 'dpo' on the stage-3 pairs, or 'grpo'/'rloo' online with the persona scorer as reward")
+    peft: Literal["lora", "full"] = Field("lora", description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)")
+    lora_r: int = Field(16, ge=1, description="LoRA rank (count, >= 1)")
+    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator; the update is scaled by lora_alpha / lora_r (>= 1)")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input (probability, 0-1)")
+    target_modules: str | list[str] = Field("all-linear", description="modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj])")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate (> 0)")
+    epochs: float = Field(1.0, gt=0, description="passes over the training data (> 0); ignored when max_steps is set")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps to run (count); None = use epochs")
+    per_device_batch_size: int = Field(4, ge=1, description="sequences (DPO: pairs; GRPO/RLOO: completions) per device per forward (count)")
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step (count)")
+    max_length: int = Field(512, ge=16, description="DPO: prompt + response tokens per sequence; longer ones are truncated (tokens)")
+    beta: float = Field(0.1, ge=0, description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused)")
+    eval_every: int = Field(25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end")
+    eval_at_start: bool = Field(True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)")
+    kl_eval_prompts: int = Field(32, ge=2, description="held-out prompts sampled at each in-training eval (count); the final gate uses all of them")
+    kl_max_new_tokens: int = Field(64, ge=1, description="response length cap for the KL samples (tokens)")
+    eval_batch_size: int = Field(16, ge=1, description="sequences generated together during evals (count)")
+    num_generations: int = Field(4, ge=2, description="GRPO/RLOO: completions sampled per prompt (count, >= 2)")
+    max_completion_length: int = Field(64, ge=1, description="GRPO/RLOO: completion length cap during training (tokens)")
+    report_to: Literal["none", "tensorboard", "trackio", "mlflow", "wandb"] = Field("none", description="experiment tracker passed to TRL/transformers (its package must be installed)")
+    logging_steps: int = Field(10, ge=1, description="optimizer steps between TRL log lines (count)")
+    kl_control: Literal["stop", "raise_beta"] = Field("stop", description="when an eval finds KL > max_kl: 'stop' training, or 'raise_beta' (x beta_raise_factor, at most max_beta_raises times, then stop)")
+    beta_raise_factor: float = Field(2.0, gt=1, description="raise_beta: multiplier applied to beta per raise (> 1)")
+    max_beta_raises: int = Field(3, ge=0, description="raise_beta: raises allowed before stopping (count)")
+    merge_lora: bool = Field(True, description="merge LoRA adapters into the saved model (True) or save the adapter only (False)")
+    bf16: Literal["auto"] | bool = Field("auto", description="bf16 mixed precision: 'auto' = on for CUDA GPUs that support it, off on CPU; or true/false")
+    gradient_checkpointing: bool = Field(False, description="trade compute for memory (TRL's default is on; off here because small models train faster without it)")
+    seed: int | None = Field(None, description="training seed; None = the run's global seed")
+
+
+# --- checks and small helpers --------------------------------------------------------------------
+def check_beta(beta: float, max_kl: float | None) -> None:
+    """Refuse a zero KL penalty while a KL gate exists.
+
+    Raises:
+        ConfigError: beta <= 0 and max_kl is a finite bound.
+    """
+    if max_kl is not None and math.isfinite(max_kl) and not beta > 0:
+        raise ConfigError(f"train.beta={beta!r}: the KL penalty must be > 0 while the KL gate gates.optimization.max_kl={max_kl:g} exists "
+                          f"(beta 0 trains with no KL term at all); fix: set train.beta=0.1 (DPO) or 0.04 (GRPO/RLOO)")
+
+
+def resolve_bf16(setting: Literal["auto"] | bool, device: Any) -> bool:
+    """bf16 on or off: 'auto' turns it on only for a CUDA device that supports it."""
+    import torch
+
+    if setting != "auto":
+        return bool(setting)
+    return str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+def lora_config(args: TrainArgs) -> Any:
+    """peft.LoraConfig from TrainArgs, or None for full fine-tuning."""
+    if args.peft != "lora":
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=args.target_modules,
+                      task_type="CAUSAL_LM")
+
+
+def _common(args: TrainArgs, model: Any, output_dir: str | Path, seed: int) -> dict[str, Any]:
+    """TrainingArguments shared by every TRL config (the same values for DPO, GRPO and RLOO)."""
+    device = next(model.parameters()).device
+    return dict(output_dir=str(output_dir), learning_rate=args.learning_rate, num_train_epochs=args.epochs,
+                max_steps=args.max_steps if args.max_steps else -1, per_device_train_batch_size=args.per_device_batch_size,
+                gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,
+                # Checkpoints are written by PersonaEvalCallback at eval steps only: the KL budget decides which to keep.
+                save_strategy="no", report_to=args.report_to, seed=seed, bf16=resolve_bf16(args.bf16, device),
+                gradient_checkpointing=args.gradient_checkpointing, use_cpu=(device.type == "cpu"), disable_tqdm=True)
+
+
+def _seed(args: TrainArgs, seed: int | None) -> int:
+    return args.seed if args.seed is not None else (seed or 0)
+
+
+# --- trainer builders ----------------------------------------------------------------------------
+def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, *, output_dir: str | Path, max_kl: float | None,
+                      seed: int | None = None, ref_model: Any = None, callbacks: list[Any] | None = None) -> Any:
+    """A TRL DPOTrainer on conversational preference data (prompt / chosen / rejected).
+
+    Args:
+        model: the policy (a plain causal LM; LoRA is applied by TRL from `peft_config`).
+        tokenizer: its tokenizer, with a chat template.
+        train_dataset: a datasets.Dataset with prompt / chosen / rejected columns (prompts carry no system turn).
+        args: TrainArgs (algorithm is not read here).
+        output_dir: TRL's working folder.
+        max_kl: the KL gate (nats/token), or None when no KL gate exists.
+        seed: run seed (used unless args.seed is set).
+        ref_model: full fine-tuning only: the frozen reference; default a frozen copy of `model`.
+        callbacks: TrainerCallbacks (e.g. PersonaEvalCallback(...).hooks()).
+
+    Returns:
+        The configured trainer (call `.train()`).
+
+    Raises:
+        ConfigError: beta is 0 while a KL gate exists.
+    """
+    import copy
+
+    from trl import DPOConfig, DPOTrainer
+
+    check_beta(args.beta, max_kl)
+    cfg = DPOConfig(**_common(args, model, output_dir, _seed(args, seed)), beta=args.beta, max_length=args.max_length)
+    peft_config = lora_config(args)
+    if peft_config is None and ref_model is None:
+        # TRL would reload the reference from model.config's path; a copy also works for in-memory models.
+        ref_model = copy.deepcopy(model).eval().requires_grad_(False)
+    return DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
+                      peft_config=peft_config, callbacks=callbacks)
+
+
+def _online_config(cls: Any, args: TrainArgs, model: Any, output_dir: str | Path, seed: int, max_kl: float | None) -> Any:
+    check_beta(args.beta, max_kl)
+    if (args.per_device_batch_size * args.grad_accum) % args.num_generations:
+        raise ConfigError(f"train.per_device_batch_size x train.grad_accum = {args.per_device_batch_size * args.grad_accum} must be a multiple of "
+                          f"train.num_generations={args.num_generations} (each prompt's completions are compared together); "
+                          f"fix: e.g. train.per_device_batch_size={args.num_generations}")
+    # beta is passed explicitly: TRL's GRPO default (0) would silently drop the KL term and the reference model.
+    return cls(**_common(args, model, output_dir, seed), beta=args.beta, num_generations=args.num_generations,
+               max_completion_length=args.max_completion_length)
+
+
+def build_grpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, *, reward_funcs: list[Callable[..., list[float]]],
+                       output_dir: str | Path, max_kl: float | None, seed: int | None = None, callbacks: list[Any] | None = None) -> Any:
+    """A TRL GRPOTrainer with the persona reward and an explicit, non-zero KL coefficient.
+
+    Args:
+        model: the policy. Full fine-tuning needs a model loadable from `model.config._name_or_path`
+            (TRL reloads the reference from there).
+        train_dataset: a datasets.Dataset with a conversational `prompt` column (no system turn); extra
+            columns (context, targets) reach the reward functions as keyword arguments.
+        reward_funcs: e.g. [personatune.scoring.reward.make_reward_fn(scorer)].
+        Other arguments as in `build_dpo_trainer`.
+
+    Raises:
+        ConfigError: beta is 0 while a KL gate exists, or the batch is not a multiple of num_generations.
+    """
+    from trl import GRPOConfig, GRPOTrainer
+
+    cfg = _online_config(GRPOConfig, args, model, output_dir, _seed(args, seed), max_kl)
+    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
+                       peft_config=lora_config(args), callbacks=callbacks)
+
+
+def build_rloo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, *, reward_funcs: list[Callable[..., list[float]]],
+                       output_dir: str | Path, max_kl: float | None, seed: int | None = None, callbacks: list[Any] | None = None) -> Any:
+    """A TRL RLOOTrainer (TRL 1.x: same data and reward interface as GRPO). Arguments as in `build_grpo_trainer`.
+
+    Raises:
+        ConfigError: beta is 0 while a KL gate exists, or the batch is not a multiple of num_generations.
+    """
+    from trl import RLOOConfig, RLOOTrainer
+
+    cfg = _online_config(RLOOConfig, args, model, output_dir, _seed(args, seed), max_kl)
+    return RLOOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
+                       peft_config=lora_config(args), callbacks=callbacks)
+
+
+# --- the reference --------------------------------------------------------------------------------
+class AdapterDisabledReference:
+    """The reference for LoRA training: the PEFT policy called with its adapters disabled (= the base weights).
+
+    `measure_kl` calls the reference with keyword arguments only, so this callable stands in for a model
+    without a second copy of the weights in memory.
+    """
+
+    def __init__(self, peft_model: Any) -> None:
+        self.model = peft_model
+
+    def __call__(self, **kwargs: Any) -> Any:
+        with self.model.disable_adapter():
+            return self.model(**kwargs)
+
+
+def reference_of(trainer: Any) -> Any:
+    """The fixed reference of a built trainer: base-with-adapters-off for PEFT, else the trainer's frozen ref model.
+
+    Raises:
+        ConfigError: a full fine-tuning trainer without a reference model (beta 0 in GRPO/RLOO).
+    """
+    from peft import PeftModel
+
+    model = trainer.model
+    if isinstance(model, PeftModel):
+        return AdapterDisabledReference(model)
+    ref = getattr(trainer, "ref_model", None)
+    if ref is None:
+        raise ConfigError("the trainer has no reference model (train.beta is 0?); fix: set train.beta > 0")
+    return trainer.accelerator.unwrap_model(ref)
+
+
+# --- evaluation -----------------------------------------------------------------------------------
+@dataclass
+class EvalSet:
+    """Held-out prompts for evals: conversations ending in a user turn, with no system prompt."""
+
+    prompts: list[list[dict[str, str]]]
+    contexts: list[str | None]
+    targets: list[list[str]]
+    ids: list[str]
+
+    @classmethod
+    def from_rows(cls, rows: list[dict[str, Any]], n: int | None = None) -> "EvalSet":
+        """From stage-3 `heldout/prompts.jsonl` rows; at most n, taken round-robin over contexts so each stays represented.
+
+        Raises:
+            DataError: a row has a system turn (the persona must come from the weights, not a prompt).
+        """
+        from personatune.errors import DataError
+
+        for r in rows:
+            if any(m.get("role") == "system" for m in r["messages"]):
+                raise DataError(f"held-out prompt {r.get('id')!r} has a system turn; stage-5 prompts must have none (re-run stage 3)")
+        if n is not None and n < len(rows):
+            by: dict[Any, list[dict[str, Any]]] = {}
+            for r in rows:
+                by.setdefault(r.get("context"), []).append(r)
+            picked: list[dict[str, Any]] = []
+            while len(picked) < n:
+                for ctx in list(by):
+                    if by[ctx] and len(picked) < n:
+                        picked.append(by[ctx].pop(0))
+            rows = picked
+        return cls([r["messages"] for r in rows], [r.get("context") for r in rows], [list(r.get("targets") or []) for r in rows],
+                   [str(r.get("id", i)) for i, r in enumerate(rows)])
+
+
+@dataclass
+class EvalResult:
+    """One evaluation of a policy: exact KL plus persona metrics of its own samples."""
+
+    kl: "KLResult"
+    consistency: "Measurement"
+    adherence: "Measurement"
+    style_variance: float | None
+    texts: list[str] = field(default_factory=list)
+    records: list[Any] = field(default_factory=list)
+    seconds: float = 0.0
+    adherence_per_trait: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> dict[str, Any]:
+        """The flat numbers written to metrics.jsonl and logged to trackers."""
+        return {"kl": self.kl.per_token, "kl_stderr": self.kl.stderr, "kl_per_sequence": self.kl.per_sequence_mean, "kl_tokens": self.kl.tokens,
+                "consistency": self.consistency.value, "adherence": self.adherence.value, "style_variance": self.style_variance,
+                "n": len(self.texts), "eval_seconds": round(self.seconds, 2)}
+
+
+def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet, scorer: Any, *, kl_max_new_tokens: int, max_new_tokens: int,
+                    temperature: float, top_p: float, seed: int, batch_size: int, min_per_context: int = 5) -> EvalResult:
+    """Measure a policy on held-out prompts, no system prompt.
+
+    KL: `measure_kl` (its own samples, temperature 1, exact over the vocabulary, nats/token). Persona metrics:
+    the policy's samples at the given decoding (stage 4 and 7 use the same, data.teacher's), scored by `scorer`.
+    The global RNG state is restored afterwards so evals do not change the training run's randomness.
+
+    Returns:
+        EvalResult.
+    """
+    import torch
+
+    from personatune.generation.hf import HFBackend
+    from personatune.kl import measure_kl
+    from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
+
+    t0 = time.time()
+    rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    was_training = model.training
+    model.eval()
+    try:
+        kl = measure_kl(model, reference, tokenizer, evalset.prompts, max_new_tokens=kl_max_new_tokens, seed=seed, batch_size=batch_size)
+        outs = HFBackend(model, tokenizer, batch_size=batch_size).generate(evalset.prompts, max_new_tokens=max_new_tokens, temperature=temperature,
+                                                                          top_p=top_p, n=1, seed=seed)
+    finally:
+        if was_training:
+            model.train()
+        torch.set_rng_state(rng)
+        if cuda_rng is not None:
+            torch.cuda.set_rng_state_all(cuda_rng)
+    texts = [o[0] for o in outs]
+    recs = scorer.score(texts, prompts=[p[-1]["content"] for p in evalset.prompts], contexts=evalset.contexts, targets=evalset.targets, ids=evalset.ids)
+    sv = style_variance(recs, min_per_context=min_per_context)
+    adh = trait_adherence(recs)
+    return EvalResult(kl, consistency_rate(recs), adh.overall, sv.value, texts, recs, time.time() - t0,
+                      {k: v.value for k, v in adh.per_trait.items()})
+
+
+def append_jsonl(path: Path, row: dict[str, Any]) -> None:
+    """Append one JSON line and fsync it (a crash loses at most the line being written; readers skip a torn last line)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(row, default=str) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_history(path: Path) -> list[dict[str, Any]]:
+    """The eval records of metrics.jsonl (a torn last line is skipped)."""
+    rows = []
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+# --- the eval callback ----------------------------------------------------------------------------
+class PersonaEvalCallback:
+    """Eval + checkpoint + KL control every `eval_every` optimizer steps (composition: TRL trainers are not subclassed).
+
+    Register with `trainer.add_callback(cb.hooks())` after `cb.bind(trainer)` (or pass `callbacks=[cb.hooks()]` to a
+    builder and bind afterwards). Under multi-process training every rank saves the checkpoint (a collective under
+    DeepSpeed/FSDP), the main process evaluates, and its decision is broadcast so all ranks stop or raise beta together.
+    With parameters sharded (ZeRO-3, FSDP) a single rank cannot generate, so evals are deferred: the records carry only
+    the checkpoint and `s5_optimization` evaluates them after training.
+
+    Args:
+        evaluate: model, reference -> EvalResult (e.g. a partial of `evaluate_policy`); None = checkpoints only.
+        out_dir: stage folder; writes `metrics.jsonl` and `checkpoints/step-N/`.
+        eval_every: optimizer steps between evals; 0 = only at the end of training.
+        max_kl: the KL budget (nats/token) for the controller.
+        kl_control: "stop" or "raise_beta".
+        beta_raise_factor, max_beta_raises: see TrainArgs.
+        eval_at_start: also evaluate at step 0 (no checkpoint: the starting point is the baseline).
+    """
+
+    def __init__(self, evaluate: Callable[[Any, Any], EvalResult] | None, out_dir: str | Path, *, eval_every: int, max_kl: float,
+                 kl_control: Literal["stop", "raise_beta"] = "stop", beta_raise_factor: float = 2.0, max_beta_raises: int = 3,
+                 eval_at_start: bool = True, echo: Callable[[str], None] = print) -> None:
+        self.evaluate = evaluate
+        self.out_dir = Path(out_dir)
+        self.metrics_path = self.out_dir / "metrics.jsonl"
+        self.eval_every = eval_every
+        self.max_kl = max_kl
+        self.kl_control = kl_control
+        self.beta_raise_factor = beta_raise_factor
+        self.max_beta_raises = max_beta_raises
+        self.eval_at_start = eval_at_start
+        self.echo = echo
+        self.history: list[dict[str, Any]] = []
+        self.trainer: Any = None
+        self._last_step = -1
+
+    def bind(self, trainer: Any) -> "PersonaEvalCallback":
+        """Attach the trainer whose model is evaluated, saved and whose beta may be raised."""
+        self.trainer = trainer
+        return self
+
+    @property
+    def sharded(self) -> bool:
+        t = self.trainer
+        ds = getattr(t.accelerator.state, "deepspeed_plugin", None)
+        return bool(getattr(t, "is_fsdp_enabled", False) or (ds is not None and getattr(ds, "zero_stage", 0) == 3))
+
+    def hooks(self) -> Any:
+        """A transformers TrainerCallback that forwards step events here (built lazily: transformers is heavy to import)."""
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class PersonaEvalHooks(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kwargs):
+                if outer.eval_at_start and outer.evaluate is not None and state.global_step == 0:
+                    outer.step(0, control, save=False)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                if outer.eval_every and state.global_step % outer.eval_every == 0:
+                    outer.step(state.global_step, control)
+
+            def on_train_end(self, args, state, control, **kwargs):
+                # The last state is a candidate too, even when it does not fall on an eval step.
+                if state.global_step != outer._last_step and state.global_step > 0:
+                    outer.step(state.global_step, control)
+
+        return PersonaEvalHooks()
+
+    def step(self, step: int, control: Any, *, save: bool = True) -> dict[str, Any] | None:
+        """Save a checkpoint (all ranks), evaluate (main rank), record, log, and apply the controller's decision."""
+        import torch
+
+        from personatune.kl_budget import decide
+
+        if self.trainer is None:
+            raise RuntimeError("PersonaEvalCallback.bind(trainer) was not called")
+        t = self.trainer
+        self._last_step = step
+        ckpt = None
+        if save:
+            ckpt_dir = self.out_dir / "checkpoints" / f"step-{step}"
+            t.save_model(str(ckpt_dir))
+            ckpt = str(ckpt_dir.relative_to(self.out_dir))
+        main = t.accelerator.is_main_process
+        row: dict[str, Any] = {"step": step, "checkpoint": ckpt, "beta": float(t.beta), "time": round(time.time(), 3)}
+        action, new_beta = 0, float(t.beta)
+        if self.evaluate is not None and not self.sharded:
+            if main:
+                res = self.evaluate(t.model, reference_of(t))
+                row.update(res.summary())
+                d = decide(self.history + [row], self.max_kl, self.kl_control, beta=float(t.beta), raise_factor=self.beta_raise_factor,
+                           max_raises=self.max_beta_raises)
+                row["decision"], row["reason"] = d.action, d.reason
+                action = {"continue": 0, "stop": 1, "raise_beta": 2}[d.action]
+                new_beta = d.new_beta if d.new_beta is not None else new_beta
+                self.echo(f"  eval step {step}: KL {res.kl.per_token:.4g}±{res.kl.stderr:.2g} nats/token, consistency {res.consistency.value:.3f}, "
+                          f"adherence {res.adherence.value:.3f}, style variance {res.style_variance} -> {d.action}")
+            if t.accelerator.num_processes > 1:
+                # Every rank must take the same decision, or one would wait forever in the next all-reduce.
+                msg = torch.tensor([float(action), new_beta], dtype=torch.float64, device=t.accelerator.device)
+                torch.distributed.broadcast(msg, src=0)
+                action, new_beta = int(msg[0].item()), float(msg[1].item())
+        else:
+            row["decision"] = "deferred" if self.evaluate is not None else "not_evaluated"
+        if step > 0 and action == 1:
+            control.should_training_stop = True
+        elif step > 0 and action == 2:
+            # TRL's DPO/GRPO/RLOO losses read `trainer.beta` at every step, so a new value takes effect at the next one.
+            t.beta = new_beta
+            t.args.beta = new_beta
+        self.history.append(row)
+        if main:
+            append_jsonl(self.metrics_path, row)
+            # Logged through transformers' Trainer.log (not TRL's override, which would flush TRL's running averages),
+            # so the tracker in `report_to` receives the persona metrics next to the loss.
+            from transformers import Trainer
+
+            # CallbackHandler.on_log clears control.should_log; restore it, or this rank would skip the loss all-gather
+            # that the other ranks enter at a logging step (a deadlock under DDP).
+            should_log = control.should_log
+            Trainer.log(t, {f"persona/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k not in ("step", "time")})
+            control.should_log = t.control.should_log = should_log
+        return row

@@ -1,0 +1,230 @@
+"""Stage-5 training on a tiny in-process model: a few steps each, parameters must move, KL must be measured.
+
+The tiny model comes from personatune.models.build_tiny_model (random weights, tiny vocabulary), so each
+trainer runs in a few seconds on 2 CPU cores.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from personatune.errors import ConfigError
+from personatune.gates import Measurement
+from personatune.kl import measure_kl
+from personatune.training import (EvalResult, PersonaEvalCallback, TrainArgs, build_dpo_trainer, build_grpo_trainer, check_beta,
+                                  read_history, reference_of)
+
+datasets = pytest.importorskip("datasets")
+models = pytest.importorskip("personatune.models")
+
+PAIRS = [
+    ("How is the weather today?", "Ahoy! Clear skies, friend!", "It is fine."),
+    ("Can you help me fix my code?", "Aye, let us chart that bug!", "No."),
+    ("I feel sad today.", "Steady now, friend, we sail on together!", "Ok."),
+    ("What is two plus two?", "Four, by the stars, friend!", "4"),
+    ("Tell me a joke.", "Why did the comet blush? It saw a star, friend!", "No jokes."),
+    ("Where should I travel?", "To the far moons, friend, ahoy!", "Anywhere."),
+    ("Recommend a book.", "Starlog of the Nova, friend, a grand tale!", "Any book."),
+    ("Good morning!", "Ahoy and good morning, friend!", "Morning."),
+]
+HELD = [[{"role": "user", "content": q}] for q in ("Say hello.", "What do you like?", "Any advice?", "How are you?")]
+
+
+def pair_dataset():
+    rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in PAIRS]
+    return datasets.Dataset.from_list(rows)
+
+
+def prompt_dataset():
+    return datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}], "context": "casual"} for p, _, _ in PAIRS])
+
+
+def args(**kw):
+    base = dict(max_steps=3, per_device_batch_size=4, learning_rate=5e-3, lora_r=4, lora_alpha=8, logging_steps=1, max_length=96,
+                eval_every=0, eval_at_start=False)
+    base.update(kw)
+    return TrainArgs(**base)
+
+
+def lora_snapshot(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def test_train_args_every_field_documented_and_strict():
+    for name, f in TrainArgs.model_fields.items():
+        assert f.description and len(f.description) > 10, name
+    with pytest.raises(Exception):
+        TrainArgs(bogus=1)
+
+
+def test_beta_zero_with_kl_gate_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match="train.beta"):
+        check_beta(0.0, 0.1)
+    check_beta(0.0, None)  # no KL gate: allowed
+    model, tok = models.build_tiny_model(seed=0)
+    with pytest.raises(ConfigError, match="train.beta=0.0"):
+        build_grpo_trainer(model, tok, prompt_dataset(), args(algorithm="grpo", beta=0.0), reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
+                           output_dir=tmp_path, max_kl=0.1)
+    with pytest.raises(ConfigError, match="train.beta"):
+        build_dpo_trainer(model, tok, pair_dataset(), args(beta=0.0), output_dir=tmp_path, max_kl=0.1)
+
+
+def test_dpo_lora_changes_parameters_and_kl_goes_from_zero_to_positive(tmp_path):
+    torch.manual_seed(0)
+    model, tok = models.build_tiny_model(seed=0)
+    cb = PersonaEvalCallback(None, tmp_path, eval_every=2, max_kl=0.1, eval_at_start=False)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(), output_dir=tmp_path / "trl", max_kl=0.1, callbacks=[cb.hooks()])
+    cb.bind(trainer)
+    ref = reference_of(trainer)
+    before = lora_snapshot(trainer.model)
+    assert before, "LoRA adapters were not applied"
+    kl0 = measure_kl(trainer.model, ref, tok, HELD, max_new_tokens=12, seed=0, batch_size=4)
+    assert kl0.tokens > 0 and abs(kl0.per_token) < 1e-6  # LoRA B starts at zero: policy == reference
+    trainer.train()
+    after = lora_snapshot(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    kl1 = measure_kl(trainer.model, ref, tok, HELD, max_new_tokens=12, seed=0, batch_size=4)
+    assert kl1.per_token > 1e-6 and kl1.stderr >= 0
+    # The callback saved the adapter at step 2 and at the end (step 3); without an evaluator nothing is measured.
+    hist = read_history(tmp_path / "metrics.jsonl")
+    assert [r["step"] for r in hist] == [2, 3]
+    assert all((tmp_path / r["checkpoint"] / "adapter_model.safetensors").exists() for r in hist)
+
+
+def test_grpo_full_finetune_with_reward_changes_parameters_and_has_kl_term(tmp_path):
+    model, tok = models.build_tiny_model(seed=1)
+    path = tmp_path / "tiny"
+    models.save_model(model, tok, path)  # full fine-tuning: TRL reloads the reference from the model's path
+    model, tok = models.load_model_and_tokenizer(str(path), for_training=True)
+
+    def reward_len(completions, **kwargs):
+        # Longer answers score higher: varied within a group, so advantages are non-zero.
+        return [float(len(c[0]["content"] if isinstance(c, list) else c)) / 50.0 for c in completions]
+
+    a = args(algorithm="grpo", peft="full", beta=0.05, num_generations=4, max_completion_length=8, learning_rate=1e-3, max_steps=2)
+    trainer = build_grpo_trainer(model, tok, prompt_dataset(), a, reward_funcs=[reward_len], output_dir=tmp_path / "trl", max_kl=0.1)
+    assert trainer.beta == 0.05 and trainer.ref_model is not None
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    changed = [n for n, p in trainer.model.named_parameters() if not torch.equal(before[n], p.detach())]
+    assert changed
+    kl = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
+    assert kl.per_token > 0
+
+
+def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
+    model, tok = models.build_tiny_model(seed=2)
+
+    def evaluate(policy, reference):
+        kl = measure_kl(policy, reference, tok, HELD, max_new_tokens=8, seed=0, batch_size=4)
+        return EvalResult(kl, Measurement(0.5, n=4), Measurement(0.9, n=4), 0.1, texts=["x"] * 4)
+
+    # A budget of 1e-9 nats/token: the first trained eval is over it, so the controller stops training there.
+    cb = PersonaEvalCallback(evaluate, tmp_path, eval_every=1, max_kl=1e-9, kl_control="stop", eval_at_start=True)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=5), output_dir=tmp_path / "trl", max_kl=1e-9, callbacks=[cb.hooks()])
+    cb.bind(trainer)
+    trainer.train()
+    hist = read_history(tmp_path / "metrics.jsonl")
+    assert hist[0]["step"] == 0 and hist[0]["checkpoint"] is None and abs(hist[0]["kl"]) < 1e-6
+    assert hist[1]["step"] == 1 and hist[1]["decision"] == "stop" and hist[1]["kl"] > 1e-9
+    assert trainer.state.global_step == 1
+    assert any("persona/kl" in r for r in trainer.state.log_history)
+
+
+@pytest.mark.slow
+def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
+    """accelerate launch with configs/accelerate/cpu_2proc.yaml: 2 CPU processes (gloo) train the tiny model with DPO."""
+    script = tmp_path / "ddp_dpo.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys, torch, datasets
+        sys.path.insert(0, {str(repo_root / 'tests' / 'stages')!r})
+        from test_training import pair_dataset, args
+        from personatune import models
+        from personatune.training import PersonaEvalCallback, build_dpo_trainer
+        model, tok = models.build_tiny_model(seed=0)
+        cb = PersonaEvalCallback(None, {str(tmp_path)!r}, eval_every=2, max_kl=0.1, eval_at_start=False)
+        tr = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=4, per_device_batch_size=2), output_dir={str(tmp_path / 'trl')!r},
+                               max_kl=0.1, callbacks=[cb.hooks()])
+        cb.bind(tr)
+        tr.train()
+        if tr.accelerator.is_main_process:
+            print("RESULT", json.dumps({{"world": tr.accelerator.num_processes, "backend": str(torch.distributed.get_backend()),
+                                         "steps": tr.state.global_step}}))
+    """))
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide on the config's default
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "configs/accelerate/cpu_2proc.yaml"),
+           "--main_process_port", str(port), str(script)]
+    # A session of its own, so a hang kills both workers (not only the launcher) when the timeout fires.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+    assert p.returncode == 0, err[-3000:]
+    res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+    assert res == {"world": 2, "backend": "gloo", "steps": 4}
+    assert (tmp_path / "checkpoints/step-4/adapter_model.safetensors").exists()
+
+
+def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
+    """s5_optimization.run on a hand-made run dir (tiny baseline, a few pairs, held-out prompts): trains, selects, gates, saves."""
+    from personatune.config import RunConfig, load_config
+    from personatune.rundir import RunDir, StageRecord
+    from personatune.stages import s5_optimization
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    persona = os.path.join(repo, "examples", "personas", "captain_nova.yaml")
+    rd = RunDir(tmp_path / "run")
+    model, tok = models.build_tiny_model(seed=0)
+    models.save_model(model, tok, rd.root / "01_baseline" / "model")
+    (rd.root / "01_baseline" / "baseline.json").write_text(json.dumps({"path": "01_baseline/model"}))
+    (rd.root / "02_persona").mkdir()
+    (rd.root / "02_persona" / "persona.yaml").write_text(open(persona, encoding="utf-8").read())
+    d3 = rd.root / "03_consistency_data"
+    (d3 / "train").mkdir(parents=True)
+    (d3 / "heldout").mkdir()
+    (d3 / "train" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_dataset().to_list()))
+    ctxs = ["casual", "technical"]
+    held = [{"id": f"h{i}", "context": ctxs[i % 2], "messages": m, "targets": [], "split": "heldout"} for i, m in enumerate(HELD * 2)]
+    (d3 / "heldout" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    for stage, outs in (("01_baseline", {"baseline": "01_baseline/baseline.json"}), ("02_persona", {"persona": "02_persona/persona.yaml"}),
+                        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"})):
+        rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
+    over = dict(max_steps=4, eval_every=2, kl_eval_prompts=4, kl_max_new_tokens=8, eval_batch_size=8, per_device_batch_size=4,
+                learning_rate=5e-3, lora_r=4, lora_alpha=8, max_length=96, logging_steps=2)
+    base = [f"persona={persona}", "model.name=tiny", "data.teacher.max_new_tokens=8", "gates.evaluation.min_per_context=2"]
+    if "train" in RunConfig.model_fields:
+        cfg = load_config(None, base + [f"train.{k}={v}" for k, v in over.items()])
+    else:  # until the lead nests TrainArgs in RunConfig
+        cfg = load_config(None, base)
+        cfg.__dict__["train"] = TrainArgs(**over)
+    res = s5_optimization.run(cfg, rd)
+    hist = read_history(rd.root / "05_optimization" / "metrics.jsonl")
+    assert [r["step"] for r in hist] == [0, 2, 4] and all(r["kl"] is not None for r in hist)
+    assert hist[0]["checkpoint"] is None and abs(hist[0]["kl"]) < 1e-6
+    m = json.loads((rd.root / "05_optimization" / "metrics.json").read_text())
+    within = [r["step"] for r in hist if r["checkpoint"] and r["kl"] <= cfg.gates.optimization.max_kl]
+    assert m["final"]["selected_step"] == (m["selection"]["record"] or {}).get("step") and (m["final"]["selected_step"] in within or not within)
+    assert {g.metric for g in res.gate.results} == {"kl_per_token", "consistency_rate", "adherence", "style_variance"}
+    kl_gate = next(g for g in res.gate.results if g.metric == "kl_per_token")
+    assert kl_gate.unit == "nats/token" and kl_gate.n == len(held) and kl_gate.value == m["kl"]["kl_per_token"]
+    assert set(res.outputs) == {"model", "metrics", "card"}
+    # The saved model is merged (no adapter files) and loads with its chat template.
+    assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
+    m2, t2 = models.load_model_and_tokenizer(str(rd.root / "05_optimization" / "model"))
+    assert t2.chat_template and "Checkpoint selection" in (rd.root / "05_optimization" / "model" / "README.md").read_text()

@@ -1,0 +1,58 @@
+"""The KL-budget controller on constructed histories (no model)."""
+
+import math
+
+from personatune.kl_budget import decide, select_checkpoint
+
+
+def rec(step, kl, cons, adh=0.95, sv=0.05, ckpt=True, decision=None):
+    return {"step": step, "kl": kl, "consistency": cons, "adherence": adh, "style_variance": sv,
+            "checkpoint": f"checkpoints/step-{step}" if ckpt else None, "decision": decision}
+
+
+def test_last_over_budget_best_earlier_is_picked_not_the_last():
+    h = [rec(0, 0.0, 0.40, ckpt=False), rec(10, 0.03, 0.70), rec(20, 0.08, 0.90), rec(30, 0.09, 0.86), rec(40, 0.2, 0.99)]
+    s = select_checkpoint(h, max_kl=0.1)
+    assert s.record["step"] == 20
+    assert s.within_budget == [10, 20, 30]
+    assert s.last_within_budget["step"] == 30
+
+
+def test_ties_go_to_adherence_then_lower_kl():
+    h = [rec(10, 0.05, 0.9, adh=0.91), rec(20, 0.04, 0.9, adh=0.95), rec(30, 0.02, 0.9, adh=0.95)]
+    assert select_checkpoint(h, max_kl=0.1).record["step"] == 30
+    h2 = [rec(10, 0.05, 0.9, adh=0.97), rec(20, 0.02, 0.9, adh=0.95)]
+    assert select_checkpoint(h2, max_kl=0.1).record["step"] == 10
+
+
+def test_checkpoint_passing_persona_gates_beats_higher_consistency_failing_adherence():
+    h = [rec(10, 0.05, 0.88, adh=0.92), rec(20, 0.06, 0.95, adh=0.80)]
+    s = select_checkpoint(h, max_kl=0.1, min_consistency=0.85, min_adherence=0.9, max_style_variance=0.15)
+    assert s.record["step"] == 10 and s.passes_persona_gates
+    assert select_checkpoint(h, max_kl=0.1).record["step"] == 20
+
+
+def test_none_within_budget_returns_none_with_reason():
+    h = [rec(10, 0.3, 0.9), rec(20, 0.5, 0.95), rec(30, float("nan"), 0.99)]
+    s = select_checkpoint(h, max_kl=0.1)
+    assert s.record is None
+    assert "0.3" in s.reason and "step 10" in s.reason
+    assert select_checkpoint([rec(0, 0.0, 0.5, ckpt=False)], max_kl=0.1).record is None
+
+
+def test_kl_exactly_at_budget_counts_as_within():
+    assert select_checkpoint([rec(10, 0.1, 0.5)], max_kl=0.1).record["step"] == 10
+
+
+def test_decide_stop_and_continue():
+    assert decide([], 0.1, "stop").action == "continue"
+    assert decide([rec(10, 0.05, 0.5)], 0.1, "stop").action == "continue"
+    assert decide([rec(10, 0.05, 0.5), rec(20, 0.11, 0.5)], 0.1, "stop").action == "stop"
+    assert decide([rec(10, math.nan, 0.5)], 0.1, "stop").action == "continue"
+
+
+def test_decide_raise_beta_until_limit():
+    d = decide([rec(10, 0.2, 0.5)], 0.1, "raise_beta", beta=0.1, raise_factor=2.0, max_raises=2)
+    assert d.action == "raise_beta" and abs(d.new_beta - 0.2) < 1e-12
+    h = [rec(10, 0.2, 0.5, decision="raise_beta"), rec(20, 0.2, 0.5, decision="raise_beta"), rec(30, 0.3, 0.5)]
+    assert decide(h, 0.1, "raise_beta", beta=0.4, max_raises=2).action == "stop"
