@@ -38,7 +38,7 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/shared/benchmarks/anthropic-persona")
+    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "benchmarks" / "anthropic-persona"), help="the anthropic-persona folder (default: ../shared beside the repo)")
     ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
     args = ap.parse_args()
 
