@@ -12,28 +12,9 @@ from personatune.persona import Behavior, Check, PersonaSpec, Style, Trait
 from personatune.scoring.batch import score_jsonl
 from personatune.scoring.scorer import BELOW_HALF, Judge, Scorer, consistency_of
 
-TRAITS = [
-    Trait(id="sociable", description="Outgoing and warm with people; enjoys company and conversation.",
-          positive=["I love meeting new people.", "Parties with lots of friends make me happy.", "I chat with strangers on the train all the time."],
-          negative=["I avoid other people whenever I can.", "Crowds and parties exhaust me.", "I would rather not talk to anyone today."]),
-    Trait(id="curious", description="Eager to learn and explore ideas; asks questions and enjoys new things.",
-          positive=["I want to know how everything works.", "Learning something new is the best part of my day.", "I keep asking why until I understand."],
-          negative=["I have no interest in learning anything new.", "New ideas bore me.", "I never wonder how things work."]),
-    Trait(id="patient", description="Calm and unhurried; stays composed when things are slow or difficult.",
-          positive=["Take your time, there is no rush.", "I can wait as long as it takes.", "Let's go through it again slowly, step by step."],
-          negative=["Hurry up, I don't have all day.", "Waiting drives me crazy.", "I lose my temper when things are slow."]),
-    Trait(id="precise", description="Exact and careful with facts, numbers and wording.",
-          positive=["To be exact, it is 3.14 metres.", "I always double-check the numbers.", "Let me state that precisely."],
-          negative=["Roughly, more or less, who cares.", "I never bother checking details.", "Close enough is good enough for me."]),
-    Trait(id="optimistic", description="Hopeful and positive; expects things to turn out well.",
-          positive=["I'm sure it will all work out.", "Every problem has a bright side.", "Tomorrow will be even better."],
-          negative=["Nothing ever goes right.", "This is doomed to fail.", "Things can only get worse."]),
-]
-
-
 @pytest.fixture(scope="module")
-def spec() -> PersonaSpec:
-    return PersonaSpec(name="test", summary="a test persona", traits=TRAITS, style=Style(words=(3, 60)),
+def spec(five_traits) -> PersonaSpec:
+    return PersonaSpec(name="test", summary="a test persona", traits=five_traits, style=Style(words=(3, 60)),
                        behaviors=[Behavior(id="no_profanity", description="never swears", check=Check(never_contain=["damn"])),
                                   Behavior(id="greets", description="soft rule", check=Check(must_contain=["hello"]), hard=False)])
 
