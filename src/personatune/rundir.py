@@ -99,7 +99,7 @@ class RunDir:
     """
 
     def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).resolve()  # absolute, so recorded outputs and relative paths never double up
         self.root.mkdir(parents=True, exist_ok=True)
         self.manifest_path = self.root / "manifest.json"
         self.manifest = self._load_manifest()

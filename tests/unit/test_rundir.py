@@ -106,3 +106,16 @@ def test_find_stage_names():
 
     with pytest.raises(ConfigError, match="valid stages"):
         find_stage("9")
+
+
+def test_relative_run_dir(tmp_path, monkeypatch):
+    # A relative run_dir (the examples use `runs`) must work: outputs are recorded relative to the run.
+    monkeypatch.chdir(tmp_path)
+    cfg = RunConfig(persona="p.yaml", run_dir="runs", name="r")
+    calls: list[str] = []
+    assert run_pipeline(cfg, stages=_table(calls), echo=lambda s: None) == 0
+    m = json.loads((tmp_path / "runs" / "r" / "manifest.json").read_text())
+    assert m["stages"]["01_a"]["outputs"]["out"]["path"] == "01_a/out.txt"
+    calls.clear()
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    assert calls == []
