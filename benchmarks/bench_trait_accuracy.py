@@ -25,15 +25,10 @@ import yaml
 
 from personatune.embeddings import Embedder
 from personatune.persona import PersonaSpec, Trait
+from personatune.scoring.aggregate import auroc
 from personatune.scoring.traits import fit
 
 HERE = Path(__file__).resolve().parent
-
-
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Mann-Whitney AUROC, ties count half."""
-    pos, neg = scores[labels], scores[~labels]
-    return float(((pos[:, None] > neg[None]).sum() + 0.5 * (pos[:, None] == neg[None]).sum()) / (len(pos) * len(neg)))
 
 
 def main() -> None:

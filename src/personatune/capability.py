@@ -20,6 +20,8 @@ from typing import Any
 
 import yaml
 
+from personatune.scoring.aggregate import wilson_ci
+
 
 @dataclass
 class Item:
@@ -54,16 +56,6 @@ def is_correct(item: Item, reply: str) -> bool:
     return True
 
 
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return (0.0, 1.0)
-    p = k / n
-    d = 1 + z * z / n
-    c = (p + z * z / (2 * n)) / d
-    h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return (max(0.0, c - h), min(1.0, c + h))
-
-
 def score_suite(backend: Any, items: list[Item] | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
     """Run the suite with greedy decoding through a GenerationBackend.
 
@@ -79,7 +71,7 @@ def score_suite(backend: Any, items: list[Item] | None = None, max_new_tokens: i
     for task in dict.fromkeys(it.task for it in items):
         idx = [i for i, it in enumerate(items) if it.task == task]
         k = sum(ok[i] for i in idx)
-        tasks[task] = {"accuracy": k / len(idx), "n": len(idx), "correct": k, "ci": wilson(k, len(idx))}
+        tasks[task] = {"accuracy": k / len(idx), "n": len(idx), "correct": k, "ci": wilson_ci(k, len(idx))}
     return {"score": sum(ok) / len(ok), "n": len(ok), "tasks": tasks,
             "replies": [{"task": it.task, "question": it.question, "reply": r, "correct": c} for it, r, c in zip(items, replies, ok)]}
 

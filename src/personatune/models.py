@@ -402,6 +402,13 @@ def load_model_and_tokenizer(name: str, *, dtype: Any = None, device: str | None
     return model, tok
 
 
+def load_configured_model(name: str, model_args: Any, *, for_training: bool = False) -> tuple[Any, Any]:
+    """`load_model_and_tokenizer(name, ...)` with the dtype, device, trust_remote_code and cache_dir of a
+    run config's `model` section (personatune.config.ModelArgs): how every stage loads a model."""
+    return load_model_and_tokenizer(name, dtype=model_args.dtype, device=model_args.device, trust_remote_code=model_args.trust_remote_code,
+                                    cache_dir=model_args.cache_dir, for_training=for_training)
+
+
 def _load_pretrained(source: ModelSource, path: str, torch_dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 

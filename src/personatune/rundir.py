@@ -60,6 +60,27 @@ def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
+def read_jsonl(path: str | Path, fix: str = "re-run the stage that wrote it") -> list[dict[str, Any]]:
+    """Rows of a JSONL file written by a stage.
+
+    Raises:
+        DataError: the file is missing or a line is not valid JSON (names the file, the line and `fix`).
+    """
+    from personatune.errors import DataError
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path} is missing; fix: {fix}")
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); fix: {fix}") from None
+    return rows
+
+
 def file_hash(path: str | Path) -> str:
     """sha256 of a file, or of a folder's files (relative names and contents, sorted)."""
     path = Path(path)

@@ -6,7 +6,6 @@ trainer runs in a few seconds on 2 CPU cores.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal

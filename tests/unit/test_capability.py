@@ -1,4 +1,5 @@
-from personatune.capability import Item, is_correct, load_suite, retention, score_suite, wilson
+from personatune.capability import Item, is_correct, load_suite, retention, score_suite
+from personatune.scoring.aggregate import wilson_ci as wilson
 
 
 def test_suite_loads_with_three_tasks():

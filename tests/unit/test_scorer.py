@@ -8,7 +8,7 @@ import math
 import pytest
 
 from personatune.errors import DataError
-from personatune.persona import Behavior, Check, PersonaSpec, Style, Trait
+from personatune.persona import Behavior, Check, PersonaSpec, Style
 from personatune.scoring.batch import score_jsonl
 from personatune.scoring.scorer import BELOW_HALF, Judge, Scorer, consistency_of
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from personatune.errors import DataError
-from personatune.persona import PersonaSpec, Trait
+from personatune.persona import PersonaSpec
 from personatune.scoring.negation import has_negation, negate
 from personatune.scoring.traits import TraitDetectors, fit, split_sentences
 

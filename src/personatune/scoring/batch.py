@@ -10,12 +10,11 @@ reported by line number and skipped; the output is written atomically.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from personatune.errors import DataError
+from personatune.rundir import atomic_write_text
 
 
 def _validate(obj: Any, known: set[str]) -> str | None:
@@ -90,16 +89,7 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
     records = scorer.score([o["text"] for _, o in rows], prompts=[o.get("prompt") for _, o in rows],
                            contexts=[o.get("context") for _, o in rows], targets=[o.get("targets") or [] for _, o in rows],
                            ids=[str(o.get("id", f"line{no}")) for no, o in rows])
-    outp.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=outp.parent, prefix=f".{outp.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            for r in records:
-                f.write(json.dumps(r.to_dict(), ensure_ascii=False) + "\n")
-        os.replace(tmp, outp)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(outp, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
     summary = summarize(records) if records else {"n": 0}
     summary.update({"skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed], "input": str(inp), "output": str(outp)})
     return summary

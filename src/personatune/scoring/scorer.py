@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
@@ -30,6 +28,7 @@ import numpy as np
 
 from personatune.errors import DataError
 from personatune.persona import PersonaSpec
+from personatune.rundir import atomic_write_text
 from personatune.scoring.record import ResponseScore
 from personatune.scoring.rules import compile_rules
 from personatune.scoring.style import style_features_batch, style_match
@@ -159,10 +158,7 @@ class Scorer:
         p = Path(path)
         self.detectors.save(p)
         meta = {"persona_hash": persona_hash(self.persona), "persona_name": self.persona.name, "judge_weight": self.judge_weight}
-        fd, tmp = tempfile.mkstemp(dir=p, prefix=".scorer.json.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, p / "scorer.json")
+        atomic_write_text(p / "scorer.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def from_evaluator_dir(cls, persona: PersonaSpec, path: str | Path, embedder: Any = None, judge: Judge | None = None) -> "Scorer":

@@ -36,9 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +46,7 @@ import numpy as np
 
 from personatune.errors import DataError
 from personatune.persona import PersonaSpec
+from personatune.rundir import atomic_write_bytes
 from personatune.scoring.negation import has_negation, negate
 from personatune.scoring.trait_bank import NEUTRAL_BANK_VERSION, NEUTRAL_UTTERANCES
 
@@ -289,9 +288,9 @@ class TraitDetectors:
         out.mkdir(parents=True, exist_ok=True)
         blob = st_save({"weights": np.ascontiguousarray(self.weights, dtype=np.float64),
                         "temperatures": np.ascontiguousarray(self.temperatures, dtype=np.float64)})
-        _atomic_write_bytes(out / "detectors.safetensors", blob)
+        atomic_write_bytes(out / "detectors.safetensors", blob)
         meta = {**self.meta, "trait_ids": self.trait_ids, "detector_version": DETECTOR_VERSION, "labels": list(LABELS)}
-        _atomic_write_bytes(out / "detectors.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
+        atomic_write_bytes(out / "detectors.json", (json.dumps(meta, indent=2, sort_keys=True) + "\n").encode("utf-8"))
 
     @classmethod
     def load(cls, path: str | Path) -> "TraitDetectors":
@@ -315,17 +314,6 @@ class TraitDetectors:
             raise DataError(f"trait detectors in {p} have version {meta.get('detector_version')}, this code reads {DETECTOR_VERSION}; fix: re-fit them")
         meta = {k: v for k, v in meta.items() if k not in ("trait_ids", "detector_version", "labels")}
         return cls(trait_ids=list(ids), weights=w, temperatures=temps, meta=meta)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _check_examples(spec: PersonaSpec, examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -15,11 +15,11 @@ in memory (`tiny`), the model itself in `01_baseline/model/`.
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
-from personatune.config import RunConfig
+
+from personatune.config import RunConfig, SFTArgs
 from personatune.errors import DataError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.rundir import RunDir, atomic_write_json
@@ -27,6 +27,15 @@ from personatune.stage import StageResult
 
 STAGE = "01_baseline"
 SANITY_PROMPT = [{"role": "user", "content": "In one sentence, what is the capital of France?"}]
+
+
+def baseline_model_path(run_dir: RunDir) -> str:
+    """Where the baseline model of this run lives (from `01_baseline/baseline.json`, via the manifest)."""
+    import json
+
+    info = json.loads(run_dir.output_path(STAGE, "baseline").read_text(encoding="utf-8"))
+    p = Path(info["path"])
+    return str(p if p.is_absolute() else run_dir.root / p)
 
 
 def _load_general(args: SFTArgs) -> list[dict]:
@@ -108,8 +117,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     t0 = time.time()
-    model, tok = models.load_model_and_tokenizer(config.model.name, dtype=config.model.dtype, device=config.model.device,
-                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+    model, tok = models.load_configured_model(config.model.name, config.model)
     load_s = time.time() - t0
     baseline: dict = {"model": config.model.name, "load_seconds": round(load_s, 3)}
     outputs: dict[str, Path] = {}

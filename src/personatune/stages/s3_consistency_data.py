@@ -34,6 +34,7 @@ from personatune.persona_prompt import persona_conversation
 from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
 from personatune.scenarios import Scenario, build_scenarios, coverage
 from personatune.stage import StageResult
+from personatune.stages.s1_baseline import baseline_model_path
 
 STAGE = "03_consistency_data"
 
@@ -104,9 +105,7 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
     from personatune.generation.hf import HFBackend
 
     t = config.data.teacher
-    baseline_path = _baseline_model_path(run_dir)
-    model, tok = models.load_model_and_tokenizer(baseline_path, dtype=config.model.dtype, device=config.model.device,
-                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+    model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
     if config.threads:
         torch.set_num_threads(config.threads)
     base = HFBackend(model, tok, batch_size=t.batch_size)
@@ -120,16 +119,9 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
                                 cache=ResponseCache(run_dir.stage_dir(STAGE) / "openai_cache"))
         return teacher, base
     if t.model and t.model != config.model.name:
-        tm, tt = models.load_model_and_tokenizer(t.model, dtype=config.model.dtype, device=config.model.device,
-                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+        tm, tt = models.load_configured_model(t.model, config.model)
         return HFBackend(tm, tt, batch_size=t.batch_size), base
     return base, base
-
-
-def _baseline_model_path(run_dir: RunDir) -> str:
-    info = json.loads(run_dir.output_path("01_baseline", "baseline").read_text(encoding="utf-8"))
-    p = Path(info["path"])
-    return str(p if p.is_absolute() else run_dir.root / p)
 
 
 # --- the stage -----------------------------------------------------------------------------------

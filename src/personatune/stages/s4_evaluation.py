@@ -15,49 +15,16 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from personatune.config import RunConfig
-from personatune.errors import DataError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from personatune.scoring.aggregate import auroc
 from personatune.stage import StageResult
 
 STAGE = "04_evaluation"
-
-
-def auroc(scores: list[float], labels: list[int]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties count half). None without both classes."""
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=int)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file written by an earlier stage.
-
-    Raises:
-        DataError: a line is not valid JSON (names the file and line).
-    """
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); fix: re-run the stage that wrote it (--from {path.parent.parent.name[:2]})") from None
-    return rows
 
 
 def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> list[dict[str, str]]:
@@ -184,11 +151,10 @@ def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, mi
     from personatune import models
     from personatune.generation.hf import HFBackend
     from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
-    from personatune.stages.s3_consistency_data import _baseline_model_path
+    from personatune.stages.s1_baseline import baseline_model_path
 
     prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
-    model, tok = models.load_model_and_tokenizer(_baseline_model_path(run_dir), dtype=config.model.dtype, device=config.model.device,
-                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir)
+    model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
     t = config.data.teacher
     outs = HFBackend(model, tok, batch_size=t.batch_size).generate([p["messages"] for p in prompts], max_new_tokens=t.max_new_tokens,
                                                                    temperature=t.temperature, top_p=t.top_p, n=1, seed=config.seed)

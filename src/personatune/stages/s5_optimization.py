@@ -31,24 +31,12 @@ from personatune.errors import DataError, RunDirError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
 from personatune.training import TrainArgs
 
 STAGE = "05_optimization"
-
-
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    if not path.is_file():
-        raise DataError(f"{path} is missing; fix: re-run stage 3 (personatune run CONFIG --from 3)")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); fix: re-run stage 3") from None
-    return rows
+STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
 
 
 def train_dataset(pairs_path: Path, algorithm: str) -> Any:
@@ -59,7 +47,7 @@ def train_dataset(pairs_path: Path, algorithm: str) -> Any:
     """
     from datasets import Dataset
 
-    rows = _read_jsonl(pairs_path)
+    rows = read_jsonl(pairs_path, fix=STAGE3_FIX)
     if not rows:
         raise DataError(f"{pairs_path} has no pairs; fix: check the stage-3 gate and data (data.max_prompts, data.contrast)")
     for i, r in enumerate(rows, 1):
@@ -161,7 +149,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     import torch
 
     from personatune import models, training
-    from personatune.stages.s3_consistency_data import _baseline_model_path
+    from personatune.stages.s1_baseline import baseline_model_path
 
     args: TrainArgs = getattr(config, "train", None) or TrainArgs()
     g = config.gates.optimization
@@ -174,13 +162,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     # 1. Inputs, all found through the manifest.
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     pairs_path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
-    held_rows = _read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
+    held_rows = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
     if not held_rows:
         raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
     ds = train_dataset(pairs_path, args.algorithm)
-    baseline = _baseline_model_path(run_dir)
-    model, tok = models.load_model_and_tokenizer(baseline, dtype=config.model.dtype, device=config.model.device,
-                                                 trust_remote_code=config.model.trust_remote_code, cache_dir=config.model.cache_dir, for_training=True)
+    baseline = baseline_model_path(run_dir)
+    model, tok = models.load_configured_model(baseline, config.model, for_training=True)
     scorer, scorer_desc = _make_scorer(spec, run_dir)
     t = config.data.teacher
     min_ctx = config.gates.evaluation.min_per_context
