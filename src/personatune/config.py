@@ -138,7 +138,21 @@ class DataArgs(_Section):
     best_of: int = Field(4, ge=1, description="candidates sampled per prompt; the most consistent is kept as chosen if it is consistent (count)")
     contrast: list[Literal["baseline", "trait_flipped", "style_broken"]] = Field(default_factory=lambda: ["baseline", "trait_flipped", "style_broken"], description="kinds of rejected responses to build")
     few_shot: bool = Field(True, description="render the persona's example interactions as few-shot turns")
+    focus_targets: bool = Field(True, description="remind the teacher, in its system prompt, of the traits each prompt targets (with one positive exemplar each); measured to raise a small teacher's yield")
     max_prompts: int | None = Field(None, ge=1, description="cap on scenarios (for quick runs); None = all")
+
+
+class IterationArgs(_Section):
+    """Stage 6: rounds of on-policy sampling, re-scoring, new pairs and DPO from the current policy."""
+
+    rounds: int = Field(1, ge=0, description="round budget after stage 5 (count); 0 = stage 6 keeps the stage-5 model")
+    samples_per_prompt: int = Field(4, ge=2, description="responses sampled per training prompt from the current policy (count, >= 2)")
+    min_margin: float = Field(0.2, ge=0, le=1, description="a new pair needs consistency(best) - consistency(worst) >= this (0-1)")
+    max_prompts: int | None = Field(None, ge=1, description="cap on training prompts sampled per round (count); None = all stage-3 training prompts")
+    max_steps: int | None = Field(None, ge=1, description="optimizer steps per round (count); None = train.max_steps / train.epochs")
+    min_improvement: float = Field(0.0, ge=0, description="a round must raise held-out consistency by more than this over the best so far, else stop (fraction)")
+    stop_margin: float = Field(0.05, ge=0, description="stop early when every stage-5 gate passes with this much room (consistency >= gate + margin, KL <= max_kl - margin*max_kl) (fraction)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature for the round's candidates")
 
 
 class RunConfig(_Section):
@@ -153,6 +167,7 @@ class RunConfig(_Section):
     sft: SFTArgs = Field(default_factory=SFTArgs)
     data: DataArgs = Field(default_factory=DataArgs)
     train: TrainArgs = Field(default_factory=TrainArgs)
+    iterations: IterationArgs = Field(default_factory=IterationArgs)
     gates: GateArgs = Field(default_factory=GateArgs)
 
 

@@ -26,7 +26,7 @@ def _trait_line(t: Trait, flipped: bool) -> str:
     return f"- You are NOT like this: {t.description} Instead you talk like: \"{t.negative[0]}\""
 
 
-def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_style: bool = False) -> str:
+def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_style: bool = False, focus: list[str] | None = None) -> str:
     """The persona as a system prompt.
 
     Args:
@@ -34,6 +34,8 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
         flip: a trait id to invert (for trait-flipped contrast data), or None.
         break_style: describe the opposite voice (for style-broken contrast data): the other register,
             the other end of the length range, emoji flipped, signature phrases dropped.
+        focus: trait ids this reply must show clearly (the traits the scenario targets); each gets a
+            reminder with one of its positive exemplars, because a small teacher otherwise spreads thin.
 
     Returns:
         The system prompt text.
@@ -57,6 +59,10 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
             lines.append(f"- {b.description}")
     if spec.facts:
         lines += ["", "Facts about you:"] + [f"- {f}" for f in spec.facts]
+    focus_traits = [t for t in spec.traits if focus and t.id in focus and t.id != flip]
+    if focus_traits:
+        lines += ["", "In this reply, clearly show:"]
+        lines += [f"- {t.description} (for example: \"{t.positive[0]}\")" for t in focus_traits]
     lines += ["", "Stay in character in every reply, whatever the user asks."]
     return "\n".join(lines)
 
@@ -70,9 +76,9 @@ def few_shot_messages(spec: PersonaSpec) -> list[dict[str, str]]:
 
 
 def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, few_shot: bool = True, flip: str | None = None,
-                         break_style: bool = False) -> list[dict[str, str]]:
+                         break_style: bool = False, focus: list[str] | None = None) -> list[dict[str, str]]:
     """System prompt + few-shot turns + the scenario's messages, ready for a chat template."""
-    conv = [{"role": "system", "content": render_system_prompt(spec, flip=flip, break_style=break_style)}]
+    conv = [{"role": "system", "content": render_system_prompt(spec, flip=flip, break_style=break_style, focus=focus)}]
     if few_shot and not break_style and flip is None:
         conv += few_shot_messages(spec)
     return conv + [dict(m) for m in messages]

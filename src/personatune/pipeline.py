@@ -24,7 +24,7 @@ from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
 from personatune.stage import Stage
-from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_evaluation, s5_optimization
+from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_evaluation, s5_optimization, s6_iterations, s7_final
 
 # The one table of stages, in run order. `run=None` marks a stage that is not implemented yet.
 STAGES: tuple[Stage, ...] = (
@@ -37,8 +37,12 @@ STAGES: tuple[Stage, ...] = (
     Stage("05_optimization", "Optimization (KL-bounded)", s5_optimization.run, config_keys=("model", "train", "gates", "data", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
                   ("04_evaluation", "evaluator")), version=1, issue=5),
-    Stage("06_iterations", "Iterative training", None, issue=5),
-    Stage("07_final_eval", "Evaluation & monitoring", None, issue=6),
+    Stage("06_iterations", "Iterative training", s6_iterations.run, config_keys=("model", "train", "iterations", "gates", "data", "seed"),
+          inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
+                  ("04_evaluation", "evaluator"), ("05_optimization", "model")), version=1, issue=5),
+    Stage("07_final_eval", "Evaluation & monitoring", s7_final.run, config_keys=("model", "train", "gates", "data", "seed"),
+          inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "heldout"), ("04_evaluation", "evaluator"),
+                  ("06_iterations", "model")), version=1, issue=6),
 )
 
 

@@ -95,8 +95,9 @@ def test_teacher_that_cannot_stay_in_persona_fails_stage_3_with_diagnosis(tmp_pa
     gate = json.loads((tmp_path / "t" / "03_consistency_data" / "gate.json").read_text())
     assert gate["passed"] is False
     r = next(x for x in gate["results"] if x["metric"] == "chosen_consistency_rate")
-    assert r["value"] == 0 and r["n"] == 18
-    assert any("prompts got a consistent teacher response" in d for d in gate["diagnosis"])
+    assert r["value"] is None  # no prompt kept: no chosen response to measure, and a missing measurement fails
+    assert any("0/18 prompts got a consistent teacher response" in d for d in gate["diagnosis"])
+    assert any("teacher yield: 0/18" in d for d in gate["diagnosis"])
     assert any("stronger teacher" in s for s in gate["next_steps"])
     assert not (tmp_path / "t" / "04_evaluation" / "gate.json").exists()  # stopped at stage 3
 

@@ -108,18 +108,34 @@ def make_run(root: Path, upto: int = 7) -> Path:
         {"step": s, "kl": 0.01 * s, "kl_stderr": 0.005, "consistency": 0.5 + 0.08 * s, "adherence": 0.6 + 0.06 * s, "style_variance": 0.2 - 0.02 * s,
          "reward": 0.4 + 0.1 * s, "checkpoint": f"05_optimization/checkpoint-{s}"} for s in range(0, 6)])
     _jsonl(root / "06_iterations" / "rounds.jsonl", [
-        {"round": r, "kl": 0.05 + 0.01 * r, "consistency": 0.8 + 0.04 * r, "adherence": 0.88 + 0.02 * r, "style_variance": 0.12} for r in (1, 2, 3)])
+        {"round": r, "kl": 0.05 + 0.01 * r, "kl_stderr": 0.004, "consistency": 0.8 + 0.04 * r, "consistency_ci": [0.75 + 0.04 * r, 0.85 + 0.04 * r],
+         "adherence": 0.88 + 0.02 * r, "style_variance": 0.12, "pairs": 40, "steps": 10, "passed": r > 1, "kept": r == 3, "seconds": 12.5} for r in (1, 2, 3)])
     if upto < 7:
         return root
 
+    # The real stage-7 format (src/personatune/stages/s7_final.py).
+    mm = lambda v, n=40: {"value": v, "n": n, "ci": [max(0.0, v - 0.1), min(1.0, v + 0.1)]}  # noqa: E731
+    gates7 = [{"metric": "persona_improvement_ci_low", "value": 0.31, "threshold": 0.0, "direction": ">", "unit": "fraction", "passed": True},
+              {"metric": "capability_retention", "value": 0.97, "threshold": 0.95, "direction": ">=", "unit": "ratio", "passed": True}]
     _w(root / "07_final_eval" / "final.json", {
-        "verdict": "DEPLOY", "reasons": ["persona improvement interval lies above 0", "retention 0.97 >= 0.95"],
-        "improvement": {"value": 0.42, "ci": [0.31, 0.53]}, "retention": {"value": 0.97, "baseline": 0.42, "final": 0.4074},
-        "per_trait": {"warmth": {"baseline": 0.5, "final": 0.9}, "curiosity": {"baseline": 0.25, "final": 0.75}, "precision": {"baseline": 0.6, "final": 0.6}},
-        "per_context": {"casual": {"warmth": 0.91, "curiosity": 0.7}, "technical": {"warmth": 0.4, "curiosity": 0.95}},
-        "robustness": {"before": 0.2, "after": 0.65},
-        "samples": [{"prompt": "Tell me about <b>HTML</b>", "baseline": "baseline says " + XSS, "final": 'final <a href="https://evil.example">x</a>',
-                     "context": "technical"}]})
+        "verdict": "DEPLOY", "reasons": ["persona improvement interval lies above 0", "retention 0.97 >= 0.95"], "n_prompts": 40,
+        "improvement": {"value": 0.42, "ci": [0.31, 0.53], "n": 40, "baseline": 0.3, "final": 0.72, "method": "paired percentile bootstrap over prompts, B=1000, seed=0"},
+        "consistency": {"baseline": mm(0.3), "final": mm(0.72)}, "adherence": {"baseline": mm(0.55), "final": mm(0.93)},
+        "style_variance": {"baseline": 0.2, "final": 0.1},
+        "retention": {"value": 0.97, "baseline_score": 0.42, "final_score": 0.4074, "n_items": 36,
+                      "tasks": {"arithmetic": {"baseline": 0.3, "candidate": 0.25, "drop": 0.05, "allowed": 0.2, "ok": True, "n": 12},
+                                "facts": {"baseline": 0.54, "candidate": 0.2, "drop": 0.34, "allowed": 0.25, "ok": False, "n": 14}}},
+        "perplexity": {"baseline": {"perplexity": 12.5}, "final": {"perplexity": 13.1}},
+        "per_trait": {"warmth": {"baseline": mm(0.5), "final": mm(0.9)}, "curiosity": {"baseline": mm(0.25), "final": mm(0.75)},
+                      "precision": {"baseline": mm(0.6), "final": mm(0.6)}},
+        "per_context": {"casual": {"n": 20, "consistency": {"baseline": mm(0.35), "final": mm(0.91)}, "adherence": {"baseline": mm(0.5), "final": mm(0.95)}},
+                        "adversarial": {"n": 20, "consistency": {"baseline": mm(0.2), "final": mm(0.65)}, "adherence": {"baseline": mm(0.4), "final": mm(0.85)}}},
+        "robustness": {"context": "adversarial", "n": 20, "before": mm(0.2, 20), "after": mm(0.65, 20)},
+        "kl": {"kl_per_token": 0.061, "kl_per_token_stderr": 0.004, "tokens": 900, "unit": "nats/token"},
+        "earlier_gates": {"05_optimization": {"status": "done", "gate_passed": True}}, "gates": gates7})
+    _w(root / "07_final_eval" / "samples.json", [
+        {"id": "p1", "context": "technical", "prompt": "Tell me about <b>HTML</b>", "baseline": "baseline says " + XSS,
+         "final": 'final <a href="https://evil.example">x</a>', "baseline_consistency": 0.12, "final_consistency": 0.88}])
     return root
 
 
@@ -154,6 +170,15 @@ def test_full_run_has_every_section(tmp_path):
     assert curves.count("<svg") == 6 and "<polygon" in curves and "budget 0.1" in curves
     final = _section(page, "final")
     assert final.count("<svg") == 1 and "0.31..0.53" in final and "retention 0.97 &gt;= 0.95" in final
+    # Verdict banner, the baseline-vs-final table with its gate column, the failing task, the per-context heatmap.
+    assert '<div class="banner banner-pass"><b>DEPLOY</b>' in final
+    assert re.search(r'<tr class="pass"><td>consistency rate</td><td class="num">0.300 <span class="note">\[0.2..0.4\]</span></td>'
+                     r'<td class="num">0.720 .*?improvement 0.42 \(95% CI 0.31..0.53', final)
+    assert re.search(r'<tr class="fail"><td>facts</td><td class="num">0.54</td><td class="num">0.2</td><td class="num">0.34</td>', final)
+    assert _row_numbers(final, "adversarial") == ["0.2", "0.65", "0.4", "0.85"]
+    assert "robustness: adversarial prompts answered in persona (n=20)" in final and "0.061 ± 0.004 nats/token" in final
+    # Stage-6 rounds: the table marks the kept round; the consistency interval is drawn as a band.
+    assert "Kept: round 3" in curves and curves.count("<b>kept</b>") == 1 and curves.count("<polygon") == 3
     assert "log.txt (last 40 of 60 lines)" in page
 
 
@@ -216,16 +241,26 @@ def test_stage_4_samples_shown_before_final(tmp_path):
     assert "Fine. &lt;script&gt;" in samples and "not run yet" in samples
 
 
-def test_alternative_final_shapes(tmp_path):
+def test_no_deploy_banner_and_partial_final(tmp_path):
     run = make_run(tmp_path / "demo")
     final = json.loads((run / "07_final_eval" / "final.json").read_text())
+    final["verdict"], final["reasons"] = "NO-DEPLOY", ["persona_improvement_ci_low = -0.02 (needs > 0): likely cause: x; change: y"]
     final["per_context"] = {"casual": {"baseline": {"value": 0.3, "n": 5}, "final": {"value": 0.8, "n": 5}}, "odd": "not a mapping"}
-    final["per_trait"]["warmth"] = {"baseline": {"value": 0.1}, "final": {"value": 0.2}}
-    final["robustness"] = {"before": {"break_rate": 0.5}, "after": {"break_rate": 0.1}}
+    for k in ("retention", "robustness", "kl", "gates"):
+        del final[k]
     (run / "07_final_eval" / "final.json").write_text(json.dumps(final))
-    sec = _section(render_report(run), "final")
+    page = render_report(run)
+    sec = _section(page, "final")
+    assert '<div class="banner banner-fail"><b>NO-DEPLOY</b> — why<ul><li>persona_improvement_ci_low = -0.02' in sec
+    assert 'class="badge verdict b-fail">NO-DEPLOY<' in page
     assert re.search(r"<tr><td>casual</td><td[^>]*>0.3</td><td[^>]*>0.8</td></tr>", sec)
-    assert "odd" not in sec and "break_rate" in sec
+    assert "odd" not in sec and "Capability per task" not in sec
+
+
+def test_side_by_side_samples_with_scores(tmp_path):
+    samples = _section(render_report(make_run(tmp_path / "demo")), "samples")
+    assert "same held-out prompts" in samples and "[consistency 0.12]" in samples and "[consistency 0.88]" in samples
+    assert "not run yet" not in samples
 
 
 def test_corrupt_files_are_reported_not_fatal(tmp_path):
@@ -278,4 +313,4 @@ def test_wrong_shapes_never_crash(tmp_path, junk):
     (run / "manifest.json").write_text(json.dumps(man))
     page = render_report(run)
     assert page.endswith("</html>\n") and '<section id="final">' in page
-    assert len(files) == 15
+    assert len(files) == 16

@@ -12,8 +12,9 @@ Sections, top to bottom:
     4. data coverage, trait x context (stage 3)
     5. persona evaluation (stage 4)
     6. training curves over steps (stage 5) and rounds (stage 6)
-    7. final evaluation: verdict, baseline vs final per trait, per-context heatmap (stage 7)
-    8. sample responses side by side, run files (config, log tail, unreadable files)
+    7. final evaluation: verdict banner with reasons, baseline vs final table, capability per task, per-trait
+       chart, per-context heatmap (stage 7)
+    8. sample responses side by side (07_final_eval/samples.json), run files (config, log tail, unreadable files)
 """
 
 from __future__ import annotations
@@ -55,6 +56,8 @@ tr.pass td.res{background:#dafbe1} tr.fail td.res{background:#ffebe9}
 table.samples{table-layout:fixed;width:100%} table.samples td{white-space:pre-wrap;word-wrap:break-word}
 pre{white-space:pre-wrap;word-wrap:break-word;background:#f6f8fa;padding:8px 10px;border-radius:6px;max-height:420px;overflow:auto;font-size:.85em}
 svg.chart{max-width:100%;height:auto;display:block;margin:6px 0}
+.banner{border-radius:8px;padding:10px 14px;margin:10px 0;border:2px solid} .banner b{font-size:1.3em}
+.banner-pass{background:#dafbe1;border-color:#1a7f37} .banner-fail{background:#ffebe9;border-color:#cf222e}
 ul.diag li{margin:2px 0} details{margin:8px 0} summary{cursor:pointer;color:#0969da}
 footer{margin-top:40px;color:#57606a;font-size:.85em}
 """
@@ -364,9 +367,12 @@ def _curves_for(rows: list[dict[str, Any]], x_key: str, x_label: str, rd: RunDat
     quality = {k: pts(k) for k in ("consistency", "adherence", "reward") if has(k)}
     if quality:
         ys = [y for s in quality.values() for _, y in s if y is not None]
+        # Stage 6 records the consistency rate's Wilson interval per round: drawn as a band.
+        cband = [(num(r[x_key]), num(r["consistency_ci"][0]), num(r["consistency_ci"][1])) for r in rows
+                 if isinstance(r.get("consistency_ci"), list) and len(r["consistency_ci"]) == 2 and all(num(c) is not None for c in r["consistency_ci"])]
         out += line_chart(quality, x_label=x_label, y_label="fraction / reward", y_range=(0.0, 1.0) if all(0 <= y <= 1 for y in ys) else None,
                           thresholds=[(n, t) for n, t in (("consistency", num(g.get("consistency")) or 0.85), ("adherence", num(g.get("adherence")) or 0.9)) if n in quality],
-                          title=f"persona metrics per {x_label}")
+                          bands={"consistency": cband} if cband else None, title=f"persona metrics per {x_label}")
     if has("style_variance"):
         out += line_chart({"style variance": pts("style_variance")}, x_label=x_label, y_label="style variance",
                           thresholds=[("gate", num(g.get("max_style_variance")) or 0.15)], title=f"style variance per {x_label}")
@@ -379,80 +385,154 @@ def _curves_for(rows: list[dict[str, Any]], x_key: str, x_label: str, rd: RunDat
     return out
 
 
+def _rounds_table(rounds: list[dict[str, Any]]) -> str:
+    """Stage 6's rounds (rounds.jsonl): one row per round, the kept one marked."""
+    rows = [r for r in rounds if num(r.get("round")) is not None]
+    if not rows:
+        return ""
+    kept = [r for r in rows if r.get("kept") is True]
+    head = ["round", "KL (nats/token)", "consistency [95% CI]", "adherence", "style variance", "pairs", "steps", "gate", "kept", "seconds"]
+    body = []
+    for r in rows:
+        kl = fmt(num(r.get("kl"))) + (f" ± {fmt(num(r.get('kl_stderr')))}" if num(r.get("kl_stderr")) is not None else "")
+        cons = fmt(num(r.get("consistency"))) + (f" [{ci_text(r.get('consistency_ci'))}]" if ci_text(r.get("consistency_ci")) != "—" else "")
+        gate = r.get("passed")
+        gcell = '<td class="res">—</td>' if not isinstance(gate, bool) else f'<td class="res">{"PASS" if gate else "FAIL"}</td>'
+        cells = [f'<td class="num">{esc(fmt(r.get("round")))}</td>', f'<td class="num">{esc(kl)}</td>', f'<td class="num">{esc(cons)}</td>']
+        cells += [f'<td class="num">{esc(fmt(num(r.get(k))))}</td>' for k in ("adherence", "style_variance", "pairs", "steps")]
+        cells += [gcell, f"<td>{'<b>kept</b>' if r.get('kept') is True else ''}</td>", f'<td class="num">{esc(fmt(num(r.get("seconds"))))}</td>']
+        cls = "pass" if gate is True else "fail" if gate is False else ""
+        body.append(f'<tr class="{cls}">' + "".join(cells) + "</tr>")
+    note = (f"Kept: round {esc(fmt(kept[-1].get('round')))} (the best round whose stage-5 gate passed)." if kept
+            else "No round is marked kept.")
+    return (f'<p class="note">{note}</p><table><thead><tr>' + "".join(f"<th>{esc(h)}</th>" for h in head) + "</tr></thead><tbody>"
+            + "".join(body) + "</tbody></table>")
+
+
 def _curves(rd: RunData) -> str:
     steps = rd.jsonl(rd.path("05_optimization", "metrics", "metrics.jsonl"))
     rounds = rd.jsonl(rd.path("06_iterations", "rounds", "rounds.jsonl"))
     body = "<h3>Optimization: evaluation steps (stage 5)</h3>"
     body += _curves_for(steps, "step", "step", rd) if steps else _absent(rd, "05_optimization", "metrics.jsonl")
     body += "<h3>Iterative rounds (stage 6)</h3>"
-    body += _curves_for(rounds, "round", "round", rd) if rounds else _absent(rd, "06_iterations", "rounds.jsonl")
+    body += (_rounds_table(rounds) + _curves_for(rounds, "round", "round", rd)) if rounds else _absent(rd, "06_iterations", "rounds.jsonl")
     return _section("curves", "Training curves (stages 5-6)", body)
+
+
+def _mcell(m: Any, digits: int = 3) -> str:
+    """A measurement dict (or bare number) as a table cell: value and, when known, its 95% interval."""
+    v = num(m)
+    if v is None:
+        return '<td class="num">—</td>'
+    ci = ci_text(m.get("ci")) if isinstance(m, dict) else "—"
+    return f'<td class="num">{v:.{digits}f}' + (f' <span class="note">[{esc(ci)}]</span>' if ci != "—" else "") + "</td>"
+
+
+def _verdict_banner(final: dict[str, Any]) -> str:
+    verdict = final.get("verdict")
+    if verdict not in ("DEPLOY", "NO-DEPLOY"):
+        return '<p class="note">final.json holds no verdict.</p>'
+    reasons = [str(r) for r in _list(final.get("reasons"))] or ([final["reasons"]] if isinstance(final.get("reasons"), str) else [])
+    cls = "banner-pass" if verdict == "DEPLOY" else "banner-fail"
+    what = "every stage-7 gate passed" if verdict == "DEPLOY" else "why"
+    items = "".join(f"<li>{esc(r)}</li>" for r in reasons)
+    return f'<div class="banner {cls}"><b>{esc(verdict)}</b> — {what}{"<ul>" + items + "</ul>" if items else ""}</div>'
 
 
 def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     title = "Final evaluation (stage 7)"
     if final is None:
         return _section("final", title, _absent(rd, "07_final_eval", "final.json"))
-    body = ""
-    reasons = _list(final.get("reasons")) or ([final["reasons"]] if isinstance(final.get("reasons"), str) else [])
-    if reasons:
-        body += "<ul>" + "".join(f"<li>{esc(r)}</li>" for r in reasons) + "</ul>"
-    for key, label in (("improvement", "Persona improvement (consistency, final − baseline)"), ("retention", "Capability retention"),
-                       ("robustness", "Robustness to persona-break prompts")):
-        v = final.get(key)
-        if v is None:
-            continue
-        if isinstance(v, dict) and "value" in v:
-            # A headline measurement, with whatever else the stage recorded beside it.
-            extra = [f"95% CI {ci_text(v.get('ci'))}"] if ci_text(v.get("ci")) != "—" else []
-            extra += [f"n={fmt(v['n'])}"] if v.get("n") is not None else []
-            body += f"<h3>{esc(label)}</h3><p><b>{esc(fmt(num(v)))}</b>{esc(' (' + ', '.join(extra) + ')' if extra else '')}</p>"
-            rest = {k: x for k, x in v.items() if k not in ("value", "ci", "n")}
-            body += _kv_table(rest) if rest else ""
-        elif isinstance(v, dict) and isinstance(v.get("before"), dict) and isinstance(v.get("after"), dict):
-            keys = list(dict.fromkeys([*v["before"], *v["after"]]))
-            body += f"<h3>{esc(label)}</h3>" + _table(["metric", "before", "after"], [[esc(k), f'<td class="num">{esc(fmt(num(v["before"].get(k)) if num(v["before"].get(k)) is not None else v["before"].get(k)))}</td>',
-                                                                                    f'<td class="num">{esc(fmt(num(v["after"].get(k)) if num(v["after"].get(k)) is not None else v["after"].get(k)))}</td>'] for k in keys])
-        else:
-            body += f"<h3>{esc(label)}</h3>" + _kv_table(v)
+    body = _verdict_banner(final)
+    gates = {str(g.get("metric")): g.get("passed") for g in _list(final.get("gates")) if isinstance(g, dict)}
+    gcell = lambda k: ('<td class="res">—</td>' if not isinstance(gates.get(k), bool)  # noqa: E731
+                       else f'<td class="res">{"PASS" if gates[k] else "FAIL"}</td>')
+    imp = final.get("improvement") if isinstance(final.get("improvement"), dict) else {}
+    ret = final.get("retention") if isinstance(final.get("retention"), dict) else {}
+    rob = final.get("robustness") if isinstance(final.get("robustness"), dict) else {}
+    kl = final.get("kl") if isinstance(final.get("kl"), dict) else {}
+    bf = lambda k: (dig(final, k, "baseline"), dig(final, k, "final"))  # noqa: E731
+    rows = []
+    imp_txt = (f"improvement {fmt(num(imp))} (95% CI {ci_text(imp.get('ci'))}; {fmt(imp.get('method'))})" if num(imp) is not None else "")
+    rows.append(["consistency rate", *bf("consistency"), imp_txt, gcell("persona_improvement_ci_low")])
+    rows.append(["trait adherence", *bf("adherence"), "", '<td class="res">—</td>'])
+    rows.append(["style variance", *bf("style_variance"), "", '<td class="res">—</td>'])
+    rows.append(["capability suite score", ret.get("baseline_score"), ret.get("final_score"),
+                 f"retention {fmt(num(ret.get('value')))} (n={fmt(ret.get('n_items'))} items)" if ret else "", gcell("capability_retention")])
+    rows.append(["perplexity (general text)", dig(final, "perplexity", "baseline", "perplexity"), dig(final, "perplexity", "final", "perplexity"), "", '<td class="res">—</td>'])
+    rows.append([f"robustness: {fmt(rob.get('context') or 'adversarial')} prompts answered in persona (n={fmt(rob.get('n'))})", rob.get("before"), rob.get("after"),
+                 "reported, not gated", '<td class="res">—</td>'])
+    kl_txt = (f"{fmt(num(kl.get('kl_per_token')))} ± {fmt(num(kl.get('kl_per_token_stderr')))} nats/token over {fmt(kl.get('tokens'))} tokens"
+              if num(kl.get("kl_per_token")) is not None else "")
+    rows.append(["KL(final ‖ baseline) per token", None, None, kl_txt, '<td class="res">—</td>'])
+    trs = []
+    for label, b, f, fig, g in rows:
+        cls = "pass" if "PASS" in g else "fail" if "FAIL" in g else ""
+        trs.append(f'<tr class="{cls}"><td>{esc(label)}</td>{_mcell(b)}{_mcell(f)}<td>{esc(fig)}</td>{g}</tr>')
+    n = final.get("n_prompts")
+    body += (f'<h3>Baseline vs final ({esc(fmt(n))} held-out prompts, no system prompt, the same decoding)</h3>'
+             '<table><thead><tr><th>metric</th><th>baseline</th><th>final</th><th>figure</th><th>gate</th></tr></thead><tbody>'
+             + "".join(trs) + "</tbody></table>")
+    tasks = ret.get("tasks") if isinstance(ret.get("tasks"), dict) else {}
+    tasks = {t: d for t, d in tasks.items() if isinstance(d, dict)}
+    if tasks:
+        trows = []
+        for t, d in tasks.items():
+            ok = d.get("ok")
+            res = '<td class="res">—</td>' if not isinstance(ok, bool) else f'<td class="res">{"ok" if ok else "DROP"}</td>'
+            trows.append(f'<tr class="{"pass" if ok is True else "fail" if ok is False else ""}"><td>{esc(t)}</td>'
+                         + "".join(f'<td class="num">{esc(fmt(num(d.get(k))))}</td>' for k in ("baseline", "candidate", "drop", "allowed", "n")) + res + "</tr>")
+        body += ("<h3>Capability per task</h3><table><thead><tr><th>task</th><th>baseline</th><th>final</th><th>drop</th><th>allowed drop</th><th>n</th>"
+                 "<th>result</th></tr></thead><tbody>" + "".join(trows) + "</tbody></table>"
+                 + f'<p class="note">{esc(ret.get("task_rule") or "allowed drop: the baseline accuracy minus its Wilson 95% lower bound")}.</p>')
     pt = final.get("per_trait") if isinstance(final.get("per_trait"), dict) else {}
     if pt:
         names = _order(set(pt), traits)
-        body += "<h3>Baseline vs final, per trait</h3>" + bar_chart(
+        body += "<h3>Adherence per trait, baseline vs final</h3>" + bar_chart(
             names, {"baseline": [num(dig(pt, t, "baseline")) for t in names], "final": [num(dig(pt, t, "final")) for t in names]},
-            title="baseline vs final per trait")
+            title="baseline vs final adherence per trait")
     pc = final.get("per_context") if isinstance(final.get("per_context"), dict) else {}
     pc = {c: v for c, v in pc.items() if isinstance(v, dict)}
     if pc:
         ctxs = _order(set(pc), CONTEXT_ORDER)
-        if all({"baseline", "final"} & set(v) for v in pc.values()):
-            value = {(c, k): num(pc[c].get(k)) for c in ctxs for k in ("baseline", "final")}
-            cols = ["baseline", "final"]
-        else:
-            cols = _order({k for v in pc.values() for k in v}, traits)
-            value = {(c, k): num(pc[c].get(k)) for c in ctxs for k in cols}
-        body += ("<h3>Per context</h3>" + _heat_table(ctxs, cols, value, corner="context")
-                 + '<p class="note">Colour runs from red (low) to green (high); on 0-1 when every value is a fraction.</p>')
-    return _section("final", title, body or '<p class="note">final.json holds no figures.</p>')
+        cols = [("consistency", "baseline"), ("consistency", "final"), ("adherence", "baseline"), ("adherence", "final")]
+        if any(isinstance(v.get("consistency"), dict) or isinstance(v.get("adherence"), dict) for v in pc.values()):
+            value = {(c, f"{m} {w}"): num(dig(pc[c], m, w)) for c in ctxs for m, w in cols}
+            names = [f"{m} {w}" for m, w in cols]
+        else:  # a flat {"baseline": x, "final": y} per context
+            names = ["baseline", "final"]
+            value = {(c, k): num(pc[c].get(k)) for c in ctxs for k in names}
+        body += ("<h3>Per context, baseline vs final</h3>" + _heat_table(ctxs, names, value, corner="context")
+                 + '<p class="note">Colour runs from red (0) through amber (0.5) to green (1).</p>')
+    earlier = final.get("earlier_gates") if isinstance(final.get("earlier_gates"), dict) else {}
+    if earlier:
+        items = [f"{esc(s)}: {esc(fmt(dig(earlier, s, 'status')))}, gate "
+                 f"{esc({True: 'passed', False: 'FAILED', None: 'n/a'}.get(dig(earlier, s, 'gate_passed'), 'n/a'))}" for s in earlier]
+        body += "<details><summary>earlier stages, as the manifest recorded them</summary><ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul></details>"
+    return _section("final", title, body)
+
+
+def _score(x: Any) -> str:
+    v = num(x)
+    return "" if v is None else f"\n[consistency {v:.2f}]"
 
 
 def _samples(rd: RunData, final: dict[str, Any] | None) -> str:
     title = "Sample responses"
-    samples = [s for s in _list((final or {}).get("samples")) if isinstance(s, dict)]
+    samples = [s for s in _list(rd.json(rd.path("07_final_eval", "samples", "samples.json"))) if isinstance(s, dict)]
     if samples:
-        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("baseline"))), esc(as_text(s.get("final")))]
-                for s in samples[:SAMPLE_LIMIT]]
-        head = ["context", "prompt", "baseline", "final"]
-        note = "Baseline and final model on the same prompts, no system prompt."
+        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("baseline")) + _score(s.get("baseline_consistency"))),
+                 esc(as_text(s.get("final")) + _score(s.get("final_consistency")))] for s in samples[:SAMPLE_LIMIT]]
+        note = "Baseline and final model on the same held-out prompts, no system prompt, the same decoding; the evaluator's consistency score below each reply."
     else:
         base = rd.json(rd.path("04_evaluation", "baseline_samples", "baseline_samples.json"))
         samples = [s for s in _list(base) if isinstance(s, dict)]
         if not samples:
-            return _section("samples", title, _absent(rd, "07_final_eval", "side-by-side samples"))
+            return _section("samples", title, _absent(rd, "07_final_eval", "samples.json"))
         rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("response"))), '<td class="note">not run yet</td>']
                 for s in samples[:SAMPLE_LIMIT]]
-        head = ["context", "prompt", "baseline", "final"]
         note = "Baseline model on held-out prompts, no system prompt (stage 4); the final model's column fills in after stage 7."
+    head = ["context", "prompt", "baseline", "final"]
     shown = f" Showing {min(len(samples), SAMPLE_LIMIT)} of {len(samples)}." if len(samples) > SAMPLE_LIMIT else ""
     colgroup = '<colgroup><col style="width:10%"><col style="width:24%"><col style="width:33%"><col style="width:33%"></colgroup>'
     return _section("samples", title, f'<p class="note">{esc(note + shown)}</p>' + _table(head, rows, "samples").replace("<thead>", colgroup + "<thead>", 1))

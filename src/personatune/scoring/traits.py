@@ -12,7 +12,8 @@ Method (details and rationale in docs/persona-evaluation.md, "Trait detection"):
      exemplars (`other_trait_weight`, default 0).
    `fit` adds labelled examples (e.g. stage-3 responses) on top of these.
 2. **Negation.** Every exemplar is also negated by a rule (scoring/negation.py: "I love X" ->
-   "I don't love X", "never" -> "always"), with the opposite label and a lower weight, and the
+   "I don't love X", "never" -> "always"), with the opposite label and a lower weight (a negated
+   neutral utterance stays neutral, so a negation cue alone is no evidence of a violation), and the
    features are [e, n*e, n] where e is the embedding and n = 1 when the text has a negation cue.
    The n*e block lets a linear model learn how a negation changes what an embedding means; the
    augmented pairs are the evidence for it.
@@ -26,7 +27,7 @@ Method (details and rationale in docs/persona-evaluation.md, "Trait detection"):
    embedder caches), and the whole-response embedding is the token-weighted mean of its sentence
    embeddings, renormalised (one encoder pass per sentence, none for the whole). Then
    traits[t] = max(P_whole, mean of the top-2 sentence P(expressed)) and
-   violations[t] = max(P_whole, max sentence P(violated)). A one-sentence response is just itself.
+   violations[t] = max(P_whole, mean of the top-2 sentence P(violated)). A one-sentence response is just itself.
 
 Fitted detectors are saved as `detectors.safetensors` (weights, float64) + `detectors.json`
 (trait ids, temperatures are in the tensors, persona hash, method, versions) — never pickle.
@@ -50,11 +51,11 @@ from personatune.rundir import atomic_write_bytes
 from personatune.scoring.negation import has_negation, negate
 from personatune.scoring.trait_bank import NEUTRAL_BANK_VERSION, NEUTRAL_UTTERANCES
 
-DETECTOR_VERSION = 1
+DETECTOR_VERSION = 2
 LABELS = ("expressed", "violated", "neutral")
 # Share of its class's weight that the rule-negated copies of exemplars carry: enough to teach the
 # negation block, small enough that imperfect rule-made sentences do not dominate the direction.
-AUG_WEIGHT = 0.3
+AUG_WEIGHT = 0.1
 # Weight of a persona exemplar relative to one labelled example in `fit` (exemplars are hand-written).
 EXEMPLAR_WEIGHT = 1.0
 DEFAULT_L2 = 0.03
@@ -182,7 +183,9 @@ def _trait_examples(spec: PersonaSpec, trait_id: str, extra: Sequence[dict[str, 
         ex.append(_Example(text, label, weight, g))
         flipped = negate(text) if augment else None
         if flipped is not None:
-            ex.append(_Example(flipped, 1 - label, -weight, g))  # weight sign marks "augmented" until balancing
+            # Negating an expressed/violated utterance swaps the two; negating a neutral one leaves it neutral,
+            # which is what teaches the detector that a negation cue alone is no evidence of a violation.
+            ex.append(_Example(flipped, label if label == 2 else 1 - label, -weight, g))  # weight sign marks "augmented" until balancing
         g += 1
 
     for t in spec.traits:
@@ -198,7 +201,7 @@ def _trait_examples(spec: PersonaSpec, trait_id: str, extra: Sequence[dict[str, 
             for s in [t.description, *t.positive, *t.negative]:
                 add(s, 2, EXEMPLAR_WEIGHT * other_weight, augment=False)
     for s in NEUTRAL_UTTERANCES:
-        add(s, 2, EXEMPLAR_WEIGHT, augment=False)
+        add(s, 2, EXEMPLAR_WEIGHT, augment=True)
     for e in extra:
         if e["trait"] == trait_id:
             add(e["text"], LABELS.index(e["label"]), 1.0, augment=False)
@@ -275,7 +278,9 @@ class TraitDetectors:
                 se, sv = pe_s[offs[i]:offs[i + 1]], pv_s[offs[i]:offs[i + 1]]
                 k = min(TOP_K_SENTENCES, se.shape[0])
                 pe = np.maximum(pe, np.sort(se, axis=0)[-k:].mean(axis=0))
-                pv = np.maximum(pv, sv.max(axis=0))
+                # top-2 mean, like traits: one stray sentence (often a negation idiom such as "you're not
+                # alone") does not condemn a whole response on its own; measured in docs/persona-evaluation.md
+                pv = np.maximum(pv, np.sort(sv, axis=0)[-k:].mean(axis=0))
             traits.append({t: float(pe[j]) for j, t in enumerate(self.trait_ids)})
             violations.append({t: float(pv[j]) for j, t in enumerate(self.trait_ids)})
         return traits, violations

@@ -165,7 +165,7 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
         d = by_s.setdefault(s.id, {"cands": [], "rej": []})
         (d["cands"] if kind == "candidate" else d["rej"]).append((text, kind, flip, sc))
     sft, pairs = [], []
-    stats = {"scenarios": 0, "chosen_consistent": 0, "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids},
+    stats = {"scenarios": 0, "chosen": 0, "chosen_consistent": 0, "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids},
              "by_kind": {}}
     for s in scenarios:
         d = by_s.get(s.id, {"cands": [], "rej": []})
@@ -185,7 +185,8 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
             continue
         best_text, _, _, best = max(d["cands"], key=lambda x: x[3].consistency)
         if not best.consistent:
-            continue
+            continue  # rejection sampling: a prompt without a consistent candidate yields no chosen response
+        stats["chosen"] += 1
         stats["chosen_consistent"] += 1
         sft.append({"messages": s.messages + [{"role": "assistant", "content": best_text}], "context": s.context, "targets": s.targets,
                     "scenario_id": s.id, "split": s.split, "consistency": best.consistency})
@@ -206,11 +207,13 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
     from personatune.scoring.aggregate import wilson_ci
 
     g = config.gates.data
-    n, k = stats["scenarios"], stats["chosen_consistent"]
+    n, k = stats["chosen"], stats["chosen_consistent"]
+    yield_n, yield_k = stats["scenarios"], stats["chosen_consistent"]
     nr, kr = stats["rejected"], stats["rejected_inconsistent"]
     cov = coverage(scenarios, spec.trait_ids)
     specs = [
-        GateSpec("chosen_consistency_rate", g.chosen_consistency, ">=", "fraction of prompts", "share of prompts whose best-of-k teacher response is consistent"),
+        GateSpec("chosen_consistency_rate", g.chosen_consistency, ">=", "fraction of chosen responses",
+                 "share of the dataset's chosen responses the scorer finds consistent (best-of-k keeps a prompt only when its best candidate is consistent)"),
         GateSpec("rejected_inconsistency_rate", g.rejected_inconsistency, ">=", "fraction of rejected responses", "share of rejected responses the scorer finds inconsistent"),
     ]
     measured: dict[str, Measurement | None] = {
@@ -231,19 +234,22 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
         if r.passed:
             continue
         if r.metric == "chosen_consistency_rate":
-            diagnosis.append(f"only {k}/{n} prompts got a consistent teacher response (best of {config.data.best_of})")
+            diagnosis.append(f"{k}/{n} chosen responses are consistent: only {yield_k}/{yield_n} prompts got a consistent teacher response (best of {config.data.best_of})")
             steps.append("use a stronger teacher (data.teacher.backend=openai with a larger model), raise data.best_of, or check that the persona's style targets (words range, formality) are reachable")
         elif r.metric == "rejected_inconsistency_rate":
             kinds = ", ".join(f"{kk}: {v['inconsistent']}/{v['n']}" for kk, v in stats["by_kind"].items())
             diagnosis.append(f"too many rejected responses are consistent with the persona (inconsistent per kind: {kinds})")
             steps.append("drop the kind that fails from data.contrast, or make the persona's traits more distinctive so contrast responses differ")
         elif r.metric.startswith("violated_pairs["):
-            diagnosis.append(f"trait {r.metric[15:-1]} is the violated trait of only {int(r.value or 0)} pairs")
+            diagnosis.append(f"trait {r.metric[15:-1]} is the violated trait of only {int(r.value or 0)} pairs "
+                             f"(teacher yield {yield_k}/{yield_n} prompts with a consistent best-of-{config.data.best_of} candidate)")
+            steps.append("more prompts (data.max_prompts), a higher data.best_of or a stronger teacher raise the number of kept prompts")
             steps.append(f"give trait {r.metric[15:-1]} an explicit `inverse` description and sharper negative exemplars, or add prompts that target it")
         else:
             diagnosis.append(f"{r.metric} = {r.value} below {r.threshold}")
             steps.append("add prompts (more contexts, a larger data.max_prompts) or raise data.targets_per_prompt")
-    return GateReport(STAGE, results, diagnosis=diagnosis, next_steps=list(dict.fromkeys(steps)))
+    info = f"teacher yield: {yield_k}/{yield_n} prompts had a consistent best-of-{config.data.best_of} candidate (only those are kept)"
+    return GateReport(STAGE, results, diagnosis=[info, *diagnosis], next_steps=list(dict.fromkeys(steps)))
 
 
 def dataset_card(spec: PersonaSpec, scenarios: list[Scenario], sft: list[dict], pairs: list[dict], gate: GateReport) -> str:
@@ -280,10 +286,24 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed}
     jobs: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
     for s in scenarios:
-        jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot), {**p, "n": d.best_of}))
-    teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)))
+        focus = s.targets if d.focus_targets else None
+        jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=focus), {**p, "n": d.best_of}))
+    echo = lambda m: (print(m), run_dir.log(m.strip()))  # noqa: E731
+    echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
+    teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo)
+    scorer = Scorer(spec, embedder=embedder)
+    # Contrast is generated only for prompts that have a consistent chosen response: the others yield no
+    # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
+    kept = set()
+    for s, cands in zip(scenarios, teacher_out):
+        recs = scorer.score(list(cands), contexts=[s.context] * len(cands), targets=[s.targets] * len(cands))
+        if any(r.consistent for r in recs):
+            kept.add(s.id)
+    echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent candidate; contrast for those")
     cjobs, cmeta = [], []
     for s in scenarios:
+        if s.id not in kept:
+            continue
         if "baseline" in d.contrast:
             cjobs.append(([dict(m) for m in s.messages], {**p, "n": 1}))
             cmeta.append((s.id, "baseline", None))
@@ -300,13 +320,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     couts: list[list[str]] = [[] for _ in cjobs]
     for idx, be in ((base_idx, base), (other_idx, teacher)):
         if idx:
-            res = generate_resumable(be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size)
+            res = generate_resumable(be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size, echo=echo)
             for i, r in zip(idx, res):
                 couts[i] = r
     contrast: dict[str, list[tuple[str, str | None, str]]] = {}
     for (sid, kind, flip), o in zip(cmeta, couts):
         contrast.setdefault(sid, []).append((kind, flip, o[0]))
-    scorer = Scorer(spec, embedder=embedder)
     sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer)
     gate = data_gate(spec, scenarios, stats, config)
     for split in ("train", "heldout"):

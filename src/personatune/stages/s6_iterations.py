@@ -1,0 +1,503 @@
+"""Stage 6 — iterative training: rounds of on-policy sampling, re-scoring, new pairs and DPO.
+
+Round 0 is the stage-5 model, measured like every round. Each round n = 1, 2, … then does, in order:
+
+1. sample `iterations.samples_per_prompt` responses per stage-3 training prompt (no system prompt) from the
+   current policy = the model of round n-1;
+2. score them with the persona scorer (stage 4's evaluator, as in stage 5);
+3. build new pairs: per prompt, the best *consistent* sample against the worst, when their consistency
+   differs by at least `iterations.min_margin`;
+4. train DPO from the current policy (a fresh LoRA on top of it, or full) against the FIXED reference, the
+   stage-1 baseline, handed to TRL as an explicit `ref_model` (TRL's implicit PEFT reference, the policy with
+   adapters off, would be round n-1). In-round evals, the KL-budget controller and checkpoint selection are
+   those of stage 5;
+5. evaluate the round's model on all held-out prompts: KL(policy || baseline) via personatune.kl, consistency,
+   adherence, style variance — the stage-5 gate metrics.
+
+Stop at the round budget, when a round does not improve held-out consistency within the KL budget by more than
+`iterations.min_improvement`, when the best round passes every gate with `iterations.stop_margin` room, or when
+a round finds no new pairs. Keep the best round (`select_round`); `06_iterations/model` is its model (a copy of
+the stage-5 model when round 0 is kept). Resumable: a round is finished when `round_<n>/result.json` is written
+(last, atomically, after its model); on re-run a finished round whose key (config, start model) and model hash
+still match is not redone. Outputs: model, rounds (rounds.jsonl), metrics (metrics.json); also rounds.md.
+"""
+
+from __future__ import annotations
+
+import gc
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from personatune.config import IterationArgs, OptimGateArgs, RunConfig
+from personatune.errors import DataError
+from personatune.gates import GateReport, Measurement
+from personatune.kl_budget import Selection, select_checkpoint
+from personatune.persona import load_persona
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, file_hash, read_jsonl
+from personatune.stage import StageResult
+from personatune.stages import s5_optimization as s5
+
+STAGE = "06_iterations"
+STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
+ROW_KEYS = ("round", "kl", "kl_stderr", "consistency", "consistency_ci", "adherence", "style_variance", "pairs", "steps", "passed", "kept", "seconds")
+
+
+def final_model_path(run_dir: RunDir) -> Path:
+    """The model later stages use: stage 6's kept model."""
+    return run_dir.output_path(STAGE, "model")
+
+
+# --- pure logic: pairs, gate, selection, stopping -------------------------------------------------
+def build_pairs(items: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[str]], scores: Sequence[Sequence[Any]],
+                min_margin: float) -> list[dict[str, Any]]:
+    """New DPO pairs: per prompt, the best consistent sample (chosen) against the worst one (rejected).
+
+    Args:
+        items: one training prompt per entry: {"prompt": messages, "context", "targets", "scenario_id"}.
+        samples: per item, its sampled responses.
+        scores: per item, a ResponseScore-like record (`.consistent`, `.consistency`) per response.
+        min_margin: a pair needs consistency(chosen) - consistency(rejected) >= this.
+
+    Returns:
+        Stage-3-shaped pair rows; prompts without a consistent sample or without the margin give none.
+
+    >>> from types import SimpleNamespace as S
+    >>> p = build_pairs([{"prompt": [{"role": "user", "content": "Hi"}]}], [["Ahoy!", "hi", "meh"]],
+    ...                 [[S(consistent=True, consistency=0.9), S(consistent=False, consistency=0.2), S(consistent=False, consistency=0.4)]], 0.2)
+    >>> p[0]["chosen"][0]["content"], p[0]["rejected"][0]["content"]
+    ('Ahoy!', 'hi')
+    """
+    pairs = []
+    for item, texts, recs in zip(items, samples, scores):
+        ranked = sorted(zip(texts, recs), key=lambda tr: tr[1].consistency)
+        good = [tr for tr in ranked if tr[1].consistent]
+        if not good:
+            continue  # nothing in persona to prefer: such a prompt teaches only what to avoid, which DPO cannot use alone
+        (best_t, best), (worst_t, worst) = good[-1], ranked[0]
+        if best_t == worst_t or best.consistency - worst.consistency < min_margin:
+            continue
+        pairs.append({"prompt": item["prompt"], "chosen": [{"role": "assistant", "content": best_t}], "rejected": [{"role": "assistant", "content": worst_t}],
+                      "context": item.get("context"), "targets": list(item.get("targets") or []), "scenario_id": item.get("scenario_id"),
+                      "chosen_consistency": best.consistency, "rejected_consistency": worst.consistency, "rejected_consistent": worst.consistent})
+    return pairs
+
+
+def _num(x: Any) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def within_budget(row: Mapping[str, Any], g: OptimGateArgs) -> bool:
+    """KL measured and <= gates.optimization.max_kl."""
+    kl = _num(row.get("kl"))
+    return kl is not None and kl <= g.max_kl
+
+
+def round_passes(row: Mapping[str, Any], g: OptimGateArgs, margin: float = 0.0) -> bool:
+    """Every stage-5 gate holds for a round's row, with `margin` room.
+
+    The room is absolute for the rates (consistency, adherence >= gate + margin) and relative for the upper
+    bounds (KL <= max_kl * (1 - margin), style variance < max * (1 - margin)); margin 0 is the gate itself.
+    """
+    kl, c, a, s = (_num(row.get(k)) for k in ("kl", "consistency", "adherence", "style_variance"))
+    return (kl is not None and kl <= g.max_kl * (1 - margin) and c is not None and c >= g.consistency + margin
+            and a is not None and a >= g.adherence + margin and s is not None and s < g.max_style_variance * (1 - margin))
+
+
+def select_round(rows: Sequence[Mapping[str, Any]], g: OptimGateArgs) -> tuple[dict[str, Any], str]:
+    """The round to keep, and why.
+
+    Best = highest held-out consistency among rounds that pass every stage-5 gate (ties: lower KL, then the earlier
+    round); if none passes, the same among rounds within the KL budget; if none is within it, the lowest KL.
+
+    Raises:
+        ValueError: no row has a measured KL (round 0 always has one, so this is a programming error).
+
+    >>> g = OptimGateArgs(max_kl=0.1, consistency=0.5, adherence=0.5, max_style_variance=1.0)
+    >>> rows = [{"round": 0, "kl": 0.05, "consistency": 0.6, "adherence": 0.9, "style_variance": 0.1},
+    ...         {"round": 1, "kl": 0.08, "consistency": 0.7, "adherence": 0.9, "style_variance": 0.1},
+    ...         {"round": 2, "kl": 0.20, "consistency": 0.9, "adherence": 0.9, "style_variance": 0.1}]
+    >>> select_round(rows, g)[0]["round"]
+    1
+    """
+    cands = [dict(r) for r in rows if _num(r.get("kl")) is not None]
+    if not cands:
+        raise ValueError("no round has a measured KL")
+
+    def key(r: Mapping[str, Any]) -> tuple[float, float, int]:
+        c = _num(r.get("consistency"))
+        return (-math.inf if c is None else c, -float(r["kl"]), -int(r["round"]))
+
+    passing = [r for r in cands if round_passes(r, g)]
+    inside = [r for r in cands if within_budget(r, g)]
+    if passing:
+        best = max(passing, key=key)
+        return best, f"round {best['round']}: highest consistency {best['consistency']:.4g} among {len(passing)} round(s) passing every gate"
+    if inside:
+        best = max(inside, key=key)
+        return best, (f"no round passes every gate; round {best['round']}: highest consistency {best['consistency']:.4g} among "
+                      f"{len(inside)} round(s) within the KL budget {g.max_kl:g}")
+    best = min(cands, key=lambda r: (float(r["kl"]), int(r["round"])))
+    return best, f"no round is within the KL budget {g.max_kl:g}; round {best['round']} has the lowest KL {float(best['kl']):.4g}"
+
+
+def improved(row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]], g: OptimGateArgs, min_improvement: float) -> bool:
+    """Whether a round beats every earlier round: within the KL budget and consistency > best earlier + min_improvement."""
+    if not within_budget(row, g) or _num(row.get("consistency")) is None:
+        return False
+    prev = [float(r["consistency"]) for r in earlier if within_budget(r, g) and _num(r.get("consistency")) is not None]
+    return not prev or float(row["consistency"]) > max(prev) + min_improvement
+
+
+def stop_reason(rows: Sequence[Mapping[str, Any]], it: IterationArgs, g: OptimGateArgs) -> str | None:
+    """Why the rounds stop after the latest row, or None to run another round.
+
+    Reasons: "no new pairs" (the latest round found none to train on), "gates passed with margin" (the best round
+    passes every gate with `it.stop_margin` room), "no improvement" (the latest round did not improve, see
+    `improved`), "round budget" (`it.rounds` rounds done).
+
+    >>> g = OptimGateArgs()
+    >>> stop_reason([{"round": 0, "kl": 0.05, "consistency": 0.6, "adherence": 0.9, "style_variance": 0.1, "pairs": 0}],
+    ...             IterationArgs(rounds=2), g) is None
+    True
+    """
+    last = rows[-1]
+    if int(last["round"]) > 0 and not last.get("pairs"):
+        return "no new pairs"
+    if round_passes(select_round(rows, g)[0], g, it.stop_margin):
+        return "gates passed with margin"
+    if int(last["round"]) > 0 and not improved(last, rows[:-1], g, it.min_improvement):
+        return "no improvement"
+    if int(last["round"]) >= it.rounds:
+        return "round budget"
+    return None
+
+
+# --- round records on disk --------------------------------------------------------------------------
+def _round_key(config: RunConfig, n: int, start_hash: str) -> str:
+    """What a finished round depends on: its number, the model it started from, and the config that shapes it.
+
+    The round budget and the stop rules only decide whether to go on, so raising `iterations.rounds` keeps the
+    finished rounds.
+    """
+    dump = config.model_dump(mode="json")
+    it = {k: v for k, v in dump["iterations"].items() if k not in ("rounds", "min_improvement", "stop_margin")}
+    blob = json.dumps({k: dump.get(k) for k in ("model", "train", "data", "gates", "seed")} | {"iterations": it, "round": n, "start": start_hash},
+                      sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_done(rdir: Path, key: str) -> dict[str, Any] | None:
+    """A finished round's record, if its key matches and its model (when it has one) is intact; else None."""
+    p = rdir / "result.json"
+    try:
+        rec = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if rec.get("key") != key:
+        return None
+    if rec.get("model"):  # a round that trained: its saved model must be the one recorded
+        model = rdir / "model"
+        if not model.is_dir() or file_hash(model) != rec.get("model_hash"):
+            return None
+    return rec
+
+
+def _eval_record(ev: Any) -> dict[str, Any]:
+    return {"kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__, "style_variance": ev.style_variance,
+            "adherence_per_trait": ev.adherence_per_trait, "n": len(ev.texts)}
+
+
+def _eval_from_record(d: dict[str, Any]) -> Any:
+    """An EvalResult rebuilt from `_eval_record` (so a resumed round can be gated without re-measuring it)."""
+    from personatune.kl import KLResult
+    from personatune.training import EvalResult
+
+    k = d["kl"]
+    kl = KLResult(k["kl_per_token"], k["kl_per_token_stderr"], k["kl_per_sequence_mean"], k["tokens"], k["sequences"])
+    meas = lambda m: Measurement(m["value"], m.get("n"), tuple(m["ci"]) if m.get("ci") else None)  # noqa: E731
+    return EvalResult(kl, meas(d["consistency"]), meas(d["adherence"]), d["style_variance"], texts=[""] * int(d["n"]),
+                      adherence_per_trait=d.get("adherence_per_trait") or {})
+
+
+def _row(n: int, ev: Any, g: OptimGateArgs, pairs: int, steps: int, seconds: float) -> dict[str, Any]:
+    row = {"round": n, "kl": ev.kl.per_token, "kl_stderr": ev.kl.stderr, "consistency": ev.consistency.value,
+           "consistency_ci": list(ev.consistency.ci) if ev.consistency.ci else None, "adherence": ev.adherence.value,
+           "style_variance": ev.style_variance, "pairs": pairs, "steps": steps, "passed": False, "kept": False, "seconds": round(seconds, 2)}
+    row["passed"] = round_passes(row, g)
+    return row
+
+
+def _copy_model(src: Path, dst: Path, card: str) -> None:
+    """Copy a model folder to `dst` with a new card, via a sibling temp folder renamed into place (never half-written)."""
+    tmp = dst.with_name(f".tmp-{dst.name}-{uuid.uuid4().hex[:8]}")
+    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns("README.md"))
+    atomic_write_text(tmp / "README.md", card)
+    if dst.exists():
+        old = dst.with_name(f".tmp-old-{dst.name}-{uuid.uuid4().hex[:8]}")
+        dst.rename(old)
+        tmp.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(dst)
+
+
+# --- one round ----------------------------------------------------------------------------------------
+def _load_policy(path: Path, config: RunConfig, baseline: str, for_training: bool) -> tuple[Any, Any]:
+    """A model folder as a plain causal LM; an adapter-only folder (train.merge_lora=false) is merged into the baseline."""
+    from personatune import models
+
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, tok = models.load_configured_model(baseline, config.model, for_training=for_training)
+        return PeftModel.from_pretrained(base, str(path)).merge_and_unload(), tok
+    return models.load_configured_model(str(path), config.model, for_training=for_training)
+
+
+def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: str, items: list[dict[str, Any]], scorer: Any, evaluate: Any,
+                small: Any, full: Any, echo: Any) -> dict[str, Any]:
+    """Run round n from the model in `start`; save its model to `rdir/model` and return its record (not yet written).
+
+    Raises:
+        ConfigError: from the trainer builder (train.beta 0 while the KL gate exists).
+    """
+    import torch
+    from datasets import Dataset
+
+    from personatune import models, training
+    from personatune.generation.hf import HFBackend
+
+    it, args, g, t = config.iterations, config.train, config.gates.optimization, config.data.teacher
+    seed = (args.seed if args.seed is not None else config.seed) + n  # new samples each round, reproducible
+    t0 = time.time()
+    for stale in ("checkpoints", "trainer", "metrics.jsonl", "model"):  # a crashed attempt of this round must not mix in
+        p = rdir / stale
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+    rdir.mkdir(parents=True, exist_ok=True)
+    policy, tok = _load_policy(start, config, baseline, for_training=True)
+
+    # 1-2. Sample k responses per training prompt from the current policy, and score them.
+    picked = list(items)
+    random.Random(seed).shuffle(picked)  # a different subset each round when iterations.max_prompts caps it
+    picked = picked[: it.max_prompts] if it.max_prompts else picked
+    k = it.samples_per_prompt
+    echo(f"round {n}/{it.rounds}: sampling {len(picked)} prompts x {k} …")
+    backend = HFBackend(policy, tok, batch_size=max(1, args.eval_batch_size // k))
+    samples = backend.generate([x["prompt"] for x in picked], max_new_tokens=t.max_new_tokens, temperature=it.temperature, top_p=t.top_p, n=k, seed=seed)
+    flat = [s for per in samples for s in per]
+    recs = scorer.score(flat, prompts=[x["prompt"][-1]["content"] for x in picked for _ in range(k)],
+                        contexts=[x.get("context") for x in picked for _ in range(k)], targets=[list(x.get("targets") or []) for x in picked for _ in range(k)])
+    scores = [recs[i * k:(i + 1) * k] for i in range(len(picked))]
+    t_sample = time.time() - t0
+
+    # 3. New pairs.
+    pairs = build_pairs(picked, samples, scores, it.min_margin)
+    atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
+    sample_rate = sum(r.consistent for r in recs) / max(1, len(recs))
+    echo(f"round {n}/{it.rounds}: {len(flat)} samples in {t_sample:.1f}s, {sample_rate:.1%} consistent -> {len(pairs)} pairs (min margin {it.min_margin:g})")
+    base = {"round": n, "sample_consistency": sample_rate, "samples": len(flat)}
+    if not pairs:
+        return base | {"row": {"round": n, "pairs": 0, "steps": 0, "kl": None, "passed": False, "kept": False, "seconds": round(time.time() - t0, 2)}}
+
+    # 4. DPO from the current policy against the fixed baseline reference (explicit ref_model: see module docstring).
+    reference, _ = models.load_configured_model(baseline, config.model)
+    reference.eval().requires_grad_(False)
+    rargs = args.model_copy(update={"algorithm": "dpo", "max_steps": it.max_steps or args.max_steps})
+    ds = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    # The callback hands evaluate TRL's view of the reference (adapters off = round n-1); the gate's reference is the baseline.
+    cb = training.PersonaEvalCallback(lambda m, _r: evaluate(m, reference, evalset=small), rdir, eval_every=args.eval_every, max_kl=g.max_kl,
+                                      kl_control=args.kl_control, beta_raise_factor=args.beta_raise_factor, max_beta_raises=args.max_beta_raises,
+                                      eval_at_start=False, echo=lambda s: echo(s.strip()))
+    trainer = training.build_dpo_trainer(policy, tok, ds, rargs, output_dir=rdir / "trainer", max_kl=g.max_kl, seed=seed, ref_model=reference,
+                                         callbacks=[cb.hooks()])
+    cb.bind(trainer)
+    t1 = time.time()
+    trainer.train()
+    steps = trainer.state.global_step
+    echo(f"round {n}/{it.rounds}: {steps} DPO steps on {len(pairs)} pairs in {time.time() - t1:.1f}s")
+    sel = select_checkpoint(cb.history, g.max_kl, min_consistency=g.consistency, min_adherence=g.adherence, max_style_variance=g.max_style_variance)
+    if sel.record is not None:
+        s5._load_checkpoint(trainer, rdir / sel.record["checkpoint"], args.peft)
+    final = trainer.accelerator.unwrap_model(trainer.model)
+    if args.peft == "lora":
+        final = final.merge_and_unload()  # the next round trains a fresh LoRA on top, so rounds are saved merged
+
+    # 5. Evaluate on all held-out prompts against the baseline, save the model, then the record (written by the caller).
+    ev = evaluate(final, reference, evalset=full)
+    models.save_model(final, tok, rdir / "model")
+    atomic_write_json(rdir / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
+                                              for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
+    shutil.rmtree(rdir / "checkpoints", ignore_errors=True)  # the selected one is merged into model/; keeps disk use to one model per round
+    shutil.rmtree(rdir / "trainer", ignore_errors=True)
+    row = _row(n, ev, g, len(pairs), steps, time.time() - t0)
+    del trainer, policy, final  # the next round loads its own copies; free these first
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return base | {"row": row, "eval": _eval_record(ev), "selection": {"reason": sel.reason, "within_budget": sel.within_budget,
+                                                                      "step": (sel.record or {}).get("step")},
+                   "model": str(Path(rdir.name) / "model"), "model_hash": file_hash(rdir / "model")}
+
+
+# --- the stage ------------------------------------------------------------------------------------------
+def iteration_gate(config: RunConfig, kept: dict[str, Any], rows: list[dict[str, Any]], stop: str, reason: str) -> GateReport:
+    """The stage-5 gate (same specs, via s5_optimization.optimization_gate) on the kept round, with a round-level diagnosis."""
+    ev = _eval_from_record(kept["eval"])
+    # Only the results (specs, values, intervals) and next steps are taken; stage 5's diagnosis speaks of its own
+    # checkpoints, so it is replaced by one about rounds (the one-row history just keeps its "no eval ran" note out).
+    g5 = s5.optimization_gate(config, ev, Selection(None, ""), [kept["row"]])
+    k = kept["row"]["round"]
+    diagnosis = [f"kept round {k} of {rows[-1]['round']} (stop: {stop}); {reason}"]
+    for r in g5.results:
+        if not r.passed:
+            measured = [x for x in rows if x.get("kl") is not None]
+            key = {"kl_per_token": "kl", "consistency_rate": "consistency", "adherence": "adherence", "style_variance": "style_variance"}[r.metric]
+            per = ", ".join(f"r{x['round']} {x[key]:.3g}" if x.get(key) is not None else f"r{x['round']} n/a" for x in measured)
+            diagnosis.append(f"{r.metric} {r.value} fails {r.direction} {r.threshold:g} in round {k}; per round: {per}")
+    steps = list(g5.next_steps)
+    if stop == "no new pairs":
+        steps.append("no sample was consistent enough to pair: lower iterations.min_margin or raise iterations.samples_per_prompt")
+    return GateReport(STAGE, g5.results, diagnosis=diagnosis, next_steps=steps)
+
+
+def rounds_table(rows: list[dict[str, Any]]) -> str:
+    """The per-round metrics as a markdown table."""
+    f = lambda v: "" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v))  # noqa: E731
+    lines = ["| " + " | ".join(ROW_KEYS) + " |", "|" + "---|" * len(ROW_KEYS)]
+    for r in rows:
+        ci = r.get("consistency_ci")
+        lines.append("| " + " | ".join(f"{ci[0]:.3f}–{ci[1]:.3f}" if k == "consistency_ci" and ci else f(r.get(k)) for k in ROW_KEYS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _card(spec: Any, kept: dict[str, Any], rows: list[dict[str, Any]], stop: str, reason: str, gate: GateReport, baseline: str) -> str:
+    k = kept["row"]["round"]
+    origin = ("This is a copy of the stage-5 model: " + ("no round was run (iterations.rounds=0)." if len(rows) == 1 else "no round improved on it.")
+              if k == 0 else f"Round {k} of stage 6: DPO on pairs of its predecessor's own samples (best consistent vs worst), from round {k - 1}.")
+    return "\n".join([f"# {spec.name} — persona model (personatune stage 6, round {k})", "", origin, "",
+                      f"KL is measured against the fixed reference, the stage-1 baseline `{baseline}`, in every round; prompts carry no system prompt.",
+                      "", f"Stop: {stop}. Kept: {reason}.", "", "## Rounds (held-out prompts)", "", rounds_table(rows), "## Gate", "", "```",
+                      gate.summary(), "```", ""])
+
+
+def run(config: RunConfig, run_dir: RunDir) -> StageResult:
+    """Run the rounds, keep the best, gate it, write the table and the kept model.
+
+    Raises:
+        ConfigError: train.beta is 0 while the KL gate exists.
+        DataError: stage-3 data missing, empty, or with system prompts.
+        RunDirError: an earlier stage has not finished.
+    """
+    import torch
+
+    from personatune import models, training
+    from personatune.stages.s1_baseline import baseline_model_path
+
+    it, args, g = config.iterations, config.train, config.gates.optimization
+    training.check_beta(args.beta, g.max_kl)
+    out = run_dir.stage_dir(STAGE)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    seed = args.seed if args.seed is not None else config.seed
+
+    def echo(s: str) -> None:
+        print(s, flush=True)
+        run_dir.log(s)
+
+    # Inputs, through the manifest. Round prompts: the stage-3 training scenarios, one per scenario, no system turn.
+    spec = load_persona(run_dir.output_path("02_persona", "persona"))
+    pairs_path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
+    items: dict[str, dict[str, Any]] = {}
+    for i, r in enumerate(read_jsonl(pairs_path, fix=STAGE3_FIX), 1):
+        if any(m.get("role") == "system" for m in r.get("prompt", [])):
+            raise DataError(f"{pairs_path} line {i}: the prompt has a system turn; fix: remove system turns (the persona must come from the weights)")
+        items.setdefault(r.get("scenario_id") or json.dumps(r["prompt"]), r)
+    if not items:
+        raise DataError(f"{pairs_path} has no pairs; fix: {STAGE3_FIX}")
+    held_rows = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
+    if not held_rows:
+        raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
+    baseline = baseline_model_path(run_dir)
+    s5_model = run_dir.output_path("05_optimization", "model")
+    scorer, scorer_desc = s5._make_scorer(spec, run_dir)
+    t = config.data.teacher
+    small, full = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts), training.EvalSet.from_rows(held_rows)
+    tok = None
+
+    def evaluate(model: Any, reference: Any, evalset: Any) -> Any:
+        # Same decoding and seed in every round (as stage 5), so rounds differ only by their weights.
+        return training.evaluate_policy(model, reference, tok, evalset, scorer, kl_max_new_tokens=args.kl_max_new_tokens, max_new_tokens=t.max_new_tokens,
+                                        temperature=t.temperature, top_p=t.top_p, seed=seed, batch_size=args.eval_batch_size,
+                                        min_per_context=config.gates.evaluation.min_per_context)
+
+    # Round 0: the stage-5 model, measured exactly like the rounds.
+    recs: list[dict[str, Any]] = []
+    start, start_hash = s5_model, file_hash(s5_model)
+    key = _round_key(config, 0, start_hash)
+    rec = _load_done(out / "round_0", key)
+    if rec is None:
+        t0 = time.time()
+        policy, tok = _load_policy(s5_model, config, baseline, for_training=False)
+        reference, _ = models.load_configured_model(baseline, config.model)
+        ev = evaluate(policy, reference, full)
+        rec = {"round": 0, "key": key, "row": _row(0, ev, g, 0, 0, time.time() - t0), "eval": _eval_record(ev), "model": None, "model_hash": start_hash}
+        atomic_write_json(out / "round_0" / "result.json", rec)
+        del policy, reference
+    else:
+        echo("round 0: measured earlier, skipped")
+    recs.append(rec)
+    echo(f"round 0 (stage-5 model): KL {rec['row']['kl']:.4g} nats/token vs baseline, consistency {rec['row']['consistency']:.3f} "
+         f"({rec['row']['seconds']:.1f}s)")
+    rows = [rec["row"]]
+    stop = stop_reason(rows, it, g)
+    while stop is None:
+        n = len(recs)
+        rdir = out / f"round_{n}"
+        key = _round_key(config, n, start_hash)
+        rec = _load_done(rdir, key)
+        if rec is not None:
+            echo(f"round {n}/{it.rounds}: done earlier, skipped")
+        else:
+            if tok is None:
+                tok = _load_policy(start, config, baseline, for_training=False)[1]
+            rec = train_round(config, n, rdir, start, baseline, list(items.values()), scorer, evaluate, small, full, echo) | {"key": key}
+            atomic_write_json(rdir / "result.json", rec)  # last: it marks the round finished
+        r = rec["row"]
+        recs.append(rec)
+        rows.append(r)
+        if r.get("kl") is not None:
+            echo(f"round {n}/{it.rounds}: KL {r['kl']:.4g} nats/token vs baseline, consistency {r['consistency']:.3f}, adherence {r['adherence']:.3f}, "
+                 f"style variance {r['style_variance']}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
+            start, start_hash = rdir / "model", rec["model_hash"]
+        stop = stop_reason(rows, it, g)
+        atomic_write_jsonl(out / "rounds.jsonl", [{k: x.get(k) for k in ROW_KEYS} for x in rows])  # progress, rewritten at the end
+
+    # Keep the best round; write the table, the kept model, the gate.
+    best, reason = select_round(rows, g)
+    kept = next(x for x in recs if x["row"]["round"] == best["round"])
+    for x in rows:
+        x["kept"] = x["round"] == best["round"]
+    table = [{k: x.get(k) for k in ROW_KEYS} for x in rows]
+    atomic_write_jsonl(out / "rounds.jsonl", table)
+    atomic_write_text(out / "rounds.md", rounds_table(table))
+    gate = iteration_gate(config, kept, rows, stop, reason)
+    src = s5_model if best["round"] == 0 else out / f"round_{best['round']}" / "model"
+    _copy_model(src, out / "model", _card(spec, kept, rows, stop, reason, gate, baseline))
+    metrics = {"best_round": best["round"], "stop_reason": stop, "kept_reason": reason, "reference": baseline, "scorer": scorer_desc,
+               "rounds_run": rows[-1]["round"], "rounds": table, "kept_eval": kept["eval"],
+               "rounds_detail": [{k: x.get(k) for k in ("round", "sample_consistency", "samples", "selection")} for x in recs]}
+    atomic_write_json(out / "metrics.json", metrics)
+    echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
+    message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: KL {best['kl']:.4g} nats/token, "
+               f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {best['style_variance']}")
+    small_metrics = {"best_round": best["round"], "stop_reason": stop, "rounds_run": rows[-1]["round"],
+                     **{k: best[k] for k in ("kl", "consistency", "adherence", "style_variance")}}
+    return StageResult(outputs={"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}, gate=gate,
+                       metrics=small_metrics, message=message)

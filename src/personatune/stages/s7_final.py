@@ -1,0 +1,320 @@
+"""Stage 7 — final evaluation: the final model against the baseline, and the DEPLOY / NO-DEPLOY verdict.
+
+1. Load the baseline (stage 1) and the final model (stage 6's kept model), the persona, the held-out prompts
+   (stage 3, ALL of them) and the fitted evaluator (stage 4).
+2. Sample both models on every held-out prompt with no system prompt and the same decoding: data.teacher's
+   max_new_tokens / temperature / top_p / batch_size and the run seed, exactly as stage 4 sampled the baseline.
+   Stage 4's `baseline_samples.json` is reused when it provably came from the same settings
+   (`reusable_baseline_texts`), else the baseline is sampled again. Both sets are scored by the same evaluator.
+3. Persona figures, baseline vs final: consistency rate, adherence (overall, per trait, per context), style
+   variance, and robustness (consistency on the "adversarial" context, Wilson intervals; reported, not gated).
+   Persona improvement = consistency(final) - consistency(baseline), paired bootstrap 95% interval over prompts
+   (B = aggregate.N_RESAMPLES = 1000 percentile resamples, numpy generator seeded with the run seed).
+4. Capability retention = suite score(final) / suite score(baseline), same items, greedy, same template, same
+   batch size as stage 1 (16); the baseline's suite comes from stage 1's capability.json when it exists. A task
+   fails when its accuracy drops by more than the baseline's own 95% interval on it: drop > accuracy - Wilson
+   lower bound (capability.retention). Held-out perplexity of both is reported beside it.
+5. KL per token of the final model to the baseline (personatune.kl.measure_kl: its own samples at temperature 1,
+   no system prompt, train.kl_max_new_tokens tokens), reported; stages 5-6 already gated it.
+6. Gate (METRICS.md): improvement interval lower end > gates.final.min_improvement, retention >=
+   gates.final.min_retention, no task drop beyond its interval, no earlier stage recorded with a failed gate.
+   Verdict: DEPLOY iff all pass, else NO-DEPLOY with one line per failed gate (value, threshold, likely
+   cause, what to change). Writes final.json, final.md and samples.json.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from typing import Any
+
+from personatune.config import RunConfig
+from personatune.errors import DataError, RunDirError
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from personatune.scoring.aggregate import N_RESAMPLES, consistency_rate, rate_difference, style_variance, trait_adherence
+from personatune.stage import StageResult
+
+STAGE = "07_final_eval"
+ADVERSARIAL = "adversarial"
+"""Context label of the persona-break prompts whose robustness is reported."""
+CAPABILITY_BATCH = 16
+"""Batch size of capability-suite generation; stage 1 uses the same, so padding is identical."""
+EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", "05_optimization", "06_iterations")
+STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
+
+
+def _m(m: Measurement) -> dict[str, Any]:
+    """A Measurement as JSON (NaN -> None, tuple -> list)."""
+    v = m.value if m.value is not None and math.isfinite(m.value) else None
+    return {"value": v, "n": m.n, "ci": list(m.ci) if m.ci is not None else None}
+
+
+def reusable_baseline_texts(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str] | None:
+    """Stage 4's baseline responses, when they provably came from the same model, prompts and decoding.
+
+    Reused only if stage 4 is done with the config hash the current config gives it (same data.teacher
+    decoding, seed and model loading), it started after stage 1 finished (same baseline weights), and its
+    rows are the current held-out prompts in order. Anything else returns None: the caller samples again.
+
+    Returns:
+        One response per prompt, or None.
+    """
+    from personatune.pipeline import STAGES, stage_cache_key  # lazy: the pipeline module imports this one
+
+    rec4, rec1 = run_dir.record("04_evaluation"), run_dir.record("01_baseline")
+    st4 = next((s for s in STAGES if s.id == "04_evaluation"), None)
+    if st4 is None or rec4.status != "done" or rec4.config_hash != stage_cache_key(config, st4):
+        return None
+    if rec1.finished is None or rec4.started is None or rec4.started < rec1.finished:
+        return None
+    path = run_dir.root / "04_evaluation" / "baseline_samples.json"
+    try:
+        rows = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(rows, list) or len(rows) != len(prompts):
+        return None
+    for r, p in zip(rows, prompts):
+        if not isinstance(r, dict) or r.get("id") != p["id"] or r.get("prompt") != p["messages"][-1]["content"] or not isinstance(r.get("response"), str):
+            return None
+    return [r["response"] for r in rows]
+
+
+def compare_persona(base: list[Any], final: list[Any], *, seed: int, min_per_context: int) -> dict[str, Any]:
+    """Baseline vs final persona figures from scored responses to the same prompts, in the same order.
+
+    Args:
+        base: ResponseScore of the baseline's responses.
+        final: ResponseScore of the final model's responses (same prompts, same order).
+        seed: bootstrap seed.
+        min_per_context: responses a context needs to count in style variance.
+
+    Returns:
+        {"improvement", "consistency", "adherence", "style_variance", "per_trait", "per_context", "robustness"}.
+
+    Raises:
+        ValueError: the two lists differ in length or prompt ids (the bootstrap pairs them by prompt).
+    """
+    if [r.id for r in base] != [r.id for r in final]:
+        raise ValueError("baseline and final records must score the same prompts in the same order")
+    imp = rate_difference([r.consistent for r in final], [r.consistent for r in base], paired=True, seed=seed, n_resamples=N_RESAMPLES)
+    cb, cf = consistency_rate(base), consistency_rate(final)
+    ab, af = trait_adherence(base, seed=seed), trait_adherence(final, seed=seed)
+    improvement = {**_m(imp), "n": len(base), "baseline": cb.value, "final": cf.value, "unit": "fraction of responses (final - baseline)",
+                   "method": f"paired percentile bootstrap over prompts, B={N_RESAMPLES}, seed={seed}"}
+    per_trait = {t: {"baseline": _m(ab.per_trait[t]), "final": _m(af.per_trait.get(t, Measurement(math.nan, n=0)))} for t in ab.per_trait}
+    per_context: dict[str, Any] = {}
+    for c in ab.per_context:
+        sb = [r for r in base if (r.context or "(none)") == c]
+        sf = [r for r in final if (r.context or "(none)") == c]
+        per_context[c] = {"n": len(sb), "consistency": {"baseline": _m(consistency_rate(sb)), "final": _m(consistency_rate(sf))},
+                          "adherence": {"baseline": _m(ab.per_context[c]), "final": _m(af.per_context[c])}}
+    adv_b = [r for r in base if r.context == ADVERSARIAL]
+    adv_f = [r for r in final if r.context == ADVERSARIAL]
+    robustness = {"context": ADVERSARIAL, "n": len(adv_b), "unit": "fraction of persona-break prompts answered consistently (Wilson 95% CI)",
+                  "before": _m(consistency_rate(adv_b)), "after": _m(consistency_rate(adv_f)),
+                  "note": "" if adv_b else f"no held-out prompt has context {ADVERSARIAL!r}; add it to data.contexts"}
+    svb = style_variance(base, min_per_context=min_per_context, seed=seed)
+    svf = style_variance(final, min_per_context=min_per_context, seed=seed)
+    return {"improvement": improvement, "consistency": {"baseline": _m(cb), "final": _m(cf)},
+            "adherence": {"baseline": _m(ab.overall), "final": _m(af.overall)},
+            "style_variance": {"baseline": svb.value, "final": svf.value, "note": svb.note or svf.note},
+            "per_trait": per_trait, "per_context": per_context, "robustness": robustness}
+
+
+def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
+    """The stage-7 gate and the verdict from the figures of `final.json` (a pure function of its arguments).
+
+    Args:
+        config: the run config (gates.final thresholds).
+        fig: the final.json figures: improvement, retention, kl, earlier_gates.
+
+    Returns:
+        GateReport whose diagnosis starts with "verdict: DEPLOY" or "verdict: NO-DEPLOY", followed by one
+        line per failed gate (metric, value vs threshold, likely cause, what to change); next_steps holds the fixes.
+    """
+    g = config.gates.final
+    imp, ret = fig["improvement"], fig["retention"]
+    ci = imp.get("ci")
+    specs = [GateSpec("persona_improvement_ci_low", g.min_improvement, ">", "fraction of responses",
+                      "lower end of the paired bootstrap 95% interval of consistency(final) - consistency(baseline), held-out prompts, no system prompt"),
+             GateSpec("capability_retention", g.min_retention, ">=", "ratio", "capability-suite score of the final model / the baseline's, same items and decoding")]
+    measured: dict[str, Measurement | None] = {
+        "persona_improvement_ci_low": Measurement(ci[0], n=imp["n"], ci=tuple(ci)) if ci and ci[0] is not None else None,
+        "capability_retention": Measurement(ret["value"], n=ret["n_items"]) if ret.get("value") is not None else None}
+    for task, d in ret["tasks"].items():
+        # Threshold = the baseline's own 95% interval below its estimate; 1e-12 absorbs float rounding of equal accuracies.
+        specs.append(GateSpec(f"capability_drop[{task}]", d["allowed"] + 1e-12, "<=", "accuracy (fraction of items)",
+                              f"accuracy drop on task {task}; allowed: baseline accuracy minus its Wilson 95% lower bound"))
+        measured[f"capability_drop[{task}]"] = Measurement(d["drop"], n=d["n"])
+    failed_earlier = [s for s, e in fig["earlier_gates"].items() if e.get("gate_passed") is False]
+    specs.append(GateSpec("earlier_gates_failed", 0, "<=", "stages", "stages 1-6 whose recorded gate failed"))
+    measured["earlier_gates_failed"] = Measurement(float(len(failed_earlier)), n=len(fig["earlier_gates"]))
+    results = check_gates(specs, measured)
+    kl = fig.get("kl", {}).get("kl_per_token")
+    kl_txt = f"KL to the baseline {kl:.4g} nats/token" if isinstance(kl, (int, float)) else "KL not measured"
+    reasons, steps = [], []
+    for r in results:
+        if r.passed:
+            continue
+        head = f"{r.metric} = {'not measured' if r.value is None else f'{r.value:.4g}'} (needs {r.direction} {r.threshold:.4g})"
+        if r.metric == "persona_improvement_ci_low":
+            if imp.get("value") is None or imp["value"] <= g.min_improvement:
+                cause = (f"the final model is no more consistent than the baseline without a system prompt "
+                         f"({imp.get('baseline')} -> {imp.get('final')}): the persona did not reach the weights")
+                fix = "train longer or with a higher train.learning_rate within the KL budget, raise iterations.rounds, or improve the stage-3 pairs (data.best_of, a stronger data.teacher)"
+            else:
+                cause = f"consistency rose by {imp['value']:.3f} but {imp['n']} held-out prompts cannot tell it from {g.min_improvement:g}"
+                fix = "hold out more prompts (data.heldout_fraction, data.max_prompts) or train for a larger effect"
+        elif r.metric == "capability_retention":
+            if ret.get("value") is None:
+                cause = "the baseline scores 0 on the capability suite, so retention cannot be measured"
+                fix = "use a base model that answers the capability suite (the tiny test model cannot)"
+            else:
+                cause = f"general ability fell from {ret['baseline_score']:.3f} to {ret['final_score']:.3f} while training the persona ({kl_txt})"
+                fix = "raise train.beta, lower train.learning_rate or train.max_steps, or mix general data into stage 1 (sft.dataset, sft.persona_mix)"
+        elif r.metric.startswith("capability_drop["):
+            d = ret["tasks"][r.metric[16:-1]]
+            cause = f"task {r.metric[16:-1]} fell from {d['baseline']:.3f} to {d['candidate']:.3f}, beyond the baseline's interval ({d['allowed']:.3f}); {kl_txt}"
+            fix = "raise train.beta or lower train.learning_rate; check which replies changed in 07_final_eval/final.json capability.final_replies"
+        else:
+            cause = f"stage(s) {', '.join(failed_earlier)} are recorded with a failed gate"
+            fix = "re-run from the first of them (personatune run CONFIG --from N) until its gate passes"
+        reasons.append(f"{head}: likely cause: {cause}; change: {fix}")
+        steps.append(fix)
+    verdict = "DEPLOY" if all(r.passed for r in results) else "NO-DEPLOY"
+    head = "verdict: DEPLOY — every stage-7 gate passed" if verdict == "DEPLOY" else "verdict: NO-DEPLOY"
+    return GateReport(STAGE, results, diagnosis=[head, *reasons], next_steps=list(dict.fromkeys(steps)))
+
+
+def final_markdown(fig: dict[str, Any]) -> str:
+    """final.md: the verdict, its reasons and the tables of final.json, for reading without the report."""
+    f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
+    fm = lambda m: "n/a" if not m or m.get("value") is None else f"{m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")  # noqa: E731
+    imp, ret, rob, kl = fig["improvement"], fig["retention"], fig["robustness"], fig["kl"]
+    out = [f"# Final evaluation: {fig['verdict']}", ""] + [f"- {r}" for r in fig["reasons"]] + [
+        "", f"Held-out prompts: {fig['n_prompts']}, no system prompt; decoding {json.dumps(fig['decoding'])}; baseline samples: {fig['baseline_samples']}.", "",
+        "| metric | baseline | final | figure |", "|---|---|---|---|",
+        f"| consistency rate | {fm(fig['consistency']['baseline'])} | {fm(fig['consistency']['final'])} | improvement {fm(imp)} ({imp['method']}) |",
+        f"| trait adherence | {fm(fig['adherence']['baseline'])} | {fm(fig['adherence']['final'])} | |",
+        f"| style variance | {f(fig['style_variance']['baseline'])} | {f(fig['style_variance']['final'])} | |",
+        f"| capability suite | {f(ret['baseline_score'])} | {f(ret['final_score'])} | retention {f(ret['value'])} (n={ret['n_items']}) |",
+        f"| perplexity | {f(fig['perplexity']['baseline'].get('perplexity'))} | {f(fig['perplexity']['final'].get('perplexity'))} | |",
+        f"| robustness ({rob['context']}, n={rob['n']}) | {fm(rob['before'])} | {fm(rob['after'])} | not gated |",
+        f"| KL to baseline | | | {kl.get('kl_per_token', float('nan')):.4g} ± {kl.get('kl_per_token_stderr', float('nan')):.2g} nats/token |", "",
+        "## Capability per task", "", "| task | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|"]
+    out += [f"| {t} | {d['baseline']:.3f} | {d['candidate']:.3f} | {d['drop']:.3f} | {d['allowed']:.3f} | {'yes' if d['ok'] else 'NO'} |" for t, d in ret["tasks"].items()]
+    out += ["", "## Adherence per trait", "", "| trait | baseline | final |", "|---|---|---|"]
+    out += [f"| {t} | {fm(v['baseline'])} | {fm(v['final'])} |" for t, v in fig["per_trait"].items()]
+    out += ["", "## Per context", "", "| context | n | consistency baseline | consistency final | adherence baseline | adherence final |", "|---|---|---|---|---|---|"]
+    out += [f"| {c} | {v['n']} | {fm(v['consistency']['baseline'])} | {fm(v['consistency']['final'])} | {fm(v['adherence']['baseline'])} | {fm(v['adherence']['final'])} |"
+            for c, v in fig["per_context"].items()]
+    out += ["", "## Earlier gates", ""] + [f"- {s}: {e['status']}, gate {'passed' if e['gate_passed'] else 'n/a' if e['gate_passed'] is None else 'FAILED'}"
+                                           for s, e in fig["earlier_gates"].items()]
+    return "\n".join(out) + "\n"
+
+
+def run(config: RunConfig, run_dir: RunDir) -> StageResult:
+    """Compare the final model with the baseline; gate; write final.json, final.md, samples.json.
+
+    Raises:
+        RunDirError: an earlier stage's output is missing.
+        DataError: no held-out prompts, a held-out prompt with a system turn, or models with different vocabularies.
+    """
+    import torch
+
+    from personatune import models
+    from personatune.capability import perplexity, retention, score_suite
+    from personatune.generation.hf import HFBackend
+    from personatune.kl import measure_kl
+    from personatune.persona import load_persona
+    from personatune.stages.s1_baseline import baseline_model_path
+    from personatune.stages.s5_optimization import _make_scorer
+    from personatune.stages.s6_iterations import final_model_path
+
+    t_start = time.time()
+    out = run_dir.stage_dir(STAGE)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+
+    # 1. Inputs, all through the manifest.
+    spec = load_persona(run_dir.output_path("02_persona", "persona"))
+    prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
+    if not prompts:
+        raise DataError(f"03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and {STAGE3_FIX}")
+    for p in prompts:
+        if any(m.get("role") == "system" for m in p["messages"]):
+            raise DataError(f"held-out prompt {p.get('id')!r} has a system turn; stage 7 compares models without one; fix: {STAGE3_FIX}")
+    run_dir.output_path("04_evaluation", "evaluator")  # stage 7 requires the fitted evaluator, never the persona-only fallback
+    scorer, scorer_desc = _make_scorer(spec, run_dir)
+    base_path, final_path = baseline_model_path(run_dir), final_model_path(run_dir)
+    base_model, base_tok = models.load_configured_model(base_path, config.model)
+    final_model, final_tok = models.load_configured_model(str(final_path), config.model)
+    if len(base_tok) != len(final_tok):
+        raise DataError(f"the final model's tokenizer ({len(final_tok)} tokens) differs from the baseline's ({len(base_tok)}); "
+                        f"KL and a like-for-like comparison need the same vocabulary; fix: train from the stage-1 baseline")
+
+    # 2. Both models on every held-out prompt, no system prompt, the same decoding (stage 4's).
+    t = config.data.teacher
+    convs = [p["messages"] for p in prompts]
+    decoding = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "batch_size": t.batch_size, "seed": config.seed}
+
+    def sample(model: Any, tok: Any) -> list[str]:
+        outs = HFBackend(model, tok, batch_size=t.batch_size).generate(convs, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+                                                                      top_p=t.top_p, n=1, seed=config.seed)
+        return [o[0] for o in outs]
+
+    base_texts = reusable_baseline_texts(config, run_dir, prompts)
+    source = "04_evaluation/baseline_samples.json (reused: same model, prompts and decoding)"
+    if base_texts is None:
+        base_texts, source = sample(base_model, base_tok), "sampled again in stage 7"
+    final_texts = sample(final_model, final_tok)
+    kw = dict(prompts=[c[-1]["content"] for c in convs], contexts=[p.get("context") for p in prompts],
+              targets=[list(p.get("targets") or []) for p in prompts], ids=[str(p["id"]) for p in prompts])
+    base_recs, final_recs = scorer.score(base_texts, **kw), scorer.score(final_texts, **kw)
+
+    # 3. Persona figures. 4. Capability (stage 1's suite result for the baseline when it exists). 5. KL.
+    fig: dict[str, Any] = compare_persona(base_recs, final_recs, seed=config.seed, min_per_context=config.gates.evaluation.min_per_context)
+    try:
+        base_suite = json.loads(run_dir.output_path("01_baseline", "capability").read_text(encoding="utf-8"))
+        suite_src = "01_baseline/capability.json"
+    except RunDirError:
+        base_suite, suite_src = score_suite(HFBackend(base_model, base_tok, batch_size=CAPABILITY_BATCH)), "scored in stage 7"
+    final_suite = score_suite(HFBackend(final_model, final_tok, batch_size=CAPABILITY_BATCH))
+    ret = retention(final_suite, base_suite)
+    value = ret["retention"] if math.isfinite(ret["retention"]) else None
+    tasks = {k: {**d, "n": base_suite["tasks"][k]["n"]} for k, d in ret["task_drops"].items()}
+    fig["retention"] = {"value": value, "unit": "ratio (final / baseline suite score)", "baseline_score": base_suite["score"], "final_score": final_suite["score"],
+                        "n_items": final_suite["n"], "baseline_source": suite_src, "tasks": tasks, "all_tasks_ok": ret["all_tasks_ok"],
+                        "task_rule": "a task fails when baseline accuracy - final accuracy > baseline accuracy - its Wilson 95% lower bound",
+                        "final_replies": final_suite["replies"]}
+    base_info = json.loads(run_dir.output_path("01_baseline", "baseline").read_text(encoding="utf-8"))
+    fig["perplexity"] = {"baseline": base_info.get("perplexity") or perplexity(base_model, base_tok), "final": perplexity(final_model, final_tok),
+                         "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template"}
+    kl_tokens = config.train.kl_max_new_tokens
+    kl = measure_kl(final_model, base_model, final_tok, convs, max_new_tokens=kl_tokens, seed=config.seed, batch_size=t.batch_size)
+    fig["kl"] = {**kl.to_dict(), "max_new_tokens": kl_tokens, "reference": "the stage-1 baseline"}
+    fig["earlier_gates"] = {s: {"status": run_dir.record(s).status, "gate_passed": (run_dir.record(s).gate or {}).get("passed")} for s in EARLIER}
+
+    # 6. Gate and verdict; everything reaches disk before the runner decides.
+    gate = final_gate(config, fig)
+    verdict = "DEPLOY" if gate.passed else "NO-DEPLOY"
+    reasons = gate.diagnosis[1:] or [r.line() for r in gate.results]
+    fig = {"verdict": verdict, "reasons": reasons, "n_prompts": len(prompts), "decoding": {**decoding, "system_prompt": None},
+           "baseline_model": base_path, "final_model": str(final_path.relative_to(run_dir.root)), "scorer": scorer_desc, "baseline_samples": source,
+           **fig, "gates": [asdict(r) for r in gate.results], "seconds": round(time.time() - t_start, 2)}
+    atomic_write_json(out / "final.json", fig)
+    atomic_write_text(out / "final.md", final_markdown(fig))
+    atomic_write_json(out / "samples.json", [
+        {"id": p["id"], "context": p.get("context"), "prompt": c[-1]["content"], "baseline": bt, "final": ft,
+         "baseline_consistency": br.consistency, "final_consistency": fr.consistency, "baseline_consistent": br.consistent, "final_consistent": fr.consistent}
+        for p, c, bt, ft, br, fr in zip(prompts, convs, base_texts, final_texts, base_recs, final_recs)])
+    imp = fig["improvement"]
+    ci_txt = f"[{imp['ci'][0]:+.3f}, {imp['ci'][1]:+.3f}]" if imp.get("ci") else "n/a"
+    msg = (f"{verdict}: consistency {imp['baseline']:.3f} -> {imp['final']:.3f} (improvement 95% CI {ci_txt}), "
+           f"retention {'n/a' if value is None else f'{value:.3f}'}, KL {kl.per_token:.4g} nats/token")
+    return StageResult(outputs={"final": out / "final.json", "samples": out / "samples.json"}, gate=gate,
+                       metrics={"verdict": verdict, "improvement": imp["value"], "retention": value, "kl": kl.per_token}, message=msg)

@@ -1,0 +1,245 @@
+"""Stage 6 — iterative training.
+
+Unit tier: the pure pair/selection/stop logic over lists of round dicts (no model).
+Stage tier: a tiny run through stage 5 (the tiny in-process model as baseline, hand-made stage-3 data, the real
+stage-5 trainer), then stage 6 on copies of it. The scorer is scripted (a deterministic hash of the text), because
+the tiny model's random text would never be consistent under the real persona scorer and no round could form pairs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from personatune.config import IterationArgs, OptimGateArgs, load_config
+from personatune.rundir import RunDir, StageRecord, file_hash, read_jsonl
+from personatune.stages import s5_optimization, s6_iterations
+from personatune.stages.s6_iterations import ROW_KEYS, build_pairs, improved, round_passes, select_round, stop_reason
+
+REPO = Path(__file__).resolve().parents[2]
+PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
+G = OptimGateArgs(max_kl=0.1, consistency=0.85, adherence=0.9, max_style_variance=0.15)
+
+
+def row(n, kl, c, a=0.95, s=0.1, pairs=5):
+    return {"round": n, "kl": kl, "consistency": c, "adherence": a, "style_variance": s, "pairs": pairs}
+
+
+# --- unit: pure logic -------------------------------------------------------------------------------
+def test_select_round_prefers_passing_then_within_budget_then_lowest_kl():
+    rows = [row(0, 0.05, 0.86), row(1, 0.08, 0.90), row(2, 0.09, 0.95, a=0.5), row(3, 0.2, 0.99)]
+    assert select_round(rows, G)[0]["round"] == 1  # round 2 is higher but fails adherence; round 3 is over budget
+    # Tie on consistency: lower KL wins, then the earlier round.
+    assert select_round([row(0, 0.05, 0.9), row(1, 0.04, 0.9)], G)[0]["round"] == 1
+    assert select_round([row(0, 0.05, 0.9), row(1, 0.05, 0.9)], G)[0]["round"] == 0
+    best, why = select_round([row(0, 0.05, 0.5), row(1, 0.09, 0.6), row(2, 0.3, 0.9)], G)
+    assert best["round"] == 1 and "no round passes" in why
+    best, why = select_round([row(0, 0.3, 0.5), row(1, 0.2, 0.1)], G)
+    assert best["round"] == 1 and "lowest KL" in why
+    # A round that found no pairs has no measurement and is never kept.
+    assert select_round([row(0, 0.05, 0.5), {"round": 1, "kl": None, "pairs": 0}], G)[0]["round"] == 0
+
+
+def test_round_passes_with_margin():
+    r = row(1, 0.05, 0.91, a=0.96, s=0.1)
+    assert round_passes(r, G) and round_passes(r, G, 0.05)
+    assert not round_passes(r, G, 0.07)  # consistency 0.91 < 0.85 + 0.07
+    assert not round_passes(row(1, 0.096, 0.99, a=0.99, s=0.01), G, 0.05)  # KL 0.096 > 0.1 * 0.95
+    assert not round_passes(row(1, 0.05, 0.99, a=0.99, s=None), G)  # style variance not measured fails
+
+
+def test_stop_reasons():
+    it = IterationArgs(rounds=3, min_improvement=0.0, stop_margin=0.05)
+    assert stop_reason([row(0, 0.05, 0.5)], it, G) is None
+    assert stop_reason([row(0, 0.05, 0.5)], IterationArgs(rounds=0), G) == "round budget"
+    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.6)], it, G) is None
+    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.5)], it, G) == "no improvement"  # equal is not better
+    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.2, 0.7)], it, G) == "no improvement"  # better but over the KL budget
+    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.6), row(2, 0.07, 0.7), row(3, 0.08, 0.8)], it, G) == "round budget"
+    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.95, a=0.99, s=0.05)], it, G) == "gates passed with margin"
+    assert stop_reason([row(0, 0.05, 0.5), {"round": 1, "kl": None, "pairs": 0}], it, G) == "no new pairs"
+    assert stop_reason([row(0, 0.05, 0.95, a=0.99, s=0.01)], it, G) == "gates passed with margin"  # stage 5 already good: no round
+    # min_improvement: +0.05 is not enough when 0.1 is asked for.
+    assert not improved(row(1, 0.06, 0.55), [row(0, 0.05, 0.5)], G, 0.1) and improved(row(1, 0.06, 0.65), [row(0, 0.05, 0.5)], G, 0.1)
+
+
+def test_build_pairs_best_consistent_against_worst_with_margin():
+    S = SimpleNamespace
+    items = [{"prompt": [{"role": "user", "content": q}], "context": "casual", "targets": ["t"], "scenario_id": q} for q in "abcd"]
+    samples = [["x1", "x2", "x3"], ["y1", "y2"], ["z1", "z2"], ["w", "w"]]
+    scores = [[S(consistent=False, consistency=0.3), S(consistent=True, consistency=0.8), S(consistent=True, consistency=0.6)],
+              [S(consistent=False, consistency=0.4), S(consistent=False, consistency=0.1)],  # nothing consistent: no pair
+              [S(consistent=True, consistency=0.6), S(consistent=False, consistency=0.45)],  # margin 0.15 < 0.2: no pair
+              [S(consistent=True, consistency=0.9), S(consistent=True, consistency=0.9)]]  # same text: no pair
+    pairs = build_pairs(items, samples, scores, 0.2)
+    assert len(pairs) == 1
+    p = pairs[0]
+    assert p["chosen"][0]["content"] == "x2" and p["rejected"][0]["content"] == "x1" and p["scenario_id"] == "a" and p["targets"] == ["t"]
+    assert p["chosen_consistency"] - p["rejected_consistency"] >= 0.2
+    assert len(build_pairs(items, samples, scores, 0.1)) == 2
+
+
+# --- stage tier: a tiny run -----------------------------------------------------------------------------
+class ScriptedScorer:
+    """Consistency = a fixed hash of the text in [0, 1): varied samples give varied scores, the same text the same score."""
+
+    def __init__(self, spec):
+        from personatune.scoring.style import style_features_batch
+
+        self.spec, self.features = spec, style_features_batch
+
+    def score(self, texts, prompts=None, contexts=None, targets=None, ids=None):
+        from personatune.scoring.record import ResponseScore
+
+        feats = self.features(list(texts), self.spec.style)
+        out = []
+        for i, t in enumerate(texts):
+            c = (zlib.crc32(t.encode()) % 1000) / 1000
+            out.append(ResponseScore(id=str(ids[i]) if ids else str(i), traits={k: c for k in self.spec.trait_ids},
+                                     violations={k: 0.0 for k in self.spec.trait_ids}, style=feats[i], style_match=1.0, rules={},
+                                     consistent=c >= 0.5, consistency=c, targets=list(targets[i]) if targets else [],
+                                     context=contexts[i] if contexts else None))
+        return out
+
+
+QUESTIONS = ["How is the weather?", "Can you help me fix my code?", "I feel sad today.", "What is two plus two?", "Tell me a joke.",
+             "Where should I travel?", "Recommend a book.", "Good morning!"]
+TRAIN = {"learning_rate": 5e-3, "max_steps": 2, "eval_every": 0, "eval_at_start": False, "kl_eval_prompts": 4, "kl_max_new_tokens": 8,
+         "eval_batch_size": 16, "per_device_batch_size": 4, "lora_r": 4, "lora_alpha": 8, "max_length": 64, "logging_steps": 1}
+
+
+def make_config(tmp, **iters):
+    over = [f"persona={PERSONA}", "model.name=tiny", "threads=2", "data.teacher.max_new_tokens=8", "gates.evaluation.min_per_context=2",
+            f"run_dir={tmp}", "name=run"] + [f"train.{k}={v}" for k, v in TRAIN.items()]
+    it = {"rounds": 1, "samples_per_prompt": 3, "min_margin": 0.1, "max_steps": 2} | iters
+    return load_config(None, over + [f"iterations.{k}={v}" for k, v in it.items()])
+
+
+@pytest.fixture(scope="module")
+def stage5_run(tmp_path_factory):
+    """A run directory with stages 1-5 done: tiny baseline, persona, 8 training scenarios, 8 held-out prompts, stage-5 model."""
+    from personatune import models
+
+    root = tmp_path_factory.mktemp("s6") / "run"
+    rd = RunDir(root)
+    model, tok = models.build_tiny_model(seed=0)
+    models.save_model(model, tok, root / "01_baseline" / "model")
+    (root / "01_baseline" / "baseline.json").write_text(json.dumps({"path": "01_baseline/model"}))
+    (root / "02_persona").mkdir()
+    shutil.copy(PERSONA, root / "02_persona" / "persona.yaml")
+    d3 = root / "03_consistency_data"
+    (d3 / "train").mkdir(parents=True)
+    (d3 / "heldout").mkdir()
+    pairs = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": "Ahoy, friend! Aye, we sail on!"}],
+              "rejected": [{"role": "assistant", "content": "No."}], "context": ["casual", "technical"][i % 2], "targets": ["optimistic"],
+              "scenario_id": f"s{i}"} for i, q in enumerate(QUESTIONS)]
+    (d3 / "train" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    held = [{"id": f"h{i}", "context": ["casual", "technical"][i % 2], "messages": [{"role": "user", "content": q}], "targets": [], "split": "heldout"}
+            for i, q in enumerate(["Say hello.", "What do you like?", "Any advice?", "How are you?", "Explain a loop.", "What is a file?",
+                                   "Cheer me up.", "Name a star."])]
+    (d3 / "heldout" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
+    for stage, outs in (("01_baseline", {"baseline": "01_baseline/baseline.json"}), ("02_persona", {"persona": "02_persona/persona.yaml"}),
+                        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"})):
+        rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir: (ScriptedScorer(spec), "scripted"))
+        res = s5_optimization.run(make_config(root.parent), rd)
+    rd.set_record("05_optimization", StageRecord(status="done", outputs=rd.hash_outputs(res.outputs)))
+    return root
+
+
+@pytest.fixture()
+def run_copy(stage5_run, tmp_path, monkeypatch):
+    """A private copy of the stage-5 run (each test may write stage 6), with the scripted scorer."""
+    monkeypatch.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir: (ScriptedScorer(spec), "scripted"))
+    shutil.copytree(stage5_run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def weights_hash(folder: Path) -> str:
+    return file_hash(folder / "model.safetensors")
+
+
+def test_two_rounds_measure_kl_against_baseline_keep_best_and_resume(run_copy, tmp_path, monkeypatch):
+    import torch
+
+    from personatune import models, training
+    from personatune.kl import measure_kl
+
+    cfg = make_config(tmp_path, rounds=2)
+    rd = RunDir(run_copy)
+    res = s6_iterations.run(cfg, rd)
+    out = run_copy / "06_iterations"
+    rows = read_jsonl(out / "rounds.jsonl")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == list(range(len(rows))) and 2 <= len(rows) <= 3
+    assert all(set(r) == set(ROW_KEYS) for r in rows)
+    assert metrics["stop_reason"] == ("round budget" if len(rows) == 3 else "no improvement")
+    r1 = rows[1]
+    assert r1["pairs"] > 0 and r1["steps"] == 2 and r1["kl"] > 0
+    # The kept round is select_round's choice, flagged once, and its model folder loads.
+    kept = [r["round"] for r in rows if r["kept"]]
+    assert kept == [select_round(rows, cfg.gates.optimization)[0]["round"]] == [metrics["best_round"]]
+    m, tok = models.load_model_and_tokenizer(str(res.outputs["model"]))
+    assert tok.chat_template and f"round {kept[0]}" in (res.outputs["model"] / "README.md").read_text()
+    src = run_copy / "05_optimization" / "model" if kept[0] == 0 else out / f"round_{kept[0]}" / "model"
+    assert weights_hash(res.outputs["model"]) == weights_hash(src)
+    assert res.gate.stage == "06_iterations" and {g.metric for g in res.gate.results} == {"kl_per_token", "consistency_rate", "adherence", "style_variance"}
+    assert f"kept round {kept[0]}" in res.gate.diagnosis[0]
+    # KL of round 1 is KL(round-1 model || baseline), re-measured here from the saved folders, not KL to the stage-5 model.
+    held = training.EvalSet.from_rows(read_jsonl(run_copy / "03_consistency_data" / "heldout" / "prompts.jsonl"))
+    pol, tok = models.load_model_and_tokenizer(str(out / "round_1" / "model"))
+    base, _ = models.load_model_and_tokenizer(str(run_copy / "01_baseline" / "model"))
+    s5m, _ = models.load_model_and_tokenizer(str(run_copy / "05_optimization" / "model"))
+    kw = dict(max_new_tokens=cfg.train.kl_max_new_tokens, seed=cfg.seed, batch_size=cfg.train.eval_batch_size)
+    vs_base = measure_kl(pol, base, tok, held.prompts, **kw).per_token
+    vs_s5 = measure_kl(pol, s5m, tok, held.prompts, **kw).per_token
+    assert vs_base == pytest.approx(r1["kl"], rel=1e-4, abs=1e-7) and abs(vs_s5 - r1["kl"]) > 1e-4
+    assert torch.is_tensor(next(pol.parameters()))
+
+    # Resume: finished rounds are not redone (training would raise), and the table is the same.
+    def no_training(*a, **k):
+        raise AssertionError("a finished round was trained again")
+
+    monkeypatch.setattr(training, "build_dpo_trainer", no_training)
+    before = (out / "round_1" / "result.json").read_bytes()
+    s6_iterations.run(cfg, RunDir(run_copy))
+    assert read_jsonl(out / "rounds.jsonl") == rows and (out / "round_1" / "result.json").read_bytes() == before
+    assert "round 1/2: done earlier, skipped" in (run_copy / "log.txt").read_text()
+    # A damaged round model is detected: the round would be redone.
+    (out / "round_1" / "model" / "model.safetensors").write_bytes(b"broken")
+    with pytest.raises(AssertionError, match="trained again"):
+        s6_iterations.run(cfg, RunDir(run_copy))
+
+
+def test_round_that_changes_nothing_does_not_improve_and_keeps_round_0(run_copy, tmp_path):
+    # A learning rate of 1e-30 moves LoRA B from 0 to ~1e-30: merged into float32 weights it changes nothing, so round 1
+    # measures exactly what round 0 does; equal is not an improvement, and the tie keeps the earlier round.
+    cfg = make_config(tmp_path, rounds=3)
+    cfg.train.learning_rate = 1e-30
+    res = s6_iterations.run(cfg, RunDir(run_copy))
+    out = run_copy / "06_iterations"
+    rows = read_jsonl(out / "rounds.jsonl")
+    assert [r["round"] for r in rows] == [0, 1] and rows[1]["steps"] == 2 and rows[1]["pairs"] > 0
+    assert rows[1]["consistency"] == rows[0]["consistency"] and rows[1]["kl"] == pytest.approx(rows[0]["kl"], abs=1e-9)
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["stop_reason"] == "no improvement" and m["best_round"] == 0 and [r["kept"] for r in rows] == [True, False]
+    assert weights_hash(res.outputs["model"]) == weights_hash(run_copy / "05_optimization" / "model")
+    assert "no round improved" in (res.outputs["model"] / "README.md").read_text()
+
+
+def test_zero_rounds_copies_stage5_model(run_copy, tmp_path):
+    cfg = make_config(tmp_path, rounds=0)
+    res = s6_iterations.run(cfg, RunDir(run_copy))
+    out = run_copy / "06_iterations"
+    rows = read_jsonl(out / "rounds.jsonl")
+    assert [r["round"] for r in rows] == [0] and rows[0]["kept"] and rows[0]["kl"] > 0
+    assert json.loads((out / "metrics.json").read_text())["stop_reason"] == "round budget"
+    assert weights_hash(res.outputs["model"]) == weights_hash(run_copy / "05_optimization" / "model")
+    assert "iterations.rounds=0" in (res.outputs["model"] / "README.md").read_text() and (out / "rounds.md").read_text().startswith("| round")
+    assert set(res.outputs) == {"model", "rounds", "metrics"} and not res.gate.passed  # a random tiny model cannot pass
