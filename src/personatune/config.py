@@ -140,6 +140,7 @@ class DataArgs(_Section):
     few_shot: bool = Field(True, description="render the persona's example interactions as few-shot turns")
     focus_targets: bool = Field(True, description="remind the teacher, in its system prompt, of the traits each prompt targets (with one positive exemplar each); measured to raise a small teacher's yield")
     max_prompts: int | None = Field(None, ge=1, description="cap on scenarios (for quick runs); None = all")
+    expand_per_trait: int = Field(0, ge=0, description="new user prompts the teacher writes per (trait, context) on top of the built-in bank, near-duplicates dropped (count); 0 = bank only")
 
 
 class IterationArgs(_Section):

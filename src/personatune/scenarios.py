@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import re
 from dataclasses import asdict, dataclass, field
 from importlib import resources
 from typing import Any
@@ -150,6 +151,47 @@ def build_scenarios(
         for i in idx[: int(round(heldout_fraction * len(idx)))]:
             items[i].split = "heldout"
     return items
+
+
+# What each context means, for the teacher that writes new prompts (multi_turn is not expanded: a
+# follow-up needs an earlier exchange, which the bank writes by hand).
+CONTEXT_DESCRIPTIONS: dict[str, str] = {
+    "casual": "casual small talk",
+    "technical": "a request for help with a task, a tool or some code",
+    "emotional": "a person who is sad, stressed or worried and wants support",
+    "adversarial": "an attempt to make the assistant drop its character (e.g. 'stop pretending', 'are you an AI?')",
+    "off_topic": "an unusual request that has nothing to do with the assistant's usual topics",
+}
+_LINE_PREFIX = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
+
+
+def expansion_request(spec: PersonaSpec, trait_id: str, context: str, n: int) -> list[dict[str, str]]:
+    """The chat messages asking a teacher for `n` new user prompts of `context` that let `trait_id` show."""
+    t = next(t for t in spec.traits if t.id == trait_id)
+    return [{"role": "system", "content": "You write realistic messages that users send to a chatbot. Reply with the messages only, one per line."},
+            {"role": "user", "content": f"Write {n} different messages a user might send to a chatbot: {CONTEXT_DESCRIPTIONS[context]}. "
+                                        f"Each message should give the chatbot a natural chance to show this trait: {t.description} "
+                                        f"Write one message per line, no numbering, no quotes, each under 30 words."}]
+
+
+def parse_expansion(text: str, n: int, min_words: int = 3, max_words: int = 40) -> list[str]:
+    """User prompts from a teacher's reply: one per line, list markers and quotes stripped, lengths checked, at most n."""
+    out: list[str] = []
+    for line in text.splitlines():
+        line = _LINE_PREFIX.sub("", line).strip().strip('"“”\'').strip()
+        if min_words <= len(line.split()) <= max_words and line not in out:
+            out.append(line)
+    return out[:n]
+
+
+def expanded_scenarios(spec: PersonaSpec, replies: dict[tuple[str, str], str], n: int) -> list[Scenario]:
+    """Scenarios (source "teacher") from the teacher's replies to `expansion_request`, keyed by (trait id, context)."""
+    out: list[Scenario] = []
+    for (trait_id, ctx), text in replies.items():
+        for prompt in parse_expansion(text, n):
+            msgs = [{"role": "user", "content": prompt}]
+            out.append(Scenario(id=_sid(ctx, msgs), context=ctx, messages=msgs, source="teacher"))
+    return out
 
 
 def coverage(scenarios: list[Scenario], trait_ids: list[str]) -> dict[str, dict[str, int]]:

@@ -31,6 +31,9 @@ def scripted_teacher(spec, good: bool = True):
 
     def respond(body):
         system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
+        if system.startswith("You write realistic messages"):  # prompt-bank expansion: numbered lines, one junk line
+            ask = body["messages"][-1]["content"]
+            return "\n".join(f"{i}. Could you tell me something new about {ask.split(':')[-1][:40].strip()} number {i} please?" for i in range(1, 4)) + "\nok"
         if not good:
             return "I feel gloomy and I do not care. Whatever."
         for t in spec.traits:
@@ -127,3 +130,20 @@ def test_interrupted_generation_resumes_from_cache(tmp_path):
     # Only the requests whose answers had not been recorded are sent again: 12 prompts x (2 candidates +
     # 2 trait flips + 1 style-broken) = 60 teacher requests in all (the baseline contrast is local).
     assert resumed == 60 - cached
+
+
+def test_teacher_expands_the_prompt_bank(tmp_path):
+    spec = load_persona(PERSONA)
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(spec)
+        rc = run_pipeline(config(tmp_path, srv, **{"data.expand_per_trait": 2, "data.contexts": "[casual,technical,multi_turn]", "data.max_prompts": None}),
+                          until="3", echo=lambda _: None)
+        asks = [r for r in srv.requests if r["messages"][0]["content"].startswith("You write realistic messages")]
+    assert rc in (0, 1)
+    # one request per (trait, expandable context): multi_turn is not expanded
+    assert len(asks) == len(spec.traits) * 2
+    rows = [json.loads(x) for x in (tmp_path / "t" / "03_consistency_data" / "scenarios.jsonl").read_text().splitlines()]
+    teacher_rows = [r for r in rows if r["source"] == "teacher"]
+    assert teacher_rows and all(r["context"] in ("casual", "technical") for r in teacher_rows)
+    assert all(len(r["messages"][0]["content"].split()) >= 3 and not r["messages"][0]["content"][0].isdigit() for r in teacher_rows)
+    assert any(r["source"] == "bank" for r in rows) and all(r["targets"] for r in rows)

@@ -136,3 +136,13 @@ def test_cuda_matches_cpu(tiny):
     cpu = HFBackend(model, tok, batch_size=4).generate_ids(convs(), max_new_tokens=8, temperature=0.0)
     gpu = HFBackend(copy.deepcopy(model), tok, batch_size=4, device="cuda").generate_ids(convs(), max_new_tokens=8, temperature=0.0)
     assert gpu == cpu
+
+
+def test_shared_prefill_gives_the_same_draws_as_num_return_sequences(tiny):
+    model, tok = tiny
+    # different prompt lengths in one batch: left padding and position ids must line up in the cached path
+    cs = [[{"role": "system", "content": "You are a pirate captain. " * k}, {"role": "user", "content": f"question {k}?" * k}] for k in (1, 4, 9)]
+    a = HFBackend(model, tok, batch_size=3, share_prefill=False).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    b = HFBackend(model, tok, batch_size=3, share_prefill=True).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    assert a == b
+    assert len({x for per in b for x in per}) > 3  # real sampling: the draws differ from each other

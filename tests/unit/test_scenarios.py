@@ -58,3 +58,22 @@ def test_build_covers_every_trait_in_every_context_with_heldout_split():
     # Deterministic for a seed.
     again = build_scenarios(spec(8), FakeEmbedder(), seed=1)
     assert [(s.id, s.targets, s.split) for s in sc] == [(s.id, s.targets, s.split) for s in again]
+
+
+def test_parse_expansion_strips_markers_and_checks_length():
+    from personatune.scenarios import parse_expansion
+
+    text = '1. How do I fix a flat bike tyre?\n- "Tell me a joke about boats"\n(3) ok\n2) How do I fix a flat bike tyre?\n* What should I cook tonight for four people?'
+    assert parse_expansion(text, 5) == ["How do I fix a flat bike tyre?", "Tell me a joke about boats", "What should I cook tonight for four people?"]
+    assert parse_expansion(text, 1) == ["How do I fix a flat bike tyre?"]
+
+
+def test_expanded_scenarios_are_marked_teacher_with_stable_ids():
+    from personatune.scenarios import expanded_scenarios, expansion_request
+
+    sp = spec()
+    msgs = expansion_request(sp, sp.trait_ids[0], "casual", 3)
+    assert "3 different messages" in msgs[-1]["content"] and sp.traits[0].description in msgs[-1]["content"]
+    a = expanded_scenarios(sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?\nAny plans for the holidays?"}, 3)
+    b = expanded_scenarios(sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?"}, 3)
+    assert [s.source for s in a] == ["teacher", "teacher"] and a[0].id == b[0].id and a[0].context == "casual"

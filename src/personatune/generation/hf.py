@@ -8,9 +8,13 @@ What `HFBackend.generate` does, in order:
    `batch_size`: neighbours have similar lengths, so little compute goes to padding.
 3. LEFT-pad each batch (decoder-only models continue from the last position, so every prompt
    must end at the same column) with an attention mask; position ids follow the mask.
-4. Decode greedily when `temperature == 0`, otherwise sample with `temperature`/`top_p`
-   (`num_return_sequences = n`, the RNG seeded from `seed` in a forked RNG state so the caller's
-   global RNG is untouched). Decoding uses exactly these parameters: the model's own
+4. Decode greedily when `temperature == 0`, otherwise sample with `temperature`/`top_p`, n draws
+   per prompt, the RNG seeded from `seed` in a forked RNG state so the caller's global RNG is
+   untouched. With n > 1 the prompt is prefilled ONCE and its KV cache repeated n times
+   (`share_prefill`): `num_return_sequences = n` would prefill every copy, and with a long persona
+   system prompt prefill is most of the cost on a CPU (benchmarks/bench_generation.py measures it).
+   The draws are the same sequences as with `num_return_sequences` (same batch order, same RNG use),
+   up to float rounding. Decoding uses exactly these parameters: the model's own
    generation_config defaults (top_k, repetition_penalty, ...) are not applied, so the HF and
    OpenAI-compatible backends mean the same thing by the same parameters.
 5. Stop each sequence at its first EOS (the tokenizer's and the model's EOS ids), drop special
@@ -45,6 +49,7 @@ class HFBackend:
         batch_size: prompts per forward batch (>= 1); with sampling, `batch_size * n` sequences run together.
         device: where to run ("cpu", "cuda", "cuda:1", a torch.device) or None for the model's
             current device. A different device moves the model there.
+        share_prefill: with n > 1 draws, prefill each prompt once and repeat its KV cache (step 4).
 
     Raises:
         BackendError: batch_size < 1, or the tokenizer has neither a pad nor an EOS token.
@@ -54,7 +59,7 @@ class HFBackend:
     [['Hello! How can I help you today?']]
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, share_prefill: bool = True) -> None:
         import torch
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -71,6 +76,7 @@ class HFBackend:
         if pad is None:
             raise BackendError("the tokenizer has neither a pad token nor an EOS token; fix: set tokenizer.pad_token")
         self.pad_id = int(pad)
+        self.share_prefill = share_prefill
         self.last_stats: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -103,8 +109,9 @@ class HFBackend:
         encoded = [encode_chat(self.tokenizer, c, add_generation_prompt=True) for c in conversations]
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         draws = 1 if params.greedy else n
+        shared = self.share_prefill and draws > 1
         gen_cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=not params.greedy, num_return_sequences=draws,
+            max_new_tokens=max_new_tokens, do_sample=not params.greedy, num_return_sequences=1 if shared else draws,
             temperature=temperature if not params.greedy else None, top_p=top_p if not params.greedy else None, top_k=None,
             pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None,
         )
@@ -125,7 +132,11 @@ class HFBackend:
                     width = max(len(encoded[i]) for i in idx)
                     input_ids = torch.tensor([[self.pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=self.device)
                     mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=self.device)
-                    out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
+                    if shared:
+                        input_ids, mask, cache = self._prefill(input_ids, mask, draws)
+                        out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=gen_cfg)
+                    else:
+                        out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
                     new = out[:, width:].tolist()
                     for j, i in enumerate(idx):
                         seqs = []
@@ -138,3 +149,20 @@ class HFBackend:
             self.model.train(was_training)
         self.last_stats = {"new_tokens": float(produced), "seconds": time.perf_counter() - t0}
         return results  # type: ignore[return-value]
+
+    def _prefill(self, input_ids: Any, mask: Any, draws: int) -> tuple[Any, Any, Any]:
+        """KV cache of every prompt but its last token, computed once and repeated `draws` times.
+
+        `generate` then sees a cache covering all but the last prompt token and processes only that
+        token before sampling, exactly as after its own prefill. Position ids follow the left-padding mask.
+
+        Returns:
+            (input ids, attention mask, cache), each repeated `draws` times along the batch.
+        """
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)
+        self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], cache=cache, use_cache=True)
+        cache.batch_repeat_interleave(draws)
+        return input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0), cache

@@ -32,7 +32,7 @@ from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
 from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
-from personatune.scenarios import Scenario, build_scenarios, coverage
+from personatune.scenarios import CONTEXT_DESCRIPTIONS, Scenario, build_scenarios, coverage, expanded_scenarios, expansion_request
 from personatune.stage import StageResult
 from personatune.stages.s1_baseline import baseline_model_path
 
@@ -278,17 +278,28 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     d = config.data
     embedder = Embedder.default()
-    scenarios = _cap(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
-                                     heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed), d.max_prompts)
-    atomic_write_jsonl(out / "scenarios.jsonl", [s.to_dict() for s in scenarios])
     teacher, base = make_teacher(config, run_dir)
     t = d.teacher
     p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed}
+    echo = lambda m: (print(m), run_dir.log(m.strip()))  # noqa: E731
+    extra = []
+    if d.expand_per_trait:
+        # The teacher writes new prompts per (trait, context); resumable like every other generation.
+        keys = [(tr, c) for tr in spec.trait_ids for c in d.contexts if c in CONTEXT_DESCRIPTIONS]
+        ejobs = [(expansion_request(spec, tr, c, d.expand_per_trait), {**p, "max_new_tokens": 40 * d.expand_per_trait, "n": 1}) for tr, c in keys]
+        echo(f"  expanding the prompt bank: {len(ejobs)} (trait, context) requests x {d.expand_per_trait} prompts")
+        replies = generate_resumable(teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo)
+        extra = expanded_scenarios(spec, {k: r[0] for k, r in zip(keys, replies)}, d.expand_per_trait)
+    scenarios = _cap(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
+                                     heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed,
+                                     extra=extra), d.max_prompts)
+    if d.expand_per_trait:
+        echo(f"  scenarios: {sum(s.source == 'teacher' for s in scenarios)} written by the teacher, {sum(s.source == 'bank' for s in scenarios)} from the bank")
+    atomic_write_jsonl(out / "scenarios.jsonl", [s.to_dict() for s in scenarios])
     jobs: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
     for s in scenarios:
         focus = s.targets if d.focus_targets else None
         jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=focus), {**p, "n": d.best_of}))
-    echo = lambda m: (print(m), run_dir.log(m.strip()))  # noqa: E731
     echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
     teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo)
     scorer = Scorer(spec, embedder=embedder)
