@@ -46,7 +46,7 @@ def main() -> None:
     fit_s = time.perf_counter() - t0
     print(f"detectors fitted from the spec alone in {fit_s:.2f} s; temperatures "
           + ", ".join(f"{t}={T:.2f}" for t, T in zip(det.trait_ids, det.temperatures)))
-    print(f"{'trait':18s} {'n':>5s} {'acc@0.5':>8s} {'AUROC':>7s} {'viol<0.5|Yes':>12s} | {'base acc':>8s} {'base AUROC':>10s}")
+    print(f"{'trait':18s} {'n':>5s} {'acc@0.5':>8s} {'AUROC':>7s} {'oracle acc':>10s} {'viol<0.5|Yes':>12s} | {'base acc':>8s} {'base AUROC':>10s}")
     rows = []
     for t in spec.traits:
         path = Path(args.data) / f"{t.id}.jsonl"
@@ -57,16 +57,18 @@ def main() -> None:
         p = np.array([r[t.id] for r in traits])
         v = np.array([r[t.id] for r in viols])
         acc, auc = float(((p >= 0.5) == y).mean()), auroc(p, y)
+        # the best single threshold on these very labels: an upper bound on what re-calibration could give
+        oracle = max(float(((p >= th) == y).mean()) for th in np.unique(p))
         # nearest-centroid baseline on the same embeddings
         X = emb.encode(texts)
         mp, mn = emb.encode(t.positive).mean(0), emb.encode(t.negative).mean(0)
         b = X @ (mp / np.linalg.norm(mp)) - X @ (mn / np.linalg.norm(mn))
         bacc, bauc = float(((b > 0) == y).mean()), auroc(b, y)
         no_viol_yes = float((v[y] < 0.5).mean())
-        rows.append((acc, auc, bacc, bauc))
-        print(f"{t.id:18s} {len(y):5d} {acc:8.3f} {auc:7.3f} {no_viol_yes:12.3f} | {bacc:8.3f} {bauc:10.3f}")
+        rows.append((acc, auc, oracle, bacc, bauc))
+        print(f"{t.id:18s} {len(y):5d} {acc:8.3f} {auc:7.3f} {oracle:10.3f} {no_viol_yes:12.3f} | {bacc:8.3f} {bauc:10.3f}")
     m = np.mean(rows, axis=0)
-    print(f"{'MEAN':18s} {'':5s} {m[0]:8.3f} {m[1]:7.3f} {'':12s} | {m[2]:8.3f} {m[3]:10.3f}")
+    print(f"{'MEAN':18s} {'':5s} {m[0]:8.3f} {m[1]:7.3f} {m[2]:10.3f} {'':12s} | {m[3]:8.3f} {m[4]:10.3f}")
 
 
 if __name__ == "__main__":

@@ -167,7 +167,11 @@ def run_pipeline(
         if not passed:
             echo(f"The pipeline stops at {st.id}. Details: {rd.stage_dir(st.id) / 'gate.json'}")
             _write_report(root, echo)
+            echo(f"verdict: NO-DEPLOY (the {st.id} gate failed)")
             return 1
     echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")
     _write_report(root, echo)
+    final = rd.record(stages[-1].id)
+    if stop_i == len(stages) - 1 and final.message:
+        echo(f"verdict: {final.message}")
     return 0

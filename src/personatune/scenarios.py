@@ -145,7 +145,7 @@ def build_scenarios(
     rng.shuffle(order)
     for s, tg in zip(items, assign_targets(relevance, spec.trait_ids, targets_per_prompt, order)):
         s.targets = tg
-    for ctx in {s.context for s in items}:
+    for ctx in sorted({s.context for s in items}):  # sorted: set order changes with PYTHONHASHSEED, the split must not
         idx = [i for i, s in enumerate(items) if s.context == ctx]
         rng.shuffle(idx)
         for i in idx[: int(round(heldout_fraction * len(idx)))]:

@@ -77,3 +77,20 @@ def test_expanded_scenarios_are_marked_teacher_with_stable_ids():
     a = expanded_scenarios(sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?\nAny plans for the holidays?"}, 3)
     b = expanded_scenarios(sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?"}, 3)
     assert [s.source for s in a] == ["teacher", "teacher"] and a[0].id == b[0].id and a[0].context == "casual"
+
+
+def test_split_does_not_depend_on_the_hash_seed():
+    # Set iteration order of strings changes with PYTHONHASHSEED; the held-out split must not.
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.path.insert(0, %r)\n"
+        "from test_scenarios import FakeEmbedder, spec\n"
+        "from personatune.scenarios import build_scenarios\n"
+        "print([s.id for s in build_scenarios(spec(6), FakeEmbedder(), seed=3) if s.split == 'heldout'])\n"
+    ) % os.path.dirname(os.path.abspath(__file__))
+    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONHASHSEED=str(h))).stdout for h in (1, 2, 3)}
+    assert len(outs) == 1 and outs.pop().startswith("['")

@@ -1,0 +1,50 @@
+"""All seven stages end to end on the tiny model, through `run_pipeline`, with the scripted teacher of
+test_s3_s4 behind a real loopback OpenAI-compatible server.
+
+A randomly initialised tiny model cannot hold a persona, so the thresholds of stages 5-7 are set to
+values it can meet: this test is about the machinery (every stage runs, hands its outputs to the next
+through the run directory, writes its gate, and the run ends with a verdict and the report), not about
+quality. Gate failures with default thresholds are tested in test_s3_s4.py and test_smoke.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from personatune.persona import load_persona
+from personatune.pipeline import STAGES, run_pipeline
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from fake_openai_server import FakeOpenAIServer  # noqa: E402
+from test_s3_s4 import PERSONA, config, scripted_teacher  # noqa: E402
+
+LOOSE = {"gates.evaluation.min_auroc": 0, "gates.evaluation.adherence": 0, "gates.evaluation.max_style_variance": 100,
+         "gates.optimization.max_kl": 10, "gates.optimization.consistency": 0, "gates.optimization.adherence": 0,
+         "gates.optimization.max_style_variance": 100, "gates.final.min_improvement": -1.01, "gates.final.min_retention": 0,
+         "train.max_steps": 2, "train.eval_every": 1, "train.kl_eval_prompts": 4, "train.kl_max_new_tokens": 8,
+         "iterations.rounds": 1, "iterations.samples_per_prompt": 2, "iterations.max_prompts": 6, "iterations.max_steps": 1,
+         "iterations.min_margin": 0, "data.max_prompts": 36}
+
+
+def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path):
+    spec = load_persona(PERSONA)
+    lines: list[str] = []
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(spec)
+        rc = run_pipeline(config(tmp_path, srv, **LOOSE), echo=lines.append)
+    out = "\n".join(lines)
+    run = tmp_path / "t"
+    m = json.loads((run / "manifest.json").read_text())
+    assert [m["stages"][s.id]["status"] for s in STAGES] == ["done"] * 7, out
+    for s in STAGES:
+        assert (run / s.id / "gate.json").exists(), s.id
+    final = json.loads((run / "07_final_eval" / "final.json").read_text())
+    assert final["verdict"] in ("DEPLOY", "NO-DEPLOY")
+    assert rc == (0 if final["verdict"] == "DEPLOY" else 1)
+    assert f"verdict: {final['verdict']}" in out
+    assert (run / "06_iterations" / "rounds.jsonl").exists() and (run / "06_iterations" / "model").is_dir()
+    page = (run / "report.html").read_text()
+    assert "07_final_eval" in page or "Final evaluation" in page
