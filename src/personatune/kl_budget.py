@@ -78,7 +78,8 @@ def select_checkpoint(history: Sequence[Mapping[str, Any]], max_kl: float, *, mi
 
     Args:
         history: eval records (dicts with step, kl, consistency, adherence, style_variance, checkpoint).
-            Records without a checkpoint (e.g. the step-0 reference eval) are never chosen.
+            Records without a checkpoint are never chosen (stage 5 checkpoints step 0 too, so the starting
+            point is a candidate).
         max_kl: the KL budget (nats/token); a record is within it when kl <= max_kl.
         min_consistency, min_adherence, max_style_variance: the persona gate thresholds; a checkpoint
             meeting all of them ranks above any that does not (None = that gate is not considered).

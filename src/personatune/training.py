@@ -369,7 +369,7 @@ class PersonaEvalCallback:
         max_kl: the KL budget (nats/token) for the controller.
         kl_control: "stop" or "raise_beta".
         beta_raise_factor, max_beta_raises: see TrainArgs.
-        eval_at_start: also evaluate at step 0 (no checkpoint: the starting point is the baseline).
+        eval_at_start: also evaluate and checkpoint at step 0 (the starting point: a candidate within any KL budget).
     """
 
     def __init__(self, evaluate: Callable[[Any, Any], EvalResult] | None, out_dir: str | Path, *, eval_every: int, max_kl: float,
@@ -409,7 +409,9 @@ class PersonaEvalCallback:
         class PersonaEvalHooks(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
                 if outer.eval_at_start and outer.evaluate is not None and state.global_step == 0:
-                    outer.step(0, control, save=False)
+                    # Saved like any other step: when every trained checkpoint exceeds the KL budget, the
+                    # starting point (KL 0) is the one within it, and the stage must not fall back to the last.
+                    outer.step(0, control)
 
             def on_step_end(self, args, state, control, **kwargs):
                 if outer.eval_every and state.global_step % outer.eval_every == 0:

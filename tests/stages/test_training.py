@@ -135,9 +135,13 @@ def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
     cb.bind(trainer)
     trainer.train()
     hist = read_history(tmp_path / "metrics.jsonl")
-    assert hist[0]["step"] == 0 and hist[0]["checkpoint"] is None and abs(hist[0]["kl"]) < 1e-6
+    assert hist[0]["step"] == 0 and hist[0]["checkpoint"] == "checkpoints/step-0" and abs(hist[0]["kl"]) < 1e-6
     assert hist[1]["step"] == 1 and hist[1]["decision"] == "stop" and hist[1]["kl"] > 1e-9
     assert trainer.state.global_step == 1
+    # Nothing trained is within the budget: the selection falls back to the starting point, never to the last step.
+    from personatune.kl_budget import select_checkpoint
+
+    assert select_checkpoint(hist, 1e-9).record["step"] == 0
     assert any("persona/kl" in r for r in trainer.state.log_history)
 
 
@@ -215,7 +219,7 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     res = s5_optimization.run(cfg, rd)
     hist = read_history(rd.root / "05_optimization" / "metrics.jsonl")
     assert [r["step"] for r in hist] == [0, 2, 4] and all(r["kl"] is not None for r in hist)
-    assert hist[0]["checkpoint"] is None and abs(hist[0]["kl"]) < 1e-6
+    assert hist[0]["checkpoint"] == "checkpoints/step-0" and abs(hist[0]["kl"]) < 1e-6
     m = json.loads((rd.root / "05_optimization" / "metrics.json").read_text())
     within = [r["step"] for r in hist if r["checkpoint"] and r["kl"] <= cfg.gates.optimization.max_kl]
     assert m["final"]["selected_step"] == (m["selection"]["record"] or {}).get("step") and (m["final"]["selected_step"] in within or not within)
