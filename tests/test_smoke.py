@@ -40,7 +40,8 @@ def test_run_tiny_until_stage_2_then_resume(tmp_path):
     r3 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}")
     assert r3.returncode == 1, r3.stdout + r3.stderr
     assert "GATE FAILED" in r3.stdout and "The pipeline stops at 03_consistency_data" in r3.stdout
-    assert "cause: only 0/24 prompts got a consistent teacher response" in r3.stdout
+    assert "only 0/24 prompts got a consistent teacher response" in r3.stdout and "cause: teacher yield: 0/24" in r3.stdout
+    assert r3.stdout.rstrip().endswith("verdict: NO-DEPLOY (the 03_consistency_data gate failed)")
     assert (run / "report.html").exists()
     assert not (run / "04_evaluation").exists()
 

@@ -136,7 +136,7 @@ def test_teacher_expands_the_prompt_bank(tmp_path):
     spec = load_persona(PERSONA)
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(config(tmp_path, srv, **{"data.expand_per_trait": 2, "data.contexts": "[casual,technical,multi_turn]", "data.max_prompts": None}),
+        rc = run_pipeline(config(tmp_path, srv, **{"data.expand_per_trait": 2, "data.contexts": "[casual,technical,multi_turn]", "data.max_prompts": "null"}),
                           until="3", echo=lambda _: None)
         asks = [r for r in srv.requests if r["messages"][0]["content"].startswith("You write realistic messages")]
     assert rc in (0, 1)
