@@ -231,3 +231,20 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
     m2, t2 = models.load_model_and_tokenizer(str(rd.root / "05_optimization" / "model"))
     assert t2.chat_template and "Checkpoint selection" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
+
+
+def test_dpo_dataset_leaves_out_pairs_whose_rejected_is_consistent(tmp_path):
+    from personatune.errors import DataError
+    from personatune.stages.s5_optimization import train_dataset
+
+    def row(i, rc):
+        return {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": f"good {i}"}],
+                "rejected": [{"role": "assistant", "content": f"bad {i}"}], "rejected_consistent": rc}
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("\n".join(json.dumps(row(i, i % 3 == 0)) for i in range(6)) + "\n")
+    ds = train_dataset(path, "dpo")
+    assert [r["prompt"][0]["content"] for r in ds] == ["q1", "q2", "q4", "q5"]
+    path.write_text(json.dumps(row(0, True)) + "\n")
+    with pytest.raises(DataError, match="rejected_inconsistency_rate"):
+        train_dataset(path, "dpo")

@@ -55,7 +55,13 @@ def train_dataset(pairs_path: Path, algorithm: str) -> Any:
             raise DataError(f"{pairs_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
                             f"into the weights; fix: remove system turns from the prompts")
     if algorithm == "dpo":
-        return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in rows])
+        # A pair whose rejected response the scorer finds consistent would teach the model away from the persona
+        # (stage 3 keeps such pairs, flagged, so its gate can count them): DPO trains only on the others.
+        usable = [r for r in rows if not r.get("rejected_consistent", False)]
+        if not usable:
+            raise DataError(f"{pairs_path}: every pair's rejected response is consistent with the persona, so no pair can be trained on; "
+                            f"fix: check data.contrast and the stage-3 gate (rejected_inconsistency_rate)")
+        return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in usable])
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         seen.setdefault(r.get("scenario_id") or json.dumps(r["prompt"]), {"prompt": r["prompt"], "context": r.get("context"), "targets": list(r.get("targets") or [])})
