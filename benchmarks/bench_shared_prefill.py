@@ -25,7 +25,7 @@ from personatune.models import encode_chat
 from personatune.persona import load_persona
 from personatune.persona_prompt import persona_conversation
 from personatune.scenarios import build_scenarios
-from personatune.stages.s3_consistency_data import _cap
+from personatune.stages.s3_consistency_data import cap_scenarios
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,7 +43,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     spec = load_persona(args.persona)
-    scen = _cap(build_scenarios(spec, Embedder.default(), seed=0), args.prompts)
+    scen = cap_scenarios(build_scenarios(spec, Embedder.default(), seed=0), args.prompts)
     convs = [persona_conversation(spec, s.messages, few_shot=True, focus=s.targets) for s in scen]
     model, tok = models.load_model_and_tokenizer(args.model)
     lens = [len(encode_chat(tok, c, add_generation_prompt=True)) for c in convs]

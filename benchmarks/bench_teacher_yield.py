@@ -25,7 +25,7 @@ from personatune.persona import load_persona
 from personatune.persona_prompt import persona_conversation
 from personatune.scenarios import build_scenarios
 from personatune.scoring.scorer import Scorer
-from personatune.stages.s3_consistency_data import _cap
+from personatune.stages.s3_consistency_data import cap_scenarios
 
 HERE = Path(__file__).resolve().parent
 
@@ -43,7 +43,7 @@ def main() -> None:
     spec = load_persona(args.persona)
     emb = Embedder.default()
     scorer = Scorer(spec, embedder=emb)
-    scenarios = _cap(build_scenarios(spec, emb, seed=0), args.prompts)
+    scenarios = cap_scenarios(build_scenarios(spec, emb, seed=0), args.prompts)
     model, tok = models.load_model_and_tokenizer(args.model)
     backend = HFBackend(model, tok, batch_size=16)
     print(f"{args.model}, {len(scenarios)} prompts x best of {args.best_of}, {args.max_new_tokens} new tokens, T=0.8 top_p=0.95, seed 0")

@@ -125,7 +125,7 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
 
 
 # --- the stage -----------------------------------------------------------------------------------
-def _cap(scenarios: list[Scenario], n: int | None) -> list[Scenario]:
+def cap_scenarios(scenarios: list[Scenario], n: int | None) -> list[Scenario]:
     """At most n scenarios, taken round-robin over contexts so every context stays represented."""
     if n is None or n >= len(scenarios):
         return scenarios
@@ -140,30 +140,38 @@ def _cap(scenarios: list[Scenario], n: int | None) -> list[Scenario]:
     return out
 
 
+def score_candidates(scenarios: list[Scenario], candidates: list[list[str]], scorer: Any) -> list[list[Any]]:
+    """Score every teacher candidate in one batched call; per scenario, its candidates' ResponseScores."""
+    flat = [(s, c) for s, cands in zip(scenarios, candidates) for c in cands]
+    scores = scorer.score([c for _, c in flat], prompts=[s.prompt for s, _ in flat], contexts=[s.context for s, _ in flat],
+                          targets=[s.targets for s, _ in flat], ids=[f"{s.id}:c{i}" for i, (s, _) in enumerate(flat)])
+    out, i = [], 0
+    for cands in candidates:
+        out.append(list(scores[i:i + len(cands)]))
+        i += len(cands)
+    return out
+
+
 def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[list[str]], contrast: dict[str, list[tuple[str, str | None, str]]],
-                scorer: Any) -> tuple[list[dict], list[dict], dict[str, Any]]:
+                scorer: Any, candidate_scores: list[list[Any]] | None = None) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Score candidates and contrast responses; build sft rows, pair rows and gate counts.
 
     Args:
         contrast: scenario id -> list of (kind, flipped trait or None, text).
+        candidate_scores: the candidates' scores from `score_candidates`, when the caller has them already.
 
     Returns:
         (sft rows, pair rows, stats) — stats hold the counts the gate needs.
     """
-    texts, meta = [], []
-    for s, cands in zip(scenarios, candidates):
-        for c in cands:
-            texts.append(c)
-            meta.append((s, "candidate", None))
-        for kind, flip, text in contrast.get(s.id, []):
-            texts.append(text)
-            meta.append((s, kind, flip))
-    scores = scorer.score(texts, prompts=[m[0].prompt for m in meta], contexts=[m[0].context for m in meta],
-                          targets=[m[0].targets for m in meta], ids=[f"{m[0].id}:{i}" for i, m in enumerate(meta)])
-    by_s: dict[str, dict[str, list]] = {}
-    for text, (s, kind, flip), sc in zip(texts, meta, scores):
-        d = by_s.setdefault(s.id, {"cands": [], "rej": []})
-        (d["cands"] if kind == "candidate" else d["rej"]).append((text, kind, flip, sc))
+    if candidate_scores is None:
+        candidate_scores = score_candidates(scenarios, candidates, scorer)
+    rej = [(s, kind, flip, text) for s in scenarios for kind, flip, text in contrast.get(s.id, [])]
+    rej_scores = scorer.score([r[3] for r in rej], prompts=[r[0].prompt for r in rej], contexts=[r[0].context for r in rej],
+                              targets=[r[0].targets for r in rej], ids=[f"{r[0].id}:r{i}" for i, r in enumerate(rej)]) if rej else []
+    by_s: dict[str, dict[str, list]] = {s.id: {"cands": [(c, "candidate", None, sc) for c, sc in zip(cands, cs)], "rej": []}
+                                        for s, cands, cs in zip(scenarios, candidates, candidate_scores)}
+    for (s, kind, flip, text), sc in zip(rej, rej_scores):
+        by_s[s.id]["rej"].append((text, kind, flip, sc))
     sft, pairs = [], []
     stats = {"scenarios": 0, "chosen": 0, "chosen_consistent": 0, "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids},
              "by_kind": {}}
@@ -290,7 +298,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         echo(f"  expanding the prompt bank: {len(ejobs)} (trait, context) requests x {d.expand_per_trait} prompts")
         replies = generate_resumable(teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo)
         extra = expanded_scenarios(spec, {k: r[0] for k, r in zip(keys, replies)}, d.expand_per_trait)
-    scenarios = _cap(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
+    scenarios = cap_scenarios(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
                                      heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed,
                                      extra=extra), d.max_prompts)
     if d.expand_per_trait:
@@ -305,11 +313,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     scorer = Scorer(spec, embedder=embedder)
     # Contrast is generated only for prompts that have a consistent chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
-    kept = set()
-    for s, cands in zip(scenarios, teacher_out):
-        recs = scorer.score(list(cands), contexts=[s.context] * len(cands), targets=[s.targets] * len(cands))
-        if any(r.consistent for r in recs):
-            kept.add(s.id)
+    cand_scores = score_candidates(scenarios, teacher_out, scorer)
+    kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(r.consistent for r in cs)}
     echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent candidate; contrast for those")
     cjobs, cmeta = [], []
     for s in scenarios:
@@ -337,7 +342,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     contrast: dict[str, list[tuple[str, str | None, str]]] = {}
     for (sid, kind, flip), o in zip(cmeta, couts):
         contrast.setdefault(sid, []).append((kind, flip, o[0]))
-    sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer)
+    sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores)
     gate = data_gate(spec, scenarios, stats, config)
     for split in ("train", "heldout"):
         atomic_write_jsonl(out / split / "sft.jsonl", [r for r in sft if r["split"] == split])
