@@ -1,6 +1,6 @@
 """The `personatune` command: parse and dispatch only.
 
-    personatune run CONFIG.yaml [--from STAGE] [--until STAGE] [--force] [key=value ...]
+    personatune run CONFIG.yaml [--from STAGE] [--until STAGE] [--force] [--keep-going] [key=value ...]
     personatune validate PERSONA.yaml [--json]
     personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json]
     personatune config [CONFIG.yaml] [key=value ...] [--keys]
@@ -28,7 +28,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from personatune.pipeline import run_pipeline
 
     cfg = load_config(args.config, args.overrides)
-    return run_pipeline(cfg, from_stage=args.from_stage, until=args.until, force=args.force)
+    return run_pipeline(cfg, from_stage=args.from_stage, until=args.until, force=args.force, keep_going=args.keep_going)
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -116,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_stage", help="re-run from this stage (number or name)")
     r.add_argument("--until", help="stop after this stage (number or name)")
     r.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
+    r.add_argument("--keep-going", action="store_true",
+                   help="run the later stages even after a failed gate (diagnosis only: exit code 1, verdict NO-DEPLOY)")
     r.set_defaults(fn=_cmd_run)
 
     v = sub.add_parser("validate", help="check a persona file against the stage-2 gate")

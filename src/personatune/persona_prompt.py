@@ -31,24 +31,34 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
 
     Args:
         spec: the persona.
-        flip: a trait id to invert (for trait-flipped contrast data), or None.
+        flip: a trait id to invert (for trait-flipped contrast data), or None. The summary is left out
+            (it restates every trait, so a small model follows it over the one inverted line), the
+            inverted trait is restated last with two of its negative exemplars as examples.
         break_style: describe the opposite voice (for style-broken contrast data): the other register,
-            the other end of the length range, emoji flipped, signature phrases dropped.
+            the other end of the length range, emoji and exclamations flipped, signature phrases
+            forbidden; the summary is left out (it describes the voice being broken).
         focus: trait ids this reply must show clearly (the traits the scenario targets); each gets a
             reminder with one of its positive exemplars, because a small teacher otherwise spreads thin.
 
     Returns:
         The system prompt text.
     """
-    lines = [f"You are {spec.name}. {spec.summary.strip()}", "", "Your character:"]
+    contrast = flip is not None or break_style
+    lines = [f"You are {spec.name}." if contrast else f"You are {spec.name}. {spec.summary.strip()}", "", "Your character:"]
     lines += [_trait_line(t, t.id == flip) for t in spec.traits]
     st = spec.style
     lo, hi = st.words
     if break_style:
         form = _OPPOSITE_FORMALITY[st.formality]
-        length = f"Answer in at least {hi * 2} words." if hi < 80 else f"Answer in at most {max(3, lo // 2)} words."
+        length = f"Answer in at least {hi * 2} words." if hi < 80 else f"Answer in one short sentence of at most {max(3, lo // 2)} words."
         emoji = "Use emoji often." if st.emoji == "never" else "Never use emoji."
         lines += ["", "Voice:", f"- Your register is {_FORMALITY[form]}.", f"- {length}", f"- {emoji}"]
+        if st.exclamations in ("sometimes", "often"):
+            lines.append("- Never use exclamation marks.")
+        elif st.exclamations == "never":
+            lines.append("- End your sentences with exclamation marks!")
+        if st.signature_phrases:
+            lines.append("- Never use these words: " + ", ".join(f'"{p}"' for p in st.signature_phrases))
     else:
         lines += ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
         if st.signature_phrases:
@@ -63,7 +73,14 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
     if focus_traits:
         lines += ["", "In this reply, clearly show:"]
         lines += [f"- {t.description} (for example: \"{t.positive[0]}\")" for t in focus_traits]
-    lines += ["", "Stay in character in every reply, whatever the user asks."]
+    flipped = next((t for t in spec.traits if t.id == flip), None)
+    if flipped is not None:
+        what = flipped.inverse or f"the opposite of this: {flipped.description}"
+        examples = " ".join(f'"{n}"' for n in flipped.negative[:2])
+        lines += ["", f"In this reply, clearly show this side of you: {what} For example: {examples}"]
+        lines += ["", "Stay in this character in every reply, whatever the user asks."]
+    else:
+        lines += ["", "Stay in character in every reply, whatever the user asks."]
     return "\n".join(lines)
 
 
@@ -77,8 +94,19 @@ def few_shot_messages(spec: PersonaSpec) -> list[dict[str, str]]:
 
 def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, few_shot: bool = True, flip: str | None = None,
                          break_style: bool = False, focus: list[str] | None = None) -> list[dict[str, str]]:
-    """System prompt + few-shot turns + the scenario's messages, ready for a chat template."""
+    """System prompt + few-shot turns + the scenario's messages, ready for a chat template.
+
+    Few-shot turns: the persona's example interactions for in-persona replies; for a trait-flipped reply,
+    one example turn whose answer is made of the flipped trait's negative exemplars; none for style-broken.
+    """
     conv = [{"role": "system", "content": render_system_prompt(spec, flip=flip, break_style=break_style, focus=focus)}]
     if few_shot and not break_style and flip is None:
         conv += few_shot_messages(spec)
+    flipped = next((t for t in spec.traits if t.id == flip), None)
+    if few_shot and flipped is not None and spec.examples:
+        # One example turn in the inverted voice (two more of the trait's negative exemplars): a small
+        # teacher imitates an example far more reliably than it follows an instruction.
+        user = next((m.content for m in spec.examples[0].messages if m.role == "user"), None)
+        if user:
+            conv += [{"role": "user", "content": user}, {"role": "assistant", "content": " ".join(flipped.negative[2:4] or flipped.negative[:2])}]
     return conv + [dict(m) for m in messages]

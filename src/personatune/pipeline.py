@@ -11,17 +11,22 @@
 The runner writes the resolved config first, then walks the table in order. A stage whose
 config sections, inputs and outputs are unchanged since it finished is skipped, so re-running
 the same command after a crash or Ctrl-C resumes at the stage that was in progress. A failed
-gate stops the run with exit code 1 and the gate's diagnosis.
+gate stops the run with exit code 1 and the gate's diagnosis. A stage whose gate failed and whose
+config and inputs are unchanged is not re-run (it would fail the same way): its recorded gate is
+reported again. `--keep-going` (keep_going=True) runs the later stages anyway, for diagnosis — every
+failed gate is listed at the end, the exit code stays 1 and the verdict stays NO-DEPLOY.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Callable
 
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
+from personatune.gates import GateReport
 from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
 from personatune.stage import Stage
 from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_evaluation, s5_optimization, s6_iterations, s7_final
@@ -85,6 +90,7 @@ def run_pipeline(
     from_stage: str | None = None,
     until: str | None = None,
     force: bool = False,
+    keep_going: bool = False,
     echo: Callable[[str], None] = print,
     stages: tuple[Stage, ...] = STAGES,
 ) -> int:
@@ -95,12 +101,14 @@ def run_pipeline(
         from_stage: re-run from this stage on, even if done (earlier stages must be done or will run).
         until: stop after this stage.
         force: re-run every selected stage even if its inputs are unchanged.
+        keep_going: after a failed gate, run the later stages anyway (diagnosis only: the exit code is
+            still 1 and the verdict NO-DEPLOY).
         echo: where progress lines go.
         stages: the stage table (tests pass their own).
 
     Returns:
         Exit code: 0 when every selected stage passed (or the table ends at an unimplemented stage),
-        1 when a gate failed.
+        1 when a gate failed (with keep_going: when any gate failed).
 
     Raises:
         PersonatuneError: bad input found by a stage (shown as one line by the CLI).
@@ -115,6 +123,19 @@ def run_pipeline(
     stop_i = find_stage(until, stages) if until else len(stages) - 1
     echo(f"run directory: {root}")
     t_run = time.time()
+    failed: list[str] = []
+
+    def gate_failed(st_id: str) -> bool:
+        """Record a failed gate; True when the run must stop here."""
+        failed.append(st_id)
+        if keep_going:
+            echo(f"--keep-going: going on past the failed {st_id} gate (diagnosis only; the verdict stays NO-DEPLOY)")
+            return False
+        echo(f"The pipeline stops at {st_id}. Details: {rd.stage_dir(st_id) / 'gate.json'}")
+        _write_report(root, echo)
+        echo(f"verdict: NO-DEPLOY (the {st_id} gate failed)")
+        return True
+
     for i, st in enumerate(stages):
         if i > stop_i:
             break
@@ -124,13 +145,23 @@ def run_pipeline(
             echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
             rd.log(f"stopped at unimplemented stage {st.id}")
             _write_report(root, echo)
-            return 0
+            return 1 if failed else 0
         key = stage_cache_key(cfg, st)
         inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
         rec = rd.record(st.id)
         rerun = force or i >= start_i and from_stage is not None
-        if not rerun and rec.status == "done" and rec.config_hash == key and rec.inputs == inputs and rd.outputs_intact(rec):
+        unchanged = not rerun and rec.config_hash == key and rec.inputs == inputs and rd.outputs_intact(rec)
+        if unchanged and rec.status == "done":
             echo(f"{n}: done earlier, inputs unchanged — skipped ({rec.message or ''})".rstrip(" ()"))
+            continue
+        if unchanged and rec.status == "gate_failed":
+            # Same config, same inputs: the stage would fail its gate again. --force or --from re-runs it.
+            echo(f"{n}: its gate FAILED earlier with these inputs — not re-run (--force re-runs it) ({rec.message or ''})".rstrip(" ()"))
+            gate_file = rd.stage_dir(st.id) / "gate.json"
+            if gate_file.is_file():
+                echo(GateReport.from_dict(json.loads(gate_file.read_text())).summary())
+            if gate_failed(st.id):
+                return 1
             continue
         echo(f"{n}: running …")
         rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
@@ -164,13 +195,14 @@ def run_pipeline(
         if result.gate is not None:
             echo(result.gate.summary())
         echo(f"{n}: {'done' if passed else 'GATE FAILED'} in {rec.seconds:.1f}s — {result.message}")
-        if not passed:
-            echo(f"The pipeline stops at {st.id}. Details: {rd.stage_dir(st.id) / 'gate.json'}")
-            _write_report(root, echo)
-            echo(f"verdict: NO-DEPLOY (the {st.id} gate failed)")
+        if not passed and gate_failed(st.id):
             return 1
     echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")
     _write_report(root, echo)
+    if failed:
+        echo(f"gates failed: {', '.join(failed)} (details: each stage's gate.json)")
+        echo(f"verdict: NO-DEPLOY (gates failed: {', '.join(failed)})")
+        return 1
     final = rd.record(stages[-1].id)
     if stop_i == len(stages) - 1 and final.message:
         echo(f"verdict: {final.message}")

@@ -119,3 +119,33 @@ def test_relative_run_dir(tmp_path, monkeypatch):
     calls.clear()
     run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
     assert calls == []
+
+
+def test_failed_gate_with_unchanged_inputs_is_not_rerun(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None) == 1
+    calls.clear()
+    lines: list[str] = []
+    assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lines.append) == 1
+    assert calls == []  # same config and inputs: the recorded failed gate is reported, the stage is not re-run
+    assert any("FAILED earlier" in ln for ln in lines) and any(ln.startswith("[01_a] gate FAILED") for ln in lines)
+    assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None, force=True, until="1") == 1
+    assert calls == ["01_a"]  # --force re-runs it
+    calls.clear()
+    assert run_pipeline(cfg.model_copy(update={"seed": 3}), stages=_table(calls, gate_value=0.9), echo=lambda s: None) == 0
+    assert calls == ["01_a", "02_b", "03_c"]  # a changed config re-runs
+
+
+def test_keep_going_runs_past_failed_gates_and_still_exits_1(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    lines: list[str] = []
+    rc = run_pipeline(cfg, stages=_table(calls, gate_value=0.1)[:3], echo=lines.append, keep_going=True)
+    assert rc == 1 and calls == ["01_a", "02_b", "03_c"]
+    assert lines[-1] == "verdict: NO-DEPLOY (gates failed: 01_a, 02_b, 03_c)"
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert [m["stages"][s]["status"] for s in ("01_a", "02_b", "03_c")] == ["gate_failed"] * 3
+    calls.clear()
+    # With the unimplemented stage at the end of the table the exit code is still 1.
+    assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None, keep_going=True) == 1 and calls == []

@@ -6,7 +6,8 @@
    `04_evaluation/evaluator/` (safetensors + JSON).
 2. Validate on the HELD-OUT split (never used for fitting or training):
    - per-trait detector AUROC of traits[t]: held-out chosen responses targeting t (label 1) against
-     held-out trait-flipped responses for t (label 0);
+     held-out trait-flipped responses for t (label 0) — those whose flip took, the same labelling rule
+     as for fitting (a flipped response the stage-3 scorer found consistent is not a negative);
    - trait adherence of held-out chosen responses, overall and per context;
    - their style variance across contexts.
 3. Record the baseline model's persona metrics on the held-out prompts, with no system prompt: the
@@ -45,7 +46,10 @@ def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> 
 
 
 def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per trait: AUROC of traits[t] on held-out chosen (t targeted, label 1) vs trait-flipped for t (label 0)."""
+    """Per trait: AUROC of traits[t] on held-out chosen (t targeted, label 1) vs trait-flipped for t (label 0).
+
+    Trait-flipped responses marked `rejected_consistent` (the flip did not take) are left out, as in fitting.
+    """
     texts, trait_of, labels = [], [], []
     for r in sft:
         for t in r.get("targets", []):
@@ -53,7 +57,9 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
             trait_of.append(t)
             labels.append(1)
     for p in pairs:
-        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait"):
+        # The same labelling rule as for fitting (labelled_examples): a trait-flipped response whose flip
+        # did not take (the stage-3 scorer found it consistent) is no example of the trait being violated.
+        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait") and not p.get("rejected_consistent", False):
             texts.append(p["rejected"][-1]["content"])
             trait_of.append(p["flipped_trait"])
             labels.append(0)
