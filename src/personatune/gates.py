@@ -155,3 +155,8 @@ def check_gates(specs: list[GateSpec], measured: dict[str, Measurement | float |
             )
         )
     return out
+
+
+def fmt_metric(x: float | None, digits: int = 3) -> str:
+    """A metric for a progress line: fixed decimals, or "not measured" for None."""
+    return "not measured" if x is None else f"{x:.{digits}f}"

@@ -152,11 +152,11 @@ def run_pipeline(
         rerun = force or i >= start_i and from_stage is not None
         unchanged = not rerun and rec.config_hash == key and rec.inputs == inputs and rd.outputs_intact(rec)
         if unchanged and rec.status == "done":
-            echo(f"{n}: done earlier, inputs unchanged — skipped ({rec.message or ''})".rstrip(" ()"))
+            echo(f"{n}: done earlier, inputs unchanged — skipped" + (f" ({rec.message})" if rec.message else ""))
             continue
         if unchanged and rec.status == "gate_failed":
             # Same config, same inputs: the stage would fail its gate again. --force or --from re-runs it.
-            echo(f"{n}: its gate FAILED earlier with these inputs — not re-run (--force re-runs it) ({rec.message or ''})".rstrip(" ()"))
+            echo(f"{n}: its gate FAILED earlier with these inputs — not re-run (--force re-runs it)" + (f" ({rec.message})" if rec.message else ""))
             gate_file = rd.stage_dir(st.id) / "gate.json"
             if gate_file.is_file():
                 echo(GateReport.from_dict(json.loads(gate_file.read_text())).summary())

@@ -48,3 +48,22 @@ def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path):
     assert (run / "06_iterations" / "rounds.jsonl").exists() and (run / "06_iterations" / "model").is_dir()
     page = (run / "report.html").read_text()
     assert "07_final_eval" in page or "Final evaluation" in page
+
+
+def test_keep_going_runs_every_stage_past_a_failed_gate(tmp_path):
+    # Stage 4's gate cannot pass (style variance < 0); --keep-going runs 5-7 anyway, for diagnosis:
+    # exit 1, stage 4 recorded as gate_failed, and stage 7 says NO-DEPLOY because of it.
+    spec = load_persona(PERSONA)
+    lines: list[str] = []
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(spec)
+        rc = run_pipeline(config(tmp_path, srv, **{**LOOSE, "gates.evaluation.max_style_variance": 0}), echo=lines.append, keep_going=True)
+    out = "\n".join(lines)
+    m = json.loads((tmp_path / "t" / "manifest.json").read_text())
+    status = {s.id: m["stages"].get(s.id, {}).get("status") for s in STAGES}
+    assert rc == 1 and status["04_evaluation"] == "gate_failed", out
+    assert all(status[s] in ("done", "gate_failed") for s in ("05_optimization", "06_iterations", "07_final_eval")), status
+    final = json.loads((tmp_path / "t" / "07_final_eval" / "final.json").read_text())
+    assert final["verdict"] == "NO-DEPLOY"
+    assert final["earlier_gates"]["04_evaluation"]["gate_passed"] is False
+    assert "04_evaluation" in lines[-1] and lines[-1].startswith("verdict: NO-DEPLOY (gates failed:")

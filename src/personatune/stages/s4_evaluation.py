@@ -121,6 +121,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                 steps.append("raise data.heldout_fraction or the number of prompts so every trait has held-out contrast")
             else:
                 diagnosis.append(f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses")
+                if min(a["n_pos"], a["n_neg"]) < 10:
+                    # One swapped pair moves AUROC by 1/(n_pos*n_neg): with a handful per side the value is mostly noise.
+                    steps.append("raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy")
                 steps.append(f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or use a judge (scorer.judge)")
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
@@ -129,8 +132,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             worst = sorted(adh.per_trait.items(), key=lambda kv: kv[1].value)[:2]
             diagnosis.append("lowest traits: " + ", ".join(f"{t} {m.value:.2f}" for t, m in worst))
             steps.append("improve the teacher (data.teacher) or those traits' exemplars")
+        elif sv.value is None:
+            diagnosis.append(f"style variance not measured: {sv.note}")
+            steps.append("raise data.max_prompts or data.heldout_fraction (or lower gates.evaluation.min_per_context) so contexts have enough held-out chosen responses")
         else:
-            diagnosis.append(f"style variance {sv.value} (features that vary most: {', '.join(sorted(sv.per_feature, key=sv.per_feature.get, reverse=True)[:3]) if sv.value is not None else 'n/a'})")
+            top = ", ".join(sorted(sv.per_feature, key=sv.per_feature.get, reverse=True)[:3])
+            diagnosis.append(f"style variance {sv.value:.3f} on {sv.n} held-out chosen responses (features that vary most: {top})")
             steps.append("tighten the persona's style (words range, signature phrases) so the voice holds across contexts")
     gate = GateReport(STAGE, results, diagnosis=diagnosis, next_steps=list(dict.fromkeys(steps)))
 
@@ -149,7 +156,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_text(out / "per_context.md", "\n".join(table) + "\n")
     return StageResult(outputs={"evaluator": out / "evaluator", "report": out / "report.json"}, gate=gate,
                        metrics={"adherence": adh.overall.value, "style_variance": sv.value},
-                       message=f"evaluator fitted; held-out adherence {adh.overall.value:.3f}, style variance {sv.value}")
+                       message=f"evaluator fitted; held-out adherence {adh.overall.value:.3f}, style variance "
+                               + (f"{sv.value:.3f}" if sv.value is not None else "not measured"))
 
 
 def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, min_per_context: int) -> dict[str, Any]:

@@ -34,6 +34,7 @@ from personatune.persona import load_persona
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
 from personatune.training import TrainArgs
+from personatune.gates import fmt_metric as _fmt
 
 STAGE = "05_optimization"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
@@ -123,8 +124,12 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
             diagnosis.append(f"adherence {r.value:.3f}" + (" (lowest traits: " + ", ".join(f"{t} {v:.2f}" for t, v in worst) + ")" if worst else ""))
             steps.append("add pairs whose rejected response violates the weak traits (stage 3), or train longer within the KL budget")
         else:
-            diagnosis.append(f"style variance {r.value} (not measured when a context has fewer than {config.gates.evaluation.min_per_context} held-out prompts)")
-            steps.append("tighten the persona's style targets, or raise data.heldout_fraction so each context has enough held-out prompts")
+            if r.value is None:
+                diagnosis.append(f"style variance not measured: fewer than two contexts have {config.gates.evaluation.min_per_context} held-out prompts")
+                steps.append("raise data.heldout_fraction or data.max_prompts so each context has enough held-out prompts")
+            else:
+                diagnosis.append(f"style variance {r.value:.3f}: the policy's voice moves between contexts")
+                steps.append("tighten the persona's style targets, or add stage-3 pairs whose rejected response is style-broken")
     if not history:
         diagnosis.append("no in-training eval ran (train.eval_every=0 and too few steps); the final weights were gated")
     return GateReport(STAGE, results, diagnosis=diagnosis, next_steps=steps)
@@ -245,7 +250,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_json(out / "metrics.json", metrics)
     outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
     message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: KL {ev.kl.per_token:.4g} nats/token, "
-               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {ev.style_variance}")
+               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {_fmt(ev.style_variance)}")
     small_metrics = {k: summary[k] for k in ("kl", "consistency", "adherence", "style_variance", "selected_step", "steps_trained")}
     atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
                                             "metrics": small_metrics, "message": message})

@@ -43,6 +43,7 @@ from personatune.persona import load_persona
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, file_hash, read_jsonl
 from personatune.stage import StageResult
 from personatune.stages import s5_optimization as s5
+from personatune.gates import fmt_metric as _fmt
 
 STAGE = "06_iterations"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
@@ -474,7 +475,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         rows.append(r)
         if r.get("kl") is not None:
             echo(f"round {n}/{it.rounds}: KL {r['kl']:.4g} nats/token vs baseline, consistency {r['consistency']:.3f}, adherence {r['adherence']:.3f}, "
-                 f"style variance {r['style_variance']}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
+                 f"style variance {_fmt(r['style_variance'])}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
             start, start_hash = rdir / "model", rec["model_hash"]
         stop = stop_reason(rows, it, g)
         atomic_write_jsonl(out / "rounds.jsonl", [{k: x.get(k) for k in ROW_KEYS} for x in rows])  # progress, rewritten at the end
@@ -496,7 +497,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_json(out / "metrics.json", metrics)
     echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
     message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: KL {best['kl']:.4g} nats/token, "
-               f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {best['style_variance']}")
+               f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {_fmt(best['style_variance'])}")
     small_metrics = {"best_round": best["round"], "stop_reason": stop, "rounds_run": rows[-1]["round"],
                      **{k: best[k] for k in ("kl", "consistency", "adherence", "style_variance")}}
     return StageResult(outputs={"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}, gate=gate,
