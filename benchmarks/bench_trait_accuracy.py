@@ -10,7 +10,9 @@ Reported per trait: accuracy of traits[t] >= 0.5 against Yes/No, AUROC of traits
 the nearest-centroid baseline (statement closer to the mean positive-exemplar embedding than to the mean
 negative one). Nothing is tuned on these files.
 
-Run: python benchmarks/bench_trait_accuracy.py [--data DIR] [--spec YAML]
+Run: python benchmarks/bench_trait_accuracy.py [--data DIR] [--spec YAML] [--l2 X]
+(--l2: the detectors' L2 strength, default the library's DEFAULT_L2 — a sensitivity check only: a value
+picked on these labels would be tuned on the test set.)
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import yaml
 from personatune.embeddings import Embedder
 from personatune.persona import PersonaSpec, Trait
 from personatune.scoring.aggregate import auroc
-from personatune.scoring.traits import fit
+from personatune.scoring.traits import DEFAULT_L2, fit
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,6 +37,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "benchmarks" / "anthropic-persona"), help="the anthropic-persona folder (default: ../shared beside the repo)")
     ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
+    ap.add_argument("--l2", type=float, default=DEFAULT_L2, help="L2 strength of the detectors (sensitivity check)")
     args = ap.parse_args()
 
     raw = yaml.safe_load(Path(args.spec).read_text(encoding="utf-8"))
@@ -42,9 +45,9 @@ def main() -> None:
                        traits=[Trait(**t) for t in raw["traits"]])
     emb = Embedder.default()
     t0 = time.perf_counter()
-    det = fit(spec, (), embedder=emb)
+    det = fit(spec, (), embedder=emb, l2=args.l2)
     fit_s = time.perf_counter() - t0
-    print(f"detectors fitted from the spec alone in {fit_s:.2f} s; temperatures "
+    print(f"detectors (l2 {args.l2}) fitted from the spec alone in {fit_s:.2f} s; temperatures "
           + ", ".join(f"{t}={T:.2f}" for t, T in zip(det.trait_ids, det.temperatures)))
     print(f"{'trait':18s} {'n':>5s} {'acc@0.5':>8s} {'AUROC':>7s} {'oracle acc':>10s} {'viol<0.5|Yes':>12s} | {'base acc':>8s} {'base AUROC':>10s}")
     rows = []
