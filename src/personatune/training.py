@@ -108,12 +108,18 @@ def lora_config(args: TrainArgs) -> Any:
 def _common(args: TrainArgs, model: Any, output_dir: str | Path, seed: int) -> dict[str, Any]:
     """TrainingArguments shared by every TRL config (the same values for DPO, GRPO and RLOO)."""
     device = next(model.parameters()).device
+    import inspect
+
+    from transformers import TrainingArguments
+
+    # transformers 5.x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
+    ckpt_key = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
     return dict(output_dir=str(output_dir), learning_rate=args.learning_rate, num_train_epochs=args.epochs,
                 max_steps=args.max_steps if args.max_steps else -1, per_device_train_batch_size=args.per_device_batch_size,
                 gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,
                 # Checkpoints are written by PersonaEvalCallback at eval steps only: the KL budget decides which to keep.
                 save_strategy="no", report_to=args.report_to, seed=seed, bf16=resolve_bf16(args.bf16, device),
-                gradient_checkpointing=args.gradient_checkpointing, use_cpu=(device.type == "cpu"), disable_tqdm=True)
+                use_cpu=(device.type == "cpu"), disable_tqdm=True, **{ckpt_key: args.gradient_checkpointing})
 
 
 def _seed(args: TrainArgs, seed: int | None) -> int:
