@@ -227,3 +227,29 @@ def test_summarize_and_format():
     json.dumps(e, allow_nan=False)
     assert e["consistency_rate"]["value"] is None and e["style_variance"]["value"] is None
     assert "n/a" in format_summary(e)
+
+
+def test_auroc_by_hand_and_its_bootstrap_interval():
+    from personatune.scoring.aggregate import auroc, auroc_ci
+
+    # 2 positives x 2 negatives: pairs (0.9>0.1, 0.9>0.5, 0.4>0.1, 0.4<0.5) -> 3/4; a tie counts half.
+    assert auroc([0.9, 0.4, 0.1, 0.5], [1, 1, 0, 0]) == 0.75
+    assert auroc([0.5, 0.5], [1, 0]) == 0.5
+    assert auroc([0.3], [1]) is None and auroc_ci([0.3], [1]) is None
+    # Perfect separation stays perfect under any resample of either class.
+    assert auroc_ci([0.9, 0.8, 0.7, 0.2, 0.1], [1, 1, 1, 0, 0]) == (1.0, 1.0)
+    # Brute-force reference: the same resamples scored by the O(n^2) definition.
+    rng = np.random.default_rng(1)
+    s, y = rng.normal(size=40), np.array([1] * 20 + [0] * 20)
+    s[:20] += 1.0
+    lo, hi = auroc_ci(list(s), list(y), n_resamples=200, seed=3)
+    r = np.random.default_rng(3)
+    pos, neg = s[y == 1], s[y == 0]
+    ip, ineg = r.integers(0, 20, size=(200, 20)), r.integers(0, 20, size=(200, 20))
+    ref = [auroc(list(pos[a]) + list(neg[b]), [1] * 20 + [0] * 20) for a, b in zip(ip, ineg)]
+    assert (lo, hi) == (float(np.quantile(ref, 0.025)), float(np.quantile(ref, 0.975)))
+    assert lo < auroc(list(s), list(y)) < hi
+    # More data, narrower interval.
+    s2, y2 = np.concatenate([s + 0.0, s]), np.concatenate([y, y])
+    lo2, hi2 = auroc_ci(list(s2), list(y2), n_resamples=200, seed=3)
+    assert hi2 - lo2 < hi - lo

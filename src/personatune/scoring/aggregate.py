@@ -68,6 +68,30 @@ def auroc(scores: list[float], labels: list[int]) -> float | None:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
+def auroc_ci(scores: list[float], labels: list[int], n_resamples: int = N_RESAMPLES, seed: int = 0,
+             alpha: float = 0.05) -> tuple[float, float] | None:
+    """Percentile bootstrap interval of `auroc`, resampling positives and negatives separately (class sizes fixed).
+
+    Returns:
+        (low, high) at level 1 - alpha, or None without both classes.
+    """
+    s = np.asarray(scores, dtype=float)
+    y = np.asarray(labels, dtype=int)
+    pos, neg = s[y == 1], s[y == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    ip = rng.integers(0, len(pos), size=(n_resamples, len(pos)))
+    ineg = rng.integers(0, len(neg), size=(n_resamples, len(neg)))
+    negs = np.sort(neg[ineg], axis=1)
+    stats = np.empty(n_resamples)
+    for b in range(n_resamples):  # Mann-Whitney U by binary search: O(n log n) memory-light per resample
+        lo = np.searchsorted(negs[b], pos[ip[b]], side="left")
+        hi = np.searchsorted(negs[b], pos[ip[b]], side="right")
+        stats[b] = (lo.sum() + 0.5 * (hi - lo).sum()) / (len(pos) * len(neg))
+    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
+
+
 def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     """Wilson score interval for a binomial proportion k/n.
 

@@ -22,7 +22,7 @@ from personatune.config import RunConfig
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
-from personatune.scoring.aggregate import auroc
+from personatune.scoring.aggregate import auroc, auroc_ci
 from personatune.stage import StageResult
 
 STAGE = "04_evaluation"
@@ -69,7 +69,8 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
         idx = [i for i, tt in enumerate(trait_of) if tt == t]
         s = [scores[i].traits[t] for i in idx]
         y = [labels[i] for i in idx]
-        out[t] = {"auroc": auroc(s, y), "n_pos": int(sum(y)), "n_neg": int(len(y) - sum(y))}
+        ci = auroc_ci(s, y)
+        out[t] = {"auroc": auroc(s, y), "ci": list(ci) if ci else None, "n_pos": int(sum(y)), "n_neg": int(len(y) - sum(y))}
     return out
 
 
@@ -100,7 +101,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     specs = [GateSpec(f"auroc[{t}]", g.min_auroc, ">=", "AUROC", f"held-out detector AUROC for {t}") for t in spec.trait_ids]
     measured: dict[str, Measurement | None] = {
-        f"auroc[{t}]": (Measurement(a["auroc"], n=a["n_pos"] + a["n_neg"]) if a["auroc"] is not None else None) for t, a in aucs.items()}
+        f"auroc[{t}]": (Measurement(a["auroc"], n=a["n_pos"] + a["n_neg"], ci=tuple(a["ci"]) if a["ci"] else None)
+                        if a["auroc"] is not None else None) for t, a in aucs.items()}
     specs.append(GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "adherence of held-out chosen responses"))
     measured["adherence"] = adh.overall
     for ctx, m in sorted(adh.per_context.items()):
@@ -120,7 +122,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                 diagnosis.append(f"trait {t}: no held-out examples of both classes ({a['n_pos']} expressed, {a['n_neg']} trait-flipped)")
                 steps.append("raise data.heldout_fraction or the number of prompts so every trait has held-out contrast")
             else:
-                diagnosis.append(f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses")
+                ci = f", 95% CI {a['ci'][0]:.2f}-{a['ci'][1]:.2f}" if a.get("ci") else ""
+                diagnosis.append(f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses{ci}")
                 if min(a["n_pos"], a["n_neg"]) < 10:
                     # One swapped pair moves AUROC by 1/(n_pos*n_neg): with a handful per side the value is mostly noise.
                     steps.append("raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy")
