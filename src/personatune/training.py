@@ -55,6 +55,9 @@ class TrainArgs(BaseModel):
     per_device_batch_size: int = Field(4, ge=1, description="sequences (DPO: pairs; GRPO/RLOO: completions) per device per forward (count)")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step (count)")
     max_length: int = Field(512, ge=16, description="DPO: prompt + response tokens per sequence; longer ones are truncated (tokens)")
+    dpo_loss: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
+                                description="DPO: TRL loss_type list, e.g. [sigmoid] (DPO) or [sigmoid, sft] (DPO + NLL on the chosen response, RPO)")
+    dpo_loss_weights: list[float] | None = Field(None, description="DPO: TRL loss_weights, one per dpo_loss entry (None = all 1.0)")
     beta: float = Field(0.1, ge=0, description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused)")
     eval_every: int = Field(25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)")
@@ -153,7 +156,11 @@ def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Trai
     from trl import DPOConfig, DPOTrainer
 
     check_beta(args.beta, max_kl)
-    cfg = DPOConfig(**_common(args, model, output_dir, _seed(args, seed)), beta=args.beta, max_length=args.max_length)
+    if args.dpo_loss_weights is not None and len(args.dpo_loss_weights) != len(args.dpo_loss):
+        raise ConfigError(f"train.dpo_loss_weights has {len(args.dpo_loss_weights)} entries for {len(args.dpo_loss)} train.dpo_loss "
+                          f"entries {args.dpo_loss}; fix: give one weight per loss, or leave it unset")
+    cfg = DPOConfig(**_common(args, model, output_dir, _seed(args, seed)), beta=args.beta, max_length=args.max_length,
+                    loss_type=list(args.dpo_loss), loss_weights=args.dpo_loss_weights)
     peft_config = lora_config(args)
     if peft_config is None and ref_model is None:
         # TRL would reload the reference from model.config's path; a copy also works for in-memory models.

@@ -101,6 +101,21 @@ def test_dpo_lora_changes_parameters_and_kl_goes_from_zero_to_positive(tmp_path)
     assert all((tmp_path / r["checkpoint"] / "adapter_model.safetensors").exists() for r in hist)
 
 
+def test_dpo_with_an_sft_term_trains_and_the_weights_must_match(tmp_path):
+    # train.dpo_loss / dpo_loss_weights are TRL's loss_type / loss_weights (here DPO + NLL on the chosen, RPO).
+    model, tok = models.build_tiny_model(seed=0)
+    a = args(dpo_loss=["sigmoid", "sft"], dpo_loss_weights=[1.0, 0.5])
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, output_dir=tmp_path / "trl", max_kl=0.1)
+    assert list(trainer.args.loss_type) == ["sigmoid", "sft"] and list(trainer.args.loss_weights) == [1.0, 0.5]
+    before = lora_snapshot(trainer.model)
+    trainer.train()
+    after = lora_snapshot(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    with pytest.raises(ConfigError, match="dpo_loss_weights has 1 entries"):
+        build_dpo_trainer(model, tok, pair_dataset(), args(dpo_loss=["sigmoid", "sft"], dpo_loss_weights=[1.0]),
+                          output_dir=tmp_path / "trl2", max_kl=0.1)
+
+
 def test_grpo_full_finetune_with_reward_changes_parameters_and_has_kl_term(tmp_path):
     model, tok = models.build_tiny_model(seed=1)
     path = tmp_path / "tiny"
