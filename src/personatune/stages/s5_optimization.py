@@ -180,6 +180,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     baseline = baseline_model_path(run_dir)
     model, tok = models.load_configured_model(baseline, config.model, for_training=True)
     scorer, scorer_desc = _make_scorer(spec, run_dir)
+    print(f"  persona metrics scored by: {scorer_desc}")
+    run_dir.log(f"{STAGE} scorer: {scorer_desc}")
     t = config.data.teacher
     min_ctx = config.gates.evaluation.min_per_context
     # Persona metrics use stage 4's decoding (data.teacher), so baseline and trained model are compared alike.

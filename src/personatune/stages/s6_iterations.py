@@ -428,6 +428,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     baseline = baseline_model_path(run_dir)
     s5_model = run_dir.output_path("05_optimization", "model")
     scorer, scorer_desc = s5._make_scorer(spec, run_dir)
+    echo(f"persona metrics scored by: {scorer_desc}")
     t = config.data.teacher
     small, full = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts), training.EvalSet.from_rows(held_rows)
     tok = None
