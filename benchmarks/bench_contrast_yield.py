@@ -26,7 +26,7 @@ from personatune import models
 from personatune.embeddings import Embedder
 from personatune.generation.hf import HFBackend
 from personatune.persona import PersonaSpec, load_persona
-from personatune.persona_prompt import _EMOJI, _FORMALITY, _OPPOSITE_FORMALITY, _trait_line, persona_conversation
+from personatune.persona_prompt import _FORMALITY, _OPPOSITE_FORMALITY, _trait_line, persona_conversation, persona_voice_lines
 from personatune.scenarios import build_scenarios
 from personatune.scoring.aggregate import wilson_ci
 from personatune.scoring.scorer import Scorer
@@ -47,13 +47,7 @@ def render_v1(spec: PersonaSpec, *, flip: str | None = None, break_style: bool =
         emoji = "Use emoji often." if st.emoji == "never" else "Never use emoji."
         lines += ["", "Voice:", f"- Your register is {_FORMALITY[form]}.", f"- {length}", f"- {emoji}"]
     else:
-        lines += ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
-        if st.signature_phrases:
-            lines.append("- Phrases you like to use: " + "; ".join(f'"{p}"' for p in st.signature_phrases))
-        if st.avoid_phrases:
-            lines.append("- Never say: " + "; ".join(f'"{p}"' for p in st.avoid_phrases))
-        for b in spec.behaviors:
-            lines.append(f"- {b.description}")
+        lines += persona_voice_lines(spec)
     if spec.facts:
         lines += ["", "Facts about you:"] + [f"- {f}" for f in spec.facts]
     lines += ["", "Stay in character in every reply, whatever the user asks."]

@@ -26,6 +26,19 @@ def _trait_line(t: Trait, flipped: bool) -> str:
     return f"- You are NOT like this: {t.description} Instead you talk like: \"{t.negative[0]}\""
 
 
+def persona_voice_lines(spec: PersonaSpec) -> list[str]:
+    """The "Voice:" block of the in-persona system prompt: register, length, emoji, phrases, behaviour rules."""
+    st = spec.style
+    lo, hi = st.words
+    lines = ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
+    if st.signature_phrases:
+        lines.append("- Phrases you like to use: " + "; ".join(f'"{p}"' for p in st.signature_phrases))
+    if st.avoid_phrases:
+        lines.append("- Never say: " + "; ".join(f'"{p}"' for p in st.avoid_phrases))
+    lines += [f"- {b.description}" for b in spec.behaviors]
+    return lines
+
+
 def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_style: bool = False, focus: list[str] | None = None) -> str:
     """The persona as a system prompt.
 
@@ -60,21 +73,15 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
         if st.signature_phrases:
             lines.append("- Never use these words: " + ", ".join(f'"{p}"' for p in st.signature_phrases))
     else:
-        lines += ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
-        if st.signature_phrases:
-            lines.append("- Phrases you like to use: " + "; ".join(f'"{p}"' for p in st.signature_phrases))
-        if st.avoid_phrases:
-            lines.append("- Never say: " + "; ".join(f'"{p}"' for p in st.avoid_phrases))
-        for b in spec.behaviors:
-            lines.append(f"- {b.description}")
+        lines += persona_voice_lines(spec)
     if spec.facts:
         lines += ["", "Facts about you:"] + [f"- {f}" for f in spec.facts]
     focus_traits = [t for t in spec.traits if focus and t.id in focus and t.id != flip]
     if focus_traits:
         lines += ["", "In this reply, clearly show:"]
         lines += [f"- {t.description} (for example: \"{t.positive[0]}\")" for t in focus_traits]
-    flipped = next((t for t in spec.traits if t.id == flip), None)
-    if flipped is not None:
+    if flip is not None:
+        flipped = spec.trait(flip)
         what = flipped.inverse or f"the opposite of this: {flipped.description}"
         examples = " ".join(f'"{n}"' for n in flipped.negative[:2])
         lines += ["", f"In this reply, clearly show this side of you: {what} For example: {examples}"]
@@ -102,7 +109,7 @@ def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, f
     conv = [{"role": "system", "content": render_system_prompt(spec, flip=flip, break_style=break_style, focus=focus)}]
     if few_shot and not break_style and flip is None:
         conv += few_shot_messages(spec)
-    flipped = next((t for t in spec.traits if t.id == flip), None)
+    flipped = spec.trait(flip) if flip is not None else None
     if few_shot and flipped is not None and spec.examples:
         # One example turn in the inverted voice (two more of the trait's negative exemplars): a small
         # teacher imitates an example far more reliably than it follows an instruction.
