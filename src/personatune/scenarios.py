@@ -167,7 +167,7 @@ _LINE_PREFIX = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 
 def expansion_request(spec: PersonaSpec, trait_id: str, context: str, n: int) -> list[dict[str, str]]:
     """The chat messages asking a teacher for `n` new user prompts of `context` that let `trait_id` show."""
-    t = next(t for t in spec.traits if t.id == trait_id)
+    t = spec.trait(trait_id)
     return [{"role": "system", "content": "You write realistic messages that users send to a chatbot. Reply with the messages only, one per line."},
             {"role": "user", "content": f"Write {n} different messages a user might send to a chatbot: {CONTEXT_DESCRIPTIONS[context]}. "
                                         f"Each message should give the chatbot a natural chance to show this trait: {t.description} "
