@@ -38,6 +38,11 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from personatune.kl import KLResult
 
 
+# TRL's DPO loss types (DPOConfig.loss_type); TRL only rejects an unknown one once training starts.
+DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+                  "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+
+
 class TrainArgs(BaseModel):
     """Stage 5: KL-bounded persona optimization with TRL."""
 
@@ -55,7 +60,7 @@ class TrainArgs(BaseModel):
     per_device_batch_size: int = Field(4, ge=1, description="sequences (DPO: pairs; GRPO/RLOO: completions) per device per forward (count)")
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step (count)")
     max_length: int = Field(512, ge=16, description="DPO: prompt + response tokens per sequence; longer ones are truncated (tokens)")
-    dpo_loss: list[str] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
+    dpo_loss: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
                                 description="DPO: TRL loss_type list, e.g. [sigmoid] (DPO) or [sigmoid, sft] (DPO + NLL on the chosen response, RPO)")
     dpo_loss_weights: list[float] | None = Field(None, description="DPO: TRL loss_weights, one per dpo_loss entry (None = all 1.0)")
     beta: float = Field(0.1, ge=0, description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused)")

@@ -65,3 +65,12 @@ def test_section_hash_changes_only_with_its_sections(tmp_path):
 def test_every_key_is_documented():
     for key, doc, _ in config_keys_help():
         assert doc, f"config key {key} has no description"
+
+
+def test_unknown_dpo_loss_is_refused_when_the_config_loads(tmp_path):
+    # TRL itself would only fail once training starts (after stages 1-4); the config names the field and the choices.
+    cfg_path = write(tmp_path, "persona: p.yaml\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(cfg_path, ["train.dpo_loss=[sigmoid, bogus]"])
+    assert "train.dpo_loss.1" in str(e.value) and "'sft'" in str(e.value) and "bogus" in str(e.value)
+    assert load_config(cfg_path, ["train.dpo_loss=[sigmoid, sft]"]).train.dpo_loss == ["sigmoid", "sft"]
