@@ -135,7 +135,10 @@ class DataArgs(_Section):
     targets_per_prompt: int = Field(2, ge=1, description="traits each prompt targets (count)")
     heldout_fraction: float = Field(0.2, ge=0.05, le=0.5, description="share of prompts per context kept for evaluation only (fraction)")
     max_prompt_similarity: float = Field(0.92, gt=0, le=1, description="cosine similarity above which prompts are near-duplicates (0-1)")
-    best_of: int = Field(4, ge=1, description="candidates sampled per prompt; the most consistent is kept as chosen if it is consistent (count)")
+    best_of: int = Field(4, ge=1, description="candidates sampled per prompt; one consistent candidate is kept as chosen, see `select` (count)")
+    select: Literal["typical_voice", "max_consistency"] = Field(
+        "typical_voice", description="which consistent candidate becomes chosen: typical_voice = the one whose style features are nearest the "
+        "mean of all consistent training-split candidates (a voice that holds across contexts); max_consistency = the highest consistency score")
     contrast: list[Literal["baseline", "trait_flipped", "style_broken"]] = Field(default_factory=lambda: ["baseline", "trait_flipped", "style_broken"], description="kinds of rejected responses to build")
     few_shot: bool = Field(True, description="render the persona's example interactions as few-shot turns")
     focus_targets: bool = Field(True, description="remind the teacher, in its system prompt, of the traits each prompt targets (with one positive exemplar each); measured to raise a small teacher's yield")

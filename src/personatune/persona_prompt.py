@@ -15,6 +15,10 @@ _FORMALITY = {
 }
 _OPPOSITE_FORMALITY = {"casual": "formal", "neutral": "casual", "formal": "casual"}
 _EMOJI = {"never": "Never use emoji.", "sometimes": "Use an emoji now and then.", "often": "Use emoji often."}
+_EXCLAIM = {"never": "Never use exclamation marks.", "sometimes": "Exclaim now and then (an exclamation mark in some replies).",
+            "often": "Exclaim often: most replies have at least one exclamation mark."}
+_QUESTIONS = {"never": "Do not ask the user questions.", "sometimes": "Ask the user a question now and then.",
+              "often": "Ask the user a question in most replies."}
 
 
 def _trait_line(t: Trait, flipped: bool) -> str:
@@ -27,10 +31,15 @@ def _trait_line(t: Trait, flipped: bool) -> str:
 
 
 def persona_voice_lines(spec: PersonaSpec) -> list[str]:
-    """The "Voice:" block of the in-persona system prompt: register, length, emoji, phrases, behaviour rules."""
+    """The "Voice:" block of the in-persona system prompt: register, length, emoji, exclamations/questions (when set), phrases, behaviour rules."""
     st = spec.style
     lo, hi = st.words
     lines = ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
+    # The optional rates, when the persona sets them (they are style_match targets too).
+    if st.exclamations:
+        lines.append(f"- {_EXCLAIM[st.exclamations]}")
+    if st.questions:
+        lines.append(f"- {_QUESTIONS[st.questions]}")
     if st.signature_phrases:
         lines.append("- Phrases you like to use: " + "; ".join(f'"{p}"' for p in st.signature_phrases))
     if st.avoid_phrases:

@@ -4,8 +4,9 @@ Steps:
 1. Scenarios from the built-in prompt bank (personatune.scenarios): six contexts, each prompt with
    the traits it targets, near-duplicates dropped, a held-out split kept apart for stages 4-7.
 2. The teacher writes `best_of` in-persona candidates per prompt (persona rendered as a system
-   prompt, its example interactions as few-shot turns). The scorer scores them; the most consistent
-   candidate becomes "chosen" only if it is consistent.
+   prompt, its example interactions as few-shot turns). The scorer scores them; a prompt is kept only
+   if a candidate is consistent, and among its consistent candidates the chosen one is, by default, the
+   one nearest the teacher's typical voice (`data.select`, see `typical_voice`), else the most consistent.
 3. Contrast ("rejected"), each labelled with what it violates:
    (a) baseline: the model with no persona prompt — what training must move away from;
    (b) trait_flipped: the persona with one targeted trait inverted — a targeted negative;
@@ -152,19 +153,47 @@ def score_candidates(scenarios: list[Scenario], candidates: list[list[str]], sco
     return out
 
 
+def typical_voice(scenarios: list[Scenario], candidate_scores: list[list[Any]]) -> tuple[dict[str, float], dict[str, float]] | None:
+    """The teacher's typical in-persona voice: per style feature, the mean over every consistent candidate
+    of the TRAINING split (held-out candidates do not shape it), and the scale each feature's distance is
+    divided by — max(|mean|, the feature's style-variance floor), the normalisation of style variance.
+
+    Returns:
+        (means, scales) keyed by feature, or None when no training-split candidate is consistent.
+    """
+    from personatune.scoring.aggregate import VARIANCE_FLOORS
+
+    rows = [r.style for s, cs in zip(scenarios, candidate_scores) if s.split == "train" for r in cs if r.consistent]
+    if not rows:
+        return None
+    feats = [f for f in VARIANCE_FLOORS if all(f in r for r in rows)]
+    means = {f: sum(float(r[f]) for r in rows) / len(rows) for f in feats}
+    return means, {f: max(abs(means[f]), VARIANCE_FLOORS[f]) for f in feats}
+
+
+def voice_distance(style: dict[str, float], voice: tuple[dict[str, float], dict[str, float]]) -> float:
+    """Mean over features of |feature - typical| / scale: how far a response's voice is from the typical one."""
+    means, scales = voice
+    return sum(abs(float(style[f]) - m) / scales[f] for f, m in means.items()) / max(len(means), 1)
+
+
 def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[list[str]], contrast: dict[str, list[tuple[str, str | None, str]]],
-                scorer: Any, candidate_scores: list[list[Any]] | None = None) -> tuple[list[dict], list[dict], dict[str, Any]]:
+                scorer: Any, candidate_scores: list[list[Any]] | None = None, select: str = "typical_voice") -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Score candidates and contrast responses; build sft rows, pair rows and gate counts.
 
     Args:
         contrast: scenario id -> list of (kind, flipped trait or None, text).
         candidate_scores: the candidates' scores from `score_candidates`, when the caller has them already.
+        select: which consistent candidate is chosen (config data.select): "max_consistency" (highest
+            consistency score) or "typical_voice" (nearest `typical_voice`, ties by consistency). Either way
+            a prompt without a consistent candidate yields nothing.
 
     Returns:
         (sft rows, pair rows, stats) — stats hold the counts the gate needs.
     """
     if candidate_scores is None:
         candidate_scores = score_candidates(scenarios, candidates, scorer)
+    voice = typical_voice(scenarios, candidate_scores) if select == "typical_voice" else None
     rej = [(s, kind, flip, text) for s in scenarios for kind, flip, text in contrast.get(s.id, [])]
     rej_scores = scorer.score([r[3] for r in rej], prompts=[r[0].prompt for r in rej], contexts=[r[0].context for r in rej],
                               targets=[r[0].targets for r in rej], ids=[f"{r[0].id}:r{i}" for i, r in enumerate(rej)]) if rej else []
@@ -191,9 +220,13 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
             labelled.append((text, kind, flip, sc, violated))
         if not d["cands"]:
             continue
-        best_text, _, _, best = max(d["cands"], key=lambda x: x[3].consistency)
-        if not best.consistent:
+        good = [c for c in d["cands"] if c[3].consistent]
+        if not good:
             continue  # rejection sampling: a prompt without a consistent candidate yields no chosen response
+        if voice is not None:
+            best_text, _, _, best = min(good, key=lambda x: (voice_distance(x[3].style, voice), -x[3].consistency))
+        else:
+            best_text, _, _, best = max(good, key=lambda x: x[3].consistency)
         stats["chosen"] += 1
         stats["chosen_consistent"] += 1
         sft.append({"messages": s.messages + [{"role": "assistant", "content": best_text}], "context": s.context, "targets": s.targets,
@@ -342,7 +375,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     contrast: dict[str, list[tuple[str, str | None, str]]] = {}
     for (sid, kind, flip), o in zip(cmeta, couts):
         contrast.setdefault(sid, []).append((kind, flip, o[0]))
-    sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores)
+    sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores, select=d.select)
     gate = data_gate(spec, scenarios, stats, config)
     for split in ("train", "heldout"):
         atomic_write_jsonl(out / split / "sft.jsonl", [r for r in sft if r["split"] == split])
