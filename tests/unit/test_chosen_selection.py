@@ -70,3 +70,17 @@ def test_voice_block_renders_exclamations_and_questions_only_when_set():
     # the style-broken prompt still flips exclamations rather than asking for them
     broken = render_system_prompt(nova, break_style=True)
     assert "Never use exclamation marks." in broken and "Exclaim often" not in broken
+
+
+def test_heldout_size_hint_scales_the_split_to_the_observed_yield():
+    from personatune.stages.s4_evaluation import heldout_size_hint
+
+    # 29 held-out prompts over 6 contexts, 14 chosen (yield 48%): 5 per context need ceil(5/0.483) = 11 prompts per context,
+    # 11 / (29/6) = 2.28x the current split.
+    h = heldout_size_hint(29, 14, 6, 5, 0.2, 144)
+    assert "11 held-out prompts per context (now 4.8)" in h and "2.3x" in h
+    assert "data.heldout_fraction=0.46" in h and "data.max_prompts=328" in h
+    # beyond the 0.5 cap only max_prompts is suggested; enough data or no data: no hint
+    assert "heldout_fraction" not in heldout_size_hint(29, 5, 6, 5, 0.2, 144)
+    assert heldout_size_hint(60, 60, 6, 5, 0.2, None) is None
+    assert heldout_size_hint(0, 0, 0, 5, 0.2, None) is None

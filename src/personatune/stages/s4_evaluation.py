@@ -74,6 +74,34 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
     return out
 
 
+def heldout_size_hint(n_prompts: int, n_chosen: int, n_contexts: int, min_per_context: int, heldout_fraction: float,
+                      max_prompts: int | None) -> str | None:
+    """How much larger the held-out split must be for `min_per_context` chosen responses per context, on average.
+
+    At the held-out teacher yield y = n_chosen / n_prompts a context needs about ceil(min_per_context / y)
+    held-out prompts; the factor over the current prompts per context scales data.heldout_fraction (capped
+    at its maximum 0.5) or data.max_prompts. None when nothing can be said (no prompt or no chosen response).
+    """
+    import math
+
+    if n_prompts <= 0 or n_chosen <= 0 or n_contexts <= 0:
+        return None
+    y = n_chosen / n_prompts
+    need = math.ceil(min_per_context / y)
+    now = n_prompts / n_contexts
+    factor = need / now
+    if factor <= 1:
+        return None
+    opts = []
+    if heldout_fraction * factor <= 0.5:
+        opts.append(f"data.heldout_fraction={heldout_fraction * factor:.2f}")
+    if max_prompts is not None:
+        opts.append(f"data.max_prompts={math.ceil(max_prompts * factor)}")
+    how = " or ".join(opts) if opts else "more prompts (data.max_prompts) and a higher data.heldout_fraction"
+    return (f"at the held-out teacher yield {y:.0%} ({n_chosen}/{n_prompts}), {min_per_context} chosen responses per context take about "
+            f"{need} held-out prompts per context (now {now:.1f}): {factor:.1f}x as many, e.g. {how}")
+
+
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Fit the evaluator on the training split; gate on the held-out split."""
     from personatune.embeddings import Embedder
@@ -137,7 +165,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             steps.append("improve the teacher (data.teacher) or those traits' exemplars")
         elif sv.value is None:
             diagnosis.append(f"style variance not measured: {sv.note}")
-            steps.append("raise data.max_prompts or data.heldout_fraction (or lower gates.evaluation.min_per_context) so contexts have enough held-out chosen responses")
+            ho_prompts = read_jsonl(held / "prompts.jsonl") if (held / "prompts.jsonl").exists() else []
+            hint = heldout_size_hint(len(ho_prompts), len(ho_sft), len({q["context"] for q in ho_prompts}), g.min_per_context,
+                                     config.data.heldout_fraction, config.data.max_prompts)
+            steps.append(hint or "raise data.max_prompts or data.heldout_fraction so contexts have enough held-out chosen responses")
         else:
             top = ", ".join(sorted(sv.per_feature, key=sv.per_feature.get, reverse=True)[:3])
             diagnosis.append(f"style variance {sv.value:.3f} on {sv.n} held-out chosen responses (features that vary most: {top})")
