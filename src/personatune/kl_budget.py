@@ -104,7 +104,8 @@ def select_checkpoint(history: Sequence[Mapping[str, Any]], max_kl: float, *, mi
 
     best = max(inside, key=key)
     ok = _passes(best, min_consistency, min_adherence, max_style_variance)
-    reason = (f"step {best.get('step')}: highest consistency {_num(best.get('consistency'))} among {len(inside)} checkpoint(s) with "
+    cons = _num(best.get("consistency"))
+    reason = (f"step {best.get('step')}: highest consistency {'n/a' if cons is None else format(cons, '.4g')} among {len(inside)} checkpoint(s) with "
               f"KL <= {max_kl:g} (its KL {_num(best['kl']):.4g} nats/token)" + ("" if ok else "; it does not meet every persona threshold"))
     return Selection(best, reason, within_budget=[int(r.get("step", 0)) for r in inside], last_within_budget=inside[-1],
                      passes_persona_gates=ok)

@@ -56,3 +56,9 @@ def test_decide_raise_beta_until_limit():
     assert d.action == "raise_beta" and abs(d.new_beta - 0.2) < 1e-12
     h = [rec(10, 0.2, 0.5, decision="raise_beta"), rec(20, 0.2, 0.5, decision="raise_beta"), rec(30, 0.3, 0.5)]
     assert decide(h, 0.1, "raise_beta", beta=0.4, max_raises=2).action == "stop"
+
+
+def test_selection_reason_prints_rounded_numbers():
+    s = select_checkpoint([rec(0, 0.0, 1 / 12), rec(10, 0.01, 0.0)], max_kl=0.1)
+    assert s.record["step"] == 0
+    assert "highest consistency 0.08333 among 2 checkpoint(s)" in s.reason and "0.0833333" not in s.reason

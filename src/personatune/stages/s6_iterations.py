@@ -361,7 +361,7 @@ def iteration_gate(config: RunConfig, kept: dict[str, Any], rows: list[dict[str,
             measured = [x for x in rows if x.get("kl") is not None]
             key = {"kl_per_token": "kl", "consistency_rate": "consistency", "adherence": "adherence", "style_variance": "style_variance"}[r.metric]
             per = ", ".join(f"r{x['round']} {x[key]:.3g}" if x.get(key) is not None else f"r{x['round']} n/a" for x in measured)
-            diagnosis.append(f"{r.metric} {r.value} fails {r.direction} {r.threshold:g} in round {k}; per round: {per}")
+            diagnosis.append(f"{r.metric} {_fmt(r.value, 4)} fails {r.direction} {r.threshold:g} in round {k}; per round: {per}")
     steps = list(g5.next_steps)
     if stop == "no new pairs":
         steps.append("no sample was consistent enough to pair: lower iterations.min_margin or raise iterations.samples_per_prompt")
