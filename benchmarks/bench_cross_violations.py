@@ -17,6 +17,8 @@ Run: python benchmarks/bench_cross_violations.py examples/personas/captain_nova.
          benchmarks/trait_specs/captain_nova_20x20_rejected.yaml --first 10
      python benchmarks/bench_cross_violations.py examples/personas/captain_nova.yaml \
          --unseen benchmarks/trait_specs/captain_nova_20x20_rejected.yaml --other-trait-weight 0,0.1,0.2,0.5
+     python benchmarks/bench_cross_violations.py examples/personas/captain_nova.yaml \
+         --unseen benchmarks/trait_specs/captain_nova_20x20_rejected.yaml --other-positive-weight 0,0.5,1
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ def main() -> None:
     ap.add_argument("--first", type=int, default=None, help="score only the first N positives of each trait (default: all)")
     ap.add_argument("--unseen", help="a variant of the persona with more exemplars: score those the persona lacks")
     ap.add_argument("--other-trait-weight", default="0", help="comma-separated values of fit's other_trait_weight (with --unseen)")
+    ap.add_argument("--other-positive-weight", default="0", help="comma-separated values of fit's other_positive_weight (with --unseen)")
     args = ap.parse_args()
     emb = Embedder.default()
     if args.unseen:
@@ -43,13 +46,14 @@ def main() -> None:
         pos = [(t.id, x) for t in big.traits for x in t.positive if x not in known]
         neg = [(t.id, x) for t in big.traits for x in t.negative if x not in known]
         print(f"{args.personas[0]} fitted; {len(pos)} unseen positives, {len(neg)} unseen negatives from {args.unseen}")
-        for w in (float(v) for v in args.other_trait_weight.split(",")):
-            sc = Scorer(spec, embedder=emb, detectors=fit(spec, (), embedder=emb, other_trait_weight=w))
+        grid = [(float(w), float(o)) for w in args.other_trait_weight.split(",") for o in args.other_positive_weight.split(",")]
+        for w, o in grid:
+            sc = Scorer(spec, embedder=emb, detectors=fit(spec, (), embedder=emb, other_trait_weight=w, other_positive_weight=o))
             rp, rn = sc.score([x for _, x in pos]), sc.score([x for _, x in neg])
             ex = sum(r.traits[tid] >= 0.5 for (tid, _), r in zip(pos, rp))
             fv = sum(any(v >= 0.5 for k, v in r.violations.items() if k != tid) for (tid, _), r in zip(pos, rp))
             vi = sum(r.violations[tid] >= 0.5 for (tid, _), r in zip(neg, rn))
-            print(f"other_trait_weight {w:g}: positives expressed {ex}/{len(pos)}, positives with another trait violated "
+            print(f"other_trait_weight {w:g}, other_positive_weight {o:g}: positives expressed {ex}/{len(pos)}, positives with another trait violated "
                   f"{fv}/{len(pos)}, negatives violated {vi}/{len(neg)}")
         return
     for path in args.personas:

@@ -10,7 +10,7 @@ Reported per trait: accuracy of traits[t] >= 0.5 against Yes/No, AUROC of traits
 the nearest-centroid baseline (statement closer to the mean positive-exemplar embedding than to the mean
 negative one). Nothing is tuned on these files.
 
-Run: python benchmarks/bench_trait_accuracy.py [--data DIR] [--spec YAML] [--l2 X]
+Run: python benchmarks/bench_trait_accuracy.py [--data DIR] [--spec YAML] [--l2 X] [--other-positive-weight W]
 (--l2: the detectors' L2 strength, default the library's DEFAULT_L2 — a sensitivity check only: a value
 picked on these labels would be tuned on the test set.)
      python benchmarks/bench_trait_accuracy.py --cv-l2 0.03,0.1,0.3,1.0
@@ -31,7 +31,7 @@ import yaml
 from personatune.embeddings import Embedder
 from personatune.persona import PersonaSpec, Trait
 from personatune.scoring.aggregate import auroc
-from personatune.scoring.traits import DEFAULT_L2, fit
+from personatune.scoring.traits import DEFAULT_L2, DEFAULT_OTHER_POSITIVE_WEIGHT, fit
 
 HERE = Path(__file__).resolve().parent
 
@@ -41,6 +41,8 @@ def main() -> None:
     ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "benchmarks" / "anthropic-persona"), help="the anthropic-persona folder (default: ../shared beside the repo)")
     ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
     ap.add_argument("--l2", type=float, default=DEFAULT_L2, help="L2 strength of the detectors (sensitivity check)")
+    ap.add_argument("--other-positive-weight", type=float, default=DEFAULT_OTHER_POSITIVE_WEIGHT,
+                    help="weight of the other traits' positives as the partial label 'not violated' (fit's other_positive_weight)")
     ap.add_argument("--cv-l2", help="comma-separated L2 values: print each trait's out-of-fold NLL on its own exemplars and exit")
     args = ap.parse_args()
 
@@ -52,7 +54,7 @@ def main() -> None:
         cv_l2(spec, emb, [float(x) for x in args.cv_l2.split(",")])
         return
     t0 = time.perf_counter()
-    det = fit(spec, (), embedder=emb, l2=args.l2)
+    det = fit(spec, (), embedder=emb, l2=args.l2, other_positive_weight=args.other_positive_weight)
     fit_s = time.perf_counter() - t0
     print(f"detectors (l2 {args.l2}) fitted from the spec alone in {fit_s:.2f} s; temperatures "
           + ", ".join(f"{t}={T:.2f}" for t, T in zip(det.trait_ids, det.temperatures)))

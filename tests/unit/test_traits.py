@@ -114,3 +114,42 @@ def test_bad_labelled_example_is_a_clear_error(spec, embedder):
 def test_load_missing_dir_is_data_error(tmp_path):
     with pytest.raises(DataError, match="cannot read trait detectors"):
         TraitDetectors.load(tmp_path / "missing")
+
+
+def test_partial_label_fit_lowers_violation_of_other_traits_positives_and_never_raises_the_loss():
+    """other_positive_weight: another trait's positives as the partial label {expressed, neutral}."""
+    from personatune.scoring.traits import NOT_VIOLATED, _fit_multinomial
+
+    rng = np.random.default_rng(0)
+    # 3 separable clusters (expressed / violated / neutral) plus partial rows that sit ON the violated cluster:
+    # the partial label must pull P(violated) down there, and the MM iterations must never raise the loss.
+    c = np.array([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
+    X = np.vstack([c[k] + rng.normal(0, 0.5, (20, 2)) for k in range(3)] + [c[1] + rng.normal(0, 0.5, (10, 2))])
+    F = np.hstack([X, np.ones((len(X), 1))])
+    y = np.array([0] * 20 + [1] * 20 + [2] * 20 + [NOT_VIOLATED] * 10)
+    w = np.ones(len(y))
+
+    def loss(W):
+        z = F @ W.T
+        p = np.exp(z - z.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        py = np.where(y == NOT_VIOLATED, p[:, 0] + p[:, 2], p[np.arange(len(y)), np.minimum(y, 2)])
+        return float(-(w * np.log(py)).sum() + 0.5 * 0.1 * (W[:2, :-1] ** 2).sum())
+
+    losses = [loss(_fit_multinomial(F, y, w, l2=0.1, iters=k)) for k in (1, 2, 4, 8, 30)]
+    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:])), losses
+    W_full, W_none = _fit_multinomial(F, y, w, l2=0.1), _fit_multinomial(F[:60], y[:60], w[:60], l2=0.1)
+
+    def p_violated(W, pts):
+        z = np.hstack([pts, np.ones((len(pts), 1))]) @ W.T
+        p = np.exp(z - z.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True))[:, 1]
+
+    assert p_violated(W_full, X[60:]).mean() < p_violated(W_none, X[60:]).mean()
+
+
+def test_other_positive_weight_zero_is_the_default_fit(spec, embedder, det):
+    again = fit(spec, (), embedder=embedder, other_positive_weight=0.0)
+    assert np.array_equal(again.weights, det.weights) and np.array_equal(again.temperatures, det.temperatures)
+    with_partial = fit(spec, (), embedder=embedder, other_positive_weight=1.0)
+    assert with_partial.meta["examples_per_trait"][spec.trait_ids[0]]["not_violated"] == sum(len(t.positive) for t in spec.traits[1:])

@@ -63,6 +63,13 @@ DEFAULT_L2 = 0.03
 # Default 0: on third-party Big-Five data, using correlated traits as "neutral" lowered AUROC (0.887 -> 0.875
 # at 0.2, see docs); labelled data given to `fit` supplies real contrast instead.
 DEFAULT_OTHER_TRAIT_WEIGHT = 0.0
+# Optional: another trait's positive exemplar is in persona, so it should not contradict this trait — but it
+# may or may not express it (traits correlate). It can enter as a PARTIAL label "not violated" (expressed or
+# neutral, likelihood 1 - P(violated)) with this total weight relative to one class. Default 0 (not used):
+# at 1.0 it cut false cross-trait violations on unseen Captain Nova sentences from 19/60 to 5/60, but it
+# lowered Big-Five accuracy from 0.811 to 0.727 (docs/benchmarks.md, "Tried and reverted").
+DEFAULT_OTHER_POSITIVE_WEIGHT = 0.0
+NOT_VIOLATED = 3  # internal label index of the partial label {expressed, neutral}
 N_FOLDS = 5
 TEMPERATURE_RANGE = (0.5, 3.0)
 TOP_K_SENTENCES = 2
@@ -106,6 +113,10 @@ def _fit_multinomial(F: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, ite
 
     Works in the span of the training rows (w lies there at the optimum), so the Hessian is at most
     2n x 2n however wide the features are. Class 2 (neutral) is the reference with logit 0.
+    Rows with y == NOT_VIOLATED carry the partial label {expressed, neutral}: their loss is
+    -log(1 - P(violated)), whose gradient is that of a soft target q = (p_e, 0, p_n) / (p_e + p_n) at the
+    current weights; the full multinomial Hessian bounds this term's curvature from above, so each step
+    is a majorise-minimise step and the loss never rises.
 
     Returns:
         (3, d) weights; row 2 is zero.
@@ -123,11 +134,15 @@ def _fit_multinomial(F: np.ndarray, y: np.ndarray, w: np.ndarray, l2: float, ite
     Y = np.zeros((n, 2))
     Y[y == 0, 0] = 1.0
     Y[y == 1, 1] = 1.0
+    partial = y == NOT_VIOLATED
     R = np.full(d, l2)
     R[-1] = 1e-8
     B = np.zeros((d, 2))
-    for _ in range(iters):
-        P = _softmax(np.hstack([Z @ B, np.zeros((n, 1))]))[:, :2]
+    for _ in range(iters if not partial.any() else 3 * iters):
+        P3 = _softmax(np.hstack([Z @ B, np.zeros((n, 1))]))
+        P = P3[:, :2]
+        if partial.any():
+            Y[partial, 0] = P3[partial, 0] / np.maximum(P3[partial, 0] + P3[partial, 2], 1e-300)
         G = Z.T @ (w[:, None] * (P - Y)) + R[:, None] * B
         H = np.zeros((2 * d, 2 * d))
         for a in range(2):
@@ -151,7 +166,9 @@ def _fit_temperature(logits: np.ndarray, y: np.ndarray, w: np.ndarray) -> float:
 
     def nll(logt: float) -> float:
         p = _softmax(logits / np.exp(logt))
-        return float(-(w * np.log(np.clip(p[np.arange(len(y)), y], 1e-12, 1.0))).sum())
+        # a partial label {expressed, neutral} has the probability of either
+        py = np.where(y == NOT_VIOLATED, p[:, 0] + p[:, 2], p[np.arange(len(y)), np.minimum(y, 2)])
+        return float(-(w * np.log(np.clip(py, 1e-12, 1.0))).sum())
 
     g = (np.sqrt(5) - 1) / 2
     a, b = lo, hi
@@ -173,7 +190,8 @@ class _Example:
     group: int  # an exemplar and its negation share a group (same fold)
 
 
-def _trait_examples(spec: PersonaSpec, trait_id: str, extra: Sequence[dict[str, Any]], other_weight: float) -> list[_Example]:
+def _trait_examples(spec: PersonaSpec, trait_id: str, extra: Sequence[dict[str, Any]], other_weight: float,
+                    other_positive_weight: float = 0.0) -> list[_Example]:
     """Training rows of one trait's detector (see the module docstring for the recipe)."""
     ex: list[_Example] = []
     g = 0
@@ -197,9 +215,13 @@ def _trait_examples(spec: PersonaSpec, trait_id: str, extra: Sequence[dict[str, 
                 add(s, 1, EXEMPLAR_WEIGHT, augment=True)
             if t.inverse:
                 add(t.inverse, 1, EXEMPLAR_WEIGHT, augment=False)
-        elif other_weight > 0:
-            for s in [t.description, *t.positive, *t.negative]:
-                add(s, 2, EXEMPLAR_WEIGHT * other_weight, augment=False)
+        else:
+            if other_weight > 0:
+                for s in [t.description, *t.positive, *t.negative]:
+                    add(s, 2, EXEMPLAR_WEIGHT * other_weight, augment=False)
+            if other_positive_weight > 0:
+                for s in t.positive:
+                    add(s, NOT_VIOLATED, EXEMPLAR_WEIGHT, augment=False)
     for s in NEUTRAL_UTTERANCES:
         add(s, 2, EXEMPLAR_WEIGHT, augment=True)
     for e in extra:
@@ -215,6 +237,9 @@ def _trait_examples(spec: PersonaSpec, trait_id: str, extra: Sequence[dict[str, 
             e.weight = e.weight / so * (1 - share_aug) / 3
         for e in aug:
             e.weight = -e.weight / sa * share_aug / 3
+    part = [e for e in ex if e.label == NOT_VIOLATED]
+    for e in part:  # the partial rows together weigh other_positive_weight x one class
+        e.weight = e.weight / sum(x.weight for x in part) * other_positive_weight / 3
     return ex
 
 
@@ -336,7 +361,8 @@ def _check_examples(spec: PersonaSpec, examples: Sequence[dict[str, Any]]) -> li
 
 
 def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), embedder: EmbedderLike | None = None,
-        seed: int = 0, l2: float = DEFAULT_L2, other_trait_weight: float = DEFAULT_OTHER_TRAIT_WEIGHT) -> TraitDetectors:
+        seed: int = 0, l2: float = DEFAULT_L2, other_trait_weight: float = DEFAULT_OTHER_TRAIT_WEIGHT,
+        other_positive_weight: float = DEFAULT_OTHER_POSITIVE_WEIGHT) -> TraitDetectors:
     """Fit one detector per trait from the persona's exemplars plus optional labelled examples.
 
     Args:
@@ -347,6 +373,8 @@ def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), embedder: Em
         seed: seed of the fold assignment used for calibration.
         l2: L2 penalty strength.
         other_trait_weight: weight of the other traits' exemplars as "neutral" contrast (0: not used).
+        other_positive_weight: total weight, relative to one class, of the other traits' positive exemplars
+            as the partial label "not violated" (0: not used).
 
     Returns:
         The fitted detectors (calibrated).
@@ -359,7 +387,7 @@ def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), embedder: Em
 
         embedder = Embedder.default()
     extra = _check_examples(spec, examples)
-    per_trait = {t: _trait_examples(spec, t, extra, other_trait_weight) for t in spec.trait_ids}
+    per_trait = {t: _trait_examples(spec, t, extra, other_trait_weight, other_positive_weight) for t in spec.trait_ids}
     texts = sorted({e.text for rows in per_trait.values() for e in rows})
     index = {t: i for i, t in enumerate(texts)}
     emb = np.asarray(embedder.encode(texts), dtype=np.float64)  # everything encoded once, in one call
@@ -381,15 +409,15 @@ def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), embedder: Em
         oof = np.zeros((len(rows), 3))
         for k in range(N_FOLDS):
             te = folds == k
-            if te.any() and len(np.unique(y[~te])) == 3:
+            if te.any() and {0, 1, 2} <= set(np.unique(y[~te]).tolist()):
                 oof[te] = F[te] @ _fit_multinomial(F[~te], y[~te], w[~te], l2).T
             else:
                 oof[te] = F[te] @ W.T
         weights.append(W)
         temps.append(_fit_temperature(oof, y, w))
-        counts[t] = {lab: int((y == i).sum()) for i, lab in enumerate(LABELS)}
+        counts[t] = {lab: int((y == i).sum()) for i, lab in enumerate(LABELS)} | {"not_violated": int((y == NOT_VIOLATED).sum())}
     meta = {"persona_hash": persona_hash(spec), "method": "3-class L2 logistic regression on [e, n*e, n] MiniLM features",
-            "l2": l2, "other_trait_weight": other_trait_weight, "aug_weight": AUG_WEIGHT, "n_folds": N_FOLDS, "seed": seed, "neutral_bank_version": NEUTRAL_BANK_VERSION,
+            "l2": l2, "other_trait_weight": other_trait_weight, "other_positive_weight": other_positive_weight, "aug_weight": AUG_WEIGHT, "n_folds": N_FOLDS, "seed": seed, "neutral_bank_version": NEUTRAL_BANK_VERSION,
             "n_labelled_examples": len(extra), "examples_per_trait": counts, "top_k_sentences": TOP_K_SENTENCES,
             "embedder": str(getattr(embedder, "model_path", type(embedder).__name__))}
     return TraitDetectors(trait_ids=list(spec.trait_ids), weights=np.stack(weights), temperatures=np.array(temps), meta=meta)
