@@ -9,7 +9,9 @@ Method (details and rationale in docs/persona-evaluation.md, "Trait detection"):
    - expressed: the trait's description and positive exemplars;
    - violated: its negative exemplars (and its `inverse`, when given);
    - neutral: the built-in neutral bank (scoring/trait_bank.py), optionally the other traits'
-     exemplars (`other_trait_weight`, default 0).
+     exemplars (`other_trait_weight`, default 0);
+   - optionally (`other_positive_weight`, default 0) the other traits' positives with the partial
+     label "not violated" (expressed or neutral), see `_fit_multinomial`.
    `fit` adds labelled examples (e.g. stage-3 responses) on top of these.
 2. **Negation.** Every exemplar is also negated by a rule (scoring/negation.py: "I love X" ->
    "I don't love X", "never" -> "always"), with the opposite label and a lower weight (a negated
