@@ -146,6 +146,14 @@ class DataArgs(_Section):
     expand_per_trait: int = Field(0, ge=0, description="new user prompts the teacher writes per (trait, context) on top of the built-in bank, near-duplicates dropped (count); 0 = bank only")
 
 
+class ScorerArgs(_Section):
+    """How the persona-only scorer (stage 3) and the fitted evaluator (stage 4) build their trait detectors."""
+
+    other_positive_weight: float = Field(
+        0.0, ge=0, description="weight, relative to one class, of the other traits' positive exemplars as the partial label 'not violated' "
+        "in every trait detector (0 = off). Cuts false cross-trait violations; measured in docs/benchmarks.md")
+
+
 class IterationArgs(_Section):
     """Stage 6: rounds of on-policy sampling, re-scoring, new pairs and DPO from the current policy."""
 
@@ -170,6 +178,7 @@ class RunConfig(_Section):
     model: ModelArgs = Field(default_factory=ModelArgs)
     sft: SFTArgs = Field(default_factory=SFTArgs)
     data: DataArgs = Field(default_factory=DataArgs)
+    scorer: ScorerArgs = Field(default_factory=ScorerArgs)
     train: TrainArgs = Field(default_factory=TrainArgs)
     iterations: IterationArgs = Field(default_factory=IterationArgs)
     gates: GateArgs = Field(default_factory=GateArgs)

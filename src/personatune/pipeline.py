@@ -35,9 +35,9 @@ from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_
 STAGES: tuple[Stage, ...] = (
     Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "sft", "seed", "persona"), version=2, issue=5),
     Stage("02_persona", "Persona definition", s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
-    Stage("03_consistency_data", "Consistency data", s3_consistency_data.run, config_keys=("data", "gates", "seed", "model", "threads"),
+    Stage("03_consistency_data", "Consistency data", s3_consistency_data.run, config_keys=("data", "scorer", "gates", "seed", "model", "threads"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona")), version=3, issue=4),
-    Stage("04_evaluation", "Persona evaluation", s4_evaluation.run, config_keys=("gates", "seed", "data", "model"),
+    Stage("04_evaluation", "Persona evaluation", s4_evaluation.run, config_keys=("gates", "seed", "data", "scorer", "model"),
           inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")), version=3, issue=4),
     Stage("05_optimization", "Optimization (KL-bounded)", s5_optimization.run, config_keys=("model", "train", "gates", "data", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),

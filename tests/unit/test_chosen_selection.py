@@ -84,3 +84,14 @@ def test_heldout_size_hint_scales_the_split_to_the_observed_yield():
     assert "heldout_fraction" not in heldout_size_hint(29, 5, 6, 5, 0.2, 144)
     assert heldout_size_hint(60, 60, 6, 5, 0.2, None) is None
     assert heldout_size_hint(0, 0, 0, 5, 0.2, None) is None
+
+
+def test_scorer_setting_is_a_config_key_that_invalidates_stages_3_and_4():
+    from personatune.config import load_config
+    from personatune.pipeline import STAGES
+
+    cfg = load_config(REPO / "examples" / "quickstart.yaml", ["scorer.other_positive_weight=0.5"])
+    assert cfg.scorer.other_positive_weight == 0.5
+    assert load_config(REPO / "examples" / "quickstart.yaml", []).scorer.other_positive_weight == 0.0
+    keys = {s.id: s.config_keys for s in STAGES}
+    assert "scorer" in keys["03_consistency_data"] and "scorer" in keys["04_evaluation"]

@@ -343,7 +343,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=focus), {**p, "n": d.best_of}))
     echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
     teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo)
-    scorer = Scorer(spec, embedder=embedder)
+    detectors = None
+    if config.scorer.other_positive_weight > 0:
+        from personatune.scoring.traits import fit
+
+        detectors = fit(spec, (), embedder=embedder, seed=config.seed, other_positive_weight=config.scorer.other_positive_weight)
+    scorer = Scorer(spec, embedder=embedder, detectors=detectors)
     # Contrast is generated only for prompts that have a consistent chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
     cand_scores = score_candidates(scenarios, teacher_out, scorer)

@@ -116,7 +116,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     tr_sft, tr_pairs = read_jsonl(train / "sft.jsonl"), read_jsonl(train / "pairs.jsonl")
     ho_sft, ho_pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
     embedder = Embedder.default()
-    detectors = fit(spec, labelled_examples(spec, tr_sft, tr_pairs), embedder=embedder, seed=config.seed)
+    detectors = fit(spec, labelled_examples(spec, tr_sft, tr_pairs), embedder=embedder, seed=config.seed,
+                    other_positive_weight=config.scorer.other_positive_weight)
     scorer = Scorer(spec, embedder=embedder, detectors=detectors)
     scorer.save(out / "evaluator")
 
