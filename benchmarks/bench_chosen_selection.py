@@ -29,7 +29,7 @@ from personatune.rundir import read_jsonl
 from personatune.scenarios import Scenario
 from personatune.scoring.aggregate import style_variance
 from personatune.scoring.scorer import Scorer
-from personatune.stages.s3_consistency_data import generate_resumable, score_candidates, typical_voice, voice_distance
+from personatune.stages.s3_consistency_data import choose_candidate, generate_resumable, score_candidates, typical_voice
 
 
 def main() -> None:
@@ -54,18 +54,16 @@ def main() -> None:
     cands = generate_resumable(_Missing(), jobs, rd / "03_consistency_data" / "generations.jsonl", chunk=8, echo=lambda m: None)
     scores = score_candidates(scenarios, cands, Scorer(spec, embedder=Embedder.default()))
     voice = typical_voice(scenarios, scores)
-    rules = {"max_consistency": lambda good: max(good, key=lambda r: r.consistency),
-             "typical_voice": lambda good: min(good, key=lambda r: (voice_distance(r.style, voice), -r.consistency))}
     mpc = cfg.gates.evaluation.min_per_context
     print(f"{rd}: {len(scenarios)} prompts, best of {d.best_of}; style variance with min_per_context {mpc}")
     print(f"{'rule':16s} {'split':8s} {'n':>4s} {'style var':>9s} {'mean cons':>9s}  top features")
-    for name, rule in rules.items():
+    for name in ("max_consistency", "typical_voice"):
         for split in ("all", "heldout"):
             chosen = []
             for s, rs in zip(scenarios, scores):
                 good = [r for r in rs if r.consistent]
                 if good and split in ("all", s.split):
-                    r = rule(good)
+                    r = choose_candidate(good, name, voice)
                     r.context = s.context
                     chosen.append(r)
             sv = style_variance(chosen, min_per_context=mpc, n_resamples=0)

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from personatune.errors import ConfigError
-from personatune.gates import fmt_metric as _fmt
+from personatune.gates import fmt_metric
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from personatune.gates import Measurement
@@ -471,7 +471,7 @@ class PersonaEvalCallback:
                 action = {"continue": 0, "stop": 1, "raise_beta": 2}[d.action]
                 new_beta = d.new_beta if d.new_beta is not None else new_beta
                 self.echo(f"  eval step {step}: KL {res.kl.per_token:.4g}±{res.kl.stderr:.2g} nats/token, consistency {res.consistency.value:.3f}, "
-                          f"adherence {res.adherence.value:.3f}, style variance {_fmt(res.style_variance)} -> {d.action}")
+                          f"adherence {res.adherence.value:.3f}, style variance {fmt_metric(res.style_variance)} -> {d.action}")
             if t.accelerator.num_processes > 1:
                 # Every rank must take the same decision, or one would wait forever in the next all-reduce.
                 msg = torch.tensor([float(action), new_beta], dtype=torch.float64, device=t.accelerator.device)

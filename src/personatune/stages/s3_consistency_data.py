@@ -177,6 +177,21 @@ def voice_distance(style: dict[str, float], voice: tuple[dict[str, float], dict[
     return sum(abs(float(style[f]) - m) / scales[f] for f, m in means.items()) / max(len(means), 1)
 
 
+def choose_candidate(good: list[Any], select: str, voice: tuple[dict[str, float], dict[str, float]] | None, score: Any = lambda c: c) -> Any:
+    """The chosen one among a prompt's consistent candidates (config data.select).
+
+    Args:
+        good: the consistent candidates (non-empty).
+        select: "typical_voice" (nearest `voice`, ties by higher consistency; falls back to
+            max_consistency when `voice` is None) or "max_consistency".
+        voice: the result of `typical_voice`.
+        score: maps a candidate to its ResponseScore (identity when the candidates are scores).
+    """
+    if select == "typical_voice" and voice is not None:
+        return min(good, key=lambda c: (voice_distance(score(c).style, voice), -score(c).consistency))
+    return max(good, key=lambda c: score(c).consistency)
+
+
 def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[list[str]], contrast: dict[str, list[tuple[str, str | None, str]]],
                 scorer: Any, candidate_scores: list[list[Any]] | None = None, select: str = "typical_voice") -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Score candidates and contrast responses; build sft rows, pair rows and gate counts.
@@ -223,10 +238,7 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
         good = [c for c in d["cands"] if c[3].consistent]
         if not good:
             continue  # rejection sampling: a prompt without a consistent candidate yields no chosen response
-        if voice is not None:
-            best_text, _, _, best = min(good, key=lambda x: (voice_distance(x[3].style, voice), -x[3].consistency))
-        else:
-            best_text, _, _, best = max(good, key=lambda x: x[3].consistency)
+        best_text, _, _, best = choose_candidate(good, select, voice, score=lambda x: x[3])
         stats["chosen"] += 1
         stats["chosen_consistent"] += 1
         sft.append({"messages": s.messages + [{"role": "assistant", "content": best_text}], "context": s.context, "targets": s.targets,

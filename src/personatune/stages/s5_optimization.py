@@ -28,13 +28,12 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
-from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
 from personatune.training import TrainArgs
-from personatune.gates import fmt_metric as _fmt
 
 STAGE = "05_optimization"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
@@ -252,7 +251,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_json(out / "metrics.json", metrics)
     outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
     message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: KL {ev.kl.per_token:.4g} nats/token, "
-               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {_fmt(ev.style_variance)}")
+               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {fmt_metric(ev.style_variance)}")
     small_metrics = {k: summary[k] for k in ("kl", "consistency", "adherence", "style_variance", "selected_step", "steps_trained")}
     atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
                                             "metrics": small_metrics, "message": message})

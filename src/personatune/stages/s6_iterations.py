@@ -37,13 +37,12 @@ from typing import Any, Mapping, Sequence
 
 from personatune.config import IterationArgs, OptimGateArgs, RunConfig
 from personatune.errors import DataError
-from personatune.gates import GateReport, Measurement
+from personatune.gates import GateReport, Measurement, fmt_metric
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_jsonl, atomic_write_text, file_hash, read_jsonl
 from personatune.stage import StageResult
 from personatune.stages import s5_optimization as s5
-from personatune.gates import fmt_metric as _fmt
 
 STAGE = "06_iterations"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
@@ -361,7 +360,7 @@ def iteration_gate(config: RunConfig, kept: dict[str, Any], rows: list[dict[str,
             measured = [x for x in rows if x.get("kl") is not None]
             key = {"kl_per_token": "kl", "consistency_rate": "consistency", "adherence": "adherence", "style_variance": "style_variance"}[r.metric]
             per = ", ".join(f"r{x['round']} {x[key]:.3g}" if x.get(key) is not None else f"r{x['round']} n/a" for x in measured)
-            diagnosis.append(f"{r.metric} {_fmt(r.value, 4)} fails {r.direction} {r.threshold:g} in round {k}; per round: {per}")
+            diagnosis.append(f"{r.metric} {fmt_metric(r.value, 4)} fails {r.direction} {r.threshold:g} in round {k}; per round: {per}")
     steps = list(g5.next_steps)
     if stop == "no new pairs":
         steps.append("no sample was consistent enough to pair: lower iterations.min_margin or raise iterations.samples_per_prompt")
@@ -476,7 +475,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         rows.append(r)
         if r.get("kl") is not None:
             echo(f"round {n}/{it.rounds}: KL {r['kl']:.4g} nats/token vs baseline, consistency {r['consistency']:.3f}, adherence {r['adherence']:.3f}, "
-                 f"style variance {_fmt(r['style_variance'])}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
+                 f"style variance {fmt_metric(r['style_variance'])}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
             start, start_hash = rdir / "model", rec["model_hash"]
         stop = stop_reason(rows, it, g)
         atomic_write_jsonl(out / "rounds.jsonl", [{k: x.get(k) for k in ROW_KEYS} for x in rows])  # progress, rewritten at the end
@@ -498,7 +497,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_json(out / "metrics.json", metrics)
     echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
     message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: KL {best['kl']:.4g} nats/token, "
-               f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {_fmt(best['style_variance'])}")
+               f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {fmt_metric(best['style_variance'])}")
     small_metrics = {"best_round": best["round"], "stop_reason": stop, "rounds_run": rows[-1]["round"],
                      **{k: best[k] for k in ("kl", "consistency", "adherence", "style_variance")}}
     return StageResult(outputs={"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}, gate=gate,

@@ -32,8 +32,7 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
-from personatune.gates import GateReport, GateSpec, Measurement, check_gates
-from personatune.gates import fmt_metric as _f3
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.scoring.aggregate import N_RESAMPLES, consistency_rate, rate_difference, style_variance, trait_adherence
 from personatune.stage import StageResult
@@ -165,7 +164,7 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
         if r.metric == "persona_improvement_ci_low":
             if imp.get("value") is None or imp["value"] <= g.min_improvement:
                 cause = (f"the final model is no more consistent than the baseline without a system prompt "
-                         f"({_f3(imp.get('baseline'))} -> {_f3(imp.get('final'))}): the persona did not reach the weights")
+                         f"({fmt_metric(imp.get('baseline'))} -> {fmt_metric(imp.get('final'))}): the persona did not reach the weights")
                 fix = "train longer or with a higher train.learning_rate within the KL budget, raise iterations.rounds, or improve the stage-3 pairs (data.best_of, a stronger data.teacher)"
             else:
                 cause = f"consistency rose by {imp['value']:.3f} but {imp['n']} held-out prompts cannot tell it from {g.min_improvement:g}"
