@@ -241,7 +241,7 @@ def _format_validation(err: ValidationError, known: list[str], source: str) -> l
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
-            lines.append(f"{path}: unknown key{hint} (valid keys are listed in docs/configuration.md or by `personatune config --keys`)")
+            lines.append(f"{path}: unknown key{hint} (every valid key, with its default and meaning: `personatune config --keys`)")
         elif e["type"] == "missing":
             lines.append(f"{path}: required but missing; add `{path}: ...` to {source} or pass {path}=...")
         else:
