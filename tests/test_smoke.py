@@ -118,3 +118,31 @@ def test_score_command_reports_and_skips_bad_lines(tmp_path):
         assert {"traits", "violations", "style", "rules", "consistent", "consistency"} <= set(x)
     summary = json.loads(r.stdout)
     assert summary["skipped"] == 2
+
+
+def test_score_command_with_an_openai_judge_on_a_real_http_server(tmp_path):
+    # The judge through the CLI: a real HTTP server on 127.0.0.1 answers every "expressed" question Yes and
+    # every "violated" question No (text answers, no logprobs); the CLI must mix them 50/50 with the detectors.
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from fake_openai_server import FakeOpenAIServer
+
+    inp = tmp_path / "in.jsonl"
+    inp.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in
+                           enumerate(["Aye, crewmate! Chin up, clear skies ahead.", "This is hopeless. Please submit the form."])))
+    plain, judged = tmp_path / "plain.jsonl", tmp_path / "judged.jsonl"
+    persona = "examples/personas/captain_nova.yaml"
+    assert cli("score", "--persona", persona, "--input", str(inp), "--output", str(plain)).returncode == 0
+    with FakeOpenAIServer() as srv:
+        srv.responder = lambda body: "No." if "Question: does the reply go against" in body["messages"][-1]["content"] else "Yes"
+        r = cli("score", "--persona", persona, "--input", str(inp), "--output", str(judged), "--judge", "openai",
+                "--judge-url", srv.base_url, "--judge-model", "judge-m", "--judge-cache", str(tmp_path / "cache"))
+        n_requests = len(srv.requests)
+    assert r.returncode == 0, r.stderr
+    assert n_requests == 2 * 6 * 2  # texts x traits x questions
+    for a, b in zip([json.loads(x) for x in plain.read_text().splitlines()], [json.loads(x) for x in judged.read_text().splitlines()]):
+        for t, p in a["traits"].items():
+            assert abs(b["traits"][t] - (0.5 * p + 0.5)) < 1e-6  # float32 encoder noise between runs
+            assert abs(b["violations"][t] - 0.5 * a["violations"][t]) < 1e-6
+    # a judge without its server is a one-line error, exit 2
+    bad = cli("score", "--persona", persona, "--input", str(inp), "--output", str(tmp_path / "x.jsonl"), "--judge", "openai")
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr and "base_url" in bad.stderr, bad.stderr

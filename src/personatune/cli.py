@@ -2,7 +2,7 @@
 
     personatune run CONFIG.yaml [--from STAGE] [--until STAGE] [--force] [--keep-going] [key=value ...]
     personatune validate PERSONA.yaml [--json]
-    personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json]
+    personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json] [--judge hf|openai ...]
     personatune config [CONFIG.yaml] [key=value ...] [--keys]
     personatune report RUN_DIR
     personatune serve RUN_DIR|MODEL [--host H --port P ...]
@@ -46,7 +46,25 @@ def _cmd_score(args: argparse.Namespace) -> int:
     from personatune.scoring.aggregate import format_summary
     from personatune.scoring.batch import score_jsonl
 
-    summary = score_jsonl(args.persona, args.input, args.output, evaluator_dir=args.evaluator)
+    judge, weight = None, None
+    if args.judge != "none":
+        from pydantic import ValidationError
+
+        from personatune.config import JudgeArgs
+        from personatune.errors import ConfigError
+        from personatune.scoring.judges import build_judge
+
+        fields = {"backend": args.judge, "model": args.judge_model, "base_url": args.judge_url, "api_key_env": args.judge_key_env,
+                  "weight": args.judge_weight, "concurrency": args.judge_concurrency}
+        try:
+            ja = JudgeArgs(**{k: v for k, v in fields.items() if v is not None})
+        except ValidationError as e:
+            err = e.errors()[0]
+            loc = ".".join(str(x) for x in err["loc"]) or "judge"
+            raise ConfigError(f"--judge options: {loc}: {err['msg']} (got {err.get('input')!r:.80}); "
+                              "fix: e.g. --judge openai --judge-url http://127.0.0.1:8000/v1 --judge-model NAME, or --judge hf") from None
+        judge, weight = build_judge(ja, cache_dir=args.judge_cache), ja.weight
+    summary = score_jsonl(args.persona, args.input, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
@@ -131,6 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", required=True, help="JSONL: id, text, optional prompt, context, targets")
     s.add_argument("--output", required=True, help="JSONL with one score record per input line")
     s.add_argument("--json", action="store_true", help="print the aggregates as JSON")
+    s.add_argument("--judge", choices=["none", "hf", "openai"], default="none",
+                   help="mix an LLM judge into the trait probabilities: hf = in-process model, openai = OpenAI-compatible server")
+    s.add_argument("--judge-model", help="hf: model name/path (default smollm2-135m-instruct); openai: the served model's name")
+    s.add_argument("--judge-url", help="openai: server URL ending in /v1, e.g. http://127.0.0.1:8000/v1")
+    s.add_argument("--judge-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY; never logged)")
+    s.add_argument("--judge-weight", type=float, help="the judge's share of each trait probability, 0-1 (default 0.5)")
+    s.add_argument("--judge-concurrency", type=int, help="openai: requests in flight at once (default 8)")
+    s.add_argument("--judge-cache", help="openai: folder for a response cache, so re-scoring the same texts costs nothing")
     s.set_defaults(fn=_cmd_score)
 
     c = sub.add_parser("config", help="print the resolved config (defaults < YAML < key=value) without running")

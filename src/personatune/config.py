@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from personatune.errors import ConfigError
 from personatune.training import TrainArgs
@@ -146,12 +146,38 @@ class DataArgs(_Section):
     expand_per_trait: int = Field(0, ge=0, description="new user prompts the teacher writes per (trait, context) on top of the built-in bank, near-duplicates dropped (count); 0 = bank only")
 
 
+class JudgeArgs(_Section):
+    """An optional LLM judge whose trait probabilities are mixed with the detectors' (scoring/judges.py).
+
+    Rule: p = (1 - weight) * p_detector + weight * p_judge, for P(expressed) and P(violated) alike
+    (docs/persona-evaluation.md, "Judges"). Used by every scorer the pipeline builds (stages 3-7).
+    """
+
+    backend: Literal["none", "hf", "openai"] = Field("none", description="'none': detectors only; 'hf': an in-process transformers model "
+                                                     "(`model`, default model.name); 'openai': an OpenAI-compatible server (vLLM, Ollama, llama.cpp server)")
+    model: str | None = Field(None, description="hf: model name/path (default: model.name); openai: the served model's name (required)")
+    base_url: str | None = Field(None, description="openai: server URL ending in /v1, e.g. http://127.0.0.1:8000/v1 (required)")
+    api_key_env: str = Field("OPENAI_API_KEY", description="openai: environment variable holding the API key (never logged)")
+    concurrency: int = Field(8, ge=1, description="openai: requests in flight at once (count)")
+    max_retries: int = Field(5, ge=0, description="openai: retries per request, with exponential backoff (count)")
+    batch_size: int = Field(16, ge=1, description="hf: questions per forward pass (count)")
+    exemplars: int = Field(2, ge=0, description="positive and negative exemplars per trait shown in the rubric (each, count)")
+    weight: float = Field(0.5, ge=0, le=1, description="the judge's share of each trait probability (0-1); the detectors get 1 - weight")
+
+    @model_validator(mode="after")
+    def _openai_needs_server(self) -> "JudgeArgs":
+        if self.backend == "openai" and (not self.base_url or not self.model):
+            raise ValueError("backend=openai needs base_url and model; set scorer.judge.base_url=http://HOST:PORT/v1 and scorer.judge.model=NAME")
+        return self
+
+
 class ScorerArgs(_Section):
     """How the persona-only scorer (stage 3) and the fitted evaluator (stage 4) build their trait detectors."""
 
     other_positive_weight: float = Field(
         0.0, ge=0, description="weight, relative to one class, of the other traits' positive exemplars as the partial label 'not violated' "
         "in every trait detector (0 = off). Cuts false cross-trait violations; measured in docs/benchmarks.md")
+    judge: JudgeArgs = Field(default_factory=JudgeArgs, description="optional LLM judge mixed into the trait probabilities (default: none)")
 
 
 class IterationArgs(_Section):

@@ -147,3 +147,31 @@ def test_teacher_expands_the_prompt_bank(tmp_path):
     assert teacher_rows and all(r["context"] in ("casual", "technical") for r in teacher_rows)
     assert all(len(r["messages"][0]["content"].split()) >= 3 and not r["messages"][0]["content"][0].isdigit() for r in teacher_rows)
     assert any(r["source"] == "bank" for r in rows) and all(r["targets"] for r in rows)
+
+
+def test_configured_judge_is_used_by_stages_3_and_4(tmp_path):
+    # scorer.judge.backend=openai: the same real HTTP server also judges (its evaluator system prompt), and
+    # stages 3 and 4 must send it their responses and record the judge's weight with the evaluator.
+    spec = load_persona(PERSONA)
+    teacher = scripted_teacher(spec)
+    judged: list[str] = []
+
+    def respond(body):
+        if body["messages"][0]["content"].startswith("You are a careful, strict evaluator"):
+            judged.append(body["messages"][-1]["content"])
+            return "No" if "Question: does the reply go against" in body["messages"][-1]["content"] else "Yes"
+        return teacher(body)
+
+    with FakeOpenAIServer() as srv:
+        srv.responder = respond
+        cfg = config(tmp_path, srv, **{"scorer.judge.backend": "openai", "scorer.judge.base_url": srv.base_url,
+                                       "scorer.judge.model": "judge-m", "scorer.judge.weight": 0.25, "data.max_prompts": 24,
+                                       "gates.data.min_prompts_per_trait": 4})
+        lines: list[str] = []
+        run_pipeline(cfg, until="4", echo=lines.append)
+    run = tmp_path / "t"
+    m = json.loads((run / "manifest.json").read_text())
+    assert m["stages"].get("04_evaluation", {}).get("status") in ("done", "gate_failed"), "\n".join(lines)
+    assert judged, "the configured judge was never asked"
+    assert json.loads((run / "04_evaluation" / "evaluator" / "scorer.json").read_text())["judge_weight"] == 0.25
+    assert (run / "judge_cache").exists()

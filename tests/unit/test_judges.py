@@ -190,3 +190,16 @@ def test_hf_judge_follows_the_logits(tiny):
     finally:
         h.remove()
     assert all(v > 0.999 for o in out for pair in o.values() for v in pair)
+
+
+def test_build_judge_from_config_args(tmp_path):
+    from personatune.config import JudgeArgs
+    from personatune.scoring.judges import build_judge
+
+    assert build_judge(JudgeArgs()) is None  # backend none: detectors only
+    hf = build_judge(JudgeArgs(backend="hf", model="tiny", exemplars=1))
+    assert isinstance(hf, HFJudge) and hf.exemplars == 1
+    oa = build_judge(JudgeArgs(backend="openai", base_url="http://127.0.0.1:9/v1", model="m"), cache_dir=tmp_path / "c")
+    assert isinstance(oa, OpenAIJudge) and oa.backend.model == "m"
+    with pytest.raises(ValueError, match="base_url"):
+        JudgeArgs(backend="openai")

@@ -153,3 +153,8 @@ def test_other_positive_weight_zero_is_the_default_fit(spec, embedder, det):
     assert np.array_equal(again.weights, det.weights) and np.array_equal(again.temperatures, det.temperatures)
     with_partial = fit(spec, (), embedder=embedder, other_positive_weight=1.0)
     assert with_partial.meta["examples_per_trait"][spec.trait_ids[0]]["not_violated"] == sum(len(t.positive) for t in spec.traits[1:])
+
+
+def test_score_of_no_texts_is_empty(det, embedder):
+    # an empty held-out split (a persona whose teacher kept no held-out prompt) must not crash scoring
+    assert det.score([], embedder) == ([], [])

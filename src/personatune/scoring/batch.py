@@ -39,7 +39,8 @@ def _validate(obj: Any, known: set[str]) -> str | None:
 
 
 def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: str | Path,
-                evaluator_dir: str | Path | None = None, scorer: Any = None, max_errors_listed: int = 20) -> dict[str, Any]:
+                evaluator_dir: str | Path | None = None, scorer: Any = None, max_errors_listed: int = 20,
+                judge: Any = None, judge_weight: float | None = None) -> dict[str, Any]:
     """Score every valid line of `input_path` and write the records to `output_path`.
 
     Args:
@@ -49,6 +50,8 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
         evaluator_dir: fitted evaluator folder (stage 4 output); default: detectors from the persona alone.
         scorer: an already built Scorer (tests, or callers that score many files); overrides evaluator_dir.
         max_errors_listed: how many bad lines are listed by number in the summary.
+        judge: an optional Judge (scoring/judges.py) mixed into the trait probabilities.
+        judge_weight: its weight in [0, 1]; None = the evaluator's saved weight, else DEFAULT_JUDGE_WEIGHT.
 
     Returns:
         aggregate.summarize of the records, plus "skipped" (count), "skipped_lines"
@@ -70,7 +73,12 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
         from personatune.persona import load_persona
 
         spec = load_persona(persona_path)
-        scorer = Scorer.from_evaluator_dir(spec, evaluator_dir) if evaluator_dir else Scorer(spec)
+        from personatune.scoring.scorer import DEFAULT_JUDGE_WEIGHT
+
+        if evaluator_dir:
+            scorer = Scorer.from_evaluator_dir(spec, evaluator_dir, judge=judge, judge_weight=judge_weight)
+        else:
+            scorer = Scorer(spec, judge=judge, judge_weight=DEFAULT_JUDGE_WEIGHT if judge_weight is None else judge_weight)
     known = set(scorer.persona.trait_ids)
     rows, skipped = [], []
     for no, line in enumerate(lines, 1):

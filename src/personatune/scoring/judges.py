@@ -301,3 +301,35 @@ class HFJudge:
         finally:
             self.model.train(was_training)
         return out
+
+
+def build_judge(args: Any, *, default_model: str | None = None, model_args: Any = None, cache_dir: Any = None) -> Any | None:
+    """The judge a `config.JudgeArgs` describes (`scorer.judge` in a run config, `--judge` in the CLI), or None.
+
+    Args:
+        args: a JudgeArgs (backend none | hf | openai, model, base_url, ...).
+        default_model: hf: the model used when `args.model` is unset (the run's model.name).
+        model_args: hf: a config.ModelArgs (dtype, device) for loading; None = library defaults.
+        cache_dir: openai: folder of the response cache (re-judging the same texts costs nothing); None = no cache.
+
+    Returns:
+        An HFJudge, an OpenAIJudge, or None for backend "none".
+
+    Raises:
+        ModelNotFoundError / ConfigError: the hf model cannot be loaded (one-line message with the fix).
+        BackendError: bad openai connection parameters.
+    """
+    if args.backend == "none":
+        return None
+    if args.backend == "openai":
+        cache = ResponseCache(cache_dir) if cache_dir is not None else None
+        return OpenAIJudge(args.base_url, args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
+                           max_retries=args.max_retries, cache=cache, exemplars=args.exemplars)
+    from personatune import models
+
+    name = args.model or default_model or models.DEFAULT_MODEL
+    if model_args is not None:
+        model, tok = models.load_configured_model(name, model_args)
+    else:
+        model, tok = models.load_model_and_tokenizer(name)
+    return HFJudge(model, tok, batch_size=args.batch_size, exemplars=args.exemplars)

@@ -161,8 +161,11 @@ class Scorer:
         atomic_write_text(p / "scorer.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_evaluator_dir(cls, persona: PersonaSpec, path: str | Path, embedder: Any = None, judge: Judge | None = None) -> "Scorer":
+    def from_evaluator_dir(cls, persona: PersonaSpec, path: str | Path, embedder: Any = None, judge: Judge | None = None,
+                           judge_weight: float | None = None) -> "Scorer":
         """A scorer with the detectors saved in `path` (by `save` or stage 4).
+
+        `judge_weight` None: the weight saved in the folder's scorer.json (default DEFAULT_JUDGE_WEIGHT).
 
         Raises:
             DataError: the folder is unreadable, or was fitted for a different persona.
@@ -179,4 +182,4 @@ class Scorer:
                 jw = float(json.loads((p / "scorer.json").read_text(encoding="utf-8")).get("judge_weight", jw))
             except (ValueError, TypeError) as e:
                 raise DataError(f"{p / 'scorer.json'} is not valid JSON ({e}); fix: re-save the evaluator") from None
-        return cls(persona, embedder=embedder, detectors=det, judge=judge, judge_weight=jw)
+        return cls(persona, embedder=embedder, detectors=det, judge=judge, judge_weight=jw if judge_weight is None else judge_weight)

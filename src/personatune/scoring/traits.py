@@ -280,6 +280,8 @@ class TraitDetectors:
         Returns:
             (traits, violations): one {trait id: probability} dict per text, for each.
         """
+        if not texts:
+            return [], []
         sents = [split_sentences(t) for t in texts]
         flat = [s for ss in sents for s in ss]
         emb = np.asarray(embedder.encode(flat), dtype=np.float64) if flat else np.zeros((0, 1))

@@ -106,6 +106,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Fit the evaluator on the training split; gate on the held-out split."""
     from personatune.embeddings import Embedder
     from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
+    from personatune.scoring.judges import build_judge
     from personatune.scoring.scorer import Scorer
     from personatune.scoring.traits import fit
 
@@ -118,7 +119,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     embedder = Embedder.default()
     detectors = fit(spec, labelled_examples(spec, tr_sft, tr_pairs), embedder=embedder, seed=config.seed,
                     other_positive_weight=config.scorer.other_positive_weight)
-    scorer = Scorer(spec, embedder=embedder, detectors=detectors)
+    j = config.scorer.judge
+    judge = build_judge(j, default_model=config.model.name, model_args=config.model, cache_dir=run_dir.root / "judge_cache")
+    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=judge, judge_weight=j.weight)
     scorer.save(out / "evaluator")
 
     aucs = heldout_auroc(scorer, spec, ho_sft, ho_pairs)
@@ -156,7 +159,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                 if min(a["n_pos"], a["n_neg"]) < 10:
                     # One swapped pair moves AUROC by 1/(n_pos*n_neg): with a handful per side the value is mostly noise.
                     steps.append("raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy")
-                steps.append(f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or use a judge (scorer.judge)")
+                steps.append(f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai with a stronger model)")
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
             steps.append(f"add persona example interactions in context {r.metric[10:-1]}, or raise data.best_of")

@@ -68,16 +68,22 @@ def train_dataset(pairs_path: Path, algorithm: str) -> Any:
     return Dataset.from_list(list(seen.values()))
 
 
-def _make_scorer(spec: Any, run_dir: RunDir) -> tuple[Any, str]:
+def _make_scorer(spec: Any, run_dir: RunDir, config: RunConfig) -> tuple[Any, str]:
+    """The stage-4 evaluator (with the configured judge, if any), or the persona-only scorer when stage 4 left none."""
     from personatune.embeddings import Embedder
+    from personatune.scoring.judges import build_judge
     from personatune.scoring.scorer import Scorer
 
     embedder = Embedder.default()
+    j = config.scorer.judge
+    judge = build_judge(j, default_model=config.model.name, model_args=config.model, cache_dir=run_dir.root / "judge_cache")
+    with_judge = f" + {j.backend} judge (weight {j.weight})" if judge is not None else ""
     try:
         path = run_dir.output_path("04_evaluation", "evaluator")
     except RunDirError:
-        return Scorer(spec, embedder=embedder), "persona only (stage 4 evaluator not found)"
-    return Scorer.from_evaluator_dir(spec, path, embedder=embedder), f"stage-4 evaluator {path.relative_to(run_dir.root)}"
+        return Scorer(spec, embedder=embedder, judge=judge, judge_weight=j.weight), "persona only (stage 4 evaluator not found)" + with_judge
+    return (Scorer.from_evaluator_dir(spec, path, embedder=embedder, judge=judge, judge_weight=j.weight),
+            f"stage-4 evaluator {path.relative_to(run_dir.root)}{with_judge}")
 
 
 def _load_checkpoint(trainer: Any, ckpt: Path, peft: str) -> None:
@@ -178,7 +184,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     ds = train_dataset(pairs_path, args.algorithm)
     baseline = baseline_model_path(run_dir)
     model, tok = models.load_configured_model(baseline, config.model, for_training=True)
-    scorer, scorer_desc = _make_scorer(spec, run_dir)
+    scorer, scorer_desc = _make_scorer(spec, run_dir, config)
     print(f"  persona metrics scored by: {scorer_desc}")
     run_dir.log(f"{STAGE} scorer: {scorer_desc}")
     t = config.data.teacher

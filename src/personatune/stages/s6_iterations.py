@@ -426,7 +426,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
     baseline = baseline_model_path(run_dir)
     s5_model = run_dir.output_path("05_optimization", "model")
-    scorer, scorer_desc = s5._make_scorer(spec, run_dir)
+    scorer, scorer_desc = s5._make_scorer(spec, run_dir, config)
     echo(f"persona metrics scored by: {scorer_desc}")
     t = config.data.teacher
     small, full = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts), training.EvalSet.from_rows(held_rows)

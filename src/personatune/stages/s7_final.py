@@ -249,7 +249,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         if any(m.get("role") == "system" for m in p["messages"]):
             raise DataError(f"held-out prompt {p.get('id')!r} has a system turn; stage 7 compares models without one; fix: {STAGE3_FIX}")
     run_dir.output_path("04_evaluation", "evaluator")  # stage 7 requires the fitted evaluator, never the persona-only fallback
-    scorer, scorer_desc = _make_scorer(spec, run_dir)
+    scorer, scorer_desc = _make_scorer(spec, run_dir, config)
     base_path, final_path = baseline_model_path(run_dir), final_model_path(run_dir)
     base_model, base_tok = models.load_configured_model(base_path, config.model)
     final_model, final_tok = models.load_configured_model(str(final_path), config.model)
