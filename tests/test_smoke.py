@@ -146,3 +146,31 @@ def test_score_command_with_an_openai_judge_on_a_real_http_server(tmp_path):
     # a judge without its server is a one-line error, exit 2
     bad = cli("score", "--persona", persona, "--input", str(inp), "--output", str(tmp_path / "x.jsonl"), "--judge", "openai")
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "base_url" in bad.stderr, bad.stderr
+
+
+def test_fit_command_then_score_with_the_evaluator(tmp_path):
+    ex = tmp_path / "labelled.jsonl"
+    ex.write_text(
+        json.dumps({"text": "Chin up, crew, the storm will pass and the stars will guide us home!", "trait": "optimistic", "label": "expressed"}) + "\n"
+        + json.dumps({"text": "We are doomed, nothing will ever work out.", "trait": "optimistic", "label": "violated"}) + "\n"
+        + "{broken\n"
+        + json.dumps({"text": "Fine.", "trait": "grumpy", "label": "expressed"}) + "\n"
+        + json.dumps({"text": "The form is on page two.", "trait": "optimistic", "label": "neutral"}) + "\n")
+    ev = tmp_path / "evaluator"
+    r = cli("fit", "--persona", "examples/personas/captain_nova.yaml", "--examples", str(ex), "--output", str(ev), "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["n_examples"] == 3 and summary["skipped"] == 2
+    assert summary["per_trait"]["optimistic"] == {"expressed": 1, "violated": 1, "neutral": 1}
+    assert "line 3: not valid JSON" in r.stderr and "line 4: trait 'grumpy' is not in the persona" in r.stderr
+    assert {p.name for p in ev.iterdir()} == {"detectors.safetensors", "detectors.json", "scorer.json"}
+    assert json.loads((ev / "detectors.json").read_text())["n_labelled_examples"] == 3
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"id": "a", "text": "Aye, the sun will rise again, crewmate!"}) + "\n")
+    s = cli("score", "--persona", "examples/personas/captain_nova.yaml", "--evaluator", str(ev), "--input", str(inp),
+            "--output", str(tmp_path / "out.jsonl"))
+    assert s.returncode == 0, s.stderr
+    # an evaluator fitted for one persona is refused for another, in one line
+    o = cli("score", "--persona", "examples/personas/concierge.yaml", "--evaluator", str(ev), "--input", str(inp),
+            "--output", str(tmp_path / "o.jsonl"))
+    assert o.returncode == 2 and "different persona" in o.stderr and "Traceback" not in o.stderr

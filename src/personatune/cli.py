@@ -3,6 +3,7 @@
     personatune run CONFIG.yaml [--from STAGE] [--until STAGE] [--force] [--keep-going] [key=value ...]
     personatune validate PERSONA.yaml [--json]
     personatune score --persona P.yaml [--evaluator DIR] --input IN.jsonl --output OUT.jsonl [--json] [--judge hf|openai ...]
+    personatune fit --persona P.yaml --examples LABELLED.jsonl --output DIR [--json]
     personatune config [CONFIG.yaml] [key=value ...] [--keys]
     personatune report RUN_DIR
     personatune serve RUN_DIR|MODEL [--host H --port P ...]
@@ -75,6 +76,24 @@ def _cmd_score(args: argparse.Namespace) -> int:
         for s in skipped[:20]:
             print(f"  line {s['line']}: {s['reason']}", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _cmd_fit(args: argparse.Namespace) -> int:
+    from personatune.scoring.batch import fit_jsonl
+
+    summary = fit_jsonl(args.persona, args.examples, args.output, seed=args.seed, other_positive_weight=args.other_positive_weight)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(f"fitted on {summary['n_examples']} labelled example(s) plus the persona's exemplars")
+        for t, c in summary["per_trait"].items():
+            print(f"  {t:24s} " + ", ".join(f"{k} {v}" for k, v in c.items()))
+    for s in summary["skipped_lines"]:
+        print(f"  line {s['line']}: {s['reason']}", file=sys.stderr)
+    if summary["skipped"]:
+        print(f"skipped {summary['skipped']} bad input line(s)", file=sys.stderr)
+    print(f"wrote {args.output} (use: personatune score --evaluator {args.output} ...)", file=sys.stderr)
     return 0
 
 
@@ -158,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--judge-concurrency", type=int, help="openai: requests in flight at once (default 8)")
     s.add_argument("--judge-cache", help="openai: folder for a response cache, so re-scoring the same texts costs nothing")
     s.set_defaults(fn=_cmd_score)
+
+    f = sub.add_parser("fit", help="fit the trait detectors on labelled examples and save an evaluator folder")
+    f.add_argument("--persona", required=True, help="persona YAML file (its exemplars are always used)")
+    f.add_argument("--examples", required=True, help="JSONL: text, trait, label (expressed | violated | neutral)")
+    f.add_argument("--output", required=True, help="evaluator folder to write (safetensors + JSON)")
+    f.add_argument("--seed", type=int, default=0, help="seed of the calibration folds")
+    f.add_argument("--other-positive-weight", type=float, default=0.0,
+                   help="the other traits' positives as the partial label 'not violated' (scorer.other_positive_weight)")
+    f.add_argument("--json", action="store_true", help="print the summary as JSON")
+    f.set_defaults(fn=_cmd_fit)
 
     c = sub.add_parser("config", help="print the resolved config (defaults < YAML < key=value) without running")
     c.add_argument("config", nargs="?", help="run config YAML")

@@ -101,3 +101,63 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
     summary = summarize(records) if records else {"n": 0}
     summary.update({"skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed], "input": str(inp), "output": str(outp)})
     return summary
+
+
+def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: str | Path, seed: int = 0,
+              other_positive_weight: float = 0.0, max_errors_listed: int = 20) -> dict[str, Any]:
+    """`personatune fit`: fit the trait detectors on labelled JSONL and save an evaluator folder.
+
+    Input lines: {"text": str, "trait": trait id, "label": "expressed" | "violated" | "neutral"}
+    (the text expresses / contradicts / is neutral about the trait). A bad line (not JSON, not an
+    object, no string `text`, unknown trait or label) is reported by line number and skipped. The
+    persona's own exemplars are always part of the fit (traits.fit). The folder (detectors.safetensors,
+    detectors.json, scorer.json; never pickle) is what `personatune score --evaluator DIR` loads.
+
+    Returns:
+        {"n_examples", "per_trait": {trait: {label: count}}, "skipped", "skipped_lines", "output"}.
+
+    Raises:
+        DataError: the input file cannot be read, or no trait has a usable line and the file is not empty.
+        PersonaSpecError: the persona file is invalid.
+    """
+    from personatune.persona import load_persona
+    from personatune.scoring.scorer import Scorer
+    from personatune.scoring.traits import LABELS, fit
+
+    if not other_positive_weight >= 0:
+        raise DataError(f"other_positive_weight {other_positive_weight} must be >= 0; fix: e.g. 0 (off) or 1")
+    spec = load_persona(persona_path)
+    inp = Path(examples_path)
+    try:
+        lines = inp.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read examples {inp}: {e}; fix: pass an existing UTF-8 JSONL file") from None
+    known = set(spec.trait_ids)
+    rows, skipped = [], []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            skipped.append({"line": no, "reason": f"not valid JSON ({e.msg})"})
+            continue
+        if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
+            skipped.append({"line": no, "reason": "needs a non-empty string field 'text'"})
+        elif obj.get("trait") not in known:
+            skipped.append({"line": no, "reason": f"trait {obj.get('trait')!r} is not in the persona (available: {', '.join(sorted(known))})"})
+        elif obj.get("label") not in LABELS:
+            skipped.append({"line": no, "reason": f"label {obj.get('label')!r} must be one of {', '.join(LABELS)}"})
+        else:
+            rows.append({"text": obj["text"], "trait": obj["trait"], "label": obj["label"]})
+    if skipped and not rows:
+        raise DataError(f"{inp}: none of its {len(skipped)} line(s) is a usable example (line {skipped[0]['line']}: {skipped[0]['reason']}); "
+                        "fix: one JSON object per line with text, trait and label")
+    detectors = fit(spec, rows, seed=seed, other_positive_weight=other_positive_weight)
+    scorer = Scorer(spec, detectors=detectors, embedder=None)
+    scorer.save(output_dir)
+    per_trait: dict[str, dict[str, int]] = {t: {lab: 0 for lab in LABELS} for t in spec.trait_ids}
+    for r in rows:
+        per_trait[r["trait"]][r["label"]] += 1
+    return {"n_examples": len(rows), "per_trait": per_trait, "skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed],
+            "output": str(output_dir)}
