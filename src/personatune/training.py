@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from personatune.errors import ConfigError
 from personatune.gates import fmt_metric
@@ -80,6 +80,14 @@ class TrainArgs(BaseModel):
     bf16: Literal["auto"] | bool = Field("auto", description="bf16 mixed precision: 'auto' = on for CUDA GPUs that support it, off on CPU; or true/false")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (TRL's default is on; off here because small models train faster without it)")
     seed: int | None = Field(None, description="training seed; None = the run's global seed")
+
+    @model_validator(mode="after")
+    def _one_weight_per_loss(self) -> "TrainArgs":
+        # Checked when the config loads, not when stage 5 builds its trainer after stages 1-4 have run.
+        if self.dpo_loss_weights is not None and len(self.dpo_loss_weights) != len(self.dpo_loss):
+            raise ValueError(f"dpo_loss_weights has {len(self.dpo_loss_weights)} entries for {len(self.dpo_loss)} dpo_loss entries "
+                             f"{list(self.dpo_loss)}; fix: give one weight per loss, or leave it unset")
+        return self
 
 
 # --- checks and small helpers --------------------------------------------------------------------

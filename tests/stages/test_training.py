@@ -111,9 +111,11 @@ def test_dpo_with_an_sft_term_trains_and_the_weights_must_match(tmp_path):
     trainer.train()
     after = lora_snapshot(trainer.model)
     assert any(not torch.equal(before[n], after[n]) for n in before)
+    # A wrong number of weights is refused when the config loads, before any stage runs.
+    from personatune.config import load_config
+
     with pytest.raises(ConfigError, match="dpo_loss_weights has 1 entries"):
-        build_dpo_trainer(model, tok, pair_dataset(), args(dpo_loss=["sigmoid", "sft"], dpo_loss_weights=[1.0]),
-                          output_dir=tmp_path / "trl2", max_kl=0.1)
+        load_config(None, ["train.dpo_loss=[sigmoid, sft]", "train.dpo_loss_weights=[1.0]"])
 
 
 def test_grpo_full_finetune_with_reward_changes_parameters_and_has_kl_term(tmp_path):
