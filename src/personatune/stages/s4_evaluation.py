@@ -163,6 +163,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
             steps.append(f"add persona example interactions in context {r.metric[10:-1]}, or raise data.best_of")
+        elif r.metric == "adherence" and not records:
+            diagnosis.append("no held-out chosen responses: the teacher kept no held-out prompt")
+            steps.append("improve the teacher (data.teacher), or raise data.max_prompts or data.heldout_fraction")
         elif r.metric == "adherence":
             worst = sorted(adh.per_trait.items(), key=lambda kv: kv[1].value)[:2]
             diagnosis.append("lowest traits: " + ", ".join(f"{t} {m.value:.2f}" for t, m in worst))
