@@ -147,7 +147,7 @@ def stage5_run(tmp_path_factory):
                         ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"})):
         rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir: (ScriptedScorer(spec), "scripted"))
+        mp.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir, config: (ScriptedScorer(spec), "scripted"))
         res = s5_optimization.run(make_config(root.parent), rd)
     rd.set_record("05_optimization", StageRecord(status="done", outputs=rd.hash_outputs(res.outputs)))
     return root
@@ -156,7 +156,7 @@ def stage5_run(tmp_path_factory):
 @pytest.fixture()
 def run_copy(stage5_run, tmp_path, monkeypatch):
     """A private copy of the stage-5 run (each test may write stage 6), with the scripted scorer."""
-    monkeypatch.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir: (ScriptedScorer(spec), "scripted"))
+    monkeypatch.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir, config: (ScriptedScorer(spec), "scripted"))
     shutil.copytree(stage5_run, tmp_path / "run")
     return tmp_path / "run"
 
