@@ -62,3 +62,18 @@ def test_selection_reason_prints_rounded_numbers():
     s = select_checkpoint([rec(0, 0.0, 1 / 12), rec(10, 0.01, 0.0)], max_kl=0.1)
     assert s.record["step"] == 0
     assert "highest consistency 0.08333 among 2 checkpoint(s)" in s.reason and "0.0833333" not in s.reason
+
+
+def test_stage5_diagnosis_prints_rounded_numbers():
+    from types import SimpleNamespace
+
+    from personatune.config import load_config
+    from personatune.gates import Measurement
+    from personatune.stages.s5_optimization import optimization_gate
+
+    h = [rec(0, 0.0, 0.0), rec(10, 0.05, 1 / 12)]
+    sel = select_checkpoint(h, max_kl=0.1)
+    ev = SimpleNamespace(kl=SimpleNamespace(per_token=0.05, stderr=0.01, sequences=12), consistency=Measurement(1 / 12, n=12),
+                         adherence=Measurement(0.5, n=72), adherence_per_trait={"a": 0.5}, style_variance=None, texts=["x"] * 12)
+    text = "\n".join(optimization_gate(load_config(None, ["persona=p.yaml"]), ev, sel, h).diagnosis)
+    assert "consistency 0.083" in text and "0.0833333" not in text, text

@@ -112,7 +112,7 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
                 "style_variance": Measurement(ev.style_variance, n=len(ev.texts)) if ev.style_variance is not None else None}
     results = check_gates(specs, measured)
     last = sel.last_within_budget
-    where = (f"the last checkpoint within the KL budget is step {last['step']} (KL {last['kl']:.4g}, consistency {last.get('consistency')})"
+    where = (f"the last checkpoint within the KL budget is step {last['step']} (KL {last['kl']:.4g}, consistency {fmt_metric(last.get('consistency'))})"
              if last else "no checkpoint was within the KL budget")
     diagnosis, steps = [], []
     for r in results:
