@@ -38,6 +38,33 @@ def _validate(obj: Any, known: set[str]) -> str | None:
     return None
 
 
+def _read_lines(path: Path, what: str) -> list[str]:
+    """The lines of a UTF-8 text file; DataError (one line, with the fix) when it cannot be read."""
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"cannot read {what} {path}: {e}; fix: pass an existing UTF-8 JSONL file") from None
+
+
+def _parse_lines(lines: list[str], validate: Any) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
+    """(valid (line number, object) rows, skipped [{line, reason}]) of JSONL lines; `validate(obj)` gives a reason or None."""
+    rows, skipped = [], []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            skipped.append({"line": no, "reason": f"not valid JSON ({e.msg})"})
+            continue
+        reason = validate(obj)
+        if reason:
+            skipped.append({"line": no, "reason": reason})
+        else:
+            rows.append((no, obj))
+    return rows, skipped
+
+
 def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: str | Path,
                 evaluator_dir: str | Path | None = None, scorer: Any = None, max_errors_listed: int = 20,
                 judge: Any = None, judge_weight: float | None = None) -> dict[str, Any]:
@@ -65,35 +92,18 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
     from personatune.scoring.scorer import Scorer
 
     inp, outp = Path(input_path), Path(output_path)
-    try:
-        lines = inp.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read input {inp}: {e}; fix: pass an existing UTF-8 JSONL file") from None
+    lines = _read_lines(inp, "input")  # before any model loads
     if scorer is None:
         from personatune.persona import load_persona
-
-        spec = load_persona(persona_path)
         from personatune.scoring.scorer import DEFAULT_JUDGE_WEIGHT
 
+        spec = load_persona(persona_path)
         if evaluator_dir:
             scorer = Scorer.from_evaluator_dir(spec, evaluator_dir, judge=judge, judge_weight=judge_weight)
         else:
             scorer = Scorer(spec, judge=judge, judge_weight=DEFAULT_JUDGE_WEIGHT if judge_weight is None else judge_weight)
     known = set(scorer.persona.trait_ids)
-    rows, skipped = [], []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            skipped.append({"line": no, "reason": f"not valid JSON ({e.msg})"})
-            continue
-        reason = _validate(obj, known)
-        if reason:
-            skipped.append({"line": no, "reason": reason})
-            continue
-        rows.append((no, obj))
+    rows, skipped = _parse_lines(lines, lambda obj: _validate(obj, known))
     records = scorer.score([o["text"] for _, o in rows], prompts=[o.get("prompt") for _, o in rows],
                            contexts=[o.get("context") for _, o in rows], targets=[o.get("targets") or [] for _, o in rows],
                            ids=[str(o.get("id", f"line{no}")) for no, o in rows])
@@ -128,28 +138,19 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
         raise DataError(f"other_positive_weight {other_positive_weight} must be >= 0; fix: e.g. 0 (off) or 1")
     spec = load_persona(persona_path)
     inp = Path(examples_path)
-    try:
-        lines = inp.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read examples {inp}: {e}; fix: pass an existing UTF-8 JSONL file") from None
     known = set(spec.trait_ids)
-    rows, skipped = [], []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            skipped.append({"line": no, "reason": f"not valid JSON ({e.msg})"})
-            continue
+
+    def validate(obj: Any) -> str | None:
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
-            skipped.append({"line": no, "reason": "needs a non-empty string field 'text'"})
-        elif obj.get("trait") not in known:
-            skipped.append({"line": no, "reason": f"trait {obj.get('trait')!r} is not in the persona (available: {', '.join(sorted(known))})"})
-        elif obj.get("label") not in LABELS:
-            skipped.append({"line": no, "reason": f"label {obj.get('label')!r} must be one of {', '.join(LABELS)}"})
-        else:
-            rows.append({"text": obj["text"], "trait": obj["trait"], "label": obj["label"]})
+            return "needs a non-empty string field 'text'"
+        if obj.get("trait") not in known:
+            return f"trait {obj.get('trait')!r} is not in the persona (available: {', '.join(sorted(known))})"
+        if obj.get("label") not in LABELS:
+            return f"label {obj.get('label')!r} must be one of {', '.join(LABELS)}"
+        return None
+
+    parsed, skipped = _parse_lines(_read_lines(inp, "examples"), validate)
+    rows = [{"text": o["text"], "trait": o["trait"], "label": o["label"]} for _, o in parsed]
     if skipped and not rows:
         raise DataError(f"{inp}: none of its {len(skipped)} line(s) is a usable example (line {skipped[0]['line']}: {skipped[0]['reason']}); "
                         "fix: one JSON object per line with text, trait and label")

@@ -333,3 +333,14 @@ def build_judge(args: Any, *, default_model: str | None = None, model_args: Any 
     else:
         model, tok = models.load_model_and_tokenizer(name)
     return HFJudge(model, tok, batch_size=args.batch_size, exemplars=args.exemplars)
+
+
+def run_judge(config: Any, run_root: Any) -> Any | None:
+    """The judge a run config's `scorer.judge` asks for (hf default model: the run's model.name), or None.
+
+    OpenAI answers are cached in RUN_DIR/judge_cache/, shared by the stages (they run one at a time).
+    """
+    from pathlib import Path
+
+    return build_judge(config.scorer.judge, default_model=config.model.name, model_args=config.model,
+                       cache_dir=Path(run_root) / "judge_cache")

@@ -325,7 +325,7 @@ def dataset_card(spec: PersonaSpec, scenarios: list[Scenario], sft: list[dict], 
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Build the stage-3 dataset and check its gate."""
     from personatune.embeddings import Embedder
-    from personatune.scoring.judges import build_judge
+    from personatune.scoring.judges import run_judge
     from personatune.scoring.scorer import Scorer
 
     out = run_dir.stage_dir(STAGE)
@@ -361,9 +361,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         from personatune.scoring.traits import fit
 
         detectors = fit(spec, (), embedder=embedder, seed=config.seed, other_positive_weight=config.scorer.other_positive_weight)
-    j = config.scorer.judge
-    judge = build_judge(j, default_model=config.model.name, model_args=config.model, cache_dir=run_dir.root / "judge_cache")
-    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=judge, judge_weight=j.weight)
+    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=run_judge(config, run_dir.root), judge_weight=config.scorer.judge.weight)
     # Contrast is generated only for prompts that have a consistent chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
     cand_scores = score_candidates(scenarios, teacher_out, scorer)

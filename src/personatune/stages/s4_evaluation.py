@@ -106,7 +106,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Fit the evaluator on the training split; gate on the held-out split."""
     from personatune.embeddings import Embedder
     from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
-    from personatune.scoring.judges import build_judge
+    from personatune.scoring.judges import run_judge
     from personatune.scoring.scorer import Scorer
     from personatune.scoring.traits import fit
 
@@ -119,9 +119,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     embedder = Embedder.default()
     detectors = fit(spec, labelled_examples(spec, tr_sft, tr_pairs), embedder=embedder, seed=config.seed,
                     other_positive_weight=config.scorer.other_positive_weight)
-    j = config.scorer.judge
-    judge = build_judge(j, default_model=config.model.name, model_args=config.model, cache_dir=run_dir.root / "judge_cache")
-    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=judge, judge_weight=j.weight)
+    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=run_judge(config, run_dir.root), judge_weight=config.scorer.judge.weight)
     scorer.save(out / "evaluator")
 
     aucs = heldout_auroc(scorer, spec, ho_sft, ho_pairs)

@@ -71,12 +71,12 @@ def train_dataset(pairs_path: Path, algorithm: str) -> Any:
 def _make_scorer(spec: Any, run_dir: RunDir, config: RunConfig) -> tuple[Any, str]:
     """The stage-4 evaluator (with the configured judge, if any), or the persona-only scorer when stage 4 left none."""
     from personatune.embeddings import Embedder
-    from personatune.scoring.judges import build_judge
+    from personatune.scoring.judges import run_judge
     from personatune.scoring.scorer import Scorer
 
     embedder = Embedder.default()
     j = config.scorer.judge
-    judge = build_judge(j, default_model=config.model.name, model_args=config.model, cache_dir=run_dir.root / "judge_cache")
+    judge = run_judge(config, run_dir.root)
     with_judge = f" + {j.backend} judge (weight {j.weight})" if judge is not None else ""
     try:
         path = run_dir.output_path("04_evaluation", "evaluator")
