@@ -46,6 +46,30 @@ def test_run_tiny_until_stage_2_then_resume(tmp_path):
     assert not (run / "04_evaluation").exists()
 
 
+def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
+    """`lm_eval.tasks` through the CLI: a task with local data is scored; a hub task is skipped offline with its reason."""
+    pytest.importorskip("lm_eval", reason="lm_eval is part of the dev extra")
+    sys.path.insert(0, str(REPO / "tests"))
+    from lm_eval_tasks import write_tasks
+
+    write_tasks(tmp_path / "cfg" / "tasks")
+    cfg = tmp_path / "cfg" / "run.yaml"  # include_path relative to the config file's folder
+    cfg.write_text(f"name: lme\nrun_dir: {tmp_path}\npersona: {REPO / 'examples/personas/captain_nova.yaml'}\nmodel:\n  name: tiny\n"
+                   "sft:\n  capability: false\nlm_eval:\n  tasks: [pt_arith_mc, arc_easy]\n  include_path: tasks\n  limit: 4\n")
+    r = cli("run", str(cfg), "--until", "1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "lm-eval pt_arith_mc: acc,none" in r.stdout and "lm-eval task arc_easy skipped: its data could not be loaded" in r.stdout
+    assert "lm-eval 1/2 task(s) scored, skipped: arc_easy" in r.stdout and "Traceback" not in r.stdout + r.stderr
+    lm = json.loads((tmp_path / "lme" / "01_baseline" / "lm_eval.json").read_text())
+    assert lm["status"] == "partial" and lm["tasks"]["pt_arith_mc"]["n"] == 4 and "arc_easy" in lm["skipped"]
+    man = json.loads((tmp_path / "lme" / "manifest.json").read_text())
+    assert "lm_eval" in man["stages"]["01_baseline"]["outputs"]
+    # A misspelt task is a one-line error before any model work.
+    bad = cli("run", str(cfg), "lm_eval.tasks=[pt_arith_mcq]", "--until", "1", "--force")
+    assert bad.returncode == 2 and "lm_eval.tasks: 'pt_arith_mcq' is not in lm-eval's task registry" in bad.stderr
+    assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
 def test_killed_run_resumes_at_the_stage_in_progress(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     p = subprocess.Popen([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2"], cwd=REPO, env=env,

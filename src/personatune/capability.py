@@ -6,8 +6,8 @@ decoding, the model's own chat template, no system prompt added, the same checks
 candidate score / baseline score on the same items; a task also fails when it drops by more than
 its own 95% interval (Wilson interval of the baseline's accuracy on that task).
 
-Optional lm-evaluation-harness tasks are not bundled (they need data from a hub); see
-docs/sft-preparation.md.
+Optional lm-evaluation-harness tasks (the `lm_eval` config section) are scored by personatune.lm_harness;
+see docs/sft-preparation.md.
 """
 
 from __future__ import annotations

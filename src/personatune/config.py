@@ -112,6 +112,22 @@ class SFTArgs(_Section):
     capability: bool = Field(True, description="score the built-in capability suite and perplexity of the baseline")
 
 
+class LmEvalArgs(_Section):
+    """Optional lm-evaluation-harness tasks, scored on the baseline (stage 1) and the final model (stage 7).
+
+    Needs `lm_eval` (`pip install 'personatune[lmeval]'`); without it, or when a task's data cannot be
+    loaded (offline), the task is skipped with a one-line reason and the run goes on.
+    """
+
+    tasks: list[str] = Field(default_factory=list, description="lm-eval task names (its registry, or tasks defined in `include_path`); empty = off")
+    include_path: str | None = Field(None, description="folder of extra lm-eval task YAML files, e.g. tasks with local data (relative to the config file's folder or the working directory)")
+    limit: int | None = Field(100, ge=1, description="examples per task (count); None = the whole test split")
+    num_fewshot: int | None = Field(None, ge=0, description="few-shot examples per prompt; None = each task's own default")
+    batch_size: int = Field(8, ge=1, description="sequences per forward pass")
+    apply_chat_template: bool = Field(False, description="wrap prompts in the model's chat template (lm-eval's --apply_chat_template)")
+    bootstrap_iters: int = Field(1000, ge=0, description="bootstrap resamples for the standard error of non-mean metrics (0 = no standard error)")
+
+
 class TeacherArgs(_Section):
     """Who writes the stage-3 responses."""
 
@@ -203,6 +219,7 @@ class RunConfig(_Section):
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's own choice")
     model: ModelArgs = Field(default_factory=ModelArgs)
     sft: SFTArgs = Field(default_factory=SFTArgs)
+    lm_eval: LmEvalArgs = Field(default_factory=LmEvalArgs)
     data: DataArgs = Field(default_factory=DataArgs)
     scorer: ScorerArgs = Field(default_factory=ScorerArgs)
     train: TrainArgs = Field(default_factory=TrainArgs)
@@ -278,8 +295,8 @@ def _format_validation(err: ValidationError, known: list[str], source: str) -> l
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Resolve a run config: defaults < YAML file < key=value overrides.
 
-    Relative `persona` paths are resolved against the config file's folder first, then the
-    working directory.
+    Relative `persona` and `lm_eval.include_path` paths are resolved against the config file's folder
+    first, then the working directory.
 
     Raises:
         ConfigError: listing every problem (unreadable file, unknown key with a suggestion, bad value).
@@ -321,6 +338,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not cand.exists() and (Path.cwd() / persona).exists():
             cand = Path.cwd() / persona
         cfg.persona = str(cand.resolve())
+    inc = cfg.lm_eval.include_path
+    if inc and not Path(inc).is_absolute():
+        cand = base_dir / inc
+        if not cand.exists() and (Path.cwd() / inc).exists():
+            cand = Path.cwd() / inc
+        cfg.lm_eval.include_path = str(cand.resolve())
     return cfg
 
 

@@ -33,7 +33,7 @@ from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_
 
 # The one table of stages, in run order. `run=None` marks a stage that is not implemented yet.
 STAGES: tuple[Stage, ...] = (
-    Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "sft", "seed", "persona"), version=2, issue=5),
+    Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "sft", "lm_eval", "seed", "persona"), version=2, issue=5),
     Stage("02_persona", "Persona definition", s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
     Stage("03_consistency_data", "Consistency data", s3_consistency_data.run, config_keys=("data", "scorer", "gates", "seed", "model", "threads"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona")), version=3, issue=4),
@@ -45,7 +45,7 @@ STAGES: tuple[Stage, ...] = (
     Stage("06_iterations", "Iterative training", s6_iterations.run, config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
                   ("04_evaluation", "evaluator"), ("05_optimization", "model")), version=1, issue=5),
-    Stage("07_final_eval", "Evaluation & monitoring", s7_final.run, config_keys=("model", "train", "gates", "data", "scorer", "seed"),
+    Stage("07_final_eval", "Evaluation & monitoring", s7_final.run, config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "heldout"), ("04_evaluation", "evaluator"),
                   ("06_iterations", "model")), version=1, issue=6),
 )

@@ -34,13 +34,13 @@ QUESTIONS = {
 TRAITS = ["optimistic", "nautical_slang", "encouraging", "adventurous", "protective", "warm_humor"]
 
 
-def _config(tmp_path: Path):
+def _config(tmp_path: Path, extra: tuple[str, ...] = ()):
     return load_config(None, [f"persona={PERSONA}", f"run_dir={tmp_path}", "name=run", "model.name=tiny", "threads=2",
                                "data.teacher.max_new_tokens=12", "data.teacher.batch_size=8", "train.kl_max_new_tokens=8",
-                               "gates.evaluation.min_per_context=2"])
+                               "gates.evaluation.min_per_context=2", *extra])
 
 
-def build_run(tmp_path: Path):
+def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
     """Stages 1-6 recorded done with their real cache keys; stage 6's model = the baseline's weights."""
     from personatune import models
     from personatune.capability import perplexity, score_suite
@@ -50,7 +50,7 @@ def build_run(tmp_path: Path):
     from personatune.pipeline import STAGES, stage_cache_key
     from personatune.scoring.scorer import Scorer
 
-    cfg = _config(tmp_path)
+    cfg = _config(tmp_path, extra)
     rd = RunDir(tmp_path / "run")
     model, tok = models.build_tiny_model(seed=0)
     models.save_model(model, tok, rd.root / "01_baseline" / "model")
@@ -81,7 +81,14 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
     from personatune.persona import load_persona
     from personatune.pipeline import run_pipeline
 
-    cfg, rd, rows = build_run(tmp_path)
+    import sys
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from lm_eval_tasks import write_tasks
+
+    # With one lm-eval task on local data (stage 1 recorded none here, so stage 7 scores the baseline too).
+    tasks = write_tasks(tmp_path / "lm_eval_tasks")
+    cfg, rd, rows = build_run(tmp_path, ("lm_eval.tasks=[pt_arith_mc]", f"lm_eval.include_path={tasks}"))
     lines: list[str] = []
     rc = run_pipeline(cfg, echo=lines.append)
     out = "\n".join(lines)
@@ -102,6 +109,10 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
     ret = f["retention"]
     assert ret["baseline_score"] > 0 and ret["value"] == 1.0 and ret["all_tasks_ok"] and ret["baseline_source"] == "01_baseline/capability.json"
     assert all(d["drop"] == 0 and d["allowed"] >= 0 for d in ret["tasks"].values()) and ret["n_items"] == 36
+    lm = f["lm_eval"]
+    assert lm["baseline_source"] == "scored in stage 7" and lm["not_compared"] == {} and lm["all_tasks_ok"]
+    t = lm["tasks"]["pt_arith_mc"]
+    assert t["metric"] == "acc,none" and t["n"] == 5 and t["drop"] == 0 and t["baseline"] == t["final"] and t["allowed"] > 0
     assert abs(f["kl"]["kl_per_token"]) < 1e-6 and f["kl"]["sequences"] == len(rows) and f["kl"]["unit"] == "nats/token"
     assert f["perplexity"]["final"]["perplexity"] == pytest.approx(f["perplexity"]["baseline"]["perplexity"], rel=1e-5)
     for m in (f["consistency"]["baseline"], f["consistency"]["final"], f["adherence"]["final"]):
@@ -117,8 +128,10 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
     assert all(0 <= s["final_consistency"] <= 1 for s in samples)
     gate = json.loads((rd.root / "07_final_eval" / "gate.json").read_text())
     assert gate["passed"] is False and gate["diagnosis"][0] == "verdict: NO-DEPLOY"
+    assert any(r["metric"] == "lm_eval_drop[pt_arith_mc]" and r["passed"] and r["value"] == 0 for r in gate["results"])
     md = (rd.root / "07_final_eval" / "final.md").read_text()
     assert md.startswith("# Final evaluation: NO-DEPLOY") and "| adversarial | 4 |" in md
+    assert "## lm-evaluation-harness tasks" in md and "| pt_arith_mc | acc,none |" in md
     man = json.loads((rd.root / "manifest.json").read_text())
     assert man["stages"]["07_final_eval"]["status"] == "gate_failed" and man["stages"]["07_final_eval"]["message"].startswith("NO-DEPLOY")
     page = (rd.root / "report.html").read_text()

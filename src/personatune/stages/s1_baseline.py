@@ -6,11 +6,13 @@
    `sft.dataset`, mixed with the persona's example interactions (`sft.persona_mix`, 0.7 = 70/30
    persona/general). Without a dataset the base model is the baseline.
 3. Record the baseline's scores, with no system prompt: the capability suite and held-out perplexity
-   (personatune.capability). Its persona metrics on the held-out prompts are recorded by stage 4,
-   the first stage that has both the held-out prompts and the fitted evaluator.
+   (personatune.capability), and the optional lm-evaluation-harness tasks of the `lm_eval` section
+   (personatune.lm_harness; skipped with a reason when lm_eval is missing or a task's data is offline).
+   Its persona metrics on the held-out prompts are recorded by stage 4, the first stage that has both
+   the held-out prompts and the fitted evaluator.
 
-Output: `01_baseline/baseline.json` (model path, scores) and, when SFT ran or the model exists only
-in memory (`tiny`), the model itself in `01_baseline/model/`.
+Output: `01_baseline/baseline.json` (model path, scores), `capability.json`, `lm_eval.json` (when tasks are
+configured) and, when SFT ran or the model exists only in memory (`tiny`), the model itself in `01_baseline/model/`.
 """
 
 from __future__ import annotations
@@ -112,7 +114,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     from personatune import models
 
+    from personatune import lm_harness
+
     out_dir = run_dir.stage_dir(STAGE)
+    lm_harness.check_tasks(config.lm_eval)  # an unknown task name fails here, before any model work
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -151,6 +156,14 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         baseline["capability"] = {"score": suite["score"], "n": suite["n"], "tasks": {k: v["accuracy"] for k, v in suite["tasks"].items()}}
         baseline["perplexity"] = perplexity(model, tok)
         baseline["capability_seconds"] = round(time.time() - t1, 2)
+    if config.lm_eval.tasks:
+        t2 = time.time()
+        lm = lm_harness.evaluate(model, tok, config.lm_eval, seed=config.seed)
+        atomic_write_json(out_dir / "lm_eval.json", lm)
+        outputs["lm_eval"] = out_dir / "lm_eval.json"
+        baseline["lm_eval"] = {"status": lm["status"], "tasks": {k: {"metric": v["metric"], "value": v["value"]} for k, v in lm["tasks"].items()},
+                               "skipped": sorted(lm["skipped"])}
+        baseline["lm_eval_seconds"] = round(time.time() - t2, 2)
     atomic_write_json(out_dir / "baseline.json", baseline)
     outputs["baseline"] = out_dir / "baseline.json"
     gate = GateReport(
@@ -165,5 +178,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         next_steps=[] if baseline["chat_template"] else ["use an instruct/chat model, or add a chat_template to its tokenizer_config.json"],
     )
     cap = baseline.get("capability", {}).get("score")
-    msg = f"baseline {config.model.name} loaded in {load_s:.1f}s" + (f"; capability {cap:.2f}" if cap is not None else "") + f"; reply: {reply[:50]!r}"
+    msg = f"baseline {config.model.name} loaded in {load_s:.1f}s" + (f"; capability {cap:.2f}" if cap is not None else "")
+    if "lm_eval" in baseline:
+        lm_info = baseline["lm_eval"]
+        msg += f"; lm-eval {len(lm_info['tasks'])}/{len(config.lm_eval.tasks)} task(s) scored" + (f", skipped: {', '.join(lm_info['skipped'])}" if lm_info["skipped"] else "")
+    msg += f"; reply: {reply[:50]!r}"
     return StageResult(outputs=outputs, gate=gate, metrics={k: baseline[k] for k in ("load_seconds",)}, message=msg)

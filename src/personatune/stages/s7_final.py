@@ -13,11 +13,15 @@
 4. Capability retention = suite score(final) / suite score(baseline), same items, greedy, same template, same
    batch size as stage 1 (16); the baseline's suite comes from stage 1's capability.json when it exists. A task
    fails when its accuracy drops by more than the baseline's own 95% interval on it: drop > accuracy - Wilson
-   lower bound (capability.retention). Held-out perplexity of both is reported beside it.
+   lower bound (capability.retention). Held-out perplexity of both is reported beside it. The optional
+   lm-eval tasks (`lm_eval` section, personatune.lm_harness) are scored on the final model too and compared
+   with the baseline's (stage 1's lm_eval.json when its settings match): a task fails when its primary metric
+   moves the wrong way by more than 1.96 x the baseline's standard error; skipped tasks are listed, not gated.
 5. KL per token of the final model to the baseline (personatune.kl.measure_kl: its own samples at temperature 1,
    no system prompt, train.kl_max_new_tokens tokens), reported; stages 5-6 already gated it.
 6. Gate (METRICS.md): improvement interval lower end > gates.final.min_improvement, retention >=
-   gates.final.min_retention, no task drop beyond its interval, no earlier stage recorded with a failed gate.
+   gates.final.min_retention, no task drop beyond its interval (suite and lm-eval), no earlier stage recorded
+   with a failed gate.
    Verdict: DEPLOY iff all pass, else NO-DEPLOY with one line per failed gate (value, threshold, likely
    cause, what to change). Writes final.json, final.md and samples.json.
 """
@@ -125,6 +129,31 @@ def compare_persona(base: list[Any], final: list[Any], *, seed: int, min_per_con
             "per_trait": per_trait, "per_context": per_context, "robustness": robustness}
 
 
+def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_tok: Any, final_model: Any, final_tok: Any) -> dict[str, Any]:
+    """The configured lm-eval tasks on the final model, compared with the baseline's.
+
+    The baseline's results come from stage 1's lm_eval.json when it was scored with the same `lm_eval` settings;
+    otherwise the baseline is scored again here, so both sides always share tasks, limit, shots and template.
+    """
+    from personatune import lm_harness
+
+    lm_harness.check_tasks(config.lm_eval)
+    want = config.lm_eval.model_dump(mode="json")
+    base, source = None, "scored in stage 7"
+    try:
+        saved = json.loads(run_dir.output_path("01_baseline", "lm_eval").read_text(encoding="utf-8"))
+        if saved.get("settings") == want and saved.get("lm_eval_version") == lm_harness.installed_version():
+            base, source = saved, "01_baseline/lm_eval.json"
+    except (RunDirError, ValueError):
+        pass
+    if base is None:
+        base = lm_harness.evaluate(base_model, base_tok, config.lm_eval, seed=config.seed)
+    final = lm_harness.evaluate(final_model, final_tok, config.lm_eval, seed=config.seed)
+    cmp = lm_harness.compare(final, base)
+    return {**cmp, "baseline_source": source, "settings": want, "lm_eval_version": final.get("lm_eval_version"),
+            "rule": "a task fails when its primary metric moves the wrong way by more than 1.96 x the baseline's standard error"}
+
+
 def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
     """The stage-7 gate and the verdict from the figures of `final.json` (a pure function of its arguments).
 
@@ -150,6 +179,12 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
         specs.append(GateSpec(f"capability_drop[{task}]", d["allowed"] + 1e-12, "<=", "accuracy (fraction of items)",
                               f"accuracy drop on task {task}; allowed: baseline accuracy minus its Wilson 95% lower bound"))
         measured[f"capability_drop[{task}]"] = Measurement(d["drop"], n=d["n"])
+    lm = fig.get("lm_eval") or {}
+    for task, d in (lm.get("tasks") or {}).items():
+        # lm-eval tasks (optional): the primary metric may not move the wrong way by more than 1.96 x the baseline's standard error.
+        specs.append(GateSpec(f"lm_eval_drop[{task}]", d["allowed"] + 1e-12, "<=", f"{d['metric']} (lm-eval; drop in the worse direction)",
+                              f"lm-eval task {task}: baseline {d['metric']} minus the final model's; allowed: 1.96 x the baseline's standard error"))
+        measured[f"lm_eval_drop[{task}]"] = Measurement(d["drop"], n=d.get("n"))
     failed_earlier = [s for s, e in fig["earlier_gates"].items() if e.get("gate_passed") is False]
     specs.append(GateSpec("earlier_gates_failed", 0, "<=", "stages", "stages 1-6 whose recorded gate failed"))
     measured["earlier_gates_failed"] = Measurement(float(len(failed_earlier)), n=len(fig["earlier_gates"]))
@@ -180,6 +215,11 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
             d = ret["tasks"][r.metric[16:-1]]
             cause = f"task {r.metric[16:-1]} fell from {d['baseline']:.3f} to {d['candidate']:.3f}, beyond the baseline's interval ({d['allowed']:.3f}); {kl_txt}"
             fix = "raise train.beta or lower train.learning_rate; check which replies changed in 07_final_eval/final.json capability.final_replies"
+        elif r.metric.startswith("lm_eval_drop["):
+            task = r.metric[len("lm_eval_drop["):-1]
+            d = lm["tasks"][task]
+            cause = f"lm-eval task {task} ({d['metric']}) went from {d['baseline']:.4f} to {d['final']:.4f}, beyond the baseline's interval ({d['allowed']:.4f}); {kl_txt}"
+            fix = "raise train.beta or lower train.learning_rate, or mix general data into stage 1 (sft.dataset, sft.persona_mix)"
         else:
             cause = f"stage(s) {', '.join(failed_earlier)} are recorded with a failed gate"
             fix = "re-run from the first of them (personatune run CONFIG --from N) until its gate passes"
@@ -207,6 +247,12 @@ def final_markdown(fig: dict[str, Any]) -> str:
         f"| KL to baseline | | | {kl.get('kl_per_token', float('nan')):.4g} ± {kl.get('kl_per_token_stderr', float('nan')):.2g} nats/token |", "",
         "## Capability per task", "", "| task | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|"]
     out += [f"| {t} | {d['baseline']:.3f} | {d['candidate']:.3f} | {d['drop']:.3f} | {d['allowed']:.3f} | {'yes' if d['ok'] else 'NO'} |" for t, d in ret["tasks"].items()]
+    lm = fig.get("lm_eval")
+    if lm:
+        out += ["", "## lm-evaluation-harness tasks", "", "| task | metric | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|---|"]
+        out += [f"| {t} | {d['metric']} | {d['baseline']:.4f} | {d['final']:.4f} | {d['drop']:.4f} | {d['allowed']:.4f} | {'yes' if d['ok'] else 'NO'} |"
+                for t, d in lm["tasks"].items()]
+        out += [f"- {t}: not compared ({why})" for t, why in lm["not_compared"].items()]
     out += ["", "## Adherence per trait", "", "| trait | baseline | final |", "|---|---|---|"]
     out += [f"| {t} | {fm(v['baseline'])} | {fm(v['final'])} |" for t, v in fig["per_trait"].items()]
     out += ["", "## Per context", "", "| context | n | consistency baseline | consistency final | adherence baseline | adherence final |", "|---|---|---|---|---|---|"]
@@ -235,7 +281,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.stages.s5_optimization import _make_scorer
     from personatune.stages.s6_iterations import final_model_path
 
+    from personatune.lm_harness import check_tasks
+
     t_start = time.time()
+    check_tasks(config.lm_eval)  # an unknown lm-eval task fails before any model work
     out = run_dir.stage_dir(STAGE)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -291,6 +340,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                         "n_items": final_suite["n"], "baseline_source": suite_src, "tasks": tasks, "all_tasks_ok": ret["all_tasks_ok"],
                         "task_rule": "a task fails when baseline accuracy - final accuracy > baseline accuracy - its Wilson 95% lower bound",
                         "final_replies": final_suite["replies"]}
+    if config.lm_eval.tasks:
+        fig["lm_eval"] = lm_eval_figures(config, run_dir, base_model, base_tok, final_model, final_tok)
     base_info = json.loads(run_dir.output_path("01_baseline", "baseline").read_text(encoding="utf-8"))
     fig["perplexity"] = {"baseline": base_info.get("perplexity") or perplexity(base_model, base_tok), "final": perplexity(final_model, final_tok),
                          "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template"}
