@@ -162,6 +162,48 @@ def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
     assert any("persona/kl" in r for r in trainer.state.log_history)
 
 
+def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar in the TensorBoard event files under `folder` (TFRecord framing: length, crc, event, crc)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for f in sorted(folder.rglob("events.out.tfevents*")):
+        data = f.read_bytes()
+        i = 0
+        while i + 12 <= len(data):
+            (n,) = struct.unpack("<Q", data[i:i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            i += 12 + n + 4
+            for v in ev.summary.value:
+                out.setdefault(v.tag, []).append((ev.step, v.simple_value))
+    return out
+
+
+def test_report_to_tensorboard_receives_the_persona_metrics(tmp_path):
+    """`train.report_to=tensorboard` is passed to TRL: the tracker gets KL, consistency, adherence next to the loss."""
+    pytest.importorskip("tensorboardX", reason="tensorboardX is part of the dev extra")
+    model, tok = models.build_tiny_model(seed=3)
+
+    def evaluate(policy, reference):
+        kl = measure_kl(policy, reference, tok, HELD, max_new_tokens=6, seed=0, batch_size=4)
+        return EvalResult(kl, Measurement(0.25, n=4), Measurement(0.75, n=4), 0.125, texts=["x"] * 4)
+
+    cb = PersonaEvalCallback(evaluate, tmp_path, eval_every=1, max_kl=10.0, kl_control="stop", eval_at_start=False)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=2, report_to="tensorboard"), output_dir=tmp_path / "trl",
+                                max_kl=10.0, callbacks=[cb.hooks()])
+    cb.bind(trainer)
+    trainer.train()
+    scalars = _tensorboard_scalars(tmp_path)
+    hist = read_history(tmp_path / "metrics.jsonl")
+    # transformers' TensorBoardCallback files training logs under "train/".
+    assert [s for s, _ in scalars["train/persona/consistency"]] == [1, 2], sorted(scalars)
+    assert [v for _, v in scalars["train/persona/consistency"]] == [0.25, 0.25] and [v for _, v in scalars["train/persona/adherence"]] == [0.75, 0.75]
+    assert [v for _, v in scalars["train/persona/kl"]] == pytest.approx([r["kl"] for r in hist], rel=1e-5) and hist[-1]["kl"] > 0
+    assert [s for s, _ in scalars["train/loss"]] == [1, 2]
+
+
 @pytest.mark.slow
 def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
     """accelerate launch with configs/accelerate/cpu_2proc.yaml: 2 CPU processes (gloo) train the tiny model with DPO."""
