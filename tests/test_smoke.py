@@ -44,6 +44,12 @@ def test_run_tiny_until_stage_2_then_resume(tmp_path):
     assert r3.stdout.rstrip().endswith("verdict: NO-DEPLOY (the 03_consistency_data gate failed)")
     assert (run / "report.html").exists()
     assert not (run / "04_evaluation").exists()
+    # Re-running stage 1 on the same model leaves baseline.json byte-identical, so stage 3 is not re-run.
+    before = (run / "01_baseline" / "baseline.json").read_bytes()
+    r4 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--from", "1", "--until", "1")
+    assert r4.returncode == 0 and (run / "01_baseline" / "baseline.json").read_bytes() == before, r4.stdout + r4.stderr
+    r5 = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}")
+    assert r5.returncode == 1 and "its gate FAILED earlier with these inputs — not re-run" in r5.stdout, r5.stdout
 
 
 def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
@@ -105,6 +111,15 @@ def test_bad_inputs_are_one_line_errors(tmp_path):
     assert "/no/such/model" in r.stderr
     r = cli("validate", str(tmp_path / "missing.yaml"))
     assert r.returncode == 2 and "Traceback" not in r.stderr
+
+
+def test_overrides_after_options_are_applied(tmp_path):
+    # `run CONFIG --from 6 --until 6 model.device=cpu` (the documented accelerate launch form): the key=value after the
+    # options is an override (here it reaches stage 1, which names the model), not an unrecognized argument.
+    r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1", "model.name=/no/such/model")
+    assert r.returncode == 2 and "/no/such/model" in r.stderr and "unrecognized" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1", "--bogus")
+    assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
 
 
 @pytest.mark.parametrize("persona", sorted(p.name for p in (REPO / "examples" / "personas").glob("*.yaml")))

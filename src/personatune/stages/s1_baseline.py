@@ -124,7 +124,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     t0 = time.time()
     model, tok = models.load_configured_model(config.model.name, config.model)
     load_s = time.time() - t0
-    baseline: dict = {"model": config.model.name, "load_seconds": round(load_s, 3)}
+    # Timings go to the manifest, not baseline.json: its content hash is later stages' input, and a re-run of
+    # stage 1 that loads the same model must leave it byte-identical, or stages 3-7 would all re-run.
+    baseline: dict = {"model": config.model.name}
+    timings = {"load_seconds": round(load_s, 3)}
     outputs: dict[str, Path] = {}
     if config.sft.dataset:
         model, info = _run_sft(config, model, tok, out_dir)
@@ -155,7 +158,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         outputs["capability"] = out_dir / "capability.json"
         baseline["capability"] = {"score": suite["score"], "n": suite["n"], "tasks": {k: v["accuracy"] for k, v in suite["tasks"].items()}}
         baseline["perplexity"] = perplexity(model, tok)
-        baseline["capability_seconds"] = round(time.time() - t1, 2)
+        timings["capability_seconds"] = round(time.time() - t1, 2)
     if config.lm_eval.tasks:
         t2 = time.time()
         lm = lm_harness.evaluate(model, tok, config.lm_eval, seed=config.seed)
@@ -163,7 +166,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         outputs["lm_eval"] = out_dir / "lm_eval.json"
         baseline["lm_eval"] = {"status": lm["status"], "tasks": {k: {"metric": v["metric"], "value": v["value"]} for k, v in lm["tasks"].items()},
                                "skipped": sorted(lm["skipped"])}
-        baseline["lm_eval_seconds"] = round(time.time() - t2, 2)
+        timings["lm_eval_seconds"] = round(time.time() - t2, 2)
     atomic_write_json(out_dir / "baseline.json", baseline)
     outputs["baseline"] = out_dir / "baseline.json"
     gate = GateReport(
@@ -183,4 +186,4 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         lm_info = baseline["lm_eval"]
         msg += f"; lm-eval {len(lm_info['tasks'])}/{len(config.lm_eval.tasks)} task(s) scored" + (f", skipped: {', '.join(lm_info['skipped'])}" if lm_info["skipped"] else "")
     msg += f"; reply: {reply[:50]!r}"
-    return StageResult(outputs=outputs, gate=gate, metrics={k: baseline[k] for k in ("load_seconds",)}, message=msg)
+    return StageResult(outputs=outputs, gate=gate, metrics=timings, message=msg)
