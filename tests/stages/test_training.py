@@ -139,6 +139,31 @@ def test_grpo_full_finetune_with_reward_changes_parameters_and_has_kl_term(tmp_p
     assert kl.per_token > 0
 
 
+def test_rloo_lora_with_reward_changes_adapters_and_kl_goes_from_zero_to_positive(tmp_path):
+    from personatune.training import build_rloo_trainer
+
+    model, tok = models.build_tiny_model(seed=4)
+
+    def reward_len(completions, **kwargs):
+        assert kwargs["context"] == ["casual"] * len(completions)  # extra dataset columns reach the reward, as for GRPO
+        return [float(len(c[0]["content"] if isinstance(c, list) else c)) / 50.0 for c in completions]
+
+    a = args(algorithm="rloo", beta=0.05, num_generations=4, max_completion_length=8, learning_rate=5e-3, max_steps=2)
+    trainer = build_rloo_trainer(model, tok, prompt_dataset(), a, reward_funcs=[reward_len], output_dir=tmp_path / "trl", max_kl=0.1)
+    assert trainer.beta == 0.05
+    kl0 = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
+    before = lora_snapshot(trainer.model)
+    assert before
+    trainer.train()
+    after = lora_snapshot(trainer.model)
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+    kl1 = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
+    assert abs(kl0.per_token) < 1e-6 and kl1.per_token > 0
+    with pytest.raises(ConfigError, match="beta"):
+        build_rloo_trainer(model, tok, prompt_dataset(), args(algorithm="rloo", beta=0.0, num_generations=4), reward_funcs=[reward_len],
+                           output_dir=tmp_path / "trl2", max_kl=0.1)
+
+
 def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
     model, tok = models.build_tiny_model(seed=2)
 
