@@ -4,12 +4,20 @@ Unit tier: the pure pair/selection/stop logic over lists of round dicts (no mode
 Stage tier: a tiny run through stage 5 (the tiny in-process model as baseline, hand-made stage-3 data, the real
 stage-5 trainer), then stage 6 on copies of it. The scorer is scripted (a deterministic hash of the text), because
 the tiny model's random text would never be consistent under the real persona scorer and no round could form pairs.
+Slow tier (PERSONATUNE_SLOW=1): stages 1-5 in this process, then stage 6 under `accelerate launch` with 2 CPU processes.
 """
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -243,3 +251,131 @@ def test_zero_rounds_copies_stage5_model(run_copy, tmp_path):
     assert weights_hash(res.outputs["model"]) == weights_hash(run_copy / "05_optimization" / "model")
     assert "iterations.rounds=0" in (res.outputs["model"] / "README.md").read_text() and (out / "rounds.md").read_text().startswith("| round")
     assert set(res.outputs) == {"model", "rounds", "metrics"} and not res.gate.passed  # a random tiny model cannot pass
+
+
+# --- slow tier: stage 6 under accelerate launch, 2 CPU processes (gloo) ---------------------------------------
+class RisingScorer(ScriptedScorer):
+    """ScriptedScorer whose held-out evaluations (calls with ids) get better each time: the e-th evaluation of a prompt
+    set of a given size marks its first 2e responses consistent (0.9) and the rest not (0.1).
+
+    A test device: each round's held-out consistency rate then beats the last (2/7, 4/7, 6/7 on 7 prompts), so stage 6
+    runs its whole round budget and the test knows the rows to expect. Sampling (no ids) keeps the text hash, so rounds
+    still form pairs. Only the rank that scores counts (the main rank).
+    """
+
+    evals: dict[int, int] = {}
+
+    def score(self, texts, prompts=None, contexts=None, targets=None, ids=None):
+        out = super().score(texts, prompts, contexts, targets, ids)
+        if ids is not None:
+            e = RisingScorer.evals[len(ids)] = RisingScorer.evals.get(len(ids), 0) + 1
+            for i, r in enumerate(out):
+                r.consistent = i < 2 * e
+                r.consistency = 0.9 if r.consistent else 0.1
+                r.traits = {k: r.consistency for k in r.traits}
+        return out
+
+
+def _launch(script: Path, args: list[str], repo_root: Path) -> tuple[int, str, str]:
+    """accelerate launch with configs/accelerate/cpu_2proc.yaml (2 processes, gloo) on a free port; (exit code, stdout, stderr)."""
+    with socket.socket() as s:  # a free port, so parallel test runs do not collide on the config's default
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "configs/accelerate/cpu_2proc.yaml"),
+           "--main_process_port", str(port), str(script), *args]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # A session of its own, so a hang kills both workers (not only the launcher) when the timeout fires.
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        out, err = p.communicate()
+    return p.returncode, out, err
+
+
+@pytest.mark.slow
+def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
+    """Stages 1-5 in one process (tiny model, scripted teacher), then `personatune run CONFIG --from 6 --until 6 model.device=cpu`
+    under accelerate launch with 2 processes: every round trains with world size 2, the main rank alone writes, and a
+    second launch resumes (every round skipped, same table).
+
+    The launched script is `personatune.cli.main` with RisingScorer patched in for the stage-4 evaluator: under the real
+    scorer the tiny model's samples are never consistent, so no round would form pairs and none would train."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from fake_openai_server import FakeOpenAIServer
+    from test_pipeline_e2e import LOOSE
+    from test_s3_s4 import config as s34_config
+    from test_s3_s4 import scripted_teacher
+
+    from personatune.config import load_config, to_yaml
+    from personatune.persona import load_persona
+    from personatune.pipeline import run_pipeline
+
+    # One config file for both runs (the stage-6 command line repeats model.device=cpu, so stages 1-5 stay "done").
+    # stop_margin 2 can never be met, so only the round budget or the stop rules end the rounds.
+    over = {**LOOSE, "threads": 1, "model.device": "cpu", "iterations.rounds": 2, "iterations.samples_per_prompt": 3, "iterations.max_prompts": 8,
+            "iterations.max_steps": 2, "iterations.min_margin": 0.1, "iterations.stop_margin": 2, "train.eval_every": 1}
+    cfg_file = tmp_path / "config.yaml"
+    with FakeOpenAIServer() as srv:
+        srv.responder = scripted_teacher(load_persona(PERSONA))
+        cfg_file.write_text(to_yaml(s34_config(tmp_path, srv, **over)))
+        cfg = load_config(cfg_file, [])
+        assert run_pipeline(cfg, until="5", echo=lambda s: None) == 0
+    run = tmp_path / "t"
+    out = run / "06_iterations"
+    script = tmp_path / "launch_cli.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
+        from test_s6 import RisingScorer
+        from personatune.cli import main
+        from personatune.stages import s5_optimization
+        s5_optimization._make_scorer = lambda spec, run_dir, config: (RisingScorer(spec), "scripted (rising)")
+        sys.exit(main(sys.argv[1:]))
+    """))
+    args = ["run", str(cfg_file), "--from", "6", "--until", "6", "model.device=cpu"]
+
+    rc, stdout, stderr = _launch(script, args, repo_root)
+    assert rc in (0, 1), stderr[-3000:]
+    gate = json.loads((out / "gate.json").read_text())
+    assert rc == (0 if gate["passed"] else 1) and "Traceback" not in stderr + stdout, stderr[-3000:]
+    manifest = json.loads((run / "manifest.json").read_text())
+    assert manifest["stages"]["06_iterations"]["status"] == ("done" if gate["passed"] else "gate_failed")
+    assert [manifest["stages"][s]["status"] for s in ("01_baseline", "05_optimization")] == ["done", "done"]  # skipped, not re-run
+    rows = read_jsonl(out / "rounds.jsonl")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [r["round"] for r in rows] == [0, 1, 2] and all(set(r) == set(ROW_KEYS) for r in rows)
+    assert metrics["stop_reason"] == "round budget" and metrics["rounds_run"] == 2
+    assert [r["consistency"] for r in rows] == pytest.approx([2 / 7, 4 / 7, 6 / 7])  # RisingScorer on the 7 held-out prompts
+    # Every round trained DPO with 2 processes. The accelerator's world size is recorded, and checked independently: the
+    # epoch counter comes from each rank's share of the batches, ceil(ceil(pairs / batch) / 2), which 2 ranks halve.
+    bs = cfg.train.per_device_batch_size * cfg.train.grad_accum
+    for n in (1, 2):
+        rec = json.loads((out / f"round_{n}" / "result.json").read_text())
+        assert rec["row"]["pairs"] > 0 and rec["row"]["steps"] == 2, rec["row"]
+        assert rec["training"]["num_processes"] == 2 and rec["training"]["distributed_type"] == "MULTI_CPU" and rec["training"]["global_batch"] == 2 * bs
+        assert rec["training"]["epoch"] == pytest.approx(2 / math.ceil(math.ceil(rec["row"]["pairs"] / bs) / 2))
+        assert len(read_jsonl(out / f"round_{n}" / "pairs.jsonl")) == rec["row"]["pairs"]
+        assert (out / f"round_{n}" / "model" / "model.safetensors").is_file() and not (out / f"round_{n}" / "checkpoints").exists()
+    assert [(d["training"] or {}).get("num_processes") for d in metrics["rounds_detail"]] == [None, 2, 2]
+    # The kept model: select_round's choice, one copy, written by the main rank; the stage result all ranks returned.
+    kept = metrics["best_round"]
+    assert [r["round"] for r in rows if r["kept"]] == [kept] == [select_round(rows, cfg.gates.optimization)[0]["round"]]
+    src = run / "05_optimization" / "model" if kept == 0 else out / f"round_{kept}" / "model"
+    assert (out / "model" / "README.md").is_file() and weights_hash(out / "model") == weights_hash(src)
+    assert json.loads((out / "result.json").read_text())["num_processes"] == 2
+    # One log line per event: only the main rank samples, scores and reports.
+    log = (run / "log.txt").read_text()
+    assert log.count("round 1/2: sampling") == 1 and log.count("round 2/2: sampling") == 1 and log.count("stage 6: kept round") == 1
+
+    # Resume under the same launch: round 0 and both rounds are recognised as done on every rank, nothing is redone.
+    before = {n: (out / f"round_{n}" / "result.json").read_bytes() for n in (0, 1, 2)}
+    rc2, stdout2, stderr2 = _launch(script, args, repo_root)
+    assert rc2 == rc and "Traceback" not in stderr2 + stdout2, stderr2[-3000:]
+    assert read_jsonl(out / "rounds.jsonl") == rows
+    assert {n: (out / f"round_{n}" / "result.json").read_bytes() for n in (0, 1, 2)} == before
+    log2 = (run / "log.txt").read_text()[len(log):]
+    assert "round 0: measured earlier, skipped" in log2 and "round 1/2: done earlier, skipped" in log2 and "round 2/2: done earlier, skipped" in log2
+    assert "sampling" not in log2

@@ -20,6 +20,12 @@ a round finds no new pairs. Keep the best round (`select_round`); `06_iterations
 the stage-5 model when round 0 is kept). Resumable: a round is finished when `round_<n>/result.json` is written
 (last, atomically, after its model); on re-run a finished round whose key (config, start model) and model hash
 still match is not redone. Outputs: model, rounds (rounds.jsonl), metrics (metrics.json); also rounds.md.
+
+Multi-process (accelerate launch / torchrun): every rank trains each round's DPO; the main rank alone samples,
+scores, builds and writes the pairs, evaluates, selects, saves and deletes (`Ranks.main_only`). The other ranks
+wait in a broadcast for its result (or its error, which they raise too), read the round's pairs.jsonl and model
+from disk, and return the StageResult the main rank wrote to `06_iterations/result.json`, so every rank takes the
+same decisions (round skipped as done, stop reason, number of rounds) and leaves the stage together.
 """
 
 from __future__ import annotations
@@ -35,8 +41,9 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from personatune import errors
 from personatune.config import IterationArgs, OptimGateArgs, RunConfig
-from personatune.errors import DataError
+from personatune.errors import ConfigError, DataError
 from personatune.gates import GateReport, Measurement, fmt_metric
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
@@ -248,6 +255,72 @@ def _copy_model(src: Path, dst: Path, card: str) -> None:
         tmp.rename(dst)
 
 
+# --- ranks: one process, or one of several under accelerate launch / torchrun ---------------------------
+class Ranks:
+    """This process among the launched ones (accelerate's PartialState), and stage 6's main-rank-only pattern.
+
+    One process: `main_only(fn)` is just `fn()`. Several: the main rank runs `fn` (sampling, scoring, evaluating,
+    writing files) while the others wait in a broadcast for its return value, or for its error, which they then
+    raise too (same class, same one-line message): no rank leaves the stage alone and hangs the others in the
+    next collective. Every call must be reached by every rank, in the same order; `fn` itself must not enter a
+    collective (it runs on one rank).
+    """
+
+    def __init__(self, num_processes: int = 1, process_index: int = 0) -> None:
+        self.num_processes = num_processes
+        self.process_index = process_index
+
+    @property
+    def is_main(self) -> bool:
+        return self.process_index == 0
+
+    @classmethod
+    def current(cls, config: RunConfig) -> "Ranks":
+        """The launch this process belongs to (1 process when not launched by accelerate/torchrun).
+
+        The state is set up with `cpu=` matching where the model goes, as TRL's trainer later does (`use_cpu`):
+        a CPU launch then joins the gloo group, where `cpu=False` would see no GPU and fall back to one process.
+        When stage 6 creates the process group (not stage 5 before it in the same process), its timeout is
+        transformers' `ddp_timeout` default, 30 minutes: the longest the other ranks wait for a main-rank phase.
+
+        Raises:
+            ConfigError: model.device is not a device (or names CUDA on a machine without it).
+        """
+        from datetime import timedelta
+
+        from accelerate import PartialState
+
+        from personatune.models import _resolve_device
+
+        state = PartialState(cpu=_resolve_device(config.model.device) == "cpu", timeout=timedelta(seconds=1800))
+        return cls(state.num_processes, state.process_index)
+
+    def main_only(self, fn: Any) -> Any:
+        """`fn()` on the main rank; every rank returns its (picklable) value or raises its error."""
+        if self.num_processes == 1:
+            return fn()
+        from accelerate.utils import broadcast_object_list
+
+        box: list[Any] = [None]
+        if self.is_main:
+            try:
+                box[0] = ("ok", fn())
+            except Exception as e:
+                name = type(e).__name__ if isinstance(e, errors.PersonatuneError) else None
+                msg = str(e) if name else f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                broadcast_object_list([("error", name, msg)], from_process=0)
+                raise
+        broadcast_object_list(box, from_process=0)
+        if box[0][0] == "ok":
+            return box[0][1]
+        _, name, msg = box[0]
+        if name is not None:
+            cls = getattr(errors, name, errors.PersonatuneError)
+            raise cls(msg)
+        raise errors.PersonatuneError(f"stage {STAGE}: the main rank failed ({msg}); fix: see the main rank's traceback above, "
+                                      f"then re-run the same command (finished rounds are kept)")
+
+
 # --- one round ----------------------------------------------------------------------------------------
 def _load_policy(path: Path, config: RunConfig, baseline: str, for_training: bool) -> tuple[Any, Any]:
     """A model folder as a plain causal LM; an adapter-only folder (train.merge_lora=false) is merged into the baseline."""
@@ -262,11 +335,17 @@ def _load_policy(path: Path, config: RunConfig, baseline: str, for_training: boo
 
 
 def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: str, items: list[dict[str, Any]], scorer: Any, evaluate: Any,
-                small: Any, full: Any, echo: Any) -> dict[str, Any]:
+                small: Any, full: Any, echo: Any, ranks: Ranks | None = None) -> dict[str, Any]:
     """Run round n from the model in `start`; save its model to `rdir/model` and return its record (not yet written).
 
+    Multi-process (`ranks` with several processes): every rank loads the policy and trains; the main rank alone
+    samples, scores, writes the pairs, selects, evaluates, saves and deletes; the others read the pairs it wrote
+    and get its record by broadcast (`Ranks.main_only`), so every rank returns the same record. `scorer` and
+    `evaluate` are only called on the main rank.
+
     Raises:
-        ConfigError: from the trainer builder (train.beta 0 while the KL gate exists).
+        ConfigError: from the trainer builder (train.beta 0 while the KL gate exists), or a launch that shards
+            the parameters (ZeRO-3, FSDP).
     """
     import torch
     from datasets import Dataset
@@ -274,76 +353,99 @@ def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: st
     from personatune import models, training
     from personatune.generation.hf import HFBackend
 
+    ranks = ranks or Ranks()
     it, args, g, t = config.iterations, config.train, config.gates.optimization, config.data.teacher
     seed = (args.seed if args.seed is not None else config.seed) + n  # new samples each round, reproducible
     t0 = time.time()
-    for stale in ("checkpoints", "trainer", "metrics.jsonl", "model"):  # a crashed attempt of this round must not mix in
-        p = rdir / stale
-        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    rdir.mkdir(parents=True, exist_ok=True)
     policy, tok = _load_policy(start, config, baseline, for_training=True)
+    pairs: list[dict[str, Any]] = []
 
-    # 1-2. Sample k responses per training prompt from the current policy, and score them.
-    picked = list(items)
-    random.Random(seed).shuffle(picked)  # a different subset each round when iterations.max_prompts caps it
-    picked = picked[: it.max_prompts] if it.max_prompts else picked
-    k = it.samples_per_prompt
-    echo(f"round {n}/{it.rounds}: sampling {len(picked)} prompts x {k} …")
-    backend = HFBackend(policy, tok, batch_size=max(1, args.eval_batch_size // k))
-    samples = backend.generate([x["prompt"] for x in picked], max_new_tokens=t.max_new_tokens, temperature=it.temperature, top_p=t.top_p, n=k, seed=seed)
-    flat = [s for per in samples for s in per]
-    recs = scorer.score(flat, prompts=[x["prompt"][-1]["content"] for x in picked for _ in range(k)],
-                        contexts=[x.get("context") for x in picked for _ in range(k)], targets=[list(x.get("targets") or []) for x in picked for _ in range(k)])
-    scores = [recs[i * k:(i + 1) * k] for i in range(len(picked))]
-    t_sample = time.time() - t0
+    # 1-3 (main rank). Sample k responses per training prompt from the current policy, score them, build new pairs.
+    def sample_and_pair() -> dict[str, Any]:
+        nonlocal pairs
+        for stale in ("checkpoints", "trainer", "metrics.jsonl", "model"):  # a crashed attempt of this round must not mix in
+            p = rdir / stale
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        rdir.mkdir(parents=True, exist_ok=True)
+        picked = list(items)
+        random.Random(seed).shuffle(picked)  # a different subset each round when iterations.max_prompts caps it
+        picked = picked[: it.max_prompts] if it.max_prompts else picked
+        k = it.samples_per_prompt
+        echo(f"round {n}/{it.rounds}: sampling {len(picked)} prompts x {k} …")
+        backend = HFBackend(policy, tok, batch_size=max(1, args.eval_batch_size // k))
+        samples = backend.generate([x["prompt"] for x in picked], max_new_tokens=t.max_new_tokens, temperature=it.temperature, top_p=t.top_p, n=k,
+                                   seed=seed)
+        flat = [s for per in samples for s in per]
+        recs = scorer.score(flat, prompts=[x["prompt"][-1]["content"] for x in picked for _ in range(k)],
+                            contexts=[x.get("context") for x in picked for _ in range(k)],
+                            targets=[list(x.get("targets") or []) for x in picked for _ in range(k)])
+        scores = [recs[i * k:(i + 1) * k] for i in range(len(picked))]
+        t_sample = time.time() - t0
+        pairs = build_pairs(picked, samples, scores, it.min_margin)
+        atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
+        sample_rate = sum(r.consistent for r in recs) / max(1, len(recs))
+        echo(f"round {n}/{it.rounds}: {len(flat)} samples in {t_sample:.1f}s, {sample_rate:.1%} consistent -> {len(pairs)} pairs "
+             f"(min margin {it.min_margin:g})")
+        return {"round": n, "sample_consistency": sample_rate, "samples": len(flat)}
 
-    # 3. New pairs.
-    pairs = build_pairs(picked, samples, scores, it.min_margin)
-    atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
-    sample_rate = sum(r.consistent for r in recs) / max(1, len(recs))
-    echo(f"round {n}/{it.rounds}: {len(flat)} samples in {t_sample:.1f}s, {sample_rate:.1%} consistent -> {len(pairs)} pairs (min margin {it.min_margin:g})")
-    base = {"round": n, "sample_consistency": sample_rate, "samples": len(flat)}
+    base = ranks.main_only(sample_and_pair)
+    if not ranks.is_main:
+        pairs = read_jsonl(rdir / "pairs.jsonl", fix="re-run the same command (the round is redone)")
     if not pairs:
+        policy = None  # (not `del`: the closure above holds it)
+        gc.collect()
         return base | {"row": {"round": n, "pairs": 0, "steps": 0, "kl": None, "passed": False, "kept": False, "seconds": round(time.time() - t0, 2)}}
 
-    # 4. DPO from the current policy against the fixed baseline reference (explicit ref_model: see module docstring).
+    # 4 (every rank). DPO from the current policy against the fixed baseline reference (explicit ref_model: see module docstring).
     reference, _ = models.load_configured_model(baseline, config.model)
     reference.eval().requires_grad_(False)
     rargs = args.model_copy(update={"algorithm": "dpo", "max_steps": it.max_steps or args.max_steps})
     ds = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
     # The callback hands evaluate TRL's view of the reference (adapters off = round n-1); the gate's reference is the baseline.
+    # It evaluates on the main rank only and broadcasts the KL controller's decision to the others.
     cb = training.PersonaEvalCallback(lambda m, _r: evaluate(m, reference, evalset=small), rdir, eval_every=args.eval_every, max_kl=g.max_kl,
                                       kl_control=args.kl_control, beta_raise_factor=args.beta_raise_factor, max_beta_raises=args.max_beta_raises,
                                       eval_at_start=False, echo=lambda s: echo(s.strip()))
     trainer = training.build_dpo_trainer(policy, tok, ds, rargs, output_dir=rdir / "trainer", max_kl=g.max_kl, seed=seed, ref_model=reference,
                                          callbacks=[cb.hooks()])
     cb.bind(trainer)
+    if cb.sharded:  # the same launch config on every rank, so every rank refuses alike
+        raise ConfigError("stage 6 under ZeRO-3/FSDP: the parameters are sharded, so the main rank cannot sample, evaluate, merge and save a "
+                          "round alone; fix: run stage 6 in one process or with configs/accelerate/cpu_2proc.yaml (DDP) or deepspeed_zero2.yaml")
     t1 = time.time()
     trainer.train()
     steps = trainer.state.global_step
-    echo(f"round {n}/{it.rounds}: {steps} DPO steps on {len(pairs)} pairs in {time.time() - t1:.1f}s")
-    sel = select_checkpoint(cb.history, g.max_kl, min_consistency=g.consistency, min_adherence=g.adherence, max_style_variance=g.max_style_variance)
-    if sel.record is not None:
-        s5._load_checkpoint(trainer, rdir / sel.record["checkpoint"], args.peft)
-    final = trainer.accelerator.unwrap_model(trainer.model)
-    if args.peft == "lora":
-        final = final.merge_and_unload()  # the next round trains a fresh LoRA on top, so rounds are saved merged
+    acc = trainer.accelerator
+    launch = {"num_processes": acc.num_processes, "distributed_type": str(acc.distributed_type).split(".")[-1],
+              "global_batch": rargs.per_device_batch_size * rargs.grad_accum * acc.num_processes, "epoch": trainer.state.epoch}
 
-    # 5. Evaluate on all held-out prompts against the baseline, save the model, then the record (written by the caller).
-    ev = evaluate(final, reference, evalset=full)
-    models.save_model(final, tok, rdir / "model")
-    atomic_write_json(rdir / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
-                                              for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
-    shutil.rmtree(rdir / "checkpoints", ignore_errors=True)  # the selected one is merged into model/; keeps disk use to one model per round
-    shutil.rmtree(rdir / "trainer", ignore_errors=True)
-    row = _row(n, ev, g, len(pairs), steps, time.time() - t0)
-    del trainer, policy, final  # the next round loads its own copies; free these first
+    # 5 (main rank). Select, merge, evaluate on all held-out prompts against the baseline, save the model; the record is written by the caller.
+    def finish() -> dict[str, Any]:
+        echo(f"round {n}/{it.rounds}: {steps} DPO steps on {len(pairs)} pairs in {time.time() - t1:.1f}s"
+             + (f" ({acc.num_processes} processes, {launch['distributed_type']})" if acc.num_processes > 1 else ""))
+        sel = select_checkpoint(cb.history, g.max_kl, min_consistency=g.consistency, min_adherence=g.adherence, max_style_variance=g.max_style_variance)
+        if sel.record is not None:
+            s5._load_checkpoint(trainer, rdir / sel.record["checkpoint"], args.peft)
+        final = acc.unwrap_model(trainer.model)
+        if args.peft == "lora":
+            final = final.merge_and_unload()  # the next round trains a fresh LoRA on top, so rounds are saved merged
+        ev = evaluate(final, reference, evalset=full)
+        models.save_model(final, tok, rdir / "model")
+        atomic_write_json(rdir / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
+                                                  for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
+        shutil.rmtree(rdir / "checkpoints", ignore_errors=True)  # the selected one is merged into model/; keeps disk use to one model per round
+        shutil.rmtree(rdir / "trainer", ignore_errors=True)
+        row = _row(n, ev, g, len(pairs), steps, time.time() - t0)
+        return base | {"row": row, "eval": _eval_record(ev), "selection": {"reason": sel.reason, "within_budget": sel.within_budget,
+                                                                          "step": (sel.record or {}).get("step")},
+                       "model": str(Path(rdir.name) / "model"), "model_hash": file_hash(rdir / "model"), "training": launch}
+
+    rec = ranks.main_only(finish)
+    trainer = policy = None  # the next round loads its own copies; free these first
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    return base | {"row": row, "eval": _eval_record(ev), "selection": {"reason": sel.reason, "within_budget": sel.within_budget,
-                                                                      "step": (sel.record or {}).get("step")},
-                   "model": str(Path(rdir.name) / "model"), "model_hash": file_hash(rdir / "model")}
+    return rec
 
 
 # --- the stage ------------------------------------------------------------------------------------------
@@ -390,8 +492,10 @@ def _card(spec: Any, kept: dict[str, Any], rows: list[dict[str, Any]], stop: str
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Run the rounds, keep the best, gate it, write the table and the kept model.
 
+    Under accelerate launch / torchrun every rank runs this; see `Ranks` and the module docstring for who does what.
+
     Raises:
-        ConfigError: train.beta is 0 while the KL gate exists.
+        ConfigError: train.beta is 0 while the KL gate exists; a bad model.device; a sharded launch (ZeRO-3, FSDP).
         DataError: stage-3 data missing, empty, or with system prompts.
         RunDirError: an earlier stage has not finished.
     """
@@ -402,16 +506,19 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     it, args, g = config.iterations, config.train, config.gates.optimization
     training.check_beta(args.beta, g.max_kl)
+    ranks = Ranks.current(config)
     out = run_dir.stage_dir(STAGE)
     if config.threads:
         torch.set_num_threads(config.threads)
     seed = args.seed if args.seed is not None else config.seed
 
     def echo(s: str) -> None:
-        print(s, flush=True)
-        run_dir.log(s)
+        if ranks.is_main:  # one console line and one log line per event, whatever the number of processes
+            print(s, flush=True)
+            run_dir.log(s)
 
-    # Inputs, through the manifest. Round prompts: the stage-3 training scenarios, one per scenario, no system turn.
+    # Inputs, through the manifest (read by every rank: the same files give every rank the same answer or error).
+    # Round prompts: the stage-3 training scenarios, one per scenario, no system turn.
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     pairs_path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
     items: dict[str, dict[str, Any]] = {}
@@ -426,11 +533,17 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
     baseline = baseline_model_path(run_dir)
     s5_model = run_dir.output_path("05_optimization", "model")
-    scorer, scorer_desc = s5._make_scorer(spec, run_dir, config)
-    echo(f"persona metrics scored by: {scorer_desc}")
     t = config.data.teacher
     small, full = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts), training.EvalSet.from_rows(held_rows)
-    tok = None
+    scorer, tok = None, None
+
+    def make_scorer() -> str:  # the scorer scores on the main rank only
+        nonlocal scorer
+        scorer, desc = s5._make_scorer(spec, run_dir, config)
+        echo(f"persona metrics scored by: {desc}")
+        return desc
+
+    scorer_desc = ranks.main_only(make_scorer)
 
     def evaluate(model: Any, reference: Any, evalset: Any) -> Any:
         # Same decoding and seed in every round (as stage 5), so rounds differ only by their weights.
@@ -438,38 +551,52 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                                         temperature=t.temperature, top_p=t.top_p, seed=seed, batch_size=args.eval_batch_size,
                                         min_per_context=config.gates.evaluation.min_per_context)
 
-    # Round 0: the stage-5 model, measured exactly like the rounds.
+    # Round 0 (main rank): the stage-5 model, measured exactly like the rounds.
+    def round_0() -> dict[str, Any]:
+        nonlocal tok
+        start_hash = file_hash(s5_model)
+        key = _round_key(config, 0, start_hash)
+        rec = _load_done(out / "round_0", key)
+        if rec is None:
+            t0 = time.time()
+            policy, tok = _load_policy(s5_model, config, baseline, for_training=False)
+            reference, _ = models.load_configured_model(baseline, config.model)
+            ev = evaluate(policy, reference, full)
+            rec = {"round": 0, "key": key, "row": _row(0, ev, g, 0, 0, time.time() - t0), "eval": _eval_record(ev), "model": None, "model_hash": start_hash}
+            atomic_write_json(out / "round_0" / "result.json", rec)
+            del policy, reference
+        else:
+            echo("round 0: measured earlier, skipped")
+        return rec
+
     recs: list[dict[str, Any]] = []
-    start, start_hash = s5_model, file_hash(s5_model)
-    key = _round_key(config, 0, start_hash)
-    rec = _load_done(out / "round_0", key)
-    if rec is None:
-        t0 = time.time()
-        policy, tok = _load_policy(s5_model, config, baseline, for_training=False)
-        reference, _ = models.load_configured_model(baseline, config.model)
-        ev = evaluate(policy, reference, full)
-        rec = {"round": 0, "key": key, "row": _row(0, ev, g, 0, 0, time.time() - t0), "eval": _eval_record(ev), "model": None, "model_hash": start_hash}
-        atomic_write_json(out / "round_0" / "result.json", rec)
-        del policy, reference
-    else:
-        echo("round 0: measured earlier, skipped")
+    rec = ranks.main_only(round_0)
+    start, start_hash = s5_model, rec["model_hash"]
     recs.append(rec)
     echo(f"round 0 (stage-5 model): KL {rec['row']['kl']:.4g} nats/token vs baseline, consistency {rec['row']['consistency']:.3f} "
          f"({rec['row']['seconds']:.1f}s)")
     rows = [rec["row"]]
+    # Every rank computes the stop reason from the same (broadcast) rows, so all go on or stop together.
     stop = stop_reason(rows, it, g)
     while stop is None:
         n = len(recs)
         rdir = out / f"round_{n}"
         key = _round_key(config, n, start_hash)
-        rec = _load_done(rdir, key)
+
+        def check_done() -> dict[str, Any] | None:  # main rank: is the round finished already?
+            nonlocal tok
+            done = _load_done(rdir, key)
+            if done is None and tok is None:
+                tok = _load_policy(start, config, baseline, for_training=False)[1]
+            return done
+
+        rec = ranks.main_only(check_done)
         if rec is not None:
             echo(f"round {n}/{it.rounds}: done earlier, skipped")
         else:
-            if tok is None:
-                tok = _load_policy(start, config, baseline, for_training=False)[1]
-            rec = train_round(config, n, rdir, start, baseline, list(items.values()), scorer, evaluate, small, full, echo) | {"key": key}
-            atomic_write_json(rdir / "result.json", rec)  # last: it marks the round finished
+            rec = train_round(config, n, rdir, start, baseline, list(items.values()), scorer, evaluate, small, full, echo, ranks) | {"key": key}
+            if ranks.is_main:
+                atomic_write_json(rdir / "result.json", rec)  # last: it marks the round finished
         r = rec["row"]
         recs.append(rec)
         rows.append(r)
@@ -478,27 +605,38 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                  f"style variance {fmt_metric(r['style_variance'])}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
             start, start_hash = rdir / "model", rec["model_hash"]
         stop = stop_reason(rows, it, g)
-        atomic_write_jsonl(out / "rounds.jsonl", [{k: x.get(k) for k in ROW_KEYS} for x in rows])  # progress, rewritten at the end
+        if ranks.is_main:
+            atomic_write_jsonl(out / "rounds.jsonl", [{k: x.get(k) for k in ROW_KEYS} for x in rows])  # progress, rewritten at the end
 
-    # Keep the best round; write the table, the kept model, the gate.
+    # Keep the best round; write the table, the kept model, the gate (main rank; the others return what it wrote).
     best, reason = select_round(rows, g)
     kept = next(x for x in recs if x["row"]["round"] == best["round"])
     for x in rows:
         x["kept"] = x["round"] == best["round"]
     table = [{k: x.get(k) for k in ROW_KEYS} for x in rows]
-    atomic_write_jsonl(out / "rounds.jsonl", table)
-    atomic_write_text(out / "rounds.md", rounds_table(table))
     gate = iteration_gate(config, kept, rows, stop, reason)
-    src = s5_model if best["round"] == 0 else out / f"round_{best['round']}" / "model"
-    _copy_model(src, out / "model", _card(spec, kept, rows, stop, reason, gate, baseline))
-    metrics = {"best_round": best["round"], "stop_reason": stop, "kept_reason": reason, "reference": baseline, "scorer": scorer_desc,
-               "rounds_run": rows[-1]["round"], "rounds": table, "kept_eval": kept["eval"],
-               "rounds_detail": [{k: x.get(k) for k in ("round", "sample_consistency", "samples", "selection")} for x in recs]}
-    atomic_write_json(out / "metrics.json", metrics)
-    echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
+    outputs = {"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}
     message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: KL {best['kl']:.4g} nats/token, "
                f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {fmt_metric(best['style_variance'])}")
     small_metrics = {"best_round": best["round"], "stop_reason": stop, "rounds_run": rows[-1]["round"],
                      **{k: best[k] for k in ("kl", "consistency", "adherence", "style_variance")}}
-    return StageResult(outputs={"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}, gate=gate,
-                       metrics=small_metrics, message=message)
+
+    def write_outputs() -> None:
+        atomic_write_jsonl(out / "rounds.jsonl", table)
+        atomic_write_text(out / "rounds.md", rounds_table(table))
+        src = s5_model if best["round"] == 0 else out / f"round_{best['round']}" / "model"
+        _copy_model(src, out / "model", _card(spec, kept, rows, stop, reason, gate, baseline))
+        metrics = {"best_round": best["round"], "stop_reason": stop, "kept_reason": reason, "reference": baseline, "scorer": scorer_desc,
+                   "rounds_run": rows[-1]["round"], "rounds": table, "kept_eval": kept["eval"],
+                   "rounds_detail": [{k: x.get(k) for k in ("round", "sample_consistency", "samples", "selection", "training")} for x in recs]}
+        atomic_write_json(out / "metrics.json", metrics)
+        echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
+        atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
+                                                "metrics": small_metrics, "message": message, "num_processes": ranks.num_processes})
+
+    ranks.main_only(write_outputs)
+    if not ranks.is_main:  # the result the main rank wrote (it is also what this rank computed: same rows, same decisions)
+        saved = json.loads((out / "result.json").read_text(encoding="utf-8"))
+        return StageResult(outputs={k: run_dir.root / v for k, v in saved["outputs"].items()}, gate=GateReport.from_dict(saved["gate"]),
+                           metrics=saved["metrics"], message=saved["message"])
+    return StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)
