@@ -20,6 +20,7 @@ The primary metric of a task is the first metric lm-eval reports for it (the fir
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from pathlib import Path
@@ -41,17 +42,23 @@ def installed_version() -> str | None:
     return str(getattr(lm_eval, "__version__", "unknown"))
 
 
+@functools.lru_cache(maxsize=4)
+def _task_index(include_path: str | None) -> Any:
+    """lm-eval's TaskManager (it indexes thousands of task files, seconds of work): built once per include path."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path)
+
+
 def task_manager(args: LmEvalArgs) -> Any:
     """lm-eval's TaskManager over its registry plus `args.include_path`, after checking every task name.
 
     Raises:
         ConfigError: the include path is not a folder, or a task name is defined nowhere.
     """
-    from lm_eval.tasks import TaskManager
-
     if args.include_path and not Path(args.include_path).is_dir():
         raise ConfigError(f"lm_eval.include_path {args.include_path!r} is not a folder; fix: point it at a folder of lm-eval task YAML files, or remove it")
-    tm = TaskManager(include_path=args.include_path)
+    tm = _task_index(args.include_path)
     known = set(tm.all_tasks)
     unknown = [t for t in args.tasks if t not in known and not Path(t).is_file()]
     if unknown:

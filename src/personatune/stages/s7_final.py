@@ -137,7 +137,6 @@ def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_to
     """
     from personatune import lm_harness
 
-    lm_harness.check_tasks(config.lm_eval)
     want = config.lm_eval.model_dump(mode="json")
     base, source = None, "scored in stage 7"
     try:
