@@ -62,8 +62,13 @@ def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
     cfg = tmp_path / "cfg" / "run.yaml"  # include_path relative to the config file's folder
     cfg.write_text(f"name: lme\nrun_dir: {tmp_path}\npersona: {REPO / 'examples/personas/captain_nova.yaml'}\nmodel:\n  name: tiny\n"
                    "sft:\n  capability: false\nlm_eval:\n  tasks: [pt_arith_mc, arc_easy]\n  include_path: tasks\n  limit: 4\n")
+    r0 = cli("run", str(cfg), "lm_eval.tasks=[]", "--until", "1")
+    assert r0.returncode == 0 and "lm-eval" not in r0.stdout, r0.stdout + r0.stderr
+    before = (tmp_path / "lme" / "01_baseline" / "baseline.json").read_bytes()
     r = cli("run", str(cfg), "--until", "1")
     assert r.returncode == 0, r.stdout + r.stderr
+    # Adding tasks re-runs stage 1 but leaves baseline.json (the input of stages 3-6) as it was.
+    assert (tmp_path / "lme" / "01_baseline" / "baseline.json").read_bytes() == before
     assert "lm-eval pt_arith_mc: acc,none" in r.stdout and "lm-eval task arc_easy skipped: its data could not be loaded" in r.stdout
     assert "lm-eval 1/2 task(s) scored, skipped: arc_easy" in r.stdout and "Traceback" not in r.stdout + r.stderr
     lm = json.loads((tmp_path / "lme" / "01_baseline" / "lm_eval.json").read_text())

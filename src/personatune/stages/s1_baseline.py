@@ -112,9 +112,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """
     import torch
 
-    from personatune import models
-
-    from personatune import lm_harness
+    from personatune import lm_harness, models
 
     out_dir = run_dir.stage_dir(STAGE)
     lm_harness.check_tasks(config.lm_eval)  # an unknown task name fails here, before any model work
@@ -164,9 +162,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         lm = lm_harness.evaluate(model, tok, config.lm_eval, seed=config.seed)
         atomic_write_json(out_dir / "lm_eval.json", lm)
         outputs["lm_eval"] = out_dir / "lm_eval.json"
-        baseline["lm_eval"] = {"status": lm["status"], "tasks": {k: {"metric": v["metric"], "value": v["value"]} for k, v in lm["tasks"].items()},
-                               "skipped": sorted(lm["skipped"])}
         timings["lm_eval_seconds"] = round(time.time() - t2, 2)
+        # Not copied into baseline.json: adding a task must not change later stages' input (only stage 7 reads lm_eval.json).
     atomic_write_json(out_dir / "baseline.json", baseline)
     outputs["baseline"] = out_dir / "baseline.json"
     gate = GateReport(
@@ -182,8 +179,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     )
     cap = baseline.get("capability", {}).get("score")
     msg = f"baseline {config.model.name} loaded in {load_s:.1f}s" + (f"; capability {cap:.2f}" if cap is not None else "")
-    if "lm_eval" in baseline:
-        lm_info = baseline["lm_eval"]
-        msg += f"; lm-eval {len(lm_info['tasks'])}/{len(config.lm_eval.tasks)} task(s) scored" + (f", skipped: {', '.join(lm_info['skipped'])}" if lm_info["skipped"] else "")
+    if "lm_eval" in outputs:
+        msg += f"; lm-eval {len(lm['tasks'])}/{len(config.lm_eval.tasks)} task(s) scored" + (f", skipped: {', '.join(sorted(lm['skipped']))}" if lm["skipped"] else "")
     msg += f"; reply: {reply[:50]!r}"
     return StageResult(outputs=outputs, gate=gate, metrics=timings, message=msg)
