@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
 import zlib
@@ -28,6 +24,9 @@ from personatune.config import IterationArgs, OptimGateArgs, load_config
 from personatune.rundir import RunDir, StageRecord, file_hash, read_jsonl
 from personatune.stages import s5_optimization, s6_iterations
 from personatune.stages.s6_iterations import ROW_KEYS, build_pairs, improved, round_passes, select_round, stop_reason
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from launch import launch_two_cpu  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
@@ -276,24 +275,6 @@ class RisingScorer(ScriptedScorer):
         return out
 
 
-def _launch(script: Path, args: list[str], repo_root: Path) -> tuple[int, str, str]:
-    """accelerate launch with configs/accelerate/cpu_2proc.yaml (2 processes, gloo) on a free port; (exit code, stdout, stderr)."""
-    with socket.socket() as s:  # a free port, so parallel test runs do not collide on the config's default
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "configs/accelerate/cpu_2proc.yaml"),
-           "--main_process_port", str(port), str(script), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    # A session of its own, so a hang kills both workers (not only the launcher) when the timeout fires.
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-    return p.returncode, out, err
-
-
 @pytest.mark.slow
 def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     """Stages 1-5 in one process (tiny model, scripted teacher), then `personatune run CONFIG --from 6 --until 6 model.device=cpu`
@@ -337,7 +318,7 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     """))
     args = ["run", str(cfg_file), "--from", "6", "--until", "6", "model.device=cpu"]
 
-    rc, stdout, stderr = _launch(script, args, repo_root)
+    rc, stdout, stderr = launch_two_cpu(script, args, repo_root)
     assert rc in (0, 1), stderr[-3000:]
     gate = json.loads((out / "gate.json").read_text())
     assert rc == (0 if gate["passed"] else 1) and "Traceback" not in stderr + stdout, stderr[-3000:]
@@ -372,7 +353,7 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
 
     # Resume under the same launch: round 0 and both rounds are recognised as done on every rank, nothing is redone.
     before = {n: (out / f"round_{n}" / "result.json").read_bytes() for n in (0, 1, 2)}
-    rc2, stdout2, stderr2 = _launch(script, args, repo_root)
+    rc2, stdout2, stderr2 = launch_two_cpu(script, args, repo_root)
     assert rc2 == rc and "Traceback" not in stderr2 + stdout2, stderr2[-3000:]
     assert read_jsonl(out / "rounds.jsonl") == rows
     assert {n: (out / f"round_{n}" / "result.json").read_bytes() for n in (0, 1, 2)} == before

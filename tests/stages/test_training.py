@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import socket
-import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -22,6 +20,9 @@ from personatune.gates import Measurement
 from personatune.kl import measure_kl
 from personatune.training import (EvalResult, PersonaEvalCallback, TrainArgs, build_dpo_trainer, build_grpo_trainer, check_beta,
                                   read_history, reference_of)
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from launch import launch_two_cpu  # noqa: E402
 
 datasets = pytest.importorskip("datasets")
 models = pytest.importorskip("personatune.models")
@@ -249,20 +250,8 @@ def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
             print("RESULT", json.dumps({{"world": tr.accelerator.num_processes, "backend": str(torch.distributed.get_backend()),
                                          "steps": tr.state.global_step}}))
     """))
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    with socket.socket() as s:  # a free port, so parallel test runs do not collide on the config's default
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "configs/accelerate/cpu_2proc.yaml"),
-           "--main_process_port", str(port), str(script)]
-    # A session of its own, so a hang kills both workers (not only the launcher) when the timeout fires.
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-    try:
-        out, err = p.communicate(timeout=300)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        out, err = p.communicate()
-    assert p.returncode == 0, err[-3000:]
+    rc, out, err = launch_two_cpu(script, [], repo_root)
+    assert rc == 0, err[-3000:]
     res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
     assert res == {"world": 2, "backend": "gloo", "steps": 4}
     assert (tmp_path / "checkpoints/step-4/adapter_model.safetensors").exists()
