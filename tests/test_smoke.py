@@ -81,6 +81,23 @@ def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
 
 
+def test_under_a_launch_only_stages_5_and_6_run(tmp_path):
+    """Under accelerate launch / torchrun (WORLD_SIZE > 1) a stage that is not done and cannot coordinate ranks is refused:
+    every rank would run it at once and write the same files."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", WORLD_SIZE="2")
+    r = subprocess.run([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "stage 01_baseline must run in one process" in r.stderr and "WORLD_SIZE=2" in r.stderr and "`personatune run CONFIG --until 4`" in r.stderr
+    assert not (tmp_path / "tiny" / "01_baseline").exists()  # refused before any work or record
+    # Done stages are skipped under a launch as before: stage 1 in one process, then the same command launched.
+    assert cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1").returncode == 0
+    r2 = subprocess.run([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1"], cwd=REPO, capture_output=True, text=True,
+                        timeout=300, env=env)
+    assert r2.returncode == 0 and "done earlier, inputs unchanged — skipped" in r2.stdout, r2.stdout + r2.stderr
+
+
 def test_killed_run_resumes_at_the_stage_in_progress(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
     p = subprocess.Popen([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2"], cwd=REPO, env=env,

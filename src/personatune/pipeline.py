@@ -20,6 +20,7 @@ failed gate is listed at the end, the exit code stays 1 and the verdict stays NO
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -41,14 +42,23 @@ STAGES: tuple[Stage, ...] = (
           inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")), version=3, issue=4),
     Stage("05_optimization", "Optimization (KL-bounded)", s5_optimization.run, config_keys=("model", "train", "gates", "data", "scorer", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
-                  ("04_evaluation", "evaluator")), version=1, issue=5),
+                  ("04_evaluation", "evaluator")), version=1, issue=5, multi_process=True),
     Stage("06_iterations", "Iterative training", s6_iterations.run, config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
-                  ("04_evaluation", "evaluator"), ("05_optimization", "model")), version=1, issue=5),
+                  ("04_evaluation", "evaluator"), ("05_optimization", "model")), version=1, issue=5,
+          multi_process=True),
     Stage("07_final_eval", "Evaluation & monitoring", s7_final.run, config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "heldout"), ("04_evaluation", "evaluator"),
                   ("06_iterations", "model")), version=1, issue=6),
 )
+
+
+def _world_size() -> int:
+    """Processes in this launch (torchrun / accelerate launch set WORLD_SIZE); 1 when not launched."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
 
 
 def find_stage(name: str, stages: tuple[Stage, ...] = STAGES) -> int:
@@ -163,6 +173,15 @@ def run_pipeline(
             if gate_failed(st.id):
                 return 1
             continue
+        world = _world_size()
+        if world > 1 and not st.multi_process:
+            # Every rank would run it at once and write the same files; stages 5 and 6 coordinate their ranks, no other does.
+            multi = [int(s.id[:2]) for s in stages if s.multi_process]
+            raise ConfigError(f"stage {st.id} must run in one process, but this is one of {world} launched processes (WORLD_SIZE={world}) and the "
+                              f"stage is not done with this config (a changed key=value such as model.device counts as a change); fix: run stages "
+                              f"1-{min(multi) - 1} before the launch and {max(multi) + 1}- after it without the launcher (`personatune run CONFIG "
+                              f"--until {min(multi) - 1}`, `--from {max(multi) + 1}`), with the same config and overrides; only stages "
+                              f"{', '.join(map(str, multi))} run under accelerate launch")
         echo(f"{n}: running …")
         rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
         rd.set_record(st.id, rec)

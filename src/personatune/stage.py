@@ -44,6 +44,8 @@ class Stage:
         inputs: (stage id, output name) pairs it reads (their hashes are part of its cache key).
         version: bump when the stage's code changes what it writes, so old results re-run.
         issue: the tracker issue that implements it (shown while it is missing).
+        multi_process: the stage may run under `accelerate launch` / torchrun with several ranks (it coordinates
+            them itself); any other stage must run in one process, before or after the launch.
     """
 
     id: str
@@ -53,3 +55,4 @@ class Stage:
     inputs: tuple[tuple[str, str], ...] = ()
     version: int = 1
     issue: int | None = None
+    multi_process: bool = False
