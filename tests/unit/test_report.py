@@ -132,6 +132,9 @@ def make_run(root: Path, upto: int = 7) -> Path:
                         "adversarial": {"n": 20, "consistency": {"baseline": mm(0.2), "final": mm(0.65)}, "adherence": {"baseline": mm(0.4), "final": mm(0.85)}}},
         "robustness": {"context": "adversarial", "n": 20, "before": mm(0.2, 20), "after": mm(0.65, 20)},
         "kl": {"kl_per_token": 0.061, "kl_per_token_stderr": 0.004, "tokens": 900, "unit": "nats/token"},
+        "lm_eval": {"tasks": {"arc_local": {"metric": "acc,none", "baseline": 0.61, "final": 0.58, "drop": 0.03, "allowed": 0.094, "ok": True, "n": 100}},
+                    "not_compared": {"arc_easy": "not measured on the baseline: its data could not be loaded (offline?)"},
+                    "rule": "a task fails when its primary metric moves the wrong way by more than 1.96 x the baseline's standard error"},
         "earlier_gates": {"05_optimization": {"status": "done", "gate_passed": True}}, "gates": gates7})
     _w(root / "07_final_eval" / "samples.json", [
         {"id": "p1", "context": "technical", "prompt": "Tell me about <b>HTML</b>", "baseline": "baseline says " + XSS,
@@ -176,6 +179,9 @@ def test_full_run_has_every_section(tmp_path):
                      r'<td class="num">0.720 .*?improvement 0.42 \(95% CI 0.31..0.53', final)
     assert re.search(r'<tr class="fail"><td>facts</td><td class="num">0.54</td><td class="num">0.2</td><td class="num">0.34</td>', final)
     assert _row_numbers(final, "adversarial") == ["0.2", "0.65", "0.4", "0.85"]
+    # Optional lm-eval tasks: compared ones with their drop rule, skipped ones with the reason.
+    assert re.search(r'<tr class="pass"><td>arc_local</td><td>acc,none</td><td class="num">0.61</td><td class="num">0.58</td>', final)
+    assert "arc_easy: not compared (not measured on the baseline: its data could not be loaded (offline?))." in final
     assert "robustness: adversarial prompts answered in persona (n=20)" in final and "0.061 ± 0.004 nats/token" in final
     # Stage-6 rounds: the table marks the kept round; the consistency interval is drawn as a band.
     assert "Kept: round 3" in curves and curves.count("<b>kept</b>") == 1 and curves.count("<polygon") == 3
