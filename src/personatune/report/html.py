@@ -439,6 +439,19 @@ def _verdict_banner(final: dict[str, Any]) -> str:
     return f'<div class="banner {cls}"><b>{esc(verdict)}</b> — {what}{"<ul>" + items + "</ul>" if items else ""}</div>'
 
 
+def _drop_table(title: str, tasks: dict[str, dict[str, Any]], keys: tuple[str, ...], metric: bool = False) -> str:
+    """A per-task regression table: baseline, final, drop, allowed drop, n and ok/DROP (capability suite, lm-eval tasks)."""
+    rows = []
+    for t, d in tasks.items():
+        ok = d.get("ok")
+        res = '<td class="res">—</td>' if not isinstance(ok, bool) else f'<td class="res">{"ok" if ok else "DROP"}</td>'
+        rows.append(f'<tr class="{"pass" if ok is True else "fail" if ok is False else ""}"><td>{esc(str(t))}</td>'
+                    + (f'<td>{esc(str(d.get("metric", "")))}</td>' if metric else "")
+                    + "".join(f'<td class="num">{esc(fmt(num(d.get(k))))}</td>' for k in keys) + res + "</tr>")
+    head = "<th>task</th>" + ("<th>metric</th>" if metric else "") + "<th>baseline</th><th>final</th><th>drop</th><th>allowed drop</th><th>n</th><th>result</th>"
+    return f"<h3>{esc(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
+
+
 def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     title = "Final evaluation (stage 7)"
     if final is None:
@@ -476,27 +489,13 @@ def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     tasks = ret.get("tasks") if isinstance(ret.get("tasks"), dict) else {}
     tasks = {t: d for t, d in tasks.items() if isinstance(d, dict)}
     if tasks:
-        trows = []
-        for t, d in tasks.items():
-            ok = d.get("ok")
-            res = '<td class="res">—</td>' if not isinstance(ok, bool) else f'<td class="res">{"ok" if ok else "DROP"}</td>'
-            trows.append(f'<tr class="{"pass" if ok is True else "fail" if ok is False else ""}"><td>{esc(t)}</td>'
-                         + "".join(f'<td class="num">{esc(fmt(num(d.get(k))))}</td>' for k in ("baseline", "candidate", "drop", "allowed", "n")) + res + "</tr>")
-        body += ("<h3>Capability per task</h3><table><thead><tr><th>task</th><th>baseline</th><th>final</th><th>drop</th><th>allowed drop</th><th>n</th>"
-                 "<th>result</th></tr></thead><tbody>" + "".join(trows) + "</tbody></table>"
-                 + f'<p class="note">{esc(ret.get("task_rule") or "allowed drop: the baseline accuracy minus its Wilson 95% lower bound")}.</p>')
+        body += _drop_table("Capability per task", tasks, ("baseline", "candidate", "drop", "allowed", "n"))
+        body += f'<p class="note">{esc(ret.get("task_rule") or "allowed drop: the baseline accuracy minus its Wilson 95% lower bound")}.</p>'
     lm = final.get("lm_eval") if isinstance(final.get("lm_eval"), dict) else {}
     lm_tasks = {t: d for t, d in (lm.get("tasks") or {}).items() if isinstance(d, dict)} if isinstance(lm.get("tasks"), dict) else {}
     lm_skipped = lm.get("not_compared") if isinstance(lm.get("not_compared"), dict) else {}
     if lm_tasks or lm_skipped:
-        lrows = []
-        for t, d in lm_tasks.items():
-            ok = d.get("ok")
-            res = '<td class="res">—</td>' if not isinstance(ok, bool) else f'<td class="res">{"ok" if ok else "DROP"}</td>'
-            lrows.append(f'<tr class="{"pass" if ok is True else "fail" if ok is False else ""}"><td>{esc(str(t))}</td><td>{esc(str(d.get("metric", "")))}</td>'
-                         + "".join(f'<td class="num">{esc(fmt(num(d.get(k))))}</td>' for k in ("baseline", "final", "drop", "allowed", "n")) + res + "</tr>")
-        body += ("<h3>lm-evaluation-harness tasks</h3><table><thead><tr><th>task</th><th>metric</th><th>baseline</th><th>final</th><th>drop</th>"
-                 "<th>allowed drop</th><th>n</th><th>result</th></tr></thead><tbody>" + "".join(lrows) + "</tbody></table>"
+        body += (_drop_table("lm-evaluation-harness tasks", lm_tasks, ("baseline", "final", "drop", "allowed", "n"), metric=True)
                  + "".join(f'<p class="note">{esc(str(t))}: not compared ({esc(str(why))}).</p>' for t, why in lm_skipped.items())
                  + f'<p class="note">{esc(str(lm.get("rule") or ""))}.</p>')
     pt = final.get("per_trait") if isinstance(final.get("per_trait"), dict) else {}
