@@ -29,7 +29,7 @@ from typing import Any
 from personatune.config import LmEvalArgs
 from personatune.errors import ConfigError
 
-INSTALL_FIX = "pip install 'personatune[lmeval]' (lm_eval >= 0.4.5) into the project's environment"
+NOT_INSTALLED = "lm_eval is not installed; fix: pip install 'personatune[lmeval]' (lm_eval >= 0.4.5) into the project's environment"
 Z95 = 1.959963984540054
 
 
@@ -77,7 +77,7 @@ def check_tasks(args: LmEvalArgs) -> str | None:
     if not args.tasks:
         return None
     if installed_version() is None:
-        return f"lm_eval is not installed; fix: {INSTALL_FIX}"
+        return NOT_INSTALLED
     task_manager(args)
     return None
 
@@ -113,9 +113,8 @@ def evaluate(model: Any, tokenizer: Any, args: LmEvalArgs, seed: int = 0, echo: 
     settings = args.model_dump(mode="json")
     version = installed_version()
     if version is None:
-        reason = f"lm_eval is not installed; fix: {INSTALL_FIX}"
-        echo(f"  lm-eval tasks skipped: {reason}")
-        return {"status": "skipped", "lm_eval_version": None, "tasks": {}, "skipped": {t: reason for t in args.tasks},
+        echo(f"  lm-eval tasks skipped: {NOT_INSTALLED}")
+        return {"status": "skipped", "lm_eval_version": None, "tasks": {}, "skipped": {t: NOT_INSTALLED for t in args.tasks},
                 "settings": settings, "seconds": round(time.time() - t0, 2)}
     import logging
 

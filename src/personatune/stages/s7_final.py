@@ -278,9 +278,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.persona import load_persona
     from personatune.stages.s1_baseline import baseline_model_path
     from personatune.stages.s5_optimization import _make_scorer
-    from personatune.stages.s6_iterations import final_model_path
-
     from personatune.lm_harness import check_tasks
+    from personatune.stages.s6_iterations import final_model_path
 
     t_start = time.time()
     check_tasks(config.lm_eval)  # an unknown lm-eval task fails before any model work
