@@ -8,6 +8,13 @@ compares measured `Measurement`s with specs and returns one `GateResult` per spe
 >>> r = check_gates([spec], {"consistency_rate": Measurement(0.9, n=200, ci=(0.85, 0.94))})
 >>> r[0].passed
 True
+>>> small = GateSpec("consistency_rate", 0.85, ">=", "fraction of responses", min_n=100, n_key="data.max_prompts")
+>>> check_gates([small], {"consistency_rate": Measurement(0.9, n=40)})[0].status
+'inconclusive'
+
+A gate with a minimum sample size (`min_n`) whose measurement rests on fewer samples is
+**inconclusive**: it does not pass, and its note says how many more samples would decide it and
+which config key buys them (METRICS.md, "Evidence").
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ class GateSpec:
         direction: ">=", ">", "<=" or "<": how the value must compare with the threshold.
         unit: unit of value and threshold, in words (e.g. "nats/token", "fraction of responses").
         description: one sentence on what is measured, on what.
+        min_n: the sample size below which the result is inconclusive (None: no minimum). What `n`
+            counts (responses, responses per side, prompts) is the metric's own, stated in `description`.
+        n_key: the config key that raises the sample size (named in an inconclusive result's note).
     """
 
     metric: str
@@ -36,6 +46,8 @@ class GateSpec:
     direction: Direction
     unit: str
     description: str = ""
+    min_n: int | None = None
+    n_key: str = ""
 
     def __post_init__(self) -> None:
         if self.direction not in (">=", ">", "<=", "<"):
@@ -79,6 +91,16 @@ class GateResult:
     ci: tuple[float, float] | None = None
     description: str = ""
     note: str = ""
+    status: str = ""
+    min_n: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.status:
+            self.status = "pass" if self.passed else "fail"
+
+    @property
+    def inconclusive(self) -> bool:
+        return self.status == "inconclusive"
 
     def line(self) -> str:
         """One human line: `PASS consistency_rate = 0.912 >= 0.85 (fraction, n=200, 95% CI 0.87-0.94)`."""
@@ -88,7 +110,7 @@ class GateResult:
             extra.append(f"n={self.n}")
         if self.ci is not None:
             extra.append(f"95% CI {self.ci[0]:.3g}..{self.ci[1]:.3g}")
-        s = f"{'PASS' if self.passed else 'FAIL'} {self.metric} = {v} {self.direction} {self.threshold:g} ({', '.join(extra)})"
+        s = f"{self.status.upper()} {self.metric} = {v} {self.direction} {self.threshold:g} ({', '.join(extra)})"
         return s + (f" — {self.note}" if self.note else "")
 
 
@@ -105,18 +127,29 @@ class GateReport:
     def passed(self) -> bool:
         return all(r.passed for r in self.results)
 
+    @property
+    def status(self) -> str:
+        """"pass" (every gate passed), "fail" (some gate failed) or "inconclusive" (none failed, some lacked samples)."""
+        if self.passed:
+            return "pass"
+        return "fail" if any(r.status == "fail" for r in self.results) else "inconclusive"
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["passed"] = self.passed
+        d["status"] = self.status
         return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateReport":
-        results = [GateResult(**{k: (tuple(v) if k == "ci" and v is not None else v) for k, v in r.items()}) for r in d.get("results", [])]
+        fields = set(GateResult.__dataclass_fields__)
+        results = [GateResult(**{k: (tuple(v) if k == "ci" and v is not None else v) for k, v in r.items() if k in fields})
+                   for r in d.get("results", [])]
         return cls(stage=d["stage"], results=results, diagnosis=list(d.get("diagnosis", [])), next_steps=list(d.get("next_steps", [])))
 
     def summary(self) -> str:
-        lines = [f"[{self.stage}] gate {'PASSED' if self.passed else 'FAILED'}"]
+        word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE (too few samples to decide)"}[self.status]
+        lines = [f"[{self.stage}] gate {word}"]
         lines += ["  " + r.line() for r in self.results]
         if not self.passed:
             lines += ["  cause: " + d for d in self.diagnosis]
@@ -140,6 +173,14 @@ def check_gates(specs: list[GateSpec], measured: dict[str, Measurement | float |
         if m is not None and not isinstance(m, Measurement):
             m = Measurement(float(m))
         value = None if m is None else m.value
+        holds = value is not None and s.holds(value)
+        status, note = ("pass" if holds else "fail"), ("" if m is not None else "not measured")
+        if m is not None and s.min_n is not None and (m.n or 0) < s.min_n:
+            # Too few samples to decide: neither pass nor fail (METRICS.md, "Evidence").
+            status = "inconclusive"
+            more = s.min_n - (m.n or 0)
+            note = (f"inconclusive: n={m.n or 0} < {s.min_n}; {more} more would decide it"
+                    + (f" (raise {s.n_key})" if s.n_key else ""))
         out.append(
             GateResult(
                 metric=s.metric,
@@ -147,11 +188,13 @@ def check_gates(specs: list[GateSpec], measured: dict[str, Measurement | float |
                 threshold=s.threshold,
                 direction=s.direction,
                 unit=s.unit,
-                passed=(value is not None and s.holds(value)),
+                passed=status == "pass",
                 n=None if m is None else m.n,
                 ci=None if m is None else m.ci,
                 description=s.description,
-                note="" if m is not None else "not measured",
+                note=note,
+                status=status,
+                min_n=s.min_n,
             )
         )
     return out

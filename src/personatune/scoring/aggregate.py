@@ -236,6 +236,19 @@ def consistency_rate(records: Iterable[ResponseScore]) -> Measurement:
     return Measurement(k / n, n=n, ci=wilson_ci(k, n))
 
 
+def on_task_rate(records: Iterable[ResponseScore]) -> Measurement | None:
+    """METRICS.md on-task rate: share of responses with on_task >= 0.5, Wilson interval.
+
+    Returns:
+        The rate over the records whose on_task was measured, or None when none was.
+    """
+    flags = [r.on_task >= 0.5 for r in _as_records(records) if r.on_task is not None]
+    if not flags:
+        return None
+    k = int(sum(flags))
+    return Measurement(k / len(flags), n=len(flags), ci=wilson_ci(k, len(flags)))
+
+
 @dataclass
 class AdherenceReport:
     """Trait adherence (METRICS.md) overall, per trait and per context.

@@ -27,6 +27,8 @@ class ResponseScore:
         consistency: continuous score in [0,1] whose 0.5 line is `consistent`; also the reward.
         targets: trait ids the prompt targets (empty: none in particular).
         context: context label of the prompt (e.g. "casual"), or None.
+        on_task: probability in [0,1] that the response addresses the user's request (None: not
+            measured, e.g. no prompt was given).
     """
 
     id: str
@@ -40,6 +42,7 @@ class ResponseScore:
     targets: list[str] = field(default_factory=list)
     context: str | None = None
     hard_rules: list[str] = field(default_factory=list)
+    on_task: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
