@@ -290,7 +290,7 @@ def _unexpected(args: argparse.Namespace, exc: BaseException, debug: bool) -> in
     """The top-level boundary for anything not already a PersonatuneError: one line, never a traceback."""
     command = getattr(args, "command", "?")
     given = getattr(args, _MAIN_INPUT.get(command, ""), None)
-    on = f" on {limits.short_repr(str(given), 120)}" if given else ""
+    on = f" on {limits.shorten(str(given), 300)}" if given else ""
     log = _log_traceback(args, exc)
     where = f"traceback in {log}" if log else "traceback with --debug"
     if isinstance(exc, OSError):

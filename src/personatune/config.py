@@ -334,6 +334,9 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             loaded, node = load_bounded(text)
         except YamlLimitError as e:
             raise ConfigError(f"{p} line {e.line}: {e.message}; fix: {e.fix}") from None
+        except yaml.reader.ReaderError as e:
+            line = text.count("\n", 0, max(0, e.position)) + 1
+            raise ConfigError(f"{p} line {line}: a character YAML does not allow (NUL or another control character); fix: delete it") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""

@@ -13,6 +13,7 @@ traceback. `personatune serve` has its own request limits (ServeLimits, options 
 
 from __future__ import annotations
 
+import re
 import reprlib
 from typing import Any
 
@@ -22,9 +23,10 @@ CONFIG_MAX_BYTES = 256 * 1024
 """Largest run config file (bytes). The example configs are under 2 kB."""
 YAML_MAX_DEPTH = 32
 """Deepest nesting of mappings and lists in a persona or config file (levels). Real files use 5."""
-YAML_MAX_NODES = 100_000
-"""Most YAML nodes (scalars, lists, mappings) a persona or config may hold, every alias counted as a
-full copy of what it points to (a "billion laughs" file is refused before it is expanded)."""
+YAML_MAX_NODES = 20_000
+"""Most YAML nodes (scalars, lists, mappings) a persona or config may hold (the example personas have about
+300), every alias counted as a full copy of what it points to: a "billion laughs" file is refused before it
+is expanded, and a huge plain file within about 2 s of pure-Python parsing."""
 YAML_MAX_EXPANDED_CHARS = 4 * 1024 * 1024
 """Most characters of scalar text a persona or config may hold, every alias counted as a full copy."""
 JSONL_MAX_LINE_CHARS = 1024 * 1024
@@ -63,3 +65,20 @@ def short_repr(value: Any, limit: int = 80) -> str:
     cutting after would take the time and memory the limits are there to prevent.
     """
     return shorten(_REPR.repr(value), limit)
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(text: str, field: str) -> str | None:
+    """Why `text` cannot be scored, or None: longer than TEXT_MAX_CHARS, or holding a lone surrogate.
+
+    A lone surrogate (`"\\ud800"` is valid JSON) is not Unicode text: the tokenizer refuses it and no
+    UTF-8 file can hold it, so the line is skipped with this reason instead of failing the whole command.
+    """
+    if len(text) > TEXT_MAX_CHARS:
+        return f"'{field}' has {len(text):,} characters, more than the limit of {TEXT_MAX_CHARS:,} (personatune.limits.TEXT_MAX_CHARS)"
+    hit = _LONE_SURROGATE.search(text)
+    if hit:
+        return f"'{field}' holds a lone surrogate (U+{ord(hit.group()):04X} at character {hit.start()}), which is not text"
+    return None

@@ -93,9 +93,9 @@ def _check_messages(msgs: Any) -> str | None:
             return f"messages[{i}].role={m.get('role')!r} is not one of {list(ROLES)}"
         if not isinstance(m.get("content"), str):
             return f"messages[{i}].content is not a string"
-        if len(m["content"]) > limits.TEXT_MAX_CHARS:
-            return (f"messages[{i}].content has {len(m['content']):,} characters, more than the limit of {limits.TEXT_MAX_CHARS:,} "
-                    "(personatune.limits.TEXT_MAX_CHARS)")
+        unusable = limits.text_problem(m["content"], f"messages[{i}].content")
+        if unusable:
+            return unusable
     if not any(m["role"] == "assistant" for m in msgs):
         return "no assistant turn"
     return None

@@ -454,6 +454,11 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
                 "only standard YAML types are read and no tag can run code"
             ) from None
         raise PersonaSpecError(f"{source}: {where}: {what}; fix: correct the YAML at that line") from None
+    except yaml.reader.ReaderError as e:
+        # A character YAML does not allow (NUL, other control characters): PyYAML gives its offset, not its line.
+        line = text.count("\n", 0, max(0, e.position)) + 1
+        raise PersonaSpecError(f"{source}: line {line}: character {limits.short_repr(chr(e.character) if isinstance(e.character, int) else e.character)} "
+                               "is not allowed in YAML; fix: delete it (NUL bytes and other control characters cannot appear in a persona file)") from None
     except yaml.YAMLError as e:
         where, what = _yaml_error_parts(e)
         raise PersonaSpecError(f"{source}: YAML syntax error at {where}: {what}; fix: correct the YAML at that line (check indentation, colons and quotes)") from None

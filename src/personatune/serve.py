@@ -900,6 +900,15 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+def exposure_warning(bound: str, api_key: str | None) -> str | None:
+    """The warning printed when the server listens beyond loopback (None on 127.0.0.1 / ::1)."""
+    if is_loopback(bound):
+        return None
+    risk = ("requests need the API key, sent over plain HTTP: put a TLS proxy in front on untrusted networks" if api_key else
+            "anyone who can reach this port can use the model; fix: --api-key-env VAR, or --host 127.0.0.1")
+    return f"personatune serve: warning: listening on {bound}, reachable from other machines; {risk}"
+
+
 def read_api_key(env_var: str | None) -> str | None:
     """The API key from environment variable `env_var` (None when no variable is named).
 
@@ -960,11 +969,9 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
 
         check_model_available(t.model)  # a misspelt hub id fails in a second, not after download retries
     sock = bind_socket(host, port)  # before loading anything: a busy port fails in a second, not after the model load
-    bound = str(sock.getsockname()[0])
-    if not is_loopback(bound):
-        risk = ("requests need the API key, sent over plain HTTP: put a TLS proxy in front on untrusted networks" if api_key else
-                "anyone who can reach this port can use the model; fix: --api-key-env VAR, or --host 127.0.0.1")
-        print(f"personatune serve: warning: listening on {bound}, reachable from other machines; {risk}", file=sys.stderr, flush=True)
+    warning = exposure_warning(str(sock.getsockname()[0]), api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
         scorer = spec = None
         if t.persona is not None:

@@ -28,9 +28,9 @@ def _validate(obj: Any, known: set[str]) -> str | None:
         return "not a JSON object"
     if not isinstance(obj.get("text"), str):
         return "missing string field 'text'"
-    too_long = _too_long(obj, ("text", "prompt"))
-    if too_long:
-        return too_long
+    unusable = _text_problem(obj, ("text", "prompt", "context"))
+    if unusable:
+        return unusable
     if "id" in obj and not isinstance(obj["id"], (str, int)):
         return "'id' must be a string or integer"
     for k in ("prompt", "context"):
@@ -46,12 +46,13 @@ def _validate(obj: Any, known: set[str]) -> str | None:
     return None
 
 
-def _too_long(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
-    """The reason when a text field is longer than limits.TEXT_MAX_CHARS (the scorer's memory grows with it)."""
+def _text_problem(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """Why a text field cannot be scored (limits.text_problem: too long, a lone surrogate), or None."""
     for k in keys:
         v = obj.get(k)
-        if isinstance(v, str) and len(v) > limits.TEXT_MAX_CHARS:
-            return f"'{k}' has {len(v):,} characters, more than the limit of {limits.TEXT_MAX_CHARS:,} (personatune.limits.TEXT_MAX_CHARS)"
+        why = limits.text_problem(v, k) if isinstance(v, str) else None
+        if why:
+            return why
     return None
 
 
@@ -179,8 +180,9 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
     def validate(obj: Any) -> str | None:
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             return "needs a non-empty string field 'text'"
-        if _too_long(obj, ("text",)):
-            return _too_long(obj, ("text",))
+        unusable = _text_problem(obj, ("text",))
+        if unusable:
+            return unusable
         if obj.get("trait") not in known:
             return f"trait {obj.get('trait')!r} is not in the persona (available: {', '.join(sorted(known))})"
         if obj.get("label") not in LABELS:
