@@ -292,7 +292,7 @@ def _unexpected(args: argparse.Namespace, exc: BaseException, debug: bool) -> in
     given = getattr(args, _MAIN_INPUT.get(command, ""), None)
     on = f" on {limits.shorten(str(given), 300)}" if given else ""
     log = _log_traceback(args, exc)
-    where = f"traceback in {log}" if log else "traceback with --debug"
+    where = f"traceback in {log}" if log else "traceback that --debug prints"
     if isinstance(exc, OSError):
         # A path the user gave (or the disk) refused a read or a write: bad input, exit 2.
         path = f" {limits.short_repr(str(exc.filename), 200)}" if exc.filename else ""
@@ -301,8 +301,9 @@ def _unexpected(args: argparse.Namespace, exc: BaseException, debug: bool) -> in
         code = EXIT_BAD_INPUT
     else:
         what = limits.shorten(f"{type(exc).__name__}: {exc}".split("\n")[0], 300)
-        _print_error(f"personatune {command}: internal error{on} ({what}); this is a bug in personatune, not a problem you can fix in "
-                     f"the input; fix: re-run with --debug and report the {where}; meanwhile check the input for anything unusual")
+        look = f"; meanwhile check {limits.shorten(str(given), 300)} for anything unusual" if given else ""
+        _print_error(f"personatune {command}: internal error{on} ({what}); this looks like a bug in personatune; fix: report it with "
+                     f"the {where}{look}")
         code = EXIT_INTERNAL
     if debug:
         traceback.print_exception(exc)

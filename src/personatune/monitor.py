@@ -432,6 +432,13 @@ def detect_drift(reference: list[Any], windows: list[list[Any]], trait_ids: list
     return tests, threshold, m
 
 
+def _check_options(window: Any, alpha: Any) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"--window {window!r} must be an integer >= 1 (conversations per window)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"--alpha {alpha!r} must be a number in (0, 1), e.g. 0.01")
+
+
 def run_monitor(scorer: ScorerLike, trait_ids: list[str], logs: str | Path, reference: str | Path | None,
                 window: int = 200, alpha: float = 0.01) -> DriftReport:
     """Read, score, window and test (steps 1-5 of the module docstring).
@@ -451,10 +458,7 @@ def run_monitor(scorer: ScorerLike, trait_ids: list[str], logs: str | Path, refe
         ConfigError: bad window or alpha.
         DataError: unreadable or empty logs or reference.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(f"--window {window!r} must be an integer >= 1 (conversations per window)")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"--alpha {alpha!r} must be a number in (0, 1), e.g. 0.01")
+    _check_options(window, alpha)
     convs, bad = read_conversations(logs)
     scored = score_conversations(scorer, convs)
     bounds = make_windows(len(convs), window)
@@ -655,6 +659,11 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
     inputs = {"the log": logs, "--reference": reference, "--persona": persona, "--evaluator": evaluator}
     check_output_file(out, "--out", inputs)
     check_output_file(out.with_suffix(".json"), "--out (its .json summary)", inputs)
+    # Options and input files are checked before the scorer is built (that takes seconds).
+    _check_options(window, alpha)
+    for what, path in (("the log", logs), ("--reference", reference)):
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"{what} {path} is {'a folder' if Path(path).is_dir() else 'not found'}; fix: pass an existing JSONL file")
     spec, scorer = load_scorer(persona, evaluator)
     rep = run_monitor(scorer, spec.trait_ids, logs, reference, window=window, alpha=alpha)
     atomic_write_text(out, render_html(rep, spec.name))

@@ -133,8 +133,8 @@ def _write_report(root: Path, echo: Callable[[str], None]) -> None:
 
     try:
         echo(f"report: {build_report(root)}")
-    except (PersonatuneError, OSError, ValueError) as e:  # the report never decides the run's outcome
-        echo(f"report could not be written: {e}")
+    except Exception as e:  # noqa: BLE001 - the report never decides the run's outcome (a hostile file in the run dir included)
+        echo(f"report could not be written: {type(e).__name__}: {limits.shorten(str(e), 300)}")
 
 
 def run_pipeline(

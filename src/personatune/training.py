@@ -34,6 +34,7 @@ from personatune import limits
 from personatune.config_section import ConfigSection
 from personatune.errors import ConfigError
 from personatune.gates import fmt_metric
+from personatune.rundir import jsonl_lines
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from personatune.gates import Measurement
@@ -371,7 +372,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     """The eval records of metrics.jsonl (a torn last line is skipped)."""
     rows = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

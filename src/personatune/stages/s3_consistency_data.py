@@ -32,7 +32,7 @@ from personatune.errors import DataError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
-from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
+from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text, jsonl_lines
 from personatune.scenarios import CONTEXT_DESCRIPTIONS, Scenario, build_scenarios, coverage, expanded_scenarios, expansion_request
 from personatune.stage import StageResult
 from personatune.stages.s1_baseline import baseline_model_path
@@ -49,7 +49,7 @@ def _load_generations(path: Path) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {}
     if not path.exists():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             row = json.loads(line)
             done[row["key"]] = row["outputs"]
