@@ -469,3 +469,15 @@ def test_error_lines_are_cut(tmp_path, capsys):
     lines = err.splitlines()
     assert code == 2 and len(lines) <= limits.ERROR_MAX_LINES + 1 and max(map(len, lines)) <= limits.ERROR_LINE_MAX_CHARS
     assert "more problem(s)" in err
+
+
+def test_corrupt_evaluator_folder_is_bad_input(tmp_path, capsys):
+    ev = tmp_path / "ev"
+    ev.mkdir()
+    (ev / "detectors.safetensors").write_bytes(b"garbage")
+    (ev / "detectors.json").write_text("[1, 2]")
+    inp = tmp_path / "in.jsonl"
+    inp.write_text(json.dumps({"text": "Ahoy!"}) + "\n")
+    before = snapshot(inp, ev / "detectors.safetensors", ev / "detectors.json")
+    code, _, err = cli(capsys, "score", "--persona", PERSONA, "--evaluator", ev, "--input", inp, "--output", tmp_path / "o.jsonl", limit=30)
+    assert code == 2 and f"cannot read trait detectors in {ev}" in one_line(err) and unchanged(before)
