@@ -10,8 +10,11 @@
     personatune monitor --persona P|RUN_DIR [--evaluator DIR] LOGS.jsonl [--out drift.html]
     personatune env
 
+Every command takes --debug (print the traceback of an error too; or set PERSONATUNE_DEBUG=1).
+
 Exit codes: 0 success, 1 a quality gate failed (monitor: a drift alert fired), 2 bad input (one line on stderr, no traceback),
-130 interrupted (re-run the same command to resume).
+3 internal error (a bug: one line naming the command and the input; the traceback goes to the run's log.txt and, with
+--debug, to stderr), 130 interrupted (re-run the same command to resume). docs/limits-and-errors.md lists them.
 """
 
 from __future__ import annotations
@@ -20,15 +23,28 @@ import argparse
 import json
 import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
+from personatune import limits
 from personatune.errors import PersonatuneError
+
+EXIT_BAD_INPUT = 2
+"""Bad input: a file, value or path the user gave (one line: what, and the fix)."""
+EXIT_INTERNAL = 3
+"""An internal error: a bug in personatune, not in the input (one line; the traceback in log.txt / with --debug)."""
+EXIT_INTERRUPTED = 130
+"""Ctrl-C: re-run the same command to resume."""
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
     from personatune.config import load_config
-    from personatune.pipeline import run_pipeline
+    from personatune.pipeline import check_run_inputs, run_pipeline
 
     cfg = load_config(args.config, args.overrides)
+    args.run_root = Path(cfg.run_dir) / cfg.name  # where the error boundary writes a traceback (log.txt)
+    check_run_inputs(cfg)  # persona and models, in a second, before stage 1 runs
     return run_pipeline(cfg, from_stage=args.from_stage, until=args.until, force=args.force, keep_going=args.keep_going)
 
 
@@ -71,10 +87,11 @@ def _cmd_score(args: argparse.Namespace) -> int:
     else:
         print(format_summary(summary))
     skipped = summary.get("skipped_lines") or []
-    if skipped:
-        print(f"skipped {len(skipped)} bad input line(s):", file=sys.stderr)
-        for s in skipped[:20]:
-            print(f"  line {s['line']}: {s['reason']}", file=sys.stderr)
+    if summary.get("skipped"):
+        shown = f", the first {len(skipped)}" if len(skipped) < summary["skipped"] else ""
+        print(f"skipped {summary['skipped']} bad input line(s){shown}:", file=sys.stderr)
+        for s in skipped:
+            print(f"  line {s['line']}: {limits.shorten(s['reason'], 200)}", file=sys.stderr)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
@@ -90,9 +107,10 @@ def _cmd_fit(args: argparse.Namespace) -> int:
         for t, c in summary["per_trait"].items():
             print(f"  {t:24s} " + ", ".join(f"{k} {v}" for k, v in c.items()))
     for s in summary["skipped_lines"]:
-        print(f"  line {s['line']}: {s['reason']}", file=sys.stderr)
+        print(f"  line {s['line']}: {limits.shorten(s['reason'], 200)}", file=sys.stderr)
     if summary["skipped"]:
-        print(f"skipped {summary['skipped']} bad input line(s)", file=sys.stderr)
+        shown = f" (the first {len(summary['skipped_lines'])} listed)" if len(summary["skipped_lines"]) < summary["skipped"] else ""
+        print(f"skipped {summary['skipped']} bad input line(s){shown}", file=sys.stderr)
     print(f"wrote {args.output} (use: personatune score --evaluator {args.output} ...)", file=sys.stderr)
     return 0
 
@@ -122,7 +140,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return serve_main(args.target, host=args.host, port=args.port, evaluator=args.evaluator, persona=args.persona,
                       queue_size=args.queue_size, batch_size=args.batch_size, timeout_s=args.timeout, max_tokens=args.max_tokens,
                       default_max_tokens=args.default_max_tokens, max_body_bytes=args.max_body_bytes, window=args.window,
-                      log_path=args.log, dtype=args.dtype, device=args.device)
+                      log_path=args.log, dtype=args.dtype, device=args.device, api_key_env=args.api_key_env)
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
@@ -144,10 +162,15 @@ def _cmd_env(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="personatune", description="Train a language model to hold a persona, with a measured gate after every stage.")
+    # --debug is accepted before or after the command; SUPPRESS keeps a subcommand from resetting the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="on an error, also print the traceback (the one line stays; exit codes unchanged)")
+    p = argparse.ArgumentParser(prog="personatune", description="Train a language model to hold a persona, with a measured gate after every stage.",
+                                parents=[common])
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("run", help="run the gated pipeline (resumes where it stopped)")
+    r = sub.add_parser("run", parents=[common], help="run the gated pipeline (resumes where it stopped)")
     r.add_argument("config", help="run config YAML, e.g. examples/quickstart.yaml")
     r.add_argument("overrides", nargs="*", help="key=value overrides, e.g. model.name=tiny run_dir=/tmp/runs")
     r.add_argument("--from", dest="from_stage", help="re-run from this stage (number or name)")
@@ -157,12 +180,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run the later stages even after a failed gate (diagnosis only: exit code 1, verdict NO-DEPLOY)")
     r.set_defaults(fn=_cmd_run)
 
-    v = sub.add_parser("validate", help="check a persona file against the stage-2 gate")
+    v = sub.add_parser("validate", parents=[common], help="check a persona file against the stage-2 gate")
     v.add_argument("persona", help="persona YAML file")
     v.add_argument("--json", action="store_true", help="print the gate result as JSON")
     v.set_defaults(fn=_cmd_validate)
 
-    s = sub.add_parser("score", help="score responses against a persona")
+    s = sub.add_parser("score", parents=[common], help="score responses against a persona")
     s.add_argument("--persona", required=True, help="persona YAML file")
     s.add_argument("--evaluator", help="fitted evaluator folder (from stage 4 or `fit`)")
     s.add_argument("--input", required=True, help="JSONL: id, text, optional prompt, context, targets")
@@ -178,7 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--judge-cache", help="openai: folder for a response cache, so re-scoring the same texts costs nothing")
     s.set_defaults(fn=_cmd_score)
 
-    f = sub.add_parser("fit", help="fit the trait detectors on labelled examples and save an evaluator folder")
+    f = sub.add_parser("fit", parents=[common], help="fit the trait detectors on labelled examples and save an evaluator folder")
     f.add_argument("--persona", required=True, help="persona YAML file (its exemplars are always used)")
     f.add_argument("--examples", required=True, help="JSONL: text, trait, label (expressed | violated | neutral)")
     f.add_argument("--output", required=True, help="evaluator folder to write (safetensors + JSON)")
@@ -188,17 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--json", action="store_true", help="print the summary as JSON")
     f.set_defaults(fn=_cmd_fit)
 
-    c = sub.add_parser("config", help="print the resolved config (defaults < YAML < key=value) without running")
+    c = sub.add_parser("config", parents=[common], help="print the resolved config (defaults < YAML < key=value) without running")
     c.add_argument("config", nargs="?", help="run config YAML")
     c.add_argument("overrides", nargs="*", help="key=value overrides")
     c.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
     c.set_defaults(fn=_cmd_config)
 
-    rp = sub.add_parser("report", help="(re)build <run>/report.html from a run directory alone")
+    rp = sub.add_parser("report", parents=[common], help="(re)build <run>/report.html from a run directory alone")
     rp.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
     rp.set_defaults(fn=_cmd_report)
 
-    sv = sub.add_parser("serve", help="OpenAI-compatible /v1/chat/completions for a trained model, scored in the background, /metrics")
+    sv = sub.add_parser("serve", parents=[common], help="OpenAI-compatible /v1/chat/completions for a trained model, scored in the background, /metrics")
     sv.add_argument("target", help="a run directory (its final model, persona and evaluator) or a model name/path")
     sv.add_argument("--persona", help="persona YAML (default: the run's)")
     sv.add_argument("--evaluator", help="fitted evaluator folder (default: the run's)")
@@ -211,12 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--default-max-tokens", type=int, help="max_tokens when a request gives none")
     sv.add_argument("--max-body-bytes", type=int, help="largest request body (bytes); larger gets 413")
     sv.add_argument("--window", type=int, help="responses in the rolling /metrics window (count)")
-    sv.add_argument("--log", help="append served conversations to this JSONL (the format `monitor` reads)")
+    sv.add_argument("--log", help="append served conversations to this JSONL (the format `monitor` reads); created with mode 0600")
+    sv.add_argument("--api-key-env", help="environment variable holding an API key; when given, requests must send "
+                                          "'Authorization: Bearer KEY' (401 otherwise; /health stays open). The key is never logged")
     sv.add_argument("--dtype", help="model dtype (auto, float32, bfloat16, float16)")
     sv.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     sv.set_defaults(fn=_cmd_serve)
 
-    mo = sub.add_parser("monitor", help="score production conversations and test each window for persona drift")
+    mo = sub.add_parser("monitor", parents=[common], help="score production conversations and test each window for persona drift")
     mo.add_argument("logs", help="JSONL, one conversation per line (OpenAI-style messages)")
     mo.add_argument("--persona", required=True, help="persona YAML, or a run directory (persona, evaluator and reference from it)")
     mo.add_argument("--evaluator", help="fitted evaluator folder")
@@ -226,15 +251,84 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate over all windows and tests")
     mo.set_defaults(fn=_cmd_monitor)
 
-    e = sub.add_parser("env", help="print versions, device, threads and where the default models were found")
+    e = sub.add_parser("env", parents=[common], help="print versions, device, threads and where the default models were found")
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=_cmd_env)
     return p
 
 
+_MAIN_INPUT = {"run": "config", "validate": "persona", "score": "input", "fit": "examples", "config": "config", "report": "run_dir",
+               "serve": "target", "monitor": "logs"}
+"""The argument each command's error line names as its input."""
+
+
+def _print_error(text: str) -> None:
+    """An error on stderr: each line cut at limits.ERROR_LINE_MAX_CHARS, at most limits.ERROR_MAX_LINES lines."""
+    lines = text.split("\n")
+    shown = [limits.shorten(line) for line in lines[: limits.ERROR_MAX_LINES]]
+    if len(lines) > limits.ERROR_MAX_LINES:
+        shown.append(f"  ... {len(lines) - limits.ERROR_MAX_LINES} more line(s)")
+    print("\n".join(shown), file=sys.stderr)
+
+
+def _log_traceback(args: argparse.Namespace, exc: BaseException) -> str | None:
+    """Append the traceback to the run's log.txt when the command has a run directory; its path, or None."""
+    root = getattr(args, "run_root", None)
+    if root is None or not Path(root).is_dir():
+        return None
+    log = Path(root) / "log.txt"
+    try:
+        with open(log, "a", encoding="utf-8", errors="backslashreplace") as f:
+            f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} error in `personatune {args.command}`:\n")
+            f.write("".join(traceback.format_exception(exc)))
+    except OSError:
+        return None
+    return str(log)
+
+
+def _unexpected(args: argparse.Namespace, exc: BaseException, debug: bool) -> int:
+    """The top-level boundary for anything not already a PersonatuneError: one line, never a traceback."""
+    command = getattr(args, "command", "?")
+    given = getattr(args, _MAIN_INPUT.get(command, ""), None)
+    on = f" on {limits.shorten(str(given), 300)}" if given else ""
+    log = _log_traceback(args, exc)
+    where = f"traceback in {log}" if log else "traceback that --debug prints"
+    if isinstance(exc, OSError):
+        # A path the user gave (or the disk) refused a read or a write: bad input, exit 2.
+        path = f" {limits.short_repr(str(exc.filename), 200)}" if exc.filename else ""
+        _print_error(f"personatune {command}: error: cannot use{path}{on}: {exc.strerror or type(exc).__name__}; fix: check that the path exists, "
+                     f"is a file or folder as the command expects, and that you may read or write it ({where})")
+        code = EXIT_BAD_INPUT
+    else:
+        what = limits.shorten(f"{type(exc).__name__}: {exc}".split("\n")[0], 300)
+        look = f"; meanwhile check {limits.shorten(str(given), 300)} for anything unusual" if given else ""
+        _print_error(f"personatune {command}: internal error{on} ({what}); this looks like a bug in personatune; fix: report it with "
+                     f"the {where}{look}")
+        code = EXIT_INTERNAL
+    if debug:
+        traceback.print_exception(exc)
+    return code
+
+
+def _line_buffered_streams() -> None:
+    # Progress lines appear as they are printed even through a pipe (| tee), and text that stdout's
+    # encoding cannot hold (a lone surrogate echoed from the input) is escaped instead of raising.
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(line_buffering=True, errors="backslashreplace")  # type: ignore[union-attr]
+        except (AttributeError, ValueError, OSError):
+            pass  # a replaced stream (pytest's capture) keeps its own settings
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the console script. Bad input becomes one line on stderr, never a traceback."""
+    """Entry point of the console script: the one error boundary.
+
+    Bad input becomes one line on stderr (exit 2), a failed gate exit 1, an internal error one line
+    naming the command and its input (exit 3; traceback to the run's log.txt, and to stderr with
+    --debug), Ctrl-C exit 130. Never a traceback unless --debug asks for it.
+    """
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _line_buffered_streams()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # argparse stops filling `overrides` at the first option, so in `run CONFIG --from 6 model.device=cpu` the
@@ -243,14 +337,19 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = list(args.overrides or []) + extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    debug = bool(getattr(args, "debug", False)) or os.environ.get("PERSONATUNE_DEBUG", "") not in ("", "0")
     try:
         return int(args.fn(args))
     except PersonatuneError as e:
-        print(f"personatune: error: {e}", file=sys.stderr)
+        _print_error(f"personatune: error: {e}")
+        if debug:
+            traceback.print_exception(e)
         return e.exit_code
     except KeyboardInterrupt:
         print("personatune: interrupted; run the same command again to resume from the stage in progress", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - the top-level boundary: any other error is one line (exit 2 or 3), never a traceback
+        return _unexpected(args, e, debug)
 
 
 if __name__ == "__main__":

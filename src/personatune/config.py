@@ -2,8 +2,10 @@
 
 Precedence (lowest to highest): field defaults < the YAML file < `key=value` overrides on the
 command line (dotted paths, values parsed as YAML scalars: `model.name=tiny`, `seed=3`).
-Unknown keys are errors with a "did you mean". Every problem is reported at once in one
-`ConfigError`. The resolved config is written into the run directory before any work.
+Unknown keys are errors with a "did you mean"; so are keys given twice, `yes`/`no` for a number, an
+infinite float, and a file past the limits of personatune.limits (size, nesting, alias expansion).
+Every problem is reported at once in one `ConfigError`. The resolved config is written into the run
+directory before any work.
 
 >>> cfg = load_config(None, ["persona=examples/personas/captain_nova.yaml", "model.name=tiny"])
 >>> cfg.model.name
@@ -19,14 +21,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 
+from personatune import limits
+from personatune.config_section import ConfigSection
 from personatune.errors import ConfigError
 from personatune.training import TrainArgs
+from personatune.yaml_input import YamlLimitError, duplicate_keys, load_bounded
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+class _Section(ConfigSection):
+    """Strict keys and values (config_section.py): no `yes` for a number, finite floats, no NUL bytes."""
 
 
 class ModelArgs(_Section):
@@ -215,7 +220,7 @@ class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run directory is <run_dir>/<name>")
     run_dir: str = Field("runs", description="parent folder of run directories")
     persona: str = Field(..., description="path to the persona YAML file (relative to the config file's folder or the working directory)")
-    seed: int = Field(0, description="global random seed")
+    seed: int = Field(0, ge=0, le=limits.SEED_MAX, description=f"global random seed (0-{limits.SEED_MAX})")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's own choice")
     model: ModelArgs = Field(default_factory=ModelArgs)
     sft: SFTArgs = Field(default_factory=SFTArgs)
@@ -260,7 +265,10 @@ def parse_overrides(overrides: list[str]) -> tuple[dict[str, Any], list[str]]:
             continue
         k, v = o.split("=", 1)
         try:
-            val = yaml.safe_load(v) if v != "" else ""
+            val = load_bounded(v)[0] if v != "" else ""
+        except YamlLimitError as e:
+            problems.append(f"override {k.strip()}: {e.message}; fix: {e.fix}")
+            continue
         except yaml.YAMLError:
             val = v
         _set_dotted(out, k.strip(), val)
@@ -288,7 +296,8 @@ def _format_validation(err: ValidationError, known: list[str], source: str) -> l
         elif e["type"] == "missing":
             lines.append(f"{path}: required but missing; add `{path}: ...` to {source} or pass {path}=...")
         else:
-            lines.append(f"{path}: {e['msg']} (got {e.get('input')!r})")
+            msg = str(e["msg"]).removeprefix("Value error, ")
+            lines.append(f"{path}: {msg} (got {limits.short_repr(e.get('input'))})")
     return lines
 
 
@@ -308,21 +317,42 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = Path(path)
         source = str(p)
-        if not p.is_file():
-            raise ConfigError(f"config file {p} not found; fix: pass an existing YAML file, e.g. examples/quickstart.yaml")
+        if "\x00" in source or not p.is_file():
+            what = "is a folder, not a file" if "\x00" not in source and p.is_dir() else "not found"
+            raise ConfigError(f"config file {limits.short_repr(source)} {what}; fix: pass an existing YAML file, e.g. examples/quickstart.yaml")
         try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+            size = p.stat().st_size
+            if size > limits.CONFIG_MAX_BYTES:
+                raise ConfigError(f"config file {p} has {size:,} bytes, more than the limit of {limits.CONFIG_MAX_BYTES:,} "
+                                  "(personatune.limits.CONFIG_MAX_BYTES); fix: a run config needs a few dozen lines (examples/quickstart.yaml)")
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {p} is not UTF-8 text (byte {e.start}); fix: save it as UTF-8") from None
+        except OSError as e:
+            raise ConfigError(f"config file {p} cannot be read ({e.strerror}); fix: check its permissions") from None
+        try:
+            loaded, node = load_bounded(text)
+        except YamlLimitError as e:
+            raise ConfigError(f"{p} line {e.line}: {e.message}; fix: {e.fix}") from None
+        except yaml.reader.ReaderError as e:
+            line = text.count("\n", 0, max(0, e.position)) + 1
+            raise ConfigError(f"{p} line {line}: a character YAML does not allow (NUL or another control character); fix: delete it") from None
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)}); fix the syntax there") from None
+            raise ConfigError(f"{p}{where}: not valid YAML ({limits.shorten(str(getattr(e, 'problem', None) or e), 200)}); fix the syntax there") from None
+        # SafeLoader keeps the last of two equal keys; in a run config that silently drops a setting.
+        for parent, key, first, second in duplicate_keys(node):
+            where = f"{parent}.{key}" if parent else key
+            problems.append(f"{where}: given twice (lines {first} and {second}); only one value can count, fix: delete one of them")
         if loaded is None:
             loaded = {}
         if not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of keys (got {type(loaded).__name__})")
         data = loaded
         base_dir = p.resolve().parent
-    over, problems = parse_overrides(overrides or [])
+    over, override_problems = parse_overrides(overrides or [])
+    problems += override_problems
     data = _merge(data, over)
     known = _dotted_keys(RunConfig)
     try:

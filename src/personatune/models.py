@@ -163,6 +163,53 @@ def resolve_model(name: str) -> ModelSource:
     raise _not_found(key, tried)
 
 
+def check_model_available(name: str) -> ModelSource:
+    """Fail in a second, before any work, when `name` cannot be loaded; nothing is loaded or downloaded.
+
+    Built-in names and local paths are settled by `resolve_model`. A Hugging Face id that is not in the
+    local Hugging Face cache is looked up once on the Hub (10 s timeout): without this, a typo such as
+    `tinyy` costs transformers' download retries (about 50 s and 22 warnings) before its error.
+
+    Args:
+        name: model.name (or a teacher / judge model name).
+
+    Returns:
+        The resolved ModelSource.
+
+    Raises:
+        ModelNotFoundError: no such local model; a hub id that is offline-only (HF_HUB_OFFLINE) and not
+            cached, unknown to the Hub, or not cached while the Hub cannot be reached.
+    """
+    import difflib
+
+    source = resolve_model(name)
+    if source.kind != "hf" or Path(source.path).is_dir():
+        return source
+    repo = source.path
+    from huggingface_hub import model_info, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, RepositoryNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo, "config.json"), str):
+        return source
+    close = difflib.get_close_matches(repo.lower(), [*SMOLLM2_ALIASES, TINY_NAME], n=1, cutoff=0.75)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    tried = source.tried[:-1] + [f"Hugging Face id '{repo}': not in the local cache"]
+    if close or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        cause = "a near-miss of a built-in name" if close else "offline (HF_HUB_OFFLINE) and not cached"
+        raise ModelNotFoundError(f"model '{name}' not found ({cause}){hint}; tried: {'; '.join(tried)}; fix: set model.name to {NAMES_HELP}")
+    try:
+        model_info(repo, timeout=10)
+    except GatedRepoError:
+        return source  # it exists; loading says whether this machine's token may read it
+    except RepositoryNotFoundError:
+        raise _not_found(name, tried + ["the Hugging Face Hub: no such (public) model"]) from None
+    except HfHubHTTPError:
+        return source  # the Hub answered with a server error: loading retries as it always did
+    except Exception as e:  # noqa: BLE001 - the transport errors of whichever HTTP client huggingface_hub uses
+        raise _not_found(name, tried, f"not cached, and the Hugging Face Hub cannot be reached: {_first_line(e)}") from None
+    return source
+
+
 def _not_found(name: str, tried: list[str], cause: str = "") -> ModelNotFoundError:
     why = f" ({cause})" if cause else ""
     return ModelNotFoundError(f"model '{name}' not found{why}; tried: {'; '.join(tried)}; fix: set model.name to {NAMES_HELP}")
@@ -410,6 +457,7 @@ def load_configured_model(name: str, model_args: Any, *, for_training: bool = Fa
 
 
 def _load_pretrained(source: ModelSource, path: str, torch_dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -418,8 +466,18 @@ def _load_pretrained(source: ModelSource, path: str, torch_dtype: Any, trust_rem
     except (OSError, ValueError) as e:
         # Hub errors (missing repo, offline mode, no network) are OSError subclasses; ValueError covers
         # folders whose config names no known architecture. The user needs the name, not the traceback.
+        if Path(path).is_dir():
+            raise _unloadable(path, e) from None
         raise _not_found(source.name, source.tried, _first_line(e)) from None
+    except (TypeError, KeyError, AttributeError, IndexError, StrictDataclassError) as e:
+        # A local folder whose config.json is JSON but not a model config (a list, a wrong type or value, a missing key).
+        raise _unloadable(path, e) from None
     return model, tok
+
+
+def _unloadable(path: str, e: BaseException) -> ModelNotFoundError:
+    return ModelNotFoundError(f"model folder {path} cannot be loaded ({_first_line(e)}); fix: point model.name at a folder saved by "
+                              f"transformers (config.json, weights, tokenizer files), or set it to {NAMES_HELP}")
 
 
 def _ensure_pad_token(model: Any, tok: Any) -> None:

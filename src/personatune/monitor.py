@@ -45,8 +45,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from personatune import limits
 from personatune.errors import ConfigError, DataError
-from personatune.rundir import atomic_write_json, atomic_write_text
+from personatune.output_paths import check_output_file
+from personatune.rundir import atomic_write_json, atomic_write_text, jsonl_lines
 
 ROLES = ("system", "user", "assistant")
 MAX_EXAMPLES = 10
@@ -91,6 +93,9 @@ def _check_messages(msgs: Any) -> str | None:
             return f"messages[{i}].role={m.get('role')!r} is not one of {list(ROLES)}"
         if not isinstance(m.get("content"), str):
             return f"messages[{i}].content is not a string"
+        unusable = limits.text_problem(m["content"], f"messages[{i}].content")
+        if unusable:
+            return unusable
     if not any(m["role"] == "assistant" for m in msgs):
         return "no assistant turn"
     return None
@@ -110,7 +115,8 @@ def read_conversations(path: str | Path) -> tuple[list[Conversation], list[tuple
     """
     path = Path(path)
     try:
-        raw = path.read_bytes().decode("utf-8", errors="replace").splitlines()
+        # Split on "\n" only: splitlines() would also cut a record at a U+2028 inside one of its strings.
+        raw = jsonl_lines(path.read_bytes().decode("utf-8", errors="replace"))
     except OSError as e:
         raise DataError(f"cannot read {path} ({e.strerror}); fix: pass an existing JSONL file") from None
     convs: list[Conversation] = []
@@ -118,10 +124,16 @@ def read_conversations(path: str | Path) -> tuple[list[Conversation], list[tuple
     for no, text in enumerate(raw, start=1):
         if not text.strip():
             continue
+        if len(text) > limits.JSONL_MAX_LINE_CHARS:
+            bad.append((no, f"{len(text):,} characters, more than the line limit of {limits.JSONL_MAX_LINE_CHARS:,} (personatune.limits.JSONL_MAX_LINE_CHARS)"))
+            continue
         try:
             obj = json.loads(text)
         except json.JSONDecodeError as e:
             bad.append((no, f"not JSON ({e.msg} at column {e.colno})"))
+            continue
+        except RecursionError:
+            bad.append((no, "not JSON (nested too deeply)"))
             continue
         ts = None
         if isinstance(obj, dict):
@@ -420,6 +432,13 @@ def detect_drift(reference: list[Any], windows: list[list[Any]], trait_ids: list
     return tests, threshold, m
 
 
+def _check_options(window: Any, alpha: Any) -> None:
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        raise ConfigError(f"--window {window!r} must be an integer >= 1 (conversations per window)")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise ConfigError(f"--alpha {alpha!r} must be a number in (0, 1), e.g. 0.01")
+
+
 def run_monitor(scorer: ScorerLike, trait_ids: list[str], logs: str | Path, reference: str | Path | None,
                 window: int = 200, alpha: float = 0.01) -> DriftReport:
     """Read, score, window and test (steps 1-5 of the module docstring).
@@ -439,10 +458,7 @@ def run_monitor(scorer: ScorerLike, trait_ids: list[str], logs: str | Path, refe
         ConfigError: bad window or alpha.
         DataError: unreadable or empty logs or reference.
     """
-    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
-        raise ConfigError(f"--window {window!r} must be an integer >= 1 (conversations per window)")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise ConfigError(f"--alpha {alpha!r} must be a number in (0, 1), e.g. 0.01")
+    _check_options(window, alpha)
     convs, bad = read_conversations(logs)
     scored = score_conversations(scorer, convs)
     bounds = make_windows(len(convs), window)
@@ -631,14 +647,25 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
         1 when any test alerts, else 0.
 
     Raises:
-        ConfigError, DataError, PersonaSpecError, RunDirError: bad input (the CLI prints one line, exit 2).
+        ConfigError, DataError, PersonaSpecError, RunDirError: bad input (the CLI prints one line, exit 2), among
+            them an --out (or the .json beside it) that is a folder or one of the inputs, refused before any work.
     """
     from personatune.serve import load_scorer
 
     persona, evaluator, reference = _resolve(persona, evaluator, reference)
+    out = Path(out_html)
+    if out.suffix.lower() == ".json":
+        raise ConfigError(f"--out {out} ends in .json, the name of the JSON summary written beside the report; fix: e.g. --out {out.with_suffix('.html')}")
+    inputs = {"the log": logs, "--reference": reference, "--persona": persona, "--evaluator": evaluator}
+    check_output_file(out, "--out", inputs)
+    check_output_file(out.with_suffix(".json"), "--out (its .json summary)", inputs)
+    # Options and input files are checked before the scorer is built (that takes seconds).
+    _check_options(window, alpha)
+    for what, path in (("the log", logs), ("--reference", reference)):
+        if path is not None and not Path(path).is_file():
+            raise DataError(f"{what} {path} is {'a folder' if Path(path).is_dir() else 'not found'}; fix: pass an existing JSONL file")
     spec, scorer = load_scorer(persona, evaluator)
     rep = run_monitor(scorer, spec.trait_ids, logs, reference, window=window, alpha=alpha)
-    out = Path(out_html)
     atomic_write_text(out, render_html(rep, spec.name))
     atomic_write_json(out.with_suffix(".json"), rep.to_dict())
     print(format_summary(rep, out))

@@ -4,8 +4,9 @@ A persona is a YAML file with `name`, `summary`, 5-10 `traits` (each with a desc
 >= 3 positive and >= 3 negative utterances), a communication `style`, `behaviors` with optional
 machine checks, `facts` and >= 3 example interactions. See docs/persona-definition.md.
 
-Loading is safe (yaml.SafeLoader: no tag runs code) and every problem is reported at once, with
-its field path and line number, in one `PersonaSpecError`.
+Loading is safe (yaml.SafeLoader: no tag runs code), bounded (file size, nesting depth and alias
+expansion: personatune.limits, yaml_input.py) and every problem is reported at once, with its field
+path and line number, in one `PersonaSpecError`.
 """
 
 from __future__ import annotations
@@ -20,7 +21,9 @@ from typing import Any, Literal, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from personatune import limits
 from personatune.errors import PersonaSpecError
+from personatune.yaml_input import YamlLimitError, load_bounded
 
 ID_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 
@@ -69,7 +72,8 @@ class Style(_Strict):
 class Check(_Strict):
     """A machine check on a response. Every given condition must hold for the check to pass."""
 
-    regex: str | None = Field(default=None, description="a Python regex that must match somewhere (re.search, case-insensitive)")
+    regex: str | None = Field(default=None, description="a regex that must match somewhere (case-insensitive; RE2 syntax, matched in linear time: "
+                              "no lookarounds or backreferences)")
     must_contain: list[str] = Field(default_factory=list, description="at least one of these phrases must occur (case-insensitive)")
     never_contain: list[str] = Field(default_factory=list, description="none of these phrases may occur (case-insensitive)")
     ends_with_question: bool | None = Field(default=None, description="true: the response must end with '?'; false: must not")
@@ -80,10 +84,9 @@ class Check(_Strict):
     @classmethod
     def _compiles(cls, v: str | None) -> str | None:
         if v is not None:
-            try:
-                re.compile(v)
-            except re.error as e:
-                raise ValueError(f"regex {v!r} does not compile: {e}") from None
+            from personatune.scoring.rule_regex import compile_rule_regex
+
+            compile_rule_regex(v)  # ValueError: not a regex, or one that cannot run in linear time
         return v
 
 
@@ -252,7 +255,13 @@ def _value_fix(name: str | int, got: Any) -> str:
         suggestion = suggestion if suggestion and suggestion[0].isalpha() else f"t_{suggestion}".rstrip("_")
         return f"rename it, e.g. {suggestion!r}"
     if name == "regex":
-        return "correct the pattern (escape literal characters such as ( ) [ ] ? . with a backslash)"
+        from personatune.scoring.rule_regex import RE2_FIX
+
+        try:
+            re.compile(str(got))
+        except (re.error, RecursionError, OverflowError):
+            return "correct the pattern (escape literal characters such as ( ) [ ] ? . with a backslash)"
+        return RE2_FIX
     if name == "words":
         return "write [min, max] with 1 <= min <= max, e.g. [20, 120]"
     return "change the value as described"
@@ -424,14 +433,19 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
         not checked here: they belong to the stage-2 gate, so a draft persona still loads.
 
     Raises:
-        PersonaSpecError: YAML syntax error, a tag SafeLoader refuses (e.g. !!python/object),
-            a document that is not a mapping, or schema / cross-field problems (all listed at once).
+        PersonaSpecError: YAML syntax error, a tag SafeLoader refuses (e.g. !!python/object), a limit of
+            personatune.limits passed (size, depth, alias expansion), a document that is not a mapping, or
+            schema / cross-field problems (all listed at once).
     """
-    loader = yaml.SafeLoader(text)
+    if len(text) > limits.PERSONA_MAX_BYTES:
+        raise PersonaSpecError(f"{source}: {len(text):,} characters, more than the limit of {limits.PERSONA_MAX_BYTES:,} "
+                               "(personatune.limits.PERSONA_MAX_BYTES); fix: a persona needs 5-10 traits with a few exemplars each (about 10 kB)")
     try:
-        # Compose first (nodes keep line numbers), then construct with SafeLoader's constructors only.
-        node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        # Compose first (nodes keep line numbers, and the limits on depth and alias expansion are checked
+        # while composing), then construct with SafeLoader's constructors only.
+        data, node = load_bounded(text)
+    except YamlLimitError as e:
+        raise PersonaSpecError(f"{source}: line {e.line}: {e.message}; fix: {e.fix}") from None
     except yaml.constructor.ConstructorError as e:
         where, what = _yaml_error_parts(e)
         if "constructor for the tag" in what:
@@ -440,11 +454,14 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
                 "only standard YAML types are read and no tag can run code"
             ) from None
         raise PersonaSpecError(f"{source}: {where}: {what}; fix: correct the YAML at that line") from None
+    except yaml.reader.ReaderError as e:
+        # A character YAML does not allow (NUL, other control characters): PyYAML gives its offset, not its line.
+        line = text.count("\n", 0, max(0, e.position)) + 1
+        raise PersonaSpecError(f"{source}: line {line}: character {limits.short_repr(chr(e.character) if isinstance(e.character, int) else e.character)} "
+                               "is not allowed in YAML; fix: delete it (NUL bytes and other control characters cannot appear in a persona file)") from None
     except yaml.YAMLError as e:
         where, what = _yaml_error_parts(e)
         raise PersonaSpecError(f"{source}: YAML syntax error at {where}: {what}; fix: correct the YAML at that line (check indentation, colons and quotes)") from None
-    finally:
-        loader.dispose()
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
         raise PersonaSpecError(f"{source}: the file is {kind}, not a mapping; fix: start with `name:`, `summary:` and `traits:` keys (see docs/persona-definition.md)")
@@ -458,7 +475,10 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
     if problems or spec is None:
         problems.sort(key=lambda p: (p.line if p.line is not None else 0))
         n = len(problems)
-        body = "\n".join("  - " + p.render() for p in problems)
+        shown = limits.ERROR_MAX_LINES - 2
+        body = "\n".join("  - " + limits.shorten(p.render()) for p in problems[:shown])
+        if n > shown:
+            body += f"\n  ... and {n - shown} more problem(s) (fix these first)"
         raise PersonaSpecError(f"{source}: invalid persona file, {n} problem{'s' if n != 1 else ''}:\n{body}")
     return spec
 
@@ -476,10 +496,16 @@ def load_persona(path: str | Path) -> PersonaSpec:
         PersonaSpecError: file missing or unreadable, or any problem listed by `persona_from_yaml`.
     """
     p = Path(path)
+    if "\x00" in str(p):
+        raise PersonaSpecError(f"persona path {limits.short_repr(str(p))} contains a NUL byte; fix: give the path of a persona YAML file")
     if not p.is_file():
         what = "is a folder, not a file" if p.is_dir() else "not found"
         raise PersonaSpecError(f"persona file {str(p)!r} {what}; fix: give the path of a persona YAML file (examples in examples/personas/)")
     try:
+        size = p.stat().st_size
+        if size > limits.PERSONA_MAX_BYTES:
+            raise PersonaSpecError(f"persona file {str(p)!r} has {size:,} bytes, more than the limit of {limits.PERSONA_MAX_BYTES:,} "
+                                   "(personatune.limits.PERSONA_MAX_BYTES); fix: a persona needs 5-10 traits with a few exemplars each (about 10 kB)")
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
         raise PersonaSpecError(f"persona file {str(p)!r} is not UTF-8 text (byte {e.start}); fix: save it as UTF-8") from None

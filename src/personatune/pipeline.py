@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from personatune import limits
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
@@ -84,14 +85,56 @@ def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
     return section_hash(cfg, st.config_keys, extra=extra)
 
 
+def _record_end(rd: RunDir, stage: str, rec: StageRecord, status: str, error: str) -> None:
+    """Record a stage that ended without a result (failed or interrupted), if the run directory still takes writes."""
+    rec.status, rec.error = status, limits.shorten(error, 1000)
+    try:
+        rd.set_record(stage, rec)
+        rd.log(f"{stage} {status}: {rec.error}")
+    except OSError:
+        pass  # the error being raised says more than this one would (e.g. a full disk)
+
+
+def _recorded_gate_summary(path: Path) -> str | None:
+    """The summary of a stage's recorded gate.json; None (the stage is re-run) when it is missing or unreadable."""
+    try:
+        return GateReport.from_dict(json.loads(path.read_text(encoding="utf-8"))).summary()
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError, ValueError):
+        return None
+
+
+def check_run_inputs(cfg: RunConfig) -> None:
+    """Check, in about a second and before stage 1, what the stages would otherwise find broken much later.
+
+    The persona file must load (schema, every problem listed), and every model the config names
+    (model.name; a teacher or judge model run in-process) must resolve: a local path that exists, a
+    built-in name, or a Hugging Face id that is cached or known to the Hub (models.check_model_available).
+
+    Raises:
+        PersonaSpecError: the persona file is missing or invalid.
+        ModelNotFoundError: a model name cannot be resolved.
+    """
+    from personatune.models import check_model_available
+    from personatune.persona import load_persona
+
+    load_persona(cfg.persona)
+    names = [cfg.model.name]
+    if cfg.data.teacher.backend == "hf" and cfg.data.teacher.model:
+        names.append(cfg.data.teacher.model)
+    if cfg.scorer.judge.backend == "hf" and cfg.scorer.judge.model:
+        names.append(cfg.scorer.judge.model)
+    for name in dict.fromkeys(names):
+        check_model_available(name)
+
+
 def _write_report(root: Path, echo: Callable[[str], None]) -> None:
     """Rebuild report.html from the run directory (also after a failed gate: it shows the diagnosis)."""
     from personatune.report import build_report
 
     try:
         echo(f"report: {build_report(root)}")
-    except (PersonatuneError, OSError, ValueError) as e:  # the report never decides the run's outcome
-        echo(f"report could not be written: {e}")
+    except Exception as e:  # noqa: BLE001 - the report never decides the run's outcome (a hostile file in the run dir included)
+        echo(f"report could not be written: {type(e).__name__}: {limits.shorten(str(e), 300)}")
 
 
 def run_pipeline(
@@ -126,6 +169,7 @@ def run_pipeline(
     """
     root = Path(cfg.run_dir) / cfg.name
     rd = RunDir(root)
+    rd.check_writable()
     # The resolved config is written before any work, so a run can always be reproduced.
     atomic_write_text(root / "config.yaml", to_yaml(cfg))
     rd.log(f"run started: stages {from_stage or 'first'}..{until or 'last'} force={force}")
@@ -167,9 +211,8 @@ def run_pipeline(
         if unchanged and rec.status == "gate_failed":
             # Same config, same inputs: the stage would fail its gate again. --force or --from re-runs it.
             echo(f"{n}: its gate FAILED earlier with these inputs — not re-run (--force re-runs it)" + (f" ({rec.message})" if rec.message else ""))
-            gate_file = rd.stage_dir(st.id) / "gate.json"
-            if gate_file.is_file():
-                echo(GateReport.from_dict(json.loads(gate_file.read_text())).summary())
+            summary = _recorded_gate_summary(rd.stage_dir(st.id) / "gate.json")
+            echo(summary if summary is not None else f"  ({st.id}/gate.json is missing or unreadable; --force re-runs the stage and writes it again)")
             if gate_failed(st.id):
                 return 1
             continue
@@ -188,25 +231,22 @@ def run_pipeline(
         rd.log(f"{st.id} started")
         try:
             result = st.run(cfg, rd)
+            rec.finished = time.time()
+            rec.seconds = round(rec.finished - (rec.started or rec.finished), 3)
+            rec.outputs = rd.hash_outputs(result.outputs)
+            rec.message = result.message
+            if result.gate is not None:
+                gate = result.gate.to_dict()
+                # The gate result reaches disk before the pipeline goes on or stops.
+                atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate)
+                rec.gate = {"passed": gate["passed"], "results": [{k: r[k] for k in ("metric", "value", "threshold", "direction", "passed")}
+                                                                  for r in gate["results"]]}
         except KeyboardInterrupt:
-            rec.status, rec.error = "interrupted", "KeyboardInterrupt"
-            rd.set_record(st.id, rec)
-            rd.log(f"{st.id} interrupted")
+            _record_end(rd, st.id, rec, "interrupted", "KeyboardInterrupt")
             raise
-        except PersonatuneError as e:
-            rec.status, rec.error = "failed", str(e)
-            rd.set_record(st.id, rec)
-            rd.log(f"{st.id} failed: {e}")
+        except Exception as e:  # noqa: BLE001 - whatever went wrong, the manifest says "failed", never "running"; re-raised for the CLI
+            _record_end(rd, st.id, rec, "failed", str(e) if isinstance(e, PersonatuneError) else f"{type(e).__name__}: {e}")
             raise
-        rec.finished = time.time()
-        rec.seconds = round(rec.finished - (rec.started or rec.finished), 3)
-        rec.outputs = rd.hash_outputs(result.outputs)
-        rec.message = result.message
-        if result.gate is not None:
-            gate = result.gate.to_dict()
-            # The gate result reaches disk before the pipeline goes on or stops.
-            atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate)
-            rec.gate = {"passed": gate["passed"], "results": [{k: r[k] for k in ("metric", "value", "threshold", "direction", "passed")} for r in gate["results"]]}
         passed = result.gate is None or result.gate.passed
         rec.status = "done" if passed else "gate_failed"
         rd.set_record(st.id, rec)

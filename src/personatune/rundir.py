@@ -8,7 +8,8 @@ Layout of `<run_dir>/<name>/`:
     NN_stage/          one folder per stage: gate.json, metrics.jsonl, artifacts
 
 Every write is atomic (temp file in the same folder, fsync, `os.replace`), so a crash or
-Ctrl-C never leaves a half-written file behind. A stage is skipped on re-run when it is
+Ctrl-C never leaves a half-written file behind. The manifest is checked when it is read: every stage
+entry must have the documented shape and every recorded output must lie inside the run directory. A stage is skipped on re-run when it is
 recorded `done` with the same config hash and input hashes and its outputs are still intact;
 anything else (never run, interrupted, failed, changed) runs again.
 """
@@ -18,12 +19,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from personatune import limits
 from personatune.errors import RunDirError
 
 MANIFEST_VERSION = 1
@@ -60,6 +63,27 @@ def atomic_write_jsonl(path: str | Path, rows: list[dict[str, Any]]) -> None:
     atomic_write_text(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
+# Characters a JSON string may hold raw that some line readers (str.splitlines, editors) take as a line
+# break, and lone surrogates, which UTF-8 cannot encode: written as \uXXXX escapes.
+_UNSAFE_IN_LINE = re.compile("[\u0085\u2028\u2029\ud800-\udfff]")
+
+
+def json_line(obj: Any) -> str:
+    """One JSONL line (with its "\n"): non-ASCII text kept readable, but U+0085, U+2028, U+2029 and lone
+    surrogates escaped, so the line is valid UTF-8 and no reader can split it."""
+    text = json.dumps(obj, ensure_ascii=False, default=str)
+    return _UNSAFE_IN_LINE.sub(lambda m: f"\\u{ord(m.group()):04x}", text) + "\n"
+
+
+def jsonl_lines(text: str) -> list[str]:
+    """The lines of JSONL text, split on "\n" only (a trailing "\r" is dropped).
+
+    `str.splitlines()` also splits on U+2028, U+2029, U+0085 and other characters that a JSON string may
+    hold unescaped, which would cut a valid record in two and shift every later line number.
+    """
+    return [line.removesuffix("\r") for line in text.split("\n")]
+
+
 def read_jsonl(path: str | Path, fix: str = "re-run the stage that wrote it") -> list[dict[str, Any]]:
     """Rows of a JSONL file written by a stage.
 
@@ -72,7 +96,7 @@ def read_jsonl(path: str | Path, fix: str = "re-run the stage that wrote it") ->
     if not path.is_file():
         raise DataError(f"{path} is missing; fix: {fix}")
     rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for i, line in enumerate(jsonl_lines(path.read_text(encoding="utf-8")), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -120,24 +144,87 @@ class RunDir:
     """
 
     def __init__(self, root: str | Path) -> None:
+        if "\x00" in str(root):
+            raise RunDirError(f"run directory {str(root)!r} contains a NUL byte; fix: set run_dir and name to plain folder names")
         self.root = Path(root).resolve()  # absolute, so recorded outputs and relative paths never double up
-        self.root.mkdir(parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise self._unwritable(e) from None
         self.manifest_path = self.root / "manifest.json"
         self.manifest = self._load_manifest()
+
+    def check_writable(self) -> None:
+        """Raise RunDirError now, before any stage runs, when the run directory cannot take new files."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=self.root)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            raise self._unwritable(e) from None
+
+    def _unwritable(self, e: OSError) -> RunDirError:
+        existing = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
+        if existing is not None and not existing.is_dir():
+            what = "is a file, not a folder" if existing == self.root else f"cannot be created: {existing} is a file, not a folder"
+        else:
+            what = f"cannot be written ({e.strerror or type(e).__name__})"
+        return RunDirError(f"run directory {self.root} {what}; fix: set run_dir=... (and name=...) to a folder you can write")
 
     # --- manifest -----------------------------------------------------------------
     def _load_manifest(self) -> dict[str, Any]:
         if not self.manifest_path.exists():
             return {"version": MANIFEST_VERSION, "created": time.time(), "stages": {}}
+        fix = "fix: delete that file to re-run every stage, or use a new run name"
         try:
             m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RunDirError(
-                f"{self.manifest_path} is corrupt ({e}); fix: delete that file to re-run every stage, or use a new run name"
-            ) from None
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise RunDirError(f"{self.manifest_path} is corrupt ({limits.shorten(str(e), 200)}); {fix}") from None
+        except OSError as e:
+            raise RunDirError(f"{self.manifest_path} cannot be read ({e.strerror}); fix: check its permissions") from None
         if not isinstance(m, dict) or not isinstance(m.get("stages"), dict):
-            raise RunDirError(f"{self.manifest_path} has no 'stages' mapping; fix: delete it or use a new run name")
+            raise RunDirError(f"{self.manifest_path} has no 'stages' mapping; {fix}")
+        problems = [p for stage, raw in m["stages"].items() for p in self._record_problems(str(stage), raw)]
+        if problems:
+            raise RunDirError(f"{self.manifest_path} is damaged: {'; '.join(problems[:3])}" + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+                              + f"; {fix}")
         return m
+
+    def _record_problems(self, stage: str, raw: Any) -> list[str]:
+        """What is wrong with one stage entry of the manifest (empty when it has StageRecord's shape)."""
+        if not isinstance(raw, dict):
+            return [f"stages.{stage} is {limits.short_repr(raw, 40)}, not an object"]
+        out = []
+        text_or_none = ("config_hash", "error", "message")
+        for k in text_or_none:
+            if raw.get(k) is not None and not isinstance(raw[k], str):
+                out.append(f"stages.{stage}.{k} is not text")
+        if not isinstance(raw.get("status", "pending"), str):
+            out.append(f"stages.{stage}.status is not text")
+        for k in ("started", "finished", "seconds"):
+            v = raw.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                out.append(f"stages.{stage}.{k} is not a number")
+        if raw.get("gate") is not None and not isinstance(raw["gate"], dict):
+            out.append(f"stages.{stage}.gate is not an object")
+        inputs = raw.get("inputs", {})
+        if not isinstance(inputs, dict) or not all(isinstance(v, str) for v in inputs.values()):
+            out.append(f"stages.{stage}.inputs is not an object of hashes")
+        outputs = raw.get("outputs", {})
+        if not isinstance(outputs, dict):
+            return out + [f"stages.{stage}.outputs is not an object"]
+        for name, o in outputs.items():
+            if not isinstance(o, dict) or not isinstance(o.get("path"), str) or not isinstance(o.get("hash"), str):
+                out.append(f"stages.{stage}.outputs.{name} needs text 'path' and 'hash'")
+            elif not self._inside(o["path"]):
+                out.append(f"stages.{stage}.outputs.{name}.path {limits.short_repr(o['path'], 60)} is outside the run directory")
+        return out
+
+    def _inside(self, rel: str) -> bool:
+        """True when `rel`, taken relative to the run directory, stays inside it (symlinks followed)."""
+        if "\x00" in rel:
+            return False
+        return (self.root / rel).resolve().is_relative_to(self.root)
 
     def save_manifest(self) -> None:
         atomic_write_json(self.manifest_path, self.manifest)
@@ -174,7 +261,11 @@ class RunDir:
                 f"stage {stage} has no finished output {name!r} in {self.manifest_path} (status: {rec.status}); "
                 f"fix: run it first (personatune run CONFIG --from {stage})"
             )
-        return self.root / rec.outputs[name]["path"]
+        rel = rec.outputs[name]["path"]
+        if not self._inside(rel):  # checked at load too; a symlink placed since then is caught here
+            raise RunDirError(f"output {name!r} of stage {stage} points outside the run directory ({limits.short_repr(rel, 60)}); "
+                              f"fix: re-run that stage (personatune run CONFIG --from {stage})")
+        return self.root / rel
 
     def hash_outputs(self, outputs: dict[str, str | Path]) -> dict[str, dict[str, str]]:
         """name -> {"path": relative path, "hash": content hash} for outputs inside the run dir."""
@@ -185,13 +276,15 @@ class RunDir:
                 p = self.root / p
             if not p.exists():
                 raise RunDirError(f"stage output {name!r} at {p} was not written")
+            if not p.resolve().is_relative_to(self.root):
+                raise RunDirError(f"stage output {name!r} at {p} is outside the run directory {self.root}; outputs must be written inside it")
             out[name] = {"path": str(p.relative_to(self.root)), "hash": file_hash(p)}
         return out
 
     def outputs_intact(self, rec: StageRecord) -> bool:
         for o in rec.outputs.values():
             p = self.root / o["path"]
-            if not p.exists() or file_hash(p) != o["hash"]:
+            if not self._inside(o["path"]) or not p.exists() or file_hash(p) != o["hash"]:
                 return False
         return True
 

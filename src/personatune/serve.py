@@ -9,6 +9,12 @@ Endpoints:
   shape `{"error": {"message", "type", "param", "code"}}`.
 - `GET /v1/models`, `GET /health`, `GET /metrics` (Prometheus text format 0.0.4).
 
+With `--api-key-env VAR` every endpoint but /health needs `Authorization: Bearer <the key in $VAR>`
+(401 otherwise). A request naming another model than the one served gets 404; a seed outside int64
+422; a lone surrogate in a message 400. Listening on anything but loopback prints a warning.
+The `--log` file is created with mode 0600 (like the run directory's files) and must not be one of
+the server's inputs.
+
 What happens to one request, in order:
 1. The body is read with a size cap (`max_body_bytes`, 413 past it), parsed as JSON (400 when it is
    not) and validated with pydantic (422 on a wrong type or a missing field; 400 for a feature this
@@ -35,11 +41,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import ipaddress
 import json
 import logging
 import math
+import os
 import queue
+import re
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -52,7 +63,9 @@ from typing import Any, Literal, Protocol
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
+from personatune import limits as input_limits
 from personatune.errors import ConfigError, RunDirError
+from personatune.output_paths import check_output_file
 
 log = logging.getLogger("personatune.serve")
 
@@ -68,6 +81,9 @@ DRAIN_LIMIT = 16 * 1024 * 1024
 """Bytes of an oversized body read and discarded before the 413 (so ordinary clients see the status, not a reset)."""
 SCORE_BATCH = 32
 """Responses scored together by the scoring worker (one embedder batch)."""
+SEED_RANGE = (-(2**63), 2**63 - 1)
+"""Seeds a request may give (int64, as in the OpenAI API); others get 422."""
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 # ---- configuration ---------------------------------------------------------------------------------
@@ -138,7 +154,7 @@ class ChatCompletionRequest(BaseModel):
     top_p: StrictFloat = Field(default=1.0, gt=0.0, le=1.0)
     n: StrictInt = Field(default=1, ge=1)
     stream: StrictBool = False
-    seed: StrictInt | None = None
+    seed: StrictInt | None = Field(default=None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     presence_penalty: StrictFloat = 0.0
     frequency_penalty: StrictFloat = 0.0
 
@@ -153,6 +169,8 @@ class RequestError(Exception):
 
 def _error_body(status: int, message: str, param: str | None = None) -> dict[str, Any]:
     kind = "invalid_request_error" if status < 500 else ("overloaded_error" if status in (503, 504) else "server_error")
+    # A message may quote the request (a lone surrogate cannot be encoded as UTF-8), and must stay short.
+    message = input_limits.shorten(message.encode("utf-8", "backslashreplace").decode("utf-8"), 1000)
     return {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
@@ -189,6 +207,11 @@ def parse_request(body: bytes, limits: ServeLimits) -> ChatCompletionRequest:
             raise RequestError(400, f"{name} is not supported by this server; leave it out", param=name)
     if req.presence_penalty or req.frequency_penalty:
         raise RequestError(400, "presence_penalty/frequency_penalty are not supported; leave them at 0", param="presence_penalty")
+    for i, m in enumerate(req.messages):
+        hit = _SURROGATE.search(m.content)
+        if hit:
+            raise RequestError(400, f"messages[{i}].content holds a lone surrogate (U+{ord(hit.group()):04X} at character {hit.start()}), "
+                                    "which is not text; send valid Unicode", param=f"messages.{i}.content")
     mt = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
     if mt > limits.max_tokens:
         raise RequestError(400, f"max_tokens={mt} exceeds this server's limit {limits.max_tokens}; ask for fewer", param="max_tokens")
@@ -555,8 +578,7 @@ class ScoringWorker:
         lines = "".join(json.dumps({"timestamp": it.timestamp, "id": it.id,
                                     "messages": it.messages + [{"role": "assistant", "content": it.reply}]}) + "\n" for it in items)
         try:
-            self.log_path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.log_path, "a", encoding="utf-8") as f:
+            with open_log(self.log_path) as f:
                 f.write(lines)
         except OSError:
             log.exception("could not append to %s", self.log_path)
@@ -573,11 +595,19 @@ class ScoringWorker:
         self.metrics.observe_scores(records)
 
 
+def open_log(path: Path) -> Any:
+    """Open the conversation log for appending; a new file gets mode 0600 (it holds users' conversations)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    return os.fdopen(fd, "a", encoding="utf-8")
+
+
 # ---- the app --------------------------------------------------------------------------------------------
 
 
 def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None = None, trait_ids: list[str] | None = None,
-               limits: ServeLimits | None = None, reference_words: float | None = None, context_limit: int | None = None) -> Any:
+               limits: ServeLimits | None = None, reference_words: float | None = None, context_limit: int | None = None,
+               api_key: str | None = None) -> Any:
     """Build the FastAPI app (workers start and stop with the app's lifespan).
 
     Args:
@@ -588,6 +618,7 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
         limits: server limits (defaults: ServeLimits()).
         reference_words: reference words per response for the style-drift gauge.
         context_limit: the model's context length in tokens (None: read from backend.model.config).
+        api_key: when given, every request but /health must send `Authorization: Bearer <api_key>` (else 401).
 
     Returns:
         A FastAPI application.
@@ -623,7 +654,12 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
         t0 = time.perf_counter()
         status = 500
         try:
-            response = await call_next(request)
+            if api_key is not None and request.url.path != "/health" and not _authorized(request, api_key):
+                response = JSONResponse(_error_body(401, "missing or wrong API key; send the header 'Authorization: Bearer KEY' with the "
+                                                         "key the server was started with (--api-key-env)"),
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            else:
+                response = await call_next(request)
             status = response.status_code
             return response
         finally:
@@ -662,6 +698,9 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> JSONResponse:
         req = parse_request(await read_body(request), limits)
+        if req.model not in (None, "", model_name):
+            raise RequestError(404, f"model {input_limits.short_repr(req.model)} is not served here; this server serves '{model_name}' "
+                                    f"(GET /v1/models); send model='{model_name}' or leave it out", param="model")
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
         job = GenJob(messages, req.max_tokens, float(req.temperature), float(req.top_p), req.seed)
         try:
@@ -708,6 +747,11 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _authorized(request: Request, api_key: str) -> bool:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(token.strip().encode(), api_key.encode())
 
 
 # ---- running it -----------------------------------------------------------------------------------------
@@ -848,8 +892,40 @@ def bind_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def is_loopback(address: str) -> bool:
+    """True when a bound address only takes connections from this machine."""
+    try:
+        return ipaddress.ip_address(address.split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def exposure_warning(bound: str, api_key: str | None) -> str | None:
+    """The warning printed when the server listens beyond loopback (None on 127.0.0.1 / ::1)."""
+    if is_loopback(bound):
+        return None
+    risk = ("requests need the API key, sent over plain HTTP: put a TLS proxy in front on untrusted networks" if api_key else
+            "anyone who can reach this port can use the model; fix: --api-key-env VAR, or --host 127.0.0.1")
+    return f"personatune serve: warning: listening on {bound}, reachable from other machines; {risk}"
+
+
+def read_api_key(env_var: str | None) -> str | None:
+    """The API key from environment variable `env_var` (None when no variable is named).
+
+    Raises:
+        ConfigError: the variable is named but unset or empty.
+    """
+    if env_var is None:
+        return None
+    key = os.environ.get(env_var, "").strip()
+    if not key:
+        raise ConfigError(f"--api-key-env {env_var}: that environment variable is not set or empty; fix: export {env_var}=<a long random "
+                          "key> before starting the server, or leave out --api-key-env")
+    return key
+
+
 def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator: str | None = None, persona: str | None = None,
-               **limits: Any) -> int:
+               api_key_env: str | None = None, **limits: Any) -> int:
     """Entry point of `personatune serve`: load, then serve until Ctrl-C.
 
     Args:
@@ -858,6 +934,7 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
         port: TCP port.
         evaluator: fitted evaluator folder (default: the run's stage-4 evaluator).
         persona: persona YAML (default: the run's stage-2 persona); without one, no persona metrics.
+        api_key_env: environment variable holding the API key requests must send (None: no key).
         **limits: ServeLimits fields (max_body_bytes, queue_size, timeout_s, max_tokens, default_max_tokens,
             batch_size, window, score_queue_size, log_path), plus dtype and device for the model.
 
@@ -880,8 +957,21 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
     if unknown:
         raise ConfigError(f"unknown serve option(s) {unknown}; known: {sorted(ServeLimits.__dataclass_fields__)}")
     lim = ServeLimits(**{k: v for k, v in limits.items() if v is not None})
+    api_key = read_api_key(api_key_env)
     t = resolve_target(target, persona, evaluator)
+    if lim.log_path is not None:
+        # Appending to an input (the persona, a model file) would corrupt it: refused before anything loads.
+        check_output_file(lim.log_path, "--log", {"--persona": t.persona, "--evaluator": t.evaluator, "the model": t.model,
+                                                   "the reference": t.reference_sft})
+        open_log(Path(lim.log_path)).close()  # created now (mode 0600): a log that cannot be written fails here, not per reply
+    if not Path(t.model).exists():
+        from personatune.models import check_model_available
+
+        check_model_available(t.model)  # a misspelt hub id fails in a second, not after download retries
     sock = bind_socket(host, port)  # before loading anything: a busy port fails in a second, not after the model load
+    warning = exposure_warning(str(sock.getsockname()[0]), api_key)
+    if warning:
+        print(warning, file=sys.stderr, flush=True)
     try:
         scorer = spec = None
         if t.persona is not None:
@@ -890,7 +980,7 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
         backend = HFBackend(model, tok, batch_size=lim.batch_size)
         name = Path(t.model).name if Path(t.model).exists() else t.model
         app = create_app(backend, name, scorer=scorer, trait_ids=spec.trait_ids if spec else None, limits=lim,
-                         reference_words=reference_words(spec, t.reference_sft) if spec else None)
+                         reference_words=reference_words(spec, t.reference_sft) if spec else None, api_key=api_key)
         scoring = f"scoring with {t.evaluator or 'the untrained persona scorer'}" if scorer else "no persona scoring (no --persona)"
         print(f"personatune serve: {t.model} on http://{host}:{sock.getsockname()[1]} ({scoring}); Ctrl-C stops", flush=True)
         try:

@@ -28,10 +28,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
+from personatune import limits
+from personatune.config_section import ConfigSection
 from personatune.errors import ConfigError
 from personatune.gates import fmt_metric
+from personatune.rundir import jsonl_lines
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     from personatune.gates import Measurement
@@ -43,10 +46,8 @@ DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
                   "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
 
 
-class TrainArgs(BaseModel):
+class TrainArgs(ConfigSection):
     """Stage 5: KL-bounded persona optimization with TRL."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
     algorithm: Literal["dpo", "grpo", "rloo"] = Field("dpo", description="TRL algorithm: 'dpo' on the stage-3 pairs, or 'grpo'/'rloo' online with the persona scorer as reward")
     peft: Literal["lora", "full"] = Field("lora", description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)")
@@ -79,7 +80,7 @@ class TrainArgs(BaseModel):
     merge_lora: bool = Field(True, description="merge LoRA adapters into the saved model (True) or save the adapter only (False)")
     bf16: Literal["auto"] | bool = Field("auto", description="bf16 mixed precision: 'auto' = on for CUDA GPUs that support it, off on CPU; or true/false")
     gradient_checkpointing: bool = Field(False, description="trade compute for memory (TRL's default is on; off here because small models train faster without it)")
-    seed: int | None = Field(None, description="training seed; None = the run's global seed")
+    seed: int | None = Field(None, ge=0, le=limits.SEED_MAX, description=f"training seed (0-{limits.SEED_MAX}); None = the run's global seed")
 
     @model_validator(mode="after")
     def _one_weight_per_loss(self) -> "TrainArgs":
@@ -371,7 +372,7 @@ def read_history(path: Path) -> list[dict[str, Any]]:
     """The eval records of metrics.jsonl (a torn last line is skipped)."""
     rows = []
     if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
+        for line in jsonl_lines(path.read_text(encoding="utf-8")):
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

@@ -149,3 +149,79 @@ def test_keep_going_runs_past_failed_gates_and_still_exits_1(tmp_path):
     calls.clear()
     # With the unimplemented stage at the end of the table the exit code is still 1.
     assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None, keep_going=True) == 1 and calls == []
+
+
+def test_corrupt_gate_json_of_a_failed_stage_is_no_traceback(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None) == 1
+    for corrupt in ("{not json", "[]", '{"stage": "01_a", "results": 5}'):
+        (tmp_path / "r" / "01_a" / "gate.json").write_text(corrupt)
+        lines: list[str] = []
+        assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lines.append) == 1
+        assert any("gate.json is missing or unreadable; --force re-runs the stage" in ln for ln in lines), lines
+
+
+def test_any_stage_exception_marks_the_stage_failed_not_running(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+
+    def boom(cfg, rd):
+        raise ZeroDivisionError("a bug")
+
+    with pytest.raises(ZeroDivisionError):
+        run_pipeline(cfg, stages=(Stage("01_a", "a", boom),), echo=lambda s: None)
+    rec = json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["01_a"]
+    assert rec["status"] == "failed" and rec["error"] == "ZeroDivisionError: a bug"
+
+    def escapes(cfg, rd):  # an output outside the run directory is refused, and the stage is failed
+        return StageResult(outputs={"out": tmp_path})
+
+    with pytest.raises(RunDirError, match="outside the run directory"):
+        run_pipeline(cfg, stages=(Stage("01_a", "a", escapes),), echo=lambda s: None, force=True)
+    assert json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["01_a"]["status"] == "failed"
+
+
+@pytest.mark.parametrize("entry,expected", [
+    ("done", "stages.01_a is 'done', not an object"),
+    ({"status": 3}, "stages.01_a.status is not text"),
+    ({"status": "done", "outputs": {"out": {"path": "/etc/passwd", "hash": "h"}}}, "outputs.out.path '/etc/passwd' is outside the run directory"),
+    ({"status": "done", "outputs": {"out": {"path": "../../x", "hash": "h"}}}, "is outside the run directory"),
+    ({"status": "done", "outputs": {"out": "x"}}, "stages.01_a.outputs.out needs text 'path' and 'hash'"),
+    ({"inputs": [1]}, "stages.01_a.inputs is not an object of hashes"),
+])
+def test_damaged_manifest_entries_are_one_clear_error(tmp_path, entry, expected):
+    (tmp_path / "manifest.json").write_text(json.dumps({"version": 1, "stages": {"01_a": entry}}))
+    with pytest.raises(RunDirError, match="is damaged") as e:
+        RunDir(tmp_path)
+    assert expected in str(e.value) and "delete that file" in str(e.value)
+
+
+def test_output_symlinked_out_of_the_run_dir_is_refused(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    (rd.root / "01_a").mkdir()
+    (rd.root / "01_a" / "out").symlink_to(tmp_path)
+    rd.set_record("01_a", rd.record("01_a"))
+    rd.manifest["stages"]["01_a"].update(status="done", outputs={"out": {"path": "01_a/out", "hash": "h"}})
+    with pytest.raises(RunDirError, match="points outside the run directory"):
+        rd.output_path("01_a", "out")
+
+
+def test_unwritable_run_dir_is_found_before_any_stage(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(RunDirError, match="is a file, not a folder"):
+        RunDir(tmp_path / "file")
+    with pytest.raises(RunDirError, match="cannot be created: .* is a file, not a folder"):
+        RunDir(tmp_path / "file" / "run")
+    rd = RunDir(tmp_path / "ok")
+    rd.check_writable()  # no error, and no file left behind
+    assert list(rd.root.iterdir()) == []
+
+
+def test_jsonl_lines_split_on_newline_only_and_json_line_escapes_separators():
+    from personatune.rundir import json_line, jsonl_lines
+
+    text = '{"t": "a\u2028b"}\r\n{"t": "c\u0085d\u2029"}\n'
+    assert [json.loads(x)["t"] for x in jsonl_lines(text) if x] == ["a\u2028b", "c\u0085d\u2029"]
+    line = json_line({"t": "é\u2028\u2029\u0085\ud800"})
+    assert line == '{"t": "é\\u2028\\u2029\\u0085\\ud800"}\n' and line.encode("utf-8") and len(line.splitlines()) == 1
+    assert json.loads(line) == {"t": "é\u2028\u2029\u0085\ud800"}

@@ -136,6 +136,11 @@ BAD_REQUESTS = [
     ("max_tokens over limit", json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}).encode(), "application/json", 400),
     ("huge body", json.dumps({"messages": [{"role": "user", "content": "x" * 1_000_000}]}).encode(), "application/json", 413),
     ("binary garbage", bytes(range(256)) * 4, "application/octet-stream", 400),
+    # issue 16: these gave 500, or were served by the wrong model.
+    ("seed 2**80", json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": 2**80}).encode(), "application/json", 422),
+    ("lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}', "application/json", 400),
+    ("lone surrogate in a bad field", b'{"messages": [{"role": "wizard\\udc00", "content": "hi"}]}', "application/json", 422),
+    ("another model", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), "application/json", 404),
 ]
 
 
@@ -376,3 +381,70 @@ def test_busy_port_is_a_config_error(tiny_dir):
             serve_main(str(tiny_dir), port=busy.getsockname()[1])
     finally:
         busy.close()
+
+
+def test_api_key_is_required_when_configured_and_health_stays_open(backend, monkeypatch):
+    from personatune.serve import read_api_key
+
+    monkeypatch.setenv("PT_TEST_KEY", "s3cret-key")
+    key = read_api_key("PT_TEST_KEY")
+    app = create_app(backend, "tiny", limits=ServeLimits(default_max_tokens=4), api_key=key)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert chat(client).status_code == 401 and client.get("/metrics").status_code == 401
+        r = client.post("/v1/chat/completions", headers={"Authorization": "Bearer wrong"},
+                        json={"messages": [{"role": "user", "content": "hi"}]})
+        assert r.status_code == 401 and "s3cret" not in r.text and r.headers["www-authenticate"] == "Bearer"
+        ok = client.post("/v1/chat/completions", headers={"Authorization": "Bearer s3cret-key"},
+                         json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        assert ok.status_code == 200 and healthy(client)
+    monkeypatch.delenv("PT_TEST_KEY")
+    with pytest.raises(ConfigError, match="PT_TEST_KEY: that environment variable is not set"):
+        read_api_key("PT_TEST_KEY")
+
+
+def test_exposure_warning_beyond_loopback():
+    from personatune.serve import exposure_warning
+
+    assert exposure_warning("127.0.0.1", None) is None and exposure_warning("::1", None) is None
+    assert "anyone who can reach this port" in exposure_warning("0.0.0.0", None)
+    assert "requests need the API key" in exposure_warning("192.168.1.5", "k")
+
+
+def test_log_is_created_0600_and_may_not_be_an_input(tiny_dir, tmp_path):
+    from personatune.serve import open_log, serve_main
+
+    log = tmp_path / "logs" / "served.jsonl"
+    open_log(log).close()
+    assert (log.stat().st_mode & 0o777) == 0o600
+    persona = tmp_path / "p.yaml"
+    persona.write_text("name: x\n")
+    with pytest.raises(ConfigError, match="--log .* is the same file as --persona"):
+        serve_main(str(tiny_dir), persona=str(persona), log_path=str(persona))
+    with pytest.raises(ConfigError, match="is the same file as .*the model"):
+        serve_main(str(tiny_dir), log_path=str(tiny_dir / "config.json"))
+    with pytest.raises(ConfigError, match="--log .* is a folder"):
+        serve_main(str(tiny_dir), log_path=str(tmp_path))
+    assert persona.read_text() == "name: x\n"
+
+
+def test_scoring_thread_is_not_frozen_by_a_catastrophic_rule(backend):
+    """The scoring worker runs the persona's rules; `(a+)+$` on a reply of 35 a's would hold Python's GIL for ages."""
+    from personatune.persona import Behavior, Check
+    from personatune.scoring.rules import compile_rules
+
+    rules = compile_rules([Behavior(id="evil", description="d", check=Check(regex="(a+)+$"))])
+
+    class RuleScorer(StubScorer):
+        def score(self, texts, **kw):
+            for _ in texts:
+                rules("a" * 35 + "b")
+            return super().score(texts, **kw)
+
+    app = create_app(backend, "tiny", scorer=RuleScorer(), trait_ids=TRAITS, limits=ServeLimits(default_max_tokens=4))
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        assert chat(client).status_code == 200
+        deadline = time.monotonic() + 10
+        while metric(parse_prometheus(client.get("/metrics").text), "personatune_scored_responses_total") < 1:
+            assert time.monotonic() < deadline, "the scoring thread is stuck"
+            time.sleep(0.05)
+        assert healthy(client)

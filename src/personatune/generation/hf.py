@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from personatune.generation import BackendError, Conversation, SamplingParams, check_conversations
@@ -50,6 +51,8 @@ class HFBackend:
         device: where to run ("cpu", "cuda", "cuda:1", a torch.device) or None for the model's
             current device. A different device moves the model there.
         share_prefill: with n > 1 draws, prefill each prompt once and repeat its KV cache (step 4).
+        progress: called as progress(prompts done, prompts in the call) after each batch, e.g. a
+            personatune.progress.EtaLine, so a long generate call shows a rate and an ETA.
 
     Raises:
         BackendError: batch_size < 1, or the tokenizer has neither a pad nor an EOS token.
@@ -59,7 +62,8 @@ class HFBackend:
     [['Hello! How can I help you today?']]
     """
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, share_prefill: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, share_prefill: bool = True,
+                 progress: Callable[[int, int], object] | None = None) -> None:
         import torch
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -77,6 +81,7 @@ class HFBackend:
             raise BackendError("the tokenizer has neither a pad token nor an EOS token; fix: set tokenizer.pad_token")
         self.pad_id = int(pad)
         self.share_prefill = share_prefill
+        self.progress = progress
         self.last_stats: dict[str, float] = {}
 
     def __repr__(self) -> str:
@@ -145,6 +150,8 @@ class HFBackend:
                             seqs.append(row[:cut])
                             produced += cut
                         results[i] = seqs * n if draws == 1 else seqs
+                    if self.progress is not None:
+                        self.progress(min(start + self.batch_size, len(order)), len(order))
         finally:
             self.model.train(was_training)
         self.last_stats = {"new_tokens": float(produced), "seconds": time.perf_counter() - t0}

@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
+from personatune.errors import RunDirError
 from personatune.report.charts import bar_chart, count_color, heat_color, line_chart
 from personatune.report.load import STAGE_TITLES, RunData, dig, load_run, num
 from personatune.rundir import atomic_write_text
@@ -582,8 +583,8 @@ def render_report(run_dir: str | Path) -> str:
     traits = [str(t.get("id")) for t in _list((persona or {}).get("traits")) if isinstance(t, dict) and t.get("id")]
     final = rd.json(rd.path("07_final_eval", "final", "final.json"))
     final = final if isinstance(final, dict) else None
-    verdict = str(final.get("verdict")) if final and final.get("verdict") else None
-    vb = (f'<span class="badge verdict {"b-pass" if verdict == "DEPLOY" else "b-fail"}">{esc(verdict)}</span>' if verdict
+    verdict, why = rd.verdict(final)  # the same verdict the CLI printed: a failed gate is NO-DEPLOY
+    vb = (f'<span title="{esc(why)}" class="badge verdict {"b-pass" if verdict == "DEPLOY" else "b-fail"}">{esc(verdict)}</span>' if verdict
           else '<span class="badge verdict b-none">no verdict yet</span>')
     model = dig(rd.config, "model", "name") or dig(rd.json(rd.path("01_baseline", "baseline", "baseline.json")), "model") or "?"
     pname = (persona or {}).get("name") or rd.config.get("persona") or "?"
@@ -616,9 +617,11 @@ def build_report(run_dir: str | Path) -> Path:
         The path of the written report.
 
     Raises:
-        RunDirError: the folder does not exist or is not a run directory.
+        RunDirError: the folder does not exist or is not a run directory, or report.html is a folder.
     """
-    text = render_report(run_dir)
     out = Path(run_dir) / "report.html"
+    if out.is_dir():  # checked before the work; the atomic write replaces a file or symlink, never what a link points to
+        raise RunDirError(f"{out} is a folder, so the report cannot be written there; fix: move or delete that folder")
+    text = render_report(run_dir)
     atomic_write_text(out, text)
     return out

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,10 @@ from typing import Any
 import yaml
 
 from personatune.errors import RunDirError
+from personatune.rundir import jsonl_lines
+from personatune.yaml_input import YamlLimitError, load_bounded
+
+_PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 
 # The pipeline's stage table, duplicated here on purpose: the report must not import the stages
 # (they import torch and models), and a run directory names its stages by these ids.
@@ -58,9 +63,27 @@ class RunData:
 
     @property
     def stage_ids(self) -> list[str]:
-        """The known stages in pipeline order, then any other stage the manifest records."""
-        extra = sorted(s for s in self.manifest.get("stages", {}) if s not in STAGE_TITLES)
+        """The known stages in pipeline order, then any other stage the manifest records (plain folder names only:
+        a stage id is used as a folder name, and `../x` must not make the report read outside the run)."""
+        extra = sorted(s for s in self.manifest.get("stages", {}) if s not in STAGE_TITLES and _PLAIN_NAME.fullmatch(s) and s.strip("."))
         return list(STAGE_TITLES) + extra
+
+    def verdict(self, final: dict[str, Any] | None) -> tuple[str | None, str]:
+        """The run's verdict as the CLI printed it, and why.
+
+        A failed gate anywhere makes it NO-DEPLOY (the pipeline stopped there, or went on with --keep-going
+        for diagnosis only); otherwise stage 7's verdict in final.json; otherwise none yet.
+
+        Returns:
+            ("DEPLOY" | "NO-DEPLOY" | None, the reason in a few words).
+        """
+        failed = [s for s in self.stage_ids if self.status(s) == "gate_failed"]
+        if failed:
+            return "NO-DEPLOY", (f"the {failed[0]} gate failed" if len(failed) == 1 else f"gates failed: {', '.join(failed)}")
+        v = final.get("verdict") if isinstance(final, dict) else None
+        if v in ("DEPLOY", "NO-DEPLOY"):
+            return str(v), "stage 7"
+        return None, "no verdict yet"
 
     def record(self, stage: str) -> dict[str, Any]:
         """The manifest's record of `stage` ({} when the stage never started)."""
@@ -104,6 +127,9 @@ class RunData:
         except json.JSONDecodeError as e:
             self.warnings.append(f"{self._rel(path)}: not valid JSON ({e.msg} at line {e.lineno}); its section is left out")
             return None
+        except RecursionError:
+            self.warnings.append(f"{self._rel(path)}: JSON nested too deeply; its section is left out")
+            return None
 
     def jsonl(self, path: Path) -> list[dict[str, Any]]:
         """The JSON objects of a JSONL file; unparsable lines are skipped and counted in a warning."""
@@ -111,7 +137,7 @@ class RunData:
         if text is None:
             return []
         rows, bad = [], 0
-        for line in text.splitlines():
+        for line in jsonl_lines(text):
             if not line.strip():
                 continue
             try:
@@ -133,7 +159,10 @@ class RunData:
         if text is None:
             return None
         try:
-            return yaml.safe_load(text)
+            return load_bounded(text)[0]
+        except YamlLimitError as e:
+            self.warnings.append(f"{self._rel(path)}: {e}; its section is left out")
+            return None
         except yaml.YAMLError as e:
             self.warnings.append(f"{self._rel(path)}: not valid YAML ({str(e).splitlines()[0]}); its section is left out")
             return None

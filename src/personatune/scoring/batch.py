@@ -3,8 +3,11 @@
 Input lines: {"id": str|int, "text": str, "prompt": str?, "context": str?, "targets": [trait id]?}.
 Output lines (same order, bad lines left out): id, traits, violations, style, style_match, rules,
 hard_rules, consistent, consistency, targets, context (the ResponseScore JSON form).
-A bad input line (not JSON, not an object, no string `text`, wrong field types, unknown target) is
-reported by line number and skipped; the output is written atomically.
+A bad input line (not JSON, not an object, no string `text`, wrong field types, unknown target, a line
+or text past personatune.limits) is reported by line number and skipped, and every skipped line is
+counted. Lines are split on "\n" only (rundir.jsonl_lines). The output is written atomically, with
+U+2028/U+2029/U+0085 and lone surrogates escaped (rundir.json_line); an output that is a folder or one
+of the inputs is refused before anything is read.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+from personatune import limits
 from personatune.errors import DataError
-from personatune.rundir import atomic_write_text
+from personatune.output_paths import check_output_dir, check_output_file
+from personatune.rundir import atomic_write_text, json_line, jsonl_lines
 
 
 def _validate(obj: Any, known: set[str]) -> str | None:
@@ -23,6 +28,9 @@ def _validate(obj: Any, known: set[str]) -> str | None:
         return "not a JSON object"
     if not isinstance(obj.get("text"), str):
         return "missing string field 'text'"
+    unusable = _text_problem(obj, ("text", "prompt", "context"))
+    if unusable:
+        return unusable
     if "id" in obj and not isinstance(obj["id"], (str, int)):
         return "'id' must be a string or integer"
     for k in ("prompt", "context"):
@@ -38,12 +46,25 @@ def _validate(obj: Any, known: set[str]) -> str | None:
     return None
 
 
+def _text_problem(obj: dict[str, Any], keys: tuple[str, ...]) -> str | None:
+    """Why a text field cannot be scored (limits.text_problem: too long, a lone surrogate), or None."""
+    for k in keys:
+        v = obj.get(k)
+        why = limits.text_problem(v, k) if isinstance(v, str) else None
+        if why:
+            return why
+    return None
+
+
 def _read_lines(path: Path, what: str) -> list[str]:
-    """The lines of a UTF-8 text file; DataError (one line, with the fix) when it cannot be read."""
+    """The lines of a UTF-8 text file, split on "\n" only; DataError (one line, with the fix) when it cannot be read."""
     try:
-        return path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read {what} {path}: {e}; fix: pass an existing UTF-8 JSONL file") from None
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DataError(f"cannot read {what} {path}: not UTF-8 text (byte {e.start}); fix: save it as UTF-8 JSONL") from None
+    except OSError as e:
+        raise DataError(f"cannot read {what} {path}: {e.strerror or e}; fix: pass an existing UTF-8 JSONL file") from None
+    return jsonl_lines(text)
 
 
 def _parse_lines(lines: list[str], validate: Any) -> tuple[list[tuple[int, dict[str, Any]]], list[dict[str, Any]]]:
@@ -52,10 +73,15 @@ def _parse_lines(lines: list[str], validate: Any) -> tuple[list[tuple[int, dict[
     for no, line in enumerate(lines, 1):
         if not line.strip():
             continue
+        if len(line) > limits.JSONL_MAX_LINE_CHARS:
+            skipped.append({"line": no, "reason": f"{len(line):,} characters, more than the line limit of {limits.JSONL_MAX_LINE_CHARS:,} "
+                                                  "(personatune.limits.JSONL_MAX_LINE_CHARS)"})
+            continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            skipped.append({"line": no, "reason": f"not valid JSON ({e.msg})"})
+        except (json.JSONDecodeError, RecursionError) as e:
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
+            skipped.append({"line": no, "reason": f"not valid JSON ({why})"})
             continue
         reason = validate(obj)
         if reason:
@@ -85,30 +111,39 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
         ([{line, reason}], up to max_errors_listed), "input" and "output".
 
     Raises:
-        DataError: the input file cannot be read.
+        ConfigError: the output is a folder or one of the inputs.
+        DataError: the input file cannot be read, or has no line to score.
         PersonaSpecError: the persona file is invalid.
     """
     from personatune.scoring.aggregate import summarize
     from personatune.scoring.scorer import Scorer
 
     inp, outp = Path(input_path), Path(output_path)
+    check_output_file(outp, "--output", {"--input": inp, "--persona": persona_path, "--evaluator": evaluator_dir})
     lines = _read_lines(inp, "input")  # before any model loads
-    if scorer is None:
+    spec = scorer.persona if scorer is not None else None
+    if spec is None:
         from personatune.persona import load_persona
-        from personatune.scoring.scorer import DEFAULT_JUDGE_WEIGHT
 
         spec = load_persona(persona_path)
+    known = set(spec.trait_ids)
+    rows, skipped = _parse_lines(lines, lambda obj: _validate(obj, known))
+    if not rows:
+        first = f" (line {skipped[0]['line']}: {skipped[0]['reason']})" if skipped else ""
+        what = f"none of its {len(skipped)} non-blank line(s) can be scored{first}" if skipped else "it has no line to score"
+        raise DataError(f"{inp}: {what}; fix: one JSON object per line with a string field 'text' (optional: id, prompt, context, targets)")
+    if scorer is None:
+        from personatune.scoring.scorer import DEFAULT_JUDGE_WEIGHT
+
         if evaluator_dir:
             scorer = Scorer.from_evaluator_dir(spec, evaluator_dir, judge=judge, judge_weight=judge_weight)
         else:
             scorer = Scorer(spec, judge=judge, judge_weight=DEFAULT_JUDGE_WEIGHT if judge_weight is None else judge_weight)
-    known = set(scorer.persona.trait_ids)
-    rows, skipped = _parse_lines(lines, lambda obj: _validate(obj, known))
     records = scorer.score([o["text"] for _, o in rows], prompts=[o.get("prompt") for _, o in rows],
                            contexts=[o.get("context") for _, o in rows], targets=[o.get("targets") or [] for _, o in rows],
                            ids=[str(o.get("id", f"line{no}")) for no, o in rows])
-    atomic_write_text(outp, "".join(json.dumps(r.to_dict(), ensure_ascii=False) + "\n" for r in records))
-    summary = summarize(records) if records else {"n": 0}
+    atomic_write_text(outp, "".join(json_line(r.to_dict()) for r in records))
+    summary = summarize(records)  # an empty list gives every key too (values None)
     summary.update({"skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed], "input": str(inp), "output": str(outp)})
     return summary
 
@@ -136,13 +171,18 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
 
     if not other_positive_weight >= 0:
         raise DataError(f"other_positive_weight {other_positive_weight} must be >= 0; fix: e.g. 0 (off) or 1")
-    spec = load_persona(persona_path)
     inp = Path(examples_path)
+    check_output_dir(output_dir, "--output", ("detectors.safetensors", "detectors.json", "scorer.json"),
+                     {"--persona": persona_path, "--examples": inp})
+    spec = load_persona(persona_path)
     known = set(spec.trait_ids)
 
     def validate(obj: Any) -> str | None:
         if not isinstance(obj, dict) or not isinstance(obj.get("text"), str) or not obj["text"].strip():
             return "needs a non-empty string field 'text'"
+        unusable = _text_problem(obj, ("text",))
+        if unusable:
+            return unusable
         if obj.get("trait") not in known:
             return f"trait {obj.get('trait')!r} is not in the persona (available: {', '.join(sorted(known))})"
         if obj.get("label") not in LABELS:

@@ -180,6 +180,6 @@ class Scorer:
         if (p / "scorer.json").is_file():
             try:
                 jw = float(json.loads((p / "scorer.json").read_text(encoding="utf-8")).get("judge_weight", jw))
-            except (ValueError, TypeError) as e:
+            except (ValueError, TypeError, AttributeError) as e:  # AttributeError: valid JSON, but not an object
                 raise DataError(f"{p / 'scorer.json'} is not valid JSON ({e}); fix: re-save the evaluator") from None
         return cls(persona, embedder=embedder, detectors=det, judge=judge, judge_weight=jw if judge_weight is None else judge_weight)

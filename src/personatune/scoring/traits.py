@@ -333,14 +333,17 @@ class TraitDetectors:
         Raises:
             DataError: the files are missing, unreadable, or their shapes disagree with the metadata.
         """
+        from safetensors import SafetensorError
         from safetensors.numpy import load as st_load
 
         p = Path(path)
         try:
             meta = json.loads((p / "detectors.json").read_text(encoding="utf-8"))
             tensors = st_load((p / "detectors.safetensors").read_bytes())
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, SafetensorError) as e:
             raise DataError(f"cannot read trait detectors in {p}: {e}; fix: re-run stage 4 or `Scorer.save` to write them") from None
+        if not isinstance(meta, dict):
+            raise DataError(f"{p / 'detectors.json'} is not a JSON object; fix: re-run stage 4 or `Scorer.save` to write it")
         w, temps, ids = tensors.get("weights"), tensors.get("temperatures"), meta.get("trait_ids")
         if w is None or temps is None or not isinstance(ids, list) or w.shape[:2] != (len(ids), 3) or temps.shape != (len(ids),):
             raise DataError(f"trait detectors in {p} are inconsistent (weights/temperatures/trait_ids do not match); fix: re-fit them")

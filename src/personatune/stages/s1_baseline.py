@@ -149,9 +149,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     if config.sft.capability:
         from personatune.capability import perplexity, score_suite
         from personatune.generation.hf import HFBackend
+        from personatune.progress import EtaLine
 
         t1 = time.time()
-        suite = score_suite(HFBackend(model, tok, batch_size=16))
+        suite = score_suite(HFBackend(model, tok, batch_size=16, progress=EtaLine("stage 1: capability suite", unit="items")))
         atomic_write_json(out_dir / "capability.json", suite)
         outputs["capability"] = out_dir / "capability.json"
         baseline["capability"] = {"score": suite["score"], "n": suite["n"], "tasks": {k: v["accuracy"] for k, v in suite["tasks"].items()}}

@@ -32,7 +32,7 @@ from personatune.errors import DataError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
-from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
+from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text, jsonl_lines
 from personatune.scenarios import CONTEXT_DESCRIPTIONS, Scenario, build_scenarios, coverage, expanded_scenarios, expansion_request
 from personatune.stage import StageResult
 from personatune.stages.s1_baseline import baseline_model_path
@@ -49,7 +49,7 @@ def _load_generations(path: Path) -> dict[str, list[str]]:
     done: dict[str, list[str]] = {}
     if not path.exists():
         return done
-    for line in path.read_text(encoding="utf-8").splitlines():
+    for line in jsonl_lines(path.read_text(encoding="utf-8")):
         try:
             row = json.loads(line)
             done[row["key"]] = row["outputs"]
@@ -59,7 +59,7 @@ def _load_generations(path: Path) -> dict[str, list[str]]:
 
 
 def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict[str, Any]]], path: Path, chunk: int,
-                       echo=print) -> list[list[str]]:
+                       echo=print, label: str = "generated") -> list[list[str]]:
     """Run generation jobs, skipping those already recorded in `path`, appending each finished chunk.
 
     Args:
@@ -67,6 +67,8 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
         jobs: (conversation, params) pairs; params: max_new_tokens, temperature, top_p, n, seed.
         path: the append-only JSONL record of finished jobs.
         chunk: jobs per backend call (jobs with equal params are grouped).
+        echo: where progress lines go: one when work starts, then one per chunk with the rate and ETA.
+        label: names the step in those lines (e.g. "contrast (teacher)").
 
     Returns:
         Per job, its list of n completions.
@@ -79,6 +81,8 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
     groups: dict[str, list[int]] = {}
     for i in todo:
         groups.setdefault(json.dumps(jobs[i][1], sort_keys=True), []).append(i)
+    if todo:
+        echo(f"  {label}: {len(todo)} jobs to generate, {chunk} per batch (ETA after the first batch)")
     t0, n_done = time.time(), 0
     with open(path, "a", encoding="utf-8") as f:
         for pkey, idx in groups.items():
@@ -93,7 +97,7 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
                 os.fsync(f.fileno())
                 n_done += len(part)
                 rate = n_done / max(time.time() - t0, 1e-9)
-                echo(f"  generated {n_done}/{len(todo)} jobs ({rate:.2f} jobs/s, ETA {(len(todo) - n_done) / max(rate, 1e-9):.0f}s)")
+                echo(f"  {label} {n_done}/{len(todo)} jobs ({rate:.2f} jobs/s, ETA {(len(todo) - n_done) / max(rate, 1e-9):.0f}s)")
     return [done[k] for k in keys]
 
 
@@ -335,14 +339,14 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     teacher, base = make_teacher(config, run_dir)
     t = d.teacher
     p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed}
-    echo = lambda m: (print(m), run_dir.log(m.strip()))  # noqa: E731
+    echo = lambda m: (print(m, flush=True), run_dir.log(m.strip()))  # noqa: E731
     extra = []
     if d.expand_per_trait:
         # The teacher writes new prompts per (trait, context); resumable like every other generation.
         keys = [(tr, c) for tr in spec.trait_ids for c in d.contexts if c in CONTEXT_DESCRIPTIONS]
         ejobs = [(expansion_request(spec, tr, c, d.expand_per_trait), {**p, "max_new_tokens": 40 * d.expand_per_trait, "n": 1}) for tr, c in keys]
         echo(f"  expanding the prompt bank: {len(ejobs)} (trait, context) requests x {d.expand_per_trait} prompts")
-        replies = generate_resumable(teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo)
+        replies = generate_resumable(teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo, label="prompt expansion")
         extra = expanded_scenarios(spec, {k: r[0] for k, r in zip(keys, replies)}, d.expand_per_trait)
     scenarios = cap_scenarios(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
                                      heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed,
@@ -355,7 +359,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         focus = s.targets if d.focus_targets else None
         jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=focus), {**p, "n": d.best_of}))
     echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
-    teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo)
+    teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo,
+                                     label="teacher")
     detectors = None
     if config.scorer.other_positive_weight > 0:
         from personatune.scoring.traits import fit
@@ -364,6 +369,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=run_judge(config, run_dir.root), judge_weight=config.scorer.judge.weight)
     # Contrast is generated only for prompts that have a consistent chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
+    echo(f"  scoring {sum(len(c) for c in teacher_out)} teacher candidates …")
     cand_scores = score_candidates(scenarios, teacher_out, scorer)
     kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(r.consistent for r in cs)}
     echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent candidate; contrast for those")
@@ -385,14 +391,16 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     base_idx = [i for i, m in enumerate(cmeta) if m[1] == "baseline"]
     other_idx = [i for i, m in enumerate(cmeta) if m[1] != "baseline"]
     couts: list[list[str]] = [[] for _ in cjobs]
-    for idx, be in ((base_idx, base), (other_idx, teacher)):
+    echo(f"  contrast: {len(base_idx)} baseline responses (baseline model), {len(other_idx)} trait-flipped / style-broken responses (teacher)")
+    for idx, be, who in ((base_idx, base, "contrast (baseline model)"), (other_idx, teacher, "contrast (teacher)")):
         if idx:
-            res = generate_resumable(be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size, echo=echo)
+            res = generate_resumable(be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size, echo=echo, label=who)
             for i, r in zip(idx, res):
                 couts[i] = r
     contrast: dict[str, list[tuple[str, str | None, str]]] = {}
     for (sid, kind, flip), o in zip(cmeta, couts):
         contrast.setdefault(sid, []).append((kind, flip, o[0]))
+    echo(f"  scoring {len(cjobs)} contrast responses and building pairs …")
     sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores, select=d.select)
     gate = data_gate(spec, scenarios, stats, config)
     for split in ("train", "heldout"):

@@ -203,13 +203,15 @@ def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, mi
     """The baseline model's persona metrics on held-out prompts, no system prompt (the 'before' of stage 7)."""
     from personatune import models
     from personatune.generation.hf import HFBackend
+    from personatune.progress import EtaLine
     from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
     from personatune.stages.s1_baseline import baseline_model_path
 
     prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
     model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
     t = config.data.teacher
-    outs = HFBackend(model, tok, batch_size=t.batch_size).generate([p["messages"] for p in prompts], max_new_tokens=t.max_new_tokens,
+    eta = EtaLine(f"stage 4: sampling the baseline on {len(prompts)} held-out prompts")
+    outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate([p["messages"] for p in prompts], max_new_tokens=t.max_new_tokens,
                                                                    temperature=t.temperature, top_p=t.top_p, n=1, seed=config.seed)
     texts = [o[0] for o in outs]
     recs = scorer.score(texts, contexts=[p["context"] for p in prompts], targets=[p["targets"] for p in prompts], ids=[p["id"] for p in prompts])

@@ -274,6 +274,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune import models
     from personatune.capability import perplexity, retention, score_suite
     from personatune.generation.hf import HFBackend
+    from personatune.progress import EtaLine
     from personatune.kl import measure_kl
     from personatune.persona import load_persona
     from personatune.stages.s1_baseline import baseline_model_path
@@ -309,16 +310,17 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     convs = [p["messages"] for p in prompts]
     decoding = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "batch_size": t.batch_size, "seed": config.seed}
 
-    def sample(model: Any, tok: Any) -> list[str]:
-        outs = HFBackend(model, tok, batch_size=t.batch_size).generate(convs, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+    def sample(model: Any, tok: Any, who: str) -> list[str]:
+        eta = EtaLine(f"stage 7: sampling the {who} model on {len(convs)} held-out prompts")
+        outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate(convs, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
                                                                       top_p=t.top_p, n=1, seed=config.seed)
         return [o[0] for o in outs]
 
     base_texts = reusable_baseline_texts(config, run_dir, prompts)
     source = "04_evaluation/baseline_samples.json (reused: same model, prompts and decoding)"
     if base_texts is None:
-        base_texts, source = sample(base_model, base_tok), "sampled again in stage 7"
-    final_texts = sample(final_model, final_tok)
+        base_texts, source = sample(base_model, base_tok, "baseline"), "sampled again in stage 7"
+    final_texts = sample(final_model, final_tok, "final")
     kw = dict(prompts=[c[-1]["content"] for c in convs], contexts=[p.get("context") for p in prompts],
               targets=[list(p.get("targets") or []) for p in prompts], ids=[str(p["id"]) for p in prompts])
     base_recs, final_recs = scorer.score(base_texts, **kw), scorer.score(final_texts, **kw)
@@ -329,8 +331,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         base_suite = json.loads(run_dir.output_path("01_baseline", "capability").read_text(encoding="utf-8"))
         suite_src = "01_baseline/capability.json"
     except RunDirError:
-        base_suite, suite_src = score_suite(HFBackend(base_model, base_tok, batch_size=CAPABILITY_BATCH)), "scored in stage 7"
-    final_suite = score_suite(HFBackend(final_model, final_tok, batch_size=CAPABILITY_BATCH))
+        base_suite, suite_src = score_suite(HFBackend(base_model, base_tok, batch_size=CAPABILITY_BATCH,
+                                                      progress=EtaLine("stage 7: capability suite, baseline", unit="items"))), "scored in stage 7"
+    final_suite = score_suite(HFBackend(final_model, final_tok, batch_size=CAPABILITY_BATCH,
+                                        progress=EtaLine("stage 7: capability suite, final model", unit="items")))
     ret = retention(final_suite, base_suite)
     value = ret["retention"] if math.isfinite(ret["retention"]) else None
     tasks = {k: {**d, "n": base_suite["tasks"][k]["n"]} for k, d in ret["task_drops"].items()}
