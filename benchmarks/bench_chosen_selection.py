@@ -52,7 +52,7 @@ def main() -> None:
         generate = no_generation
 
     cands = generate_resumable(_Missing(), jobs, rd / "03_consistency_data" / "generations.jsonl", chunk=8, echo=lambda m: None)
-    scores = score_candidates(scenarios, cands, Scorer(spec, embedder=Embedder.default()))
+    scores = score_candidates(scenarios, cands, Scorer(spec))
     voice = typical_voice(scenarios, scores)
     mpc = cfg.gates.evaluation.min_per_context
     print(f"{rd}: {len(scenarios)} prompts, best of {d.best_of}; style variance with min_per_context {mpc}")

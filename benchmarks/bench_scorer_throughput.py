@@ -1,10 +1,11 @@
 """Scorer throughput vs the raw MiniLM encoder, on CPU, for an 8-trait persona.
 
 Each repeat builds FRESH responses (random numbers and sentence order, so no text repeats across
-repeats) and clears the embedder cache before scoring, so the cache cannot fake the figure. In the
+repeats) and clears the embedder's and the instrument's caches before scoring, so no cache can fake the figure. In the
 same run, the same texts go through `Embedder.encode_uncached` (the raw encoder, whole texts), in the
-given order and length-sorted (less padding: the encoder at its best). The scorer encodes each sentence
-(length-sorted by the Embedder) and derives the whole-text embedding from them.
+given order and length-sorted (less padding: the encoder at its best). The scorer runs each sentence through
+the instrument (MiniLM's shared bottom layers, then both the frozen and the tuned top layers) and derives
+the whole-text embedding from the sentences.
 Reported: responses/s of each, and scorer / encoder (target >= 0.75).
 
 Run: python benchmarks/bench_scorer_throughput.py [--n 256] [--repeats 3] [--threads 2]
@@ -83,8 +84,8 @@ def main() -> None:
                                   Behavior(id="short", description="stays short", check=Check(max_words=150))])
     emb = Embedder.default()
     t0 = time.perf_counter()
-    scorer = Scorer(spec, embedder=emb)
-    print(f"persona: {len(spec.traits)} traits; detectors built in {time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}")
+    scorer = Scorer(spec)
+    print(f"persona: {len(spec.traits)} traits; profile built in {time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}")
     emb.encode_uncached(make_texts(16, 999))  # warm-up
     enc_t = enc_sorted_t = sc_t = 0.0
     total = 0
@@ -100,6 +101,7 @@ def main() -> None:
         emb.encode_uncached(sorted(texts, key=len))  # the encoder at its best: length-sorted batches, less padding
         enc_sorted_t += time.perf_counter() - t
         emb._cache.clear()
+        scorer.instrument._cache.clear()
         t = time.perf_counter()
         recs = scorer.score(texts)
         s1 = time.perf_counter() - t

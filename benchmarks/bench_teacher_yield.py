@@ -42,7 +42,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     spec = load_persona(args.persona)
     emb = Embedder.default()
-    scorer = Scorer(spec, embedder=emb)
+    scorer = Scorer(spec)
     scenarios = cap_scenarios(build_scenarios(spec, emb, seed=0), args.prompts)
     model, tok = models.load_model_and_tokenizer(args.model)
     backend = HFBackend(model, tok, batch_size=16)

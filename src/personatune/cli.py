@@ -12,7 +12,7 @@
 
 Every command takes --debug (print the traceback of an error too; or set PERSONATUNE_DEBUG=1).
 
-Exit codes: 0 success, 1 a quality gate failed (monitor: a drift alert fired), 2 bad input (one line on stderr, no traceback),
+Exit codes: 0 success, 1 a quality gate failed or was inconclusive (monitor: a drift alert fired), 2 bad input (one line on stderr, no traceback),
 3 internal error (a bug: one line naming the command and the input; the traceback goes to the run's log.txt and, with
 --debug, to stderr), 130 interrupted (re-run the same command to resume). docs/limits-and-errors.md lists them.
 """
@@ -81,6 +81,20 @@ def _cmd_score(args: argparse.Namespace) -> int:
             raise ConfigError(f"--judge options: {loc}: {err['msg']} (got {err.get('input')!r:.80}); "
                               "fix: e.g. --judge openai --judge-url http://127.0.0.1:8000/v1 --judge-model NAME, or --judge hf") from None
         judge, weight = build_judge(ja, cache_dir=args.judge_cache), ja.weight
+    if args.gold:
+        from personatune.scoring.gold import format_gold_report, score_gold_file
+
+        rep = score_gold_file(args.persona, args.gold, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight)
+        print(json.dumps(rep, indent=2, default=str) if args.json else format_gold_report(Path(args.gold).name, rep))
+        for s in rep["skipped_lines"]:
+            print(f"  line {s['line']} skipped: {limits.shorten(s['reason'], 200)}", file=sys.stderr)
+        if args.output:
+            print(f"wrote {args.output}", file=sys.stderr)
+        return 0 if not rep["unmet_targets"] else 1
+    if not args.input or not args.output:
+        from personatune.errors import ConfigError
+
+        raise ConfigError("score needs --input IN.jsonl and --output OUT.jsonl (or --gold GOLD.jsonl to check the scorer on a gold set)")
     summary = score_jsonl(args.persona, args.input, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight)
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
@@ -99,7 +113,7 @@ def _cmd_score(args: argparse.Namespace) -> int:
 def _cmd_fit(args: argparse.Namespace) -> int:
     from personatune.scoring.batch import fit_jsonl
 
-    summary = fit_jsonl(args.persona, args.examples, args.output, seed=args.seed, other_positive_weight=args.other_positive_weight)
+    summary = fit_jsonl(args.persona, args.examples, args.output)
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -177,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--until", help="stop after this stage (number or name)")
     r.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
     r.add_argument("--keep-going", action="store_true",
-                   help="run the later stages even after a failed gate (diagnosis only: exit code 1, verdict NO-DEPLOY)")
+                   help="run the later stages even after a failed or inconclusive gate (diagnosis only: exit code 1, verdict NO-DEPLOY)")
     r.set_defaults(fn=_cmd_run)
 
     v = sub.add_parser("validate", parents=[common], help="check a persona file against the stage-2 gate")
@@ -188,8 +202,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("score", parents=[common], help="score responses against a persona")
     s.add_argument("--persona", required=True, help="persona YAML file")
     s.add_argument("--evaluator", help="fitted evaluator folder (from stage 4 or `fit`)")
-    s.add_argument("--input", required=True, help="JSONL: id, text, optional prompt, context, targets")
-    s.add_argument("--output", required=True, help="JSONL with one score record per input line")
+    s.add_argument("--input", help="JSONL: id, text, optional prompt, context, targets")
+    s.add_argument("--output", help="JSONL with one score record per input line (with --gold: the report as JSON)")
+    s.add_argument("--gold", help="a gold set (benchmarks/gold/README.md): print how well the scorer separates its gold, generic, "
+                                  "flipped and babble answers and whether each response-level gate passes on gold and fails on generic; "
+                                  "exit 0 when every instrument target is met, 1 when one is not")
     s.add_argument("--json", action="store_true", help="print the aggregates as JSON")
     s.add_argument("--judge", choices=["none", "hf", "openai"], default="none",
                    help="mix an LLM judge into the trait probabilities: hf = in-process model, openai = OpenAI-compatible server")
@@ -201,13 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--judge-cache", help="openai: folder for a response cache, so re-scoring the same texts costs nothing")
     s.set_defaults(fn=_cmd_score)
 
-    f = sub.add_parser("fit", parents=[common], help="fit the trait detectors on labelled examples and save an evaluator folder")
+    f = sub.add_parser("fit", parents=[common], help="fit the persona profile (the instrument's view of the persona) on labelled examples and save an evaluator folder")
     f.add_argument("--persona", required=True, help="persona YAML file (its exemplars are always used)")
     f.add_argument("--examples", required=True, help="JSONL: text, trait, label (expressed | violated | neutral)")
     f.add_argument("--output", required=True, help="evaluator folder to write (safetensors + JSON)")
-    f.add_argument("--seed", type=int, default=0, help="seed of the calibration folds")
-    f.add_argument("--other-positive-weight", type=float, default=0.0,
-                   help="the other traits' positives as the partial label 'not violated' (scorer.other_positive_weight)")
     f.add_argument("--json", action="store_true", help="print the summary as JSON")
     f.set_defaults(fn=_cmd_fit)
 

@@ -51,7 +51,7 @@ class PersonaGateArgs(_Section):
     max_traits: int = Field(10, ge=1, description="most core traits allowed (count)")
     min_positive: int = Field(3, ge=1, description="fewest positive exemplars per trait (count)")
     min_negative: int = Field(3, ge=1, description="fewest negative exemplars per trait (count)")
-    min_separability: float = Field(0.8, ge=0, le=1, description="leave-one-out accuracy each trait's exemplars must reach (fraction, 0-1)")
+    min_separability: float = Field(0.8, ge=0, le=1, description="leave-one-out AUROC each trait must reach: the instrument orders its held-out positives above its held-out negatives (0-1)")
     max_trait_similarity: float = Field(0.9, ge=0, le=1, description="cosine similarity bound between two traits' exemplar centroids; above it they are redundant (0-1)")
     min_examples: int = Field(3, ge=0, description="fewest example interactions (count)")
 
@@ -60,6 +60,8 @@ class DataGateArgs(_Section):
     """Stage-3 gate thresholds (METRICS.md)."""
 
     chosen_consistency: float = Field(0.85, ge=0, le=1, description="consistency rate the chosen responses must reach (fraction)")
+    chosen_on_task: float = Field(0.85, ge=0, le=1, description="on-task rate the chosen responses must reach: share with on_task >= 0.5, i.e. "
+                                  "that address the user's request (fraction)")
     rejected_inconsistency: float = Field(0.85, ge=0, le=1, description="share of rejected responses that must be inconsistent (fraction)")
     min_prompts_per_trait: int = Field(20, ge=1, description="prompts that must target each trait (count)")
     min_contexts_per_trait: int = Field(3, ge=1, description="distinct contexts each trait must be targeted in (count)")
@@ -73,6 +75,10 @@ class EvalGateArgs(_Section):
     adherence: float = Field(0.90, ge=0, le=1, description="trait adherence of held-out chosen responses, overall and per context (fraction)")
     max_style_variance: float = Field(0.15, ge=0, description="style variance across contexts must stay below this (relative std, unitless)")
     min_per_context: int = Field(5, ge=2, description="responses a context group needs to count in style variance (count)")
+    min_auroc_per_side: int = Field(30, ge=1, description="held-out responses each side of a trait's AUROC (expressed, trait-flipped) needs "
+                                    "before the gate decides; fewer: inconclusive (count per side, METRICS.md 'Evidence')")
+    min_style_variance_n: int = Field(30, ge=1, description="responses in qualifying context groups a style-variance gate (stages 4 and 5) needs "
+                                      "before it decides; fewer: inconclusive (count)")
 
 
 class OptimGateArgs(_Section):
@@ -82,6 +88,8 @@ class OptimGateArgs(_Section):
     consistency: float = Field(0.85, ge=0, le=1, description="consistency rate of the policy's own samples (fraction)")
     adherence: float = Field(0.90, ge=0, le=1, description="trait adherence of the policy's own samples (fraction)")
     max_style_variance: float = Field(0.15, ge=0, description="style variance of the policy's samples (relative std, unitless)")
+    min_on_task_retention: float = Field(0.95, ge=0, le=1, description="on-task rate of the policy's samples / that of the stage-1 baseline "
+                                         "without a system prompt, same held-out prompts and decoding (ratio)")
 
 
 class FinalGateArgs(_Section):
@@ -89,6 +97,8 @@ class FinalGateArgs(_Section):
 
     min_retention: float = Field(0.95, ge=0, description="capability-suite score of final / baseline (ratio)")
     min_improvement: float = Field(0.0, description="lower end of the bootstrap 95% interval of consistency(final) - consistency(baseline) must exceed this (fraction)")
+    min_on_task_retention: float = Field(0.95, ge=0, le=1, description="on-task rate of the final model / that of the baseline, both without a "
+                                         "system prompt, same held-out prompts and decoding (ratio)")
 
 
 class GateArgs(_Section):
@@ -99,6 +109,9 @@ class GateArgs(_Section):
     evaluation: EvalGateArgs = Field(default_factory=EvalGateArgs)
     optimization: OptimGateArgs = Field(default_factory=OptimGateArgs)
     final: FinalGateArgs = Field(default_factory=FinalGateArgs)
+    rate_half_width: float = Field(0.06, gt=0, le=1, description="widest 95% interval half-width a rate gate may decide on (fraction): a rate "
+                                   "with threshold p needs ceil(1.96^2 p(1-p) / width^2) samples, fewer are inconclusive (137 at 0.85, 97 at 0.90; "
+                                   "METRICS.md 'Evidence'; gates.rate_min_n)")
 
 
 class SFTArgs(_Section):
@@ -193,11 +206,8 @@ class JudgeArgs(_Section):
 
 
 class ScorerArgs(_Section):
-    """How the persona-only scorer (stage 3) and the fitted evaluator (stage 4) build their trait detectors."""
+    """The scorer every stage uses: the persona instrument (scoring/instrument.py), optionally with an LLM judge."""
 
-    other_positive_weight: float = Field(
-        0.0, ge=0, description="weight, relative to one class, of the other traits' positive exemplars as the partial label 'not violated' "
-        "in every trait detector (0 = off). Cuts false cross-trait violations; measured in docs/benchmarks.md")
     judge: JudgeArgs = Field(default_factory=JudgeArgs, description="optional LLM judge mixed into the trait probabilities (default: none)")
 
 

@@ -93,6 +93,7 @@ class GateResult:
     note: str = ""
     status: str = ""
     min_n: int | None = None
+    n_key: str = ""
 
     def __post_init__(self) -> None:
         if not self.status:
@@ -101,6 +102,10 @@ class GateResult:
     @property
     def inconclusive(self) -> bool:
         return self.status == "inconclusive"
+
+    def meets_threshold(self) -> bool:
+        """Whether the value meets the threshold, whatever the sample size (an inconclusive result may)."""
+        return self.value is not None and GateSpec(self.metric, self.threshold, self.direction, self.unit).holds(self.value)  # type: ignore[arg-type]
 
     def line(self) -> str:
         """One human line: `PASS consistency_rate = 0.912 >= 0.85 (fraction, n=200, 95% CI 0.87-0.94)`."""
@@ -146,6 +151,22 @@ class GateReport:
         results = [GateResult(**{k: (tuple(v) if k == "ci" and v is not None else v) for k, v in r.items() if k in fields})
                    for r in d.get("results", [])]
         return cls(stage=d["stage"], results=results, diagnosis=list(d.get("diagnosis", [])), next_steps=list(d.get("next_steps", [])))
+
+    def shortfall(self) -> str:
+        """Why an inconclusive report cannot decide: per config key, the most samples any of its gates still needs.
+
+        >>> r = GateReport("04_evaluation", check_gates([GateSpec("adherence", 0.9, ">=", "fraction", min_n=97, n_key="data.max_prompts")],
+        ...                                             {"adherence": Measurement(0.95, n=40)}))
+        >>> r.shortfall()
+        '57 more samples needed (raise data.max_prompts) for adherence'
+        """
+        need: dict[str, tuple[int, list[str]]] = {}
+        for r in self.results:
+            if r.inconclusive and r.min_n is not None:
+                more, metrics = need.get(r.n_key, (0, []))
+                need[r.n_key] = (max(more, r.min_n - (r.n or 0)), [*metrics, r.metric])
+        return "; ".join(f"{more} more samples needed" + (f" (raise {key})" if key else "") + f" for {', '.join(m)}"
+                         for key, (more, m) in need.items())
 
     def summary(self) -> str:
         word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE (too few samples to decide)"}[self.status]
@@ -195,9 +216,40 @@ def check_gates(specs: list[GateSpec], measured: dict[str, Measurement | float |
                 note=note,
                 status=status,
                 min_n=s.min_n,
+                n_key=s.n_key,
             )
         )
     return out
+
+
+Z95 = 1.96
+"""Normal quantile of a two-sided 95% interval."""
+RATE_HALF_WIDTH = 0.06
+"""METRICS.md "Evidence": a rate's 95% interval may be at most about this wide on either side."""
+AUROC_MIN_PER_SIDE = 30
+"""METRICS.md "Evidence": an AUROC gate needs at least this many responses on each side (positives, negatives)."""
+STYLE_VARIANCE_MIN_N = 30
+"""Responses in qualifying context groups a style-variance gate needs (about 5 per context over six contexts):
+below it the sampling-noise correction of `aggregate._between_std` dominates the between-context spread."""
+
+
+def rate_min_n(threshold: float, half_width: float = RATE_HALF_WIDTH) -> int:
+    """Fewest responses for a rate near `threshold` to have a 95% interval at most ±`half_width` wide.
+
+    n = ceil(1.96² · p(1-p) / half_width²) at p = threshold (the normal-approximation width where the gate
+    decides; rounded to 9 decimals before the ceiling so float noise cannot add one), at least 1.
+
+    >>> rate_min_n(0.85), rate_min_n(0.90), rate_min_n(0.95), rate_min_n(0.5)
+    (137, 97, 51, 267)
+    >>> rate_min_n(1.0)
+    1
+
+    Raises:
+        ValueError: threshold outside [0, 1] or half_width <= 0.
+    """
+    if not 0.0 <= threshold <= 1.0 or half_width <= 0:
+        raise ValueError(f"rate_min_n: threshold must lie in [0, 1] and half_width be > 0; got threshold={threshold!r}, half_width={half_width!r}")
+    return max(1, math.ceil(round(Z95 ** 2 * threshold * (1.0 - threshold) / half_width ** 2, 9)))
 
 
 def fmt_metric(x: float | None, digits: int = 3) -> str:

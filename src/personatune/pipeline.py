@@ -15,6 +15,11 @@ gate stops the run with exit code 1 and the gate's diagnosis. A stage whose gate
 config and inputs are unchanged is not re-run (it would fail the same way): its recorded gate is
 reported again. `--keep-going` (keep_going=True) runs the later stages anyway, for diagnosis — every
 failed gate is listed at the end, the exit code stays 1 and the verdict stays NO-DEPLOY.
+
+An inconclusive gate (too few samples to decide, METRICS.md "Evidence") does not pass either: it stops
+the run like a failed one, but is shown and recorded as its own state (manifest status `gate_inconclusive`,
+gate.json status "inconclusive"), and the verdict says how many more samples would decide it and which
+config key buys them: "NO-DEPLOY (inconclusive at stage X: N more samples needed (raise KEY) for ...)".
 """
 
 from __future__ import annotations
@@ -95,12 +100,24 @@ def _record_end(rd: RunDir, stage: str, rec: StageRecord, status: str, error: st
         pass  # the error being raised says more than this one would (e.g. a full disk)
 
 
-def _recorded_gate_summary(path: Path) -> str | None:
-    """The summary of a stage's recorded gate.json; None (the stage is re-run) when it is missing or unreadable."""
+def _recorded_gate(path: Path) -> GateReport | None:
+    """A stage's recorded gate.json; None when it is missing or unreadable."""
     try:
-        return GateReport.from_dict(json.loads(path.read_text(encoding="utf-8"))).summary()
+        return GateReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError, ValueError):
         return None
+
+
+def gate_record_status(gate: GateReport) -> str:
+    """The manifest status of a stage that finished with this gate: done, gate_inconclusive or gate_failed."""
+    return {"pass": "done", "inconclusive": "gate_inconclusive"}.get(gate.status, "gate_failed")
+
+
+def stop_reason(stage: str, gate: GateReport | None) -> str:
+    """Why the run stops at `stage`, for the verdict line: the failed gate, or what an inconclusive one needs."""
+    if gate is not None and gate.status == "inconclusive":
+        return f"inconclusive at stage {stage}: {gate.shortfall() or 'too few samples to decide'}"
+    return f"the {stage} gate failed"
 
 
 def check_run_inputs(cfg: RunConfig) -> None:
@@ -178,16 +195,21 @@ def run_pipeline(
     echo(f"run directory: {root}")
     t_run = time.time()
     failed: list[str] = []
+    inconclusive: list[str] = []
 
-    def gate_failed(st_id: str) -> bool:
-        """Record a failed gate; True when the run must stop here."""
+    def gate_failed(st_id: str, gate: GateReport | None) -> bool:
+        """Record a gate that did not pass (failed or inconclusive); True when the run must stop here."""
         failed.append(st_id)
+        word = "failed"
+        if gate is not None and gate.status == "inconclusive":
+            inconclusive.append(st_id)
+            word = "inconclusive"
         if keep_going:
-            echo(f"--keep-going: going on past the failed {st_id} gate (diagnosis only; the verdict stays NO-DEPLOY)")
+            echo(f"--keep-going: going on past the {word} {st_id} gate (diagnosis only; the verdict stays NO-DEPLOY)")
             return False
         echo(f"The pipeline stops at {st_id}. Details: {rd.stage_dir(st_id) / 'gate.json'}")
         _write_report(root, echo)
-        echo(f"verdict: NO-DEPLOY (the {st_id} gate failed)")
+        echo(f"verdict: NO-DEPLOY ({stop_reason(st_id, gate)})")
         return True
 
     for i, st in enumerate(stages):
@@ -208,12 +230,13 @@ def run_pipeline(
         if unchanged and rec.status == "done":
             echo(f"{n}: done earlier, inputs unchanged — skipped" + (f" ({rec.message})" if rec.message else ""))
             continue
-        if unchanged and rec.status == "gate_failed":
-            # Same config, same inputs: the stage would fail its gate again. --force or --from re-runs it.
-            echo(f"{n}: its gate FAILED earlier with these inputs — not re-run (--force re-runs it)" + (f" ({rec.message})" if rec.message else ""))
-            summary = _recorded_gate_summary(rd.stage_dir(st.id) / "gate.json")
-            echo(summary if summary is not None else f"  ({st.id}/gate.json is missing or unreadable; --force re-runs the stage and writes it again)")
-            if gate_failed(st.id):
+        if unchanged and rec.status in ("gate_failed", "gate_inconclusive"):
+            # Same config, same inputs: the stage would end the same way. --force or --from re-runs it.
+            word = "was INCONCLUSIVE" if rec.status == "gate_inconclusive" else "FAILED"
+            echo(f"{n}: its gate {word} earlier with these inputs — not re-run (--force re-runs it)" + (f" ({rec.message})" if rec.message else ""))
+            recorded = _recorded_gate(rd.stage_dir(st.id) / "gate.json")
+            echo(recorded.summary() if recorded is not None else f"  ({st.id}/gate.json is missing or unreadable; --force re-runs the stage and writes it again)")
+            if gate_failed(st.id, recorded):
                 return 1
             continue
         world = _world_size()
@@ -239,8 +262,9 @@ def run_pipeline(
                 gate = result.gate.to_dict()
                 # The gate result reaches disk before the pipeline goes on or stops.
                 atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate)
-                rec.gate = {"passed": gate["passed"], "results": [{k: r[k] for k in ("metric", "value", "threshold", "direction", "passed")}
-                                                                  for r in gate["results"]]}
+                rec.gate = {"passed": gate["passed"], "status": gate["status"],
+                            "results": [{k: r[k] for k in ("metric", "value", "threshold", "direction", "passed", "status", "n", "min_n")}
+                                        for r in gate["results"]]}
         except KeyboardInterrupt:
             _record_end(rd, st.id, rec, "interrupted", "KeyboardInterrupt")
             raise
@@ -248,19 +272,22 @@ def run_pipeline(
             _record_end(rd, st.id, rec, "failed", str(e) if isinstance(e, PersonatuneError) else f"{type(e).__name__}: {e}")
             raise
         passed = result.gate is None or result.gate.passed
-        rec.status = "done" if passed else "gate_failed"
+        rec.status = "done" if result.gate is None else gate_record_status(result.gate)
         rd.set_record(st.id, rec)
         rd.log(f"{st.id} {rec.status} in {rec.seconds}s: {result.message}")
         if result.gate is not None:
             echo(result.gate.summary())
-        echo(f"{n}: {'done' if passed else 'GATE FAILED'} in {rec.seconds:.1f}s — {result.message}")
-        if not passed and gate_failed(st.id):
+        word = {"done": "done", "gate_inconclusive": "GATE INCONCLUSIVE"}.get(rec.status, "GATE FAILED")
+        echo(f"{n}: {word} in {rec.seconds:.1f}s — {result.message}")
+        if not passed and gate_failed(st.id, result.gate):
             return 1
     echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")
     _write_report(root, echo)
     if failed:
-        echo(f"gates failed: {', '.join(failed)} (details: each stage's gate.json)")
-        echo(f"verdict: NO-DEPLOY (gates failed: {', '.join(failed)})")
+        which = ", ".join(f"{s} (inconclusive)" if s in inconclusive else s for s in failed)
+        head = "gates not passed" if inconclusive else "gates failed"
+        echo(f"{head}: {which} (details: each stage's gate.json)")
+        echo(f"verdict: NO-DEPLOY ({head}: {which})")
         return 1
     final = rd.record(stages[-1].id)
     if stop_i == len(stages) - 1 and final.message:

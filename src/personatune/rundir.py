@@ -124,7 +124,7 @@ def file_hash(path: str | Path) -> str:
 class StageRecord:
     """What the manifest remembers of one stage."""
 
-    status: str = "pending"  # pending | running | done | gate_failed | failed | interrupted
+    status: str = "pending"  # pending | running | done | gate_failed | gate_inconclusive | failed | interrupted
     config_hash: str | None = None
     inputs: dict[str, str] = field(default_factory=dict)  # "stage:name" -> hash
     outputs: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {"path": rel, "hash": h}
@@ -249,14 +249,14 @@ class RunDir:
     def output_path(self, stage: str, name: str) -> Path:
         """Absolute path of a named output of an earlier stage, as recorded in the manifest.
 
-        A stage that finished but failed its gate (status gate_failed) has its outputs: the pipeline only
+        A stage that finished but did not pass its gate (status gate_failed or gate_inconclusive) has its outputs: the pipeline only
         goes on past it with --keep-going, for diagnosis.
 
         Raises:
             RunDirError: that stage has not finished or has no such output.
         """
         rec = self.record(stage)
-        if rec.status not in ("done", "gate_failed") or name not in rec.outputs:
+        if rec.status not in ("done", "gate_failed", "gate_inconclusive") or name not in rec.outputs:
             raise RunDirError(
                 f"stage {stage} has no finished output {name!r} in {self.manifest_path} (status: {rec.status}); "
                 f"fix: run it first (personatune run CONFIG --from {stage})"

@@ -848,14 +848,10 @@ def load_scorer(persona: str, evaluator: str | None) -> tuple[Any, Any]:
         PersonaSpecError: the persona file is invalid.
     """
     from personatune.persona import load_persona
-    from personatune.scoring.scorer import Scorer
+    from personatune.scoring.factory import build_scorer
 
     spec = load_persona(persona)
-    if evaluator is not None:
-        return spec, Scorer.from_evaluator_dir(spec, evaluator)
-    from personatune.embeddings import Embedder
-
-    return spec, Scorer(spec, embedder=Embedder.default())
+    return spec, build_scorer(spec, evaluator_dir=evaluator)
 
 
 def reference_words(spec: Any, reference_sft: str | None) -> float:

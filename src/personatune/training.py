@@ -311,12 +311,14 @@ class EvalResult:
     records: list[Any] = field(default_factory=list)
     seconds: float = 0.0
     adherence_per_trait: dict[str, float] = field(default_factory=dict)
+    on_task: "Measurement | None" = None
+    style_variance_n: int | None = None
 
     def summary(self) -> dict[str, Any]:
         """The flat numbers written to metrics.jsonl and logged to trackers."""
         return {"kl": self.kl.per_token, "kl_stderr": self.kl.stderr, "kl_per_sequence": self.kl.per_sequence_mean, "kl_tokens": self.kl.tokens,
                 "consistency": self.consistency.value, "adherence": self.adherence.value, "style_variance": self.style_variance,
-                "n": len(self.texts), "eval_seconds": round(self.seconds, 2)}
+                "on_task": None if self.on_task is None else self.on_task.value, "n": len(self.texts), "eval_seconds": round(self.seconds, 2)}
 
 
 def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet, scorer: Any, *, kl_max_new_tokens: int, max_new_tokens: int,
@@ -334,7 +336,7 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
 
     from personatune.generation.hf import HFBackend
     from personatune.kl import measure_kl
-    from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
+    from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
 
     t0 = time.time()
     rng = torch.get_rng_state()
@@ -352,11 +354,11 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
     texts = [o[0] for o in outs]
-    recs = scorer.score(texts, prompts=[p[-1]["content"] for p in evalset.prompts], contexts=evalset.contexts, targets=evalset.targets, ids=evalset.ids)
+    recs = scorer.score(texts, prompts=[list(p) for p in evalset.prompts], contexts=evalset.contexts, targets=evalset.targets, ids=evalset.ids)
     sv = style_variance(recs, min_per_context=min_per_context)
     adh = trait_adherence(recs)
     return EvalResult(kl, consistency_rate(recs), adh.overall, sv.value, texts, recs, time.time() - t0,
-                      {k: v.value for k, v in adh.per_trait.items()})
+                      {k: v.value for k, v in adh.per_trait.items()}, on_task=on_task_rate(recs), style_variance_n=sv.n)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:

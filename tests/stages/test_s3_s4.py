@@ -41,9 +41,11 @@ def scripted_teacher(spec, good: bool = True):
                 return " ".join(rng.sample(t.negative, 2))
         if "Your register is formal" in system or "Use emoji often" in system:
             return "Kindly note that the requested information is provided herein. " * 12
-        # In persona: a few positive exemplars of several traits, in the persona's voice.
+        # In persona and on task: the user's question taken up, then a few positive exemplars of several traits,
+        # in the persona's voice (an answer that ignored the question would be off task and never chosen).
+        ask = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         picks = [rng.choice(t.positive) for t in spec.traits]
-        return "Aye, crew! " + " ".join(picks)
+        return f"Aye, crew! You ask: {ask} " + " ".join(picks)
 
     return respond
 
@@ -52,7 +54,10 @@ def config(tmp_path, srv, **over):
     args = [f"run_dir={tmp_path}", "name=t", "data.teacher.backend=openai", f"data.teacher.base_url={srv.base_url}",
             "data.teacher.model=fake-model", "data.max_prompts=60", "data.best_of=2", "data.teacher.max_new_tokens=16",
             "sft.capability=false", "gates.data.min_prompts_per_trait=10", "gates.data.min_pairs_per_violated_trait=3",
-            "gates.evaluation.min_per_context=2", "gates.persona.min_separability=0"] + [f"{k}={v}" for k, v in over.items()]
+            "gates.evaluation.min_per_context=2", "gates.persona.min_separability=0",
+            # A few dozen prompts cannot meet METRICS.md's minimum sample sizes (137 responses for a rate at 0.85, 30 per AUROC side):
+            # these plumbing tests lower them so their gates decide; the minimums themselves are tested in tests/unit/test_evidence.py.
+            "gates.rate_half_width=1", "gates.evaluation.min_auroc_per_side=1", "gates.evaluation.min_style_variance_n=1"] + [f"{k}={v}" for k, v in over.items()]
     return load_config(REPO / "examples" / "tiny.yaml", args)
 
 

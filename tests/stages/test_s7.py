@@ -44,7 +44,6 @@ def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
     """Stages 1-6 recorded done with their real cache keys; stage 6's model = the baseline's weights."""
     from personatune import models
     from personatune.capability import perplexity, score_suite
-    from personatune.embeddings import Embedder
     from personatune.generation.hf import HFBackend
     from personatune.persona import load_persona
     from personatune.pipeline import STAGES, stage_cache_key
@@ -64,7 +63,7 @@ def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
     rows = [{"id": f"{c}-{i}", "context": c, "messages": [{"role": "user", "content": q}], "targets": [TRAITS[i % len(TRAITS)]], "split": "heldout"}
             for c, qs in QUESTIONS.items() for i, q in enumerate(qs)]
     (held / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    Scorer(load_persona(PERSONA), embedder=Embedder.default()).save(rd.root / "04_evaluation" / "evaluator")
+    Scorer(load_persona(PERSONA)).save(rd.root / "04_evaluation" / "evaluator")
     shutil.copytree(rd.root / "01_baseline" / "model", rd.root / "06_iterations" / "model")
     outputs = {"01_baseline": {"baseline": "01_baseline/baseline.json", "capability": "01_baseline/capability.json", "model": "01_baseline/model"},
                "02_persona": {"persona": "02_persona/persona.yaml"}, "03_consistency_data": {"heldout": "03_consistency_data/heldout"},
@@ -88,7 +87,8 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
 
     # With one lm-eval task on local data (stage 1 recorded none here, so stage 7 scores the baseline too).
     tasks = write_tasks(tmp_path / "lm_eval_tasks")
-    cfg, rd, rows = build_run(tmp_path, ("lm_eval.tasks=[pt_arith_mc]", f"lm_eval.include_path={tasks}"))
+    # 12 held-out prompts: the rate minimum (gates.rate_half_width) is lowered so the improvement gate decides (and fails).
+    cfg, rd, rows = build_run(tmp_path, ("lm_eval.tasks=[pt_arith_mc]", f"lm_eval.include_path={tasks}", "gates.rate_half_width=1"))
     lines: list[str] = []
     rc = run_pipeline(cfg, echo=lines.append)
     out = "\n".join(lines)
@@ -141,8 +141,10 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
 def _fig(**over):
     """final.json figures that pass every stage-7 gate; tests change one thing at a time."""
     tasks = {"facts": {"baseline": 0.5, "candidate": 0.5, "drop": 0.0, "allowed": 0.2, "ok": True, "n": 14}}
-    fig = {"improvement": {"value": 0.3, "ci": [0.2, 0.4], "n": 50, "baseline": 0.3, "final": 0.6},
+    # n = 150 held-out prompts: above the minimum sample sizes (137 for the improvement, 51 for on-task retention).
+    fig = {"improvement": {"value": 0.3, "ci": [0.2, 0.4], "n": 150, "baseline": 0.3, "final": 0.6},
            "retention": {"value": 1.0, "n_items": 36, "baseline_score": 0.5, "final_score": 0.5, "tasks": tasks},
+           "on_task": {"baseline": {"value": 0.9, "n": 150}, "final": {"value": 0.9, "n": 150}, "retention": {"value": 1.0, "n": 150, "ci": [0.9, 1.1]}},
            "kl": {"kl_per_token": 0.05}, "earlier_gates": {"05_optimization": {"status": "done", "gate_passed": True}}}
     fig.update(over)
     return fig

@@ -296,7 +296,8 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     m = json.loads((rd.root / "05_optimization" / "metrics.json").read_text())
     within = [r["step"] for r in hist if r["checkpoint"] and r["kl"] <= cfg.gates.optimization.max_kl]
     assert m["final"]["selected_step"] == (m["selection"]["record"] or {}).get("step") and (m["final"]["selected_step"] in within or not within)
-    assert {g.metric for g in res.gate.results} == {"kl_per_token", "consistency_rate", "adherence", "style_variance"}
+    assert {g.metric for g in res.gate.results} == {"kl_per_token", "consistency_rate", "adherence", "style_variance", "on_task_retention"}
+    assert m["on_task"]["baseline_samples"] and "retention" in m["on_task"]  # the baseline's on-task rate beside the policy's
     kl_gate = next(g for g in res.gate.results if g.metric == "kl_per_token")
     assert kl_gate.unit == "nats/token" and kl_gate.n == len(held) and kl_gate.value == m["kl"]["kl_per_token"]
     assert set(res.outputs) == {"model", "metrics", "card"}

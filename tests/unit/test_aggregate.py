@@ -9,7 +9,9 @@ import pytest
 from personatune.errors import DataError
 from personatune.gates import GateSpec, check_gates
 from personatune.scoring.aggregate import (
+    NATURAL_MOVEMENT,
     NO_CONTEXT,
+    STYLE_VARIANCE_SCALE,
     adherence_pairs,
     bootstrap_ci,
     bootstrap_diff_ci,
@@ -154,13 +156,16 @@ def sv_records():
 
 def test_style_variance_by_hand():
     rep = style_variance(sv_records(), min_per_context=2)
-    # words: population std of (15, 35) = 10, mean 25 -> 0.4.
-    # question_rate: std of (0, 0.05) = 0.025, mean 0.025 < floor 0.05 -> 0.025 / 0.05 = 0.5.
-    # formality: std 0 -> 0; the six all-zero features: 0 / floor = 0 (no division by zero).
-    assert rep.per_feature["words"] == pytest.approx(0.4)
-    assert rep.per_feature["question_rate"] == pytest.approx(0.5)
+    u = NATURAL_MOVEMENT
+    # words: context means 15, 35 -> population variance 100; sampling noise = mean over contexts of
+    # (sample variance 50 / 2 responses) = 25 -> between-context std sqrt(75), in units of u["words"].
+    # question_rate: means 0, 0.05 -> variance 0.000625 < noise (0 + 0.005 / 2) / 2 = 0.00125 -> 0 (noise only).
+    # formality: constant -> 0; the all-zero features -> 0 (no division by anything data-dependent).
+    assert rep.per_feature["words"] == pytest.approx(math.sqrt(75) / u["words"])
+    assert rep.per_feature["question_rate"] == 0.0
     assert rep.per_feature["emoji_rate"] == 0.0 and rep.per_feature["formality"] == 0.0
-    assert rep.value == pytest.approx(0.9 / len(STYLE_FEATURES))
+    assert "voice" not in rep.per_feature  # the records carry no voice probability
+    assert rep.value == pytest.approx(STYLE_VARIANCE_SCALE * math.sqrt(75) / u["words"] / len(STYLE_FEATURES))
     assert rep.groups_used == {"A": 2, "B": 2}
     assert rep.groups_skipped == {NO_CONTEXT: 2, "C": 1}
     assert rep.n == 4
@@ -168,18 +173,39 @@ def test_style_variance_by_hand():
     lo, hi = rep.ci
     assert lo <= hi
     assert rep.measurement().value == rep.value
-    # Only two features: (0.4 + 0.5) / 2; a lower floor for question_rate: 0.025 / 0.025 = 1.
-    assert style_variance(sv_records(), 2, features=["words", "question_rate"]).value == pytest.approx(0.45)
-    assert style_variance(sv_records(), 2, mean_floor={"question_rate": 0.01}).per_feature["question_rate"] == pytest.approx(1.0)
+    # Only two features: the mean of the two; another unit for words scales its term.
+    assert style_variance(sv_records(), 2, features=["words", "question_rate"]).value == pytest.approx(
+        STYLE_VARIANCE_SCALE * math.sqrt(75) / u["words"] / 2)
+    assert style_variance(sv_records(), 2, mean_floor={"words": 1.0}).per_feature["words"] == pytest.approx(math.sqrt(75))
 
 
 def test_style_variance_three_contexts_and_constant_groups():
-    # Every response in a context has the same words: means 10, 20, 30 -> population std sqrt(200/3),
-    # mean 20 -> 0.408248. Within-group values are constant, so every bootstrap resample gives the same value.
+    # Every response in a context has the same words: means 10, 20, 30 -> population std sqrt(200/3), no
+    # sampling noise. Within-group values are constant, so every bootstrap resample gives the same value.
     recs = [rec(i, context=c, style={"words": w}) for i, (c, w) in enumerate([("x", 10)] * 5 + [("y", 20)] * 5 + [("z", 30)] * 5)]
     rep = style_variance(recs, features=["words"])
-    assert rep.value == pytest.approx(math.sqrt(200 / 3) / 20)
+    assert rep.value == pytest.approx(STYLE_VARIANCE_SCALE * math.sqrt(200 / 3) / NATURAL_MOVEMENT["words"])
     assert rep.ci == pytest.approx((rep.value, rep.value))
+
+
+def test_style_variance_separates_a_steady_voice_from_one_that_switches_by_context():
+    """The decision the gate exists for: one voice everywhere passes, persona in some contexts and a plain
+    assistant in others fails (here through the instrument's voice probability and the words)."""
+    rng = np.random.default_rng(0)
+    ctx = ["casual", "technical", "emotional", "creative", "adversarial", "off_topic"]
+
+    def one(i, c, in_voice):
+        v = float(np.clip(rng.normal(0.9 if in_voice else 0.1, 0.05), 0, 1))
+        return rec(i, context=c, style={"words": float(rng.normal(60 if in_voice else 80, 15)), "voice": v})
+
+    steady = [one(i, c, True) for i, c in enumerate(ctx * 8)]
+    mixed = [one(i, c, ctx.index(c) % 2 == 0) for i, c in enumerate(ctx * 8)]
+    for r in steady + mixed:  # every record has voice: the feature joins the default set
+        assert "voice" in r.style
+    s, m = style_variance(steady, min_per_context=5), style_variance(mixed, min_per_context=5)
+    assert "voice" in s.per_feature and s.value < 0.15 < m.value
+    # Sampling noise alone does not count: the steady set's contexts differ by chance only.
+    assert s.per_feature["voice"] < 1.0 < m.per_feature["voice"]
 
 
 def test_style_variance_needs_two_groups():
@@ -197,7 +223,7 @@ def test_style_variance_bad_input():
     del bad[0].style["words"]
     with pytest.raises(DataError, match="no style feature 'words'"):
         style_variance(bad, min_per_context=2)
-    with pytest.raises(DataError, match="no floor"):
+    with pytest.raises(DataError, match="no natural-movement unit"):
         style_variance(sv_records(), 2, features=["words", "made_up"])
 
 

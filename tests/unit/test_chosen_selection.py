@@ -90,8 +90,8 @@ def test_scorer_setting_is_a_config_key_that_invalidates_stages_3_and_4():
     from personatune.config import load_config
     from personatune.pipeline import STAGES
 
-    cfg = load_config(REPO / "examples" / "quickstart.yaml", ["scorer.other_positive_weight=0.5"])
-    assert cfg.scorer.other_positive_weight == 0.5
-    assert load_config(REPO / "examples" / "quickstart.yaml", []).scorer.other_positive_weight == 0.0
+    cfg = load_config(REPO / "examples" / "quickstart.yaml", ["scorer.judge.weight=0.25"])
+    assert cfg.scorer.judge.weight == 0.25
+    assert load_config(REPO / "examples" / "quickstart.yaml", []).scorer.judge.backend == "none"
     keys = {s.id: s.config_keys for s in STAGES}
     assert "scorer" in keys["03_consistency_data"] and "scorer" in keys["04_evaluation"]

@@ -38,3 +38,35 @@ def test_report_roundtrip_and_summary():
     assert back.results[0].ci == (0.83, 0.95) and back.passed is False
     s = rep.summary()
     assert "PASS a = 0.9 >= 0.85" in s and "FAIL kl = 0.2 <= 0.1" in s and "raise beta" in s
+
+
+def test_rate_min_n_is_the_normal_width_at_the_threshold():
+    import doctest
+    import math
+
+    import personatune.gates as gates_mod
+    from personatune.gates import rate_min_n
+
+    assert doctest.testmod(gates_mod).failed == 0
+    # 1.96^2 * 0.85 * 0.15 / 0.06^2 = 136.06 -> 137; the interval at that n is within +-0.06, one fewer is not.
+    assert rate_min_n(0.85) == 137 and rate_min_n(0.90) == 97 and rate_min_n(0.95) == 51
+    for p in (0.85, 0.9, 0.95, 0.5):
+        n = rate_min_n(p)
+        assert 1.96 * math.sqrt(p * (1 - p) / n) <= 0.06 < 1.96 * math.sqrt(p * (1 - p) / (n - 1))
+    assert rate_min_n(0.85, half_width=0.03) == 545  # a narrower interval costs four times the samples
+    assert rate_min_n(0.0) == rate_min_n(1.0) == 1
+    with pytest.raises(ValueError, match="threshold must lie in"):
+        rate_min_n(1.5)
+
+
+def test_shortfall_names_the_largest_need_per_key():
+    from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+
+    specs = [GateSpec("a", 0.9, ">=", "fraction", min_n=97, n_key="k1"), GateSpec("b", 0.9, ">=", "fraction", min_n=30, n_key="k1"),
+             GateSpec("c", 0.1, "<=", "nats", min_n=10, n_key="k2"), GateSpec("d", 0.5, ">=", "fraction")]
+    rep = GateReport("s", check_gates(specs, {"a": Measurement(0.95, n=7), "b": Measurement(0.95, n=20), "c": Measurement(0.05, n=10),
+                                              "d": Measurement(0.6)}))
+    assert rep.status == "inconclusive" and not rep.passed
+    assert rep.shortfall() == "90 more samples needed (raise k1) for a, b"
+    assert rep.results[0].meets_threshold() and rep.results[0].inconclusive
+    assert "INCONCLUSIVE" in rep.summary()

@@ -474,10 +474,16 @@ def test_error_lines_are_cut(tmp_path, capsys):
 def test_corrupt_evaluator_folder_is_bad_input(tmp_path, capsys):
     ev = tmp_path / "ev"
     ev.mkdir()
-    (ev / "detectors.safetensors").write_bytes(b"garbage")
-    (ev / "detectors.json").write_text("[1, 2]")
+    (ev / "profile.safetensors").write_bytes(b"garbage")
+    (ev / "profile.json").write_text("[1, 2]")
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"text": "Ahoy!"}) + "\n")
-    before = snapshot(inp, ev / "detectors.safetensors", ev / "detectors.json")
+    before = snapshot(inp, ev / "profile.safetensors", ev / "profile.json")
     code, _, err = cli(capsys, "score", "--persona", PERSONA, "--evaluator", ev, "--input", inp, "--output", tmp_path / "o.jsonl", limit=30)
-    assert code == 2 and f"cannot read trait detectors in {ev}" in one_line(err) and unchanged(before)
+    assert code == 2 and f"cannot read the persona profile in {ev}" in one_line(err) and unchanged(before)
+    # An evaluator folder written by an older personatune (trait detectors) is refused with the fix.
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "detectors.json").write_text("{}")
+    code, _, err = cli(capsys, "score", "--persona", PERSONA, "--evaluator", old, "--input", inp, "--output", tmp_path / "o.jsonl", limit=30)
+    assert code == 2 and "fitted by an older personatune" in one_line(err) and "re-fit it" in one_line(err)

@@ -133,8 +133,10 @@ def test_stage7_gate_fails_on_an_lm_eval_drop():
     from personatune.stages.s7_final import final_gate
 
     cfg = load_config(None, [f"persona={REPO / 'examples/personas/captain_nova.yaml'}"])
-    fig = {"improvement": {"value": 0.2, "ci": [0.1, 0.3], "n": 50, "baseline": 0.1, "final": 0.3},
+    # n = 150 held-out prompts: above the minimum sample sizes, so only the lm-eval drop can decide.
+    fig = {"improvement": {"value": 0.2, "ci": [0.1, 0.3], "n": 150, "baseline": 0.1, "final": 0.3},
            "retention": {"value": 1.0, "n_items": 36, "baseline_score": 0.5, "final_score": 0.5, "tasks": {}},
+           "on_task": {"baseline": {"value": 0.9, "n": 150}, "final": {"value": 0.9, "n": 150}, "retention": {"value": 1.0, "n": 150, "ci": [0.9, 1.1]}},
            "earlier_gates": {}, "kl": {"kl_per_token": 0.05},
            "lm_eval": lm_harness.compare({"tasks": {"a": _res("acc,none", 0.40, 0.05)}}, {"tasks": {"a": _res("acc,none", 0.60, 0.05)}})}
     gate = final_gate(cfg, fig)

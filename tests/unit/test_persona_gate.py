@@ -1,7 +1,8 @@
 """The stage-2 gate: counts, leave-one-out separability, redundancy, report and stage entry point.
 
-The arithmetic is checked on hand-made embeddings (a fake embedder); the example personas and the
-broken ones are checked with the real MiniLM (loaded once, ~3 s).
+The gate logic is checked on hand-made embeddings (a fake instrument) and a table standing in for the
+instrument's leave-one-out reads; the example personas, the hand-written gold personas and the broken
+ones are checked with the shipped instrument (loaded once, ~3 s).
 """
 
 import json
@@ -13,6 +14,7 @@ import pytest
 from personatune.config import PersonaGateArgs
 from personatune.errors import ConfigError, PersonaSpecError
 from personatune.persona import PersonaSpec, load_persona
+from personatune.stages import s2_persona as s2
 from personatune.stages.s2_persona import (
     PersonaGateConfig,
     centroid_similarity,
@@ -35,14 +37,15 @@ def unit(*v: float) -> np.ndarray:
 E1, E2, E3, E4 = (unit(*row) for row in np.eye(4))
 
 
-class FakeEmbedder:
-    """Text -> the vector the test assigns to it."""
+class FakeInstrument:
+    """Text -> the vector the test assigns to it (used as both the frozen and the persona embedding)."""
 
     def __init__(self, table: dict[str, np.ndarray]) -> None:
         self.table = table
 
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, 4))
+    def encode_both(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        e = np.stack([self.table[t] for t in texts]) if texts else np.zeros((0, 4))
+        return e, e
 
 
 def metric(report, name, direction=None):
@@ -58,7 +61,34 @@ def make_spec(traits: dict[str, tuple[list[str], list[str]]], n_examples: int = 
     })
 
 
-def orthogonal_persona(k: int = 5, per: int = 3) -> tuple[PersonaSpec, FakeEmbedder]:
+@pytest.fixture(autouse=True)
+def fake_loo(request, monkeypatch):
+    """Except in the tests of the real instrument: the instrument's leave-one-out reads come from a table,
+    {trait index: [(kind, i, read), ...]}; a trait not in the table has every exemplar read right. The
+    stand-in's AUROC is its accuracy (the gate logic, not the ranking arithmetic, is under test here)."""
+    table: dict[int, list[tuple[str, int, str]]] = {}
+    if "real" in request.keywords:
+        return table
+
+    def loo(spec, instrument):
+        out = []
+        for k, t in enumerate(spec.traits):
+            preds = table.get(k) or ([("positive", i, "expressed") for i in range(len(t.positive))]
+                                     + [("negative", i, "violated") for i in range(len(t.negative))])
+            ok = {kind: [r == ("expressed" if kind == "positive" else "violated") for kd, _, r in preds if kd == kind]
+                  for kind in ("positive", "negative")}
+            n = len(ok["positive"]) + len(ok["negative"])
+            acc = (sum(ok["positive"]) + sum(ok["negative"])) / n if n else None
+            out.append({"auroc": acc, "accuracy": acc,
+                        "positive": float(np.mean(ok["positive"])) if ok["positive"] else None,
+                        "negative": float(np.mean(ok["negative"])) if ok["negative"] else None, "predictions": preds})
+        return out
+
+    monkeypatch.setattr(s2, "loo_separability", loo)
+    return table
+
+
+def orthogonal_persona(k: int = 5, per: int = 3) -> tuple[PersonaSpec, FakeInstrument]:
     """k traits with positives on axis 2i and negatives on axis 2i+1 of a 2k-dim space (perfectly separable)."""
     table, traits = {}, {}
     rng = np.random.default_rng(0)
@@ -69,60 +99,39 @@ def orthogonal_persona(k: int = 5, per: int = 3) -> tuple[PersonaSpec, FakeEmbed
             vp[2 * i], vn[2 * i + 1] = 1.0, 1.0
             table[p], table[n] = vp + 0.05 * rng.standard_normal(2 * k), vn + 0.05 * rng.standard_normal(2 * k)
         traits[f"trait_{i}"] = (pos, neg)
-    return make_spec(traits), FakeEmbedder(table)
+    return make_spec(traits), FakeInstrument(table)
 
 
-# --- arithmetic ------------------------------------------------------------------------------------
+# --- leave-one-out bookkeeping ----------------------------------------------------------------------
 
 
-def test_loo_perfectly_separable_is_one():
-    pos = [np.stack([E1, E1, E1]), np.stack([E2, E2, E2])]
-    neg = [np.stack([E3, E3, E3]), np.stack([E4, E4, E4])]
-    res = loo_separability(pos, neg)
-    assert [r["accuracy"] for r in res] == [1.0, 1.0]
-    assert res[0]["predictions"][0] == ("positive", 0, 0) and res[0]["predictions"][3] == ("negative", 0, -1)
+@pytest.mark.real
+def test_loo_really_holds_the_exemplar_out(monkeypatch):
+    """A profile that recognises only texts it contains: held out properly, nothing can be read right."""
+    import personatune.scoring.traits as traits_mod
+    from personatune.scoring.traits import PersonaProfile, Scores
 
+    spec, _ = orthogonal_persona(k=2)
 
-def test_loo_counts_positive_that_reads_like_another_trait_as_wrong():
-    # Trait 0's third positive sits on trait 1's axis: 2 of 3 positives right, 3 of 3 negatives right.
-    pos = [np.stack([E1, E1, E2]), np.stack([E2, E2, E2])]
-    neg = [np.stack([E3, E3, E3]), np.stack([E4, E4, E4])]
-    res = loo_separability(pos, neg)
-    assert res[0]["accuracy"] == pytest.approx(5 / 6)
-    assert res[0]["positive"] == pytest.approx(2 / 3) and res[0]["negative"] == 1.0
-    assert ("positive", 2, 1) in res[0]["predictions"]
+    def fake_build(spec, instrument=None):
+        pos = [np.array([t.description, *t.positive], dtype=object) for t in spec.traits]
+        neg = [np.array(list(t.negative), dtype=object) for t in spec.traits]
+        return PersonaProfile(spec.trait_ids, pos, neg, np.zeros((1, 4)), {})
 
+    def fake_score(self, texts, instrument):
+        expressed = [{tid: float(x in list(self.pos[k])) for k, tid in enumerate(self.trait_ids)} for x in texts]
+        violated = [{tid: float(x in list(self.neg[k])) for k, tid in enumerate(self.trait_ids)} for x in texts]
+        return Scores(expressed, violated, [0.0] * len(texts))
 
-def test_loo_really_holds_the_exemplar_out():
-    # A negative that leans towards the trait's positives (0.6 on E1) but is otherwise unlike the other
-    # negatives: with itself in the negatives' centroid it would be classified "negative"; held out, the
-    # negatives' centroid is E3 (cos 0) and trait 0's positives win (cos 0.6): wrong, so 5 of 6.
-    odd = unit(0.6, 0, 0, 0.8)
-    pos = [np.stack([E1, E1, E1]), np.stack([E2, E2, E2])]
-    neg = [np.stack([E3, E3, odd]), np.stack([E4, E4, E4])]
-    res = loo_separability(pos, neg)
-    assert res[0]["negative"] == pytest.approx(2 / 3) and res[0]["accuracy"] == pytest.approx(5 / 6)
-    assert ("negative", 2, 0) in res[0]["predictions"]
-
-
-def test_loo_negatives_classified_as_another_trait_count_as_right():
-    # t0's negatives look like trait 1's positives: still "not t0", so right.
-    pos = [np.stack([E1, E1, E1]), np.stack([E2, E2, E2])]
-    neg = [np.stack([E2, E2, E2]), np.stack([E4, E4, E4])]
-    assert loo_separability(pos, neg)[0]["negative"] == 1.0
-
-
-def test_loo_negated_copies_fail():
-    # Negatives identical in direction to positives: each held-out positive ties at best, the LOO
-    # centroid of the remaining positives equals that of the negatives -> about chance or worse.
-    pos = [np.stack([E1, unit(1, 0.1, 0, 0), unit(1, 0, 0.1, 0)]), np.stack([E2, E2, E2])]
-    neg = [np.stack([unit(1, 0.05, 0, 0), unit(1, 0, 0.05, 0), unit(1, 0.05, 0.05, 0)]), np.stack([E4, E4, E4])]
-    assert loo_separability(pos, neg)[0]["accuracy"] <= 0.5
-
-
-def test_loo_without_exemplars_is_none():
-    res = loo_separability([np.zeros((0, 4)), np.stack([E2, E2])], [np.zeros((0, 4)), np.stack([E4, E4])])
-    assert res[0]["accuracy"] is None and res[1]["accuracy"] == 1.0
+    monkeypatch.setattr(traits_mod, "build_profile", fake_build)
+    monkeypatch.setattr(PersonaProfile, "score", fake_score)
+    res = loo_separability(spec, instrument=None)
+    # Held out, every exemplar has margin 0: no side is preferred (AUROC 0.5), nothing is on the right side.
+    assert [r["auroc"] for r in res] == [0.5, 0.5] and [r["accuracy"] for r in res] == [0.0, 0.0]
+    assert res[0]["predictions"][0] == ("positive", 0, "violated") and res[0]["margins"] == [0.0] * 6
+    # The control: without the hold-out every exemplar is read right (the bookkeeping is the difference).
+    monkeypatch.setattr(np, "delete", lambda a, i, axis=0: a)
+    assert [(r["auroc"], r["accuracy"]) for r in loo_separability(spec, instrument=None)] == [(1.0, 1.0), (1.0, 1.0)]
 
 
 def test_centroid_similarity():
@@ -140,7 +149,7 @@ def test_separable_persona_passes_every_gate():
     spec, emb = orthogonal_persona()
     rep = check_persona(spec, emb)
     assert rep.passed, rep.gate.summary()
-    assert [t.loo_accuracy for t in rep.traits] == [1.0] * 5
+    assert [t.loo_auroc for t in rep.traits] == [1.0] * 5
     assert metric(rep, "trait_count", ">=").value == 5 and metric(rep, "example_interactions").value == 3
     assert metric(rep, "max_trait_similarity").value < 0.1
     assert rep.gate.diagnosis == [] and rep.gate.next_steps == []
@@ -197,16 +206,20 @@ def test_trait_count_bounds():
     assert metric(rep, "trait_count", ">=").passed and not metric(rep, "trait_count", "<=").passed
 
 
-def test_inseparable_trait_is_named_with_its_confusions():
+def test_inseparable_trait_is_named_with_its_confusions(fake_loo):
     spec, emb = orthogonal_persona()
-    for j in range(3):  # trait_1's negatives point the same way as its positives
-        emb.table[f"t1 neg {j}"] = emb.table[f"t1 pos {j}"] + 0.02
+    # The instrument reads two of trait_1's positives as neither and one negative as expressed: 3 of 6 right.
+    fake_loo[1] = [("positive", 0, "violated"), ("positive", 1, "violated"), ("positive", 2, "expressed"),
+                   ("negative", 0, "expressed"), ("negative", 1, "violated"), ("negative", 2, "violated")]
     rep = check_persona(spec, emb)
     r = metric(rep, "min_separability")
-    assert not r.passed and r.note == "lowest: trait_1" and r.value < 0.8 and r.n == 30
+    assert not r.passed and r.note == "lowest: trait_1" and r.value == pytest.approx(0.5) and r.n == 30
     bad = rep.traits[1]
-    assert bad.confusions and all(c["text"].startswith("t1 ") for c in bad.confusions)
-    assert any(d.startswith("trait 'trait_1' is not separable: leave-one-out accuracy") for d in rep.gate.diagnosis)
+    assert bad.confusions == [{"kind": "positive", "text": "t1 pos 0", "read_as": "violated"},
+                              {"kind": "positive", "text": "t1 pos 1", "read_as": "violated"},
+                              {"kind": "negative", "text": "t1 neg 0", "read_as": "expressed"}]
+    assert any(d.startswith("trait 'trait_1' is not measurable: leave-one-out AUROC 0.50 < 0.8; 2/3 positives read more as contradicting")
+               for d in rep.gate.diagnosis), rep.gate.diagnosis
     # With the threshold lowered to that value, the same persona passes.
     assert metric(check_persona(spec, emb, PersonaGateConfig(min_separability=r.value)), "min_separability").passed
 
@@ -232,54 +245,76 @@ def test_example_breaking_a_hard_rule_is_a_warning_not_a_failure():
     assert rep.warnings == [f"examples[{i}].messages[1] breaks hard rule(s) asks; fix the example or the rule" for i in range(3)]
 
 
-# --- real MiniLM ----------------------------------------------------------------------------------
+# --- the shipped instrument ---------------------------------------------------------------------------
+
+GOLD = REPO / "benchmarks" / "gold"
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    from personatune.embeddings import Embedder
+def instrument():
+    from personatune.scoring.instrument import Instrument
 
-    return Embedder.default()
+    return Instrument.default()
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
-def test_example_personas_pass_their_gate(path, embedder):
-    rep = evaluate_persona_file(path, embedder=embedder)
+# The three new dev gold personas are clear to a careful reader, but the shipped instrument does not yet
+# order their own exemplars (leave-one-out AUROC 0.35-0.45 on their weakest trait: negations such as "I never
+# measure anything" read as expressing `perfectionist`). A known limitation, recorded in docs/benchmarks.md;
+# strict xfail, so the day they pass this test says so.
+NOT_YET = {"marlowe", "rosie", "wren"}
+
+
+def _clear_personas():
+    out = [pytest.param(p, id=p.name) for p in sorted(EXAMPLES.glob("*.yaml"))]
+    for p in sorted(GOLD.glob("*/persona.yaml")):
+        marks = [pytest.mark.xfail(strict=True, reason="the instrument cannot yet order this persona's exemplars")] if p.parent.name in NOT_YET else []
+        out.append(pytest.param(p, id=p.parent.name, marks=marks))
+    return out
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("path", _clear_personas())
+def test_clear_personas_pass_their_gate(path, instrument):
+    rep = evaluate_persona_file(path, instrument=instrument)
     assert rep.passed, format_table(rep)
     assert rep.warnings == [], rep.warnings
 
 
-def test_real_redundant_pair_fails(embedder):
-    rep = evaluate_persona_file(BROKEN / "redundant.yaml", embedder=embedder)
+@pytest.mark.real
+def test_real_redundant_pair_fails(instrument):
+    rep = evaluate_persona_file(BROKEN / "redundant.yaml", instrument=instrument)
     r = metric(rep, "max_trait_similarity")
     assert not r.passed and r.value > 0.9 and r.note == "pair: cheerful ~ happy"
 
 
-def test_real_negated_negatives_are_not_separable(embedder):
-    rep = evaluate_persona_file(BROKEN / "inseparable.yaml", embedder=embedder)
-    patient, warm = rep.traits
-    assert patient.loo_accuracy < 0.8 < warm.loo_accuracy
-    assert metric(rep, "min_separability").note == "lowest: patient"
+@pytest.mark.real
+def test_real_vague_traits_are_not_measurable(instrument):
+    rep = evaluate_persona_file(BROKEN / "vague.yaml", instrument=instrument)
+    r = metric(rep, "min_separability")
+    assert not rep.passed and not r.passed, format_table(rep)
+    assert any("is not measurable" in d for d in rep.gate.diagnosis)
 
 
-def test_real_draft_fails_with_counts_not_schema_error(embedder):
-    rep = evaluate_persona_file(BROKEN / "too_few.yaml", embedder=embedder)
+@pytest.mark.real
+def test_real_draft_fails_with_counts_not_schema_error(instrument):
+    rep = evaluate_persona_file(BROKEN / "too_few.yaml", instrument=instrument)
     assert not rep.passed
     assert "trait 'cheerful' has 1 positive exemplar(s) (needs >= 3)" in rep.gate.diagnosis
-    assert "trait 'precise' has" not in " ".join(rep.gate.diagnosis).replace("trait 'precise' is not separable", "")
 
 
-def test_invalid_file_raises_not_reports(embedder):
+@pytest.mark.real
+def test_invalid_file_raises_not_reports(instrument):
     with pytest.raises(PersonaSpecError):
-        evaluate_persona_file(BROKEN / "wrong_types.yaml", embedder=embedder)
+        evaluate_persona_file(BROKEN / "wrong_types.yaml", instrument=instrument)
 
 
-def test_table_and_json(embedder):
-    rep = evaluate_persona_file(BROKEN / "redundant.yaml", embedder=embedder)
+@pytest.mark.real
+def test_table_and_json(instrument):
+    rep = evaluate_persona_file(BROKEN / "redundant.yaml", instrument=instrument)
     table = format_table(rep)
     lines = table.splitlines()
     assert lines[0] == f"persona: Echo  ({BROKEN / 'redundant.yaml'})"
-    assert lines[2].split() == ["trait", "#pos", "#neg", "LOO", "acc", "(pos/neg)", "nearest", "trait", "(cos)", "result"]
+    assert lines[2].split() == ["trait", "#pos", "#neg", "LOO", "AUROC", "acc", "(pos/neg)", "nearest", "trait", "(cos)", "result"]
     assert lines[3].split()[:3] == ["cheerful", "4", "4"] and "redundant with happy" in lines[3]
     assert "[02_persona] gate FAILED" in table
     d = json.loads(json.dumps(rep.to_dict()))
@@ -289,15 +324,15 @@ def test_table_and_json(embedder):
         assert {"metric", "value", "threshold", "direction", "unit", "passed", "n"} <= set(r)
 
 
-def test_stage_run_writes_outputs(tmp_path, embedder):
+@pytest.mark.real
+def test_stage_run_writes_outputs(tmp_path, instrument):
     from personatune.config import load_config
     from personatune.rundir import RunDir
-    from personatune.stages import s2_persona
 
     persona = EXAMPLES / "captain_nova.yaml"
     cfg = load_config(None, [f"persona={persona}", "gates.persona.min_separability=0.99"])
     rd = RunDir(tmp_path / "run")
-    res = s2_persona.run(cfg, rd)
+    res = s2.run(cfg, rd)
     assert res.outputs["persona"].read_bytes() == persona.read_bytes()
     saved = json.loads(res.outputs["report"].read_text())
     # The threshold from the run config reaches the gate.

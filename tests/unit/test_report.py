@@ -320,3 +320,20 @@ def test_wrong_shapes_never_crash(tmp_path, junk):
     page = render_report(run)
     assert page.endswith("</html>\n") and '<section id="final">' in page
     assert len(files) == 16
+
+
+def test_inconclusive_stage_is_its_own_state_in_the_report(tmp_path):
+    run = make_run(tmp_path / "demo", upto=4)
+    result = {"metric": "auroc[warmth]", "value": 0.95, "threshold": 0.9, "direction": ">=", "passed": False, "status": "inconclusive",
+              "n": 12, "min_n": 30, "n_key": "data.heldout_fraction", "note": "inconclusive: n=12 < 30; 18 more would decide it (raise data.heldout_fraction)"}
+    gate = {**_gate("04_evaluation", [result], diagnosis=["auroc[warmth]: too few"]), "status": "inconclusive"}
+    _w(run / "04_evaluation" / "gate.json", gate)
+    m = json.loads((run / "manifest.json").read_text())
+    m["stages"]["04_evaluation"].update(status="gate_inconclusive", gate={"passed": False, "status": "inconclusive", "results": gate["results"]})
+    _w(run / "manifest.json", m)
+    page = render_report(run)
+    gates = _section(page, "gates")
+    assert 'class="badge b-inc">gate inconclusive<' in page and 'class="s-inc"' in page
+    assert '<tr class="inc">' in gates and '<td class="res">INCONCLUSIVE</td>' in gates and "18 more would decide it" in gates
+    assert ('title="inconclusive at stage 04_evaluation: 18 more samples needed (raise data.heldout_fraction) for auroc[warmth]" '
+            'class="badge verdict b-fail">NO-DEPLOY<') in page

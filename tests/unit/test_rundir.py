@@ -5,7 +5,7 @@ import pytest
 
 from personatune.config import RunConfig
 from personatune.errors import RunDirError
-from personatune.gates import GateReport, GateSpec, check_gates
+from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.pipeline import find_stage, run_pipeline
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
 from personatune.stage import Stage, StageResult
@@ -225,3 +225,45 @@ def test_jsonl_lines_split_on_newline_only_and_json_line_escapes_separators():
     line = json_line({"t": "é\u2028\u2029\u0085\ud800"})
     assert line == '{"t": "é\\u2028\\u2029\\u0085\\ud800"}\n' and line.encode("utf-8") and len(line.splitlines()) == 1
     assert json.loads(line) == {"t": "é\u2028\u2029\u0085\ud800"}
+
+
+def _inconclusive_table(calls):
+    """One stage whose gate value passes but rests on 12 of the 137 samples it needs: inconclusive."""
+    def run(cfg, rd):
+        calls.append("01_a")
+        p = rd.stage_dir("01_a") / "out.txt"
+        atomic_write_text(p, "a")
+        spec = GateSpec("chosen_consistency_rate", 0.85, ">=", "fraction", min_n=137, n_key="data.max_prompts")
+        return StageResult(outputs={"out": p}, gate=GateReport("01_a", check_gates([spec], {"chosen_consistency_rate": Measurement(0.9, n=12)})))
+
+    return (Stage("01_a", "a", run, config_keys=("seed",)),)
+
+
+def test_inconclusive_gate_stops_the_run_and_is_shown_as_its_own_state(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    lines: list[str] = []
+    assert run_pipeline(cfg, stages=_inconclusive_table(calls), echo=lines.append) == 1
+    out = "\n".join(lines)
+    assert "[01_a] gate INCONCLUSIVE (too few samples to decide)" in out and "GATE INCONCLUSIVE" in out and "GATE FAILED" not in out
+    assert lines[-1] == "verdict: NO-DEPLOY (inconclusive at stage 01_a: 125 more samples needed (raise data.max_prompts) for chosen_consistency_rate)"
+    gate = json.loads((tmp_path / "r" / "01_a" / "gate.json").read_text())
+    assert gate["status"] == "inconclusive" and gate["passed"] is False and gate["results"][0]["status"] == "inconclusive"
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    rec = m["stages"]["01_a"]
+    assert rec["status"] == "gate_inconclusive" and rec["gate"]["status"] == "inconclusive"
+    assert rec["gate"]["results"][0]["min_n"] == 137 and rec["gate"]["results"][0]["n"] == 12
+    # Unchanged inputs: not re-run, reported again as inconclusive (not as failed).
+    lines.clear()
+    assert run_pipeline(cfg, stages=_inconclusive_table(calls), echo=lines.append) == 1 and calls == ["01_a"]
+    assert any("was INCONCLUSIVE earlier" in ln for ln in lines) and lines[-1].startswith("verdict: NO-DEPLOY (inconclusive at stage 01_a: 125 more")
+    # The report shows the same state and the same reason.
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "gate inconclusive" in page and ">INCONCLUSIVE<" in page and "inconclusive at stage 01_a" in page
+
+
+def test_keep_going_lists_inconclusive_gates_apart(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    lines: list[str] = []
+    assert run_pipeline(cfg, stages=_inconclusive_table([]), echo=lines.append, keep_going=True) == 1
+    assert lines[-1] == "verdict: NO-DEPLOY (gates not passed: 01_a (inconclusive))"

@@ -73,12 +73,12 @@ class FixedJudge:
 def test_judge_combination_is_weighted_average(spec, scorer):
     assert isinstance(FixedJudge(1, 0), Judge)
     base = scorer.score(["I love meeting new people."])[0]
-    mixed = Scorer(spec, detectors=scorer.detectors, judge=FixedJudge(1.0, 0.0), judge_weight=0.25).score(["I love meeting new people."])[0]
+    mixed = Scorer(spec, profile=scorer.profile, judge=FixedJudge(1.0, 0.0), judge_weight=0.25).score(["I love meeting new people."])[0]
     for t in spec.trait_ids:
         assert math.isclose(mixed.traits[t], 0.75 * base.traits[t] + 0.25)
         assert math.isclose(mixed.violations[t], 0.75 * base.violations[t])
     with pytest.raises(DataError, match="judge_weight"):
-        Scorer(spec, detectors=scorer.detectors, judge_weight=1.5)
+        Scorer(spec, profile=scorer.profile, judge_weight=1.5)
 
 
 def test_save_and_from_evaluator_dir(tmp_path, spec, scorer):
@@ -111,3 +111,18 @@ def test_score_jsonl_skips_bad_lines(tmp_path, scorer):
     for r in rows:
         assert {"traits", "violations", "style", "style_match", "rules", "consistent", "consistency"} <= set(r)
     assert summary["n"] == 2 and not list(out.parent.glob(".*tmp"))
+    # on_task is measured where the line has a prompt, and absent (null) where it has none
+    assert rows[0]["on_task"] is None and 0.0 <= rows[1]["on_task"] <= 1.0
+
+
+def test_on_task_reads_the_last_user_turn_and_prefers_an_answer_to_babble(scorer):
+    q = "How do I boil an egg?"
+    answer = "Put the egg in boiling water for about nine minutes, then cool it in cold water before peeling."
+    babble = "I love meeting new people! Parties with friends are the best thing in the world."
+    recs = scorer.score([answer, babble, answer], prompts=[q, q, None])
+    assert recs[0].on_task > recs[1].on_task and recs[2].on_task is None
+    assert recs[0].on_task >= 0.5 > recs[1].on_task
+    # an OpenAI-style message list: only the last user turn counts
+    msgs = [{"role": "user", "content": "Tell me about parties."}, {"role": "assistant", "content": "Sure."},
+            {"role": "user", "content": q}]
+    assert scorer.score([answer], prompts=[msgs])[0].on_task == pytest.approx(recs[0].on_task, abs=1e-6)

@@ -1,18 +1,20 @@
-"""Trait detectors: ordering on exemplars, negation, calibration range, fitted save/load round trip."""
+"""The persona profile on the shipped instrument: ordering on exemplars, negation, neutral text, voice,
+labelled examples, save/load round trip and the errors a user can meet."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from personatune.errors import DataError
-from personatune.persona import PersonaSpec
-from personatune.scoring.negation import has_negation, negate
-from personatune.scoring.traits import TraitDetectors, fit, split_sentences
+from personatune.persona import PersonaSpec, load_persona
+from personatune.scoring.traits import PersonaProfile, build_profile, fit, split_sentences
 
 REPO = Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def spec(five_traits) -> PersonaSpec:
@@ -20,34 +22,15 @@ def spec(five_traits) -> PersonaSpec:
 
 
 @pytest.fixture(scope="module")
-def embedder():
-    from personatune.embeddings import Embedder
+def instrument():
+    from personatune.scoring.instrument import Instrument
 
-    return Embedder.default()
+    return Instrument.default()
 
 
 @pytest.fixture(scope="module")
-def det(spec, embedder) -> TraitDetectors:
-    return fit(spec, (), embedder=embedder)
-
-
-def _load_example_personas() -> list[PersonaSpec]:
-    files = sorted((REPO / "examples" / "personas").glob("*.yaml"))
-    if not files:
-        pytest.skip("no example personas in examples/personas yet")
-    try:
-        from personatune.persona import load_persona
-    except ImportError:
-        pytest.skip("persona.load_persona not available yet")
-    return [load_persona(f) for f in files]
-
-
-def test_negate_rules():
-    assert negate("I love meeting new people.") == "I don't love meeting new people."
-    assert negate("I don't love meeting new people.") == "I do love meeting new people."
-    assert negate("I never miss a deadline.") == "I always miss a deadline."
-    assert negate("Crowds exhaust me.") is None
-    assert has_negation("I can't wait") == 1.0 and has_negation("I can wait") == 0.0
+def profile(spec, instrument) -> PersonaProfile:
+    return build_profile(spec, instrument)
 
 
 def test_split_sentences():
@@ -55,106 +38,88 @@ def test_split_sentences():
     assert split_sentences("Only one sentence") == ["Only one sentence"]
 
 
-def test_probabilities_are_valid(det, embedder, spec):
-    traits, viols = det.score(["I love meeting new people.", "The train leaves at nine.", ""], embedder)
-    for d in traits + viols:
+def test_probabilities_are_valid(profile, instrument, spec):
+    sc = profile.score(["I love meeting new people.", "The train leaves at nine.", ""], instrument)
+    assert len(sc.traits) == len(sc.violations) == len(sc.voice) == 3
+    for d in sc.traits + sc.violations:
         assert set(d) == set(spec.trait_ids)
         assert all(0.0 <= v <= 1.0 for v in d.values())
+    assert all(0.0 <= v <= 1.0 for v in sc.voice)
 
 
-def test_exemplar_ordering_test_persona(det, embedder, spec):
-    for t in spec.traits:
-        tr, vi = det.score([" ".join(t.positive), " ".join(t.negative)], embedder)
-        assert tr[0][t.id] > tr[1][t.id], t.id
-        assert vi[1][t.id] > vi[0][t.id], t.id
-
-
-def test_exemplar_ordering_example_personas(embedder):
-    for spec in _load_example_personas():
-        det = fit(spec, (), embedder=embedder)
+def test_exemplar_ordering_example_personas(instrument):
+    """Each trait's positives read more expressed and less violated than its negatives (all example personas)."""
+    for path in sorted((REPO / "examples" / "personas").glob("*.yaml")):
+        spec = load_persona(path)
+        prof = build_profile(spec, instrument)
         for t in spec.traits:
-            tr, vi = det.score([" ".join(t.positive), " ".join(t.negative)], embedder)
-            assert tr[0][t.id] > tr[1][t.id], (spec.name, t.id)
-            assert vi[1][t.id] > vi[0][t.id], (spec.name, t.id)
+            sc = prof.score([" ".join(t.positive), " ".join(t.negative)], instrument)
+            assert sc.traits[0][t.id] > sc.traits[1][t.id], (spec.name, t.id)
+            assert sc.violations[1][t.id] > sc.violations[0][t.id], (spec.name, t.id)
 
 
-def test_negation_flips_the_decision(det, embedder):
-    tr, vi = det.score(["I love meeting new people.", "I don't love meeting new people."], embedder)
-    assert tr[0]["sociable"] >= 0.5 > tr[1]["sociable"]
-    assert vi[1]["sociable"] > vi[0]["sociable"]
+def test_negation_flips_the_decision(profile, instrument):
+    sc = profile.score(["I love meeting new people, come and join us!", "I don't want to meet anyone; leave me alone."], instrument)
+    assert sc.traits[0]["sociable"] > sc.traits[1]["sociable"]
+    assert sc.violations[1]["sociable"] >= 0.5 > sc.violations[0]["sociable"]
 
 
-def test_neutral_text_is_neither_expressed_nor_violated(det, embedder):
-    tr, vi = det.score(["The invoice is attached to this email."], embedder)
-    assert max(tr[0].values()) < 0.5 and max(vi[0].values()) < 0.5
+def test_neutral_text_is_not_violated(profile, instrument):
+    sc = profile.score(["The invoice is attached to this email."], instrument)
+    assert max(sc.violations[0].values()) < 0.5
 
 
-def test_fit_with_labelled_examples_and_round_trip(tmp_path, spec, embedder):
+def test_voice_separates_the_persona_from_a_plain_assistant(instrument):
+    spec = load_persona(REPO / "examples" / "personas" / "captain_nova.yaml")
+    prof = build_profile(spec, instrument)
+    in_voice = spec.examples[0].messages[-1].content
+    plain = "The sky looks blue because air molecules scatter short wavelengths of sunlight more than long ones."
+    sc = prof.score([in_voice, plain], instrument)
+    assert sc.voice[0] > sc.voice[1]
+
+
+def test_fit_with_labelled_examples_and_round_trip(tmp_path, spec, instrument):
     ex = [{"text": "Come join us, the more the merrier!", "trait": "sociable", "label": "expressed"},
           {"text": "Leave me alone, I prefer my own company.", "trait": "sociable", "label": "violated"},
           {"text": "The meeting is at noon.", "trait": "sociable", "label": "neutral"}]
-    det = fit(spec, ex, embedder=embedder, seed=1)
-    assert det.meta["n_labelled_examples"] == 3
-    det.save(tmp_path / "ev")
-    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["detectors.json", "detectors.safetensors"]
-    back = TraitDetectors.load(tmp_path / "ev")
-    assert back.trait_ids == det.trait_ids and back.meta == det.meta
-    assert np.array_equal(back.weights, det.weights) and np.array_equal(back.temperatures, det.temperatures)
+    prof = fit(spec, ex, instrument=instrument)
+    assert prof.meta["n_labelled_examples"] == 3
+    assert prof.meta["sides"]["sociable"] == {"positive_side": 5, "negative_side": 4, "labelled_neutral": 1}
+    assert prof.meta["sides"]["curious"] == {"positive_side": 4, "negative_side": 3, "labelled_neutral": 0}
+    prof.save(tmp_path / "ev")
+    assert sorted(p.name for p in (tmp_path / "ev").iterdir()) == ["profile.json", "profile.safetensors"]
+    back = PersonaProfile.load(tmp_path / "ev")
+    assert back.trait_ids == prof.trait_ids and back.meta == json.loads(json.dumps(prof.meta))
+    assert all(np.array_equal(a, b) for a, b in zip(back.pos + back.neg, prof.pos + prof.neg))
     texts = ["Come over, everyone is welcome! We'll talk all night.", "I'd rather stay home."]
-    assert back.score(texts, embedder) == det.score(texts, embedder)
+    assert back.score(texts, instrument) == prof.score(texts, instrument)
 
 
-def test_bad_labelled_example_is_a_clear_error(spec, embedder):
+def test_bad_labelled_example_is_a_clear_error(spec, instrument):
     with pytest.raises(DataError, match="trait 'nope'"):
-        fit(spec, [{"text": "x", "trait": "nope", "label": "expressed"}], embedder=embedder)
+        fit(spec, [{"text": "x", "trait": "nope", "label": "expressed"}], instrument=instrument)
     with pytest.raises(DataError, match="label"):
-        fit(spec, [{"text": "x", "trait": "sociable", "label": "yes"}], embedder=embedder)
+        fit(spec, [{"text": "x", "trait": "sociable", "label": "yes"}], instrument=instrument)
 
 
-def test_load_missing_dir_is_data_error(tmp_path):
-    with pytest.raises(DataError, match="cannot read trait detectors"):
-        TraitDetectors.load(tmp_path / "missing")
+def test_trait_without_a_negative_side_names_the_trait_and_the_fix(spec, instrument):
+    data = spec.model_dump()
+    data["traits"][2]["negative"] = []
+    with pytest.raises(DataError, match=r"trait patient: no negative exemplar or inverse; fix: add at least 3 `negative`"):
+        fit(PersonaSpec.model_validate(data), (), instrument=instrument)
 
 
-def test_partial_label_fit_lowers_violation_of_other_traits_positives_and_never_raises_the_loss():
-    """other_positive_weight: another trait's positives as the partial label {expressed, neutral}."""
-    from personatune.scoring.traits import NOT_VIOLATED, _fit_multinomial
-
-    rng = np.random.default_rng(0)
-    # 3 separable clusters (expressed / violated / neutral) plus partial rows that sit ON the violated cluster:
-    # the partial label must pull P(violated) down there, and the MM iterations must never raise the loss.
-    c = np.array([[3.0, 0.0], [0.0, 3.0], [-3.0, -3.0]])
-    X = np.vstack([c[k] + rng.normal(0, 0.5, (20, 2)) for k in range(3)] + [c[1] + rng.normal(0, 0.5, (10, 2))])
-    F = np.hstack([X, np.ones((len(X), 1))])
-    y = np.array([0] * 20 + [1] * 20 + [2] * 20 + [NOT_VIOLATED] * 10)
-    w = np.ones(len(y))
-
-    def loss(W):
-        z = F @ W.T
-        p = np.exp(z - z.max(1, keepdims=True))
-        p /= p.sum(1, keepdims=True)
-        py = np.where(y == NOT_VIOLATED, p[:, 0] + p[:, 2], p[np.arange(len(y)), np.minimum(y, 2)])
-        return float(-(w * np.log(py)).sum() + 0.5 * 0.1 * (W[:2, :-1] ** 2).sum())
-
-    losses = [loss(_fit_multinomial(F, y, w, l2=0.1, iters=k)) for k in (1, 2, 4, 8, 30)]
-    assert all(b <= a + 1e-9 for a, b in zip(losses, losses[1:])), losses
-    W_full, W_none = _fit_multinomial(F, y, w, l2=0.1), _fit_multinomial(F[:60], y[:60], w[:60], l2=0.1)
-
-    def p_violated(W, pts):
-        z = np.hstack([pts, np.ones((len(pts), 1))]) @ W.T
-        p = np.exp(z - z.max(1, keepdims=True))
-        return (p / p.sum(1, keepdims=True))[:, 1]
-
-    assert p_violated(W_full, X[60:]).mean() < p_violated(W_none, X[60:]).mean()
+def test_load_missing_or_old_dir_is_one_line_data_error(tmp_path):
+    with pytest.raises(DataError, match="cannot read the persona profile"):
+        PersonaProfile.load(tmp_path / "missing")
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "detectors.json").write_text("{}")
+    with pytest.raises(DataError, match="fitted by an older personatune"):
+        PersonaProfile.load(old)
 
 
-def test_other_positive_weight_zero_is_the_default_fit(spec, embedder, det):
-    again = fit(spec, (), embedder=embedder, other_positive_weight=0.0)
-    assert np.array_equal(again.weights, det.weights) and np.array_equal(again.temperatures, det.temperatures)
-    with_partial = fit(spec, (), embedder=embedder, other_positive_weight=1.0)
-    assert with_partial.meta["examples_per_trait"][spec.trait_ids[0]]["not_violated"] == sum(len(t.positive) for t in spec.traits[1:])
-
-
-def test_score_of_no_texts_is_empty(det, embedder):
+def test_score_of_no_texts_is_empty(profile, instrument):
     # an empty held-out split (a persona whose teacher kept no held-out prompt) must not crash scoring
-    assert det.score([], embedder) == ([], [])
+    sc = profile.score([], instrument)
+    assert sc.traits == [] and sc.violations == [] and sc.voice == []

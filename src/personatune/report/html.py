@@ -45,15 +45,15 @@ nav a{margin-right:12px;font-size:.92em} a{color:#0969da}
 table{border-collapse:collapse;margin:8px 0 12px;font-size:.92em}
 th,td{border:1px solid #d0d7de;padding:4px 8px;text-align:left;vertical-align:top}
 th{background:#f6f8fa} td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
-tr.pass td.res{background:#dafbe1} tr.fail td.res{background:#ffebe9}
+tr.pass td.res{background:#dafbe1} tr.fail td.res{background:#ffebe9} tr.inc td.res{background:#fff8c5}
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:.85em;font-weight:600;color:#fff}
-.b-pass{background:#1a7f37} .b-fail{background:#cf222e} .b-run{background:#9a6700} .b-none{background:#8c959f}
+.b-pass{background:#1a7f37} .b-fail{background:#cf222e} .b-inc{background:#bf8700} .b-run{background:#9a6700} .b-none{background:#8c959f}
 .verdict{font-size:1.15em;padding:3px 14px}
 .note{color:#57606a;font-style:italic;margin:6px 0}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:6px}
 .strip{display:flex;gap:6px;flex-wrap:wrap;margin:10px 0}
 .strip div{flex:1 1 130px;border-radius:6px;padding:6px 8px;font-size:.85em;border:1px solid #d0d7de}
-.strip .s-pass{background:#dafbe1} .strip .s-fail{background:#ffebe9} .strip .s-run{background:#fff8c5} .strip .s-none{background:#f6f8fa;color:#57606a}
+.strip .s-pass{background:#dafbe1} .strip .s-fail{background:#ffebe9} .strip .s-inc{background:#fff8c5} .strip .s-run{background:#fff8c5} .strip .s-none{background:#f6f8fa;color:#57606a}
 table.samples{table-layout:fixed;width:100%} table.samples td{white-space:pre-wrap;word-wrap:break-word}
 pre{white-space:pre-wrap;word-wrap:break-word;background:#f6f8fa;padding:8px 10px;border-radius:6px;max-height:420px;overflow:auto;font-size:.85em}
 svg.chart{max-width:100%;height:auto;display:block;margin:6px 0}
@@ -138,6 +138,7 @@ def _kv_table(obj: Any) -> str:
 def _badge(status: str | None, gated: bool = False) -> str:
     cls, label = {
         "done": ("b-pass", "passed" if gated else "done"), "gate_failed": ("b-fail", "gate failed"), "failed": ("b-fail", "error"),
+        "gate_inconclusive": ("b-inc", "gate inconclusive"),
         "running": ("b-run", "running / stopped"), "interrupted": ("b-run", "interrupted"),
     }.get(status or "", ("b-none", "not run yet"))
     return f'<span class="badge {cls}">{esc(label)}</span>'
@@ -170,7 +171,8 @@ def _strip(rd: RunData) -> str:
     for sid in rd.stage_ids:
         rec = rd.record(sid)
         st = rd.status(sid)
-        cls = {"done": "s-pass", "gate_failed": "s-fail", "failed": "s-fail", "running": "s-run", "interrupted": "s-run"}.get(st or "", "s-none")
+        cls = {"done": "s-pass", "gate_failed": "s-fail", "gate_inconclusive": "s-inc", "failed": "s-fail", "running": "s-run",
+               "interrupted": "s-run"}.get(st or "", "s-none")
         secs = f" · {num(rec.get('seconds')):.1f}s" if num(rec.get("seconds")) is not None else ""
         parts.append(f'<div class="{cls}"><b>{esc(sid)}</b><br>{esc(STAGE_TITLES.get(sid, sid))}<br>{_badge(st, bool(rec.get("gate")))}{esc(secs)}</div>')
     return f'<div class="strip">{"".join(parts)}</div>'
@@ -182,13 +184,14 @@ def _gate_table(results: list[Any]) -> str:
         if not isinstance(r, dict):
             continue
         ok = r.get("passed")
-        res = f'<td class="res">{"PASS" if ok else "FAIL"}</td>'
+        state = "inc" if r.get("status") == "inconclusive" else ("pass" if ok else "fail")
+        res = f'<td class="res">{ {"pass": "PASS", "fail": "FAIL", "inc": "INCONCLUSIVE"}[state]}</td>'
         thr = f"{r.get('direction', '')} {fmt(r.get('threshold'))}"
         note = " ".join(x for x in (str(r.get("description") or ""), str(r.get("note") or "")) if x)
-        rows.append((ok, [esc(r.get("metric", "?")), f'<td class="num">{esc(fmt(r.get("value")))}</td>', f'<td class="num">{esc(thr)}</td>',
+        rows.append((state, [esc(r.get("metric", "?")), f'<td class="num">{esc(fmt(r.get("value")))}</td>', f'<td class="num">{esc(thr)}</td>',
                           esc(r.get("unit", "")), f'<td class="num">{esc(fmt(r.get("n")))}</td>', f'<td class="num">{esc(ci_text(r.get("ci")))}</td>', res, esc(note)]))
     head = "".join(f"<th>{h}</th>" for h in ("metric", "value", "threshold", "unit", "n", "95% CI", "result", "what / note"))
-    body = "".join(f'<tr class="{"pass" if ok else "fail"}">' + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells) + "</tr>" for ok, cells in rows)
+    body = "".join(f'<tr class="{state}">' + "".join(c if c.startswith("<td") else f"<td>{c}</td>" for c in cells) + "</tr>" for state, cells in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -459,8 +462,9 @@ def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
         return _section("final", title, _absent(rd, "07_final_eval", "final.json"))
     body = _verdict_banner(final)
     gates = {str(g.get("metric")): g.get("passed") for g in _list(final.get("gates")) if isinstance(g, dict)}
+    undecided = {str(g.get("metric")) for g in _list(final.get("gates")) if isinstance(g, dict) and g.get("status") == "inconclusive"}
     gcell = lambda k: ('<td class="res">—</td>' if not isinstance(gates.get(k), bool)  # noqa: E731
-                       else f'<td class="res">{"PASS" if gates[k] else "FAIL"}</td>')
+                       else '<td class="res">INCONCLUSIVE</td>' if k in undecided else f'<td class="res">{"PASS" if gates[k] else "FAIL"}</td>')
     imp = final.get("improvement") if isinstance(final.get("improvement"), dict) else {}
     ret = final.get("retention") if isinstance(final.get("retention"), dict) else {}
     rob = final.get("robustness") if isinstance(final.get("robustness"), dict) else {}
@@ -473,6 +477,9 @@ def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     rows.append(["style variance", *bf("style_variance"), "", '<td class="res">—</td>'])
     rows.append(["capability suite score", ret.get("baseline_score"), ret.get("final_score"),
                  f"retention {fmt(num(ret.get('value')))} (n={fmt(ret.get('n_items'))} items)" if ret else "", gcell("capability_retention")])
+    ot_ret = dig(final, "on_task", "retention")
+    ot_txt = f"retention {fmt(num(ot_ret))} (95% CI {ci_text(ot_ret.get('ci'))}) {fmt(ot_ret.get('note') or '')}" if isinstance(ot_ret, dict) else ""
+    rows.append(["on-task rate (answers the request)", *bf("on_task"), ot_txt, gcell("on_task_retention")])
     rows.append(["perplexity (general text)", dig(final, "perplexity", "baseline", "perplexity"), dig(final, "perplexity", "final", "perplexity"), "", '<td class="res">—</td>'])
     rows.append([f"robustness: {fmt(rob.get('context') or 'adversarial')} prompts answered in persona (n={fmt(rob.get('n'))})", rob.get("before"), rob.get("after"),
                  "reported, not gated", '<td class="res">—</td>'])
@@ -481,7 +488,7 @@ def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     rows.append(["KL(final ‖ baseline) per token", None, None, kl_txt, '<td class="res">—</td>'])
     trs = []
     for label, b, f, fig, g in rows:
-        cls = "pass" if "PASS" in g else "fail" if "FAIL" in g else ""
+        cls = "pass" if "PASS" in g else "fail" if "FAIL" in g else "inc" if "INCONCLUSIVE" in g else ""
         trs.append(f'<tr class="{cls}"><td>{esc(label)}</td>{_mcell(b)}{_mcell(f)}<td>{esc(fig)}</td>{g}</tr>')
     n = final.get("n_prompts")
     body += (f'<h3>Baseline vs final ({esc(fmt(n))} held-out prompts, no system prompt, the same decoding)</h3>'

@@ -71,19 +71,33 @@ class RunData:
     def verdict(self, final: dict[str, Any] | None) -> tuple[str | None, str]:
         """The run's verdict as the CLI printed it, and why.
 
-        A failed gate anywhere makes it NO-DEPLOY (the pipeline stopped there, or went on with --keep-going
-        for diagnosis only); otherwise stage 7's verdict in final.json; otherwise none yet.
+        A failed or inconclusive gate anywhere makes it NO-DEPLOY (the pipeline stopped there, or went on with
+        --keep-going for diagnosis only); otherwise stage 7's verdict in final.json; otherwise none yet.
 
         Returns:
             ("DEPLOY" | "NO-DEPLOY" | None, the reason in a few words).
         """
-        failed = [s for s in self.stage_ids if self.status(s) == "gate_failed"]
+        failed = [s for s in self.stage_ids if self.status(s) in ("gate_failed", "gate_inconclusive")]
+        inconclusive = [s for s in failed if self.status(s) == "gate_inconclusive"]
+        if len(failed) == 1 and failed == inconclusive:
+            return "NO-DEPLOY", f"inconclusive at stage {failed[0]}: {self.shortfall(failed[0])}"
         if failed:
-            return "NO-DEPLOY", (f"the {failed[0]} gate failed" if len(failed) == 1 else f"gates failed: {', '.join(failed)}")
+            which = ", ".join(f"{s} (inconclusive)" if s in inconclusive else s for s in failed)
+            return "NO-DEPLOY", (f"the {failed[0]} gate failed" if len(failed) == 1 else f"gates {'not passed' if inconclusive else 'failed'}: {which}")
         v = final.get("verdict") if isinstance(final, dict) else None
         if v in ("DEPLOY", "NO-DEPLOY"):
             return str(v), "stage 7"
         return None, "no verdict yet"
+
+    def shortfall(self, stage: str) -> str:
+        """What an inconclusive stage gate needs (GateReport.shortfall of its gate.json), or a generic phrase."""
+        from personatune.gates import GateReport
+
+        gate = self.json(self.root / stage / "gate.json")
+        try:
+            return GateReport.from_dict(gate).shortfall() or "too few samples to decide"
+        except (AttributeError, KeyError, TypeError, ValueError):
+            return "too few samples to decide"
 
     def record(self, stage: str) -> dict[str, Any]:
         """The manifest's record of `stage` ({} when the stage never started)."""
@@ -91,7 +105,7 @@ class RunData:
         return rec if isinstance(rec, dict) else {}
 
     def status(self, stage: str) -> str | None:
-        """The stage's manifest status ("done", "gate_failed", …), or None when it never started."""
+        """The stage's manifest status ("done", "gate_failed", "gate_inconclusive", …), or None when it never started."""
         st = self.record(stage).get("status")
         return st if isinstance(st, str) else None
 

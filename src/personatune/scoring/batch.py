@@ -116,7 +116,7 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
         PersonaSpecError: the persona file is invalid.
     """
     from personatune.scoring.aggregate import summarize
-    from personatune.scoring.scorer import Scorer
+    from personatune.scoring.factory import build_scorer
 
     inp, outp = Path(input_path), Path(output_path)
     check_output_file(outp, "--output", {"--input": inp, "--persona": persona_path, "--evaluator": evaluator_dir})
@@ -133,12 +133,7 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
         what = f"none of its {len(skipped)} non-blank line(s) can be scored{first}" if skipped else "it has no line to score"
         raise DataError(f"{inp}: {what}; fix: one JSON object per line with a string field 'text' (optional: id, prompt, context, targets)")
     if scorer is None:
-        from personatune.scoring.scorer import DEFAULT_JUDGE_WEIGHT
-
-        if evaluator_dir:
-            scorer = Scorer.from_evaluator_dir(spec, evaluator_dir, judge=judge, judge_weight=judge_weight)
-        else:
-            scorer = Scorer(spec, judge=judge, judge_weight=DEFAULT_JUDGE_WEIGHT if judge_weight is None else judge_weight)
+        scorer = build_scorer(spec, evaluator_dir=evaluator_dir or None, judge=judge, judge_weight=judge_weight)
     records = scorer.score([o["text"] for _, o in rows], prompts=[o.get("prompt") for _, o in rows],
                            contexts=[o.get("context") for _, o in rows], targets=[o.get("targets") or [] for _, o in rows],
                            ids=[str(o.get("id", f"line{no}")) for no, o in rows])
@@ -148,15 +143,15 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
     return summary
 
 
-def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: str | Path, seed: int = 0,
-              other_positive_weight: float = 0.0, max_errors_listed: int = 20) -> dict[str, Any]:
-    """`personatune fit`: fit the trait detectors on labelled JSONL and save an evaluator folder.
+def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: str | Path,
+              max_errors_listed: int = 20) -> dict[str, Any]:
+    """`personatune fit`: fit the persona's profile on labelled JSONL and save an evaluator folder.
 
     Input lines: {"text": str, "trait": trait id, "label": "expressed" | "violated" | "neutral"}
     (the text expresses / contradicts / is neutral about the trait). A bad line (not JSON, not an
     object, no string `text`, unknown trait or label) is reported by line number and skipped. The
-    persona's own exemplars are always part of the fit (traits.fit). The folder (detectors.safetensors,
-    detectors.json, scorer.json; never pickle) is what `personatune score --evaluator DIR` loads.
+    persona's own exemplars are always part of the fit (traits.fit). The folder (profile.safetensors,
+    profile.json, scorer.json; never pickle) is what `personatune score --evaluator DIR` loads.
 
     Returns:
         {"n_examples", "per_trait": {trait: {label: count}}, "skipped", "skipped_lines", "output"}.
@@ -166,13 +161,11 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
         PersonaSpecError: the persona file is invalid.
     """
     from personatune.persona import load_persona
-    from personatune.scoring.scorer import Scorer
-    from personatune.scoring.traits import LABELS, fit
+    from personatune.scoring.factory import build_scorer
+    from personatune.scoring.traits import LABELS
 
-    if not other_positive_weight >= 0:
-        raise DataError(f"other_positive_weight {other_positive_weight} must be >= 0; fix: e.g. 0 (off) or 1")
     inp = Path(examples_path)
-    check_output_dir(output_dir, "--output", ("detectors.safetensors", "detectors.json", "scorer.json"),
+    check_output_dir(output_dir, "--output", ("profile.safetensors", "profile.json", "scorer.json"),
                      {"--persona": persona_path, "--examples": inp})
     spec = load_persona(persona_path)
     known = set(spec.trait_ids)
@@ -194,9 +187,7 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
     if skipped and not rows:
         raise DataError(f"{inp}: none of its {len(skipped)} line(s) is a usable example (line {skipped[0]['line']}: {skipped[0]['reason']}); "
                         "fix: one JSON object per line with text, trait and label")
-    detectors = fit(spec, rows, seed=seed, other_positive_weight=other_positive_weight)
-    scorer = Scorer(spec, detectors=detectors, embedder=None)
-    scorer.save(output_dir)
+    build_scorer(spec, examples=rows).save(output_dir)
     per_trait: dict[str, dict[str, int]] = {t: {lab: 0 for lab in LABELS} for t in spec.trait_ids}
     for r in rows:
         per_trait[r["trait"]][r["label"]] += 1

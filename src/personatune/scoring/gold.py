@@ -279,6 +279,74 @@ def gold_report(scores: GoldScores, gates: ResponseGates | None = None, min_per_
     }
 
 
+# What the instrument must reach on a gold set (issue 14 / METRICS.md, "The instrument must be valid").
+TARGETS = {"balanced_accuracy": 0.90, "auroc": 0.95, "flipped_caught": 0.85, "on_task_balanced_accuracy": 0.90}
+# Gates a plain assistant's answers must fail: the persona gates (a plain voice is on task and steady, so
+# the on-task and style-variance gates rightly pass on it; the mixed set checks style variance instead).
+PERSONA_GATES = ("consistency_rate", "adherence")
+
+
+def unmet_targets(rep: dict[str, Any]) -> list[str]:
+    """The instrument targets a `gold_report` misses, one readable line each (empty: all met)."""
+    out = []
+    got = {"balanced_accuracy": rep["balanced_accuracy"], "auroc": rep["auroc"], "flipped_caught": rep["flipped_caught"],
+           "on_task_balanced_accuracy": rep["on_task"].get("balanced_accuracy")}
+    for k, thr in TARGETS.items():
+        v = got[k]
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v < thr:
+            out.append(f"{k} {_f(v)} < {thr:g}")
+    for k, g in rep["gates"]["gold"].items():
+        if not g["passed"]:
+            out.append(f"gold answers fail the {k} gate ({_f(g['value'])} vs {g['direction']} {g['threshold']:g})")
+    for k in PERSONA_GATES:
+        g = rep["gates"]["generic"][k]
+        if g["passed"]:
+            out.append(f"generic answers pass the {k} gate ({_f(g['value'])} {g['direction']} {g['threshold']:g})")
+    m = rep["style_variance_mixed"]
+    if m["splits"] and m["failing"] < m["splits"]:
+        out.append(f"style variance: {m['splits'] - m['failing']}/{m['splits']} gold/generic mixes by context pass the gate")
+    return out
+
+
+def score_gold_file(persona_path: str | Path, gold_path: str | Path, output_path: str | Path | None = None,
+                    evaluator_dir: str | Path | None = None, judge: Any = None, judge_weight: float | None = None) -> dict[str, Any]:
+    """`personatune score --gold`: score a gold set and return (and optionally write) its `gold_report`.
+
+    Args:
+        persona_path: the persona file the gold set is written for.
+        gold_path: the gold JSONL file.
+        output_path: where to write the report as JSON (None: not written).
+        evaluator_dir: a fitted evaluator folder (default: the persona-only profile, as stage 3 uses).
+        judge: an optional LLM judge; judge_weight: its weight.
+
+    Returns:
+        The report, plus "skipped_lines" ([{line, reason}]) and "persona".
+
+    Raises:
+        ConfigError: the output is a folder or one of the inputs.
+        DataError: the gold file cannot be read or has no valid line.
+        PersonaSpecError: the persona file is invalid.
+    """
+    from personatune.output_paths import check_output_file
+    from personatune.persona import load_persona
+    from personatune.rundir import atomic_write_text
+    from personatune.scoring.aggregate import _jsonable
+    from personatune.scoring.factory import build_scorer
+
+    if output_path is not None:
+        check_output_file(Path(output_path), "--output", {"--gold": gold_path, "--persona": persona_path, "--evaluator": evaluator_dir})
+    spec = load_persona(persona_path)
+    items, problems = load_gold(gold_path, spec.trait_ids)
+    scorer = build_scorer(spec, evaluator_dir=evaluator_dir, judge=judge, judge_weight=judge_weight)
+    rep = gold_report(score_gold(scorer, items))
+    rep["unmet_targets"] = unmet_targets(rep)
+    rep.update({"skipped_lines": problems, "persona": str(persona_path), "gold": str(gold_path)})
+    rep = _jsonable(rep)
+    if output_path is not None:
+        atomic_write_text(Path(output_path), json.dumps(rep, indent=2) + "\n")
+    return rep
+
+
 def _f(x: Any, d: int = 3) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{d}f}"
 
@@ -310,4 +378,7 @@ def format_gold_report(name: str, rep: dict[str, Any]) -> str:
     m = rep["style_variance_mixed"]
     lines.append(f"  style variance of gold/generic mixed by context: {m['failing']}/{m['splits']} splits fail the gate "
                  f"(min {_f(m['min'])}, mean {_f(m['mean'])})")
+    unmet = rep.get("unmet_targets")
+    if unmet is not None:
+        lines.append("  targets: all met" if not unmet else "  targets NOT met: " + "; ".join(unmet))
     return "\n".join(lines)

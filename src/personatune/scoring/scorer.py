@@ -3,11 +3,17 @@
     >>> scorer = Scorer(spec)                                            # doctest: +SKIP
     >>> [r.consistency for r in scorer.score(["Aye, full speed ahead!"])]  # doctest: +SKIP
 
-Per response (METRICS.md, "Per response"):
+Per response (METRICS.md, "Per response"; the parts are explained in docs/persona-evaluation.md):
 
-- traits / violations: the trait detectors (scoring/traits.py), optionally combined with a judge:
-  p = (1 - judge_weight) * p_detector + judge_weight * p_judge, for expressed and violated alike.
-- style, style_match: scoring/style.py; rules: scoring/rules.py (hard rules listed in `hard_rules`).
+- traits / violations / voice: the persona instrument (scoring/instrument.py) with the persona's profile
+  (scoring/traits.py), optionally combined with a judge: p = (1 - judge_weight) * p_instrument +
+  judge_weight * p_judge, for expressed and violated alike.
+- style: the style features of scoring/style.py plus `voice` (P(in the persona's voice), 0-1);
+  style_match = min(feature match of scoring/style.py, voice): both the measurable style and the learned
+  voice must hold.
+- rules: scoring/rules.py (hard rules listed in `hard_rules`).
+- on_task: P(the response addresses the user's last turn), from the frozen MiniLM relevance of the response
+  to that turn (instrument.on_task); None when no prompt is given.
 - consistent = max_t violations[t] < 0.5 and every hard rule passes and style_match >= 0.5 and
   mean_{t in targets (all traits if none)} traits[t] >= 0.5.
 - consistency = 0 if a hard rule fails, else min(1 - max_t violations[t], style_match, that mean).
@@ -31,8 +37,9 @@ from personatune.persona import PersonaSpec
 from personatune.rundir import atomic_write_text
 from personatune.scoring.record import ResponseScore
 from personatune.scoring.rules import compile_rules
+from personatune.scoring.instrument import Instrument, sentence_weights, split_sentences
 from personatune.scoring.style import style_features_batch, style_match
-from personatune.scoring.traits import TraitDetectors, build_detectors, persona_hash
+from personatune.scoring.traits import PersonaProfile, build_profile, persona_hash
 
 DEFAULT_JUDGE_WEIGHT = 0.5
 BELOW_HALF = math.nextafter(0.5, 0.0)
@@ -74,44 +81,75 @@ def consistency_of(traits: dict[str, float], violations: dict[str, float], style
     return consistent, score
 
 
+def last_user_turn(prompt: Any) -> str | None:
+    """The text the response answers: a string as it is, or the last user message of an OpenAI-style list."""
+    if prompt is None or isinstance(prompt, str):
+        return prompt
+    for m in reversed(list(prompt)):
+        if isinstance(m, dict) and m.get("role") == "user" and isinstance(m.get("content"), str):
+            return m["content"]
+        if isinstance(m, (tuple, list)) and len(m) == 2 and m[0] == "user":
+            return str(m[1])
+    return None
+
+
 class Scorer:
     """Scores responses against one persona.
 
     Args:
         persona: the persona.
-        embedder: sentence embedder (default: Embedder.default()).
-        detectors: fitted trait detectors (default: built from the persona file alone).
+        instrument: the persona instrument (default: Instrument.default()).
+        profile: the persona's fitted profile (default: built from the persona file alone).
         judge: optional `Judge`; its probabilities are mixed in with weight `judge_weight`.
         judge_weight: weight of the judge in [0,1] (ignored without a judge).
 
     Raises:
-        DataError: the detectors were fitted for other traits, or judge_weight is outside [0,1].
+        DataError: the profile was fitted for other traits, or judge_weight is outside [0,1].
     """
 
-    def __init__(self, persona: PersonaSpec, embedder: Any = None, detectors: TraitDetectors | None = None,
+    def __init__(self, persona: PersonaSpec, instrument: Instrument | None = None, profile: PersonaProfile | None = None,
                  judge: Judge | None = None, judge_weight: float = DEFAULT_JUDGE_WEIGHT) -> None:
-        if embedder is None:
-            from personatune.embeddings import Embedder
-
-            embedder = Embedder.default()
         if not 0.0 <= judge_weight <= 1.0:
             raise DataError(f"judge_weight {judge_weight} must be in [0, 1]; fix: e.g. 0.5")
         self.persona = persona
-        self.embedder = embedder
-        self.detectors = detectors if detectors is not None else build_detectors(persona, embedder=embedder)
-        if list(self.detectors.trait_ids) != list(persona.trait_ids):
-            raise DataError(f"detectors cover traits {self.detectors.trait_ids}, persona has {persona.trait_ids}; fix: re-fit the evaluator for this persona")
+        self.instrument = instrument or Instrument.default()
+        self.profile = profile if profile is not None else build_profile(persona, instrument=self.instrument)
+        if list(self.profile.trait_ids) != list(persona.trait_ids):
+            raise DataError(f"the profile covers traits {self.profile.trait_ids}, the persona has {persona.trait_ids}; "
+                            "fix: re-fit the evaluator for this persona")
         self.judge = judge
         self.judge_weight = float(judge_weight)
         self.rules = compile_rules(persona.behaviors)
 
-    def score(self, texts: Sequence[str], prompts: Sequence[str | None] | None = None, contexts: Sequence[str | None] | None = None,
+    def on_task(self, texts: Sequence[str], prompts: Sequence[Any]) -> list[float | None]:
+        """P(on task) of each response given its prompt (None where the prompt is None)."""
+        asks = [last_user_turn(p) for p in prompts]
+        sents = [split_sentences(t) for t in texts]
+        known = [a for a in asks if a]
+        fz, _ = self.instrument.encode_both([s for ss in sents for s in ss] + known)
+        q_of = dict(zip(known, fz[len(fz) - len(known):])) if known else {}
+        out: list[float | None] = []
+        off = 0
+        for ss, a in zip(sents, asks):
+            S = fz[off:off + len(ss)]
+            off += len(ss)
+            if not a:
+                out.append(None)
+                continue
+            w = sentence_weights(ss) @ S
+            w = w / max(float(np.linalg.norm(w)), 1e-12)
+            cos = S @ q_of[a]
+            out.append(self.instrument.on_task(float(w @ q_of[a]), float(cos.max())))
+        return out
+
+    def score(self, texts: Sequence[str], prompts: Sequence[Any] | None = None, contexts: Sequence[str | None] | None = None,
               targets: Sequence[Sequence[str]] | None = None, ids: Sequence[str] | None = None) -> list[ResponseScore]:
-        """Score responses (all encoded in one batch).
+        """Score responses (all sentences encoded in one batch).
 
         Args:
             texts: the responses.
-            prompts: the prompt of each response (used by the judge only), or None.
+            prompts: what each response answers — the user's turn as a string, or the OpenAI-style messages
+                (the last user turn is used) — or None. Needed for on_task; also given to a judge.
             contexts: context label of each response, or None.
             targets: trait ids each prompt targets (empty list: none in particular), or None.
             ids: an id per response (default "0", "1", ...).
@@ -132,9 +170,12 @@ class Scorer:
             bad = [t for t in ts if t not in known]
             if bad:
                 raise DataError(f"targets[{i}] names unknown trait(s) {bad}; available: {', '.join(self.persona.trait_ids)}")
-        traits, viols = self.detectors.score(list(texts), self.embedder)
+        sc = self.profile.score(list(texts), self.instrument)
+        traits, viols = sc.traits, sc.violations
+        on_task = self.on_task(list(texts), list(prompts)) if prompts is not None else [None] * n
         if self.judge is not None and n:
-            verdicts = self.judge.judge(self.persona, list(texts), list(prompts) if prompts is not None else [None] * n)
+            asks = [last_user_turn(p) for p in prompts] if prompts is not None else [None] * n
+            verdicts = self.judge.judge(self.persona, list(texts), asks)
             w = self.judge_weight
             for i, v in enumerate(verdicts):
                 for t, (pe, pv) in v.items():
@@ -144,26 +185,27 @@ class Scorer:
         feats = style_features_batch(list(texts), self.persona.style)
         out = []
         for i, text in enumerate(texts):
-            sm = style_match(feats[i], self.persona.style)
+            feats[i]["voice"] = sc.voice[i]
+            sm = min(style_match(feats[i], self.persona.style), sc.voice[i])
             rules = self.rules(text)
             consistent, cons = consistency_of(traits[i], viols[i], sm, self.rules.hard_pass(rules), tg[i])
             out.append(ResponseScore(id=str(ids[i]) if ids is not None else str(i), traits=traits[i], violations=viols[i],
                                      style=feats[i], style_match=sm, rules=rules, consistent=consistent, consistency=cons,
                                      targets=tg[i], context=contexts[i] if contexts is not None else None,
-                                     hard_rules=list(self.rules.hard_ids)))
+                                     hard_rules=list(self.rules.hard_ids), on_task=on_task[i]))
         return out
 
     def save(self, path: str | Path) -> None:
-        """Write the evaluator into folder `path`: detectors (safetensors + JSON) and scorer.json."""
+        """Write the evaluator into folder `path`: the profile (safetensors + JSON) and scorer.json."""
         p = Path(path)
-        self.detectors.save(p)
+        self.profile.save(p)
         meta = {"persona_hash": persona_hash(self.persona), "persona_name": self.persona.name, "judge_weight": self.judge_weight}
         atomic_write_text(p / "scorer.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_evaluator_dir(cls, persona: PersonaSpec, path: str | Path, embedder: Any = None, judge: Judge | None = None,
+    def from_evaluator_dir(cls, persona: PersonaSpec, path: str | Path, instrument: Instrument | None = None, judge: Judge | None = None,
                            judge_weight: float | None = None) -> "Scorer":
-        """A scorer with the detectors saved in `path` (by `save` or stage 4).
+        """A scorer with the profile saved in `path` (by `save` or stage 4).
 
         `judge_weight` None: the weight saved in the folder's scorer.json (default DEFAULT_JUDGE_WEIGHT).
 
@@ -171,7 +213,7 @@ class Scorer:
             DataError: the folder is unreadable, or was fitted for a different persona.
         """
         p = Path(path)
-        det = TraitDetectors.load(p)
+        det = PersonaProfile.load(p)
         want = persona_hash(persona)
         if det.meta.get("persona_hash") != want:
             raise DataError(f"evaluator {p} was fitted for a different persona (hash {str(det.meta.get('persona_hash'))[:12]}, "
@@ -182,4 +224,4 @@ class Scorer:
                 jw = float(json.loads((p / "scorer.json").read_text(encoding="utf-8")).get("judge_weight", jw))
             except (ValueError, TypeError, AttributeError) as e:  # AttributeError: valid JSON, but not an object
                 raise DataError(f"{p / 'scorer.json'} is not valid JSON ({e}); fix: re-save the evaluator") from None
-        return cls(persona, embedder=embedder, detectors=det, judge=judge, judge_weight=jw if judge_weight is None else judge_weight)
+        return cls(persona, instrument=instrument, profile=det, judge=judge, judge_weight=jw if judge_weight is None else judge_weight)

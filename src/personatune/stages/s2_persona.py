@@ -3,25 +3,33 @@
 The gate (METRICS.md, docs/persona-definition.md) asks for:
 
 1. 5-10 traits, each with a description and >= 3 positive and >= 3 negative exemplars;
-2. **separability**: per trait, leave-one-out accuracy >= 0.8 of a nearest-centroid classifier on
-   MiniLM sentence embeddings (below);
-3. **no redundancy**: the cosine similarity of every two traits' centroids (mean positive embedding)
-   stays below a bound (0.9);
+2. **clear and measurable by the instrument the later stages use**: per trait, leave-one-out accuracy
+   >= 0.8 of the persona instrument (scoring/instrument.py) on the trait's own exemplars (below);
+3. **no redundancy**: the cosine similarity of every two traits' positive centroids in the instrument's
+   persona space stays below a bound (0.9);
 4. style and behaviour rules parse (the schema checks them; here every check is also compiled by the
    rule engine the scorer uses);
 5. >= 3 example interactions.
 
-Separability of trait t, leave-one-out. The classes are every trait's positives plus t's own
-negatives. Each of t's exemplars is held out in turn; every class centroid (the normalised mean of its
-embeddings, without the held-out one) is compared with it by cosine similarity, and the nearest wins.
-A held-out positive is right when t's positives win; a held-out negative is right when anything else
-wins (it reads as "not t"). Accuracy = right / (positives + negatives of t).
+Measurability of trait t, leave-one-out, with the instrument the scorer uses. Each of t's exemplars is held
+out in turn: the persona's profile is built without it, and the exemplar is scored as a one-sentence
+response, giving its margin m = traits[t] - violations[t] (how much more the instrument reads it as
+expressing t than as contradicting it). The trait's separability is the AUROC of m between its held-out
+positives and its held-out negatives: 1.0 when every positive reads more "expressed" than every negative,
+0.5 when the instrument cannot tell its two sides apart. The share of positives with m > 0 and of negatives
+with m < 0 is reported beside it. A trait the instrument cannot tell apart from its own opposite on the
+persona's own sentences cannot be measured in the later stages either.
+
+Why AUROC and not the 0.5 decisions: the gate asks whether the *persona* is clear to the instrument, not how
+well the instrument's thresholds are calibrated on one-sentence exemplars. Calibration is checked on the
+gold sets (docs/persona-evaluation.md); here a trait whose sides are perfectly ordered but whose negatives
+all fall just under violations[t] = 0.5 is still a clear trait.
 
 Output of `run`: `02_persona/persona.yaml` (the exact file the later stages read) and
 `02_persona/persona_report.json` (the full report: per-trait table, similarities, confusions).
 
 >>> report = evaluate_persona_file("examples/personas/captain_nova.yaml")   # doctest: +SKIP
->>> report.passed, report.traits[0].loo_accuracy                           # doctest: +SKIP
+>>> report.passed, report.traits[0].loo_auroc                              # doctest: +SKIP
 (True, 1.0)
 """
 
@@ -29,7 +37,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -47,12 +55,6 @@ STAGE = "02_persona"
 QUOTE_CONFUSIONS = 2
 
 
-class EmbedderLike(Protocol):
-    """What the gate needs from an embedder (personatune.embeddings.Embedder fits)."""
-
-    def encode(self, texts: list[str]) -> np.ndarray: ...
-
-
 @dataclass
 class PersonaGateConfig:
     """Stage-2 gate thresholds. Same fields as the run config's `gates.persona` section.
@@ -62,7 +64,7 @@ class PersonaGateConfig:
         max_traits: most core traits allowed (count, >= min_traits).
         min_positive: fewest positive exemplars per trait (count, >= 1).
         min_negative: fewest negative exemplars per trait (count, >= 1).
-        min_separability: leave-one-out accuracy each trait must reach (fraction, 0-1).
+        min_separability: leave-one-out AUROC each trait must reach (0-1; its positives vs its negatives, module docstring).
         max_trait_similarity: two traits whose centroid cosine similarity is not below this are redundant (cosine, 0-1).
         min_examples: fewest example interactions (count, >= 0).
     """
@@ -104,7 +106,9 @@ class TraitCheck:
         id: trait id.
         n_positive / n_negative: exemplar counts.
         has_description: the description is not blank.
-        loo_accuracy: leave-one-out accuracy over positives and negatives (None: no exemplar).
+        loo_auroc: leave-one-out AUROC of the margin between its positives and negatives (the gated value;
+            None: a side has no exemplar).
+        loo_accuracy: share of held-out exemplars on the right side of margin 0 (None: no exemplar).
         loo_positive / loo_negative: the same on positives only / negatives only.
         nearest_trait / nearest_similarity: the other trait whose centroid is closest, and that cosine.
         confusions: misclassified exemplars: {"kind": "positive"|"negative", "text", "nearest": class}.
@@ -115,6 +119,7 @@ class TraitCheck:
     n_positive: int
     n_negative: int
     has_description: bool
+    loo_auroc: float | None = None
     loo_accuracy: float | None = None
     loo_positive: float | None = None
     loo_negative: float | None = None
@@ -177,51 +182,51 @@ def _normalize(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(n, 1e-12)
 
 
-def loo_separability(pos: list[np.ndarray], neg: list[np.ndarray]) -> list[dict[str, Any]]:
-    """Leave-one-out nearest-centroid accuracy of every trait (pure arithmetic, no model).
+def loo_separability(spec: PersonaSpec, instrument: Any) -> list[dict[str, Any]]:
+    """Leave-one-out separability of every trait on its own exemplars (module docstring).
 
     Args:
-        pos: per trait, an (n_pos, d) array of its positives' embeddings (rows may be any length;
-            they are normalised here).
-        neg: per trait, an (n_neg, d) array of its negatives' embeddings.
+        spec: the persona.
+        instrument: the persona instrument (scoring/instrument.py).
 
     Returns:
-        Per trait: {"accuracy", "positive", "negative"} (None where there was nothing to classify)
-        and "predictions": for each held-out exemplar, ("positive"|"negative", index, winning class),
-        where a class is a trait index for positives or -1 for the trait's own negatives.
+        Per trait: {"auroc", "accuracy", "positive", "negative"} (None where there was nothing to compare):
+        AUROC of the margin traits[t] - violations[t] between held-out positives and negatives, and the share
+        of exemplars on the right side of 0 (all, positives, negatives); "predictions": for each held-out
+        exemplar, ("positive"|"negative", index, read), read = "expressed" when its margin is > 0, else
+        "violated"; "margins": the margins, positives first.
     """
-    pos = [_normalize(np.asarray(p, dtype=np.float64)) for p in pos]
-    neg = [_normalize(np.asarray(n, dtype=np.float64)) for n in neg]
-    sums = [p.sum(axis=0) if len(p) else None for p in pos]
+    from personatune.scoring.aggregate import auroc
+    from personatune.scoring.traits import PersonaProfile, build_profile
+
+    full = build_profile(spec, instrument=instrument)
     out: list[dict[str, Any]] = []
-    for t in range(len(pos)):
-        # Classes for trait t: every trait's positives (index u) and t's own negatives (index -1).
-        class_sums = {u: (sums[u], len(pos[u])) for u in range(len(pos)) if sums[u] is not None}
-        if len(neg[t]):
-            class_sums[-1] = (neg[t].sum(axis=0), len(neg[t]))
-        preds: list[tuple[str, int, int]] = []
-        right = {"positive": 0, "negative": 0}
-        for kind, own_class, rows in (("positive", t, pos[t]), ("negative", -1, neg[t])):
-            for i, x in enumerate(rows):
-                best_c, best_s = None, -np.inf
-                for c, (s, n) in class_sums.items():
-                    if c == own_class:
-                        s, n = s - x, n - 1  # hold x out of its own class
-                    if n <= 0:
-                        continue
-                    sim = float(_normalize(s / n) @ x)
-                    if sim > best_s:
-                        best_c, best_s = c, sim
-                winner = -2 if best_c is None else best_c  # -2: no class left to compare with
-                preds.append((kind, i, winner))
-                ok = winner == t if kind == "positive" else winner != t
-                right[kind] += int(ok)
-        n_pos, n_neg = len(pos[t]), len(neg[t])
+    for k, t in enumerate(spec.traits):
+        preds: list[tuple[str, int, str]] = []
+        margins: dict[str, list[float]] = {"positive": [], "negative": []}
+        # rows of the profile: pos[k] = [description, *positive], neg[k] = [inverse?, *negative]
+        neg_off = 1 if t.inverse else 0
+        for kind, texts in (("positive", t.positive), ("negative", t.negative)):
+            for i, text in enumerate(texts):
+                pos, neg = list(full.pos), list(full.neg)
+                if kind == "positive":
+                    pos[k] = np.delete(pos[k], 1 + i, axis=0)
+                else:
+                    neg[k] = np.delete(neg[k], neg_off + i, axis=0)
+                held = PersonaProfile(full.trait_ids, pos, neg, full.voice_rows, full.meta)
+                sc = held.score([text], instrument)
+                m = sc.traits[0][t.id] - sc.violations[0][t.id]
+                margins[kind].append(m)
+                preds.append((kind, i, "expressed" if m > 0 else "violated"))
+        mp, mn = margins["positive"], margins["negative"]
+        right_p, right_n = sum(m > 0 for m in mp), sum(m < 0 for m in mn)
         out.append({
-            "accuracy": (right["positive"] + right["negative"]) / (n_pos + n_neg) if n_pos + n_neg else None,
-            "positive": right["positive"] / n_pos if n_pos else None,
-            "negative": right["negative"] / n_neg if n_neg else None,
+            "auroc": auroc(mp + mn, [1] * len(mp) + [0] * len(mn)) if mp and mn else None,
+            "accuracy": (right_p + right_n) / (len(mp) + len(mn)) if mp or mn else None,
+            "positive": right_p / len(mp) if mp else None,
+            "negative": right_n / len(mn) if mn else None,
             "predictions": preds,
+            "margins": [round(float(m), 4) for m in mp + mn],
         })
     return out
 
@@ -298,21 +303,21 @@ def _gate_specs(c: PersonaGateConfig) -> list[GateSpec]:
         GateSpec("traits_without_description", 0, "<=", "traits", "traits whose description is blank"),
         GateSpec("min_positive_exemplars", c.min_positive, ">=", "exemplars (fewest over traits)", "positive exemplars of the trait that has fewest"),
         GateSpec("min_negative_exemplars", c.min_negative, ">=", "exemplars (fewest over traits)", "negative exemplars of the trait that has fewest"),
-        GateSpec("min_separability", c.min_separability, ">=", "leave-one-out accuracy (fraction, lowest trait)",
-                 "nearest-centroid LOO accuracy on MiniLM embeddings: own positives vs other traits' positives and own negatives"),
+        GateSpec("min_separability", c.min_separability, ">=", "leave-one-out AUROC (lowest trait)",
+                 "the persona instrument, leave-one-out, on the trait's own exemplars: AUROC of traits[t] - violations[t], positives vs negatives"),
         GateSpec("max_trait_similarity", c.max_trait_similarity, "<", "cosine similarity (highest pair)",
-                 "cosine similarity of two traits' centroids (mean positive embedding)"),
+                 "cosine similarity of two traits' positive centroids in the instrument's persona space"),
         GateSpec("rules_parse", 1.0, ">=", "boolean (1 = every check and phrase list compiles)", "style phrase lists and behaviour checks compile in the rule engine"),
         GateSpec("example_interactions", c.min_examples, ">=", "examples", "example interactions with a user and an assistant turn"),
     ]
 
 
-def check_persona(spec: PersonaSpec, embedder: EmbedderLike, config: "PersonaGateConfig | Any" = None, source: str | None = None) -> PersonaGateReport:
+def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig | Any" = None, source: str | None = None) -> PersonaGateReport:
     """Check a loaded persona against the stage-2 gate.
 
     Args:
         spec: the persona (already schema-valid: see `load_persona`).
-        embedder: sentence encoder, `encode(list[str]) -> (n, d) array` (MiniLM in production).
+        instrument: the persona instrument (scoring/instrument.py) the later stages score with.
         config: thresholds (default: METRICS.md values); the run config's `gates.persona` section works too.
         source: file name shown in the report.
 
@@ -323,38 +328,42 @@ def check_persona(spec: PersonaSpec, embedder: EmbedderLike, config: "PersonaGat
     c = config if isinstance(config, PersonaGateConfig) else PersonaGateConfig.from_args(config) if config is not None else PersonaGateConfig()
     ids = spec.trait_ids
     pos_texts = [list(t.positive) for t in spec.traits]
-    neg_texts = [list(t.negative) for t in spec.traits]
-    every = [u for lst in pos_texts + neg_texts for u in lst]
-    vecs = embedder.encode(every) if every else np.zeros((0, 1))
+    every = [u for lst in pos_texts for u in lst]
+    if every:
+        _, vecs = instrument.encode_both(every)
+    else:
+        vecs = np.zeros((0, 1))
     table: dict[str, np.ndarray] = {u: vecs[i] for i, u in enumerate(every)}
     dim = vecs.shape[1] if vecs.ndim == 2 and vecs.shape[0] else 1
     pos = [np.stack([table[u] for u in lst]) if lst else np.zeros((0, dim)) for lst in pos_texts]
-    neg = [np.stack([table[u] for u in lst]) if lst else np.zeros((0, dim)) for lst in neg_texts]
-    sep = loo_separability(pos, neg)
+    # A trait with no negative side cannot be profiled; the exemplar counts then fail the gate on their own.
+    if ids and all(t.negative or t.inverse for t in spec.traits):
+        sep = loo_separability(spec, instrument)
+    else:
+        sep = [{"auroc": None, "accuracy": None, "positive": None, "negative": None, "predictions": []} for _ in ids]
     sim = centroid_similarity(pos) if ids else np.zeros((0, 0))
 
     rows: list[TraitCheck] = []
     for k, t in enumerate(spec.traits):
         row = TraitCheck(t.id, len(t.positive), len(t.negative), bool(t.description.strip()),
-                         sep[k]["accuracy"], sep[k]["positive"], sep[k]["negative"])
+                         sep[k]["auroc"], sep[k]["accuracy"], sep[k]["positive"], sep[k]["negative"])
         others = [(sim[k, u], ids[u]) for u in range(len(ids)) if u != k and not np.isnan(sim[k, u])]
         if others:
             s, u_id = max(others)
             row.nearest_trait, row.nearest_similarity = u_id, float(s)
-        for kind, i, winner in sep[k]["predictions"]:
-            wrong = winner != k if kind == "positive" else winner == k
+        for kind, i, read in sep[k]["predictions"]:
+            wrong = read != "expressed" if kind == "positive" else read != "violated"
             if wrong:
                 text = (t.positive if kind == "positive" else t.negative)[i]
-                nearest = "(none)" if winner == -2 else f"{t.id} (negatives)" if winner == -1 else ids[winner]
-                row.confusions.append({"kind": kind, "text": text, "nearest": nearest})
+                row.confusions.append({"kind": kind, "text": text, "read_as": read})
         if not row.has_description:
             row.problems.append("no description")
         if row.n_positive < c.min_positive:
             row.problems.append(f"{row.n_positive} positive < {c.min_positive}")
         if row.n_negative < c.min_negative:
             row.problems.append(f"{row.n_negative} negative < {c.min_negative}")
-        if row.loo_accuracy is None or row.loo_accuracy < c.min_separability:
-            row.problems.append(f"LOO {'n/a' if row.loo_accuracy is None else f'{row.loo_accuracy:.2f}'} < {c.min_separability:g}")
+        if row.loo_auroc is None or row.loo_auroc < c.min_separability:
+            row.problems.append(f"LOO AUROC {'n/a' if row.loo_auroc is None else f'{row.loo_auroc:.2f}'} < {c.min_separability:g}")
         if row.nearest_similarity is not None and row.nearest_similarity >= c.max_trait_similarity:
             row.problems.append(f"redundant with {row.nearest_trait}")
         rows.append(row)
@@ -362,8 +371,8 @@ def check_persona(spec: PersonaSpec, embedder: EmbedderLike, config: "PersonaGat
     # Redundancy: the most similar pair (each unordered pair once).
     pairs = sorted(((float(sim[a, b]), ids[a], ids[b]) for a in range(len(ids)) for b in range(a + 1, len(ids)) if not np.isnan(sim[a, b])), reverse=True)
     rules_ok, n_rules, rule_errors = _rules_parse(spec)
-    accs = [r.loo_accuracy for r in rows if r.loo_accuracy is not None]
-    worst = min((r for r in rows if r.loo_accuracy is not None), key=lambda r: r.loo_accuracy, default=None)
+    accs = [r.loo_auroc for r in rows if r.loo_auroc is not None]
+    worst = min((r for r in rows if r.loo_auroc is not None), key=lambda r: r.loo_auroc, default=None)
     measured: dict[str, Measurement | None] = {
         "trait_count": Measurement(float(len(ids)), n=len(ids)),
         "traits_without_description": Measurement(float(sum(not r.has_description for r in rows)), n=len(ids)),
@@ -411,21 +420,20 @@ def _diagnose(gate: GateReport, spec: PersonaSpec, rows: list[TraitCheck], pairs
         if r.n_negative < c.min_negative:
             d.append(f"trait {r.id!r} has {r.n_negative} negative exemplar(s) (needs >= {c.min_negative})")
             fix.append(f"add {c.min_negative - r.n_negative} more utterance(s) that contradict {r.id!r} to its `negative:` list")
-        if r.loo_accuracy is not None and r.loo_accuracy < c.min_separability:
+        if r.loo_auroc is not None and r.loo_auroc < c.min_separability:
             pos_bad = [x for x in r.confusions if x["kind"] == "positive"]
             neg_bad = [x for x in r.confusions if x["kind"] == "negative"]
             parts = []
             if pos_bad:
-                where = sorted({x["nearest"] for x in pos_bad})
-                parts.append(f"{len(pos_bad)}/{r.n_positive} positives were nearer to {', '.join(where)} (e.g. {pos_bad[0]['text']!r})")
+                parts.append(f"{len(pos_bad)}/{r.n_positive} positives read more as contradicting it than expressing it (e.g. {pos_bad[0]['text']!r})")
             if neg_bad:
-                parts.append(f"{len(neg_bad)}/{r.n_negative} negatives were nearer to {r.id}'s own positives (e.g. {neg_bad[0]['text']!r})")
-            d.append(f"trait {r.id!r} is not separable: leave-one-out accuracy {r.loo_accuracy:.2f} < {c.min_separability:g}; " + "; ".join(parts))
+                parts.append(f"{len(neg_bad)}/{r.n_negative} negatives read more as expressing it than contradicting it (e.g. {neg_bad[0]['text']!r})")
+            d.append(f"trait {r.id!r} is not measurable: leave-one-out AUROC {r.loo_auroc:.2f} < {c.min_separability:g}; " + "; ".join(parts))
             advice = []
             if pos_bad:
-                advice.append(f"rewrite the positives of {r.id!r} quoted above so they show what only {r.id!r} does, in words its negatives and the other traits do not use")
+                advice.append(f"rewrite the positives of {r.id!r} quoted above so each plainly shows {r.id!r} (its description in action), in varied words")
             if neg_bad:
-                advice.append(f"make the negatives of {r.id!r} contradict it in content and wording (the opposite attitude), not just its positives with 'not' added")
+                advice.append(f"make the negatives of {r.id!r} plainly contradict it (the opposite attitude), not unrelated or neutral statements")
             fix.append("; ".join(advice))
     for s, a, b in pairs:
         if s >= c.max_trait_similarity:
@@ -442,12 +450,12 @@ def _diagnose(gate: GateReport, spec: PersonaSpec, rows: list[TraitCheck], pairs
 # --- entry points ------------------------------------------------------------------------------------
 
 
-def evaluate_persona_file(path: str | Path, embedder: EmbedderLike | None = None, gate_config: "PersonaGateConfig | Any" = None) -> PersonaGateReport:
+def evaluate_persona_file(path: str | Path, instrument: Any = None, gate_config: "PersonaGateConfig | Any" = None) -> PersonaGateReport:
     """Load a persona file and check it against the stage-2 gate (what `personatune validate` runs).
 
     Args:
         path: the persona YAML file.
-        embedder: sentence encoder (default: the bundled MiniLM, `Embedder.default()`).
+        instrument: the persona instrument (default: the shipped one, `Instrument.default()`).
         gate_config: thresholds (default: METRICS.md values).
 
     Returns:
@@ -455,14 +463,14 @@ def evaluate_persona_file(path: str | Path, embedder: EmbedderLike | None = None
 
     Raises:
         PersonaSpecError: the file is missing or invalid (exit 2), listing every problem with path and line.
-        ModelNotFoundError: no embedder was given and MiniLM is not installed.
+        ModelNotFoundError: no instrument was given and MiniLM or the instrument weights are not installed.
     """
     spec = load_persona(path)
-    if embedder is None:
-        from personatune.embeddings import Embedder
+    if instrument is None:
+        from personatune.scoring.instrument import Instrument
 
-        embedder = Embedder.default()
-    return check_persona(spec, embedder, gate_config, source=str(path))
+        instrument = Instrument.default()
+    return check_persona(spec, instrument, gate_config, source=str(path))
 
 
 def _fmt(v: float | None, spec: str = ".2f") -> str:
@@ -481,12 +489,12 @@ def format_table(report: PersonaGateReport) -> str:
     head = f"persona: {report.persona}" + (f"  ({report.source})" if report.source else "")
     wid = max([5] + [len(r.id) for r in report.traits])
     nid = max([13] + [len(r.nearest_trait or "") + 9 for r in report.traits])
-    lines = [head, "", f"{'trait':<{wid}}  #pos  #neg  LOO acc (pos/neg)   {'nearest trait (cos)':<{nid}}  result"]
+    lines = [head, "", f"{'trait':<{wid}}  #pos  #neg  LOO AUROC  acc (pos/neg)     {'nearest trait (cos)':<{nid}}  result"]
     for r in report.traits:
         near = f"{r.nearest_trait} ({r.nearest_similarity:.2f})" if r.nearest_trait else "-"
         loo = f"{_fmt(r.loo_accuracy)} ({_fmt(r.loo_positive)}/{_fmt(r.loo_negative)})"
         res = "PASS" if r.passed else "FAIL: " + ", ".join(r.problems)
-        lines.append(f"{r.id:<{wid}}  {r.n_positive:>4}  {r.n_negative:>4}  {loo:<18}  {near:<{nid}}  {res}")
+        lines.append(f"{r.id:<{wid}}  {r.n_positive:>4}  {r.n_negative:>4}  {_fmt(r.loo_auroc):<9}  {loo:<16}  {near:<{nid}}  {res}")
     lines += ["", report.gate.summary()]
     lines += [f"  warning: {w}" for w in report.warnings]
     return "\n".join(lines)
@@ -516,11 +524,11 @@ def run(config: "RunConfig", run_dir: "RunDir") -> "StageResult":
     atomic_write_text(out / "persona.yaml", Path(config.persona).read_text(encoding="utf-8"))
     atomic_write_json(out / "persona_report.json", report.to_dict())
     atomic_write_text(out / "persona_report.txt", format_table(report) + "\n")
-    accs = [r.loo_accuracy for r in report.traits if r.loo_accuracy is not None]
+    accs = [r.loo_auroc for r in report.traits if r.loo_auroc is not None]
     sims = [r.nearest_similarity for r in report.traits if r.nearest_similarity is not None]
     metrics = {"traits": len(report.traits), "min_separability": min(accs) if accs else None,
                "max_trait_similarity": max(sims) if sims else None,
                "examples": next(int(r.value) for r in report.gate.results if r.metric == "example_interactions")}
-    msg = (f"{metrics['traits']} traits, lowest LOO accuracy {_fmt(metrics['min_separability'])}, "
+    msg = (f"{metrics['traits']} traits, lowest LOO AUROC {_fmt(metrics['min_separability'])}, "
            f"highest trait similarity {_fmt(metrics['max_trait_similarity'])}")
     return StageResult(outputs={"persona": out / "persona.yaml", "report": out / "persona_report.json"}, gate=report.gate, metrics=metrics, message=msg)

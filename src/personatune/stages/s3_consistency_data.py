@@ -4,9 +4,11 @@ Steps:
 1. Scenarios from the built-in prompt bank (personatune.scenarios): six contexts, each prompt with
    the traits it targets, near-duplicates dropped, a held-out split kept apart for stages 4-7.
 2. The teacher writes `best_of` in-persona candidates per prompt (persona rendered as a system
-   prompt, its example interactions as few-shot turns). The scorer scores them; a prompt is kept only
-   if a candidate is consistent, and among its consistent candidates the chosen one is, by default, the
-   one nearest the teacher's typical voice (`data.select`, see `typical_voice`), else the most consistent.
+   prompt, its example interactions as few-shot turns). The scorer scores them with their prompts; a
+   candidate is eligible as chosen only when it is consistent AND on task (`eligible`: on_task >= 0.5, so
+   in-voice babble that ignores the request never becomes chosen); a prompt is kept only if a candidate is
+   eligible, and among its eligible candidates the chosen one is, by default, the one nearest the teacher's
+   typical voice (`data.select`, see `typical_voice`), else the most consistent.
 3. Contrast ("rejected"), each labelled with what it violates:
    (a) baseline: the model with no persona prompt — what training must move away from;
    (b) trait_flipped: the persona with one targeted trait inverted — a targeted negative;
@@ -29,6 +31,7 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError
+from personatune.evidence import prompts_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
@@ -38,6 +41,19 @@ from personatune.stage import StageResult
 from personatune.stages.s1_baseline import baseline_model_path
 
 STAGE = "03_consistency_data"
+ON_TASK_LINE = 0.5
+"""A response is on task when its on_task probability is at least this (METRICS.md on-task rate)."""
+
+
+def on_task(r: Any) -> bool | None:
+    """Whether a scored response addresses the user's request; None when on_task was not measured."""
+    return None if r.on_task is None else r.on_task >= ON_TASK_LINE
+
+
+def eligible(r: Any) -> bool:
+    """A candidate may become chosen when it is consistent and on task. An unmeasured on_task (no prompt)
+    does not exclude it; the gate counts only measured ones (`chosen_on_task_rate`)."""
+    return bool(r.consistent) and on_task(r) is not False
 
 
 # --- resumable generation ------------------------------------------------------------------------
@@ -203,12 +219,14 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
     Args:
         contrast: scenario id -> list of (kind, flipped trait or None, text).
         candidate_scores: the candidates' scores from `score_candidates`, when the caller has them already.
-        select: which consistent candidate is chosen (config data.select): "max_consistency" (highest
+        select: which eligible (consistent and on-task) candidate is chosen (config data.select): "max_consistency" (highest
             consistency score) or "typical_voice" (nearest `typical_voice`, ties by consistency). Either way
-            a prompt without a consistent candidate yields nothing.
+            a prompt without an eligible candidate yields nothing.
 
     Returns:
-        (sft rows, pair rows, stats) — stats hold the counts the gate needs.
+        (sft rows, pair rows, stats) — stats hold the counts the gate needs: chosen, chosen_consistent, chosen_on_task
+        (of chosen_on_task_measured), off_task_only (prompts whose only consistent candidates were off task),
+        rejected, rejected_inconsistent, violated_pairs, by_kind.
     """
     if candidate_scores is None:
         candidate_scores = score_candidates(scenarios, candidates, scorer)
@@ -221,8 +239,8 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
     for (s, kind, flip, text), sc in zip(rej, rej_scores):
         by_s[s.id]["rej"].append((text, kind, flip, sc))
     sft, pairs = [], []
-    stats = {"scenarios": 0, "chosen": 0, "chosen_consistent": 0, "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids},
-             "by_kind": {}}
+    stats = {"scenarios": 0, "chosen": 0, "chosen_consistent": 0, "chosen_on_task": 0, "chosen_on_task_measured": 0, "off_task_only": 0,
+             "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids}, "by_kind": {}}
     for s in scenarios:
         d = by_s.get(s.id, {"cands": [], "rej": []})
         stats["scenarios"] += 1
@@ -239,14 +257,19 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
             labelled.append((text, kind, flip, sc, violated))
         if not d["cands"]:
             continue
-        good = [c for c in d["cands"] if c[3].consistent]
+        good = [c for c in d["cands"] if eligible(c[3])]
         if not good:
-            continue  # rejection sampling: a prompt without a consistent candidate yields no chosen response
+            # rejection sampling: a prompt without a consistent, on-task candidate yields no chosen response
+            stats["off_task_only"] += any(c[3].consistent for c in d["cands"])
+            continue
         best_text, _, _, best = choose_candidate(good, select, voice, score=lambda x: x[3])
         stats["chosen"] += 1
         stats["chosen_consistent"] += 1
+        stats["chosen_on_task"] += on_task(best) is True
+        stats["chosen_on_task_measured"] += on_task(best) is not None
         sft.append({"messages": s.messages + [{"role": "assistant", "content": best_text}], "context": s.context, "targets": s.targets,
-                    "scenario_id": s.id, "split": s.split, "consistency": best.consistency})
+                    "scenario_id": s.id, "split": s.split, "consistency": best.consistency,
+                    "on_task": best.on_task})
         for text, kind, flip, sc, violated in labelled:
             for t in violated:
                 stats["violated_pairs"][t] = stats["violated_pairs"].get(t, 0) + 1
@@ -260,22 +283,32 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
 
 
 def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any], config: RunConfig) -> GateReport:
-    """The METRICS.md stage-3 gate with its diagnosis."""
-    from personatune.scoring.aggregate import wilson_ci
+    """The METRICS.md stage-3 gate with its diagnosis.
 
+    The three rates need `rate_min_n(threshold)` responses each (137 at 0.85, a 95% interval of about ±0.06);
+    below that they are inconclusive and the note names the key that buys more prompts (`prompts_key`).
+    """
     g = config.gates.data
     n, k = stats["chosen"], stats["chosen_consistent"]
+    n_ot, k_ot = stats.get("chosen_on_task_measured", 0), stats.get("chosen_on_task", 0)
     yield_n, yield_k = stats["scenarios"], stats["chosen_consistent"]
     nr, kr = stats["rejected"], stats["rejected_inconsistent"]
     cov = coverage(scenarios, spec.trait_ids)
+    key = prompts_key(config)
     specs = [
         GateSpec("chosen_consistency_rate", g.chosen_consistency, ">=", "fraction of chosen responses",
-                 "share of the dataset's chosen responses the scorer finds consistent (best-of-k keeps a prompt only when its best candidate is consistent)"),
-        GateSpec("rejected_inconsistency_rate", g.rejected_inconsistency, ">=", "fraction of rejected responses", "share of rejected responses the scorer finds inconsistent"),
+                 "share of the dataset's chosen responses the scorer finds consistent (best-of-k keeps a prompt only when its best candidate is consistent)",
+                 min_n=rate_min_n_for(config, g.chosen_consistency), n_key=key),
+        GateSpec("chosen_on_task_rate", g.chosen_on_task, ">=", "fraction of chosen responses",
+                 "share of the chosen responses (on_task measured) that address the user's request (on_task >= 0.5)",
+                 min_n=rate_min_n_for(config, g.chosen_on_task), n_key=key),
+        GateSpec("rejected_inconsistency_rate", g.rejected_inconsistency, ">=", "fraction of rejected responses", "share of rejected responses the scorer finds inconsistent",
+                 min_n=rate_min_n_for(config, g.rejected_inconsistency), n_key=key),
     ]
     measured: dict[str, Measurement | None] = {
-        "chosen_consistency_rate": Measurement(k / n, n=n, ci=wilson_ci(k, n)) if n else None,
-        "rejected_inconsistency_rate": Measurement(kr / nr, n=nr, ci=wilson_ci(kr, nr)) if nr else None,
+        "chosen_consistency_rate": _rate(k, n),
+        "chosen_on_task_rate": _rate(k_ot, n_ot),
+        "rejected_inconsistency_rate": _rate(kr, nr),
     }
     diagnosis, steps = [], []
     for t in spec.trait_ids:
@@ -290,7 +323,17 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
     for r in results:
         if r.passed:
             continue
-        if r.metric == "chosen_consistency_rate":
+        if r.inconclusive:
+            diagnosis.append(f"{r.metric}: {r.note}")
+            steps.append(f"more prompts ({key}), a higher data.best_of or a stronger teacher raise the number of kept prompts")
+            if r.meets_threshold():
+                continue
+        if r.metric == "chosen_on_task_rate":
+            diagnosis.append(f"{k_ot}/{n_ot} chosen responses address the user's request; {stats.get('off_task_only', 0)} prompts had only "
+                             "off-task consistent candidates (in-voice babble)")
+            steps.append("use a stronger teacher (data.teacher), turn off data.focus_targets if the trait reminders pull the teacher off the "
+                         "question, or raise data.best_of")
+        elif r.metric == "chosen_consistency_rate":
             diagnosis.append(f"{k}/{n} chosen responses are consistent: only {yield_k}/{yield_n} prompts got a consistent teacher response (best of {config.data.best_of})")
             steps.append("use a stronger teacher (data.teacher.backend=openai with a larger model), raise data.best_of, or check that the persona's style targets (words range, formality) are reachable")
         elif r.metric == "rejected_inconsistency_rate":
@@ -305,8 +348,16 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
         else:
             diagnosis.append(f"{r.metric} = {r.value} below {r.threshold}")
             steps.append("add prompts (more contexts, a larger data.max_prompts) or raise data.targets_per_prompt")
-    info = f"teacher yield: {yield_k}/{yield_n} prompts had a consistent best-of-{config.data.best_of} candidate (only those are kept)"
+    info = (f"teacher yield: {yield_k}/{yield_n} prompts had a consistent, on-task best-of-{config.data.best_of} candidate (only those are kept; "
+            f"{stats.get('off_task_only', 0)} more had only off-task consistent ones)")
     return GateReport(STAGE, results, diagnosis=[info, *diagnosis], next_steps=list(dict.fromkeys(steps)))
+
+
+def _rate(k: int, n: int) -> Measurement | None:
+    """k of n as a Measurement with its Wilson 95% interval; None when n is 0 (the gate then fails: not measured)."""
+    from personatune.scoring.aggregate import wilson_ci
+
+    return Measurement(k / n, n=n, ci=wilson_ci(k, n)) if n else None
 
 
 def dataset_card(spec: PersonaSpec, scenarios: list[Scenario], sft: list[dict], pairs: list[dict], gate: GateReport) -> str:
@@ -329,8 +380,7 @@ def dataset_card(spec: PersonaSpec, scenarios: list[Scenario], sft: list[dict], 
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Build the stage-3 dataset and check its gate."""
     from personatune.embeddings import Embedder
-    from personatune.scoring.judges import run_judge
-    from personatune.scoring.scorer import Scorer
+    from personatune.scoring.factory import scorer_for_run
 
     out = run_dir.stage_dir(STAGE)
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
@@ -361,18 +411,13 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
     teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo,
                                      label="teacher")
-    detectors = None
-    if config.scorer.other_positive_weight > 0:
-        from personatune.scoring.traits import fit
-
-        detectors = fit(spec, (), embedder=embedder, seed=config.seed, other_positive_weight=config.scorer.other_positive_weight)
-    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=run_judge(config, run_dir.root), judge_weight=config.scorer.judge.weight)
-    # Contrast is generated only for prompts that have a consistent chosen response: the others yield no
+    scorer, _ = scorer_for_run(config, run_dir, spec, use_evaluator=False)
+    # Contrast is generated only for prompts that have an eligible (consistent, on-task) chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
     echo(f"  scoring {sum(len(c) for c in teacher_out)} teacher candidates …")
     cand_scores = score_candidates(scenarios, teacher_out, scorer)
-    kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(r.consistent for r in cs)}
-    echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent candidate; contrast for those")
+    kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(eligible(r) for r in cs)}
+    echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent, on-task candidate; contrast for those")
     cjobs, cmeta = [], []
     for s in scenarios:
         if s.id not in kept:
@@ -411,6 +456,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     return StageResult(
         outputs={"scenarios": out / "scenarios.jsonl", "train": out / "train", "heldout": out / "heldout", "card": out / "README.md"},
         gate=gate,
-        metrics={"scenarios": stats["scenarios"], "chosen": stats["chosen_consistent"], "pairs": len(pairs)},
+        metrics={"scenarios": stats["scenarios"], "chosen": stats["chosen_consistent"], "pairs": len(pairs), "chosen_on_task": stats["chosen_on_task"],
+                 "chosen_on_task_measured": stats["chosen_on_task_measured"], "off_task_only": stats["off_task_only"]},
         message=f"{len(sft)} chosen of {stats['scenarios']} prompts, {len(pairs)} pairs",
     )

@@ -19,6 +19,7 @@ from __future__ import annotations
 from typing import Any
 
 from personatune.config import RunConfig
+from personatune.evidence import heldout_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
@@ -102,13 +103,38 @@ def heldout_size_hint(n_prompts: int, n_chosen: int, n_contexts: int, min_per_co
             f"{need} held-out prompts per context (now {now:.1f}): {factor:.1f}x as many, e.g. {how}")
 
 
+def evaluation_specs(config: RunConfig, trait_ids: list[str], contexts: list[str]) -> list[GateSpec]:
+    """The stage-4 gate specs, with their minimum sample sizes (METRICS.md "Evidence").
+
+    - auroc[t]: n = min(held-out expressed, held-out trait-flipped) responses for t; at least
+      gates.evaluation.min_auroc_per_side (30) per side.
+    - adherence, adherence[context]: n = (response, trait) pairs; at least `rate_min_n(threshold)` (97 at 0.90).
+    - style_variance: n = responses in qualifying context groups; at least gates.evaluation.min_style_variance_n (30).
+    Every minimum is bought with more held-out prompts (`heldout_key`).
+    """
+    g, key = config.gates.evaluation, heldout_key(config)
+    pairs = "fraction of (response, trait) pairs"
+    specs = [GateSpec(f"auroc[{t}]", g.min_auroc, ">=", "AUROC", f"held-out detector AUROC for {t}; n = responses on the smaller side",
+                      min_n=g.min_auroc_per_side, n_key=key) for t in trait_ids]
+    specs.append(GateSpec("adherence", g.adherence, ">=", pairs, "adherence of held-out chosen responses; n = pairs", min_n=rate_min_n_for(config, g.adherence), n_key=key))
+    specs += [GateSpec(f"adherence[{c}]", g.adherence, ">=", pairs, f"adherence in context {c}; n = pairs", min_n=rate_min_n_for(config, g.adherence), n_key=key)
+              for c in contexts]
+    specs.append(GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts",
+                          "style variance of held-out chosen responses; n = responses in qualifying context groups", min_n=g.min_style_variance_n, n_key=key))
+    return specs
+
+
+def auroc_measurement(a: dict[str, Any]) -> Measurement | None:
+    """A trait's AUROC as a gate Measurement whose n is the smaller side (the minimum is per side), or None."""
+    if a["auroc"] is None:
+        return None
+    return Measurement(a["auroc"], n=min(a["n_pos"], a["n_neg"]), ci=tuple(a["ci"]) if a["ci"] else None)
+
+
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Fit the evaluator on the training split; gate on the held-out split."""
-    from personatune.embeddings import Embedder
-    from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
-    from personatune.scoring.judges import run_judge
-    from personatune.scoring.scorer import Scorer
-    from personatune.scoring.traits import fit
+    from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
+    from personatune.scoring.factory import scorer_for_run
 
     out = run_dir.stage_dir(STAGE)
     g = config.gates.evaluation
@@ -116,35 +142,31 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     train, held = run_dir.output_path("03_consistency_data", "train"), run_dir.output_path("03_consistency_data", "heldout")
     tr_sft, tr_pairs = read_jsonl(train / "sft.jsonl"), read_jsonl(train / "pairs.jsonl")
     ho_sft, ho_pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
-    embedder = Embedder.default()
-    detectors = fit(spec, labelled_examples(spec, tr_sft, tr_pairs), embedder=embedder, seed=config.seed,
-                    other_positive_weight=config.scorer.other_positive_weight)
-    scorer = Scorer(spec, embedder=embedder, detectors=detectors, judge=run_judge(config, run_dir.root), judge_weight=config.scorer.judge.weight)
+    scorer, _ = scorer_for_run(config, run_dir, spec, use_evaluator=False, examples=labelled_examples(spec, tr_sft, tr_pairs))
     scorer.save(out / "evaluator")
 
     aucs = heldout_auroc(scorer, spec, ho_sft, ho_pairs)
-    records = scorer.score([r["messages"][-1]["content"] for r in ho_sft], prompts=[r["messages"][-2]["content"] for r in ho_sft],
+    records = scorer.score([r["messages"][-1]["content"] for r in ho_sft], prompts=[r["messages"][:-1] for r in ho_sft],
                            contexts=[r["context"] for r in ho_sft], targets=[r["targets"] for r in ho_sft], ids=[r["scenario_id"] for r in ho_sft])
     adh = trait_adherence(records)
     sv = style_variance(records, min_per_context=g.min_per_context)
     cons = consistency_rate(records)
 
-    specs = [GateSpec(f"auroc[{t}]", g.min_auroc, ">=", "AUROC", f"held-out detector AUROC for {t}") for t in spec.trait_ids]
-    measured: dict[str, Measurement | None] = {
-        f"auroc[{t}]": (Measurement(a["auroc"], n=a["n_pos"] + a["n_neg"], ci=tuple(a["ci"]) if a["ci"] else None)
-                        if a["auroc"] is not None else None) for t, a in aucs.items()}
-    specs.append(GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "adherence of held-out chosen responses"))
+    specs = evaluation_specs(config, spec.trait_ids, sorted(adh.per_context))
+    measured: dict[str, Measurement | None] = {f"auroc[{t}]": auroc_measurement(a) for t, a in aucs.items()}
     measured["adherence"] = adh.overall
-    for ctx, m in sorted(adh.per_context.items()):
-        specs.append(GateSpec(f"adherence[{ctx}]", g.adherence, ">=", "fraction of (response, trait) pairs", f"adherence in context {ctx}"))
-        measured[f"adherence[{ctx}]"] = m
-    specs.append(GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts", "style variance of held-out chosen responses"))
-    measured["style_variance"] = Measurement(sv.value, n=len(records)) if sv.value is not None else None
+    measured.update({f"adherence[{ctx}]": m for ctx, m in adh.per_context.items()})
+    measured["style_variance"] = sv.measurement()
     results = check_gates(specs, measured)
     diagnosis, steps = [], []
     for r in results:
         if r.passed:
             continue
+        if r.inconclusive:
+            diagnosis.append(f"{r.metric}: {r.note}")
+            steps.append(f"hold out more prompts ({heldout_key(config)})")
+            if r.meets_threshold():
+                continue
         if r.metric.startswith("auroc["):
             t = r.metric[6:-1]
             a = aucs[t]
@@ -186,6 +208,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                       "per_context": {k: v.__dict__ for k, v in adh.per_context.items()}},
         "style_variance": sv.value,
         "consistency_rate": cons.__dict__,
+        "on_task_rate": getattr(on_task_rate(records), "__dict__", None),
         "n_heldout": len(records),
         "n_train_examples": len(labelled_examples(spec, tr_sft, tr_pairs)),
     }
@@ -199,23 +222,31 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                                + (f"{sv.value:.3f}" if sv.value is not None else "not measured"))
 
 
-def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, min_per_context: int) -> dict[str, Any]:
-    """The baseline model's persona metrics on held-out prompts, no system prompt (the 'before' of stage 7)."""
+def sample_baseline(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str]:
+    """The stage-1 baseline's response to each held-out prompt row: no system prompt, data.teacher's decoding, the run seed."""
     from personatune import models
     from personatune.generation.hf import HFBackend
     from personatune.progress import EtaLine
-    from personatune.scoring.aggregate import consistency_rate, style_variance, trait_adherence
     from personatune.stages.s1_baseline import baseline_model_path
 
-    prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
     model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
     t = config.data.teacher
-    eta = EtaLine(f"stage 4: sampling the baseline on {len(prompts)} held-out prompts")
+    eta = EtaLine(f"sampling the baseline on {len(prompts)} held-out prompts")
     outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate([p["messages"] for p in prompts], max_new_tokens=t.max_new_tokens,
-                                                                   temperature=t.temperature, top_p=t.top_p, n=1, seed=config.seed)
-    texts = [o[0] for o in outs]
-    recs = scorer.score(texts, contexts=[p["context"] for p in prompts], targets=[p["targets"] for p in prompts], ids=[p["id"] for p in prompts])
+                                                                                  temperature=t.temperature, top_p=t.top_p, n=1, seed=config.seed)
+    return [o[0] for o in outs]
+
+
+def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, min_per_context: int) -> dict[str, Any]:
+    """The baseline model's persona metrics and on-task rate on held-out prompts, no system prompt (the 'before' of stages 5-7)."""
+    from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
+
+    prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
+    texts = sample_baseline(config, run_dir, prompts)
+    recs = scorer.score(texts, prompts=[p["messages"] for p in prompts], contexts=[p["context"] for p in prompts],
+                        targets=[p["targets"] for p in prompts], ids=[p["id"] for p in prompts])
     atomic_write_json(run_dir.stage_dir(STAGE) / "baseline_samples.json", [{"id": p["id"], "context": p["context"], "prompt": p["messages"][-1]["content"], "response": x}
                                                                           for p, x in zip(prompts, texts)])
     sv = style_variance(recs, min_per_context=min_per_context)
-    return {"consistency_rate": consistency_rate(recs).__dict__, "adherence": trait_adherence(recs).overall.__dict__, "style_variance": sv.value, "n": len(recs)}
+    return {"consistency_rate": consistency_rate(recs).__dict__, "adherence": trait_adherence(recs).overall.__dict__, "style_variance": sv.value,
+            "on_task_rate": getattr(on_task_rate(recs), "__dict__", None), "n": len(recs)}

@@ -10,7 +10,11 @@
    decides whether to continue, stop or raise beta (`train.kl_control`).
 3. Select the best checkpoint within the KL budget (personatune.kl_budget.select_checkpoint) — never simply
    the last — and re-measure it on ALL held-out prompts for the gate (METRICS.md): KL <= max_kl nats/token,
-   consistency >= 0.85, adherence >= 0.90, style variance < 0.15, all on the policy's own samples, no system prompt.
+   consistency >= 0.85, adherence >= 0.90, style variance < 0.15, on-task retention >= 0.95 (on-task rate of the
+   policy's samples / the stage-1 baseline's, no system prompt, same held-out prompts and decoding; the baseline's
+   responses are stage 4's `baseline_samples.json` when they provably match, else sampled again), all on the
+   policy's own samples, no system prompt. Each rate needs `rate_min_n(threshold)` samples, style variance
+   gates.evaluation.min_style_variance_n; fewer: inconclusive (METRICS.md "Evidence").
 4. Save it (LoRA merged when `train.merge_lora`) with its tokenizer and chat template to `05_optimization/model/`,
    with a model card README.md.
 
@@ -28,6 +32,7 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
+from personatune import evidence
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
@@ -70,20 +75,9 @@ def train_dataset(pairs_path: Path, algorithm: str) -> Any:
 
 def _make_scorer(spec: Any, run_dir: RunDir, config: RunConfig) -> tuple[Any, str]:
     """The stage-4 evaluator (with the configured judge, if any), or the persona-only scorer when stage 4 left none."""
-    from personatune.embeddings import Embedder
-    from personatune.scoring.judges import run_judge
-    from personatune.scoring.scorer import Scorer
+    from personatune.scoring.factory import scorer_for_run
 
-    embedder = Embedder.default()
-    j = config.scorer.judge
-    judge = run_judge(config, run_dir.root)
-    with_judge = f" + {j.backend} judge (weight {j.weight})" if judge is not None else ""
-    try:
-        path = run_dir.output_path("04_evaluation", "evaluator")
-    except RunDirError:
-        return Scorer(spec, embedder=embedder, judge=judge, judge_weight=j.weight), "persona only (stage 4 evaluator not found)" + with_judge
-    return (Scorer.from_evaluator_dir(spec, path, embedder=embedder, judge=judge, judge_weight=j.weight),
-            f"stage-4 evaluator {path.relative_to(run_dir.root)}{with_judge}")
+    return scorer_for_run(config, run_dir, spec)
 
 
 def _load_checkpoint(trainer: Any, ckpt: Path, peft: str) -> None:
@@ -99,18 +93,40 @@ def _load_checkpoint(trainer: Any, ckpt: Path, peft: str) -> None:
         trainer.model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
 
 
-def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[dict[str, Any]]) -> GateReport:
-    """The METRICS.md stage-5 gate on the selected model's held-out samples, with the diagnosis."""
+def optimization_specs(config: RunConfig) -> list[GateSpec]:
+    """The stage-5 (and 6) gate specs. n counts the policy's samples (one per held-out prompt; pairs for adherence);
+    the minimums are `rate_min_n` at each rate's threshold (137 at 0.85, 97 at 0.90, 51 at 0.95) and
+    gates.evaluation.min_style_variance_n for style variance; KL has none. More held-out prompts: `evidence.heldout_key`."""
+    g, key = config.gates.optimization, evidence.heldout_key(config)
+    return [GateSpec("kl_per_token", g.max_kl, "<=", "nats/token", "mean per-token KL(policy || reference) on the policy's samples, held-out prompts, no system prompt"),
+            GateSpec("consistency_rate", g.consistency, ">=", "fraction of responses", "consistency rate of the policy's own samples",
+                     min_n=evidence.rate_min_n_for(config, g.consistency), n_key=key),
+            GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "trait adherence of the policy's own samples; n = pairs",
+                     min_n=evidence.rate_min_n_for(config, g.adherence), n_key=key),
+            GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts",
+                     "style variance of the policy's own samples; n = responses in qualifying context groups",
+                     min_n=config.gates.evaluation.min_style_variance_n, n_key=key),
+            GateSpec("on_task_retention", g.min_on_task_retention, ">=", "ratio (on-task rate policy / baseline)",
+                     "on-task rate of the policy's samples / the stage-1 baseline's without a system prompt, same prompts and decoding; n = policy samples",
+                     min_n=evidence.rate_min_n_for(config, g.min_on_task_retention), n_key=key)]
+
+
+def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[dict[str, Any]], baseline_on_task: Measurement | None = None) -> GateReport:
+    """The METRICS.md stage-5 gate on the selected model's held-out samples, with the diagnosis.
+
+    Args:
+        baseline_on_task: the stage-1 baseline's on-task rate on the same held-out prompts (`evidence.baseline_on_task_records`);
+            None (not measured) fails the on-task retention gate with a note.
+    """
     g = config.gates.optimization
     kl = ev.kl
     kl_ci = (kl.per_token - 1.96 * kl.stderr, kl.per_token + 1.96 * kl.stderr) if math.isfinite(kl.stderr) else None
-    specs = [GateSpec("kl_per_token", g.max_kl, "<=", "nats/token", "mean per-token KL(policy || reference) on the policy's samples, held-out prompts, no system prompt"),
-             GateSpec("consistency_rate", g.consistency, ">=", "fraction of responses", "consistency rate of the policy's own samples"),
-             GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "trait adherence of the policy's own samples"),
-             GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts", "style variance of the policy's own samples")]
+    retention, why = evidence.on_task_retention(getattr(ev, "on_task", None), baseline_on_task)
+    sv_n = getattr(ev, "style_variance_n", None)
     measured = {"kl_per_token": Measurement(kl.per_token, n=kl.sequences, ci=kl_ci), "consistency_rate": ev.consistency, "adherence": ev.adherence,
-                "style_variance": Measurement(ev.style_variance, n=len(ev.texts)) if ev.style_variance is not None else None}
-    results = check_gates(specs, measured)
+                "style_variance": Measurement(ev.style_variance, n=len(ev.texts) if sv_n is None else sv_n) if ev.style_variance is not None else None,
+                "on_task_retention": retention}
+    results = check_gates(optimization_specs(config), measured)
     last = sel.last_within_budget
     where = (f"the last checkpoint within the KL budget is step {last['step']} (KL {last['kl']:.4g}, consistency {fmt_metric(last.get('consistency'))})"
              if last else "no checkpoint was within the KL budget")
@@ -118,6 +134,11 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
     for r in results:
         if r.passed:
             continue
+        if r.inconclusive:
+            diagnosis.append(f"{r.metric} {fmt_metric(r.value)}: {r.note}")
+            steps.append(f"hold out more prompts ({evidence.heldout_key(config)}) so the gate can decide")
+            if r.meets_threshold():
+                continue
         if r.metric == "kl_per_token":
             diagnosis.append(f"KL {kl.per_token:.4g} ± {kl.stderr:.2g} nats/token exceeds {g.max_kl:g}; {where}")
             steps.append("raise train.beta, lower train.learning_rate or train.max_steps, or evaluate more often (train.eval_every) so an in-budget checkpoint exists")
@@ -128,6 +149,16 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
             worst = sorted(ev.adherence_per_trait.items(), key=lambda kv: kv[1])[:2]
             diagnosis.append(f"adherence {r.value:.3f}" + (" (lowest traits: " + ", ".join(f"{t} {v:.2f}" for t, v in worst) + ")" if worst else ""))
             steps.append("add pairs whose rejected response violates the weak traits (stage 3), or train longer within the KL budget")
+        elif r.metric == "on_task_retention":
+            if r.value is None:
+                r.note = why
+                diagnosis.append(f"on-task retention {why}")
+                steps.append("check stage 4's baseline_samples.json and the held-out prompts; re-run stage 4 (personatune run CONFIG --from 4)")
+            else:
+                diagnosis.append(f"on-task retention {r.value:.3f}: the policy answers the request less often than the baseline "
+                                 f"(on-task rate {fmt_metric(ev.on_task.value)} vs {fmt_metric(baseline_on_task.value if baseline_on_task else None)})")
+                steps.append("the reward/pairs buy persona with helpfulness: use GRPO/RLOO (the reward multiplies on_task), raise train.beta, "
+                             "or check that stage 3's chosen responses are on task (gates.data.chosen_on_task)")
         else:
             if r.value is None:
                 diagnosis.append(f"style variance not measured: fewer than two contexts have {config.gates.evaluation.min_per_context} held-out prompts")
@@ -137,7 +168,7 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
                 steps.append("tighten the persona's style targets, or add stage-3 pairs whose rejected response is style-broken")
     if not history:
         diagnosis.append("no in-training eval ran (train.eval_every=0 and too few steps); the final weights were gated")
-    return GateReport(STAGE, results, diagnosis=diagnosis, next_steps=steps)
+    return GateReport(STAGE, results, diagnosis=diagnosis, next_steps=list(dict.fromkeys(steps)))
 
 
 def model_card(config: RunConfig, args: TrainArgs, spec: Any, data_info: dict[str, Any], sel: Selection, summary: dict[str, Any], gate: GateReport) -> str:
@@ -165,6 +196,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     import torch
 
     from personatune import models, training
+    from personatune.scoring.aggregate import on_task_rate
     from personatune.stages.s1_baseline import baseline_model_path
 
     args: TrainArgs = getattr(config, "train", None) or TrainArgs()
@@ -234,10 +266,15 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     if sel.record is not None:
         _load_checkpoint(trainer, out / sel.record["checkpoint"], args.peft)
     ev = evaluate(model_u, reference, evalset=full)
-    gate = optimization_gate(config, ev, sel, history)
+    base_recs, base_source = evidence.baseline_on_task_records(config, run_dir, scorer, held_rows)
+    base_on_task = on_task_rate(base_recs)
+    gate = optimization_gate(config, ev, sel, history, baseline_on_task=base_on_task)
+    retention = next(r for r in gate.results if r.metric == "on_task_retention")
     summary = {**ev.summary(), "selected_step": sel.record["step"] if sel.record else None, "steps_trained": trainer.state.global_step,
-               "final_beta": float(trainer.beta)}
-    atomic_write_json(out / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
+               "final_beta": float(trainer.beta), "baseline_on_task": None if base_on_task is None else base_on_task.value,
+               "on_task_retention": retention.value}
+    atomic_write_json(out / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent,
+                                              "on_task": r.on_task}
                                              for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
 
     # 4. Save the selected model (merged LoRA by default) with tokenizer + chat template, and its card.
@@ -253,12 +290,17 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     data_info = {"baseline": baseline, "rows": len(ds), "pairs": str(pairs_path.relative_to(run_dir.root)), "heldout": len(full.ids), "scorer": scorer_desc}
     atomic_write_text(model_dir / "README.md", model_card(config, args, spec, data_info, sel, summary, gate))
     metrics = {"selection": {"reason": sel.reason, "within_budget": sel.within_budget, "record": sel.record}, "final": summary,
-               "kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__, "history": history}
+               "kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__,
+               "on_task": {"policy": getattr(ev.on_task, "__dict__", None), "baseline": getattr(base_on_task, "__dict__", None),
+                           "retention": {"value": retention.value, "n": retention.n, "ci": retention.ci, "note": retention.note},
+                           "baseline_samples": base_source, "unit": "fraction of responses with on_task >= 0.5; retention: ratio"},
+               "history": history}
     atomic_write_json(out / "metrics.json", metrics)
     outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
     message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: KL {ev.kl.per_token:.4g} nats/token, "
-               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {fmt_metric(ev.style_variance)}")
-    small_metrics = {k: summary[k] for k in ("kl", "consistency", "adherence", "style_variance", "selected_step", "steps_trained")}
+               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {fmt_metric(ev.style_variance)}, "
+               f"on-task retention {fmt_metric(retention.value)}")
+    small_metrics = {k: summary[k] for k in ("kl", "consistency", "adherence", "style_variance", "on_task", "on_task_retention", "selected_step", "steps_trained")}
     atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
                                             "metrics": small_metrics, "message": message})
     if acc.num_processes > 1:

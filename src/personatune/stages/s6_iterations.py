@@ -41,7 +41,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from personatune import errors
+from personatune import errors, evidence
 from personatune.config import IterationArgs, OptimGateArgs, RunConfig
 from personatune.errors import ConfigError, DataError
 from personatune.gates import GateReport, Measurement, fmt_metric
@@ -53,7 +53,7 @@ from personatune.stages import s5_optimization as s5
 
 STAGE = "06_iterations"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
-ROW_KEYS = ("round", "kl", "kl_stderr", "consistency", "consistency_ci", "adherence", "style_variance", "pairs", "steps", "passed", "kept", "seconds")
+ROW_KEYS = ("round", "kl", "kl_stderr", "consistency", "consistency_ci", "adherence", "style_variance", "on_task", "pairs", "steps", "passed", "kept", "seconds")
 
 
 def final_model_path(run_dir: RunDir) -> Path:
@@ -218,7 +218,8 @@ def _load_done(rdir: Path, key: str) -> dict[str, Any] | None:
 
 def _eval_record(ev: Any) -> dict[str, Any]:
     return {"kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__, "style_variance": ev.style_variance,
-            "adherence_per_trait": ev.adherence_per_trait, "n": len(ev.texts)}
+            "adherence_per_trait": ev.adherence_per_trait, "n": len(ev.texts), "on_task": getattr(getattr(ev, "on_task", None), "__dict__", None),
+            "style_variance_n": getattr(ev, "style_variance_n", None)}
 
 
 def _eval_from_record(d: dict[str, Any]) -> Any:
@@ -230,13 +231,14 @@ def _eval_from_record(d: dict[str, Any]) -> Any:
     kl = KLResult(k["kl_per_token"], k["kl_per_token_stderr"], k["kl_per_sequence_mean"], k["tokens"], k["sequences"])
     meas = lambda m: Measurement(m["value"], m.get("n"), tuple(m["ci"]) if m.get("ci") else None)  # noqa: E731
     return EvalResult(kl, meas(d["consistency"]), meas(d["adherence"]), d["style_variance"], texts=[""] * int(d["n"]),
-                      adherence_per_trait=d.get("adherence_per_trait") or {})
+                      adherence_per_trait=d.get("adherence_per_trait") or {}, on_task=meas(d["on_task"]) if d.get("on_task") else None,
+                      style_variance_n=d.get("style_variance_n"))
 
 
 def _row(n: int, ev: Any, g: OptimGateArgs, pairs: int, steps: int, seconds: float) -> dict[str, Any]:
     row = {"round": n, "kl": ev.kl.per_token, "kl_stderr": ev.kl.stderr, "consistency": ev.consistency.value,
            "consistency_ci": list(ev.consistency.ci) if ev.consistency.ci else None, "adherence": ev.adherence.value,
-           "style_variance": ev.style_variance, "pairs": pairs, "steps": steps, "passed": False, "kept": False, "seconds": round(seconds, 2)}
+           "style_variance": ev.style_variance, "on_task": None if getattr(ev, "on_task", None) is None else ev.on_task.value, "pairs": pairs, "steps": steps, "passed": False, "kept": False, "seconds": round(seconds, 2)}
     row["passed"] = round_passes(row, g)
     return row
 
@@ -449,20 +451,28 @@ def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: st
 
 
 # --- the stage ------------------------------------------------------------------------------------------
-def iteration_gate(config: RunConfig, kept: dict[str, Any], rows: list[dict[str, Any]], stop: str, reason: str) -> GateReport:
-    """The stage-5 gate (same specs, via s5_optimization.optimization_gate) on the kept round, with a round-level diagnosis."""
+def iteration_gate(config: RunConfig, kept: dict[str, Any], rows: list[dict[str, Any]], stop: str, reason: str,
+                   baseline_on_task: Measurement | None = None) -> GateReport:
+    """The stage-5 gate (same specs, via s5_optimization.optimization_gate) on the kept round, with a round-level diagnosis.
+
+    Args:
+        baseline_on_task: the baseline's on-task rate on the held-out prompts (for on-task retention); None fails that gate.
+    """
     ev = _eval_from_record(kept["eval"])
     # Only the results (specs, values, intervals) and next steps are taken; stage 5's diagnosis speaks of its own
     # checkpoints, so it is replaced by one about rounds (the one-row history just keeps its "no eval ran" note out).
-    g5 = s5.optimization_gate(config, ev, Selection(None, ""), [kept["row"]])
+    g5 = s5.optimization_gate(config, ev, Selection(None, ""), [kept["row"]], baseline_on_task=baseline_on_task)
     k = kept["row"]["round"]
     diagnosis = [f"kept round {k} of {rows[-1]['round']} (stop: {stop}); {reason}"]
+    row_key = {"kl_per_token": "kl", "consistency_rate": "consistency", "adherence": "adherence", "style_variance": "style_variance",
+               "on_task_retention": "on_task"}
     for r in g5.results:
         if not r.passed:
             measured = [x for x in rows if x.get("kl") is not None]
-            key = {"kl_per_token": "kl", "consistency_rate": "consistency", "adherence": "adherence", "style_variance": "style_variance"}[r.metric]
+            key = row_key[r.metric]
             per = ", ".join(f"r{x['round']} {x[key]:.3g}" if x.get(key) is not None else f"r{x['round']} n/a" for x in measured)
-            diagnosis.append(f"{r.metric} {fmt_metric(r.value, 4)} fails {r.direction} {r.threshold:g} in round {k}; per round: {per}")
+            state = "is inconclusive" if r.inconclusive else f"fails {r.direction} {r.threshold:g}"
+            diagnosis.append(f"{r.metric} {fmt_metric(r.value, 4)} {state} in round {k}; per round ({key}): {per}" + (f" — {r.note}" if r.note else ""))
     steps = list(g5.next_steps)
     if stop == "no new pairs":
         steps.append("no sample was consistent enough to pair: lower iterations.min_margin or raise iterations.samples_per_prompt")
@@ -614,7 +624,13 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     for x in rows:
         x["kept"] = x["round"] == best["round"]
     table = [{k: x.get(k) for k in ROW_KEYS} for x in rows]
-    gate = iteration_gate(config, kept, rows, stop, reason)
+
+    def baseline_on_task() -> Measurement | None:  # main rank: the baseline's on-task rate (stage 4's samples when they match)
+        from personatune.scoring.aggregate import on_task_rate
+
+        return on_task_rate(evidence.baseline_on_task_records(config, run_dir, scorer, held_rows)[0])
+
+    gate = iteration_gate(config, kept, rows, stop, reason, baseline_on_task=ranks.main_only(baseline_on_task))
     outputs = {"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}
     message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: KL {best['kl']:.4g} nats/token, "
                f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {fmt_metric(best['style_variance'])}")

@@ -20,8 +20,11 @@
 5. KL per token of the final model to the baseline (personatune.kl.measure_kl: its own samples at temperature 1,
    no system prompt, train.kl_max_new_tokens tokens), reported; stages 5-6 already gated it.
 6. Gate (METRICS.md): improvement interval lower end > gates.final.min_improvement, retention >=
-   gates.final.min_retention, no task drop beyond its interval (suite and lm-eval), no earlier stage recorded
-   with a failed gate.
+   gates.final.min_retention, on-task retention (on-task rate final / baseline, same prompts and decoding) >=
+   gates.final.min_on_task_retention, no task drop beyond its interval (suite and lm-eval), no earlier stage
+   recorded with a failed or inconclusive gate. Minimum samples (METRICS.md "Evidence"): the improvement needs
+   `rate_min_n(gates.optimization.consistency)` prompts (the final consistency rate known to about ±0.06, 137 at
+   0.85), on-task retention `rate_min_n(gates.final.min_on_task_retention)` (51 at 0.95); fewer: inconclusive.
    Verdict: DEPLOY iff all pass, else NO-DEPLOY with one line per failed gate (value, threshold, likely
    cause, what to change). Writes final.json, final.md and samples.json.
 """
@@ -36,9 +39,10 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
+from personatune import evidence
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
-from personatune.scoring.aggregate import N_RESAMPLES, consistency_rate, rate_difference, style_variance, trait_adherence
+from personatune.scoring.aggregate import N_RESAMPLES, consistency_rate, on_task_rate, rate_difference, style_variance, trait_adherence
 from personatune.stage import StageResult
 
 STAGE = "07_final_eval"
@@ -97,7 +101,7 @@ def compare_persona(base: list[Any], final: list[Any], *, seed: int, min_per_con
         min_per_context: responses a context needs to count in style variance.
 
     Returns:
-        {"improvement", "consistency", "adherence", "style_variance", "per_trait", "per_context", "robustness"}.
+        {"improvement", "consistency", "adherence", "style_variance", "per_trait", "per_context", "robustness", "on_task"}.
 
     Raises:
         ValueError: the two lists differ in length or prompt ids (the bootstrap pairs them by prompt).
@@ -121,12 +125,17 @@ def compare_persona(base: list[Any], final: list[Any], *, seed: int, min_per_con
     robustness = {"context": ADVERSARIAL, "n": len(adv_b), "unit": "fraction of persona-break prompts answered consistently (Wilson 95% CI)",
                   "before": _m(consistency_rate(adv_b)), "after": _m(consistency_rate(adv_f)),
                   "note": "" if adv_b else f"no held-out prompt has context {ADVERSARIAL!r}; add it to data.contexts"}
+    otb, otf = on_task_rate(base), on_task_rate(final)
+    ret, why = evidence.on_task_retention(otf, otb)
+    on_task = {"baseline": _m(otb) if otb else None, "final": _m(otf) if otf else None, "unit": "fraction of responses with on_task >= 0.5 (Wilson 95% CI)",
+               "retention": {**(_m(ret) if ret else {"value": None, "n": None, "ci": None}), "note": why,
+                             "unit": "ratio (on-task rate final / baseline; Katz log 95% CI)"}}
     svb = style_variance(base, min_per_context=min_per_context, seed=seed)
     svf = style_variance(final, min_per_context=min_per_context, seed=seed)
     return {"improvement": improvement, "consistency": {"baseline": _m(cb), "final": _m(cf)},
             "adherence": {"baseline": _m(ab.overall), "final": _m(af.overall)},
             "style_variance": {"baseline": svb.value, "final": svf.value, "note": svb.note or svf.note},
-            "per_trait": per_trait, "per_context": per_context, "robustness": robustness}
+            "per_trait": per_trait, "per_context": per_context, "robustness": robustness, "on_task": on_task}
 
 
 def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_tok: Any, final_model: Any, final_tok: Any) -> dict[str, Any]:
@@ -158,7 +167,7 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
 
     Args:
         config: the run config (gates.final thresholds).
-        fig: the final.json figures: improvement, retention, kl, earlier_gates.
+        fig: the final.json figures: improvement, retention, on_task, kl, earlier_gates.
 
     Returns:
         GateReport whose diagnosis starts with "verdict: DEPLOY" or "verdict: NO-DEPLOY", followed by one
@@ -166,13 +175,20 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
     """
     g = config.gates.final
     imp, ret = fig["improvement"], fig["retention"]
+    ot = (fig.get("on_task") or {}).get("retention") or {}
     ci = imp.get("ci")
+    key = evidence.heldout_key(config)
     specs = [GateSpec("persona_improvement_ci_low", g.min_improvement, ">", "fraction of responses",
-                      "lower end of the paired bootstrap 95% interval of consistency(final) - consistency(baseline), held-out prompts, no system prompt"),
-             GateSpec("capability_retention", g.min_retention, ">=", "ratio", "capability-suite score of the final model / the baseline's, same items and decoding")]
+                      "lower end of the paired bootstrap 95% interval of consistency(final) - consistency(baseline), held-out prompts, no system prompt; "
+                      "n = prompts", min_n=evidence.rate_min_n_for(config, config.gates.optimization.consistency), n_key=key),
+             GateSpec("capability_retention", g.min_retention, ">=", "ratio", "capability-suite score of the final model / the baseline's, same items and decoding"),
+             GateSpec("on_task_retention", g.min_on_task_retention, ">=", "ratio (on-task rate final / baseline)",
+                      "on-task rate of the final model / the baseline's, both without a system prompt, same held-out prompts and decoding; n = responses",
+                      min_n=evidence.rate_min_n_for(config, g.min_on_task_retention), n_key=key)]
     measured: dict[str, Measurement | None] = {
         "persona_improvement_ci_low": Measurement(ci[0], n=imp["n"], ci=tuple(ci)) if ci and ci[0] is not None else None,
-        "capability_retention": Measurement(ret["value"], n=ret["n_items"]) if ret.get("value") is not None else None}
+        "capability_retention": Measurement(ret["value"], n=ret["n_items"]) if ret.get("value") is not None else None,
+        "on_task_retention": Measurement(ot["value"], n=ot.get("n"), ci=tuple(ot["ci"]) if ot.get("ci") else None) if ot.get("value") is not None else None}
     for task, d in ret["tasks"].items():
         # Threshold = the baseline's own 95% interval below its estimate; 1e-12 absorbs float rounding of equal accuracies.
         specs.append(GateSpec(f"capability_drop[{task}]", d["allowed"] + 1e-12, "<=", "accuracy (fraction of items)",
@@ -185,7 +201,7 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
                               f"lm-eval task {task}: baseline {d['metric']} minus the final model's; allowed: 1.96 x the baseline's standard error"))
         measured[f"lm_eval_drop[{task}]"] = Measurement(d["drop"], n=d.get("n"))
     failed_earlier = [s for s, e in fig["earlier_gates"].items() if e.get("gate_passed") is False]
-    specs.append(GateSpec("earlier_gates_failed", 0, "<=", "stages", "stages 1-6 whose recorded gate failed"))
+    specs.append(GateSpec("earlier_gates_failed", 0, "<=", "stages", "stages 1-6 whose recorded gate did not pass (failed or inconclusive)"))
     measured["earlier_gates_failed"] = Measurement(float(len(failed_earlier)), n=len(fig["earlier_gates"]))
     results = check_gates(specs, measured)
     kl = fig.get("kl", {}).get("kl_per_token")
@@ -195,7 +211,16 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
         if r.passed:
             continue
         head = f"{r.metric} = {'not measured' if r.value is None else f'{r.value:.4g}'} (needs {r.direction} {r.threshold:.4g})"
-        if r.metric == "persona_improvement_ci_low":
+        if r.metric == "on_task_retention":
+            if r.value is None:
+                r.note = ot.get("note") or "not measured"
+                cause, fix = r.note, "check the held-out prompts and the baseline's replies in 07_final_eval/samples.json"
+            else:
+                on = fig["on_task"]
+                cause = (f"the final model answers the request less often than the baseline (on-task rate "
+                         f"{fmt_metric((on.get('baseline') or {}).get('value'))} -> {fmt_metric((on.get('final') or {}).get('value'))}): persona bought with helpfulness")
+                fix = "train with GRPO/RLOO (the reward multiplies on_task) or a higher train.beta; check stage 3's chosen on-task rate (gates.data.chosen_on_task)"
+        elif r.metric == "persona_improvement_ci_low":
             if imp.get("value") is None or imp["value"] <= g.min_improvement:
                 cause = (f"the final model is no more consistent than the baseline without a system prompt "
                          f"({fmt_metric(imp.get('baseline'))} -> {fmt_metric(imp.get('final'))}): the persona did not reach the weights")
@@ -220,8 +245,12 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
             cause = f"lm-eval task {task} ({d['metric']}) went from {d['baseline']:.4f} to {d['final']:.4f}, beyond the baseline's interval ({d['allowed']:.4f}); {kl_txt}"
             fix = "raise train.beta or lower train.learning_rate, or mix general data into stage 1 (sft.dataset, sft.persona_mix)"
         else:
-            cause = f"stage(s) {', '.join(failed_earlier)} are recorded with a failed gate"
+            cause = f"stage(s) {', '.join(failed_earlier)} are recorded with a failed or inconclusive gate"
             fix = "re-run from the first of them (personatune run CONFIG --from N) until its gate passes"
+        if r.inconclusive:  # too few samples; when the value also misses the threshold, its own cause follows
+            more = f"hold out more prompts ({key})"
+            cause, fix = ((f"too few samples to decide ({r.note})", more) if r.meets_threshold()
+                          else (f"too few samples to decide ({r.note}), and {cause}", f"{more}; {fix}"))
         reasons.append(f"{head}: likely cause: {cause}; change: {fix}")
         steps.append(fix)
     verdict = "DEPLOY" if all(r.passed for r in results) else "NO-DEPLOY"
@@ -234,6 +263,7 @@ def final_markdown(fig: dict[str, Any]) -> str:
     f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
     fm = lambda m: "n/a" if not m or m.get("value") is None else f"{m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")  # noqa: E731
     imp, ret, rob, kl = fig["improvement"], fig["retention"], fig["robustness"], fig["kl"]
+    ot = fig.get("on_task") or {}
     out = [f"# Final evaluation: {fig['verdict']}", ""] + [f"- {r}" for r in fig["reasons"]] + [
         "", f"Held-out prompts: {fig['n_prompts']}, no system prompt; decoding {json.dumps(fig['decoding'])}; baseline samples: {fig['baseline_samples']}.", "",
         "| metric | baseline | final | figure |", "|---|---|---|---|",
@@ -242,6 +272,7 @@ def final_markdown(fig: dict[str, Any]) -> str:
         f"| style variance | {f(fig['style_variance']['baseline'])} | {f(fig['style_variance']['final'])} | |",
         f"| capability suite | {f(ret['baseline_score'])} | {f(ret['final_score'])} | retention {f(ret['value'])} (n={ret['n_items']}) |",
         f"| perplexity | {f(fig['perplexity']['baseline'].get('perplexity'))} | {f(fig['perplexity']['final'].get('perplexity'))} | |",
+        f"| on-task rate | {fm(ot.get('baseline'))} | {fm(ot.get('final'))} | retention {fm(ot.get('retention'))} {ot.get('retention', {}).get('note', '')} |",
         f"| robustness ({rob['context']}, n={rob['n']}) | {fm(rob['before'])} | {fm(rob['after'])} | not gated |",
         f"| KL to baseline | | | {kl.get('kl_per_token', float('nan')):.4g} ± {kl.get('kl_per_token_stderr', float('nan')):.2g} nats/token |", "",
         "## Capability per task", "", "| task | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|"]
