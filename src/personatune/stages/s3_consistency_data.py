@@ -379,13 +379,15 @@ def dataset_card(spec: PersonaSpec, scenarios: list[Scenario], sft: list[dict], 
 
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Build the stage-3 dataset and check its gate."""
-    from personatune.embeddings import Embedder
     from personatune.scoring.factory import scorer_for_run
+    from personatune.scoring.instrument import Instrument
 
     out = run_dir.stage_dir(STAGE)
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     d = config.data
-    embedder = Embedder.default()
+    # Near-duplicate prompts are found with plain MiniLM embeddings: the instrument's frozen ones, so the stage
+    # loads MiniLM once (the scorer below shares the same instrument).
+    embedder = Instrument.default()
     teacher, base = make_teacher(config, run_dir)
     t = d.teacher
     p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed}
