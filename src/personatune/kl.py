@@ -1,12 +1,19 @@
-"""KL to the reference, exactly as METRICS.md defines it — the same code for every trainer.
+"""Drift KL and persona shift, exactly as METRICS.md defines them — the same code for every trainer.
 
-KL = mean over all response tokens of KL(pi_theta(.|prefix) || pi_ref(.|prefix)), in nats/token,
-computed exactly over the whole vocabulary at every position of responses that pi_theta samples
-(temperature 1, no system prompt) for a fixed held-out prompt set. Reported with its standard error
-(over sequences, since tokens within a sequence are correlated) and the per-sequence total.
+Drift KL (the gate, "KL <= 0.1") = mean over all response tokens of KL(pi_theta(.|x) || pi_ref(.|c, x)) in
+nats/token: the policy sees the held-out prompt x with no system prompt, the reference (the stage-1 baseline)
+sees the persona context c (the rendered persona system prompt, plus the few-shot turns when data.few_shot)
+before x. Both distributions are compared at the same response tokens, exactly over the whole vocabulary, for
+responses that pi_theta samples (temperature 1). The persona-prompted model is the target (context
+distillation), so drift KL charges the model for drifting beyond what the persona asks, not for the persona.
 
-TRL logs different quantities (summed per sequence in PPO, the k3 estimator per token in GRPO,
-nothing in DPO), so gates never read TRL's numbers; they read `measure_kl`.
+Persona shift = the same KL against the reference WITHOUT c (information, not a gate): how far the persona
+moved the model. `measure_drift` returns both from one set of samples; `measure_kl` is the plain variant
+(no context, as persona shift).
+
+Reported with the standard error (over sequences, since tokens within a sequence are correlated) and the
+per-sequence total. TRL logs different quantities (summed per sequence in PPO, the k3 estimator per token in
+GRPO, nothing in DPO), so gates never read TRL's numbers.
 """
 
 from __future__ import annotations
@@ -28,10 +35,31 @@ class KLResult:
     tokens: int
     sequences: int
     per_sequence: list[float] = field(default_factory=list)
+    reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kl_per_token": self.per_token, "kl_per_token_stderr": self.stderr, "kl_per_sequence_mean": self.per_sequence_mean,
-                "tokens": self.tokens, "sequences": self.sequences, "unit": "nats/token"}
+        d = {"kl_per_token": self.per_token, "kl_per_token_stderr": self.stderr, "kl_per_sequence_mean": self.per_sequence_mean,
+             "tokens": self.tokens, "sequences": self.sequences, "unit": "nats/token"}
+        return d | ({"reference": self.reference} if self.reference else {})
+
+
+DRIFT_REFERENCE = "the stage-1 baseline given the persona context (drift KL)"
+SHIFT_REFERENCE = "the stage-1 baseline without the persona context (persona shift)"
+
+
+@dataclass
+class DriftResult:
+    """Drift KL (against the persona-prompted reference; the gate) and persona shift (against the unprompted one).
+
+    Attributes:
+        drift: KL(policy(.|x) || reference(.|c, x)), nats/token.
+        shift: KL(policy(.|x) || reference(.|x)), nats/token, on the same samples.
+        context_tokens: tokens the persona context c adds before each prompt (the longest).
+    """
+
+    drift: KLResult
+    shift: KLResult
+    context_tokens: int = 0
 
 
 def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Tensor:
@@ -79,6 +107,98 @@ def summarize_kls(per_seq: list[torch.Tensor]) -> KLResult:
     else:
         se = float("nan")
     return KLResult(per_token=mean, stderr=se, per_sequence_mean=sum(totals) / n if n else float("nan"), tokens=n_tok, sequences=n, per_sequence=totals)
+
+
+def _pad_aligned(prefixes: list[list[int]], responses: list[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """[left pads][prefix][response][right pads] rows: every response starts at the same column (the longest prefix)."""
+    wp, wr = max(len(p) for p in prefixes), max(len(r) for r in responses)
+    ids = [[pad] * (wp - len(p)) + p + r + [pad] * (wr - len(r)) for p, r in zip(prefixes, responses)]
+    am = [[0] * (wp - len(p)) + [1] * (len(p) + len(r)) + [0] * (wr - len(r)) for p, r in zip(prefixes, responses)]
+    return torch.tensor(ids, device=device), torch.tensor(am, device=device), wr
+
+
+def response_logprobs(model: Any, prefixes: list[list[int]], responses: list[list[int]], pad: int) -> list[torch.Tensor]:
+    """Log-probabilities over the vocabulary at each response token: for row i, a (len(responses[i]), vocab) tensor
+    whose row t is log model(. | prefixes[i] + responses[i][:t]). Only the response positions' logits are computed."""
+    device = next(model.parameters()).device if hasattr(model, "parameters") else next(model.model.parameters()).device
+    ids, am, wr = _pad_aligned(prefixes, responses, pad, device)
+    pos = (am.long().cumsum(-1) - 1).clamp(min=0)
+    # The distribution over response token t is predicted one position earlier: the last wr + 1 columns hold them all.
+    logits = model(input_ids=ids, attention_mask=am, position_ids=pos, logits_to_keep=wr + 1).logits[:, :wr]
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return [logp[b, : len(r)] for b, r in enumerate(responses)]
+
+
+def kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
+    """Exact KL(p || q) per row of two (n, vocab) log-probability tensors."""
+    return (logp.exp() * (logp - logq)).sum(-1)
+
+
+@torch.inference_mode()
+def prefixed_kls(policy: Any, reference: Any, policy_prefixes: list[list[int]], reference_prefixes: list[list[int]],
+                 responses: list[list[int]], pad: int) -> list[torch.Tensor]:
+    """Per-token KL(policy(.|policy prefix, r<t) || reference(.|reference prefix, r<t)) at every token of each response.
+
+    The two prefixes may differ (drift KL: the reference's starts with the persona context); the comparison is
+    aligned at the response tokens, which are the same for both.
+    """
+    lp = response_logprobs(policy, policy_prefixes, responses, pad)
+    lq = response_logprobs(reference, reference_prefixes, responses, pad)
+    return [kl_from_logprobs(a, b) for a, b in zip(lp, lq)]
+
+
+def _sample_responses(policy: Any, tokenizer: Any, prefixes: list[list[int]], *, max_new_tokens: int, gen: torch.Generator, pad: int) -> list[list[int]]:
+    """One temperature-1 sample per prefix; the response tokens up to and including the first EOS."""
+    device = next(policy.parameters()).device
+    width = max(len(b) for b in prefixes)
+    ids = torch.tensor([[pad] * (width - len(b)) + b for b in prefixes], device=device)
+    am = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in prefixes], device=device)
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    out = policy.generate(input_ids=ids, attention_mask=am, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
+                          max_new_tokens=max_new_tokens, pad_token_id=pad)
+    eos = tokenizer.eos_token_id
+    responses = []
+    for row in out[:, width:].tolist():
+        if eos is not None and eos in row:
+            row = row[: row.index(eos) + 1]
+        responses.append(row or [eos if eos is not None else pad])
+    return responses
+
+
+@torch.inference_mode()
+def measure_drift(policy: Any, reference: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], context: list[dict[str, str]], *,
+                  max_new_tokens: int = 64, seed: int = 0, batch_size: int = 8) -> DriftResult:
+    """Drift KL and persona shift on the policy's own samples (temperature 1, no system prompt for the policy).
+
+    Args:
+        policy, reference: causal LMs sharing `tokenizer` (reference = the stage-1 baseline).
+        prompts: held-out conversations ending with a user turn, no system turn.
+        context: the persona context c (system prompt, then few-shot turns) the reference sees before each prompt.
+        max_new_tokens: response length cap (tokens).
+        seed: sampling seed (fixed, so before/after comparisons see the same randomness).
+
+    Returns:
+        DriftResult (both in nats/token).
+    """
+    from personatune.models import encode_chat
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    drift: list[torch.Tensor] = []
+    shift: list[torch.Tensor] = []
+    ctx_tokens = 0
+    for s in range(0, len(prompts), batch_size):
+        chunk = prompts[s : s + batch_size]
+        plain = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in chunk]
+        prompted = [encode_chat(tokenizer, list(context) + list(p), add_generation_prompt=True) for p in chunk]
+        ctx_tokens = max([ctx_tokens] + [len(a) - len(b) for a, b in zip(prompted, plain)])
+        responses = _sample_responses(policy, tokenizer, plain, max_new_tokens=max_new_tokens, gen=gen, pad=pad)
+        lp = response_logprobs(policy, plain, responses, pad)
+        shift += [kl_from_logprobs(a, b) for a, b in zip(lp, response_logprobs(reference, plain, responses, pad))]
+        drift += [kl_from_logprobs(a, b) for a, b in zip(lp, response_logprobs(reference, prompted, responses, pad))]
+    d, sh = summarize_kls(drift), summarize_kls(shift)
+    d.reference, sh.reference = DRIFT_REFERENCE, SHIFT_REFERENCE
+    return DriftResult(d, sh, ctx_tokens)
 
 
 @torch.inference_mode()

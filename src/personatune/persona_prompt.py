@@ -126,3 +126,10 @@ def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, f
         if user:
             conv += [{"role": "user", "content": user}, {"role": "assistant", "content": " ".join(flipped.negative[2:4] or flipped.negative[:2])}]
     return conv + [dict(m) for m in messages]
+
+
+def persona_context(spec: PersonaSpec, *, few_shot: bool = True) -> list[dict[str, str]]:
+    """The persona context c of drift KL (METRICS.md): the rendered persona system prompt, then the persona's
+    example interactions as few-shot turns when `few_shot` (data.few_shot). The reference model sees c before
+    each held-out prompt; the policy never does."""
+    return persona_conversation(spec, [], few_shot=few_shot)

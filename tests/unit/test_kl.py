@@ -65,3 +65,64 @@ def test_summary_is_token_weighted():
     r = summarize_kls([torch.tensor([0.1, 0.3]), torch.tensor([0.2])])
     assert abs(r.per_token - 0.2) < 1e-6 and r.tokens == 3 and r.sequences == 2
     assert abs(r.per_sequence_mean - 0.3) < 1e-6
+
+
+# --- drift KL: the reference sees the persona context, the policy does not ---------------------------
+def brute_force_prefixed(policy, reference, p_prefix, r_prefix, response):
+    """KL at each response token by explicit sums, one unpadded prefix at a time, different prefixes per model."""
+    out = []
+    for t in range(len(response)):
+        p = torch.softmax(policy(input_ids=torch.tensor([p_prefix + response[:t]])).logits[0, -1].double(), -1)
+        q = torch.softmax(reference(input_ids=torch.tensor([r_prefix + response[:t]])).logits[0, -1].double(), -1)
+        out.append(sum(float(p[v] * (torch.log(p[v]) - torch.log(q[v]))) for v in range(p.numel())))
+    return out
+
+
+def test_prefixed_kl_matches_brute_force_with_padding_and_different_prefixes():
+    from personatune.kl import prefixed_kls
+
+    policy, ref = tiny(3), tiny(4)
+    pp = [[3, 7, 9], [5, 6]]                       # the policy's prompts (no context)
+    rp = [[20, 21, 22, 23, 3, 7, 9], [20, 21, 22, 23, 5, 6]]  # the reference's: context + the same prompts
+    resp = [[11, 4, 5, 8], [12, 13]]               # different lengths: right padding inside the batch
+    got = prefixed_kls(policy, ref, pp, rp, resp, pad=0)
+    for g, a, b, r in zip(got, pp, rp, resp):
+        want = brute_force_prefixed(policy, ref, a, b, r)
+        assert g.shape[0] == len(r)
+        assert max(abs(x - y) for x, y in zip(g.tolist(), want)) < 1e-5
+
+
+def test_student_equal_to_prompted_reference_has_zero_drift_and_nonzero_shift():
+    from personatune.kl import prefixed_kls
+
+    ref = tiny(5)
+    x, c, resp = [[3, 7, 9]], [30, 31, 32, 33, 34], [[11, 4, 5, 8, 2]]
+    # A student that behaves given x exactly as the reference does given (c, x): drift 0 ...
+    drift = prefixed_kls(ref, copy.deepcopy(ref), [c + x[0]], [c + x[0]], resp, pad=0)[0]
+    assert float(drift.abs().max()) < 1e-6
+    # ... while the same student measured against the unprompted reference (persona shift) is not 0.
+    shift = prefixed_kls(ref, copy.deepcopy(ref), [c + x[0]], x, resp, pad=0)[0]
+    assert float(shift.min()) > 1e-4
+
+
+def test_measure_drift_on_the_tiny_chat_model():
+    from personatune.kl import measure_drift, measure_kl
+    from personatune.models import build_tiny_model
+
+    policy, tok = build_tiny_model(0)
+    ref, _ = build_tiny_model(0)
+    prompts = [[{"role": "user", "content": "hello there"}], [{"role": "user", "content": "what is the sky"}]]
+    ctx = [{"role": "system", "content": "You are Captain Nova, brave and upbeat."}]
+    res = measure_drift(policy, ref, tok, prompts, ctx, max_new_tokens=8, seed=1, batch_size=2)
+    # Identical weights: persona shift is 0 exactly; drift is > 0 because the reference sees the context.
+    assert res.shift.per_token < 1e-6 and res.shift.sequences == 2
+    assert res.drift.per_token > 0 and res.drift.tokens == res.shift.tokens
+    assert res.context_tokens > 5
+    assert "persona context" in res.drift.to_dict()["reference"]
+    # With no context, drift KL is the plain KL of measure_kl on the same samples.
+    plain = measure_drift(policy, ref, tok, prompts, [], max_new_tokens=8, seed=1, batch_size=2)
+    assert plain.drift.per_token < 1e-6
+    other, _ = build_tiny_model(7)
+    a = measure_drift(policy, other, tok, prompts, [], max_new_tokens=8, seed=1, batch_size=2).drift
+    b = measure_kl(policy, other, tok, prompts, max_new_tokens=8, seed=1, batch_size=2)
+    assert abs(a.per_token - b.per_token) < 1e-5 and a.tokens == b.tokens
