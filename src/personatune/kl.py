@@ -120,7 +120,7 @@ def _pad_aligned(prefixes: list[list[int]], responses: list[list[int]], pad: int
 def response_logprobs(model: Any, prefixes: list[list[int]], responses: list[list[int]], pad: int) -> list[torch.Tensor]:
     """Log-probabilities over the vocabulary at each response token: for row i, a (len(responses[i]), vocab) tensor
     whose row t is log model(. | prefixes[i] + responses[i][:t]). Only the response positions' logits are computed."""
-    device = next(model.parameters()).device if hasattr(model, "parameters") else next(model.model.parameters()).device
+    device = next(model.parameters()).device
     ids, am, wr = _pad_aligned(prefixes, responses, pad, device)
     pos = (am.long().cumsum(-1) - 1).clamp(min=0)
     # The distribution over response token t is predicted one position earlier: the last wr + 1 columns hold them all.

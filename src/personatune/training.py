@@ -49,7 +49,10 @@ DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "
 class TrainArgs(ConfigSection):
     """Stage 5: KL-bounded persona optimization with TRL."""
 
-    algorithm: Literal["dpo", "grpo", "rloo"] = Field("dpo", description="TRL algorithm: 'dpo' on the stage-3 pairs, or 'grpo'/'rloo' online with the persona scorer as reward")
+    algorithm: Literal["dpo", "sft", "sdft", "grpo", "rloo"] = Field(
+        "dpo", description="the recipe: 'dpo' on the stage-3 pairs (reference log-probs from the persona-prompted baseline); 'sft' on the stage-3 "
+                           "chosen answers (consistent and on task: rejection-sampling fine-tuning); 'sdft' on-policy context distillation "
+                           "(TRL SDFT, the persona as privileged context); 'grpo'/'rloo' online with the persona x on-task reward")
     peft: Literal["lora", "full"] = Field("lora", description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)")
     lora_r: int = Field(16, ge=1, description="LoRA rank (count, >= 1)")
     lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator; the update is scaled by lora_alpha / lora_r (>= 1)")
@@ -64,7 +67,12 @@ class TrainArgs(ConfigSection):
     dpo_loss: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
                                 description="DPO: TRL loss_type list, e.g. [sigmoid] (DPO) or [sigmoid, sft] (DPO + NLL on the chosen response, RPO)")
     dpo_loss_weights: list[float] | None = Field(None, description="DPO: TRL loss_weights, one per dpo_loss entry (None = all 1.0)")
-    beta: float = Field(0.1, ge=0, description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused)")
+    beta: float = Field(0.1, ge=0, description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused); "
+                                                "not used by 'sft'/'sdft', whose loss is itself a divergence to the persona-prompted baseline")
+    sdft_alpha: float = Field(1.0, ge=0, le=1, description="sdft: TRL distillation_alpha; 1.0 = reverse KL(student || persona-prompted teacher), "
+                                                           "the drift KL the gate measures; 0.0 = forward KL")
+    sdft_template: str = Field("{privileged_context}\n\n{prompt}", description="sdft: TRL teacher_prompt_template; the teacher's user turn is this "
+                                                                              "text with the rendered persona as {privileged_context}")
     eval_every: int = Field(25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)")
     kl_eval_prompts: int = Field(32, ge=2, description="held-out prompts sampled at each in-training eval (count); the final gate uses all of them")
@@ -145,7 +153,8 @@ def _seed(args: TrainArgs, seed: int | None) -> int:
 
 # --- trainer builders ----------------------------------------------------------------------------
 def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, *, output_dir: str | Path, max_kl: float | None,
-                      seed: int | None = None, ref_model: Any = None, callbacks: list[Any] | None = None) -> Any:
+                      seed: int | None = None, ref_model: Any = None, callbacks: list[Any] | None = None,
+                      reference_context: list[dict[str, str]] | None = None) -> Any:
     """A TRL DPOTrainer on conversational preference data (prompt / chosen / rejected).
 
     Args:
@@ -158,6 +167,8 @@ def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Trai
         seed: run seed (used unless args.seed is set).
         ref_model: full fine-tuning only: the frozen reference; default a frozen copy of `model`.
         callbacks: TrainerCallbacks (e.g. PersonaEvalCallback(...).hooks()).
+        reference_context: the persona context c; given, the DPO reference is the baseline given c + prompt
+            (`use_prompted_reference`), as METRICS.md asks; None = TRL's own reference on the prompt alone.
 
     Returns:
         The configured trainer (call `.train()`).
@@ -179,8 +190,124 @@ def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Trai
     if peft_config is None and ref_model is None:
         # TRL would reload the reference from model.config's path; a copy also works for in-memory models.
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    return DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
-                      peft_config=peft_config, callbacks=callbacks)
+    trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
+                         peft_config=peft_config, callbacks=callbacks)
+    if reference_context is not None:
+        use_prompted_reference(trainer, reference_context, ref_model=ref_model)
+    return trainer
+
+
+def prompted_reference_logps(reference: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], completions: list[list[int]],
+                             context: list[dict[str, str]], *, batch_size: int = 8) -> list[float]:
+    """Summed log-probabilities of each completion's tokens under `reference` given the persona context c before the prompt.
+
+    `completions` are token ids exactly as the trainer tokenized them (TRL's `chosen_ids` / `rejected_ids`), so the
+    reference scores the same tokens the policy does; only the prefix differs (c + prompt instead of the prompt).
+    """
+    import torch
+
+    from personatune.kl import response_logprobs
+    from personatune.models import encode_chat
+
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, len(prompts), batch_size):
+            prefixes = [encode_chat(tokenizer, list(context) + list(p), add_generation_prompt=True) for p in prompts[i:i + batch_size]]
+            resp = [list(c) or [pad] for c in completions[i:i + batch_size]]
+            for lp, r, c in zip(response_logprobs(reference, prefixes, resp, pad), resp, completions[i:i + batch_size]):
+                tok = torch.tensor(r, device=lp.device)
+                out.append(float(lp.gather(-1, tok[:, None]).squeeze(-1)[: len(c)].sum()))
+    return out
+
+
+def use_prompted_reference(trainer: Any, context: list[dict[str, str]], *, ref_model: Any = None, batch_size: int = 8) -> Any:
+    """Make a built DPOTrainer compare the policy with the persona-prompted baseline (METRICS.md drift-KL reference).
+
+    TRL's documented route: the dataset carries `ref_chosen_logps` / `ref_rejected_logps` columns and the trainer
+    reads them instead of running its own reference (`precompute_ref_logps`). They are computed here on TRL's own
+    tokenization of each pair (truncated as its collator truncates to max_length), with the reference (the
+    baseline: the policy with its adapters off under LoRA, else the frozen copy) given c + prompt.
+
+    Returns:
+        The trainer's new train dataset (with the two columns).
+    """
+    ds = trainer.train_dataset
+    reference = AdapterDisabledReference(trainer.model) if ref_model is None else ref_model
+    max_len = trainer.args.max_length
+    prompts = list(ds["prompt"])
+
+    def kept(prompt_ids: list[int], ids: list[int]) -> list[int]:
+        # TRL's collator keeps the start of prompt + completion up to max_length (truncation_mode "keep_start").
+        if max_len is None:
+            return list(ids)
+        return list(ids)[: max(0, max_len - len(prompt_ids))]
+
+    chosen = [kept(p, c) for p, c in zip(ds["prompt_ids"], ds["chosen_ids"])]
+    rejected = [kept(p, r) for p, r in zip(ds["prompt_ids"], ds["rejected_ids"])]
+    tok = trainer.processing_class
+    ref_c = prompted_reference_logps(reference, tok, prompts, chosen, context, batch_size=batch_size)
+    ref_r = prompted_reference_logps(reference, tok, prompts, rejected, context, batch_size=batch_size)
+    for name in ("ref_chosen_logps", "ref_rejected_logps"):
+        if name in ds.column_names:
+            ds = ds.remove_columns(name)
+    ds = ds.add_column("ref_chosen_logps", ref_c).add_column("ref_rejected_logps", ref_r)
+    trainer.train_dataset = ds
+    # The trainer then reads the columns (its own reference forward is skipped), exactly as after TRL's precompute.
+    trainer.precompute_ref_logps = True
+    return ds
+
+
+def build_sft_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, *, output_dir: str | Path, seed: int | None = None,
+                      callbacks: list[Any] | None = None) -> Any:
+    """A TRL SFTTrainer on prompt/completion rows: rejection-sampling fine-tuning on the stage-3 chosen answers.
+
+    The chosen answers are the persona-prompted teacher's own samples that the scorer found consistent and on task,
+    so cross-entropy on them is (sequence-level) distillation towards the persona-prompted model: its loss is the
+    forward KL to that distribution up to a constant, and the drift budget is held by the eval callback.
+
+    Args:
+        train_dataset: a datasets.Dataset with conversational `prompt` (no system turn) and `completion` columns;
+            the loss is on the completion only (TRL's completion_only_loss).
+        Other arguments as in `build_dpo_trainer`.
+    """
+    from trl import SFTConfig, SFTTrainer
+
+    cfg = SFTConfig(**_common(args, model, output_dir, _seed(args, seed)), max_length=args.max_length, completion_only_loss=True)
+    return SFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(args),
+                      callbacks=callbacks)
+
+
+def build_sdft_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, *, output_dir: str | Path, seed: int | None = None,
+                       callbacks: list[Any] | None = None) -> Any:
+    """TRL's on-policy self-distillation (`trl.experimental.sdft`) with the persona as the privileged context.
+
+    The student samples answers to the prompt alone; the teacher is the baseline (`teacher_model_kind="base"`: the
+    policy with its adapters off under LoRA) given the rendered persona and the prompt; the loss is the exact
+    divergence over the vocabulary at every sampled token (`distillation_mode="full_logits"`), reverse KL
+    (student || teacher) at `train.sdft_alpha` = 1: the drift KL of METRICS.md, up to the teacher's prompt layout
+    (TRL puts the privileged context in the user turn, `train.sdft_template`; the gate measures drift against the
+    persona system prompt + few-shot turns).
+
+    Args:
+        train_dataset: a datasets.Dataset with conversational `prompt` (no system turn) and `privileged_context`
+            (the rendered persona text) columns.
+        Other arguments as in `build_dpo_trainer`.
+
+    Raises:
+        ConfigError: full fine-tuning (the SDFT teacher would be reloaded from the model's path; use train.peft=lora).
+    """
+    from trl.experimental.sdft import SDFTConfig, SDFTTrainer
+
+    if args.peft != "lora":
+        raise ConfigError("train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
+                          "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)")
+    common = _common(args, model, output_dir, _seed(args, seed))
+    cfg = SDFTConfig(**common, max_prompt_length=args.max_length, max_completion_length=args.max_completion_length, num_generations=1,
+                     temperature=1.0, top_p=1.0, distillation_mode="full_logits", distillation_alpha=args.sdft_alpha, teacher_model_kind="base",
+                     teacher_prompt_template=args.sdft_template)
+    return SDFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(args),
+                       callbacks=callbacks)
 
 
 def _online_config(cls: Any, args: TrainArgs, model: Any, output_dir: str | Path, seed: int, max_kl: float | None) -> Any:
@@ -244,6 +371,9 @@ class AdapterDisabledReference:
     def __call__(self, **kwargs: Any) -> Any:
         with self.model.disable_adapter():
             return self.model(**kwargs)
+
+    def parameters(self) -> Any:
+        return self.model.parameters()
 
 
 def reference_of(trainer: Any) -> Any:
@@ -313,19 +443,27 @@ class EvalResult:
     adherence_per_trait: dict[str, float] = field(default_factory=dict)
     on_task: "Measurement | None" = None
     style_variance_n: int | None = None
+    persona_shift: "KLResult | None" = None
 
     def summary(self) -> dict[str, Any]:
-        """The flat numbers written to metrics.jsonl and logged to trackers."""
+        """The flat numbers written to metrics.jsonl and logged to trackers. `kl` is drift KL (against the persona-prompted
+        baseline, the gate); `persona_shift` is the KL to the unprompted baseline on the same samples (information)."""
+        sh = self.persona_shift
         return {"kl": self.kl.per_token, "kl_stderr": self.kl.stderr, "kl_per_sequence": self.kl.per_sequence_mean, "kl_tokens": self.kl.tokens,
+                "kl_reference": "persona-prompted baseline" if sh is not None else "unprompted baseline",
+                "persona_shift": None if sh is None else sh.per_token, "persona_shift_stderr": None if sh is None else sh.stderr,
                 "consistency": self.consistency.value, "adherence": self.adherence.value, "style_variance": self.style_variance,
                 "on_task": None if self.on_task is None else self.on_task.value, "n": len(self.texts), "eval_seconds": round(self.seconds, 2)}
 
 
 def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet, scorer: Any, *, kl_max_new_tokens: int, max_new_tokens: int,
-                    temperature: float, top_p: float, seed: int, batch_size: int, min_per_context: int = 5) -> EvalResult:
+                    temperature: float, top_p: float, seed: int, batch_size: int, min_per_context: int = 5,
+                    context: list[dict[str, str]] | None = None) -> EvalResult:
     """Measure a policy on held-out prompts, no system prompt.
 
-    KL: `measure_kl` (its own samples, temperature 1, exact over the vocabulary, nats/token). Persona metrics:
+    KL: `measure_drift` (its own samples, temperature 1, exact over the vocabulary, nats/token): drift KL against
+    `reference` given the persona `context` (the gate) and persona shift against `reference` alone; with
+    context None only the plain KL is measured (persona_shift None). Persona metrics:
     the policy's samples at the given decoding (stage 4 and 7 use the same, data.teacher's), scored by `scorer`.
     The global RNG state is restored afterwards so evals do not change the training run's randomness.
 
@@ -335,7 +473,7 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
     import torch
 
     from personatune.generation.hf import HFBackend
-    from personatune.kl import measure_kl
+    from personatune.kl import measure_drift, measure_kl
     from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
 
     t0 = time.time()
@@ -344,7 +482,12 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
     was_training = model.training
     model.eval()
     try:
-        kl = measure_kl(model, reference, tokenizer, evalset.prompts, max_new_tokens=kl_max_new_tokens, seed=seed, batch_size=batch_size)
+        shift = None
+        if context is None:
+            kl = measure_kl(model, reference, tokenizer, evalset.prompts, max_new_tokens=kl_max_new_tokens, seed=seed, batch_size=batch_size)
+        else:
+            dr = measure_drift(model, reference, tokenizer, evalset.prompts, context, max_new_tokens=kl_max_new_tokens, seed=seed, batch_size=batch_size)
+            kl, shift = dr.drift, dr.shift
         outs = HFBackend(model, tokenizer, batch_size=batch_size).generate(evalset.prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                                                                           top_p=top_p, n=1, seed=seed)
     finally:
@@ -358,7 +501,7 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
     sv = style_variance(recs, min_per_context=min_per_context)
     adh = trait_adherence(recs)
     return EvalResult(kl, consistency_rate(recs), adh.overall, sv.value, texts, recs, time.time() - t0,
-                      {k: v.value for k, v in adh.per_trait.items()}, on_task=on_task_rate(recs), style_variance_n=sv.n)
+                      {k: v.value for k, v in adh.per_trait.items()}, on_task=on_task_rate(recs), style_variance_n=sv.n, persona_shift=shift)
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -481,7 +624,8 @@ class PersonaEvalCallback:
                 row["decision"], row["reason"] = d.action, d.reason
                 action = {"continue": 0, "stop": 1, "raise_beta": 2}[d.action]
                 new_beta = d.new_beta if d.new_beta is not None else new_beta
-                self.echo(f"  eval step {step}: KL {res.kl.per_token:.4g}±{res.kl.stderr:.2g} nats/token, consistency {res.consistency.value:.3f}, "
+                shift = "" if res.persona_shift is None else f" (persona shift {res.persona_shift.per_token:.4g})"
+                self.echo(f"  eval step {step}: drift KL {res.kl.per_token:.4g}±{res.kl.stderr:.2g} nats/token{shift}, consistency {res.consistency.value:.3f}, "
                           f"adherence {res.adherence.value:.3f}, style variance {fmt_metric(res.style_variance)} -> {d.action}")
             if t.accelerator.num_processes > 1:
                 # Every rank must take the same decision, or one would wait forever in the next all-reduce.

@@ -322,3 +322,77 @@ def test_dpo_dataset_leaves_out_pairs_whose_rejected_is_consistent(tmp_path):
     path.write_text(json.dumps(row(0, True)) + "\n")
     with pytest.raises(DataError, match="rejected_inconsistency_rate"):
         train_dataset(path, "dpo")
+
+
+CONTEXT = [{"role": "system", "content": "You are Captain Nova, a brave and upbeat starship captain. Say ahoy."}]
+
+
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_dpo_against_the_persona_prompted_reference(tmp_path, peft):
+    """The DPO reference log-probs are the baseline's given the persona context: TRL reads them from the dataset
+    (no reference forward of its own), the adapters/weights move, and the first logged implicit reward equals
+    beta x (policy log-prob without context - baseline log-prob with context), computed here independently."""
+    from personatune.models import encode_chat
+
+    model, tok = models.build_tiny_model(seed=5)
+    base, _ = models.build_tiny_model(seed=5)
+    a = args(peft=peft, max_steps=2, per_device_batch_size=8, beta=0.1)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, output_dir=tmp_path / "trl", max_kl=0.1, reference_context=CONTEXT)
+    ds = trainer.train_dataset
+    assert trainer.precompute_ref_logps and "ref_chosen_logps" in ds.column_names
+
+    def logp(m, prefix, completion):
+        ids = torch.tensor([prefix + completion])
+        with torch.no_grad():
+            lp = torch.log_softmax(m(input_ids=ids).logits[0].double(), -1)
+        return sum(float(lp[len(prefix) + i - 1, t]) for i, t in enumerate(completion))
+
+    want_ref, want_pol = [], []
+    for row in ds:
+        ctx_prefix = encode_chat(tok, CONTEXT + row["prompt"], add_generation_prompt=True)
+        want_ref.append(logp(base, ctx_prefix, row["chosen_ids"]))
+        want_pol.append(logp(base, row["prompt_ids"], row["chosen_ids"]))
+    # The logged reference log-probs are the prompted baseline's, token for token.
+    assert max(abs(a - b) for a, b in zip(ds["ref_chosen_logps"], want_ref)) < 1e-3
+    assert any(abs(a - b) > 0.05 for a, b in zip(want_ref, want_pol))  # the context matters, or the test proves nothing
+    before = lora_snapshot(trainer.model) if peft == "lora" else {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+    first = next(h for h in trainer.state.log_history if "rewards/chosen" in h)
+    expected = 0.1 * sum(p - r for p, r in zip(want_pol, want_ref)) / len(want_ref)
+    assert abs(first["rewards/chosen"] - expected) < 2e-3 * max(1.0, abs(expected))
+
+
+def test_sft_on_chosen_answers_trains_the_adapters(tmp_path):
+    from personatune.training import build_sft_trainer
+
+    model, tok = models.build_tiny_model(seed=6)
+    rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c, _ in PAIRS]
+    trainer = build_sft_trainer(model, tok, datasets.Dataset.from_list(rows), args(algorithm="sft", max_steps=2), output_dir=tmp_path / "trl")
+    before = lora_snapshot(trainer.model)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert before and any(not torch.equal(before[n], after[n].detach()) for n in before)
+    # the loss is on the completion only: TRL masks the prompt
+    assert trainer.args.completion_only_loss is True
+
+
+def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
+    from personatune.training import build_sdft_trainer
+
+    model, tok = models.build_tiny_model(seed=7)
+    rows = [{"prompt": [{"role": "user", "content": p}], "privileged_context": CONTEXT[0]["content"]} for p, _, _ in PAIRS[:4]]
+    a = args(algorithm="sdft", max_steps=1, per_device_batch_size=4, max_completion_length=8)
+    trainer = build_sdft_trainer(model, tok, datasets.Dataset.from_list(rows), a, output_dir=tmp_path / "trl")
+    assert trainer.args.distillation_alpha == 1.0 and trainer.args.teacher_model_kind == "base"
+    before = lora_snapshot(trainer.model)
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n].detach()) for n in before)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    assert losses and losses[0] > 0  # a non-zero divergence to the prompted teacher was minimized
+
+    with pytest.raises(ConfigError, match="train.peft=lora"):
+        build_sdft_trainer(models.build_tiny_model(seed=7)[0], tok, datasets.Dataset.from_list(rows), args(algorithm="sdft", peft="full"),
+                           output_dir=tmp_path / "trl2")
