@@ -564,13 +564,13 @@ def build_tiny_tokenizer() -> Any:
 
     start, end, pad, unk = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
     tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()), bos_token=start, eos_token=end,
-                                  pad_token=pad, unk_token=unk, model_max_length=512)
+                                  pad_token=pad, unk_token=unk, model_max_length=4096)
     tok.chat_template = CHATML_TEMPLATE
     return tok
 
 
 def build_tiny_model(seed: int = 0) -> tuple[Any, Any]:
-    """A tiny random Llama (64 hidden, 2 layers, 4 heads, tied embeddings) and its in-process tokenizer.
+    """A tiny random Llama (64 hidden, 2 layers, 4 heads, tied embeddings, a 4096-token window: the persona context alone is ~1,100 of its character-level tokens) and its in-process tokenizer.
 
     Args:
         seed: weight-initialisation seed; the same seed gives identical weights. The global torch RNG is
@@ -585,7 +585,7 @@ def build_tiny_model(seed: int = 0) -> tuple[Any, Any]:
 
     tok = build_tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+                         num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

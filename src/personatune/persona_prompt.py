@@ -133,3 +133,12 @@ def persona_context(spec: PersonaSpec, *, few_shot: bool = True) -> list[dict[st
     example interactions as few-shot turns when `few_shot` (data.few_shot). The reference model sees c before
     each held-out prompt; the policy never does."""
     return persona_conversation(spec, [], few_shot=few_shot)
+
+
+def persona_context_text(spec: PersonaSpec, *, few_shot: bool = True) -> str:
+    """The persona context as one text (TRL SDFT's `privileged_context`): the system prompt, then the example turns."""
+    lines = [render_system_prompt(spec)]
+    if few_shot:
+        for m in few_shot_messages(spec):
+            lines.append(f"{'User' if m['role'] == 'user' else 'You'}: {m['content']}")
+    return "\n\n".join(lines)

@@ -283,7 +283,7 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
         rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
     over = dict(max_steps=4, eval_every=2, kl_eval_prompts=4, kl_max_new_tokens=8, eval_batch_size=8, per_device_batch_size=4,
                 learning_rate=5e-3, lora_r=4, lora_alpha=8, max_length=96, logging_steps=2)
-    base = [f"persona={persona}", "model.name=tiny", "data.teacher.max_new_tokens=8", "gates.evaluation.min_per_context=2"]
+    base = [f"persona={persona}", "model.name=tiny", "data.teacher.max_new_tokens=8", "gates.evaluation.min_per_context=2", "data.few_shot=false"]
     if "train" in RunConfig.model_fields:
         cfg = load_config(None, base + [f"train.{k}={v}" for k, v in over.items()])
     else:  # until the lead nests TrainArgs in RunConfig
@@ -292,7 +292,9 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     res = s5_optimization.run(cfg, rd)
     hist = read_history(rd.root / "05_optimization" / "metrics.jsonl")
     assert [r["step"] for r in hist] == [0, 2, 4] and all(r["kl"] is not None for r in hist)
-    assert hist[0]["checkpoint"] == "checkpoints/step-0" and abs(hist[0]["kl"]) < 1e-6
+    # Step 0 is the baseline itself: no persona shift, but drift KL > 0 (the reference sees the persona system prompt).
+    assert hist[0]["checkpoint"] == "checkpoints/step-0" and abs(hist[0]["persona_shift"]) < 1e-6 and hist[0]["kl"] > 1e-4
+    assert all(r["kl_reference"] == "persona-prompted baseline" for r in hist)
     m = json.loads((rd.root / "05_optimization" / "metrics.json").read_text())
     within = [r["step"] for r in hist if r["checkpoint"] and r["kl"] <= cfg.gates.optimization.max_kl]
     assert m["final"]["selected_step"] == (m["selection"]["record"] or {}).get("step") and (m["final"]["selected_step"] in within or not within)
@@ -300,6 +302,8 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     assert m["on_task"]["baseline_samples"] and "retention" in m["on_task"]  # the baseline's on-task rate beside the policy's
     kl_gate = next(g for g in res.gate.results if g.metric == "kl_per_token")
     assert kl_gate.unit == "nats/token" and kl_gate.n == len(held) and kl_gate.value == m["kl"]["kl_per_token"]
+    assert "persona context" in m["kl"]["reference"] and "without" in m["persona_shift"]["reference"]
+    assert "drift KL" in kl_gate.description and "persona_shift" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
     assert set(res.outputs) == {"model", "metrics", "card"}
     # The saved model is merged (no adapter files) and loads with its chat template.
     assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
@@ -396,3 +400,20 @@ def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
     with pytest.raises(ConfigError, match="train.peft=lora"):
         build_sdft_trainer(models.build_tiny_model(seed=7)[0], tok, datasets.Dataset.from_list(rows), args(algorithm="sdft", peft="full"),
                            output_dir=tmp_path / "trl2")
+
+
+def test_a_persona_context_longer_than_the_window_is_refused_before_model_work(tmp_path):
+    from personatune.config import load_config
+    from personatune.persona import load_persona
+    from personatune.stages.s5_optimization import reference_context
+
+    repo = Path(__file__).resolve().parents[2]
+    spec = load_persona(repo / "examples" / "personas" / "captain_nova.yaml")
+    model, tok = models.build_tiny_model(seed=0)
+    model.config.max_position_embeddings = 1000  # the tiny tokenizer is character-level: ~1,100 tokens with few-shot turns, ~720 without
+    models.save_model(model, tok, tmp_path / "base")
+    cfg = load_config(None, [f"persona={repo / 'examples' / 'personas' / 'captain_nova.yaml'}", "model.name=tiny"])
+    with pytest.raises(ConfigError, match=r"data.few_shot=true: the persona context is \d+ tokens.*window of 1000.*fix: set data.few_shot=false"):
+        reference_context(cfg, spec, str(tmp_path / "base"), HELD)
+    ctx = reference_context(cfg.model_copy(update={"data": cfg.data.model_copy(update={"few_shot": False})}), spec, str(tmp_path / "base"), HELD)
+    assert [m["role"] for m in ctx] == ["system"]

@@ -6,15 +6,22 @@ and there is no JavaScript. Every section appears only when its artifacts exist;
 says which stage has not run yet. Every string read from a run file is HTML-escaped.
 
 Sections, top to bottom:
-    1. header: run name, model, persona, verdict; the stage strip
+    1. header: run name, model, persona, verdict with its reason (personatune.verdict, as `personatune run` decides
+       it: the stopping stage and its gate values); the stage strip
     2. quality gates of every stage (value vs threshold, unit, n, CI, pass/fail, diagnosis)
     3. baseline (stage 1) and persona (stage 2)
     4. data coverage, trait x context (stage 3)
     5. persona evaluation (stage 4)
-    6. training curves over steps (stage 5) and rounds (stage 6)
-    7. final evaluation: verdict banner with reasons, baseline vs final table, capability per task, per-trait
+    6. training curves over steps (stage 5) and rounds (stage 6): drift KL and persona shift (nats/token)
+    7. final evaluation: verdict banner with reasons, baseline vs final table (drift KL, persona shift),
+       the context-distillation target (baseline with the persona prompt), capability per task, per-trait
        chart, per-context heatmap (stage 7)
-    8. sample responses side by side (07_final_eval/samples.json), run files (config, log tail, unreadable files)
+    8. sample responses side by side (07_final_eval/samples.json): baseline without a system prompt, baseline
+       with the persona prompt, final model without one; run files (config, log tail, unreadable files)
+
+KL wording: files written since drift KL name their reference (`kl_reference`) and carry `persona_shift`;
+their `kl` is shown as "drift KL". Older files' `kl` was measured against the unprompted baseline and is
+shown as "KL to the unprompted baseline (run written before drift KL)", never as drift KL.
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ from typing import Any, Sequence
 
 from personatune.errors import RunDirError
 from personatune.report.charts import bar_chart, count_color, heat_color, line_chart
-from personatune.report.load import STAGE_TITLES, RunData, dig, load_run, num
+from personatune.report.load import DRIFT_KL, KL_UNIT, OLD_KL, PERSONA_SHIFT, STAGE_TITLES, RunData, dig, kl_is_drift, load_run, num
 from personatune.rundir import atomic_write_text
 
 # Contexts in the order the prompt bank defines them (personatune.scenarios.CONTEXTS); others follow sorted.
@@ -49,6 +56,7 @@ tr.pass td.res{background:#dafbe1} tr.fail td.res{background:#ffebe9} tr.inc td.
 .badge{display:inline-block;padding:1px 9px;border-radius:10px;font-size:.85em;font-weight:600;color:#fff}
 .b-pass{background:#1a7f37} .b-fail{background:#cf222e} .b-inc{background:#bf8700} .b-run{background:#9a6700} .b-none{background:#8c959f}
 .verdict{font-size:1.15em;padding:3px 14px}
+.verdict-line{margin:4px 0 2px;font-size:1.02em} .verdict-line.v-fail b{color:#cf222e} .verdict-line.v-pass b{color:#1a7f37}
 .note{color:#57606a;font-style:italic;margin:6px 0}
 .warn{background:#fff8c5;border:1px solid #d4a72c;padding:6px 10px;border-radius:6px}
 .strip{display:flex;gap:6px;flex-wrap:wrap;margin:10px 0}

@@ -20,6 +20,7 @@ import yaml
 
 from personatune.errors import RunDirError
 from personatune.rundir import jsonl_lines
+from personatune.verdict import RunVerdict, run_verdict
 from personatune.yaml_input import YamlLimitError, load_bounded
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -35,6 +36,30 @@ STAGE_TITLES: dict[str, str] = {
     "06_iterations": "Iterative training",
     "07_final_eval": "Final evaluation",
 }
+
+
+DRIFT_KL = "drift KL"
+"""METRICS.md: KL(policy(.|x) || baseline(.|c, x)), c = the persona context; the gated KL since issue 15."""
+PERSONA_SHIFT = "persona shift"
+"""METRICS.md: the same KL against the baseline without c; information, not a gate."""
+OLD_KL = "KL to the unprompted baseline (run written before drift KL)"
+"""What `kl` means in files written before drift KL: KL against the baseline with no persona context."""
+KL_UNIT = "nats/token"
+
+
+def kl_is_drift(d: Any) -> bool:
+    """Whether the `kl` of a record (a metrics.jsonl / rounds.jsonl row, final.json, metrics.json) is drift KL.
+
+    Records written since drift KL name their reference (`kl_reference`, "persona-prompted baseline") and carry
+    `persona_shift`; earlier ones have neither, and their `kl` is against the unprompted baseline.
+    """
+    if not isinstance(d, dict):
+        return False
+    ref = d.get("kl_reference")
+    if isinstance(ref, str):
+        low = ref.lower()
+        return "unprompted" not in low and "persona" in low
+    return "persona_shift" in d
 
 
 @dataclass
@@ -68,36 +93,16 @@ class RunData:
         extra = sorted(s for s in self.manifest.get("stages", {}) if s not in STAGE_TITLES and _PLAIN_NAME.fullmatch(s) and s.strip("."))
         return list(STAGE_TITLES) + extra
 
-    def verdict(self, final: dict[str, Any] | None) -> tuple[str | None, str]:
-        """The run's verdict as the CLI printed it, and why.
+    def verdict(self, final: dict[str, Any] | None) -> RunVerdict:
+        """The run's verdict as `personatune run` decides it (personatune.verdict.run_verdict), and why.
 
-        A failed or inconclusive gate anywhere makes it NO-DEPLOY (the pipeline stopped there, or went on with
-        --keep-going for diagnosis only); otherwise stage 7's verdict in final.json; otherwise none yet.
-
-        Returns:
-            ("DEPLOY" | "NO-DEPLOY" | None, the reason in a few words).
+        A failed or inconclusive gate makes it NO-DEPLOY (the pipeline stopped there, or went on with --keep-going
+        for diagnosis only), with the stopping stage and its gate values; otherwise stage 7's verdict in
+        final.json; otherwise none yet.
         """
-        failed = [s for s in self.stage_ids if self.status(s) in ("gate_failed", "gate_inconclusive")]
-        inconclusive = [s for s in failed if self.status(s) == "gate_inconclusive"]
-        if len(failed) == 1 and failed == inconclusive:
-            return "NO-DEPLOY", f"inconclusive at stage {failed[0]}: {self.shortfall(failed[0])}"
-        if failed:
-            which = ", ".join(f"{s} (inconclusive)" if s in inconclusive else s for s in failed)
-            return "NO-DEPLOY", (f"the {failed[0]} gate failed" if len(failed) == 1 else f"gates {'not passed' if inconclusive else 'failed'}: {which}")
-        v = final.get("verdict") if isinstance(final, dict) else None
-        if v in ("DEPLOY", "NO-DEPLOY"):
-            return str(v), "stage 7"
-        return None, "no verdict yet"
-
-    def shortfall(self, stage: str) -> str:
-        """What an inconclusive stage gate needs (GateReport.shortfall of its gate.json), or a generic phrase."""
-        from personatune.gates import GateReport
-
-        gate = self.json(self.root / stage / "gate.json")
-        try:
-            return GateReport.from_dict(gate).shortfall() or "too few samples to decide"
-        except (AttributeError, KeyError, TypeError, ValueError):
-            return "too few samples to decide"
+        records = {s: self.record(s) for s in self.stage_ids}
+        gates = {s: self.json(self.root / s / "gate.json") for s in self.stage_ids if self.status(s) in ("gate_failed", "gate_inconclusive")}
+        return run_verdict(self.stage_ids, records, gates, final)
 
     def record(self, stage: str) -> dict[str, Any]:
         """The manifest's record of `stage` ({} when the stage never started)."""

@@ -44,14 +44,26 @@ STAGE = "05_optimization"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
 
 
-def train_dataset(pairs_path: Path, algorithm: str) -> Any:
-    """The TRL dataset from stage-3 pairs: DPO gets prompt/chosen/rejected; GRPO/RLOO one row per prompt with context, targets.
+def train_dataset(pairs_path: Path, algorithm: str, privileged_context: str | None = None) -> Any:
+    """The TRL dataset from stage-3 data: DPO gets prompt/chosen/rejected; SFT prompt/completion from the chosen answers
+    (`sft.jsonl` beside the pairs: consistent and on task); GRPO/RLOO/SDFT one row per prompt (context, targets; SDFT
+    also `privileged_context`, the rendered persona).
 
     Raises:
         DataError: the file is missing or empty, or a prompt carries a system turn (the persona must come from the weights).
     """
     from datasets import Dataset
 
+    if algorithm == "sft":
+        sft_path = pairs_path.parent / "sft.jsonl"
+        rows = read_jsonl(sft_path, fix=STAGE3_FIX)
+        if not rows:
+            raise DataError(f"{sft_path} has no chosen answers; fix: check the stage-3 gate and data (data.max_prompts, data.best_of)")
+        for i, r in enumerate(rows, 1):
+            if any(m.get("role") == "system" for m in r["messages"]):
+                raise DataError(f"{sft_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
+                                f"into the weights; fix: remove system turns from the prompts")
+        return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     rows = read_jsonl(pairs_path, fix=STAGE3_FIX)
     if not rows:
         raise DataError(f"{pairs_path} has no pairs; fix: check the stage-3 gate and data (data.max_prompts, data.contrast)")
@@ -68,9 +80,47 @@ def train_dataset(pairs_path: Path, algorithm: str) -> Any:
                             f"fix: check data.contrast and the stage-3 gate (rejected_inconsistency_rate)")
         return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in usable])
     seen: dict[str, dict[str, Any]] = {}
+    extra = {} if privileged_context is None else {"privileged_context": privileged_context}
     for r in rows:
-        seen.setdefault(r.get("scenario_id") or json.dumps(r["prompt"]), {"prompt": r["prompt"], "context": r.get("context"), "targets": list(r.get("targets") or [])})
+        seen.setdefault(r.get("scenario_id") or json.dumps(r["prompt"]),
+                        {"prompt": r["prompt"], "context": r.get("context"), "targets": list(r.get("targets") or []), **extra})
     return Dataset.from_list(list(seen.values()))
+
+
+def reference_context(config: RunConfig, spec: Any, baseline: str, prompts: list[list[dict[str, str]]]) -> list[dict[str, str]]:
+    """The persona context c of drift KL (persona system prompt + few-shot turns when data.few_shot), checked to fit the
+    baseline's window with every prompt and the KL samples, from the tokenizer and config alone (before any model work).
+
+    Raises:
+        ConfigError: c + the longest prompt + train.kl_max_new_tokens exceed the model's max_position_embeddings.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    from personatune.errors import ConfigError
+    from personatune.models import encode_chat
+    from personatune.persona_prompt import persona_context
+
+    context = persona_context(spec, few_shot=config.data.few_shot)
+    try:
+        tok = AutoTokenizer.from_pretrained(baseline)
+        window = getattr(AutoConfig.from_pretrained(baseline), "max_position_embeddings", None)
+    except (OSError, ValueError) as e:
+        raise RunDirError(f"the stage-1 baseline at {baseline} cannot be read to build the drift-KL reference ({str(e).splitlines()[0]}); "
+                          f"fix: re-run stage 1 (personatune run CONFIG --from 1)") from None
+    if not window or not prompts:
+        return context
+    longest = max(prompts, key=lambda m: sum(len(x.get("content", "")) for x in m))
+    need_ctx = len(encode_chat(tok, context + list(longest)))
+    need = need_ctx + config.train.kl_max_new_tokens
+    if need > window:
+        n_ctx = need_ctx - len(encode_chat(tok, list(longest)))
+        raise ConfigError(f"data.few_shot={str(config.data.few_shot).lower()}: the persona context is {n_ctx} tokens; with the longest held-out "
+                          f"prompt and train.kl_max_new_tokens={config.train.kl_max_new_tokens} the reference needs {need} tokens, more than the "
+                          f"model's window of {window} (max_position_embeddings); fix: "
+                          + ("set data.few_shot=false, shorten the persona's examples and trait descriptions" if config.data.few_shot else
+                             "shorten the persona's trait descriptions and style rules, or lower train.kl_max_new_tokens")
+                          + ", or use a model with a longer window")
+    return context
 
 
 def _make_scorer(spec: Any, run_dir: RunDir, config: RunConfig) -> tuple[Any, str]:
@@ -98,7 +148,8 @@ def optimization_specs(config: RunConfig) -> list[GateSpec]:
     the minimums are `rate_min_n` at each rate's threshold (137 at 0.85, 97 at 0.90, 51 at 0.95) and
     gates.evaluation.min_style_variance_n for style variance; KL has none. More held-out prompts: `evidence.heldout_key`."""
     g, key = config.gates.optimization, evidence.heldout_key(config)
-    return [GateSpec("kl_per_token", g.max_kl, "<=", "nats/token", "mean per-token KL(policy || reference) on the policy's samples, held-out prompts, no system prompt"),
+    return [GateSpec("kl_per_token", g.max_kl, "<=", "nats/token", "drift KL: mean per-token KL(policy(.|x) || baseline(.|persona context, x)) on the "
+                                                             "policy's samples, held-out prompts x without a system prompt"),
             GateSpec("consistency_rate", g.consistency, ">=", "fraction of responses", "consistency rate of the policy's own samples",
                      min_n=evidence.rate_min_n_for(config, g.consistency), n_key=key),
             GateSpec("adherence", g.adherence, ">=", "fraction of (response, trait) pairs", "trait adherence of the policy's own samples; n = pairs",
@@ -140,8 +191,11 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
             if r.meets_threshold():
                 continue
         if r.metric == "kl_per_token":
-            diagnosis.append(f"KL {kl.per_token:.4g} ± {kl.stderr:.2g} nats/token exceeds {g.max_kl:g}; {where}")
-            steps.append("raise train.beta, lower train.learning_rate or train.max_steps, or evaluate more often (train.eval_every) so an in-budget checkpoint exists")
+            shift = getattr(ev, "persona_shift", None)
+            diagnosis.append(f"drift KL {kl.per_token:.4g} ± {kl.stderr:.2g} nats/token exceeds {g.max_kl:g}"
+                             + ("" if shift is None else f" (persona shift {shift.per_token:.4g})") + f"; {where}")
+            steps.append("the policy drifts beyond the persona-prompted baseline: use a distillation recipe (train.algorithm=sdft or sft), raise train.beta, "
+                         "lower train.learning_rate or train.max_steps, or evaluate more often (train.eval_every) so an in-budget checkpoint exists")
         elif r.metric == "consistency_rate":
             diagnosis.append(f"consistency {r.value:.3f} of the selected model (selection: {sel.reason}); {where}")
             steps.append("if KL has headroom: train longer or with a higher train.learning_rate; else improve the stage-3 pairs (data.best_of, a stronger teacher)")
@@ -174,8 +228,12 @@ def optimization_gate(config: RunConfig, ev: Any, sel: Selection, history: list[
 def model_card(config: RunConfig, args: TrainArgs, spec: Any, data_info: dict[str, Any], sel: Selection, summary: dict[str, Any], gate: GateReport) -> str:
     lines = [f"# {spec.name} — persona model (personatune stage 5)", "",
              f"Base: `{data_info['baseline']}`. Trained with TRL {args.algorithm.upper()} ({args.peft}"
-             f"{', merged' if args.peft == 'lora' and args.merge_lora else ''}), KL penalty beta={args.beta:g}. "
-             "The persona is in the weights: prompts carry no system prompt.", "",
+             f"{', merged' if args.peft == 'lora' and args.merge_lora else ''})"
+             + (f", KL penalty beta={args.beta:g}" if args.algorithm not in ("sft", "sdft") else ", distillation towards the persona-prompted baseline")
+             + ". The persona is in the weights: prompts carry no system prompt.", "",
+             "KL units: nats/token. `kl` is **drift KL**, against the stage-1 baseline given the persona context (system prompt"
+             + (" + few-shot turns" if config.data.few_shot else "") + "); `persona_shift` is the KL against the baseline without it "
+             "(how far the persona moved the model; information, not a gate).", "",
              "## Data", "", f"- training rows: {data_info['rows']} from `{data_info['pairs']}`", f"- held-out prompts for the gate: {data_info['heldout']}",
              f"- scorer: {data_info['scorer']}", "", "## Checkpoint selection", "", sel.reason or "final weights (no in-budget checkpoint evaluated)", "",
              "## Metrics (held-out prompts, no system prompt)", "", "| metric | value |", "|---|---|"]
@@ -213,8 +271,15 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     held_rows = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
     if not held_rows:
         raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
-    ds = train_dataset(pairs_path, args.algorithm)
     baseline = baseline_model_path(run_dir)
+    # The drift-KL reference: the baseline given the persona context c (checked to fit the window before any model work).
+    context = reference_context(config, spec, baseline, [r["messages"] for r in held_rows])
+    privileged = None
+    if args.algorithm == "sdft":
+        from personatune.persona_prompt import persona_context_text
+
+        privileged = persona_context_text(spec, few_shot=config.data.few_shot)
+    ds = train_dataset(pairs_path, args.algorithm, privileged)
     model, tok = models.load_configured_model(baseline, config.model, for_training=True)
     scorer, scorer_desc = _make_scorer(spec, run_dir, config)
     print(f"  persona metrics scored by: {scorer_desc}")
@@ -223,7 +288,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     min_ctx = config.gates.evaluation.min_per_context
     # Persona metrics use stage 4's decoding (data.teacher), so baseline and trained model are compared alike.
     evaluate = partial(training.evaluate_policy, tokenizer=tok, scorer=scorer, kl_max_new_tokens=args.kl_max_new_tokens, max_new_tokens=t.max_new_tokens,
-                       temperature=t.temperature, top_p=t.top_p, seed=seed, batch_size=args.eval_batch_size, min_per_context=min_ctx)
+                       temperature=t.temperature, top_p=t.top_p, seed=seed, batch_size=args.eval_batch_size, min_per_context=min_ctx,
+                       context=context)
     small = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts)
     full = training.EvalSet.from_rows(held_rows)
 
@@ -236,7 +302,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                                       eval_at_start=args.eval_at_start, echo=lambda s: (print(s), run_dir.log(s.strip())))
     common = dict(output_dir=out / "trainer", max_kl=g.max_kl, seed=seed, callbacks=[cb.hooks()])
     if args.algorithm == "dpo":
-        trainer = training.build_dpo_trainer(model, tok, ds, args, **common)
+        trainer = training.build_dpo_trainer(model, tok, ds, args, reference_context=context, **common)
+    elif args.algorithm in ("sft", "sdft"):
+        build = training.build_sft_trainer if args.algorithm == "sft" else training.build_sdft_trainer
+        trainer = build(model, tok, ds, args, output_dir=common["output_dir"], seed=seed, callbacks=common["callbacks"])
     else:
         from personatune.scoring.reward import make_reward_fn
 
@@ -290,17 +359,20 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     data_info = {"baseline": baseline, "rows": len(ds), "pairs": str(pairs_path.relative_to(run_dir.root)), "heldout": len(full.ids), "scorer": scorer_desc}
     atomic_write_text(model_dir / "README.md", model_card(config, args, spec, data_info, sel, summary, gate))
     metrics = {"selection": {"reason": sel.reason, "within_budget": sel.within_budget, "record": sel.record}, "final": summary,
-               "kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__,
+               "kl": ev.kl.to_dict(), "persona_shift": None if ev.persona_shift is None else ev.persona_shift.to_dict(),
+               "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__,
                "on_task": {"policy": getattr(ev.on_task, "__dict__", None), "baseline": getattr(base_on_task, "__dict__", None),
                            "retention": {"value": retention.value, "n": retention.n, "ci": retention.ci, "note": retention.note},
                            "baseline_samples": base_source, "unit": "fraction of responses with on_task >= 0.5; retention: ratio"},
                "history": history}
     atomic_write_json(out / "metrics.json", metrics)
     outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
-    message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: KL {ev.kl.per_token:.4g} nats/token, "
+    shift_txt = "" if ev.persona_shift is None else f" (persona shift {ev.persona_shift.per_token:.4g})"
+    message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: drift KL {ev.kl.per_token:.4g} "
+               f"nats/token{shift_txt}, "
                f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {fmt_metric(ev.style_variance)}, "
                f"on-task retention {fmt_metric(retention.value)}")
-    small_metrics = {k: summary[k] for k in ("kl", "consistency", "adherence", "style_variance", "on_task", "on_task_retention", "selected_step", "steps_trained")}
+    small_metrics = {k: summary[k] for k in ("kl", "persona_shift", "consistency", "adherence", "style_variance", "on_task", "on_task_retention", "selected_step", "steps_trained")}
     atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
                                             "metrics": small_metrics, "message": message})
     if acc.num_processes > 1:

@@ -17,8 +17,14 @@
    lm-eval tasks (`lm_eval` section, personatune.lm_harness) are scored on the final model too and compared
    with the baseline's (stage 1's lm_eval.json when its settings match): a task fails when its primary metric
    moves the wrong way by more than 1.96 x the baseline's standard error; skipped tasks are listed, not gated.
-5. KL per token of the final model to the baseline (personatune.kl.measure_kl: its own samples at temperature 1,
-   no system prompt, train.kl_max_new_tokens tokens), reported; stages 5-6 already gated it.
+5. Drift KL and persona shift of the final model (personatune.kl.measure_drift: its own samples at temperature 1,
+   no system prompt, train.kl_max_new_tokens tokens; METRICS.md): drift KL against the baseline given the persona
+   context c (persona_prompt.persona_context: the rendered system prompt, plus the few-shot turns when
+   data.few_shot), persona shift against the baseline without it, both in nats/token; reported, not gated here
+   (stages 5-6 gate drift KL).
+   The baseline is also sampled WITH c before each held-out prompt (same decoding, same evaluator): the persona-
+   prompted baseline is the target of context distillation, so `prompted_baseline` in final.json shows how close
+   the final model, without a system prompt, came to it (consistency, on-task rate, adherence).
 6. Gate (METRICS.md): improvement interval lower end > gates.final.min_improvement, retention >=
    gates.final.min_retention, on-task retention (on-task rate final / baseline, same prompts and decoding) >=
    gates.final.min_on_task_retention, no task drop beyond its interval (suite and lm-eval), no earlier stage
@@ -26,7 +32,8 @@
    `rate_min_n(gates.optimization.consistency)` prompts (the final consistency rate known to about ±0.06, 137 at
    0.85), on-task retention `rate_min_n(gates.final.min_on_task_retention)` (51 at 0.95); fewer: inconclusive.
    Verdict: DEPLOY iff all pass, else NO-DEPLOY with one line per failed gate (value, threshold, likely
-   cause, what to change). Writes final.json, final.md and samples.json.
+   cause, what to change). Writes final.json, final.md and samples.json (per prompt: the baseline without a system
+   prompt, the baseline with the persona context, the final model without one, each with its consistency).
 """
 
 from __future__ import annotations
@@ -52,6 +59,8 @@ CAPABILITY_BATCH = 16
 """Batch size of capability-suite generation; stage 1 uses the same, so padding is identical."""
 EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", "05_optimization", "06_iterations")
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
+KL_REFERENCE = "persona-prompted baseline"
+"""What final.json's `kl` is measured against (the same label as stages 5-6 write as `kl_reference`)."""
 
 
 def _m(m: Measurement) -> dict[str, Any]:
@@ -138,6 +147,36 @@ def compare_persona(base: list[Any], final: list[Any], *, seed: int, min_per_con
             "per_trait": per_trait, "per_context": per_context, "robustness": robustness, "on_task": on_task}
 
 
+def prompted_baseline_figures(prompted: list[Any], base: list[Any], final: list[Any], *, seed: int, few_shot: bool) -> dict[str, Any]:
+    """Persona figures of the baseline given the persona context (the target of context distillation), beside the
+    baseline and the final model without a system prompt, on the same prompts and decoding.
+
+    Args:
+        prompted: ResponseScore of the baseline's responses with the persona context before each prompt.
+        base, final: ResponseScore of the baseline's and the final model's responses without a system prompt.
+        seed: bootstrap seed (adherence interval).
+        few_shot: whether the context held the few-shot turns (data.few_shot).
+
+    Returns:
+        {"consistency", "on_task", "adherence", "n", "context", "gap_closed", ...}; `gap_closed` = (consistency(final)
+        - consistency(baseline)) / (consistency(prompted) - consistency(baseline)), None when the persona context
+        does not raise the baseline's consistency.
+
+    Raises:
+        ValueError: the lists do not score the same prompts in the same order.
+    """
+    if not ([r.id for r in prompted] == [r.id for r in base] == [r.id for r in final]):
+        raise ValueError("prompted baseline, baseline and final records must score the same prompts in the same order")
+    cp, cb, cf = consistency_rate(prompted), consistency_rate(base), consistency_rate(final)
+    otp = on_task_rate(prompted)
+    lift = None if cp.value is None or cb.value is None or not math.isfinite(cp.value - cb.value) else cp.value - cb.value
+    gap = None if lift is None or lift <= 0 or cf.value is None else (cf.value - cb.value) / lift
+    return {"consistency": _m(cp), "on_task": _m(otp) if otp else None, "adherence": _m(trait_adherence(prompted, seed=seed).overall), "n": len(prompted),
+            "context": "persona system prompt" + (" + few-shot turns" if few_shot else "") + " (persona_prompt.persona_context), then the held-out prompt",
+            "unit": "fraction of responses (Wilson 95% CI)", "gap_closed": gap,
+            "gap_closed_unit": "(consistency final - baseline) / (consistency prompted baseline - baseline), no system prompt for final and baseline"}
+
+
 def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_tok: Any, final_model: Any, final_tok: Any) -> dict[str, Any]:
     """The configured lm-eval tasks on the final model, compared with the baseline's.
 
@@ -205,7 +244,13 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
     measured["earlier_gates_failed"] = Measurement(float(len(failed_earlier)), n=len(fig["earlier_gates"]))
     results = check_gates(specs, measured)
     kl = fig.get("kl", {}).get("kl_per_token")
-    kl_txt = f"KL to the baseline {kl:.4g} nats/token" if isinstance(kl, (int, float)) else "KL not measured"
+    shift = (fig.get("persona_shift") or {}).get("kl_per_token")
+    if not isinstance(kl, (int, float)):
+        kl_txt = "KL not measured"
+    elif isinstance(shift, (int, float)):
+        kl_txt = f"drift KL {kl:.4g} nats/token, persona shift {shift:.4g} nats/token"
+    else:
+        kl_txt = f"KL to the baseline {kl:.4g} nats/token"
     reasons, steps = [], []
     for r in results:
         if r.passed:
@@ -262,8 +307,10 @@ def final_markdown(fig: dict[str, Any]) -> str:
     """final.md: the verdict, its reasons and the tables of final.json, for reading without the report."""
     f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
     fm = lambda m: "n/a" if not m or m.get("value") is None else f"{m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")  # noqa: E731
-    imp, ret, rob, kl = fig["improvement"], fig["retention"], fig["robustness"], fig["kl"]
+    imp, ret, rob = fig["improvement"], fig["retention"], fig["robustness"]
     ot = fig.get("on_task") or {}
+    fk = lambda d: ("n/a" if not isinstance((d or {}).get("kl_per_token"), (int, float))  # noqa: E731
+                    else f"{d['kl_per_token']:.4g} ± {d.get('kl_per_token_stderr', float('nan')):.2g} nats/token ({d.get('tokens')} tokens)")
     out = [f"# Final evaluation: {fig['verdict']}", ""] + [f"- {r}" for r in fig["reasons"]] + [
         "", f"Held-out prompts: {fig['n_prompts']}, no system prompt; decoding {json.dumps(fig['decoding'])}; baseline samples: {fig['baseline_samples']}.", "",
         "| metric | baseline | final | figure |", "|---|---|---|---|",
@@ -274,9 +321,19 @@ def final_markdown(fig: dict[str, Any]) -> str:
         f"| perplexity | {f(fig['perplexity']['baseline'].get('perplexity'))} | {f(fig['perplexity']['final'].get('perplexity'))} | |",
         f"| on-task rate | {fm(ot.get('baseline'))} | {fm(ot.get('final'))} | retention {fm(ot.get('retention'))} {ot.get('retention', {}).get('note', '')} |",
         f"| robustness ({rob['context']}, n={rob['n']}) | {fm(rob['before'])} | {fm(rob['after'])} | not gated |",
-        f"| KL to baseline | | | {kl.get('kl_per_token', float('nan')):.4g} ± {kl.get('kl_per_token_stderr', float('nan')):.2g} nats/token |", "",
+        f"| drift KL: final ‖ baseline given the persona context | | | {fk(fig.get('kl'))}; reported, gated in stages 5-6 |",
+        f"| persona shift: final ‖ baseline without it | | | {fk(fig.get('persona_shift'))}; information, not a gate |", "",
         "## Capability per task", "", "| task | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|"]
     out += [f"| {t} | {d['baseline']:.3f} | {d['candidate']:.3f} | {d['drop']:.3f} | {d['allowed']:.3f} | {'yes' if d['ok'] else 'NO'} |" for t, d in ret["tasks"].items()]
+    pb = fig.get("prompted_baseline")
+    if pb:
+        out += ["", "## Context-distillation target", "",
+                f"The baseline given the persona context ({pb['context']}) is what the final model should match without one; same prompts, decoding and evaluator.", "",
+                "| metric | baseline, no system prompt | baseline with the persona prompt | final, no system prompt |", "|---|---|---|---|",
+                f"| consistency rate | {fm(fig['consistency']['baseline'])} | {fm(pb['consistency'])} | {fm(fig['consistency']['final'])} |",
+                f"| on-task rate | {fm(ot.get('baseline'))} | {fm(pb.get('on_task'))} | {fm(ot.get('final'))} |",
+                f"| trait adherence | {fm(fig['adherence']['baseline'])} | {fm(pb['adherence'])} | {fm(fig['adherence']['final'])} |",
+                f"| share of the consistency gap closed | | | {f(pb.get('gap_closed'))} |"]
     lm = fig.get("lm_eval")
     if lm:
         out += ["", "## lm-evaluation-harness tasks", "", "| task | metric | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|---|"]
@@ -306,8 +363,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.capability import perplexity, retention, score_suite
     from personatune.generation.hf import HFBackend
     from personatune.progress import EtaLine
-    from personatune.kl import measure_kl
+    from personatune.kl import measure_drift
     from personatune.persona import load_persona
+    from personatune.persona_prompt import persona_context
     from personatune.stages.s1_baseline import baseline_model_path
     from personatune.stages.s5_optimization import _make_scorer
     from personatune.lm_harness import check_tasks
@@ -341,23 +399,29 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     convs = [p["messages"] for p in prompts]
     decoding = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "batch_size": t.batch_size, "seed": config.seed}
 
-    def sample(model: Any, tok: Any, who: str) -> list[str]:
-        eta = EtaLine(f"stage 7: sampling the {who} model on {len(convs)} held-out prompts")
-        outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate(convs, max_new_tokens=t.max_new_tokens, temperature=t.temperature,
-                                                                      top_p=t.top_p, n=1, seed=config.seed)
+    context = persona_context(spec, few_shot=config.data.few_shot)
+
+    def sample(model: Any, tok: Any, who: str, prefix: list[dict[str, str]] | None = None) -> list[str]:
+        eta = EtaLine(f"stage 7: sampling the {who} on {len(convs)} held-out prompts")
+        outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate([list(prefix or []) + list(c) for c in convs],
+                                                                                     max_new_tokens=t.max_new_tokens, temperature=t.temperature,
+                                                                                     top_p=t.top_p, n=1, seed=config.seed)
         return [o[0] for o in outs]
 
     base_texts = reusable_baseline_texts(config, run_dir, prompts)
     source = "04_evaluation/baseline_samples.json (reused: same model, prompts and decoding)"
     if base_texts is None:
-        base_texts, source = sample(base_model, base_tok, "baseline"), "sampled again in stage 7"
-    final_texts = sample(final_model, final_tok, "final")
+        base_texts, source = sample(base_model, base_tok, "baseline model"), "sampled again in stage 7"
+    # The context-distillation target: the baseline given the persona context, same prompts and decoding.
+    prompted_texts = sample(base_model, base_tok, "baseline model with the persona prompt", context)
+    final_texts = sample(final_model, final_tok, "final model")
     kw = dict(prompts=[c[-1]["content"] for c in convs], contexts=[p.get("context") for p in prompts],
               targets=[list(p.get("targets") or []) for p in prompts], ids=[str(p["id"]) for p in prompts])
-    base_recs, final_recs = scorer.score(base_texts, **kw), scorer.score(final_texts, **kw)
+    base_recs, prompted_recs, final_recs = scorer.score(base_texts, **kw), scorer.score(prompted_texts, **kw), scorer.score(final_texts, **kw)
 
     # 3. Persona figures. 4. Capability (stage 1's suite result for the baseline when it exists). 5. KL.
     fig: dict[str, Any] = compare_persona(base_recs, final_recs, seed=config.seed, min_per_context=config.gates.evaluation.min_per_context)
+    fig["prompted_baseline"] = prompted_baseline_figures(prompted_recs, base_recs, final_recs, seed=config.seed, few_shot=config.data.few_shot)
     try:
         base_suite = json.loads(run_dir.output_path("01_baseline", "capability").read_text(encoding="utf-8"))
         suite_src = "01_baseline/capability.json"
@@ -379,8 +443,13 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     fig["perplexity"] = {"baseline": base_info.get("perplexity") or perplexity(base_model, base_tok), "final": perplexity(final_model, final_tok),
                          "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template"}
     kl_tokens = config.train.kl_max_new_tokens
-    kl = measure_kl(final_model, base_model, final_tok, convs, max_new_tokens=kl_tokens, seed=config.seed, batch_size=t.batch_size)
-    fig["kl"] = {**kl.to_dict(), "max_new_tokens": kl_tokens, "reference": "the stage-1 baseline"}
+    dr = measure_drift(final_model, base_model, final_tok, convs, context, max_new_tokens=kl_tokens, seed=config.seed, batch_size=t.batch_size)
+    kl, shift = dr.drift, dr.shift
+    fig["kl"] = {**kl.to_dict(), "max_new_tokens": kl_tokens, "context_tokens": dr.context_tokens, "few_shot": config.data.few_shot,
+                 "what": "drift KL: KL(final(.|x) || baseline(.|c, x)), c = the persona context, x = a held-out prompt; reported, gated in stages 5-6"}
+    fig["persona_shift"] = {**shift.to_dict(), "max_new_tokens": kl_tokens,
+                            "what": "persona shift: KL(final(.|x) || baseline(.|x)) on the same samples; information, not a gate"}
+    fig["kl_reference"] = KL_REFERENCE
     fig["earlier_gates"] = {s: {"status": run_dir.record(s).status, "gate_passed": (run_dir.record(s).gate or {}).get("passed")} for s in EARLIER}
 
     # 6. Gate and verdict; everything reaches disk before the runner decides.
@@ -393,12 +462,16 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_json(out / "final.json", fig)
     atomic_write_text(out / "final.md", final_markdown(fig))
     atomic_write_json(out / "samples.json", [
-        {"id": p["id"], "context": p.get("context"), "prompt": c[-1]["content"], "baseline": bt, "final": ft,
-         "baseline_consistency": br.consistency, "final_consistency": fr.consistency, "baseline_consistent": br.consistent, "final_consistent": fr.consistent}
-        for p, c, bt, ft, br, fr in zip(prompts, convs, base_texts, final_texts, base_recs, final_recs)])
+        {"id": p["id"], "context": p.get("context"), "prompt": c[-1]["content"], "baseline": bt, "baseline_prompted": pt, "final": ft,
+         "baseline_consistency": br.consistency, "baseline_prompted_consistency": pr.consistency, "final_consistency": fr.consistency,
+         "baseline_consistent": br.consistent, "baseline_prompted_consistent": pr.consistent, "final_consistent": fr.consistent}
+        for p, c, bt, pt, ft, br, pr, fr in zip(prompts, convs, base_texts, prompted_texts, final_texts, base_recs, prompted_recs, final_recs)])
     imp = fig["improvement"]
     ci_txt = f"[{imp['ci'][0]:+.3f}, {imp['ci'][1]:+.3f}]" if imp.get("ci") else "n/a"
-    msg = (f"{verdict}: consistency {imp['baseline']:.3f} -> {imp['final']:.3f} (improvement 95% CI {ci_txt}), "
-           f"retention {'n/a' if value is None else f'{value:.3f}'}, KL {kl.per_token:.4g} nats/token")
+    pb = fig["prompted_baseline"]["consistency"]["value"]
+    msg = (f"{verdict}: consistency {imp['baseline']:.3f} -> {imp['final']:.3f} (improvement 95% CI {ci_txt}; "
+           f"persona-prompted baseline {'n/a' if pb is None else f'{pb:.3f}'}), retention {'n/a' if value is None else f'{value:.3f}'}, "
+           f"drift KL {kl.per_token:.4g} nats/token, persona shift {shift.per_token:.4g} nats/token")
     return StageResult(outputs={"final": out / "final.json", "samples": out / "samples.json"}, gate=gate,
-                       metrics={"verdict": verdict, "improvement": imp["value"], "retention": value, "kl": kl.per_token}, message=msg)
+                       metrics={"verdict": verdict, "improvement": imp["value"], "retention": value, "kl": kl.per_token,
+                                "persona_shift": shift.per_token, "prompted_baseline_consistency": pb}, message=msg)
