@@ -14,6 +14,8 @@ directory before any work.
 
 from __future__ import annotations
 
+import math
+
 import difflib
 import hashlib
 import json
@@ -84,7 +86,7 @@ class EvalGateArgs(_Section):
 class OptimGateArgs(_Section):
     """Stage-5/6 gate thresholds (METRICS.md)."""
 
-    max_kl: float = Field(0.1, ge=0, description="mean per-token KL(policy || reference) on held-out prompts (nats/token)")
+    max_kl: float = Field(0.1, ge=0, description="drift KL: mean per-token KL(policy(.|x) || stage-1 baseline(.|persona context, x)) on held-out prompts (nats/token)")
     consistency: float = Field(0.85, ge=0, le=1, description="consistency rate of the policy's own samples (fraction)")
     adherence: float = Field(0.90, ge=0, le=1, description="trait adherence of the policy's own samples (fraction)")
     max_style_variance: float = Field(0.15, ge=0, description="style variance of the policy's samples (relative std, unitless)")
@@ -212,7 +214,11 @@ class ScorerArgs(_Section):
 
 
 class IterationArgs(_Section):
-    """Stage 6: rounds of on-policy sampling, re-scoring, new pairs and DPO from the current policy."""
+    """Stage 6: expert iteration — rounds of on-policy sampling, keeping answers consistent and on task, and training on them."""
+
+    algorithm: Literal["dpo", "sft"] = Field("dpo", description="what a round trains on its kept answers: 'dpo' (best kept answer vs the worst "
+                                                               "sample, reference log-probs from the persona-prompted baseline) or 'sft' "
+                                                               "(distillation on the kept answers)")
 
     rounds: int = Field(1, ge=0, description="round budget after stage 5 (count); 0 = stage 6 keeps the stage-5 model")
     samples_per_prompt: int = Field(4, ge=2, description="responses sampled per training prompt from the current policy (count, >= 2)")
@@ -240,6 +246,19 @@ class RunConfig(_Section):
     train: TrainArgs = Field(default_factory=TrainArgs)
     iterations: IterationArgs = Field(default_factory=IterationArgs)
     gates: GateArgs = Field(default_factory=GateArgs)
+
+    @model_validator(mode="after")
+    def _kl_term_while_drift_gate(self) -> "RunConfig":
+        # Checked when the config loads: a trainer whose KL term is off while the drift-KL gate exists would train
+        # with nothing holding it near the reference (TRL's GRPO default beta is 0). SFT/SDFT need no beta: their
+        # loss is itself a divergence to the persona-prompted baseline.
+        max_kl = self.gates.optimization.max_kl
+        uses_beta = self.train.algorithm in ("dpo", "grpo", "rloo") or (self.iterations.rounds > 0 and self.iterations.algorithm == "dpo")
+        if uses_beta and max_kl is not None and math.isfinite(max_kl) and not self.train.beta > 0:
+            raise ValueError(f"train.beta={self.train.beta!r}: train.algorithm={self.train.algorithm} (or iterations.algorithm=dpo) has no KL term at "
+                             f"beta 0 while the drift-KL gate gates.optimization.max_kl={max_kl:g} exists; fix: set train.beta=0.1 (DPO) or "
+                             f"0.04 (GRPO/RLOO), or use train.algorithm=sdft or sft (distillation to the persona-prompted baseline)")
+        return self
 
 
 def _dotted_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
@@ -307,7 +326,8 @@ def _format_validation(err: ValidationError, known: list[str], source: str) -> l
             lines.append(f"{path}: required but missing; add `{path}: ...` to {source} or pass {path}=...")
         else:
             msg = str(e["msg"]).removeprefix("Value error, ")
-            lines.append(f"{path}: {msg} (got {limits.short_repr(e.get('input'))})")
+            # A cross-field check (a validator of the whole config) names its own keys and values in the message.
+            lines.append(msg if not path else f"{path}: {msg} (got {limits.short_repr(e.get('input'))})")
     return lines
 
 

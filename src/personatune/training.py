@@ -613,13 +613,15 @@ class PersonaEvalCallback:
             t.save_model(str(ckpt_dir))
             ckpt = str(ckpt_dir.relative_to(self.out_dir))
         main = t.accelerator.is_main_process
-        row: dict[str, Any] = {"step": step, "checkpoint": ckpt, "beta": float(t.beta), "time": round(time.time(), 3)}
-        action, new_beta = 0, float(t.beta)
+        # SFT/SDFT trainers have no beta (their loss is the divergence itself): raise_beta then stops instead.
+        beta = getattr(t, "beta", None)
+        row: dict[str, Any] = {"step": step, "checkpoint": ckpt, "beta": None if beta is None else float(beta), "time": round(time.time(), 3)}
+        action, new_beta = 0, float("nan") if beta is None else float(beta)
         if self.evaluate is not None and not self.sharded:
             if main:
                 res = self.evaluate(t.model, reference_of(t))
                 row.update(res.summary())
-                d = decide(self.history + [row], self.max_kl, self.kl_control, beta=float(t.beta), raise_factor=self.beta_raise_factor,
+                d = decide(self.history + [row], self.max_kl, self.kl_control, beta=None if beta is None else float(beta), raise_factor=self.beta_raise_factor,
                            max_raises=self.max_beta_raises)
                 row["decision"], row["reason"] = d.action, d.reason
                 action = {"continue": 0, "stop": 1, "raise_beta": 2}[d.action]

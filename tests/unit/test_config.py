@@ -74,3 +74,16 @@ def test_unknown_dpo_loss_is_refused_when_the_config_loads(tmp_path):
         load_config(cfg_path, ["train.dpo_loss=[sigmoid, bogus]"])
     assert "train.dpo_loss.1" in str(e.value) and "'sft'" in str(e.value) and "bogus" in str(e.value)
     assert load_config(cfg_path, ["train.dpo_loss=[sigmoid, sft]"]).train.dpo_loss == ["sigmoid", "sft"]
+
+
+def test_a_trainer_without_a_kl_term_is_refused_at_load_time_while_a_drift_gate_exists():
+    from personatune.config import load_config
+    from personatune.errors import ConfigError
+
+    persona = "examples/personas/captain_nova.yaml"
+    for algo in ("dpo", "grpo", "rloo"):
+        with pytest.raises(ConfigError, match=rf"train.beta=0.0: train.algorithm={algo} .*no KL term.*fix: set train.beta"):
+            load_config(None, [f"persona={persona}", f"train.algorithm={algo}", "train.beta=0"])
+    # distillation recipes need no beta
+    load_config(None, [f"persona={persona}", "train.algorithm=sdft", "iterations.algorithm=sft", "train.beta=0"])
+    load_config(None, [f"persona={persona}", "train.algorithm=sft", "iterations.rounds=0", "train.beta=0"])

@@ -5,29 +5,40 @@ What `HFBackend.generate` does, in order:
    `add_special_tokens=False` (the template already holds BOS; tokenizing with special tokens
    would double it): `personatune.models.encode_chat`, the project's one implementation.
 2. Sort conversations by prompt length (longest first) and cut them into batches of
-   `batch_size`: neighbours have similar lengths, so little compute goes to padding.
+   `batch_size`: neighbours have similar lengths, so little compute goes to padding. With
+   `share_prefix` (default) conversations with the same context (every message but the last) are
+   sorted next to each other first, so a batch's prompts share a long token prefix.
 3. LEFT-pad each batch (decoder-only models continue from the last position, so every prompt
    must end at the same column) with an attention mask; position ids follow the mask.
+   With `share_prefix`, the batch's longest common token prefix (a persona system prompt with
+   few-shot turns: ~690 of ~705 tokens in stage 3) is prefilled ONCE, at batch size 1 and without
+   padding, and its KV cache copied to every row; only the rest of each prompt is prefilled, padded
+   in the middle (prefix, pad, rest) with the mask and position ids following the mask, so each row
+   sees exactly the positions it would see alone. Prefix caches are kept for the call (and, with
+   `prefix_cache` > 0, for later calls while the weights are unchanged) and extended from the
+   longest one kept. benchmarks/bench_teacher.py measures it.
 4. Decode greedily when `temperature == 0`, otherwise sample with `temperature`/`top_p`, n draws
    per prompt, the RNG seeded from `seed` in a forked RNG state so the caller's global RNG is
    untouched. With n > 1 the prompt is prefilled ONCE and its KV cache repeated n times
    (`share_prefill`): `num_return_sequences = n` would prefill every copy, and with a long persona
    system prompt prefill is most of the cost on a CPU (benchmarks/bench_generation.py measures it).
    The draws are the same sequences as with `num_return_sequences` (same batch order, same RNG use),
-   up to float rounding. Decoding uses exactly these parameters: the model's own
+   up to float rounding. The shared-prefix path always repeats the cache this way. Decoding uses exactly these parameters: the model's own
    generation_config defaults (top_k, repetition_penalty, ...) are not applied, so the HF and
    OpenAI-compatible backends mean the same thing by the same parameters.
 5. Stop each sequence at its first EOS (the tokenizer's and the model's EOS ids), drop special
    tokens, strip whitespace, and put results back in the caller's order.
 
-Greedy output is the same whether a prompt is decoded alone or in a padded batch (tested), up to
-float rounding in reduced precision.
+Greedy output is the same whether a prompt is decoded alone or in a padded batch, with or without a
+shared prefix (tested), up to float rounding in reduced precision.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -51,23 +62,35 @@ class HFBackend:
         device: where to run ("cpu", "cuda", "cuda:1", a torch.device) or None for the model's
             current device. A different device moves the model there.
         share_prefill: with n > 1 draws, prefill each prompt once and repeat its KV cache (step 4).
+        share_prefix: prefill a batch's common token prefix once (step 3) when it is at least
+            `MIN_SHARED_PREFIX` tokens long; only for models whose cache is plain full attention
+            (`DynamicLayer`), else the per-prompt path is used.
+        prefix_cache: how many prefix KV caches to keep BETWEEN calls (0: none; a call never reuses
+            KV from an earlier one). Kept caches are dropped when the model or its parameters change
+            (a parameter's in-place version counter moves, as with an optimizer step or loaded weights);
+            set it only where the weights are frozen, e.g. stage 3's teacher.
         progress: called as progress(prompts done, prompts in the call) after each batch, e.g. a
             personatune.progress.EtaLine, so a long generate call shows a rate and an ETA.
 
     Raises:
-        BackendError: batch_size < 1, or the tokenizer has neither a pad nor an EOS token.
+        BackendError: batch_size < 1, prefix_cache < 0, or the tokenizer has neither a pad nor an EOS token.
 
     >>> backend = HFBackend(model, tokenizer, batch_size=16)                       # doctest: +SKIP
     >>> backend.generate([[{"role": "user", "content": "Hi"}]], max_new_tokens=16, temperature=0.0)  # doctest: +SKIP
     [['Hello! How can I help you today?']]
     """
 
+    MIN_SHARED_PREFIX = 32
+    """Shortest common prefix (tokens) worth a separate prefill; below it the batch is prefilled as a whole."""
+
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, share_prefill: bool = True,
-                 progress: Callable[[int, int], object] | None = None) -> None:
+                 progress: Callable[[int, int], object] | None = None, share_prefix: bool = True, prefix_cache: int = 0) -> None:
         import torch
 
         if not isinstance(batch_size, int) or batch_size < 1:
             raise BackendError(f"batch_size={batch_size!r} must be an integer >= 1")
+        if not isinstance(prefix_cache, int) or prefix_cache < 0:
+            raise BackendError(f"prefix_cache={prefix_cache!r} must be an integer >= 0")
         self.model = model
         self.tokenizer = tokenizer
         self.batch_size = batch_size
@@ -81,8 +104,13 @@ class HFBackend:
             raise BackendError("the tokenizer has neither a pad token nor an EOS token; fix: set tokenizer.pad_token")
         self.pad_id = int(pad)
         self.share_prefill = share_prefill
+        self.share_prefix = share_prefix
+        self.prefix_cache = prefix_cache
         self.progress = progress
         self.last_stats: dict[str, float] = {}
+        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
+        self._weights_key: tuple | None = None
+        self._plain: bool | None = None
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
@@ -103,8 +131,10 @@ class HFBackend:
                      top_p: float = 1.0, n: int = 1, seed: int | None = None) -> list[list[list[int]]]:
         """Like `generate`, but returns the new token ids of each completion, cut before the first EOS.
 
-        `last_stats` afterwards holds `new_tokens` (tokens actually produced, EOS excluded) and
-        `seconds` (wall time), for throughput figures.
+        `last_stats` afterwards holds `new_tokens` (tokens actually produced, EOS excluded), `seconds`
+        (wall time), `prefill_tokens` (prompt tokens run through the model, shared prefixes counted once)
+        and `decode_slots` (sequences x decoding steps: a finished sequence still occupies its row until
+        the batch ends), for throughput figures.
         """
         import torch
         from transformers import GenerationConfig
@@ -112,37 +142,56 @@ class HFBackend:
         params = SamplingParams(max_new_tokens, temperature, top_p, n, seed)
         check_conversations(conversations)
         encoded = [encode_chat(self.tokenizer, c, add_generation_prompt=True) for c in conversations]
-        order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+        if self.share_prefix:
+            # Same context (all but the last message) next to each other, then longest first.
+            ctx = [json.dumps(c[:-1], sort_keys=True) for c in conversations]
+            order = sorted(range(len(encoded)), key=lambda i: (ctx[i], -len(encoded[i])))
+        else:
+            order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
         draws = 1 if params.greedy else n
         shared = self.share_prefill and draws > 1
-        gen_cfg = GenerationConfig(
-            max_new_tokens=max_new_tokens, do_sample=not params.greedy, num_return_sequences=1 if shared else draws,
-            temperature=temperature if not params.greedy else None, top_p=top_p if not params.greedy else None, top_k=None,
-            pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None,
-        )
+
+        def config(k: int) -> Any:
+            return GenerationConfig(
+                max_new_tokens=max_new_tokens, do_sample=not params.greedy, num_return_sequences=k,
+                temperature=temperature if not params.greedy else None, top_p=top_p if not params.greedy else None, top_k=None,
+                pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None,
+            )
+
+        gen_cfg, cached_cfg = config(1 if shared else draws), config(1)
         results: list[list[list[int]] | None] = [None] * len(encoded)
         eos = set(self.eos_ids)
-        produced = 0
+        produced = prefilled = slots = 0
         was_training = self.model.training
         self.model.eval()
         t0 = time.perf_counter()
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         rng = torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext()
+        self._check_prefixes()
         try:
             with torch.inference_mode(), rng:
                 if seed is not None:
                     torch.manual_seed(seed)
                 for start in range(0, len(order), self.batch_size):
                     idx = order[start:start + self.batch_size]
-                    width = max(len(encoded[i]) for i in idx)
-                    input_ids = torch.tensor([[self.pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=self.device)
-                    mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=self.device)
-                    if shared:
-                        input_ids, mask, cache = self._prefill(input_ids, mask, draws)
-                        out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=gen_cfg)
+                    rows = [encoded[i] for i in idx]
+                    common = _common_prefix(rows) if self.share_prefix else 0
+                    if common >= self.MIN_SHARED_PREFIX and self._plain_cache():
+                        input_ids, mask, cache, width, work = self._prefill_shared(rows, common, draws)
+                        out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=cached_cfg)
                     else:
-                        out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
+                        width = max(len(r) for r in rows)
+                        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
+                        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+                        work = len(rows) * (width - 1 + draws) if shared else len(rows) * width * draws
+                        if shared:
+                            input_ids, mask, cache = self._prefill(input_ids, mask, draws)
+                            out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=gen_cfg)
+                        else:
+                            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
+                    prefilled += work
                     new = out[:, width:].tolist()
+                    slots += len(new) * (len(new[0]) if new else 0)
                     for j, i in enumerate(idx):
                         seqs = []
                         for row in new[j * draws:(j + 1) * draws]:
@@ -154,7 +203,10 @@ class HFBackend:
                         self.progress(min(start + self.batch_size, len(order)), len(order))
         finally:
             self.model.train(was_training)
-        self.last_stats = {"new_tokens": float(produced), "seconds": time.perf_counter() - t0}
+            if not self.prefix_cache:
+                self._prefixes.clear()
+        self.last_stats = {"new_tokens": float(produced), "seconds": time.perf_counter() - t0, "prefill_tokens": float(prefilled),
+                           "decode_slots": float(slots)}
         return results  # type: ignore[return-value]
 
     def _prefill(self, input_ids: Any, mask: Any, draws: int) -> tuple[Any, Any, Any]:
@@ -173,3 +225,87 @@ class HFBackend:
         self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], cache=cache, use_cache=True)
         cache.batch_repeat_interleave(draws)
         return input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0), cache
+
+    # --- shared prefixes ---------------------------------------------------------------------------
+    def _plain_cache(self) -> bool:
+        """Whether the model's KV cache is plain full attention, the only kind a prefix cache is copied for."""
+        if self._plain is None:
+            from transformers import DynamicCache
+            from transformers.cache_utils import DynamicLayer
+
+            layers = DynamicCache(config=self.model.config).layers
+            self._plain = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        return self._plain
+
+    def _check_prefixes(self) -> None:
+        """Drop kept prefix caches when the model, its device or any parameter changed since they were made."""
+        if not self.prefix_cache:
+            self._prefixes.clear()
+            return
+        key = (id(self.model), str(self.device), sum(p._version for p in self.model.parameters()))
+        if key != self._weights_key:
+            self._prefixes.clear()
+            self._weights_key = key
+
+    def _prefix_kv(self, prefix: tuple[int, ...]) -> tuple[Any, int]:
+        """The KV cache (batch 1, no padding) of `prefix`, kept or computed from the longest kept prefix of it,
+        and how many tokens had to be run through the model for it."""
+        import copy
+
+        import torch
+        from transformers import DynamicCache
+
+        if prefix in self._prefixes:
+            self._prefixes.move_to_end(prefix)
+            return self._prefixes[prefix], 0
+        base = max((k for k in self._prefixes if len(k) < len(prefix) and prefix[:len(k)] == k), key=len, default=())
+        if base:
+            self._prefixes.move_to_end(base)
+            cache = copy.deepcopy(self._prefixes[base])
+        else:
+            cache = DynamicCache(config=self.model.config)
+        rest = torch.tensor([prefix[len(base):]], device=self.device)
+        pos = torch.arange(len(base), len(prefix), device=self.device)[None, :]
+        self.model(input_ids=rest, attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=self.device), position_ids=pos,
+                   cache=cache, use_cache=True)
+        self._prefixes[prefix] = cache
+        while len(self._prefixes) > max(self.prefix_cache, 2):
+            self._prefixes.popitem(last=False)
+        return cache, len(prefix) - len(base)
+
+    def _prefill_shared(self, rows: list[list[int]], common: int, draws: int) -> tuple[Any, Any, Any, int, int]:
+        """A batch whose prompts share their first `common` tokens: the prefix's cache copied to every row,
+        then the rest of each prompt but its last token prefilled, padded between prefix and rest.
+
+        Returns:
+            (input ids, attention mask, cache, width of the prompt columns, prompt tokens run through the model),
+            the first three repeated `draws` times along the batch.
+        """
+        import torch
+        from transformers import DynamicCache
+
+        cut = min(common, min(len(r) for r in rows) - 1)  # every row keeps at least its last token for generate
+        prefix = tuple(rows[0][:cut])
+        base, computed = self._prefix_kv(prefix)
+        rest = [r[cut:] for r in rows]
+        w = max(len(r) for r in rest)
+        input_ids = torch.tensor([list(prefix) + [self.pad_id] * (w - len(r)) + r for r in rest], device=self.device)
+        mask = torch.tensor([[1] * cut + [0] * (w - len(r)) + [1] * len(r) for r in rest], device=self.device)
+        cache = DynamicCache(config=self.model.config)
+        for li, layer in enumerate(base.layers):
+            cache.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), li)
+        if w > 1:
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            self.model(input_ids=input_ids[:, cut:-1], attention_mask=mask[:, :-1], position_ids=pos[:, cut:-1], cache=cache, use_cache=True)
+        if draws > 1:
+            cache.batch_repeat_interleave(draws)
+            input_ids, mask = input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0)
+        return input_ids, mask, cache, cut + w, computed + len(rows) * (w - 1 + draws)
+
+
+def _common_prefix(rows: list[list[int]]) -> int:
+    """Length of the longest token prefix every row shares."""
+    first, n = rows[0], min(len(r) for r in rows)
+    for r in rows[1:]:
+        n = next((k for k in range(n) if r[k] != first[k]), n)
+    return n

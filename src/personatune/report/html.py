@@ -362,6 +362,51 @@ def _evaluation(rd: RunData, traits: list[str]) -> str:
     return _section("evaluation", title, body)
 
 
+def kl_header(rows: list[dict[str, Any]]) -> str:
+    """The name of the `kl` column of metrics rows, with its unit: drift KL, or the old KL to the unprompted baseline."""
+    kinds = {kl_is_drift(r) for r in rows if num(r.get("kl")) is not None} or {True}
+    if kinds == {True}:
+        return f"{DRIFT_KL} ({KL_UNIT})"
+    if kinds == {False}:
+        return f"{OLD_KL} ({KL_UNIT})"
+    return f"KL ({KL_UNIT}): {DRIFT_KL} in rows with kl_reference, else to the unprompted baseline (written before drift KL)"
+
+
+COLUMN_NAMES = {"kl_stderr": f"KL standard error ({KL_UNIT})", "persona_shift": f"{PERSONA_SHIFT} ({KL_UNIT})",
+                "persona_shift_stderr": f"{PERSONA_SHIFT} standard error ({KL_UNIT})", "kl_reference": "KL reference"}
+
+
+def _kl_charts(rows: list[dict[str, Any]], x_key: str, x_label: str, budget: float) -> str:
+    """Drift KL (with the budget) and persona shift per step or round, each with its ± one standard-error band; the
+    `kl` of rows written before drift KL is drawn as its own series, labelled as KL to the unprompted baseline."""
+    def series(keep: Any, key: str, se_key: str) -> tuple[list[tuple[float, float | None]], list[tuple[float, float, float]]]:
+        sel = [r for r in rows if keep(r) and num(r.get(key)) is not None]
+        pts = [(num(r[x_key]), num(r[key])) for r in sel]
+        band = [(num(r[x_key]), num(r[key]) - num(r[se_key]), num(r[key]) + num(r[se_key])) for r in sel if num(r.get(se_key)) is not None]
+        return pts, band  # type: ignore[return-value]
+
+    lines: dict[str, Any] = {}
+    bands: dict[str, Any] = {}
+    for name, keep, key, se in ((DRIFT_KL, kl_is_drift, "kl", "kl_stderr"), (PERSONA_SHIFT, lambda r: True, "persona_shift", "persona_shift_stderr"),
+                                (OLD_KL, lambda r: not kl_is_drift(r), "kl", "kl_stderr")):
+        pts, band = series(keep, key, se)
+        if pts:
+            lines[name], bands[name] = pts, band
+    if not lines:
+        return ""
+    notes = []
+    if DRIFT_KL in lines:
+        notes.append(f"{DRIFT_KL} = KL(policy(·|x) ‖ baseline(·|persona context, x)) in {KL_UNIT}, gated by the budget line")
+    if PERSONA_SHIFT in lines:
+        notes.append(f"{PERSONA_SHIFT} = KL(policy(·|x) ‖ baseline(·|x)) in {KL_UNIT}, information, not a gate")
+    if OLD_KL in lines:
+        notes.append(f"{OLD_KL}: KL(policy ‖ baseline without the persona context) in {KL_UNIT}; not comparable with the budget of drift KL")
+    what = " and ".join(n for n in (DRIFT_KL, PERSONA_SHIFT, OLD_KL) if n in lines)
+    return (line_chart(lines, x_label=x_label, y_label=f"KL ({KL_UNIT})", bands=bands, thresholds=[("budget", budget)],
+                       title=f"{what} per {x_label} ({KL_UNIT})")
+            + f'<p class="note">{esc("; ".join(notes))}. Bands: ± one standard error.</p>')
+
+
 def _curves_for(rows: list[dict[str, Any]], x_key: str, x_label: str, rd: RunData) -> str:
     """KL, persona-quality and style-variance charts for metrics rows keyed by step or round."""
     g = dig(rd.config, "gates", "optimization") or {}
@@ -370,12 +415,7 @@ def _curves_for(rows: list[dict[str, Any]], x_key: str, x_label: str, rd: RunDat
         return f'<p class="note">no rows with a numeric {esc(x_key)!s}.</p>'
     pts = lambda k: [(num(r[x_key]), num(r.get(k))) for r in rows]  # noqa: E731 - one-line accessor
     has = lambda k: any(num(r.get(k)) is not None for r in rows)  # noqa: E731
-    out = ""
-    if has("kl"):
-        band = {"KL": [(num(r[x_key]), num(r["kl"]) - num(r["kl_stderr"]), num(r["kl"]) + num(r["kl_stderr"]))
-                       for r in rows if num(r.get("kl")) is not None and num(r.get("kl_stderr")) is not None]}
-        out += line_chart({"KL": pts("kl")}, x_label=x_label, y_label="KL (nats/token)", bands=band,
-                          thresholds=[("budget", num(g.get("max_kl")) or 0.1)], title=f"KL to the reference per {x_label}")
+    out = _kl_charts(rows, x_key, x_label, num(g.get("max_kl")) or 0.1)
     quality = {k: pts(k) for k in ("consistency", "adherence", "reward") if has(k)}
     if quality:
         ys = [y for s in quality.values() for _, y in s if y is not None]
@@ -392,8 +432,9 @@ def _curves_for(rows: list[dict[str, Any]], x_key: str, x_label: str, rd: RunDat
     cols = [k for k in keys if all(not isinstance(r.get(k), (dict, list)) for r in rows)]
     shown = rows[-TABLE_LIMIT:]
     what = f"all {len(rows)} rows" if len(shown) == len(rows) else f"last {len(shown)} of {len(rows)} rows"
+    names = {**COLUMN_NAMES, "kl": kl_header(rows)}
     out += (f"<details><summary>{what}</summary>"
-            + _table(cols, [[f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in cols] for r in shown]) + "</details>")
+            + _table([names.get(c, c) for c in cols], [[f'<td class="num">{esc(fmt(r.get(c)))}</td>' for c in cols] for r in shown]) + "</details>")
     return out
 
 
@@ -403,14 +444,18 @@ def _rounds_table(rounds: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     kept = [r for r in rows if r.get("kept") is True]
-    head = ["round", "KL (nats/token)", "consistency [95% CI]", "adherence", "style variance", "pairs", "steps", "gate", "kept", "seconds"]
+    shift = any(num(r.get("persona_shift")) is not None for r in rows)
+    head = ["round", kl_header(rows)] + ([f"{PERSONA_SHIFT} ({KL_UNIT})"] if shift else []) + [
+        "consistency [95% CI]", "adherence", "style variance", "pairs", "steps", "gate", "kept", "seconds"]
     body = []
+    pm = lambda r, k: fmt(num(r.get(k))) + (f" ± {fmt(num(r.get(k + '_stderr')))}" if num(r.get(k + "_stderr")) is not None else "")  # noqa: E731
     for r in rows:
-        kl = fmt(num(r.get("kl"))) + (f" ± {fmt(num(r.get('kl_stderr')))}" if num(r.get("kl_stderr")) is not None else "")
         cons = fmt(num(r.get("consistency"))) + (f" [{ci_text(r.get('consistency_ci'))}]" if ci_text(r.get("consistency_ci")) != "—" else "")
         gate = r.get("passed")
         gcell = '<td class="res">—</td>' if not isinstance(gate, bool) else f'<td class="res">{"PASS" if gate else "FAIL"}</td>'
-        cells = [f'<td class="num">{esc(fmt(r.get("round")))}</td>', f'<td class="num">{esc(kl)}</td>', f'<td class="num">{esc(cons)}</td>']
+        cells = [f'<td class="num">{esc(fmt(r.get("round")))}</td>', f'<td class="num">{esc(pm(r, "kl"))}</td>']
+        cells += [f'<td class="num">{esc(pm(r, "persona_shift"))}</td>'] if shift else []
+        cells += [f'<td class="num">{esc(cons)}</td>']
         cells += [f'<td class="num">{esc(fmt(num(r.get(k))))}</td>' for k in ("adherence", "style_variance", "pairs", "steps")]
         cells += [gcell, f"<td>{'<b>kept</b>' if r.get('kept') is True else ''}</td>", f'<td class="num">{esc(fmt(num(r.get("seconds"))))}</td>']
         cls = "pass" if gate is True else "fail" if gate is False else ""
@@ -464,6 +509,27 @@ def _drop_table(title: str, tasks: dict[str, dict[str, Any]], keys: tuple[str, .
     return f"<h3>{esc(title)}</h3><table><thead><tr>{head}</tr></thead><tbody>" + "".join(rows) + "</tbody></table>"
 
 
+def _distillation_target(final: dict[str, Any]) -> str:
+    """Baseline without a system prompt | baseline with the persona prompt | final without one: how close the final
+    model came to the context-distillation target (final.json `prompted_baseline`); empty for runs without it."""
+    pb = final.get("prompted_baseline")
+    if not isinstance(pb, dict):
+        return ""
+    rows = [("consistency rate", dig(final, "consistency", "baseline"), pb.get("consistency"), dig(final, "consistency", "final")),
+            ("on-task rate", dig(final, "on_task", "baseline"), pb.get("on_task"), dig(final, "on_task", "final")),
+            ("trait adherence", dig(final, "adherence", "baseline"), pb.get("adherence"), dig(final, "adherence", "final"))]
+    trs = "".join(f"<tr><td>{esc(label)}</td>{_mcell(b)}{_mcell(p)}{_mcell(f)}</tr>" for label, b, p, f in rows)
+    gap = num(pb.get("gap_closed"))
+    note = (f"The persona-prompted baseline ({fmt(pb.get('context'))}) is the target of context distillation and the reference of drift KL; "
+            f"same {fmt(pb.get('n'))} prompts, decoding and evaluator. "
+            + (f"Share of the consistency gap the final model closed: {gap:.3f} ((final − baseline) / (prompted − baseline))." if gap is not None
+               else "The persona prompt did not raise the baseline's consistency, so there is no gap to close."))
+    return ("<h3>Context-distillation target: the baseline with the persona prompt</h3>"
+            "<table><thead><tr><th>metric</th><th>baseline, no system prompt</th><th>baseline with the persona prompt</th>"
+            f"<th>final, no system prompt</th></tr></thead><tbody>{trs}</tbody></table>"
+            f'<p class="note">{esc(note)}</p>')
+
+
 def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     title = "Final evaluation (stage 7)"
     if final is None:
@@ -491,9 +557,16 @@ def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     rows.append(["perplexity (general text)", dig(final, "perplexity", "baseline", "perplexity"), dig(final, "perplexity", "final", "perplexity"), "", '<td class="res">—</td>'])
     rows.append([f"robustness: {fmt(rob.get('context') or 'adversarial')} prompts answered in persona (n={fmt(rob.get('n'))})", rob.get("before"), rob.get("after"),
                  "reported, not gated", '<td class="res">—</td>'])
-    kl_txt = (f"{fmt(num(kl.get('kl_per_token')))} ± {fmt(num(kl.get('kl_per_token_stderr')))} nats/token over {fmt(kl.get('tokens'))} tokens"
-              if num(kl.get("kl_per_token")) is not None else "")
-    rows.append(["KL(final ‖ baseline) per token", None, None, kl_txt, '<td class="res">—</td>'])
+    kl_txt = lambda d: (f"{fmt(num(d.get('kl_per_token')))} ± {fmt(num(d.get('kl_per_token_stderr')))} {KL_UNIT} over {fmt(d.get('tokens'))} tokens"  # noqa: E731
+                        if isinstance(d, dict) and num(d.get("kl_per_token")) is not None else "")
+    if kl_is_drift(final):
+        shift = final.get("persona_shift") if isinstance(final.get("persona_shift"), dict) else {}
+        rows.append([f"{DRIFT_KL}: KL(final ‖ baseline given the persona context), {KL_UNIT}", None, None,
+                     kl_txt(kl) + ("; reported here, gated in stages 5-6" if kl_txt(kl) else ""), '<td class="res">—</td>'])
+        rows.append([f"{PERSONA_SHIFT}: KL(final ‖ baseline without it), {KL_UNIT}", None, None,
+                     kl_txt(shift) + ("; information, not a gate" if kl_txt(shift) else ""), '<td class="res">—</td>'])
+    else:
+        rows.append([f"{OLD_KL}: KL(final ‖ baseline), {KL_UNIT}", None, None, kl_txt(kl), '<td class="res">—</td>'])
     trs = []
     for label, b, f, fig, g in rows:
         cls = "pass" if "PASS" in g else "fail" if "FAIL" in g else "inc" if "INCONCLUSIVE" in g else ""
@@ -502,6 +575,7 @@ def _final(rd: RunData, final: dict[str, Any] | None, traits: list[str]) -> str:
     body += (f'<h3>Baseline vs final ({esc(fmt(n))} held-out prompts, no system prompt, the same decoding)</h3>'
              '<table><thead><tr><th>metric</th><th>baseline</th><th>final</th><th>figure</th><th>gate</th></tr></thead><tbody>'
              + "".join(trs) + "</tbody></table>")
+    body += _distillation_target(final)
     tasks = ret.get("tasks") if isinstance(ret.get("tasks"), dict) else {}
     tasks = {t: d for t, d in tasks.items() if isinstance(d, dict)}
     if tasks:
@@ -549,10 +623,22 @@ def _score(x: Any) -> str:
 def _samples(rd: RunData, final: dict[str, Any] | None) -> str:
     title = "Sample responses"
     samples = [s for s in _list(rd.json(rd.path("07_final_eval", "samples", "samples.json"))) if isinstance(s, dict)]
+    reply = lambda s, k: esc(as_text(s.get(k)) + _score(s.get(f"{k}_consistency")))  # noqa: E731
+    if samples and any("baseline_prompted" in s for s in samples):
+        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), reply(s, "baseline"),
+                 reply(s, "baseline_prompted") if "baseline_prompted" in s else '<td class="note">not sampled</td>', reply(s, "final")]
+                for s in samples[:SAMPLE_LIMIT]]
+        note = ("The same held-out prompts, the same decoding: the baseline without a system prompt, the baseline given the persona prompt "
+                "(the context-distillation target) and the final model without a system prompt; the evaluator's consistency score below each reply.")
+        head = ["context", "prompt", "baseline, no system prompt", "baseline with the persona prompt", "final, no system prompt"]
+        colgroup = ('<colgroup><col style="width:8%"><col style="width:17%"><col style="width:25%"><col style="width:25%"><col style="width:25%">'
+                    "</colgroup>")
+        shown = f" Showing {min(len(samples), SAMPLE_LIMIT)} of {len(samples)}." if len(samples) > SAMPLE_LIMIT else ""
+        return _section("samples", title, f'<p class="note">{esc(note + shown)}</p>' + _table(head, rows, "samples").replace("<thead>", colgroup + "<thead>", 1))
     if samples:
-        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("baseline")) + _score(s.get("baseline_consistency"))),
-                 esc(as_text(s.get("final")) + _score(s.get("final_consistency")))] for s in samples[:SAMPLE_LIMIT]]
-        note = "Baseline and final model on the same held-out prompts, no system prompt, the same decoding; the evaluator's consistency score below each reply."
+        rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), reply(s, "baseline"), reply(s, "final")] for s in samples[:SAMPLE_LIMIT]]
+        note = ("Baseline and final model on the same held-out prompts, no system prompt, the same decoding; the evaluator's consistency score below each reply. "
+                "This run's stage 7 predates the persona-prompted baseline column.")
     else:
         base = rd.json(rd.path("04_evaluation", "baseline_samples", "baseline_samples.json"))
         samples = [s for s in _list(base) if isinstance(s, dict)]
@@ -561,7 +647,7 @@ def _samples(rd: RunData, final: dict[str, Any] | None) -> str:
         rows = [[esc(s.get("context", "")), esc(as_text(s.get("prompt"))), esc(as_text(s.get("response"))), '<td class="note">not run yet</td>']
                 for s in samples[:SAMPLE_LIMIT]]
         note = "Baseline model on held-out prompts, no system prompt (stage 4); the final model's column fills in after stage 7."
-    head = ["context", "prompt", "baseline", "final"]
+    head = ["context", "prompt", "baseline, no system prompt", "final, no system prompt"]
     shown = f" Showing {min(len(samples), SAMPLE_LIMIT)} of {len(samples)}." if len(samples) > SAMPLE_LIMIT else ""
     colgroup = '<colgroup><col style="width:10%"><col style="width:24%"><col style="width:33%"><col style="width:33%"></colgroup>'
     return _section("samples", title, f'<p class="note">{esc(note + shown)}</p>' + _table(head, rows, "samples").replace("<thead>", colgroup + "<thead>", 1))
@@ -576,7 +662,7 @@ def _files(rd: RunData) -> str:
         lines = log.splitlines()
         body += f"<details><summary>log.txt (last {min(LOG_TAIL, len(lines))} of {len(lines)} lines)</summary><pre>{esc(chr(10).join(lines[-LOG_TAIL:]))}</pre></details>"
     if rd.warnings:
-        body += '<div class="warn"><b>Files that could not be read:</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in rd.warnings) + "</ul></div>"
+        body += '<div class="warn"><b>Files that could not be read:</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in dict.fromkeys(rd.warnings)) + "</ul></div>"
     return _section("files", "Run files", body or '<p class="note">no config.yaml or log.txt.</p>')
 
 
@@ -598,9 +684,11 @@ def render_report(run_dir: str | Path) -> str:
     traits = [str(t.get("id")) for t in _list((persona or {}).get("traits")) if isinstance(t, dict) and t.get("id")]
     final = rd.json(rd.path("07_final_eval", "final", "final.json"))
     final = final if isinstance(final, dict) else None
-    verdict, why = rd.verdict(final)  # the same verdict the CLI printed: a failed gate is NO-DEPLOY
-    vb = (f'<span title="{esc(why)}" class="badge verdict {"b-pass" if verdict == "DEPLOY" else "b-fail"}">{esc(verdict)}</span>' if verdict
+    v = rd.verdict(final)  # the verdict `personatune run` decides (personatune.verdict): a gate that did not pass is NO-DEPLOY
+    vb = (f'<span title="{esc(v.reason)}" class="badge verdict {"b-pass" if v.verdict == "DEPLOY" else "b-fail"}">{esc(v.verdict)}</span>' if v.verdict
           else '<span class="badge verdict b-none">no verdict yet</span>')
+    vline = (f'<div class="verdict-line {"v-pass" if v.verdict == "DEPLOY" else "v-fail"}"><b>{esc(v.verdict)}</b> — {esc(v.detail)}</div>'
+             if v.verdict else "")
     model = dig(rd.config, "model", "name") or dig(rd.json(rd.path("01_baseline", "baseline", "baseline.json")), "model") or "?"
     pname = (persona or {}).get("name") or rd.config.get("persona") or "?"
     sections = [_gates(rd), _baseline(rd), _persona(rd, persona), _coverage(rd, traits), _evaluation(rd, traits), _curves(rd),
@@ -613,7 +701,7 @@ def render_report(run_dir: str | Path) -> str:
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>personatune report — {esc(rd.name)}</title><style>{CSS}</style></head><body>"
-        f"<header><h1>personatune report — {esc(rd.name)} {vb}</h1>"
+        f"<header><h1>personatune report — {esc(rd.name)} {vb}</h1>{vline}"
         f'<div class="meta"><span>model <b>{esc(model)}</b></span><span>persona <b>{esc(pname)}</b></span>'
         f"<span>run created <b>{esc(_when(created))}</b></span></div>{_strip(rd)}<nav>{nav}</nav></header>"
         + "".join(sections)

@@ -259,7 +259,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     args: TrainArgs = getattr(config, "train", None) or TrainArgs()
     g = config.gates.optimization
-    training.check_beta(args.beta, g.max_kl)  # before any loading: a refused config costs nothing
+    if args.algorithm in ("dpo", "grpo", "rloo"):
+        training.check_beta(args.beta, g.max_kl)  # before any loading (the config validator already refuses it at load time)
     out = run_dir.stage_dir(STAGE)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -340,7 +341,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     gate = optimization_gate(config, ev, sel, history, baseline_on_task=base_on_task)
     retention = next(r for r in gate.results if r.metric == "on_task_retention")
     summary = {**ev.summary(), "selected_step": sel.record["step"] if sel.record else None, "steps_trained": trainer.state.global_step,
-               "final_beta": float(trainer.beta), "baseline_on_task": None if base_on_task is None else base_on_task.value,
+               "final_beta": None if getattr(trainer, "beta", None) is None else float(trainer.beta), "baseline_on_task": None if base_on_task is None else base_on_task.value,
                "on_task_retention": retention.value}
     atomic_write_json(out / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent,
                                               "on_task": r.on_task}

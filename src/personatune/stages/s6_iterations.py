@@ -1,18 +1,19 @@
-"""Stage 6 — iterative training: rounds of on-policy sampling, re-scoring, new pairs and DPO.
+"""Stage 6 — iterative training as expert iteration: sample the policy, keep what is in persona and on task, train on it.
 
 Round 0 is the stage-5 model, measured like every round. Each round n = 1, 2, … then does, in order:
 
 1. sample `iterations.samples_per_prompt` responses per stage-3 training prompt (no system prompt) from the
    current policy = the model of round n-1;
-2. score them with the persona scorer (stage 4's evaluator, as in stage 5);
-3. build new pairs: per prompt, the best *consistent* sample against the worst, when their consistency
+2. score them with the persona scorer (stage 4's evaluator, as in stage 5) and keep the answers that are
+   consistent AND on task (`kept`); the kept share of all samples is the round's `yield` (rounds.md);
+3. per prompt, the best kept answer (chosen) against the worst sample (rejected), when their consistency
    differs by at least `iterations.min_margin`;
-4. train DPO from the current policy (a fresh LoRA on top of it, or full) against the FIXED reference, the
-   stage-1 baseline, handed to TRL as an explicit `ref_model` (TRL's implicit PEFT reference, the policy with
-   adapters off, would be round n-1). In-round evals, the KL-budget controller and checkpoint selection are
-   those of stage 5;
-5. evaluate the round's model on all held-out prompts: KL(policy || baseline) via personatune.kl, consistency,
-   adherence, style variance — the stage-5 gate metrics.
+4. train from the current policy (a fresh LoRA on top of it, or full) with `iterations.algorithm`: 'dpo' on the
+   pairs, its reference log-probs those of the FIXED stage-1 baseline given the persona context (the drift-KL
+   reference, METRICS.md), or 'sft' on the chosen answers (distillation of the policy's own best). In-round evals,
+   the KL-budget controller and checkpoint selection are those of stage 5;
+5. evaluate the round's model on all held-out prompts: drift KL against the persona-prompted baseline (persona
+   shift beside it) via personatune.kl, consistency, adherence, style variance, on-task — the stage-5 gate metrics.
 
 Stop at the round budget, when a round does not improve held-out consistency within the KL budget by more than
 `iterations.min_improvement`, when the best round passes every gate with `iterations.stop_margin` room, or when
@@ -53,7 +54,7 @@ from personatune.stages import s5_optimization as s5
 
 STAGE = "06_iterations"
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
-ROW_KEYS = ("round", "kl", "kl_stderr", "consistency", "consistency_ci", "adherence", "style_variance", "on_task", "pairs", "steps", "passed", "kept", "seconds")
+ROW_KEYS = ("round", "kl", "kl_stderr", "persona_shift", "yield", "consistency", "consistency_ci", "adherence", "style_variance", "on_task", "pairs", "steps", "passed", "kept", "seconds")
 
 
 def final_model_path(run_dir: RunDir) -> Path:
@@ -62,9 +63,16 @@ def final_model_path(run_dir: RunDir) -> Path:
 
 
 # --- pure logic: pairs, gate, selection, stopping -------------------------------------------------
+def kept(rec: Any) -> bool:
+    """Expert iteration's keep rule: the answer is consistent with the persona and on task (on_task >= 0.5, or not measured)."""
+    ot = getattr(rec, "on_task", None)
+    return bool(rec.consistent) and (ot is None or ot >= 0.5)
+
+
 def build_pairs(items: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[str]], scores: Sequence[Sequence[Any]],
                 min_margin: float) -> list[dict[str, Any]]:
-    """New DPO pairs: per prompt, the best consistent sample (chosen) against the worst one (rejected).
+    """New pairs: per prompt, the best kept sample (consistent and on task: `kept`) against the worst one (rejected).
+    SFT rounds train on the chosen side only.
 
     Args:
         items: one training prompt per entry: {"prompt": messages, "context", "targets", "scenario_id"}.
@@ -84,7 +92,7 @@ def build_pairs(items: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[s
     pairs = []
     for item, texts, recs in zip(items, samples, scores):
         ranked = sorted(zip(texts, recs), key=lambda tr: tr[1].consistency)
-        good = [tr for tr in ranked if tr[1].consistent]
+        good = [tr for tr in ranked if kept(tr[1])]
         if not good:
             continue  # nothing in persona to prefer: such a prompt teaches only what to avoid, which DPO cannot use alone
         (best_t, best), (worst_t, worst) = good[-1], ranked[0]
@@ -217,7 +225,8 @@ def _load_done(rdir: Path, key: str) -> dict[str, Any] | None:
 
 
 def _eval_record(ev: Any) -> dict[str, Any]:
-    return {"kl": ev.kl.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__, "style_variance": ev.style_variance,
+    shift = getattr(ev, "persona_shift", None)
+    return {"kl": ev.kl.to_dict(), "persona_shift": None if shift is None else shift.to_dict(), "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__, "style_variance": ev.style_variance,
             "adherence_per_trait": ev.adherence_per_trait, "n": len(ev.texts), "on_task": getattr(getattr(ev, "on_task", None), "__dict__", None),
             "style_variance_n": getattr(ev, "style_variance_n", None)}
 
@@ -228,15 +237,20 @@ def _eval_from_record(d: dict[str, Any]) -> Any:
     from personatune.training import EvalResult
 
     k = d["kl"]
-    kl = KLResult(k["kl_per_token"], k["kl_per_token_stderr"], k["kl_per_sequence_mean"], k["tokens"], k["sequences"])
+    kl = KLResult(k["kl_per_token"], k["kl_per_token_stderr"], k["kl_per_sequence_mean"], k["tokens"], k["sequences"], reference=k.get("reference", ""))
+    sh = d.get("persona_shift")
+    shift = None if not sh else KLResult(sh["kl_per_token"], sh["kl_per_token_stderr"], sh["kl_per_sequence_mean"], sh["tokens"], sh["sequences"],
+                                         reference=sh.get("reference", ""))
     meas = lambda m: Measurement(m["value"], m.get("n"), tuple(m["ci"]) if m.get("ci") else None)  # noqa: E731
     return EvalResult(kl, meas(d["consistency"]), meas(d["adherence"]), d["style_variance"], texts=[""] * int(d["n"]),
                       adherence_per_trait=d.get("adherence_per_trait") or {}, on_task=meas(d["on_task"]) if d.get("on_task") else None,
-                      style_variance_n=d.get("style_variance_n"))
+                      style_variance_n=d.get("style_variance_n"), persona_shift=shift)
 
 
 def _row(n: int, ev: Any, g: OptimGateArgs, pairs: int, steps: int, seconds: float) -> dict[str, Any]:
-    row = {"round": n, "kl": ev.kl.per_token, "kl_stderr": ev.kl.stderr, "consistency": ev.consistency.value,
+    shift = getattr(ev, "persona_shift", None)
+    row = {"round": n, "kl": ev.kl.per_token, "kl_stderr": ev.kl.stderr, "persona_shift": None if shift is None else shift.per_token,
+           "consistency": ev.consistency.value,
            "consistency_ci": list(ev.consistency.ci) if ev.consistency.ci else None, "adherence": ev.adherence.value,
            "style_variance": ev.style_variance, "on_task": None if getattr(ev, "on_task", None) is None else ev.on_task.value, "pairs": pairs, "steps": steps, "passed": False, "kept": False, "seconds": round(seconds, 2)}
     row["passed"] = round_passes(row, g)
@@ -337,7 +351,7 @@ def _load_policy(path: Path, config: RunConfig, baseline: str, for_training: boo
 
 
 def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: str, items: list[dict[str, Any]], scorer: Any, evaluate: Any,
-                small: Any, full: Any, echo: Any, ranks: Ranks | None = None) -> dict[str, Any]:
+                small: Any, full: Any, echo: Any, ranks: Ranks | None = None, *, context: list[dict[str, str]] | None = None) -> dict[str, Any]:
     """Run round n from the model in `start`; save its model to `rdir/model` and return its record (not yet written).
 
     Multi-process (`ranks` with several processes): every rank loads the policy and trains; the main rank alone
@@ -386,9 +400,10 @@ def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: st
         pairs = build_pairs(picked, samples, scores, it.min_margin)
         atomic_write_jsonl(rdir / "pairs.jsonl", pairs)
         sample_rate = sum(r.consistent for r in recs) / max(1, len(recs))
-        echo(f"round {n}/{it.rounds}: {len(flat)} samples in {t_sample:.1f}s, {sample_rate:.1%} consistent -> {len(pairs)} pairs "
-             f"(min margin {it.min_margin:g})")
-        return {"round": n, "sample_consistency": sample_rate, "samples": len(flat)}
+        yield_rate = sum(kept(r) for r in recs) / max(1, len(recs))
+        echo(f"round {n}/{it.rounds}: {len(flat)} samples in {t_sample:.1f}s, {sample_rate:.1%} consistent, {yield_rate:.1%} kept (consistent "
+             f"and on task) -> {len(pairs)} {'pairs' if it.algorithm == 'dpo' else 'answers'} (min margin {it.min_margin:g})")
+        return {"round": n, "sample_consistency": sample_rate, "yield": yield_rate, "samples": len(flat)}
 
     base = ranks.main_only(sample_and_pair)
     if not ranks.is_main:
@@ -396,20 +411,27 @@ def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: st
     if not pairs:
         policy = None  # (not `del`: the closure above holds it)
         gc.collect()
-        return base | {"row": {"round": n, "pairs": 0, "steps": 0, "kl": None, "passed": False, "kept": False, "seconds": round(time.time() - t0, 2)}}
+        return base | {"row": {"round": n, "pairs": 0, "steps": 0, "kl": None, "yield": base.get("yield"), "passed": False, "kept": False,
+                               "seconds": round(time.time() - t0, 2)}}
 
     # 4 (every rank). DPO from the current policy against the fixed baseline reference (explicit ref_model: see module docstring).
     reference, _ = models.load_configured_model(baseline, config.model)
     reference.eval().requires_grad_(False)
-    rargs = args.model_copy(update={"algorithm": "dpo", "max_steps": it.max_steps or args.max_steps})
-    ds = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    rargs = args.model_copy(update={"algorithm": it.algorithm, "max_steps": it.max_steps or args.max_steps})
+    if it.algorithm == "dpo":
+        ds = Dataset.from_list([{"prompt": p["prompt"], "chosen": p["chosen"], "rejected": p["rejected"]} for p in pairs])
+    else:
+        ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs])
     # The callback hands evaluate TRL's view of the reference (adapters off = round n-1); the gate's reference is the baseline.
     # It evaluates on the main rank only and broadcasts the KL controller's decision to the others.
     cb = training.PersonaEvalCallback(lambda m, _r: evaluate(m, reference, evalset=small), rdir, eval_every=args.eval_every, max_kl=g.max_kl,
                                       kl_control=args.kl_control, beta_raise_factor=args.beta_raise_factor, max_beta_raises=args.max_beta_raises,
                                       eval_at_start=False, echo=lambda s: echo(s.strip()))
-    trainer = training.build_dpo_trainer(policy, tok, ds, rargs, output_dir=rdir / "trainer", max_kl=g.max_kl, seed=seed, ref_model=reference,
-                                         callbacks=[cb.hooks()])
+    if it.algorithm == "dpo":  # reference log-probs: the baseline given the persona context (drift-KL reference)
+        trainer = training.build_dpo_trainer(policy, tok, ds, rargs, output_dir=rdir / "trainer", max_kl=g.max_kl, seed=seed, ref_model=reference,
+                                             callbacks=[cb.hooks()], reference_context=context)
+    else:
+        trainer = training.build_sft_trainer(policy, tok, ds, rargs, output_dir=rdir / "trainer", seed=seed, callbacks=[cb.hooks()])
     cb.bind(trainer)
     if cb.sharded:  # the same launch config on every rank, so every rank refuses alike
         raise ConfigError("stage 6 under ZeRO-3/FSDP: the parameters are sharded, so the main rank cannot sample, evaluate, merge and save a "
@@ -423,7 +445,8 @@ def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: st
 
     # 5 (main rank). Select, merge, evaluate on all held-out prompts against the baseline, save the model; the record is written by the caller.
     def finish() -> dict[str, Any]:
-        echo(f"round {n}/{it.rounds}: {steps} DPO steps on {len(pairs)} pairs in {time.time() - t1:.1f}s"
+        echo(f"round {n}/{it.rounds}: {steps} {it.algorithm.upper()} steps on {len(pairs)} {'pairs' if it.algorithm == 'dpo' else 'answers'} "
+             f"in {time.time() - t1:.1f}s"
              + (f" ({acc.num_processes} processes, {launch['distributed_type']})" if acc.num_processes > 1 else ""))
         sel = select_checkpoint(cb.history, g.max_kl, min_consistency=g.consistency, min_adherence=g.adherence, max_style_variance=g.max_style_variance)
         if sel.record is not None:
@@ -437,7 +460,7 @@ def train_round(config: RunConfig, n: int, rdir: Path, start: Path, baseline: st
                                                   for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
         shutil.rmtree(rdir / "checkpoints", ignore_errors=True)  # the selected one is merged into model/; keeps disk use to one model per round
         shutil.rmtree(rdir / "trainer", ignore_errors=True)
-        row = _row(n, ev, g, len(pairs), steps, time.time() - t0)
+        row = _row(n, ev, g, len(pairs), steps, time.time() - t0) | {"yield": base.get("yield")}
         return base | {"row": row, "eval": _eval_record(ev), "selection": {"reason": sel.reason, "within_budget": sel.within_budget,
                                                                           "step": (sel.record or {}).get("step")},
                        "model": str(Path(rdir.name) / "model"), "model_hash": file_hash(rdir / "model"), "training": launch}
@@ -494,7 +517,9 @@ def _card(spec: Any, kept: dict[str, Any], rows: list[dict[str, Any]], stop: str
     origin = ("This is a copy of the stage-5 model: " + ("no round was run (iterations.rounds=0)." if len(rows) == 1 else "no round improved on it.")
               if k == 0 else f"Round {k} of stage 6: DPO on pairs of its predecessor's own samples (best consistent vs worst), from round {k - 1}.")
     return "\n".join([f"# {spec.name} — persona model (personatune stage 6, round {k})", "", origin, "",
-                      f"KL is measured against the fixed reference, the stage-1 baseline `{baseline}`, in every round; prompts carry no system prompt.",
+                      f"`kl` is drift KL (nats/token) against the fixed reference, the stage-1 baseline `{baseline}` given the persona context, in every "
+                      f"round; `persona_shift` is the KL to the same baseline without it; `yield` is the share of the round's samples kept "
+                      f"(consistent and on task); prompts carry no system prompt.",
                       "", f"Stop: {stop}. Kept: {reason}.", "", "## Rounds (held-out prompts)", "", rounds_table(rows), "## Gate", "", "```",
                       gate.summary(), "```", ""])
 
@@ -515,7 +540,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.stages.s1_baseline import baseline_model_path
 
     it, args, g = config.iterations, config.train, config.gates.optimization
-    training.check_beta(args.beta, g.max_kl)
+    if it.algorithm == "dpo":
+        training.check_beta(args.beta, g.max_kl)
     ranks = Ranks.current(config)
     out = run_dir.stage_dir(STAGE)
     if config.threads:
@@ -542,6 +568,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     if not held_rows:
         raise DataError("03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3")
     baseline = baseline_model_path(run_dir)
+    context = s5.reference_context(config, spec, baseline, [r["messages"] for r in held_rows])  # the drift-KL reference's persona context
     s5_model = run_dir.output_path("05_optimization", "model")
     t = config.data.teacher
     small, full = training.EvalSet.from_rows(held_rows, args.kl_eval_prompts), training.EvalSet.from_rows(held_rows)
@@ -559,7 +586,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         # Same decoding and seed in every round (as stage 5), so rounds differ only by their weights.
         return training.evaluate_policy(model, reference, tok, evalset, scorer, kl_max_new_tokens=args.kl_max_new_tokens, max_new_tokens=t.max_new_tokens,
                                         temperature=t.temperature, top_p=t.top_p, seed=seed, batch_size=args.eval_batch_size,
-                                        min_per_context=config.gates.evaluation.min_per_context)
+                                        min_per_context=config.gates.evaluation.min_per_context, context=context)
 
     # Round 0 (main rank): the stage-5 model, measured exactly like the rounds.
     def round_0() -> dict[str, Any]:
@@ -583,7 +610,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     rec = ranks.main_only(round_0)
     start, start_hash = s5_model, rec["model_hash"]
     recs.append(rec)
-    echo(f"round 0 (stage-5 model): KL {rec['row']['kl']:.4g} nats/token vs baseline, consistency {rec['row']['consistency']:.3f} "
+    echo(f"round 0 (stage-5 model): drift KL {rec['row']['kl']:.4g} nats/token, consistency {rec['row']['consistency']:.3f} "
          f"({rec['row']['seconds']:.1f}s)")
     rows = [rec["row"]]
     # Every rank computes the stop reason from the same (broadcast) rows, so all go on or stop together.
@@ -604,14 +631,15 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         if rec is not None:
             echo(f"round {n}/{it.rounds}: done earlier, skipped")
         else:
-            rec = train_round(config, n, rdir, start, baseline, list(items.values()), scorer, evaluate, small, full, echo, ranks) | {"key": key}
+            rec = train_round(config, n, rdir, start, baseline, list(items.values()), scorer, evaluate, small, full, echo, ranks,
+                              context=context) | {"key": key}
             if ranks.is_main:
                 atomic_write_json(rdir / "result.json", rec)  # last: it marks the round finished
         r = rec["row"]
         recs.append(rec)
         rows.append(r)
         if r.get("kl") is not None:
-            echo(f"round {n}/{it.rounds}: KL {r['kl']:.4g} nats/token vs baseline, consistency {r['consistency']:.3f}, adherence {r['adherence']:.3f}, "
+            echo(f"round {n}/{it.rounds}: drift KL {r['kl']:.4g} nats/token, consistency {r['consistency']:.3f}, adherence {r['adherence']:.3f}, "
                  f"style variance {fmt_metric(r['style_variance'])}, {'passes' if r['passed'] else 'fails'} the gate ({r['seconds']:.1f}s)")
             start, start_hash = rdir / "model", rec["model_hash"]
         stop = stop_reason(rows, it, g)
@@ -632,7 +660,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     gate = iteration_gate(config, kept, rows, stop, reason, baseline_on_task=ranks.main_only(baseline_on_task))
     outputs = {"model": out / "model", "rounds": out / "rounds.jsonl", "metrics": out / "metrics.json"}
-    message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: KL {best['kl']:.4g} nats/token, "
+    message = (f"{rows[-1]['round']} round(s), stop: {stop}; kept round {best['round']}: drift KL {best['kl']:.4g} nats/token, "
                f"consistency {best['consistency']:.3f}, adherence {best['adherence']:.3f}, style variance {fmt_metric(best['style_variance'])}")
     small_metrics = {"best_round": best["round"], "stop_reason": stop, "rounds_run": rows[-1]["round"],
                      **{k: best[k] for k in ("kl", "consistency", "adherence", "style_variance")}}
@@ -644,7 +672,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         _copy_model(src, out / "model", _card(spec, kept, rows, stop, reason, gate, baseline))
         metrics = {"best_round": best["round"], "stop_reason": stop, "kept_reason": reason, "reference": baseline, "scorer": scorer_desc,
                    "rounds_run": rows[-1]["round"], "rounds": table, "kept_eval": kept["eval"],
-                   "rounds_detail": [{k: x.get(k) for k in ("round", "sample_consistency", "samples", "selection", "training")} for x in recs]}
+                   "rounds_detail": [{k: x.get(k) for k in ("round", "sample_consistency", "yield", "samples", "selection", "training")} for x in recs]}
         atomic_write_json(out / "metrics.json", metrics)
         echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
         atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
