@@ -73,6 +73,8 @@ class TrainArgs(ConfigSection):
                                                            "the drift KL the gate measures; 0.0 = forward KL")
     sdft_template: str = Field("{privileged_context}\n\n{prompt}", description="sdft: TRL teacher_prompt_template; the teacher's user turn is this "
                                                                               "text with the rendered persona as {privileged_context}")
+    max_train_seconds: float | None = Field(None, gt=0, description="stop training once this much wall-clock time (seconds) was spent "
+                                                                  "training, evals excluded; the last state is then evaluated (None = no limit)")
     eval_every: int = Field(25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)")
     kl_eval_prompts: int = Field(32, ge=2, description="held-out prompts sampled at each in-training eval (count); the final gate uses all of them")
@@ -547,8 +549,11 @@ class PersonaEvalCallback:
 
     def __init__(self, evaluate: Callable[[Any, Any], EvalResult] | None, out_dir: str | Path, *, eval_every: int, max_kl: float,
                  kl_control: Literal["stop", "raise_beta"] = "stop", beta_raise_factor: float = 2.0, max_beta_raises: int = 3,
-                 eval_at_start: bool = True, echo: Callable[[str], None] = print) -> None:
+                 eval_at_start: bool = True, echo: Callable[[str], None] = print, max_train_seconds: float | None = None) -> None:
         self.evaluate = evaluate
+        self.max_train_seconds = max_train_seconds
+        self.eval_seconds = 0.0
+        self.t_begin: float | None = None
         self.out_dir = Path(out_dir)
         self.metrics_path = self.out_dir / "metrics.jsonl"
         self.eval_every = eval_every
@@ -581,6 +586,7 @@ class PersonaEvalCallback:
 
         class PersonaEvalHooks(TrainerCallback):
             def on_train_begin(self, args, state, control, **kwargs):
+                outer.t_begin = time.time()
                 if outer.eval_at_start and outer.evaluate is not None and state.global_step == 0:
                     # Saved like any other step: when every trained checkpoint exceeds the KL budget, the
                     # starting point (KL 0) is the one within it, and the stage must not fall back to the last.
@@ -589,6 +595,8 @@ class PersonaEvalCallback:
             def on_step_end(self, args, state, control, **kwargs):
                 if outer.eval_every and state.global_step % outer.eval_every == 0:
                     outer.step(state.global_step, control)
+                if outer.over_time_budget():
+                    control.should_training_stop = True  # on_train_end then evaluates this last state
 
             def on_train_end(self, args, state, control, **kwargs):
                 # The last state is a candidate too, even when it does not fall on an eval step.
@@ -597,8 +605,22 @@ class PersonaEvalCallback:
 
         return PersonaEvalHooks()
 
+    def training_seconds(self) -> float:
+        """Wall-clock seconds since training began, evals excluded."""
+        return 0.0 if self.t_begin is None else time.time() - self.t_begin - self.eval_seconds
+
+    def over_time_budget(self) -> bool:
+        return self.max_train_seconds is not None and self.training_seconds() >= self.max_train_seconds
+
     def step(self, step: int, control: Any, *, save: bool = True) -> dict[str, Any] | None:
         """Save a checkpoint (all ranks), evaluate (main rank), record, log, and apply the controller's decision."""
+        t_eval = time.time()
+        try:
+            return self._step(step, control, save=save)
+        finally:
+            self.eval_seconds += time.time() - t_eval
+
+    def _step(self, step: int, control: Any, *, save: bool = True) -> dict[str, Any] | None:
         import torch
 
         from personatune.kl_budget import decide
@@ -615,7 +637,8 @@ class PersonaEvalCallback:
         main = t.accelerator.is_main_process
         # SFT/SDFT trainers have no beta (their loss is the divergence itself): raise_beta then stops instead.
         beta = getattr(t, "beta", None)
-        row: dict[str, Any] = {"step": step, "checkpoint": ckpt, "beta": None if beta is None else float(beta), "time": round(time.time(), 3)}
+        row: dict[str, Any] = {"step": step, "checkpoint": ckpt, "beta": None if beta is None else float(beta), "time": round(time.time(), 3),
+                               "train_seconds": round(self.training_seconds(), 2)}
         action, new_beta = 0, float("nan") if beta is None else float(beta)
         if self.evaluate is not None and not self.sharded:
             if main:

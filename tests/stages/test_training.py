@@ -417,3 +417,22 @@ def test_a_persona_context_longer_than_the_window_is_refused_before_model_work(t
         reference_context(cfg, spec, str(tmp_path / "base"), HELD)
     ctx = reference_context(cfg.model_copy(update={"data": cfg.data.model_copy(update={"few_shot": False})}), spec, str(tmp_path / "base"), HELD)
     assert [m["role"] for m in ctx] == ["system"]
+
+
+def test_a_wall_clock_budget_stops_training_and_evaluates_the_last_state(tmp_path):
+    import time as _time
+
+    model, tok = models.build_tiny_model(seed=2)
+
+    def evaluate(policy, reference):
+        _time.sleep(0.3)  # evals do not count against the training budget
+        kl = measure_kl(policy, reference, tok, HELD[:2], max_new_tokens=4, seed=0, batch_size=2)
+        return EvalResult(kl, Measurement(0.5, n=2), Measurement(0.9, n=2), 0.1, texts=["x"] * 2)
+
+    cb = PersonaEvalCallback(evaluate, tmp_path, eval_every=1, max_kl=10.0, eval_at_start=True, max_train_seconds=1e-3)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=50), output_dir=tmp_path / "trl", max_kl=10.0, callbacks=[cb.hooks()])
+    cb.bind(trainer)
+    trainer.train()
+    hist = read_history(tmp_path / "metrics.jsonl")
+    assert trainer.state.global_step == 1 and [r["step"] for r in hist] == [0, 1]
+    assert cb.eval_seconds >= 0.6 and hist[-1]["train_seconds"] < cb.eval_seconds

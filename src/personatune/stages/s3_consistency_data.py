@@ -75,7 +75,7 @@ def _load_generations(path: Path) -> dict[str, list[str]]:
 
 
 def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict[str, Any]]], path: Path, chunk: int,
-                       echo=print, label: str = "generated") -> list[list[str]]:
+                       echo=print, label: str = "generated", group_contexts: bool = True) -> list[list[str]]:
     """Run generation jobs, skipping those already recorded in `path`, appending each finished chunk.
 
     Args:
@@ -85,6 +85,9 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
         chunk: jobs per backend call (jobs with equal params are grouped).
         echo: where progress lines go: one when work starts, then one per chunk with the rate and ETA.
         label: names the step in those lines (e.g. "contrast (teacher)").
+        group_contexts: put jobs with the same context (every message but the last: the persona system
+            prompt and few-shot turns) next to each other, first-seen context first, so a chunk's prompts
+            share a long token prefix that HFBackend prefills once (benchmarks/bench_teacher.py).
 
     Returns:
         Per job, its list of n completions.
@@ -97,6 +100,10 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
     groups: dict[str, list[int]] = {}
     for i in todo:
         groups.setdefault(json.dumps(jobs[i][1], sort_keys=True), []).append(i)
+    if group_contexts:
+        first: dict[str, int] = {}
+        for pkey, idx in groups.items():
+            groups[pkey] = sorted(idx, key=lambda i: first.setdefault(json.dumps(jobs[i][0][:-1], sort_keys=True), len(first)))
     if todo:
         echo(f"  {label}: {len(todo)} jobs to generate, {chunk} per batch (ETA after the first batch)")
     t0, n_done = time.time(), 0
@@ -129,7 +136,8 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
     model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
     if config.threads:
         torch.set_num_threads(config.threads)
-    base = HFBackend(model, tok, batch_size=t.batch_size)
+    # The weights stay frozen for the whole stage: keep prefix KV caches (persona prompt + few-shot turns) between calls.
+    base = HFBackend(model, tok, batch_size=t.batch_size, prefix_cache=PREFIX_CACHES)
     if t.backend == "openai":
         from personatune.generation.cache import ResponseCache
         from personatune.generation.openai_compat import OpenAIBackend
@@ -141,8 +149,21 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
         return teacher, base
     if t.model and t.model != config.model.name:
         tm, tt = models.load_configured_model(t.model, config.model)
-        return HFBackend(tm, tt, batch_size=t.batch_size), base
+        return HFBackend(tm, tt, batch_size=t.batch_size, prefix_cache=PREFIX_CACHES), base
     return base, base
+
+
+PREFIX_CACHES = 4
+"""Prefix KV caches an HF teacher keeps between calls: the shared persona part and the current context (benchmarks/bench_teacher.py)."""
+
+
+def teacher_jobs(spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
+    """The teacher's best-of jobs: per scenario, the persona conversation (system prompt, few-shot turns when
+    data.few_shot, trait reminders when data.focus_targets) and the sampling parameters with n = data.best_of."""
+    d, t = config.data, config.data.teacher
+    p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed, "n": d.best_of}
+    return [(persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=s.targets if d.focus_targets else None), dict(p))
+            for s in scenarios]
 
 
 # --- the stage -----------------------------------------------------------------------------------
@@ -406,10 +427,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     if d.expand_per_trait:
         echo(f"  scenarios: {sum(s.source == 'teacher' for s in scenarios)} written by the teacher, {sum(s.source == 'bank' for s in scenarios)} from the bank")
     atomic_write_jsonl(out / "scenarios.jsonl", [s.to_dict() for s in scenarios])
-    jobs: list[tuple[list[dict[str, str]], dict[str, Any]]] = []
-    for s in scenarios:
-        focus = s.targets if d.focus_targets else None
-        jobs.append((persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=focus), {**p, "n": d.best_of}))
+    jobs = teacher_jobs(spec, scenarios, config)
     echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
     teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo,
                                      label="teacher")

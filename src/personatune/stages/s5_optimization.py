@@ -300,7 +300,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         metrics_path.unlink()
     cb = training.PersonaEvalCallback(lambda m, r: evaluate(m, r, evalset=small), out, eval_every=args.eval_every, max_kl=g.max_kl,
                                       kl_control=args.kl_control, beta_raise_factor=args.beta_raise_factor, max_beta_raises=args.max_beta_raises,
-                                      eval_at_start=args.eval_at_start, echo=lambda s: (print(s), run_dir.log(s.strip())))
+                                      eval_at_start=args.eval_at_start, echo=lambda s: (print(s), run_dir.log(s.strip())),
+                                      max_train_seconds=args.max_train_seconds)
     common = dict(output_dir=out / "trainer", max_kl=g.max_kl, seed=seed, callbacks=[cb.hooks()])
     if args.algorithm == "dpo":
         trainer = training.build_dpo_trainer(model, tok, ds, args, reference_context=context, **common)
