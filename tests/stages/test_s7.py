@@ -3,7 +3,9 @@
 The stage test builds a run directory whose stages 1-6 are recorded done (with the cache keys the runner
 computes, so `run_pipeline` skips them and runs stage 7 only): the tiny model as baseline, the persona, a few
 held-out prompts, an evaluator fitted from the persona, and as stage 6's kept model an exact copy of the
-baseline. A final model identical to the baseline must improve nothing: NO-DEPLOY, exit code 1.
+baseline. A final model identical to the baseline must improve nothing: NO-DEPLOY, exit code 1; its persona
+shift is 0 while its drift KL (against the baseline given the persona context) is not, and the baseline is
+sampled a third time with the persona context (the context-distillation target).
 The verdict logic, the task-drop rule and the reuse of stage 4's samples are tested as pure functions.
 """
 
@@ -76,9 +78,14 @@ def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
     return cfg, rd, rows
 
 
-def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
+def test_identical_model_is_no_deploy_with_full_final_json(tmp_path, monkeypatch):
+    import dataclasses
+
+    from personatune.generation.hf import HFBackend
+    from personatune.kl import DRIFT_REFERENCE, SHIFT_REFERENCE
     from personatune.persona import load_persona
-    from personatune.pipeline import run_pipeline
+    from personatune.persona_prompt import persona_context
+    from personatune.pipeline import STAGES, run_pipeline
 
     import sys
 
@@ -89,15 +96,22 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
     tasks = write_tasks(tmp_path / "lm_eval_tasks")
     # 12 held-out prompts: the rate minimum (gates.rate_half_width) is lowered so the improvement gate decides (and fails).
     cfg, rd, rows = build_run(tmp_path, ("lm_eval.tasks=[pt_arith_mc]", f"lm_eval.include_path={tasks}", "gates.rate_half_width=1"))
+    # Record every conversation stage 7 samples, and the StageResult it returns.
+    sampled: list[list[list[dict]]] = []
+    generate = HFBackend.generate
+    monkeypatch.setattr(HFBackend, "generate", lambda self, convs, **kw: (sampled.append(convs), generate(self, convs, **kw))[1])
+    results = []
+    s7 = STAGES[6]
+    stages = STAGES[:6] + (dataclasses.replace(s7, run=lambda c, r: results.append(s7.run(c, r)) or results[-1]),)
     lines: list[str] = []
-    rc = run_pipeline(cfg, echo=lines.append)
+    rc = run_pipeline(cfg, echo=lines.append, stages=stages)
     out = "\n".join(lines)
     assert rc == 1, out
     assert "done earlier" in out and "[7/7]" in out and "NO-DEPLOY" in out and "persona_improvement_ci_low" in out
     f = json.loads((rd.root / "07_final_eval" / "final.json").read_text())
     for key in ("verdict", "reasons", "n_prompts", "decoding", "baseline_model", "final_model", "scorer", "baseline_samples", "improvement",
                 "consistency", "adherence", "style_variance", "per_trait", "per_context", "robustness", "retention", "perplexity", "kl",
-                "earlier_gates", "gates", "seconds"):
+                "persona_shift", "kl_reference", "prompted_baseline", "earlier_gates", "gates", "seconds"):
         assert key in f, key
     assert f["verdict"] == "NO-DEPLOY" and f["n_prompts"] == len(rows) and f["decoding"]["system_prompt"] is None
     assert f["baseline_samples"] == "sampled again in stage 7"  # stage 4 left no baseline_samples.json here
@@ -113,7 +127,21 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
     assert lm["baseline_source"] == "scored in stage 7" and lm["not_compared"] == {} and lm["all_tasks_ok"]
     t = lm["tasks"]["pt_arith_mc"]
     assert t["metric"] == "acc,none" and t["n"] == 5 and t["drop"] == 0 and t["baseline"] == t["final"] and t["allowed"] > 0
-    assert abs(f["kl"]["kl_per_token"]) < 1e-6 and f["kl"]["sequences"] == len(rows) and f["kl"]["unit"] == "nats/token"
+    # Drift KL is measured against the baseline GIVEN the persona context, persona shift against the plain baseline: the
+    # final model is the baseline's copy, so its shift is 0, but the context moves the reference, so its drift is not.
+    kl, shift = f["kl"], f["persona_shift"]
+    assert kl["reference"] == DRIFT_REFERENCE and shift["reference"] == SHIFT_REFERENCE and f["kl_reference"] == "persona-prompted baseline"
+    assert abs(shift["kl_per_token"]) < 1e-6 and kl["kl_per_token"] > 1e-3 and kl["context_tokens"] > 100
+    assert kl["sequences"] == shift["sequences"] == len(rows) and kl["tokens"] == shift["tokens"] > 0
+    assert kl["unit"] == shift["unit"] == "nats/token" and kl["max_new_tokens"] == 8 and kl["few_shot"] is True
+    # One sampling pass per column, the same held-out prompts; the prompted pass sees the persona context first.
+    context = persona_context(load_persona(PERSONA), few_shot=True)
+    held = [r["messages"] for r in rows]
+    passes = [c for c in sampled if len(c) == len(rows)]
+    assert passes == [held, [context + m for m in held], held], [len(c) for c in sampled]
+    pb = f["prompted_baseline"]
+    assert pb["n"] == len(rows) and 0 <= pb["consistency"]["value"] <= 1 and "few-shot" in pb["context"]
+    assert pb["gap_closed"] is None or pb["gap_closed"] == 0  # the final model (= baseline) closed none of it
     assert f["perplexity"]["final"]["perplexity"] == pytest.approx(f["perplexity"]["baseline"]["perplexity"], rel=1e-5)
     for m in (f["consistency"]["baseline"], f["consistency"]["final"], f["adherence"]["final"]):
         assert 0 <= m["ci"][0] <= m["value"] <= m["ci"][1] <= 1
@@ -125,17 +153,27 @@ def test_identical_model_is_no_deploy_with_full_final_json(tmp_path):
     assert f["earlier_gates"]["05_optimization"] == {"status": "done", "gate_passed": True}
     samples = json.loads((rd.root / "07_final_eval" / "samples.json").read_text())
     assert [s["id"] for s in samples] == [r["id"] for r in rows] and all(s["baseline"] == s["final"] for s in samples)
-    assert all(0 <= s["final_consistency"] <= 1 for s in samples)
+    assert all(0 <= s["final_consistency"] <= 1 and 0 <= s["baseline_prompted_consistency"] <= 1 for s in samples)
+    assert all(isinstance(s["baseline_prompted"], str) and isinstance(s["baseline_prompted_consistent"], bool) for s in samples)
+    assert sum(s["baseline_prompted_consistent"] for s in samples) / len(samples) == pb["consistency"]["value"]
     gate = json.loads((rd.root / "07_final_eval" / "gate.json").read_text())
     assert gate["passed"] is False and gate["diagnosis"][0] == "verdict: NO-DEPLOY"
     assert any(r["metric"] == "lm_eval_drop[pt_arith_mc]" and r["passed"] and r["value"] == 0 for r in gate["results"])
     md = (rd.root / "07_final_eval" / "final.md").read_text()
     assert md.startswith("# Final evaluation: NO-DEPLOY") and "| adversarial | 4 |" in md
+    assert f"| drift KL: final ‖ baseline given the persona context | | | {kl['kl_per_token']:.4g} ± " in md
+    assert f"| persona shift: final ‖ baseline without it | | | {shift['kl_per_token']:.4g} ± " in md and " nats/token (" in md
+    assert "## Context-distillation target" in md and "| baseline, no system prompt | baseline with the persona prompt | final, no system prompt |" in md
+    (res,) = results
+    assert res.metrics["kl"] == kl["kl_per_token"] and res.metrics["persona_shift"] == shift["kl_per_token"]
+    assert res.metrics["prompted_baseline_consistency"] == pb["consistency"]["value"]
+    assert f"drift KL {kl['kl_per_token']:.4g} nats/token, persona shift " in res.message and "persona-prompted baseline" in res.message
     assert "## lm-evaluation-harness tasks" in md and "| pt_arith_mc | acc,none |" in md
     man = json.loads((rd.root / "manifest.json").read_text())
     assert man["stages"]["07_final_eval"]["status"] == "gate_failed" and man["stages"]["07_final_eval"]["message"].startswith("NO-DEPLOY")
     page = (rd.root / "report.html").read_text()
     assert 'class="badge verdict b-fail">NO-DEPLOY<' in page and "How do I reverse a list in Python?" in page
+    assert "<th>baseline with the persona prompt</th>" in page and "drift KL" in page and "persona shift" in page
 
 
 def _fig(**over):
@@ -164,6 +202,9 @@ def test_verdict_deploy_only_when_every_gate_passes(tmp_path):
     failed = [r.metric for r in bad.results if not r.passed]
     assert failed == ["capability_retention", "earlier_gates_failed"] and len(bad.diagnosis) == 3
     assert "0.500 to 0.450" in bad.diagnosis[1] and "KL to the baseline 0.05" in bad.diagnosis[1] and "05_optimization" in bad.diagnosis[2]
+    # With drift KL and persona shift recorded, the cause names both, with units.
+    low = s7_final.final_gate(cfg, _fig(retention={**_fig()["retention"], "value": 0.9, "final_score": 0.45}, persona_shift={"kl_per_token": 0.31}))
+    assert "drift KL 0.05 nats/token, persona shift 0.31 nats/token" in low.diagnosis[1]
     # A baseline that scores 0: retention is not measured, which fails (never passes silently).
     zero = s7_final.final_gate(cfg, _fig(retention={**_fig()["retention"], "value": None}))
     assert not zero.passed and "cannot be measured" in zero.diagnosis[1]
@@ -216,6 +257,20 @@ def test_compare_persona_paired_improvement_and_robustness():
     assert fig["per_context"]["casual"]["consistency"]["final"]["value"] == 0.8 and fig["per_trait"]["a"]["final"]["value"] == 0.8
     with pytest.raises(ValueError, match="same prompts"):
         s7_final.compare_persona(base, final[::-1], seed=0, min_per_context=2)
+
+
+def test_prompted_baseline_figures_and_gap_closed():
+    ctx = ["casual"] * 20
+    base = [_rec(i, c, i % 5 == 0) for i, c in enumerate(ctx)]       # 4 of 20 consistent
+    prompted = [_rec(i, c, i % 5 != 4) for i, c in enumerate(ctx)]   # 16 of 20
+    final = [_rec(i, c, i % 2 == 0) for i, c in enumerate(ctx)]      # 10 of 20
+    pb = s7_final.prompted_baseline_figures(prompted, base, final, seed=0, few_shot=False)
+    assert pb["n"] == 20 and pb["consistency"]["value"] == 0.8 and pb["gap_closed"] == pytest.approx((0.5 - 0.2) / (0.8 - 0.2))
+    assert pb["consistency"]["ci"] == pytest.approx(list(wilson_ci(16, 20))) and "few-shot" not in pb["context"]
+    # A persona prompt that does not raise consistency leaves no gap to close.
+    assert s7_final.prompted_baseline_figures(base, base, final, seed=0, few_shot=True)["gap_closed"] is None
+    with pytest.raises(ValueError, match="same prompts"):
+        s7_final.prompted_baseline_figures(prompted[::-1], base, final, seed=0, few_shot=True)
 
 
 def test_stage4_samples_reused_only_when_settings_match(tmp_path):

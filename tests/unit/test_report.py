@@ -37,8 +37,13 @@ def _gate(stage: str, results: list[dict], diagnosis: list[str] = (), next_steps
     return {"stage": stage, "results": full, "diagnosis": list(diagnosis), "next_steps": list(next_steps), "passed": all(r["passed"] for r in full)}
 
 
-def make_run(root: Path, upto: int = 7) -> Path:
-    """Write a run directory whose stages 1..`upto` finished, with small hand-made artifacts."""
+def make_run(root: Path, upto: int = 7, drift: bool = True) -> Path:
+    """Write a run directory whose stages 1..`upto` finished, with small hand-made artifacts.
+
+    drift: write stages 5-7 as they are written since drift KL (`kl` = drift KL with `kl_reference`, `persona_shift`,
+    the persona-prompted baseline in final.json and samples.json); False: as before it (`kl` against the unprompted
+    baseline, two sample columns).
+    """
     root.mkdir(parents=True, exist_ok=True)
     _w(root / "config.yaml", "name: demo-run\npersona: personas/ada.yaml\nmodel:\n  name: smollm2-135m-instruct\n"
        "data:\n  teacher:\n    base_url: http://127.0.0.1:8000/v1\ngates:\n  optimization:\n    max_kl: 0.1\n")
@@ -104,11 +109,12 @@ def make_run(root: Path, upto: int = 7) -> Path:
     if upto < 5:
         return root
 
+    shift = (lambda x: {"persona_shift": 0.2 + 0.02 * x, "persona_shift_stderr": 0.01, "kl_reference": "persona-prompted baseline"}) if drift else (lambda x: {})
     _jsonl(root / "05_optimization" / "metrics.jsonl", [
-        {"step": s, "kl": 0.01 * s, "kl_stderr": 0.005, "consistency": 0.5 + 0.08 * s, "adherence": 0.6 + 0.06 * s, "style_variance": 0.2 - 0.02 * s,
+        {"step": s, "kl": 0.01 * s, "kl_stderr": 0.005, **shift(s), "consistency": 0.5 + 0.08 * s, "adherence": 0.6 + 0.06 * s, "style_variance": 0.2 - 0.02 * s,
          "reward": 0.4 + 0.1 * s, "checkpoint": f"05_optimization/checkpoint-{s}"} for s in range(0, 6)])
     _jsonl(root / "06_iterations" / "rounds.jsonl", [
-        {"round": r, "kl": 0.05 + 0.01 * r, "kl_stderr": 0.004, "consistency": 0.8 + 0.04 * r, "consistency_ci": [0.75 + 0.04 * r, 0.85 + 0.04 * r],
+        {"round": r, "kl": 0.05 + 0.01 * r, "kl_stderr": 0.004, **shift(r), "consistency": 0.8 + 0.04 * r, "consistency_ci": [0.75 + 0.04 * r, 0.85 + 0.04 * r],
          "adherence": 0.88 + 0.02 * r, "style_variance": 0.12, "pairs": 40, "steps": 10, "passed": r > 1, "kept": r == 3, "seconds": 12.5} for r in (1, 2, 3)])
     if upto < 7:
         return root
@@ -135,10 +141,18 @@ def make_run(root: Path, upto: int = 7) -> Path:
         "lm_eval": {"tasks": {"arc_local": {"metric": "acc,none", "baseline": 0.61, "final": 0.58, "drop": 0.03, "allowed": 0.094, "ok": True, "n": 100}},
                     "not_compared": {"arc_easy": "not measured on the baseline: its data could not be loaded (offline?)"},
                     "rule": "a task fails when its primary metric moves the wrong way by more than 1.96 x the baseline's standard error"},
-        "earlier_gates": {"05_optimization": {"status": "done", "gate_passed": True}}, "gates": gates7})
-    _w(root / "07_final_eval" / "samples.json", [
-        {"id": "p1", "context": "technical", "prompt": "Tell me about <b>HTML</b>", "baseline": "baseline says " + XSS,
-         "final": 'final <a href="https://evil.example">x</a>', "baseline_consistency": 0.12, "final_consistency": 0.88}])
+        "earlier_gates": {"05_optimization": {"status": "done", "gate_passed": True}}, "gates": gates7,
+        **({"kl_reference": "persona-prompted baseline",
+            "persona_shift": {"kl_per_token": 0.27, "kl_per_token_stderr": 0.02, "tokens": 900, "unit": "nats/token",
+                              "reference": "the stage-1 baseline without the persona context (persona shift)"},
+            "on_task": {"baseline": mm(0.9), "final": mm(0.85)},
+            "prompted_baseline": {"consistency": mm(0.8), "on_task": mm(0.95), "adherence": mm(0.97), "n": 40, "gap_closed": 0.84,
+                                  "context": "persona system prompt + few-shot turns"}} if drift else {})})
+    sample = {"id": "p1", "context": "technical", "prompt": "Tell me about <b>HTML</b>", "baseline": "baseline says " + XSS,
+              "final": 'final <a href="https://evil.example">x</a>', "baseline_consistency": 0.12, "final_consistency": 0.88}
+    if drift:
+        sample |= {"baseline_prompted": "Arr, prompted " + XSS, "baseline_prompted_consistency": 0.93, "baseline_prompted_consistent": True}
+    _w(root / "07_final_eval" / "samples.json", [sample])
     return root
 
 
@@ -184,7 +198,7 @@ def test_full_run_has_every_section(tmp_path):
     assert "arc_easy: not compared (not measured on the baseline: its data could not be loaded (offline?))." in final
     assert "robustness: adversarial prompts answered in persona (n=20)" in final and "0.061 ± 0.004 nats/token" in final
     # Stage-6 rounds: the table marks the kept round; the consistency interval is drawn as a band.
-    assert "Kept: round 3" in curves and curves.count("<b>kept</b>") == 1 and curves.count("<polygon") == 3
+    assert "Kept: round 3" in curves and curves.count("<b>kept</b>") == 1 and curves.count("<polygon") == 5  # drift KL, persona shift (x2), consistency
     assert "log.txt (last 40 of 60 lines)" in page
 
 
@@ -337,3 +351,110 @@ def test_inconclusive_stage_is_its_own_state_in_the_report(tmp_path):
     assert '<tr class="inc">' in gates and '<td class="res">INCONCLUSIVE</td>' in gates and "18 more would decide it" in gates
     assert ('title="inconclusive at stage 04_evaluation: 18 more samples needed (raise data.heldout_fraction) for auroc[warmth]" '
             'class="badge verdict b-fail">NO-DEPLOY<') in page
+
+
+OLD_KL = "KL to the unprompted baseline (run written before drift KL)"
+
+
+def test_drift_kl_and_persona_shift_with_units(tmp_path):
+    page = render_report(make_run(tmp_path / "demo"))
+    curves, final = _section(page, "curves"), _section(page, "final")
+    # Stages 5 and 6: one chart each with both series (legend), each point its own value, the budget line on drift KL.
+    assert re.findall(r'<text x="[\d.]+" y="[\d.]+">(drift KL|persona shift)</text>', curves) == ["drift KL", "persona shift"] * 2
+    assert "<title>persona shift at step 3: 0.26</title>" in curves and "<title>drift KL at round 2: 0.07</title>" in curves
+    assert curves.count("drift KL = KL(policy(·|x) ‖ baseline(·|persona context, x)) in nats/token, gated by the budget line") == 2
+    assert "<th>drift KL (nats/token)</th><th>persona shift (nats/token)</th>" in curves  # the rounds table
+    assert re.search(r'<td class="num">3</td><td class="num">0.08 ± 0.004</td><td class="num">0.26 ± 0.01</td>', curves)
+    assert curves.count("<th>drift KL (nats/token)</th><th>KL standard error (nats/token)</th><th>persona shift (nats/token)</th>") == 2
+    # Stage 7: both, with units, and the context-distillation target beside the baseline and the final model.
+    assert re.search(r"<td>drift KL: KL\(final ‖ baseline given the persona context\), nats/token</td>.*?"
+                     r"<td>0.061 ± 0.004 nats/token over 900 tokens; reported here, gated in stages 5-6</td>", final)
+    assert re.search(r"<td>persona shift: KL\(final ‖ baseline without it\), nats/token</td>.*?<td>0.27 ± 0.02 nats/token over 900 tokens; "
+                     r"information, not a gate</td>", final)
+    assert re.search(r"<tr><td>consistency rate</td><td class=\"num\">0.300 .*?</td><td class=\"num\">0.800 .*?</td><td class=\"num\">0.720 ", final)
+    assert "Share of the consistency gap the final model closed: 0.840" in final
+    assert OLD_KL not in page
+
+
+def test_old_run_kl_is_labelled_against_the_unprompted_baseline(tmp_path):
+    page = render_report(make_run(tmp_path / "old", drift=False))
+    curves, final, samples = _section(page, "curves"), _section(page, "final"), _section(page, "samples")
+    # Never called drift KL: the legend, the table headers and the final row name the unprompted baseline.
+    assert re.findall(r'<text x="[\d.]+" y="[\d.]+">([^<]*KL[^<]*)</text>', curves) == [OLD_KL] * 2
+    assert f"<th>{OLD_KL} (nats/token)</th>" in curves and "<th>drift KL" not in page and ">drift KL<" not in page
+    assert re.search(rf"<td>{re.escape(OLD_KL)}: KL\(final ‖ baseline\), nats/token</td>.*?<td>0.061 ± 0.004 nats/token", final)
+    assert "drift KL:" not in final and "persona shift" not in page and "Context-distillation target" not in final
+    # Its samples have two columns.
+    assert "<th>baseline, no system prompt</th><th>final, no system prompt</th>" in samples and "with the persona prompt" not in samples
+    assert "[consistency 0.12]" in samples and "[consistency 0.88]" in samples
+
+
+def test_mixed_rows_split_into_drift_and_old_series(tmp_path):
+    run = make_run(tmp_path / "mixed")
+    rows = [json.loads(x) for x in (run / "05_optimization" / "metrics.jsonl").read_text().splitlines()]
+    for r in rows[:3]:  # a stage 5 resumed across the change: its first rows predate drift KL
+        for k in ("persona_shift", "persona_shift_stderr", "kl_reference"):
+            del r[k]
+    _jsonl(run / "05_optimization" / "metrics.jsonl", rows)
+    steps = _section(render_report(run), "curves").split("Iterative rounds")[0]
+    assert "<title>drift KL at step 4: 0.04</title>" in steps and f"<title>{OLD_KL} at step 1: 0.01</title>" in steps
+    assert "<title>drift KL at step 1" not in steps and f"<title>{OLD_KL} at step 4" not in steps
+
+
+def test_three_sample_columns_side_by_side(tmp_path):
+    samples = _section(render_report(make_run(tmp_path / "demo")), "samples")
+    assert ("<th>context</th><th>prompt</th><th>baseline, no system prompt</th><th>baseline with the persona prompt</th>"
+            "<th>final, no system prompt</th>") in samples
+    cells = re.findall(r"<td>(.*?)</td>", re.search(r"<tbody>(.*?)</tbody>", samples, re.S).group(1), re.S)
+    assert [c.split("\n")[-1] for c in cells[2:]] == ["[consistency 0.12]", "[consistency 0.93]", "[consistency 0.88]"]
+    assert cells[2].startswith("baseline says") and cells[3].startswith("Arr, prompted &lt;script&gt;") and cells[4].startswith("final &lt;a")
+
+
+def _stop_at_stage_3(run: Path, **times: float) -> None:
+    """Record the run as stopped at stage 3 by the gate of the main job of issue 14 (one failed result, two inconclusive)."""
+    inc = {"passed": False, "status": "inconclusive", "value": 1.0, "threshold": 0.85, "direction": ">=", "n": 129, "min_n": 137, "n_key": "data.max_prompts",
+           "note": "inconclusive: n=129 < 137; 8 more would decide it (raise data.max_prompts)"}
+    gate = {**_gate("03_consistency_data", [{"metric": "chosen_consistency_rate", **inc}, {"metric": "chosen_on_task_rate", **inc},
+                                            {"metric": "rejected_inconsistency_rate", "value": 0.624031007751938, "threshold": 0.85, "direction": ">=",
+                                             "passed": False, "status": "fail", "n": 516}]), "status": "fail"}
+    _w(run / "03_consistency_data" / "gate.json", gate)
+    m = json.loads((run / "manifest.json").read_text())
+    m["stages"]["03_consistency_data"].update(status="gate_failed", gate={"passed": False, "status": "fail", "results": gate["results"]}, **times)
+    _w(run / "manifest.json", m)
+
+
+VERDICT_3 = ("stopped at stage 3: gate rejected_inconsistency_rate 0.624 &lt; 0.85; chosen_consistency_rate inconclusive (n=129 &lt; 137, "
+             "raise data.max_prompts); chosen_on_task_rate inconclusive (n=129 &lt; 137, raise data.max_prompts)")
+
+
+def test_header_verdict_of_a_run_stopped_at_a_gate(tmp_path):
+    run = make_run(tmp_path / "stopped", upto=3)
+    _stop_at_stage_3(run)
+    page = render_report(run)
+    header = page[page.index("<header>"):page.index("</header>")]
+    assert 'title="the 03_consistency_data gate failed" class="badge verdict b-fail">NO-DEPLOY<' in header  # the CLI's words
+    assert f'<div class="verdict-line v-fail"><b>NO-DEPLOY</b> — {VERDICT_3}</div>' in header
+    assert "no verdict yet" not in page
+
+
+def test_stale_later_stages_do_not_change_the_verdict(tmp_path):
+    # Stages 4-7 (DEPLOY in final.json) are left from an earlier attempt; stage 3 was re-run afterwards and stopped the run.
+    run = make_run(tmp_path / "stale")
+    m = json.loads((run / "manifest.json").read_text())
+    m["stages"]["05_optimization"]["status"] = "gate_failed"
+    _w(run / "manifest.json", m)
+    _w(run / "05_optimization" / "gate.json", _gate("05_optimization", [{"metric": "kl", "value": 0.1432, "threshold": 0.1, "direction": "<=", "passed": False}]))
+    _stop_at_stage_3(run, started=1735700000.0, finished=1735700100.0)
+    page = render_report(run)
+    assert f"<b>NO-DEPLOY</b> — {VERDICT_3}</div>" in page and 'title="the 03_consistency_data gate failed"' in page
+    assert '<div class="banner banner-pass"><b>DEPLOY</b>' in page  # stage 7's own (old) banner still shows what it decided then
+    # With --keep-going the later stages ran after stage 3: every gate that did not pass is named, as the CLI does at the end.
+    m = json.loads((run / "manifest.json").read_text())
+    for i, sid in enumerate(STAGES[3:]):
+        m["stages"][sid].update(started=1735700200.0 + i, finished=1735700200.5 + i)
+    _w(run / "manifest.json", m)
+    page = render_report(run)
+    assert 'title="gates failed: 03_consistency_data, 05_optimization" class="badge verdict b-fail">NO-DEPLOY<' in page
+    assert ("<b>NO-DEPLOY</b> — gates failed: stage 3: gate rejected_inconsistency_rate 0.624 &lt; 0.85; chosen_consistency_rate inconclusive "
+            "(n=129 &lt; 137, raise data.max_prompts); chosen_on_task_rate inconclusive (n=129 &lt; 137, raise data.max_prompts); "
+            "stage 5: gate kl 0.1432 &gt; 0.1</div>") in page

@@ -133,6 +133,8 @@ def open_page(path: Path, tmp: Path, screenshot: Path | None = None) -> tuple[di
             sections: [...document.querySelectorAll('section')].map(e => e.id),
             svgs: [...document.querySelectorAll('svg')].map(e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; }),
             scripts: document.scripts.length,
+            samples: [...document.querySelectorAll('table.samples tbody tr:first-child td')].map(e => {
+                const r = e.getBoundingClientRect(); return [r.left, r.top, r.width]; }),
             overflow: document.documentElement.scrollWidth - window.innerWidth,
             height: document.documentElement.scrollHeight })"""}, session=s)["result"]["value"])
         if screenshot is not None:
@@ -166,6 +168,10 @@ def test_report_renders_without_errors(tmp_path):
     assert facts["scripts"] == 0
     assert len(facts["svgs"]) == 8 and all(w > 100 and h > 40 for w, h in facts["svgs"])  # every chart laid out with a real size
     assert facts["overflow"] <= 0  # nothing wider than a 1200 px window
+    # Samples: baseline | baseline with the persona prompt | final, side by side in one row, equally wide.
+    cells = facts["samples"]
+    assert len(cells) == 5 and len({round(t) for _, t, _ in cells}) == 1 and [x for x, _, _ in cells] == sorted(x for x, _, _ in cells)
+    assert len({round(w) for _, _, w in cells[2:]}) == 1 and cells[2][2] > 200
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
 
