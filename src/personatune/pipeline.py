@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from personatune import limits
+from personatune.verdict import stop_detail, stop_reason  # noqa: F401 (stop_reason is also imported from here)
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
@@ -111,13 +112,6 @@ def _recorded_gate(path: Path) -> GateReport | None:
 def gate_record_status(gate: GateReport) -> str:
     """The manifest status of a stage that finished with this gate: done, gate_inconclusive or gate_failed."""
     return {"pass": "done", "inconclusive": "gate_inconclusive"}.get(gate.status, "gate_failed")
-
-
-def stop_reason(stage: str, gate: GateReport | None) -> str:
-    """Why the run stops at `stage`, for the verdict line: the failed gate, or what an inconclusive one needs."""
-    if gate is not None and gate.status == "inconclusive":
-        return f"inconclusive at stage {stage}: {gate.shortfall() or 'too few samples to decide'}"
-    return f"the {stage} gate failed"
 
 
 def check_run_inputs(cfg: RunConfig) -> None:
@@ -209,6 +203,7 @@ def run_pipeline(
             return False
         echo(f"The pipeline stops at {st_id}. Details: {rd.stage_dir(st_id) / 'gate.json'}")
         _write_report(root, echo)
+        echo(stop_detail(st_id, gate))
         echo(f"verdict: NO-DEPLOY ({stop_reason(st_id, gate)})")
         return True
 

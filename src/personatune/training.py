@@ -75,6 +75,9 @@ class TrainArgs(ConfigSection):
                                                                               "text with the rendered persona as {privileged_context}")
     max_train_seconds: float | None = Field(None, gt=0, description="stop training once this much wall-clock time (seconds) was spent "
                                                                   "training, evals excluded; the last state is then evaluated (None = no limit)")
+    eval_every_seconds: float | None = Field(None, gt=0, description="also evaluate+checkpoint whenever this much training time (seconds, "
+                                                                   "evals excluded) has passed since the last eval; compares recipes whose steps "
+                                                                   "differ in cost (None = by steps only)")
     eval_every: int = Field(25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end")
     eval_at_start: bool = Field(True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)")
     kl_eval_prompts: int = Field(32, ge=2, description="held-out prompts sampled at each in-training eval (count); the final gate uses all of them")
@@ -549,8 +552,11 @@ class PersonaEvalCallback:
 
     def __init__(self, evaluate: Callable[[Any, Any], EvalResult] | None, out_dir: str | Path, *, eval_every: int, max_kl: float,
                  kl_control: Literal["stop", "raise_beta"] = "stop", beta_raise_factor: float = 2.0, max_beta_raises: int = 3,
-                 eval_at_start: bool = True, echo: Callable[[str], None] = print, max_train_seconds: float | None = None) -> None:
+                 eval_at_start: bool = True, echo: Callable[[str], None] = print, max_train_seconds: float | None = None,
+                 eval_every_seconds: float | None = None) -> None:
         self.evaluate = evaluate
+        self.eval_every_seconds = eval_every_seconds
+        self._last_eval_train_s = 0.0
         self.max_train_seconds = max_train_seconds
         self.eval_seconds = 0.0
         self.t_begin: float | None = None
@@ -593,7 +599,8 @@ class PersonaEvalCallback:
                     outer.step(0, control)
 
             def on_step_end(self, args, state, control, **kwargs):
-                if outer.eval_every and state.global_step % outer.eval_every == 0:
+                by_time = outer.eval_every_seconds is not None and outer.training_seconds() - outer._last_eval_train_s >= outer.eval_every_seconds
+                if (outer.eval_every and state.global_step % outer.eval_every == 0) or by_time:
                     outer.step(state.global_step, control)
                 if outer.over_time_budget():
                     control.should_training_stop = True  # on_train_end then evaluates this last state
@@ -615,6 +622,7 @@ class PersonaEvalCallback:
     def step(self, step: int, control: Any, *, save: bool = True) -> dict[str, Any] | None:
         """Save a checkpoint (all ranks), evaluate (main rank), record, log, and apply the controller's decision."""
         t_eval = time.time()
+        self._last_eval_train_s = self.training_seconds()
         try:
             return self._step(step, control, save=save)
         finally:

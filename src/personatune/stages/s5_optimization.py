@@ -301,7 +301,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     cb = training.PersonaEvalCallback(lambda m, r: evaluate(m, r, evalset=small), out, eval_every=args.eval_every, max_kl=g.max_kl,
                                       kl_control=args.kl_control, beta_raise_factor=args.beta_raise_factor, max_beta_raises=args.max_beta_raises,
                                       eval_at_start=args.eval_at_start, echo=lambda s: (print(s), run_dir.log(s.strip())),
-                                      max_train_seconds=args.max_train_seconds)
+                                      max_train_seconds=args.max_train_seconds, eval_every_seconds=args.eval_every_seconds)
     common = dict(output_dir=out / "trainer", max_kl=g.max_kl, seed=seed, callbacks=[cb.hooks()])
     if args.algorithm == "dpo":
         trainer = training.build_dpo_trainer(model, tok, ds, args, reference_context=context, **common)
