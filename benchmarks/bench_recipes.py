@@ -20,7 +20,7 @@ Usage (a run directory whose stages 1-4 are done, gates passed or not, e.g. afte
     python benchmarks/bench_recipes.py --run runs/quickstart --budget 300 --recipes dpo,sft,sdft,grpo \
         [--config examples/quickstart.yaml] [--out /tmp/recipes] [key=value ...]
 
-Every recipe gets its own run directory under --out (stages 1-4 linked, not copied). Results: --out/results.json.
+Every recipe gets its own run directory under --out (stages 1-4 copied). Results: --out/results.json.
 """
 
 from __future__ import annotations
@@ -38,13 +38,14 @@ sys.path.insert(0, str(REPO / "src"))
 
 
 def prepare(base: Path, out: Path) -> Path:
-    """A run directory for one recipe: stages 1-4 linked from `base`, the manifest copied, stage 5 empty."""
+    """A run directory for one recipe: stages 1-4 copied from `base` (the run directory refuses links that leave it;
+    the baseline model itself stays where baseline.json points), the manifest copied, stage 5 empty."""
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
     for d in sorted(base.iterdir()):
         if d.is_dir() and d.name[:2] in ("01", "02", "03", "04"):
-            (out / d.name).symlink_to(d.resolve(), target_is_directory=True)
+            shutil.copytree(d, out / d.name)
     for f in ("manifest.json", "config.yaml"):
         if (base / f).exists():
             shutil.copy(base / f, out / f)

@@ -436,3 +436,18 @@ def test_a_wall_clock_budget_stops_training_and_evaluates_the_last_state(tmp_pat
     hist = read_history(tmp_path / "metrics.jsonl")
     assert trainer.state.global_step == 1 and [r["step"] for r in hist] == [0, 1]
     assert cb.eval_seconds >= 0.6 and hist[-1]["train_seconds"] < cb.eval_seconds
+
+
+def test_a_reference_that_cannot_be_built_is_one_line_naming_the_fix(tmp_path):
+    from personatune.config import load_config
+    from personatune.errors import RunDirError
+    from personatune.persona import load_persona
+    from personatune.stages.s5_optimization import reference_context
+
+    repo = Path(__file__).resolve().parents[2]
+    persona = repo / "examples" / "personas" / "captain_nova.yaml"
+    (tmp_path / "base").mkdir()  # a baseline folder without a tokenizer or config
+    cfg = load_config(None, [f"persona={persona}", "model.name=tiny"])
+    with pytest.raises(RunDirError, match=r"cannot be read to build the drift-KL reference .*fix: re-run stage 1") as e:
+        reference_context(cfg, load_persona(persona), str(tmp_path / "base"), HELD)
+    assert "\n" not in str(e.value)
