@@ -12,6 +12,9 @@ Controls (set them on the server object between or during requests):
 - `fail_after(n, status)`: after `n` successful completions every request answers `status`.
 - `reject_logprobs`: answer HTTP 400 "logprobs not supported" to requests that ask for logprobs.
 - `delay`: seconds each request takes (so concurrent requests overlap and `max_in_flight` means something).
+- `retry_headers`: headers sent with every injected failure. The default `retry-after-ms: 10` makes the
+  openai client wait 10 ms before its retry instead of its own backoff (0.5 s doubling), so retry
+  tests take milliseconds; `{}` leaves the client's backoff in place.
 
 Records: `requests` (parsed bodies of every request), `ok_count`, `max_in_flight`, `auth_headers`.
 
@@ -42,6 +45,7 @@ class FakeOpenAIServer:
         self.responder: Callable[[dict[str, Any]], str] = default_responder
         self.logprobs_fn: Callable[[dict[str, Any]], list[tuple[str, float]] | None] = lambda body: None
         self.reject_logprobs = False
+        self.retry_headers: dict[str, str] = {"retry-after-ms": "10"}
         self.requests: list[dict[str, Any]] = []
         self.auth_headers: list[str] = []
         self.ok_count = 0
@@ -113,7 +117,7 @@ class FakeOpenAIServer:
                         time.sleep(server.delay)
                     if status is not None:
                         self._send(status, {"error": {"message": f"injected failure {status}", "type": "server_error"}},
-                                   {"Retry-After": "0"} if status == 429 else None)
+                                   server.retry_headers)
                         return
                     if server.reject_logprobs and body.get("logprobs"):
                         self._send(400, {"error": {"message": "logprobs are not supported", "type": "invalid_request_error"}})

@@ -16,8 +16,6 @@ from personatune.generation.hf import encode_chat  # noqa: E402
 from personatune.persona import PersonaSpec  # noqa: E402
 from personatune.scoring.judges import HFJudge, OpenAIJudge, answer_from_text, rubric_messages, yes_probability  # noqa: E402
 
-FAST = dict(backoff_base=0.01, backoff_max=0.05)
-
 
 def persona():
     return PersonaSpec.model_validate({
@@ -80,7 +78,7 @@ def test_openai_judge_from_logprobs(server):
 
     server.logprobs_fn = lps
     server.responder = lambda body: "Maybe"  # the text would be undetermined: the numbers must come from logprobs
-    j = OpenAIJudge(server.base_url, "judge-model", concurrency=4, **FAST)
+    j = OpenAIJudge(server.base_url, "judge-model", concurrency=4)
     out = j.judge(persona(), TEXTS, PROMPTS)
     assert len(out) == 3 and all(set(o) == {"curious", "cheerful"} for o in out)
     assert out[0]["curious"] == pytest.approx((0.7 / 0.9, 1 / 3))
@@ -93,7 +91,7 @@ def test_openai_judge_from_logprobs(server):
 
 def test_openai_judge_text_fallback_without_logprobs(server):
     server.responder = lambda body: "No." if is_violation_question(body) else "Yes"
-    j = OpenAIJudge(server.base_url, "judge-model", **FAST)
+    j = OpenAIJudge(server.base_url, "judge-model")
     out = j.judge(persona(), TEXTS[:2])
     assert out == [{"curious": (1.0, 0.0), "cheerful": (1.0, 0.0)}] * 2
     assert j.stats["text"] == 8 and j.stats["logprobs"] == 0
@@ -102,13 +100,13 @@ def test_openai_judge_text_fallback_without_logprobs(server):
 def test_openai_judge_server_rejecting_logprobs(server):
     server.reject_logprobs = True
     server.responder = lambda body: "yes" if is_violation_question(body) else "no"
-    j = OpenAIJudge(server.base_url, "judge-model", concurrency=1, max_retries=0, **FAST)
+    j = OpenAIJudge(server.base_url, "judge-model", concurrency=1, max_retries=0)
     out = j.judge(persona(), TEXTS[:1])
     assert out == [{"curious": (0.0, 1.0), "cheerful": (0.0, 1.0)}]
     assert sum(1 for b in server.requests if b.get("logprobs")) == 1  # one 400, then no more logprob requests
     # Several requests in flight when the first 400 arrives: each falls back, none fails.
     server.delay = 0.02
-    j4 = OpenAIJudge(server.base_url, "judge-model", concurrency=4, max_retries=0, **FAST)
+    j4 = OpenAIJudge(server.base_url, "judge-model", concurrency=4, max_retries=0)
     assert j4.judge(persona(), TEXTS) == [{"curious": (0.0, 1.0), "cheerful": (0.0, 1.0)}] * 3
     assert j4.stats["text"] == 12
 
@@ -117,7 +115,7 @@ def test_openai_judge_undetermined_leaves_trait_to_detectors(server):
     # Only the "cheerful" violation question gets an answer that is neither Yes nor No.
     server.responder = lambda body: ("I cannot say." if is_violation_question(body) and '"cheerful"' in body["messages"][-1]["content"]
                                      else "No")
-    j = OpenAIJudge(server.base_url, "judge-model", **FAST)
+    j = OpenAIJudge(server.base_url, "judge-model")
     assert j.judge(persona(), ["hm"]) == [{"curious": (0.0, 0.0)}]
     assert j.stats["undetermined"] == 1
 
@@ -132,12 +130,12 @@ def test_judges_satisfy_scorer_protocol(server, tiny):
 def test_openai_judge_retries_and_cache(tmp_path, server):
     server.logprobs_fn = lambda body: [("Yes", math.log(0.3)), ("No", math.log(0.7))]
     server.fail_next(500, 429)
-    j = OpenAIJudge(server.base_url, "judge-model", concurrency=2, cache=ResponseCache(tmp_path / "judge.jsonl"), **FAST)
+    j = OpenAIJudge(server.base_url, "judge-model", concurrency=2, cache=ResponseCache(tmp_path / "judge.jsonl"))
     first = j.judge(persona(), TEXTS, PROMPTS)
     assert len(server.requests) == 12 + 2
     assert all(v == pytest.approx((0.3, 0.3)) for o in first for v in o.values())
     server.requests.clear()
-    again = OpenAIJudge(server.base_url, "judge-model", cache=ResponseCache(tmp_path / "judge.jsonl"), **FAST)
+    again = OpenAIJudge(server.base_url, "judge-model", cache=ResponseCache(tmp_path / "judge.jsonl"))
     assert again.judge(persona(), TEXTS, PROMPTS) == first and server.requests == []
 
 

@@ -4,6 +4,7 @@ import asyncio
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,6 @@ from personatune.errors import DataError, PersonatuneError  # noqa: E402
 from personatune.generation import BackendError, GenerationBackend  # noqa: E402
 from personatune.generation.cache import ResponseCache  # noqa: E402
 from personatune.generation.openai_compat import ChatRequest, OpenAIBackend  # noqa: E402
-
-FAST = dict(backoff_base=0.01, backoff_max=0.05)
 
 
 def conv(text):
@@ -30,7 +29,7 @@ def server():
 
 
 def test_normal_completion_order_and_protocol(server):
-    b = OpenAIBackend(server.base_url, "fake-model", **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model")
     assert isinstance(b, GenerationBackend)
     prompts = [f"question {i}" for i in range(10)]
     out = b.generate([conv(p) for p in prompts], max_new_tokens=16, temperature=0.0)
@@ -42,7 +41,7 @@ def test_normal_completion_order_and_protocol(server):
 
 
 def test_n_samples_get_distinct_seeds(server):
-    b = OpenAIBackend(server.base_url, "fake-model", **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model")
     out = b.generate([conv("a"), conv("b")], max_new_tokens=8, temperature=0.8, n=3, seed=10)
     assert [len(o) for o in out] == [3, 3]
     assert [t.split(" | ")[1] for t in out[0]] == ["seed=10", "seed=11", "seed=12"]
@@ -51,7 +50,7 @@ def test_n_samples_get_distinct_seeds(server):
 
 
 def test_greedy_n_requests_once(server):
-    b = OpenAIBackend(server.base_url, "fake-model", **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model")
     out = b.generate([conv("a")], max_new_tokens=8, temperature=0.0, n=4)
     assert len(out[0]) == 4 and len(set(out[0])) == 1
     assert len(server.requests) == 1
@@ -59,15 +58,26 @@ def test_greedy_n_requests_once(server):
 
 def test_retries_after_500_and_429(server):
     server.fail_next(500, 429, 503)
-    b = OpenAIBackend(server.base_url, "fake-model", concurrency=1, max_retries=5, **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model", concurrency=1, max_retries=5)
     out = b.generate([conv("x")], max_new_tokens=8, temperature=0.0)
     assert out[0][0].startswith("echo: x")
     assert len(server.requests) == 4 and b.requests_made == 4
 
 
+def test_retry_after_is_honoured(server):
+    # The client's own backoff would be 0.5-1 s or (with retry-after-ms: 10) 10 ms; the server asks for 0.3 s.
+    server.retry_headers = {"Retry-After": "0.3"}
+    server.fail_next(429)
+    b = OpenAIBackend(server.base_url, "fake-model", max_retries=1)
+    t0 = time.monotonic()
+    out = b.generate([conv("x")], max_new_tokens=8, temperature=0.0)
+    assert time.monotonic() - t0 >= 0.3
+    assert out[0][0].startswith("echo: x") and len(server.requests) == 2 and b.requests_made == 2
+
+
 def test_retries_exhausted_gives_one_clear_error(server):
     server.fail_after(0, 500)
-    b = OpenAIBackend(server.base_url, "fake-model", concurrency=2, max_retries=2, **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model", concurrency=2, max_retries=2)
     with pytest.raises(BackendError) as ei:
         b.generate([conv(str(i)) for i in range(4)], max_new_tokens=8, temperature=0.0)
     msg = str(ei.value)
@@ -76,7 +86,7 @@ def test_retries_exhausted_gives_one_clear_error(server):
 
 def test_client_error_is_not_retried(server):
     server.fail_next(404)
-    b = OpenAIBackend(server.base_url, "nope", max_retries=5, **FAST)
+    b = OpenAIBackend(server.base_url, "nope", max_retries=5)
     with pytest.raises(BackendError, match="404 for model 'nope'"):
         b.generate([conv("x")], max_new_tokens=8, temperature=0.0)
     assert len(server.requests) == 1
@@ -84,7 +94,7 @@ def test_client_error_is_not_retried(server):
 
 def test_concurrency_limit_respected(server):
     server.delay = 0.05
-    b = OpenAIBackend(server.base_url, "fake-model", concurrency=3, **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model", concurrency=3)
     b.generate([conv(str(i)) for i in range(12)], max_new_tokens=8, temperature=0.0)
     assert server.max_in_flight == 3  # requests overlap (>1) but never exceed the limit
 
@@ -92,7 +102,7 @@ def test_concurrency_limit_respected(server):
 def test_missing_server_names_url_and_fix():
     with FakeOpenAIServer() as srv:
         url = srv.base_url  # a port that was just free, now closed again
-    b = OpenAIBackend(url, "m", max_retries=2, **FAST)
+    b = OpenAIBackend(url, "m", max_retries=2)
     with pytest.raises(PersonatuneError) as ei:
         b.generate([conv("x"), conv("y")], max_new_tokens=8, temperature=0.0)
     msg = str(ei.value)
@@ -103,7 +113,7 @@ def test_api_key_never_logged_or_in_errors(monkeypatch, caplog, server):
     secret = "sk-test-SECRET-0123456789"
     monkeypatch.setenv("PT_TEST_KEY", secret)
     caplog.set_level(logging.DEBUG)  # every logger, openai/httpx included
-    b = OpenAIBackend(server.base_url, "fake-model", api_key_env="PT_TEST_KEY", max_retries=1, **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model", api_key_env="PT_TEST_KEY", max_retries=1)
     server.fail_next(500)
     b.generate([conv("x")], max_new_tokens=8, temperature=0.0)
     server.fail_next(401)
@@ -133,7 +143,7 @@ def test_cache_resume_after_interruption(tmp_path, server):
     convs = [conv(f"item {i}") for i in range(20)]
     server.fail_after(7, 500)
     b = OpenAIBackend(server.base_url, "fake-model", concurrency=1, max_retries=1,
-                      cache=ResponseCache(tmp_path / "cache"), **FAST)
+                      cache=ResponseCache(tmp_path / "cache"))
     with pytest.raises(BackendError):
         b.generate(convs, max_new_tokens=8, temperature=0.7, n=2, seed=0)
     assert server.ok_count == 7
@@ -142,7 +152,7 @@ def test_cache_resume_after_interruption(tmp_path, server):
     # Rerun with a fresh backend and a fresh cache object on the same file: only the missing 33 are asked.
     server.fail_after(None)
     server.requests.clear()
-    b2 = OpenAIBackend(server.base_url, "fake-model", concurrency=4, cache=ResponseCache(tmp_path / "cache"), **FAST)
+    b2 = OpenAIBackend(server.base_url, "fake-model", concurrency=4, cache=ResponseCache(tmp_path / "cache"))
     out = b2.generate(convs, max_new_tokens=8, temperature=0.7, n=2, seed=0)
     assert len(server.requests) == 40 - 7
     assert not done & {json.dumps(r, sort_keys=True) for r in server.requests}
@@ -151,7 +161,7 @@ def test_cache_resume_after_interruption(tmp_path, server):
 
     # Fully cached: a third run makes no request at all; changed parameters are misses.
     server.requests.clear()
-    b3 = OpenAIBackend(server.base_url, "fake-model", cache=ResponseCache(tmp_path / "cache"), **FAST)
+    b3 = OpenAIBackend(server.base_url, "fake-model", cache=ResponseCache(tmp_path / "cache"))
     assert b3.generate(convs, max_new_tokens=8, temperature=0.7, n=2, seed=0) == out
     assert server.requests == []
     b3.generate(convs[:1], max_new_tokens=9, temperature=0.7, n=1, seed=0)
@@ -190,7 +200,7 @@ def test_cache_key_depends_on_every_part():
 
 
 def test_sync_wrapper_works_inside_running_loop(server):
-    b = OpenAIBackend(server.base_url, "fake-model", **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model")
 
     async def caller():
         return b.generate([conv("inside")], max_new_tokens=8, temperature=0.0)
@@ -200,7 +210,7 @@ def test_sync_wrapper_works_inside_running_loop(server):
 
 def test_logprobs_are_returned(server):
     server.logprobs_fn = lambda body: [("Yes", -0.1), ("No", -2.5)]
-    b = OpenAIBackend(server.base_url, "fake-model", **FAST)
+    b = OpenAIBackend(server.base_url, "fake-model")
     [r] = b.complete([ChatRequest(messages=conv("q"), max_tokens=1, temperature=0.0, top_logprobs=5)])
     assert r["logprobs"] == [[["Yes", -0.1], ["No", -2.5]]]
     assert server.requests[0]["logprobs"] is True and server.requests[0]["top_logprobs"] == 5

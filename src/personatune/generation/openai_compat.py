@@ -16,10 +16,14 @@ How requests are made, and why:
 2. The rest go out concurrently (`asyncio`, `AsyncOpenAI`), at most `concurrency` in flight (a
    semaphore), one request per (conversation, sample) with `n=1`: not every local server
    honours `n`, and per-sample requests make per-sample caching and seeds (`seed + sample`) exact.
-3. 429, 5xx, timeouts and connection errors are retried with exponential backoff and jitter
-   (`Retry-After` is honoured when the server sends one); other 4xx fail at once with the reason.
+3. Retries are the `openai` client's own (`max_retries=`, `timeout=`): 408, 409, 429, 5xx,
+   timeouts and connection errors are retried with exponential backoff (0.5 s doubling, capped at
+   8 s, minus up to 25 % jitter); a `Retry-After` (or `retry-after-ms`) of up to 2 minutes is
+   waited instead; other 4xx fail at once. Two HTTP hooks count the attempts (`requests_made`)
+   and log each failure and retry under this module's logger (the client logs them only at INFO).
 4. When a request still fails, in-flight requests are cancelled and ONE `BackendError` names the
-   server, the cause and the fix. Results already received stay in the cache.
+   server, the cause, the number of attempts and the fix (401/403 name `api_key_env`, 404 the
+   model) — the part the client cannot do. Results already received stay in the cache.
 
 The API key is read from the environment variable named by `api_key_env` when a run starts. It is
 never stored on the object, logged, or put in an exception message (servers that need no key —
@@ -32,7 +36,6 @@ import asyncio
 import concurrent.futures
 import logging
 import os
-import random
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, TypeVar
 
@@ -50,6 +53,8 @@ KEEP_LOGPROB_TOKENS = 4
 NO_KEY = "EMPTY"
 # fsync the cache after this many new records (and always at the end of a call).
 SYNC_EVERY = 32
+# Statuses the openai client retries besides 5xx; after the last retry they read "kept failing", not "rejected".
+RETRIED_STATUSES = (408, 409, 429)
 
 
 @dataclass(frozen=True)
@@ -98,11 +103,9 @@ class OpenAIBackend:
         model: model name as the server knows it.
         api_key_env: name of the environment variable holding the API key (the value is never logged).
         concurrency: requests in flight at once (>= 1).
-        max_retries: retries per request after the first attempt (>= 0).
-        timeout: per-request timeout (seconds, > 0).
+        max_retries: retries per request after the first attempt (>= 0), made by the openai client.
+        timeout: per-attempt timeout (seconds, > 0).
         cache: a `ResponseCache`, or None for no caching.
-        backoff_base: first retry delay before jitter (seconds); doubles each retry.
-        backoff_max: cap on one retry delay (seconds).
 
     Raises:
         BackendError: a parameter is out of range.
@@ -115,8 +118,7 @@ class OpenAIBackend:
     backend_id = "openai-compat"
 
     def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 max_retries: int = 5, timeout: float = 60.0, cache: ResponseCache | None = None,
-                 backoff_base: float = 0.5, backoff_max: float = 30.0) -> None:
+                 max_retries: int = 5, timeout: float = 60.0, cache: ResponseCache | None = None) -> None:
         problems = []
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
             problems.append(f"base_url={base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
@@ -137,8 +139,6 @@ class OpenAIBackend:
         self.max_retries = max_retries
         self.timeout = timeout
         self.cache = cache
-        self.backoff_base = backoff_base
-        self.backoff_max = backoff_max
         self.requests_made = 0  # HTTP attempts, retries included (for reports and tests)
         self._logprobs_ok = True
 
@@ -215,7 +215,7 @@ class OpenAIBackend:
         async def one(i: int, r: ChatRequest, k: str) -> None:
             nonlocal new
             async with sem:
-                res = await self._with_retries(client, r)
+                res = await self._call(client, r)
             results[i] = res
             if self.cache is not None:
                 self.cache.put(k, res)
@@ -223,8 +223,9 @@ class OpenAIBackend:
                 if new % SYNC_EVERY == 0:
                     self.cache.sync()
 
-        # max_retries=0: retries are ours (backoff with jitter, one error at the end).
-        client = AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=0, timeout=self.timeout)
+        # The client retries (module docstring, point 3); the hooks count and log the attempts.
+        client = AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=self.max_retries,
+                             timeout=self.timeout, http_client=self._http_client())
         try:
             tasks = [asyncio.create_task(one(*t)) for t in todo]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -246,62 +247,66 @@ class OpenAIBackend:
         key = os.environ.get(self.api_key_env)
         return text.replace(key, "***") if key else text
 
-    def _delay(self, attempt: int, retry_after: float | None) -> float:
-        d = min(self.backoff_max, self.backoff_base * (2 ** attempt))
-        d = random.uniform(d / 2, d)  # jitter: concurrent clients do not retry in lock-step
-        if retry_after is not None:
-            d = max(d, min(retry_after, self.backoff_max))
-        return d
+    def _http_client(self) -> Any:
+        """The openai client's default HTTP client plus two hooks: count attempts, log failures and retries.
 
-    async def _with_retries(self, client: Any, r: ChatRequest) -> dict[str, Any]:
+        Only the status, the attempt number and base_url are logged; request headers (the API key) never are.
+        """
+        from openai import DefaultAsyncHttpxClient
+
+        async def on_request(request: Any) -> None:
+            self.requests_made += 1
+            retry = _retry_count(request)
+            if retry:
+                log.warning("request to %s: retry %d/%d", self.base_url, retry, self.max_retries)
+
+        async def on_response(response: Any) -> None:
+            if response.status_code >= 400:
+                log.warning("request to %s failed (HTTP %d) on attempt %d", self.base_url, response.status_code,
+                            _retry_count(response.request) + 1)
+
+        hooks = {"request": [on_request], "response": [on_response]}
+        return DefaultAsyncHttpxClient(timeout=self.timeout, event_hooks=hooks)
+
+    async def _call(self, client: Any, r: ChatRequest) -> dict[str, Any]:
+        """One request, retried by the client; a final failure becomes one `BackendError` with the fix."""
         import openai
 
-        why = ""
-        kind = "status"
-        for attempt in range(self.max_retries + 1):
-            retry_after: float | None = None
-            fatal: str | None = None
-            no_logprobs = False
-            asked_logprobs = bool(r.top_logprobs) and self._logprobs_ok
-            try:
-                return await self._request(client, r)
-            except openai.APIConnectionError as e:  # includes APITimeoutError
-                kind, why = "connection", type(e).__name__
-            except openai.APIStatusError as e:
-                status = e.status_code
-                if status == 429 or status >= 500 or status == 408:
-                    kind, why = "status", f"HTTP {status}"
-                    retry_after = _retry_after(e)
-                elif status == 400 and asked_logprobs and "logprob" in str(e.message).lower():
-                    no_logprobs = True
-                else:
-                    fatal = self._fatal_message(status, str(e.message))
-            except openai.APIError as e:  # malformed response body and the like
-                kind, why = "status", f"{type(e).__name__}"
-            if no_logprobs:
-                # The server does not do logprobs: ask for the text only, from now on (not counted as a retry).
-                if self._logprobs_ok:
-                    log.warning("%s does not support logprobs (HTTP 400); judges fall back to the sampled answer", self.base_url)
-                self._logprobs_ok = False
-                return await self._with_retries(client, r)
-            if fatal is not None:
-                # Raised outside the except block: the openai exception (whose request object holds
-                # the Authorization header) is not chained onto ours.
-                break
-            if attempt < self.max_retries:
-                d = self._delay(attempt, retry_after)
-                log.warning("request to %s failed (%s); retry %d/%d in %.2fs", self.base_url, why, attempt + 1, self.max_retries, d)
-                await asyncio.sleep(d)
-        if fatal is not None:
-            raise BackendError(fatal)
-        attempts = self.max_retries + 1
-        if kind == "connection":
-            raise BackendError(
-                f"cannot reach the OpenAI-compatible server at {self.base_url} ({why} after {attempts} attempts); fix: start the "
-                "server (vLLM `vllm serve MODEL` -> http://127.0.0.1:8000/v1, Ollama -> http://127.0.0.1:11434/v1, "
+        asked_logprobs = bool(r.top_logprobs) and self._logprobs_ok
+        try:
+            return await self._request(client, r)
+        except openai.APIConnectionError as e:  # includes APITimeoutError
+            failure = self._unreachable_message(type(e).__name__, _attempts(e, self.max_retries))
+        except openai.APIStatusError as e:
+            if e.status_code == 400 and asked_logprobs and "logprob" in str(e.message).lower():
+                failure = None
+            else:
+                failure = self._status_message(e.status_code, str(e.message), _attempts(e, self.max_retries))
+        except openai.APIError as e:  # a body the client cannot parse; the client does not retry these
+            failure = (f"the server at {self.base_url} sent a response the openai client cannot read "
+                       f"({type(e).__name__}); fix: check that base_url is an OpenAI-compatible API ending in /v1")
+        if failure is not None:
+            # Raised outside the except block: the openai exception (whose request object holds
+            # the Authorization header) is not chained onto ours.
+            raise BackendError(failure)
+        # The server does not do logprobs: ask for the text only, from now on.
+        if self._logprobs_ok:
+            log.warning("%s does not support logprobs (HTTP 400); judges fall back to the sampled answer",
+                        self.base_url)
+        self._logprobs_ok = False
+        return await self._call(client, r)
+
+    def _unreachable_message(self, why: str, attempts: int) -> str:
+        return (f"cannot reach the OpenAI-compatible server at {self.base_url} ({why} after {_n_attempts(attempts)}); "
+                "fix: start the server (vLLM `vllm serve MODEL` -> http://127.0.0.1:8000/v1, "
+                "Ollama -> http://127.0.0.1:11434/v1, "
                 "llama.cpp `llama-server -m model.gguf` -> http://127.0.0.1:8080/v1) or correct base_url")
-        raise BackendError(f"the server at {self.base_url} kept failing ({why}) after {attempts} attempts; "
-                           f"fix: lower concurrency (now {self.concurrency}), raise max_retries, or check the server's log")
+
+    def _status_message(self, status: int, message: str, attempts: int) -> str:
+        if status in RETRIED_STATUSES or status >= 500:
+            return (f"the server at {self.base_url} kept failing (HTTP {status}) after {_n_attempts(attempts)}; "
+                    f"fix: lower concurrency (now {self.concurrency}), raise max_retries, or check the server's log")
+        return self._fatal_message(status, message)
 
     def _fatal_message(self, status: int, message: str) -> str:
         msg = self._redact(message)[:300]
@@ -314,7 +319,6 @@ class OpenAIBackend:
         return f"the server at {self.base_url} rejected a request (HTTP {status}): {msg}"
 
     async def _request(self, client: Any, r: ChatRequest) -> dict[str, Any]:
-        self.requests_made += 1
         # max_tokens (not max_completion_tokens): the field every compatible server accepts.
         kw: dict[str, Any] = dict(model=self.model, messages=r.messages, max_tokens=r.max_tokens, temperature=r.temperature,
                                   top_p=r.top_p, n=1)
@@ -337,10 +341,21 @@ class OpenAIBackend:
         return {"text": text, "logprobs": lps}
 
 
-def _retry_after(e: Any) -> float | None:
-    """Seconds from a Retry-After header (numeric form only), or None."""
+def _retry_count(request: Any) -> int:
+    """Which retry an HTTP request is (0 = first attempt), from the header the openai client sets on each attempt."""
     try:
-        v = e.response.headers.get("retry-after")
-        return float(v) if v is not None else None
+        return int(request.headers.get("x-stainless-retry-count", "0"))
     except (AttributeError, ValueError):
-        return None
+        return 0
+
+
+def _attempts(e: Any, max_retries: int) -> int:
+    """Attempts behind a final openai error: from its last request, else every attempt allowed."""
+    request = getattr(e, "request", None)
+    if request is None or "x-stainless-retry-count" not in request.headers:
+        return max_retries + 1
+    return _retry_count(request) + 1
+
+
+def _n_attempts(n: int) -> str:
+    return f"{n} attempt" if n == 1 else f"{n} attempts"
