@@ -64,14 +64,16 @@ def capability_retention(run_dir: Path, config) -> dict:
     return {"retention": r["retention"], "final_score": suite["score"], "baseline_score": base["score"], "all_tasks_ok": r["all_tasks_ok"]}
 
 
-def run_recipe(name: str, base: Path, out_root: Path, config_path: str, overrides: list[str], budget: float, eval_seconds: float) -> dict:
+def run_recipe(name: str, base: Path, out_root: Path, config_path: str, overrides: list[str], budget: float, eval_seconds: float,
+               eval_at_start: bool = True) -> dict:
     from personatune.config import load_config
     from personatune.rundir import RunDir, read_jsonl
     from personatune.stages import s5_optimization
 
     rd_path = prepare(base, out_root / name / base.name)
     over = overrides + [f"train.algorithm={name}", f"train.max_train_seconds={budget}", f"train.eval_every_seconds={eval_seconds}",
-                        "train.eval_every=0", "train.epochs=100", f"run_dir={out_root / name}", f"name={base.name}"]
+                        "train.eval_every=0", "train.epochs=100", f"run_dir={out_root / name}", f"name={base.name}",
+                        f"train.eval_at_start={str(eval_at_start).lower()}"]
     if name in ("grpo", "rloo"):
         over += ["train.beta=0.04"]
     cfg = load_config(config_path, over)
@@ -104,9 +106,10 @@ def main() -> int:
     a = ap.parse_args()
     base, out = Path(a.run).resolve(), Path(a.out).resolve()
     results = []
-    for name in a.recipes.split(","):
+    for i, name in enumerate(a.recipes.split(",")):
         print(f"== {name}: {a.budget:g} s of training, evals every {a.eval_seconds:g} s", flush=True)
-        r = run_recipe(name, base, out, a.config, a.overrides, a.budget, a.eval_seconds)
+        # Step 0 is the baseline for every recipe: measured once, with the first recipe (the others start at their first eval).
+        r = run_recipe(name, base, out, a.config, a.overrides, a.budget, a.eval_seconds, eval_at_start=i == 0)
         results.append(r)
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
