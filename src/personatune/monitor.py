@@ -17,7 +17,7 @@ What it does, in order:
    window shorter than half a window joins the one before it).
 4. Test each window against the reference, one-sided (only a DROP is an alert):
    - consistency rate: two-proportion z-test (pooled variance);
-   - consistency score distribution: Mann-Whitney U (normal approximation, tie-corrected, continuity-corrected);
+   - consistency score distribution: Mann-Whitney U (scipy; normal approximation, tie- and continuity-corrected);
    - style_match distribution: Mann-Whitney U, same;
    - adherence of each trait: two-proportion z-test.
    A test alerts when p < alpha / m, m = (windows tested) x (tests per window): a Bonferroni
@@ -203,45 +203,33 @@ def two_proportion_drop(k: int, n: int, k_ref: int, n_ref: int) -> tuple[float, 
     return (z, NormalDist().cdf(z))
 
 
-def _rank(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Average ranks (1-based) and the sizes of the tie groups."""
-    order = np.argsort(values, kind="mergesort")
-    sv = values[order]
-    ranks = np.empty(len(values), dtype=float)
-    _, start, counts = np.unique(sv, return_index=True, return_counts=True)
-    avg = start + (counts + 1) / 2.0
-    ranks[order] = np.repeat(avg, counts)
-    return ranks, counts
-
-
 def mann_whitney_less(x: Any, y: Any) -> tuple[float, float]:
-    """One-sided Mann-Whitney U test of H1: x tends to be smaller than y.
+    """One-sided Mann-Whitney U test of H1: x tends to be smaller than y (`scipy.stats.mannwhitneyu`).
 
     Normal approximation with tie correction and a 0.5 continuity correction (adequate from about 10
-    values per sample).
+    values per sample): `mannwhitneyu(x, y, alternative="less", method="asymptotic", use_continuity=True)`.
 
     Args:
         x: the window's values.
         y: the reference's values.
 
     Returns:
-        (z, p); (nan, nan) when a sample is empty; (0, 1) when every value is tied.
+        (z, p) with p = Φ(z), z the standard-normal quantile of p (scipy returns U and p, not z; -inf or inf
+        where p is 0 or 1 in floating point); (nan, nan) when a sample is empty; (0, 1) when every value is tied.
 
     >>> round(mann_whitney_less([1, 2, 3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13, 14, 15, 16, 17, 18, 19, 20])[1], 6)
     9.1e-05
     """
+    from scipy import stats
+
     a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    n1, n2 = len(a), len(b)
-    if n1 == 0 or n2 == 0:
+    if len(a) == 0 or len(b) == 0:
         return (math.nan, math.nan)
-    ranks, ties = _rank(np.concatenate([a, b]))
-    u = float(ranks[:n1].sum()) - n1 * (n1 + 1) / 2.0
-    n = n1 + n2
-    var = n1 * n2 / 12.0 * ((n + 1) - float((ties ** 3 - ties).sum()) / (n * (n - 1)))
-    if var <= 0:
-        return (0.0, 1.0)
-    z = (u - n1 * n2 / 2.0 + 0.5) / math.sqrt(var)
-    return (z, NormalDist().cdf(z))
+    pooled = np.concatenate([a, b])
+    if np.all(pooled == pooled[0]):
+        return (0.0, 1.0)  # no variance: scipy would give p = 1 with z = -inf
+    p = float(stats.mannwhitneyu(a, b, alternative="less", method="asymptotic", use_continuity=True).pvalue)
+    return (float(stats.norm.ppf(p)), p)
 
 
 # ---- drift -----------------------------------------------------------------------------------------
@@ -650,7 +638,8 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
         ConfigError, DataError, PersonaSpecError, RunDirError: bad input (the CLI prints one line, exit 2), among
             them an --out (or the .json beside it) that is a folder or one of the inputs, refused before any work.
     """
-    from personatune.serve import load_scorer
+    from personatune.persona import load_persona
+    from personatune.scoring.factory import build_scorer
 
     persona, evaluator, reference = _resolve(persona, evaluator, reference)
     out = Path(out_html)
@@ -664,7 +653,8 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
     for what, path in (("the log", logs), ("--reference", reference)):
         if path is not None and not Path(path).is_file():
             raise DataError(f"{what} {path} is {'a folder' if Path(path).is_dir() else 'not found'}; fix: pass an existing JSONL file")
-    spec, scorer = load_scorer(persona, evaluator)
+    spec = load_persona(persona)
+    scorer = build_scorer(spec, evaluator_dir=evaluator)  # the fitted evaluator, else the persona's untrained scorer
     rep = run_monitor(scorer, spec.trait_ids, logs, reference, window=window, alpha=alpha)
     atomic_write_text(out, render_html(rep, spec.name))
     atomic_write_json(out.with_suffix(".json"), rep.to_dict())

@@ -78,15 +78,32 @@ def test_mann_whitney_close_to_exact_permutation_p():
     x = np.round(rng.normal(0.0, 1.0, 8), 1)
     y = np.round(rng.normal(0.8, 1.0, 8), 1)
     pooled = np.concatenate([x, y])
-    from personatune.monitor import _rank
+    from scipy.stats import rankdata
 
-    avg, _ = _rank(pooled)
+    avg = rankdata(pooled)  # average ranks of ties, 1-based
     observed = avg[:8].sum()
     sums = [avg[list(idx)].sum() for idx in itertools.combinations(range(16), 8)]
     exact = np.mean(np.array(sums) <= observed + 1e-9)
     _, p = mann_whitney_less(x, y)
     assert abs(p - exact) < 0.02, (p, exact)
     assert mann_whitney_less(y, x)[1] > 0.9
+
+
+def test_mann_whitney_edge_cases_and_z_against_the_formula():
+    assert all(math.isnan(v) for v in mann_whitney_less([], [1.0, 2.0]))
+    assert mann_whitney_less([0.5] * 5, [0.5] * 7) == (0.0, 1.0)  # every value tied
+    # z: normal approximation with tie and 0.5 continuity correction, computed here by hand; p = Φ(z).
+    x, y = [0.1, 0.2, 0.2, 0.4, 0.5, 0.5, 0.5, 0.9], [0.2, 0.5, 0.6, 0.7, 0.7, 0.8, 0.9, 1.0, 1.0]
+    from scipy.stats import rankdata
+
+    ranks = rankdata(x + y)
+    u = ranks[:len(x)].sum() - len(x) * (len(x) + 1) / 2
+    n1, n2, n = len(x), len(y), len(x) + len(y)
+    ties = np.unique(x + y, return_counts=True)[1]
+    var = n1 * n2 / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1)))
+    want = (u - n1 * n2 / 2 + 0.5) / math.sqrt(var)
+    z, p = mann_whitney_less(x, y)
+    assert z == pytest.approx(want, rel=1e-9) and p == pytest.approx(NormalDist().cdf(want), rel=1e-9)
 
 
 # ---- reading --------------------------------------------------------------------------------------

@@ -1,9 +1,9 @@
 """`personatune serve`: real HTTP on 127.0.0.1 against a tiny saved model.
 
-The server runs in a thread (uvicorn on a socket bound to a free port); every test talks to it over
-loopback with httpx. The persona scorer is a stub here (the tiny model writes gibberish; what is
-tested is the plumbing: background scoring, rolling gauges and counts); the real Scorer is exercised
-by tests/unit/test_monitor.py.
+The server runs in a thread (tests/background_server.py: uvicorn on a socket bound to a free port);
+every test talks to it over loopback with httpx. The persona scorer is a stub here (the tiny model writes
+gibberish; what is tested is the plumbing: background scoring, rolling gauges and counts); the real Scorer
+is exercised by tests/unit/test_monitor.py.
 """
 
 from __future__ import annotations
@@ -11,16 +11,21 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
 
-from personatune.errors import ConfigError, RunDirError
-from personatune.scoring.record import ResponseScore
-from personatune.serve import BackgroundServer, ServeLimits, create_app, parse_request, resolve_target
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (import-mode=importlib adds nothing)
+from background_server import BackgroundServer  # noqa: E402
+
+from personatune.errors import ConfigError, RunDirError  # noqa: E402
+from personatune.scoring.record import ResponseScore  # noqa: E402
+from personatune.serve import ServeLimits, create_app, parse_request, resolve_target  # noqa: E402
 
 TRAITS = ["warm", "curious"]
 
@@ -163,7 +168,9 @@ def test_other_paths_and_methods(server):
 
 def test_prompt_longer_than_context_is_400(server):
     client, _, _ = server
-    r = chat(client, messages=[{"role": "user", "content": "hello there friend " * 400}], max_tokens=8)
+    # ~7 tokens per repetition: 1500 are ~10,000 tokens, past the tiny model's 4096-token window
+    # (and 28 KB, under the body limit).
+    r = chat(client, messages=[{"role": "user", "content": "hello there friend " * 1500}], max_tokens=8)
     assert r.status_code == 400 and "context" in r.json()["error"]["message"]
     assert healthy(client)
 
@@ -448,3 +455,30 @@ def test_scoring_thread_is_not_frozen_by_a_catastrophic_rule(backend):
             assert time.monotonic() < deadline, "the scoring thread is stuck"
             time.sleep(0.05)
         assert healthy(client)
+
+
+def test_metrics_exposition_names_and_format(server):
+    """prometheus_client writes /metrics: the exposed names stay those of the hand-written exposition (no _created)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client, _, _ = server
+    assert chat(client).status_code == 200  # so the request counter and histogram have samples even when run alone
+    r = client.get("/metrics")
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    families = {f.name: f.type for f in text_string_to_metric_families(r.text)}
+    names = {name for name, _ in parse_prometheus(r.text)}
+    assert not any(n.endswith("_created") for n in names), sorted(names)
+    want = {"requests_total", "generated_tokens_total", "generation_seconds_total", "scored_responses_total",
+            "scoring_dropped_total", "scoring_errors_total", "request_latency_seconds_bucket",
+            "request_latency_seconds_sum", "request_latency_seconds_count", "info", "generation_queue_depth",
+            "generation_queue_capacity", "generation_in_flight", "scoring_queue_depth", "rolling_window_responses",
+            "rolling_consistency_rate", "rolling_consistency_score_mean", "rolling_trait_adherence",
+            "rolling_adherence_overall", "rolling_style_match_mean", "rolling_words_mean", "reference_words",
+            "style_words_drift"}
+    assert {"personatune_" + n for n in want} == names
+    assert families["personatune_requests"] == "counter"
+    assert families["personatune_request_latency_seconds"] == "histogram"
+    samples = parse_prometheus(r.text)
+    assert metric(samples, "personatune_info", model="tiny", scoring="on") == 1
+    assert metric(samples, "personatune_generation_queue_capacity") == 32
+    assert metric(samples, "personatune_reference_words") == 10.0
