@@ -124,7 +124,8 @@ def decide(history: Sequence[Mapping[str, Any]], max_kl: float, policy: Literal[
            raise_factor: float = 2.0, max_raises: int = 3) -> Decision:
     """Decide from the latest eval record whether training goes on.
 
-    Rules: while the latest KL is within the budget (kl <= max_kl), continue. Once it is over:
+    Rules: while the latest KL is within the budget (kl <= max_kl), continue; over it but lower than every earlier
+    eval's KL (drift KL falling towards the budget from the unprompted start), continue. Otherwise, once it is over:
     policy "stop" stops (the best earlier checkpoint is kept by `select_checkpoint`); policy
     "raise_beta" multiplies the KL penalty by `raise_factor` and continues, at most `max_raises` times
     (counted from records whose "decision" is "raise_beta"), then stops.
@@ -148,6 +149,12 @@ def decide(history: Sequence[Mapping[str, Any]], max_kl: float, policy: Literal[
         return Decision("continue", f"step {last.get('step')}: KL not measured")
     if kl <= max_kl:
         return Decision("continue", f"step {last.get('step')}: KL {kl:.4g} <= {max_kl:g} nats/token")
+    # Drift KL starts above the budget (the unprompted baseline is not the persona-prompted reference): while training
+    # brings it down — below every earlier eval's — it is moving into the budget, so it goes on.
+    earlier = [v for v in (_num(r.get("kl")) for r in history[:-1]) if v is not None]
+    if earlier and kl < min(earlier):
+        return Decision("continue", f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token but below every earlier eval "
+                                    f"(lowest {min(earlier):.4g}): moving into the budget")
     over = f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token"
     if policy == "stop":
         return Decision("stop", over + "; stopping (the best checkpoint within budget is kept)")

@@ -77,3 +77,15 @@ def test_stage5_diagnosis_prints_rounded_numbers():
                          adherence=Measurement(0.5, n=72), adherence_per_trait={"a": 0.5}, style_variance=None, texts=["x"] * 12)
     text = "\n".join(optimization_gate(load_config(None, ["persona=p.yaml"]), ev, sel, h).diagnosis)
     assert "consistency 0.083" in text and "0.0833333" not in text, text
+
+
+def test_drift_kl_falling_towards_the_budget_continues_and_stops_once_it_rises():
+    # Drift KL starts over the budget (the unprompted baseline vs the persona-prompted reference) and falls.
+    h = [{"step": 0, "kl": 0.29}, {"step": 10, "kl": 0.21}]
+    assert decide(h, max_kl=0.1, policy="stop").action == "continue"
+    h.append({"step": 20, "kl": 0.12})
+    assert decide(h, max_kl=0.1, policy="stop").action == "continue"
+    h.append({"step": 30, "kl": 0.15})  # over the budget and no longer falling: stop
+    assert decide(h, max_kl=0.1, policy="stop").action == "stop"
+    # the first record over the budget, with nothing earlier to compare, stops as before
+    assert decide([{"step": 10, "kl": 0.3}], max_kl=0.1, policy="stop").action == "stop"
