@@ -146,3 +146,68 @@ def test_shared_prefill_gives_the_same_draws_as_num_return_sequences(tiny):
     b = HFBackend(model, tok, batch_size=3, share_prefill=True).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
     assert a == b
     assert len({x for per in b for x in per}) > 3  # real sampling: the draws differ from each other
+
+
+def persona_convs():
+    """Stage-3-like prompts: a long shared system prompt and few-shot turns, then user turns of unequal length;
+    two prompts behind a second system prompt (another context group) and one multi-turn prompt."""
+    system = "You are Captain Nova, a cheerful starship captain who loves the sea of stars. " * 3
+    shots = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Ahoy, matey! Welcome aboard the ship."},
+             {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Shipshape and ready to sail!"}]
+    out = [[{"role": "system", "content": system}, *shots, {"role": "user", "content": " ".join(["word"] * k) + f" #{k}"}]
+           for k in LENGTHS]
+    out += [[{"role": "system", "content": system + " Keep it short."}, *shots, {"role": "user", "content": f"question {k}?"}] for k in (2, 7)]
+    out.append([{"role": "system", "content": system}, *shots, {"role": "user", "content": "Tell me more."},
+                {"role": "assistant", "content": "The stars are wide!"}, {"role": "user", "content": "And then?"}])
+    return out
+
+
+def test_shared_prefix_gives_the_greedy_output_of_the_plain_path(tiny):
+    """The optimized path (prefix prefilled once, one prefix copy attended by every sequence, prefix kept
+    between calls) must not change what the model says: greedy ids equal the plain path's and a lone
+    unpadded model.generate's, for every batch size, and on a second call served from the kept prefix."""
+    model, tok = tiny
+    cs = persona_convs()
+    plain_backend = HFBackend(model, tok, batch_size=4, share_prefix=False)
+    plain = plain_backend.generate_ids(cs, max_new_tokens=12, temperature=0.0)
+    assert plain == [[reference_greedy(model, tok, c, 12)] for c in cs]
+    assert len({tuple(r[0]) for r in plain}) > 1
+    for kw in ({"batch_size": 4}, {"batch_size": 1}, {"batch_size": 16}, {"batch_size": 4, "shared_attention": False}):
+        b = HFBackend(model, tok, prefix_cache=2, **kw)
+        assert b.generate_ids(cs, max_new_tokens=12, temperature=0.0) == plain, kw
+        # the prefix was shared (less of it with one batch mixing both system prompts)
+        assert b.last_stats["prefill_tokens"] < plain_backend.last_stats["prefill_tokens"] / (1 if kw["batch_size"] == 16 else 2), kw
+        first = b.last_stats["prefill_tokens"]
+        assert b.generate_ids(cs[::-1], max_new_tokens=12, temperature=0.0) == plain[::-1], kw  # kept prefixes, caller's order
+        assert b.last_stats["prefill_tokens"] < first, kw
+
+
+def test_shared_prefix_gives_the_same_draws_with_the_same_batches(tiny):
+    model, tok = tiny
+    cs = persona_convs()[:len(LENGTHS)]  # one context: the plain path and the shared one form the same batches
+    a = HFBackend(model, tok, batch_size=3, share_prefix=False).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    b = HFBackend(model, tok, batch_size=3).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    assert a == b
+    assert len({x for per in b for x in per}) > 3
+
+
+def test_kept_prefix_is_dropped_when_the_weights_change(tiny):
+    import copy
+
+    model, tok = tiny
+    model = copy.deepcopy(model)
+    cs = persona_convs()
+    b = HFBackend(model, tok, batch_size=4, prefix_cache=4)
+    before = b.generate_ids(cs, max_new_tokens=8, temperature=0.0)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.mul_(1.5)  # an in-place update, as an optimizer step
+    after = b.generate_ids(cs, max_new_tokens=8, temperature=0.0)
+    assert after == HFBackend(model, tok, batch_size=4, share_prefix=False).generate_ids(cs, max_new_tokens=8, temperature=0.0)
+    assert after != before
+
+
+def test_bad_prefix_cache(tiny):
+    with pytest.raises(BackendError, match="prefix_cache"):
+        HFBackend(*tiny, prefix_cache=-1)

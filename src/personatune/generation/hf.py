@@ -10,22 +10,27 @@ What `HFBackend.generate` does, in order:
    sorted next to each other first, so a batch's prompts share a long token prefix.
 3. LEFT-pad each batch (decoder-only models continue from the last position, so every prompt
    must end at the same column) with an attention mask; position ids follow the mask.
-   With `share_prefix`, the batch's longest common token prefix (a persona system prompt with
-   few-shot turns: ~690 of ~705 tokens in stage 3) is prefilled ONCE, at batch size 1 and without
-   padding, and its KV cache copied to every row; only the rest of each prompt is prefilled, padded
-   in the middle (prefix, pad, rest) with the mask and position ids following the mask, so each row
-   sees exactly the positions it would see alone. Prefix caches are kept for the call (and, with
-   `prefix_cache` > 0, for later calls while the weights are unchanged) and extended from the
-   longest one kept. benchmarks/bench_teacher.py measures it.
+   With `share_prefix`, the batch's longest common token prefix (in stage 3 the persona system
+   prompt with its few-shot turns, ~700 of ~720 tokens) is prefilled ONCE, at batch size 1 and
+   without padding; only the rest of each prompt is prefilled, padded in the middle (prefix, pad,
+   rest) with the mask and position ids following the mask, so each row sees the positions it would
+   see alone. Prefix caches live for the call (with `prefix_cache` > 0 also for later calls, while
+   the weights are unchanged); a new prefix extends the longest part it shares with a kept one.
+   With `shared_attention` (default; Llama/Mistral/Qwen-type models) the prefix's keys and values
+   are not copied to the rows at all: every query is scored against the ONE prefix copy and against
+   its row's own keys, under one softmax ("cascade" attention; the same attention up to float
+   rounding). On a CPU, decoding over ~700 copied prefix positions per sequence, not the prefill,
+   was most of stage 3's time (benchmarks/bench_teacher.py, docs/benchmarks.md).
 4. Decode greedily when `temperature == 0`, otherwise sample with `temperature`/`top_p`, n draws
    per prompt, the RNG seeded from `seed` in a forked RNG state so the caller's global RNG is
    untouched. With n > 1 the prompt is prefilled ONCE and its KV cache repeated n times
    (`share_prefill`): `num_return_sequences = n` would prefill every copy, and with a long persona
    system prompt prefill is most of the cost on a CPU (benchmarks/bench_generation.py measures it).
    The draws are the same sequences as with `num_return_sequences` (same batch order, same RNG use),
-   up to float rounding. The shared-prefix path always repeats the cache this way. Decoding uses exactly these parameters: the model's own
-   generation_config defaults (top_k, repetition_penalty, ...) are not applied, so the HF and
-   OpenAI-compatible backends mean the same thing by the same parameters.
+   up to float rounding; the shared-prefix path always repeats the cache this way. Decoding uses
+   exactly these parameters: the model's own generation_config defaults (top_k, repetition_penalty,
+   ...) are not applied, so the HF and OpenAI-compatible backends mean the same thing by the same
+   parameters.
 5. Stop each sequence at its first EOS (the tokenizer's and the model's EOS ids), drop special
    tokens, strip whitespace, and put results back in the caller's order.
 
@@ -36,6 +41,8 @@ shared prefix (tested), up to float rounding in reduced precision.
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import functools
 import json
 import time
 from collections import OrderedDict
@@ -65,6 +72,9 @@ class HFBackend:
         share_prefix: prefill a batch's common token prefix once (step 3) when it is at least
             `MIN_SHARED_PREFIX` tokens long; only for models whose cache is plain full attention
             (`DynamicLayer`), else the per-prompt path is used.
+        shared_attention: with a shared prefix, attend to one copy of its keys and values (step 3)
+            instead of a copy per sequence; only for the model types in `SHARED_ATTENTION_MODELS` with
+            sdpa or eager attention, else the prefix cache is copied to every row.
         prefix_cache: how many prefix KV caches to keep BETWEEN calls (0: none; a call never reuses
             KV from an earlier one). Kept caches are dropped when the model or its parameters change
             (a parameter's in-place version counter moves, as with an optimizer step or loaded weights);
@@ -82,9 +92,13 @@ class HFBackend:
 
     MIN_SHARED_PREFIX = 32
     """Shortest common prefix (tokens) worth a separate prefill; below it the batch is prefilled as a whole."""
+    SHARED_ATTENTION_MODELS = ("llama", "mistral", "qwen2", "qwen3")
+    """Model types whose attention is plain scaled dot-product over RoPE'd keys (no soft-capping, sinks or
+    sliding windows), for which `shared_attention` is exact."""
 
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, share_prefill: bool = True,
-                 progress: Callable[[int, int], object] | None = None, share_prefix: bool = True, prefix_cache: int = 0) -> None:
+                 progress: Callable[[int, int], object] | None = None, share_prefix: bool = True, prefix_cache: int = 0,
+                 shared_attention: bool = True) -> None:
         import torch
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -106,6 +120,7 @@ class HFBackend:
         self.share_prefill = share_prefill
         self.share_prefix = share_prefix
         self.prefix_cache = prefix_cache
+        self.shared_attention = shared_attention
         self.progress = progress
         self.last_stats: dict[str, float] = {}
         self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
@@ -177,8 +192,10 @@ class HFBackend:
                     rows = [encoded[i] for i in idx]
                     common = _common_prefix(rows) if self.share_prefix else 0
                     if common >= self.MIN_SHARED_PREFIX and self._plain_cache():
-                        input_ids, mask, cache, width, work = self._prefill_shared(rows, common, draws)
-                        out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=cached_cfg)
+                        cascade = self.shared_attention and self._cascade_ok()
+                        input_ids, mask, cache, width, work = self._prefill_shared(rows, common, draws, cascade)
+                        with self._cascade(cache) if cascade else contextlib.nullcontext():
+                            out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=cached_cfg)
                     else:
                         width = max(len(r) for r in rows)
                         input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
@@ -248,34 +265,61 @@ class HFBackend:
             self._weights_key = key
 
     def _prefix_kv(self, prefix: tuple[int, ...]) -> tuple[Any, int]:
-        """The KV cache (batch 1, no padding) of `prefix`, kept or computed from the longest kept prefix of it,
-        and how many tokens had to be run through the model for it."""
-        import copy
+        """The KV cache (batch 1, no padding) of `prefix`, and how many tokens had to be run through the model for it.
 
+        A kept cache is reused as is, or its longest common part with `prefix` (at least `MIN_SHARED_PREFIX`
+        tokens) is extended: e.g. the persona prompt before its per-scenario trait reminders.
+        """
         import torch
         from transformers import DynamicCache
 
         if prefix in self._prefixes:
             self._prefixes.move_to_end(prefix)
             return self._prefixes[prefix], 0
-        base = max((k for k in self._prefixes if len(k) < len(prefix) and prefix[:len(k)] == k), key=len, default=())
-        if base:
+        base, start = None, 0
+        for key in self._prefixes:
+            c = _common_prefix([list(key), list(prefix)])
+            if c > start and c >= self.MIN_SHARED_PREFIX:
+                base, start = key, c
+        cache = DynamicCache(config=self.model.config)
+        if base is not None:
             self._prefixes.move_to_end(base)
-            cache = copy.deepcopy(self._prefixes[base])
-        else:
-            cache = DynamicCache(config=self.model.config)
-        rest = torch.tensor([prefix[len(base):]], device=self.device)
-        pos = torch.arange(len(base), len(prefix), device=self.device)[None, :]
-        self.model(input_ids=rest, attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=self.device), position_ids=pos,
-                   cache=cache, use_cache=True)
+            for li, layer in enumerate(self._prefixes[base].layers):
+                cache.update(layer.keys[:, :, :start], layer.values[:, :, :start], li)
+        if start < len(prefix):
+            rest = torch.tensor([prefix[start:]], device=self.device)
+            pos = torch.arange(start, len(prefix), device=self.device)[None, :]
+            self.model(input_ids=rest, attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=self.device), position_ids=pos,
+                       cache=cache, use_cache=True)
         self._prefixes[prefix] = cache
         while len(self._prefixes) > max(self.prefix_cache, 2):
             self._prefixes.popitem(last=False)
-        return cache, len(prefix) - len(base)
+        return cache, len(prefix) - start
 
-    def _prefill_shared(self, rows: list[list[int]], common: int, draws: int) -> tuple[Any, Any, Any, int, int]:
-        """A batch whose prompts share their first `common` tokens: the prefix's cache copied to every row,
-        then the rest of each prompt but its last token prefilled, padded between prefix and rest.
+    def _cascade_ok(self) -> bool:
+        """Whether shared attention (one prefix copy for every row) is exact for this model."""
+        cfg = self.model.config
+        return (getattr(cfg, "model_type", None) in self.SHARED_ATTENTION_MODELS and cfg._attn_implementation in ("sdpa", "eager")
+                and getattr(cfg, "sliding_window", None) is None and self._plain_cache())
+
+    @contextlib.contextmanager
+    def _cascade(self, cache: Any) -> Any:
+        """Run the model with shared-prefix attention over `cache` (a cache made by `_prefill_shared`)."""
+        _register_shared_attention()
+        cfg = self.model.config
+        old = cfg._attn_implementation
+        token = _ACTIVE_CACHE.set(cache)
+        cfg._attn_implementation = _SHARED_ATTENTION
+        try:
+            yield
+        finally:
+            cfg._attn_implementation = old
+            _ACTIVE_CACHE.reset(token)
+
+    def _prefill_shared(self, rows: list[list[int]], common: int, draws: int, cascade: bool = False) -> tuple[Any, Any, Any, int, int]:
+        """A batch whose prompts share their first `common` tokens: the prefix's cache given to every row
+        (one shared copy with `cascade`, else copied per row), then the rest of each prompt but its last
+        token prefilled, padded between prefix and rest.
 
         Returns:
             (input ids, attention mask, cache, width of the prompt columns, prompt tokens run through the model),
@@ -292,11 +336,15 @@ class HFBackend:
         input_ids = torch.tensor([list(prefix) + [self.pad_id] * (w - len(r)) + r for r in rest], device=self.device)
         mask = torch.tensor([[1] * cut + [0] * (w - len(r)) + [1] * len(r) for r in rest], device=self.device)
         cache = DynamicCache(config=self.model.config)
-        for li, layer in enumerate(base.layers):
-            cache.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), li)
+        if cascade:
+            cache.layers = [_suffix_layer_class()(layer.keys, layer.values) for layer in base.layers]
+        else:
+            for li, layer in enumerate(base.layers):
+                cache.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), li)
         if w > 1:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
-            self.model(input_ids=input_ids[:, cut:-1], attention_mask=mask[:, :-1], position_ids=pos[:, cut:-1], cache=cache, use_cache=True)
+            with self._cascade(cache) if cascade else contextlib.nullcontext():
+                self.model(input_ids=input_ids[:, cut:-1], attention_mask=mask[:, :-1], position_ids=pos[:, cut:-1], cache=cache, use_cache=True)
         if draws > 1:
             cache.batch_repeat_interleave(draws)
             input_ids, mask = input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0)
@@ -309,3 +357,92 @@ def _common_prefix(rows: list[list[int]]) -> int:
     for r in rows[1:]:
         n = next((k for k in range(n) if r[k] != first[k]), n)
     return n
+
+
+# --- shared-prefix ("cascade") attention ------------------------------------------------------------
+_SHARED_ATTENTION = "personatune_shared_prefix"
+_ACTIVE_CACHE: contextvars.ContextVar[Any] = contextvars.ContextVar("personatune_shared_prefix_cache", default=None)
+
+
+def _register_shared_attention() -> None:
+    """Register `_shared_prefix_attention` (with sdpa's boolean masks) under `_SHARED_ATTENTION`, once."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    if _SHARED_ATTENTION not in AttentionInterface._global_mapping:
+        AttentionInterface.register(_SHARED_ATTENTION, _shared_prefix_attention)
+        AttentionMaskInterface.register(_SHARED_ATTENTION, sdpa_mask)
+
+
+@functools.cache
+def _suffix_layer_class() -> type:
+    from transformers.cache_utils import DynamicLayer
+
+    class SuffixLayer(DynamicLayer):
+        """A DynamicLayer holding only a row's own keys (after a shared prefix) and, once, the prefix's.
+
+        Lengths and mask sizes count the prefix, so generate and the mask code see the whole sequence;
+        `update` returns the row's own keys only: `_shared_prefix_attention` adds the prefix.
+        """
+
+        def __init__(self, prefix_keys: Any, prefix_values: Any) -> None:
+            super().__init__()
+            self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
+            self.prefix_len = int(prefix_keys.shape[-2])
+
+        def get_seq_length(self) -> int:
+            return self.prefix_len + super().get_seq_length()
+
+        def get_mask_sizes(self, query_length: int, *args: Any, **kwargs: Any) -> tuple[int, int]:
+            return self.get_seq_length() + query_length, 0
+
+        def batch_repeat_interleave(self, repeats: int) -> None:
+            if self.is_initialized and self.keys.numel():
+                super().batch_repeat_interleave(repeats)
+
+        def batch_select_indices(self, indices: Any) -> None:
+            if self.is_initialized and self.keys.numel():
+                super().batch_select_indices(indices)
+
+    return SuffixLayer
+
+
+def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
+                             scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+    """Attention of every row's queries over one shared prefix plus the row's own keys.
+
+    query: (rows, heads, q, d); key/value: the rows' own keys (rows, kv heads, S, d) as returned by a
+    SuffixLayer; the prefix (1, kv heads, P, d) comes from the active cache. The mask covers P + S
+    positions; its prefix part is all visible (the prefix has no padding and precedes every query), so
+    only its last S columns are used. The scores against the prefix are computed for all rows with one
+    read of the prefix, put beside the row's own scores for one softmax, and the two weighted sums
+    added: the same attention as over one concatenated sequence, up to float rounding. Returns
+    (rows, q, heads, d), as the sdpa integration does.
+    """
+    import torch
+
+    active = _ACTIVE_CACHE.get()
+    if active is None:  # a forward pass outside HFBackend's shared-prefix calls (another thread): plain sdpa
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+    layer = active.layers[module.layer_idx]
+    pk, pv = layer.prefix_keys[0], layer.prefix_values[0]  # (kv heads, P, d)
+    rows, heads, q, d = query.shape
+    hkv, s, p = key.shape[1], key.shape[2], pk.shape[-2]
+    g = heads // hkv  # query heads per kv head (GQA): head h reads kv head h // g
+    qs = query.reshape(rows, hkv, g * q, d) * (scaling if scaling is not None else d ** -0.5)
+    sp = torch.matmul(qs.transpose(0, 1).reshape(hkv, rows * g * q, d), pk.transpose(-1, -2))  # (kv heads, rows*g*q, P)
+    ss = torch.matmul(qs, key.transpose(-1, -2))  # (rows, kv heads, g*q, S)
+    if attention_mask is not None:
+        m = attention_mask[..., -s:].unsqueeze(2)  # (rows, 1, 1, q, S)
+        ss = ss.view(rows, hkv, g, q, s)
+        ss = (ss.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else ss + m.to(ss.dtype)).view(rows, hkv, g * q, s)
+    elif q > 1:
+        causal = torch.arange(s, device=query.device)[None, :] <= torch.arange(s - q, s, device=query.device)[:, None]
+        ss = ss.view(rows, hkv, g, q, s).masked_fill(~causal, float("-inf")).view(rows, hkv, g * q, s)
+    scores = torch.cat([sp.view(hkv, rows, g * q, p).transpose(0, 1), ss], dim=-1)
+    w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
+    out_p = torch.matmul(w[..., :p].transpose(0, 1).reshape(hkv, rows * g * q, p), pv).view(hkv, rows, g * q, d).transpose(0, 1)
+    out = out_p + torch.matmul(w[..., p:], value)
+    return out.reshape(rows, heads, q, d).transpose(1, 2).contiguous(), None

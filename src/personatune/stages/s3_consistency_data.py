@@ -85,9 +85,10 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
         chunk: jobs per backend call (jobs with equal params are grouped).
         echo: where progress lines go: one when work starts, then one per chunk with the rate and ETA.
         label: names the step in those lines (e.g. "contrast (teacher)").
-        group_contexts: put jobs with the same context (every message but the last: the persona system
-            prompt and few-shot turns) next to each other, first-seen context first, so a chunk's prompts
-            share a long token prefix that HFBackend prefills once (benchmarks/bench_teacher.py).
+        group_contexts: order jobs by their context (every message but the last: the persona system prompt,
+            few-shot turns, earlier turns of a multi-turn scenario; stable), so jobs with the same system prompt
+            are neighbours and a chunk's prompts share a long token prefix that HFBackend prefills once
+            (benchmarks/bench_teacher.py).
 
     Returns:
         Per job, its list of n completions.
@@ -101,9 +102,8 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
     for i in todo:
         groups.setdefault(json.dumps(jobs[i][1], sort_keys=True), []).append(i)
     if group_contexts:
-        first: dict[str, int] = {}
         for pkey, idx in groups.items():
-            groups[pkey] = sorted(idx, key=lambda i: first.setdefault(json.dumps(jobs[i][0][:-1], sort_keys=True), len(first)))
+            groups[pkey] = sorted(idx, key=lambda i: json.dumps(jobs[i][0][:-1], sort_keys=True))
     if todo:
         echo(f"  {label}: {len(todo)} jobs to generate, {chunk} per batch (ETA after the first batch)")
     t0, n_done = time.time(), 0
@@ -155,6 +155,28 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
 
 PREFIX_CACHES = 4
 """Prefix KV caches an HF teacher keeps between calls: the shared persona part and the current context (benchmarks/bench_teacher.py)."""
+
+
+def contrast_jobs(spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig
+                  ) -> tuple[list[tuple[list[dict[str, str]], dict[str, Any]]], list[tuple[str, str, str | None]]]:
+    """The contrast jobs of data.contrast for these scenarios, one response each: (jobs, per job (scenario id, kind,
+    flipped trait or None)). baseline: the scenario alone (for the baseline model); trait_flipped: the persona with
+    each targeted trait inverted; style_broken: the persona in the opposite voice."""
+    d, t = config.data, config.data.teacher
+    p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed, "n": 1}
+    jobs, meta = [], []
+    for s in scenarios:
+        if "baseline" in d.contrast:
+            jobs.append(([dict(m) for m in s.messages], dict(p)))
+            meta.append((s.id, "baseline", None))
+        if "trait_flipped" in d.contrast:
+            for tr in s.targets:
+                jobs.append((persona_conversation(spec, s.messages, flip=tr), dict(p)))
+                meta.append((s.id, "trait_flipped", tr))
+        if "style_broken" in d.contrast:
+            jobs.append((persona_conversation(spec, s.messages, break_style=True), dict(p)))
+            meta.append((s.id, "style_broken", None))
+    return jobs, meta
 
 
 def teacher_jobs(spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
@@ -438,20 +460,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     cand_scores = score_candidates(scenarios, teacher_out, scorer)
     kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(eligible(r) for r in cs)}
     echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent, on-task candidate; contrast for those")
-    cjobs, cmeta = [], []
-    for s in scenarios:
-        if s.id not in kept:
-            continue
-        if "baseline" in d.contrast:
-            cjobs.append(([dict(m) for m in s.messages], {**p, "n": 1}))
-            cmeta.append((s.id, "baseline", None))
-        if "trait_flipped" in d.contrast:
-            for tr in s.targets:
-                cjobs.append((persona_conversation(spec, s.messages, flip=tr), {**p, "n": 1}))
-                cmeta.append((s.id, "trait_flipped", tr))
-        if "style_broken" in d.contrast:
-            cjobs.append((persona_conversation(spec, s.messages, break_style=True), {**p, "n": 1}))
-            cmeta.append((s.id, "style_broken", None))
+    cjobs, cmeta = contrast_jobs(spec, [s for s in scenarios if s.id in kept], config)
     # Baseline contrast comes from the baseline model itself; the other kinds from the teacher.
     base_idx = [i for i, m in enumerate(cmeta) if m[1] == "baseline"]
     other_idx = [i for i, m in enumerate(cmeta) if m[1] != "baseline"]

@@ -1,0 +1,197 @@
+"""Stage 3's teacher sampling (issue 15): where its time goes, and what each candidate change buys.
+
+Loads the model once and takes N of the main job's stage-3 prompts exactly as stage 3 renders them
+(`s3_consistency_data.teacher_jobs`: persona system prompt with the trait reminders of data.focus_targets,
+few-shot turns, the scenario), then samples them through stage 3's own `generate_resumable` (best_of
+candidates per prompt, T / top_p / max_new_tokens / seed of the config), one variant after another in
+ONE process, so the figures are ratios on the same machine state:
+
+- baseline: what stage 3 did before issue 15: HFBackend without shared prefixes (each prompt prefilled
+  once for its n draws), prompts in stage order, `batch_size // best_of` prompts per call;
+- prefix, KV copied: the batch's common token prefix (persona prompt + few-shot turns) prefilled once,
+  kept between calls (`prefix_cache`), jobs with the same context next to each other, and its KV cache
+  copied to every sequence (`shared_attention=False`);
+- shared attention: the same, but every sequence attends to the ONE prefix copy (HFBackend's default);
+- shared attention, batch S: with S sequences per forward instead of data.teacher.batch_size;
+- no few-shot: data.few_shot = false, a shorter context. This CHANGES what the teacher is asked (and so
+  its yield); it is timed only to show what the context still costs once it is shared.
+
+--contrast times stage 3's contrast step instead (`s3_consistency_data.contrast_jobs` for the same
+scenarios, baseline-model jobs then teacher jobs, one response each), baseline vs shared attention.
+
+The prompts are whole system-prompt groups (prompts whose persona prompt is the same, i.e. the same
+targeted traits), those nearest the full run's mean group size first, until --prompts: shared-prefix
+figures are not flattered by one large group. Before the timings, two checks on the first --check
+prompts: greedy text of the plain path and the shared-prefix path (must be identical), and sampled
+draws of both paths with the same batches (identical up to float rounding). A changed output is not a
+speed-up. The load average is printed before and after: the figures mean something only on a machine
+that ran nothing else.
+
+Run: python benchmarks/bench_teacher.py [--prompts 10] [--batch-sizes 32,64] [--no-copy-variant] [--few-shot-variant]
+         [--contrast] [--check 4] [--threads 2] [key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from personatune import models
+from personatune.config import load_config
+from personatune.generation.hf import HFBackend
+from personatune.models import encode_chat
+from personatune.persona import load_persona
+from personatune.scenarios import build_scenarios
+from personatune.scoring.instrument import Instrument
+from personatune.stages import s3_consistency_data as s3
+
+HERE = Path(__file__).resolve().parent
+
+
+class Counting:
+    """Forwards `generate` to an HFBackend and sums its `last_stats` over calls."""
+
+    def __init__(self, backend: HFBackend) -> None:
+        self.backend = backend
+        self.stats = {"new_tokens": 0.0, "prefill_tokens": 0.0, "decode_slots": 0.0, "calls": 0.0}
+
+    def generate(self, conversations: list, **kw: Any) -> list[list[str]]:
+        out = self.backend.generate(conversations, **kw)
+        for k in ("new_tokens", "prefill_tokens", "decode_slots"):
+            self.stats[k] += self.backend.last_stats.get(k, 0.0)
+        self.stats["calls"] += 1
+        return out
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
+
+
+def sample(backend: HFBackend, jobs: list, chunk: int, group_contexts: bool, split: list[list[int]] | None = None
+           ) -> tuple[float, list[list[str]], dict[str, float]]:
+    """Stage 3's own sampling loop (generate_resumable) into a scratch file; (seconds, outputs, summed stats).
+    `split`: job index lists run one after the other, as stage 3 runs the baseline-model and teacher contrast."""
+    counting = Counting(backend)
+    out: list[list[str]] = [[] for _ in jobs]
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        for part in split or [list(range(len(jobs)))]:
+            res = s3.generate_resumable(counting, [jobs[i] for i in part], Path(tmp) / "generations.jsonl", chunk=chunk, echo=lambda m: None,
+                                        group_contexts=group_contexts)
+            for i, r in zip(part, res):
+                out[i] = r
+        return time.perf_counter() - t0, out, counting.stats
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(HERE.parent / "examples" / "quickstart.yaml"))
+    ap.add_argument("--prompts", type=int, default=10, help="at least this many prompts, taken as whole context groups")
+    ap.add_argument("--batch-sizes", default="8,32", help="sequences per forward to try with shared prefixes, besides the config's")
+    ap.add_argument("--no-copy-variant", action="store_true", help="skip the variant that copies the prefix KV to every sequence")
+    ap.add_argument("--few-shot-variant", action="store_true", help="also time data.few_shot=false (changes the teacher's prompt)")
+    ap.add_argument("--check", type=int, default=4, help="prompts for the output checks (0: skip)")
+    ap.add_argument("--check-tokens", type=int, default=32)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--contrast", action="store_true", help="time stage 3's contrast step instead (baseline, trait-flipped, style-broken; "
+                    "one response each, data.teacher.batch_size per call): baseline vs shared attention")
+    ap.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. data.teacher.max_new_tokens=16)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    config = load_config(args.config, args.overrides)
+    d, t = config.data, config.data.teacher
+    spec = load_persona(config.persona)
+    scenarios = s3.cap_scenarios(build_scenarios(spec, Instrument.default(), contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
+                                                 heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed),
+                                 d.max_prompts)
+    all_jobs = s3.teacher_jobs(spec, scenarios, config)
+    context = [c[0]["content"] for c, _ in all_jobs]  # the persona system prompt (it differs by the targeted traits)
+    groups = list(dict.fromkeys(context))
+    mean = len(context) / len(groups)
+    keep: set[str] = set()
+    for g in sorted(groups, key=lambda g: abs(context.count(g) - mean)):  # groups of the full run's mean size first
+        if sum(c in keep for c in context) >= args.prompts:
+            break
+        keep.add(g)
+    pick = [i for i, c in enumerate(context) if c in keep]
+    jobs = [all_jobs[i] for i in pick]
+    split = None
+    if args.contrast:  # the contrast jobs of the same scenarios, as if every one had a chosen answer
+        jobs, meta = s3.contrast_jobs(spec, [scenarios[i] for i in pick], config)
+        split = [[i for i, m in enumerate(meta) if m[1] == "baseline"], [i for i, m in enumerate(meta) if m[1] != "baseline"]]
+        split = [x for x in split if x]
+    model, tok = models.load_configured_model(config.model.name, config.model)
+    lens = [len(encode_chat(tok, c)) for c, _ in jobs]
+    shared = [len(encode_chat(tok, c[:-1], add_generation_prompt=False)) if len(c) > 1 else 0 for c, _ in jobs]
+    p = jobs[0][1]
+    print(f"{config.model.name} ({model.dtype}), {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
+    print(f"{'contrast jobs of ' if args.contrast else ''}{len(pick)} of the {len(all_jobs)} stage-3 prompts ({len(keep)} of {len(groups)} "
+          f"system-prompt groups; the full run has "
+          f"{len(all_jobs) / len(groups):.1f} prompts per group, these {len(jobs) / len(keep):.1f}); prompt {statistics.mean(lens):.0f} tokens "
+          f"(context {statistics.mean(shared):.0f}); n={p['n']}, {p['max_new_tokens']} new tokens, T={p['temperature']}, "
+          f"top_p={p['top_p']}, seed {p['seed']}; teacher.batch_size {t.batch_size} sequences per forward")
+    print(f"before: {load()}")
+    per_call = max(1, t.batch_size // max(1, p["n"]))
+
+    def backend(prefix: bool, sequences: int = t.batch_size, shared_attention: bool = True) -> tuple[HFBackend, int]:
+        chunk = max(1, sequences // max(1, p["n"]))  # prompts per call, as stage 3 computes it
+        b = HFBackend(model, tok, batch_size=max(t.batch_size, chunk), share_prefix=prefix, prefix_cache=s3.PREFIX_CACHES if prefix else 0,
+                      shared_attention=shared_attention)
+        return b, chunk
+
+    if args.check:
+        cj = [(c, {**q, "max_new_tokens": args.check_tokens}) for c, q in (jobs[:args.check] if split is None else
+                                                                         [jobs[i] for i in split[-1][:args.check]])]
+        greedy = [(c, {**q, "temperature": 0.0, "n": 1}) for c, q in cj]
+        _, plain, _ = sample(backend(False)[0], greedy, per_call, group_contexts=False)
+        _, fast, _ = sample(backend(True)[0], greedy, per_call, group_contexts=False)
+        print(f"check, greedy ({args.check_tokens} tokens): identical text {sum(a == b for a, b in zip(plain, fast))}/{len(cj)} prompts")
+        _, sp, _ = sample(backend(False)[0], cj, per_call, group_contexts=False)
+        _, sf, _ = sample(backend(True)[0], cj, per_call, group_contexts=False)
+        same = sum(a == b for x, y in zip(sp, sf) for a, b in zip(x, y))
+        print(f"check, sampled with the same batches ({args.check_tokens} tokens): identical draws {same}/{sum(map(len, sp))}")
+
+    n = p["n"]
+    variants: list[tuple[str, Any, int, list, bool]] = [
+        (f"baseline: no shared prefix, stage order, {per_call} prompts x {n} per forward", *backend(False), jobs, False),
+        (f"prefix prefilled once, its KV copied to every sequence, contexts grouped, {per_call} x {n}",
+         *backend(True, shared_attention=False), jobs, True),
+        (f"prefix prefilled once and attended once (shared attention), {per_call} x {n}", *backend(True), jobs, True),
+    ]
+    if args.no_copy_variant or args.contrast:
+        del variants[1]
+    for size in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
+        b, chunk = backend(True, size)
+        variants.append((f"shared attention, {min(chunk, len(jobs))} prompts x {n} per forward", b, chunk, jobs, True))
+    if args.few_shot_variant and not args.contrast:
+        no_shot = s3.teacher_jobs(spec, [scenarios[i] for i in pick], config.model_copy(update={"data": d.model_copy(update={"few_shot": False})}))
+        variants.append((f"shared attention, NO few-shot turns (changes the prompt), {per_call} x {n}", *backend(True), no_shot, True))
+    rows = []
+    for name, b, chunk, js, group in variants:
+        secs, out, st = sample(b, js, chunk, group, split if js is jobs else None)
+        cands = [c for per in out for c in per]
+        rows.append((name, secs, st, cands))
+        print(f"  done: {name}: {secs:.1f} s", flush=True)
+    base = rows[0][1]
+    print(f"after: {load()}")
+    print()
+    print(f"| variant | s | s/{'response' if args.contrast else 'prompt'} | new tok/s | prefill tokens | useful decode slots | mean words | ratio to baseline |")
+    print("|---|---|---|---|---|---|---|---|")
+    for name, secs, st, cands in rows:
+        useful = st["new_tokens"] / st["decode_slots"] if st["decode_slots"] else 0.0
+        words = statistics.mean(len(c.split()) for c in cands) if cands else 0.0
+        print(f"| {name} | {secs:.1f} | {secs / len(jobs):.2f} | {st['new_tokens'] / secs:.1f} | {st['prefill_tokens']:.0f} | "
+              f"{useful:.2f} | {words:.1f} | {base / secs:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
