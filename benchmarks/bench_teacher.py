@@ -16,8 +16,9 @@ ONE process, so the figures are ratios on the same machine state:
 - no few-shot: data.few_shot = false, a shorter context. This CHANGES what the teacher is asked (and so
   its yield); it is timed only to show what the context still costs once it is shared.
 
---contrast times stage 3's contrast step instead (`s3_consistency_data.contrast_jobs` for the same
-scenarios, baseline-model jobs then teacher jobs, one response each), baseline vs shared attention.
+--contrast times stage 3's contrast step instead (`s3_consistency_data.contrast_jobs`: per kind the
+first --prompts jobs of one context, as most of stage 3's calls hold one context; baseline-model jobs,
+then teacher jobs, one response each, teacher.batch_size per call), baseline vs shared attention.
 
 The prompts are whole system-prompt groups (prompts whose persona prompt is the same, i.e. the same
 targeted traits), those nearest the full run's mean group size first, until --prompts: shared-prefix
@@ -124,19 +125,30 @@ def main() -> None:
         keep.add(g)
     pick = [i for i, c in enumerate(context) if c in keep]
     jobs = [all_jobs[i] for i in pick]
-    split = None
-    if args.contrast:  # the contrast jobs of the same scenarios, as if every one had a chosen answer
-        jobs, meta = s3.contrast_jobs(spec, [scenarios[i] for i in pick], config)
-        split = [[i for i, m in enumerate(meta) if m[1] == "baseline"], [i for i, m in enumerate(meta) if m[1] != "baseline"]]
+    split, note = None, ""
+    if args.contrast:
+        # Stage 3 runs the contrast jobs of all kept prompts, ordered by context, teacher.batch_size per call: most calls
+        # hold one context (a flipped trait's prompt, the style-broken prompt). So: per kind, the first --prompts jobs of
+        # one context, in stage order (every scenario counted as kept).
+        cjobs, meta = s3.contrast_jobs(spec, scenarios, config)
+        flip = next((m[2] for m in meta if m[1] == "trait_flipped"), None)
+        take: list[int] = []
+        for kind, trait in (("baseline", None), ("trait_flipped", flip), ("style_broken", None)):
+            take += [i for i, m in enumerate(meta) if m[1] == kind and m[2] == trait][:args.prompts]
+        jobs = [cjobs[i] for i in take]
+        split = [[j for j, i in enumerate(take) if meta[i][1] == "baseline"], [j for j, i in enumerate(take) if meta[i][1] != "baseline"]]
         split = [x for x in split if x]
+        counts = {k: sum(meta[i][1] == k for i in take) for k in ("baseline", "trait_flipped", "style_broken")}
+        note = (f"contrast jobs: {counts['baseline']} baseline (baseline model), {counts['trait_flipped']} trait-flipped ({flip}), "
+                f"{counts['style_broken']} style-broken, one response each, of the {len(cjobs)} of the full run")
     model, tok = models.load_configured_model(config.model.name, config.model)
     lens = [len(encode_chat(tok, c)) for c, _ in jobs]
     shared = [len(encode_chat(tok, c[:-1], add_generation_prompt=False)) if len(c) > 1 else 0 for c, _ in jobs]
     p = jobs[0][1]
     print(f"{config.model.name} ({model.dtype}), {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(f"{'contrast jobs of ' if args.contrast else ''}{len(pick)} of the {len(all_jobs)} stage-3 prompts ({len(keep)} of {len(groups)} "
-          f"system-prompt groups; the full run has "
-          f"{len(all_jobs) / len(groups):.1f} prompts per group, these {len(jobs) / len(keep):.1f}); prompt {statistics.mean(lens):.0f} tokens "
+    print(note or (f"{len(pick)} of the {len(all_jobs)} stage-3 prompts ({len(keep)} of {len(groups)} system-prompt groups; the full run "
+                   f"has {len(all_jobs) / len(groups):.1f} prompts per group, these {len(pick) / len(keep):.1f})"))
+    print(f"prompt {statistics.mean(lens):.0f} tokens "
           f"(context {statistics.mean(shared):.0f}); n={p['n']}, {p['max_new_tokens']} new tokens, T={p['temperature']}, "
           f"top_p={p['top_p']}, seed {p['seed']}; teacher.batch_size {t.batch_size} sequences per forward")
     print(f"before: {load()}")
@@ -149,8 +161,10 @@ def main() -> None:
         return b, chunk
 
     if args.check:
-        cj = [(c, {**q, "max_new_tokens": args.check_tokens}) for c, q in (jobs[:args.check] if split is None else
-                                                                         [jobs[i] for i in split[-1][:args.check]])]
+        # prompts of one context (every message but the last), so both paths form the same batches and draws compare
+        ctx = [str(c[:-1]) for c, _ in jobs]
+        same_ctx = max(set(ctx), key=lambda k: (ctx.count(k), -ctx.index(k)))
+        cj = [(c, {**q, "max_new_tokens": args.check_tokens}) for (c, q), k in zip(jobs, ctx) if k == same_ctx][:args.check]
         greedy = [(c, {**q, "temperature": 0.0, "n": 1}) for c, q in cj]
         _, plain, _ = sample(backend(False)[0], greedy, per_call, group_contexts=False)
         _, fast, _ = sample(backend(True)[0], greedy, per_call, group_contexts=False)

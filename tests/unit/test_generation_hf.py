@@ -211,3 +211,16 @@ def test_kept_prefix_is_dropped_when_the_weights_change(tiny):
 def test_bad_prefix_cache(tiny):
     with pytest.raises(BackendError, match="prefix_cache"):
         HFBackend(*tiny, prefix_cache=-1)
+
+
+def test_batches_end_where_the_shared_prefix_would_be_lost(tiny):
+    """Two unrelated system prompts in one call: each gets its own batch (and its own shared prefix), even
+    though both fit in one batch; the outputs are still the plain path's."""
+    model, tok = tiny
+    a = persona_convs()[:3]
+    b = [[{"role": "system", "content": "Numbers like 1, 2, 3, 10, 42 and 100 appear in many questions. " * 3},
+          {"role": "user", "content": f"question {k}?"}] for k in (1, 4, 9)]
+    calls = []
+    got = HFBackend(model, tok, batch_size=16, progress=lambda d, t: calls.append((d, t))).generate_ids(a + b, max_new_tokens=8, temperature=0.0)
+    assert calls == [(3, 6), (6, 6)]
+    assert got == HFBackend(model, tok, batch_size=16, share_prefix=False).generate_ids(a + b, max_new_tokens=8, temperature=0.0)

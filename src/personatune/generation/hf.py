@@ -7,7 +7,9 @@ What `HFBackend.generate` does, in order:
 2. Sort conversations by prompt length (longest first) and cut them into batches of
    `batch_size`: neighbours have similar lengths, so little compute goes to padding. With
    `share_prefix` (default) conversations with the same context (every message but the last) are
-   sorted next to each other first, so a batch's prompts share a long token prefix.
+   sorted next to each other first, so a batch's prompts share a long token prefix, and a batch
+   also ends where the next prompt would more than halve that shared prefix (between two system
+   prompts, say).
 3. LEFT-pad each batch (decoder-only models continue from the last position, so every prompt
    must end at the same column) with an attention mask; position ids follow the mask.
    With `share_prefix`, the batch's longest common token prefix (in stage 3 the persona system
@@ -187,8 +189,8 @@ class HFBackend:
             with torch.inference_mode(), rng:
                 if seed is not None:
                     torch.manual_seed(seed)
-                for start in range(0, len(order), self.batch_size):
-                    idx = order[start:start + self.batch_size]
+                done = 0
+                for idx in self._batches(order, encoded):
                     rows = [encoded[i] for i in idx]
                     common = _common_prefix(rows) if self.share_prefix else 0
                     if common >= self.MIN_SHARED_PREFIX and self._plain_cache():
@@ -216,8 +218,9 @@ class HFBackend:
                             seqs.append(row[:cut])
                             produced += cut
                         results[i] = seqs * n if draws == 1 else seqs
+                    done += len(idx)
                     if self.progress is not None:
-                        self.progress(min(start + self.batch_size, len(order)), len(order))
+                        self.progress(done, len(order))
         finally:
             self.model.train(was_training)
             if not self.prefix_cache:
@@ -225,6 +228,29 @@ class HFBackend:
         self.last_stats = {"new_tokens": float(produced), "seconds": time.perf_counter() - t0, "prefill_tokens": float(prefilled),
                            "decode_slots": float(slots)}
         return results  # type: ignore[return-value]
+
+    def _batches(self, order: list[int], encoded: list[list[int]]) -> list[list[int]]:
+        """Cut the sorted prompts into batches of at most `batch_size`. With `share_prefix`, a batch also ends
+        where the next prompt would cut its shared prefix (at least `MIN_SHARED_PREFIX` tokens) by more than
+        half, e.g. between two system prompts: two batches that each share ~all of their prompt beat one that
+        shares a few tokens."""
+        if not self.share_prefix:
+            return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        out: list[list[int]] = []
+        cur: list[int] = []
+        common = 0
+        for i in order:
+            if cur:
+                new = _common_prefix([encoded[cur[0]][:common], encoded[i]])
+                if len(cur) >= self.batch_size or (len(cur) > 1 and common >= self.MIN_SHARED_PREFIX and new < common / 2):
+                    out.append(cur)
+                    cur = []
+                else:
+                    common = new
+            if not cur:
+                common = len(encoded[i])
+            cur.append(i)
+        return out + [cur] if cur else out
 
     def _prefill(self, input_ids: Any, mask: Any, draws: int) -> tuple[Any, Any, Any]:
         """KV cache of every prompt but its last token, computed once and repeated `draws` times.
