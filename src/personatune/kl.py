@@ -217,26 +217,11 @@ def measure_kl(policy: Any, reference: Any, tokenizer: Any, prompts: list[list[d
     """
     from personatune.models import encode_chat
 
-    device = next(policy.parameters()).device
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     gen = torch.Generator(device="cpu").manual_seed(seed)
     per_seq: list[torch.Tensor] = []
     for s in range(0, len(prompts), batch_size):
-        batch = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts[s : s + batch_size]]
-        width = max(len(b) for b in batch)
-        ids = torch.tensor([[pad] * (width - len(b)) + b for b in batch], device=device)
-        am = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in batch], device=device)
-        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-        out = policy.generate(input_ids=ids, attention_mask=am, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                              max_new_tokens=max_new_tokens, pad_token_id=pad)
-        resp = out[:, width:]
-        # Response tokens up to and including the first EOS count; padding after it does not.
-        eos = tokenizer.eos_token_id
-        rmask = torch.ones_like(resp)
-        if eos is not None:
-            ended = (resp == eos).int().cumsum(1)
-            rmask = ((ended == 0) | ((ended == 1) & (resp == eos))).int()
-        full_am = torch.cat([am, rmask], 1)
-        resp_mask = torch.cat([torch.zeros_like(am), rmask], 1)
-        per_seq += sequence_kls(policy, reference, out, full_am, resp_mask)
+        plain = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts[s : s + batch_size]]
+        responses = _sample_responses(policy, tokenizer, plain, max_new_tokens=max_new_tokens, gen=gen, pad=pad)
+        per_seq += prefixed_kls(policy, reference, plain, plain, responses, pad)
     return summarize_kls(per_seq)
