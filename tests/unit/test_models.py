@@ -13,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from personatune import models
+from personatune import model_cache, models
 from personatune.errors import ConfigError, ModelNotFoundError, RunDirError
 
 CHAT = [
@@ -212,7 +212,7 @@ def fake_gguf(tmp_path, monkeypatch):
         model.config.quantization_config = {"quant_method": "gguf"}  # what a gguf_file= load carries
         return model, tok
 
-    monkeypatch.setattr(models, "load_gguf", fake_load_gguf)
+    monkeypatch.setattr(model_cache, "load_gguf", fake_load_gguf)  # where ensure_converted looks it up
     return models.resolve_model(str(gguf)), tmp_path / "cache", calls
 
 
@@ -237,7 +237,7 @@ def test_interrupted_conversion_leaves_nothing_loadable(fake_gguf, monkeypatch):
     def crash(model):
         raise KeyboardInterrupt  # killed mid-conversion
 
-    monkeypatch.setattr(models, "_plain_copy", crash)
+    monkeypatch.setattr(model_cache, "_plain_copy", crash)
     with pytest.raises(KeyboardInterrupt):
         models.ensure_converted(source, cache)
     assert not models.converted_path(source, cache).exists() and not models.is_converted(source, cache)
@@ -245,7 +245,7 @@ def test_interrupted_conversion_leaves_nothing_loadable(fake_gguf, monkeypatch):
     half = models.converted_path(source, cache)
     half.mkdir(parents=True)
     (half / "config.json").write_text("{}")
-    monkeypatch.setattr(models, "_plain_copy", plain_copy)
+    monkeypatch.setattr(model_cache, "_plain_copy", plain_copy)
     assert models.ensure_converted(source, cache) == half and models.is_converted(source, cache)
 
 
