@@ -6,8 +6,11 @@
 - style variance: how far the context means of the style features move apart beyond what sampling
   explains, in units of how much a well-written persona's voice naturally moves (NATURAL_MOVEMENT),
   times 0.1; stratified bootstrap over responses within contexts.
-- helpers: `wilson_ci`, `bootstrap_ci`, `bootstrap_diff_ci` (persona improvement), `summarize`,
-  `format_summary`.
+- helpers: `summarize`, `format_summary`.
+
+The intervals (`wilson_ci`, `bootstrap_ci`, `bootstrap_diff_ci`, `rate_difference`, `auroc`, `auroc_ci`) live in
+personatune.scoring.intervals and style variance in personatune.scoring.style_variance; both are re-exported here,
+so every metric still imports from personatune.scoring.aggregate.
 
 Every definition, floor and resample count is in docs/persona-evaluation.md ("Scorer arithmetic").
 
@@ -18,230 +21,26 @@ Every definition, floor and resample count is in docs/persona-evaluation.md ("Sc
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
-from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
 from personatune.errors import DataError
 from personatune.gates import Measurement
+# Re-exported: stages, the report and benchmarks import every set-level metric from this module.
+from personatune.scoring.intervals import (  # noqa: F401
+    N_RESAMPLES, _z, auroc, auroc_ci, bootstrap_ci, bootstrap_diff_ci, rate_difference, wilson_ci,
+)
 from personatune.scoring.record import ResponseScore
+from personatune.scoring.record_set import NO_CONTEXT, _as_records, _ctx, _jsonable  # noqa: F401
 from personatune.scoring.style import STYLE_FEATURES
-
-N_RESAMPLES = 1000
-"""Bootstrap resamples for every interval in this module (percentile method, seeded)."""
-NO_CONTEXT = "(none)"
-"""Context label used in reports for records whose context is None."""
-
-# Divisor floor of a feature's scale, in the feature's unit (style.STYLE_FEATURES): used by stage 3's
-# typical-voice selection, so that a feature that is almost always zero cannot dominate a distance.
-VARIANCE_FLOORS: dict[str, float] = {
-    "words": 1.0,                 # words per response
-    "words_per_sentence": 1.0,    # words per sentence
-    "question_rate": 0.05,        # share of sentences
-    "exclamation_rate": 0.05,     # share of sentences
-    "first_person_rate": 0.02,    # pronouns per word (about one per 50 words)
-    "formality": 0.1,             # score in [0,1]
-    "signature_rate": 0.25,       # phrases per response (one per four responses)
-    "avoid_hits": 0.25,           # phrases per response
-    "emoji_rate": 1.0,            # emoji per 100 words
-}
-
-# How much each style feature's context means move apart in a well-written persona, in the feature's unit:
-# the median, over the 24 hand-written persona sets of benchmarks/scorer_corpus (their gold answers, 8 per
-# context in 6 contexts), of the sampling-corrected between-context standard deviation (`_between_std`).
-# Where that median is 0 (words_per_sentence, avoid_hits, emoji_rate: good answers keep them flat) a floor in
-# the feature's unit stands in (0.25 words, 0.1 phrases, 0.5 emoji per 100 words). Measured by
-# `python benchmarks/bench_style_variance.py --corpus-only` with the shipped instrument; the gold sets of
-# benchmarks/gold were not used to choose them. "voice" is the instrument's P(in the persona's voice); the
-# corpus is the instrument's training data, so its voice movement there is if anything underestimated, which
-# makes the gate stricter, not looser.
-NATURAL_MOVEMENT: dict[str, float] = {
-    "words": 7.62,
-    "words_per_sentence": 0.25,
-    "question_rate": 0.035,
-    "exclamation_rate": 0.0085,
-    "first_person_rate": 0.0136,
-    "formality": 0.0191,
-    "signature_rate": 0.141,
-    "avoid_hits": 0.1,
-    "emoji_rate": 0.5,
-    "voice": 0.0269,
-}
-# Style variance of a set whose voice moves exactly as much as a typical well-written persona's: the gate
-# (< 0.15) then allows 1.5x that movement.
-STYLE_VARIANCE_SCALE = 0.1
-
-# ---- interval helpers --------------------------------------------------------------------------
-
-
-def _z(alpha: float) -> float:
-    return NormalDist().inv_cdf(1.0 - alpha / 2.0)
-
-
-def auroc(scores: list[float], labels: list[int]) -> float | None:
-    """Area under the ROC curve (Mann-Whitney U, ties count half). None without both classes."""
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=int)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).sum()
-    ties = (pos[:, None] == neg[None, :]).sum()
-    return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
-
-
-def auroc_ci(scores: list[float], labels: list[int], n_resamples: int = N_RESAMPLES, seed: int = 0,
-             alpha: float = 0.05) -> tuple[float, float] | None:
-    """Percentile bootstrap interval of `auroc`, resampling positives and negatives separately (class sizes fixed).
-
-    Returns:
-        (low, high) at level 1 - alpha, or None without both classes.
-    """
-    s = np.asarray(scores, dtype=float)
-    y = np.asarray(labels, dtype=int)
-    pos, neg = s[y == 1], s[y == 0]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    rng = np.random.default_rng(seed)
-    ip = rng.integers(0, len(pos), size=(n_resamples, len(pos)))
-    ineg = rng.integers(0, len(neg), size=(n_resamples, len(neg)))
-    negs = np.sort(neg[ineg], axis=1)
-    stats = np.empty(n_resamples)
-    for b in range(n_resamples):  # Mann-Whitney U by binary search: O(n log n) memory-light per resample
-        lo = np.searchsorted(negs[b], pos[ip[b]], side="left")
-        hi = np.searchsorted(negs[b], pos[ip[b]], side="right")
-        stats[b] = (lo.sum() + 0.5 * (hi - lo).sum()) / (len(pos) * len(neg))
-    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
-
-
-def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion k/n.
-
-    Args:
-        k: successes (0 <= k <= n).
-        n: trials.
-        alpha: 1 - confidence level (0.05 -> 95%).
-
-    Returns:
-        (low, high); (0.0, 1.0) when n == 0 (nothing is known).
-
-    Raises:
-        ValueError: k outside [0, n].
-    """
-    if n == 0:
-        return (0.0, 1.0)
-    if not 0 <= k <= n:
-        raise ValueError(f"wilson_ci needs 0 <= k <= n; got k={k}, n={n}")
-    z = _z(alpha)
-    p = k / n
-    denom = 1.0 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    # k == 0 (k == n) gives exactly 0 (1) analytically; set it so rounding error does not show.
-    lo = 0.0 if k == 0 else max(0.0, centre - half)
-    hi = 1.0 if k == n else min(1.0, centre + half)
-    return (lo, hi)
-
-
-def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean,
-                 n_resamples: int = N_RESAMPLES, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap interval of `stat` over the rows of `values`.
-
-    Args:
-        values: the sample, shape (n,) or (n, d); rows are resampled with replacement.
-        stat: statistic of a resampled array (same shape convention as `values`).
-        n_resamples: number of resamples.
-        seed: seed of the numpy generator (same seed, same interval).
-        alpha: 1 - confidence level.
-
-    Returns:
-        (low, high) percentiles alpha/2 and 1 - alpha/2 of the resampled statistic; (nan, nan) for an
-        empty sample.
-    """
-    v = np.asarray(values, dtype=float)
-    n = v.shape[0] if v.ndim else 0
-    if n == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, n, size=(n_resamples, n))
-    if stat is np.mean and v.ndim == 1:
-        stats = v[idx].mean(axis=1)  # vectorised fast path for the common case
-    else:
-        stats = np.array([stat(v[i]) for i in idx], dtype=float)
-    lo, hi = np.nanquantile(stats, [alpha / 2, 1 - alpha / 2])
-    return (float(lo), float(hi))
-
-
-def bootstrap_diff_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-                      stat: Callable[[np.ndarray], float] = np.mean, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                      alpha: float = 0.05, paired: bool = False) -> tuple[float, float]:
-    """Percentile bootstrap interval of stat(a) - stat(b) (e.g. final minus baseline consistency rate).
-
-    Args:
-        a: first sample (e.g. 1/0 consistent flags of the final model).
-        b: second sample (e.g. those of the baseline).
-        stat: statistic of one sample.
-        n_resamples: number of resamples.
-        seed: generator seed.
-        alpha: 1 - confidence level.
-        paired: True when a[i] and b[i] come from the same prompt: indices are resampled jointly.
-            False: a and b are resampled independently.
-
-    Returns:
-        (low, high); (nan, nan) when either sample is empty.
-
-    Raises:
-        ValueError: paired=True with samples of different lengths.
-    """
-    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(va) == 0 or len(vb) == 0:
-        return (math.nan, math.nan)
-    if paired and len(va) != len(vb):
-        raise ValueError(f"paired bootstrap needs equal lengths; got {len(va)} and {len(vb)}")
-    rng = np.random.default_rng(seed)
-    ia = rng.integers(0, len(va), size=(n_resamples, len(va)))
-    ib = ia if paired else rng.integers(0, len(vb), size=(n_resamples, len(vb)))
-    if stat is np.mean and va.ndim == 1 and vb.ndim == 1:
-        diffs = va[ia].mean(axis=1) - vb[ib].mean(axis=1)
-    else:
-        diffs = np.array([stat(va[i]) - stat(vb[j]) for i, j in zip(ia, ib)], dtype=float)
-    lo, hi = np.nanquantile(diffs, [alpha / 2, 1 - alpha / 2])
-    return (float(lo), float(hi))
-
-
-def rate_difference(a: Sequence[bool], b: Sequence[bool], paired: bool = False, seed: int = 0,
-                    n_resamples: int = N_RESAMPLES) -> Measurement:
-    """mean(a) - mean(b) of two sets of flags with its bootstrap 95% interval (persona improvement).
-
-    Args:
-        a: flags of the first set (e.g. `consistent` of the final model's responses).
-        b: flags of the second set (e.g. the baseline's).
-        paired: resample a[i], b[i] jointly (same prompts).
-        seed: generator seed.
-        n_resamples: number of resamples.
-
-    Returns:
-        Measurement(value, n=len(a) + len(b), ci); value nan when either set is empty.
-    """
-    va, vb = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(va) == 0 or len(vb) == 0:
-        return Measurement(math.nan, n=len(va) + len(vb), ci=None)
-    ci = bootstrap_diff_ci(va, vb, n_resamples=n_resamples, seed=seed, paired=paired)
-    return Measurement(float(va.mean() - vb.mean()), n=len(va) + len(vb), ci=ci)
-
+from personatune.scoring.style_variance import (  # noqa: F401
+    NATURAL_MOVEMENT, STYLE_VARIANCE_SCALE, VARIANCE_FLOORS, StyleVarianceReport, _between_std, style_variance,
+)
 
 # ---- records -----------------------------------------------------------------------------------
-
-
-def _as_records(records: Iterable[ResponseScore | dict[str, Any]]) -> list[ResponseScore]:
-    return [r if isinstance(r, ResponseScore) else ResponseScore.from_dict(r) for r in records]
-
-
-def _ctx(r: ResponseScore) -> str:
-    return NO_CONTEXT if r.context is None else str(r.context)
 
 
 def consistency_rate(records: Iterable[ResponseScore]) -> Measurement:
@@ -373,155 +172,7 @@ def trait_adherence(records: Iterable[ResponseScore], seed: int = 0, n_resamples
     return AdherenceReport(overall=overall, per_trait=per_trait, per_context=per_context, n_responses=len(recs))
 
 
-# ---- style variance ----------------------------------------------------------------------------
-
-
-@dataclass
-class StyleVarianceReport:
-    """Style variance across contexts (METRICS.md) and everything needed to see where it comes from.
-
-    Attributes:
-        value: STYLE_VARIANCE_SCALE x the mean of per_feature; None when fewer than 2 context groups
-            qualify (a gate on a None value fails).
-        per_feature: feature -> sampling-corrected between-context std of the context means / the
-            feature's natural-movement unit.
-        per_context_means: context -> feature -> mean of the feature over that context's responses
-            (qualifying groups only).
-        overall_means: feature -> mean of the context means (each qualifying context weighted equally).
-        floors: feature -> natural-movement unit used (NATURAL_MOVEMENT, or an override).
-        groups_used: context -> responses, for groups with >= min_per_context responses.
-        groups_skipped: context -> responses, for groups below the minimum (and unlabelled responses,
-            under NO_CONTEXT).
-        min_per_context: the minimum group size used.
-        n: responses in qualifying groups.
-        ci: stratified bootstrap 95% interval of value (responses resampled within each context), or None.
-        note: why value is None, if it is.
-    """
-
-    value: float | None
-    per_feature: dict[str, float] = field(default_factory=dict)
-    per_context_means: dict[str, dict[str, float]] = field(default_factory=dict)
-    overall_means: dict[str, float] = field(default_factory=dict)
-    floors: dict[str, float] = field(default_factory=dict)
-    groups_used: dict[str, int] = field(default_factory=dict)
-    groups_skipped: dict[str, int] = field(default_factory=dict)
-    min_per_context: int = 5
-    n: int = 0
-    ci: tuple[float, float] | None = None
-    note: str = ""
-
-    def measurement(self) -> Measurement | None:
-        """The value as a gate Measurement, or None when it could not be computed (the gate fails)."""
-        return None if self.value is None else Measurement(self.value, n=self.n, ci=self.ci)
-
-    def to_dict(self) -> dict[str, Any]:
-        return _jsonable(asdict(self))
-
-
-def _between_std(groups: list[np.ndarray]) -> np.ndarray:
-    """Per feature: the between-context standard deviation of the context means, less what sampling explains.
-
-    var_between = var over contexts of the context means (population) - mean over contexts of
-    (within-context sample variance / context size), floored at 0; returns its square root. A set whose
-    contexts differ only by sampling noise therefore scores about 0 whatever its size.
-    """
-    means = np.stack([g.mean(axis=0) for g in groups])
-    noise = np.stack([g.var(axis=0, ddof=1) / len(g) if len(g) > 1 else np.zeros(g.shape[1]) for g in groups]).mean(axis=0)
-    return np.sqrt(np.maximum(means.var(axis=0) - noise, 0.0))
-
-
-def style_variance(records: Iterable[ResponseScore], min_per_context: int = 5, mean_floor: dict[str, float] | None = None,
-                   features: Sequence[str] | None = None, seed: int = 0, n_resamples: int = N_RESAMPLES) -> StyleVarianceReport:
-    """How much the voice moves between contexts, relative to how much a well-written persona's moves (METRICS.md).
-
-    For each feature f (the style features, and `voice` when the records have it): b_f = `_between_std` of
-    the context groups with at least `min_per_context` responses (the spread of the context means beyond
-    sampling noise), in units of NATURAL_MOVEMENT[f]. Style variance = STYLE_VARIANCE_SCALE * mean_f b_f / u_f.
-    A set that moves like a typical well-written persona scores about 0.1; one that switches between an
-    in-persona and a plain voice from context to context scores far above 0.15 (docs/quality-thresholds.md).
-    Unlabelled responses (context None) form no group.
-
-    Args:
-        records: scored responses (their `style` dicts must hold every feature used).
-        min_per_context: responses a context group needs to count (config gates.evaluation.min_per_context).
-        mean_floor: per-feature units overriding NATURAL_MOVEMENT (feature unit).
-        features: features to average over (default: every STYLE_FEATURES feature, plus "voice" when every
-            record has it).
-        seed: bootstrap seed.
-        n_resamples: bootstrap resamples (0: no interval).
-
-    Returns:
-        A StyleVarianceReport (per_feature holds b_f / u_f); value None with a note when fewer than 2 groups qualify.
-
-    Raises:
-        DataError: a record lacks a feature or has a non-finite value; a feature has no unit.
-    """
-    recs = _as_records(records)
-    if features is None:
-        feats = list(STYLE_FEATURES) + (["voice"] if recs and all("voice" in r.style for r in recs) else [])
-    else:
-        feats = list(features)
-    units = {**NATURAL_MOVEMENT, **(mean_floor or {})}
-    missing_unit = [f for f in feats if f not in units]
-    if missing_unit:
-        raise DataError(f"style_variance: no natural-movement unit for feature(s) {missing_unit}; pass mean_floor={{name: value}}")
-    groups: dict[str, list[ResponseScore]] = {}
-    for r in recs:
-        groups.setdefault(_ctx(r), []).append(r)
-    used = {c: g for c, g in sorted(groups.items()) if c != NO_CONTEXT and len(g) >= min_per_context}
-    skipped = {c: len(g) for c, g in sorted(groups.items()) if c not in used}
-    report = StyleVarianceReport(value=None, floors={f: units[f] for f in feats}, groups_used={c: len(g) for c, g in used.items()},
-                                 groups_skipped=skipped, min_per_context=min_per_context, n=sum(len(g) for g in used.values()))
-    if len(used) < 2:
-        report.note = (f"style variance needs >= 2 context groups with >= {min_per_context} responses; "
-                       f"{len(used)} qualify (groups: {dict((c, len(g)) for c, g in sorted(groups.items()))})")
-        return report
-
-    mats: list[np.ndarray] = []
-    for c, g in used.items():
-        rows = []
-        for r in g:
-            try:
-                rows.append([float(r.style[f]) for f in feats])
-            except KeyError as e:
-                raise DataError(f"record {r.id!r} has no style feature {e.args[0]!r}; rescore it with this version of the scorer") from None
-        mat = np.array(rows, dtype=float)
-        if not np.isfinite(mat).all():
-            raise DataError(f"context {c!r}: a style feature is NaN or infinite; rescore the responses")
-        mats.append(mat)
-    u = np.array([units[f] for f in feats], dtype=float)
-    var = _between_std(mats) / u
-    report.value = float(STYLE_VARIANCE_SCALE * var.mean())
-    report.per_feature = {f: float(v) for f, v in zip(feats, var)}
-    means = np.stack([m.mean(axis=0) for m in mats])
-    report.per_context_means = {c: {f: float(v) for f, v in zip(feats, row)} for c, row in zip(used, means)}
-    report.overall_means = {f: float(v) for f, v in zip(feats, means.mean(axis=0))}
-    if n_resamples > 0:
-        # Stratified bootstrap: resample responses within each context, so group sizes stay fixed.
-        rng = np.random.default_rng(seed)
-        vals = np.empty(n_resamples)
-        idx = [rng.integers(0, len(m), size=(n_resamples, len(m))) for m in mats]
-        for b in range(n_resamples):
-            vals[b] = STYLE_VARIANCE_SCALE * (_between_std([m[i[b]] for m, i in zip(mats, idx)]) / u).mean()
-        lo, hi = np.quantile(vals, [0.025, 0.975])
-        report.ci = (float(lo), float(hi))
-    return report
-
-
 # ---- summary -----------------------------------------------------------------------------------
-
-
-def _jsonable(x: Any) -> Any:
-    """Replace NaN/inf by None and tuples by lists, recursively, so json.dumps writes valid JSON."""
-    if isinstance(x, float):
-        return x if math.isfinite(x) else None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, Measurement):
-        return _jsonable(asdict(x))
-    return x
 
 
 def _mean_measurement(values: Sequence[float], seed: int, n_resamples: int) -> Measurement:
