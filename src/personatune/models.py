@@ -184,7 +184,6 @@ def _ensure_pad_token(model: Any, tok: Any) -> None:
         model.generation_config.pad_token_id = tok.pad_token_id
 
 
-
 # --- saving and encoding -------------------------------------------------------------------------
 def save_model(model: Any, tokenizer: Any, path: str | os.PathLike) -> Path:
     """Save model and tokenizer (chat template included) to `path`, atomically.

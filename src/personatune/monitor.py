@@ -57,7 +57,6 @@ from personatune.rundir import atomic_write_json, atomic_write_text, jsonl_lines
 ROLES = ("system", "user", "assistant")
 
 
-
 class ScorerLike(Protocol):
     """`personatune.scoring.scorer.Scorer` or anything with its `score` signature."""
 
