@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from personatune.baseline_samples import reusable_baseline_texts, sample_baseline
 from personatune.gates import Z95, Measurement, rate_min_n
 
 MAX_HELDOUT_FRACTION = 0.5
@@ -74,15 +75,12 @@ def on_task_retention(candidate: Measurement | None, baseline: Measurement | Non
 def baseline_on_task_records(config: Any, run_dir: Any, scorer: Any, rows: list[dict[str, Any]]) -> tuple[list[Any], str]:
     """The stage-1 baseline's responses to held-out prompt rows (no system prompt, stage 4's decoding), scored with their prompts.
 
-    Stage 4's `baseline_samples.json` is reused when `s7_final.reusable_baseline_texts` accepts it (same model,
-    prompts and decoding); otherwise the baseline is sampled again exactly as stage 4 samples it.
+    Stage 4's `baseline_samples.json` is reused when `baseline_samples.reusable_baseline_texts` accepts it (its
+    sampling fingerprint matches the config); otherwise the baseline is sampled again exactly as stage 4 samples it.
 
     Returns:
         (ResponseScore per row, in order; where the responses came from).
     """
-    from personatune.stages.s4_evaluation import sample_baseline
-    from personatune.stages.s7_final import reusable_baseline_texts
-
     texts = reusable_baseline_texts(config, run_dir, rows)
     source = "04_evaluation/baseline_samples.json (reused)"
     if texts is None:

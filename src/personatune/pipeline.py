@@ -24,7 +24,6 @@ config key buys them: "NO-DEPLOY (inconclusive at stage X: N more samples needed
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -35,26 +34,27 @@ from personatune.verdict import stop_detail, stop_reason  # noqa: F401 (stop_rea
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
+from personatune.records import STAGE_TITLES, GateRecord, RecordError, read_record
 from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
 from personatune.stage import Stage
 from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_evaluation, s5_optimization, s6_iterations, s7_final
 
-# The one table of stages, in run order. `run=None` marks a stage that is not implemented yet.
+# The one table of stages, in run order (ids and titles: records.STAGE_TITLES). `run=None` marks a stage that is not implemented yet.
 STAGES: tuple[Stage, ...] = (
-    Stage("01_baseline", "SFT preparation (baseline model)", s1_baseline.run, config_keys=("model", "sft", "lm_eval", "seed", "persona"), version=2, issue=5),
-    Stage("02_persona", "Persona definition", s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
-    Stage("03_consistency_data", "Consistency data", s3_consistency_data.run, config_keys=("data", "scorer", "gates", "seed", "model", "threads"),
+    Stage("01_baseline", STAGE_TITLES["01_baseline"], s1_baseline.run, config_keys=("model", "sft", "lm_eval", "seed", "persona"), version=2, issue=5),
+    Stage("02_persona", STAGE_TITLES["02_persona"], s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
+    Stage("03_consistency_data", STAGE_TITLES["03_consistency_data"], s3_consistency_data.run, config_keys=("data", "scorer", "gates", "seed", "model", "threads"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona")), version=3, issue=4),
-    Stage("04_evaluation", "Persona evaluation", s4_evaluation.run, config_keys=("gates", "seed", "data", "scorer", "model"),
+    Stage("04_evaluation", STAGE_TITLES["04_evaluation"], s4_evaluation.run, config_keys=("gates", "seed", "data", "scorer", "model"),
           inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")), version=3, issue=4),
-    Stage("05_optimization", "Optimization (KL-bounded)", s5_optimization.run, config_keys=("model", "train", "gates", "data", "scorer", "seed"),
+    Stage("05_optimization", STAGE_TITLES["05_optimization"], s5_optimization.run, config_keys=("model", "train", "gates", "data", "scorer", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
                   ("04_evaluation", "evaluator")), version=1, issue=5, multi_process=True),
-    Stage("06_iterations", "Iterative training", s6_iterations.run, config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
+    Stage("06_iterations", STAGE_TITLES["06_iterations"], s6_iterations.run, config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
                   ("04_evaluation", "evaluator"), ("05_optimization", "model")), version=1, issue=5,
           multi_process=True),
-    Stage("07_final_eval", "Evaluation & monitoring", s7_final.run, config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
+    Stage("07_final_eval", STAGE_TITLES["07_final_eval"], s7_final.run, config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
           inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "heldout"), ("04_evaluation", "evaluator"),
                   ("06_iterations", "model")), version=1, issue=6),
 )
@@ -104,8 +104,8 @@ def _record_end(rd: RunDir, stage: str, rec: StageRecord, status: str, error: st
 def _recorded_gate(path: Path) -> GateReport | None:
     """A stage's recorded gate.json; None when it is missing or unreadable."""
     try:
-        return GateReport.from_dict(json.loads(path.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, KeyError, TypeError, ValueError):
+        return read_record(GateRecord, path).to_report()
+    except RecordError:
         return None
 
 
@@ -254,12 +254,10 @@ def run_pipeline(
             rec.outputs = rd.hash_outputs(result.outputs)
             rec.message = result.message
             if result.gate is not None:
-                gate = result.gate.to_dict()
+                gate = GateRecord.of(result.gate)
                 # The gate result reaches disk before the pipeline goes on or stops.
-                atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate)
-                rec.gate = {"passed": gate["passed"], "status": gate["status"],
-                            "results": [{k: r[k] for k in ("metric", "value", "threshold", "direction", "passed", "status", "n", "min_n")}
-                                        for r in gate["results"]]}
+                atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate.to_json())
+                rec.gate = gate.manifest_summary()
         except KeyboardInterrupt:
             _record_end(rd, st.id, rec, "interrupted", "KeyboardInterrupt")
             raise

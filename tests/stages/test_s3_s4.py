@@ -89,6 +89,14 @@ def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     assert any(r["metric"].startswith("auroc[") for r in gate4["results"])
     report = json.loads((run / "04_evaluation" / "report.json").read_text())
     assert "baseline_persona" in report and report["n_heldout"] > 0
+    # The baseline's samples carry their sampling fingerprint, so stages 5-7 reuse them while it matches the config.
+    from personatune.baseline_samples import reusable_baseline_texts
+    from personatune.rundir import RunDir, read_jsonl
+
+    held = read_jsonl(run / "03_consistency_data" / "heldout" / "prompts.jsonl")
+    texts = reusable_baseline_texts(cfg, RunDir(run), held)
+    assert texts == [r["response"] for r in json.loads((run / "04_evaluation" / "baseline_samples.json").read_text())]
+    assert reusable_baseline_texts(cfg.model_copy(update={"seed": cfg.seed + 1}), RunDir(run), held) is None
     assert rc in (0, 1)
     assert n_requests > 0
 

@@ -274,16 +274,14 @@ def test_prompted_baseline_figures_and_gap_closed():
 
 
 def test_stage4_samples_reused_only_when_settings_match(tmp_path):
-    from personatune.pipeline import STAGES, stage_cache_key
+    from personatune.baseline_samples import write_baseline_samples
 
     cfg = _config(tmp_path)
     rd = RunDir(tmp_path / "run")
     prompts = [{"id": f"h{i}", "context": "casual", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)]
-    rows = [{"id": p["id"], "context": "casual", "prompt": p["messages"][-1]["content"], "response": f"r{i}"} for i, p in enumerate(prompts)]
-    (rd.stage_dir("04_evaluation") / "baseline_samples.json").write_text(json.dumps(rows))
-    st4 = next(s for s in STAGES if s.id == "04_evaluation")
     rd.set_record("01_baseline", StageRecord(status="done", started=1.0, finished=2.0))
-    rd.set_record("04_evaluation", StageRecord(status="done", config_hash=stage_cache_key(cfg, st4), started=3.0, finished=4.0))
+    # Written by stage 4's own writer: the samples, then the fingerprint of the settings that made them.
+    write_baseline_samples(cfg, rd, prompts, [f"r{i}" for i in range(3)])
     assert s7_final.reusable_baseline_texts(cfg, rd, prompts) == ["r0", "r1", "r2"]
     assert s7_final.reusable_baseline_texts(cfg, rd, prompts[:2]) is None                       # other prompts
     other = cfg.model_copy(deep=True)
@@ -291,6 +289,12 @@ def test_stage4_samples_reused_only_when_settings_match(tmp_path):
     assert s7_final.reusable_baseline_texts(other, rd, prompts) is None                         # other decoding
     rd.set_record("01_baseline", StageRecord(status="done", started=5.0, finished=6.0))
     assert s7_final.reusable_baseline_texts(cfg, rd, prompts) is None                           # baseline re-made after stage 4
+    write_baseline_samples(cfg, rd, prompts, ["r0", "r1", "r2"])
+    assert s7_final.reusable_baseline_texts(cfg, rd, prompts) == ["r0", "r1", "r2"]              # stage 4 re-run after it
+    (rd.stage_dir("04_evaluation") / "baseline_samples.json").write_text("[]")
+    assert s7_final.reusable_baseline_texts(cfg, rd, prompts) is None                           # samples not the ones fingerprinted
+    (rd.stage_dir("04_evaluation") / "baseline_sampling.json").unlink()
+    assert s7_final.reusable_baseline_texts(cfg, rd, prompts) is None                           # a run from before fingerprints
 
 
 def test_figures_hold_no_nan():

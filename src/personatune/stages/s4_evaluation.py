@@ -11,13 +11,16 @@
    - trait adherence of held-out chosen responses, overall and per context;
    - their style variance across contexts.
 3. Record the baseline model's persona metrics on the held-out prompts, with no system prompt: the
-   "before" numbers that stage 7 compares against.
+   "before" numbers that stage 7 compares against. The baseline's responses are kept in
+   `baseline_samples.json`, with the settings that produced them in `baseline_sampling.json`
+   (personatune.baseline_samples), so stages 5-7 reuse them only while those settings hold.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from personatune.baseline_samples import sample_baseline, write_baseline_samples
 from personatune.config import RunConfig
 from personatune.evidence import heldout_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
@@ -222,21 +225,6 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                                + (f"{sv.value:.3f}" if sv.value is not None else "not measured"))
 
 
-def sample_baseline(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str]:
-    """The stage-1 baseline's response to each held-out prompt row: no system prompt, data.teacher's decoding, the run seed."""
-    from personatune import models
-    from personatune.generation.hf import HFBackend
-    from personatune.progress import EtaLine
-    from personatune.stages.s1_baseline import baseline_model_path
-
-    model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
-    t = config.data.teacher
-    eta = EtaLine(f"sampling the baseline on {len(prompts)} held-out prompts")
-    outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate([p["messages"] for p in prompts], max_new_tokens=t.max_new_tokens,
-                                                                                  temperature=t.temperature, top_p=t.top_p, n=1, seed=config.seed)
-    return [o[0] for o in outs]
-
-
 def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, min_per_context: int) -> dict[str, Any]:
     """The baseline model's persona metrics and on-task rate on held-out prompts, no system prompt (the 'before' of stages 5-7)."""
     from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
@@ -245,8 +233,8 @@ def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, mi
     texts = sample_baseline(config, run_dir, prompts)
     recs = scorer.score(texts, prompts=[p["messages"] for p in prompts], contexts=[p["context"] for p in prompts],
                         targets=[p["targets"] for p in prompts], ids=[p["id"] for p in prompts])
-    atomic_write_json(run_dir.stage_dir(STAGE) / "baseline_samples.json", [{"id": p["id"], "context": p["context"], "prompt": p["messages"][-1]["content"], "response": x}
-                                                                          for p, x in zip(prompts, texts)])
+    # The samples and their fingerprint: stages 5-7 reuse them when the fingerprint still matches the config.
+    write_baseline_samples(config, run_dir, prompts, texts)
     sv = style_variance(recs, min_per_context=min_per_context)
     return {"consistency_rate": consistency_rate(recs).__dict__, "adherence": trait_adherence(recs).overall.__dict__, "style_variance": sv.value,
             "on_task_rate": getattr(on_task_rate(recs), "__dict__", None), "n": len(recs)}

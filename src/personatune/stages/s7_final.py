@@ -4,8 +4,8 @@
    (stage 3, ALL of them) and the fitted evaluator (stage 4).
 2. Sample both models on every held-out prompt with no system prompt and the same decoding: data.teacher's
    max_new_tokens / temperature / top_p / batch_size and the run seed, exactly as stage 4 sampled the baseline.
-   Stage 4's `baseline_samples.json` is reused when it provably came from the same settings
-   (`reusable_baseline_texts`), else the baseline is sampled again. Both sets are scored by the same evaluator.
+   Stage 4's `baseline_samples.json` is reused when its sampling fingerprint matches the config
+   (`baseline_samples.reusable_baseline_texts`), else the baseline is sampled again. Both sets are scored by the same evaluator.
 3. Persona figures, baseline vs final: consistency rate, adherence (overall, per trait, per context), style
    variance, and robustness (consistency on the "adversarial" context, Wilson intervals; reported, not gated).
    Persona improvement = consistency(final) - consistency(baseline), paired bootstrap 95% interval over prompts
@@ -44,137 +44,40 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from personatune import evidence
+from personatune.baseline_samples import decoding as eval_decoding
+from personatune.baseline_samples import reusable_baseline_texts
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
-from personatune import evidence
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
+from personatune.records import DRIFT_REFERENCE_LABEL, FinalRecord
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
-from personatune.scoring.aggregate import N_RESAMPLES, consistency_rate, on_task_rate, rate_difference, style_variance, trait_adherence
 from personatune.stage import StageResult
+# Re-exported: the figures are stage 7's, kept in their own module so `run` reads in one sitting.
+from personatune.stages.s7_figures import ADVERSARIAL, compare_persona, final_markdown, prompted_baseline_figures  # noqa: F401
 
 STAGE = "07_final_eval"
-ADVERSARIAL = "adversarial"
-"""Context label of the persona-break prompts whose robustness is reported."""
 CAPABILITY_BATCH = 16
 """Batch size of capability-suite generation; stage 1 uses the same, so padding is identical."""
 EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", "05_optimization", "06_iterations")
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
-KL_REFERENCE = "persona-prompted baseline"
+KL_REFERENCE = DRIFT_REFERENCE_LABEL
 """What final.json's `kl` is measured against (the same label as stages 5-6 write as `kl_reference`)."""
+__all__ = ["run", "final_gate", "lm_eval_figures", "compare_persona", "prompted_baseline_figures", "final_markdown", "reusable_baseline_texts"]
 
 
-def _m(m: Measurement) -> dict[str, Any]:
-    """A Measurement as JSON (NaN -> None, tuple -> list)."""
-    v = m.value if m.value is not None and math.isfinite(m.value) else None
-    return {"value": v, "n": m.n, "ci": list(m.ci) if m.ci is not None else None}
+def _sample(model: Any, tok: Any, convs: list[list[dict[str, str]]], config: RunConfig, who: str,
+            prefix: list[dict[str, str]] | None = None) -> list[str]:
+    """One response per conversation at the eval decoding and the run seed, `prefix` (the persona context) before each."""
+    from personatune.generation.hf import HFBackend
+    from personatune.progress import EtaLine
 
-
-def reusable_baseline_texts(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str] | None:
-    """Stage 4's baseline responses, when they provably came from the same model, prompts and decoding.
-
-    Reused only if stage 4 is done with the config hash the current config gives it (same data.teacher
-    decoding, seed and model loading), it started after stage 1 finished (same baseline weights), and its
-    rows are the current held-out prompts in order. Anything else returns None: the caller samples again.
-
-    Returns:
-        One response per prompt, or None.
-    """
-    from personatune.pipeline import STAGES, stage_cache_key  # lazy: the pipeline module imports this one
-
-    rec4, rec1 = run_dir.record("04_evaluation"), run_dir.record("01_baseline")
-    st4 = next((s for s in STAGES if s.id == "04_evaluation"), None)
-    if st4 is None or rec4.status != "done" or rec4.config_hash != stage_cache_key(config, st4):
-        return None
-    if rec1.finished is None or rec4.started is None or rec4.started < rec1.finished:
-        return None
-    path = run_dir.root / "04_evaluation" / "baseline_samples.json"
-    try:
-        rows = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        return None
-    if not isinstance(rows, list) or len(rows) != len(prompts):
-        return None
-    for r, p in zip(rows, prompts):
-        if not isinstance(r, dict) or r.get("id") != p["id"] or r.get("prompt") != p["messages"][-1]["content"] or not isinstance(r.get("response"), str):
-            return None
-    return [r["response"] for r in rows]
-
-
-def compare_persona(base: list[Any], final: list[Any], *, seed: int, min_per_context: int) -> dict[str, Any]:
-    """Baseline vs final persona figures from scored responses to the same prompts, in the same order.
-
-    Args:
-        base: ResponseScore of the baseline's responses.
-        final: ResponseScore of the final model's responses (same prompts, same order).
-        seed: bootstrap seed.
-        min_per_context: responses a context needs to count in style variance.
-
-    Returns:
-        {"improvement", "consistency", "adherence", "style_variance", "per_trait", "per_context", "robustness", "on_task"}.
-
-    Raises:
-        ValueError: the two lists differ in length or prompt ids (the bootstrap pairs them by prompt).
-    """
-    if [r.id for r in base] != [r.id for r in final]:
-        raise ValueError("baseline and final records must score the same prompts in the same order")
-    imp = rate_difference([r.consistent for r in final], [r.consistent for r in base], paired=True, seed=seed, n_resamples=N_RESAMPLES)
-    cb, cf = consistency_rate(base), consistency_rate(final)
-    ab, af = trait_adherence(base, seed=seed), trait_adherence(final, seed=seed)
-    improvement = {**_m(imp), "n": len(base), "baseline": cb.value, "final": cf.value, "unit": "fraction of responses (final - baseline)",
-                   "method": f"paired percentile bootstrap over prompts, B={N_RESAMPLES}, seed={seed}"}
-    per_trait = {t: {"baseline": _m(ab.per_trait[t]), "final": _m(af.per_trait.get(t, Measurement(math.nan, n=0)))} for t in ab.per_trait}
-    per_context: dict[str, Any] = {}
-    for c in ab.per_context:
-        sb = [r for r in base if (r.context or "(none)") == c]
-        sf = [r for r in final if (r.context or "(none)") == c]
-        per_context[c] = {"n": len(sb), "consistency": {"baseline": _m(consistency_rate(sb)), "final": _m(consistency_rate(sf))},
-                          "adherence": {"baseline": _m(ab.per_context[c]), "final": _m(af.per_context[c])}}
-    adv_b = [r for r in base if r.context == ADVERSARIAL]
-    adv_f = [r for r in final if r.context == ADVERSARIAL]
-    robustness = {"context": ADVERSARIAL, "n": len(adv_b), "unit": "fraction of persona-break prompts answered consistently (Wilson 95% CI)",
-                  "before": _m(consistency_rate(adv_b)), "after": _m(consistency_rate(adv_f)),
-                  "note": "" if adv_b else f"no held-out prompt has context {ADVERSARIAL!r}; add it to data.contexts"}
-    otb, otf = on_task_rate(base), on_task_rate(final)
-    ret, why = evidence.on_task_retention(otf, otb)
-    on_task = {"baseline": _m(otb) if otb else None, "final": _m(otf) if otf else None, "unit": "fraction of responses with on_task >= 0.5 (Wilson 95% CI)",
-               "retention": {**(_m(ret) if ret else {"value": None, "n": None, "ci": None}), "note": why,
-                             "unit": "ratio (on-task rate final / baseline; Katz log 95% CI)"}}
-    svb = style_variance(base, min_per_context=min_per_context, seed=seed)
-    svf = style_variance(final, min_per_context=min_per_context, seed=seed)
-    return {"improvement": improvement, "consistency": {"baseline": _m(cb), "final": _m(cf)},
-            "adherence": {"baseline": _m(ab.overall), "final": _m(af.overall)},
-            "style_variance": {"baseline": svb.value, "final": svf.value, "note": svb.note or svf.note},
-            "per_trait": per_trait, "per_context": per_context, "robustness": robustness, "on_task": on_task}
-
-
-def prompted_baseline_figures(prompted: list[Any], base: list[Any], final: list[Any], *, seed: int, few_shot: bool) -> dict[str, Any]:
-    """Persona figures of the baseline given the persona context (the target of context distillation), beside the
-    baseline and the final model without a system prompt, on the same prompts and decoding.
-
-    Args:
-        prompted: ResponseScore of the baseline's responses with the persona context before each prompt.
-        base, final: ResponseScore of the baseline's and the final model's responses without a system prompt.
-        seed: bootstrap seed (adherence interval).
-        few_shot: whether the context held the few-shot turns (data.few_shot).
-
-    Returns:
-        {"consistency", "on_task", "adherence", "n", "context", "gap_closed", ...}; `gap_closed` = (consistency(final)
-        - consistency(baseline)) / (consistency(prompted) - consistency(baseline)), None when the persona context
-        does not raise the baseline's consistency.
-
-    Raises:
-        ValueError: the lists do not score the same prompts in the same order.
-    """
-    if not ([r.id for r in prompted] == [r.id for r in base] == [r.id for r in final]):
-        raise ValueError("prompted baseline, baseline and final records must score the same prompts in the same order")
-    cp, cb, cf = consistency_rate(prompted), consistency_rate(base), consistency_rate(final)
-    otp = on_task_rate(prompted)
-    lift = None if cp.value is None or cb.value is None or not math.isfinite(cp.value - cb.value) else cp.value - cb.value
-    gap = None if lift is None or lift <= 0 or cf.value is None else (cf.value - cb.value) / lift
-    return {"consistency": _m(cp), "on_task": _m(otp) if otp else None, "adherence": _m(trait_adherence(prompted, seed=seed).overall), "n": len(prompted),
-            "context": "persona system prompt" + (" + few-shot turns" if few_shot else "") + " (persona_prompt.persona_context), then the held-out prompt",
-            "unit": "fraction of responses (Wilson 95% CI)", "gap_closed": gap,
-            "gap_closed_unit": "(consistency final - baseline) / (consistency prompted baseline - baseline), no system prompt for final and baseline"}
+    d = eval_decoding(config)
+    eta = EtaLine(f"stage 7: sampling the {who} on {len(convs)} held-out prompts")
+    outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=eta).generate([list(prefix or []) + list(c) for c in convs],
+                                                                                    max_new_tokens=d["max_new_tokens"], temperature=d["temperature"],
+                                                                                    top_p=d["top_p"], n=1, seed=config.seed)
+    return [o[0] for o in outs]
 
 
 def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_tok: Any, final_model: Any, final_tok: Any) -> dict[str, Any]:
@@ -303,53 +206,6 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
     return GateReport(STAGE, results, diagnosis=[head, *reasons], next_steps=list(dict.fromkeys(steps)))
 
 
-def final_markdown(fig: dict[str, Any]) -> str:
-    """final.md: the verdict, its reasons and the tables of final.json, for reading without the report."""
-    f = lambda x: "n/a" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))  # noqa: E731
-    fm = lambda m: "n/a" if not m or m.get("value") is None else f"{m['value']:.3f}" + (f" [{m['ci'][0]:.3f}, {m['ci'][1]:.3f}]" if m.get("ci") else "")  # noqa: E731
-    imp, ret, rob = fig["improvement"], fig["retention"], fig["robustness"]
-    ot = fig.get("on_task") or {}
-    fk = lambda d: ("n/a" if not isinstance((d or {}).get("kl_per_token"), (int, float))  # noqa: E731
-                    else f"{d['kl_per_token']:.4g} ± {d.get('kl_per_token_stderr', float('nan')):.2g} nats/token ({d.get('tokens')} tokens)")
-    out = [f"# Final evaluation: {fig['verdict']}", ""] + [f"- {r}" for r in fig["reasons"]] + [
-        "", f"Held-out prompts: {fig['n_prompts']}, no system prompt; decoding {json.dumps(fig['decoding'])}; baseline samples: {fig['baseline_samples']}.", "",
-        "| metric | baseline | final | figure |", "|---|---|---|---|",
-        f"| consistency rate | {fm(fig['consistency']['baseline'])} | {fm(fig['consistency']['final'])} | improvement {fm(imp)} ({imp['method']}) |",
-        f"| trait adherence | {fm(fig['adherence']['baseline'])} | {fm(fig['adherence']['final'])} | |",
-        f"| style variance | {f(fig['style_variance']['baseline'])} | {f(fig['style_variance']['final'])} | |",
-        f"| capability suite | {f(ret['baseline_score'])} | {f(ret['final_score'])} | retention {f(ret['value'])} (n={ret['n_items']}) |",
-        f"| perplexity | {f(fig['perplexity']['baseline'].get('perplexity'))} | {f(fig['perplexity']['final'].get('perplexity'))} | |",
-        f"| on-task rate | {fm(ot.get('baseline'))} | {fm(ot.get('final'))} | retention {fm(ot.get('retention'))} {ot.get('retention', {}).get('note', '')} |",
-        f"| robustness ({rob['context']}, n={rob['n']}) | {fm(rob['before'])} | {fm(rob['after'])} | not gated |",
-        f"| drift KL: final ‖ baseline given the persona context | | | {fk(fig.get('kl'))}; reported, gated in stages 5-6 |",
-        f"| persona shift: final ‖ baseline without it | | | {fk(fig.get('persona_shift'))}; information, not a gate |", "",
-        "## Capability per task", "", "| task | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|"]
-    out += [f"| {t} | {d['baseline']:.3f} | {d['candidate']:.3f} | {d['drop']:.3f} | {d['allowed']:.3f} | {'yes' if d['ok'] else 'NO'} |" for t, d in ret["tasks"].items()]
-    pb = fig.get("prompted_baseline")
-    if pb:
-        out += ["", "## Context-distillation target", "",
-                f"The baseline given the persona context ({pb['context']}) is what the final model should match without one; same prompts, decoding and evaluator.", "",
-                "| metric | baseline, no system prompt | baseline with the persona prompt | final, no system prompt |", "|---|---|---|---|",
-                f"| consistency rate | {fm(fig['consistency']['baseline'])} | {fm(pb['consistency'])} | {fm(fig['consistency']['final'])} |",
-                f"| on-task rate | {fm(ot.get('baseline'))} | {fm(pb.get('on_task'))} | {fm(ot.get('final'))} |",
-                f"| trait adherence | {fm(fig['adherence']['baseline'])} | {fm(pb['adherence'])} | {fm(fig['adherence']['final'])} |",
-                f"| share of the consistency gap closed | | | {f(pb.get('gap_closed'))} |"]
-    lm = fig.get("lm_eval")
-    if lm:
-        out += ["", "## lm-evaluation-harness tasks", "", "| task | metric | baseline | final | drop | allowed | ok |", "|---|---|---|---|---|---|---|"]
-        out += [f"| {t} | {d['metric']} | {d['baseline']:.4f} | {d['final']:.4f} | {d['drop']:.4f} | {d['allowed']:.4f} | {'yes' if d['ok'] else 'NO'} |"
-                for t, d in lm["tasks"].items()]
-        out += [f"- {t}: not compared ({why})" for t, why in lm["not_compared"].items()]
-    out += ["", "## Adherence per trait", "", "| trait | baseline | final |", "|---|---|---|"]
-    out += [f"| {t} | {fm(v['baseline'])} | {fm(v['final'])} |" for t, v in fig["per_trait"].items()]
-    out += ["", "## Per context", "", "| context | n | consistency baseline | consistency final | adherence baseline | adherence final |", "|---|---|---|---|---|---|"]
-    out += [f"| {c} | {v['n']} | {fm(v['consistency']['baseline'])} | {fm(v['consistency']['final'])} | {fm(v['adherence']['baseline'])} | {fm(v['adherence']['final'])} |"
-            for c, v in fig["per_context"].items()]
-    out += ["", "## Earlier gates", ""] + [f"- {s}: {e['status']}, gate {'passed' if e['gate_passed'] else 'n/a' if e['gate_passed'] is None else 'FAILED'}"
-                                           for s, e in fig["earlier_gates"].items()]
-    return "\n".join(out) + "\n"
-
-
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Compare the final model with the baseline; gate; write final.json, final.md, samples.json.
 
@@ -366,9 +222,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.kl import measure_drift
     from personatune.persona import load_persona
     from personatune.persona_prompt import persona_context
-    from personatune.stages.s1_baseline import baseline_model_path
-    from personatune.stages.s5_optimization import _make_scorer
     from personatune.lm_harness import check_tasks
+    from personatune.scoring.factory import scorer_for_run
+    from personatune.stages.s1_baseline import baseline_model_path
     from personatune.stages.s6_iterations import final_model_path
 
     t_start = time.time()
@@ -386,7 +242,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         if any(m.get("role") == "system" for m in p["messages"]):
             raise DataError(f"held-out prompt {p.get('id')!r} has a system turn; stage 7 compares models without one; fix: {STAGE3_FIX}")
     run_dir.output_path("04_evaluation", "evaluator")  # stage 7 requires the fitted evaluator, never the persona-only fallback
-    scorer, scorer_desc = _make_scorer(spec, run_dir, config)
+    scorer, scorer_desc = scorer_for_run(config, run_dir, spec)
     base_path, final_path = baseline_model_path(run_dir), final_model_path(run_dir)
     base_model, base_tok = models.load_configured_model(base_path, config.model)
     final_model, final_tok = models.load_configured_model(str(final_path), config.model)
@@ -395,26 +251,16 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                         f"KL and a like-for-like comparison need the same vocabulary; fix: train from the stage-1 baseline")
 
     # 2. Both models on every held-out prompt, no system prompt, the same decoding (stage 4's).
-    t = config.data.teacher
     convs = [p["messages"] for p in prompts]
-    decoding = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "batch_size": t.batch_size, "seed": config.seed}
-
+    decoding = {**eval_decoding(config), "seed": config.seed}
     context = persona_context(spec, few_shot=config.data.few_shot)
-
-    def sample(model: Any, tok: Any, who: str, prefix: list[dict[str, str]] | None = None) -> list[str]:
-        eta = EtaLine(f"stage 7: sampling the {who} on {len(convs)} held-out prompts")
-        outs = HFBackend(model, tok, batch_size=t.batch_size, progress=eta).generate([list(prefix or []) + list(c) for c in convs],
-                                                                                     max_new_tokens=t.max_new_tokens, temperature=t.temperature,
-                                                                                     top_p=t.top_p, n=1, seed=config.seed)
-        return [o[0] for o in outs]
-
     base_texts = reusable_baseline_texts(config, run_dir, prompts)
     source = "04_evaluation/baseline_samples.json (reused: same model, prompts and decoding)"
     if base_texts is None:
-        base_texts, source = sample(base_model, base_tok, "baseline model"), "sampled again in stage 7"
+        base_texts, source = _sample(base_model, base_tok, convs, config, "baseline model"), "sampled again in stage 7"
     # The context-distillation target: the baseline given the persona context, same prompts and decoding.
-    prompted_texts = sample(base_model, base_tok, "baseline model with the persona prompt", context)
-    final_texts = sample(final_model, final_tok, "final model")
+    prompted_texts = _sample(base_model, base_tok, convs, config, "baseline model with the persona prompt", context)
+    final_texts = _sample(final_model, final_tok, convs, config, "final model")
     kw = dict(prompts=[c[-1]["content"] for c in convs], contexts=[p.get("context") for p in prompts],
               targets=[list(p.get("targets") or []) for p in prompts], ids=[str(p["id"]) for p in prompts])
     base_recs, prompted_recs, final_recs = scorer.score(base_texts, **kw), scorer.score(prompted_texts, **kw), scorer.score(final_texts, **kw)
@@ -443,7 +289,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     fig["perplexity"] = {"baseline": base_info.get("perplexity") or perplexity(base_model, base_tok), "final": perplexity(final_model, final_tok),
                          "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template"}
     kl_tokens = config.train.kl_max_new_tokens
-    dr = measure_drift(final_model, base_model, final_tok, convs, context, max_new_tokens=kl_tokens, seed=config.seed, batch_size=t.batch_size)
+    dr = measure_drift(final_model, base_model, final_tok, convs, context, max_new_tokens=kl_tokens, seed=config.seed, batch_size=decoding["batch_size"])
     kl, shift = dr.drift, dr.shift
     fig["kl"] = {**kl.to_dict(), "max_new_tokens": kl_tokens, "context_tokens": dr.context_tokens, "few_shot": config.data.few_shot,
                  "what": "drift KL: KL(final(.|x) || baseline(.|c, x)), c = the persona context, x = a held-out prompt; reported, gated in stages 5-6"}
@@ -459,7 +305,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     fig = {"verdict": verdict, "reasons": reasons, "n_prompts": len(prompts), "decoding": {**decoding, "system_prompt": None},
            "baseline_model": base_path, "final_model": str(final_path.relative_to(run_dir.root)), "scorer": scorer_desc, "baseline_samples": source,
            **fig, "gates": [asdict(r) for r in gate.results], "seconds": round(time.time() - t_start, 2)}
-    atomic_write_json(out / "final.json", fig)
+    # Validated against the record the report reads, so a writer change that breaks the format fails here, not there.
+    atomic_write_json(out / "final.json", FinalRecord.model_validate(fig).to_json())
     atomic_write_text(out / "final.md", final_markdown(fig))
     atomic_write_json(out / "samples.json", [
         {"id": p["id"], "context": p.get("context"), "prompt": c[-1]["content"], "baseline": bt, "baseline_prompted": pt, "final": ft,
