@@ -14,16 +14,16 @@ directory before any work.
 
 from __future__ import annotations
 
-import math
-
 import difflib
 import hashlib
 import json
+import math
+import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from personatune import limits
 from personatune.config_section import ConfigSection
@@ -41,9 +41,17 @@ class ModelArgs(_Section):
 
     name: str = Field("smollm2-135m-instruct", description="model: 'smollm2-135m-instruct' (embedded GGUF default), 'tiny' (in-process test model), a Hugging Face id, or a local path")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="weights dtype; auto = float32 on CPU, bfloat16 on GPUs that support it")
-    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N', 'mps'")
     trust_remote_code: bool = Field(False, description="allow model code from the checkpoint to run; off unless you trust the source")
     cache_dir: str | None = Field(None, description="where converted checkpoints are cached; default $PERSONATUNE_CACHE or ~/.cache/personatune")
+
+    @field_validator("device")
+    @classmethod
+    def _a_device(cls, value: str) -> str:
+        # The spelling is checked when the config loads; whether CUDA exists is checked when a model loads (models.py).
+        if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", value):
+            raise ValueError("not a device; fix: auto, cpu, cuda, cuda:N or mps")
+        return value
 
 
 class PersonaGateArgs(_Section):
@@ -56,6 +64,13 @@ class PersonaGateArgs(_Section):
     min_separability: float = Field(0.8, ge=0, le=1, description="leave-one-out AUROC each trait must reach: the instrument orders its held-out positives above its held-out negatives (0-1)")
     max_trait_similarity: float = Field(0.9, ge=0, le=1, description="cosine similarity bound between two traits' exemplar centroids; above it they are redundant (0-1)")
     min_examples: int = Field(3, ge=0, description="fewest example interactions (count)")
+
+    @model_validator(mode="after")
+    def _max_not_below_min(self) -> "PersonaGateArgs":
+        if self.max_traits < self.min_traits:
+            raise ValueError(f"max_traits = {self.max_traits} must be >= min_traits = {self.min_traits}; "
+                             f"fix: raise gates.persona.max_traits or lower gates.persona.min_traits")
+        return self
 
 
 class DataGateArgs(_Section):
@@ -76,11 +91,18 @@ class EvalGateArgs(_Section):
     min_auroc: float = Field(0.90, ge=0, le=1, description="per-trait detector AUROC on held-out data (0-1)")
     adherence: float = Field(0.90, ge=0, le=1, description="trait adherence of held-out chosen responses, overall and per context (fraction)")
     max_style_variance: float = Field(0.15, ge=0, description="style variance across contexts must stay below this (relative std, unitless)")
-    min_per_context: int = Field(5, ge=2, description="responses a context group needs to count in style variance (count)")
     min_auroc_per_side: int = Field(30, ge=1, description="held-out responses each side of a trait's AUROC (expressed, trait-flipped) needs "
                                     "before the gate decides; fewer: inconclusive (count per side, METRICS.md 'Evidence')")
     min_style_variance_n: int = Field(30, ge=1, description="responses in qualifying context groups a style-variance gate (stages 4 and 5) needs "
                                       "before it decides; fewer: inconclusive (count)")
+    # `min_per_context` moved to `eval.min_per_context`; the YAML key gates.evaluation.min_per_context is still read
+    # (RunConfig._moved_keys). This read-only mirror keeps readers of the old attribute working until they read eval.
+    _min_per_context: int = PrivateAttr(5)
+
+    @property
+    def min_per_context(self) -> int:
+        """Same as the run config's eval.min_per_context (read-only; set by RunConfig)."""
+        return self._min_per_context
 
 
 class OptimGateArgs(_Section):
@@ -162,6 +184,13 @@ class TeacherArgs(_Section):
     temperature: float = Field(0.8, ge=0, description="sampling temperature for persona responses (0 = greedy)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass (0-1]")
 
+    @model_validator(mode="after")
+    def _openai_needs_server(self) -> "TeacherArgs":
+        # Checked when the config loads, not when stage 3 starts after the baseline has been built.
+        if self.backend == "openai" and (not self.base_url or not self.model):
+            raise ValueError("backend=openai needs base_url and model; set data.teacher.base_url=http://HOST:PORT/v1 and data.teacher.model=NAME")
+        return self
+
 
 class DataArgs(_Section):
     """Stage 3: scenarios, responses, contrast."""
@@ -230,6 +259,28 @@ class IterationArgs(_Section):
     temperature: float = Field(1.0, gt=0, description="sampling temperature for the round's candidates")
 
 
+class EvalArgs(_Section):
+    """How stages 4-7 sample the models they evaluate, and how style variance groups the samples.
+
+    Stage 4 samples the baseline, stages 5-6 the policy, stage 7 the baseline and the final model: all on the
+    stage-3 held-out prompts, with no system prompt and this decoding, so their persona figures compare like
+    with like. A decoding key left unset takes data.teacher's value (what every evaluation used before this
+    section existed), so a config without `eval:` evaluates, and hashes for the stage cache, exactly as before.
+    """
+
+    temperature: float | None = Field(None, ge=0, description="sampling temperature of evaluation samples (>= 0, 0 = greedy); unset = data.teacher.temperature")
+    top_p: float | None = Field(None, gt=0, le=1, description="nucleus sampling mass of evaluation samples ((0, 1]); unset = data.teacher.top_p")
+    max_new_tokens: int | None = Field(None, ge=1, description="tokens generated per evaluation response (count, >= 1); unset = data.teacher.max_new_tokens")
+    batch_size: int | None = Field(None, ge=1, description="sequences generated together when stages 4 and 7 sample (count, >= 1); unset = data.teacher.batch_size; "
+                                   "stages 5-6 use train.eval_batch_size")
+    min_per_context: int = Field(5, ge=2, description="responses a context group needs to count in style variance, in every stage that measures it "
+                                 "(4-7) (count, >= 2); formerly gates.evaluation.min_per_context, which is still read")
+
+
+# The eval keys that, left unset, take data.teacher's value.
+EVAL_FROM_TEACHER = ("temperature", "top_p", "max_new_tokens", "batch_size")
+
+
 class RunConfig(_Section):
     """A whole run. See examples/quickstart.yaml."""
 
@@ -246,6 +297,37 @@ class RunConfig(_Section):
     train: TrainArgs = Field(default_factory=TrainArgs)
     iterations: IterationArgs = Field(default_factory=IterationArgs)
     gates: GateArgs = Field(default_factory=GateArgs)
+    eval: EvalArgs = Field(default_factory=EvalArgs, description="evaluation decoding and style-variance grouping, stages 4-7 (default: data.teacher's decoding)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        # gates.evaluation.min_per_context moved to eval.min_per_context; configs written before still load.
+        if not isinstance(data, dict) or not isinstance(data.get("gates"), dict) or not isinstance(data["gates"].get("evaluation"), dict):
+            return data
+        old_gate = data["gates"]["evaluation"]
+        if "min_per_context" not in old_gate:
+            return data
+        gate = dict(old_gate)
+        value = gate.pop("min_per_context")
+        ev = data.get("eval")
+        if ev is None:
+            ev = {}
+        if isinstance(ev, dict):
+            if "min_per_context" in ev and ev["min_per_context"] != value:
+                raise ValueError(f"gates.evaluation.min_per_context={limits.short_repr(value)} and eval.min_per_context={limits.short_repr(ev['min_per_context'])} "
+                                 "name the same setting; fix: keep only eval.min_per_context")
+            ev = {**ev, "min_per_context": ev.get("min_per_context", value)}
+        return {**data, "gates": {**data["gates"], "evaluation": gate}, "eval": ev}
+
+    @model_validator(mode="after")
+    def _eval_defaults(self) -> "RunConfig":
+        # Unset evaluation decoding follows data.teacher: the decoding stages 4-7 used before `eval:` existed.
+        for key in EVAL_FROM_TEACHER:
+            if getattr(self.eval, key) is None:
+                setattr(self.eval, key, getattr(self.data.teacher, key))
+        self.gates.evaluation._min_per_context = self.eval.min_per_context
+        return self
 
     @model_validator(mode="after")
     def _kl_term_while_drift_gate(self) -> "RunConfig":
@@ -258,6 +340,24 @@ class RunConfig(_Section):
             raise ValueError(f"train.beta={self.train.beta!r}: train.algorithm={self.train.algorithm} (or iterations.algorithm=dpo) has no KL term at "
                              f"beta 0 while the drift-KL gate gates.optimization.max_kl={max_kl:g} exists; fix: set train.beta=0.1 (DPO) or "
                              f"0.04 (GRPO/RLOO), or use train.algorithm=sdft or sft (distillation to the persona-prompted baseline)")
+        return self
+
+    @model_validator(mode="after")
+    def _sdft_needs_lora(self) -> "RunConfig":
+        # TRL's SDFT reloads its teacher from the model's path under full fine-tuning, not the stage-1 baseline in memory.
+        if self.train.algorithm == "sdft" and self.train.peft != "lora":
+            raise ValueError("train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
+                             "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)")
+        return self
+
+    @model_validator(mode="after")
+    def _online_batch_holds_whole_groups(self) -> "RunConfig":
+        # GRPO/RLOO compare each prompt's completions together: a batch must hold whole groups.
+        t = self.train
+        if t.algorithm in ("grpo", "rloo") and (t.per_device_batch_size * t.grad_accum) % t.num_generations:
+            raise ValueError(f"train.per_device_batch_size x train.grad_accum = {t.per_device_batch_size * t.grad_accum} must be a multiple of "
+                             f"train.num_generations={t.num_generations} (each prompt's completions are compared together); "
+                             f"fix: e.g. train.per_device_batch_size={t.num_generations}")
         return self
 
 
@@ -314,10 +414,29 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _format_validation(err: ValidationError, known: list[str], source: str) -> list[str]:
+# Keys that moved: new path -> the old spelling, still read (RunConfig._moved_keys).
+MOVED_KEYS = {"eval.min_per_context": "gates.evaluation.min_per_context"}
+
+
+def _has_path(data: Any, path: str) -> bool:
+    """True when the nested dict `data` holds the dotted key `path`."""
+    for part in path.split("."):
+        if not isinstance(data, dict) or part not in data:
+            return False
+        data = data[part]
+    return True
+
+
+def _given_as(data: dict[str, Any]) -> dict[str, str]:
+    """For each moved key given under its old spelling only: new path -> how an error names it."""
+    return {new: f"{new} (given as {old})" for new, old in MOVED_KEYS.items() if _has_path(data, old) and not _has_path(data, new)}
+
+
+def _format_validation(err: ValidationError, known: list[str], source: str, given_as: dict[str, str] | None = None) -> list[str]:
     lines = []
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"])
+        path = (given_as or {}).get(path, path)
         if e["type"] == "extra_forbidden":
             close = difflib.get_close_matches(path, known, n=1, cutoff=0.6)
             hint = f"; did you mean '{close[0]}'?" if close else ""
@@ -326,8 +445,14 @@ def _format_validation(err: ValidationError, known: list[str], source: str) -> l
             lines.append(f"{path}: required but missing; add `{path}: ...` to {source} or pass {path}=...")
         else:
             msg = str(e["msg"]).removeprefix("Value error, ")
-            # A cross-field check (a validator of the whole config) names its own keys and values in the message.
-            lines.append(msg if not path else f"{path}: {msg} (got {limits.short_repr(e.get('input'))})")
+            # A cross-field check names its own keys and values: of the whole config (no path), or of one section
+            # (the section's path; its input, the whole section, would only repeat the config back).
+            if not path:
+                lines.append(msg)
+            elif isinstance(e.get("input"), dict) and e["type"] == "value_error":
+                lines.append(f"{path}: {msg}")
+            else:
+                lines.append(f"{path}: {msg} (got {limits.short_repr(e.get('input'))})")
     return lines
 
 
@@ -388,7 +513,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     try:
         cfg = RunConfig.model_validate(data)
     except ValidationError as e:
-        problems += _format_validation(e, known, source)
+        problems += _format_validation(e, known, source, _given_as(data))
         cfg = None
     if problems or cfg is None:
         raise ConfigError(f"invalid config ({source}): " + "; ".join(problems))
@@ -424,10 +549,29 @@ def config_keys_help() -> list[tuple[str, str, Any]]:
     return rows
 
 
-def section_hash(cfg: RunConfig, keys: tuple[str, ...], extra: str = "") -> str:
-    """A stable hash of the given top-level config sections (used to decide if a stage must re-run)."""
+def _hashed_layout(cfg: RunConfig) -> dict[str, Any]:
+    """The config as the stage cache hashes it: the layout from before the `eval:` section, plus what eval changes.
+
+    eval.min_per_context is hashed where it lived before (gates.evaluation), and eval's decoding only where it
+    differs from data.teacher's; a config that sets nothing under `eval:` therefore hashes as it did before the
+    section existed, and a run directory made then keeps its finished stages.
+    """
     dump = cfg.model_dump(mode="json")
-    sel = {k: dump.get(k) for k in sorted(keys)}
+    ev = dump.pop("eval")
+    dump["gates"]["evaluation"]["min_per_context"] = ev.pop("min_per_context")
+    changed = {k: v for k, v in ev.items() if v != dump["data"]["teacher"][k]}
+    if changed:
+        dump["eval"] = changed
+    return dump
+
+
+def section_hash(cfg: RunConfig, keys: tuple[str, ...], extra: str = "") -> str:
+    """A stable hash of the given top-level config sections (used to decide if a stage must re-run).
+
+    A section absent from `_hashed_layout` (an `eval:` equal to data.teacher's decoding) adds nothing to the hash.
+    """
+    dump = _hashed_layout(cfg)
+    sel = {k: dump[k] for k in sorted(keys) if k in dump}
     blob = json.dumps(sel, sort_keys=True) + extra
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
