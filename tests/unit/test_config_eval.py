@@ -146,6 +146,10 @@ def test_persona_gate_max_below_min_is_refused_at_load_time():
     msg = refused("gates.persona.max_traits=3")
     assert msg.endswith("gates.persona: max_traits = 3 must be >= min_traits = 5; fix: raise gates.persona.max_traits or lower gates.persona.min_traits")
     assert load_config(None, [PERSONA, "gates.persona.max_traits=3", "gates.persona.min_traits=3"]).gates.persona.max_traits == 3
+    # the other checks the stage-2 dataclass made, now the section's own field bounds
+    assert "gates.persona.min_separability: Input should be less than or equal to 1 (got 1.5)" in refused("gates.persona.min_separability=1.5")
+    assert "gates.persona.min_traits: Input should be greater than or equal to 1 (got 0)" in refused("gates.persona.min_traits=0")
+    assert "gates.persona.min_examples:" in refused("gates.persona.min_examples=-1")
 
 
 def test_an_openai_teacher_without_a_server_is_refused_at_load_time():
