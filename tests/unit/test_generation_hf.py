@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from personatune.generation import BackendError, GenerationBackend
-from personatune.generation.hf import HFBackend, encode_chat
+from personatune.generation.hf import HFBackend, PrefillOptions, encode_chat
 
 LENGTHS = (1, 9, 3, 20, 5, 2, 14)  # unequal prompt lengths: batches need real left padding
 
@@ -142,8 +142,8 @@ def test_shared_prefill_gives_the_same_draws_as_num_return_sequences(tiny):
     model, tok = tiny
     # different prompt lengths in one batch: left padding and position ids must line up in the cached path
     cs = [[{"role": "system", "content": "You are a pirate captain. " * k}, {"role": "user", "content": f"question {k}?" * k}] for k in (1, 4, 9)]
-    a = HFBackend(model, tok, batch_size=3, share_prefill=False).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
-    b = HFBackend(model, tok, batch_size=3, share_prefill=True).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    a = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefill=False)).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    b = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefill=True)).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
     assert a == b
     assert len({x for per in b for x in per}) > 3  # real sampling: the draws differ from each other
 
@@ -168,11 +168,11 @@ def test_shared_prefix_gives_the_greedy_output_of_the_plain_path(tiny):
     unpadded model.generate's, for every batch size, and on a second call served from the kept prefix."""
     model, tok = tiny
     cs = persona_convs()
-    plain_backend = HFBackend(model, tok, batch_size=4, share_prefix=False)
+    plain_backend = HFBackend(model, tok, batch_size=4, prefill=PrefillOptions(share_prefix=False))
     plain = plain_backend.generate_ids(cs, max_new_tokens=12, temperature=0.0)
     assert plain == [[reference_greedy(model, tok, c, 12)] for c in cs]
     assert len({tuple(r[0]) for r in plain}) > 1
-    for kw in ({"batch_size": 4}, {"batch_size": 1}, {"batch_size": 16}, {"batch_size": 4, "shared_attention": False}):
+    for kw in ({"batch_size": 4}, {"batch_size": 1}, {"batch_size": 16}, {"batch_size": 4, "prefill": PrefillOptions(shared_attention=False)}):
         b = HFBackend(model, tok, prefix_cache=2, **kw)
         assert b.generate_ids(cs, max_new_tokens=12, temperature=0.0) == plain, kw
         # the prefix was shared (less of it with one batch mixing both system prompts)
@@ -185,7 +185,7 @@ def test_shared_prefix_gives_the_greedy_output_of_the_plain_path(tiny):
 def test_shared_prefix_gives_the_same_draws_with_the_same_batches(tiny):
     model, tok = tiny
     cs = persona_convs()[:len(LENGTHS)]  # one context: the plain path and the shared one form the same batches
-    a = HFBackend(model, tok, batch_size=3, share_prefix=False).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    a = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefix=False)).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
     b = HFBackend(model, tok, batch_size=3).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
     assert a == b
     assert len({x for per in b for x in per}) > 3
@@ -204,7 +204,7 @@ def test_kept_prefix_is_dropped_when_the_weights_change(tiny):
             if p.dim() == 2:
                 p.mul_(1.5)  # an in-place update, as an optimizer step
     after = b.generate_ids(cs, max_new_tokens=8, temperature=0.0)
-    assert after == HFBackend(model, tok, batch_size=4, share_prefix=False).generate_ids(cs, max_new_tokens=8, temperature=0.0)
+    assert after == HFBackend(model, tok, batch_size=4, prefill=PrefillOptions(share_prefix=False)).generate_ids(cs, max_new_tokens=8, temperature=0.0)
     assert after != before
 
 
@@ -223,4 +223,4 @@ def test_batches_end_where_the_shared_prefix_would_be_lost(tiny):
     calls = []
     got = HFBackend(model, tok, batch_size=16, progress=lambda d, t: calls.append((d, t))).generate_ids(a + b, max_new_tokens=8, temperature=0.0)
     assert calls == [(3, 6), (6, 6)]
-    assert got == HFBackend(model, tok, batch_size=16, share_prefix=False).generate_ids(a + b, max_new_tokens=8, temperature=0.0)
+    assert got == HFBackend(model, tok, batch_size=16, prefill=PrefillOptions(share_prefix=False)).generate_ids(a + b, max_new_tokens=8, temperature=0.0)

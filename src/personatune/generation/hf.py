@@ -38,20 +38,23 @@ What `HFBackend.generate` does, in order:
 
 Greedy output is the same whether a prompt is decoded alone or in a padded batch, with or without a
 shared prefix (tested), up to float rounding in reduced precision.
+
+`share_prefix`, `shared_attention` and `share_prefill` are the fields of `PrefillOptions` (all on by default); the
+shared-prefix attention itself is personatune.generation.shared_attention.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
-import functools
 import json
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from personatune.generation import BackendError, Conversation, SamplingParams, check_conversations
+from personatune.generation.shared_attention import suffix_layer_class, shared_prefix_attention
 from personatune.models import encode_chat
 
 
@@ -59,6 +62,28 @@ def _as_list(x: Any) -> list[int]:
     if x is None:
         return []
     return [int(v) for v in x] if isinstance(x, (list, tuple)) else [int(x)]
+
+
+@dataclass(frozen=True)
+class PrefillOptions:
+    """The prefill shortcuts of `HFBackend` (steps 3 and 4 of the module docstring). Each gives the same text up to
+    float rounding, so all are on by default; tests and benchmarks turn one off to compare with the plain path.
+
+    Attributes:
+        share_prefill: with n > 1 draws, prefill each prompt once and repeat its KV cache (step 4).
+        share_prefix: prefill a batch's common token prefix once (step 3) when it is at least
+            `HFBackend.MIN_SHARED_PREFIX` tokens long; only for models whose cache is plain full attention
+            (`DynamicLayer`), else the per-prompt path is used.
+        shared_attention: with a shared prefix, attend to one copy of its keys and values (step 3,
+            personatune.generation.shared_attention) instead of a copy per sequence; only for the model types in
+            `HFBackend.SHARED_ATTENTION_MODELS` with sdpa or eager attention, else the prefix cache is copied to every row.
+
+    >>> HFBackend(model, tokenizer, prefill=PrefillOptions(share_prefix=False))   # doctest: +SKIP
+    """
+
+    share_prefill: bool = True
+    share_prefix: bool = True
+    shared_attention: bool = True
 
 
 class HFBackend:
@@ -70,19 +95,13 @@ class HFBackend:
         batch_size: prompts per forward batch (>= 1); with sampling, `batch_size * n` sequences run together.
         device: where to run ("cpu", "cuda", "cuda:1", a torch.device) or None for the model's
             current device. A different device moves the model there.
-        share_prefill: with n > 1 draws, prefill each prompt once and repeat its KV cache (step 4).
-        share_prefix: prefill a batch's common token prefix once (step 3) when it is at least
-            `MIN_SHARED_PREFIX` tokens long; only for models whose cache is plain full attention
-            (`DynamicLayer`), else the per-prompt path is used.
-        shared_attention: with a shared prefix, attend to one copy of its keys and values (step 3)
-            instead of a copy per sequence; only for the model types in `SHARED_ATTENTION_MODELS` with
-            sdpa or eager attention, else the prefix cache is copied to every row.
+        progress: called as progress(prompts done, prompts in the call) after each batch, e.g. a
+            personatune.progress.EtaLine, so a long generate call shows a rate and an ETA.
         prefix_cache: how many prefix KV caches to keep BETWEEN calls (0: none; a call never reuses
             KV from an earlier one). Kept caches are dropped when the model or its parameters change
             (a parameter's in-place version counter moves, as with an optimizer step or loaded weights);
             set it only where the weights are frozen, e.g. stage 3's teacher.
-        progress: called as progress(prompts done, prompts in the call) after each batch, e.g. a
-            personatune.progress.EtaLine, so a long generate call shows a rate and an ETA.
+        prefill: which prefill shortcuts to take (`PrefillOptions`; default: all of them).
 
     Raises:
         BackendError: batch_size < 1, prefix_cache < 0, or the tokenizer has neither a pad nor an EOS token.
@@ -98,9 +117,9 @@ class HFBackend:
     """Model types whose attention is plain scaled dot-product over RoPE'd keys (no soft-capping, sinks or
     sliding windows), for which `shared_attention` is exact."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, share_prefill: bool = True,
-                 progress: Callable[[int, int], object] | None = None, share_prefix: bool = True, prefix_cache: int = 0,
-                 shared_attention: bool = True) -> None:
+    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, *,
+                 progress: Callable[[int, int], object] | None = None, prefix_cache: int = 0,
+                 prefill: PrefillOptions | None = None) -> None:
         import torch
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -119,10 +138,11 @@ class HFBackend:
         if pad is None:
             raise BackendError("the tokenizer has neither a pad token nor an EOS token; fix: set tokenizer.pad_token")
         self.pad_id = int(pad)
-        self.share_prefill = share_prefill
-        self.share_prefix = share_prefix
+        prefill = prefill if prefill is not None else PrefillOptions()
+        self.share_prefill = prefill.share_prefill
+        self.share_prefix = prefill.share_prefix
         self.prefix_cache = prefix_cache
-        self.shared_attention = shared_attention
+        self.shared_attention = prefill.shared_attention
         self.progress = progress
         self.last_stats: dict[str, float] = {}
         self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
@@ -328,19 +348,9 @@ class HFBackend:
         return (getattr(cfg, "model_type", None) in self.SHARED_ATTENTION_MODELS and cfg._attn_implementation in ("sdpa", "eager")
                 and getattr(cfg, "sliding_window", None) is None and self._plain_cache())
 
-    @contextlib.contextmanager
     def _cascade(self, cache: Any) -> Any:
         """Run the model with shared-prefix attention over `cache` (a cache made by `_prefill_shared`)."""
-        _register_shared_attention()
-        cfg = self.model.config
-        old = cfg._attn_implementation
-        token = _ACTIVE_CACHE.set(cache)
-        cfg._attn_implementation = _SHARED_ATTENTION
-        try:
-            yield
-        finally:
-            cfg._attn_implementation = old
-            _ACTIVE_CACHE.reset(token)
+        return shared_prefix_attention(self.model, cache)
 
     def _prefill_shared(self, rows: list[list[int]], common: int, draws: int, cascade: bool = False) -> tuple[Any, Any, Any, int, int]:
         """A batch whose prompts share their first `common` tokens: the prefix's cache given to every row
@@ -363,7 +373,7 @@ class HFBackend:
         mask = torch.tensor([[1] * cut + [0] * (w - len(r)) + [1] * len(r) for r in rest], device=self.device)
         cache = DynamicCache(config=self.model.config)
         if cascade:
-            cache.layers = [_suffix_layer_class()(layer.keys, layer.values) for layer in base.layers]
+            cache.layers = [suffix_layer_class()(layer.keys, layer.values) for layer in base.layers]
         else:
             for li, layer in enumerate(base.layers):
                 cache.update(layer.keys.expand(len(rows), -1, -1, -1), layer.values.expand(len(rows), -1, -1, -1), li)
@@ -383,92 +393,3 @@ def _common_prefix(rows: list[list[int]]) -> int:
     for r in rows[1:]:
         n = next((k for k in range(n) if r[k] != first[k]), n)
     return n
-
-
-# --- shared-prefix ("cascade") attention ------------------------------------------------------------
-_SHARED_ATTENTION = "personatune_shared_prefix"
-_ACTIVE_CACHE: contextvars.ContextVar[Any] = contextvars.ContextVar("personatune_shared_prefix_cache", default=None)
-
-
-def _register_shared_attention() -> None:
-    """Register `_shared_prefix_attention` (with sdpa's boolean masks) under `_SHARED_ATTENTION`, once."""
-    from transformers import AttentionInterface, AttentionMaskInterface
-    from transformers.masking_utils import sdpa_mask
-
-    if _SHARED_ATTENTION not in AttentionInterface._global_mapping:
-        AttentionInterface.register(_SHARED_ATTENTION, _shared_prefix_attention)
-        AttentionMaskInterface.register(_SHARED_ATTENTION, sdpa_mask)
-
-
-@functools.cache
-def _suffix_layer_class() -> type:
-    from transformers.cache_utils import DynamicLayer
-
-    class SuffixLayer(DynamicLayer):
-        """A DynamicLayer holding only a row's own keys (after a shared prefix) and, once, the prefix's.
-
-        Lengths and mask sizes count the prefix, so generate and the mask code see the whole sequence;
-        `update` returns the row's own keys only: `_shared_prefix_attention` adds the prefix.
-        """
-
-        def __init__(self, prefix_keys: Any, prefix_values: Any) -> None:
-            super().__init__()
-            self.prefix_keys, self.prefix_values = prefix_keys, prefix_values
-            self.prefix_len = int(prefix_keys.shape[-2])
-
-        def get_seq_length(self) -> int:
-            return self.prefix_len + super().get_seq_length()
-
-        def get_mask_sizes(self, query_length: int, *args: Any, **kwargs: Any) -> tuple[int, int]:
-            return self.get_seq_length() + query_length, 0
-
-        def batch_repeat_interleave(self, repeats: int) -> None:
-            if self.is_initialized and self.keys.numel():
-                super().batch_repeat_interleave(repeats)
-
-        def batch_select_indices(self, indices: Any) -> None:
-            if self.is_initialized and self.keys.numel():
-                super().batch_select_indices(indices)
-
-    return SuffixLayer
-
-
-def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                             scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
-    """Attention of every row's queries over one shared prefix plus the row's own keys.
-
-    query: (rows, heads, q, d); key/value: the rows' own keys (rows, kv heads, S, d) as returned by a
-    SuffixLayer; the prefix (1, kv heads, P, d) comes from the active cache. The mask covers P + S
-    positions; its prefix part is all visible (the prefix has no padding and precedes every query), so
-    only its last S columns are used. The scores against the prefix are computed for all rows with one
-    read of the prefix, put beside the row's own scores for one softmax, and the two weighted sums
-    added: the same attention as over one concatenated sequence, up to float rounding. Returns
-    (rows, q, heads, d), as the sdpa integration does.
-    """
-    import torch
-
-    active = _ACTIVE_CACHE.get()
-    if active is None:  # a forward pass outside HFBackend's shared-prefix calls (another thread): plain sdpa
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
-    layer = active.layers[module.layer_idx]
-    pk, pv = layer.prefix_keys[0], layer.prefix_values[0]  # (kv heads, P, d)
-    rows, heads, q, d = query.shape
-    hkv, s, p = key.shape[1], key.shape[2], pk.shape[-2]
-    g = heads // hkv  # query heads per kv head (GQA): head h reads kv head h // g
-    qs = query.reshape(rows, hkv, g * q, d) * (scaling if scaling is not None else d ** -0.5)
-    sp = torch.matmul(qs.transpose(0, 1).reshape(hkv, rows * g * q, d), pk.transpose(-1, -2))  # (kv heads, rows*g*q, P)
-    ss = torch.matmul(qs, key.transpose(-1, -2))  # (rows, kv heads, g*q, S)
-    if attention_mask is not None:
-        m = attention_mask[..., -s:].unsqueeze(2)  # (rows, 1, 1, q, S)
-        ss = ss.view(rows, hkv, g, q, s)
-        ss = (ss.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else ss + m.to(ss.dtype)).view(rows, hkv, g * q, s)
-    elif q > 1:
-        causal = torch.arange(s, device=query.device)[None, :] <= torch.arange(s - q, s, device=query.device)[:, None]
-        ss = ss.view(rows, hkv, g, q, s).masked_fill(~causal, float("-inf")).view(rows, hkv, g * q, s)
-    scores = torch.cat([sp.view(hkv, rows, g * q, p).transpose(0, 1), ss], dim=-1)
-    w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out_p = torch.matmul(w[..., :p].transpose(0, 1).reshape(hkv, rows * g * q, p), pv).view(hkv, rows, g * q, d).transpose(0, 1)
-    out = out_p + torch.matmul(w[..., p:], value)
-    return out.reshape(rows, heads, q, d).transpose(1, 2).contiguous(), None
