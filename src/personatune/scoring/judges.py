@@ -163,23 +163,21 @@ class OpenAIJudge:
     Args:
         base_url: server URL ending in /v1.
         model: model name on that server.
-        api_key_env: environment variable with the API key (never logged).
-        concurrency: requests in flight at once.
-        max_retries: retries per request (exponential backoff with jitter).
-        timeout: per-request timeout (seconds).
-        cache: a ResponseCache so re-judging the same texts costs nothing; None for no cache.
         top_logprobs: alternatives to ask for per token (1-20).
         exemplars: positive and negative exemplars per trait in the rubric (each).
+        **backend_kw: the connection options, passed to OpenAIBackend with its defaults: api_key_env
+            (environment variable with the API key, never logged; "OPENAI_API_KEY"), concurrency (requests in
+            flight at once; 8), max_retries (retries per request; 5), timeout (per-request timeout in seconds;
+            60.0), cache (a ResponseCache so re-judging the same texts costs nothing; None for no cache).
 
     Raises:
         BackendError: bad connection parameters (see OpenAIBackend).
+        TypeError: an option OpenAIBackend does not take.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 max_retries: int = 5, timeout: float = 60.0, cache: ResponseCache | None = None, top_logprobs: int = 10,
-                 exemplars: int = 2, **backend_kw: Any) -> None:
-        self.backend = OpenAIBackend(base_url, model, api_key_env=api_key_env, concurrency=concurrency, max_retries=max_retries,
-                                     timeout=timeout, cache=cache, **backend_kw)
+    # The connection options are OpenAIBackend's own, forwarded as they are: one list of them, one set of defaults.
+    def __init__(self, base_url: str, model: str, *, top_logprobs: int = 10, exemplars: int = 2, **backend_kw: Any) -> None:
+        self.backend = OpenAIBackend(base_url, model, **backend_kw)
         self.top_logprobs = max(1, min(20, int(top_logprobs)))
         self.exemplars = exemplars
         self.stats = {"logprobs": 0, "text": 0, "undetermined": 0}
