@@ -38,7 +38,7 @@ import math
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from personatune.errors import RunDirError
 
@@ -69,11 +69,22 @@ class Record(BaseModel):
     """Base of every on-disk record: unknown keys are kept (newer writers, hand notes), never an error."""
 
     model_config = ConfigDict(extra="allow", populate_by_name=True)
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _keep_key_order(cls, data: Any, handler: Any) -> Any:
+        # The order the keys came in, so `to_json` writes a file back (and the report lists its columns) as it was.
+        rec = handler(data)
+        if isinstance(data, dict) and isinstance(rec, Record):
+            rec._order = tuple(str(k) for k in data)
+        return rec
 
     def to_json(self) -> dict[str, Any]:
-        """The record as written to disk: the keys it was given (so a writer's file keeps its exact shape), field names
-        as on disk (`yield`), extra keys kept."""
-        return self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        """The record as written to disk: the keys it was given, in their order (so a writer's file keeps its exact
+        shape), field names as on disk (`yield`), extra keys kept."""
+        d = self.model_dump(mode="json", by_alias=True, exclude_unset=True)
+        return {**{k: d[k] for k in self._order if k in d}, **d}
 
 
 R = TypeVar("R", bound=Record)
@@ -431,7 +442,7 @@ class FinalRecord(Record):
     """07_final_eval/final.json: the verdict, its reasons, and every figure behind it."""
 
     verdict: str | None = None
-    reasons: list[str] = Field(default_factory=list)
+    reasons: list[str] | str = Field(default_factory=list)
     n_prompts: int | None = None
     decoding: dict[str, Any] = Field(default_factory=dict)
     baseline_model: str | None = None

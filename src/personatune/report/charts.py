@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import html
 import math
+from dataclasses import dataclass
 from typing import Sequence
 
 # Okabe-Ito: distinguishable by colour-blind readers and in greyscale print.
@@ -144,34 +145,41 @@ def bar_chart(
     return "".join(out)
 
 
-def line_chart(
-    series: dict[str, Sequence[tuple[float, float | None]]],
-    *,
-    x_label: str,
-    y_label: str,
-    thresholds: Sequence[tuple[str, float]] = (),
-    bands: dict[str, Sequence[tuple[float, float, float]]] | None = None,
-    y_range: tuple[float, float] | None = None,
-    title: str = "",
-    width: int = 640,
-    height: int = 260,
-) -> str:
+@dataclass(frozen=True)
+class ChartStyle:
+    """What a line chart draws besides its series (defaults: nothing extra, axes fitted to the data).
+
+    Attributes:
+        thresholds: (name, y) horizontal dashed lines, e.g. the KL budget.
+        bands: series name -> (x, low, high) points drawn as a shaded band (e.g. ± one standard error).
+        y_range: fixed (low, high) of the y axis; None: fitted to the data and thresholds.
+        title: the chart's accessible title.
+        width: SVG width in pixels.
+        height: SVG height in pixels.
+    """
+
+    thresholds: Sequence[tuple[str, float]] = ()
+    bands: dict[str, Sequence[tuple[float, float, float]]] | None = None
+    y_range: tuple[float, float] | None = None
+    title: str = ""
+    width: int = 640
+    height: int = 260
+
+
+def line_chart(series: dict[str, Sequence[tuple[float, float | None]]], *, x_label: str, y_label: str,
+               style: ChartStyle = ChartStyle()) -> str:
     """Lines with point markers over a shared x axis (e.g. training step or round).
 
     Args:
         series: series name -> (x, y) points; a None y breaks the line there.
         x_label: axis caption, e.g. "step".
         y_label: axis caption with unit, e.g. "KL (nats/token)".
-        thresholds: (name, y) horizontal dashed lines, e.g. the KL budget.
-        bands: series name -> (x, low, high) points drawn as a shaded band (e.g. ± one standard error).
-        y_range: fixed (low, high) of the y axis; default: fitted to the data and thresholds.
-        title: the chart's accessible title.
-        width: SVG width in pixels.
-        height: SVG height in pixels.
+        style: thresholds, bands, y range, title and size (ChartStyle).
 
     Returns:
         One `<svg>` element.
     """
+    thresholds, bands, y_range, title, width, height = style.thresholds, style.bands, style.y_range, style.title, style.width, style.height
     names = list(series)
     pts = [(x, y) for s in series.values() for x, y in s if y is not None]
     band_pts = [(x, v) for b in (bands or {}).values() for x, lo, hi in b for v in (lo, hi)]

@@ -3,6 +3,9 @@
 The report is built from the run directory alone. Every reader here returns `None` (or an empty
 list) when a file is absent, so a section can say "not run yet", and records a one-line warning
 when a file exists but cannot be parsed, so one corrupt artifact never hides the rest of the run.
+Files with a declared record (personatune.records: gate.json, metrics.jsonl, rounds.jsonl, final.json)
+are read as those typed records: a field that does not fit is left out with a one-line warning
+naming the file and the field, and the rest of the file is still shown.
 A stage's file is found through the manifest's recorded outputs first and its documented default
 path second (a stage still being written may not record it yet).
 """
@@ -19,24 +22,12 @@ from typing import Any
 import yaml
 
 from personatune.errors import RunDirError
+from personatune.records import STAGE_TITLES, FinalRecord, GateRecord, R, salvage_record
 from personatune.rundir import jsonl_lines
 from personatune.verdict import RunVerdict, run_verdict
 from personatune.yaml_input import YamlLimitError, load_bounded
 
 _PLAIN_NAME = re.compile(r"[A-Za-z0-9_.-]+")
-
-# The pipeline's stage table, duplicated here on purpose: the report must not import the stages
-# (they import torch and models), and a run directory names its stages by these ids.
-STAGE_TITLES: dict[str, str] = {
-    "01_baseline": "Baseline model",
-    "02_persona": "Persona definition",
-    "03_consistency_data": "Consistency data",
-    "04_evaluation": "Persona evaluation",
-    "05_optimization": "Optimization (KL-bounded)",
-    "06_iterations": "Iterative training",
-    "07_final_eval": "Final evaluation",
-}
-
 
 DRIFT_KL = "drift KL"
 """METRICS.md: KL(policy(.|x) || baseline(.|c, x)), c = the persona context; the gated KL since issue 15."""
@@ -45,21 +36,6 @@ PERSONA_SHIFT = "persona shift"
 OLD_KL = "KL to the unprompted baseline (run written before drift KL)"
 """What `kl` means in files written before drift KL: KL against the baseline with no persona context."""
 KL_UNIT = "nats/token"
-
-
-def kl_is_drift(d: Any) -> bool:
-    """Whether the `kl` of a record (a metrics.jsonl / rounds.jsonl row, final.json, metrics.json) is drift KL.
-
-    Records written since drift KL name their reference (`kl_reference`, "persona-prompted baseline") and carry
-    `persona_shift`; earlier ones have neither, and their `kl` is against the unprompted baseline.
-    """
-    if not isinstance(d, dict):
-        return False
-    ref = d.get("kl_reference")
-    if isinstance(ref, str):
-        low = ref.lower()
-        return "unprompted" not in low and "persona" in low
-    return "persona_shift" in d
 
 
 @dataclass
@@ -93,7 +69,7 @@ class RunData:
         extra = sorted(s for s in self.manifest.get("stages", {}) if s not in STAGE_TITLES and _PLAIN_NAME.fullmatch(s) and s.strip("."))
         return list(STAGE_TITLES) + extra
 
-    def verdict(self, final: dict[str, Any] | None) -> RunVerdict:
+    def verdict(self, final: FinalRecord | None) -> RunVerdict:
         """The run's verdict as `personatune run` decides it (personatune.verdict.run_verdict), and why.
 
         A failed or inconclusive gate makes it NO-DEPLOY (the pipeline stopped there, or went on with --keep-going
@@ -102,7 +78,7 @@ class RunData:
         """
         records = {s: self.record(s) for s in self.stage_ids}
         gates = {s: self.json(self.root / s / "gate.json") for s in self.stage_ids if self.status(s) in ("gate_failed", "gate_inconclusive")}
-        return run_verdict(self.stage_ids, records, gates, final)
+        return run_verdict(self.stage_ids, records, gates, None if final is None else final.to_json())
 
     def record(self, stage: str) -> dict[str, Any]:
         """The manifest's record of `stage` ({} when the stage never started)."""
@@ -149,6 +125,47 @@ class RunData:
         except RecursionError:
             self.warnings.append(f"{self._rel(path)}: JSON nested too deeply; its section is left out")
             return None
+
+    def typed(self, model: type[R], path: Path) -> R | None:
+        """A JSON file as its record (personatune.records); None when absent, corrupt or of no usable shape.
+
+        Fields that do not fit the record are left out, each with a warning naming the file and the field.
+        """
+        data = self.json(path)
+        if data is None:
+            return None
+        rec, problems = salvage_record(model, data, self._rel(path))
+        self.warnings += problems
+        return rec
+
+    def typed_rows(self, model: type[R], path: Path) -> list[R]:
+        """The rows of a JSONL file as records; rows that do not fit are skipped, fields that do not fit left out.
+
+        One warning per file sums them up (a metrics file can hold thousands of rows).
+        """
+        rows: list[R] = []
+        problems: list[str] = []
+        skipped = 0
+        for i, obj in enumerate(self.jsonl(path), 1):
+            rec, why = salvage_record(model, obj, f"line {i}")
+            problems += why
+            if rec is None:
+                skipped += 1
+            else:
+                rows.append(rec)
+        if problems:
+            first = problems[0].removesuffix("; its section is left out").removesuffix("; left out")
+            what = f"{skipped} row(s) skipped, " if skipped else ""
+            self.warnings.append(f"{self._rel(path)}: {what}{len(problems)} field(s) do not fit its record and were left out (first: {first})")
+        return rows
+
+    def gate(self, stage: str) -> GateRecord | None:
+        """A stage's gate: its gate.json, else the summary its manifest record keeps; None when it has neither."""
+        gate = self.typed(GateRecord, self.root / stage / "gate.json")
+        if gate is None and isinstance(self.record(stage).get("gate"), dict):
+            gate, problems = salvage_record(GateRecord, self.record(stage)["gate"], f"manifest.json stages.{stage}.gate")
+            self.warnings += problems
+        return gate
 
     def jsonl(self, path: Path) -> list[dict[str, Any]]:
         """The JSON objects of a JSONL file; unparsable lines are skipped and counted in a warning."""

@@ -13,14 +13,12 @@ import math
 import threading
 from collections import deque
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
-
-    from personatune.serve.workers import GenerationWorker, ScoringWorker
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 """Media type of what `generate_latest` writes (Prometheus text format 0.0.4; the library's CONTENT_TYPE_LATEST
@@ -29,6 +27,23 @@ LATENCY_BUCKETS: tuple[float, ...] = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 
 """Upper bounds (seconds) of the request latency histogram buckets."""
 KNOWN_PATHS: tuple[str, ...] = ("/v1/chat/completions", "/v1/models", "/health", "/metrics")
 """Paths reported by name on /metrics; any other path is counted as "other" (bounded label set)."""
+
+
+class _Queue(Protocol):
+    def qsize(self) -> int: ...
+
+
+class QueuedWorker(Protocol):
+    """What the queue gauges read from a worker (workers.ScoringWorker has this shape)."""
+
+    queue: _Queue
+
+
+class GeneratingWorker(QueuedWorker, Protocol):
+    """What the generation gauges read (workers.GenerationWorker has this shape). A Protocol, not an import of
+    workers.py: the workers import this module to report into it."""
+
+    in_flight: int
 
 
 class ServeMetrics:
@@ -97,7 +112,7 @@ class ServeMetrics:
             labels = ["trait"] if name == "personatune_rolling_trait_adherence" else []
             self._rolling[name.removeprefix("personatune_")] = Gauge(name, help_, labels, registry=self.registry)
 
-    def watch(self, gen: GenerationWorker, scoring: ScoringWorker, capacity: int) -> None:
+    def watch(self, gen: GeneratingWorker, scoring: QueuedWorker, capacity: int) -> None:
         """Read the queue gauges from the workers at every scrape."""
         self.queue_depth.set_function(gen.queue.qsize)
         self.queue_capacity.set(capacity)
