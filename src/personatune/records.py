@@ -19,6 +19,9 @@ warns about the rest (`salvage_record`).
 
 `STAGE_TITLES` is the one table of stage ids and titles: pipeline.STAGES, the report and the verdict read it.
 
+This module is longer than the ~450 lines we aim for, on purpose: it is the run directory's schema, about thirty
+small declarative models and their three readers, and reads best as one document (like a format specification).
+
 >>> g = parse_record(GateRecord, {"stage": "04_evaluation", "results": [{"metric": "adherence", "value": 0.93,
 ...                  "threshold": 0.9, "direction": ">=", "passed": True}]}, "04_evaluation/gate.json")
 >>> g.results[0].value, g.results[0].status

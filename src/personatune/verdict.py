@@ -35,11 +35,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from personatune.records import FINAL_STAGE, Record
+
 NOT_PASSED = ("gate_failed", "gate_inconclusive")
 """Manifest statuses of a stage whose gate did not pass."""
 NOT_FINISHED = ("pending", "running", "failed", "interrupted")
 """Manifest statuses of a stage 7 whose final.json (if any) is left from an earlier attempt."""
-FINAL_STAGE = "07_final_eval"
 DETAIL_PARTS = 3
 """Gate results named in a detail line per stage; the rest are counted."""
 _NOT = {">=": "<", ">": "<=", "<=": ">", "<": ">="}
@@ -62,7 +63,9 @@ def stage_label(stage: str) -> str:
 
 
 def _gate_dict(gate: Any) -> dict[str, Any] | None:
-    """A gate as a dict: a GateReport (to_dict), a gate.json / manifest gate mapping, or None."""
+    """A gate as a dict: a records.GateRecord, a GateReport (to_dict), a gate.json / manifest gate mapping, or None."""
+    if isinstance(gate, Record):
+        return gate.to_json()
     if hasattr(gate, "to_dict"):
         try:
             gate = gate.to_dict()
@@ -207,7 +210,7 @@ def run_verdict(stage_ids: Sequence[str], records: Mapping[str, Any], gates: Map
         stage_ids: the stages in pipeline order.
         records: manifest "stages": stage id -> record ({"status", "started", "finished", "message", "gate"}).
         gates: stage id -> its gate.json mapping (None: the record's "gate" summary is used).
-        final: 07_final_eval/final.json (or None).
+        final: 07_final_eval/final.json, as parsed JSON or a records.FinalRecord (or None).
     """
     status = {s: _rec(records, s).get("status") for s in stage_ids}
     bad = [s for s in stage_ids if status[s] in NOT_PASSED]
@@ -231,6 +234,8 @@ def run_verdict(stage_ids: Sequence[str], records: Mapping[str, Any], gates: Map
         detail = f"{head}: " + "; ".join(f"{stage_label(s)}: {_parts_text(gate_of[s], 'gate ' + ('inconclusive' if s in undecided else 'failed'))}"
                                          for s in counted)
         return RunVerdict("NO-DEPLOY", f"{head}: {which}", detail, tuple(counted))
+    if isinstance(final, Record):  # a records.FinalRecord
+        final = final.to_json()
     v = final.get("verdict") if isinstance(final, dict) else None
     if v in ("DEPLOY", "NO-DEPLOY") and status.get(FINAL_STAGE) not in NOT_FINISHED:
         msg = _rec(records, FINAL_STAGE).get("message")

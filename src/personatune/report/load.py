@@ -78,7 +78,7 @@ class RunData:
         """
         records = {s: self.record(s) for s in self.stage_ids}
         gates = {s: self.json(self.root / s / "gate.json") for s in self.stage_ids if self.status(s) in ("gate_failed", "gate_inconclusive")}
-        return run_verdict(self.stage_ids, records, gates, None if final is None else final.to_json())
+        return run_verdict(self.stage_ids, records, gates, final)
 
     def record(self, stage: str) -> dict[str, Any]:
         """The manifest's record of `stage` ({} when the stage never started)."""
