@@ -277,6 +277,23 @@ def test_no_deploy_banner_and_partial_final(tmp_path):
     assert "odd" not in sec and "Capability per task" not in sec
 
 
+def test_a_field_that_does_not_fit_is_named_in_one_line(tmp_path):
+    # final.json, metrics.jsonl and gate.json are read as records (personatune.records): a bad field costs only itself.
+    run = make_run(tmp_path / "demo")
+    final = json.loads((run / "07_final_eval" / "final.json").read_text())
+    final["improvement"]["value"] = "large"
+    (run / "07_final_eval" / "final.json").write_text(json.dumps(final))
+    rows = [json.loads(x) for x in (run / "05_optimization" / "metrics.jsonl").read_text().splitlines()]
+    rows[1]["kl"], rows[2]["step"] = "high", None
+    _jsonl(run / "05_optimization" / "metrics.jsonl", rows)
+    page = render_report(run)
+    files = _section(page, "files")
+    assert "07_final_eval/final.json: improvement.value: Input should be a valid number" in files
+    assert "05_optimization/metrics.jsonl: 1 row(s) skipped, 2 field(s) left out: they do not fit its record (first: line 2: kl: Input" in files
+    assert "Final evaluation (stage 7)" in page and 'class="badge verdict b-pass">DEPLOY<' in page  # the rest is still shown
+    assert "<title>drift KL at step 3: 0.03</title>" in _section(page, "curves")
+
+
 def test_side_by_side_samples_with_scores(tmp_path):
     samples = _section(render_report(make_run(tmp_path / "demo")), "samples")
     assert "same held-out prompts" in samples and "[consistency 0.12]" in samples and "[consistency 0.88]" in samples

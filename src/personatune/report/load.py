@@ -154,9 +154,10 @@ class RunData:
             else:
                 rows.append(rec)
         if problems:
+            fields = sum(1 for p in problems if p.endswith("; left out") and not p.endswith("section is left out"))
+            what = ", ".join(x for x in (f"{skipped} row(s) skipped" if skipped else "", f"{fields} field(s) left out" if fields else "") if x)
             first = problems[0].removesuffix("; its section is left out").removesuffix("; left out")
-            what = f"{skipped} row(s) skipped, " if skipped else ""
-            self.warnings.append(f"{self._rel(path)}: {what}{len(problems)} field(s) do not fit its record and were left out (first: {first})")
+            self.warnings.append(f"{self._rel(path)}: {what}: they do not fit its record (first: {first})")
         return rows
 
     def gate(self, stage: str) -> GateRecord | None:
