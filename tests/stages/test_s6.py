@@ -22,6 +22,7 @@ import pytest
 
 from personatune.config import IterationArgs, OptimGateArgs, load_config
 from personatune.rundir import RunDir, StageRecord, file_hash, read_jsonl
+from personatune.scoring import factory
 from personatune.stages import s5_optimization, s6_iterations
 from personatune.stages.s6_iterations import ROW_KEYS, build_pairs, improved, round_passes, select_round, stop_reason
 
@@ -166,7 +167,7 @@ def stage5_run(tmp_path_factory):
                         ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"})):
         rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir, config: (ScriptedScorer(spec), "scripted"))
+        mp.setattr(factory, "scorer_for_run", lambda config, run_dir, spec, **kw: (ScriptedScorer(spec), "scripted"))
         res = s5_optimization.run(make_config(root.parent), rd)
     rd.set_record("05_optimization", StageRecord(status="done", outputs=rd.hash_outputs(res.outputs)))
     return root
@@ -175,7 +176,7 @@ def stage5_run(tmp_path_factory):
 @pytest.fixture()
 def run_copy(stage5_run, tmp_path, monkeypatch):
     """A private copy of the stage-5 run (each test may write stage 6), with the scripted scorer."""
-    monkeypatch.setattr(s5_optimization, "_make_scorer", lambda spec, run_dir, config: (ScriptedScorer(spec), "scripted"))
+    monkeypatch.setattr(factory, "scorer_for_run", lambda config, run_dir, spec, **kw: (ScriptedScorer(spec), "scripted"))
     shutil.copytree(stage5_run, tmp_path / "run")
     return tmp_path / "run"
 
@@ -332,8 +333,8 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
         sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         from test_s6 import RisingScorer
         from personatune.cli import main
-        from personatune.stages import s5_optimization
-        s5_optimization._make_scorer = lambda spec, run_dir, config: (RisingScorer(spec), "scripted (rising)")
+        from personatune.scoring import factory
+        factory.scorer_for_run = lambda config, run_dir, spec, **kw: (RisingScorer(spec), "scripted (rising)")
         sys.exit(main(sys.argv[1:]))
     """))
     args = ["run", str(cfg_file), "--from", "6", "--until", "6", "model.device=cpu"]

@@ -18,7 +18,7 @@ import torch
 from personatune.errors import ConfigError
 from personatune.gates import Measurement
 from personatune.kl import measure_kl
-from personatune.training import (EvalResult, PersonaEvalCallback, TrainArgs, build_dpo_trainer, build_grpo_trainer, check_beta,
+from personatune.training import (EvalResult, PersonaEvalCallback, TrainArgs, TrainerRun, build_dpo_trainer, build_grpo_trainer, check_beta,
                                   read_history, reference_of)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -74,17 +74,18 @@ def test_beta_zero_with_kl_gate_is_refused(tmp_path):
     check_beta(0.0, None)  # no KL gate: allowed
     model, tok = models.build_tiny_model(seed=0)
     with pytest.raises(ConfigError, match="train.beta=0.0"):
-        build_grpo_trainer(model, tok, prompt_dataset(), args(algorithm="grpo", beta=0.0), reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
-                           output_dir=tmp_path, max_kl=0.1)
+        build_grpo_trainer(model, tok, prompt_dataset(), args(algorithm="grpo", beta=0.0), TrainerRun(tmp_path),
+                           reward_funcs=[lambda completions, **k: [0.0] * len(completions)], max_kl=0.1)
     with pytest.raises(ConfigError, match="train.beta"):
-        build_dpo_trainer(model, tok, pair_dataset(), args(beta=0.0), output_dir=tmp_path, max_kl=0.1)
+        build_dpo_trainer(model, tok, pair_dataset(), args(beta=0.0), TrainerRun(tmp_path), max_kl=0.1)
 
 
 def test_dpo_lora_changes_parameters_and_kl_goes_from_zero_to_positive(tmp_path):
     torch.manual_seed(0)
     model, tok = models.build_tiny_model(seed=0)
-    cb = PersonaEvalCallback(None, tmp_path, eval_every=2, max_kl=0.1, eval_at_start=False)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(), output_dir=tmp_path / "trl", max_kl=0.1, callbacks=[cb.hooks()])
+    a = args(eval_every=2)
+    cb = PersonaEvalCallback(None, tmp_path, a, max_kl=0.1)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=0.1)
     cb.bind(trainer)
     ref = reference_of(trainer)
     before = lora_snapshot(trainer.model)
@@ -106,7 +107,7 @@ def test_dpo_with_an_sft_term_trains_and_the_weights_must_match(tmp_path):
     # train.dpo_loss / dpo_loss_weights are TRL's loss_type / loss_weights (here DPO + NLL on the chosen, RPO).
     model, tok = models.build_tiny_model(seed=0)
     a = args(dpo_loss=["sigmoid", "sft"], dpo_loss_weights=[1.0, 0.5])
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, output_dir=tmp_path / "trl", max_kl=0.1)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl"), max_kl=0.1)
     assert list(trainer.args.loss_type) == ["sigmoid", "sft"] and list(trainer.args.loss_weights) == [1.0, 0.5]
     before = lora_snapshot(trainer.model)
     trainer.train()
@@ -130,7 +131,7 @@ def test_grpo_full_finetune_with_reward_changes_parameters_and_has_kl_term(tmp_p
         return [float(len(c[0]["content"] if isinstance(c, list) else c)) / 50.0 for c in completions]
 
     a = args(algorithm="grpo", peft="full", beta=0.05, num_generations=4, max_completion_length=8, learning_rate=1e-3, max_steps=2)
-    trainer = build_grpo_trainer(model, tok, prompt_dataset(), a, reward_funcs=[reward_len], output_dir=tmp_path / "trl", max_kl=0.1)
+    trainer = build_grpo_trainer(model, tok, prompt_dataset(), a, TrainerRun(tmp_path / "trl"), reward_funcs=[reward_len], max_kl=0.1)
     assert trainer.beta == 0.05 and trainer.ref_model is not None
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -150,7 +151,7 @@ def test_rloo_lora_with_reward_changes_adapters_and_kl_goes_from_zero_to_positiv
         return [float(len(c[0]["content"] if isinstance(c, list) else c)) / 50.0 for c in completions]
 
     a = args(algorithm="rloo", beta=0.05, num_generations=4, max_completion_length=8, learning_rate=5e-3, max_steps=2)
-    trainer = build_rloo_trainer(model, tok, prompt_dataset(), a, reward_funcs=[reward_len], output_dir=tmp_path / "trl", max_kl=0.1)
+    trainer = build_rloo_trainer(model, tok, prompt_dataset(), a, TrainerRun(tmp_path / "trl"), reward_funcs=[reward_len], max_kl=0.1)
     assert trainer.beta == 0.05
     kl0 = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
     before = lora_snapshot(trainer.model)
@@ -161,8 +162,8 @@ def test_rloo_lora_with_reward_changes_adapters_and_kl_goes_from_zero_to_positiv
     kl1 = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
     assert abs(kl0.per_token) < 1e-6 and kl1.per_token > 0
     with pytest.raises(ConfigError, match="beta"):
-        build_rloo_trainer(model, tok, prompt_dataset(), args(algorithm="rloo", beta=0.0, num_generations=4), reward_funcs=[reward_len],
-                           output_dir=tmp_path / "trl2", max_kl=0.1)
+        build_rloo_trainer(model, tok, prompt_dataset(), args(algorithm="rloo", beta=0.0, num_generations=4), TrainerRun(tmp_path / "trl2"),
+                           reward_funcs=[reward_len], max_kl=0.1)
 
 
 def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
@@ -173,8 +174,9 @@ def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
         return EvalResult(kl, Measurement(0.5, n=4), Measurement(0.9, n=4), 0.1, texts=["x"] * 4)
 
     # A budget of 1e-9 nats/token: the first trained eval is over it, so the controller stops training there.
-    cb = PersonaEvalCallback(evaluate, tmp_path, eval_every=1, max_kl=1e-9, kl_control="stop", eval_at_start=True)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=5), output_dir=tmp_path / "trl", max_kl=1e-9, callbacks=[cb.hooks()])
+    a = args(max_steps=5, eval_every=1, kl_control="stop", eval_at_start=True)
+    cb = PersonaEvalCallback(evaluate, tmp_path, a, max_kl=1e-9)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=1e-9)
     cb.bind(trainer)
     trainer.train()
     hist = read_history(tmp_path / "metrics.jsonl")
@@ -216,9 +218,9 @@ def test_report_to_tensorboard_receives_the_persona_metrics(tmp_path):
         kl = measure_kl(policy, reference, tok, HELD, max_new_tokens=6, seed=0, batch_size=4)
         return EvalResult(kl, Measurement(0.25, n=4), Measurement(0.75, n=4), 0.125, texts=["x"] * 4)
 
-    cb = PersonaEvalCallback(evaluate, tmp_path, eval_every=1, max_kl=10.0, kl_control="stop", eval_at_start=False)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=2, report_to="tensorboard"), output_dir=tmp_path / "trl",
-                                max_kl=10.0, callbacks=[cb.hooks()])
+    a = args(max_steps=2, report_to="tensorboard", eval_every=1, kl_control="stop", eval_at_start=False)
+    cb = PersonaEvalCallback(evaluate, tmp_path, a, max_kl=10.0)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=10.0)
     cb.bind(trainer)
     trainer.train()
     scalars = _tensorboard_scalars(tmp_path)
@@ -239,11 +241,11 @@ def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
         sys.path.insert(0, {str(repo_root / 'tests' / 'stages')!r})
         from test_training import pair_dataset, args
         from personatune import models
-        from personatune.training import PersonaEvalCallback, build_dpo_trainer
+        from personatune.training import PersonaEvalCallback, TrainerRun, build_dpo_trainer
         model, tok = models.build_tiny_model(seed=0)
-        cb = PersonaEvalCallback(None, {str(tmp_path)!r}, eval_every=2, max_kl=0.1, eval_at_start=False)
-        tr = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=4, per_device_batch_size=2), output_dir={str(tmp_path / 'trl')!r},
-                               max_kl=0.1, callbacks=[cb.hooks()])
+        a = args(max_steps=4, per_device_batch_size=2, eval_every=2)
+        cb = PersonaEvalCallback(None, {str(tmp_path)!r}, a, max_kl=0.1)
+        tr = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun({str(tmp_path / 'trl')!r}, callbacks=[cb.hooks()]), max_kl=0.1)
         cb.bind(tr)
         tr.train()
         if tr.accelerator.is_main_process:
@@ -341,7 +343,7 @@ def test_dpo_against_the_persona_prompted_reference(tmp_path, peft):
     model, tok = models.build_tiny_model(seed=5)
     base, _ = models.build_tiny_model(seed=5)
     a = args(peft=peft, max_steps=2, per_device_batch_size=8, beta=0.1)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, output_dir=tmp_path / "trl", max_kl=0.1, reference_context=CONTEXT)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl"), max_kl=0.1, reference_context=CONTEXT)
     ds = trainer.train_dataset
     assert trainer.precompute_ref_logps and "ref_chosen_logps" in ds.column_names
 
@@ -373,7 +375,7 @@ def test_sft_on_chosen_answers_trains_the_adapters(tmp_path):
 
     model, tok = models.build_tiny_model(seed=6)
     rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c, _ in PAIRS]
-    trainer = build_sft_trainer(model, tok, datasets.Dataset.from_list(rows), args(algorithm="sft", max_steps=2), output_dir=tmp_path / "trl")
+    trainer = build_sft_trainer(model, tok, datasets.Dataset.from_list(rows), args(algorithm="sft", max_steps=2), TrainerRun(tmp_path / "trl"))
     before = lora_snapshot(trainer.model)
     trainer.train()
     after = dict(trainer.model.named_parameters())
@@ -388,7 +390,7 @@ def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
     model, tok = models.build_tiny_model(seed=7)
     rows = [{"prompt": [{"role": "user", "content": p}], "privileged_context": CONTEXT[0]["content"]} for p, _, _ in PAIRS[:4]]
     a = args(algorithm="sdft", max_steps=1, per_device_batch_size=4, max_completion_length=8)
-    trainer = build_sdft_trainer(model, tok, datasets.Dataset.from_list(rows), a, output_dir=tmp_path / "trl")
+    trainer = build_sdft_trainer(model, tok, datasets.Dataset.from_list(rows), a, TrainerRun(tmp_path / "trl"))
     assert trainer.args.distillation_alpha == 1.0 and trainer.args.teacher_model_kind == "base"
     before = lora_snapshot(trainer.model)
     trainer.train()
@@ -399,13 +401,13 @@ def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
 
     with pytest.raises(ConfigError, match="train.peft=lora"):
         build_sdft_trainer(models.build_tiny_model(seed=7)[0], tok, datasets.Dataset.from_list(rows), args(algorithm="sdft", peft="full"),
-                           output_dir=tmp_path / "trl2")
+                           TrainerRun(tmp_path / "trl2"))
 
 
 def test_a_persona_context_longer_than_the_window_is_refused_before_model_work(tmp_path):
     from personatune.config import load_config
     from personatune.persona import load_persona
-    from personatune.stages.s5_optimization import reference_context
+    from personatune.stages.optimization_common import reference_context
 
     repo = Path(__file__).resolve().parents[2]
     spec = load_persona(repo / "examples" / "personas" / "captain_nova.yaml")
@@ -429,8 +431,9 @@ def test_a_wall_clock_budget_stops_training_and_evaluates_the_last_state(tmp_pat
         kl = measure_kl(policy, reference, tok, HELD[:2], max_new_tokens=4, seed=0, batch_size=2)
         return EvalResult(kl, Measurement(0.5, n=2), Measurement(0.9, n=2), 0.1, texts=["x"] * 2)
 
-    cb = PersonaEvalCallback(evaluate, tmp_path, eval_every=1, max_kl=10.0, eval_at_start=True, max_train_seconds=1e-3)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), args(max_steps=50), output_dir=tmp_path / "trl", max_kl=10.0, callbacks=[cb.hooks()])
+    a = args(max_steps=50, eval_every=1, eval_at_start=True, max_train_seconds=1e-3)
+    cb = PersonaEvalCallback(evaluate, tmp_path, a, max_kl=10.0)
+    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=10.0)
     cb.bind(trainer)
     trainer.train()
     hist = read_history(tmp_path / "metrics.jsonl")
@@ -442,7 +445,7 @@ def test_a_reference_that_cannot_be_built_is_one_line_naming_the_fix(tmp_path):
     from personatune.config import load_config
     from personatune.errors import RunDirError
     from personatune.persona import load_persona
-    from personatune.stages.s5_optimization import reference_context
+    from personatune.stages.optimization_common import reference_context
 
     repo = Path(__file__).resolve().parents[2]
     persona = repo / "examples" / "personas" / "captain_nova.yaml"

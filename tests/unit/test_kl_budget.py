@@ -69,7 +69,7 @@ def test_stage5_diagnosis_prints_rounded_numbers():
 
     from personatune.config import load_config
     from personatune.gates import Measurement
-    from personatune.stages.s5_optimization import optimization_gate
+    from personatune.stages.optimization_common import optimization_gate
 
     h = [rec(0, 0.0, 0.0), rec(10, 0.05, 1 / 12)]
     sel = select_checkpoint(h, max_kl=0.1)
