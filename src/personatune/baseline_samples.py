@@ -28,9 +28,10 @@ FINGERPRINT = "baseline_sampling.json"
 
 
 def decoding(config: RunConfig) -> dict[str, Any]:
-    """The decoding of every baseline/final comparison in stages 4-7 (data.teacher's, as since stage 4 began)."""
-    t = config.data.teacher
-    return {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "batch_size": t.batch_size}
+    """The decoding of every baseline/final comparison in stages 4 and 7: the `eval:` section (each key left unset
+    there is data.teacher's, what these stages used before the section existed)."""
+    e = config.eval
+    return {"max_new_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p, "batch_size": e.batch_size}
 
 
 def _prompts_hash(prompts: list[dict[str, Any]]) -> str:

@@ -285,7 +285,7 @@ def test_stage4_samples_reused_only_when_settings_match(tmp_path):
     assert s7_final.reusable_baseline_texts(cfg, rd, prompts) == ["r0", "r1", "r2"]
     assert s7_final.reusable_baseline_texts(cfg, rd, prompts[:2]) is None                       # other prompts
     other = cfg.model_copy(deep=True)
-    other.data.teacher.temperature = 0.3
+    other.eval.temperature = 0.3  # the evaluation decoding (eval:, data.teacher's where unset)
     assert s7_final.reusable_baseline_texts(other, rd, prompts) is None                         # other decoding
     rd.set_record("01_baseline", StageRecord(status="done", started=5.0, finished=6.0))
     assert s7_final.reusable_baseline_texts(cfg, rd, prompts) is None                           # baseline re-made after stage 4

@@ -2,8 +2,9 @@
 
 1. Load the baseline (stage 1) and the final model (stage 6's kept model), the persona, the held-out prompts
    (stage 3, ALL of them) and the fitted evaluator (stage 4).
-2. Sample both models on every held-out prompt with no system prompt and the same decoding: data.teacher's
-   max_new_tokens / temperature / top_p / batch_size and the run seed, exactly as stage 4 sampled the baseline.
+2. Sample both models on every held-out prompt with no system prompt and the same decoding: the `eval:`
+   max_new_tokens / temperature / top_p / batch_size (data.teacher's where unset) and the run seed, exactly as
+   stage 4 sampled the baseline.
    Stage 4's `baseline_samples.json` is reused when its sampling fingerprint matches the config
    (`baseline_samples.reusable_baseline_texts`), else the baseline is sampled again. Both sets are scored by the same evaluator.
 3. Persona figures, baseline vs final: consistency rate, adherence (overall, per trait, per context), style
@@ -63,7 +64,6 @@ EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", 
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
 KL_REFERENCE = DRIFT_REFERENCE_LABEL
 """What final.json's `kl` is measured against (the same label as stages 5-6 write as `kl_reference`)."""
-__all__ = ["run", "final_gate", "lm_eval_figures", "compare_persona", "prompted_baseline_figures", "final_markdown", "reusable_baseline_texts"]
 
 
 def _sample(model: Any, tok: Any, convs: list[list[dict[str, str]]], config: RunConfig, who: str,
