@@ -40,7 +40,8 @@ Greedy output is the same whether a prompt is decoded alone or in a padded batch
 shared prefix (tested), up to float rounding in reduced precision.
 
 `share_prefix`, `shared_attention` and `share_prefill` are the fields of `PrefillOptions` (all on by default); the
-shared-prefix attention itself is personatune.generation.shared_attention.
+kept prefix caches are personatune.generation.prefix_cache, the shared-prefix attention
+personatune.generation.shared_attention.
 """
 
 from __future__ import annotations
@@ -48,13 +49,13 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from personatune.generation import BackendError, Conversation, SamplingParams, check_conversations
-from personatune.generation.shared_attention import suffix_layer_class, shared_prefix_attention
+from personatune.generation.prefix_cache import PrefixCache, common_prefix
+from personatune.generation.shared_attention import shared_prefix_attention, suffix_layer_class
 from personatune.models import encode_chat
 
 
@@ -145,8 +146,7 @@ class HFBackend:
         self.shared_attention = prefill.shared_attention
         self.progress = progress
         self.last_stats: dict[str, float] = {}
-        self._prefixes: OrderedDict[tuple[int, ...], Any] = OrderedDict()
-        self._weights_key: tuple | None = None
+        self._prefixes = PrefixCache(keep=prefix_cache)
         self._plain: bool | None = None
 
     def __repr__(self) -> str:
@@ -204,7 +204,7 @@ class HFBackend:
         t0 = time.perf_counter()
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         rng = torch.random.fork_rng(devices=cuda) if seed is not None else contextlib.nullcontext()
-        self._check_prefixes()
+        self._prefixes.check(self.model, self.device)
         try:
             with torch.inference_mode(), rng:
                 if seed is not None:
@@ -212,7 +212,7 @@ class HFBackend:
                 done = 0
                 for idx in self._batches(order, encoded):
                     rows = [encoded[i] for i in idx]
-                    common = _common_prefix(rows) if self.share_prefix else 0
+                    common = common_prefix(rows) if self.share_prefix else 0
                     if common >= self.MIN_SHARED_PREFIX and self._plain_cache():
                         cascade = self.shared_attention and self._cascade_ok()
                         input_ids, mask, cache, width, work = self._prefill_shared(rows, common, draws, cascade)
@@ -261,7 +261,7 @@ class HFBackend:
         common = 0
         for i in order:
             if cur:
-                new = _common_prefix([encoded[cur[0]][:common], encoded[i]])
+                new = common_prefix([encoded[cur[0]][:common], encoded[i]])
                 if len(cur) >= self.batch_size or (len(cur) > 1 and common >= self.MIN_SHARED_PREFIX and new < common / 2):
                     out.append(cur)
                     cur = []
@@ -300,48 +300,6 @@ class HFBackend:
             self._plain = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
         return self._plain
 
-    def _check_prefixes(self) -> None:
-        """Drop kept prefix caches when the model, its device or any parameter changed since they were made."""
-        if not self.prefix_cache:
-            self._prefixes.clear()
-            return
-        key = (id(self.model), str(self.device), sum(p._version for p in self.model.parameters()))
-        if key != self._weights_key:
-            self._prefixes.clear()
-            self._weights_key = key
-
-    def _prefix_kv(self, prefix: tuple[int, ...]) -> tuple[Any, int]:
-        """The KV cache (batch 1, no padding) of `prefix`, and how many tokens had to be run through the model for it.
-
-        A kept cache is reused as is, or its longest common part with `prefix` (at least `MIN_SHARED_PREFIX`
-        tokens) is extended: e.g. the persona prompt before its per-scenario trait reminders.
-        """
-        import torch
-        from transformers import DynamicCache
-
-        if prefix in self._prefixes:
-            self._prefixes.move_to_end(prefix)
-            return self._prefixes[prefix], 0
-        base, start = None, 0
-        for key in self._prefixes:
-            c = _common_prefix([list(key), list(prefix)])
-            if c > start and c >= self.MIN_SHARED_PREFIX:
-                base, start = key, c
-        cache = DynamicCache(config=self.model.config)
-        if base is not None:
-            self._prefixes.move_to_end(base)
-            for li, layer in enumerate(self._prefixes[base].layers):
-                cache.update(layer.keys[:, :, :start], layer.values[:, :, :start], li)
-        if start < len(prefix):
-            rest = torch.tensor([prefix[start:]], device=self.device)
-            pos = torch.arange(start, len(prefix), device=self.device)[None, :]
-            self.model(input_ids=rest, attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=self.device), position_ids=pos,
-                       cache=cache, use_cache=True)
-        self._prefixes[prefix] = cache
-        while len(self._prefixes) > max(self.prefix_cache, 2):
-            self._prefixes.popitem(last=False)
-        return cache, len(prefix) - start
-
     def _cascade_ok(self) -> bool:
         """Whether shared attention (one prefix copy for every row) is exact for this model."""
         cfg = self.model.config
@@ -366,7 +324,7 @@ class HFBackend:
 
         cut = min(common, min(len(r) for r in rows) - 1)  # every row keeps at least its last token for generate
         prefix = tuple(rows[0][:cut])
-        base, computed = self._prefix_kv(prefix)
+        base, computed = self._prefixes.get(self.model, self.device, prefix, self.MIN_SHARED_PREFIX)
         rest = [r[cut:] for r in rows]
         w = max(len(r) for r in rest)
         input_ids = torch.tensor([list(prefix) + [self.pad_id] * (w - len(r)) + r for r in rest], device=self.device)
@@ -385,11 +343,3 @@ class HFBackend:
             cache.batch_repeat_interleave(draws)
             input_ids, mask = input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0)
         return input_ids, mask, cache, cut + w, computed + len(rows) * (w - 1 + draws)
-
-
-def _common_prefix(rows: list[list[int]]) -> int:
-    """Length of the longest token prefix every row shares."""
-    first, n = rows[0], min(len(r) for r in rows)
-    for r in rows[1:]:
-        n = next((k for k in range(n) if r[k] != first[k]), n)
-    return n
