@@ -39,16 +39,43 @@ from pathlib import Path
 from typing import Any
 
 from personatune.errors import ConfigError, ModelNotFoundError, RunDirError
+
 # Re-exported: personatune.models stays the one import path for models (stages, tests, benchmarks use it).
 from personatune.model_cache import (  # noqa: F401
-    CONVERSION_MARKER, _make_temp_dir, _plain_copy, _publish_dir, _remove_stale_temps, _version, cache_root, converted_path,
-    ensure_converted, is_converted, load_gguf,
+    CONVERSION_MARKER,
+    _make_temp_dir,
+    _plain_copy,
+    _publish_dir,
+    _remove_stale_temps,
+    _version,
+    cache_root,
+    converted_path,
+    ensure_converted,
+    is_converted,
+    load_gguf,
 )
 from personatune.model_source import (  # noqa: F401
-    DEFAULT_MODEL, NAMES_HELP, SMOLLM2_ALIASES, SMOLLM2_GGUF, SMOLLM2_PACKAGE, TINY_NAME, ModelKind, ModelSource, _first_line,
-    _not_found, check_model_available, resolve_model, smollm2_gguf_path,
+    DEFAULT_MODEL,
+    NAMES_HELP,
+    SMOLLM2_ALIASES,
+    SMOLLM2_GGUF,
+    SMOLLM2_PACKAGE,
+    TINY_NAME,
+    ModelKind,
+    ModelSource,
+    _first_line,
+    _not_found,
+    check_model_available,
+    resolve_model,
+    smollm2_gguf_path,
 )
-from personatune.tiny_model import CHATML_TEMPLATE, TINY_SPECIAL_TOKENS, TINY_VOCAB_SIZE, build_tiny_model, build_tiny_tokenizer  # noqa: F401
+from personatune.tiny_model import (  # noqa: F401
+    CHATML_TEMPLATE,
+    TINY_SPECIAL_TOKENS,
+    TINY_VOCAB_SIZE,
+    build_tiny_model,
+    build_tiny_tokenizer,
+)
 
 log = logging.getLogger(__name__)
 

@@ -45,10 +45,22 @@ from typing import Any, Protocol
 
 from personatune import limits
 from personatune.errors import ConfigError, DataError
+
 # Re-exported: tests and callers import the drift statistics and the report from personatune.monitor.
 from personatune.monitor_drift import (  # noqa: F401
-    SNIPPET, DriftReport, TestResult, WindowSummary, _adheres, _jsonable, describe, detect_drift, find_contradictions, make_windows,
-    mann_whitney_less, two_proportion_drop, window_tests,
+    SNIPPET,
+    DriftReport,
+    TestResult,
+    WindowSummary,
+    _adheres,
+    _jsonable,
+    describe,
+    detect_drift,
+    find_contradictions,
+    make_windows,
+    mann_whitney_less,
+    two_proportion_drop,
+    window_tests,
 )
 from personatune.monitor_report import MAX_BAD_SHOWN, MAX_EXAMPLES, _f, render_html  # noqa: F401
 from personatune.output_paths import check_output_file

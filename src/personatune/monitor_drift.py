@@ -175,7 +175,10 @@ def describe(records: list[Any], trait_ids: list[str]) -> dict[str, Any]:
     for t in trait_ids:
         flags = [a[t] for a in adh if t in a]
         per[t] = sum(flags) / len(flags) if flags else math.nan
-    mean = (lambda v: float(np.mean(v)) if len(v) else math.nan)
+
+    def mean(v: list[float]) -> float:
+        return float(np.mean(v)) if len(v) else math.nan
+
     return {"responses": n, "consistency_rate": k / n if n else math.nan, "consistency_ci": wilson_ci(k, n),
             "consistency_mean": mean([r.consistency for r in records]), "style_match_mean": mean([r.style_match for r in records]),
             "words_mean": mean([r.style.get("words", math.nan) for r in records]), "adherence": per}

@@ -41,7 +41,10 @@ def _line_chart(title: str, values: list[float], ref: float, cis: list[tuple[flo
     w, h, pad = 760, 220, 40
     n = max(1, len(values))
     xs = [pad + (i + 0.5) * (w - 2 * pad) / n for i in range(len(values))]
-    y = (lambda v: h - pad - (min(max(v, 0.0), 1.0)) * (h - 2 * pad))
+
+    def y(v: float) -> float:  # a value in [0, 1] (clipped) to its SVG row, 1 at the top
+        return h - pad - (min(max(v, 0.0), 1.0)) * (h - 2 * pad)
+
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" aria-label="{html.escape(title)}">',
              f'<rect x="0" y="0" width="{w}" height="{h}" fill="#fff"/>',
              f'<text x="{pad}" y="18" font-size="13">{html.escape(title)}</text>']

@@ -23,9 +23,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from personatune import limits
 from personatune.errors import PersonaSpecError
+
 # format_loc, Loc and PersonaProblem are re-exported: callers and tests import them from personatune.persona.
 from personatune.persona_problems import (  # noqa: F401
-    Loc, PersonaProblem, _keys_of, _line_map, _line_of, _problem_from_pydantic, _yaml_error_parts, format_loc,
+    Loc,
+    PersonaProblem,
+    _keys_of,
+    _line_map,
+    _line_of,
+    _problem_from_pydantic,
+    _yaml_error_parts,
+    format_loc,
 )
 from personatune.yaml_input import YamlLimitError, load_bounded
 

@@ -29,15 +29,28 @@ import numpy as np
 
 from personatune.errors import DataError
 from personatune.gates import Measurement
+
 # Re-exported: stages, the report and benchmarks import every set-level metric from this module.
 from personatune.scoring.intervals import (  # noqa: F401
-    N_RESAMPLES, _z, auroc, auroc_ci, bootstrap_ci, bootstrap_diff_ci, rate_difference, wilson_ci,
+    N_RESAMPLES,
+    _z,
+    auroc,
+    auroc_ci,
+    bootstrap_ci,
+    bootstrap_diff_ci,
+    rate_difference,
+    wilson_ci,
 )
 from personatune.scoring.record import ResponseScore
 from personatune.scoring.record_set import NO_CONTEXT, _as_records, _ctx, _jsonable  # noqa: F401
 from personatune.scoring.style import STYLE_FEATURES
 from personatune.scoring.style_variance import (  # noqa: F401
-    NATURAL_MOVEMENT, STYLE_VARIANCE_SCALE, VARIANCE_FLOORS, StyleVarianceReport, _between_std, style_variance,
+    NATURAL_MOVEMENT,
+    STYLE_VARIANCE_SCALE,
+    VARIANCE_FLOORS,
+    StyleVarianceReport,
+    _between_std,
+    style_variance,
 )
 
 # ---- records -----------------------------------------------------------------------------------

@@ -16,7 +16,14 @@ from typing import TYPE_CHECKING
 
 # Re-exported: `personatune validate` (cli.py) and tests reach the gate through this module.
 from personatune.persona_gate import (  # noqa: F401
-    STAGE, PersonaGateConfig, PersonaGateReport, TraitCheck, _fmt, check_persona, evaluate_persona_file, format_table,
+    STAGE,
+    PersonaGateConfig,
+    PersonaGateReport,
+    TraitCheck,
+    _fmt,
+    check_persona,
+    evaluate_persona_file,
+    format_table,
 )
 from personatune.persona_measures import centroid_similarity, loo_separability  # noqa: F401
 

@@ -28,9 +28,17 @@ from __future__ import annotations
 from typing import Any
 
 from personatune.config import RunConfig
+
 # Re-exported: benchmarks and tests reach stage 3's building blocks through this module.
 from personatune.consistency_pairs import (  # noqa: F401
-    ON_TASK_LINE, build_pairs, choose_candidate, eligible, on_task, score_candidates, typical_voice, voice_distance,
+    ON_TASK_LINE,
+    build_pairs,
+    choose_candidate,
+    eligible,
+    on_task,
+    score_candidates,
+    typical_voice,
+    voice_distance,
 )
 from personatune.errors import DataError
 from personatune.evidence import prompts_key, rate_min_n_for
@@ -39,7 +47,14 @@ from personatune.generation.resumable import _job_key, _load_generations, genera
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
 from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
-from personatune.scenarios import CONTEXT_DESCRIPTIONS, Scenario, build_scenarios, coverage, expanded_scenarios, expansion_request
+from personatune.scenarios import (
+    CONTEXT_DESCRIPTIONS,
+    Scenario,
+    build_scenarios,
+    coverage,
+    expanded_scenarios,
+    expansion_request,
+)
 from personatune.stage import StageResult
 from personatune.stages.s1_baseline import baseline_model_path
 
