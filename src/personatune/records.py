@@ -9,6 +9,7 @@ One pydantic model per file format (docs/run-directory in words, here in types):
     06_iterations/rounds.jsonl         RoundRow, one a line (stage 6)
     06_iterations/metrics.json         IterationMetrics     (stage 6)
     06_iterations/round_N/result.json  RoundResult          (stage 6, marks a round finished)
+    04_evaluation/report.json          EvaluationReport     (stage 4)
     04_evaluation/baseline_sampling.json  SamplingFingerprint (stage 4, beside baseline_samples.json)
     07_final_eval/final.json           FinalRecord          (stage 7)
 
@@ -211,6 +212,54 @@ class GateRecord(Record):
         keys = ("metric", "value", "threshold", "direction", "passed", "status", "n", "min_n")
         return {"passed": self.passed, "status": self.status,
                 "results": [{k: getattr(r, k) for k in keys} for r in self.results]}
+
+
+# --- report.json (stage 4) ------------------------------------------------------------------------
+Figure = MeasurementRecord | float
+"""A rate with its n and interval, or (in hand-written or older files) a bare number."""
+
+
+def figure_value(x: Figure | None) -> float | None:
+    """The number of a Figure: a measurement's value, or the bare number."""
+    return x.value if isinstance(x, MeasurementRecord) else x
+
+
+class AurocFigure(Record):
+    """A trait detector's held-out AUROC: expressed (n_pos) against trait-flipped (n_neg) responses."""
+
+    auroc: float | None = None
+    ci: list[float] | None = None
+    n_pos: int | None = None
+    n_neg: int | None = None
+
+
+class AdherenceFigures(Record):
+    overall: Figure | None = None
+    per_trait: dict[str, Figure] = Field(default_factory=dict)
+    per_context: dict[str, Figure] = Field(default_factory=dict)
+
+
+class BaselinePersona(Record):
+    """The stage-1 baseline's persona figures on the held-out prompts, no system prompt (the "before" of stages 5-7)."""
+
+    consistency_rate: Figure | None = None
+    adherence: Figure | None = None
+    style_variance: float | None = None
+    on_task_rate: MeasurementRecord | None = None
+    n: int | None = None
+
+
+class EvaluationReport(Record):
+    """04_evaluation/report.json: the fitted evaluator's held-out figures and the baseline's."""
+
+    auroc: dict[str, AurocFigure] = Field(default_factory=dict)
+    adherence: AdherenceFigures | None = None
+    style_variance: float | None = None
+    consistency_rate: Figure | None = None
+    on_task_rate: MeasurementRecord | None = None
+    n_heldout: int | None = None
+    n_train_examples: int | None = None
+    baseline_persona: BaselinePersona | None = None
 
 
 # --- result.json ----------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from personatune.records import GateResultRecord
+from personatune.records import AdherenceFigures, BaselinePersona, EvaluationReport, GateResultRecord, MeasurementRecord, figure_value
 from personatune.report.cells import (CONTEXT_ORDER, absent, as_list, badge, ci_text, esc, fmt, kv_table, order, section, table,
                                       when)
 from personatune.report.charts import bar_chart, count_color, heat_color
@@ -159,31 +159,33 @@ def coverage_section(rd: RunData, traits: list[str]) -> str:
 
 
 def evaluation_section(rd: RunData, traits: list[str]) -> str:
+    """Stage 4 (report.json): per-trait detector AUROC and adherence, adherence per context, and the overall figures
+    of the held-out chosen responses beside the baseline's."""
     title = "Persona evaluation (stage 4)"
-    rep = rd.json(rd.path("04_evaluation", "report", "report.json"))
-    if not isinstance(rep, dict):
+    rep = rd.typed(EvaluationReport, rd.path("04_evaluation", "report", "report.json"))
+    if rep is None:
         return section("evaluation", title, absent(rd, "04_evaluation", "report.json"))
     g = dig(rd.config, "gates", "evaluation") or {}
-    auroc = rep.get("auroc") if isinstance(rep.get("auroc"), dict) else {}
-    per_trait = dig(rep, "adherence", "per_trait") or {}
-    names = order(set(auroc) | set(per_trait), traits)
+    adh = rep.adherence or AdherenceFigures()
+    names = order(set(rep.auroc) | set(adh.per_trait), traits)
     body = ""
     if names:
         thr = num(g.get("min_auroc")) or 0.9
+        series = {"detector AUROC": [num(rep.auroc[t].auroc) if t in rep.auroc else None for t in names],
+                  "adherence (held-out chosen)": [num(figure_value(adh.per_trait.get(t))) for t in names]}
         body += "<h3>Per trait: detector AUROC and held-out adherence</h3>" + bar_chart(
-            names, {"detector AUROC": [num(dig(auroc, t, "auroc")) for t in names], "adherence (held-out chosen)": [num(per_trait.get(t)) for t in names]},
-            thresholds=[("gate", thr)], title="per-trait AUROC and adherence")
-    per_ctx = dig(rep, "adherence", "per_context") or {}
-    if isinstance(per_ctx, dict) and per_ctx:
-        ctxs = order(set(per_ctx), CONTEXT_ORDER)
-        rows = [[esc(c), f'<td class="num" style="background:{heat_color(num(per_ctx[c]))}">{esc(fmt(num(per_ctx[c])))}</td>',
-                 f'<td class="num">{esc(fmt(dig(per_ctx, c, "n")))}</td>', f'<td class="num">{esc(ci_text(dig(per_ctx, c, "ci")))}</td>'] for c in ctxs]
+            names, series, thresholds=[("gate", thr)], title="per-trait AUROC and adherence")
+    if adh.per_context:
+        ctxs = order(set(adh.per_context), CONTEXT_ORDER)
+        cell = {c: adh.per_context[c] if isinstance(adh.per_context[c], MeasurementRecord) else MeasurementRecord(value=adh.per_context[c])
+                for c in ctxs}
+        rows = [[esc(c), f'<td class="num" style="background:{heat_color(num(m.value))}">{esc(fmt(num(m.value)))}</td>',
+                 f'<td class="num">{esc(fmt(m.n))}</td>', f'<td class="num">{esc(ci_text(m.ci))}</td>'] for c, m in cell.items()]
         body += "<h3>Adherence per context (held-out chosen responses)</h3>" + table(["context", "adherence", "n", "95% CI"], rows)
-    bp = rep.get("baseline_persona") if isinstance(rep.get("baseline_persona"), dict) else {}
+    bp = rep.baseline_persona or BaselinePersona()
     rows = []
-    for label, a, b in (("consistency rate", rep.get("consistency_rate"), bp.get("consistency_rate")),
-                        ("adherence", dig(rep, "adherence", "overall"), bp.get("adherence")),
-                        ("style variance", rep.get("style_variance"), bp.get("style_variance"))):
-        rows.append([esc(label), f'<td class="num">{esc(fmt(num(a)))}</td>', f'<td class="num">{esc(fmt(num(b)))}</td>'])
-    body += ("<h3>Overall</h3>" + table(["metric", f"held-out chosen (n={fmt(rep.get('n_heldout'))})", f"baseline model, no system prompt (n={fmt(bp.get('n'))})"], rows))
+    for label, a, b in (("consistency rate", rep.consistency_rate, bp.consistency_rate), ("adherence", adh.overall, bp.adherence),
+                        ("style variance", rep.style_variance, bp.style_variance)):
+        rows.append([esc(label), f'<td class="num">{esc(fmt(num(figure_value(a))))}</td>', f'<td class="num">{esc(fmt(num(figure_value(b))))}</td>'])
+    body += ("<h3>Overall</h3>" + table(["metric", f"held-out chosen (n={fmt(rep.n_heldout)})", f"baseline model, no system prompt (n={fmt(bp.n)})"], rows))
     return section("evaluation", title, body)

@@ -45,19 +45,17 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from personatune import evidence
 from personatune.baseline_samples import decoding as eval_decoding
 from personatune.baseline_samples import reusable_baseline_texts
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
-from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
-from personatune.records import DRIFT_REFERENCE_LABEL, FinalRecord
+from personatune.records import DRIFT_REFERENCE_LABEL, FINAL_STAGE, FinalRecord
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
-# Re-exported: the figures are stage 7's, kept in their own module so `run` reads in one sitting.
-from personatune.stages.s7_figures import ADVERSARIAL, compare_persona, final_markdown, prompted_baseline_figures  # noqa: F401
+# Re-exported: the figures and the gate built from them are stage 7's, kept in their own module so `run` reads in one sitting.
+from personatune.stages.s7_figures import ADVERSARIAL, compare_persona, final_gate, final_markdown, prompted_baseline_figures  # noqa: F401
 
-STAGE = "07_final_eval"
+STAGE = FINAL_STAGE
 CAPABILITY_BATCH = 16
 """Batch size of capability-suite generation; stage 1 uses the same, so padding is identical."""
 EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", "05_optimization", "06_iterations")
@@ -102,108 +100,6 @@ def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_to
     cmp = lm_harness.compare(final, base)
     return {**cmp, "baseline_source": source, "settings": want, "lm_eval_version": final.get("lm_eval_version"),
             "rule": "a task fails when its primary metric moves the wrong way by more than 1.96 x the baseline's standard error"}
-
-
-def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
-    """The stage-7 gate and the verdict from the figures of `final.json` (a pure function of its arguments).
-
-    Args:
-        config: the run config (gates.final thresholds).
-        fig: the final.json figures: improvement, retention, on_task, kl, earlier_gates.
-
-    Returns:
-        GateReport whose diagnosis starts with "verdict: DEPLOY" or "verdict: NO-DEPLOY", followed by one
-        line per failed gate (metric, value vs threshold, likely cause, what to change); next_steps holds the fixes.
-    """
-    g = config.gates.final
-    imp, ret = fig["improvement"], fig["retention"]
-    ot = (fig.get("on_task") or {}).get("retention") or {}
-    ci = imp.get("ci")
-    key = evidence.heldout_key(config)
-    specs = [GateSpec("persona_improvement_ci_low", g.min_improvement, ">", "fraction of responses",
-                      "lower end of the paired bootstrap 95% interval of consistency(final) - consistency(baseline), held-out prompts, no system prompt; "
-                      "n = prompts", min_n=evidence.rate_min_n_for(config, config.gates.optimization.consistency), n_key=key),
-             GateSpec("capability_retention", g.min_retention, ">=", "ratio", "capability-suite score of the final model / the baseline's, same items and decoding"),
-             GateSpec("on_task_retention", g.min_on_task_retention, ">=", "ratio (on-task rate final / baseline)",
-                      "on-task rate of the final model / the baseline's, both without a system prompt, same held-out prompts and decoding; n = responses",
-                      min_n=evidence.rate_min_n_for(config, g.min_on_task_retention), n_key=key)]
-    measured: dict[str, Measurement | None] = {
-        "persona_improvement_ci_low": Measurement(ci[0], n=imp["n"], ci=tuple(ci)) if ci and ci[0] is not None else None,
-        "capability_retention": Measurement(ret["value"], n=ret["n_items"]) if ret.get("value") is not None else None,
-        "on_task_retention": Measurement(ot["value"], n=ot.get("n"), ci=tuple(ot["ci"]) if ot.get("ci") else None) if ot.get("value") is not None else None}
-    for task, d in ret["tasks"].items():
-        # Threshold = the baseline's own 95% interval below its estimate; 1e-12 absorbs float rounding of equal accuracies.
-        specs.append(GateSpec(f"capability_drop[{task}]", d["allowed"] + 1e-12, "<=", "accuracy (fraction of items)",
-                              f"accuracy drop on task {task}; allowed: baseline accuracy minus its Wilson 95% lower bound"))
-        measured[f"capability_drop[{task}]"] = Measurement(d["drop"], n=d["n"])
-    lm = fig.get("lm_eval") or {}
-    for task, d in (lm.get("tasks") or {}).items():
-        # lm-eval tasks (optional): the primary metric may not move the wrong way by more than 1.96 x the baseline's standard error.
-        specs.append(GateSpec(f"lm_eval_drop[{task}]", d["allowed"] + 1e-12, "<=", f"{d['metric']} (lm-eval; drop in the worse direction)",
-                              f"lm-eval task {task}: baseline {d['metric']} minus the final model's; allowed: 1.96 x the baseline's standard error"))
-        measured[f"lm_eval_drop[{task}]"] = Measurement(d["drop"], n=d.get("n"))
-    failed_earlier = [s for s, e in fig["earlier_gates"].items() if e.get("gate_passed") is False]
-    specs.append(GateSpec("earlier_gates_failed", 0, "<=", "stages", "stages 1-6 whose recorded gate did not pass (failed or inconclusive)"))
-    measured["earlier_gates_failed"] = Measurement(float(len(failed_earlier)), n=len(fig["earlier_gates"]))
-    results = check_gates(specs, measured)
-    kl = fig.get("kl", {}).get("kl_per_token")
-    shift = (fig.get("persona_shift") or {}).get("kl_per_token")
-    if not isinstance(kl, (int, float)):
-        kl_txt = "KL not measured"
-    elif isinstance(shift, (int, float)):
-        kl_txt = f"drift KL {kl:.4g} nats/token, persona shift {shift:.4g} nats/token"
-    else:
-        kl_txt = f"KL to the baseline {kl:.4g} nats/token"
-    reasons, steps = [], []
-    for r in results:
-        if r.passed:
-            continue
-        head = f"{r.metric} = {'not measured' if r.value is None else f'{r.value:.4g}'} (needs {r.direction} {r.threshold:.4g})"
-        if r.metric == "on_task_retention":
-            if r.value is None:
-                r.note = ot.get("note") or "not measured"
-                cause, fix = r.note, "check the held-out prompts and the baseline's replies in 07_final_eval/samples.json"
-            else:
-                on = fig["on_task"]
-                cause = (f"the final model answers the request less often than the baseline (on-task rate "
-                         f"{fmt_metric((on.get('baseline') or {}).get('value'))} -> {fmt_metric((on.get('final') or {}).get('value'))}): persona bought with helpfulness")
-                fix = "train with GRPO/RLOO (the reward multiplies on_task) or a higher train.beta; check stage 3's chosen on-task rate (gates.data.chosen_on_task)"
-        elif r.metric == "persona_improvement_ci_low":
-            if imp.get("value") is None or imp["value"] <= g.min_improvement:
-                cause = (f"the final model is no more consistent than the baseline without a system prompt "
-                         f"({fmt_metric(imp.get('baseline'))} -> {fmt_metric(imp.get('final'))}): the persona did not reach the weights")
-                fix = "train longer or with a higher train.learning_rate within the KL budget, raise iterations.rounds, or improve the stage-3 pairs (data.best_of, a stronger data.teacher)"
-            else:
-                cause = f"consistency rose by {imp['value']:.3f} but {imp['n']} held-out prompts cannot tell it from {g.min_improvement:g}"
-                fix = "hold out more prompts (data.heldout_fraction, data.max_prompts) or train for a larger effect"
-        elif r.metric == "capability_retention":
-            if ret.get("value") is None:
-                cause = "the baseline scores 0 on the capability suite, so retention cannot be measured"
-                fix = "use a base model that answers the capability suite (the tiny test model cannot)"
-            else:
-                cause = f"general ability fell from {ret['baseline_score']:.3f} to {ret['final_score']:.3f} while training the persona ({kl_txt})"
-                fix = "raise train.beta, lower train.learning_rate or train.max_steps, or mix general data into stage 1 (sft.dataset, sft.persona_mix)"
-        elif r.metric.startswith("capability_drop["):
-            d = ret["tasks"][r.metric[16:-1]]
-            cause = f"task {r.metric[16:-1]} fell from {d['baseline']:.3f} to {d['candidate']:.3f}, beyond the baseline's interval ({d['allowed']:.3f}); {kl_txt}"
-            fix = "raise train.beta or lower train.learning_rate; check which replies changed in 07_final_eval/final.json capability.final_replies"
-        elif r.metric.startswith("lm_eval_drop["):
-            task = r.metric[len("lm_eval_drop["):-1]
-            d = lm["tasks"][task]
-            cause = f"lm-eval task {task} ({d['metric']}) went from {d['baseline']:.4f} to {d['final']:.4f}, beyond the baseline's interval ({d['allowed']:.4f}); {kl_txt}"
-            fix = "raise train.beta or lower train.learning_rate, or mix general data into stage 1 (sft.dataset, sft.persona_mix)"
-        else:
-            cause = f"stage(s) {', '.join(failed_earlier)} are recorded with a failed or inconclusive gate"
-            fix = "re-run from the first of them (personatune run CONFIG --from N) until its gate passes"
-        if r.inconclusive:  # too few samples; when the value also misses the threshold, its own cause follows
-            more = f"hold out more prompts ({key})"
-            cause, fix = ((f"too few samples to decide ({r.note})", more) if r.meets_threshold()
-                          else (f"too few samples to decide ({r.note}), and {cause}", f"{more}; {fix}"))
-        reasons.append(f"{head}: likely cause: {cause}; change: {fix}")
-        steps.append(fix)
-    verdict = "DEPLOY" if all(r.passed for r in results) else "NO-DEPLOY"
-    head = "verdict: DEPLOY — every stage-7 gate passed" if verdict == "DEPLOY" else "verdict: NO-DEPLOY"
-    return GateReport(STAGE, results, diagnosis=[head, *reasons], next_steps=list(dict.fromkeys(steps)))
 
 
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
