@@ -9,6 +9,7 @@ One pydantic model per file format (docs/run-directory in words, here in types):
     06_iterations/rounds.jsonl         RoundRow, one a line (stage 6)
     06_iterations/metrics.json         IterationMetrics     (stage 6)
     06_iterations/round_N/result.json  RoundResult          (stage 6, marks a round finished)
+    01_baseline/baseline.json          BaselineRecord       (stage 1)
     04_evaluation/report.json          EvaluationReport     (stage 4)
     04_evaluation/baseline_sampling.json  SamplingFingerprint (stage 4, beside baseline_samples.json)
     07_final_eval/final.json           FinalRecord          (stage 7)
@@ -212,6 +213,31 @@ class GateRecord(Record):
         keys = ("metric", "value", "threshold", "direction", "passed", "status", "n", "min_n")
         return {"passed": self.passed, "status": self.status,
                 "results": [{k: getattr(r, k) for k in keys} for r in self.results]}
+
+
+# --- baseline.json (stage 1) ----------------------------------------------------------------------
+class CapabilitySummary(Record):
+    """The capability suite's score, items and per-task accuracy (the full result is capability.json)."""
+
+    score: float | None = None
+    n: int | None = None
+    tasks: dict[str, float | None] = Field(default_factory=dict)
+
+
+class BaselineRecord(Record):
+    """01_baseline/baseline.json: which baseline model, and its sanity check, capability and perplexity."""
+
+    model: str | None = None
+    path: str | None = None
+    parameters: int | None = None
+    load_seconds: float | None = None
+    sft_rows: int | None = None
+    chat_template: bool | None = None
+    sanity_prompt: str | None = None
+    sanity_reply: str | None = None
+    sanity_new_tokens: int | None = None
+    capability: CapabilitySummary | None = None
+    perplexity: dict[str, Any] | None = None
 
 
 # --- report.json (stage 4) ------------------------------------------------------------------------

@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from personatune.errors import RunDirError
-from personatune.records import FinalRecord
+from personatune.records import BaselineRecord, FinalRecord
 from personatune.report.cells import as_list, esc, section, when
 from personatune.report.curves import curves_section
 from personatune.report.final import final_section, samples_section
@@ -110,7 +110,8 @@ def render_report(run_dir: str | Path) -> str:
           else '<span class="badge verdict b-none">no verdict yet</span>')
     vline = (f'<div class="verdict-line {"v-pass" if v.verdict == "DEPLOY" else "v-fail"}"><b>{esc(v.verdict)}</b> — {esc(v.detail)}</div>'
              if v.verdict else "")
-    model = dig(rd.config, "model", "name") or dig(rd.json(rd.path("01_baseline", "baseline", "baseline.json")), "model") or "?"
+    baseline = rd.typed(BaselineRecord, rd.path("01_baseline", "baseline", "baseline.json"))
+    model = dig(rd.config, "model", "name") or (baseline.model if baseline is not None else None) or "?"
     pname = (persona or {}).get("name") or rd.config.get("persona") or "?"
     sections = [gates_section(rd), baseline_section(rd), persona_section(rd, persona), coverage_section(rd, traits), evaluation_section(rd, traits),
                 curves_section(rd), final_section(rd, final, traits), samples_section(rd)]

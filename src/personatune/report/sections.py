@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from personatune.records import AdherenceFigures, BaselinePersona, EvaluationReport, GateResultRecord, MeasurementRecord, figure_value
+from personatune.records import AdherenceFigures, BaselinePersona, BaselineRecord, EvaluationReport, GateResultRecord, MeasurementRecord, figure_value
 from personatune.report.cells import (CONTEXT_ORDER, absent, as_list, badge, ci_text, esc, fmt, kv_table, order, section, table,
                                       when)
 from personatune.report.charts import bar_chart, count_color, heat_color
@@ -70,21 +70,23 @@ def gates_section(rd: RunData) -> str:
 
 
 def baseline_section(rd: RunData) -> str:
-    b = rd.json(rd.path("01_baseline", "baseline", "baseline.json"))
-    if not isinstance(b, dict):
+    """Stage 1 (baseline.json): the model, its sanity reply, capability suite and held-out perplexity."""
+    b = rd.typed(BaselineRecord, rd.path("01_baseline", "baseline", "baseline.json"))
+    if b is None:
         return section("baseline", "Baseline model (stage 1)", absent(rd, "01_baseline", "baseline.json"))
-    rows = [[esc(k), f'<td class="num">{esc(fmt(b.get(k)))}</td>'] for k in ("model", "path", "parameters", "load_seconds", "sft_rows", "chat_template") if k in b]
+    given = b.to_json()
+    rows = [[esc(k), f'<td class="num">{esc(fmt(given[k]))}</td>'] for k in ("model", "path", "parameters", "load_seconds", "sft_rows", "chat_template")
+            if k in given]
     body = table(["field", "value"], rows)
-    if b.get("sanity_prompt") or b.get("sanity_reply"):
-        body += table(["sanity prompt", "reply"], [[esc(b.get("sanity_prompt", "")), f'<td style="white-space:pre-wrap">{esc(b.get("sanity_reply", ""))}</td>']])
-    cap = b.get("capability") if isinstance(b.get("capability"), dict) else {}
-    tasks = cap.get("tasks") if isinstance(cap.get("tasks"), dict) else {}
-    if cap:
-        body += f"<h3>Capability suite: score {esc(fmt(num(cap.get('score'))))} (n={esc(fmt(cap.get('n')))})</h3>"
-        if tasks:
-            body += table(["task", "accuracy"], [[esc(t), f'<td class="num">{esc(fmt(num(v)))}</td>'] for t, v in tasks.items()])
-    if isinstance(b.get("perplexity"), dict):
-        body += "<h3>Held-out perplexity</h3>" + kv_table(b["perplexity"])
+    if b.sanity_prompt or b.sanity_reply:
+        body += table(["sanity prompt", "reply"], [[esc(b.sanity_prompt or ""), f'<td style="white-space:pre-wrap">{esc(b.sanity_reply or "")}</td>']])
+    cap = b.capability
+    if cap is not None and cap.to_json():
+        body += f"<h3>Capability suite: score {esc(fmt(num(cap.score)))} (n={esc(fmt(cap.n))})</h3>"
+        if cap.tasks:
+            body += table(["task", "accuracy"], [[esc(t), f'<td class="num">{esc(fmt(num(v)))}</td>'] for t, v in cap.tasks.items()])
+    if b.perplexity is not None:
+        body += "<h3>Held-out perplexity</h3>" + kv_table(b.perplexity)
     return section("baseline", "Baseline model (stage 1)", body)
 
 
