@@ -25,26 +25,24 @@ well the instrument's thresholds are calibrated on one-sentence exemplars. Calib
 gold sets (docs/persona-evaluation.md); here a trait whose sides are perfectly ordered but whose negatives
 all fall just under violations[t] = 0.5 is still a clear trait.
 
-`check_persona` runs the gate on a loaded persona (measurements in personatune.persona_measures),
-`evaluate_persona_file` loads a file and checks it (what `personatune validate` and stage 2 run), `format_table`
-prints the report.
+`check_persona` runs the gate on a loaded persona (measurements in personatune.persona_measures); stage 2
+(personatune.stages.s2_persona) loads the file, runs it and prints the report.
 
->>> report = evaluate_persona_file("examples/personas/captain_nova.yaml")   # doctest: +SKIP
->>> report.passed, report.traits[0].loo_auroc                              # doctest: +SKIP
+>>> report = check_persona(load_persona("examples/personas/captain_nova.yaml"), Instrument.default())  # doctest: +SKIP
+>>> report.passed, report.traits[0].loo_auroc                                                         # doctest: +SKIP
 (True, 1.0)
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from personatune.errors import ConfigError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
-from personatune.persona import PersonaSpec, load_persona
+from personatune.persona import PersonaSpec
 from personatune.persona_measures import _example_warnings, _rules_parse, centroid_similarity, loo_separability
 
 STAGE = "02_persona"
@@ -324,56 +322,3 @@ def _diagnose(gate: GateReport, spec: PersonaSpec, rows: list[TraitCheck], pairs
     if len(spec.examples) < c.min_examples:
         d.append(f"the persona has {len(spec.examples)} example interaction(s); the gate needs >= {c.min_examples}")
         fix.append(f"add {c.min_examples - len(spec.examples)} example(s) under `examples:` (a user turn and the persona's reply)")
-
-
-# --- entry points ------------------------------------------------------------------------------------
-
-
-def evaluate_persona_file(path: str | Path, instrument: Any = None, gate_config: "PersonaGateConfig | Any" = None) -> PersonaGateReport:
-    """Load a persona file and check it against the stage-2 gate (what `personatune validate` runs).
-
-    Args:
-        path: the persona YAML file.
-        instrument: the persona instrument (default: the shipped one, `Instrument.default()`).
-        gate_config: thresholds (default: METRICS.md values).
-
-    Returns:
-        The report; `report.passed` decides exit 0 (pass) or 1 (failed gate).
-
-    Raises:
-        PersonaSpecError: the file is missing or invalid (exit 2), listing every problem with path and line.
-        ModelNotFoundError: no instrument was given and MiniLM or the instrument weights are not installed.
-    """
-    spec = load_persona(path)
-    if instrument is None:
-        from personatune.scoring.instrument import Instrument
-
-        instrument = Instrument.default()
-    return check_persona(spec, instrument, gate_config, source=str(path))
-
-
-def _fmt(v: float | None, spec: str = ".2f") -> str:
-    return "n/a" if v is None else format(v, spec)
-
-
-def format_table(report: PersonaGateReport) -> str:
-    """The human view: per-trait table, gate lines, diagnosis and fixes, warnings.
-
-    Args:
-        report: a stage-2 report.
-
-    Returns:
-        Multi-line text for the console.
-    """
-    head = f"persona: {report.persona}" + (f"  ({report.source})" if report.source else "")
-    wid = max([5] + [len(r.id) for r in report.traits])
-    nid = max([13] + [len(r.nearest_trait or "") + 9 for r in report.traits])
-    lines = [head, "", f"{'trait':<{wid}}  #pos  #neg  LOO AUROC  acc (pos/neg)     {'nearest trait (cos)':<{nid}}  result"]
-    for r in report.traits:
-        near = f"{r.nearest_trait} ({r.nearest_similarity:.2f})" if r.nearest_trait else "-"
-        loo = f"{_fmt(r.loo_accuracy)} ({_fmt(r.loo_positive)}/{_fmt(r.loo_negative)})"
-        res = "PASS" if r.passed else "FAIL: " + ", ".join(r.problems)
-        lines.append(f"{r.id:<{wid}}  {r.n_positive:>4}  {r.n_negative:>4}  {_fmt(r.loo_auroc):<9}  {loo:<16}  {near:<{nid}}  {res}")
-    lines += ["", report.gate.summary()]
-    lines += [f"  warning: {w}" for w in report.warnings]
-    return "\n".join(lines)

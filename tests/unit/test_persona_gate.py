@@ -11,13 +11,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from personatune import persona_gate
 from personatune.config import PersonaGateArgs
 from personatune.errors import ConfigError, PersonaSpecError
 from personatune.persona import PersonaSpec, load_persona
-from personatune import persona_gate
-from personatune.persona_gate import PersonaGateConfig, check_persona, evaluate_persona_file, format_table
+from personatune.persona_gate import PersonaGateConfig, check_persona
 from personatune.persona_measures import centroid_similarity, loo_separability
 from personatune.stages import s2_persona as s2
+from personatune.stages.s2_persona import evaluate_persona_file, format_table
 
 REPO = Path(__file__).resolve().parents[2]
 BROKEN = REPO / "tests" / "data" / "broken_personas"
@@ -267,6 +268,7 @@ def _clear_personas():
     return out
 
 
+@pytest.mark.stage
 @pytest.mark.real
 @pytest.mark.parametrize("path", _clear_personas())
 def test_clear_personas_pass_their_gate(path, instrument):
@@ -275,6 +277,7 @@ def test_clear_personas_pass_their_gate(path, instrument):
     assert rep.warnings == [], rep.warnings
 
 
+@pytest.mark.stage
 @pytest.mark.real
 def test_real_redundant_pair_fails(instrument):
     rep = evaluate_persona_file(BROKEN / "redundant.yaml", instrument=instrument)
@@ -282,6 +285,7 @@ def test_real_redundant_pair_fails(instrument):
     assert not r.passed and r.value > 0.9 and r.note == "pair: cheerful ~ happy"
 
 
+@pytest.mark.stage
 @pytest.mark.real
 def test_real_vague_traits_are_not_measurable(instrument):
     rep = evaluate_persona_file(BROKEN / "vague.yaml", instrument=instrument)
@@ -290,6 +294,7 @@ def test_real_vague_traits_are_not_measurable(instrument):
     assert any("is not measurable" in d for d in rep.gate.diagnosis)
 
 
+@pytest.mark.stage
 @pytest.mark.real
 def test_real_draft_fails_with_counts_not_schema_error(instrument):
     rep = evaluate_persona_file(BROKEN / "too_few.yaml", instrument=instrument)
@@ -297,12 +302,14 @@ def test_real_draft_fails_with_counts_not_schema_error(instrument):
     assert "trait 'cheerful' has 1 positive exemplar(s) (needs >= 3)" in rep.gate.diagnosis
 
 
+@pytest.mark.stage
 @pytest.mark.real
 def test_invalid_file_raises_not_reports(instrument):
     with pytest.raises(PersonaSpecError):
         evaluate_persona_file(BROKEN / "wrong_types.yaml", instrument=instrument)
 
 
+@pytest.mark.stage
 @pytest.mark.real
 def test_table_and_json(instrument):
     rep = evaluate_persona_file(BROKEN / "redundant.yaml", instrument=instrument)
@@ -319,6 +326,7 @@ def test_table_and_json(instrument):
         assert {"metric", "value", "threshold", "direction", "unit", "passed", "n"} <= set(r)
 
 
+@pytest.mark.stage
 @pytest.mark.real
 def test_stage_run_writes_outputs(tmp_path, instrument):
     from personatune.config import load_config
