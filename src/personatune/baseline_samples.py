@@ -31,7 +31,12 @@ def decoding(config: RunConfig) -> dict[str, Any]:
     """The decoding of every baseline/final comparison in stages 4 and 7: the `eval:` section (each key left unset
     there is data.teacher's, what these stages used before the section existed)."""
     e = config.eval
-    return {"max_new_tokens": e.max_new_tokens, "temperature": e.temperature, "top_p": e.top_p, "batch_size": e.batch_size}
+    return {
+        "max_new_tokens": e.max_new_tokens,
+        "temperature": e.temperature,
+        "top_p": e.top_p,
+        "batch_size": e.batch_size,
+    }
 
 
 def _prompts_hash(prompts: list[dict[str, Any]]) -> str:
@@ -53,8 +58,13 @@ def sampling_fingerprint(config: RunConfig, run_dir: RunDir, prompts: list[dict[
     rec1 = run_dir.record("01_baseline")
     # Stage 1's finish time and output hashes identify the baseline weights (a re-made baseline changes both).
     baseline = {"finished": rec1.finished, "outputs": {k: v.get("hash") for k, v in sorted(rec1.outputs.items())}}
-    return SamplingFingerprint(baseline=baseline, model=config.model.model_dump(mode="json"), decoding=decoding(config), seed=config.seed,
-                               prompts=_prompts_hash(prompts))
+    return SamplingFingerprint(
+        baseline=baseline,
+        model=config.model.model_dump(mode="json"),
+        decoding=decoding(config),
+        seed=config.seed,
+        prompts=_prompts_hash(prompts),
+    )
 
 
 def sample_baseline(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str]:
@@ -69,7 +79,13 @@ def sample_baseline(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, 
     d = decoding(config)
     eta = EtaLine(f"sampling the baseline on {len(prompts)} held-out prompts")
     outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=eta).generate(
-        [p["messages"] for p in prompts], max_new_tokens=d["max_new_tokens"], temperature=d["temperature"], top_p=d["top_p"], n=1, seed=config.seed)
+        [p["messages"] for p in prompts],
+        max_new_tokens=d["max_new_tokens"],
+        temperature=d["temperature"],
+        top_p=d["top_p"],
+        n=1,
+        seed=config.seed,
+    )
     return [o[0] for o in outs]
 
 
@@ -77,8 +93,13 @@ def write_baseline_samples(config: RunConfig, run_dir: RunDir, prompts: list[dic
     """Write stage 4's baseline_samples.json, then its fingerprint (last: a crash between the two leaves no fingerprint,
     so the samples are not reused)."""
     out = run_dir.stage_dir(STAGE)
-    atomic_write_json(out / SAMPLES, [{"id": p["id"], "context": p["context"], "prompt": p["messages"][-1]["content"], "response": x}
-                                      for p, x in zip(prompts, texts)])
+    atomic_write_json(
+        out / SAMPLES,
+        [
+            {"id": p["id"], "context": p["context"], "prompt": p["messages"][-1]["content"], "response": x}
+            for p, x in zip(prompts, texts)
+        ],
+    )
     fp = sampling_fingerprint(config, run_dir, prompts)
     fp.samples = file_hash(out / SAMPLES)
     atomic_write_json(out / FINGERPRINT, fp.to_json())
@@ -103,7 +124,10 @@ def reusable_baseline_texts(config: RunConfig, run_dir: RunDir, prompts: list[di
         return None
     if not recorded.same_sampling(sampling_fingerprint(config, run_dir, prompts)):
         return None
-    if not isinstance(rows, list) or len(rows) != len(prompts) or not all(isinstance(r, dict) and isinstance(r.get("response"), str) for r in rows):
+    if (
+        not isinstance(rows, list)
+        or len(rows) != len(prompts)
+        or not all(isinstance(r, dict) and isinstance(r.get("response"), str) for r in rows)
+    ):
         return None
     return [r["response"] for r in rows]
-

@@ -57,13 +57,21 @@ def on_task_retention(candidate: Measurement | None, baseline: Measurement | Non
         baseline's is 0 (the ratio is undefined: never a division by zero); the gate then fails.
     """
     if candidate is None or not candidate.n:
-        return None, "not measured: the candidate's on-task rate is unknown (its responses were scored without their prompts)"
+        return (
+            None,
+            "not measured: the candidate's on-task rate is unknown (its responses were scored without their prompts)",
+        )
     if baseline is None or not baseline.n:
-        return None, "not measured: the baseline's on-task rate is unknown (no baseline responses scored with their prompts)"
+        return (
+            None,
+            "not measured: the baseline's on-task rate is unknown (no baseline responses scored with their prompts)",
+        )
     p1, n1, p0, n0 = float(candidate.value), int(candidate.n), float(baseline.value), int(baseline.n)
     if p0 <= 0:
-        return None, (f"not measured: the baseline is on task in 0 of {n0} responses, so retention (a ratio to it) is undefined; "
-                      "check the baseline model and the held-out prompts")
+        return None, (
+            f"not measured: the baseline is on task in 0 of {n0} responses, so retention (a ratio to it) is undefined; "
+            "check the baseline model and the held-out prompts"
+        )
     r = p1 / p0
     ci = None
     if p1 > 0:
@@ -72,7 +80,9 @@ def on_task_retention(candidate: Measurement | None, baseline: Measurement | Non
     return Measurement(r, n=n1, ci=ci), ""
 
 
-def baseline_on_task_records(config: Any, run_dir: Any, scorer: Any, rows: list[dict[str, Any]]) -> tuple[list[Any], str]:
+def baseline_on_task_records(
+    config: Any, run_dir: Any, scorer: Any, rows: list[dict[str, Any]]
+) -> tuple[list[Any], str]:
     """The stage-1 baseline's responses to held-out prompt rows (no system prompt, stage 4's decoding), scored with their prompts.
 
     Stage 4's `baseline_samples.json` is reused when `baseline_samples.reusable_baseline_texts` accepts it (its
@@ -85,6 +95,11 @@ def baseline_on_task_records(config: Any, run_dir: Any, scorer: Any, rows: list[
     source = "04_evaluation/baseline_samples.json (reused)"
     if texts is None:
         texts, source = sample_baseline(config, run_dir, rows), "sampled again (stage 4's samples did not match)"
-    recs = scorer.score(texts, prompts=[r["messages"] for r in rows], contexts=[r.get("context") for r in rows],
-                        targets=[list(r.get("targets") or []) for r in rows], ids=[str(r.get("id", i)) for i, r in enumerate(rows)])
+    recs = scorer.score(
+        texts,
+        prompts=[r["messages"] for r in rows],
+        contexts=[r.get("context") for r in rows],
+        targets=[list(r.get("targets") or []) for r in rows],
+        ids=[str(r.get("id", i)) for i, r in enumerate(rows)],
+    )
     return recs, source

@@ -105,7 +105,9 @@ class GateResult:
 
     def meets_threshold(self) -> bool:
         """Whether the value meets the threshold, whatever the sample size (an inconclusive result may)."""
-        return self.value is not None and GateSpec(self.metric, self.threshold, self.direction, self.unit).holds(self.value)  # type: ignore[arg-type]
+        return self.value is not None and GateSpec(self.metric, self.threshold, self.direction, self.unit).holds(
+            self.value
+        )  # type: ignore[arg-type]
 
     def line(self) -> str:
         """One human line: `PASS consistency_rate = 0.912 >= 0.85 (fraction, n=200, 95% CI 0.87-0.94)`."""
@@ -134,7 +136,7 @@ class GateReport:
 
     @property
     def status(self) -> str:
-        """"pass" (every gate passed), "fail" (some gate failed) or "inconclusive" (none failed, some lacked samples)."""
+        """ "pass" (every gate passed), "fail" (some gate failed) or "inconclusive" (none failed, some lacked samples)."""
         if self.passed:
             return "pass"
         return "fail" if any(r.status == "fail" for r in self.results) else "inconclusive"
@@ -148,9 +150,16 @@ class GateReport:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GateReport":
         fields = set(GateResult.__dataclass_fields__)
-        results = [GateResult(**{k: (tuple(v) if k == "ci" and v is not None else v) for k, v in r.items() if k in fields})
-                   for r in d.get("results", [])]
-        return cls(stage=d["stage"], results=results, diagnosis=list(d.get("diagnosis", [])), next_steps=list(d.get("next_steps", [])))
+        results = [
+            GateResult(**{k: (tuple(v) if k == "ci" and v is not None else v) for k, v in r.items() if k in fields})
+            for r in d.get("results", [])
+        ]
+        return cls(
+            stage=d["stage"],
+            results=results,
+            diagnosis=list(d.get("diagnosis", [])),
+            next_steps=list(d.get("next_steps", [])),
+        )
 
     def shortfall(self) -> str:
         """Why an inconclusive report cannot decide: per config key, the most samples any of its gates still needs.
@@ -165,11 +174,15 @@ class GateReport:
             if r.inconclusive and r.min_n is not None:
                 more, metrics = need.get(r.n_key, (0, []))
                 need[r.n_key] = (max(more, r.min_n - (r.n or 0)), [*metrics, r.metric])
-        return "; ".join(f"{more} more samples needed" + (f" (raise {key})" if key else "") + f" for {', '.join(m)}"
-                         for key, (more, m) in need.items())
+        return "; ".join(
+            f"{more} more samples needed" + (f" (raise {key})" if key else "") + f" for {', '.join(m)}"
+            for key, (more, m) in need.items()
+        )
 
     def summary(self) -> str:
-        word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE (too few samples to decide)"}[self.status]
+        word = {"pass": "PASSED", "fail": "FAILED", "inconclusive": "INCONCLUSIVE (too few samples to decide)"}[
+            self.status
+        ]
         lines = [f"[{self.stage}] gate {word}"]
         lines += ["  " + r.line() for r in self.results]
         if not self.passed:
@@ -200,8 +213,9 @@ def check_gates(specs: list[GateSpec], measured: dict[str, Measurement | float |
             # Too few samples to decide: neither pass nor fail (METRICS.md, "Evidence").
             status = "inconclusive"
             more = s.min_n - (m.n or 0)
-            note = (f"inconclusive: n={m.n or 0} < {s.min_n}; {more} more would decide it"
-                    + (f" (raise {s.n_key})" if s.n_key else ""))
+            note = f"inconclusive: n={m.n or 0} < {s.min_n}; {more} more would decide it" + (
+                f" (raise {s.n_key})" if s.n_key else ""
+            )
         out.append(
             GateResult(
                 metric=s.metric,
@@ -248,8 +262,10 @@ def rate_min_n(threshold: float, half_width: float = RATE_HALF_WIDTH) -> int:
         ValueError: threshold outside [0, 1] or half_width <= 0.
     """
     if not 0.0 <= threshold <= 1.0 or half_width <= 0:
-        raise ValueError(f"rate_min_n: threshold must lie in [0, 1] and half_width be > 0; got threshold={threshold!r}, half_width={half_width!r}")
-    return max(1, math.ceil(round(Z95 ** 2 * threshold * (1.0 - threshold) / half_width ** 2, 9)))
+        raise ValueError(
+            f"rate_min_n: threshold must lie in [0, 1] and half_width be > 0; got threshold={threshold!r}, half_width={half_width!r}"
+        )
+    return max(1, math.ceil(round(Z95**2 * threshold * (1.0 - threshold) / half_width**2, 9)))
 
 
 def fmt_metric(x: float | None, digits: int = 3) -> str:

@@ -30,33 +30,102 @@ from pathlib import Path
 from typing import Callable
 
 from personatune import limits
-from personatune.verdict import stop_detail, stop_reason  # noqa: F401 (stop_reason is also imported from here)
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
 from personatune.records import STAGE_TITLES, GateRecord, RecordError, read_record
 from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
 from personatune.stage import Stage
-from personatune.stages import s1_baseline, s2_persona, s3_consistency_data, s4_evaluation, s5_optimization, s6_iterations, s7_final
+from personatune.stages import (
+    s1_baseline,
+    s2_persona,
+    s3_consistency_data,
+    s4_evaluation,
+    s5_optimization,
+    s6_iterations,
+    s7_final,
+)
+from personatune.verdict import stop_detail, stop_reason  # noqa: F401 (stop_reason is also imported from here)
 
 # The one table of stages, in run order (ids and titles: records.STAGE_TITLES). `run=None` marks a stage that is not implemented yet.
 STAGES: tuple[Stage, ...] = (
-    Stage("01_baseline", STAGE_TITLES["01_baseline"], s1_baseline.run, config_keys=("model", "sft", "lm_eval", "seed", "persona"), version=2, issue=5),
-    Stage("02_persona", STAGE_TITLES["02_persona"], s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2),
-    Stage("03_consistency_data", STAGE_TITLES["03_consistency_data"], s3_consistency_data.run, config_keys=("data", "scorer", "gates", "seed", "model", "threads"),
-          inputs=(("01_baseline", "baseline"), ("02_persona", "persona")), version=3, issue=4),
-    Stage("04_evaluation", STAGE_TITLES["04_evaluation"], s4_evaluation.run, config_keys=("gates", "seed", "data", "scorer", "model"),
-          inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")), version=3, issue=4),
-    Stage("05_optimization", STAGE_TITLES["05_optimization"], s5_optimization.run, config_keys=("model", "train", "gates", "data", "scorer", "seed"),
-          inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
-                  ("04_evaluation", "evaluator")), version=1, issue=5, multi_process=True),
-    Stage("06_iterations", STAGE_TITLES["06_iterations"], s6_iterations.run, config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
-          inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout"),
-                  ("04_evaluation", "evaluator"), ("05_optimization", "model")), version=1, issue=5,
-          multi_process=True),
-    Stage("07_final_eval", STAGE_TITLES["07_final_eval"], s7_final.run, config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
-          inputs=(("01_baseline", "baseline"), ("02_persona", "persona"), ("03_consistency_data", "heldout"), ("04_evaluation", "evaluator"),
-                  ("06_iterations", "model")), version=1, issue=6),
+    Stage(
+        "01_baseline",
+        STAGE_TITLES["01_baseline"],
+        s1_baseline.run,
+        config_keys=("model", "sft", "lm_eval", "seed", "persona"),
+        version=2,
+        issue=5,
+    ),
+    Stage(
+        "02_persona", STAGE_TITLES["02_persona"], s2_persona.run, config_keys=("persona", "gates"), version=1, issue=2
+    ),
+    Stage(
+        "03_consistency_data",
+        STAGE_TITLES["03_consistency_data"],
+        s3_consistency_data.run,
+        config_keys=("data", "scorer", "gates", "seed", "model", "threads"),
+        inputs=(("01_baseline", "baseline"), ("02_persona", "persona")),
+        version=3,
+        issue=4,
+    ),
+    Stage(
+        "04_evaluation",
+        STAGE_TITLES["04_evaluation"],
+        s4_evaluation.run,
+        config_keys=("gates", "seed", "data", "scorer", "model"),
+        inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")),
+        version=3,
+        issue=4,
+    ),
+    Stage(
+        "05_optimization",
+        STAGE_TITLES["05_optimization"],
+        s5_optimization.run,
+        config_keys=("model", "train", "gates", "data", "scorer", "seed"),
+        inputs=(
+            ("01_baseline", "baseline"),
+            ("02_persona", "persona"),
+            ("03_consistency_data", "train"),
+            ("03_consistency_data", "heldout"),
+            ("04_evaluation", "evaluator"),
+        ),
+        version=1,
+        issue=5,
+        multi_process=True,
+    ),
+    Stage(
+        "06_iterations",
+        STAGE_TITLES["06_iterations"],
+        s6_iterations.run,
+        config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
+        inputs=(
+            ("01_baseline", "baseline"),
+            ("02_persona", "persona"),
+            ("03_consistency_data", "train"),
+            ("03_consistency_data", "heldout"),
+            ("04_evaluation", "evaluator"),
+            ("05_optimization", "model"),
+        ),
+        version=1,
+        issue=5,
+        multi_process=True,
+    ),
+    Stage(
+        "07_final_eval",
+        STAGE_TITLES["07_final_eval"],
+        s7_final.run,
+        config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
+        inputs=(
+            ("01_baseline", "baseline"),
+            ("02_persona", "persona"),
+            ("03_consistency_data", "heldout"),
+            ("04_evaluation", "evaluator"),
+            ("06_iterations", "model"),
+        ),
+        version=1,
+        issue=6,
+    ),
 )
 
 
@@ -212,7 +281,9 @@ def run_pipeline(
             break
         n = f"[{i + 1}/{len(stages)}] {st.title}"
         if st.run is None:
-            missing = ", ".join(f"{int(s.id[:2])} {s.title} (issue #{s.issue})" for s in stages[i : stop_i + 1] if s.run is None)
+            missing = ", ".join(
+                f"{int(s.id[:2])} {s.title} (issue #{s.issue})" for s in stages[i : stop_i + 1] if s.run is None
+            )
             echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
             rd.log(f"stopped at unimplemented stage {st.id}")
             _write_report(root, echo)
@@ -228,9 +299,16 @@ def run_pipeline(
         if unchanged and rec.status in ("gate_failed", "gate_inconclusive"):
             # Same config, same inputs: the stage would end the same way. --force or --from re-runs it.
             word = "was INCONCLUSIVE" if rec.status == "gate_inconclusive" else "FAILED"
-            echo(f"{n}: its gate {word} earlier with these inputs — not re-run (--force re-runs it)" + (f" ({rec.message})" if rec.message else ""))
+            echo(
+                f"{n}: its gate {word} earlier with these inputs — not re-run (--force re-runs it)"
+                + (f" ({rec.message})" if rec.message else "")
+            )
             recorded = _recorded_gate(rd.stage_dir(st.id) / "gate.json")
-            echo(recorded.summary() if recorded is not None else f"  ({st.id}/gate.json is missing or unreadable; --force re-runs the stage and writes it again)")
+            echo(
+                recorded.summary()
+                if recorded is not None
+                else f"  ({st.id}/gate.json is missing or unreadable; --force re-runs the stage and writes it again)"
+            )
             if gate_failed(st.id, recorded):
                 return 1
             continue
@@ -238,11 +316,13 @@ def run_pipeline(
         if world > 1 and not st.multi_process:
             # Every rank would run it at once and write the same files; stages 5 and 6 coordinate their ranks, no other does.
             multi = [int(s.id[:2]) for s in stages if s.multi_process]
-            raise ConfigError(f"stage {st.id} must run in one process, but this is one of {world} launched processes (WORLD_SIZE={world}) and the "
-                              f"stage is not done with this config (a changed key=value such as model.device counts as a change); fix: run stages "
-                              f"1-{min(multi) - 1} before the launch and {max(multi) + 1}- after it without the launcher (`personatune run CONFIG "
-                              f"--until {min(multi) - 1}`, `--from {max(multi) + 1}`), with the same config and overrides; only stages "
-                              f"{', '.join(map(str, multi))} run under accelerate launch")
+            raise ConfigError(
+                f"stage {st.id} must run in one process, but this is one of {world} launched processes (WORLD_SIZE={world}) and the "
+                f"stage is not done with this config (a changed key=value such as model.device counts as a change); fix: run stages "
+                f"1-{min(multi) - 1} before the launch and {max(multi) + 1}- after it without the launcher (`personatune run CONFIG "
+                f"--until {min(multi) - 1}`, `--from {max(multi) + 1}`), with the same config and overrides; only stages "
+                f"{', '.join(map(str, multi))} run under accelerate launch"
+            )
         echo(f"{n}: running …")
         rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
         rd.set_record(st.id, rec)
@@ -262,7 +342,9 @@ def run_pipeline(
             _record_end(rd, st.id, rec, "interrupted", "KeyboardInterrupt")
             raise
         except Exception as e:  # noqa: BLE001 - whatever went wrong, the manifest says "failed", never "running"; re-raised for the CLI
-            _record_end(rd, st.id, rec, "failed", str(e) if isinstance(e, PersonatuneError) else f"{type(e).__name__}: {e}")
+            _record_end(
+                rd, st.id, rec, "failed", str(e) if isinstance(e, PersonatuneError) else f"{type(e).__name__}: {e}"
+            )
             raise
         passed = result.gate is None or result.gate.passed
         rec.status = "done" if result.gate is None else gate_record_status(result.gate)

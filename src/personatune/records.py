@@ -203,16 +203,33 @@ class GateRecord(Record):
         for i, r in enumerate(self.results):
             if r.threshold is None or r.direction is None or r.passed is None:
                 raise RecordError(f"gate.json: results.{i}: needs threshold, direction and passed")
-            out.append(GateResult(metric=r.metric, value=r.value, threshold=r.threshold, direction=r.direction, unit=r.unit, passed=r.passed,
-                                  n=r.n, ci=None if r.ci is None else tuple(r.ci), description=r.description, note=r.note, status=r.status,
-                                  min_n=r.min_n, n_key=r.n_key))
+            out.append(
+                GateResult(
+                    metric=r.metric,
+                    value=r.value,
+                    threshold=r.threshold,
+                    direction=r.direction,
+                    unit=r.unit,
+                    passed=r.passed,
+                    n=r.n,
+                    ci=None if r.ci is None else tuple(r.ci),
+                    description=r.description,
+                    note=r.note,
+                    status=r.status,
+                    min_n=r.min_n,
+                    n_key=r.n_key,
+                )
+            )
         return GateReport(self.stage, out, diagnosis=list(self.diagnosis), next_steps=list(self.next_steps))
 
     def manifest_summary(self) -> dict[str, Any]:
         """The short form kept in the manifest's stage record: pass/status and each result's numbers."""
         keys = ("metric", "value", "threshold", "direction", "passed", "status", "n", "min_n")
-        return {"passed": self.passed, "status": self.status,
-                "results": [{k: getattr(r, k) for k in keys} for r in self.results]}
+        return {
+            "passed": self.passed,
+            "status": self.status,
+            "results": [{k: getattr(r, k) for k in keys} for r in self.results],
+        }
 
 
 # --- baseline.json (stage 1) ----------------------------------------------------------------------

@@ -145,7 +145,9 @@ class RunDir:
 
     def __init__(self, root: str | Path) -> None:
         if "\x00" in str(root):
-            raise RunDirError(f"run directory {str(root)!r} contains a NUL byte; fix: set run_dir and name to plain folder names")
+            raise RunDirError(
+                f"run directory {str(root)!r} contains a NUL byte; fix: set run_dir and name to plain folder names"
+            )
         self.root = Path(root).resolve()  # absolute, so recorded outputs and relative paths never double up
         try:
             self.root.mkdir(parents=True, exist_ok=True)
@@ -166,10 +168,16 @@ class RunDir:
     def _unwritable(self, e: OSError) -> RunDirError:
         existing = next((p for p in (self.root, *self.root.parents) if p.exists()), None)
         if existing is not None and not existing.is_dir():
-            what = "is a file, not a folder" if existing == self.root else f"cannot be created: {existing} is a file, not a folder"
+            what = (
+                "is a file, not a folder"
+                if existing == self.root
+                else f"cannot be created: {existing} is a file, not a folder"
+            )
         else:
             what = f"cannot be written ({e.strerror or type(e).__name__})"
-        return RunDirError(f"run directory {self.root} {what}; fix: set run_dir=... (and name=...) to a folder you can write")
+        return RunDirError(
+            f"run directory {self.root} {what}; fix: set run_dir=... (and name=...) to a folder you can write"
+        )
 
     # --- manifest -----------------------------------------------------------------
     def _load_manifest(self) -> dict[str, Any]:
@@ -181,13 +189,18 @@ class RunDir:
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
             raise RunDirError(f"{self.manifest_path} is corrupt ({limits.shorten(str(e), 200)}); {fix}") from None
         except OSError as e:
-            raise RunDirError(f"{self.manifest_path} cannot be read ({e.strerror}); fix: check its permissions") from None
+            raise RunDirError(
+                f"{self.manifest_path} cannot be read ({e.strerror}); fix: check its permissions"
+            ) from None
         if not isinstance(m, dict) or not isinstance(m.get("stages"), dict):
             raise RunDirError(f"{self.manifest_path} has no 'stages' mapping; {fix}")
         problems = [p for stage, raw in m["stages"].items() for p in self._record_problems(str(stage), raw)]
         if problems:
-            raise RunDirError(f"{self.manifest_path} is damaged: {'; '.join(problems[:3])}" + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-                              + f"; {fix}")
+            raise RunDirError(
+                f"{self.manifest_path} is damaged: {'; '.join(problems[:3])}"
+                + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+                + f"; {fix}"
+            )
         return m
 
     def _record_problems(self, stage: str, raw: Any) -> list[str]:
@@ -217,7 +230,9 @@ class RunDir:
             if not isinstance(o, dict) or not isinstance(o.get("path"), str) or not isinstance(o.get("hash"), str):
                 out.append(f"stages.{stage}.outputs.{name} needs text 'path' and 'hash'")
             elif not self._inside(o["path"]):
-                out.append(f"stages.{stage}.outputs.{name}.path {limits.short_repr(o['path'], 60)} is outside the run directory")
+                out.append(
+                    f"stages.{stage}.outputs.{name}.path {limits.short_repr(o['path'], 60)} is outside the run directory"
+                )
         return out
 
     def _inside(self, rel: str) -> bool:
@@ -263,8 +278,10 @@ class RunDir:
             )
         rel = rec.outputs[name]["path"]
         if not self._inside(rel):  # checked at load too; a symlink placed since then is caught here
-            raise RunDirError(f"output {name!r} of stage {stage} points outside the run directory ({limits.short_repr(rel, 60)}); "
-                              f"fix: re-run that stage (personatune run CONFIG --from {stage})")
+            raise RunDirError(
+                f"output {name!r} of stage {stage} points outside the run directory ({limits.short_repr(rel, 60)}); "
+                f"fix: re-run that stage (personatune run CONFIG --from {stage})"
+            )
         return self.root / rel
 
     def hash_outputs(self, outputs: dict[str, str | Path]) -> dict[str, dict[str, str]]:
@@ -277,7 +294,9 @@ class RunDir:
             if not p.exists():
                 raise RunDirError(f"stage output {name!r} at {p} was not written")
             if not p.resolve().is_relative_to(self.root):
-                raise RunDirError(f"stage output {name!r} at {p} is outside the run directory {self.root}; outputs must be written inside it")
+                raise RunDirError(
+                    f"stage output {name!r} at {p} is outside the run directory {self.root}; outputs must be written inside it"
+                )
             out[name] = {"path": str(p.relative_to(self.root)), "hash": file_hash(p)}
         return out
 

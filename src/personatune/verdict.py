@@ -57,7 +57,7 @@ def _g(x: float) -> str:
 
 
 def stage_label(stage: str) -> str:
-    """"stage 3" for "03_consistency_data"; the id itself when it has no number."""
+    """ "stage 3" for "03_consistency_data"; the id itself when it has no number."""
     head = str(stage).split("_", 1)[0]
     return f"stage {int(head)}" if head.isdigit() else str(stage)
 
@@ -87,7 +87,7 @@ def _result_status(r: dict[str, Any]) -> str:
 
 
 def gate_status(gate: Any) -> str | None:
-    """"pass", "fail" or "inconclusive" (as GateReport.status), from the recorded status or the results; None when unknown."""
+    """ "pass", "fail" or "inconclusive" (as GateReport.status), from the recorded status or the results; None when unknown."""
     g = _gate_dict(gate)
     if g is None:
         return None
@@ -189,7 +189,7 @@ class RunVerdict:
     stages: tuple[str, ...] = ()
 
     def headline(self) -> str:
-        """"NO-DEPLOY — stopped at stage 3: gate …", "DEPLOY — …", or "no verdict yet"."""
+        """ "NO-DEPLOY — stopped at stage 3: gate …", "DEPLOY — …", or "no verdict yet"."""
         return f"{self.verdict} — {self.detail}" if self.verdict else "no verdict yet"
 
 
@@ -198,7 +198,9 @@ def _rec(records: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return r if isinstance(r, dict) else {}
 
 
-def run_verdict(stage_ids: Sequence[str], records: Mapping[str, Any], gates: Mapping[str, Any], final: Any) -> RunVerdict:
+def run_verdict(
+    stage_ids: Sequence[str], records: Mapping[str, Any], gates: Mapping[str, Any], final: Any
+) -> RunVerdict:
     """The verdict of a run from its manifest records, gate documents and final.json.
 
     A stage counts when its status is gate_failed or gate_inconclusive; of those after the first, only the ones
@@ -214,7 +216,14 @@ def run_verdict(stage_ids: Sequence[str], records: Mapping[str, Any], gates: Map
     """
     status = {s: _rec(records, s).get("status") for s in stage_ids}
     bad = [s for s in stage_ids if status[s] in NOT_PASSED]
-    gate_of = {s: (gates.get(s) if isinstance(gates, Mapping) and isinstance(gates.get(s), dict) else _rec(records, s).get("gate")) for s in bad}
+    gate_of = {
+        s: (
+            gates.get(s)
+            if isinstance(gates, Mapping) and isinstance(gates.get(s), dict)
+            else _rec(records, s).get("gate")
+        )
+        for s in bad
+    }
     if bad:
         first = bad[0]
         t_first = _num(_rec(records, first).get("finished"))
@@ -224,15 +233,21 @@ def run_verdict(stage_ids: Sequence[str], records: Mapping[str, Any], gates: Map
             return t_first is None or t is None or t >= t_first
 
         counted = [first] + [s for s in bad[1:] if after_first(s)]
-        later = stage_ids[list(stage_ids).index(first) + 1:]
-        went_on = t_first is not None and any(_num(_rec(records, s).get("started")) is not None and after_first(s) for s in later)
+        later = stage_ids[list(stage_ids).index(first) + 1 :]
+        went_on = t_first is not None and any(
+            _num(_rec(records, s).get("started")) is not None and after_first(s) for s in later
+        )
         if len(counted) == 1 and not went_on:
-            return RunVerdict("NO-DEPLOY", stop_reason(first, gate_of[first]), stop_detail(first, gate_of[first]), (first,))
+            return RunVerdict(
+                "NO-DEPLOY", stop_reason(first, gate_of[first]), stop_detail(first, gate_of[first]), (first,)
+            )
         undecided = [s for s in counted if status[s] == "gate_inconclusive"]
         head = "gates not passed" if undecided else "gates failed"
         which = ", ".join(f"{s} (inconclusive)" if s in undecided else s for s in counted)
-        detail = f"{head}: " + "; ".join(f"{stage_label(s)}: {_parts_text(gate_of[s], 'gate ' + ('inconclusive' if s in undecided else 'failed'))}"
-                                         for s in counted)
+        detail = f"{head}: " + "; ".join(
+            f"{stage_label(s)}: {_parts_text(gate_of[s], 'gate ' + ('inconclusive' if s in undecided else 'failed'))}"
+            for s in counted
+        )
         return RunVerdict("NO-DEPLOY", f"{head}: {which}", detail, tuple(counted))
     if isinstance(final, Record):  # a records.FinalRecord
         final = final.to_json()
@@ -240,10 +255,18 @@ def run_verdict(stage_ids: Sequence[str], records: Mapping[str, Any], gates: Map
     if v in ("DEPLOY", "NO-DEPLOY") and status.get(FINAL_STAGE) not in NOT_FINISHED:
         msg = _rec(records, FINAL_STAGE).get("message")
         if v == "DEPLOY":
-            detail = msg[len("DEPLOY:"):].strip() if isinstance(msg, str) and msg.startswith("DEPLOY:") else "every stage-7 gate passed"
+            detail = (
+                msg[len("DEPLOY:") :].strip()
+                if isinstance(msg, str) and msg.startswith("DEPLOY:")
+                else "every stage-7 gate passed"
+            )
         else:
             reasons = final.get("reasons")
-            first_reason = reasons[0] if isinstance(reasons, list) and reasons and isinstance(reasons[0], str) else "a stage-7 gate did not pass"
+            first_reason = (
+                reasons[0]
+                if isinstance(reasons, list) and reasons and isinstance(reasons[0], str)
+                else "a stage-7 gate did not pass"
+            )
             detail = f"{stage_label(FINAL_STAGE)}: {first_reason}"
         return RunVerdict(str(v), "stage 7", detail)
     return RunVerdict(None, "no verdict yet", "")

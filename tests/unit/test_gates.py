@@ -7,8 +7,16 @@ from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 
 @pytest.mark.parametrize(
     "direction,threshold,value,expected",
-    [(">=", 0.85, 0.85, True), (">=", 0.85, 0.849, False), (">", 0.0, 0.0, False), (">", 0.0, 0.01, True),
-     ("<=", 0.1, 0.1, True), ("<=", 0.1, 0.1001, False), ("<", 0.15, 0.15, False), ("<", 0.15, 0.149, True)],
+    [
+        (">=", 0.85, 0.85, True),
+        (">=", 0.85, 0.849, False),
+        (">", 0.0, 0.0, False),
+        (">", 0.0, 0.01, True),
+        ("<=", 0.1, 0.1, True),
+        ("<=", 0.1, 0.1001, False),
+        ("<", 0.15, 0.15, False),
+        ("<", 0.15, 0.149, True),
+    ],
 )
 def test_directions(direction, threshold, value, expected):
     spec = GateSpec("m", threshold, direction, "unit")
@@ -62,10 +70,24 @@ def test_rate_min_n_is_the_normal_width_at_the_threshold():
 def test_shortfall_names_the_largest_need_per_key():
     from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 
-    specs = [GateSpec("a", 0.9, ">=", "fraction", min_n=97, n_key="k1"), GateSpec("b", 0.9, ">=", "fraction", min_n=30, n_key="k1"),
-             GateSpec("c", 0.1, "<=", "nats", min_n=10, n_key="k2"), GateSpec("d", 0.5, ">=", "fraction")]
-    rep = GateReport("s", check_gates(specs, {"a": Measurement(0.95, n=7), "b": Measurement(0.95, n=20), "c": Measurement(0.05, n=10),
-                                              "d": Measurement(0.6)}))
+    specs = [
+        GateSpec("a", 0.9, ">=", "fraction", min_n=97, n_key="k1"),
+        GateSpec("b", 0.9, ">=", "fraction", min_n=30, n_key="k1"),
+        GateSpec("c", 0.1, "<=", "nats", min_n=10, n_key="k2"),
+        GateSpec("d", 0.5, ">=", "fraction"),
+    ]
+    rep = GateReport(
+        "s",
+        check_gates(
+            specs,
+            {
+                "a": Measurement(0.95, n=7),
+                "b": Measurement(0.95, n=20),
+                "c": Measurement(0.05, n=10),
+                "d": Measurement(0.6),
+            },
+        ),
+    )
     assert rep.status == "inconclusive" and not rep.passed
     assert rep.shortfall() == "90 more samples needed (raise k1) for a, b"
     assert rep.results[0].meets_threshold() and rep.results[0].inconclusive

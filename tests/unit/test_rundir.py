@@ -60,7 +60,7 @@ def test_resume_skips_done_stages_after_interrupt(tmp_path):
     rc = run_pipeline(cfg, stages=_table(calls), echo=lines.append)
     assert rc == 0
     assert calls == ["02_b", "03_c"]  # 01_a skipped: nothing lost but the stage in progress
-    assert any("not implemented yet" in l and "issue #99" in l for l in lines)
+    assert any("not implemented yet" in ln and "issue #99" in ln for ln in lines)
     assert (tmp_path / "r" / "config.yaml").exists()
 
 
@@ -133,7 +133,9 @@ def test_failed_gate_with_unchanged_inputs_is_not_rerun(tmp_path):
     assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None, force=True, until="1") == 1
     assert calls == ["01_a"]  # --force re-runs it
     calls.clear()
-    assert run_pipeline(cfg.model_copy(update={"seed": 3}), stages=_table(calls, gate_value=0.9), echo=lambda s: None) == 0
+    assert (
+        run_pipeline(cfg.model_copy(update={"seed": 3}), stages=_table(calls, gate_value=0.9), echo=lambda s: None) == 0
+    )
     assert calls == ["01_a", "02_b", "03_c"]  # a changed config re-runs
 
 
@@ -148,7 +150,10 @@ def test_keep_going_runs_past_failed_gates_and_still_exits_1(tmp_path):
     assert [m["stages"][s]["status"] for s in ("01_a", "02_b", "03_c")] == ["gate_failed"] * 3
     calls.clear()
     # With the unimplemented stage at the end of the table the exit code is still 1.
-    assert run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None, keep_going=True) == 1 and calls == []
+    assert (
+        run_pipeline(cfg, stages=_table(calls, gate_value=0.1), echo=lambda s: None, keep_going=True) == 1
+        and calls == []
+    )
 
 
 def test_corrupt_gate_json_of_a_failed_stage_is_no_traceback(tmp_path):
@@ -181,14 +186,20 @@ def test_any_stage_exception_marks_the_stage_failed_not_running(tmp_path):
     assert json.loads((tmp_path / "r" / "manifest.json").read_text())["stages"]["01_a"]["status"] == "failed"
 
 
-@pytest.mark.parametrize("entry,expected", [
-    ("done", "stages.01_a is 'done', not an object"),
-    ({"status": 3}, "stages.01_a.status is not text"),
-    ({"status": "done", "outputs": {"out": {"path": "/etc/passwd", "hash": "h"}}}, "outputs.out.path '/etc/passwd' is outside the run directory"),
-    ({"status": "done", "outputs": {"out": {"path": "../../x", "hash": "h"}}}, "is outside the run directory"),
-    ({"status": "done", "outputs": {"out": "x"}}, "stages.01_a.outputs.out needs text 'path' and 'hash'"),
-    ({"inputs": [1]}, "stages.01_a.inputs is not an object of hashes"),
-])
+@pytest.mark.parametrize(
+    "entry,expected",
+    [
+        ("done", "stages.01_a is 'done', not an object"),
+        ({"status": 3}, "stages.01_a.status is not text"),
+        (
+            {"status": "done", "outputs": {"out": {"path": "/etc/passwd", "hash": "h"}}},
+            "outputs.out.path '/etc/passwd' is outside the run directory",
+        ),
+        ({"status": "done", "outputs": {"out": {"path": "../../x", "hash": "h"}}}, "is outside the run directory"),
+        ({"status": "done", "outputs": {"out": "x"}}, "stages.01_a.outputs.out needs text 'path' and 'hash'"),
+        ({"inputs": [1]}, "stages.01_a.inputs is not an object of hashes"),
+    ],
+)
 def test_damaged_manifest_entries_are_one_clear_error(tmp_path, entry, expected):
     (tmp_path / "manifest.json").write_text(json.dumps({"version": 1, "stages": {"01_a": entry}}))
     with pytest.raises(RunDirError, match="is damaged") as e:
@@ -229,12 +240,16 @@ def test_jsonl_lines_split_on_newline_only_and_json_line_escapes_separators():
 
 def _inconclusive_table(calls):
     """One stage whose gate value passes but rests on 12 of the 137 samples it needs: inconclusive."""
+
     def run(cfg, rd):
         calls.append("01_a")
         p = rd.stage_dir("01_a") / "out.txt"
         atomic_write_text(p, "a")
         spec = GateSpec("chosen_consistency_rate", 0.85, ">=", "fraction", min_n=137, n_key="data.max_prompts")
-        return StageResult(outputs={"out": p}, gate=GateReport("01_a", check_gates([spec], {"chosen_consistency_rate": Measurement(0.9, n=12)})))
+        return StageResult(
+            outputs={"out": p},
+            gate=GateReport("01_a", check_gates([spec], {"chosen_consistency_rate": Measurement(0.9, n=12)})),
+        )
 
     return (Stage("01_a", "a", run, config_keys=("seed",)),)
 
@@ -245,10 +260,19 @@ def test_inconclusive_gate_stops_the_run_and_is_shown_as_its_own_state(tmp_path)
     lines: list[str] = []
     assert run_pipeline(cfg, stages=_inconclusive_table(calls), echo=lines.append) == 1
     out = "\n".join(lines)
-    assert "[01_a] gate INCONCLUSIVE (too few samples to decide)" in out and "GATE INCONCLUSIVE" in out and "GATE FAILED" not in out
-    assert lines[-1] == "verdict: NO-DEPLOY (inconclusive at stage 01_a: 125 more samples needed (raise data.max_prompts) for chosen_consistency_rate)"
+    assert (
+        "[01_a] gate INCONCLUSIVE (too few samples to decide)" in out
+        and "GATE INCONCLUSIVE" in out
+        and "GATE FAILED" not in out
+    )
+    assert (
+        lines[-1]
+        == "verdict: NO-DEPLOY (inconclusive at stage 01_a: 125 more samples needed (raise data.max_prompts) for chosen_consistency_rate)"
+    )
     gate = json.loads((tmp_path / "r" / "01_a" / "gate.json").read_text())
-    assert gate["status"] == "inconclusive" and gate["passed"] is False and gate["results"][0]["status"] == "inconclusive"
+    assert (
+        gate["status"] == "inconclusive" and gate["passed"] is False and gate["results"][0]["status"] == "inconclusive"
+    )
     m = json.loads((tmp_path / "r" / "manifest.json").read_text())
     rec = m["stages"]["01_a"]
     assert rec["status"] == "gate_inconclusive" and rec["gate"]["status"] == "inconclusive"
@@ -256,7 +280,9 @@ def test_inconclusive_gate_stops_the_run_and_is_shown_as_its_own_state(tmp_path)
     # Unchanged inputs: not re-run, reported again as inconclusive (not as failed).
     lines.clear()
     assert run_pipeline(cfg, stages=_inconclusive_table(calls), echo=lines.append) == 1 and calls == ["01_a"]
-    assert any("was INCONCLUSIVE earlier" in ln for ln in lines) and lines[-1].startswith("verdict: NO-DEPLOY (inconclusive at stage 01_a: 125 more")
+    assert any("was INCONCLUSIVE earlier" in ln for ln in lines) and lines[-1].startswith(
+        "verdict: NO-DEPLOY (inconclusive at stage 01_a: 125 more"
+    )
     # The report shows the same state and the same reason.
     page = (tmp_path / "r" / "report.html").read_text()
     assert "gate inconclusive" in page and ">INCONCLUSIVE<" in page and "inconclusive at stage 01_a" in page

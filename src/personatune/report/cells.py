@@ -41,7 +41,7 @@ def fmt(v: Any) -> str:
 
 
 def ci_text(ci: Any) -> str:
-    """"lo..hi" for a 2-element interval, "—" otherwise."""
+    """ "lo..hi" for a 2-element interval, "—" otherwise."""
     if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(num(c) is not None for c in ci):
         return f"{ci[0]:.3g}..{ci[1]:.3g}"
     return "—"
@@ -92,9 +92,12 @@ def kv_table(obj: Any) -> str:
 
 def badge(status: str | None, gated: bool = False) -> str:
     cls, label = {
-        "done": ("b-pass", "passed" if gated else "done"), "gate_failed": ("b-fail", "gate failed"), "failed": ("b-fail", "error"),
+        "done": ("b-pass", "passed" if gated else "done"),
+        "gate_failed": ("b-fail", "gate failed"),
+        "failed": ("b-fail", "error"),
         "gate_inconclusive": ("b-inc", "gate inconclusive"),
-        "running": ("b-run", "running / stopped"), "interrupted": ("b-run", "interrupted"),
+        "running": ("b-run", "running / stopped"),
+        "interrupted": ("b-run", "interrupted"),
     }.get(status or "", ("b-none", "not run yet"))
     return f'<span class="badge {cls}">{esc(label)}</span>'
 
@@ -127,12 +130,20 @@ def order(keys: set[str], preferred: Sequence[str]) -> list[str]:
     return [k for k in preferred if k in keys] + sorted(keys - set(preferred))
 
 
-def heat_table(row_names: list[str], col_names: list[str], value: dict[tuple[str, str], float | None], *, corner: str) -> str:
+def heat_table(
+    row_names: list[str], col_names: list[str], value: dict[tuple[str, str], float | None], *, corner: str
+) -> str:
     """A table whose cells are coloured by value: red-amber-green over [0, 1], else over the values' own range."""
     vals = [v for v in value.values() if v is not None]
     lo, hi = (0.0, 1.0) if all(0 <= v <= 1 for v in vals) else (min(vals, default=0.0), max(vals, default=1.0))
-    rows = [[esc(r)] + [f'<td class="num" style="background:{heat_color(value.get((r, c)), lo, hi)}">{esc(fmt(value.get((r, c))))}</td>' for c in col_names]
-            for r in row_names]
+    rows = [
+        [esc(r)]
+        + [
+            f'<td class="num" style="background:{heat_color(value.get((r, c)), lo, hi)}">{esc(fmt(value.get((r, c))))}</td>'
+            for c in col_names
+        ]
+        for r in row_names
+    ]
     return table([corner, *col_names], rows)
 
 
@@ -145,4 +156,6 @@ def mcell(m: Any, digits: int = 3) -> str:
         v, ci = num(m), ci_text(m.get("ci")) if isinstance(m, dict) else "—"
     if v is None:
         return '<td class="num">—</td>'
-    return f'<td class="num">{v:.{digits}f}' + (f' <span class="note">[{esc(ci)}]</span>' if ci != "—" else "") + "</td>"
+    return (
+        f'<td class="num">{v:.{digits}f}' + (f' <span class="note">[{esc(ci)}]</span>' if ci != "—" else "") + "</td>"
+    )

@@ -75,8 +75,10 @@ def _legend(names: Sequence[str], x0: float, y: float) -> str:
     parts, x = [], x0
     for i, name in enumerate(names):
         c = PALETTE[i % len(PALETTE)]
-        parts.append(f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="12" height="12" fill="{c}"/>'
-                     f'<text x="{x + 16:.1f}" y="{y + 1:.1f}">{_e(name)}</text>')
+        parts.append(
+            f'<rect x="{x:.1f}" y="{y - 9:.1f}" width="12" height="12" fill="{c}"/>'
+            f'<text x="{x + 16:.1f}" y="{y + 1:.1f}">{_e(name)}</text>'
+        )
         x += 28 + 7 * len(str(name))
     return "".join(parts)
 
@@ -117,13 +119,18 @@ def bar_chart(
     def sx(v: float) -> float:
         return left + (v - x_min) / ((x_max - x_min) or 1.0) * plot_w
 
-    out = [f'<svg role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" {FONT} class="chart">',
-           f"<title>{_e(title)}</title>", _legend(names, left, 16)]
+    out = [
+        f'<svg role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" {FONT} class="chart">',
+        f"<title>{_e(title)}</title>",
+        _legend(names, left, 16),
+    ]
     for t in nice_ticks(x_min, x_max):
         if t > x_max + 1e-12:
             continue
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top - 4}" y2="{height - 26}" stroke="#ddd"/>'
-                   f'<text x="{sx(t):.1f}" y="{height - 12}" text-anchor="middle" fill="#555">{_f(t)}</text>')
+        out.append(
+            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top - 4}" y2="{height - 26}" stroke="#ddd"/>'
+            f'<text x="{sx(t):.1f}" y="{height - 12}" text-anchor="middle" fill="#555">{_f(t)}</text>'
+        )
     for gi, lb in enumerate(labels):
         y0 = top + gi * group_h
         out.append(f'<text x="{left - 6}" y="{y0 + group_h / 2 - gap / 2 + 4:.1f}" text-anchor="end">{_e(lb)}</text>')
@@ -135,12 +142,16 @@ def bar_chart(
                 continue
             x0, x1 = sorted((sx(0.0), sx(v)))
             c = PALETTE[si % len(PALETTE)]
-            out.append(f'<rect x="{x0:.1f}" y="{y + 1}" width="{max(x1 - x0, 1):.1f}" height="{bar_h - 2}" fill="{c}">'
-                       f"<title>{_e(lb)} / {_e(name)}: {_f(v)}</title></rect>"
-                       f'<text x="{x1 + 4:.1f}" y="{y + bar_h - 3}" fill="#333">{_f(v)}</text>')
+            out.append(
+                f'<rect x="{x0:.1f}" y="{y + 1}" width="{max(x1 - x0, 1):.1f}" height="{bar_h - 2}" fill="{c}">'
+                f"<title>{_e(lb)} / {_e(name)}: {_f(v)}</title></rect>"
+                f'<text x="{x1 + 4:.1f}" y="{y + bar_h - 3}" fill="#333">{_f(v)}</text>'
+            )
     for name, t in thresholds:
-        out.append(f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top - 4}" y2="{height - 26}" stroke="#c00" stroke-dasharray="5 3"/>'
-                   f'<text x="{sx(t):.1f}" y="{top - 8}" text-anchor="middle" fill="#c00">{_e(name)} {_f(t)}</text>')
+        out.append(
+            f'<line x1="{sx(t):.1f}" x2="{sx(t):.1f}" y1="{top - 4}" y2="{height - 26}" stroke="#c00" stroke-dasharray="5 3"/>'
+            f'<text x="{sx(t):.1f}" y="{top - 8}" text-anchor="middle" fill="#c00">{_e(name)} {_f(t)}</text>'
+        )
     out.append("</svg>")
     return "".join(out)
 
@@ -166,8 +177,13 @@ class ChartStyle:
     height: int = 260
 
 
-def line_chart(series: dict[str, Sequence[tuple[float, float | None]]], *, x_label: str, y_label: str,
-               style: ChartStyle = ChartStyle()) -> str:
+def line_chart(
+    series: dict[str, Sequence[tuple[float, float | None]]],
+    *,
+    x_label: str,
+    y_label: str,
+    style: ChartStyle = ChartStyle(),
+) -> str:
     """Lines with point markers over a shared x axis (e.g. training step or round).
 
     Args:
@@ -179,7 +195,14 @@ def line_chart(series: dict[str, Sequence[tuple[float, float | None]]], *, x_lab
     Returns:
         One `<svg>` element.
     """
-    thresholds, bands, y_range, title, width, height = style.thresholds, style.bands, style.y_range, style.title, style.width, style.height
+    thresholds, bands, y_range, title, width, height = (
+        style.thresholds,
+        style.bands,
+        style.y_range,
+        style.title,
+        style.width,
+        style.height,
+    )
     names = list(series)
     pts = [(x, y) for s in series.values() for x, y in s if y is not None]
     band_pts = [(x, v) for b in (bands or {}).values() for x, lo, hi in b for v in (lo, hi)]
@@ -203,26 +226,37 @@ def line_chart(series: dict[str, Sequence[tuple[float, float | None]]], *, x_lab
     def sy(y: float) -> float:
         return top + (1 - (y - y0) / ((y1 - y0) or 1.0)) * ph
 
-    out = [f'<svg role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" {FONT} class="chart">',
-           f"<title>{_e(title)}</title>", _legend(names, left, 16)]
+    out = [
+        f'<svg role="img" viewBox="0 0 {width} {height}" width="{width}" height="{height}" {FONT} class="chart">',
+        f"<title>{_e(title)}</title>",
+        _legend(names, left, 16),
+    ]
     for t in nice_ticks(y0, y1):
         if y0 - 1e-12 <= t <= y1 + 1e-12:
-            out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e3e3e3"/>'
-                       f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#555">{_f(t)}</text>')
+            out.append(
+                f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#e3e3e3"/>'
+                f'<text x="{left - 6}" y="{sy(t) + 4:.1f}" text-anchor="end" fill="#555">{_f(t)}</text>'
+            )
     for t in nice_ticks(x0, x1, 6):
         if x0 - 1e-12 <= t <= x1 + 1e-12:
             out.append(f'<text x="{sx(t):.1f}" y="{top + ph + 16}" text-anchor="middle" fill="#555">{_f(t)}</text>')
-    out.append(f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'
-               f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">{_e(x_label)}</text>'
-               f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>')
+    out.append(
+        f'<rect x="{left}" y="{top}" width="{pw}" height="{ph}" fill="none" stroke="#999"/>'
+        f'<text x="{left + pw / 2:.1f}" y="{height - 6}" text-anchor="middle">{_e(x_label)}</text>'
+        f'<text transform="translate(14 {top + ph / 2:.1f}) rotate(-90)" text-anchor="middle">{_e(y_label)}</text>'
+    )
     for name, t in thresholds:
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#c00" stroke-dasharray="5 3"/>'
-                   f'<text x="{left + pw + 4}" y="{sy(t) + 4:.1f}" fill="#c00">{_e(name)} {_f(t)}</text>')
+        out.append(
+            f'<line x1="{left}" x2="{left + pw}" y1="{sy(t):.1f}" y2="{sy(t):.1f}" stroke="#c00" stroke-dasharray="5 3"/>'
+            f'<text x="{left + pw + 4}" y="{sy(t) + 4:.1f}" fill="#c00">{_e(name)} {_f(t)}</text>'
+        )
     for i, name in enumerate(names):
         c = PALETTE[i % len(PALETTE)]
         band = sorted((bands or {}).get(name, ()))
         if band:
-            poly = [f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in band] + [f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(band)]
+            poly = [f"{sx(x):.1f},{sy(hi):.1f}" for x, _, hi in band] + [
+                f"{sx(x):.1f},{sy(lo):.1f}" for x, lo, _ in reversed(band)
+            ]
             out.append(f'<polygon points="{" ".join(poly)}" fill="{c}" fill-opacity="0.15" stroke="none"/>')
         seg: list[str] = []
         for x, y in sorted(series[name], key=lambda p: p[0]):
@@ -237,6 +271,8 @@ def line_chart(series: dict[str, Sequence[tuple[float, float | None]]], *, x_lab
         # Markers carry the exact value as a tooltip; past a few hundred points they only add weight.
         for x, y in series[name] if len(series[name]) <= MAX_MARKERS else ():
             if y is not None:
-                out.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"><title>{_e(name)} at {_e(x_label)} {_f(x)}: {_f(y)}</title></circle>')
+                out.append(
+                    f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{c}"><title>{_e(name)} at {_e(x_label)} {_f(x)}: {_f(y)}</title></circle>'
+                )
     out.append("</svg>")
     return "".join(out)

@@ -39,8 +39,15 @@ from personatune.report.cells import as_list, esc, section, when
 from personatune.report.curves import curves_section
 from personatune.report.final import final_section, samples_section
 from personatune.report.load import RunData, dig, load_run
-from personatune.report.sections import (baseline_section, coverage_section, evaluation_section, gates_section, persona_doc, persona_section,
-                                         stage_strip)
+from personatune.report.sections import (
+    baseline_section,
+    coverage_section,
+    evaluation_section,
+    gates_section,
+    persona_doc,
+    persona_section,
+    stage_strip,
+)
 from personatune.rundir import atomic_write_text
 
 LOG_TAIL = 40  # lines of log.txt shown
@@ -84,7 +91,11 @@ def files_section(rd: RunData) -> str:
         lines = log.splitlines()
         body += f"<details><summary>log.txt (last {min(LOG_TAIL, len(lines))} of {len(lines)} lines)</summary><pre>{esc(chr(10).join(lines[-LOG_TAIL:]))}</pre></details>"
     if rd.warnings:
-        body += '<div class="warn"><b>Files that could not be read:</b><ul>' + "".join(f"<li>{esc(w)}</li>" for w in dict.fromkeys(rd.warnings)) + "</ul></div>"
+        body += (
+            '<div class="warn"><b>Files that could not be read:</b><ul>'
+            + "".join(f"<li>{esc(w)}</li>" for w in dict.fromkeys(rd.warnings))
+            + "</ul></div>"
+        )
     return section("files", "Run files", body or '<p class="note">no config.yaml or log.txt.</p>')
 
 
@@ -105,19 +116,47 @@ def render_report(run_dir: str | Path) -> str:
     persona = persona_doc(rd)
     traits = [str(t.get("id")) for t in as_list((persona or {}).get("traits")) if isinstance(t, dict) and t.get("id")]
     final = rd.typed(FinalRecord, rd.path("07_final_eval", "final", "final.json"))
-    v = rd.verdict(final)  # the verdict `personatune run` decides (personatune.verdict): a gate that did not pass is NO-DEPLOY
-    vb = (f'<span title="{esc(v.reason)}" class="badge verdict {"b-pass" if v.verdict == "DEPLOY" else "b-fail"}">{esc(v.verdict)}</span>' if v.verdict
-          else '<span class="badge verdict b-none">no verdict yet</span>')
-    vline = (f'<div class="verdict-line {"v-pass" if v.verdict == "DEPLOY" else "v-fail"}"><b>{esc(v.verdict)}</b> — {esc(v.detail)}</div>'
-             if v.verdict else "")
+    v = rd.verdict(
+        final
+    )  # the verdict `personatune run` decides (personatune.verdict): a gate that did not pass is NO-DEPLOY
+    vb = (
+        f'<span title="{esc(v.reason)}" class="badge verdict {"b-pass" if v.verdict == "DEPLOY" else "b-fail"}">{esc(v.verdict)}</span>'
+        if v.verdict
+        else '<span class="badge verdict b-none">no verdict yet</span>'
+    )
+    vline = (
+        f'<div class="verdict-line {"v-pass" if v.verdict == "DEPLOY" else "v-fail"}"><b>{esc(v.verdict)}</b> — {esc(v.detail)}</div>'
+        if v.verdict
+        else ""
+    )
     baseline = rd.typed(BaselineRecord, rd.path("01_baseline", "baseline", "baseline.json"))
     model = dig(rd.config, "model", "name") or (baseline.model if baseline is not None else None) or "?"
     pname = (persona or {}).get("name") or rd.config.get("persona") or "?"
-    sections = [gates_section(rd), baseline_section(rd), persona_section(rd, persona), coverage_section(rd, traits), evaluation_section(rd, traits),
-                curves_section(rd), final_section(rd, final, traits), samples_section(rd)]
+    sections = [
+        gates_section(rd),
+        baseline_section(rd),
+        persona_section(rd, persona),
+        coverage_section(rd, traits),
+        evaluation_section(rd, traits),
+        curves_section(rd),
+        final_section(rd, final, traits),
+        samples_section(rd),
+    ]
     sections.append(files_section(rd))  # last: it lists the warnings the other sections collected
-    nav = " ".join(f'<a href="#{a}">{esc(t)}</a>' for a, t in (("gates", "gates"), ("baseline", "baseline"), ("persona", "persona"), ("coverage", "data"),
-                                                                ("evaluation", "evaluation"), ("curves", "curves"), ("final", "final"), ("samples", "samples"), ("files", "files")))
+    nav = " ".join(
+        f'<a href="#{a}">{esc(t)}</a>'
+        for a, t in (
+            ("gates", "gates"),
+            ("baseline", "baseline"),
+            ("persona", "persona"),
+            ("coverage", "data"),
+            ("evaluation", "evaluation"),
+            ("curves", "curves"),
+            ("final", "final"),
+            ("samples", "samples"),
+            ("files", "files"),
+        )
+    )
     created = rd.manifest.get("created")
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -145,7 +184,9 @@ def build_report(run_dir: str | Path) -> Path:
         RunDirError: the folder does not exist or is not a run directory, or report.html is a folder.
     """
     out = Path(run_dir) / "report.html"
-    if out.is_dir():  # checked before the work; the atomic write replaces a file or symlink, never what a link points to
+    if (
+        out.is_dir()
+    ):  # checked before the work; the atomic write replaces a file or symlink, never what a link points to
         raise RunDirError(f"{out} is a folder, so the report cannot be written there; fix: move or delete that folder")
     text = render_report(run_dir)
     atomic_write_text(out, text)

@@ -66,7 +66,11 @@ class RunData:
     def stage_ids(self) -> list[str]:
         """The known stages in pipeline order, then any other stage the manifest records (plain folder names only:
         a stage id is used as a folder name, and `../x` must not make the report read outside the run)."""
-        extra = sorted(s for s in self.manifest.get("stages", {}) if s not in STAGE_TITLES and _PLAIN_NAME.fullmatch(s) and s.strip("."))
+        extra = sorted(
+            s
+            for s in self.manifest.get("stages", {})
+            if s not in STAGE_TITLES and _PLAIN_NAME.fullmatch(s) and s.strip(".")
+        )
         return list(STAGE_TITLES) + extra
 
     def verdict(self, final: FinalRecord | None) -> RunVerdict:
@@ -77,7 +81,11 @@ class RunData:
         final.json; otherwise none yet.
         """
         records = {s: self.record(s) for s in self.stage_ids}
-        gates = {s: self.json(self.root / s / "gate.json") for s in self.stage_ids if self.status(s) in ("gate_failed", "gate_inconclusive")}
+        gates = {
+            s: self.json(self.root / s / "gate.json")
+            for s in self.stage_ids
+            if self.status(s) in ("gate_failed", "gate_inconclusive")
+        }
         return run_verdict(self.stage_ids, records, gates, final)
 
     def record(self, stage: str) -> dict[str, Any]:
@@ -120,7 +128,9 @@ class RunData:
         try:
             return json.loads(text)
         except json.JSONDecodeError as e:
-            self.warnings.append(f"{self._rel(path)}: not valid JSON ({e.msg} at line {e.lineno}); its section is left out")
+            self.warnings.append(
+                f"{self._rel(path)}: not valid JSON ({e.msg} at line {e.lineno}); its section is left out"
+            )
             return None
         except RecursionError:
             self.warnings.append(f"{self._rel(path)}: JSON nested too deeply; its section is left out")
@@ -155,7 +165,14 @@ class RunData:
                 rows.append(rec)
         if problems:
             fields = sum(1 for p in problems if p.endswith("; left out") and not p.endswith("section is left out"))
-            what = ", ".join(x for x in (f"{skipped} row(s) skipped" if skipped else "", f"{fields} field(s) left out" if fields else "") if x)
+            what = ", ".join(
+                x
+                for x in (
+                    f"{skipped} row(s) skipped" if skipped else "",
+                    f"{fields} field(s) left out" if fields else "",
+                )
+                if x
+            )
             first = problems[0].removesuffix("; its section is left out").removesuffix("; left out")
             self.warnings.append(f"{self._rel(path)}: {what}: they do not fit its record (first: {first})")
         return rows
@@ -164,7 +181,9 @@ class RunData:
         """A stage's gate: its gate.json, else the summary its manifest record keeps; None when it has neither."""
         gate = self.typed(GateRecord, self.root / stage / "gate.json")
         if gate is None and isinstance(self.record(stage).get("gate"), dict):
-            gate, problems = salvage_record(GateRecord, self.record(stage)["gate"], f"manifest.json stages.{stage}.gate")
+            gate, problems = salvage_record(
+                GateRecord, self.record(stage)["gate"], f"manifest.json stages.{stage}.gate"
+            )
             self.warnings += problems
         return gate
 
@@ -201,7 +220,9 @@ class RunData:
             self.warnings.append(f"{self._rel(path)}: {e}; its section is left out")
             return None
         except yaml.YAMLError as e:
-            self.warnings.append(f"{self._rel(path)}: not valid YAML ({str(e).splitlines()[0]}); its section is left out")
+            self.warnings.append(
+                f"{self._rel(path)}: not valid YAML ({str(e).splitlines()[0]}); its section is left out"
+            )
             return None
 
     def text(self, path: Path) -> str | None:
@@ -235,9 +256,13 @@ def load_run(run_dir: str | Path) -> RunData:
     """
     root = Path(run_dir)
     if not root.is_dir():
-        raise RunDirError(f"run directory {str(root)!r} does not exist; fix: pass <run_dir>/<name> of a run (e.g. runs/quickstart)")
+        raise RunDirError(
+            f"run directory {str(root)!r} does not exist; fix: pass <run_dir>/<name> of a run (e.g. runs/quickstart)"
+        )
     if not (root / "manifest.json").is_file() and not (root / "config.yaml").is_file():
-        raise RunDirError(f"{str(root)!r} is not a run directory (no manifest.json or config.yaml); fix: pass <run_dir>/<name> of a run")
+        raise RunDirError(
+            f"{str(root)!r} is not a run directory (no manifest.json or config.yaml); fix: pass <run_dir>/<name> of a run"
+        )
     rd = RunData(root=root)
     cfg = rd.yaml(root / "config.yaml")
     rd.config = cfg if isinstance(cfg, dict) else {}

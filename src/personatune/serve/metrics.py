@@ -56,8 +56,13 @@ class ServeMetrics:
         info: labels of the `personatune_info` gauge (e.g. model, scoring).
     """
 
-    def __init__(self, window: int, trait_ids: list[str] | None = None, reference_words: float | None = None,
-                 info: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        window: int,
+        trait_ids: list[str] | None = None,
+        reference_words: float | None = None,
+        info: dict[str, str] | None = None,
+    ) -> None:
         self.registry = CollectorRegistry()
         self.lock = threading.Lock()  # guards the rolling window
         self.trait_ids = list(trait_ids or [])
@@ -68,26 +73,40 @@ class ServeMetrics:
         info_gauge = Gauge("personatune_info", "served model (value always 1)", list(info), registry=r)
         (info_gauge.labels(**info) if info else info_gauge).set(1)
         # Names below are the exposed ones: prometheus_client keeps a counter's `_total` suffix as given.
-        self.requests = Counter("personatune_requests_total", "HTTP requests by method, path and status code",
-                                ["method", "path", "status"], registry=r)
-        self.latency = Histogram("personatune_request_latency_seconds",
-                                 "request latency in seconds (arrival to response)", ["path"],
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.requests = Counter(
+            "personatune_requests_total",
+            "HTTP requests by method, path and status code",
+            ["method", "path", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "personatune_request_latency_seconds",
+            "request latency in seconds (arrival to response)",
+            ["path"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.queue_depth = Gauge("personatune_generation_queue_depth", "requests waiting for generation", registry=r)
-        self.queue_capacity = Gauge("personatune_generation_queue_capacity", "generation queue capacity (full: 503)",
-                                    registry=r)
+        self.queue_capacity = Gauge(
+            "personatune_generation_queue_capacity", "generation queue capacity (full: 503)", registry=r
+        )
         self.in_flight = Gauge("personatune_generation_in_flight", "requests being decoded right now", registry=r)
         self.generated_tokens = Counter("personatune_generated_tokens_total", "completion tokens generated", registry=r)
-        self.generation_seconds = Counter("personatune_generation_seconds_total", "seconds spent in model generation",
-                                          registry=r)
-        self.scoring_queue_depth = Gauge("personatune_scoring_queue_depth", "responses waiting to be scored",
-                                         registry=r)
-        self.scored = Counter("personatune_scored_responses_total", "responses scored by the persona evaluator",
-                              registry=r)
-        self.scoring_dropped = Counter("personatune_scoring_dropped_total",
-                                       "responses not scored because the scoring queue was full", registry=r)
-        self.scoring_errors = Counter("personatune_scoring_errors_total", "responses whose scoring raised an error",
-                                      registry=r)
+        self.generation_seconds = Counter(
+            "personatune_generation_seconds_total", "seconds spent in model generation", registry=r
+        )
+        self.scoring_queue_depth = Gauge(
+            "personatune_scoring_queue_depth", "responses waiting to be scored", registry=r
+        )
+        self.scored = Counter(
+            "personatune_scored_responses_total", "responses scored by the persona evaluator", registry=r
+        )
+        self.scoring_dropped = Counter(
+            "personatune_scoring_dropped_total", "responses not scored because the scoring queue was full", registry=r
+        )
+        self.scoring_errors = Counter(
+            "personatune_scoring_errors_total", "responses whose scoring raised an error", registry=r
+        )
         self._rolling: dict[str, Gauge] = {}
         if self.trait_ids:
             self._add_rolling_gauges()
@@ -99,13 +118,11 @@ class ServeMetrics:
             "personatune_rolling_window_responses": "scored responses in the rolling window",
             "personatune_rolling_consistency_rate": "share of consistent responses in the rolling window (METRICS.md)",
             "personatune_rolling_consistency_score_mean": "mean continuous consistency score in the rolling window",
-            "personatune_rolling_trait_adherence":
-                "share of rolling-window responses that adhere to the trait (no trait targeted: not violated)",
+            "personatune_rolling_trait_adherence": "share of rolling-window responses that adhere to the trait (no trait targeted: not violated)",
             "personatune_rolling_adherence_overall": "share of adhering (response, trait) pairs in the rolling window",
             "personatune_rolling_style_match_mean": "mean style_match in the rolling window (0-1)",
             "personatune_rolling_words_mean": "mean words per response in the rolling window",
-            "personatune_reference_words":
-                "reference words per response (held-out chosen responses, else persona range middle)",
+            "personatune_reference_words": "reference words per response (held-out chosen responses, else persona range middle)",
             "personatune_style_words_drift": "(rolling mean words - reference) / reference; 0 = no drift",
         }
         for name, help_ in helps.items():
@@ -134,8 +151,16 @@ class ServeMetrics:
         """Add scored responses (`ResponseScore`s) to the rolling window and count them."""
         from personatune.scoring.aggregate import adherence_pairs
 
-        rows = [{"consistent": bool(r.consistent), "consistency": float(r.consistency), "adherence": adherence_pairs(r),
-                 "style_match": float(r.style_match), "words": float(r.style.get("words", math.nan))} for r in records]
+        rows = [
+            {
+                "consistent": bool(r.consistent),
+                "consistency": float(r.consistency),
+                "adherence": adherence_pairs(r),
+                "style_match": float(r.style_match),
+                "words": float(r.style.get("words", math.nan)),
+            }
+            for r in records
+        ]
         with self.lock:
             self.rolling.extend(rows)
             if self.trait_ids:

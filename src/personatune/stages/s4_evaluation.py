@@ -43,7 +43,11 @@ def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> 
         text = r["messages"][-1]["content"]
         ex += [{"text": text, "trait": t, "label": "expressed"} for t in r.get("targets", [])]
     for p in pairs:
-        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait") and not p.get("rejected_consistent", False):
+        if (
+            p.get("rejected_kind") == "trait_flipped"
+            and p.get("flipped_trait")
+            and not p.get("rejected_consistent", False)
+        ):
             ex.append({"text": p["rejected"][-1]["content"], "trait": p["flipped_trait"], "label": "violated"})
         elif p.get("rejected_kind") == "baseline":
             ex += [{"text": p["rejected"][-1]["content"], "trait": t, "label": "neutral"} for t in p.get("targets", [])]
@@ -64,7 +68,11 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
     for p in pairs:
         # The same labelling rule as for fitting (labelled_examples): a trait-flipped response whose flip
         # did not take (the stage-3 scorer found it consistent) is no example of the trait being violated.
-        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait") and not p.get("rejected_consistent", False):
+        if (
+            p.get("rejected_kind") == "trait_flipped"
+            and p.get("flipped_trait")
+            and not p.get("rejected_consistent", False)
+        ):
             texts.append(p["rejected"][-1]["content"])
             trait_of.append(p["flipped_trait"])
             labels.append(0)
@@ -75,12 +83,23 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
         s = [scores[i].traits[t] for i in idx]
         y = [labels[i] for i in idx]
         ci = auroc_ci(s, y)
-        out[t] = {"auroc": auroc(s, y), "ci": list(ci) if ci else None, "n_pos": int(sum(y)), "n_neg": int(len(y) - sum(y))}
+        out[t] = {
+            "auroc": auroc(s, y),
+            "ci": list(ci) if ci else None,
+            "n_pos": int(sum(y)),
+            "n_neg": int(len(y) - sum(y)),
+        }
     return out
 
 
-def heldout_size_hint(n_prompts: int, n_chosen: int, n_contexts: int, min_per_context: int, heldout_fraction: float,
-                      max_prompts: int | None) -> str | None:
+def heldout_size_hint(
+    n_prompts: int,
+    n_chosen: int,
+    n_contexts: int,
+    min_per_context: int,
+    heldout_fraction: float,
+    max_prompts: int | None,
+) -> str | None:
     """How much larger the held-out split must be for `min_per_context` chosen responses per context, on average.
 
     At the held-out teacher yield y = n_chosen / n_prompts a context needs about ceil(min_per_context / y)
@@ -103,8 +122,10 @@ def heldout_size_hint(n_prompts: int, n_chosen: int, n_contexts: int, min_per_co
     if max_prompts is not None:
         opts.append(f"data.max_prompts={math.ceil(max_prompts * factor)}")
     how = " or ".join(opts) if opts else "more prompts (data.max_prompts) and a higher data.heldout_fraction"
-    return (f"at the held-out teacher yield {y:.0%} ({n_chosen}/{n_prompts}), {min_per_context} chosen responses per context take about "
-            f"{need} held-out prompts per context (now {now:.1f}): {factor:.1f}x as many, e.g. {how}")
+    return (
+        f"at the held-out teacher yield {y:.0%} ({n_chosen}/{n_prompts}), {min_per_context} chosen responses per context take about "
+        f"{need} held-out prompts per context (now {now:.1f}): {factor:.1f}x as many, e.g. {how}"
+    )
 
 
 def evaluation_specs(config: RunConfig, trait_ids: list[str], contexts: list[str]) -> list[GateSpec]:
@@ -118,13 +139,52 @@ def evaluation_specs(config: RunConfig, trait_ids: list[str], contexts: list[str
     """
     g, key = config.gates.evaluation, heldout_key(config)
     pairs = "fraction of (response, trait) pairs"
-    specs = [GateSpec(f"auroc[{t}]", g.min_auroc, ">=", "AUROC", f"held-out detector AUROC for {t}; n = responses on the smaller side",
-                      min_n=g.min_auroc_per_side, n_key=key) for t in trait_ids]
-    specs.append(GateSpec("adherence", g.adherence, ">=", pairs, "adherence of held-out chosen responses; n = pairs", min_n=rate_min_n_for(config, g.adherence), n_key=key))
-    specs += [GateSpec(f"adherence[{c}]", g.adherence, ">=", pairs, f"adherence in context {c}; n = pairs", min_n=rate_min_n_for(config, g.adherence), n_key=key)
-              for c in contexts]
-    specs.append(GateSpec("style_variance", g.max_style_variance, "<", "relative std across contexts",
-                          "style variance of held-out chosen responses; n = responses in qualifying context groups", min_n=g.min_style_variance_n, n_key=key))
+    specs = [
+        GateSpec(
+            f"auroc[{t}]",
+            g.min_auroc,
+            ">=",
+            "AUROC",
+            f"held-out detector AUROC for {t}; n = responses on the smaller side",
+            min_n=g.min_auroc_per_side,
+            n_key=key,
+        )
+        for t in trait_ids
+    ]
+    specs.append(
+        GateSpec(
+            "adherence",
+            g.adherence,
+            ">=",
+            pairs,
+            "adherence of held-out chosen responses; n = pairs",
+            min_n=rate_min_n_for(config, g.adherence),
+            n_key=key,
+        )
+    )
+    specs += [
+        GateSpec(
+            f"adherence[{c}]",
+            g.adherence,
+            ">=",
+            pairs,
+            f"adherence in context {c}; n = pairs",
+            min_n=rate_min_n_for(config, g.adherence),
+            n_key=key,
+        )
+        for c in contexts
+    ]
+    specs.append(
+        GateSpec(
+            "style_variance",
+            g.max_style_variance,
+            "<",
+            "relative std across contexts",
+            "style variance of held-out chosen responses; n = responses in qualifying context groups",
+            min_n=g.min_style_variance_n,
+            n_key=key,
+        )
+    )
     return specs
 
 
@@ -143,15 +203,25 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     out = run_dir.stage_dir(STAGE)
     g = config.gates.evaluation
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
-    train, held = run_dir.output_path("03_consistency_data", "train"), run_dir.output_path("03_consistency_data", "heldout")
+    train, held = (
+        run_dir.output_path("03_consistency_data", "train"),
+        run_dir.output_path("03_consistency_data", "heldout"),
+    )
     tr_sft, tr_pairs = read_jsonl(train / "sft.jsonl"), read_jsonl(train / "pairs.jsonl")
     ho_sft, ho_pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
-    scorer, _ = scorer_for_run(config, run_dir, spec, use_evaluator=False, examples=labelled_examples(spec, tr_sft, tr_pairs))
+    scorer, _ = scorer_for_run(
+        config, run_dir, spec, use_evaluator=False, examples=labelled_examples(spec, tr_sft, tr_pairs)
+    )
     scorer.save(out / "evaluator")
 
     aucs = heldout_auroc(scorer, spec, ho_sft, ho_pairs)
-    records = scorer.score([r["messages"][-1]["content"] for r in ho_sft], prompts=[r["messages"][:-1] for r in ho_sft],
-                           contexts=[r["context"] for r in ho_sft], targets=[r["targets"] for r in ho_sft], ids=[r["scenario_id"] for r in ho_sft])
+    records = scorer.score(
+        [r["messages"][-1]["content"] for r in ho_sft],
+        prompts=[r["messages"][:-1] for r in ho_sft],
+        contexts=[r["context"] for r in ho_sft],
+        targets=[r["targets"] for r in ho_sft],
+        ids=[r["scenario_id"] for r in ho_sft],
+    )
     adh = trait_adherence(records)
     sv = style_variance(records, min_per_context=g.min_per_context)
     cons = consistency_rate(records)
@@ -175,15 +245,25 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             t = r.metric[6:-1]
             a = aucs[t]
             if a["auroc"] is None:
-                diagnosis.append(f"trait {t}: no held-out examples of both classes ({a['n_pos']} expressed, {a['n_neg']} trait-flipped)")
-                steps.append("raise data.heldout_fraction or the number of prompts so every trait has held-out contrast")
+                diagnosis.append(
+                    f"trait {t}: no held-out examples of both classes ({a['n_pos']} expressed, {a['n_neg']} trait-flipped)"
+                )
+                steps.append(
+                    "raise data.heldout_fraction or the number of prompts so every trait has held-out contrast"
+                )
             else:
                 ci = f", 95% CI {a['ci'][0]:.2f}-{a['ci'][1]:.2f}" if a.get("ci") else ""
-                diagnosis.append(f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses{ci}")
+                diagnosis.append(
+                    f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses{ci}"
+                )
                 if min(a["n_pos"], a["n_neg"]) < 10:
                     # One swapped pair moves AUROC by 1/(n_pos*n_neg): with a handful per side the value is mostly noise.
-                    steps.append("raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy")
-                steps.append(f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai with a stronger model)")
+                    steps.append(
+                        "raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy"
+                    )
+                steps.append(
+                    f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai with a stronger model)"
+                )
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
             steps.append(f"add persona example interactions in context {r.metric[10:-1]}, or raise data.best_of")
@@ -197,19 +277,35 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         elif sv.value is None:
             diagnosis.append(f"style variance not measured: {sv.note}")
             ho_prompts = read_jsonl(held / "prompts.jsonl") if (held / "prompts.jsonl").exists() else []
-            hint = heldout_size_hint(len(ho_prompts), len(ho_sft), len({q["context"] for q in ho_prompts}), g.min_per_context,
-                                     config.data.heldout_fraction, config.data.max_prompts)
-            steps.append(hint or "raise data.max_prompts or data.heldout_fraction so contexts have enough held-out chosen responses")
+            hint = heldout_size_hint(
+                len(ho_prompts),
+                len(ho_sft),
+                len({q["context"] for q in ho_prompts}),
+                g.min_per_context,
+                config.data.heldout_fraction,
+                config.data.max_prompts,
+            )
+            steps.append(
+                hint
+                or "raise data.max_prompts or data.heldout_fraction so contexts have enough held-out chosen responses"
+            )
         else:
             top = ", ".join(sorted(sv.per_feature, key=sv.per_feature.get, reverse=True)[:3])
-            diagnosis.append(f"style variance {sv.value:.3f} on {sv.n} held-out chosen responses (features that vary most: {top})")
-            steps.append("tighten the persona's style (words range, signature phrases) so the voice holds across contexts")
+            diagnosis.append(
+                f"style variance {sv.value:.3f} on {sv.n} held-out chosen responses (features that vary most: {top})"
+            )
+            steps.append(
+                "tighten the persona's style (words range, signature phrases) so the voice holds across contexts"
+            )
     gate = GateReport(STAGE, results, diagnosis=diagnosis, next_steps=list(dict.fromkeys(steps)))
 
     report = {
         "auroc": aucs,
-        "adherence": {"overall": adh.overall.__dict__, "per_trait": {k: v.__dict__ for k, v in adh.per_trait.items()},
-                      "per_context": {k: v.__dict__ for k, v in adh.per_context.items()}},
+        "adherence": {
+            "overall": adh.overall.__dict__,
+            "per_trait": {k: v.__dict__ for k, v in adh.per_trait.items()},
+            "per_context": {k: v.__dict__ for k, v in adh.per_context.items()},
+        },
         "style_variance": sv.value,
         "consistency_rate": cons.__dict__,
         "on_task_rate": getattr(on_task_rate(records), "__dict__", None),
@@ -219,12 +315,17 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     report["baseline_persona"] = baseline_persona_metrics(config, run_dir, scorer, min_per_context=g.min_per_context)
     # Validated against the record the report reads (personatune.records), so a format change fails here, not there.
     atomic_write_json(out / "report.json", EvaluationReport.model_validate(report).to_json())
-    table = ["| context | adherence | n |", "|---|---|---|"] + [f"| {c} | {m.value:.3f} | {m.n} |" for c, m in sorted(adh.per_context.items())]
+    table = ["| context | adherence | n |", "|---|---|---|"] + [
+        f"| {c} | {m.value:.3f} | {m.n} |" for c, m in sorted(adh.per_context.items())
+    ]
     atomic_write_text(out / "per_context.md", "\n".join(table) + "\n")
-    return StageResult(outputs={"evaluator": out / "evaluator", "report": out / "report.json"}, gate=gate,
-                       metrics={"adherence": adh.overall.value, "style_variance": sv.value},
-                       message=f"evaluator fitted; held-out adherence {adh.overall.value:.3f}, style variance "
-                               + (f"{sv.value:.3f}" if sv.value is not None else "not measured"))
+    return StageResult(
+        outputs={"evaluator": out / "evaluator", "report": out / "report.json"},
+        gate=gate,
+        metrics={"adherence": adh.overall.value, "style_variance": sv.value},
+        message=f"evaluator fitted; held-out adherence {adh.overall.value:.3f}, style variance "
+        + (f"{sv.value:.3f}" if sv.value is not None else "not measured"),
+    )
 
 
 def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, min_per_context: int) -> dict[str, Any]:
@@ -233,10 +334,20 @@ def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, mi
 
     prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
     texts = sample_baseline(config, run_dir, prompts)
-    recs = scorer.score(texts, prompts=[p["messages"] for p in prompts], contexts=[p["context"] for p in prompts],
-                        targets=[p["targets"] for p in prompts], ids=[p["id"] for p in prompts])
+    recs = scorer.score(
+        texts,
+        prompts=[p["messages"] for p in prompts],
+        contexts=[p["context"] for p in prompts],
+        targets=[p["targets"] for p in prompts],
+        ids=[p["id"] for p in prompts],
+    )
     # The samples and their fingerprint: stages 5-7 reuse them when the fingerprint still matches the config.
     write_baseline_samples(config, run_dir, prompts, texts)
     sv = style_variance(recs, min_per_context=min_per_context)
-    return {"consistency_rate": consistency_rate(recs).__dict__, "adherence": trait_adherence(recs).overall.__dict__, "style_variance": sv.value,
-            "on_task_rate": getattr(on_task_rate(recs), "__dict__", None), "n": len(recs)}
+    return {
+        "consistency_rate": consistency_rate(recs).__dict__,
+        "adherence": trait_adherence(recs).overall.__dict__,
+        "style_variance": sv.value,
+        "on_task_rate": getattr(on_task_rate(recs), "__dict__", None),
+        "n": len(recs),
+    }

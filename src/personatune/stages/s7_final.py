@@ -52,8 +52,15 @@ from personatune.errors import DataError, RunDirError
 from personatune.records import DRIFT_REFERENCE_LABEL, FINAL_STAGE, FinalRecord
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
+
 # Re-exported: the figures and the gate built from them are stage 7's, kept in their own module so `run` reads in one sitting.
-from personatune.stages.s7_figures import ADVERSARIAL, compare_persona, final_gate, final_markdown, prompted_baseline_figures  # noqa: F401
+from personatune.stages.s7_figures import (  # noqa: F401
+    ADVERSARIAL,
+    compare_persona,
+    final_gate,
+    final_markdown,
+    prompted_baseline_figures,
+)
 
 STAGE = FINAL_STAGE
 CAPABILITY_BATCH = 16
@@ -64,21 +71,34 @@ KL_REFERENCE = DRIFT_REFERENCE_LABEL
 """What final.json's `kl` is measured against (the same label as stages 5-6 write as `kl_reference`)."""
 
 
-def _sample(model: Any, tok: Any, convs: list[list[dict[str, str]]], config: RunConfig, who: str,
-            prefix: list[dict[str, str]] | None = None) -> list[str]:
+def _sample(
+    model: Any,
+    tok: Any,
+    convs: list[list[dict[str, str]]],
+    config: RunConfig,
+    who: str,
+    prefix: list[dict[str, str]] | None = None,
+) -> list[str]:
     """One response per conversation at the eval decoding and the run seed, `prefix` (the persona context) before each."""
     from personatune.generation.hf import HFBackend
     from personatune.progress import EtaLine
 
     d = eval_decoding(config)
     eta = EtaLine(f"stage 7: sampling the {who} on {len(convs)} held-out prompts")
-    outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=eta).generate([list(prefix or []) + list(c) for c in convs],
-                                                                                    max_new_tokens=d["max_new_tokens"], temperature=d["temperature"],
-                                                                                    top_p=d["top_p"], n=1, seed=config.seed)
+    outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=eta).generate(
+        [list(prefix or []) + list(c) for c in convs],
+        max_new_tokens=d["max_new_tokens"],
+        temperature=d["temperature"],
+        top_p=d["top_p"],
+        n=1,
+        seed=config.seed,
+    )
     return [o[0] for o in outs]
 
 
-def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_tok: Any, final_model: Any, final_tok: Any) -> dict[str, Any]:
+def lm_eval_figures(
+    config: RunConfig, run_dir: RunDir, base_model: Any, base_tok: Any, final_model: Any, final_tok: Any
+) -> dict[str, Any]:
     """The configured lm-eval tasks on the final model, compared with the baseline's.
 
     The baseline's results come from stage 1's lm_eval.json when it was scored with the same `lm_eval` settings;
@@ -98,8 +118,13 @@ def lm_eval_figures(config: RunConfig, run_dir: RunDir, base_model: Any, base_to
         base = lm_harness.evaluate(base_model, base_tok, config.lm_eval, seed=config.seed)
     final = lm_harness.evaluate(final_model, final_tok, config.lm_eval, seed=config.seed)
     cmp = lm_harness.compare(final, base)
-    return {**cmp, "baseline_source": source, "settings": want, "lm_eval_version": final.get("lm_eval_version"),
-            "rule": "a task fails when its primary metric moves the wrong way by more than 1.96 x the baseline's standard error"}
+    return {
+        **cmp,
+        "baseline_source": source,
+        "settings": want,
+        "lm_eval_version": final.get("lm_eval_version"),
+        "rule": "a task fails when its primary metric moves the wrong way by more than 1.96 x the baseline's standard error",
+    }
 
 
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
@@ -114,11 +139,11 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune import models
     from personatune.capability import perplexity, retention, score_suite
     from personatune.generation.hf import HFBackend
-    from personatune.progress import EtaLine
     from personatune.kl import measure_drift
+    from personatune.lm_harness import check_tasks
     from personatune.persona import load_persona
     from personatune.persona_prompt import persona_context
-    from personatune.lm_harness import check_tasks
+    from personatune.progress import EtaLine
     from personatune.scoring.factory import scorer_for_run
     from personatune.stages.s1_baseline import baseline_model_path
     from personatune.stages.s6_iterations import final_model_path
@@ -133,18 +158,26 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
     if not prompts:
-        raise DataError(f"03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and {STAGE3_FIX}")
+        raise DataError(
+            f"03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and {STAGE3_FIX}"
+        )
     for p in prompts:
         if any(m.get("role") == "system" for m in p["messages"]):
-            raise DataError(f"held-out prompt {p.get('id')!r} has a system turn; stage 7 compares models without one; fix: {STAGE3_FIX}")
-    run_dir.output_path("04_evaluation", "evaluator")  # stage 7 requires the fitted evaluator, never the persona-only fallback
+            raise DataError(
+                f"held-out prompt {p.get('id')!r} has a system turn; stage 7 compares models without one; fix: {STAGE3_FIX}"
+            )
+    run_dir.output_path(
+        "04_evaluation", "evaluator"
+    )  # stage 7 requires the fitted evaluator, never the persona-only fallback
     scorer, scorer_desc = scorer_for_run(config, run_dir, spec)
     base_path, final_path = baseline_model_path(run_dir), final_model_path(run_dir)
     base_model, base_tok = models.load_configured_model(base_path, config.model)
     final_model, final_tok = models.load_configured_model(str(final_path), config.model)
     if len(base_tok) != len(final_tok):
-        raise DataError(f"the final model's tokenizer ({len(final_tok)} tokens) differs from the baseline's ({len(base_tok)}); "
-                        f"KL and a like-for-like comparison need the same vocabulary; fix: train from the stage-1 baseline")
+        raise DataError(
+            f"the final model's tokenizer ({len(final_tok)} tokens) differs from the baseline's ({len(base_tok)}); "
+            f"KL and a like-for-like comparison need the same vocabulary; fix: train from the stage-1 baseline"
+        )
 
     # 2. Both models on every held-out prompt, no system prompt, the same decoding (stage 4's).
     convs = [p["messages"] for p in prompts]
@@ -157,64 +190,161 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     # The context-distillation target: the baseline given the persona context, same prompts and decoding.
     prompted_texts = _sample(base_model, base_tok, convs, config, "baseline model with the persona prompt", context)
     final_texts = _sample(final_model, final_tok, convs, config, "final model")
-    kw = dict(prompts=[c[-1]["content"] for c in convs], contexts=[p.get("context") for p in prompts],
-              targets=[list(p.get("targets") or []) for p in prompts], ids=[str(p["id"]) for p in prompts])
-    base_recs, prompted_recs, final_recs = scorer.score(base_texts, **kw), scorer.score(prompted_texts, **kw), scorer.score(final_texts, **kw)
+    kw = dict(
+        prompts=[c[-1]["content"] for c in convs],
+        contexts=[p.get("context") for p in prompts],
+        targets=[list(p.get("targets") or []) for p in prompts],
+        ids=[str(p["id"]) for p in prompts],
+    )
+    base_recs, prompted_recs, final_recs = (
+        scorer.score(base_texts, **kw),
+        scorer.score(prompted_texts, **kw),
+        scorer.score(final_texts, **kw),
+    )
 
     # 3. Persona figures. 4. Capability (stage 1's suite result for the baseline when it exists). 5. KL.
-    fig: dict[str, Any] = compare_persona(base_recs, final_recs, seed=config.seed, min_per_context=config.gates.evaluation.min_per_context)
-    fig["prompted_baseline"] = prompted_baseline_figures(prompted_recs, base_recs, final_recs, seed=config.seed, few_shot=config.data.few_shot)
+    fig: dict[str, Any] = compare_persona(
+        base_recs, final_recs, seed=config.seed, min_per_context=config.gates.evaluation.min_per_context
+    )
+    fig["prompted_baseline"] = prompted_baseline_figures(
+        prompted_recs, base_recs, final_recs, seed=config.seed, few_shot=config.data.few_shot
+    )
     try:
         base_suite = json.loads(run_dir.output_path("01_baseline", "capability").read_text(encoding="utf-8"))
         suite_src = "01_baseline/capability.json"
     except RunDirError:
-        base_suite, suite_src = score_suite(HFBackend(base_model, base_tok, batch_size=CAPABILITY_BATCH,
-                                                      progress=EtaLine("stage 7: capability suite, baseline", unit="items"))), "scored in stage 7"
-    final_suite = score_suite(HFBackend(final_model, final_tok, batch_size=CAPABILITY_BATCH,
-                                        progress=EtaLine("stage 7: capability suite, final model", unit="items")))
+        base_suite, suite_src = (
+            score_suite(
+                HFBackend(
+                    base_model,
+                    base_tok,
+                    batch_size=CAPABILITY_BATCH,
+                    progress=EtaLine("stage 7: capability suite, baseline", unit="items"),
+                )
+            ),
+            "scored in stage 7",
+        )
+    final_suite = score_suite(
+        HFBackend(
+            final_model,
+            final_tok,
+            batch_size=CAPABILITY_BATCH,
+            progress=EtaLine("stage 7: capability suite, final model", unit="items"),
+        )
+    )
     ret = retention(final_suite, base_suite)
     value = ret["retention"] if math.isfinite(ret["retention"]) else None
     tasks = {k: {**d, "n": base_suite["tasks"][k]["n"]} for k, d in ret["task_drops"].items()}
-    fig["retention"] = {"value": value, "unit": "ratio (final / baseline suite score)", "baseline_score": base_suite["score"], "final_score": final_suite["score"],
-                        "n_items": final_suite["n"], "baseline_source": suite_src, "tasks": tasks, "all_tasks_ok": ret["all_tasks_ok"],
-                        "task_rule": "a task fails when baseline accuracy - final accuracy > baseline accuracy - its Wilson 95% lower bound",
-                        "final_replies": final_suite["replies"]}
+    fig["retention"] = {
+        "value": value,
+        "unit": "ratio (final / baseline suite score)",
+        "baseline_score": base_suite["score"],
+        "final_score": final_suite["score"],
+        "n_items": final_suite["n"],
+        "baseline_source": suite_src,
+        "tasks": tasks,
+        "all_tasks_ok": ret["all_tasks_ok"],
+        "task_rule": "a task fails when baseline accuracy - final accuracy > baseline accuracy - its Wilson 95% lower bound",
+        "final_replies": final_suite["replies"],
+    }
     if config.lm_eval.tasks:
         fig["lm_eval"] = lm_eval_figures(config, run_dir, base_model, base_tok, final_model, final_tok)
     base_info = json.loads(run_dir.output_path("01_baseline", "baseline").read_text(encoding="utf-8"))
-    fig["perplexity"] = {"baseline": base_info.get("perplexity") or perplexity(base_model, base_tok), "final": perplexity(final_model, final_tok),
-                         "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template"}
+    fig["perplexity"] = {
+        "baseline": base_info.get("perplexity") or perplexity(base_model, base_tok),
+        "final": perplexity(final_model, final_tok),
+        "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template",
+    }
     kl_tokens = config.train.kl_max_new_tokens
-    dr = measure_drift(final_model, base_model, final_tok, convs, context, max_new_tokens=kl_tokens, seed=config.seed, batch_size=decoding["batch_size"])
+    dr = measure_drift(
+        final_model,
+        base_model,
+        final_tok,
+        convs,
+        context,
+        max_new_tokens=kl_tokens,
+        seed=config.seed,
+        batch_size=decoding["batch_size"],
+    )
     kl, shift = dr.drift, dr.shift
-    fig["kl"] = {**kl.to_dict(), "max_new_tokens": kl_tokens, "context_tokens": dr.context_tokens, "few_shot": config.data.few_shot,
-                 "what": "drift KL: KL(final(.|x) || baseline(.|c, x)), c = the persona context, x = a held-out prompt; reported, gated in stages 5-6"}
-    fig["persona_shift"] = {**shift.to_dict(), "max_new_tokens": kl_tokens,
-                            "what": "persona shift: KL(final(.|x) || baseline(.|x)) on the same samples; information, not a gate"}
+    fig["kl"] = {
+        **kl.to_dict(),
+        "max_new_tokens": kl_tokens,
+        "context_tokens": dr.context_tokens,
+        "few_shot": config.data.few_shot,
+        "what": "drift KL: KL(final(.|x) || baseline(.|c, x)), c = the persona context, x = a held-out prompt; reported, gated in stages 5-6",
+    }
+    fig["persona_shift"] = {
+        **shift.to_dict(),
+        "max_new_tokens": kl_tokens,
+        "what": "persona shift: KL(final(.|x) || baseline(.|x)) on the same samples; information, not a gate",
+    }
     fig["kl_reference"] = KL_REFERENCE
-    fig["earlier_gates"] = {s: {"status": run_dir.record(s).status, "gate_passed": (run_dir.record(s).gate or {}).get("passed")} for s in EARLIER}
+    fig["earlier_gates"] = {
+        s: {"status": run_dir.record(s).status, "gate_passed": (run_dir.record(s).gate or {}).get("passed")}
+        for s in EARLIER
+    }
 
     # 6. Gate and verdict; everything reaches disk before the runner decides.
     gate = final_gate(config, fig)
     verdict = "DEPLOY" if gate.passed else "NO-DEPLOY"
     reasons = gate.diagnosis[1:] or [r.line() for r in gate.results]
-    fig = {"verdict": verdict, "reasons": reasons, "n_prompts": len(prompts), "decoding": {**decoding, "system_prompt": None},
-           "baseline_model": base_path, "final_model": str(final_path.relative_to(run_dir.root)), "scorer": scorer_desc, "baseline_samples": source,
-           **fig, "gates": [asdict(r) for r in gate.results], "seconds": round(time.time() - t_start, 2)}
+    fig = {
+        "verdict": verdict,
+        "reasons": reasons,
+        "n_prompts": len(prompts),
+        "decoding": {**decoding, "system_prompt": None},
+        "baseline_model": base_path,
+        "final_model": str(final_path.relative_to(run_dir.root)),
+        "scorer": scorer_desc,
+        "baseline_samples": source,
+        **fig,
+        "gates": [asdict(r) for r in gate.results],
+        "seconds": round(time.time() - t_start, 2),
+    }
     # Validated against the record the report reads, so a writer change that breaks the format fails here, not there.
     atomic_write_json(out / "final.json", FinalRecord.model_validate(fig).to_json())
     atomic_write_text(out / "final.md", final_markdown(fig))
-    atomic_write_json(out / "samples.json", [
-        {"id": p["id"], "context": p.get("context"), "prompt": c[-1]["content"], "baseline": bt, "baseline_prompted": pt, "final": ft,
-         "baseline_consistency": br.consistency, "baseline_prompted_consistency": pr.consistency, "final_consistency": fr.consistency,
-         "baseline_consistent": br.consistent, "baseline_prompted_consistent": pr.consistent, "final_consistent": fr.consistent}
-        for p, c, bt, pt, ft, br, pr, fr in zip(prompts, convs, base_texts, prompted_texts, final_texts, base_recs, prompted_recs, final_recs)])
+    atomic_write_json(
+        out / "samples.json",
+        [
+            {
+                "id": p["id"],
+                "context": p.get("context"),
+                "prompt": c[-1]["content"],
+                "baseline": bt,
+                "baseline_prompted": pt,
+                "final": ft,
+                "baseline_consistency": br.consistency,
+                "baseline_prompted_consistency": pr.consistency,
+                "final_consistency": fr.consistency,
+                "baseline_consistent": br.consistent,
+                "baseline_prompted_consistent": pr.consistent,
+                "final_consistent": fr.consistent,
+            }
+            for p, c, bt, pt, ft, br, pr, fr in zip(
+                prompts, convs, base_texts, prompted_texts, final_texts, base_recs, prompted_recs, final_recs
+            )
+        ],
+    )
     imp = fig["improvement"]
     ci_txt = f"[{imp['ci'][0]:+.3f}, {imp['ci'][1]:+.3f}]" if imp.get("ci") else "n/a"
     pb = fig["prompted_baseline"]["consistency"]["value"]
-    msg = (f"{verdict}: consistency {imp['baseline']:.3f} -> {imp['final']:.3f} (improvement 95% CI {ci_txt}; "
-           f"persona-prompted baseline {'n/a' if pb is None else f'{pb:.3f}'}), retention {'n/a' if value is None else f'{value:.3f}'}, "
-           f"drift KL {kl.per_token:.4g} nats/token, persona shift {shift.per_token:.4g} nats/token")
-    return StageResult(outputs={"final": out / "final.json", "samples": out / "samples.json"}, gate=gate,
-                       metrics={"verdict": verdict, "improvement": imp["value"], "retention": value, "kl": kl.per_token,
-                                "persona_shift": shift.per_token, "prompted_baseline_consistency": pb}, message=msg)
+    msg = (
+        f"{verdict}: consistency {imp['baseline']:.3f} -> {imp['final']:.3f} (improvement 95% CI {ci_txt}; "
+        f"persona-prompted baseline {'n/a' if pb is None else f'{pb:.3f}'}), retention {'n/a' if value is None else f'{value:.3f}'}, "
+        f"drift KL {kl.per_token:.4g} nats/token, persona shift {shift.per_token:.4g} nats/token"
+    )
+    return StageResult(
+        outputs={"final": out / "final.json", "samples": out / "samples.json"},
+        gate=gate,
+        metrics={
+            "verdict": verdict,
+            "improvement": imp["value"],
+            "retention": value,
+            "kl": kl.per_token,
+            "persona_shift": shift.per_token,
+            "prompted_baseline_consistency": pb,
+        },
+        message=msg,
+    )
