@@ -31,16 +31,23 @@ def eligible(r: Any) -> bool:
 def score_candidates(scenarios: list[Scenario], candidates: list[list[str]], scorer: Any) -> list[list[Any]]:
     """Score every teacher candidate in one batched call; per scenario, its candidates' ResponseScores."""
     flat = [(s, c) for s, cands in zip(scenarios, candidates) for c in cands]
-    scores = scorer.score([c for _, c in flat], prompts=[s.prompt for s, _ in flat], contexts=[s.context for s, _ in flat],
-                          targets=[s.targets for s, _ in flat], ids=[f"{s.id}:c{i}" for i, (s, _) in enumerate(flat)])
+    scores = scorer.score(
+        [c for _, c in flat],
+        prompts=[s.prompt for s, _ in flat],
+        contexts=[s.context for s, _ in flat],
+        targets=[s.targets for s, _ in flat],
+        ids=[f"{s.id}:c{i}" for i, (s, _) in enumerate(flat)],
+    )
     out, i = [], 0
     for cands in candidates:
-        out.append(list(scores[i:i + len(cands)]))
+        out.append(list(scores[i : i + len(cands)]))
         i += len(cands)
     return out
 
 
-def typical_voice(scenarios: list[Scenario], candidate_scores: list[list[Any]]) -> tuple[dict[str, float], dict[str, float]] | None:
+def typical_voice(
+    scenarios: list[Scenario], candidate_scores: list[list[Any]]
+) -> tuple[dict[str, float], dict[str, float]] | None:
     """The teacher's typical in-persona voice: per style feature, the mean over every consistent candidate
     of the TRAINING split (held-out candidates do not shape it), and the scale each feature's distance is
     divided by — max(|mean|, the feature's style-variance floor), the normalisation of style variance.
@@ -64,7 +71,9 @@ def voice_distance(style: dict[str, float], voice: tuple[dict[str, float], dict[
     return sum(abs(float(style[f]) - m) / scales[f] for f, m in means.items()) / max(len(means), 1)
 
 
-def choose_candidate(good: list[Any], select: str, voice: tuple[dict[str, float], dict[str, float]] | None, score: Any = lambda c: c) -> Any:
+def choose_candidate(
+    good: list[Any], select: str, voice: tuple[dict[str, float], dict[str, float]] | None, score: Any = lambda c: c
+) -> Any:
     """The chosen one among a prompt's consistent candidates (config data.select).
 
     Args:
@@ -79,8 +88,15 @@ def choose_candidate(good: list[Any], select: str, voice: tuple[dict[str, float]
     return max(good, key=lambda c: score(c).consistency)
 
 
-def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[list[str]], contrast: dict[str, list[tuple[str, str | None, str]]],
-                scorer: Any, candidate_scores: list[list[Any]] | None = None, select: str = "typical_voice") -> tuple[list[dict], list[dict], dict[str, Any]]:
+def build_pairs(
+    spec: PersonaSpec,
+    scenarios: list[Scenario],
+    candidates: list[list[str]],
+    contrast: dict[str, list[tuple[str, str | None, str]]],
+    scorer: Any,
+    candidate_scores: list[list[Any]] | None = None,
+    select: str = "typical_voice",
+) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Score candidates and contrast responses; build sft rows, pair rows and gate counts.
 
     Args:
@@ -99,15 +115,36 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
         candidate_scores = score_candidates(scenarios, candidates, scorer)
     voice = typical_voice(scenarios, candidate_scores) if select == "typical_voice" else None
     rej = [(s, kind, flip, text) for s in scenarios for kind, flip, text in contrast.get(s.id, [])]
-    rej_scores = scorer.score([r[3] for r in rej], prompts=[r[0].prompt for r in rej], contexts=[r[0].context for r in rej],
-                              targets=[r[0].targets for r in rej], ids=[f"{r[0].id}:r{i}" for i, r in enumerate(rej)]) if rej else []
-    by_s: dict[str, dict[str, list]] = {s.id: {"cands": [(c, "candidate", None, sc) for c, sc in zip(cands, cs)], "rej": []}
-                                        for s, cands, cs in zip(scenarios, candidates, candidate_scores)}
+    rej_scores = (
+        scorer.score(
+            [r[3] for r in rej],
+            prompts=[r[0].prompt for r in rej],
+            contexts=[r[0].context for r in rej],
+            targets=[r[0].targets for r in rej],
+            ids=[f"{r[0].id}:r{i}" for i, r in enumerate(rej)],
+        )
+        if rej
+        else []
+    )
+    by_s: dict[str, dict[str, list]] = {
+        s.id: {"cands": [(c, "candidate", None, sc) for c, sc in zip(cands, cs)], "rej": []}
+        for s, cands, cs in zip(scenarios, candidates, candidate_scores)
+    }
     for (s, kind, flip, text), sc in zip(rej, rej_scores):
         by_s[s.id]["rej"].append((text, kind, flip, sc))
     sft, pairs = [], []
-    stats = {"scenarios": 0, "chosen": 0, "chosen_consistent": 0, "chosen_on_task": 0, "chosen_on_task_measured": 0, "off_task_only": 0,
-             "rejected": 0, "rejected_inconsistent": 0, "violated_pairs": {t: 0 for t in spec.trait_ids}, "by_kind": {}}
+    stats = {
+        "scenarios": 0,
+        "chosen": 0,
+        "chosen_consistent": 0,
+        "chosen_on_task": 0,
+        "chosen_on_task_measured": 0,
+        "off_task_only": 0,
+        "rejected": 0,
+        "rejected_inconsistent": 0,
+        "violated_pairs": {t: 0 for t in spec.trait_ids},
+        "by_kind": {},
+    }
     for s in scenarios:
         d = by_s.get(s.id, {"cands": [], "rej": []})
         stats["scenarios"] += 1
@@ -120,7 +157,9 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
             if not sc.consistent:
                 stats["rejected_inconsistent"] += 1
                 k["inconsistent"] += 1
-            violated = sorted({t for t, v in sc.violations.items() if v >= 0.5} | ({flip} if flip and not sc.consistent else set()))
+            violated = sorted(
+                {t for t, v in sc.violations.items() if v >= 0.5} | ({flip} if flip and not sc.consistent else set())
+            )
             labelled.append((text, kind, flip, sc, violated))
         if not d["cands"]:
             continue
@@ -134,16 +173,35 @@ def build_pairs(spec: PersonaSpec, scenarios: list[Scenario], candidates: list[l
         stats["chosen_consistent"] += 1
         stats["chosen_on_task"] += on_task(best) is True
         stats["chosen_on_task_measured"] += on_task(best) is not None
-        sft.append({"messages": s.messages + [{"role": "assistant", "content": best_text}], "context": s.context, "targets": s.targets,
-                    "scenario_id": s.id, "split": s.split, "consistency": best.consistency,
-                    "on_task": best.on_task})
+        sft.append(
+            {
+                "messages": s.messages + [{"role": "assistant", "content": best_text}],
+                "context": s.context,
+                "targets": s.targets,
+                "scenario_id": s.id,
+                "split": s.split,
+                "consistency": best.consistency,
+                "on_task": best.on_task,
+            }
+        )
         for text, kind, flip, sc, violated in labelled:
             for t in violated:
                 stats["violated_pairs"][t] = stats["violated_pairs"].get(t, 0) + 1
-            pairs.append({
-                "prompt": s.messages, "chosen": [{"role": "assistant", "content": best_text}], "rejected": [{"role": "assistant", "content": text}],
-                "context": s.context, "targets": s.targets, "violated_traits": violated, "rejected_kind": kind, "flipped_trait": flip,
-                "scenario_id": s.id, "split": s.split, "chosen_consistency": best.consistency, "rejected_consistency": sc.consistency,
-                "rejected_consistent": sc.consistent,
-            })
+            pairs.append(
+                {
+                    "prompt": s.messages,
+                    "chosen": [{"role": "assistant", "content": best_text}],
+                    "rejected": [{"role": "assistant", "content": text}],
+                    "context": s.context,
+                    "targets": s.targets,
+                    "violated_traits": violated,
+                    "rejected_kind": kind,
+                    "flipped_trait": flip,
+                    "scenario_id": s.id,
+                    "split": s.split,
+                    "chosen_consistency": best.consistency,
+                    "rejected_consistency": sc.consistency,
+                    "rejected_consistent": sc.consistent,
+                }
+            )
     return sft, pairs, stats

@@ -46,7 +46,11 @@ def converted_path(source: ModelSource, cache_dir: str | os.PathLike | None = No
     """
     st = source.gguf_path.stat()
     digest = hashlib.sha256(f"{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
-    stem = DEFAULT_MODEL if source.name == DEFAULT_MODEL else re.sub(r"[^a-z0-9]+", "-", Path(source.gguf_file or "model").stem.lower()).strip("-")
+    stem = (
+        DEFAULT_MODEL
+        if source.name == DEFAULT_MODEL
+        else re.sub(r"[^a-z0-9]+", "-", Path(source.gguf_file or "model").stem.lower()).strip("-")
+    )
     return cache_root(cache_dir) / "models" / f"{stem}-{digest}"
 
 
@@ -114,7 +118,9 @@ def ensure_converted(source: ModelSource, cache_dir: str | os.PathLike | None = 
         _remove_stale_temps(final.parent)
         tmp = _make_temp_dir(final)
     except OSError as e:
-        raise RunDirError(f"cannot write model cache {final.parent}: {_first_line(e)}; fix: set model.cache_dir or $PERSONATUNE_CACHE to a writable folder") from None
+        raise RunDirError(
+            f"cannot write model cache {final.parent}: {_first_line(e)}; fix: set model.cache_dir or $PERSONATUNE_CACHE to a writable folder"
+        ) from None
     try:
         log.info("converting %s to a plain checkpoint in %s (once, ~15 s)", source.gguf_path, final)
         t0 = time.perf_counter()
@@ -124,8 +130,13 @@ def ensure_converted(source: ModelSource, cache_dir: str | os.PathLike | None = 
         plain.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         st = source.gguf_path.stat()
-        marker = {"source": str(source.gguf_path), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                  "transformers": _version("transformers"), "seconds": round(time.perf_counter() - t0, 2)}
+        marker = {
+            "source": str(source.gguf_path),
+            "size": st.st_size,
+            "mtime_ns": st.st_mtime_ns,
+            "transformers": _version("transformers"),
+            "seconds": round(time.perf_counter() - t0, 2),
+        }
         (tmp / CONVERSION_MARKER).write_text(json.dumps(marker, indent=2) + "\n", encoding="utf-8")
         _publish_dir(tmp, final, keep_existing=True)
     finally:

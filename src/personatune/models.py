@@ -126,14 +126,23 @@ def resolve_loadable_path(name: str, *, cache_dir: str | os.PathLike | None = No
     """
     source = resolve_model(name)
     if source.kind == "tiny":
-        raise ModelNotFoundError("model 'tiny' is built in memory and has no path; fix: save it with personatune.models.save_model and use that folder")
+        raise ModelNotFoundError(
+            "model 'tiny' is built in memory and has no path; fix: save it with personatune.models.save_model and use that folder"
+        )
     if source.kind == "gguf":
         return str(ensure_converted(source, cache_dir))
     return source.path
 
 
-def load_model_and_tokenizer(name: str, *, dtype: Any = None, device: str | None = None, trust_remote_code: bool = False,
-                             cache_dir: str | os.PathLike | None = None, for_training: bool = False) -> tuple[Any, Any]:
+def load_model_and_tokenizer(
+    name: str,
+    *,
+    dtype: Any = None,
+    device: str | None = None,
+    trust_remote_code: bool = False,
+    cache_dir: str | os.PathLike | None = None,
+    for_training: bool = False,
+) -> tuple[Any, Any]:
     """Load a causal LM and its tokenizer by name (see `resolve_model`).
 
     Args:
@@ -161,7 +170,9 @@ def load_model_and_tokenizer(name: str, *, dtype: Any = None, device: str | None
         path = str(ensure_converted(source, cache_dir)) if source.kind == "gguf" else source.path
         model, tok = _load_pretrained(source, path, torch_dtype, trust_remote_code)
     if for_training and getattr(model, "is_quantized", False):
-        raise ConfigError(f"model.name={name}: the checkpoint is quantized and cannot be trained; fix: use an unquantized checkpoint")
+        raise ConfigError(
+            f"model.name={name}: the checkpoint is quantized and cannot be trained; fix: use an unquantized checkpoint"
+        )
     _ensure_pad_token(model, tok)
     model = model.to(device=device, dtype=torch_dtype)
     model.train(for_training)
@@ -171,8 +182,14 @@ def load_model_and_tokenizer(name: str, *, dtype: Any = None, device: str | None
 def load_configured_model(name: str, model_args: Any, *, for_training: bool = False) -> tuple[Any, Any]:
     """`load_model_and_tokenizer(name, ...)` with the dtype, device, trust_remote_code and cache_dir of a
     run config's `model` section (personatune.config.ModelArgs): how every stage loads a model."""
-    return load_model_and_tokenizer(name, dtype=model_args.dtype, device=model_args.device, trust_remote_code=model_args.trust_remote_code,
-                                    cache_dir=model_args.cache_dir, for_training=for_training)
+    return load_model_and_tokenizer(
+        name,
+        dtype=model_args.dtype,
+        device=model_args.device,
+        trust_remote_code=model_args.trust_remote_code,
+        cache_dir=model_args.cache_dir,
+        for_training=for_training,
+    )
 
 
 def _load_pretrained(source: ModelSource, path: str, torch_dtype: Any, trust_remote_code: bool) -> tuple[Any, Any]:
@@ -195,8 +212,10 @@ def _load_pretrained(source: ModelSource, path: str, torch_dtype: Any, trust_rem
 
 
 def _unloadable(path: str, e: BaseException) -> ModelNotFoundError:
-    return ModelNotFoundError(f"model folder {path} cannot be loaded ({_first_line(e)}); fix: point model.name at a folder saved by "
-                              f"transformers (config.json, weights, tokenizer files), or set it to {NAMES_HELP}")
+    return ModelNotFoundError(
+        f"model folder {path} cannot be loaded ({_first_line(e)}); fix: point model.name at a folder saved by "
+        f"transformers (config.json, weights, tokenizer files), or set it to {NAMES_HELP}"
+    )
 
 
 def _ensure_pad_token(model: Any, tok: Any) -> None:
@@ -231,9 +250,17 @@ def save_model(model: Any, tokenizer: Any, path: str | os.PathLike) -> Path:
         RunDirError: `path` is a file, a non-model folder with content, or cannot be written.
     """
     target = Path(path)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / "config.json").is_file()
-                                                      and not (target / "adapter_config.json").is_file())):
-        raise RunDirError(f"refusing to save a model over {target}: it exists and is not a model folder; fix: choose a new or empty folder")
+    if target.exists() and (
+        not target.is_dir()
+        or (
+            any(target.iterdir())
+            and not (target / "config.json").is_file()
+            and not (target / "adapter_config.json").is_file()
+        )
+    ):
+        raise RunDirError(
+            f"refusing to save a model over {target}: it exists and is not a model folder; fix: choose a new or empty folder"
+        )
     if getattr(tokenizer, "chat_template", None) is None:
         log.warning("saving tokenizer without a chat template to %s", target)
     try:
@@ -269,7 +296,9 @@ def encode_chat(tokenizer: Any, messages: list[dict[str, str]], add_generation_p
         ConfigError: the tokenizer has no chat template (a base model, not a chat model).
     """
     if not getattr(tokenizer, "chat_template", None):
-        raise ConfigError(f"model.name={getattr(tokenizer, 'name_or_path', '?')}: tokenizer has no chat template; fix: use a chat/instruct model")
+        raise ConfigError(
+            f"model.name={getattr(tokenizer, 'name_or_path', '?')}: tokenizer has no chat template; fix: use a chat/instruct model"
+        )
     text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -303,7 +332,9 @@ def describe_environment(cache_dir: str | os.PathLike | None = None) -> dict[str
         source = resolve_model(DEFAULT_MODEL)
         info["smollm2_gguf"] = str(source.gguf_path)
         conv = converted_path(source, cache_dir)
-        info["smollm2_converted"] = str(conv) if is_converted(source, cache_dir) else f"not converted yet (will be {conv})"
+        info["smollm2_converted"] = (
+            str(conv) if is_converted(source, cache_dir) else f"not converted yet (will be {conv})"
+        )
     except ModelNotFoundError as e:
         info["smollm2_gguf"] = f"not found: {e}"
         info["smollm2_converted"] = "n/a"

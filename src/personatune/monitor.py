@@ -72,8 +72,14 @@ ROLES = ("system", "user", "assistant")
 class ScorerLike(Protocol):
     """`personatune.scoring.scorer.Scorer` or anything with its `score` signature."""
 
-    def score(self, texts: list[str], prompts: list[str | None] | None = None, contexts: list[str | None] | None = None,
-              targets: list[list[str]] | None = None, ids: list[str] | None = None) -> list[Any]: ...
+    def score(
+        self,
+        texts: list[str],
+        prompts: list[str | None] | None = None,
+        contexts: list[str | None] | None = None,
+        targets: list[list[str]] | None = None,
+        ids: list[str] | None = None,
+    ) -> list[Any]: ...
 
 
 # ---- reading -----------------------------------------------------------------------------------------
@@ -135,7 +141,12 @@ def read_conversations(path: str | Path) -> tuple[list[Conversation], list[tuple
         if not text.strip():
             continue
         if len(text) > limits.JSONL_MAX_LINE_CHARS:
-            bad.append((no, f"{len(text):,} characters, more than the line limit of {limits.JSONL_MAX_LINE_CHARS:,} (personatune.limits.JSONL_MAX_LINE_CHARS)"))
+            bad.append(
+                (
+                    no,
+                    f"{len(text):,} characters, more than the line limit of {limits.JSONL_MAX_LINE_CHARS:,} (personatune.limits.JSONL_MAX_LINE_CHARS)",
+                )
+            )
             continue
         try:
             obj = json.loads(text)
@@ -156,8 +167,10 @@ def read_conversations(path: str | Path) -> tuple[list[Conversation], list[tuple
         convs.append(Conversation(no, [{"role": m["role"], "content": m["content"]} for m in obj], ts))
     if not convs:
         shown = "; ".join(f"line {n}: {w}" for n, w in bad[:3]) or "the file is empty"
-        raise DataError(f"{path} has no usable conversation ({len(bad)} bad line(s): {shown}); fix: one JSON object per "
-                        f"line with a 'messages' list of {{role, content}} that contains an assistant turn")
+        raise DataError(
+            f"{path} has no usable conversation ({len(bad)} bad line(s): {shown}); fix: one JSON object per "
+            f"line with a 'messages' list of {{role, content}} that contains an assistant turn"
+        )
     return convs, bad
 
 
@@ -196,8 +209,14 @@ def _check_options(window: Any, alpha: Any) -> None:
         raise ConfigError(f"--alpha {alpha!r} must be a number in (0, 1), e.g. 0.01")
 
 
-def run_monitor(scorer: ScorerLike, trait_ids: list[str], logs: str | Path, reference: str | Path | None,
-                window: int = 200, alpha: float = 0.01) -> DriftReport:
+def run_monitor(
+    scorer: ScorerLike,
+    trait_ids: list[str],
+    logs: str | Path,
+    reference: str | Path | None,
+    window: int = 200,
+    alpha: float = 0.01,
+) -> DriftReport:
     """Read, score, window and test (steps 1-5 of the module docstring).
 
     Args:
@@ -228,23 +247,54 @@ def run_monitor(scorer: ScorerLike, trait_ids: list[str], logs: str | Path, refe
         tested = list(range(len(bounds)))
     else:
         if len(bounds) < 2:
-            raise DataError(f"{logs}: without --reference the first window is the reference, but the log has only "
-                            f"{len(convs)} conversation(s) = 1 window of --window {window}; fix: pass --reference or a smaller --window")
+            raise DataError(
+                f"{logs}: without --reference the first window is the reference, but the log has only "
+                f"{len(convs)} conversation(s) = 1 window of --window {window}; fix: pass --reference or a smaller --window"
+            )
         ref = win_recs[0]
         source = f"first window of the log (lines {convs[0].line}-{convs[bounds[0][1] - 1].line})"
         tested = list(range(1, len(bounds)))
-    tests, threshold, m = detect_drift(ref, [win_recs[i] if i in tested else [] for i in range(len(bounds))], trait_ids, alpha)
+    tests, threshold, m = detect_drift(
+        ref, [win_recs[i] if i in tested else [] for i in range(len(bounds))], trait_ids, alpha
+    )
     summaries = []
     for i, (a, b) in enumerate(bounds):
         d = describe(win_recs[i], trait_ids)
-        summaries.append(WindowSummary(i, convs[a].line, convs[b - 1].line, b - a, d["responses"], d["consistency_rate"],
-                                       d["consistency_ci"], d["consistency_mean"], d["style_match_mean"], d["words_mean"],
-                                       d["adherence"], convs[a].timestamp, convs[b - 1].timestamp))
+        summaries.append(
+            WindowSummary(
+                i,
+                convs[a].line,
+                convs[b - 1].line,
+                b - a,
+                d["responses"],
+                d["consistency_rate"],
+                d["consistency_ci"],
+                d["consistency_mean"],
+                d["style_match_mean"],
+                d["words_mean"],
+                d["adherence"],
+                convs[a].timestamp,
+                convs[b - 1].timestamp,
+            )
+        )
     contradictions = find_contradictions(convs, scored)
-    return DriftReport(alpha=float(alpha), threshold=threshold, n_tests=m, reference_source=source, reference=describe(ref, trait_ids),
-                       windows=summaries, tests=tests, contradictions=contradictions, n_contradictions=len(contradictions),
-                       conversations_multi_turn=sum(len(c.assistant_turns) >= 2 for c in convs), bad_lines=bad,
-                       bad_reference_lines=bad_ref, conversations=len(convs), responses=sum(len(w) for w in win_recs), window_size=window)
+    return DriftReport(
+        alpha=float(alpha),
+        threshold=threshold,
+        n_tests=m,
+        reference_source=source,
+        reference=describe(ref, trait_ids),
+        windows=summaries,
+        tests=tests,
+        contradictions=contradictions,
+        n_contradictions=len(contradictions),
+        conversations_multi_turn=sum(len(c.assistant_turns) >= 2 for c in convs),
+        bad_lines=bad,
+        bad_reference_lines=bad_ref,
+        conversations=len(convs),
+        responses=sum(len(w) for w in win_recs),
+        window_size=window,
+    )
 
 
 # ---- entry point ---------------------------------------------------------------------------------
@@ -265,8 +315,15 @@ def _resolve(persona: str, evaluator: str | None, reference: str | None) -> tupl
     return persona, evaluator, reference
 
 
-def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str | None = None, window: int = 200,
-                 out_html: str = "drift.html", alpha: float = 0.01) -> int:
+def monitor_main(
+    persona: str,
+    evaluator: str | None,
+    logs: str,
+    reference: str | None = None,
+    window: int = 200,
+    out_html: str = "drift.html",
+    alpha: float = 0.01,
+) -> int:
     """Entry point of `personatune monitor`.
 
     Args:
@@ -291,7 +348,9 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
     persona, evaluator, reference = _resolve(persona, evaluator, reference)
     out = Path(out_html)
     if out.suffix.lower() == ".json":
-        raise ConfigError(f"--out {out} ends in .json, the name of the JSON summary written beside the report; fix: e.g. --out {out.with_suffix('.html')}")
+        raise ConfigError(
+            f"--out {out} ends in .json, the name of the JSON summary written beside the report; fix: e.g. --out {out.with_suffix('.html')}"
+        )
     inputs = {"the log": logs, "--reference": reference, "--persona": persona, "--evaluator": evaluator}
     check_output_file(out, "--out", inputs)
     check_output_file(out.with_suffix(".json"), "--out (its .json summary)", inputs)
@@ -299,7 +358,9 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
     _check_options(window, alpha)
     for what, path in (("the log", logs), ("--reference", reference)):
         if path is not None and not Path(path).is_file():
-            raise DataError(f"{what} {path} is {'a folder' if Path(path).is_dir() else 'not found'}; fix: pass an existing JSONL file")
+            raise DataError(
+                f"{what} {path} is {'a folder' if Path(path).is_dir() else 'not found'}; fix: pass an existing JSONL file"
+            )
     spec = load_persona(persona)
     scorer = build_scorer(spec, evaluator_dir=evaluator)  # the fitted evaluator, else the persona's untrained scorer
     rep = run_monitor(scorer, spec.trait_ids, logs, reference, window=window, alpha=alpha)
@@ -311,11 +372,15 @@ def monitor_main(persona: str, evaluator: str | None, logs: str, reference: str 
 
 def format_summary(rep: DriftReport, out: Path | None = None) -> str:
     """A few lines for the terminal."""
-    lines = [f"monitor: {rep.conversations} conversations, {rep.responses} responses, {len(rep.windows)} window(s); "
-             f"{len(rep.bad_lines)} bad line(s) skipped; reference {rep.reference['responses']} responses "
-             f"(consistency {_f(rep.reference['consistency_rate'])})"]
+    lines = [
+        f"monitor: {rep.conversations} conversations, {rep.responses} responses, {len(rep.windows)} window(s); "
+        f"{len(rep.bad_lines)} bad line(s) skipped; reference {rep.reference['responses']} responses "
+        f"(consistency {_f(rep.reference['consistency_rate'])})"
+    ]
     for t in rep.alerts[:10]:
-        lines.append(f"  ALERT window {t.window} {t.test}: {_f(t.value)} vs reference {_f(t.reference)} (p={_f(t.p)} < {_f(rep.threshold)})")
+        lines.append(
+            f"  ALERT window {t.window} {t.test}: {_f(t.value)} vs reference {_f(t.reference)} (p={_f(t.p)} < {_f(rep.threshold)})"
+        )
     if len(rep.alerts) > 10:
         lines.append(f"  ... {len(rep.alerts) - 10} more alerts")
     lines.append(f"  multi-turn contradictions: {rep.n_contradictions}")

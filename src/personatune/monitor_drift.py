@@ -179,9 +179,15 @@ def describe(records: list[Any], trait_ids: list[str]) -> dict[str, Any]:
     def mean(v: list[float]) -> float:
         return float(np.mean(v)) if len(v) else math.nan
 
-    return {"responses": n, "consistency_rate": k / n if n else math.nan, "consistency_ci": wilson_ci(k, n),
-            "consistency_mean": mean([r.consistency for r in records]), "style_match_mean": mean([r.style_match for r in records]),
-            "words_mean": mean([r.style.get("words", math.nan) for r in records]), "adherence": per}
+    return {
+        "responses": n,
+        "consistency_rate": k / n if n else math.nan,
+        "consistency_ci": wilson_ci(k, n),
+        "consistency_mean": mean([r.consistency for r in records]),
+        "style_match_mean": mean([r.style_match for r in records]),
+        "words_mean": mean([r.style.get("words", math.nan) for r in records]),
+        "adherence": per,
+    }
 
 
 def make_windows(n: int, window: int) -> list[tuple[int, int]]:
@@ -198,23 +204,58 @@ def window_tests(index: int, recs: list[Any], ref: list[Any], trait_ids: list[st
     out = []
     k, k0 = sum(bool(r.consistent) for r in recs), sum(bool(r.consistent) for r in ref)
     z, p = two_proportion_drop(k, len(recs), k0, len(ref))
-    out.append(TestResult(index, "consistency_rate", "two-proportion z (one-sided)", k0 / len(ref), k / len(recs),
-                          len(recs), len(ref), z, p))
+    out.append(
+        TestResult(
+            index,
+            "consistency_rate",
+            "two-proportion z (one-sided)",
+            k0 / len(ref),
+            k / len(recs),
+            len(recs),
+            len(ref),
+            z,
+            p,
+        )
+    )
     for name, get in (("consistency_score", lambda r: r.consistency), ("style_match", lambda r: r.style_match)):
         x, y = [float(get(r)) for r in recs], [float(get(r)) for r in ref]
         z, p = mann_whitney_less(x, y)
-        out.append(TestResult(index, name, "Mann-Whitney U (one-sided)", float(np.median(y)), float(np.median(x)),
-                              len(x), len(y), z, p))
+        out.append(
+            TestResult(
+                index,
+                name,
+                "Mann-Whitney U (one-sided)",
+                float(np.median(y)),
+                float(np.median(x)),
+                len(x),
+                len(y),
+                z,
+                p,
+            )
+        )
     a, a0 = [_adheres(r) for r in recs], [_adheres(r) for r in ref]
     for t in trait_ids:
         f, f0 = [d[t] for d in a if t in d], [d[t] for d in a0 if t in d]
         z, p = two_proportion_drop(sum(f), len(f), sum(f0), len(f0))
-        out.append(TestResult(index, f"adherence[{t}]", "two-proportion z (one-sided)",
-                              sum(f0) / len(f0) if f0 else math.nan, sum(f) / len(f) if f else math.nan, len(f), len(f0), z, p))
+        out.append(
+            TestResult(
+                index,
+                f"adherence[{t}]",
+                "two-proportion z (one-sided)",
+                sum(f0) / len(f0) if f0 else math.nan,
+                sum(f) / len(f) if f else math.nan,
+                len(f),
+                len(f0),
+                z,
+                p,
+            )
+        )
     return out
 
 
-def find_contradictions(convs: list[Conversation], scored: list[list[tuple[int, Any]]], threshold: float = 0.5) -> list[dict[str, Any]]:
+def find_contradictions(
+    convs: list[Conversation], scored: list[list[tuple[int, Any]]], threshold: float = 0.5
+) -> list[dict[str, Any]]:
     """Later assistant turns that violate a trait an earlier turn of the same conversation expressed.
 
     Args:
@@ -236,16 +277,26 @@ def find_contradictions(convs: list[Conversation], scored: list[list[tuple[int, 
                 if t in expressed and t not in reported and v >= threshold:
                     j = expressed[t]
                     reported.add(t)
-                    found.append({"line": c.line, "trait": t, "earlier_turn": j, "later_turn": i,
-                                  "earlier": c.messages[j]["content"][:SNIPPET], "later": c.messages[i]["content"][:SNIPPET],
-                                  "violation": float(v)})
+                    found.append(
+                        {
+                            "line": c.line,
+                            "trait": t,
+                            "earlier_turn": j,
+                            "later_turn": i,
+                            "earlier": c.messages[j]["content"][:SNIPPET],
+                            "later": c.messages[i]["content"][:SNIPPET],
+                            "violation": float(v),
+                        }
+                    )
             for t, e in r.traits.items():
                 if t not in expressed and e >= threshold and r.violations.get(t, 0.0) < threshold:
                     expressed[t] = i
     return found
 
 
-def detect_drift(reference: list[Any], windows: list[list[Any]], trait_ids: list[str], alpha: float) -> tuple[list[TestResult], float, int]:
+def detect_drift(
+    reference: list[Any], windows: list[list[Any]], trait_ids: list[str], alpha: float
+) -> tuple[list[TestResult], float, int]:
     """Test every window against the reference with a Bonferroni correction over windows x tests.
 
     Args:

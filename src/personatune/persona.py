@@ -51,13 +51,18 @@ class Trait(_Strict):
     description: str = Field(min_length=1, description="one or two sentences: what expressing the trait looks like")
     positive: list[str] = Field(description=">= 3 first-person utterances that express the trait")
     negative: list[str] = Field(description=">= 3 utterances that contradict the trait")
-    inverse: str | None = Field(default=None, description="optional one-line description of the opposite trait (used for trait-flipped contrast data)")
+    inverse: str | None = Field(
+        default=None,
+        description="optional one-line description of the opposite trait (used for trait-flipped contrast data)",
+    )
 
     @field_validator("id")
     @classmethod
     def _snake(cls, v: str) -> str:
         if not ID_RE.match(v):
-            raise ValueError(f"trait id {v!r} must be snake_case (lowercase letters, digits, underscores; starting with a letter)")
+            raise ValueError(
+                f"trait id {v!r} must be snake_case (lowercase letters, digits, underscores; starting with a letter)"
+            )
         return v
 
 
@@ -69,8 +74,12 @@ class Style(_Strict):
     signature_phrases: list[str] = Field(default_factory=list, description="phrases the persona uses often")
     avoid_phrases: list[str] = Field(default_factory=list, description="phrases the persona never uses")
     emoji: Literal["never", "sometimes", "often"] = Field(default="never", description="how often emoji appear")
-    questions: Literal["never", "sometimes", "often"] | None = Field(default=None, description="optional: how often the persona asks questions")
-    exclamations: Literal["never", "sometimes", "often"] | None = Field(default=None, description="optional: how often the persona exclaims")
+    questions: Literal["never", "sometimes", "often"] | None = Field(
+        default=None, description="optional: how often the persona asks questions"
+    )
+    exclamations: Literal["never", "sometimes", "often"] | None = Field(
+        default=None, description="optional: how often the persona exclaims"
+    )
 
     @field_validator("words")
     @classmethod
@@ -84,11 +93,20 @@ class Style(_Strict):
 class Check(_Strict):
     """A machine check on a response. Every given condition must hold for the check to pass."""
 
-    regex: str | None = Field(default=None, description="a regex that must match somewhere (case-insensitive; RE2 syntax, matched in linear time: "
-                              "no lookarounds or backreferences)")
-    must_contain: list[str] = Field(default_factory=list, description="at least one of these phrases must occur (case-insensitive)")
-    never_contain: list[str] = Field(default_factory=list, description="none of these phrases may occur (case-insensitive)")
-    ends_with_question: bool | None = Field(default=None, description="true: the response must end with '?'; false: must not")
+    regex: str | None = Field(
+        default=None,
+        description="a regex that must match somewhere (case-insensitive; RE2 syntax, matched in linear time: "
+        "no lookarounds or backreferences)",
+    )
+    must_contain: list[str] = Field(
+        default_factory=list, description="at least one of these phrases must occur (case-insensitive)"
+    )
+    never_contain: list[str] = Field(
+        default_factory=list, description="none of these phrases may occur (case-insensitive)"
+    )
+    ends_with_question: bool | None = Field(
+        default=None, description="true: the response must end with '?'; false: must not"
+    )
     min_words: int | None = Field(default=None, ge=0, description="minimum length in words")
     max_words: int | None = Field(default=None, ge=1, description="maximum length in words")
 
@@ -108,7 +126,9 @@ class Behavior(_Strict):
     id: str = Field(description="snake_case identifier, unique")
     description: str = Field(min_length=1, description="one sentence")
     check: Check | None = Field(default=None, description="optional machine check")
-    hard: bool = Field(default=True, description="a failing hard rule makes a response inconsistent; soft rules are only reported")
+    hard: bool = Field(
+        default=True, description="a failing hard rule makes a response inconsistent; soft rules are only reported"
+    )
 
     @field_validator("id")
     @classmethod
@@ -183,8 +203,11 @@ def _cross_field_problems(data: dict[str, Any], lines: dict[Loc, int]) -> list[P
         tid = t.get("id")
         if isinstance(tid, str):
             if tid in trait_ids:
-                add(("traits", i, "id"), f"duplicate trait id {tid!r} (first used at {format_loc(trait_ids[tid])}, line {_line_of(lines, trait_ids[tid])})",
-                    "give every trait a unique id, or merge the two traits")
+                add(
+                    ("traits", i, "id"),
+                    f"duplicate trait id {tid!r} (first used at {format_loc(trait_ids[tid])}, line {_line_of(lines, trait_ids[tid])})",
+                    "give every trait a unique id, or merge the two traits",
+                )
             else:
                 trait_ids[tid] = ("traits", i, "id")
         for key in ("positive", "negative"):
@@ -199,9 +222,14 @@ def _cross_field_problems(data: dict[str, Any], lines: dict[Loc, int]) -> list[P
                 k = _norm_text(u)
                 if k in seen_text:
                     first = seen_text[k]
-                    what = "the same trait's other list" if first[:2] == loc[:2] and first[2] != key else format_loc(first)
-                    add(loc, f"same utterance as {what} (line {_line_of(lines, first)})",
-                        "keep each exemplar once: an utterance cannot both express and contradict a trait, and a repeated one inflates the separability check")
+                    what = (
+                        "the same trait's other list" if first[:2] == loc[:2] and first[2] != key else format_loc(first)
+                    )
+                    add(
+                        loc,
+                        f"same utterance as {what} (line {_line_of(lines, first)})",
+                        "keep each exemplar once: an utterance cannot both express and contradict a trait, and a repeated one inflates the separability check",
+                    )
                 else:
                     seen_text[k] = loc
 
@@ -213,7 +241,11 @@ def _cross_field_problems(data: dict[str, Any], lines: dict[Loc, int]) -> list[P
             sig_norm = {_norm_text(s) for s in sig if isinstance(s, str)}
             for j, a in enumerate(avoid):
                 if isinstance(a, str) and _norm_text(a) in sig_norm:
-                    add(("style", "avoid_phrases", j), f"{a!r} is also in style.signature_phrases", "remove it from one of the two lists")
+                    add(
+                        ("style", "avoid_phrases", j),
+                        f"{a!r} is also in style.signature_phrases",
+                        "remove it from one of the two lists",
+                    )
 
     # 3. Behaviours: unique ids; a check must state at least one condition and a consistent length range.
     behaviors = data.get("behaviors")
@@ -224,19 +256,29 @@ def _cross_field_problems(data: dict[str, Any], lines: dict[Loc, int]) -> list[P
         bid = b.get("id")
         if isinstance(bid, str):
             if bid in beh_ids:
-                add(("behaviors", i, "id"), f"duplicate behavior id {bid!r} (first used at {format_loc(beh_ids[bid])}, line {_line_of(lines, beh_ids[bid])})",
-                    "give every behavior a unique id")
+                add(
+                    ("behaviors", i, "id"),
+                    f"duplicate behavior id {bid!r} (first used at {format_loc(beh_ids[bid])}, line {_line_of(lines, beh_ids[bid])})",
+                    "give every behavior a unique id",
+                )
             else:
                 beh_ids[bid] = ("behaviors", i, "id")
         chk = b.get("check")
         if isinstance(chk, dict):
             conds = [k for k in Check.model_fields if chk.get(k) not in (None, [], "")]
             if not conds:
-                add(("behaviors", i, "check"), "the check states no condition, so it would pass every response",
-                    f"give at least one of {_keys_of(Check)}, or remove `check`")
+                add(
+                    ("behaviors", i, "check"),
+                    "the check states no condition, so it would pass every response",
+                    f"give at least one of {_keys_of(Check)}, or remove `check`",
+                )
             lo, hi = chk.get("min_words"), chk.get("max_words")
             if isinstance(lo, int) and isinstance(hi, int) and lo > hi:
-                add(("behaviors", i, "check", "min_words"), f"min_words {lo} is greater than max_words {hi}", "make min_words <= max_words")
+                add(
+                    ("behaviors", i, "check", "min_words"),
+                    f"min_words {lo} is greater than max_words {hi}",
+                    "make min_words <= max_words",
+                )
 
     # 4. Examples: each needs a user turn and a later assistant turn (the reply that shows the persona).
     examples = data.get("examples")
@@ -249,8 +291,12 @@ def _cross_field_problems(data: dict[str, Any], lines: dict[Loc, int]) -> list[P
             continue  # the schema already reports "an example needs at least two turns"
         if "user" not in roles:
             add(("examples", i, "messages"), "no user turn", "add `- role: user` with what the user says")
-        elif "assistant" not in roles[roles.index("user"):]:
-            add(("examples", i, "messages"), "no assistant turn after the user turn", "add `- role: assistant` with the persona's reply")
+        elif "assistant" not in roles[roles.index("user") :]:
+            add(
+                ("examples", i, "messages"),
+                "no assistant turn after the user turn",
+                "add `- role: assistant` with the persona's reply",
+            )
     return out
 
 
@@ -271,8 +317,10 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
             schema / cross-field problems (all listed at once).
     """
     if len(text) > limits.PERSONA_MAX_BYTES:
-        raise PersonaSpecError(f"{source}: {len(text):,} characters, more than the limit of {limits.PERSONA_MAX_BYTES:,} "
-                               "(personatune.limits.PERSONA_MAX_BYTES); fix: a persona needs 5-10 traits with a few exemplars each (about 10 kB)")
+        raise PersonaSpecError(
+            f"{source}: {len(text):,} characters, more than the limit of {limits.PERSONA_MAX_BYTES:,} "
+            "(personatune.limits.PERSONA_MAX_BYTES); fix: a persona needs 5-10 traits with a few exemplars each (about 10 kB)"
+        )
     try:
         # Compose first (nodes keep line numbers, and the limits on depth and alias expansion are checked
         # while composing), then construct with SafeLoader's constructors only.
@@ -290,14 +338,20 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
     except yaml.reader.ReaderError as e:
         # A character YAML does not allow (NUL, other control characters): PyYAML gives its offset, not its line.
         line = text.count("\n", 0, max(0, e.position)) + 1
-        raise PersonaSpecError(f"{source}: line {line}: character {limits.short_repr(chr(e.character) if isinstance(e.character, int) else e.character)} "
-                               "is not allowed in YAML; fix: delete it (NUL bytes and other control characters cannot appear in a persona file)") from None
+        raise PersonaSpecError(
+            f"{source}: line {line}: character {limits.short_repr(chr(e.character) if isinstance(e.character, int) else e.character)} "
+            "is not allowed in YAML; fix: delete it (NUL bytes and other control characters cannot appear in a persona file)"
+        ) from None
     except yaml.YAMLError as e:
         where, what = _yaml_error_parts(e)
-        raise PersonaSpecError(f"{source}: YAML syntax error at {where}: {what}; fix: correct the YAML at that line (check indentation, colons and quotes)") from None
+        raise PersonaSpecError(
+            f"{source}: YAML syntax error at {where}: {what}; fix: correct the YAML at that line (check indentation, colons and quotes)"
+        ) from None
     if not isinstance(data, dict):
         kind = "empty" if data is None else f"a {type(data).__name__}"
-        raise PersonaSpecError(f"{source}: the file is {kind}, not a mapping; fix: start with `name:`, `summary:` and `traits:` keys (see docs/persona-definition.md)")
+        raise PersonaSpecError(
+            f"{source}: the file is {kind}, not a mapping; fix: start with `name:`, `summary:` and `traits:` keys (see docs/persona-definition.md)"
+        )
     lines, problems = _line_map(node)
     spec: PersonaSpec | None = None
     try:
@@ -306,7 +360,7 @@ def persona_from_yaml(text: str, source: str = "<string>") -> PersonaSpec:
         problems += [_problem_from_pydantic(dict(err), lines, PersonaSpec) for err in e.errors()]
     problems += _cross_field_problems(data, lines)
     if problems or spec is None:
-        problems.sort(key=lambda p: (p.line if p.line is not None else 0))
+        problems.sort(key=lambda p: p.line if p.line is not None else 0)
         n = len(problems)
         shown = limits.ERROR_MAX_LINES - 2
         body = "\n".join("  - " + limits.shorten(p.render()) for p in problems[:shown])
@@ -330,18 +384,28 @@ def load_persona(path: str | Path) -> PersonaSpec:
     """
     p = Path(path)
     if "\x00" in str(p):
-        raise PersonaSpecError(f"persona path {limits.short_repr(str(p))} contains a NUL byte; fix: give the path of a persona YAML file")
+        raise PersonaSpecError(
+            f"persona path {limits.short_repr(str(p))} contains a NUL byte; fix: give the path of a persona YAML file"
+        )
     if not p.is_file():
         what = "is a folder, not a file" if p.is_dir() else "not found"
-        raise PersonaSpecError(f"persona file {str(p)!r} {what}; fix: give the path of a persona YAML file (examples in examples/personas/)")
+        raise PersonaSpecError(
+            f"persona file {str(p)!r} {what}; fix: give the path of a persona YAML file (examples in examples/personas/)"
+        )
     try:
         size = p.stat().st_size
         if size > limits.PERSONA_MAX_BYTES:
-            raise PersonaSpecError(f"persona file {str(p)!r} has {size:,} bytes, more than the limit of {limits.PERSONA_MAX_BYTES:,} "
-                                   "(personatune.limits.PERSONA_MAX_BYTES); fix: a persona needs 5-10 traits with a few exemplars each (about 10 kB)")
+            raise PersonaSpecError(
+                f"persona file {str(p)!r} has {size:,} bytes, more than the limit of {limits.PERSONA_MAX_BYTES:,} "
+                "(personatune.limits.PERSONA_MAX_BYTES); fix: a persona needs 5-10 traits with a few exemplars each (about 10 kB)"
+            )
         text = p.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise PersonaSpecError(f"persona file {str(p)!r} is not UTF-8 text (byte {e.start}); fix: save it as UTF-8") from None
+        raise PersonaSpecError(
+            f"persona file {str(p)!r} is not UTF-8 text (byte {e.start}); fix: save it as UTF-8"
+        ) from None
     except OSError as e:
-        raise PersonaSpecError(f"persona file {str(p)!r} cannot be read ({e.strerror}); fix: check its permissions") from None
+        raise PersonaSpecError(
+            f"persona file {str(p)!r} cannot be read ({e.strerror}); fix: check its permissions"
+        ) from None
     return persona_from_yaml(text, source=str(p))

@@ -178,18 +178,54 @@ def _gate_specs(c: PersonaGateConfig) -> list[GateSpec]:
         GateSpec("trait_count", c.min_traits, ">=", "traits", "number of core traits (lower bound)"),
         GateSpec("trait_count", c.max_traits, "<=", "traits", "number of core traits (upper bound)"),
         GateSpec("traits_without_description", 0, "<=", "traits", "traits whose description is blank"),
-        GateSpec("min_positive_exemplars", c.min_positive, ">=", "exemplars (fewest over traits)", "positive exemplars of the trait that has fewest"),
-        GateSpec("min_negative_exemplars", c.min_negative, ">=", "exemplars (fewest over traits)", "negative exemplars of the trait that has fewest"),
-        GateSpec("min_separability", c.min_separability, ">=", "leave-one-out AUROC (lowest trait)",
-                 "the persona instrument, leave-one-out, on the trait's own exemplars: AUROC of traits[t] - violations[t], positives vs negatives"),
-        GateSpec("max_trait_similarity", c.max_trait_similarity, "<", "cosine similarity (highest pair)",
-                 "cosine similarity of two traits' positive centroids in the instrument's persona space"),
-        GateSpec("rules_parse", 1.0, ">=", "boolean (1 = every check and phrase list compiles)", "style phrase lists and behaviour checks compile in the rule engine"),
-        GateSpec("example_interactions", c.min_examples, ">=", "examples", "example interactions with a user and an assistant turn"),
+        GateSpec(
+            "min_positive_exemplars",
+            c.min_positive,
+            ">=",
+            "exemplars (fewest over traits)",
+            "positive exemplars of the trait that has fewest",
+        ),
+        GateSpec(
+            "min_negative_exemplars",
+            c.min_negative,
+            ">=",
+            "exemplars (fewest over traits)",
+            "negative exemplars of the trait that has fewest",
+        ),
+        GateSpec(
+            "min_separability",
+            c.min_separability,
+            ">=",
+            "leave-one-out AUROC (lowest trait)",
+            "the persona instrument, leave-one-out, on the trait's own exemplars: AUROC of traits[t] - violations[t], positives vs negatives",
+        ),
+        GateSpec(
+            "max_trait_similarity",
+            c.max_trait_similarity,
+            "<",
+            "cosine similarity (highest pair)",
+            "cosine similarity of two traits' positive centroids in the instrument's persona space",
+        ),
+        GateSpec(
+            "rules_parse",
+            1.0,
+            ">=",
+            "boolean (1 = every check and phrase list compiles)",
+            "style phrase lists and behaviour checks compile in the rule engine",
+        ),
+        GateSpec(
+            "example_interactions",
+            c.min_examples,
+            ">=",
+            "examples",
+            "example interactions with a user and an assistant turn",
+        ),
     ]
 
 
-def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig | Any" = None, source: str | None = None) -> PersonaGateReport:
+def check_persona(
+    spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig | Any" = None, source: str | None = None
+) -> PersonaGateReport:
     """Check a loaded persona against the stage-2 gate.
 
     Args:
@@ -202,7 +238,13 @@ def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig
         The report: gate results, per-trait table, similarities, diagnosis and next steps.
     """
     # The run config's `gates.persona` section (PersonaGateArgs) has the same fields: accept it as is.
-    c = config if isinstance(config, PersonaGateConfig) else PersonaGateConfig.from_args(config) if config is not None else PersonaGateConfig()
+    c = (
+        config
+        if isinstance(config, PersonaGateConfig)
+        else PersonaGateConfig.from_args(config)
+        if config is not None
+        else PersonaGateConfig()
+    )
     ids = spec.trait_ids
     pos_texts = [list(t.positive) for t in spec.traits]
     every = [u for lst in pos_texts for u in lst]
@@ -222,8 +264,16 @@ def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig
 
     rows: list[TraitCheck] = []
     for k, t in enumerate(spec.traits):
-        row = TraitCheck(t.id, len(t.positive), len(t.negative), bool(t.description.strip()),
-                         sep[k]["auroc"], sep[k]["accuracy"], sep[k]["positive"], sep[k]["negative"])
+        row = TraitCheck(
+            t.id,
+            len(t.positive),
+            len(t.negative),
+            bool(t.description.strip()),
+            sep[k]["auroc"],
+            sep[k]["accuracy"],
+            sep[k]["positive"],
+            sep[k]["negative"],
+        )
         others = [(sim[k, u], ids[u]) for u in range(len(ids)) if u != k and not np.isnan(sim[k, u])]
         if others:
             s, u_id = max(others)
@@ -240,13 +290,23 @@ def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig
         if row.n_negative < c.min_negative:
             row.problems.append(f"{row.n_negative} negative < {c.min_negative}")
         if row.loo_auroc is None or row.loo_auroc < c.min_separability:
-            row.problems.append(f"LOO AUROC {'n/a' if row.loo_auroc is None else f'{row.loo_auroc:.2f}'} < {c.min_separability:g}")
+            row.problems.append(
+                f"LOO AUROC {'n/a' if row.loo_auroc is None else f'{row.loo_auroc:.2f}'} < {c.min_separability:g}"
+            )
         if row.nearest_similarity is not None and row.nearest_similarity >= c.max_trait_similarity:
             row.problems.append(f"redundant with {row.nearest_trait}")
         rows.append(row)
 
     # Redundancy: the most similar pair (each unordered pair once).
-    pairs = sorted(((float(sim[a, b]), ids[a], ids[b]) for a in range(len(ids)) for b in range(a + 1, len(ids)) if not np.isnan(sim[a, b])), reverse=True)
+    pairs = sorted(
+        (
+            (float(sim[a, b]), ids[a], ids[b])
+            for a in range(len(ids))
+            for b in range(a + 1, len(ids))
+            if not np.isnan(sim[a, b])
+        ),
+        reverse=True,
+    )
     rules_ok, n_rules, rule_errors = _rules_parse(spec)
     accs = [r.loo_auroc for r in rows if r.loo_auroc is not None]
     worst = min((r for r in rows if r.loo_auroc is not None), key=lambda r: r.loo_auroc, default=None)
@@ -255,7 +315,9 @@ def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig
         "traits_without_description": Measurement(float(sum(not r.has_description for r in rows)), n=len(ids)),
         "min_positive_exemplars": Measurement(float(min((r.n_positive for r in rows), default=0)), n=len(ids)),
         "min_negative_exemplars": Measurement(float(min((r.n_negative for r in rows), default=0)), n=len(ids)),
-        "min_separability": Measurement(float(min(accs)), n=sum(r.n_positive + r.n_negative for r in rows)) if accs else None,
+        "min_separability": Measurement(float(min(accs)), n=sum(r.n_positive + r.n_negative for r in rows))
+        if accs
+        else None,
         "max_trait_similarity": Measurement(pairs[0][0], n=len(pairs)) if pairs else None,
         "rules_parse": Measurement(rules_ok, n=n_rules),
         "example_interactions": Measurement(float(len(spec.examples)), n=len(spec.examples)),
@@ -269,14 +331,27 @@ def check_persona(spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig
     gate = GateReport(stage=STAGE, results=results)
     _diagnose(gate, spec, rows, pairs, rule_errors, c)
     return PersonaGateReport(
-        persona=spec.name, source=source, config=c, gate=gate, traits=rows,
-        similarity={ids[a]: {ids[b]: round(float(sim[a, b]), 4) for b in range(len(ids)) if b != a and not np.isnan(sim[a, b])} for a in range(len(ids))},
+        persona=spec.name,
+        source=source,
+        config=c,
+        gate=gate,
+        traits=rows,
+        similarity={
+            ids[a]: {ids[b]: round(float(sim[a, b]), 4) for b in range(len(ids)) if b != a and not np.isnan(sim[a, b])}
+            for a in range(len(ids))
+        },
         warnings=_example_warnings(spec),
     )
 
 
-def _diagnose(gate: GateReport, spec: PersonaSpec, rows: list[TraitCheck], pairs: list[tuple[float, str, str]],
-              rule_errors: list[str], c: PersonaGateConfig) -> None:
+def _diagnose(
+    gate: GateReport,
+    spec: PersonaSpec,
+    rows: list[TraitCheck],
+    pairs: list[tuple[float, str, str]],
+    rule_errors: list[str],
+    c: PersonaGateConfig,
+) -> None:
     """Fill `gate.diagnosis` (what is wrong, by name) and `gate.next_steps` (what to change)."""
     d, fix = gate.diagnosis, gate.next_steps
     n = len(rows)
@@ -293,32 +368,53 @@ def _diagnose(gate: GateReport, spec: PersonaSpec, rows: list[TraitCheck], pairs
             fix.append(f"write one or two sentences under traits.{r.id}.description: what expressing it looks like")
         if r.n_positive < c.min_positive:
             d.append(f"trait {r.id!r} has {r.n_positive} positive exemplar(s) (needs >= {c.min_positive})")
-            fix.append(f"add {c.min_positive - r.n_positive} more first-person utterance(s) that express {r.id!r} to its `positive:` list")
+            fix.append(
+                f"add {c.min_positive - r.n_positive} more first-person utterance(s) that express {r.id!r} to its `positive:` list"
+            )
         if r.n_negative < c.min_negative:
             d.append(f"trait {r.id!r} has {r.n_negative} negative exemplar(s) (needs >= {c.min_negative})")
-            fix.append(f"add {c.min_negative - r.n_negative} more utterance(s) that contradict {r.id!r} to its `negative:` list")
+            fix.append(
+                f"add {c.min_negative - r.n_negative} more utterance(s) that contradict {r.id!r} to its `negative:` list"
+            )
         if r.loo_auroc is not None and r.loo_auroc < c.min_separability:
             pos_bad = [x for x in r.confusions if x["kind"] == "positive"]
             neg_bad = [x for x in r.confusions if x["kind"] == "negative"]
             parts = []
             if pos_bad:
-                parts.append(f"{len(pos_bad)}/{r.n_positive} positives read more as contradicting it than expressing it (e.g. {pos_bad[0]['text']!r})")
+                parts.append(
+                    f"{len(pos_bad)}/{r.n_positive} positives read more as contradicting it than expressing it (e.g. {pos_bad[0]['text']!r})"
+                )
             if neg_bad:
-                parts.append(f"{len(neg_bad)}/{r.n_negative} negatives read more as expressing it than contradicting it (e.g. {neg_bad[0]['text']!r})")
-            d.append(f"trait {r.id!r} is not measurable: leave-one-out AUROC {r.loo_auroc:.2f} < {c.min_separability:g}; " + "; ".join(parts))
+                parts.append(
+                    f"{len(neg_bad)}/{r.n_negative} negatives read more as expressing it than contradicting it (e.g. {neg_bad[0]['text']!r})"
+                )
+            d.append(
+                f"trait {r.id!r} is not measurable: leave-one-out AUROC {r.loo_auroc:.2f} < {c.min_separability:g}; "
+                + "; ".join(parts)
+            )
             advice = []
             if pos_bad:
-                advice.append(f"rewrite the positives of {r.id!r} quoted above so each plainly shows {r.id!r} (its description in action), in varied words")
+                advice.append(
+                    f"rewrite the positives of {r.id!r} quoted above so each plainly shows {r.id!r} (its description in action), in varied words"
+                )
             if neg_bad:
-                advice.append(f"make the negatives of {r.id!r} plainly contradict it (the opposite attitude), not unrelated or neutral statements")
+                advice.append(
+                    f"make the negatives of {r.id!r} plainly contradict it (the opposite attitude), not unrelated or neutral statements"
+                )
             fix.append("; ".join(advice))
     for s, a, b in pairs:
         if s >= c.max_trait_similarity:
-            d.append(f"traits {a!r} and {b!r} are redundant: centroid cosine similarity {s:.3f} >= {c.max_trait_similarity:g}")
-            fix.append(f"merge {a!r} and {b!r} into one trait, or rewrite their positives so each expresses something the other does not")
+            d.append(
+                f"traits {a!r} and {b!r} are redundant: centroid cosine similarity {s:.3f} >= {c.max_trait_similarity:g}"
+            )
+            fix.append(
+                f"merge {a!r} and {b!r} into one trait, or rewrite their positives so each expresses something the other does not"
+            )
     d.extend(rule_errors)
     if rule_errors:
         fix.append("correct the behaviour checks / phrase lists named above")
     if len(spec.examples) < c.min_examples:
         d.append(f"the persona has {len(spec.examples)} example interaction(s); the gate needs >= {c.min_examples}")
-        fix.append(f"add {c.min_examples - len(spec.examples)} example(s) under `examples:` (a user turn and the persona's reply)")
+        fix.append(
+            f"add {c.min_examples - len(spec.examples)} example(s) under `examples:` (a user turn and the persona's reply)"
+        )

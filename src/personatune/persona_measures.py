@@ -59,14 +59,16 @@ def loo_separability(spec: PersonaSpec, instrument: Any) -> list[dict[str, Any]]
                 preds.append((kind, i, "expressed" if m > 0 else "violated"))
         mp, mn = margins["positive"], margins["negative"]
         right_p, right_n = sum(m > 0 for m in mp), sum(m < 0 for m in mn)
-        out.append({
-            "auroc": auroc(mp + mn, [1] * len(mp) + [0] * len(mn)) if mp and mn else None,
-            "accuracy": (right_p + right_n) / (len(mp) + len(mn)) if mp or mn else None,
-            "positive": right_p / len(mp) if mp else None,
-            "negative": right_n / len(mn) if mn else None,
-            "predictions": preds,
-            "margins": [round(float(m), 4) for m in mp + mn],
-        })
+        out.append(
+            {
+                "auroc": auroc(mp + mn, [1] * len(mp) + [0] * len(mn)) if mp and mn else None,
+                "accuracy": (right_p + right_n) / (len(mp) + len(mn)) if mp or mn else None,
+                "positive": right_p / len(mp) if mp else None,
+                "negative": right_n / len(mn) if mn else None,
+                "predictions": preds,
+                "margins": [round(float(m), 4) for m in mp + mn],
+            }
+        )
     return out
 
 
@@ -126,7 +128,11 @@ def _example_warnings(spec: PersonaSpec) -> list[str]:
                 continue
             failed = [bid for bid, ok in rules(m.content).items() if not ok and bid in rules.hard_ids]
             if failed:
-                out.append(f"examples[{i}].messages[{j}] breaks hard rule(s) {', '.join(failed)}; fix the example or the rule")
+                out.append(
+                    f"examples[{i}].messages[{j}] breaks hard rule(s) {', '.join(failed)}; fix the example or the rule"
+                )
             if avoid is not None and (hit := avoid.search(m.content)):
-                out.append(f"examples[{i}].messages[{j}] uses avoided phrase {hit.group(0)!r}; fix the example or style.avoid_phrases")
+                out.append(
+                    f"examples[{i}].messages[{j}] uses avoided phrase {hit.group(0)!r}; fix the example or style.avoid_phrases"
+                )
     return out

@@ -69,8 +69,14 @@ def _line_map(node: yaml.Node) -> tuple[dict[Loc, int], list[PersonaProblem]]:
                 key = str(k.value) if isinstance(k, yaml.ScalarNode) else f"<{k.tag}>"
                 line = k.start_mark.line + 1
                 if key in seen:
-                    dups.append(PersonaProblem(loc + (key,), line, f"key {key!r} appears twice in this mapping (lines {seen[key]} and {line}); only the last would count",
-                                               "keep one of them"))
+                    dups.append(
+                        PersonaProblem(
+                            loc + (key,),
+                            line,
+                            f"key {key!r} appears twice in this mapping (lines {seen[key]} and {line}); only the last would count",
+                            "keep one of them",
+                        )
+                    )
                 seen[key] = line
                 lines[loc + (key,)] = line
                 walk(v, loc + (key,))
@@ -152,7 +158,9 @@ def _problem_from_pydantic(err: dict[str, Any], lines: dict[Loc, int], root: typ
     name = loc[-1] if loc else ""
     if kind == "missing":
         if isinstance(name, int):
-            return PersonaProblem(loc, line, "item missing", "give exactly the items this list needs (see docs/persona-definition.md)")
+            return PersonaProblem(
+                loc, line, "item missing", "give exactly the items this list needs (see docs/persona-definition.md)"
+            )
         desc = parent.model_fields[name].description if parent is not None and name in parent.model_fields else None
         return PersonaProblem(loc, line, "required field is missing", f"add `{name}:`" + (f" ({desc})" if desc else ""))
     if kind == "extra_forbidden":
@@ -167,15 +175,30 @@ def _problem_from_pydantic(err: dict[str, Any], lines: dict[Loc, int], root: typ
     if kind == "list_type":
         return PersonaProblem(loc, line, f"expected a list, got {got_s}", "write a YAML list, one `- item` per line")
     if kind in ("string_type", "string_sub_type"):
-        return PersonaProblem(loc, line, f"expected text, got {got_s}", "write text; quote it if YAML would read it as a number, date, yes/no or null")
+        return PersonaProblem(
+            loc,
+            line,
+            f"expected text, got {got_s}",
+            "write text; quote it if YAML would read it as a number, date, yes/no or null",
+        )
     if kind in ("int_type", "int_parsing", "int_from_float"):
         return PersonaProblem(loc, line, f"expected a whole number, got {got_s}", "write an integer such as 40")
     if kind in ("bool_type", "bool_parsing"):
         return PersonaProblem(loc, line, f"expected true or false, got {got_s}", "write true or false")
     if kind == "literal_error":
-        return PersonaProblem(loc, line, f"{got_s} is not allowed", f"use one of {err.get('ctx', {}).get('expected', 'the documented values')}")
+        return PersonaProblem(
+            loc,
+            line,
+            f"{got_s} is not allowed",
+            f"use one of {err.get('ctx', {}).get('expected', 'the documented values')}",
+        )
     if kind == "too_short" and name == "messages":
-        return PersonaProblem(loc, line, "an example needs at least two turns", "give a `- role: user` turn followed by a `- role: assistant` turn")
+        return PersonaProblem(
+            loc,
+            line,
+            "an example needs at least two turns",
+            "give a `- role: user` turn followed by a `- role: assistant` turn",
+        )
     if kind in ("too_short", "string_too_short"):
         return PersonaProblem(loc, line, msg, "fill it in" if kind == "string_too_short" else "add the missing items")
     if kind in ("too_long", "string_too_long"):
@@ -183,7 +206,9 @@ def _problem_from_pydantic(err: dict[str, Any], lines: dict[Loc, int], root: typ
     if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
         return PersonaProblem(loc, line, f"{msg}, got {got_s}", "change the number to meet that bound")
     if kind in ("tuple_type",):
-        return PersonaProblem(loc, line, f"expected a list [min, max], got {got_s}", "write it as [min, max], e.g. [20, 120]")
+        return PersonaProblem(
+            loc, line, f"expected a list [min, max], got {got_s}", "write it as [min, max], e.g. [20, 120]"
+        )
     if kind == "value_error":
         return PersonaProblem(loc, line, msg, _value_fix(name, got))
     return PersonaProblem(loc, line, f"{msg} (got {got_s})", "see docs/persona-definition.md for this field")

@@ -54,11 +54,38 @@ What does this error mean? It means the file could not be found.
 Be kind, be curious, and always double check your facts.
 The system message sets the persona; the user asks; the assistant replies.
 """
-_SUBJECTS = ("I", "You", "We", "They", "My friend", "The teacher", "Our captain", "The little robot", "A curious student", "The old sailor")
-_ACTIONS = ("really like", "often read about", "want to learn", "enjoy talking about", "never forget", "sometimes dream of",
-            "always ask about", "happily explain")
-_OBJECTS = ("the stars at night", "cooking simple meals", "the history of ships", "music and poetry", "friendly animals",
-            "solving hard puzzles", "the weather", "writing clean code")
+_SUBJECTS = (
+    "I",
+    "You",
+    "We",
+    "They",
+    "My friend",
+    "The teacher",
+    "Our captain",
+    "The little robot",
+    "A curious student",
+    "The old sailor",
+)
+_ACTIONS = (
+    "really like",
+    "often read about",
+    "want to learn",
+    "enjoy talking about",
+    "never forget",
+    "sometimes dream of",
+    "always ask about",
+    "happily explain",
+)
+_OBJECTS = (
+    "the stars at night",
+    "cooking simple meals",
+    "the history of ships",
+    "music and poetry",
+    "friendly animals",
+    "solving hard puzzles",
+    "the weather",
+    "writing clean code",
+)
 
 
 @functools.lru_cache(maxsize=1)
@@ -71,8 +98,12 @@ def _tiny_tokenizer_json() -> str:
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # bytes: any text encodes, no unknowns
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=list(TINY_SPECIAL_TOKENS),
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=TINY_VOCAB_SIZE,
+        special_tokens=list(TINY_SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     bpe.train_from_iterator(corpus, trainer=trainer)
     return bpe.to_str()
 
@@ -87,8 +118,14 @@ def build_tiny_tokenizer() -> Any:
     from transformers import PreTrainedTokenizerFast
 
     start, end, pad, unk = "<|im_start|>", "<|im_end|>", "<|pad|>", "<|endoftext|>"
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()), bos_token=start, eos_token=end,
-                                  pad_token=pad, unk_token=unk, model_max_length=4096)
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=Tokenizer.from_str(_tiny_tokenizer_json()),
+        bos_token=start,
+        eos_token=end,
+        pad_token=pad,
+        unk_token=unk,
+        model_max_length=4096,
+    )
     tok.chat_template = CHATML_TEMPLATE
     return tok
 
@@ -108,11 +145,23 @@ def build_tiny_model(seed: int = 0) -> tuple[Any, Any]:
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
     tok = build_tiny_tokenizer()
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                         num_key_value_heads=2, max_position_embeddings=4096, tie_word_embeddings=True,
-                         bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = LlamaForCausalLM(config)
-    model.generation_config = GenerationConfig(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id
+    )
     return model.eval(), tok

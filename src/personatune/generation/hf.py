@@ -118,9 +118,17 @@ class HFBackend:
     """Model types whose attention is plain scaled dot-product over RoPE'd keys (no soft-capping, sinks or
     sliding windows), for which `shared_attention` is exact."""
 
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 16, device: Any = None, *,
-                 progress: Callable[[int, int], object] | None = None, prefix_cache: int = 0,
-                 prefill: PrefillOptions | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        batch_size: int = 16,
+        device: Any = None,
+        *,
+        progress: Callable[[int, int], object] | None = None,
+        prefix_cache: int = 0,
+        prefill: PrefillOptions | None = None,
+    ) -> None:
         import torch
 
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -134,8 +142,15 @@ class HFBackend:
         self.device = torch.device(device) if device is not None else current
         if self.device != current:
             model.to(self.device)
-        self.eos_ids = sorted(set(_as_list(tokenizer.eos_token_id)) | set(_as_list(getattr(model.generation_config, "eos_token_id", None))))
-        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (self.eos_ids[0] if self.eos_ids else None)
+        self.eos_ids = sorted(
+            set(_as_list(tokenizer.eos_token_id))
+            | set(_as_list(getattr(model.generation_config, "eos_token_id", None)))
+        )
+        pad = (
+            tokenizer.pad_token_id
+            if tokenizer.pad_token_id is not None
+            else (self.eos_ids[0] if self.eos_ids else None)
+        )
         if pad is None:
             raise BackendError("the tokenizer has neither a pad token nor an EOS token; fix: set tokenizer.pad_token")
         self.pad_id = int(pad)
@@ -153,19 +168,37 @@ class HFBackend:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
         return f"HFBackend(model={name!r}, batch_size={self.batch_size}, device={str(self.device)!r})"
 
-    def generate(self, conversations: list[Conversation], *, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, n: int = 1, seed: int | None = None) -> list[list[str]]:
+    def generate(
+        self,
+        conversations: list[Conversation],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> list[list[str]]:
         """`n` completions per conversation, in the caller's order, special tokens stripped.
 
         Raises:
             BackendError: bad parameters or conversations.
             PersonatuneError: the tokenizer has no chat template (ConfigError from personatune.models).
         """
-        ids = self.generate_ids(conversations, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed)
+        ids = self.generate_ids(
+            conversations, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, n=n, seed=seed
+        )
         return [[self.tokenizer.decode(s, skip_special_tokens=True).strip() for s in per] for per in ids]
 
-    def generate_ids(self, conversations: list[Conversation], *, max_new_tokens: int, temperature: float,
-                     top_p: float = 1.0, n: int = 1, seed: int | None = None) -> list[list[list[int]]]:
+    def generate_ids(
+        self,
+        conversations: list[Conversation],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> list[list[list[int]]]:
         """Like `generate`, but returns the new token ids of each completion, cut before the first EOS.
 
         `last_stats` afterwards holds `new_tokens` (tokens actually produced, EOS excluded), `seconds`
@@ -190,9 +223,14 @@ class HFBackend:
 
         def config(k: int) -> Any:
             return GenerationConfig(
-                max_new_tokens=max_new_tokens, do_sample=not params.greedy, num_return_sequences=k,
-                temperature=temperature if not params.greedy else None, top_p=top_p if not params.greedy else None, top_k=None,
-                pad_token_id=self.pad_id, eos_token_id=self.eos_ids or None,
+                max_new_tokens=max_new_tokens,
+                do_sample=not params.greedy,
+                num_return_sequences=k,
+                temperature=temperature if not params.greedy else None,
+                top_p=top_p if not params.greedy else None,
+                top_k=None,
+                pad_token_id=self.pad_id,
+                eos_token_id=self.eos_ids or None,
             )
 
         gen_cfg, cached_cfg = config(1 if shared else draws), config(1)
@@ -217,23 +255,31 @@ class HFBackend:
                         cascade = self.shared_attention and self._cascade_ok()
                         input_ids, mask, cache, width, work = self._prefill_shared(rows, common, draws, cascade)
                         with self._cascade(cache) if cascade else contextlib.nullcontext():
-                            out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=cached_cfg)
+                            out = self.model.generate(
+                                input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=cached_cfg
+                            )
                     else:
                         width = max(len(r) for r in rows)
-                        input_ids = torch.tensor([[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device)
+                        input_ids = torch.tensor(
+                            [[self.pad_id] * (width - len(r)) + r for r in rows], device=self.device
+                        )
                         mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
                         work = len(rows) * (width - 1 + draws) if shared else len(rows) * width * draws
                         if shared:
                             input_ids, mask, cache = self._prefill(input_ids, mask, draws)
-                            out = self.model.generate(input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=gen_cfg)
+                            out = self.model.generate(
+                                input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=gen_cfg
+                            )
                         else:
-                            out = self.model.generate(input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg)
+                            out = self.model.generate(
+                                input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg
+                            )
                     prefilled += work
                     new = out[:, width:].tolist()
                     slots += len(new) * (len(new[0]) if new else 0)
                     for j, i in enumerate(idx):
                         seqs = []
-                        for row in new[j * draws:(j + 1) * draws]:
+                        for row in new[j * draws : (j + 1) * draws]:
                             cut = next((p for p, t in enumerate(row) if t in eos), len(row))
                             seqs.append(row[:cut])
                             produced += cut
@@ -245,8 +291,12 @@ class HFBackend:
             self.model.train(was_training)
             if not self.prefix_cache:
                 self._prefixes.clear()
-        self.last_stats = {"new_tokens": float(produced), "seconds": time.perf_counter() - t0, "prefill_tokens": float(prefilled),
-                           "decode_slots": float(slots)}
+        self.last_stats = {
+            "new_tokens": float(produced),
+            "seconds": time.perf_counter() - t0,
+            "prefill_tokens": float(prefilled),
+            "decode_slots": float(slots),
+        }
         return results  # type: ignore[return-value]
 
     def _batches(self, order: list[int], encoded: list[list[int]]) -> list[list[int]]:
@@ -255,14 +305,16 @@ class HFBackend:
         half, e.g. between two system prompts: two batches that each share ~all of their prompt beat one that
         shares a few tokens."""
         if not self.share_prefix:
-            return [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+            return [order[s : s + self.batch_size] for s in range(0, len(order), self.batch_size)]
         out: list[list[int]] = []
         cur: list[int] = []
         common = 0
         for i in order:
             if cur:
                 new = common_prefix([encoded[cur[0]][:common], encoded[i]])
-                if len(cur) >= self.batch_size or (len(cur) > 1 and common >= self.MIN_SHARED_PREFIX and new < common / 2):
+                if len(cur) >= self.batch_size or (
+                    len(cur) > 1 and common >= self.MIN_SHARED_PREFIX and new < common / 2
+                ):
                     out.append(cur)
                     cur = []
                 else:
@@ -285,7 +337,13 @@ class HFBackend:
 
         cache = DynamicCache(config=self.model.config)
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], cache=cache, use_cache=True)
+        self.model(
+            input_ids=input_ids[:, :-1],
+            attention_mask=mask[:, :-1],
+            position_ids=pos[:, :-1],
+            cache=cache,
+            use_cache=True,
+        )
         cache.batch_repeat_interleave(draws)
         return input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0), cache
 
@@ -303,14 +361,20 @@ class HFBackend:
     def _cascade_ok(self) -> bool:
         """Whether shared attention (one prefix copy for every row) is exact for this model."""
         cfg = self.model.config
-        return (getattr(cfg, "model_type", None) in self.SHARED_ATTENTION_MODELS and cfg._attn_implementation in ("sdpa", "eager")
-                and getattr(cfg, "sliding_window", None) is None and self._plain_cache())
+        return (
+            getattr(cfg, "model_type", None) in self.SHARED_ATTENTION_MODELS
+            and cfg._attn_implementation in ("sdpa", "eager")
+            and getattr(cfg, "sliding_window", None) is None
+            and self._plain_cache()
+        )
 
     def _cascade(self, cache: Any) -> Any:
         """Run the model with shared-prefix attention over `cache` (a cache made by `_prefill_shared`)."""
         return shared_prefix_attention(self.model, cache)
 
-    def _prefill_shared(self, rows: list[list[int]], common: int, draws: int, cascade: bool = False) -> tuple[Any, Any, Any, int, int]:
+    def _prefill_shared(
+        self, rows: list[list[int]], common: int, draws: int, cascade: bool = False
+    ) -> tuple[Any, Any, Any, int, int]:
         """A batch whose prompts share their first `common` tokens: the prefix's cache given to every row
         (one shared copy with `cascade`, else copied per row), then the rest of each prompt but its last
         token prefilled, padded between prefix and rest.
@@ -338,7 +402,13 @@ class HFBackend:
         if w > 1:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)
             with self._cascade(cache) if cascade else contextlib.nullcontext():
-                self.model(input_ids=input_ids[:, cut:-1], attention_mask=mask[:, :-1], position_ids=pos[:, cut:-1], cache=cache, use_cache=True)
+                self.model(
+                    input_ids=input_ids[:, cut:-1],
+                    attention_mask=mask[:, :-1],
+                    position_ids=pos[:, cut:-1],
+                    cache=cache,
+                    use_cache=True,
+                )
         if draws > 1:
             cache.batch_repeat_interleave(draws)
             input_ids, mask = input_ids.repeat_interleave(draws, 0), mask.repeat_interleave(draws, 0)

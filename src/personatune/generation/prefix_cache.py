@@ -88,8 +88,13 @@ class PrefixCache:
         if start < len(prefix):
             rest = torch.tensor([prefix[start:]], device=device)
             pos = torch.arange(start, len(prefix), device=device)[None, :]
-            model(input_ids=rest, attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=device), position_ids=pos,
-                  cache=cache, use_cache=True)
+            model(
+                input_ids=rest,
+                attention_mask=torch.ones(1, len(prefix), dtype=torch.long, device=device),
+                position_ids=pos,
+                cache=cache,
+                use_cache=True,
+            )
         self._caches[prefix] = cache
         while len(self._caches) > max(self.keep, 2):
             self._caches.popitem(last=False)

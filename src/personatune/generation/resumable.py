@@ -33,8 +33,15 @@ def _load_generations(path: Path) -> dict[str, list[str]]:
     return done
 
 
-def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict[str, Any]]], path: Path, chunk: int,
-                       echo=print, label: str = "generated", group_contexts: bool = True) -> list[list[str]]:
+def generate_resumable(
+    backend: Any,
+    jobs: list[tuple[list[dict[str, str]], dict[str, Any]]],
+    path: Path,
+    chunk: int,
+    echo=print,
+    label: str = "generated",
+    group_contexts: bool = True,
+) -> list[list[str]]:
     """Run generation jobs, skipping those already recorded in `path`, appending each finished chunk.
 
     Args:
@@ -79,5 +86,7 @@ def generate_resumable(backend: Any, jobs: list[tuple[list[dict[str, str]], dict
                 os.fsync(f.fileno())
                 n_done += len(part)
                 rate = n_done / max(time.time() - t0, 1e-9)
-                echo(f"  {label} {n_done}/{len(todo)} jobs ({rate:.2f} jobs/s, ETA {(len(todo) - n_done) / max(rate, 1e-9):.0f}s)")
+                echo(
+                    f"  {label} {n_done}/{len(todo)} jobs ({rate:.2f} jobs/s, ETA {(len(todo) - n_done) / max(rate, 1e-9):.0f}s)"
+                )
     return [done[k] for k in keys]

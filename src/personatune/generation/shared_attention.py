@@ -63,8 +63,16 @@ def suffix_layer_class() -> type:
     return SuffixLayer
 
 
-def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, dropout: float = 0.0,
-                             scaling: float | None = None, **kwargs: Any) -> tuple[Any, None]:
+def _shared_prefix_attention(
+    module: Any,
+    query: Any,
+    key: Any,
+    value: Any,
+    attention_mask: Any,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs: Any,
+) -> tuple[Any, None]:
     """Attention of every row's queries over one shared prefix plus the row's own keys.
 
     query: (rows, heads, q, d); key/value: the rows' own keys (rows, kv heads, S, d) as returned by a
@@ -81,25 +89,33 @@ def _shared_prefix_attention(module: Any, query: Any, key: Any, value: Any, atte
     if active is None:  # a forward pass outside HFBackend's shared-prefix calls (another thread): plain sdpa
         from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
+        )
     layer = active.layers[module.layer_idx]
     pk, pv = layer.prefix_keys[0], layer.prefix_values[0]  # (kv heads, P, d)
     rows, heads, q, d = query.shape
     hkv, s, p = key.shape[1], key.shape[2], pk.shape[-2]
     g = heads // hkv  # query heads per kv head (GQA): head h reads kv head h // g
-    qs = query.reshape(rows, hkv, g * q, d) * (scaling if scaling is not None else d ** -0.5)
+    qs = query.reshape(rows, hkv, g * q, d) * (scaling if scaling is not None else d**-0.5)
     sp = torch.matmul(qs.transpose(0, 1).reshape(hkv, rows * g * q, d), pk.transpose(-1, -2))  # (kv heads, rows*g*q, P)
     ss = torch.matmul(qs, key.transpose(-1, -2))  # (rows, kv heads, g*q, S)
     if attention_mask is not None:
         m = attention_mask[..., -s:].unsqueeze(2)  # (rows, 1, 1, q, S)
         ss = ss.view(rows, hkv, g, q, s)
-        ss = (ss.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else ss + m.to(ss.dtype)).view(rows, hkv, g * q, s)
+        ss = (ss.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else ss + m.to(ss.dtype)).view(
+            rows, hkv, g * q, s
+        )
     elif q > 1:
         causal = torch.arange(s, device=query.device)[None, :] <= torch.arange(s - q, s, device=query.device)[:, None]
         ss = ss.view(rows, hkv, g, q, s).masked_fill(~causal, float("-inf")).view(rows, hkv, g * q, s)
     scores = torch.cat([sp.view(hkv, rows, g * q, p).transpose(0, 1), ss], dim=-1)
     w = torch.softmax(scores, dim=-1, dtype=torch.float32).to(value.dtype)
-    out_p = torch.matmul(w[..., :p].transpose(0, 1).reshape(hkv, rows * g * q, p), pv).view(hkv, rows, g * q, d).transpose(0, 1)
+    out_p = (
+        torch.matmul(w[..., :p].transpose(0, 1).reshape(hkv, rows * g * q, p), pv)
+        .view(hkv, rows, g * q, d)
+        .transpose(0, 1)
+    )
     out = out_p + torch.matmul(w[..., p:], value)
     return out.reshape(rows, heads, q, d).transpose(1, 2).contiguous(), None
 

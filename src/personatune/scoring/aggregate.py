@@ -130,8 +130,10 @@ def adherence_pairs(record: ResponseScore) -> dict[str, bool]:
         ok = record.violations.get(t, 0.0) < 0.5
         if t in targets:
             if t not in record.traits:
-                raise DataError(f"record {record.id!r} targets trait {t!r} but has no traits[{t!r}] score; "
-                                f"score it with the persona that defines {t!r}")
+                raise DataError(
+                    f"record {record.id!r} targets trait {t!r} but has no traits[{t!r}] score; "
+                    f"score it with the persona that defines {t!r}"
+                )
             ok = ok and record.traits[t] >= 0.5
         out[t] = ok
     return out
@@ -191,10 +193,14 @@ def trait_adherence(records: Iterable[ResponseScore], seed: int = 0, n_resamples
 def _mean_measurement(values: Sequence[float], seed: int, n_resamples: int) -> Measurement:
     if not values:
         return Measurement(math.nan, n=0, ci=None)
-    return Measurement(float(np.mean(values)), n=len(values), ci=bootstrap_ci(values, seed=seed, n_resamples=n_resamples))
+    return Measurement(
+        float(np.mean(values)), n=len(values), ci=bootstrap_ci(values, seed=seed, n_resamples=n_resamples)
+    )
 
 
-def summarize(records: Iterable[ResponseScore], min_per_context: int = 5, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict[str, Any]:
+def summarize(
+    records: Iterable[ResponseScore], min_per_context: int = 5, seed: int = 0, n_resamples: int = N_RESAMPLES
+) -> dict[str, Any]:
     """Every set-level metric of `records` as a JSON-ready dict (NaN -> None, tuples -> lists).
 
     Keys: n, consistency_rate, mean_consistency, style_match, adherence {overall, per_trait, per_context,
@@ -228,27 +234,45 @@ def summarize(records: Iterable[ResponseScore], min_per_context: int = 5, seed: 
         expr = [r.traits[t] for r in recs if t in r.traits]
         viol = [r.violations[t] >= 0.5 for r in recs if t in r.violations]
         kv = sum(viol)
-        traits[t] = {"mean_expressed": meas(_mean_measurement(expr, seed, n_resamples), "probability"),
-                     "violation_rate": meas(Measurement(kv / len(viol) if viol else math.nan, n=len(viol),
-                                                        ci=wilson_ci(kv, len(viol)) if viol else None), "fraction of responses")}
+        traits[t] = {
+            "mean_expressed": meas(_mean_measurement(expr, seed, n_resamples), "probability"),
+            "violation_rate": meas(
+                Measurement(
+                    kv / len(viol) if viol else math.nan, n=len(viol), ci=wilson_ci(kv, len(viol)) if viol else None
+                ),
+                "fraction of responses",
+            ),
+        }
     rules: dict[str, Any] = {}
     for b in sorted({b for r in recs for b in r.rules}):
         flags = [bool(r.rules[b]) for r in recs if b in r.rules]
         kb = sum(flags)
-        rules[b] = {**meas(Measurement(kb / len(flags), n=len(flags), ci=wilson_ci(kb, len(flags))), "pass rate"),
-                    "hard": any(b in r.hard_rules for r in recs)}
+        rules[b] = {
+            **meas(Measurement(kb / len(flags), n=len(flags), ci=wilson_ci(kb, len(flags))), "pass rate"),
+            "hard": any(b in r.hard_rules for r in recs),
+        }
     feats = list(STYLE_FEATURES)
-    style_means = {f: _jsonable(float(np.mean([r.style[f] for r in recs if f in r.style]))) if any(f in r.style for r in recs) else None
-                   for f in feats}
+    style_means = {
+        f: _jsonable(float(np.mean([r.style[f] for r in recs if f in r.style])))
+        if any(f in r.style for r in recs)
+        else None
+        for f in feats
+    }
     return {
         "n": len(recs),
         "consistency_rate": meas(consistency_rate(recs), "fraction of responses"),
-        "mean_consistency": meas(_mean_measurement([float(r.consistency) for r in recs], seed, n_resamples), "score in [0,1]"),
-        "style_match": meas(_mean_measurement([float(r.style_match) for r in recs], seed, n_resamples), "score in [0,1]"),
-        "adherence": {"overall": meas(adh.overall, pair_unit),
-                      "per_trait": {t: meas(m, pair_unit) for t, m in adh.per_trait.items()},
-                      "per_context": {c: meas(m, pair_unit) for c, m in adh.per_context.items()},
-                      "n_responses": adh.n_responses},
+        "mean_consistency": meas(
+            _mean_measurement([float(r.consistency) for r in recs], seed, n_resamples), "score in [0,1]"
+        ),
+        "style_match": meas(
+            _mean_measurement([float(r.style_match) for r in recs], seed, n_resamples), "score in [0,1]"
+        ),
+        "adherence": {
+            "overall": meas(adh.overall, pair_unit),
+            "per_trait": {t: meas(m, pair_unit) for t, m in adh.per_trait.items()},
+            "per_context": {c: meas(m, pair_unit) for c, m in adh.per_context.items()},
+            "n_responses": adh.n_responses,
+        },
         "style_variance": {**sv.to_dict(), "unit": "x0.1 of a well-written persona's natural movement"},
         "style_means": style_means,
         "traits": traits,
@@ -278,8 +302,12 @@ def format_summary(summary: dict[str, Any]) -> str:
         Multi-line text.
     """
     lines = [f"responses: {summary['n']}    (value [95% CI] n)", ""]
-    rows = [("consistency rate", _fmt(summary["consistency_rate"])), ("mean consistency", _fmt(summary["mean_consistency"])),
-            ("style match", _fmt(summary["style_match"])), ("trait adherence", _fmt(summary["adherence"]["overall"]))]
+    rows = [
+        ("consistency rate", _fmt(summary["consistency_rate"])),
+        ("mean consistency", _fmt(summary["mean_consistency"])),
+        ("style match", _fmt(summary["style_match"])),
+        ("trait adherence", _fmt(summary["adherence"]["overall"])),
+    ]
     sv = summary["style_variance"]
     sv_txt = "n/a" if sv.get("value") is None else _fmt({"value": sv["value"], "ci": sv.get("ci"), "n": sv.get("n")})
     rows.append(("style variance", sv_txt + (f"  ({sv['note']})" if sv.get("note") else "")))
@@ -308,7 +336,9 @@ def format_summary(summary: dict[str, Any]) -> str:
         w = max(len(k) for k in sv["per_feature"])
         lines += [f"  {f:<{w}}  {v:.3f}" for f, v in sv["per_feature"].items()]
         if sv.get("groups_skipped"):
-            lines.append(f"  groups skipped (< {sv['min_per_context']} responses or no context): {sv['groups_skipped']}")
+            lines.append(
+                f"  groups skipped (< {sv['min_per_context']} responses or no context): {sv['groups_skipped']}"
+            )
     means = {f: v for f, v in summary.get("style_means", {}).items() if v is not None}
     if means:
         lines += ["", "style features (mean over responses)"]

@@ -37,8 +37,9 @@ def auroc(scores: list[float], labels: list[int]) -> float | None:
     return float((greater + 0.5 * ties) / (len(pos) * len(neg)))
 
 
-def auroc_ci(scores: list[float], labels: list[int], n_resamples: int = N_RESAMPLES, seed: int = 0,
-             alpha: float = 0.05) -> tuple[float, float] | None:
+def auroc_ci(
+    scores: list[float], labels: list[int], n_resamples: int = N_RESAMPLES, seed: int = 0, alpha: float = 0.05
+) -> tuple[float, float] | None:
     """Percentile bootstrap interval of `auroc`, resampling positives and negatives separately (class sizes fixed).
 
     Returns:
@@ -90,8 +91,13 @@ def wilson_ci(k: int, n: int, alpha: float = 0.05) -> tuple[float, float]:
     return (lo, hi)
 
 
-def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarray], float] = np.mean,
-                 n_resamples: int = N_RESAMPLES, seed: int = 0, alpha: float = 0.05) -> tuple[float, float]:
+def bootstrap_ci(
+    values: Sequence[float] | np.ndarray,
+    stat: Callable[[np.ndarray], float] = np.mean,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    alpha: float = 0.05,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of `stat` over the rows of `values`.
 
     Args:
@@ -119,9 +125,15 @@ def bootstrap_ci(values: Sequence[float] | np.ndarray, stat: Callable[[np.ndarra
     return (float(lo), float(hi))
 
 
-def bootstrap_diff_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
-                      stat: Callable[[np.ndarray], float] = np.mean, n_resamples: int = N_RESAMPLES, seed: int = 0,
-                      alpha: float = 0.05, paired: bool = False) -> tuple[float, float]:
+def bootstrap_diff_ci(
+    a: Sequence[float] | np.ndarray,
+    b: Sequence[float] | np.ndarray,
+    stat: Callable[[np.ndarray], float] = np.mean,
+    n_resamples: int = N_RESAMPLES,
+    seed: int = 0,
+    alpha: float = 0.05,
+    paired: bool = False,
+) -> tuple[float, float]:
     """Percentile bootstrap interval of stat(a) - stat(b) (e.g. final minus baseline consistency rate).
 
     Args:
@@ -156,8 +168,9 @@ def bootstrap_diff_ci(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.n
     return (float(lo), float(hi))
 
 
-def rate_difference(a: Sequence[bool], b: Sequence[bool], paired: bool = False, seed: int = 0,
-                    n_resamples: int = N_RESAMPLES) -> Measurement:
+def rate_difference(
+    a: Sequence[bool], b: Sequence[bool], paired: bool = False, seed: int = 0, n_resamples: int = N_RESAMPLES
+) -> Measurement:
     """mean(a) - mean(b) of two sets of flags with its bootstrap 95% interval (persona improvement).
 
     Args:

@@ -52,12 +52,15 @@ MAX_RESPONSE_CHARS = 2000
 YES, NO = "yes", "no"
 _SPELLINGS = ("{w}", " {w}", "{W}", " {W}", "{WU}", " {WU}")
 
-SYSTEM_PROMPT = ("You are a careful, strict evaluator of a chatbot's persona. You read one reply and answer one "
-                 "question about it with exactly one word: Yes or No.")
+SYSTEM_PROMPT = (
+    "You are a careful, strict evaluator of a chatbot's persona. You read one reply and answer one "
+    "question about it with exactly one word: Yes or No."
+)
 
 
-def rubric_messages(persona: PersonaSpec, trait: Trait, text: str, prompt: str | None, question: Question,
-                    exemplars: int = 2) -> list[dict[str, str]]:
+def rubric_messages(
+    persona: PersonaSpec, trait: Trait, text: str, prompt: str | None, question: Question, exemplars: int = 2
+) -> list[dict[str, str]]:
     """The judge's chat messages for one (reply, trait, question).
 
     Args:
@@ -72,8 +75,11 @@ def rubric_messages(persona: PersonaSpec, trait: Trait, text: str, prompt: str |
     Returns:
         A system and a user message.
     """
-    lines = [f"Persona: {persona.name}. {persona.summary.strip()}", "",
-             f'Trait "{trait.id}": {trait.description.strip()}']
+    lines = [
+        f"Persona: {persona.name}. {persona.summary.strip()}",
+        "",
+        f'Trait "{trait.id}": {trait.description.strip()}',
+    ]
     if trait.inverse:
         lines.append(f"The opposite of this trait: {trait.inverse.strip()}")
     if exemplars and trait.positive:
@@ -95,8 +101,9 @@ def rubric_messages(persona: PersonaSpec, trait: Trait, text: str, prompt: str |
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": "\n".join(lines)}]
 
 
-def _questions(persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None,
-               exemplars: int) -> list[tuple[int, str, Question, list[dict[str, str]]]]:
+def _questions(
+    persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None, exemplars: int
+) -> list[tuple[int, str, Question, list[dict[str, str]]]]:
     if prompts is not None and len(prompts) != len(texts):
         from personatune.errors import DataError
 
@@ -110,8 +117,9 @@ def _questions(persona: PersonaSpec, texts: list[str], prompts: list[str | None]
     return out
 
 
-def _assemble(persona: PersonaSpec, n_texts: int, qs: list[tuple[int, str, Question, Any]],
-              probs: list[float | None]) -> list[dict[str, tuple[float, float]]]:
+def _assemble(
+    persona: PersonaSpec, n_texts: int, qs: list[tuple[int, str, Question, Any]], probs: list[float | None]
+) -> list[dict[str, tuple[float, float]]]:
     """Per text {trait: (P(expressed), P(violated))}; a trait with an undetermined answer is left out."""
     got: dict[tuple[int, str, str], float | None] = {(i, t, q): p for (i, t, q, _), p in zip(qs, probs)}
     out = []
@@ -176,7 +184,9 @@ class OpenAIJudge:
     """
 
     # The connection options are OpenAIBackend's own, forwarded as they are: one list of them, one set of defaults.
-    def __init__(self, base_url: str, model: str, *, top_logprobs: int = 10, exemplars: int = 2, **backend_kw: Any) -> None:
+    def __init__(
+        self, base_url: str, model: str, *, top_logprobs: int = 10, exemplars: int = 2, **backend_kw: Any
+    ) -> None:
         self.backend = OpenAIBackend(base_url, model, **backend_kw)
         self.top_logprobs = max(1, min(20, int(top_logprobs)))
         self.exemplars = exemplars
@@ -185,7 +195,9 @@ class OpenAIJudge:
     def __repr__(self) -> str:
         return f"OpenAIJudge({self.backend!r})"
 
-    def judge(self, persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None = None) -> list[dict[str, tuple[float, float]]]:
+    def judge(
+        self, persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None = None
+    ) -> list[dict[str, tuple[float, float]]]:
         """Per text, per trait id: (P(expressed), P(violated)), each in [0, 1].
 
         A trait whose answer was neither Yes nor No (no usable logprobs either) is missing from that
@@ -201,8 +213,12 @@ class OpenAIJudge:
         probs = [self._prob(r) for r in self.backend.complete(reqs)]
         undetermined = sum(p is None for p in probs)
         if undetermined:
-            log.warning("judge %s: %d of %d answers were neither Yes nor No; those traits are left to the detectors",
-                        self.backend.model, undetermined, len(probs))
+            log.warning(
+                "judge %s: %d of %d answers were neither Yes nor No; those traits are left to the detectors",
+                self.backend.model,
+                undetermined,
+                len(probs),
+            )
         return _assemble(persona, len(texts), qs, probs)
 
     def _prob(self, res: dict[str, Any]) -> float | None:
@@ -242,7 +258,9 @@ class HFJudge:
         # A token that starts both answers (e.g. a bare space) says nothing about which one follows.
         self.yes_ids, self.no_ids = sorted(set(yes) - set(no)), sorted(set(no) - set(yes))
         if not self.yes_ids or not self.no_ids:
-            raise BackendError("HFJudge: the tokenizer has no distinct tokens for 'Yes' and 'No'; use another judge model")
+            raise BackendError(
+                "HFJudge: the tokenizer has no distinct tokens for 'Yes' and 'No'; use another judge model"
+            )
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         self.pad_id = int(pad if pad is not None else 0)  # padded positions are masked, the id only fills space
 
@@ -257,7 +275,9 @@ class HFJudge:
         single = sorted({e[0] for e in enc if len(e) == 1})
         return single or sorted({e[0] for e in enc if e})
 
-    def judge(self, persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None = None) -> list[dict[str, tuple[float, float]]]:
+    def judge(
+        self, persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None = None
+    ) -> list[dict[str, tuple[float, float]]]:
         """Per text, per trait id: (P(expressed), P(violated)), each in [0, 1].
 
         Raises:
@@ -282,13 +302,19 @@ class HFJudge:
         try:
             with torch.inference_mode():
                 for start in range(0, len(order), self.batch_size):
-                    idx = order[start:start + self.batch_size]
+                    idx = order[start : start + self.batch_size]
                     width = max(len(encoded[i]) for i in idx)
-                    ids = torch.tensor([[self.pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device)
-                    mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device)
+                    ids = torch.tensor(
+                        [[self.pad_id] * (width - len(encoded[i])) + encoded[i] for i in idx], device=device
+                    )
+                    mask = torch.tensor(
+                        [[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in idx], device=device
+                    )
                     # Left padding: positions must count real tokens only, or padded rows see shifted positions.
                     pos = (mask.cumsum(-1) - 1).clamp(min=0)
-                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[:, -1, :]
+                    logits = self.model(input_ids=ids, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits[
+                        :, -1, :
+                    ]
                     logp = torch.log_softmax(logits.float(), dim=-1)
                     p_yes = torch.logsumexp(logp[:, yes], dim=-1)
                     p_no = torch.logsumexp(logp[:, no], dim=-1)
@@ -301,7 +327,9 @@ class HFJudge:
         return out
 
 
-def build_judge(args: Any, *, default_model: str | None = None, model_args: Any = None, cache_dir: Any = None) -> Any | None:
+def build_judge(
+    args: Any, *, default_model: str | None = None, model_args: Any = None, cache_dir: Any = None
+) -> Any | None:
     """The judge a `config.JudgeArgs` describes (`scorer.judge` in a run config, `--judge` in the CLI), or None.
 
     Args:
@@ -321,8 +349,15 @@ def build_judge(args: Any, *, default_model: str | None = None, model_args: Any 
         return None
     if args.backend == "openai":
         cache = ResponseCache(cache_dir) if cache_dir is not None else None
-        return OpenAIJudge(args.base_url, args.model, api_key_env=args.api_key_env, concurrency=args.concurrency,
-                           max_retries=args.max_retries, cache=cache, exemplars=args.exemplars)
+        return OpenAIJudge(
+            args.base_url,
+            args.model,
+            api_key_env=args.api_key_env,
+            concurrency=args.concurrency,
+            max_retries=args.max_retries,
+            cache=cache,
+            exemplars=args.exemplars,
+        )
     from personatune import models
 
     name = args.model or default_model or models.DEFAULT_MODEL
@@ -340,5 +375,9 @@ def run_judge(config: Any, run_root: Any) -> Any | None:
     """
     from pathlib import Path
 
-    return build_judge(config.scorer.judge, default_model=config.model.name, model_args=config.model,
-                       cache_dir=Path(run_root) / "judge_cache")
+    return build_judge(
+        config.scorer.judge,
+        default_model=config.model.name,
+        model_args=config.model,
+        cache_dir=Path(run_root) / "judge_cache",
+    )

@@ -23,15 +23,15 @@ from personatune.scoring.style import STYLE_FEATURES
 # Divisor floor of a feature's scale, in the feature's unit (style.STYLE_FEATURES): used by stage 3's
 # typical-voice selection, so that a feature that is almost always zero cannot dominate a distance.
 VARIANCE_FLOORS: dict[str, float] = {
-    "words": 1.0,                 # words per response
-    "words_per_sentence": 1.0,    # words per sentence
-    "question_rate": 0.05,        # share of sentences
-    "exclamation_rate": 0.05,     # share of sentences
-    "first_person_rate": 0.02,    # pronouns per word (about one per 50 words)
-    "formality": 0.1,             # score in [0,1]
-    "signature_rate": 0.25,       # phrases per response (one per four responses)
-    "avoid_hits": 0.25,           # phrases per response
-    "emoji_rate": 1.0,            # emoji per 100 words
+    "words": 1.0,  # words per response
+    "words_per_sentence": 1.0,  # words per sentence
+    "question_rate": 0.05,  # share of sentences
+    "exclamation_rate": 0.05,  # share of sentences
+    "first_person_rate": 0.02,  # pronouns per word (about one per 50 words)
+    "formality": 0.1,  # score in [0,1]
+    "signature_rate": 0.25,  # phrases per response (one per four responses)
+    "avoid_hits": 0.25,  # phrases per response
+    "emoji_rate": 1.0,  # emoji per 100 words
 }
 
 # How much each style feature's context means move apart in a well-written persona, in the feature's unit:
@@ -110,12 +110,20 @@ def _between_std(groups: list[np.ndarray]) -> np.ndarray:
     contexts differ only by sampling noise therefore scores about 0 whatever its size.
     """
     means = np.stack([g.mean(axis=0) for g in groups])
-    noise = np.stack([g.var(axis=0, ddof=1) / len(g) if len(g) > 1 else np.zeros(g.shape[1]) for g in groups]).mean(axis=0)
+    noise = np.stack([g.var(axis=0, ddof=1) / len(g) if len(g) > 1 else np.zeros(g.shape[1]) for g in groups]).mean(
+        axis=0
+    )
     return np.sqrt(np.maximum(means.var(axis=0) - noise, 0.0))
 
 
-def style_variance(records: Iterable[ResponseScore], min_per_context: int = 5, mean_floor: dict[str, float] | None = None,
-                   features: Sequence[str] | None = None, seed: int = 0, n_resamples: int = N_RESAMPLES) -> StyleVarianceReport:
+def style_variance(
+    records: Iterable[ResponseScore],
+    min_per_context: int = 5,
+    mean_floor: dict[str, float] | None = None,
+    features: Sequence[str] | None = None,
+    seed: int = 0,
+    n_resamples: int = N_RESAMPLES,
+) -> StyleVarianceReport:
     """How much the voice moves between contexts, relative to how much a well-written persona's moves (METRICS.md).
 
     For each feature f (the style features, and `voice` when the records have it): b_f = `_between_std` of
@@ -148,17 +156,27 @@ def style_variance(records: Iterable[ResponseScore], min_per_context: int = 5, m
     units = {**NATURAL_MOVEMENT, **(mean_floor or {})}
     missing_unit = [f for f in feats if f not in units]
     if missing_unit:
-        raise DataError(f"style_variance: no natural-movement unit for feature(s) {missing_unit}; pass mean_floor={{name: value}}")
+        raise DataError(
+            f"style_variance: no natural-movement unit for feature(s) {missing_unit}; pass mean_floor={{name: value}}"
+        )
     groups: dict[str, list[ResponseScore]] = {}
     for r in recs:
         groups.setdefault(_ctx(r), []).append(r)
     used = {c: g for c, g in sorted(groups.items()) if c != NO_CONTEXT and len(g) >= min_per_context}
     skipped = {c: len(g) for c, g in sorted(groups.items()) if c not in used}
-    report = StyleVarianceReport(value=None, floors={f: units[f] for f in feats}, groups_used={c: len(g) for c, g in used.items()},
-                                 groups_skipped=skipped, min_per_context=min_per_context, n=sum(len(g) for g in used.values()))
+    report = StyleVarianceReport(
+        value=None,
+        floors={f: units[f] for f in feats},
+        groups_used={c: len(g) for c, g in used.items()},
+        groups_skipped=skipped,
+        min_per_context=min_per_context,
+        n=sum(len(g) for g in used.values()),
+    )
     if len(used) < 2:
-        report.note = (f"style variance needs >= 2 context groups with >= {min_per_context} responses; "
-                       f"{len(used)} qualify (groups: {dict((c, len(g)) for c, g in sorted(groups.items()))})")
+        report.note = (
+            f"style variance needs >= 2 context groups with >= {min_per_context} responses; "
+            f"{len(used)} qualify (groups: {dict((c, len(g)) for c, g in sorted(groups.items()))})"
+        )
         return report
 
     mats: list[np.ndarray] = []
@@ -168,7 +186,9 @@ def style_variance(records: Iterable[ResponseScore], min_per_context: int = 5, m
             try:
                 rows.append([float(r.style[f]) for f in feats])
             except KeyError as e:
-                raise DataError(f"record {r.id!r} has no style feature {e.args[0]!r}; rescore it with this version of the scorer") from None
+                raise DataError(
+                    f"record {r.id!r} has no style feature {e.args[0]!r}; rescore it with this version of the scorer"
+                ) from None
         mat = np.array(rows, dtype=float)
         if not np.isfinite(mat).all():
             raise DataError(f"context {c!r}: a style feature is NaN or infinite; rescore the responses")

@@ -41,7 +41,9 @@ if TYPE_CHECKING:
 # --- entry points ------------------------------------------------------------------------------------
 
 
-def evaluate_persona_file(path: str | Path, instrument: Any = None, gate_config: "PersonaGateConfig | Any" = None) -> PersonaGateReport:
+def evaluate_persona_file(
+    path: str | Path, instrument: Any = None, gate_config: "PersonaGateConfig | Any" = None
+) -> PersonaGateReport:
     """Load a persona file and check it against the stage-2 gate (what `personatune validate` runs).
 
     Args:
@@ -80,12 +82,18 @@ def format_table(report: PersonaGateReport) -> str:
     head = f"persona: {report.persona}" + (f"  ({report.source})" if report.source else "")
     wid = max([5] + [len(r.id) for r in report.traits])
     nid = max([13] + [len(r.nearest_trait or "") + 9 for r in report.traits])
-    lines = [head, "", f"{'trait':<{wid}}  #pos  #neg  LOO AUROC  acc (pos/neg)     {'nearest trait (cos)':<{nid}}  result"]
+    lines = [
+        head,
+        "",
+        f"{'trait':<{wid}}  #pos  #neg  LOO AUROC  acc (pos/neg)     {'nearest trait (cos)':<{nid}}  result",
+    ]
     for r in report.traits:
         near = f"{r.nearest_trait} ({r.nearest_similarity:.2f})" if r.nearest_trait else "-"
         loo = f"{_fmt(r.loo_accuracy)} ({_fmt(r.loo_positive)}/{_fmt(r.loo_negative)})"
         res = "PASS" if r.passed else "FAIL: " + ", ".join(r.problems)
-        lines.append(f"{r.id:<{wid}}  {r.n_positive:>4}  {r.n_negative:>4}  {_fmt(r.loo_auroc):<9}  {loo:<16}  {near:<{nid}}  {res}")
+        lines.append(
+            f"{r.id:<{wid}}  {r.n_positive:>4}  {r.n_negative:>4}  {_fmt(r.loo_auroc):<9}  {loo:<16}  {near:<{nid}}  {res}"
+        )
     lines += ["", report.gate.summary()]
     lines += [f"  warning: {w}" for w in report.warnings]
     return "\n".join(lines)
@@ -117,9 +125,19 @@ def run(config: "RunConfig", run_dir: "RunDir") -> "StageResult":
     atomic_write_text(out / "persona_report.txt", format_table(report) + "\n")
     accs = [r.loo_auroc for r in report.traits if r.loo_auroc is not None]
     sims = [r.nearest_similarity for r in report.traits if r.nearest_similarity is not None]
-    metrics = {"traits": len(report.traits), "min_separability": min(accs) if accs else None,
-               "max_trait_similarity": max(sims) if sims else None,
-               "examples": next(int(r.value) for r in report.gate.results if r.metric == "example_interactions")}
-    msg = (f"{metrics['traits']} traits, lowest LOO AUROC {_fmt(metrics['min_separability'])}, "
-           f"highest trait similarity {_fmt(metrics['max_trait_similarity'])}")
-    return StageResult(outputs={"persona": out / "persona.yaml", "report": out / "persona_report.json"}, gate=report.gate, metrics=metrics, message=msg)
+    metrics = {
+        "traits": len(report.traits),
+        "min_separability": min(accs) if accs else None,
+        "max_trait_similarity": max(sims) if sims else None,
+        "examples": next(int(r.value) for r in report.gate.results if r.metric == "example_interactions"),
+    }
+    msg = (
+        f"{metrics['traits']} traits, lowest LOO AUROC {_fmt(metrics['min_separability'])}, "
+        f"highest trait similarity {_fmt(metrics['max_trait_similarity'])}"
+    )
+    return StageResult(
+        outputs={"persona": out / "persona.yaml", "report": out / "persona_report.json"},
+        gate=report.gate,
+        metrics=metrics,
+        message=msg,
+    )

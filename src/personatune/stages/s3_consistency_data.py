@@ -77,9 +77,17 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
         from personatune.generation.openai_compat import OpenAIBackend
 
         if not t.base_url or not t.model:
-            raise DataError("data.teacher.backend=openai needs data.teacher.base_url and data.teacher.model; set both (e.g. base_url=http://127.0.0.1:8000/v1)")
-        teacher = OpenAIBackend(t.base_url, t.model, api_key_env=t.api_key_env, concurrency=t.concurrency, max_retries=t.max_retries,
-                                cache=ResponseCache(run_dir.stage_dir(STAGE) / "openai_cache"))
+            raise DataError(
+                "data.teacher.backend=openai needs data.teacher.base_url and data.teacher.model; set both (e.g. base_url=http://127.0.0.1:8000/v1)"
+            )
+        teacher = OpenAIBackend(
+            t.base_url,
+            t.model,
+            api_key_env=t.api_key_env,
+            concurrency=t.concurrency,
+            max_retries=t.max_retries,
+            cache=ResponseCache(run_dir.stage_dir(STAGE) / "openai_cache"),
+        )
         return teacher, base
     if t.model and t.model != config.model.name:
         tm, tt = models.load_configured_model(t.model, config.model)
@@ -91,13 +99,20 @@ PREFIX_CACHES = 4
 """Prefix KV caches an HF teacher keeps between calls: the shared persona part and the current context (benchmarks/bench_teacher.py)."""
 
 
-def contrast_jobs(spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig
-                  ) -> tuple[list[tuple[list[dict[str, str]], dict[str, Any]]], list[tuple[str, str, str | None]]]:
+def contrast_jobs(
+    spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig
+) -> tuple[list[tuple[list[dict[str, str]], dict[str, Any]]], list[tuple[str, str, str | None]]]:
     """The contrast jobs of data.contrast for these scenarios, one response each: (jobs, per job (scenario id, kind,
     flipped trait or None)). baseline: the scenario alone (for the baseline model); trait_flipped: the persona with
     each targeted trait inverted; style_broken: the persona in the opposite voice."""
     d, t = config.data, config.data.teacher
-    p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed, "n": 1}
+    p = {
+        "max_new_tokens": t.max_new_tokens,
+        "temperature": t.temperature,
+        "top_p": t.top_p,
+        "seed": config.seed,
+        "n": 1,
+    }
     jobs, meta = [], []
     for s in scenarios:
         if "baseline" in d.contrast:
@@ -113,13 +128,26 @@ def contrast_jobs(spec: PersonaSpec, scenarios: list[Scenario], config: RunConfi
     return jobs, meta
 
 
-def teacher_jobs(spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
+def teacher_jobs(
+    spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig
+) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
     """The teacher's best-of jobs: per scenario, the persona conversation (system prompt, few-shot turns when
     data.few_shot, trait reminders when data.focus_targets) and the sampling parameters with n = data.best_of."""
     d, t = config.data, config.data.teacher
-    p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed, "n": d.best_of}
-    return [(persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=s.targets if d.focus_targets else None), dict(p))
-            for s in scenarios]
+    p = {
+        "max_new_tokens": t.max_new_tokens,
+        "temperature": t.temperature,
+        "top_p": t.top_p,
+        "seed": config.seed,
+        "n": d.best_of,
+    }
+    return [
+        (
+            persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=s.targets if d.focus_targets else None),
+            dict(p),
+        )
+        for s in scenarios
+    ]
 
 
 # --- scenarios -----------------------------------------------------------------------------------
@@ -158,43 +186,77 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     if d.expand_per_trait:
         # The teacher writes new prompts per (trait, context); resumable like every other generation.
         keys = [(tr, c) for tr in spec.trait_ids for c in d.contexts if c in CONTEXT_DESCRIPTIONS]
-        ejobs = [(expansion_request(spec, tr, c, d.expand_per_trait), {**p, "max_new_tokens": 40 * d.expand_per_trait, "n": 1}) for tr, c in keys]
+        ejobs = [
+            (
+                expansion_request(spec, tr, c, d.expand_per_trait),
+                {**p, "max_new_tokens": 40 * d.expand_per_trait, "n": 1},
+            )
+            for tr, c in keys
+        ]
         echo(f"  expanding the prompt bank: {len(ejobs)} (trait, context) requests x {d.expand_per_trait} prompts")
-        replies = generate_resumable(teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo, label="prompt expansion")
+        replies = generate_resumable(
+            teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo, label="prompt expansion"
+        )
         extra = expanded_scenarios(spec, {k: r[0] for k, r in zip(keys, replies)}, d.expand_per_trait)
-    scenarios = cap_scenarios(build_scenarios(spec, embedder, contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
-                                     heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed,
-                                     extra=extra), d.max_prompts)
+    scenarios = cap_scenarios(
+        build_scenarios(
+            spec,
+            embedder,
+            contexts=tuple(d.contexts),
+            targets_per_prompt=d.targets_per_prompt,
+            heldout_fraction=d.heldout_fraction,
+            max_similarity=d.max_prompt_similarity,
+            seed=config.seed,
+            extra=extra,
+        ),
+        d.max_prompts,
+    )
     if d.expand_per_trait:
-        echo(f"  scenarios: {sum(s.source == 'teacher' for s in scenarios)} written by the teacher, {sum(s.source == 'bank' for s in scenarios)} from the bank")
+        echo(
+            f"  scenarios: {sum(s.source == 'teacher' for s in scenarios)} written by the teacher, {sum(s.source == 'bank' for s in scenarios)} from the bank"
+        )
     atomic_write_jsonl(out / "scenarios.jsonl", [s.to_dict() for s in scenarios])
     jobs = teacher_jobs(spec, scenarios, config)
     echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
-    teacher_out = generate_resumable(teacher, jobs, out / "generations.jsonl", chunk=max(1, t.batch_size // max(1, d.best_of)), echo=echo,
-                                     label="teacher")
+    teacher_out = generate_resumable(
+        teacher,
+        jobs,
+        out / "generations.jsonl",
+        chunk=max(1, t.batch_size // max(1, d.best_of)),
+        echo=echo,
+        label="teacher",
+    )
     scorer, _ = scorer_for_run(config, run_dir, spec, use_evaluator=False)
     # Contrast is generated only for prompts that have an eligible (consistent, on-task) chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
     echo(f"  scoring {sum(len(c) for c in teacher_out)} teacher candidates …")
     cand_scores = score_candidates(scenarios, teacher_out, scorer)
     kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(eligible(r) for r in cs)}
-    echo(f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent, on-task candidate; contrast for those")
+    echo(
+        f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent, on-task candidate; contrast for those"
+    )
     cjobs, cmeta = contrast_jobs(spec, [s for s in scenarios if s.id in kept], config)
     # Baseline contrast comes from the baseline model itself; the other kinds from the teacher.
     base_idx = [i for i, m in enumerate(cmeta) if m[1] == "baseline"]
     other_idx = [i for i, m in enumerate(cmeta) if m[1] != "baseline"]
     couts: list[list[str]] = [[] for _ in cjobs]
-    echo(f"  contrast: {len(base_idx)} baseline responses (baseline model), {len(other_idx)} trait-flipped / style-broken responses (teacher)")
+    echo(
+        f"  contrast: {len(base_idx)} baseline responses (baseline model), {len(other_idx)} trait-flipped / style-broken responses (teacher)"
+    )
     for idx, be, who in ((base_idx, base, "contrast (baseline model)"), (other_idx, teacher, "contrast (teacher)")):
         if idx:
-            res = generate_resumable(be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size, echo=echo, label=who)
+            res = generate_resumable(
+                be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size, echo=echo, label=who
+            )
             for i, r in zip(idx, res):
                 couts[i] = r
     contrast: dict[str, list[tuple[str, str | None, str]]] = {}
     for (sid, kind, flip), o in zip(cmeta, couts):
         contrast.setdefault(sid, []).append((kind, flip, o[0]))
     echo(f"  scoring {len(cjobs)} contrast responses and building pairs …")
-    sft, pairs, stats = build_pairs(spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores, select=d.select)
+    sft, pairs, stats = build_pairs(
+        spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores, select=d.select
+    )
     gate = data_gate(spec, scenarios, stats, config)
     for split in ("train", "heldout"):
         atomic_write_jsonl(out / split / "sft.jsonl", [r for r in sft if r["split"] == split])
@@ -202,9 +264,20 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     atomic_write_jsonl(out / "heldout" / "prompts.jsonl", [s.to_dict() for s in scenarios if s.split == "heldout"])
     atomic_write_text(out / "README.md", dataset_card(spec, scenarios, sft, pairs, gate))
     return StageResult(
-        outputs={"scenarios": out / "scenarios.jsonl", "train": out / "train", "heldout": out / "heldout", "card": out / "README.md"},
+        outputs={
+            "scenarios": out / "scenarios.jsonl",
+            "train": out / "train",
+            "heldout": out / "heldout",
+            "card": out / "README.md",
+        },
         gate=gate,
-        metrics={"scenarios": stats["scenarios"], "chosen": stats["chosen_consistent"], "pairs": len(pairs), "chosen_on_task": stats["chosen_on_task"],
-                 "chosen_on_task_measured": stats["chosen_on_task_measured"], "off_task_only": stats["off_task_only"]},
+        metrics={
+            "scenarios": stats["scenarios"],
+            "chosen": stats["chosen_consistent"],
+            "pairs": len(pairs),
+            "chosen_on_task": stats["chosen_on_task"],
+            "chosen_on_task_measured": stats["chosen_on_task_measured"],
+            "off_task_only": stats["off_task_only"],
+        },
         message=f"{len(sft)} chosen of {stats['scenarios']} prompts, {len(pairs)} pairs",
     )
