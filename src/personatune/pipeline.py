@@ -217,6 +217,41 @@ def _write_report(root: Path, echo: Callable[[str], None]) -> None:
         echo(f"report could not be written: {type(e).__name__}: {limits.shorten(str(e), 300)}")
 
 
+class _GateStops:
+    """The gates of this run that did not pass (failed or inconclusive), in order, and what the runner does about
+    each: stop there (report, detail and verdict lines), or go on for diagnosis under --keep-going.
+
+    Args:
+        rd: the run directory.
+        root: its folder as the config names it (shown in the report line).
+        keep_going: go on past a gate that did not pass.
+        echo: where progress lines go.
+    """
+
+    def __init__(self, rd: RunDir, root: Path, keep_going: bool, echo: Callable[[str], None]) -> None:
+        self.rd, self.root, self.keep_going, self.echo = rd, root, keep_going, echo
+        self.failed: list[str] = []
+        self.inconclusive: list[str] = []
+
+    def stop_here(self, st_id: str, gate: GateReport | None) -> bool:
+        """Record a gate that did not pass; True when the run must stop here."""
+        self.failed.append(st_id)
+        word = "failed"
+        if gate is not None and gate.status == "inconclusive":
+            self.inconclusive.append(st_id)
+            word = "inconclusive"
+        if self.keep_going:
+            self.echo(
+                f"--keep-going: going on past the {word} {st_id} gate (diagnosis only; the verdict stays NO-DEPLOY)"
+            )
+            return False
+        self.echo(f"The pipeline stops at {st_id}. Details: {self.rd.stage_dir(st_id) / 'gate.json'}")
+        _write_report(self.root, self.echo)
+        self.echo(stop_detail(st_id, gate))
+        self.echo(f"verdict: NO-DEPLOY ({stop_reason(st_id, gate)})")
+        return True
+
+
 def run_pipeline(
     cfg: RunConfig,
     *,
@@ -257,24 +292,7 @@ def run_pipeline(
     stop_i = find_stage(until, stages) if until else len(stages) - 1
     echo(f"run directory: {root}")
     t_run = time.time()
-    failed: list[str] = []
-    inconclusive: list[str] = []
-
-    def gate_failed(st_id: str, gate: GateReport | None) -> bool:
-        """Record a gate that did not pass (failed or inconclusive); True when the run must stop here."""
-        failed.append(st_id)
-        word = "failed"
-        if gate is not None and gate.status == "inconclusive":
-            inconclusive.append(st_id)
-            word = "inconclusive"
-        if keep_going:
-            echo(f"--keep-going: going on past the {word} {st_id} gate (diagnosis only; the verdict stays NO-DEPLOY)")
-            return False
-        echo(f"The pipeline stops at {st_id}. Details: {rd.stage_dir(st_id) / 'gate.json'}")
-        _write_report(root, echo)
-        echo(stop_detail(st_id, gate))
-        echo(f"verdict: NO-DEPLOY ({stop_reason(st_id, gate)})")
-        return True
+    stops = _GateStops(rd, root, keep_going, echo)
 
     for i, st in enumerate(stages):
         if i > stop_i:
@@ -287,7 +305,7 @@ def run_pipeline(
             echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
             rd.log(f"stopped at unimplemented stage {st.id}")
             _write_report(root, echo)
-            return 1 if failed else 0
+            return 1 if stops.failed else 0
         key = stage_cache_key(cfg, st)
         inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
         rec = rd.record(st.id)
@@ -309,7 +327,7 @@ def run_pipeline(
                 if recorded is not None
                 else f"  ({st.id}/gate.json is missing or unreadable; --force re-runs the stage and writes it again)"
             )
-            if gate_failed(st.id, recorded):
+            if stops.stop_here(st.id, recorded):
                 return 1
             continue
         world = _world_size()
@@ -354,13 +372,13 @@ def run_pipeline(
             echo(result.gate.summary())
         word = {"done": "done", "gate_inconclusive": "GATE INCONCLUSIVE"}.get(rec.status, "GATE FAILED")
         echo(f"{n}: {word} in {rec.seconds:.1f}s — {result.message}")
-        if not passed and gate_failed(st.id, result.gate):
+        if not passed and stops.stop_here(st.id, result.gate):
             return 1
     echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")
     _write_report(root, echo)
-    if failed:
-        which = ", ".join(f"{s} (inconclusive)" if s in inconclusive else s for s in failed)
-        head = "gates not passed" if inconclusive else "gates failed"
+    if stops.failed:
+        which = ", ".join(f"{s} (inconclusive)" if s in stops.inconclusive else s for s in stops.failed)
+        head = "gates not passed" if stops.inconclusive else "gates failed"
         echo(f"{head}: {which} (details: each stage's gate.json)")
         echo(f"verdict: NO-DEPLOY ({head}: {which})")
         return 1
