@@ -2,7 +2,7 @@
 which round to keep, and when to stop. Stage 6 (`stages/s6_iterations.py`) runs the rounds; these decide.
 
 A round's row: {"round", "kl", "consistency", "adherence", "style_variance", "pairs", ...} (see
-`s6_iterations.ROW_KEYS`); `kl` is drift KL in nats/token, None for a round that found no pairs (nothing was trained).
+`ROW_KEYS`); `kl` is drift KL in nats/token, None for a round that found no pairs (nothing was trained).
 """
 
 from __future__ import annotations
@@ -14,6 +14,24 @@ from typing import Any, Mapping, Sequence
 
 from personatune.config import IterationArgs, OptimGateArgs
 
+ROW_KEYS = (  # the columns of rounds.jsonl, in order
+    "round",
+    "kl",
+    "kl_stderr",
+    "persona_shift",
+    "yield",
+    "consistency",
+    "consistency_ci",
+    "adherence",
+    "style_variance",
+    "on_task",
+    "pairs",
+    "steps",
+    "passed",
+    "kept",
+    "seconds",
+)
+
 
 def kept(rec: Any) -> bool:
     """Expert iteration's keep rule: the answer is consistent with the persona and on task (on_task >= 0.5, or not measured)."""
@@ -21,8 +39,12 @@ def kept(rec: Any) -> bool:
     return bool(rec.consistent) and (ot is None or ot >= 0.5)
 
 
-def build_pairs(items: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[str]], scores: Sequence[Sequence[Any]],
-                min_margin: float) -> list[dict[str, Any]]:
+def build_pairs(
+    items: Sequence[Mapping[str, Any]],
+    samples: Sequence[Sequence[str]],
+    scores: Sequence[Sequence[Any]],
+    min_margin: float,
+) -> list[dict[str, Any]]:
     """New pairs: per prompt, the best kept sample (consistent and on task: `kept`) against the worst one (rejected).
     SFT rounds train on the chosen side only.
 
@@ -50,9 +72,19 @@ def build_pairs(items: Sequence[Mapping[str, Any]], samples: Sequence[Sequence[s
         (best_t, best), (worst_t, worst) = good[-1], ranked[0]
         if best_t == worst_t or best.consistency - worst.consistency < min_margin:
             continue
-        pairs.append({"prompt": item["prompt"], "chosen": [{"role": "assistant", "content": best_t}], "rejected": [{"role": "assistant", "content": worst_t}],
-                      "context": item.get("context"), "targets": list(item.get("targets") or []), "scenario_id": item.get("scenario_id"),
-                      "chosen_consistency": best.consistency, "rejected_consistency": worst.consistency, "rejected_consistent": worst.consistent})
+        pairs.append(
+            {
+                "prompt": item["prompt"],
+                "chosen": [{"role": "assistant", "content": best_t}],
+                "rejected": [{"role": "assistant", "content": worst_t}],
+                "context": item.get("context"),
+                "targets": list(item.get("targets") or []),
+                "scenario_id": item.get("scenario_id"),
+                "chosen_consistency": best.consistency,
+                "rejected_consistency": worst.consistency,
+                "rejected_consistent": worst.consistent,
+            }
+        )
     return pairs
 
 
@@ -73,8 +105,16 @@ def round_passes(row: Mapping[str, Any], g: OptimGateArgs, margin: float = 0.0) 
     bounds (KL <= max_kl * (1 - margin), style variance < max * (1 - margin)); margin 0 is the gate itself.
     """
     kl, c, a, s = (_num(row.get(k)) for k in ("kl", "consistency", "adherence", "style_variance"))
-    return (kl is not None and kl <= g.max_kl * (1 - margin) and c is not None and c >= g.consistency + margin
-            and a is not None and a >= g.adherence + margin and s is not None and s < g.max_style_variance * (1 - margin))
+    return (
+        kl is not None
+        and kl <= g.max_kl * (1 - margin)
+        and c is not None
+        and c >= g.consistency + margin
+        and a is not None
+        and a >= g.adherence + margin
+        and s is not None
+        and s < g.max_style_variance * (1 - margin)
+    )
 
 
 def select_round(rows: Sequence[Mapping[str, Any]], g: OptimGateArgs) -> tuple[dict[str, Any], str]:
@@ -105,16 +145,26 @@ def select_round(rows: Sequence[Mapping[str, Any]], g: OptimGateArgs) -> tuple[d
     inside = [r for r in cands if within_budget(r, g)]
     if passing:
         best = max(passing, key=key)
-        return best, f"round {best['round']}: highest consistency {best['consistency']:.4g} among {len(passing)} round(s) passing every gate"
+        return (
+            best,
+            f"round {best['round']}: highest consistency {best['consistency']:.4g} among {len(passing)} round(s) passing every gate",
+        )
     if inside:
         best = max(inside, key=key)
-        return best, (f"no round passes every gate; round {best['round']}: highest consistency {best['consistency']:.4g} among "
-                      f"{len(inside)} round(s) within the KL budget {g.max_kl:g}")
+        return best, (
+            f"no round passes every gate; round {best['round']}: highest consistency {best['consistency']:.4g} among "
+            f"{len(inside)} round(s) within the KL budget {g.max_kl:g}"
+        )
     best = min(cands, key=lambda r: (float(r["kl"]), int(r["round"])))
-    return best, f"no round is within the KL budget {g.max_kl:g}; round {best['round']} has the lowest KL {float(best['kl']):.4g}"
+    return (
+        best,
+        f"no round is within the KL budget {g.max_kl:g}; round {best['round']} has the lowest KL {float(best['kl']):.4g}",
+    )
 
 
-def improved(row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]], g: OptimGateArgs, min_improvement: float) -> bool:
+def improved(
+    row: Mapping[str, Any], earlier: Sequence[Mapping[str, Any]], g: OptimGateArgs, min_improvement: float
+) -> bool:
     """Whether a round beats every earlier round: within the KL budget and consistency > best earlier + min_improvement."""
     if not within_budget(row, g) or _num(row.get("consistency")) is None:
         return False
@@ -150,10 +200,22 @@ def stop_reason(rows: Sequence[Mapping[str, Any]], it: IterationArgs, g: OptimGa
 def round_row(n: int, ev: Any, g: OptimGateArgs, pairs: int, steps: int, seconds: float) -> dict[str, Any]:
     """Round n's row (`ROW_KEYS` of stage 6, but yield) from its EvalResult on all held-out prompts; `passed` = every gate holds."""
     shift = getattr(ev, "persona_shift", None)
-    row = {"round": n, "kl": ev.kl.per_token, "kl_stderr": ev.kl.stderr, "persona_shift": None if shift is None else shift.per_token,
-           "consistency": ev.consistency.value,
-           "consistency_ci": list(ev.consistency.ci) if ev.consistency.ci else None, "adherence": ev.adherence.value,
-           "style_variance": ev.style_variance, "on_task": None if getattr(ev, "on_task", None) is None else ev.on_task.value, "pairs": pairs, "steps": steps, "passed": False, "kept": False, "seconds": round(seconds, 2)}
+    row = {
+        "round": n,
+        "kl": ev.kl.per_token,
+        "kl_stderr": ev.kl.stderr,
+        "persona_shift": None if shift is None else shift.per_token,
+        "consistency": ev.consistency.value,
+        "consistency_ci": list(ev.consistency.ci) if ev.consistency.ci else None,
+        "adherence": ev.adherence.value,
+        "style_variance": ev.style_variance,
+        "on_task": None if getattr(ev, "on_task", None) is None else ev.on_task.value,
+        "pairs": pairs,
+        "steps": steps,
+        "passed": False,
+        "kept": False,
+        "seconds": round(seconds, 2),
+    }
     row["passed"] = round_passes(row, g)
     return row
 
@@ -166,6 +228,9 @@ def round_key(config: Any, n: int, start_hash: str) -> str:
     """
     dump = config.model_dump(mode="json")
     it = {k: v for k, v in dump["iterations"].items() if k not in ("rounds", "min_improvement", "stop_margin")}
-    blob = json.dumps({k: dump.get(k) for k in ("model", "train", "data", "gates", "seed")} | {"iterations": it, "round": n, "start": start_hash},
-                      sort_keys=True)
+    blob = json.dumps(
+        {k: dump.get(k) for k in ("model", "train", "data", "gates", "seed")}
+        | {"iterations": it, "round": n, "start": start_hash},
+        sort_keys=True,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

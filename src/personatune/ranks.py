@@ -56,8 +56,10 @@ class MainRankBlock:
         _, name, msg = box[0]
         if name is not None:
             raise getattr(errors, name, errors.PersonatuneError)(msg)
-        raise errors.PersonatuneError(f"{self.what}: the main rank failed ({msg}); fix: see the main rank's traceback above, "
-                                      f"then re-run the same command (finished work is kept)")
+        raise errors.PersonatuneError(
+            f"{self.what}: the main rank failed ({msg}); fix: see the main rank's traceback above, "
+            f"then re-run the same command (finished work is kept)"
+        )
 
 
 class Ranks:

@@ -21,10 +21,10 @@ from types import SimpleNamespace
 import pytest
 
 from personatune.config import IterationArgs, OptimGateArgs, load_config
+from personatune.expert_iteration import ROW_KEYS, build_pairs, improved, round_passes, select_round, stop_reason
 from personatune.rundir import RunDir, StageRecord, file_hash, read_jsonl
 from personatune.scoring import factory
 from personatune.stages import s5_optimization, s6_iterations
-from personatune.stages.s6_iterations import ROW_KEYS, build_pairs, improved, round_passes, select_round, stop_reason
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch import launch_two_cpu  # noqa: E402
@@ -67,27 +67,48 @@ def test_stop_reasons():
     assert stop_reason([row(0, 0.05, 0.5)], IterationArgs(rounds=0), G) == "round budget"
     assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.6)], it, G) is None
     assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.5)], it, G) == "no improvement"  # equal is not better
-    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.2, 0.7)], it, G) == "no improvement"  # better but over the KL budget
-    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.6), row(2, 0.07, 0.7), row(3, 0.08, 0.8)], it, G) == "round budget"
+    # better but over the KL budget
+    assert stop_reason([row(0, 0.05, 0.5), row(1, 0.2, 0.7)], it, G) == "no improvement"
+    assert (
+        stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.6), row(2, 0.07, 0.7), row(3, 0.08, 0.8)], it, G)
+        == "round budget"
+    )
     assert stop_reason([row(0, 0.05, 0.5), row(1, 0.06, 0.95, a=0.99, s=0.05)], it, G) == "gates passed with margin"
     assert stop_reason([row(0, 0.05, 0.5), {"round": 1, "kl": None, "pairs": 0}], it, G) == "no new pairs"
-    assert stop_reason([row(0, 0.05, 0.95, a=0.99, s=0.01)], it, G) == "gates passed with margin"  # stage 5 already good: no round
+    # stage 5 already good: no round
+    assert stop_reason([row(0, 0.05, 0.95, a=0.99, s=0.01)], it, G) == "gates passed with margin"
     # min_improvement: +0.05 is not enough when 0.1 is asked for.
-    assert not improved(row(1, 0.06, 0.55), [row(0, 0.05, 0.5)], G, 0.1) and improved(row(1, 0.06, 0.65), [row(0, 0.05, 0.5)], G, 0.1)
+    assert not improved(row(1, 0.06, 0.55), [row(0, 0.05, 0.5)], G, 0.1) and improved(
+        row(1, 0.06, 0.65), [row(0, 0.05, 0.5)], G, 0.1
+    )
 
 
 def test_build_pairs_best_consistent_against_worst_with_margin():
     S = SimpleNamespace
-    items = [{"prompt": [{"role": "user", "content": q}], "context": "casual", "targets": ["t"], "scenario_id": q} for q in "abcd"]
+    items = [
+        {"prompt": [{"role": "user", "content": q}], "context": "casual", "targets": ["t"], "scenario_id": q}
+        for q in "abcd"
+    ]
     samples = [["x1", "x2", "x3"], ["y1", "y2"], ["z1", "z2"], ["w", "w"]]
-    scores = [[S(consistent=False, consistency=0.3), S(consistent=True, consistency=0.8), S(consistent=True, consistency=0.6)],
-              [S(consistent=False, consistency=0.4), S(consistent=False, consistency=0.1)],  # nothing consistent: no pair
-              [S(consistent=True, consistency=0.6), S(consistent=False, consistency=0.45)],  # margin 0.15 < 0.2: no pair
-              [S(consistent=True, consistency=0.9), S(consistent=True, consistency=0.9)]]  # same text: no pair
+    scores = [
+        [
+            S(consistent=False, consistency=0.3),
+            S(consistent=True, consistency=0.8),
+            S(consistent=True, consistency=0.6),
+        ],
+        [S(consistent=False, consistency=0.4), S(consistent=False, consistency=0.1)],  # nothing consistent: no pair
+        [S(consistent=True, consistency=0.6), S(consistent=False, consistency=0.45)],  # margin 0.15 < 0.2: no pair
+        [S(consistent=True, consistency=0.9), S(consistent=True, consistency=0.9)],  # same text: no pair
+    ]
     pairs = build_pairs(items, samples, scores, 0.2)
     assert len(pairs) == 1
     p = pairs[0]
-    assert p["chosen"][0]["content"] == "x2" and p["rejected"][0]["content"] == "x1" and p["scenario_id"] == "a" and p["targets"] == ["t"]
+    assert (
+        p["chosen"][0]["content"] == "x2"
+        and p["rejected"][0]["content"] == "x1"
+        and p["scenario_id"] == "a"
+        and p["targets"] == ["t"]
+    )
     assert p["chosen_consistency"] - p["rejected_consistency"] >= 0.2
     assert len(build_pairs(items, samples, scores, 0.1)) == 2
 
@@ -96,12 +117,30 @@ def test_build_pairs_keeps_only_answers_that_are_consistent_and_on_task():
     S = SimpleNamespace
     items = [{"prompt": [{"role": "user", "content": "q"}], "scenario_id": "a"}]
     # The most consistent sample ignores the request (on_task 0.1): expert iteration must not keep it.
-    recs = [[S(consistent=True, consistency=0.95, on_task=0.1), S(consistent=True, consistency=0.7, on_task=0.9),
-             S(consistent=False, consistency=0.2, on_task=0.9)]]
+    recs = [
+        [
+            S(consistent=True, consistency=0.95, on_task=0.1),
+            S(consistent=True, consistency=0.7, on_task=0.9),
+            S(consistent=False, consistency=0.2, on_task=0.9),
+        ]
+    ]
     p = build_pairs(items, [["babble", "answer", "plain"]], recs, 0.2)
     assert [x["chosen"][0]["content"] for x in p] == ["answer"] and p[0]["rejected"][0]["content"] == "plain"
-    assert build_pairs(items, [["babble", "x", "y"]], [[recs[0][0], S(consistent=False, consistency=0.1, on_task=0.9),
-                                                        S(consistent=False, consistency=0.3, on_task=0.2)]], 0.2) == []
+    assert (
+        build_pairs(
+            items,
+            [["babble", "x", "y"]],
+            [
+                [
+                    recs[0][0],
+                    S(consistent=False, consistency=0.1, on_task=0.9),
+                    S(consistent=False, consistency=0.3, on_task=0.2),
+                ]
+            ],
+            0.2,
+        )
+        == []
+    )
 
 
 # --- stage tier: a tiny run -----------------------------------------------------------------------------
@@ -120,22 +159,60 @@ class ScriptedScorer:
         out = []
         for i, t in enumerate(texts):
             c = (zlib.crc32(t.encode()) % 1000) / 1000
-            out.append(ResponseScore(id=str(ids[i]) if ids else str(i), traits={k: c for k in self.spec.trait_ids},
-                                     violations={k: 0.0 for k in self.spec.trait_ids}, style=feats[i], style_match=1.0, rules={},
-                                     consistent=c >= 0.5, consistency=c, targets=list(targets[i]) if targets else [],
-                                     context=contexts[i] if contexts else None))
+            out.append(
+                ResponseScore(
+                    id=str(ids[i]) if ids else str(i),
+                    traits={k: c for k in self.spec.trait_ids},
+                    violations={k: 0.0 for k in self.spec.trait_ids},
+                    style=feats[i],
+                    style_match=1.0,
+                    rules={},
+                    consistent=c >= 0.5,
+                    consistency=c,
+                    targets=list(targets[i]) if targets else [],
+                    context=contexts[i] if contexts else None,
+                )
+            )
         return out
 
 
-QUESTIONS = ["How is the weather?", "Can you help me fix my code?", "I feel sad today.", "What is two plus two?", "Tell me a joke.",
-             "Where should I travel?", "Recommend a book.", "Good morning!"]
-TRAIN = {"learning_rate": 5e-3, "max_steps": 2, "eval_every": 0, "eval_at_start": False, "kl_eval_prompts": 4, "kl_max_new_tokens": 8,
-         "eval_batch_size": 16, "per_device_batch_size": 4, "lora_r": 4, "lora_alpha": 8, "max_length": 64, "logging_steps": 1}
+QUESTIONS = [
+    "How is the weather?",
+    "Can you help me fix my code?",
+    "I feel sad today.",
+    "What is two plus two?",
+    "Tell me a joke.",
+    "Where should I travel?",
+    "Recommend a book.",
+    "Good morning!",
+]
+TRAIN = {
+    "learning_rate": 5e-3,
+    "max_steps": 2,
+    "eval_every": 0,
+    "eval_at_start": False,
+    "kl_eval_prompts": 4,
+    "kl_max_new_tokens": 8,
+    "eval_batch_size": 16,
+    "per_device_batch_size": 4,
+    "lora_r": 4,
+    "lora_alpha": 8,
+    "max_length": 64,
+    "logging_steps": 1,
+}
 
 
 def make_config(tmp, **iters):
-    over = [f"persona={PERSONA}", "model.name=tiny", "threads=2", "data.teacher.max_new_tokens=8", "gates.evaluation.min_per_context=2", "data.few_shot=false",
-            f"run_dir={tmp}", "name=run"] + [f"train.{k}={v}" for k, v in TRAIN.items()]
+    over = [
+        f"persona={PERSONA}",
+        "model.name=tiny",
+        "threads=2",
+        "data.teacher.max_new_tokens=8",
+        "gates.evaluation.min_per_context=2",
+        "data.few_shot=false",
+        f"run_dir={tmp}",
+        "name=run",
+    ] + [f"train.{k}={v}" for k, v in TRAIN.items()]
     it = {"rounds": 1, "samples_per_prompt": 3, "min_margin": 0.1, "max_steps": 2} | iters
     return load_config(None, over + [f"iterations.{k}={v}" for k, v in it.items()])
 
@@ -155,16 +232,45 @@ def stage5_run(tmp_path_factory):
     d3 = root / "03_consistency_data"
     (d3 / "train").mkdir(parents=True)
     (d3 / "heldout").mkdir()
-    pairs = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": "Ahoy, friend! Aye, we sail on!"}],
-              "rejected": [{"role": "assistant", "content": "No."}], "context": ["casual", "technical"][i % 2], "targets": ["optimistic"],
-              "scenario_id": f"s{i}"} for i, q in enumerate(QUESTIONS)]
+    pairs = [
+        {
+            "prompt": [{"role": "user", "content": q}],
+            "chosen": [{"role": "assistant", "content": "Ahoy, friend! Aye, we sail on!"}],
+            "rejected": [{"role": "assistant", "content": "No."}],
+            "context": ["casual", "technical"][i % 2],
+            "targets": ["optimistic"],
+            "scenario_id": f"s{i}",
+        }
+        for i, q in enumerate(QUESTIONS)
+    ]
     (d3 / "train" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    held = [{"id": f"h{i}", "context": ["casual", "technical"][i % 2], "messages": [{"role": "user", "content": q}], "targets": [], "split": "heldout"}
-            for i, q in enumerate(["Say hello.", "What do you like?", "Any advice?", "How are you?", "Explain a loop.", "What is a file?",
-                                   "Cheer me up.", "Name a star."])]
+    held = [
+        {
+            "id": f"h{i}",
+            "context": ["casual", "technical"][i % 2],
+            "messages": [{"role": "user", "content": q}],
+            "targets": [],
+            "split": "heldout",
+        }
+        for i, q in enumerate(
+            [
+                "Say hello.",
+                "What do you like?",
+                "Any advice?",
+                "How are you?",
+                "Explain a loop.",
+                "What is a file?",
+                "Cheer me up.",
+                "Name a star.",
+            ]
+        )
+    ]
     (d3 / "heldout" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
-    for stage, outs in (("01_baseline", {"baseline": "01_baseline/baseline.json"}), ("02_persona", {"persona": "02_persona/persona.yaml"}),
-                        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"})):
+    for stage, outs in (
+        ("01_baseline", {"baseline": "01_baseline/baseline.json"}),
+        ("02_persona", {"persona": "02_persona/persona.yaml"}),
+        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"}),
+    ):
         rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(factory, "scorer_for_run", lambda config, run_dir, spec, **kw: (ScriptedScorer(spec), "scripted"))
@@ -176,7 +282,9 @@ def stage5_run(tmp_path_factory):
 @pytest.fixture()
 def run_copy(stage5_run, tmp_path, monkeypatch):
     """A private copy of the stage-5 run (each test may write stage 6), with the scripted scorer."""
-    monkeypatch.setattr(factory, "scorer_for_run", lambda config, run_dir, spec, **kw: (ScriptedScorer(spec), "scripted"))
+    monkeypatch.setattr(
+        factory, "scorer_for_run", lambda config, run_dir, spec, **kw: (ScriptedScorer(spec), "scripted")
+    )
     shutil.copytree(stage5_run, tmp_path / "run")
     return tmp_path / "run"
 
@@ -212,8 +320,13 @@ def test_two_rounds_measure_kl_against_baseline_keep_best_and_resume(run_copy, t
     assert tok.chat_template and f"round {kept[0]}" in (res.outputs["model"] / "README.md").read_text()
     src = run_copy / "05_optimization" / "model" if kept[0] == 0 else out / f"round_{kept[0]}" / "model"
     assert weights_hash(res.outputs["model"]) == weights_hash(src)
-    assert res.gate.stage == "06_iterations" and {g.metric for g in res.gate.results} == {"kl_per_token", "consistency_rate", "adherence", "style_variance",
-                                                                                         "on_task_retention"}
+    assert res.gate.stage == "06_iterations" and {g.metric for g in res.gate.results} == {
+        "kl_per_token",
+        "consistency_rate",
+        "adherence",
+        "style_variance",
+        "on_task_retention",
+    }
     assert f"kept round {kept[0]}" in res.gate.diagnosis[0]
     # KL of round 1 is drift KL(round-1 model || baseline given the persona context), re-measured here from the saved folders,
     # not KL to the stage-5 model; persona shift is the same against the unprompted baseline.
@@ -269,7 +382,9 @@ def test_zero_rounds_copies_stage5_model(run_copy, tmp_path):
     assert [r["round"] for r in rows] == [0] and rows[0]["kept"] and rows[0]["kl"] > 0
     assert json.loads((out / "metrics.json").read_text())["stop_reason"] == "round budget"
     assert weights_hash(res.outputs["model"]) == weights_hash(run_copy / "05_optimization" / "model")
-    assert "iterations.rounds=0" in (res.outputs["model"] / "README.md").read_text() and (out / "rounds.md").read_text().startswith("| round")
+    assert "iterations.rounds=0" in (res.outputs["model"] / "README.md").read_text() and (
+        out / "rounds.md"
+    ).read_text().startswith("| round")
     assert set(res.outputs) == {"model", "rounds", "metrics"} and not res.gate.passed  # a random tiny model cannot pass
 
 
@@ -317,8 +432,18 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
 
     # One config file for both runs (the stage-6 command line repeats model.device=cpu, so stages 1-5 stay "done").
     # stop_margin 2 can never be met, so only the round budget or the stop rules end the rounds.
-    over = {**LOOSE, "threads": 1, "model.device": "cpu", "iterations.rounds": 2, "iterations.samples_per_prompt": 3, "iterations.max_prompts": 8,
-            "iterations.max_steps": 2, "iterations.min_margin": 0.1, "iterations.stop_margin": 2, "train.eval_every": 1}
+    over = {
+        **LOOSE,
+        "threads": 1,
+        "model.device": "cpu",
+        "iterations.rounds": 2,
+        "iterations.samples_per_prompt": 3,
+        "iterations.max_prompts": 8,
+        "iterations.max_steps": 2,
+        "iterations.min_margin": 0.1,
+        "iterations.stop_margin": 2,
+        "train.eval_every": 1,
+    }
     cfg_file = tmp_path / "config.yaml"
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(load_persona(PERSONA))
@@ -328,7 +453,8 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     run = tmp_path / "t"
     out = run / "06_iterations"
     script = tmp_path / "launch_cli.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import sys
         sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
         from test_s6 import RisingScorer
@@ -336,7 +462,8 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
         from personatune.scoring import factory
         factory.scorer_for_run = lambda config, run_dir, spec, **kw: (RisingScorer(spec), "scripted (rising)")
         sys.exit(main(sys.argv[1:]))
-    """))
+    """)
+    )
     args = ["run", str(cfg_file), "--from", "6", "--until", "6", "model.device=cpu"]
 
     rc, stdout, stderr = launch_two_cpu(script, args, repo_root)
@@ -344,23 +471,33 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     gate = json.loads((out / "gate.json").read_text())
     assert rc == (0 if gate["passed"] else 1) and "Traceback" not in stderr + stdout, stderr[-3000:]
     manifest = json.loads((run / "manifest.json").read_text())
-    assert manifest["stages"]["06_iterations"]["status"] == {"pass": "done", "inconclusive": "gate_inconclusive"}.get(gate["status"], "gate_failed")
-    assert [manifest["stages"][s]["status"] for s in ("01_baseline", "05_optimization")] == ["done", "done"]  # skipped, not re-run
+    assert manifest["stages"]["06_iterations"]["status"] == {"pass": "done", "inconclusive": "gate_inconclusive"}.get(
+        gate["status"], "gate_failed"
+    )
+    # skipped, not re-run
+    assert [manifest["stages"][s]["status"] for s in ("01_baseline", "05_optimization")] == ["done", "done"]
     rows = read_jsonl(out / "rounds.jsonl")
     metrics = json.loads((out / "metrics.json").read_text())
     assert [r["round"] for r in rows] == [0, 1, 2] and all(set(r) == set(ROW_KEYS) for r in rows)
     assert metrics["stop_reason"] == "round budget" and metrics["rounds_run"] == 2
-    assert [r["consistency"] for r in rows] == pytest.approx([2 / 7, 4 / 7, 6 / 7])  # RisingScorer on the 7 held-out prompts
+    # RisingScorer on the 7 held-out prompts
+    assert [r["consistency"] for r in rows] == pytest.approx([2 / 7, 4 / 7, 6 / 7])
     # Every round trained DPO with 2 processes. The accelerator's world size is recorded, and checked independently: the
     # epoch counter comes from each rank's share of the batches, ceil(ceil(pairs / batch) / 2), which 2 ranks halve.
     bs = cfg.train.per_device_batch_size * cfg.train.grad_accum
     for n in (1, 2):
         rec = json.loads((out / f"round_{n}" / "result.json").read_text())
         assert rec["row"]["pairs"] > 0 and rec["row"]["steps"] == 2, rec["row"]
-        assert rec["training"]["num_processes"] == 2 and rec["training"]["distributed_type"] == "MULTI_CPU" and rec["training"]["global_batch"] == 2 * bs
+        assert (
+            rec["training"]["num_processes"] == 2
+            and rec["training"]["distributed_type"] == "MULTI_CPU"
+            and rec["training"]["global_batch"] == 2 * bs
+        )
         assert rec["training"]["epoch"] == pytest.approx(2 / math.ceil(math.ceil(rec["row"]["pairs"] / bs) / 2))
         assert len(read_jsonl(out / f"round_{n}" / "pairs.jsonl")) == rec["row"]["pairs"]
-        assert (out / f"round_{n}" / "model" / "model.safetensors").is_file() and not (out / f"round_{n}" / "checkpoints").exists()
+        assert (out / f"round_{n}" / "model" / "model.safetensors").is_file() and not (
+            out / f"round_{n}" / "checkpoints"
+        ).exists()
     assert [(d["training"] or {}).get("num_processes") for d in metrics["rounds_detail"]] == [None, 2, 2]
     # The kept model: select_round's choice, one copy, written by the main rank; the stage result all ranks returned.
     kept = metrics["best_round"]
@@ -370,7 +507,11 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     assert json.loads((out / "result.json").read_text())["num_processes"] == 2
     # One log line per event: only the main rank samples, scores and reports.
     log = (run / "log.txt").read_text()
-    assert log.count("round 1/2: sampling") == 1 and log.count("round 2/2: sampling") == 1 and log.count("stage 6: kept round") == 1
+    assert (
+        log.count("round 1/2: sampling") == 1
+        and log.count("round 2/2: sampling") == 1
+        and log.count("stage 6: kept round") == 1
+    )
 
     # Resume under the same launch: round 0 and both rounds are recognised as done on every rank, nothing is redone.
     before = {n: (out / f"round_{n}" / "result.json").read_bytes() for n in (0, 1, 2)}
@@ -378,8 +519,12 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     assert rc2 == rc and "Traceback" not in stderr2 + stdout2, stderr2[-3000:]
     assert read_jsonl(out / "rounds.jsonl") == rows
     assert {n: (out / f"round_{n}" / "result.json").read_bytes() for n in (0, 1, 2)} == before
-    log2 = (run / "log.txt").read_text()[len(log):]
-    assert "round 0: measured earlier, skipped" in log2 and "round 1/2: done earlier, skipped" in log2 and "round 2/2: done earlier, skipped" in log2
+    log2 = (run / "log.txt").read_text()[len(log) :]
+    assert (
+        "round 0: measured earlier, skipped" in log2
+        and "round 1/2: done earlier, skipped" in log2
+        and "round 2/2: done earlier, skipped" in log2
+    )
     assert "sampling" not in log2
 
 
@@ -393,5 +538,8 @@ def test_an_sft_expert_iteration_round_keeps_consistent_on_task_answers_and_trai
     assert r1["pairs"] > 0 and r1["steps"] == 2 and r1["yield"] is not None and 0 < r1["yield"] < 1
     pairs = read_jsonl(out / "round_1" / "pairs.jsonl")
     assert all(p["chosen_consistency"] >= 0.5 for p in pairs)  # the scripted scorer's consistent answers
-    assert "SFT steps" in (run_copy / "log.txt").read_text() and "kept (consistent and on task)" in (run_copy / "log.txt").read_text()
+    assert (
+        "SFT steps" in (run_copy / "log.txt").read_text()
+        and "kept (consistent and on task)" in (run_copy / "log.txt").read_text()
+    )
     assert res.gate.stage == "06_iterations"

@@ -18,8 +18,17 @@ import torch
 from personatune.errors import ConfigError
 from personatune.gates import Measurement
 from personatune.kl import measure_kl
-from personatune.training import (EvalResult, PersonaEvalCallback, TrainArgs, TrainerRun, build_dpo_trainer, build_grpo_trainer, check_beta,
-                                  read_history, reference_of)
+from personatune.training import (
+    EvalResult,
+    PersonaEvalCallback,
+    TrainArgs,
+    TrainerRun,
+    build_dpo_trainer,
+    build_grpo_trainer,
+    check_beta,
+    read_history,
+    reference_of,
+)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from launch import launch_two_cpu  # noqa: E402
@@ -41,18 +50,35 @@ HELD = [[{"role": "user", "content": q}] for q in ("Say hello.", "What do you li
 
 
 def pair_dataset():
-    rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in PAIRS]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in PAIRS
+    ]
     return datasets.Dataset.from_list(rows)
 
 
 def prompt_dataset():
-    return datasets.Dataset.from_list([{"prompt": [{"role": "user", "content": p}], "context": "casual"} for p, _, _ in PAIRS])
+    return datasets.Dataset.from_list(
+        [{"prompt": [{"role": "user", "content": p}], "context": "casual"} for p, _, _ in PAIRS]
+    )
 
 
 def args(**kw):
-    base = dict(max_steps=3, per_device_batch_size=4, learning_rate=5e-3, lora_r=4, lora_alpha=8, logging_steps=1, max_length=96,
-                eval_every=0, eval_at_start=False)
+    base = dict(
+        max_steps=3,
+        per_device_batch_size=4,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        logging_steps=1,
+        max_length=96,
+        eval_every=0,
+        eval_at_start=False,
+    )
     base.update(kw)
     return TrainArgs(**base)
 
@@ -74,8 +100,15 @@ def test_beta_zero_with_kl_gate_is_refused(tmp_path):
     check_beta(0.0, None)  # no KL gate: allowed
     model, tok = models.build_tiny_model(seed=0)
     with pytest.raises(ConfigError, match="train.beta=0.0"):
-        build_grpo_trainer(model, tok, prompt_dataset(), args(algorithm="grpo", beta=0.0), TrainerRun(tmp_path),
-                           reward_funcs=[lambda completions, **k: [0.0] * len(completions)], max_kl=0.1)
+        build_grpo_trainer(
+            model,
+            tok,
+            prompt_dataset(),
+            args(algorithm="grpo", beta=0.0),
+            TrainerRun(tmp_path),
+            reward_funcs=[lambda completions, **k: [0.0] * len(completions)],
+            max_kl=0.1,
+        )
     with pytest.raises(ConfigError, match="train.beta"):
         build_dpo_trainer(model, tok, pair_dataset(), args(beta=0.0), TrainerRun(tmp_path), max_kl=0.1)
 
@@ -85,7 +118,9 @@ def test_dpo_lora_changes_parameters_and_kl_goes_from_zero_to_positive(tmp_path)
     model, tok = models.build_tiny_model(seed=0)
     a = args(eval_every=2)
     cb = PersonaEvalCallback(None, tmp_path, a, max_kl=0.1)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=0.1)
+    trainer = build_dpo_trainer(
+        model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=0.1
+    )
     cb.bind(trainer)
     ref = reference_of(trainer)
     before = lora_snapshot(trainer.model)
@@ -130,8 +165,18 @@ def test_grpo_full_finetune_with_reward_changes_parameters_and_has_kl_term(tmp_p
         # Longer answers score higher: varied within a group, so advantages are non-zero.
         return [float(len(c[0]["content"] if isinstance(c, list) else c)) / 50.0 for c in completions]
 
-    a = args(algorithm="grpo", peft="full", beta=0.05, num_generations=4, max_completion_length=8, learning_rate=1e-3, max_steps=2)
-    trainer = build_grpo_trainer(model, tok, prompt_dataset(), a, TrainerRun(tmp_path / "trl"), reward_funcs=[reward_len], max_kl=0.1)
+    a = args(
+        algorithm="grpo",
+        peft="full",
+        beta=0.05,
+        num_generations=4,
+        max_completion_length=8,
+        learning_rate=1e-3,
+        max_steps=2,
+    )
+    trainer = build_grpo_trainer(
+        model, tok, prompt_dataset(), a, TrainerRun(tmp_path / "trl"), reward_funcs=[reward_len], max_kl=0.1
+    )
     assert trainer.beta == 0.05 and trainer.ref_model is not None
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -151,7 +196,9 @@ def test_rloo_lora_with_reward_changes_adapters_and_kl_goes_from_zero_to_positiv
         return [float(len(c[0]["content"] if isinstance(c, list) else c)) / 50.0 for c in completions]
 
     a = args(algorithm="rloo", beta=0.05, num_generations=4, max_completion_length=8, learning_rate=5e-3, max_steps=2)
-    trainer = build_rloo_trainer(model, tok, prompt_dataset(), a, TrainerRun(tmp_path / "trl"), reward_funcs=[reward_len], max_kl=0.1)
+    trainer = build_rloo_trainer(
+        model, tok, prompt_dataset(), a, TrainerRun(tmp_path / "trl"), reward_funcs=[reward_len], max_kl=0.1
+    )
     assert trainer.beta == 0.05
     kl0 = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
     before = lora_snapshot(trainer.model)
@@ -162,8 +209,15 @@ def test_rloo_lora_with_reward_changes_adapters_and_kl_goes_from_zero_to_positiv
     kl1 = measure_kl(trainer.model, reference_of(trainer), tok, HELD, max_new_tokens=10, seed=0, batch_size=4)
     assert abs(kl0.per_token) < 1e-6 and kl1.per_token > 0
     with pytest.raises(ConfigError, match="beta"):
-        build_rloo_trainer(model, tok, prompt_dataset(), args(algorithm="rloo", beta=0.0, num_generations=4), TrainerRun(tmp_path / "trl2"),
-                           reward_funcs=[reward_len], max_kl=0.1)
+        build_rloo_trainer(
+            model,
+            tok,
+            prompt_dataset(),
+            args(algorithm="rloo", beta=0.0, num_generations=4),
+            TrainerRun(tmp_path / "trl2"),
+            reward_funcs=[reward_len],
+            max_kl=0.1,
+        )
 
 
 def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
@@ -176,7 +230,9 @@ def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
     # A budget of 1e-9 nats/token: the first trained eval is over it, so the controller stops training there.
     a = args(max_steps=5, eval_every=1, kl_control="stop", eval_at_start=True)
     cb = PersonaEvalCallback(evaluate, tmp_path, a, max_kl=1e-9)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=1e-9)
+    trainer = build_dpo_trainer(
+        model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=1e-9
+    )
     cb.bind(trainer)
     trainer.train()
     hist = read_history(tmp_path / "metrics.jsonl")
@@ -201,8 +257,8 @@ def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
         data = f.read_bytes()
         i = 0
         while i + 12 <= len(data):
-            (n,) = struct.unpack("<Q", data[i:i + 8])
-            ev = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+            (n,) = struct.unpack("<Q", data[i : i + 8])
+            ev = event_pb2.Event.FromString(data[i + 12 : i + 12 + n])
             i += 12 + n + 4
             for v in ev.summary.value:
                 out.setdefault(v.tag, []).append((ev.step, v.simple_value))
@@ -220,15 +276,21 @@ def test_report_to_tensorboard_receives_the_persona_metrics(tmp_path):
 
     a = args(max_steps=2, report_to="tensorboard", eval_every=1, kl_control="stop", eval_at_start=False)
     cb = PersonaEvalCallback(evaluate, tmp_path, a, max_kl=10.0)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=10.0)
+    trainer = build_dpo_trainer(
+        model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=10.0
+    )
     cb.bind(trainer)
     trainer.train()
     scalars = _tensorboard_scalars(tmp_path)
     hist = read_history(tmp_path / "metrics.jsonl")
     # transformers' TensorBoardCallback files training logs under "train/".
     assert [s for s, _ in scalars["train/persona/consistency"]] == [1, 2], sorted(scalars)
-    assert [v for _, v in scalars["train/persona/consistency"]] == [0.25, 0.25] and [v for _, v in scalars["train/persona/adherence"]] == [0.75, 0.75]
-    assert [v for _, v in scalars["train/persona/kl"]] == pytest.approx([r["kl"] for r in hist], rel=1e-5) and hist[-1]["kl"] > 0
+    assert [v for _, v in scalars["train/persona/consistency"]] == [0.25, 0.25] and [
+        v for _, v in scalars["train/persona/adherence"]
+    ] == [0.75, 0.75]
+    assert [v for _, v in scalars["train/persona/kl"]] == pytest.approx([r["kl"] for r in hist], rel=1e-5) and hist[-1][
+        "kl"
+    ] > 0
     assert [s for s, _ in scalars["train/loss"]] == [1, 2]
 
 
@@ -236,22 +298,24 @@ def test_report_to_tensorboard_receives_the_persona_metrics(tmp_path):
 def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
     """accelerate launch with configs/accelerate/cpu_2proc.yaml: 2 CPU processes (gloo) train the tiny model with DPO."""
     script = tmp_path / "ddp_dpo.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, sys, torch, datasets
-        sys.path.insert(0, {str(repo_root / 'tests' / 'stages')!r})
+        sys.path.insert(0, {str(repo_root / "tests" / "stages")!r})
         from test_training import pair_dataset, args
         from personatune import models
         from personatune.training import PersonaEvalCallback, TrainerRun, build_dpo_trainer
         model, tok = models.build_tiny_model(seed=0)
         a = args(max_steps=4, per_device_batch_size=2, eval_every=2)
         cb = PersonaEvalCallback(None, {str(tmp_path)!r}, a, max_kl=0.1)
-        tr = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun({str(tmp_path / 'trl')!r}, callbacks=[cb.hooks()]), max_kl=0.1)
+        tr = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun({str(tmp_path / "trl")!r}, callbacks=[cb.hooks()]), max_kl=0.1)
         cb.bind(tr)
         tr.train()
         if tr.accelerator.is_main_process:
             print("RESULT", json.dumps({{"world": tr.accelerator.num_processes, "backend": str(torch.distributed.get_backend()),
                                          "steps": tr.state.global_step}}))
-    """))
+    """)
+    )
     rc, out, err = launch_two_cpu(script, [], repo_root)
     assert rc == 0, err[-3000:]
     res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
@@ -278,14 +342,37 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     (d3 / "heldout").mkdir()
     (d3 / "train" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_dataset().to_list()))
     ctxs = ["casual", "technical"]
-    held = [{"id": f"h{i}", "context": ctxs[i % 2], "messages": m, "targets": [], "split": "heldout"} for i, m in enumerate(HELD * 2)]
+    held = [
+        {"id": f"h{i}", "context": ctxs[i % 2], "messages": m, "targets": [], "split": "heldout"}
+        for i, m in enumerate(HELD * 2)
+    ]
     (d3 / "heldout" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
-    for stage, outs in (("01_baseline", {"baseline": "01_baseline/baseline.json"}), ("02_persona", {"persona": "02_persona/persona.yaml"}),
-                        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"})):
+    for stage, outs in (
+        ("01_baseline", {"baseline": "01_baseline/baseline.json"}),
+        ("02_persona", {"persona": "02_persona/persona.yaml"}),
+        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"}),
+    ):
         rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
-    over = dict(max_steps=4, eval_every=2, kl_eval_prompts=4, kl_max_new_tokens=8, eval_batch_size=8, per_device_batch_size=4,
-                learning_rate=5e-3, lora_r=4, lora_alpha=8, max_length=96, logging_steps=2)
-    base = [f"persona={persona}", "model.name=tiny", "data.teacher.max_new_tokens=8", "gates.evaluation.min_per_context=2", "data.few_shot=false"]
+    over = dict(
+        max_steps=4,
+        eval_every=2,
+        kl_eval_prompts=4,
+        kl_max_new_tokens=8,
+        eval_batch_size=8,
+        per_device_batch_size=4,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        max_length=96,
+        logging_steps=2,
+    )
+    base = [
+        f"persona={persona}",
+        "model.name=tiny",
+        "data.teacher.max_new_tokens=8",
+        "gates.evaluation.min_per_context=2",
+        "data.few_shot=false",
+    ]
     if "train" in RunConfig.model_fields:
         cfg = load_config(None, base + [f"train.{k}={v}" for k, v in over.items()])
     else:  # until the lead nests TrainArgs in RunConfig
@@ -295,22 +382,38 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     hist = read_history(rd.root / "05_optimization" / "metrics.jsonl")
     assert [r["step"] for r in hist] == [0, 2, 4] and all(r["kl"] is not None for r in hist)
     # Step 0 is the baseline itself: no persona shift, but drift KL > 0 (the reference sees the persona system prompt).
-    assert hist[0]["checkpoint"] == "checkpoints/step-0" and abs(hist[0]["persona_shift"]) < 1e-6 and hist[0]["kl"] > 1e-4
+    assert (
+        hist[0]["checkpoint"] == "checkpoints/step-0" and abs(hist[0]["persona_shift"]) < 1e-6 and hist[0]["kl"] > 1e-4
+    )
     assert all(r["kl_reference"] == "persona-prompted baseline" for r in hist)
     m = json.loads((rd.root / "05_optimization" / "metrics.json").read_text())
     within = [r["step"] for r in hist if r["checkpoint"] and r["kl"] <= cfg.gates.optimization.max_kl]
-    assert m["final"]["selected_step"] == (m["selection"]["record"] or {}).get("step") and (m["final"]["selected_step"] in within or not within)
-    assert {g.metric for g in res.gate.results} == {"kl_per_token", "consistency_rate", "adherence", "style_variance", "on_task_retention"}
-    assert m["on_task"]["baseline_samples"] and "retention" in m["on_task"]  # the baseline's on-task rate beside the policy's
+    assert m["final"]["selected_step"] == (m["selection"]["record"] or {}).get("step") and (
+        m["final"]["selected_step"] in within or not within
+    )
+    assert {g.metric for g in res.gate.results} == {
+        "kl_per_token",
+        "consistency_rate",
+        "adherence",
+        "style_variance",
+        "on_task_retention",
+    }
+    # the baseline's on-task rate beside the policy's
+    assert m["on_task"]["baseline_samples"] and "retention" in m["on_task"]
     kl_gate = next(g for g in res.gate.results if g.metric == "kl_per_token")
     assert kl_gate.unit == "nats/token" and kl_gate.n == len(held) and kl_gate.value == m["kl"]["kl_per_token"]
     assert "persona context" in m["kl"]["reference"] and "without" in m["persona_shift"]["reference"]
-    assert "drift KL" in kl_gate.description and "persona_shift" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
+    assert (
+        "drift KL" in kl_gate.description
+        and "persona_shift" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
+    )
     assert set(res.outputs) == {"model", "metrics", "card"}
     # The saved model is merged (no adapter files) and loads with its chat template.
     assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
     m2, t2 = models.load_model_and_tokenizer(str(rd.root / "05_optimization" / "model"))
-    assert t2.chat_template and "Checkpoint selection" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
+    assert (
+        t2.chat_template and "Checkpoint selection" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
+    )
 
 
 def test_dpo_dataset_leaves_out_pairs_whose_rejected_is_consistent(tmp_path):
@@ -318,8 +421,12 @@ def test_dpo_dataset_leaves_out_pairs_whose_rejected_is_consistent(tmp_path):
     from personatune.stages.s5_optimization import train_dataset
 
     def row(i, rc):
-        return {"prompt": [{"role": "user", "content": f"q{i}"}], "chosen": [{"role": "assistant", "content": f"good {i}"}],
-                "rejected": [{"role": "assistant", "content": f"bad {i}"}], "rejected_consistent": rc}
+        return {
+            "prompt": [{"role": "user", "content": f"q{i}"}],
+            "chosen": [{"role": "assistant", "content": f"good {i}"}],
+            "rejected": [{"role": "assistant", "content": f"bad {i}"}],
+            "rejected_consistent": rc,
+        }
 
     path = tmp_path / "pairs.jsonl"
     path.write_text("\n".join(json.dumps(row(i, i % 3 == 0)) for i in range(6)) + "\n")
@@ -343,7 +450,9 @@ def test_dpo_against_the_persona_prompted_reference(tmp_path, peft):
     model, tok = models.build_tiny_model(seed=5)
     base, _ = models.build_tiny_model(seed=5)
     a = args(peft=peft, max_steps=2, per_device_batch_size=8, beta=0.1)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl"), max_kl=0.1, reference_context=CONTEXT)
+    trainer = build_dpo_trainer(
+        model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl"), max_kl=0.1, reference_context=CONTEXT
+    )
     ds = trainer.train_dataset
     assert trainer.precompute_ref_logps and "ref_chosen_logps" in ds.column_names
 
@@ -361,7 +470,11 @@ def test_dpo_against_the_persona_prompted_reference(tmp_path, peft):
     # The logged reference log-probs are the prompted baseline's, token for token.
     assert max(abs(a - b) for a, b in zip(ds["ref_chosen_logps"], want_ref)) < 1e-3
     assert any(abs(a - b) > 0.05 for a, b in zip(want_ref, want_pol))  # the context matters, or the test proves nothing
-    before = lora_snapshot(trainer.model) if peft == "lora" else {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    before = (
+        lora_snapshot(trainer.model)
+        if peft == "lora"
+        else {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    )
     trainer.train()
     after = dict(trainer.model.named_parameters())
     assert any(not torch.equal(before[n], after[n].detach()) for n in before)
@@ -374,8 +487,13 @@ def test_sft_on_chosen_answers_trains_the_adapters(tmp_path):
     from personatune.training import build_sft_trainer
 
     model, tok = models.build_tiny_model(seed=6)
-    rows = [{"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]} for p, c, _ in PAIRS]
-    trainer = build_sft_trainer(model, tok, datasets.Dataset.from_list(rows), args(algorithm="sft", max_steps=2), TrainerRun(tmp_path / "trl"))
+    rows = [
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+        for p, c, _ in PAIRS
+    ]
+    trainer = build_sft_trainer(
+        model, tok, datasets.Dataset.from_list(rows), args(algorithm="sft", max_steps=2), TrainerRun(tmp_path / "trl")
+    )
     before = lora_snapshot(trainer.model)
     trainer.train()
     after = dict(trainer.model.named_parameters())
@@ -388,7 +506,10 @@ def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
     from personatune.training import build_sdft_trainer
 
     model, tok = models.build_tiny_model(seed=7)
-    rows = [{"prompt": [{"role": "user", "content": p}], "privileged_context": CONTEXT[0]["content"]} for p, _, _ in PAIRS[:4]]
+    rows = [
+        {"prompt": [{"role": "user", "content": p}], "privileged_context": CONTEXT[0]["content"]}
+        for p, _, _ in PAIRS[:4]
+    ]
     a = args(algorithm="sdft", max_steps=1, per_device_batch_size=4, max_completion_length=8)
     trainer = build_sdft_trainer(model, tok, datasets.Dataset.from_list(rows), a, TrainerRun(tmp_path / "trl"))
     assert trainer.args.distillation_alpha == 1.0 and trainer.args.teacher_model_kind == "base"
@@ -400,8 +521,13 @@ def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
     assert losses and losses[0] > 0  # a non-zero divergence to the prompted teacher was minimized
 
     with pytest.raises(ConfigError, match="train.peft=lora"):
-        build_sdft_trainer(models.build_tiny_model(seed=7)[0], tok, datasets.Dataset.from_list(rows), args(algorithm="sdft", peft="full"),
-                           TrainerRun(tmp_path / "trl2"))
+        build_sdft_trainer(
+            models.build_tiny_model(seed=7)[0],
+            tok,
+            datasets.Dataset.from_list(rows),
+            args(algorithm="sdft", peft="full"),
+            TrainerRun(tmp_path / "trl2"),
+        )
 
 
 def test_a_persona_context_longer_than_the_window_is_refused_before_model_work(tmp_path):
@@ -412,12 +538,22 @@ def test_a_persona_context_longer_than_the_window_is_refused_before_model_work(t
     repo = Path(__file__).resolve().parents[2]
     spec = load_persona(repo / "examples" / "personas" / "captain_nova.yaml")
     model, tok = models.build_tiny_model(seed=0)
-    model.config.max_position_embeddings = 1000  # the tiny tokenizer is character-level: ~1,100 tokens with few-shot turns, ~720 without
+    model.config.max_position_embeddings = (
+        1000  # the tiny tokenizer is character-level: ~1,100 tokens with few-shot turns, ~720 without
+    )
     models.save_model(model, tok, tmp_path / "base")
     cfg = load_config(None, [f"persona={repo / 'examples' / 'personas' / 'captain_nova.yaml'}", "model.name=tiny"])
-    with pytest.raises(ConfigError, match=r"data.few_shot=true: the persona context is \d+ tokens.*window of 1000.*fix: set data.few_shot=false"):
+    with pytest.raises(
+        ConfigError,
+        match=r"data.few_shot=true: the persona context is \d+ tokens.*window of 1000.*fix: set data.few_shot=false",
+    ):
         reference_context(cfg, spec, str(tmp_path / "base"), HELD)
-    ctx = reference_context(cfg.model_copy(update={"data": cfg.data.model_copy(update={"few_shot": False})}), spec, str(tmp_path / "base"), HELD)
+    ctx = reference_context(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"few_shot": False})}),
+        spec,
+        str(tmp_path / "base"),
+        HELD,
+    )
     assert [m["role"] for m in ctx] == ["system"]
 
 
@@ -433,7 +569,9 @@ def test_a_wall_clock_budget_stops_training_and_evaluates_the_last_state(tmp_pat
 
     a = args(max_steps=50, eval_every=1, eval_at_start=True, max_train_seconds=1e-3)
     cb = PersonaEvalCallback(evaluate, tmp_path, a, max_kl=10.0)
-    trainer = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=10.0)
+    trainer = build_dpo_trainer(
+        model, tok, pair_dataset(), a, TrainerRun(tmp_path / "trl", callbacks=[cb.hooks()]), max_kl=10.0
+    )
     cb.bind(trainer)
     trainer.train()
     hist = read_history(tmp_path / "metrics.jsonl")

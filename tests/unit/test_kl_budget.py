@@ -6,12 +6,25 @@ from personatune.kl_budget import decide, select_checkpoint
 
 
 def rec(step, kl, cons, adh=0.95, sv=0.05, ckpt=True, decision=None):
-    return {"step": step, "kl": kl, "consistency": cons, "adherence": adh, "style_variance": sv,
-            "checkpoint": f"checkpoints/step-{step}" if ckpt else None, "decision": decision}
+    return {
+        "step": step,
+        "kl": kl,
+        "consistency": cons,
+        "adherence": adh,
+        "style_variance": sv,
+        "checkpoint": f"checkpoints/step-{step}" if ckpt else None,
+        "decision": decision,
+    }
 
 
 def test_last_over_budget_best_earlier_is_picked_not_the_last():
-    h = [rec(0, 0.0, 0.40, ckpt=False), rec(10, 0.03, 0.70), rec(20, 0.08, 0.90), rec(30, 0.09, 0.86), rec(40, 0.2, 0.99)]
+    h = [
+        rec(0, 0.0, 0.40, ckpt=False),
+        rec(10, 0.03, 0.70),
+        rec(20, 0.08, 0.90),
+        rec(30, 0.09, 0.86),
+        rec(40, 0.2, 0.99),
+    ]
     s = select_checkpoint(h, max_kl=0.1)
     assert s.record["step"] == 20
     assert s.within_budget == [10, 20, 30]
@@ -73,8 +86,14 @@ def test_stage5_diagnosis_prints_rounded_numbers():
 
     h = [rec(0, 0.0, 0.0), rec(10, 0.05, 1 / 12)]
     sel = select_checkpoint(h, max_kl=0.1)
-    ev = SimpleNamespace(kl=SimpleNamespace(per_token=0.05, stderr=0.01, sequences=12), consistency=Measurement(1 / 12, n=12),
-                         adherence=Measurement(0.5, n=72), adherence_per_trait={"a": 0.5}, style_variance=None, texts=["x"] * 12)
+    ev = SimpleNamespace(
+        kl=SimpleNamespace(per_token=0.05, stderr=0.01, sequences=12),
+        consistency=Measurement(1 / 12, n=12),
+        adherence=Measurement(0.5, n=72),
+        adherence_per_trait={"a": 0.5},
+        style_variance=None,
+        texts=["x"] * 12,
+    )
     text = "\n".join(optimization_gate(load_config(None, ["persona=p.yaml"]), ev, sel, h).diagnosis)
     assert "consistency 0.083" in text and "0.0833333" not in text, text
 

@@ -32,10 +32,24 @@ from personatune.config import RunConfig
 from personatune.errors import DataError
 from personatune.gates import GateReport, fmt_metric
 from personatune.kl_budget import Selection
+from personatune.records import OptimizationMetrics, StageResultRecord
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
-from personatune.stages.optimization_common import (STAGE3_FIX, DriftReference, baseline_on_task, build_trainer, eval_settings, load_checkpoint,
-                                                    load_inputs, optimization_gate, optimization_specs, select_in_budget, training_seed)
+from personatune.stages.optimization_common import (
+    STAGE3_FIX,
+    DriftReference,
+    baseline_on_task,
+    build_trainer,
+    eval_settings,
+    load_checkpoint,
+    load_inputs,
+    optimization_gate,
+    optimization_specs,
+    read_stage_result,
+    select_in_budget,
+    training_seed,
+    write_record,
+)
 from personatune.training import TrainArgs
 
 __all__ = ["STAGE", "model_card", "optimization_gate", "optimization_specs", "run", "train_dataset"]
@@ -57,50 +71,106 @@ def train_dataset(pairs_path: Path, algorithm: str, privileged_context: str | No
         sft_path = pairs_path.parent / "sft.jsonl"
         rows = read_jsonl(sft_path, fix=STAGE3_FIX)
         if not rows:
-            raise DataError(f"{sft_path} has no chosen answers; fix: check the stage-3 gate and data (data.max_prompts, data.best_of)")
+            raise DataError(
+                f"{sft_path} has no chosen answers; fix: check the stage-3 gate and data (data.max_prompts, data.best_of)"
+            )
         for i, r in enumerate(rows, 1):
             if any(m.get("role") == "system" for m in r["messages"]):
-                raise DataError(f"{sft_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
-                                f"into the weights; fix: remove system turns from the prompts")
+                raise DataError(
+                    f"{sft_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
+                    f"into the weights; fix: remove system turns from the prompts"
+                )
         return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
     rows = read_jsonl(pairs_path, fix=STAGE3_FIX)
     if not rows:
-        raise DataError(f"{pairs_path} has no pairs; fix: check the stage-3 gate and data (data.max_prompts, data.contrast)")
+        raise DataError(
+            f"{pairs_path} has no pairs; fix: check the stage-3 gate and data (data.max_prompts, data.contrast)"
+        )
     for i, r in enumerate(rows, 1):
         if any(m.get("role") == "system" for m in r.get("prompt", [])):
-            raise DataError(f"{pairs_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
-                            f"into the weights; fix: remove system turns from the prompts")
+            raise DataError(
+                f"{pairs_path} line {i}: the prompt has a system turn; stage-5 prompts must have none so the persona is learned "
+                f"into the weights; fix: remove system turns from the prompts"
+            )
     if algorithm == "dpo":
         # A pair whose rejected response the scorer finds consistent would teach the model away from the persona
         # (stage 3 keeps such pairs, flagged, so its gate can count them): DPO trains only on the others.
         usable = [r for r in rows if not r.get("rejected_consistent", False)]
         if not usable:
-            raise DataError(f"{pairs_path}: every pair's rejected response is consistent with the persona, so no pair can be trained on; "
-                            f"fix: check data.contrast and the stage-3 gate (rejected_inconsistency_rate)")
-        return Dataset.from_list([{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in usable])
+            raise DataError(
+                f"{pairs_path}: every pair's rejected response is consistent with the persona, so no pair can be trained on; "
+                f"fix: check data.contrast and the stage-3 gate (rejected_inconsistency_rate)"
+            )
+        return Dataset.from_list(
+            [{"prompt": r["prompt"], "chosen": r["chosen"], "rejected": r["rejected"]} for r in usable]
+        )
     seen: dict[str, dict[str, Any]] = {}
     extra = {} if privileged_context is None else {"privileged_context": privileged_context}
     for r in rows:
-        seen.setdefault(r.get("scenario_id") or json.dumps(r["prompt"]),
-                        {"prompt": r["prompt"], "context": r.get("context"), "targets": list(r.get("targets") or []), **extra})
+        seen.setdefault(
+            r.get("scenario_id") or json.dumps(r["prompt"]),
+            {"prompt": r["prompt"], "context": r.get("context"), "targets": list(r.get("targets") or []), **extra},
+        )
     return Dataset.from_list(list(seen.values()))
 
 
-def model_card(config: RunConfig, args: TrainArgs, spec: Any, data_info: dict[str, Any], sel: Selection, summary: dict[str, Any], gate: GateReport) -> str:
-    lines = [f"# {spec.name} — persona model (personatune stage 5)", "",
-             f"Base: `{data_info['baseline']}`. Trained with TRL {args.algorithm.upper()} ({args.peft}"
-             f"{', merged' if args.peft == 'lora' and args.merge_lora else ''})"
-             + (f", KL penalty beta={args.beta:g}" if args.algorithm not in ("sft", "sdft") else ", distillation towards the persona-prompted baseline")
-             + ". The persona is in the weights: prompts carry no system prompt.", "",
-             "KL units: nats/token. `kl` is **drift KL**, against the stage-1 baseline given the persona context (system prompt"
-             + (" + few-shot turns" if config.data.few_shot else "") + "); `persona_shift` is the KL against the baseline without it "
-             "(how far the persona moved the model; information, not a gate).", "",
-             "## Data", "", f"- training rows: {data_info['rows']} from `{data_info['pairs']}`", f"- held-out prompts for the gate: {data_info['heldout']}",
-             f"- scorer: {data_info['scorer']}", "", "## Checkpoint selection", "", sel.reason or "final weights (no in-budget checkpoint evaluated)", "",
-             "## Metrics (held-out prompts, no system prompt)", "", "| metric | value |", "|---|---|"]
+def model_card(
+    config: RunConfig,
+    args: TrainArgs,
+    spec: Any,
+    data_info: dict[str, Any],
+    sel: Selection,
+    summary: dict[str, Any],
+    gate: GateReport,
+) -> str:
+    lines = [
+        f"# {spec.name} — persona model (personatune stage 5)",
+        "",
+        f"Base: `{data_info['baseline']}`. Trained with TRL {args.algorithm.upper()} ({args.peft}"
+        f"{', merged' if args.peft == 'lora' and args.merge_lora else ''})"
+        + (
+            f", KL penalty beta={args.beta:g}"
+            if args.algorithm not in ("sft", "sdft")
+            else ", distillation towards the persona-prompted baseline"
+        )
+        + ". The persona is in the weights: prompts carry no system prompt.",
+        "",
+        "KL units: nats/token. `kl` is **drift KL**, against the stage-1 baseline given the persona context (system prompt"
+        + (" + few-shot turns" if config.data.few_shot else "")
+        + "); `persona_shift` is the KL against the baseline without it "
+        "(how far the persona moved the model; information, not a gate).",
+        "",
+        "## Data",
+        "",
+        f"- training rows: {data_info['rows']} from `{data_info['pairs']}`",
+        f"- held-out prompts for the gate: {data_info['heldout']}",
+        f"- scorer: {data_info['scorer']}",
+        "",
+        "## Checkpoint selection",
+        "",
+        sel.reason or "final weights (no in-budget checkpoint evaluated)",
+        "",
+        "## Metrics (held-out prompts, no system prompt)",
+        "",
+        "| metric | value |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in summary.items()]
-    lines += ["", "## Gate", "", "```", gate.summary(), "```", "", "## Training config", "", "```json",
-              json.dumps(args.model_dump(mode="json"), indent=2), "```", ""]
+    lines += [
+        "",
+        "## Gate",
+        "",
+        "```",
+        gate.summary(),
+        "```",
+        "",
+        "## Training config",
+        "",
+        "```json",
+        json.dumps(args.model_dump(mode="json"), indent=2),
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -119,7 +189,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     args, g = config.train, config.gates.optimization
     if args.algorithm in ("dpo", "grpo", "rloo"):
-        training.check_beta(args.beta, g.max_kl)  # before any loading (the config validator already refuses it at load time)
+        # Before any loading (the config validator already refuses it at load time).
+        training.check_beta(args.beta, g.max_kl)
     out = run_dir.stage_dir(STAGE)
     if config.threads:
         torch.set_num_threads(config.threads)
@@ -145,19 +216,30 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     metrics_path = out / "metrics.jsonl"
     if metrics_path.exists():
         metrics_path.unlink()
-    cb = training.PersonaEvalCallback(lambda m, r: training.evaluate_policy(m, r, tok, small, scorer, settings), out, args, max_kl=g.max_kl,
-                                      echo=lambda s: (print(s), run_dir.log(s.strip())))
-    trainer = build_trainer(model, tok, ds, args, training.TrainerRun(out / "trainer", seed, [cb.hooks()]), max_kl=g.max_kl,
-                            reference=DriftReference(inp.context), scorer=scorer)
+    cb = training.PersonaEvalCallback(
+        lambda m, r: training.evaluate_policy(m, r, tok, small, scorer, settings),
+        out,
+        args,
+        max_kl=g.max_kl,
+        echo=lambda s: (print(s), run_dir.log(s.strip())),
+    )
+    trainer = build_trainer(
+        model,
+        tok,
+        ds,
+        args,
+        training.TrainerRun(out / "trainer", seed, [cb.hooks()]),
+        max_kl=g.max_kl,
+        reference=DriftReference(inp.context),
+        scorer=scorer,
+    )
     cb.bind(trainer)
     trainer.train()
     acc = trainer.accelerator
     if not acc.is_main_process:
         # 3-4 run on the main rank only; the others return what it wrote.
         acc.wait_for_everyone()
-        saved = json.loads((out / "result.json").read_text(encoding="utf-8"))
-        return StageResult(outputs={k: run_dir.root / v for k, v in saved["outputs"].items()}, gate=GateReport.from_dict(saved["gate"]),
-                           metrics=saved["metrics"], message=saved["message"])
+        return read_stage_result(run_dir, out)
 
     # 3. Select within the KL budget and gate on all held-out prompts.
     model_u = acc.unwrap_model(trainer.model)
@@ -176,12 +258,28 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     base_on_task, base_source = baseline_on_task(config, run_dir, scorer, inp.held_rows)
     gate = optimization_gate(config, ev, sel, history, baseline_on_task=base_on_task)
     retention = next(r for r in gate.results if r.metric == "on_task_retention")
-    summary = {**ev.summary(), "selected_step": sel.record["step"] if sel.record else None, "steps_trained": trainer.state.global_step,
-               "final_beta": None if getattr(trainer, "beta", None) is None else float(trainer.beta), "baseline_on_task": None if base_on_task is None else base_on_task.value,
-               "on_task_retention": retention.value}
-    atomic_write_json(out / "samples.json", [{"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent,
-                                              "on_task": r.on_task}
-                                             for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)])
+    summary = {
+        **ev.summary(),
+        "selected_step": sel.record["step"] if sel.record else None,
+        "steps_trained": trainer.state.global_step,
+        "final_beta": None if getattr(trainer, "beta", None) is None else float(trainer.beta),
+        "baseline_on_task": None if base_on_task is None else base_on_task.value,
+        "on_task_retention": retention.value,
+    }
+    atomic_write_json(
+        out / "samples.json",
+        [
+            {
+                "id": i,
+                "context": c,
+                "prompt": p[-1]["content"],
+                "response": x,
+                "consistent": r.consistent,
+                "on_task": r.on_task,
+            }
+            for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)
+        ],
+    )
 
     # 4. Save the selected model (merged LoRA by default) with tokenizer + chat template, and its card.
     final = model_u
@@ -193,26 +291,63 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         tok.save_pretrained(str(model_dir))
     else:
         models.save_model(final, tok, model_dir)
-    data_info = {"baseline": inp.baseline, "rows": len(ds), "pairs": str(inp.pairs_path.relative_to(run_dir.root)), "heldout": len(full.ids),
-                 "scorer": scorer_desc}
+    data_info = {
+        "baseline": inp.baseline,
+        "rows": len(ds),
+        "pairs": str(inp.pairs_path.relative_to(run_dir.root)),
+        "heldout": len(full.ids),
+        "scorer": scorer_desc,
+    }
     atomic_write_text(model_dir / "README.md", model_card(config, args, inp.spec, data_info, sel, summary, gate))
-    metrics = {"selection": {"reason": sel.reason, "within_budget": sel.within_budget, "record": sel.record}, "final": summary,
-               "kl": ev.kl.to_dict(), "persona_shift": None if ev.persona_shift is None else ev.persona_shift.to_dict(),
-               "consistency": ev.consistency.__dict__, "adherence": ev.adherence.__dict__,
-               "on_task": {"policy": getattr(ev.on_task, "__dict__", None), "baseline": getattr(base_on_task, "__dict__", None),
-                           "retention": {"value": retention.value, "n": retention.n, "ci": retention.ci, "note": retention.note},
-                           "baseline_samples": base_source, "unit": "fraction of responses with on_task >= 0.5; retention: ratio"},
-               "history": history}
-    atomic_write_json(out / "metrics.json", metrics)
+    metrics = {
+        "selection": {"reason": sel.reason, "within_budget": sel.within_budget, "record": sel.record},
+        "final": summary,
+        "kl": ev.kl.to_dict(),
+        "persona_shift": None if ev.persona_shift is None else ev.persona_shift.to_dict(),
+        "consistency": ev.consistency.__dict__,
+        "adherence": ev.adherence.__dict__,
+        "on_task": {
+            "policy": getattr(ev.on_task, "__dict__", None),
+            "baseline": getattr(base_on_task, "__dict__", None),
+            "retention": {"value": retention.value, "n": retention.n, "ci": retention.ci, "note": retention.note},
+            "baseline_samples": base_source,
+            "unit": "fraction of responses with on_task >= 0.5; retention: ratio",
+        },
+        "history": history,
+    }
+    write_record(out / "metrics.json", OptimizationMetrics, metrics)
     outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
     shift_txt = "" if ev.persona_shift is None else f" (persona shift {ev.persona_shift.per_token:.4g})"
-    message = (f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: drift KL {ev.kl.per_token:.4g} "
-               f"nats/token{shift_txt}, "
-               f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {fmt_metric(ev.style_variance)}, "
-               f"on-task retention {fmt_metric(retention.value)}")
-    small_metrics = {k: summary[k] for k in ("kl", "persona_shift", "consistency", "adherence", "style_variance", "on_task", "on_task_retention", "selected_step", "steps_trained")}
-    atomic_write_json(out / "result.json", {"outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()}, "gate": gate.to_dict(),
-                                            "metrics": small_metrics, "message": message})
+    message = (
+        f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: drift KL {ev.kl.per_token:.4g} "
+        f"nats/token{shift_txt}, "
+        f"consistency {ev.consistency.value:.3f}, adherence {ev.adherence.value:.3f}, style variance {fmt_metric(ev.style_variance)}, "
+        f"on-task retention {fmt_metric(retention.value)}"
+    )
+    small_metrics = {
+        k: summary[k]
+        for k in (
+            "kl",
+            "persona_shift",
+            "consistency",
+            "adherence",
+            "style_variance",
+            "on_task",
+            "on_task_retention",
+            "selected_step",
+            "steps_trained",
+        )
+    }
+    write_record(
+        out / "result.json",
+        StageResultRecord,
+        {
+            "outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()},
+            "gate": gate.to_dict(),
+            "metrics": small_metrics,
+            "message": message,
+        },
+    )
     if acc.num_processes > 1:
         acc.wait_for_everyone()
     return StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)

@@ -19,13 +19,51 @@ These modules import only pydantic (and light personatune modules) at import tim
 
 from personatune.training.args import DPOLoss, TrainArgs, check_beta
 from personatune.training.callback import PersonaEvalCallback
-from personatune.training.evaluation import EvalResult, EvalSet, EvalSettings, append_jsonl, evaluate_policy, read_history
-from personatune.training.trainers import (AdapterDisabledReference, TrainerRun, build_dpo_trainer, build_grpo_trainer,
-                                           build_rloo_trainer, build_sdft_trainer, build_sft_trainer, lora_config, prompted_reference_logps,
-                                           reference_of, resolve_bf16, use_prompted_reference)
-from personatune.training.trainers import _common  # noqa: F401  (benchmarks/bench_dpo_overhead.py builds plain TRL with the same values)
+from personatune.training.evaluation import (
+    EvalResult,
+    EvalSet,
+    EvalSettings,
+    append_jsonl,
+    evaluate_policy,
+    read_history,
+)
+from personatune.training.trainers import (
+    AdapterDisabledReference,
+    TrainerRun,
+    _common,  # noqa: F401  (benchmarks/bench_dpo_overhead.py builds plain TRL with the same values)
+    build_dpo_trainer,
+    build_grpo_trainer,
+    build_rloo_trainer,
+    build_sdft_trainer,
+    build_sft_trainer,
+    lora_config,
+    prompted_reference_logps,
+    reference_of,
+    resolve_bf16,
+    use_prompted_reference,
+)
 
-__all__ = ["AdapterDisabledReference", "DPOLoss", "EvalResult", "EvalSet", "EvalSettings", "PersonaEvalCallback", "TrainArgs", "TrainerRun",
-           "append_jsonl", "build_dpo_trainer", "build_grpo_trainer", "build_rloo_trainer", "build_sdft_trainer", "build_sft_trainer",
-           "check_beta", "evaluate_policy", "lora_config", "prompted_reference_logps", "read_history", "reference_of", "resolve_bf16",
-           "use_prompted_reference"]
+__all__ = [
+    "AdapterDisabledReference",
+    "DPOLoss",
+    "EvalResult",
+    "EvalSet",
+    "EvalSettings",
+    "PersonaEvalCallback",
+    "TrainArgs",
+    "TrainerRun",
+    "append_jsonl",
+    "build_dpo_trainer",
+    "build_grpo_trainer",
+    "build_rloo_trainer",
+    "build_sdft_trainer",
+    "build_sft_trainer",
+    "check_beta",
+    "evaluate_policy",
+    "lora_config",
+    "prompted_reference_logps",
+    "read_history",
+    "reference_of",
+    "resolve_bf16",
+    "use_prompted_reference",
+]

@@ -14,67 +14,146 @@ from personatune import limits
 from personatune.config_section import ConfigSection
 from personatune.errors import ConfigError
 
-
 # TRL's DPO loss types (DPOConfig.loss_type); TRL only rejects an unknown one once training starts.
-DPOLoss = Literal["sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
-                  "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm"]
+DPOLoss = Literal[
+    "sigmoid",
+    "hinge",
+    "ipo",
+    "exo_pair",
+    "nca_pair",
+    "robust",
+    "bco_pair",
+    "sppo_hard",
+    "aot",
+    "aot_unpaired",
+    "apo_zero",
+    "apo_down",
+    "discopop",
+    "sft",
+    "sigmoid_norm",
+]
 
 
 class TrainArgs(ConfigSection):
     """Stage 5: KL-bounded persona optimization with TRL."""
 
     algorithm: Literal["dpo", "sft", "sdft", "grpo", "rloo"] = Field(
-        "dpo", description="the recipe: 'dpo' on the stage-3 pairs (reference log-probs from the persona-prompted baseline); 'sft' on the stage-3 "
-                           "chosen answers (consistent and on task: rejection-sampling fine-tuning); 'sdft' on-policy context distillation "
-                           "(TRL SDFT, the persona as privileged context); 'grpo'/'rloo' online with the persona x on-task reward")
-    peft: Literal["lora", "full"] = Field("lora", description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)")
+        "dpo",
+        description="the recipe: 'dpo' on the stage-3 pairs (reference log-probs from the persona-prompted baseline); 'sft' on the stage-3 "
+        "chosen answers (consistent and on task: rejection-sampling fine-tuning); 'sdft' on-policy context distillation "
+        "(TRL SDFT, the persona as privileged context); 'grpo'/'rloo' online with the persona x on-task reward",
+    )
+    peft: Literal["lora", "full"] = Field(
+        "lora",
+        description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank (count, >= 1)")
-    lora_alpha: int = Field(32, ge=1, description="LoRA scaling numerator; the update is scaled by lora_alpha / lora_r (>= 1)")
+    lora_alpha: int = Field(
+        32, ge=1, description="LoRA scaling numerator; the update is scaled by lora_alpha / lora_r (>= 1)"
+    )
     lora_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA input (probability, 0-1)")
-    target_modules: str | list[str] = Field("all-linear", description="modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj])")
+    target_modules: str | list[str] = Field(
+        "all-linear",
+        description="modules that get adapters: 'all-linear' or a list of module names (e.g. [q_proj, v_proj])",
+    )
     learning_rate: float = Field(5e-5, gt=0, description="AdamW peak learning rate (> 0)")
     epochs: float = Field(1.0, gt=0, description="passes over the training data (> 0); ignored when max_steps is set")
     max_steps: int | None = Field(None, ge=1, description="optimizer steps to run (count); None = use epochs")
-    per_device_batch_size: int = Field(4, ge=1, description="sequences (DPO: pairs; GRPO/RLOO: completions) per device per forward (count)")
+    per_device_batch_size: int = Field(
+        4, ge=1, description="sequences (DPO: pairs; GRPO/RLOO: completions) per device per forward (count)"
+    )
     grad_accum: int = Field(1, ge=1, description="gradient accumulation steps per optimizer step (count)")
-    max_length: int = Field(512, ge=16, description="DPO: prompt + response tokens per sequence; longer ones are truncated (tokens)")
-    dpo_loss: list[DPOLoss] = Field(default_factory=lambda: ["sigmoid"], min_length=1,
-                                description="DPO: TRL loss_type list, e.g. [sigmoid] (DPO) or [sigmoid, sft] (DPO + NLL on the chosen response, RPO)")
-    dpo_loss_weights: list[float] | None = Field(None, description="DPO: TRL loss_weights, one per dpo_loss entry (None = all 1.0)")
-    beta: float = Field(0.1, ge=0, description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused); "
-                                                "not used by 'sft'/'sdft', whose loss is itself a divergence to the persona-prompted baseline")
-    sdft_alpha: float = Field(1.0, ge=0, le=1, description="sdft: TRL distillation_alpha; 1.0 = reverse KL(student || persona-prompted teacher), "
-                                                           "the drift KL the gate measures; 0.0 = forward KL")
-    sdft_template: str = Field("{privileged_context}\n\n{prompt}", description="sdft: TRL teacher_prompt_template; the teacher's user turn is this "
-                                                                              "text with the rendered persona as {privileged_context}")
-    max_train_seconds: float | None = Field(None, gt=0, description="stop training once this much wall-clock time (seconds) was spent "
-                                                                  "training, evals excluded; the last state is then evaluated (None = no limit)")
-    eval_every_seconds: float | None = Field(None, gt=0, description="also evaluate+checkpoint whenever this much training time (seconds, "
-                                                                   "evals excluded) has passed since the last eval; compares recipes whose steps "
-                                                                   "differ in cost (None = by steps only)")
-    eval_every: int = Field(25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end")
-    eval_at_start: bool = Field(True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)")
-    kl_eval_prompts: int = Field(32, ge=2, description="held-out prompts sampled at each in-training eval (count); the final gate uses all of them")
+    max_length: int = Field(
+        512, ge=16, description="DPO: prompt + response tokens per sequence; longer ones are truncated (tokens)"
+    )
+    dpo_loss: list[DPOLoss] = Field(
+        default_factory=lambda: ["sigmoid"],
+        min_length=1,
+        description="DPO: TRL loss_type list, e.g. [sigmoid] (DPO) or [sigmoid, sft] (DPO + NLL on the chosen response, RPO)",
+    )
+    dpo_loss_weights: list[float] | None = Field(
+        None, description="DPO: TRL loss_weights, one per dpo_loss entry (None = all 1.0)"
+    )
+    beta: float = Field(
+        0.1,
+        ge=0,
+        description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused); "
+        "not used by 'sft'/'sdft', whose loss is itself a divergence to the persona-prompted baseline",
+    )
+    sdft_alpha: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="sdft: TRL distillation_alpha; 1.0 = reverse KL(student || persona-prompted teacher), "
+        "the drift KL the gate measures; 0.0 = forward KL",
+    )
+    sdft_template: str = Field(
+        "{privileged_context}\n\n{prompt}",
+        description="sdft: TRL teacher_prompt_template; the teacher's user turn is this "
+        "text with the rendered persona as {privileged_context}",
+    )
+    max_train_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="stop training once this much wall-clock time (seconds) was spent "
+        "training, evals excluded; the last state is then evaluated (None = no limit)",
+    )
+    eval_every_seconds: float | None = Field(
+        None,
+        gt=0,
+        description="also evaluate+checkpoint whenever this much training time (seconds, "
+        "evals excluded) has passed since the last eval; compares recipes whose steps "
+        "differ in cost (None = by steps only)",
+    )
+    eval_every: int = Field(
+        25, ge=0, description="optimizer steps between eval+checkpoint (count); 0 = only at the end"
+    )
+    eval_at_start: bool = Field(
+        True, description="also evaluate before the first step (the step-0 record; KL ~ 0 by construction)"
+    )
+    kl_eval_prompts: int = Field(
+        32,
+        ge=2,
+        description="held-out prompts sampled at each in-training eval (count); the final gate uses all of them",
+    )
     kl_max_new_tokens: int = Field(64, ge=1, description="response length cap for the KL samples (tokens)")
     eval_batch_size: int = Field(16, ge=1, description="sequences generated together during evals (count)")
     num_generations: int = Field(4, ge=2, description="GRPO/RLOO: completions sampled per prompt (count, >= 2)")
-    max_completion_length: int = Field(64, ge=1, description="GRPO/RLOO: completion length cap during training (tokens)")
-    report_to: Literal["none", "tensorboard", "trackio", "mlflow", "wandb"] = Field("none", description="experiment tracker passed to TRL/transformers (its package must be installed)")
+    max_completion_length: int = Field(
+        64, ge=1, description="GRPO/RLOO: completion length cap during training (tokens)"
+    )
+    report_to: Literal["none", "tensorboard", "trackio", "mlflow", "wandb"] = Field(
+        "none", description="experiment tracker passed to TRL/transformers (its package must be installed)"
+    )
     logging_steps: int = Field(10, ge=1, description="optimizer steps between TRL log lines (count)")
-    kl_control: Literal["stop", "raise_beta"] = Field("stop", description="when an eval finds KL > max_kl: 'stop' training, or 'raise_beta' (x beta_raise_factor, at most max_beta_raises times, then stop)")
+    kl_control: Literal["stop", "raise_beta"] = Field(
+        "stop",
+        description="when an eval finds KL > max_kl: 'stop' training, or 'raise_beta' (x beta_raise_factor, at most max_beta_raises times, then stop)",
+    )
     beta_raise_factor: float = Field(2.0, gt=1, description="raise_beta: multiplier applied to beta per raise (> 1)")
     max_beta_raises: int = Field(3, ge=0, description="raise_beta: raises allowed before stopping (count)")
-    merge_lora: bool = Field(True, description="merge LoRA adapters into the saved model (True) or save the adapter only (False)")
-    bf16: Literal["auto"] | bool = Field("auto", description="bf16 mixed precision: 'auto' = on for CUDA GPUs that support it, off on CPU; or true/false")
-    gradient_checkpointing: bool = Field(False, description="trade compute for memory (TRL's default is on; off here because small models train faster without it)")
-    seed: int | None = Field(None, ge=0, le=limits.SEED_MAX, description=f"training seed (0-{limits.SEED_MAX}); None = the run's global seed")
+    merge_lora: bool = Field(
+        True, description="merge LoRA adapters into the saved model (True) or save the adapter only (False)"
+    )
+    bf16: Literal["auto"] | bool = Field(
+        "auto", description="bf16 mixed precision: 'auto' = on for CUDA GPUs that support it, off on CPU; or true/false"
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="trade compute for memory (TRL's default is on; off here because small models train faster without it)",
+    )
+    seed: int | None = Field(
+        None, ge=0, le=limits.SEED_MAX, description=f"training seed (0-{limits.SEED_MAX}); None = the run's global seed"
+    )
 
     @model_validator(mode="after")
     def _one_weight_per_loss(self) -> "TrainArgs":
         # Checked when the config loads, not when stage 5 builds its trainer after stages 1-4 have run.
         if self.dpo_loss_weights is not None and len(self.dpo_loss_weights) != len(self.dpo_loss):
-            raise ValueError(f"dpo_loss_weights has {len(self.dpo_loss_weights)} entries for {len(self.dpo_loss)} dpo_loss entries "
-                             f"{list(self.dpo_loss)}; fix: give one weight per loss, or leave it unset")
+            raise ValueError(
+                f"dpo_loss_weights has {len(self.dpo_loss_weights)} entries for {len(self.dpo_loss)} dpo_loss entries "
+                f"{list(self.dpo_loss)}; fix: give one weight per loss, or leave it unset"
+            )
         return self
 
 
@@ -86,6 +165,7 @@ def check_beta(beta: float, max_kl: float | None) -> None:
         ConfigError: beta <= 0 and max_kl is a finite bound.
     """
     if max_kl is not None and math.isfinite(max_kl) and not beta > 0:
-        raise ConfigError(f"train.beta={beta!r}: the KL penalty must be > 0 while the KL gate gates.optimization.max_kl={max_kl:g} exists "
-                          f"(beta 0 trains with no KL term at all); fix: set train.beta=0.1 (DPO) or 0.04 (GRPO/RLOO)")
-
+        raise ConfigError(
+            f"train.beta={beta!r}: the KL penalty must be > 0 while the KL gate gates.optimization.max_kl={max_kl:g} exists "
+            f"(beta 0 trains with no KL term at all); fix: set train.beta=0.1 (DPO) or 0.04 (GRPO/RLOO)"
+        )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from personatune.gates import fmt_metric
+from personatune.records import StepRow, parse_record
 from personatune.training.args import TrainArgs
 from personatune.training.evaluation import EvalResult, append_jsonl
 from personatune.training.trainers import reference_of
@@ -37,8 +38,15 @@ class PersonaEvalCallback:
         echo: where the one-line eval summaries go.
     """
 
-    def __init__(self, evaluate: Callable[[Any, Any], EvalResult] | None, out_dir: str | Path, args: TrainArgs, *, max_kl: float,
-                 echo: Callable[[str], None] = print) -> None:
+    def __init__(
+        self,
+        evaluate: Callable[[Any, Any], EvalResult] | None,
+        out_dir: str | Path,
+        args: TrainArgs,
+        *,
+        max_kl: float,
+        echo: Callable[[str], None] = print,
+    ) -> None:
         self.evaluate = evaluate
         self.eval_every_seconds = args.eval_every_seconds
         self._last_eval_train_s = 0.0
@@ -84,7 +92,10 @@ class PersonaEvalCallback:
                     outer.step(0, control)
 
             def on_step_end(self, args, state, control, **kwargs):
-                by_time = outer.eval_every_seconds is not None and outer.training_seconds() - outer._last_eval_train_s >= outer.eval_every_seconds
+                by_time = (
+                    outer.eval_every_seconds is not None
+                    and outer.training_seconds() - outer._last_eval_train_s >= outer.eval_every_seconds
+                )
                 if (outer.eval_every and state.global_step % outer.eval_every == 0) or by_time:
                     outer.step(state.global_step, control)
                 if outer.over_time_budget():
@@ -130,21 +141,34 @@ class PersonaEvalCallback:
         main = t.accelerator.is_main_process
         # SFT/SDFT trainers have no beta (their loss is the divergence itself): raise_beta then stops instead.
         beta = getattr(t, "beta", None)
-        row: dict[str, Any] = {"step": step, "checkpoint": ckpt, "beta": None if beta is None else float(beta), "time": round(time.time(), 3),
-                               "train_seconds": round(self.training_seconds(), 2)}
+        row: dict[str, Any] = {
+            "step": step,
+            "checkpoint": ckpt,
+            "beta": None if beta is None else float(beta),
+            "time": round(time.time(), 3),
+            "train_seconds": round(self.training_seconds(), 2),
+        }
         action, new_beta = 0, float("nan") if beta is None else float(beta)
         if self.evaluate is not None and not self.sharded:
             if main:
                 res = self.evaluate(t.model, reference_of(t))
                 row.update(res.summary())
-                d = decide(self.history + [row], self.max_kl, self.kl_control, beta=None if beta is None else float(beta), raise_factor=self.beta_raise_factor,
-                           max_raises=self.max_beta_raises)
+                d = decide(
+                    self.history + [row],
+                    self.max_kl,
+                    self.kl_control,
+                    beta=None if beta is None else float(beta),
+                    raise_factor=self.beta_raise_factor,
+                    max_raises=self.max_beta_raises,
+                )
                 row["decision"], row["reason"] = d.action, d.reason
                 action = {"continue": 0, "stop": 1, "raise_beta": 2}[d.action]
                 new_beta = d.new_beta if d.new_beta is not None else new_beta
                 shift = "" if res.persona_shift is None else f" (persona shift {res.persona_shift.per_token:.4g})"
-                self.echo(f"  eval step {step}: drift KL {res.kl.per_token:.4g}±{res.kl.stderr:.2g} nats/token{shift}, consistency {res.consistency.value:.3f}, "
-                          f"adherence {res.adherence.value:.3f}, style variance {fmt_metric(res.style_variance)} -> {d.action}")
+                self.echo(
+                    f"  eval step {step}: drift KL {res.kl.per_token:.4g}±{res.kl.stderr:.2g} nats/token{shift}, consistency {res.consistency.value:.3f}, "
+                    f"adherence {res.adherence.value:.3f}, style variance {fmt_metric(res.style_variance)} -> {d.action}"
+                )
             if t.accelerator.num_processes > 1:
                 # Every rank must take the same decision, or one would wait forever in the next all-reduce.
                 msg = torch.tensor([float(action), new_beta], dtype=torch.float64, device=t.accelerator.device)
@@ -160,6 +184,8 @@ class PersonaEvalCallback:
             t.args.beta = new_beta
         self.history.append(row)
         if main:
+            # Checked against the one schema its readers use (records.StepRow).
+            parse_record(StepRow, row, f"{self.out_dir.name}/metrics.jsonl")
             append_jsonl(self.metrics_path, row)
             # Logged through transformers' Trainer.log (not TRL's override, which would flush TRL's running averages),
             # so the tracker in `report_to` receives the persona metrics next to the loss.
@@ -168,6 +194,13 @@ class PersonaEvalCallback:
             # CallbackHandler.on_log clears control.should_log; restore it, or this rank would skip the loss all-gather
             # that the other ranks enter at a logging step (a deadlock under DDP).
             should_log = control.should_log
-            Trainer.log(t, {f"persona/{k}": v for k, v in row.items() if isinstance(v, (int, float)) and v is not None and k not in ("step", "time")})
+            Trainer.log(
+                t,
+                {
+                    f"persona/{k}": v
+                    for k, v in row.items()
+                    if isinstance(v, (int, float)) and v is not None and k not in ("step", "time")
+                },
+            )
             control.should_log = t.control.should_log = should_log
         return row

@@ -39,7 +39,9 @@ class EvalSet:
 
         for r in rows:
             if any(m.get("role") == "system" for m in r["messages"]):
-                raise DataError(f"held-out prompt {r.get('id')!r} has a system turn; stage-5 prompts must have none (re-run stage 3)")
+                raise DataError(
+                    f"held-out prompt {r.get('id')!r} has a system turn; stage-5 prompts must have none (re-run stage 3)"
+                )
         if n is not None and n < len(rows):
             by: dict[Any, list[dict[str, Any]]] = {}
             for r in rows:
@@ -50,8 +52,12 @@ class EvalSet:
                     if by[ctx] and len(picked) < n:
                         picked.append(by[ctx].pop(0))
             rows = picked
-        return cls([r["messages"] for r in rows], [r.get("context") for r in rows], [list(r.get("targets") or []) for r in rows],
-                   [str(r.get("id", i)) for i, r in enumerate(rows)])
+        return cls(
+            [r["messages"] for r in rows],
+            [r.get("context") for r in rows],
+            [list(r.get("targets") or []) for r in rows],
+            [str(r.get("id", i)) for i, r in enumerate(rows)],
+        )
 
 
 @dataclass
@@ -74,19 +80,37 @@ class EvalResult:
         """The flat numbers written to metrics.jsonl and logged to trackers. `kl` is drift KL (against the persona-prompted
         baseline, the gate); `persona_shift` is the KL to the unprompted baseline on the same samples (information)."""
         sh = self.persona_shift
-        return {"kl": self.kl.per_token, "kl_stderr": self.kl.stderr, "kl_per_sequence": self.kl.per_sequence_mean, "kl_tokens": self.kl.tokens,
-                "kl_reference": "persona-prompted baseline" if sh is not None else "unprompted baseline",
-                "persona_shift": None if sh is None else sh.per_token, "persona_shift_stderr": None if sh is None else sh.stderr,
-                "consistency": self.consistency.value, "adherence": self.adherence.value, "style_variance": self.style_variance,
-                "on_task": None if self.on_task is None else self.on_task.value, "n": len(self.texts), "eval_seconds": round(self.seconds, 2)}
+        return {
+            "kl": self.kl.per_token,
+            "kl_stderr": self.kl.stderr,
+            "kl_per_sequence": self.kl.per_sequence_mean,
+            "kl_tokens": self.kl.tokens,
+            "kl_reference": "persona-prompted baseline" if sh is not None else "unprompted baseline",
+            "persona_shift": None if sh is None else sh.per_token,
+            "persona_shift_stderr": None if sh is None else sh.stderr,
+            "consistency": self.consistency.value,
+            "adherence": self.adherence.value,
+            "style_variance": self.style_variance,
+            "on_task": None if self.on_task is None else self.on_task.value,
+            "n": len(self.texts),
+            "eval_seconds": round(self.seconds, 2),
+        }
 
     def to_record(self) -> dict[str, Any]:
         """The full measurement as JSON (stage 6's `round_<n>/result.json` "eval"): KL results, rates with their n and
         interval, per-trait adherence; the texts and per-response records are left out (`samples.json` has them)."""
         sh, ot = self.persona_shift, self.on_task
-        return {"kl": self.kl.to_dict(), "persona_shift": None if sh is None else sh.to_dict(), "consistency": self.consistency.__dict__,
-                "adherence": self.adherence.__dict__, "style_variance": self.style_variance, "adherence_per_trait": self.adherence_per_trait,
-                "n": len(self.texts), "on_task": None if ot is None else ot.__dict__, "style_variance_n": self.style_variance_n}
+        return {
+            "kl": self.kl.to_dict(),
+            "persona_shift": None if sh is None else sh.to_dict(),
+            "consistency": self.consistency.__dict__,
+            "adherence": self.adherence.__dict__,
+            "style_variance": self.style_variance,
+            "adherence_per_trait": self.adherence_per_trait,
+            "n": len(self.texts),
+            "on_task": None if ot is None else ot.__dict__,
+            "style_variance_n": self.style_variance_n,
+        }
 
     @classmethod
     def from_record(cls, d: dict[str, Any]) -> "EvalResult":
@@ -95,16 +119,30 @@ class EvalResult:
         from personatune.kl import KLResult
 
         def kl_result(k: dict[str, Any]) -> KLResult:
-            return KLResult(k["kl_per_token"], k["kl_per_token_stderr"], k["kl_per_sequence_mean"], k["tokens"], k["sequences"],
-                            reference=k.get("reference", ""))
+            return KLResult(
+                k["kl_per_token"],
+                k["kl_per_token_stderr"],
+                k["kl_per_sequence_mean"],
+                k["tokens"],
+                k["sequences"],
+                reference=k.get("reference", ""),
+            )
 
         def meas(m: dict[str, Any]) -> Measurement:
             return Measurement(m["value"], m.get("n"), tuple(m["ci"]) if m.get("ci") else None)
 
         sh = d.get("persona_shift")
-        return cls(kl_result(d["kl"]), meas(d["consistency"]), meas(d["adherence"]), d["style_variance"], texts=[""] * int(d["n"]),
-                   adherence_per_trait=d.get("adherence_per_trait") or {}, on_task=meas(d["on_task"]) if d.get("on_task") else None,
-                   style_variance_n=d.get("style_variance_n"), persona_shift=kl_result(sh) if sh else None)
+        return cls(
+            kl_result(d["kl"]),
+            meas(d["consistency"]),
+            meas(d["adherence"]),
+            d["style_variance"],
+            texts=[""] * int(d["n"]),
+            adherence_per_trait=d.get("adherence_per_trait") or {},
+            on_task=meas(d["on_task"]) if d.get("on_task") else None,
+            style_variance_n=d.get("style_variance_n"),
+            persona_shift=kl_result(sh) if sh else None,
+        )
 
 
 @dataclass(frozen=True)
@@ -130,7 +168,9 @@ class EvalSettings:
     context: list[dict[str, str]] | None = None
 
 
-def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet, scorer: Any, settings: EvalSettings) -> EvalResult:
+def evaluate_policy(
+    model: Any, reference: Any, tokenizer: Any, evalset: EvalSet, scorer: Any, settings: EvalSettings
+) -> EvalResult:
     """Measure a policy on held-out prompts, no system prompt.
 
     KL: `measure_drift` (its own samples, temperature 1, exact over the vocabulary, nats/token): drift KL against
@@ -157,13 +197,35 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
     try:
         shift = None
         if st.context is None:
-            kl = measure_kl(model, reference, tokenizer, evalset.prompts, max_new_tokens=st.kl_max_new_tokens, seed=st.seed, batch_size=st.batch_size)
+            kl = measure_kl(
+                model,
+                reference,
+                tokenizer,
+                evalset.prompts,
+                max_new_tokens=st.kl_max_new_tokens,
+                seed=st.seed,
+                batch_size=st.batch_size,
+            )
         else:
-            dr = measure_drift(model, reference, tokenizer, evalset.prompts, st.context, max_new_tokens=st.kl_max_new_tokens, seed=st.seed,
-                               batch_size=st.batch_size)
+            dr = measure_drift(
+                model,
+                reference,
+                tokenizer,
+                evalset.prompts,
+                st.context,
+                max_new_tokens=st.kl_max_new_tokens,
+                seed=st.seed,
+                batch_size=st.batch_size,
+            )
             kl, shift = dr.drift, dr.shift
-        outs = HFBackend(model, tokenizer, batch_size=st.batch_size).generate(evalset.prompts, max_new_tokens=st.max_new_tokens,
-                                                                             temperature=st.temperature, top_p=st.top_p, n=1, seed=st.seed)
+        outs = HFBackend(model, tokenizer, batch_size=st.batch_size).generate(
+            evalset.prompts,
+            max_new_tokens=st.max_new_tokens,
+            temperature=st.temperature,
+            top_p=st.top_p,
+            n=1,
+            seed=st.seed,
+        )
     finally:
         if was_training:
             model.train()
@@ -171,11 +233,28 @@ def evaluate_policy(model: Any, reference: Any, tokenizer: Any, evalset: EvalSet
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
     texts = [o[0] for o in outs]
-    recs = scorer.score(texts, prompts=[list(p) for p in evalset.prompts], contexts=evalset.contexts, targets=evalset.targets, ids=evalset.ids)
+    recs = scorer.score(
+        texts,
+        prompts=[list(p) for p in evalset.prompts],
+        contexts=evalset.contexts,
+        targets=evalset.targets,
+        ids=evalset.ids,
+    )
     sv = style_variance(recs, min_per_context=st.min_per_context)
     adh = trait_adherence(recs)
-    return EvalResult(kl, consistency_rate(recs), adh.overall, sv.value, texts, recs, time.time() - t0,
-                      {k: v.value for k, v in adh.per_trait.items()}, on_task=on_task_rate(recs), style_variance_n=sv.n, persona_shift=shift)
+    return EvalResult(
+        kl,
+        consistency_rate(recs),
+        adh.overall,
+        sv.value,
+        texts,
+        recs,
+        time.time() - t0,
+        {k: v.value for k, v in adh.per_trait.items()},
+        on_task=on_task_rate(recs),
+        style_variance_n=sv.n,
+        persona_shift=shift,
+    )
 
 
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
@@ -197,4 +276,3 @@ def read_history(path: Path) -> list[dict[str, Any]]:
             except json.JSONDecodeError:
                 continue
     return rows
-

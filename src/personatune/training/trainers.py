@@ -50,8 +50,13 @@ def lora_config(args: TrainArgs) -> Any:
         return None
     from peft import LoraConfig
 
-    return LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout, target_modules=args.target_modules,
-                      task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=args.lora_r,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        target_modules=args.target_modules,
+        task_type="CAUSAL_LM",
+    )
 
 
 def _common(args: TrainArgs, model: Any, output_dir: str | Path, seed: int) -> dict[str, Any]:
@@ -62,13 +67,29 @@ def _common(args: TrainArgs, model: Any, output_dir: str | Path, seed: int) -> d
     from transformers import TrainingArguments
 
     # transformers 5.x renamed gradient_checkpointing to activation_checkpointing (the old name warns).
-    ckpt_key = "activation_checkpointing" if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters else "gradient_checkpointing"
-    return dict(output_dir=str(output_dir), learning_rate=args.learning_rate, num_train_epochs=args.epochs,
-                max_steps=args.max_steps if args.max_steps else -1, per_device_train_batch_size=args.per_device_batch_size,
-                gradient_accumulation_steps=args.grad_accum, logging_steps=args.logging_steps,
-                # Checkpoints are written by PersonaEvalCallback at eval steps only: the KL budget decides which to keep.
-                save_strategy="no", report_to=args.report_to, seed=seed, bf16=resolve_bf16(args.bf16, device),
-                use_cpu=(device.type == "cpu"), disable_tqdm=True, **{ckpt_key: args.gradient_checkpointing})
+    ckpt_key = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in inspect.signature(TrainingArguments).parameters
+        else "gradient_checkpointing"
+    )
+    return dict(
+        output_dir=str(output_dir),
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+        max_steps=args.max_steps if args.max_steps else -1,
+        per_device_train_batch_size=args.per_device_batch_size,
+        gradient_accumulation_steps=args.grad_accum,
+        logging_steps=args.logging_steps,
+        # Checkpoints are written by PersonaEvalCallback at eval steps only: the KL budget decides which to keep.
+        save_strategy="no",
+        report_to=args.report_to,
+        seed=seed,
+        bf16=resolve_bf16(args.bf16, device),
+        use_cpu=(device.type == "cpu"),
+        disable_tqdm=True,
+        **{ckpt_key: args.gradient_checkpointing},
+    )
+
 
 def _seed(args: TrainArgs, seed: int | None) -> int:
     return args.seed if args.seed is not None else (seed or 0)
@@ -79,8 +100,17 @@ def _callbacks(run: TrainerRun) -> list[Any] | None:
 
 
 # --- trainer builders ----------------------------------------------------------------------------
-def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, run: TrainerRun, *, max_kl: float | None,
-                      ref_model: Any = None, reference_context: list[dict[str, str]] | None = None) -> Any:
+def build_dpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Any,
+    args: TrainArgs,
+    run: TrainerRun,
+    *,
+    max_kl: float | None,
+    ref_model: Any = None,
+    reference_context: list[dict[str, str]] | None = None,
+) -> Any:
     """A TRL DPOTrainer on conversational preference data (prompt / chosen / rejected).
 
     Args:
@@ -107,23 +137,44 @@ def build_dpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Trai
 
     check_beta(args.beta, max_kl)
     if args.dpo_loss_weights is not None and len(args.dpo_loss_weights) != len(args.dpo_loss):
-        raise ConfigError(f"train.dpo_loss_weights has {len(args.dpo_loss_weights)} entries for {len(args.dpo_loss)} train.dpo_loss "
-                          f"entries {args.dpo_loss}; fix: give one weight per loss, or leave it unset")
-    cfg = DPOConfig(**_common(args, model, run.output_dir, _seed(args, run.seed)), beta=args.beta, max_length=args.max_length,
-                    loss_type=list(args.dpo_loss), loss_weights=args.dpo_loss_weights)
+        raise ConfigError(
+            f"train.dpo_loss_weights has {len(args.dpo_loss_weights)} entries for {len(args.dpo_loss)} train.dpo_loss "
+            f"entries {args.dpo_loss}; fix: give one weight per loss, or leave it unset"
+        )
+    cfg = DPOConfig(
+        **_common(args, model, run.output_dir, _seed(args, run.seed)),
+        beta=args.beta,
+        max_length=args.max_length,
+        loss_type=list(args.dpo_loss),
+        loss_weights=args.dpo_loss_weights,
+    )
     peft_config = lora_config(args)
     if peft_config is None and ref_model is None:
         # TRL would reload the reference from model.config's path; a copy also works for in-memory models.
         ref_model = copy.deepcopy(model).eval().requires_grad_(False)
-    trainer = DPOTrainer(model=model, ref_model=ref_model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
-                         peft_config=peft_config, callbacks=_callbacks(run))
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=ref_model,
+        args=cfg,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=_callbacks(run),
+    )
     if reference_context is not None:
         use_prompted_reference(trainer, reference_context, ref_model=ref_model)
     return trainer
 
 
-def prompted_reference_logps(reference: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], completions: list[list[int]],
-                             context: list[dict[str, str]], *, batch_size: int = 8) -> list[float]:
+def prompted_reference_logps(
+    reference: Any,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    completions: list[list[int]],
+    context: list[dict[str, str]],
+    *,
+    batch_size: int = 8,
+) -> list[float]:
     """Summed log-probabilities of each completion's tokens under `reference` given the persona context c before the prompt.
 
     `completions` are token ids exactly as the trainer tokenized them (TRL's `chosen_ids` / `rejected_ids`), so the
@@ -138,15 +189,22 @@ def prompted_reference_logps(reference: Any, tokenizer: Any, prompts: list[list[
     out: list[float] = []
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
-            prefixes = [encode_chat(tokenizer, list(context) + list(p), add_generation_prompt=True) for p in prompts[i:i + batch_size]]
-            resp = [list(c) or [pad] for c in completions[i:i + batch_size]]
-            for lp, r, c in zip(response_logprobs(reference, prefixes, resp, pad), resp, completions[i:i + batch_size]):
+            prefixes = [
+                encode_chat(tokenizer, list(context) + list(p), add_generation_prompt=True)
+                for p in prompts[i : i + batch_size]
+            ]
+            resp = [list(c) or [pad] for c in completions[i : i + batch_size]]
+            for lp, r, c in zip(
+                response_logprobs(reference, prefixes, resp, pad), resp, completions[i : i + batch_size]
+            ):
                 tok = torch.tensor(r, device=lp.device)
                 out.append(float(lp.gather(-1, tok[:, None]).squeeze(-1)[: len(c)].sum()))
     return out
 
 
-def use_prompted_reference(trainer: Any, context: list[dict[str, str]], *, ref_model: Any = None, batch_size: int = 8) -> Any:
+def use_prompted_reference(
+    trainer: Any, context: list[dict[str, str]], *, ref_model: Any = None, batch_size: int = 8
+) -> Any:
     """Make a built DPOTrainer compare the policy with the persona-prompted baseline (METRICS.md drift-KL reference).
 
     TRL's documented route: the dataset carries `ref_chosen_logps` / `ref_rejected_logps` columns and the trainer
@@ -197,9 +255,19 @@ def build_sft_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Trai
     """
     from trl import SFTConfig, SFTTrainer
 
-    cfg = SFTConfig(**_common(args, model, run.output_dir, _seed(args, run.seed)), max_length=args.max_length, completion_only_loss=True)
-    return SFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(args),
-                      callbacks=_callbacks(run))
+    cfg = SFTConfig(
+        **_common(args, model, run.output_dir, _seed(args, run.seed)),
+        max_length=args.max_length,
+        completion_only_loss=True,
+    )
+    return SFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(args),
+        callbacks=_callbacks(run),
+    )
 
 
 def build_sdft_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, run: TrainerRun) -> Any:
@@ -223,29 +291,62 @@ def build_sdft_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Tra
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
     if args.peft != "lora":
-        raise ConfigError("train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
-                          "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)")
+        raise ConfigError(
+            "train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
+            "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)"
+        )
     common = _common(args, model, run.output_dir, _seed(args, run.seed))
-    cfg = SDFTConfig(**common, max_prompt_length=args.max_length, max_completion_length=args.max_completion_length, num_generations=1,
-                     temperature=1.0, top_p=1.0, distillation_mode="full_logits", distillation_alpha=args.sdft_alpha, teacher_model_kind="base",
-                     teacher_prompt_template=args.sdft_template)
-    return SDFTTrainer(model=model, args=cfg, train_dataset=train_dataset, processing_class=tokenizer, peft_config=lora_config(args),
-                       callbacks=_callbacks(run))
+    cfg = SDFTConfig(
+        **common,
+        max_prompt_length=args.max_length,
+        max_completion_length=args.max_completion_length,
+        num_generations=1,
+        temperature=1.0,
+        top_p=1.0,
+        distillation_mode="full_logits",
+        distillation_alpha=args.sdft_alpha,
+        teacher_model_kind="base",
+        teacher_prompt_template=args.sdft_template,
+    )
+    return SDFTTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(args),
+        callbacks=_callbacks(run),
+    )
 
 
-def _online_config(cls: Any, args: TrainArgs, model: Any, output_dir: str | Path, seed: int, max_kl: float | None) -> Any:
+def _online_config(
+    cls: Any, args: TrainArgs, model: Any, output_dir: str | Path, seed: int, max_kl: float | None
+) -> Any:
     check_beta(args.beta, max_kl)
     if (args.per_device_batch_size * args.grad_accum) % args.num_generations:
-        raise ConfigError(f"train.per_device_batch_size x train.grad_accum = {args.per_device_batch_size * args.grad_accum} must be a multiple of "
-                          f"train.num_generations={args.num_generations} (each prompt's completions are compared together); "
-                          f"fix: e.g. train.per_device_batch_size={args.num_generations}")
+        raise ConfigError(
+            f"train.per_device_batch_size x train.grad_accum = {args.per_device_batch_size * args.grad_accum} must be a multiple of "
+            f"train.num_generations={args.num_generations} (each prompt's completions are compared together); "
+            f"fix: e.g. train.per_device_batch_size={args.num_generations}"
+        )
     # beta is passed explicitly: TRL's GRPO default (0) would silently drop the KL term and the reference model.
-    return cls(**_common(args, model, output_dir, seed), beta=args.beta, num_generations=args.num_generations,
-               max_completion_length=args.max_completion_length)
+    return cls(
+        **_common(args, model, output_dir, seed),
+        beta=args.beta,
+        num_generations=args.num_generations,
+        max_completion_length=args.max_completion_length,
+    )
 
 
-def build_grpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, run: TrainerRun, *,
-                       reward_funcs: list[Callable[..., list[float]]], max_kl: float | None) -> Any:
+def build_grpo_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Any,
+    args: TrainArgs,
+    run: TrainerRun,
+    *,
+    reward_funcs: list[Callable[..., list[float]]],
+    max_kl: float | None,
+) -> Any:
     """A TRL GRPOTrainer with the persona reward and an explicit, non-zero KL coefficient.
 
     Args:
@@ -262,12 +363,27 @@ def build_grpo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Tra
     from trl import GRPOConfig, GRPOTrainer
 
     cfg = _online_config(GRPOConfig, args, model, run.output_dir, _seed(args, run.seed), max_kl)
-    return GRPOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
-                       peft_config=lora_config(args), callbacks=_callbacks(run))
+    return GRPOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=cfg,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(args),
+        callbacks=_callbacks(run),
+    )
 
 
-def build_rloo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: TrainArgs, run: TrainerRun, *,
-                       reward_funcs: list[Callable[..., list[float]]], max_kl: float | None) -> Any:
+def build_rloo_trainer(
+    model: Any,
+    tokenizer: Any,
+    train_dataset: Any,
+    args: TrainArgs,
+    run: TrainerRun,
+    *,
+    reward_funcs: list[Callable[..., list[float]]],
+    max_kl: float | None,
+) -> Any:
     """A TRL RLOOTrainer (TRL 1.x: same data and reward interface as GRPO). Arguments as in `build_grpo_trainer`.
 
     Raises:
@@ -276,8 +392,15 @@ def build_rloo_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Tra
     from trl import RLOOConfig, RLOOTrainer
 
     cfg = _online_config(RLOOConfig, args, model, run.output_dir, _seed(args, run.seed), max_kl)
-    return RLOOTrainer(model=model, reward_funcs=reward_funcs, args=cfg, train_dataset=train_dataset, processing_class=tokenizer,
-                       peft_config=lora_config(args), callbacks=_callbacks(run))
+    return RLOOTrainer(
+        model=model,
+        reward_funcs=reward_funcs,
+        args=cfg,
+        train_dataset=train_dataset,
+        processing_class=tokenizer,
+        peft_config=lora_config(args),
+        callbacks=_callbacks(run),
+    )
 
 
 # --- the reference --------------------------------------------------------------------------------
@@ -314,4 +437,3 @@ def reference_of(trainer: Any) -> Any:
     if ref is None:
         raise ConfigError("the trainer has no reference model (train.beta is 0?); fix: set train.beta > 0")
     return trainer.accelerator.unwrap_model(ref)
-
