@@ -20,7 +20,7 @@ import torch
 
 from personatune import models
 from personatune.embeddings import Embedder
-from personatune.generation.hf import HFBackend
+from personatune.generation.hf import HFBackend, PrefillOptions
 from personatune.models import encode_chat
 from personatune.persona import load_persona
 from personatune.persona_prompt import persona_conversation
@@ -54,7 +54,7 @@ def main() -> None:
     outs: dict[bool, list] = {}
     for r in range(args.repeats):
         for share in ((False, True) if r % 2 == 0 else (True, False)):
-            b = HFBackend(model, tok, batch_size=per, share_prefill=share)
+            b = HFBackend(model, tok, batch_size=per, prefill=PrefillOptions(share_prefill=share))
             t0 = time.perf_counter()
             outs[share] = b.generate(convs, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, n=args.n, seed=0)
             times[share].append(time.perf_counter() - t0)

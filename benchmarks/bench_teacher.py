@@ -47,7 +47,7 @@ import torch
 
 from personatune import models
 from personatune.config import load_config
-from personatune.generation.hf import HFBackend
+from personatune.generation.hf import HFBackend, PrefillOptions
 from personatune.models import encode_chat
 from personatune.persona import load_persona
 from personatune.scenarios import build_scenarios
@@ -156,8 +156,8 @@ def main() -> None:
 
     def backend(prefix: bool, sequences: int = t.batch_size, shared_attention: bool = True) -> tuple[HFBackend, int]:
         chunk = max(1, sequences // max(1, p["n"]))  # prompts per call, as stage 3 computes it
-        b = HFBackend(model, tok, batch_size=max(t.batch_size, chunk), share_prefix=prefix, prefix_cache=s3.PREFIX_CACHES if prefix else 0,
-                      shared_attention=shared_attention)
+        b = HFBackend(model, tok, batch_size=max(t.batch_size, chunk), prefix_cache=s3.PREFIX_CACHES if prefix else 0,
+                      prefill=PrefillOptions(share_prefix=prefix, shared_attention=shared_attention))
         return b, chunk
 
     if args.check:
