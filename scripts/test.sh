@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
-# The test suite: unit tests (no model), stage tests (tiny in-process model), one CLI smoke run.
-# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`.
+# The test suite, every tier: unit tests (no model), stage tests (tiny in-process model), one CLI smoke run
+# (tests/conftest.py says which test is in which tier; a plain `pytest` runs the unit tier only).
+# First the formatter and the linter (ruff, settings in pyproject.toml): a file they would change fails the run.
+# Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/unit -x`, or `-m unit` for one tier.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
-exec python -m pytest "$@"
+LINTED=(src tests benchmarks scripts)
+ruff format --check "${LINTED[@]}" || { echo "test.sh: fix the formatting with: ruff format ${LINTED[*]}" >&2; exit 1; }
+ruff check "${LINTED[@]}" || { echo "test.sh: lint errors above (ruff check --fix fixes those marked [*])" >&2; exit 1; }
+exec python -m pytest -m "unit or stage or smoke" "$@"

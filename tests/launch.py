@@ -11,15 +11,34 @@ from pathlib import Path
 
 
 def launch_two_cpu(script: Path, args: list[str], repo_root: Path, timeout: int = 300) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) of `accelerate launch` with 2 CPU processes on a free port, OMP_NUM_THREADS=1."""
+    """(exit code, stdout, stderr) of `accelerate launch` with 2 CPU processes on a free port, OMP_NUM_THREADS=1.
+
+    The repository root goes first on the workers' PYTHONPATH, so a launched script imports test code as
+    `from tests.stages.test_s6 import ...`, as the tests do.
+    """
     with socket.socket() as s:  # a free port, so parallel test runs do not collide on the config's default
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(repo_root / "configs/accelerate/cpu_2proc.yaml"),
-           "--main_process_port", str(port), str(script), *args]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(repo_root / "configs/accelerate/cpu_2proc.yaml"),
+        "--main_process_port",
+        str(port),
+        str(script),
+        *args,
+    ]
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(repo_root), os.environ.get("PYTHONPATH")])),
+    )
     # A session of its own, so a hang kills both workers (not only the launcher) when the timeout fires.
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    p = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:

@@ -13,7 +13,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.fake_openai_server import FakeOpenAIServer
+from tests.helpers import PERSONA, REPO
+from tests.lm_eval_tasks import write_tasks
+
 _SCRIPT = Path(sys.executable).parent / "personatune"
 # The installed console script, exactly as a user calls it (module fallback for unusual layouts).
 EXE = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "personatune"]
@@ -58,12 +61,9 @@ def test_run_tiny_until_stage_2_then_resume(tmp_path):
 def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
     """`lm_eval.tasks` through the CLI: a task with local data is scored; a hub task is skipped offline with its reason."""
     pytest.importorskip("lm_eval", reason="lm_eval is part of the dev extra")
-    sys.path.insert(0, str(REPO / "tests"))
-    from lm_eval_tasks import write_tasks
-
     write_tasks(tmp_path / "cfg" / "tasks")
     cfg = tmp_path / "cfg" / "run.yaml"  # include_path relative to the config file's folder
-    cfg.write_text(f"name: lme\nrun_dir: {tmp_path}\npersona: {REPO / 'examples/personas/captain_nova.yaml'}\nmodel:\n  name: tiny\n"
+    cfg.write_text(f"name: lme\nrun_dir: {tmp_path}\npersona: {PERSONA}\nmodel:\n  name: tiny\n"
                    "sft:\n  capability: false\nlm_eval:\n  tasks: [pt_arith_mc, arc_easy]\n  include_path: tasks\n  limit: 4\n")
     r0 = cli("run", str(cfg), "lm_eval.tasks=[]", "--until", "1")
     assert r0.returncode == 0 and "lm-eval" not in r0.stdout, r0.stdout + r0.stderr
@@ -187,9 +187,6 @@ def test_score_command_reports_and_skips_bad_lines(tmp_path):
 def test_score_command_with_an_openai_judge_on_a_real_http_server(tmp_path):
     # The judge through the CLI: a real HTTP server on 127.0.0.1 answers every "expressed" question Yes and
     # every "violated" question No (text answers, no logprobs); the CLI must mix them 50/50 with the detectors.
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from fake_openai_server import FakeOpenAIServer
-
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in
                            enumerate(["Aye, crewmate! Chin up, clear skies ahead.", "This is hopeless. Please submit the form."])))

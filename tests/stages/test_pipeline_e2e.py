@@ -1,5 +1,5 @@
 """All seven stages end to end on the tiny model, through `run_pipeline`, with the scripted teacher of
-test_s3_s4 behind a real loopback OpenAI-compatible server.
+tests/helpers.py behind a real loopback OpenAI-compatible server.
 
 A randomly initialised tiny model cannot hold a persona, so the thresholds of stages 5-7 are set to
 values it can meet: this test is about the machinery (every stage runs, hands its outputs to the next
@@ -10,26 +10,13 @@ quality. Gate failures with default thresholds are tested in test_s3_s4.py and t
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
 from personatune.persona import load_persona
 from personatune.pipeline import STAGES, run_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
-from test_s3_s4 import PERSONA, config, scripted_teacher  # noqa: E402
-
-LOOSE = {"gates.evaluation.min_auroc": 0, "gates.evaluation.adherence": 0, "gates.evaluation.max_style_variance": 100,
-         "gates.optimization.max_kl": 10, "gates.optimization.consistency": 0, "gates.optimization.adherence": 0,
-         "gates.optimization.max_style_variance": 100, "gates.final.min_improvement": -1.01, "gates.final.min_retention": 0,
-         "train.max_steps": 2, "train.eval_every": 1, "train.kl_eval_prompts": 4, "train.kl_max_new_tokens": 8,
-         "iterations.rounds": 1, "iterations.samples_per_prompt": 2, "iterations.max_prompts": 6, "iterations.max_steps": 1,
-         "iterations.min_margin": 0, "data.max_prompts": 36, "gates.data.min_prompts_per_trait": 5,
-         "gates.optimization.min_on_task_retention": 0, "gates.final.min_on_task_retention": 0}
+from tests.fake_openai_server import FakeOpenAIServer
+from tests.helpers import LOOSE_GATES, PERSONA, scripted_teacher, teacher_config
 
 
 @pytest.fixture
@@ -53,7 +40,7 @@ def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path, retention_defined
     lines: list[str] = []
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(config(tmp_path, srv, **LOOSE), echo=lines.append)
+        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **LOOSE_GATES), echo=lines.append)
     out = "\n".join(lines)
     run = tmp_path / "t"
     m = json.loads((run / "manifest.json").read_text())
@@ -76,7 +63,7 @@ def test_keep_going_runs_every_stage_past_a_failed_gate(tmp_path, retention_defi
     lines: list[str] = []
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(config(tmp_path, srv, **{**LOOSE, "gates.evaluation.max_style_variance": 0}), echo=lines.append, keep_going=True)
+        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **{**LOOSE_GATES, "gates.evaluation.max_style_variance": 0}), echo=lines.append, keep_going=True)
     out = "\n".join(lines)
     m = json.loads((tmp_path / "t" / "manifest.json").read_text())
     status = {s.id: m["stages"].get(s.id, {}).get("status") for s in STAGES}

@@ -1,71 +1,29 @@
 """Stages 1-4 end to end on the tiny model, with the teacher behind a real OpenAI-compatible HTTP
 server on 127.0.0.1 (tests/fake_openai_server.py) that writes scripted persona responses.
 
-The scripted teacher answers like the persona (its positive exemplars and signature phrases) when the
-system prompt is the persona's, like the flipped trait's negatives when a trait is inverted, and in
-the wrong voice when the style is broken — so every code path of stages 3 and 4 sees real data.
+The scripted teacher (tests/helpers.py) answers like the persona (its positive exemplars and signature
+phrases) when the system prompt is the persona's, like the flipped trait's negatives when a trait is
+inverted, and in the wrong voice when the style is broken — so every code path of stages 3 and 4 sees
+real data.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import sys
-from pathlib import Path
 
 import pytest
 
-from personatune.config import load_config
 from personatune.persona import load_persona
 from personatune.pipeline import run_pipeline
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[2]
-PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
-
-
-def scripted_teacher(spec, good: bool = True):
-    rng = random.Random(0)
-
-    def respond(body):
-        system = next((m["content"] for m in body["messages"] if m["role"] == "system"), "")
-        if system.startswith("You write realistic messages"):  # prompt-bank expansion: numbered lines, one junk line
-            ask = body["messages"][-1]["content"]
-            return "\n".join(f"{i}. Could you tell me something new about {ask.split(':')[-1][:40].strip()} number {i} please?" for i in range(1, 4)) + "\nok"
-        if not good:
-            return "I feel gloomy and I do not care. Whatever."
-        for t in spec.traits:
-            if (t.inverse and t.inverse in system) or f"NOT like this: {t.description}" in system:
-                return " ".join(rng.sample(t.negative, 2))
-        if "Your register is formal" in system or "Use emoji often" in system:
-            return "Kindly note that the requested information is provided herein. " * 12
-        # In persona and on task: the user's question taken up, then a few positive exemplars of several traits,
-        # in the persona's voice (an answer that ignored the question would be off task and never chosen).
-        ask = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
-        picks = [rng.choice(t.positive) for t in spec.traits]
-        return f"Aye, crew! You ask: {ask} " + " ".join(picks)
-
-    return respond
-
-
-def config(tmp_path, srv, **over):
-    args = [f"run_dir={tmp_path}", "name=t", "data.teacher.backend=openai", f"data.teacher.base_url={srv.base_url}",
-            "data.teacher.model=fake-model", "data.max_prompts=60", "data.best_of=2", "data.teacher.max_new_tokens=16",
-            "sft.capability=false", "gates.data.min_prompts_per_trait=10", "gates.data.min_pairs_per_violated_trait=3",
-            "gates.evaluation.min_per_context=2", "gates.persona.min_separability=0",
-            # A few dozen prompts cannot meet METRICS.md's minimum sample sizes (137 responses for a rate at 0.85, 30 per AUROC side):
-            # these plumbing tests lower them so their gates decide; the minimums themselves are tested in tests/unit/test_evidence.py.
-            "gates.rate_half_width=1", "gates.evaluation.min_auroc_per_side=1", "gates.evaluation.min_style_variance_n=1"] + [f"{k}={v}" for k, v in over.items()]
-    return load_config(REPO / "examples" / "tiny.yaml", args)
+from tests.fake_openai_server import FakeOpenAIServer
+from tests.helpers import PERSONA, scripted_teacher, teacher_config
 
 
 def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     spec = load_persona(PERSONA)
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        cfg = config(tmp_path, srv)
+        cfg = teacher_config(tmp_path, srv.base_url)
         lines: list[str] = []
         rc = run_pipeline(cfg, until="4", echo=lines.append)
         n_requests = len(srv.requests)
@@ -106,7 +64,7 @@ def test_teacher_that_cannot_stay_in_persona_fails_stage_3_with_diagnosis(tmp_pa
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec, good=False)
         lines: list[str] = []
-        rc = run_pipeline(config(tmp_path, srv, **{"data.max_prompts": 18}), until="4", echo=lines.append)
+        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **{"data.max_prompts": 18}), until="4", echo=lines.append)
     assert rc == 1
     gate = json.loads((tmp_path / "t" / "03_consistency_data" / "gate.json").read_text())
     assert gate["passed"] is False
@@ -123,7 +81,7 @@ def test_interrupted_generation_resumes_from_cache(tmp_path):
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
         srv.fail_after(10, 500)  # the server dies after 10 completions
-        cfg = config(tmp_path, srv, **{"data.max_prompts": 12, "data.teacher.max_retries": 0})
+        cfg = teacher_config(tmp_path, srv.base_url, **{"data.max_prompts": 12, "data.teacher.max_retries": 0})
         from personatune.errors import PersonatuneError
 
         with pytest.raises(PersonatuneError):
@@ -149,7 +107,7 @@ def test_teacher_expands_the_prompt_bank(tmp_path):
     spec = load_persona(PERSONA)
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(config(tmp_path, srv, **{"data.expand_per_trait": 2, "data.contexts": "[casual,technical,multi_turn]", "data.max_prompts": "null"}),
+        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **{"data.expand_per_trait": 2, "data.contexts": "[casual,technical,multi_turn]", "data.max_prompts": "null"}),
                           until="3", echo=lambda _: None)
         asks = [r for r in srv.requests if r["messages"][0]["content"].startswith("You write realistic messages")]
     assert rc in (0, 1)
@@ -177,7 +135,7 @@ def test_configured_judge_is_used_by_stages_3_and_4(tmp_path):
 
     with FakeOpenAIServer() as srv:
         srv.responder = respond
-        cfg = config(tmp_path, srv, **{"scorer.judge.backend": "openai", "scorer.judge.base_url": srv.base_url,
+        cfg = teacher_config(tmp_path, srv.base_url, **{"scorer.judge.backend": "openai", "scorer.judge.base_url": srv.base_url,
                                        "scorer.judge.model": "judge-m", "scorer.judge.weight": 0.25, "data.max_prompts": 24,
                                        "gates.data.min_prompts_per_trait": 4})
         lines: list[str] = []

@@ -6,6 +6,9 @@ import torch
 from personatune.generation import BackendError, GenerationBackend
 from personatune.generation.hf import HFBackend, PrefillOptions, encode_chat
 
+# Every test here runs a tiny in-process model (a backend, or the app serving one): the stage tier.
+pytestmark = pytest.mark.stage
+
 LENGTHS = (1, 9, 3, 20, 5, 2, 14)  # unequal prompt lengths: batches need real left padding
 
 
@@ -128,7 +131,6 @@ def test_explicit_cpu_device(tiny):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_matches_cpu(tiny):
     import copy
 

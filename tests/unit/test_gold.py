@@ -79,6 +79,7 @@ def test_report_arithmetic_and_targets():
     assert unmet == ["auroc 0.925 < 0.95", "flipped_caught 0.800 < 0.85"], unmet
 
 
+@pytest.mark.stage
 @pytest.mark.skipif(not NOVA.is_dir(), reason="benchmarks/gold/nova not in this checkout")
 def test_cli_score_gold_reports_bad_lines_and_exits_by_the_targets(tmp_path):
     src = (NOVA / "responses.jsonl").read_text(encoding="utf-8").split("\n")

@@ -20,10 +20,7 @@ import pytest
 import yaml
 
 from personatune import limits
-
-REPO = Path(__file__).resolve().parents[2]
-PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
-TINY = REPO / "examples" / "tiny.yaml"
+from tests.helpers import PERSONA, REPO, TINY_YAML, run_config_file
 
 
 class TimeLimit(BaseException):
@@ -79,13 +76,6 @@ def persona_with(tmp_path: Path, **extra) -> Path:
     p = tmp_path / "persona.yaml"
     p.write_text(yaml.safe_dump(data, sort_keys=False, allow_unicode=True), encoding="utf-8")
     return p
-
-
-def run_config(tmp_path: Path, text: str = "") -> Path:
-    """A tiny-model run config in tmp_path (run_dir inside it) plus extra YAML lines."""
-    cfg = tmp_path / "run.yaml"
-    cfg.write_text(f"name: r\nrun_dir: {tmp_path / 'runs'}\npersona: {PERSONA}\nmodel:\n  name: tiny\n{text}", encoding="utf-8")
-    return cfg
 
 
 EVIL_REGEX = "(a+)+$"
@@ -144,6 +134,7 @@ def test_score_output_hard_link_to_the_persona_is_refused(tmp_path, capsys):
 # ---- hangs and memory blow-ups ---------------------------------------------------------------------------
 
 
+@pytest.mark.stage
 def test_catastrophic_regex_does_not_hang_validate(tmp_path):
     """A subprocess with a hard timeout: validate runs the rule on the example reply."""
     persona = evil_persona(tmp_path)
@@ -185,6 +176,7 @@ def small_evaluator(tmp_path_factory) -> tuple[Path, Path]:
     return persona, d / "evaluator"
 
 
+@pytest.mark.stage
 def test_catastrophic_regex_does_not_hang_score_or_monitor(tmp_path, capsys, small_evaluator):
     persona, evaluator = small_evaluator
     inp = tmp_path / "in.jsonl"
@@ -245,7 +237,7 @@ def test_laughs_in_a_config_and_in_an_override(tmp_path, capsys):
     cfg.write_text(BILLION_LAUGHS)
     code, _, err = cli(capsys, "config", cfg, limit=10)
     assert code == 2 and "aliases" in one_line(err)
-    code, _, err = cli(capsys, "config", TINY, "seed=" + BILLION_LAUGHS.replace("\n", ", ").join("{}"), limit=10)
+    code, _, err = cli(capsys, "config", TINY_YAML, "seed=" + BILLION_LAUGHS.replace("\n", ", ").join("{}"), limit=10)
     assert code == 2 and "aliases" in one_line(err)
 
 
@@ -277,12 +269,12 @@ def test_score_skips_a_text_past_the_limit_instead_of_eating_memory(tmp_path, ca
 def test_run_dir_that_is_a_file(tmp_path, capsys):
     blocker = tmp_path / "runs"
     blocker.write_text("not a folder")
-    code, _, err = cli(capsys, "run", run_config(tmp_path), "--until", "1", limit=30)
+    code, _, err = cli(capsys, "run", run_config_file(tmp_path), "--until", "1", limit=30)
     assert code == 2 and "is a file, not a folder" in one_line(err) and blocker.read_text() == "not a folder"
 
 
 def test_run_dir_that_cannot_be_written(tmp_path, capsys):
-    code, _, err = cli(capsys, "run", run_config(tmp_path), "run_dir=/proc/self", "--until", "1", limit=30)
+    code, _, err = cli(capsys, "run", run_config_file(tmp_path), "run_dir=/proc/self", "--until", "1", limit=30)
     line = one_line(err)
     assert code == 2 and "run directory /proc/" in line and "cannot be written" in line
 
@@ -302,13 +294,13 @@ def test_non_utf8_config(tmp_path, capsys):
     ("sft.batch_size=on", "sft.batch_size: expected a number, got true"),
 ])
 def test_bad_values_are_refused_not_taken(tmp_path, capsys, override, expected):
-    code, _, err = cli(capsys, "run", run_config(tmp_path), override, limit=10)
+    code, _, err = cli(capsys, "run", run_config_file(tmp_path), override, limit=10)
     assert code == 2 and expected in one_line(err)
     assert not (tmp_path / "runs").exists()  # refused before the run directory is made
 
 
 def test_duplicate_keys_in_a_run_config(tmp_path, capsys):
-    cfg = run_config(tmp_path, "seed: 1\nmodel:\n  name: tiny\n")
+    cfg = run_config_file(tmp_path, "seed: 1\nmodel:\n  name: tiny\n")
     code, _, err = cli(capsys, "run", cfg, limit=10)
     line = one_line(err)
     assert code == 2 and "model: given twice (lines 4 and 7)" in line
@@ -319,7 +311,7 @@ def test_model_folder_with_a_bad_config_json(tmp_path, capsys):
     model.mkdir()
     (model / "config.json").write_text('{"model_type": "llama", "hidden_size": -5}')
     before = snapshot(model / "config.json")
-    code, _, err = cli(capsys, "run", run_config(tmp_path), f"model.name={model}", "--until", "1", limit=60)
+    code, _, err = cli(capsys, "run", run_config_file(tmp_path), f"model.name={model}", "--until", "1", limit=60)
     assert code == 2 and f"model folder {model} cannot be loaded" in one_line(err) and unchanged(before)
     man = json.loads((tmp_path / "runs" / "r" / "manifest.json").read_text())
     assert man["stages"]["01_baseline"]["status"] == "failed"  # never left at "running"
@@ -331,7 +323,7 @@ def test_persona_with_a_nul_byte(tmp_path, capsys):
     code, _, err = cli(capsys, "validate", persona, limit=10)
     line_no = PERSONA.read_text().split("name: ")[0].count("\n") + 1
     assert code == 2 and f"line {line_no}: character '\\x00' is not allowed in YAML" in one_line(err)
-    cfg = run_config(tmp_path).read_text().replace(f"persona: {PERSONA}", 'persona: "a\\0b.yaml"')
+    cfg = run_config_file(tmp_path).read_text().replace(f"persona: {PERSONA}", 'persona: "a\\0b.yaml"')
     (tmp_path / "nul.yaml").write_text(cfg)
     code, _, err = cli(capsys, "run", tmp_path / "nul.yaml", limit=10)
     assert code == 2 and "persona: text 'a\\x00b.yaml' contains a NUL byte" in one_line(err)
@@ -354,7 +346,7 @@ def _stage_entry(tmp_path: Path, entry) -> Path:
 def test_manifest_stage_entry_that_is_not_an_object(tmp_path, capsys):
     root = _stage_entry(tmp_path, "done")
     before = snapshot(root / "manifest.json")
-    code, _, err = cli(capsys, "run", run_config(tmp_path), "--until", "1", limit=30)
+    code, _, err = cli(capsys, "run", run_config_file(tmp_path), "--until", "1", limit=30)
     assert code == 2 and "stages.01_baseline is 'done', not an object" in one_line(err) and unchanged(before)
     code, _, err = cli(capsys, "serve", root, limit=30)
     assert code == 2 and "not an object" in one_line(err) and unchanged(before)
@@ -392,7 +384,7 @@ def test_unexpected_exception_is_one_line_exit_3_failed_stage_and_traceback_in_l
 
     real = pipeline.run_pipeline
     monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, **kw: real(cfg, stages=(Stage("01_baseline", "boom", boom),), **kw))
-    cfg = run_config(tmp_path)
+    cfg = run_config_file(tmp_path)
     code, _, err = cli(capsys, "run", cfg, limit=30)
     line = one_line(err)
     assert code == 3 and line.startswith("personatune run: internal error on ") and str(cfg) in line and "RuntimeError: simulated bug" in line
@@ -422,6 +414,7 @@ def test_jsonl_with_unicode_line_separators_keeps_records_and_line_numbers(tmp_p
     assert [c.messages[0]["content"] for c in convs] == texts and [c.line for c in convs] == [1, 2, 3] and bad == []
 
 
+@pytest.mark.stage
 def test_score_writes_separators_escaped_and_counts_every_skipped_line(tmp_path, capsys, small_evaluator):
     inp = tmp_path / "in.jsonl"
     good = json.dumps({"id": "ok\u2028\ud800", "text": "Ahoy!\u2028Hoist the sails."})  # ASCII: "\\ud800" and "\\u2028" escapes
@@ -437,14 +430,14 @@ def test_score_writes_separators_escaped_and_counts_every_skipped_line(tmp_path,
 
 
 def test_missing_persona_fails_before_stage_1(tmp_path, capsys):
-    cfg = run_config(tmp_path).read_text().replace(str(PERSONA), str(tmp_path / "nope.yaml"))
+    cfg = run_config_file(tmp_path).read_text().replace(str(PERSONA), str(tmp_path / "nope.yaml"))
     (tmp_path / "c.yaml").write_text(cfg)
     code, _, err = cli(capsys, "run", tmp_path / "c.yaml", limit=10)
     assert code == 2 and "nope.yaml' not found" in one_line(err) and not (tmp_path / "runs").exists()
 
 
 def test_misspelt_model_name_fails_fast(tmp_path, capsys):
-    code, _, err = cli(capsys, "run", run_config(tmp_path), "model.name=tinyy", limit=10)
+    code, _, err = cli(capsys, "run", run_config_file(tmp_path), "model.name=tinyy", limit=10)
     line = one_line(err)
     assert code == 2 and "model 'tinyy' not found" in line and "did you mean 'tiny'?" in line and not (tmp_path / "runs").exists()
 
@@ -461,7 +454,7 @@ def test_report_of_a_run_stopped_at_a_gate_says_no_deploy(tmp_path, capsys):
 
 
 def test_error_lines_are_cut(tmp_path, capsys):
-    code, _, err = cli(capsys, "config", TINY, "name=" + "x y" * 100_000, limit=10)
+    code, _, err = cli(capsys, "config", TINY_YAML, "name=" + "x y" * 100_000, limit=10)
     assert code == 2 and "name: String should match pattern" in one_line(err)
     persona = tmp_path / "many.yaml"  # hundreds of problems: the list is cut, each line too
     persona.write_text("name: x\nsummary: y\ntraits:\n" + "".join(f"  - id: T{i}\n    bogus_{'z' * 900}: 1\n" for i in range(300)))
@@ -471,6 +464,7 @@ def test_error_lines_are_cut(tmp_path, capsys):
     assert "more problem(s)" in err
 
 
+@pytest.mark.stage
 def test_corrupt_evaluator_folder_is_bad_input(tmp_path, capsys):
     ev = tmp_path / "ev"
     ev.mkdir()

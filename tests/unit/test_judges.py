@@ -1,20 +1,16 @@
 """LLM judges: OpenAIJudge against a real HTTP server on 127.0.0.1; HFJudge on a tiny random Llama."""
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (import-mode=importlib adds nothing)
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
-
-from personatune.errors import DataError  # noqa: E402
-from personatune.generation.cache import ResponseCache  # noqa: E402
-from personatune.generation.hf import encode_chat  # noqa: E402
-from personatune.persona import PersonaSpec  # noqa: E402
-from personatune.scoring.judges import HFJudge, OpenAIJudge, answer_from_text, rubric_messages, yes_probability  # noqa: E402
+from personatune.errors import DataError
+from personatune.generation.cache import ResponseCache
+from personatune.generation.hf import encode_chat
+from personatune.persona import PersonaSpec
+from personatune.scoring.judges import HFJudge, OpenAIJudge, answer_from_text, rubric_messages, yes_probability
+from tests.fake_openai_server import FakeOpenAIServer
 
 
 def persona():
@@ -120,6 +116,7 @@ def test_openai_judge_undetermined_leaves_trait_to_detectors(server):
     assert j.stats["undetermined"] == 1
 
 
+@pytest.mark.stage
 def test_judges_satisfy_scorer_protocol(server, tiny):
     from personatune.scoring.scorer import Judge
 
@@ -150,6 +147,7 @@ def tiny(tiny_varied):
     return tiny_varied
 
 
+@pytest.mark.stage
 def test_hf_judge_shape_range_and_batching(tiny):
     model, tok = tiny
     out = HFJudge(model, tok, batch_size=5).judge(persona(), TEXTS, PROMPTS)
@@ -162,6 +160,7 @@ def test_hf_judge_shape_range_and_batching(tiny):
             assert a[t] == pytest.approx(b[t], abs=1e-5)
 
 
+@pytest.mark.stage
 def test_hf_judge_matches_manual_logits(tiny):
     model, tok = tiny
     j = HFJudge(model, tok)
@@ -177,6 +176,7 @@ def test_hf_judge_matches_manual_logits(tiny):
     assert all("no".startswith(tok.decode([i]).strip().lower()) for i in j.no_ids)
 
 
+@pytest.mark.stage
 def test_hf_judge_follows_the_logits(tiny):
     model, tok = tiny
     j = HFJudge(model, tok, batch_size=4)
@@ -190,6 +190,7 @@ def test_hf_judge_follows_the_logits(tiny):
     assert all(v > 0.999 for o in out for pair in o.values() for v in pair)
 
 
+@pytest.mark.stage
 def test_build_judge_from_config_args(tmp_path):
     from personatune.config import JudgeArgs
     from personatune.scoring.judges import build_judge

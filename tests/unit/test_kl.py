@@ -1,12 +1,14 @@
 import copy
 
+import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from personatune.kl import sequence_kls, summarize_kls, token_kl
 
 
 def tiny(seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM  # here: the unit tests of this file need no transformers
+
     torch.manual_seed(seed)
     cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                       num_key_value_heads=4, max_position_embeddings=64)
@@ -24,6 +26,7 @@ def brute_force(policy, reference, ids, start):
     return out
 
 
+@pytest.mark.stage
 def test_kl_matches_brute_force_and_is_zero_for_identical_models():
     policy = tiny(0)
     ref = copy.deepcopy(policy)
@@ -42,6 +45,7 @@ def test_kl_matches_brute_force_and_is_zero_for_identical_models():
     assert float(zero.abs().max()) < 1e-6
 
 
+@pytest.mark.stage
 def test_left_padding_does_not_change_kl():
     policy, ref = tiny(1), tiny(2)
     ids = torch.tensor([[3, 7, 9, 11, 4, 5]])
@@ -78,6 +82,7 @@ def brute_force_prefixed(policy, reference, p_prefix, r_prefix, response):
     return out
 
 
+@pytest.mark.stage
 def test_prefixed_kl_matches_brute_force_with_padding_and_different_prefixes():
     from personatune.kl import prefixed_kls
 
@@ -92,6 +97,7 @@ def test_prefixed_kl_matches_brute_force_with_padding_and_different_prefixes():
         assert max(abs(x - y) for x, y in zip(g.tolist(), want)) < 1e-5
 
 
+@pytest.mark.stage
 def test_student_equal_to_prompted_reference_has_zero_drift_and_nonzero_shift():
     from personatune.kl import prefixed_kls
 
@@ -105,6 +111,7 @@ def test_student_equal_to_prompted_reference_has_zero_drift_and_nonzero_shift():
     assert float(shift.min()) > 1e-4
 
 
+@pytest.mark.stage
 def test_measure_drift_on_the_tiny_chat_model():
     from personatune.kl import measure_drift, measure_kl
     from personatune.models import build_tiny_model

@@ -12,19 +12,16 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 import pytest
 
 from personatune import lm_harness
 from personatune.config import LmEvalArgs, load_config
 from personatune.errors import ConfigError
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lm_eval_tasks import LL_ROWS, write_tasks  # noqa: E402
+from tests.helpers import PERSONA, persona_config
+from tests.lm_eval_tasks import LL_ROWS, write_tasks
 
 pytest.importorskip("lm_eval", reason="lm_eval is part of the dev extra")
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +49,7 @@ def _brute_perplexity(model, tok) -> float:
     return math.exp(-sum(lls) / len(lls))
 
 
+@pytest.mark.stage
 def test_scores_the_given_model_exactly(tasks_dir, tiny):
     model, tok = tiny
     args = LmEvalArgs(tasks=["pt_arith_mc", "pt_text_ll"], include_path=str(tasks_dir), limit=None)
@@ -91,6 +89,7 @@ def test_compare_drop_rule_both_directions():
     assert not lm_harness.compare(final, base)["tasks"]["a"]["ok"]
 
 
+@pytest.mark.stage
 def test_skipped_when_lm_eval_is_not_installed(monkeypatch, tiny):
     monkeypatch.setitem(sys.modules, "lm_eval", None)  # `import lm_eval` now raises ImportError
     args = LmEvalArgs(tasks=["pt_arith_mc"])
@@ -102,6 +101,7 @@ def test_skipped_when_lm_eval_is_not_installed(monkeypatch, tiny):
     assert len(lines) == 1 and "\n" not in lines[0]
 
 
+@pytest.mark.stage
 def test_hub_task_offline_is_skipped_and_the_rest_runs(tasks_dir, tiny):
     # conftest sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE: arc_easy's data lives on the hub, so it cannot load.
     lines: list[str] = []
@@ -112,6 +112,7 @@ def test_hub_task_offline_is_skipped_and_the_rest_runs(tasks_dir, tiny):
     assert any(line.startswith("  lm-eval task arc_easy skipped:") for line in lines)
 
 
+@pytest.mark.stage
 def test_unknown_task_and_bad_include_path_are_one_line_config_errors(tasks_dir, tmp_path):
     with pytest.raises(ConfigError, match=r"lm_eval\.tasks: 'pt_arith_mcq' is not in lm-eval's task registry nor in lm_eval\.include_path"):
         lm_harness.check_tasks(LmEvalArgs(tasks=["pt_arith_mcq"], include_path=str(tasks_dir)))
@@ -124,7 +125,7 @@ def test_include_path_resolves_against_the_config_folder(tmp_path):
     cfg_file = tmp_path / "cfg" / "run.yaml"
     cfg_file.parent.mkdir()
     (cfg_file.parent / "tasks").mkdir()
-    cfg_file.write_text(f"persona: {REPO / 'examples/personas/captain_nova.yaml'}\nlm_eval:\n  tasks: [pt_arith_mc]\n  include_path: tasks\n")
+    cfg_file.write_text(f"persona: {PERSONA}\nlm_eval:\n  tasks: [pt_arith_mc]\n  include_path: tasks\n")
     cfg = load_config(cfg_file)
     assert cfg.lm_eval.include_path == str((cfg_file.parent / "tasks").resolve())
 
@@ -132,7 +133,7 @@ def test_include_path_resolves_against_the_config_folder(tmp_path):
 def test_stage7_gate_fails_on_an_lm_eval_drop():
     from personatune.stages.s7_final import final_gate
 
-    cfg = load_config(None, [f"persona={REPO / 'examples/personas/captain_nova.yaml'}"])
+    cfg = persona_config()
     # n = 150 held-out prompts: above the minimum sample sizes, so only the lm-eval drop can decide.
     fig = {"improvement": {"value": 0.2, "ci": [0.1, 0.3], "n": 150, "baseline": 0.1, "final": 0.3},
            "retention": {"value": 1.0, "n_items": 36, "baseline_score": 0.5, "final_score": 0.5, "tasks": {}},

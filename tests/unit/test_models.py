@@ -71,6 +71,7 @@ def test_unknown_hub_id_offline_becomes_model_not_found(monkeypatch):
     assert "Hugging Face id 'personatune-test/no-such-model-xyz'" in msg and "local path" in msg and "fix:" in msg
 
 
+@pytest.mark.stage
 def test_local_folder_resolution(tmp_path, saved_tiny):
     src = models.resolve_model(str(saved_tiny))
     assert src.kind == "hf" and src.path == str(saved_tiny.resolve())
@@ -94,6 +95,7 @@ def test_bad_dtype_and_device_are_config_errors():
 
 
 # --- tiny model ----------------------------------------------------------------------------------
+@pytest.mark.stage
 def test_tiny_model_is_deterministic_per_seed_and_leaves_global_rng_alone(tiny):
     torch.manual_seed(123)
     expected_next = torch.rand(1)
@@ -105,6 +107,7 @@ def test_tiny_model_is_deterministic_per_seed_and_leaves_global_rng_alone(tiny):
     assert not weights_equal(tiny[0], models.build_tiny_model(seed=1)[0])
 
 
+@pytest.mark.stage
 def test_tiny_model_shape_and_special_tokens(tiny):
     model, tok = tiny
     cfg = model.config
@@ -116,6 +119,7 @@ def test_tiny_model_shape_and_special_tokens(tiny):
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
 
 
+@pytest.mark.stage
 def test_tiny_generate_is_greedy_deterministic(tiny):
     model, tok = tiny
     ids = torch.tensor([models.encode_chat(tok, CHAT[:2])])
@@ -127,6 +131,7 @@ def test_tiny_generate_is_greedy_deterministic(tiny):
     assert isinstance(tok.decode(a[0, ids.shape[1]:]), str)
 
 
+@pytest.mark.stage
 def test_load_tiny_by_name_gives_pad_and_mode(tiny):
     model, tok = models.load_model_and_tokenizer("tiny", device="cpu", for_training=True)
     assert model.training and tok.pad_token_id == tiny[1].pad_token_id
@@ -143,6 +148,7 @@ def check_one_start_per_turn(tok, ids, turns):
     assert tok.decode(ids).endswith("<|im_start|>assistant\n")
 
 
+@pytest.mark.stage
 def test_encode_chat_has_one_start_token_per_turn(tiny):
     _, tok = tiny
     ids = models.encode_chat(tok, CHAT)
@@ -152,6 +158,7 @@ def test_encode_chat_has_one_start_token_per_turn(tiny):
     assert ids[: len(no_prompt)] == no_prompt and len(ids) > len(no_prompt)
 
 
+@pytest.mark.stage
 def test_encode_chat_does_not_double_bos_when_tokenizer_adds_one():
     from tokenizers.processors import TemplateProcessing
 
@@ -164,6 +171,7 @@ def test_encode_chat_does_not_double_bos_when_tokenizer_adds_one():
     check_one_start_per_turn(tok, models.encode_chat(tok, CHAT), turns=len(CHAT))
 
 
+@pytest.mark.stage
 def test_encode_chat_without_template_is_config_error():
     _, tok = models.build_tiny_model(seed=0)
     tok.chat_template = None
@@ -172,6 +180,7 @@ def test_encode_chat_without_template_is_config_error():
 
 
 # --- saving --------------------------------------------------------------------------------------
+@pytest.mark.stage
 def test_save_load_round_trip_keeps_weights_and_chat_template(tiny, saved_tiny):
     model, tok = models.load_model_and_tokenizer(str(saved_tiny), device="cpu")
     assert weights_equal(model, tiny[0])
@@ -183,6 +192,7 @@ def test_save_load_round_trip_keeps_weights_and_chat_template(tiny, saved_tiny):
     assert (tok.pad_token, tok.eos_token, tok.bos_token) == ("<|pad|>", "<|im_end|>", "<|im_start|>")
 
 
+@pytest.mark.stage
 def test_save_model_replaces_model_folder_atomically_and_refuses_other_folders(tmp_path):
     m0, tok = models.build_tiny_model(seed=0)
     m1, _ = models.build_tiny_model(seed=1)
@@ -216,6 +226,7 @@ def fake_gguf(tmp_path, monkeypatch):
     return models.resolve_model(str(gguf)), tmp_path / "cache", calls
 
 
+@pytest.mark.stage
 def test_conversion_runs_once_drops_quantization_and_keeps_ties(fake_gguf):
     source, cache, calls = fake_gguf
     assert not models.is_converted(source, cache)
@@ -230,6 +241,7 @@ def test_conversion_runs_once_drops_quantization_and_keeps_ties(fake_gguf):
     assert [p.name for p in path.parent.iterdir()] == [path.name]  # temp folder renamed away
 
 
+@pytest.mark.stage
 def test_interrupted_conversion_leaves_nothing_loadable(fake_gguf, monkeypatch):
     source, cache, _ = fake_gguf
     plain_copy = models._plain_copy
@@ -249,6 +261,7 @@ def test_interrupted_conversion_leaves_nothing_loadable(fake_gguf, monkeypatch):
     assert models.ensure_converted(source, cache) == half and models.is_converted(source, cache)
 
 
+@pytest.mark.stage
 def test_concurrent_winner_is_kept(fake_gguf, tmp_path):
     source, cache, _ = fake_gguf
     final = models.ensure_converted(source, cache)
@@ -277,6 +290,7 @@ def cached_smollm2_dir():
     return models.converted_path(src)
 
 
+@pytest.mark.stage
 def test_smollm2_tokenizer_chat_encoding_and_round_trip(tmp_path):
     from transformers import AutoTokenizer
 
@@ -296,6 +310,7 @@ def test_smollm2_tokenizer_chat_encoding_and_round_trip(tmp_path):
 
 
 # --- slow: the real conversion is exact ----------------------------------------------------------
+@pytest.mark.stage
 @pytest.mark.slow
 def test_smollm2_conversion_generates_same_greedy_text_as_gguf(tmp_path):
     source = models.resolve_model(models.DEFAULT_MODEL)

@@ -17,8 +17,17 @@ import numpy as np
 import pytest
 
 from personatune.errors import ConfigError, DataError
-from personatune.monitor import (detect_drift, find_contradictions, make_windows, mann_whitney_less, read_conversations, render_html,
-                                 run_monitor, score_conversations, two_proportion_drop)
+from personatune.monitor import (
+    detect_drift,
+    find_contradictions,
+    make_windows,
+    mann_whitney_less,
+    read_conversations,
+    render_html,
+    run_monitor,
+    score_conversations,
+    two_proportion_drop,
+)
 from personatune.scoring.record import ResponseScore
 
 TRAITS = ["warm", "curious", "precise"]
@@ -262,6 +271,7 @@ def _example_persona() -> Path:
     return found[0]
 
 
+@pytest.mark.stage
 def test_monitor_main_with_real_scorer_and_example_persona(tmp_path, capsys):
     pytest.importorskip("personatune.scoring.scorer")
     from personatune.monitor import monitor_main

@@ -3,19 +3,15 @@
 import asyncio
 import json
 import logging
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (import-mode=importlib adds nothing)
-from fake_openai_server import FakeOpenAIServer  # noqa: E402
-
-from personatune.errors import DataError, PersonatuneError  # noqa: E402
-from personatune.generation import BackendError, GenerationBackend  # noqa: E402
-from personatune.generation.cache import ResponseCache  # noqa: E402
-from personatune.generation.openai_compat import ChatRequest, OpenAIBackend  # noqa: E402
+from personatune.errors import DataError, PersonatuneError
+from personatune.generation import BackendError, GenerationBackend
+from personatune.generation.cache import ResponseCache
+from personatune.generation.openai_compat import ChatRequest, OpenAIBackend
+from tests.fake_openai_server import FakeOpenAIServer
 
 
 def conv(text):

@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from personatune.progress import EtaLine
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +38,7 @@ def test_stage3_generation_names_its_step_and_gives_an_eta(tmp_path):
     assert all("ETA" in ln for ln in lines[1:])
 
 
+@pytest.mark.stage
 def test_hf_backend_reports_progress_per_batch(tiny_varied):
     from personatune.generation.hf import HFBackend
 

@@ -96,6 +96,7 @@ def test_bad_completion_is_clear_error():
         make_reward_fn(RecordingScorer())(completions=[42])
 
 
+@pytest.mark.stage
 def test_real_scorer_reward_equals_consistency():
     from personatune.persona import PersonaSpec, Trait
     from personatune.scoring.scorer import Scorer

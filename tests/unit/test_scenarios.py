@@ -3,7 +3,14 @@ import hashlib
 import numpy as np
 
 from personatune.persona import PersonaSpec
-from personatune.scenarios import CONTEXTS, assign_targets, build_scenarios, coverage, drop_near_duplicates, load_prompt_bank
+from personatune.scenarios import (
+    CONTEXTS,
+    assign_targets,
+    build_scenarios,
+    coverage,
+    drop_near_duplicates,
+    load_prompt_bank,
+)
 
 
 class FakeEmbedder:

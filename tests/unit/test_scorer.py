@@ -12,6 +12,7 @@ from personatune.persona import Behavior, Check, PersonaSpec, Style
 from personatune.scoring.batch import score_jsonl
 from personatune.scoring.scorer import BELOW_HALF, Judge, Scorer, consistency_of
 
+
 @pytest.fixture(scope="module")
 def spec(five_traits) -> PersonaSpec:
     return PersonaSpec(name="test", summary="a test persona", traits=five_traits, style=Style(words=(3, 60)),
@@ -40,6 +41,7 @@ def test_consistency_of_constructed_cases():
     assert c is False and s == BELOW_HALF and s < 0.5
 
 
+@pytest.mark.stage
 def test_consistent_matches_consistency_line(scorer):
     texts = ["Hello! I love meeting new people, tell me all about yourself.", "Hurry up, damn it, nothing ever goes right.",
              "The train leaves at nine.", "I'm sure it will all work out, take your time.", "ok"]
@@ -55,6 +57,7 @@ def test_consistent_matches_consistency_line(scorer):
     assert recs[0].traits["sociable"] > recs[2].traits["sociable"]
 
 
+@pytest.mark.stage
 def test_unknown_target_and_length_mismatch(scorer):
     with pytest.raises(DataError, match="unknown trait"):
         scorer.score(["hi"], targets=[["nope"]])
@@ -70,6 +73,7 @@ class FixedJudge:
         return [{t: (self.pe, self.pv) for t in persona.trait_ids} for _ in texts]
 
 
+@pytest.mark.stage
 def test_judge_combination_is_weighted_average(spec, scorer):
     assert isinstance(FixedJudge(1, 0), Judge)
     base = scorer.score(["I love meeting new people."])[0]
@@ -81,6 +85,7 @@ def test_judge_combination_is_weighted_average(spec, scorer):
         Scorer(spec, profile=scorer.profile, judge_weight=1.5)
 
 
+@pytest.mark.stage
 def test_save_and_from_evaluator_dir(tmp_path, spec, scorer):
     scorer.save(tmp_path / "ev")
     back = Scorer.from_evaluator_dir(spec, tmp_path / "ev")
@@ -91,6 +96,7 @@ def test_save_and_from_evaluator_dir(tmp_path, spec, scorer):
         Scorer.from_evaluator_dir(other, tmp_path / "ev")
 
 
+@pytest.mark.stage
 def test_score_jsonl_skips_bad_lines(tmp_path, scorer):
     inp = tmp_path / "in.jsonl"
     lines = [json.dumps({"id": 1, "text": "Hello! I love meeting new people.", "targets": ["sociable"], "context": "casual"}),
@@ -115,6 +121,7 @@ def test_score_jsonl_skips_bad_lines(tmp_path, scorer):
     assert rows[0]["on_task"] is None and 0.0 <= rows[1]["on_task"] <= 1.0
 
 
+@pytest.mark.stage
 def test_on_task_reads_the_last_user_turn_and_prefers_an_answer_to_babble(scorer):
     q = "How do I boil an egg?"
     answer = "Put the egg in boiling water for about nine minutes, then cool it in cold water before peeling."

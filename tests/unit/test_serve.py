@@ -11,21 +11,20 @@ from __future__ import annotations
 import json
 import math
 import re
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ (import-mode=importlib adds nothing)
-from background_server import BackgroundServer  # noqa: E402
+from personatune.errors import ConfigError, RunDirError
+from personatune.scoring.record import ResponseScore
+from personatune.serve import ServeLimits, create_app, parse_request, resolve_target
+from tests.background_server import BackgroundServer
 
-from personatune.errors import ConfigError, RunDirError  # noqa: E402
-from personatune.scoring.record import ResponseScore  # noqa: E402
-from personatune.serve import ServeLimits, create_app, parse_request, resolve_target  # noqa: E402
+# Every test here runs a tiny in-process model (a backend, or the app serving one): the stage tier.
+pytestmark = pytest.mark.stage
 
 TRAITS = ["warm", "curious"]
 

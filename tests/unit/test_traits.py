@@ -38,6 +38,7 @@ def test_split_sentences():
     assert split_sentences("Only one sentence") == ["Only one sentence"]
 
 
+@pytest.mark.stage
 def test_probabilities_are_valid(profile, instrument, spec):
     sc = profile.score(["I love meeting new people.", "The train leaves at nine.", ""], instrument)
     assert len(sc.traits) == len(sc.violations) == len(sc.voice) == 3
@@ -47,6 +48,7 @@ def test_probabilities_are_valid(profile, instrument, spec):
     assert all(0.0 <= v <= 1.0 for v in sc.voice)
 
 
+@pytest.mark.stage
 def test_exemplar_ordering_example_personas(instrument):
     """Each trait's positives read more expressed and less violated than its negatives (all example personas)."""
     for path in sorted((REPO / "examples" / "personas").glob("*.yaml")):
@@ -58,17 +60,20 @@ def test_exemplar_ordering_example_personas(instrument):
             assert sc.violations[1][t.id] > sc.violations[0][t.id], (spec.name, t.id)
 
 
+@pytest.mark.stage
 def test_negation_flips_the_decision(profile, instrument):
     sc = profile.score(["I love meeting new people, come and join us!", "I don't want to meet anyone; leave me alone."], instrument)
     assert sc.traits[0]["sociable"] > sc.traits[1]["sociable"]
     assert sc.violations[1]["sociable"] >= 0.5 > sc.violations[0]["sociable"]
 
 
+@pytest.mark.stage
 def test_neutral_text_is_not_violated(profile, instrument):
     sc = profile.score(["The invoice is attached to this email."], instrument)
     assert max(sc.violations[0].values()) < 0.5
 
 
+@pytest.mark.stage
 def test_voice_separates_the_persona_from_a_plain_assistant(instrument):
     spec = load_persona(REPO / "examples" / "personas" / "captain_nova.yaml")
     prof = build_profile(spec, instrument)
@@ -78,6 +83,7 @@ def test_voice_separates_the_persona_from_a_plain_assistant(instrument):
     assert sc.voice[0] > sc.voice[1]
 
 
+@pytest.mark.stage
 def test_fit_with_labelled_examples_and_round_trip(tmp_path, spec, instrument):
     ex = [{"text": "Come join us, the more the merrier!", "trait": "sociable", "label": "expressed"},
           {"text": "Leave me alone, I prefer my own company.", "trait": "sociable", "label": "violated"},
@@ -95,6 +101,7 @@ def test_fit_with_labelled_examples_and_round_trip(tmp_path, spec, instrument):
     assert back.score(texts, instrument) == prof.score(texts, instrument)
 
 
+@pytest.mark.stage
 def test_bad_labelled_example_is_a_clear_error(spec, instrument):
     with pytest.raises(DataError, match="trait 'nope'"):
         fit(spec, [{"text": "x", "trait": "nope", "label": "expressed"}], instrument=instrument)
@@ -102,6 +109,7 @@ def test_bad_labelled_example_is_a_clear_error(spec, instrument):
         fit(spec, [{"text": "x", "trait": "sociable", "label": "yes"}], instrument=instrument)
 
 
+@pytest.mark.stage
 def test_trait_without_a_negative_side_names_the_trait_and_the_fix(spec, instrument):
     data = spec.model_dump()
     data["traits"][2]["negative"] = []
@@ -119,6 +127,7 @@ def test_load_missing_or_old_dir_is_one_line_data_error(tmp_path):
         PersonaProfile.load(old)
 
 
+@pytest.mark.stage
 def test_score_of_no_texts_is_empty(profile, instrument):
     # an empty held-out split (a persona whose teacher kept no held-out prompt) must not crash scoring
     sc = profile.score([], instrument)
