@@ -19,7 +19,7 @@ import json
 from typing import Any
 
 from personatune.config import RunConfig
-from personatune.records import RecordError, SamplingFingerprint, read_record
+from personatune.records import RecordError, SamplingFingerprint, read_record, write_record
 from personatune.rundir import RunDir, atomic_write_json, file_hash
 
 STAGE = "04_evaluation"
@@ -102,7 +102,7 @@ def write_baseline_samples(config: RunConfig, run_dir: RunDir, prompts: list[dic
     )
     fp = sampling_fingerprint(config, run_dir, prompts)
     fp.samples = file_hash(out / SAMPLES)
-    atomic_write_json(out / FINGERPRINT, fp.to_json())
+    write_record(out / FINGERPRINT, SamplingFingerprint, fp.to_json())
 
 
 def reusable_baseline_texts(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str] | None:

@@ -33,8 +33,8 @@ from personatune import limits
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
-from personatune.records import STAGE_TITLES, GateRecord, RecordError, read_record
-from personatune.rundir import RunDir, StageRecord, atomic_write_json, atomic_write_text, file_hash
+from personatune.records import STAGE_TITLES, GateRecord, RecordError, read_record, write_record
+from personatune.rundir import RunDir, StageRecord, atomic_write_text, file_hash
 from personatune.stage import Stage
 from personatune.stages import (
     s1_baseline,
@@ -352,10 +352,9 @@ def run_pipeline(
             rec.outputs = rd.hash_outputs(result.outputs)
             rec.message = result.message
             if result.gate is not None:
-                gate = GateRecord.of(result.gate)
                 # The gate result reaches disk before the pipeline goes on or stops.
-                atomic_write_json(rd.stage_dir(st.id) / "gate.json", gate.to_json())
-                rec.gate = gate.manifest_summary()
+                write_record(rd.stage_dir(st.id) / "gate.json", GateRecord, result.gate.to_dict())
+                rec.gate = GateRecord.of(result.gate).manifest_summary()
         except KeyboardInterrupt:
             _record_end(rd, st.id, rec, "interrupted", "KeyboardInterrupt")
             raise

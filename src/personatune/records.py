@@ -46,6 +46,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from personatune.errors import RunDirError
+from personatune.rundir import atomic_write_json, atomic_write_jsonl
 
 STAGE_TITLES: dict[str, str] = {
     "01_baseline": "SFT preparation (baseline model)",
@@ -619,6 +620,30 @@ def read_record(model: type[R], path: str | Path, where: str | None = None) -> R
     except (json.JSONDecodeError, RecursionError) as e:
         raise RecordError(f"{where}: not valid JSON ({getattr(e, 'msg', type(e).__name__)})") from None
     return parse_record(model, data, where)
+
+
+def write_record(path: str | Path, model: type[Record], data: Any) -> None:
+    """Write a run-directory file after checking it against its record: a dict as JSON, or (for a `.jsonl` path) a
+    list of dicts, one a line, each checked. The file holds the writer's own dicts, so its keys and numbers stay as
+    the writer made them; the check only makes a format change fail at the writer instead of in a reader.
+
+    Args:
+        path: the file to write (atomically).
+        model: its record class, e.g. FinalRecord.
+        data: the dict (or, for .jsonl, the list of dicts) to write.
+
+    Raises:
+        RecordError: the data does not fit its record (a writer bug: one line naming the file and the field).
+    """
+    path = Path(path)
+    where = f"{path.parent.name}/{path.name}"
+    if path.suffix == ".jsonl":
+        for i, row in enumerate(data):
+            parse_record(model, row, f"{where} line {i + 1}")
+        atomic_write_jsonl(path, data)
+    else:
+        parse_record(model, data, where)
+        atomic_write_json(path, data)
 
 
 MAX_SALVAGE_ROUNDS = 50

@@ -25,8 +25,8 @@ from personatune.config import RunConfig
 from personatune.evidence import heldout_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
-from personatune.records import EvaluationReport
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from personatune.records import EvaluationReport, write_record
+from personatune.rundir import RunDir, atomic_write_text, read_jsonl
 from personatune.scoring.aggregate import auroc, auroc_ci
 from personatune.stage import StageResult
 
@@ -313,8 +313,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "n_train_examples": len(labelled_examples(spec, tr_sft, tr_pairs)),
     }
     report["baseline_persona"] = baseline_persona_metrics(config, run_dir, scorer, min_per_context=g.min_per_context)
-    # Validated against the record the report reads (personatune.records), so a format change fails here, not there.
-    atomic_write_json(out / "report.json", EvaluationReport.model_validate(report).to_json())
+    # Checked against the record the report reads (personatune.records), so a format change fails here, not there.
+    write_record(out / "report.json", EvaluationReport, report)
     table = ["| context | adherence | n |", "|---|---|---|"] + [
         f"| {c} | {m.value:.3f} | {m.n} |" for c, m in sorted(adh.per_context.items())
     ]

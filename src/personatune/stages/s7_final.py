@@ -49,7 +49,7 @@ from personatune.baseline_samples import decoding as eval_decoding
 from personatune.baseline_samples import reusable_baseline_texts
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
-from personatune.records import DRIFT_REFERENCE_LABEL, FINAL_STAGE, FinalRecord
+from personatune.records import DRIFT_REFERENCE_LABEL, FINAL_STAGE, FinalRecord, write_record
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
 
@@ -302,8 +302,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "gates": [asdict(r) for r in gate.results],
         "seconds": round(time.time() - t_start, 2),
     }
-    # Validated against the record the report reads, so a writer change that breaks the format fails here, not there.
-    atomic_write_json(out / "final.json", FinalRecord.model_validate(fig).to_json())
+    # Checked against the record the report reads, so a writer change that breaks the format fails here, not there.
+    write_record(out / "final.json", FinalRecord, fig)
     atomic_write_text(out / "final.md", final_markdown(fig))
     atomic_write_json(
         out / "samples.json",
