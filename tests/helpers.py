@@ -140,18 +140,20 @@ def scripted_teacher(spec: PersonaSpec, good: bool = True) -> Callable[[dict], s
 
 
 # --- run directories ---------------------------------------------------------------------------------------
-def write_tiny_baseline(rd: RunDir, seed: int = 0, **fields: Any) -> tuple[Any, Any]:
-    """Stage 1's files for the tiny model: `01_baseline/model` and `baseline.json` ({"model": "tiny", "path": ...,
-    **fields}). Returns (model, tokenizer); the stage record is left to `mark_done`."""
+def write_baseline(rd: RunDir, model: Any, tokenizer: Any, **fields: Any) -> Path:
+    """Stage 1's files: the model saved to `01_baseline/model` and `baseline.json` ({"model": "tiny", "path":
+    "01_baseline/model", **fields}). Returns baseline.json; the stage record is left to `mark_done`.
+
+    >>> model, tok = models.build_tiny_model(seed=0)                      # doctest: +SKIP
+    >>> write_baseline(rd, model, tok, perplexity=perplexity(model, tok))  # doctest: +SKIP
+    """
     from personatune import models
     from personatune.rundir import atomic_write_json
 
-    model, tok = models.build_tiny_model(seed=seed)
-    models.save_model(model, tok, rd.stage_dir("01_baseline") / "model")
-    atomic_write_json(
-        rd.root / "01_baseline" / "baseline.json", {"model": "tiny", "path": "01_baseline/model", **fields}
-    )
-    return model, tok
+    models.save_model(model, tokenizer, rd.stage_dir("01_baseline") / "model")
+    path = rd.root / "01_baseline" / "baseline.json"
+    atomic_write_json(path, {"model": "tiny", "path": "01_baseline/model", **fields})
+    return path
 
 
 def write_persona(rd: RunDir, persona: Path = PERSONA) -> Path:
@@ -208,10 +210,11 @@ def tiny_run_through_stage3(
 ) -> RunDir:
     """A run directory with stages 1-3 recorded done: the tiny model as baseline, captain_nova, `pairs` as the
     training data and `heldout` as the held-out prompts (what stages 5 and 6 read)."""
+    from personatune import models
     from personatune.rundir import RunDir
 
     rd = RunDir(root)
-    write_tiny_baseline(rd, seed=seed)
+    write_baseline(rd, *models.build_tiny_model(seed=seed))
     write_persona(rd)
     train, held = write_pairs(rd, pairs), write_heldout(rd, heldout)
     mark_done(rd, "01_baseline", {"baseline": "01_baseline/baseline.json"})
