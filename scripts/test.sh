@@ -8,6 +8,6 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
 LINTED=(src tests benchmarks scripts)
-ruff format --check "${LINTED[@]}" || { echo "test.sh: fix the formatting with: ruff format ${LINTED[*]}" >&2; exit 1; }
-ruff check "${LINTED[@]}" || { echo "test.sh: lint errors above (ruff check --fix fixes those marked [*])" >&2; exit 1; }
+ruff format --check --output-format concise "${LINTED[@]}" || { echo "test.sh: fix the formatting with: ruff format ${LINTED[*]}" >&2; exit 1; }
+ruff check --output-format concise "${LINTED[@]}" || { echo "test.sh: lint errors above (ruff check --fix fixes those marked [*])" >&2; exit 1; }
 exec python -m pytest -m "unit or stage or smoke" "$@"
