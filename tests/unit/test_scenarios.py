@@ -92,12 +92,14 @@ def test_split_does_not_depend_on_the_hash_seed():
     import subprocess
     import sys
 
+    from tests.helpers import REPO
+
     code = (
-        "import sys; sys.path.insert(0, %r)\n"
-        "from test_scenarios import FakeEmbedder, spec\n"
+        "from tests.unit.test_scenarios import FakeEmbedder, spec\n"
         "from personatune.scenarios import build_scenarios\n"
         "print([s.id for s in build_scenarios(spec(6), FakeEmbedder(), seed=3) if s.split == 'heldout'])\n"
-    ) % os.path.dirname(os.path.abspath(__file__))
+    )
+    path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # the child imports `tests.*` too
     outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env=dict(os.environ, PYTHONHASHSEED=str(h))).stdout for h in (1, 2, 3)}
+                           env=dict(os.environ, PYTHONHASHSEED=str(h), PYTHONPATH=path)).stdout for h in (1, 2, 3)}
     assert len(outs) == 1 and outs.pop().startswith("['")
