@@ -97,9 +97,9 @@ def pytest_collection_modifyitems(config, items):
     if os.environ.get("PERSONATUNE_SLOW") != "1":
         skip = pytest.mark.skip(reason="slow test: set PERSONATUNE_SLOW=1 to run")
         for item in items:
-            if "slow" in item.keywords:
+            if item.get_closest_marker("slow"):
                 item.add_marker(skip)
-    gpu = [item for item in items if "gpu" in item.keywords]
+    gpu = [item for item in items if item.get_closest_marker("gpu")]
     if gpu:
         import torch  # only when a gpu test is collected: a plain unit run does not pay for importing torch here
 
