@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import sys
 import textwrap
 import zlib
 from pathlib import Path
@@ -25,9 +24,7 @@ from personatune.expert_iteration import ROW_KEYS, build_pairs, improved, round_
 from personatune.rundir import RunDir, StageRecord, file_hash, read_jsonl
 from personatune.scoring import factory
 from personatune.stages import s5_optimization, s6_iterations
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from launch import launch_two_cpu  # noqa: E402
+from tests.launch import launch_two_cpu
 
 REPO = Path(__file__).resolve().parents[2]
 PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
@@ -419,21 +416,16 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
 
     The launched script is `personatune.cli.main` with RisingScorer patched in for the stage-4 evaluator: under the real
     scorer the tiny model's samples are never consistent, so no round would form pairs and none would train."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from fake_openai_server import FakeOpenAIServer
-    from test_pipeline_e2e import LOOSE
-    from test_s3_s4 import config as s34_config
-    from test_s3_s4 import scripted_teacher
-
     from personatune.config import load_config, to_yaml
     from personatune.persona import load_persona
     from personatune.pipeline import run_pipeline
+    from tests.fake_openai_server import FakeOpenAIServer
+    from tests.helpers import LOOSE_GATES, scripted_teacher, teacher_config
 
     # One config file for both runs (the stage-6 command line repeats model.device=cpu, so stages 1-5 stay "done").
     # stop_margin 2 can never be met, so only the round budget or the stop rules end the rounds.
     over = {
-        **LOOSE,
+        **LOOSE_GATES,
         "threads": 1,
         "model.device": "cpu",
         "iterations.rounds": 2,
@@ -447,17 +439,16 @@ def test_stage6_under_accelerate_launch_two_cpu_processes(tmp_path, repo_root):
     cfg_file = tmp_path / "config.yaml"
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(load_persona(PERSONA))
-        cfg_file.write_text(to_yaml(s34_config(tmp_path, srv, **over)))
+        cfg_file.write_text(to_yaml(teacher_config(tmp_path, srv.base_url, **over)))
         cfg = load_config(cfg_file, [])
         assert run_pipeline(cfg, until="5", echo=lambda s: None) == 0
     run = tmp_path / "t"
     out = run / "06_iterations"
     script = tmp_path / "launch_cli.py"
     script.write_text(
-        textwrap.dedent(f"""
+        textwrap.dedent("""
         import sys
-        sys.path.insert(0, {str(Path(__file__).resolve().parent)!r})
-        from test_s6 import RisingScorer
+        from tests.stages.test_s6 import RisingScorer
         from personatune.cli import main
         from personatune.scoring import factory
         factory.scorer_for_run = lambda config, run_dir, spec, **kw: (RisingScorer(spec), "scripted (rising)")

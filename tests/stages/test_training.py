@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -29,9 +28,7 @@ from personatune.training import (
     read_history,
     reference_of,
 )
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from launch import launch_two_cpu  # noqa: E402
+from tests.launch import launch_two_cpu
 
 datasets = pytest.importorskip("datasets")
 models = pytest.importorskip("personatune.models")
@@ -301,8 +298,7 @@ def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
     script.write_text(
         textwrap.dedent(f"""
         import json, sys, torch, datasets
-        sys.path.insert(0, {str(repo_root / "tests" / "stages")!r})
-        from test_training import pair_dataset, args
+        from tests.stages.test_training import pair_dataset, args
         from personatune import models
         from personatune.training import PersonaEvalCallback, TrainerRun, build_dpo_trainer
         model, tok = models.build_tiny_model(seed=0)

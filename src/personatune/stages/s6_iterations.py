@@ -330,8 +330,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                     "num_processes": ranks.num_processes,
                 },
             )
-    if (
-        not ranks.is_main
-    ):  # the result the main rank wrote (it is also what this rank computed: same rows, same decisions)
+    if not ranks.is_main:
+        # The result the main rank wrote (it is also what this rank computed: same rows, same decisions).
         return read_stage_result(run_dir, out)
     return StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)

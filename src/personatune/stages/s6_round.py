@@ -143,12 +143,8 @@ def sample_and_pair(
 
     it, t = setup.config.iterations, setup.config.data.teacher
     t0 = time.time()
-    for stale in (
-        "checkpoints",
-        "trainer",
-        "metrics.jsonl",
-        "model",
-    ):  # a crashed attempt of this round must not mix in
+    # A crashed attempt of this round must not mix in.
+    for stale in ("checkpoints", "trainer", "metrics.jsonl", "model"):
         p = rdir / stale
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
     rdir.mkdir(parents=True, exist_ok=True)
