@@ -68,10 +68,10 @@ def run_plain(model, tok, ds, a, out_dir: Path) -> float:
 
 
 def run_ours(model, tok, ds, a, out_dir: Path) -> float:
-    from personatune.training import PersonaEvalCallback, build_dpo_trainer
+    from personatune.training import PersonaEvalCallback, TrainerRun, build_dpo_trainer
 
-    cb = PersonaEvalCallback(None, out_dir, eval_every=0, max_kl=0.1, eval_at_start=False)
-    tr = build_dpo_trainer(model, tok, ds, a, output_dir=out_dir / "trl", max_kl=0.1, seed=0, callbacks=[cb.hooks()])
+    cb = PersonaEvalCallback(None, out_dir, a.model_copy(update={"eval_every": 0, "eval_at_start": False}), max_kl=0.1)
+    tr = build_dpo_trainer(model, tok, ds, a, TrainerRun(out_dir / "trl", 0, [cb.hooks()]), max_kl=0.1)
     cb.bind(tr)
     t0 = time.perf_counter()
     tr.train()
