@@ -54,7 +54,7 @@ def main() -> None:
     cands = generate_resumable(_Missing(), jobs, rd / "03_consistency_data" / "generations.jsonl", chunk=8, echo=lambda m: None)
     scores = score_candidates(scenarios, cands, Scorer(spec))
     voice = typical_voice(scenarios, scores)
-    mpc = cfg.gates.evaluation.min_per_context
+    mpc = cfg.eval.min_per_context
     print(f"{rd}: {len(scenarios)} prompts, best of {d.best_of}; style variance with min_per_context {mpc}")
     print(f"{'rule':16s} {'split':8s} {'n':>4s} {'style var':>9s} {'mean cons':>9s}  top features")
     for name in ("max_consistency", "typical_voice"):

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
 from personatune import limits
 from personatune.config_section import ConfigSection
@@ -95,14 +95,6 @@ class EvalGateArgs(_Section):
                                     "before the gate decides; fewer: inconclusive (count per side, METRICS.md 'Evidence')")
     min_style_variance_n: int = Field(30, ge=1, description="responses in qualifying context groups a style-variance gate (stages 4 and 5) needs "
                                       "before it decides; fewer: inconclusive (count)")
-    # `min_per_context` moved to `eval.min_per_context`; the YAML key gates.evaluation.min_per_context is still read
-    # (RunConfig._moved_keys). This read-only mirror keeps readers of the old attribute working until they read eval.
-    _min_per_context: int = PrivateAttr(5)
-
-    @property
-    def min_per_context(self) -> int:
-        """Same as the run config's eval.min_per_context (read-only; set by RunConfig)."""
-        return self._min_per_context
 
 
 class OptimGateArgs(_Section):
@@ -326,7 +318,6 @@ class RunConfig(_Section):
         for key in EVAL_FROM_TEACHER:
             if getattr(self.eval, key) is None:
                 setattr(self.eval, key, getattr(self.data.teacher, key))
-        self.gates.evaluation._min_per_context = self.eval.min_per_context
         return self
 
     @model_validator(mode="after")

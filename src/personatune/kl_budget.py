@@ -61,7 +61,9 @@ class Selection:
     passes_persona_gates: bool = False
 
 
-def _passes(r: Mapping[str, Any], min_consistency: float | None, min_adherence: float | None, max_style_variance: float | None) -> bool:
+def _passes(
+    r: Mapping[str, Any], min_consistency: float | None, min_adherence: float | None, max_style_variance: float | None
+) -> bool:
     c, a, s = _num(r.get("consistency")), _num(r.get("adherence")), _num(r.get("style_variance"))
     if min_consistency is not None and (c is None or c < min_consistency):
         return False
@@ -72,8 +74,14 @@ def _passes(r: Mapping[str, Any], min_consistency: float | None, min_adherence: 
     return True
 
 
-def select_checkpoint(history: Sequence[Mapping[str, Any]], max_kl: float, *, min_consistency: float | None = None,
-                      min_adherence: float | None = None, max_style_variance: float | None = None) -> Selection:
+def select_checkpoint(
+    history: Sequence[Mapping[str, Any]],
+    max_kl: float,
+    *,
+    min_consistency: float | None = None,
+    min_adherence: float | None = None,
+    max_style_variance: float | None = None,
+) -> Selection:
     """Pick the best checkpoint whose KL is within the budget.
 
     Args:
@@ -89,26 +97,45 @@ def select_checkpoint(history: Sequence[Mapping[str, Any]], max_kl: float, *, mi
     """
     cands = [dict(r) for r in history if r.get("checkpoint") and _num(r.get("kl")) is not None]
     if not cands:
-        return Selection(None, "no evaluated checkpoint in the history (set train.eval_every > 0 and train for at least that many steps)")
+        return Selection(
+            None,
+            "no evaluated checkpoint in the history (set train.eval_every > 0 and train for at least that many steps)",
+        )
     inside = sorted((r for r in cands if _num(r["kl"]) <= max_kl), key=lambda r: int(r.get("step", 0)))
     if not inside:
         lowest = min(cands, key=lambda r: _num(r["kl"]))
-        return Selection(None, f"no checkpoint within the KL budget {max_kl:g} nats/token; the lowest was {_num(lowest['kl']):.4g} at step "
-                               f"{lowest.get('step')} (raise train.beta, lower train.learning_rate, or evaluate more often with train.eval_every)")
+        return Selection(
+            None,
+            f"no checkpoint within the KL budget {max_kl:g} nats/token; the lowest was {_num(lowest['kl']):.4g} at step "
+            f"{lowest.get('step')} (raise train.beta, lower train.learning_rate, or evaluate more often with train.eval_every)",
+        )
 
     def key(r: Mapping[str, Any]) -> tuple:
         # Higher is better for every component, so the max is the best; NaN/missing metrics rank lowest.
         c, a = _num(r.get("consistency")), _num(r.get("adherence"))
-        return (_passes(r, min_consistency, min_adherence, max_style_variance), -math.inf if c is None else c,
-                -math.inf if a is None else a, -_num(r["kl"]), -int(r.get("step", 0)))
+        return (
+            _passes(r, min_consistency, min_adherence, max_style_variance),
+            -math.inf if c is None else c,
+            -math.inf if a is None else a,
+            -_num(r["kl"]),
+            -int(r.get("step", 0)),
+        )
 
     best = max(inside, key=key)
     ok = _passes(best, min_consistency, min_adherence, max_style_variance)
     cons = _num(best.get("consistency"))
-    reason = (f"step {best.get('step')}: highest consistency {'n/a' if cons is None else format(cons, '.4g')} among {len(inside)} checkpoint(s) with "
-              f"KL <= {max_kl:g} (its KL {_num(best['kl']):.4g} nats/token)" + ("" if ok else "; it does not meet every persona threshold"))
-    return Selection(best, reason, within_budget=[int(r.get("step", 0)) for r in inside], last_within_budget=inside[-1],
-                     passes_persona_gates=ok)
+    reason = (
+        f"step {best.get('step')}: highest consistency {'n/a' if cons is None else format(cons, '.4g')} among {len(inside)} checkpoint(s) with "
+        f"KL <= {max_kl:g} (its KL {_num(best['kl']):.4g} nats/token)"
+        + ("" if ok else "; it does not meet every persona threshold")
+    )
+    return Selection(
+        best,
+        reason,
+        within_budget=[int(r.get("step", 0)) for r in inside],
+        last_within_budget=inside[-1],
+        passes_persona_gates=ok,
+    )
 
 
 @dataclass
@@ -120,8 +147,15 @@ class Decision:
     new_beta: float | None = None
 
 
-def decide(history: Sequence[Mapping[str, Any]], max_kl: float, policy: Literal["stop", "raise_beta"], *, beta: float | None = None,
-           raise_factor: float = 2.0, max_raises: int = 3) -> Decision:
+def decide(
+    history: Sequence[Mapping[str, Any]],
+    max_kl: float,
+    policy: Literal["stop", "raise_beta"],
+    *,
+    beta: float | None = None,
+    raise_factor: float = 2.0,
+    max_raises: int = 3,
+) -> Decision:
     """Decide from the latest eval record whether training goes on.
 
     Rules: while the latest KL is within the budget (kl <= max_kl), continue; over it but lower than every earlier
@@ -153,8 +187,11 @@ def decide(history: Sequence[Mapping[str, Any]], max_kl: float, policy: Literal[
     # brings it down — below every earlier eval's — it is moving into the budget, so it goes on.
     earlier = [v for v in (_num(r.get("kl")) for r in history[:-1]) if v is not None]
     if earlier and kl < min(earlier):
-        return Decision("continue", f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token but below every earlier eval "
-                                    f"(lowest {min(earlier):.4g}): moving into the budget")
+        return Decision(
+            "continue",
+            f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token but below every earlier eval "
+            f"(lowest {min(earlier):.4g}): moving into the budget",
+        )
     over = f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token"
     if policy == "stop":
         return Decision("stop", over + "; stopping (the best checkpoint within budget is kept)")

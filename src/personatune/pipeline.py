@@ -73,7 +73,7 @@ STAGES: tuple[Stage, ...] = (
         "04_evaluation",
         STAGE_TITLES["04_evaluation"],
         s4_evaluation.run,
-        config_keys=("gates", "seed", "data", "scorer", "model"),
+        config_keys=("gates", "seed", "data", "scorer", "model", "eval"),
         inputs=(("02_persona", "persona"), ("03_consistency_data", "train"), ("03_consistency_data", "heldout")),
         version=3,
         issue=4,
@@ -82,7 +82,7 @@ STAGES: tuple[Stage, ...] = (
         "05_optimization",
         STAGE_TITLES["05_optimization"],
         s5_optimization.run,
-        config_keys=("model", "train", "gates", "data", "scorer", "seed"),
+        config_keys=("model", "train", "gates", "data", "scorer", "seed", "eval"),
         inputs=(
             ("01_baseline", "baseline"),
             ("02_persona", "persona"),
@@ -98,7 +98,7 @@ STAGES: tuple[Stage, ...] = (
         "06_iterations",
         STAGE_TITLES["06_iterations"],
         s6_iterations.run,
-        config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed"),
+        config_keys=("model", "train", "iterations", "gates", "data", "scorer", "seed", "eval"),
         inputs=(
             ("01_baseline", "baseline"),
             ("02_persona", "persona"),
@@ -115,7 +115,7 @@ STAGES: tuple[Stage, ...] = (
         "07_final_eval",
         STAGE_TITLES["07_final_eval"],
         s7_final.run,
-        config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed"),
+        config_keys=("model", "train", "gates", "data", "scorer", "lm_eval", "seed", "eval"),
         inputs=(
             ("01_baseline", "baseline"),
             ("02_persona", "persona"),

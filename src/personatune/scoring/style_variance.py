@@ -135,7 +135,7 @@ def style_variance(
 
     Args:
         records: scored responses (their `style` dicts must hold every feature used).
-        min_per_context: responses a context group needs to count (config gates.evaluation.min_per_context).
+        min_per_context: responses a context group needs to count (config eval.min_per_context).
         mean_floor: per-feature units overriding NATURAL_MOVEMENT (feature unit).
         features: features to average over (default: every STYLE_FEATURES feature, plus "voice" when every
             record has it).

@@ -407,7 +407,7 @@ def optimization_gate(
         else:
             if r.value is None:
                 diagnosis.append(
-                    f"style variance not measured: fewer than two contexts have {config.gates.evaluation.min_per_context} held-out prompts"
+                    f"style variance not measured: fewer than two contexts have {config.eval.min_per_context} held-out prompts"
                 )
                 steps.append(
                     "raise data.heldout_fraction or data.max_prompts so each context has enough held-out prompts"

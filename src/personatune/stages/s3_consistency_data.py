@@ -42,7 +42,6 @@ from personatune.consistency_pairs import (  # noqa: F401
     typical_voice,
     voice_distance,
 )
-from personatune.errors import DataError
 from personatune.generation.resumable import _job_key, _load_generations, generate_resumable  # noqa: F401
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
@@ -76,10 +75,6 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
         from personatune.generation.cache import ResponseCache
         from personatune.generation.openai_compat import OpenAIBackend
 
-        if not t.base_url or not t.model:
-            raise DataError(
-                "data.teacher.backend=openai needs data.teacher.base_url and data.teacher.model; set both (e.g. base_url=http://127.0.0.1:8000/v1)"
-            )
         teacher = OpenAIBackend(
             t.base_url,
             t.model,

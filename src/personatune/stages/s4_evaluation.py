@@ -201,7 +201,6 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.scoring.factory import scorer_for_run
 
     out = run_dir.stage_dir(STAGE)
-    g = config.gates.evaluation
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     train, held = (
         run_dir.output_path("03_consistency_data", "train"),
@@ -223,7 +222,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         ids=[r["scenario_id"] for r in ho_sft],
     )
     adh = trait_adherence(records)
-    sv = style_variance(records, min_per_context=g.min_per_context)
+    sv = style_variance(records, min_per_context=config.eval.min_per_context)
     cons = consistency_rate(records)
 
     specs = evaluation_specs(config, spec.trait_ids, sorted(adh.per_context))
@@ -281,7 +280,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                 len(ho_prompts),
                 len(ho_sft),
                 len({q["context"] for q in ho_prompts}),
-                g.min_per_context,
+                config.eval.min_per_context,
                 config.data.heldout_fraction,
                 config.data.max_prompts,
             )
@@ -312,7 +311,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "n_heldout": len(records),
         "n_train_examples": len(labelled_examples(spec, tr_sft, tr_pairs)),
     }
-    report["baseline_persona"] = baseline_persona_metrics(config, run_dir, scorer, min_per_context=g.min_per_context)
+    report["baseline_persona"] = baseline_persona_metrics(config, run_dir, scorer, min_per_context=config.eval.min_per_context)
     # Checked against the record the report reads (personatune.records), so a format change fails here, not there.
     write_record(out / "report.json", EvaluationReport, report)
     table = ["| context | adherence | n |", "|---|---|---|"] + [

@@ -188,9 +188,6 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.scoring.factory import scorer_for_run
 
     args, g = config.train, config.gates.optimization
-    if args.algorithm in ("dpo", "grpo", "rloo"):
-        # Before any loading (the config validator already refuses it at load time).
-        training.check_beta(args.beta, g.max_kl)
     out = run_dir.stage_dir(STAGE)
     if config.threads:
         torch.set_num_threads(config.threads)

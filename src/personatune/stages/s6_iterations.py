@@ -206,8 +206,6 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune.scoring.factory import scorer_for_run
 
     it, args, g = config.iterations, config.train, config.gates.optimization
-    if it.algorithm == "dpo":
-        training.check_beta(args.beta, g.max_kl)
     ranks = Ranks.current(config, what=f"stage {STAGE}")
     out = run_dir.stage_dir(STAGE)
     if config.threads:

@@ -204,7 +204,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     # 3. Persona figures. 4. Capability (stage 1's suite result for the baseline when it exists). 5. KL.
     fig: dict[str, Any] = compare_persona(
-        base_recs, final_recs, seed=config.seed, min_per_context=config.gates.evaluation.min_per_context
+        base_recs, final_recs, seed=config.seed, min_per_context=config.eval.min_per_context
     )
     fig["prompted_baseline"] = prompted_baseline_figures(
         prompted_recs, base_recs, final_recs, seed=config.seed, few_shot=config.data.few_shot
