@@ -9,20 +9,28 @@ works on a run directory outside the pipeline), records go to two places:
 
 Under `accelerate launch` / `torchrun` both handlers drop records of processes other than rank 0, so a
 two-process run writes each line once (`MainRankFilter`; the rank comes from the launcher's `RANK`).
+A record logged with `extra=FILE_ONLY` (the pipeline's bookkeeping events) goes to log.txt only.
+
+A stage's `run` is wrapped in `@logged_stage`, so a stage called on its own (tests, benchmarks) writes its
+log.txt lines too; attaching the same run directory twice adds no second handler (each line is written once).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 ROOT_LOGGER = "personatune"
 LOG_FILE = "log.txt"
 _DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+FILE_ONLY = {"console": False}  # `log.info(msg, extra=FILE_ONLY)`: log.txt, not the console
+_F = TypeVar("_F", bound=Callable[..., Any])
 
 
 class MainRankFilter(logging.Filter):
@@ -39,8 +47,9 @@ class _StdoutHandler(logging.StreamHandler):
         super().__init__(stream=sys.stdout)
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.stream = sys.stdout
-        super().emit(record)
+        if getattr(record, "console", True):
+            self.stream = sys.stdout
+            super().emit(record)
 
 
 class _RunDirFormatter(logging.Formatter):
@@ -63,14 +72,18 @@ def _rank() -> int:
         return 0
 
 
-def attach_run_dir(root: str | Path) -> logging.Handler:
-    """Send the `personatune` loggers' records to `root/log.txt` until `detach(handler)`; the handler.
+def attach_run_dir(root: str | Path) -> logging.Handler | None:
+    """Send the `personatune` loggers' records to `root/log.txt` until `detach(handler)`; the new handler, or None
+    when that file already has one.
 
     The file is opened at the first record and flushed after each one, so a crash loses no earlier line.
     """
     logger = logging.getLogger(ROOT_LOGGER)
     logger.setLevel(logging.INFO)
-    h = logging.FileHandler(Path(root) / LOG_FILE, mode="a", encoding="utf-8", delay=True)
+    path = Path(root) / LOG_FILE
+    if any(isinstance(h, logging.FileHandler) and h.baseFilename == os.path.abspath(path) for h in logger.handlers):
+        return None
+    h = logging.FileHandler(path, mode="a", encoding="utf-8", delay=True)
     h.setFormatter(_RunDirFormatter())
     h.addFilter(MainRankFilter())
     logger.addHandler(h)
@@ -99,13 +112,21 @@ def ensure_console() -> logging.Handler | None:
 @contextlib.contextmanager
 def run_logging(root: str | Path, console: bool = True) -> Iterator[None]:
     """Within the block, `personatune` records go to `root/log.txt` and (with `console`) to stdout."""
-    added = [attach_run_dir(root)]
-    if console:
-        c = ensure_console()
-        if c is not None:
-            added.append(c)
+    added = [attach_run_dir(root), ensure_console() if console else None]
+    added = [h for h in added if h is not None]
     try:
         yield
     finally:
         for h in added:
             detach(h)
+
+
+def logged_stage(run: _F) -> _F:
+    """Decorate a stage's `run(config, run_dir)`: its records reach the run's log.txt and the console."""
+
+    @functools.wraps(run)
+    def wrapper(config: Any, run_dir: Any, *args: Any, **kwargs: Any) -> Any:
+        with run_logging(run_dir.root):
+            return run(config, run_dir, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]

@@ -24,6 +24,7 @@ config key buys them: "NO-DEPLOY (inconclusive at stage X: N more samples needed
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -33,6 +34,7 @@ from personatune import limits
 from personatune.config import RunConfig, section_hash, to_yaml
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
+from personatune.logs import FILE_ONLY, run_logging
 from personatune.records import STAGE_TITLES, GateRecord, RecordError, read_record, write_record
 from personatune.rundir import RunDir, StageRecord, atomic_write_text, file_hash
 from personatune.stage import Stage
@@ -46,6 +48,8 @@ from personatune.stages import (
     s7_final,
 )
 from personatune.verdict import stop_detail, stop_reason  # noqa: F401 (stop_reason is also imported from here)
+
+log = logging.getLogger(__name__)
 
 # The one table of stages, in run order (ids and titles: records.STAGE_TITLES). `run=None` marks a stage that is not implemented yet.
 STAGES: tuple[Stage, ...] = (
@@ -160,12 +164,18 @@ def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
     return section_hash(cfg, st.config_keys, extra=extra)
 
 
+def _event(rd: RunDir, line: str) -> None:
+    """One bookkeeping line in the run's log.txt (not on the console: the pipeline's own lines go through `echo`)."""
+    with run_logging(rd.root, console=False):
+        log.info(line, extra=FILE_ONLY)
+
+
 def _record_end(rd: RunDir, stage: str, rec: StageRecord, status: str, error: str) -> None:
     """Record a stage that ended without a result (failed or interrupted), if the run directory still takes writes."""
     rec.status, rec.error = status, limits.shorten(error, 1000)
     try:
         rd.set_record(stage, rec)
-        rd.log(f"{stage} {status}: {rec.error}")
+        _event(rd, f"{stage} {status}: {rec.error}")
     except OSError:
         pass  # the error being raised says more than this one would (e.g. a full disk)
 
@@ -287,7 +297,7 @@ def run_pipeline(
     rd.check_writable()
     # The resolved config is written before any work, so a run can always be reproduced.
     atomic_write_text(root / "config.yaml", to_yaml(cfg))
-    rd.log(f"run started: stages {from_stage or 'first'}..{until or 'last'} force={force}")
+    _event(rd, f"run started: stages {from_stage or 'first'}..{until or 'last'} force={force}")
     start_i = find_stage(from_stage, stages) if from_stage else 0
     stop_i = find_stage(until, stages) if until else len(stages) - 1
     echo(f"run directory: {root}")
@@ -303,7 +313,7 @@ def run_pipeline(
                 f"{int(s.id[:2])} {s.title} (issue #{s.issue})" for s in stages[i : stop_i + 1] if s.run is None
             )
             echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
-            rd.log(f"stopped at unimplemented stage {st.id}")
+            _event(rd, f"stopped at unimplemented stage {st.id}")
             _write_report(root, echo)
             return 1 if stops.failed else 0
         key = stage_cache_key(cfg, st)
@@ -344,7 +354,7 @@ def run_pipeline(
         echo(f"{n}: running …")
         rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
         rd.set_record(st.id, rec)
-        rd.log(f"{st.id} started")
+        _event(rd, f"{st.id} started")
         try:
             result = st.run(cfg, rd)
             rec.finished = time.time()
@@ -366,7 +376,7 @@ def run_pipeline(
         passed = result.gate is None or result.gate.passed
         rec.status = "done" if result.gate is None else gate_record_status(result.gate)
         rd.set_record(st.id, rec)
-        rd.log(f"{st.id} {rec.status} in {rec.seconds}s: {result.message}")
+        _event(rd, f"{st.id} {rec.status} in {rec.seconds}s: {result.message}")
         if result.gate is not None:
             echo(result.gate.summary())
         word = {"done": "done", "gate_inconclusive": "GATE INCONCLUSIVE"}.get(rec.status, "GATE FAILED")

@@ -4,7 +4,7 @@ Layout of `<run_dir>/<name>/`:
 
     config.yaml        the fully resolved config, written before any work
     manifest.json      per stage: status, config hash, input/output hashes, gate, timings
-    log.txt            one line per event
+    log.txt            one line per event (written through personatune.logs)
     NN_stage/          one folder per stage: gate.json, metrics.jsonl, artifacts
 
 Every write is atomic (temp file in the same folder, fsync, `os.replace`), so a crash or
@@ -306,8 +306,3 @@ class RunDir:
             if not self._inside(o["path"]) or not p.exists() or file_hash(p) != o["hash"]:
                 return False
         return True
-
-    def log(self, line: str) -> None:
-        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(self.root / "log.txt", "a", encoding="utf-8") as f:
-            f.write(f"{stamp} {line}\n")

@@ -26,6 +26,7 @@ re-exported here. This module holds the teacher, the generation jobs and `run`.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from personatune.config import RunConfig
@@ -43,6 +44,7 @@ from personatune.consistency_pairs import (  # noqa: F401
     voice_distance,
 )
 from personatune.generation.resumable import _job_key, _load_generations, generate_resumable  # noqa: F401
+from personatune.logs import logged_stage
 from personatune.persona import PersonaSpec, load_persona
 from personatune.persona_prompt import persona_conversation
 from personatune.rundir import RunDir, atomic_write_jsonl, atomic_write_text
@@ -55,6 +57,8 @@ from personatune.scenarios import (
 )
 from personatune.stage import StageResult
 from personatune.stages.s1_baseline import baseline_model_path
+
+log = logging.getLogger(__name__)
 
 
 # --- backends ------------------------------------------------------------------------------------
@@ -162,6 +166,7 @@ def cap_scenarios(scenarios: list[Scenario], n: int | None) -> list[Scenario]:
 
 
 # --- the stage -----------------------------------------------------------------------------------
+@logged_stage
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Build the stage-3 dataset and check its gate."""
     from personatune.scoring.factory import scorer_for_run
@@ -176,7 +181,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     teacher, base = make_teacher(config, run_dir)
     t = d.teacher
     p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": config.seed}
-    echo = lambda m: (print(m, flush=True), run_dir.log(m.strip()))  # noqa: E731
+    echo = log.info
     extra = []
     if d.expand_per_trait:
         # The teacher writes new prompts per (trait, context); resumable like every other generation.

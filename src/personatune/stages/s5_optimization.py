@@ -25,6 +25,7 @@ Multi-process (accelerate launch / torchrun): every rank trains; the main rank d
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from personatune.config import RunConfig
 from personatune.errors import DataError
 from personatune.gates import GateReport, fmt_metric
 from personatune.kl_budget import Selection
+from personatune.logs import logged_stage
 from personatune.records import OptimizationMetrics, StageResultRecord
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
@@ -51,6 +53,8 @@ from personatune.stages.optimization_common import (
     write_record,
 )
 from personatune.training import TrainArgs
+
+log = logging.getLogger(__name__)
 
 __all__ = ["STAGE", "model_card", "optimization_gate", "optimization_specs", "run", "train_dataset"]
 
@@ -174,6 +178,7 @@ def model_card(
     return "\n".join(lines)
 
 
+@logged_stage
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Train, select the best checkpoint within the KL budget, gate it, save it.
 
@@ -203,8 +208,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     ds = train_dataset(inp.pairs_path, args.algorithm, privileged)
     model, tok = models.load_configured_model(inp.baseline, config.model, for_training=True)
     scorer, scorer_desc = scorer_for_run(config, run_dir, inp.spec)
-    print(f"  persona metrics scored by: {scorer_desc}")
-    run_dir.log(f"{STAGE} scorer: {scorer_desc}")
+    log.info(f"  persona metrics scored by: {scorer_desc}")
     settings = eval_settings(config, seed, inp.context)
     small = training.EvalSet.from_rows(inp.held_rows, args.kl_eval_prompts)
     full = training.EvalSet.from_rows(inp.held_rows)
@@ -218,7 +222,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         out,
         args,
         max_kl=g.max_kl,
-        echo=lambda s: (print(s), run_dir.log(s.strip())),
+        echo=log.info,
     )
     trainer = build_trainer(
         model,

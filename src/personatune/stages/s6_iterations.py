@@ -34,6 +34,7 @@ the same decisions (round skipped as done, stop reason, number of rounds) and le
 from __future__ import annotations
 
 import gc
+import logging
 import shutil
 import uuid
 from functools import partial
@@ -43,6 +44,7 @@ from typing import Any
 from personatune.config import RunConfig
 from personatune.expert_iteration import ROW_KEYS, round_key, select_round, stop_reason
 from personatune.gates import GateReport, Measurement, fmt_metric
+from personatune.logs import logged_stage
 from personatune.ranks import Ranks
 from personatune.records import IterationMetrics, RoundResult, RoundRow, StageResultRecord
 from personatune.rundir import RunDir, atomic_write_text
@@ -65,6 +67,8 @@ from personatune.stages.s6_round import (
 )
 from personatune.training import EvalResult
 
+log = logging.getLogger(__name__)
+
 STAGE = "06_iterations"
 
 
@@ -85,12 +89,6 @@ def _copy_model(src: Path, dst: Path, card: str) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(dst)
-
-
-def _say(ranks: Ranks, run_dir: RunDir, line: str) -> None:
-    if ranks.is_main:  # one console line and one log line per event, whatever the number of processes
-        print(line, flush=True)
-        run_dir.log(line)
 
 
 # --- the gate, the table, the card ------------------------------------------------------------------------------------------
@@ -190,6 +188,7 @@ def _card(
 
 
 # --- the stage ------------------------------------------------------------------------------------------
+@logged_stage
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Run the rounds, keep the best, gate it, write the table and the kept model.
 
@@ -210,7 +209,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     out = run_dir.stage_dir(STAGE)
     if config.threads:
         torch.set_num_threads(config.threads)
-    echo = partial(_say, ranks, run_dir)
+    echo = log.info  # the main rank's records only (logs.MainRankFilter): one line per event, however many processes
 
     # 1. Inputs, through the manifest (read by every rank: the same files give every rank the same answer or error).
     inp = load_inputs(config, run_dir)
