@@ -35,12 +35,12 @@ all fall just under violations[t] = 0.5 is still a clear trait.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from personatune.errors import ConfigError
+from personatune.config import PersonaGateArgs
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec
 from personatune.persona_measures import _example_warnings, _rules_parse, centroid_similarity, loo_separability
@@ -49,49 +49,6 @@ STAGE = "02_persona"
 """The stage whose gate this is (the id in its report and gate.json)."""
 # How many misclassified exemplars per trait the report quotes (the full list is in the JSON).
 QUOTE_CONFUSIONS = 2
-
-
-@dataclass
-class PersonaGateConfig:
-    """Stage-2 gate thresholds. Same fields as the run config's `gates.persona` section.
-
-    Attributes:
-        min_traits: fewest core traits allowed (count, >= 1).
-        max_traits: most core traits allowed (count, >= min_traits).
-        min_positive: fewest positive exemplars per trait (count, >= 1).
-        min_negative: fewest negative exemplars per trait (count, >= 1).
-        min_separability: leave-one-out AUROC each trait must reach (0-1; its positives vs its negatives, module docstring).
-        max_trait_similarity: two traits whose centroid cosine similarity is not below this are redundant (cosine, 0-1).
-        min_examples: fewest example interactions (count, >= 0).
-    """
-
-    min_traits: int = 5
-    max_traits: int = 10
-    min_positive: int = 3
-    min_negative: int = 3
-    min_separability: float = 0.8
-    max_trait_similarity: float = 0.9
-    min_examples: int = 3
-
-    def __post_init__(self) -> None:
-        bad = []
-        for name in ("min_traits", "max_traits", "min_positive", "min_negative"):
-            if int(getattr(self, name)) < 1:
-                bad.append(f"gates.persona.{name} = {getattr(self, name)} must be >= 1")
-        if self.max_traits < self.min_traits:
-            bad.append(f"gates.persona.max_traits = {self.max_traits} must be >= min_traits = {self.min_traits}")
-        for name in ("min_separability", "max_trait_similarity"):
-            if not 0.0 <= float(getattr(self, name)) <= 1.0:
-                bad.append(f"gates.persona.{name} = {getattr(self, name)} must be in [0, 1]")
-        if self.min_examples < 0:
-            bad.append(f"gates.persona.min_examples = {self.min_examples} must be >= 0")
-        if bad:
-            raise ConfigError("; ".join(bad) + "; fix: change those values in the config")
-
-    @classmethod
-    def from_args(cls, args: Any) -> "PersonaGateConfig":
-        """Build from any object with the same attribute names (the config's `PersonaGateArgs`)."""
-        return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
 
 @dataclass
@@ -145,7 +102,7 @@ class PersonaGateReport:
 
     persona: str
     source: str | None
-    config: PersonaGateConfig
+    config: PersonaGateArgs
     gate: GateReport
     traits: list[TraitCheck] = field(default_factory=list)
     similarity: dict[str, dict[str, float]] = field(default_factory=dict)
@@ -162,7 +119,7 @@ class PersonaGateReport:
             "persona": self.persona,
             "source": self.source,
             "passed": self.passed,
-            "config": asdict(self.config),
+            "config": self.config.model_dump(),
             "gate": self.gate.to_dict(),
             "traits": [{**asdict(t), "passed": t.passed} for t in self.traits],
             "similarity": self.similarity,
@@ -173,7 +130,7 @@ class PersonaGateReport:
 # --- the gate --------------------------------------------------------------------------------------
 
 
-def _gate_specs(c: PersonaGateConfig) -> list[GateSpec]:
+def _gate_specs(c: PersonaGateArgs) -> list[GateSpec]:
     return [
         GateSpec("trait_count", c.min_traits, ">=", "traits", "number of core traits (lower bound)"),
         GateSpec("trait_count", c.max_traits, "<=", "traits", "number of core traits (upper bound)"),
@@ -224,27 +181,20 @@ def _gate_specs(c: PersonaGateConfig) -> list[GateSpec]:
 
 
 def check_persona(
-    spec: PersonaSpec, instrument: Any, config: "PersonaGateConfig | Any" = None, source: str | None = None
+    spec: PersonaSpec, instrument: Any, config: PersonaGateArgs | None = None, source: str | None = None
 ) -> PersonaGateReport:
     """Check a loaded persona against the stage-2 gate.
 
     Args:
         spec: the persona (already schema-valid: see `load_persona`).
         instrument: the persona instrument (scoring/instrument.py) the later stages score with.
-        config: thresholds (default: METRICS.md values); the run config's `gates.persona` section works too.
+        config: thresholds: the run config's `gates.persona` section (default: METRICS.md values).
         source: file name shown in the report.
 
     Returns:
         The report: gate results, per-trait table, similarities, diagnosis and next steps.
     """
-    # The run config's `gates.persona` section (PersonaGateArgs) has the same fields: accept it as is.
-    c = (
-        config
-        if isinstance(config, PersonaGateConfig)
-        else PersonaGateConfig.from_args(config)
-        if config is not None
-        else PersonaGateConfig()
-    )
+    c = config if config is not None else PersonaGateArgs()
     ids = spec.trait_ids
     pos_texts = [list(t.positive) for t in spec.traits]
     every = [u for lst in pos_texts for u in lst]
@@ -350,7 +300,7 @@ def _diagnose(
     rows: list[TraitCheck],
     pairs: list[tuple[float, str, str]],
     rule_errors: list[str],
-    c: PersonaGateConfig,
+    c: PersonaGateArgs,
 ) -> None:
     """Fill `gate.diagnosis` (what is wrong, by name) and `gate.next_steps` (what to change)."""
     d, fix = gate.diagnosis, gate.next_steps

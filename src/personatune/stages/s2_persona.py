@@ -25,7 +25,6 @@ from personatune.persona import load_persona
 # Re-exported: tests reach the gate through this module.
 from personatune.persona_gate import (  # noqa: F401
     STAGE,
-    PersonaGateConfig,
     PersonaGateReport,
     TraitCheck,
     check_persona,
@@ -33,7 +32,7 @@ from personatune.persona_gate import (  # noqa: F401
 from personatune.persona_measures import centroid_similarity, loo_separability  # noqa: F401
 
 if TYPE_CHECKING:
-    from personatune.config import RunConfig
+    from personatune.config import PersonaGateArgs, RunConfig
     from personatune.rundir import RunDir
     from personatune.stage import StageResult
 
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 
 
 def evaluate_persona_file(
-    path: str | Path, instrument: Any = None, gate_config: "PersonaGateConfig | Any" = None
+    path: str | Path, instrument: Any = None, gate_config: "PersonaGateArgs | None" = None
 ) -> PersonaGateReport:
     """Load a persona file and check it against the stage-2 gate (what `personatune validate` runs).
 
@@ -117,7 +116,7 @@ def run(config: "RunConfig", run_dir: "RunDir") -> "StageResult":
     from personatune.stage import StageResult
 
     out = run_dir.stage_dir(STAGE)
-    gate_config = PersonaGateConfig.from_args(config.gates.persona)
+    gate_config = config.gates.persona
     report = evaluate_persona_file(config.persona, gate_config=gate_config)
     # Later stages read this copy, so editing the original during a run cannot change what they see.
     atomic_write_text(out / "persona.yaml", Path(config.persona).read_text(encoding="utf-8"))
