@@ -39,7 +39,6 @@ and personatune.monitor_report (step 6); this module reads and scores the logs a
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -49,6 +48,7 @@ from personatune.errors import ConfigError, DataError
 # Re-exported: tests and callers import the drift statistics and the report from personatune.monitor.
 from personatune.monitor_drift import (  # noqa: F401
     SNIPPET,
+    Conversation,
     DriftReport,
     TestResult,
     WindowSummary,
@@ -83,19 +83,6 @@ class ScorerLike(Protocol):
 
 
 # ---- reading -----------------------------------------------------------------------------------------
-
-
-@dataclass
-class Conversation:
-    """One usable log line."""
-
-    line: int
-    messages: list[dict[str, str]]
-    timestamp: Any = None
-
-    @property
-    def assistant_turns(self) -> list[int]:
-        return [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]
 
 
 def _check_messages(msgs: Any) -> str | None:

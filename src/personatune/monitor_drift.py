@@ -11,15 +11,26 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 from statistics import NormalDist
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from personatune.monitor import Conversation
-
 SNIPPET = 240
 """Characters of a response shown in an example."""
+
+
+@dataclass
+class Conversation:
+    """One usable log line (monitor.read_conversations builds them; the statistics below read them)."""
+
+    line: int
+    messages: list[dict[str, str]]
+    timestamp: Any = None
+
+    @property
+    def assistant_turns(self) -> list[int]:
+        return [i for i, m in enumerate(self.messages) if m["role"] == "assistant"]
+
 
 # ---- statistics ------------------------------------------------------------------------------------
 
