@@ -22,7 +22,6 @@ from pathlib import Path
 import yaml
 
 from personatune.config import RunConfig
-from personatune.embeddings import Embedder
 from personatune.persona import load_persona
 from personatune.persona_prompt import persona_conversation
 from personatune.rundir import read_jsonl
@@ -42,16 +41,25 @@ def main() -> None:
     d, t = cfg.data, cfg.data.teacher
     p = {"max_new_tokens": t.max_new_tokens, "temperature": t.temperature, "top_p": t.top_p, "seed": cfg.seed}
     scenarios = [Scenario(**r) for r in read_jsonl(rd / "03_consistency_data" / "scenarios.jsonl")]
-    jobs = [(persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=s.targets if d.focus_targets else None), {**p, "n": d.best_of})
-            for s in scenarios]
+    jobs = [
+        (
+            persona_conversation(spec, s.messages, few_shot=d.few_shot, focus=s.targets if d.focus_targets else None),
+            {**p, "n": d.best_of},
+        )
+        for s in scenarios
+    ]
 
     def no_generation(*_a, **_k):
-        raise SystemExit(f"{rd}: some candidates are not in generations.jsonl (stage 3 unfinished, or run with another prompt version)")
+        raise SystemExit(
+            f"{rd}: some candidates are not in generations.jsonl (stage 3 unfinished, or run with another prompt version)"
+        )
 
     class _Missing:
         generate = no_generation
 
-    cands = generate_resumable(_Missing(), jobs, rd / "03_consistency_data" / "generations.jsonl", chunk=8, echo=lambda m: None)
+    cands = generate_resumable(
+        _Missing(), jobs, rd / "03_consistency_data" / "generations.jsonl", chunk=8, echo=lambda m: None
+    )
     scores = score_candidates(scenarios, cands, Scorer(spec))
     voice = typical_voice(scenarios, scores)
     mpc = cfg.eval.min_per_context
@@ -67,7 +75,9 @@ def main() -> None:
                     r.context = s.context
                     chosen.append(r)
             sv = style_variance(chosen, min_per_context=mpc, n_resamples=0)
-            top = ", ".join(f"{f} {v:.2f}" for f, v in sorted((sv.per_feature or {}).items(), key=lambda kv: -kv[1])[:3])
+            top = ", ".join(
+                f"{f} {v:.2f}" for f, v in sorted((sv.per_feature or {}).items(), key=lambda kv: -kv[1])[:3]
+            )
             val = f"{sv.value:.3f}" if sv.value is not None else "n/a"
             mc = sum(r.consistency for r in chosen) / max(len(chosen), 1)
             print(f"{name:16s} {split:8s} {len(chosen):4d} {val:>9s} {mc:9.3f}  {top}  groups {sv.groups_used}")

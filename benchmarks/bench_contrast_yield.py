@@ -26,7 +26,13 @@ from personatune import models
 from personatune.embeddings import Embedder
 from personatune.generation.hf import HFBackend
 from personatune.persona import PersonaSpec, load_persona
-from personatune.persona_prompt import _FORMALITY, _OPPOSITE_FORMALITY, _trait_line, persona_conversation, persona_voice_lines
+from personatune.persona_prompt import (
+    _FORMALITY,
+    _OPPOSITE_FORMALITY,
+    _trait_line,
+    persona_conversation,
+    persona_voice_lines,
+)
 from personatune.scenarios import build_scenarios
 from personatune.scoring.aggregate import wilson_ci
 from personatune.scoring.scorer import Scorer
@@ -70,9 +76,13 @@ def main() -> None:
     scenarios = cap_scenarios(build_scenarios(spec, emb, seed=0), args.prompts)
     model, tok = models.load_model_and_tokenizer(args.model)
     backend = HFBackend(model, tok, batch_size=16)
-    jobs = [(s, "trait_flipped", tr) for s in scenarios for tr in s.targets] + [(s, "style_broken", None) for s in scenarios]
-    print(f"{args.model}, {len(scenarios)} prompts, {len(jobs)} contrast responses per version, {args.max_new_tokens} new tokens, "
-          f"T=0.8 top_p=0.95, seed 0")
+    jobs = [(s, "trait_flipped", tr) for s in scenarios for tr in s.targets] + [
+        (s, "style_broken", None) for s in scenarios
+    ]
+    print(
+        f"{args.model}, {len(scenarios)} prompts, {len(jobs)} contrast responses per version, {args.max_new_tokens} new tokens, "
+        f"T=0.8 top_p=0.95, seed 0"
+    )
     print(f"{'version':10s} {'kind':14s} {'inconsistent':>13s} {'95% CI':>15s}")
     dump = []
     for version in ("v1", "current"):
@@ -86,7 +96,9 @@ def main() -> None:
         t0 = time.perf_counter()
         outs = backend.generate(convs, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, n=1, seed=0)
         gen_s = time.perf_counter() - t0
-        recs = scorer.score([o[0] for o in outs], contexts=[s.context for s, _, _ in jobs], targets=[s.targets for s, _, _ in jobs])
+        recs = scorer.score(
+            [o[0] for o in outs], contexts=[s.context for s, _, _ in jobs], targets=[s.targets for s, _, _ in jobs]
+        )
         tot_k, tot_n = 0, 0
         for kind in ("trait_flipped", "style_broken"):
             idx = [i for i, j in enumerate(jobs) if j[1] == kind]
@@ -95,12 +107,30 @@ def main() -> None:
             tot_k, tot_n = tot_k + k, tot_n + len(idx)
             print(f"{version:10s} {kind:14s} {k:>5d}/{len(idx):<3d} {k / len(idx):5.3f} {lo:7.3f}-{hi:5.3f}")
         lo, hi = wilson_ci(tot_k, tot_n)
-        print(f"{version:10s} {'both':14s} {tot_k:>5d}/{tot_n:<3d} {tot_k / tot_n:5.3f} {lo:7.3f}-{hi:5.3f}   ({gen_s:.0f} s generation)")
+        print(
+            f"{version:10s} {'both':14s} {tot_k:>5d}/{tot_n:<3d} {tot_k / tot_n:5.3f} {lo:7.3f}-{hi:5.3f}   ({gen_s:.0f} s generation)"
+        )
         per_trait = {t: [not recs[i].consistent for i, j in enumerate(jobs) if j[2] == t] for t in spec.trait_ids}
-        print(f"{version:10s} trait-flipped per trait: " + ", ".join(f"{t} {sum(v)}/{len(v)}" for t, v in per_trait.items() if v))
-        dump += [{"version": version, "kind": kind, "flipped": tr, "context": s.context, "targets": s.targets, "prompt": s.messages[-1]["content"],
-                  "text": o[0], "consistent": r.consistent, "consistency": r.consistency, "violations": r.violations, "traits": r.traits}
-                 for (s, kind, tr), o, r in zip(jobs, outs, recs)]
+        print(
+            f"{version:10s} trait-flipped per trait: "
+            + ", ".join(f"{t} {sum(v)}/{len(v)}" for t, v in per_trait.items() if v)
+        )
+        dump += [
+            {
+                "version": version,
+                "kind": kind,
+                "flipped": tr,
+                "context": s.context,
+                "targets": s.targets,
+                "prompt": s.messages[-1]["content"],
+                "text": o[0],
+                "consistent": r.consistent,
+                "consistency": r.consistency,
+                "violations": r.violations,
+                "traits": r.traits,
+            }
+            for (s, kind, tr), o, r in zip(jobs, outs, recs)
+        ]
     if args.dump:
         Path(args.dump).write_text("".join(json.dumps(d) + "\n" for d in dump))
 

@@ -36,8 +36,14 @@ PAIRS = [
 def dataset(n: int):
     from datasets import Dataset
 
-    rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in PAIRS]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in PAIRS
+    ]
     return Dataset.from_list([rows[i % len(rows)] for i in range(n)])
 
 
@@ -60,8 +66,19 @@ def run_plain(model, tok, ds, a, out_dir: Path) -> float:
     from personatune.training import _common
 
     cfg = DPOConfig(**_common(a, model, out_dir, 0), beta=a.beta, max_length=a.max_length)  # identical values
-    tr = DPOTrainer(model=model, args=cfg, train_dataset=ds, processing_class=tok,
-                    peft_config=LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=a.lora_dropout, target_modules=a.target_modules, task_type="CAUSAL_LM"))
+    tr = DPOTrainer(
+        model=model,
+        args=cfg,
+        train_dataset=ds,
+        processing_class=tok,
+        peft_config=LoraConfig(
+            r=a.lora_r,
+            lora_alpha=a.lora_alpha,
+            lora_dropout=a.lora_dropout,
+            target_modules=a.target_modules,
+            task_type="CAUSAL_LM",
+        ),
+    )
     t0 = time.perf_counter()
     tr.train()
     return time.perf_counter() - t0
@@ -95,7 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     transformers.logging.set_verbosity_error()
     if a_.threads:
         torch.set_num_threads(a_.threads)
-    args = TrainArgs(max_steps=a_.steps, per_device_batch_size=a_.batch, lora_r=16, lora_alpha=32, learning_rate=5e-5, logging_steps=1000, max_length=256)
+    args = TrainArgs(
+        max_steps=a_.steps,
+        per_device_batch_size=a_.batch,
+        lora_r=16,
+        lora_alpha=32,
+        learning_rate=5e-5,
+        logging_steps=1000,
+        max_length=256,
+    )
     ds = dataset(a_.steps * a_.batch)
     _, tok = models.load_model_and_tokenizer(a_.model)
     tokens = sum(pair_tokens(tok, ds))
@@ -110,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
                 if r:
                     times[name].append(t)
                 print(f"  round {r}{' (warm-up)' if not r else ''} {name:12s} {t:7.2f} s", file=sys.stderr)
-    print(f"model={a_.model} LoRA r=16 DPO steps={a_.steps} batch={a_.batch} tokens/run={tokens} torch threads={torch.get_num_threads()} rounds={a_.rounds}")
+    print(
+        f"model={a_.model} LoRA r=16 DPO steps={a_.steps} batch={a_.batch} tokens/run={tokens} torch threads={torch.get_num_threads()} rounds={a_.rounds}"
+    )
     print(f"{'path':14s} {'median s':>9s} {'tokens/s':>9s}  runs (s)")
     tps = {}
     for name, ts in times.items():

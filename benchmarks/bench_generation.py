@@ -23,7 +23,9 @@ import yaml
 
 def load_prompts(n: int) -> list[list[dict[str, str]]]:
     """The first `n` single-turn prompts of the built-in prompt bank, taken round-robin over contexts."""
-    bank = yaml.safe_load(importlib.resources.files("personatune.data").joinpath("prompt_bank.yaml").read_text(encoding="utf-8"))
+    bank = yaml.safe_load(
+        importlib.resources.files("personatune.data").joinpath("prompt_bank.yaml").read_text(encoding="utf-8")
+    )
     pools = [[p for p in v if isinstance(p, str)] for v in bank.values()]
     out: list[str] = []
     while len(out) < n and any(pools):
@@ -39,8 +41,15 @@ def sequential(model, tok, backend, convs, max_new_tokens: int) -> tuple[list[li
 
     from personatune.generation.hf import encode_chat
 
-    cfg = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, temperature=None, top_p=None, top_k=None,
-                           pad_token_id=backend.pad_id, eos_token_id=backend.eos_ids)
+    cfg = GenerationConfig(
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        temperature=None,
+        top_p=None,
+        top_k=None,
+        pad_token_id=backend.pad_id,
+        eos_token_id=backend.eos_ids,
+    )
     eos = set(backend.eos_ids)
     outs, produced = [], 0
     t0 = time.perf_counter()
@@ -48,7 +57,9 @@ def sequential(model, tok, backend, convs, max_new_tokens: int) -> tuple[list[li
         for c in convs:
             ids = encode_chat(tok, c)
             x = torch.tensor([ids], device=backend.device)
-            new = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=cfg)[0, len(ids):].tolist()
+            new = model.generate(input_ids=x, attention_mask=torch.ones_like(x), generation_config=cfg)[
+                0, len(ids) :
+            ].tolist()
             cut = next((i for i, t in enumerate(new) if t in eos), len(new))
             outs.append(new[:cut])
             produced += cut
@@ -57,7 +68,9 @@ def sequential(model, tok, backend, convs, max_new_tokens: int) -> tuple[list[li
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct", help="model name for personatune.models.load_model_and_tokenizer")
+    ap.add_argument(
+        "--model", default="smollm2-135m-instruct", help="model name for personatune.models.load_model_and_tokenizer"
+    )
     ap.add_argument("--prompts", type=int, default=32, help="number of chat prompts")
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
@@ -72,8 +85,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     model, tok = models.load_model_and_tokenizer(args.model, device=args.device, dtype="float32")
-    print(f"model {args.model} loaded in {time.perf_counter() - t0:.1f}s; torch {torch.__version__}, {args.threads} threads, "
-          f"{platform.processor() or platform.machine()}, device {args.device}")
+    print(
+        f"model {args.model} loaded in {time.perf_counter() - t0:.1f}s; torch {torch.__version__}, {args.threads} threads, "
+        f"{platform.processor() or platform.machine()}, device {args.device}"
+    )
     convs = load_prompts(args.prompts)
     backend = HFBackend(model, tok, batch_size=1)
     backend.generate(convs[:2], max_new_tokens=4, temperature=0.0)  # warm-up (allocations, kernels)
@@ -91,7 +106,9 @@ def main() -> None:
             b = HFBackend(model, tok, batch_size=bs)
             out = b.generate_ids(convs, max_new_tokens=args.max_new_tokens, temperature=0.0)
             secs, n_tok = b.last_stats["seconds"], int(b.last_stats["new_tokens"])
-            print(f"  pass {r + 1}: batched bs={bs} {n_tok} tokens in {secs:.2f}s (load average {os.getloadavg()[0]:.2f})")
+            print(
+                f"  pass {r + 1}: batched bs={bs} {n_tok} tokens in {secs:.2f}s (load average {os.getloadavg()[0]:.2f})"
+            )
             if bs not in best or secs < best[bs][0]:
                 best[bs] = (secs, n_tok, [o[0] for o in out])
 
@@ -102,8 +119,10 @@ def main() -> None:
     for bs in sizes:
         secs, tokens, out = best[bs]
         same = sum(o == s for o, s in zip(out, seq_out))
-        print(f"batched bs={bs:<2d}: {tokens} new tokens in {secs:.2f}s = {tokens / secs:.1f} tokens/s; "
-              f"speed-up {tokens / secs / seq_tps:.2f}x; identical greedy outputs {same}/{len(convs)}")
+        print(
+            f"batched bs={bs:<2d}: {tokens} new tokens in {secs:.2f}s = {tokens / secs:.1f} tokens/s; "
+            f"speed-up {tokens / secs / seq_tps:.2f}x; identical greedy outputs {same}/{len(convs)}"
+        )
 
 
 if __name__ == "__main__":

@@ -34,7 +34,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("sets", nargs="*", help="gold-set folders (default: every folder in benchmarks/gold/)")
     ap.add_argument("--json", help="also write every report as JSON here")
-    ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one; e.g. an epoch of scripts/train_instrument.py --keep-epochs)")
+    ap.add_argument(
+        "--instrument",
+        help="instrument weights folder (default: the shipped one; e.g. an epoch of scripts/train_instrument.py --keep-epochs)",
+    )
     args = ap.parse_args()
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))
     instrument = Instrument(args.instrument) if args.instrument else Instrument.default()
@@ -57,9 +60,12 @@ def main() -> None:
         print(format_gold_report(folder.name, rep))
         print(f"  (fit {t_fit:.1f} s, scoring {4 * len(items)} answers {t_score:.1f} s)")
     keys = ("balanced_accuracy", "auroc", "flipped_caught")
-    print("\nMEAN over sets: " + ", ".join(f"{k} {np.mean([r[k] for r in reports.values()]):.3f}" for k in keys)
-          + f", gold consistent {np.mean([r['consistent_rate']['gold'] for r in reports.values()]):.3f}"
-          + f", on-task balanced accuracy {np.mean([r['on_task'].get('balanced_accuracy', np.nan) for r in reports.values()]):.3f}")
+    print(
+        "\nMEAN over sets: "
+        + ", ".join(f"{k} {np.mean([r[k] for r in reports.values()]):.3f}" for k in keys)
+        + f", gold consistent {np.mean([r['consistent_rate']['gold'] for r in reports.values()]):.3f}"
+        + f", on-task balanced accuracy {np.mean([r['on_task'].get('balanced_accuracy', np.nan) for r in reports.values()]):.3f}"
+    )
     met = [n for n, r in reports.items() if not r["unmet_targets"]]
     print(f"sets meeting every target: {len(met)}/{len(reports)}" + (f" ({', '.join(met)})" if met else ""))
     if args.json:

@@ -79,7 +79,9 @@ def _with_rule(regex: str, reply: str | None = None) -> str:
     data = _persona_data()
     data["behaviors"].append({"id": "hostile_rule", "description": "a hostile regex", "check": {"regex": regex}})
     if reply is not None:
-        data["examples"].append({"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": reply}]})
+        data["examples"].append(
+            {"messages": [{"role": "user", "content": "go"}, {"role": "assistant", "content": reply}]}
+        )
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
@@ -105,8 +107,13 @@ def persona_cases(d: Path) -> list[Case]:
         "binary garbage": (bytes(range(256)) * 64, BAD_INPUT),
         "1.1 MB of comments": (text + "# x\n" * 300_000, BAD_INPUT),
         "one 2 MB line": ("name: " + "x" * 2_000_000 + "\n", BAD_INPUT),
-        "10k traits": ("name: x\nsummary: y\ntraits:\n" + "".join(f"  - id: t{i}\n    description: d\n    positive: [a]\n    negative: [b]\n"
-                                                                 for i in range(10_000)), BAD_INPUT),
+        "10k traits": (
+            "name: x\nsummary: y\ntraits:\n"
+            + "".join(
+                f"  - id: t{i}\n    description: d\n    positive: [a]\n    negative: [b]\n" for i in range(10_000)
+            ),
+            BAD_INPUT,
+        ),
         "lookbehind rule": (_with_rule("(?<!not )sure"), BAD_INPUT),
         "backreference rule": (_with_rule(r"(\w+) \1"), BAD_INPUT),
         "repetition of 2000": (_with_rule("a{2000}"), BAD_INPUT),
@@ -135,7 +142,10 @@ def config_cases(d: Path) -> list[Case]:
     base = f"name: r\nrun_dir: {d / 'runs'}\npersona: {PERSONA}\nmodel:\n  name: tiny\n"
     files: dict[str, str | bytes] = {
         "billion laughs config": _laughs(8) + base,
-        "aliased seed list (6,561 items)": base + "anchors:\n" + "".join(f"  {l}" for l in _laughs(3).splitlines(True)) + "seed: *d\n",
+        "aliased seed list (6,561 items)": base
+        + "anchors:\n"
+        + "".join(f"  {line}" for line in _laughs(3).splitlines(True))
+        + "seed: *d\n",
         "duplicate keys": base + "seed: 1\nseed: 2\n",
         "duplicate nested keys": base + "data:\n  best_of: 2\n  best_of: 3\n",
         "seed: yes": base + "seed: yes\n",
@@ -158,7 +168,13 @@ def config_cases(d: Path) -> list[Case]:
         p = _write(d / f"c{i}.yaml", content)
         cases.append(Case(f"config: {name}", ["config", str(p)], BAD_INPUT, inputs=[p]))
     tiny = REPO / "examples" / "tiny.yaml"
-    cases.append(Case("config: laughs in an override", ["config", str(tiny), "seed=" + _laughs(8).replace("\n", ", ").join("{}")], BAD_INPUT))
+    cases.append(
+        Case(
+            "config: laughs in an override",
+            ["config", str(tiny), "seed=" + _laughs(8).replace("\n", ", ").join("{}")],
+            BAD_INPUT,
+        )
+    )
     cases.append(Case("config: 100 kB override value", ["config", str(tiny), "name=" + "x y" * 33_000], BAD_INPUT))
     return cases
 
@@ -173,45 +189,86 @@ def run_cases(d: Path) -> list[Case]:
     damaged = d / "damaged"
     _write(damaged / "r" / "manifest.json", json.dumps({"version": 1, "stages": {"01_baseline": "done"}}))
     escape = d / "escape"
-    _write(escape / "r" / "manifest.json", json.dumps({"version": 1, "stages": {"02_persona": {
-        "status": "done", "outputs": {"persona": {"path": "../../../../etc/hostname", "hash": "x"}}}}}))
-    missing = _write(d / "missing.yaml", f"name: r\nrun_dir: {d / 'runs'}\npersona: {d / 'nope.yaml'}\nmodel:\n  name: tiny\n")
+    _write(
+        escape / "r" / "manifest.json",
+        json.dumps(
+            {
+                "version": 1,
+                "stages": {
+                    "02_persona": {
+                        "status": "done",
+                        "outputs": {"persona": {"path": "../../../../etc/hostname", "hash": "x"}},
+                    }
+                },
+            }
+        ),
+    )
+    missing = _write(
+        d / "missing.yaml", f"name: r\nrun_dir: {d / 'runs'}\npersona: {d / 'nope.yaml'}\nmodel:\n  name: tiny\n"
+    )
     return [
         Case("run: run_dir is a file", ["run", str(cfg), f"run_dir={blocker}", "--until", "1"], inputs=[cfg, blocker]),
-        Case("run: run_dir under a file", ["run", str(cfg), f"run_dir={blocker}/x", "--until", "1"], inputs=[cfg, blocker]),
+        Case(
+            "run: run_dir under a file",
+            ["run", str(cfg), f"run_dir={blocker}/x", "--until", "1"],
+            inputs=[cfg, blocker],
+        ),
         Case("run: run_dir /proc/self", ["run", str(cfg), "run_dir=/proc/self", "--until", "1"], inputs=[cfg]),
         Case("run: run_dir /sys (read-only)", ["run", str(cfg), "run_dir=/sys/kernel", "--until", "1"], inputs=[cfg]),
-        Case("run: model folder with a bad config.json", ["run", str(cfg), f"model.name={bad_model}", "--until", "1"],
-             inputs=[cfg, bad_model / "config.json"]),
-        Case("run: model config.json is a list", ["run", str(cfg), f"model.name={list_model}", "--until", "1"],
-             inputs=[cfg, list_model / "config.json"]),
+        Case(
+            "run: model folder with a bad config.json",
+            ["run", str(cfg), f"model.name={bad_model}", "--until", "1"],
+            inputs=[cfg, bad_model / "config.json"],
+        ),
+        Case(
+            "run: model config.json is a list",
+            ["run", str(cfg), f"model.name={list_model}", "--until", "1"],
+            inputs=[cfg, list_model / "config.json"],
+        ),
         Case("run: model.name=tinyy", ["run", str(cfg), "model.name=tinyy"], inputs=[cfg]),
         Case("run: model.name=org/not-cached", ["run", str(cfg), "model.name=someorg/not-a-model"], inputs=[cfg]),
         Case("run: missing persona", ["run", str(missing)], inputs=[missing]),
-        Case("run: manifest stage entry not an object", ["run", str(cfg), f"run_dir={damaged}", "--until", "1"],
-             inputs=[cfg, damaged / "r" / "manifest.json"]),
+        Case(
+            "run: manifest stage entry not an object",
+            ["run", str(cfg), f"run_dir={damaged}", "--until", "1"],
+            inputs=[cfg, damaged / "r" / "manifest.json"],
+        ),
         Case("run: unknown stage", ["run", str(cfg), "--until", "banana"], inputs=[cfg]),
-        Case("serve: manifest output outside the run dir", ["serve", str(escape / "r")], inputs=[escape / "r" / "manifest.json"]),
+        Case(
+            "serve: manifest output outside the run dir",
+            ["serve", str(escape / "r")],
+            inputs=[escape / "r" / "manifest.json"],
+        ),
         Case("serve: damaged manifest", ["serve", str(damaged / "r")], inputs=[damaged / "r" / "manifest.json"]),
         Case("serve: port 99999", ["serve", "tiny", "--port", "99999"]),
         Case("serve: API key variable unset", ["serve", "tiny", "--api-key-env", "PT_BENCH_UNSET_KEY"]),
         Case("serve: --log is a folder", ["serve", "tiny", "--log", str(d)]),
         Case("serve: model tinyy", ["serve", "tinyy", "--port", "0"]),
-        Case("monitor: run dir with an output outside it", ["monitor", str(d / "x.jsonl"), "--persona", str(escape / "r")],
-             inputs=[escape / "r" / "manifest.json"]),
+        Case(
+            "monitor: run dir with an output outside it",
+            ["monitor", str(d / "x.jsonl"), "--persona", str(escape / "r")],
+            inputs=[escape / "r" / "manifest.json"],
+        ),
         Case("report: not a run dir", ["report", str(d)]),
-        Case("report: damaged manifest (the report is tolerant)", ["report", str(damaged / "r")], (0,), inputs=[damaged / "r" / "manifest.json"]),
+        Case(
+            "report: damaged manifest (the report is tolerant)",
+            ["report", str(damaged / "r")],
+            (0,),
+            inputs=[damaged / "r" / "manifest.json"],
+        ),
     ]
 
 
 def data_cases(d: Path) -> list[Case]:
     good = json.dumps({"id": 1, "text": "Ahoy, crew! The stars are bright tonight."})
-    conv = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy, friend!"}]})
+    conv = json.dumps(
+        {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy, friend!"}]}
+    )
     deep = _write(d / "deep.jsonl", "[" * 100_000 + "]" * 100_000 + "\n")
     files = {
         "empty input": "",
         "only blank lines": "\n\n   \n",
-        "all bad lines": "{nope\n[1]\n\"str\"\n{\"text\": 5}\n",
+        "all bad lines": '{nope\n[1]\n"str"\n{"text": 5}\n',
         "one 2 MB line": json.dumps({"text": "a " * 1_000_000}) + "\n",
         "a 100k-character text": json.dumps({"text": "a " * 50_000}) + "\n",
         "lone surrogates": '{"text": "x \\ud800 y"}\n{"text": "\\udfff"}\n',
@@ -219,8 +276,23 @@ def data_cases(d: Path) -> list[Case]:
         "binary garbage": bytes(range(256)) * 16,
         "deeply nested JSON": "[" * 100_000 + "]" * 100_000 + "\n",
     }
-    cases = [Case(f"score: {name}", ["score", "--persona", str(PERSONA), "--input", str(p := _write(d / f"s{i}.jsonl", c)), "--output",
-                                     str(d / f"s{i}.out.jsonl")], BAD_INPUT, inputs=[p, PERSONA]) for i, (name, c) in enumerate(files.items())]
+    cases = [
+        Case(
+            f"score: {name}",
+            [
+                "score",
+                "--persona",
+                str(PERSONA),
+                "--input",
+                str(p := _write(d / f"s{i}.jsonl", c)),
+                "--output",
+                str(d / f"s{i}.out.jsonl"),
+            ],
+            BAD_INPUT,
+            inputs=[p, PERSONA],
+        )
+        for i, (name, c) in enumerate(files.items())
+    ]
     outdir = d / "outdir"
     outdir.mkdir()
     n = iter(range(1000))
@@ -247,7 +319,10 @@ def data_cases(d: Path) -> list[Case]:
     l1, l3, l4, l5 = (fresh_log() for _ in range(4))
     prod = _write(d / "prod.json", conv + "\n")
     sj = _write(d / "fitdir" / "scorer.json", "{}")
-    mixed = _write(d / "mixed.jsonl", "bad\n" * 90 + json.dumps({"id": "a\u2028b", "text": "Ahoy!\u2029"}, ensure_ascii=False) + "\n")
+    mixed = _write(
+        d / "mixed.jsonl",
+        "bad\n" * 90 + json.dumps({"id": "a\u2028b", "text": "Ahoy!\u2029"}, ensure_ascii=False) + "\n",
+    )
     cases += [
         Case("score: --output equal to --input", score(i1, i1), inputs=[i1]),
         Case("score: --output ./x/../input", score(i2, d / "x" / ".." / i2.name), inputs=[i2]),
@@ -257,19 +332,61 @@ def data_cases(d: Path) -> list[Case]:
         Case("score: --output under a file", score(i6, i6 / "o.jsonl"), inputs=[i6]),
         Case("score: --input a folder", score(outdir, d / "o.jsonl")),
         Case("score: --input missing", score(d / "missing.jsonl", d / "o.jsonl")),
-        Case("score: valid lines with U+2028 and 90 bad lines", score(mixed, d / "mixed.out.jsonl"), (0,), inputs=[mixed], works=True),
-        Case("monitor: --out equal to the log", ["monitor", str(l1), "--persona", str(PERSONA), "--out", str(l1)], inputs=[l1]),
-        Case("monitor: log prod.json, --out prod.html", ["monitor", str(prod), "--persona", str(PERSONA), "--out", str(d / "prod.html")],
-             inputs=[prod]),
-        Case("monitor: --out x.json", ["monitor", str(l3), "--persona", str(PERSONA), "--out", str(d / "x.json")], inputs=[l3]),
-        Case("monitor: log is a folder", ["monitor", str(outdir), "--persona", str(PERSONA), "--out", str(d / "m.html")]),
-        Case("monitor: deeply nested JSON log", ["monitor", str(deep), "--persona", str(PERSONA), "--out", str(d / "m.html")], inputs=[deep]),
-        Case("monitor: --window 0", ["monitor", str(l4), "--persona", str(PERSONA), "--window", "0", "--out", str(d / "m.html")], inputs=[l4]),
-        Case("monitor: --alpha 2", ["monitor", str(l5), "--persona", str(PERSONA), "--alpha", "2", "--out", str(d / "m.html")], inputs=[l5]),
-        Case("fit: --output is a file", ["fit", "--persona", str(PERSONA), "--examples", str(ex := fresh_in()), "--output", str(ex)], inputs=[ex]),
-        Case("fit: --output holds the persona as scorer.json", ["fit", "--persona", str(sj), "--examples", str(fresh_in()),
-             "--output", str(d / "fitdir")], inputs=[sj]),
-        Case("serve: --log is the persona", ["serve", "tiny", "--persona", str(victim2), "--log", str(victim2)], inputs=[victim2]),
+        Case(
+            "score: valid lines with U+2028 and 90 bad lines",
+            score(mixed, d / "mixed.out.jsonl"),
+            (0,),
+            inputs=[mixed],
+            works=True,
+        ),
+        Case(
+            "monitor: --out equal to the log",
+            ["monitor", str(l1), "--persona", str(PERSONA), "--out", str(l1)],
+            inputs=[l1],
+        ),
+        Case(
+            "monitor: log prod.json, --out prod.html",
+            ["monitor", str(prod), "--persona", str(PERSONA), "--out", str(d / "prod.html")],
+            inputs=[prod],
+        ),
+        Case(
+            "monitor: --out x.json",
+            ["monitor", str(l3), "--persona", str(PERSONA), "--out", str(d / "x.json")],
+            inputs=[l3],
+        ),
+        Case(
+            "monitor: log is a folder", ["monitor", str(outdir), "--persona", str(PERSONA), "--out", str(d / "m.html")]
+        ),
+        Case(
+            "monitor: deeply nested JSON log",
+            ["monitor", str(deep), "--persona", str(PERSONA), "--out", str(d / "m.html")],
+            inputs=[deep],
+        ),
+        Case(
+            "monitor: --window 0",
+            ["monitor", str(l4), "--persona", str(PERSONA), "--window", "0", "--out", str(d / "m.html")],
+            inputs=[l4],
+        ),
+        Case(
+            "monitor: --alpha 2",
+            ["monitor", str(l5), "--persona", str(PERSONA), "--alpha", "2", "--out", str(d / "m.html")],
+            inputs=[l5],
+        ),
+        Case(
+            "fit: --output is a file",
+            ["fit", "--persona", str(PERSONA), "--examples", str(ex := fresh_in()), "--output", str(ex)],
+            inputs=[ex],
+        ),
+        Case(
+            "fit: --output holds the persona as scorer.json",
+            ["fit", "--persona", str(sj), "--examples", str(fresh_in()), "--output", str(d / "fitdir")],
+            inputs=[sj],
+        ),
+        Case(
+            "serve: --log is the persona",
+            ["serve", "tiny", "--persona", str(victim2), "--log", str(victim2)],
+            inputs=[victim2],
+        ),
     ]
     return cases
 
@@ -285,13 +402,25 @@ def _digest(paths: list[Path]) -> dict[Path, str]:
 def run_case(case: Case, timeout: float, src: Path) -> tuple[Case, bool, str, float]:
     before = _digest(case.inputs)
     timeout = timeout * 4 if case.works else timeout
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "TOKENIZERS_PARALLELISM": "false", **case.env}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "TOKENIZERS_PARALLELISM": "false",
+        **case.env,
+    }
     env.pop("PT_BENCH_UNSET_KEY", None)
     t0 = time.monotonic()
     try:
-        r = subprocess.run([sys.executable, "-m", "personatune.cli", *case.args], capture_output=True, text=True, timeout=timeout, env=env,
-                           cwd=REPO, errors="backslashreplace")
+        r = subprocess.run(
+            [sys.executable, "-m", "personatune.cli", *case.args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=REPO,
+            errors="backslashreplace",
+        )
     except subprocess.TimeoutExpired:
         return case, False, f"hung: no exit within {timeout:.0f} s", time.monotonic() - t0
     dt = time.monotonic() - t0
@@ -300,11 +429,17 @@ def run_case(case: Case, timeout: float, src: Path) -> tuple[Case, bool, str, fl
         problems.append(f"exit {r.returncode}, expected {'/'.join(map(str, case.expect))}")
     if "Traceback" in r.stdout + r.stderr:
         problems.append("traceback shown")
-    err = [ln for ln in r.stderr.splitlines() if ln.strip() and not ln.startswith(("Loading weights", "personatune serve: warning"))]
+    err = [
+        ln
+        for ln in r.stderr.splitlines()
+        if ln.strip() and not ln.startswith(("Loading weights", "personatune serve: warning"))
+    ]
     errors = [ln for ln in err if ln.startswith("personatune")]
     if r.returncode == 2 and not errors:
         problems.append("no 'personatune: error' line")
-    if r.returncode == 2 and (len(err) > limits.ERROR_MAX_LINES + 1 or any(len(ln) > limits.ERROR_LINE_MAX_CHARS for ln in err)):
+    if r.returncode == 2 and (
+        len(err) > limits.ERROR_MAX_LINES + 1 or any(len(ln) > limits.ERROR_LINE_MAX_CHARS for ln in err)
+    ):
         problems.append(f"error too long ({len(err)} lines, longest {max(map(len, err))} chars)")
     changed = [str(p) for p, h in before.items() if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != h]
     if changed:
@@ -320,7 +455,11 @@ def main() -> int:
     ap.add_argument("--timeout", type=float, default=60.0, help="seconds a case may take before it counts as hung")
     ap.add_argument("--only", help="run only cases whose name contains this")
     ap.add_argument("--skip", action="append", default=[], help="leave out cases whose name contains this (repeatable)")
-    ap.add_argument("--src", default=str(REPO / "src"), help="the personatune source tree the CLI runs from (default: this checkout's)")
+    ap.add_argument(
+        "--src",
+        default=str(REPO / "src"),
+        help="the personatune source tree the CLI runs from (default: this checkout's)",
+    )
     ap.add_argument("--keep", help="write the hostile inputs here and keep them (default: a temporary folder, removed)")
     args = ap.parse_args()
     global PERSONA
@@ -329,7 +468,12 @@ def main() -> int:
         PERSONA = root / "captain_nova.yaml"
         shutil.copyfile(EXAMPLE_PERSONA, PERSONA)
         cases = []
-        for sub, make in (("persona", persona_cases), ("config", config_cases), ("run", run_cases), ("data", data_cases)):
+        for sub, make in (
+            ("persona", persona_cases),
+            ("config", config_cases),
+            ("run", run_cases),
+            ("data", data_cases),
+        ):
             (root / sub).mkdir(parents=True, exist_ok=True)
             cases += make(root / sub)
         if args.only:
@@ -342,7 +486,9 @@ def main() -> int:
             for case, ok, detail, dt in pool.map(lambda c: run_case(c, args.timeout, Path(args.src)), cases):
                 handled += ok
                 print(f"{'ok  ' if ok else 'FAIL'} {dt:5.1f}s  {case.name}: {detail}", flush=True)
-        print(f"handled {handled}/{len(cases)} in {time.monotonic() - t0:.0f} s (timeout {args.timeout:.0f} s per case, {args.jobs} at once)")
+        print(
+            f"handled {handled}/{len(cases)} in {time.monotonic() - t0:.0f} s (timeout {args.timeout:.0f} s per case, {args.jobs} at once)"
+        )
         touched = [str(p) for p, h in repo_files.items() if _digest([p]).get(p) != h]
         if touched:
             print(f"WARNING: files of the checkout changed: {', '.join(touched)}")

@@ -32,9 +32,14 @@ def greedy(model, tok, max_new_tokens: int) -> tuple[list[int], float]:
     ids = torch.tensor([models.encode_chat(tok, PROMPT)])
     t0 = time.perf_counter()
     with torch.inference_mode():
-        out = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens, do_sample=False,
-                             pad_token_id=tok.pad_token_id)
-    return out[0, ids.shape[1]:].tolist(), time.perf_counter() - t0
+        out = model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    return out[0, ids.shape[1] :].tolist(), time.perf_counter() - t0
 
 
 def fmt(xs: list[float], unit: str) -> str:
@@ -43,11 +48,15 @@ def fmt(xs: list[float], unit: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default=models.DEFAULT_MODEL, help="a GGUF model name or .gguf path (default: %(default)s)")
+    p.add_argument(
+        "--model", default=models.DEFAULT_MODEL, help="a GGUF model name or .gguf path (default: %(default)s)"
+    )
     p.add_argument("--max-new-tokens", type=int, default=64, help="greedy tokens to generate per run")
     p.add_argument("--repeats", type=int, default=3, help="repetitions of each measurement")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = leave torch's default)")
-    p.add_argument("--cache-dir", default=None, help="convert into this cache (default: a fresh temp folder per repetition)")
+    p.add_argument(
+        "--cache-dir", default=None, help="convert into this cache (default: a fresh temp folder per repetition)"
+    )
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -56,7 +65,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--model must resolve to a GGUF file, got kind {source.kind!r}")
 
     print(f"model {source.name}: {source.gguf_path} ({source.gguf_path.stat().st_size / 2**20:.1f} MiB)")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu, max_new_tokens {a.max_new_tokens}, repeats {a.repeats}")
+    print(
+        f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu, max_new_tokens {a.max_new_tokens}, repeats {a.repeats}"
+    )
     load_s, conv_s, reload_s, tps_gguf, tps_conv = [], [], [], [], []
     identical, n_tokens, text = [], 0, ""
     for r in range(a.repeats):
@@ -82,14 +93,18 @@ def main(argv: list[str] | None = None) -> int:
             size = sum(f.stat().st_size for f in Path(path).iterdir()) / 2**20
         identical.append(g_ids == c_ids)
         n_tokens, text = len(c_ids), ctok.decode(c_ids, skip_special_tokens=True)
-        print(f"  run {r + 1}: gguf load {load_s[-1]:.2f}s, convert {conv_s[-1]:.2f}s, reload {reload_s[-1]:.2f}s, "
-              f"gguf {tps_gguf[-1]:.1f} tok/s, converted {tps_conv[-1]:.1f} tok/s, identical={identical[-1]}, "
-              f"tied_embeddings={tied}, chat_template_kept={same_template}, checkpoint {size:.0f} MiB")
+        print(
+            f"  run {r + 1}: gguf load {load_s[-1]:.2f}s, convert {conv_s[-1]:.2f}s, reload {reload_s[-1]:.2f}s, "
+            f"gguf {tps_gguf[-1]:.1f} tok/s, converted {tps_conv[-1]:.1f} tok/s, identical={identical[-1]}, "
+            f"tied_embeddings={tied}, chat_template_kept={same_template}, checkpoint {size:.0f} MiB"
+        )
 
     print(f"(a) first load from GGUF (dequantize):   {fmt(load_s, 's')}")
     print(f"(b) conversion to plain checkpoint:      {fmt(conv_s, 's')}")
     print(f"(c) reload of converted checkpoint:      {fmt(reload_s, 's')}")
-    print(f"(d) greedy tokens/s, GGUF-loaded model:  {fmt(tps_gguf, 'tok/s')}  ({n_tokens} new tokens, {torch.get_num_threads()} threads)")
+    print(
+        f"(d) greedy tokens/s, GGUF-loaded model:  {fmt(tps_gguf, 'tok/s')}  ({n_tokens} new tokens, {torch.get_num_threads()} threads)"
+    )
     print(f"    greedy tokens/s, converted model:    {fmt(tps_conv, 'tok/s')}")
     print(f"GGUF and converted greedy outputs identical: {all(identical)} ({sum(identical)}/{len(identical)} runs)")
     print(f"reply: {text[:200]!r}")

@@ -61,19 +61,39 @@ def capability_retention(run_dir: Path, config) -> dict:
     suite = score_suite(HFBackend(model, tok, batch_size=8))
     base = json.loads((run_dir / "01_baseline" / "capability.json").read_text())
     r = retention(suite, base)
-    return {"retention": r["retention"], "final_score": suite["score"], "baseline_score": base["score"], "all_tasks_ok": r["all_tasks_ok"]}
+    return {
+        "retention": r["retention"],
+        "final_score": suite["score"],
+        "baseline_score": base["score"],
+        "all_tasks_ok": r["all_tasks_ok"],
+    }
 
 
-def run_recipe(name: str, base: Path, out_root: Path, config_path: str, overrides: list[str], budget: float, eval_seconds: float,
-               eval_at_start: bool = True) -> dict:
+def run_recipe(
+    name: str,
+    base: Path,
+    out_root: Path,
+    config_path: str,
+    overrides: list[str],
+    budget: float,
+    eval_seconds: float,
+    eval_at_start: bool = True,
+) -> dict:
     from personatune.config import load_config
     from personatune.rundir import RunDir, read_jsonl
     from personatune.stages import s5_optimization
 
     rd_path = prepare(base, out_root / name / base.name)
-    over = overrides + [f"train.algorithm={name}", f"train.max_train_seconds={budget}", f"train.eval_every_seconds={eval_seconds}",
-                        "train.eval_every=0", "train.epochs=100", f"run_dir={out_root / name}", f"name={base.name}",
-                        f"train.eval_at_start={str(eval_at_start).lower()}"]
+    over = overrides + [
+        f"train.algorithm={name}",
+        f"train.max_train_seconds={budget}",
+        f"train.eval_every_seconds={eval_seconds}",
+        "train.eval_every=0",
+        "train.epochs=100",
+        f"run_dir={out_root / name}",
+        f"name={base.name}",
+        f"train.eval_at_start={str(eval_at_start).lower()}",
+    ]
     if name in ("grpo", "rloo"):
         over += ["train.beta=0.04"]
     cfg = load_config(config_path, over)
@@ -84,10 +104,31 @@ def run_recipe(name: str, base: Path, out_root: Path, config_path: str, override
     final = json.loads((rd_path / "05_optimization" / "metrics.json").read_text())["final"]
     cap = capability_retention(rd_path, cfg)
     gc.collect()
-    steps = [{k: r.get(k) for k in ("step", "train_seconds", "kl", "persona_shift", "consistency", "on_task", "adherence", "style_variance")}
-             for r in hist if r.get("kl") is not None]
-    return {"recipe": name, "seconds_total": round(seconds, 1), "steps": steps, "final": final, "capability": cap,
-            "gate": {r.metric: {"value": r.value, "status": r.status} for r in res.gate.results}}
+    steps = [
+        {
+            k: r.get(k)
+            for k in (
+                "step",
+                "train_seconds",
+                "kl",
+                "persona_shift",
+                "consistency",
+                "on_task",
+                "adherence",
+                "style_variance",
+            )
+        }
+        for r in hist
+        if r.get("kl") is not None
+    ]
+    return {
+        "recipe": name,
+        "seconds_total": round(seconds, 1),
+        "steps": steps,
+        "final": final,
+        "capability": cap,
+        "gate": {r.metric: {"value": r.value, "status": r.status} for r in res.gate.results},
+    }
 
 
 def fmt(x, p=3):
@@ -102,7 +143,9 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per recipe, evals excluded")
     ap.add_argument("--eval-seconds", type=float, default=100.0, help="training seconds between evals")
     ap.add_argument("--out", default="/tmp/personatune-recipes")
-    ap.add_argument("overrides", nargs="*", help="key=value config overrides for every recipe (e.g. persona=... to match the run)")
+    ap.add_argument(
+        "overrides", nargs="*", help="key=value config overrides for every recipe (e.g. persona=... to match the run)"
+    )
     a = ap.parse_args()
     base, out = Path(a.run).resolve(), Path(a.out).resolve()
     results = []
@@ -115,15 +158,21 @@ def main() -> int:
         (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
         print("  step  train_s  drift_KL  persona_shift  consistency  on_task")
         for s in r["steps"]:
-            print(f"  {s['step']:>4}  {fmt(s['train_seconds'], 0):>7}  {fmt(s['kl'], 4):>8}  {fmt(s['persona_shift'], 4):>13}  "
-                  f"{fmt(s['consistency']):>11}  {fmt(s['on_task']):>7}")
-    print("\nrecipe | steps | kept step | drift KL | persona shift | consistency | on-task | on-task retention | capability retention | total s")
+            print(
+                f"  {s['step']:>4}  {fmt(s['train_seconds'], 0):>7}  {fmt(s['kl'], 4):>8}  {fmt(s['persona_shift'], 4):>13}  "
+                f"{fmt(s['consistency']):>11}  {fmt(s['on_task']):>7}"
+            )
+    print(
+        "\nrecipe | steps | kept step | drift KL | persona shift | consistency | on-task | on-task retention | capability retention | total s"
+    )
     print("---|---|---|---|---|---|---|---|---|---")
     for r in results:
         f, c = r["final"], r["capability"]
-        print(f"{r['recipe']} | {f.get('steps_trained')} | {f.get('selected_step')} | {fmt(f.get('kl'), 4)} | {fmt(f.get('persona_shift'), 4)} | "
-              f"{fmt(f.get('consistency'))} | {fmt(f.get('on_task'))} | {fmt(f.get('on_task_retention'))} | {fmt(c.get('retention'))} | "
-              f"{r['seconds_total']:.0f}")
+        print(
+            f"{r['recipe']} | {f.get('steps_trained')} | {f.get('selected_step')} | {fmt(f.get('kl'), 4)} | {fmt(f.get('persona_shift'), 4)} | "
+            f"{fmt(f.get('consistency'))} | {fmt(f.get('on_task'))} | {fmt(f.get('on_task_retention'))} | {fmt(c.get('retention'))} | "
+            f"{r['seconds_total']:.0f}"
+        )
     return 0
 
 

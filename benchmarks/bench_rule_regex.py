@@ -44,6 +44,7 @@ class _Stop(BaseException):
 
 def with_limit(fn, seconds: float) -> tuple[float | None, object]:
     """(seconds, result) of fn(), or (None, None) when it runs past `seconds` (Python's re checks signals)."""
+
     def stop(signum, frame):
         raise _Stop
 
@@ -76,7 +77,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=float, default=0.1, help="the regex package's per-match timeout (seconds)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--re-limit", type=float, default=10.0, help="seconds Python's re may run on one case before it is stopped")
+    ap.add_argument(
+        "--re-limit", type=float, default=10.0, help="seconds Python's re may run on one case before it is stopped"
+    )
     args = ap.parse_args()
     opts = re2.Options()
     opts.case_sensitive, opts.log_errors, opts.never_capture = False, False, True
@@ -95,20 +98,29 @@ def main() -> None:
         print(f"| {label} | " + " | ".join(cells) + " |")
 
     pats = [rf"\bcheers{i}\b|please (now|later)" for i in range(200)]
-    for name, comp in (("re", lambda p: re.compile(p, re.I)), ("regex", lambda p: regex.compile(p, regex.I)), ("re2", lambda p: re2.compile(p, opts))):
+    for name, comp in (
+        ("re", lambda p: re.compile(p, re.I)),
+        ("regex", lambda p: regex.compile(p, regex.I)),
+        ("re2", lambda p: re2.compile(p, opts)),
+    ):
         t = time.perf_counter()
         for p in pats:
             comp(p)
         print(f"compile 200 patterns, {name}: {(time.perf_counter() - t) * 1000:.1f} ms")
     text = "Ahoy there, friend! " * 50
-    for name, search in (("re", re.compile(r"\bahoy\b", re.I).search), ("regex (no timeout)", regex.compile(r"\bahoy\b", regex.I).search),
-                         ("regex (timeout)", lambda s, c=regex.compile(r"\bahoy\b", regex.I): c.search(s, timeout=args.timeout)),
-                         ("re2", re2.compile(r"\bahoy\b", opts).search)):
+    for name, search in (
+        ("re", re.compile(r"\bahoy\b", re.I).search),
+        ("regex (no timeout)", regex.compile(r"\bahoy\b", regex.I).search),
+        ("regex (timeout)", lambda s, c=regex.compile(r"\bahoy\b", regex.I): c.search(s, timeout=args.timeout)),
+        ("re2", re2.compile(r"\bahoy\b", opts).search),
+    ):
         t = time.perf_counter()
         for _ in range(10_000):
             search(text)
-        print(f"10,000 searches on a 1,000-char reply, {name}: {(time.perf_counter() - t) * 1000:.1f} ms "
-              f"({(time.perf_counter() - t) / 10_000 * 1e6:.2f} µs each)")
+        print(
+            f"10,000 searches on a 1,000-char reply, {name}: {(time.perf_counter() - t) * 1000:.1f} ms "
+            f"({(time.perf_counter() - t) / 10_000 * 1e6:.2f} µs each)"
+        )
 
     ticks: list[float] = []
     stop = threading.Event()
@@ -128,8 +140,10 @@ def main() -> None:
     stop.set()
     th.join()
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
-    print(f"regex with timeout 1 s while a 5 ms ticker thread runs: {time.perf_counter() - t0:.2f} s, "
-          f"longest gap between ticks {max(gaps) * 1000:.0f} ms (the GIL is released)")
+    print(
+        f"regex with timeout 1 s while a 5 ms ticker thread runs: {time.perf_counter() - t0:.2f} s, "
+        f"longest gap between ticks {max(gaps) * 1000:.0f} ms (the GIL is released)"
+    )
 
 
 if __name__ == "__main__":

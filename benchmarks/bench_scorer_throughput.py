@@ -28,15 +28,40 @@ from personatune.scoring.traits import split_sentences
 HERE = Path(__file__).resolve().parent
 
 EXTRA_TRAITS = [
-    Trait(id="witty", description="Playful and funny; uses wordplay and light jokes.",
-          positive=["Well, that escalated quickly, like my coffee intake.", "I'd tell you a chemistry joke, but I know I wouldn't get a reaction.", "Plot twist: the bug was a feature all along."],
-          negative=["I do not make jokes.", "Humour has no place in a serious answer.", "That is not funny."]),
-    Trait(id="precise", description="Exact and careful with facts, numbers and wording.",
-          positive=["To be exact, the distance is 3.2 kilometres.", "I always double-check the figures before answering.", "Let me state that precisely."],
-          negative=["Roughly, more or less, who cares.", "I never bother checking details.", "Close enough is good enough."]),
-    Trait(id="encouraging", description="Supportive; tells people they can do it and praises effort.",
-          positive=["You've got this, keep going!", "That's real progress, well done.", "Every expert was once a beginner like you."],
-          negative=["You'll probably fail at this.", "Don't bother trying.", "That effort was pointless."]),
+    Trait(
+        id="witty",
+        description="Playful and funny; uses wordplay and light jokes.",
+        positive=[
+            "Well, that escalated quickly, like my coffee intake.",
+            "I'd tell you a chemistry joke, but I know I wouldn't get a reaction.",
+            "Plot twist: the bug was a feature all along.",
+        ],
+        negative=["I do not make jokes.", "Humour has no place in a serious answer.", "That is not funny."],
+    ),
+    Trait(
+        id="precise",
+        description="Exact and careful with facts, numbers and wording.",
+        positive=[
+            "To be exact, the distance is 3.2 kilometres.",
+            "I always double-check the figures before answering.",
+            "Let me state that precisely.",
+        ],
+        negative=[
+            "Roughly, more or less, who cares.",
+            "I never bother checking details.",
+            "Close enough is good enough.",
+        ],
+    ),
+    Trait(
+        id="encouraging",
+        description="Supportive; tells people they can do it and praises effort.",
+        positive=[
+            "You've got this, keep going!",
+            "That's real progress, well done.",
+            "Every expert was once a beginner like you.",
+        ],
+        negative=["You'll probably fail at this.", "Don't bother trying.", "That effort was pointless."],
+    ),
 ]
 
 # Every template carries a random number, so no sentence repeats within or across repeats (the scorer
@@ -78,14 +103,22 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     raw = yaml.safe_load((HERE / "trait_specs" / "big_five.yaml").read_text(encoding="utf-8"))
     traits = [Trait(**t) for t in raw["traits"]] + EXTRA_TRAITS
-    spec = PersonaSpec(name="bench8", summary="8-trait benchmark persona", traits=traits,
-                       style=Style(words=(10, 120), signature_phrases=["take your time"]),
-                       behaviors=[Behavior(id="no_swearing", description="never swears", check=Check(never_contain=["damn", "hell"])),
-                                  Behavior(id="short", description="stays short", check=Check(max_words=150))])
+    spec = PersonaSpec(
+        name="bench8",
+        summary="8-trait benchmark persona",
+        traits=traits,
+        style=Style(words=(10, 120), signature_phrases=["take your time"]),
+        behaviors=[
+            Behavior(id="no_swearing", description="never swears", check=Check(never_contain=["damn", "hell"])),
+            Behavior(id="short", description="stays short", check=Check(max_words=150)),
+        ],
+    )
     emb = Embedder.default()
     t0 = time.perf_counter()
     scorer = Scorer(spec)
-    print(f"persona: {len(spec.traits)} traits; profile built in {time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}")
+    print(
+        f"persona: {len(spec.traits)} traits; profile built in {time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}"
+    )
     emb.encode_uncached(make_texts(16, 999))  # warm-up
     enc_t = enc_sorted_t = sc_t = 0.0
     total = 0
@@ -116,9 +149,14 @@ def main() -> None:
     print(f"scorer (traits+style+rules):   {sc_rate:8.1f} responses/s")
     n_sent = sum(len(split_sentences(t)) for t in make_texts(args.n, 0)) / args.n
     print(f"sentences per response: {n_sent:.1f} (all distinct)")
-    print(f"ratio scorer / encoder: {sc_rate / enc_rate:.3f}; vs length-sorted encoder: {sc_rate / enc_sorted_rate:.3f} (target >= 0.75)")
-    print("per-repeat ratios (scorer / encoder, same texts, back to back): " + ", ".join(f"{r:.2f}" for r in ratios)
-          + f"; median {sorted(ratios)[len(ratios) // 2]:.3f}")
+    print(
+        f"ratio scorer / encoder: {sc_rate / enc_rate:.3f}; vs length-sorted encoder: {sc_rate / enc_sorted_rate:.3f} (target >= 0.75)"
+    )
+    print(
+        "per-repeat ratios (scorer / encoder, same texts, back to back): "
+        + ", ".join(f"{r:.2f}" for r in ratios)
+        + f"; median {sorted(ratios)[len(ratios) // 2]:.3f}"
+    )
 
 
 if __name__ == "__main__":

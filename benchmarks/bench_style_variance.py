@@ -61,7 +61,9 @@ def main() -> None:
         ctxs = sorted({it.context for it in items})
         mixes = []
         for chosen in itertools.combinations(ctxs, len(ctxs) // 2):
-            mix = [a if it.context in chosen else b for a, b, it in zip(sc.records["gold"], sc.records["generic"], items)]
+            mix = [
+                a if it.context in chosen else b for a, b, it in zip(sc.records["gold"], sc.records["generic"], items)
+            ]
             mixes.append(style_variance(mix, n_resamples=0).value)
         worst_gold, least_mixed = max(worst_gold, g), min(least_mixed, min(mixes))
         print(f"{name:16s} {g:.3f}   {p:.3f}    {min(mixes):.3f} / {np.mean(mixes):.3f}")

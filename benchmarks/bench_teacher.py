@@ -77,8 +77,9 @@ def load() -> str:
     return f"load average {one:.2f} (1 min), {five:.2f} (5 min)"
 
 
-def sample(backend: HFBackend, jobs: list, chunk: int, group_contexts: bool, split: list[list[int]] | None = None
-           ) -> tuple[float, list[list[str]], dict[str, float]]:
+def sample(
+    backend: HFBackend, jobs: list, chunk: int, group_contexts: bool, split: list[list[int]] | None = None
+) -> tuple[float, list[list[str]], dict[str, float]]:
     """Stage 3's own sampling loop (generate_resumable) into a scratch file; (seconds, outputs, summed stats).
     `split`: job index lists run one after the other, as stage 3 runs the baseline-model and teacher contrast."""
     counting = Counting(backend)
@@ -86,8 +87,14 @@ def sample(backend: HFBackend, jobs: list, chunk: int, group_contexts: bool, spl
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         for part in split or [list(range(len(jobs)))]:
-            res = s3.generate_resumable(counting, [jobs[i] for i in part], Path(tmp) / "generations.jsonl", chunk=chunk, echo=lambda m: None,
-                                        group_contexts=group_contexts)
+            res = s3.generate_resumable(
+                counting,
+                [jobs[i] for i in part],
+                Path(tmp) / "generations.jsonl",
+                chunk=chunk,
+                echo=lambda m: None,
+                group_contexts=group_contexts,
+            )
             for i, r in zip(part, res):
                 out[i] = r
         return time.perf_counter() - t0, out, counting.stats
@@ -97,23 +104,42 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(HERE.parent / "examples" / "quickstart.yaml"))
     ap.add_argument("--prompts", type=int, default=10, help="at least this many prompts, taken as whole context groups")
-    ap.add_argument("--batch-sizes", default="8,32", help="sequences per forward to try with shared prefixes, besides the config's")
-    ap.add_argument("--no-copy-variant", action="store_true", help="skip the variant that copies the prefix KV to every sequence")
-    ap.add_argument("--few-shot-variant", action="store_true", help="also time data.few_shot=false (changes the teacher's prompt)")
+    ap.add_argument(
+        "--batch-sizes", default="8,32", help="sequences per forward to try with shared prefixes, besides the config's"
+    )
+    ap.add_argument(
+        "--no-copy-variant", action="store_true", help="skip the variant that copies the prefix KV to every sequence"
+    )
+    ap.add_argument(
+        "--few-shot-variant", action="store_true", help="also time data.few_shot=false (changes the teacher's prompt)"
+    )
     ap.add_argument("--check", type=int, default=4, help="prompts for the output checks (0: skip)")
     ap.add_argument("--check-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--contrast", action="store_true", help="time stage 3's contrast step instead (baseline, trait-flipped, style-broken; "
-                    "one response each, data.teacher.batch_size per call): baseline vs shared attention")
+    ap.add_argument(
+        "--contrast",
+        action="store_true",
+        help="time stage 3's contrast step instead (baseline, trait-flipped, style-broken; "
+        "one response each, data.teacher.batch_size per call): baseline vs shared attention",
+    )
     ap.add_argument("overrides", nargs="*", help="config overrides, key=value (e.g. data.teacher.max_new_tokens=16)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     config = load_config(args.config, args.overrides)
     d, t = config.data, config.data.teacher
     spec = load_persona(config.persona)
-    scenarios = s3.cap_scenarios(build_scenarios(spec, Instrument.default(), contexts=tuple(d.contexts), targets_per_prompt=d.targets_per_prompt,
-                                                 heldout_fraction=d.heldout_fraction, max_similarity=d.max_prompt_similarity, seed=config.seed),
-                                 d.max_prompts)
+    scenarios = s3.cap_scenarios(
+        build_scenarios(
+            spec,
+            Instrument.default(),
+            contexts=tuple(d.contexts),
+            targets_per_prompt=d.targets_per_prompt,
+            heldout_fraction=d.heldout_fraction,
+            max_similarity=d.max_prompt_similarity,
+            seed=config.seed,
+        ),
+        d.max_prompts,
+    )
     all_jobs = s3.teacher_jobs(spec, scenarios, config)
     context = [c[0]["content"] for c, _ in all_jobs]  # the persona system prompt (it differs by the targeted traits)
     groups = list(dict.fromkeys(context))
@@ -134,51 +160,85 @@ def main() -> None:
         flip = next((m[2] for m in meta if m[1] == "trait_flipped"), None)
         take: list[int] = []
         for kind, trait in (("baseline", None), ("trait_flipped", flip), ("style_broken", None)):
-            take += [i for i, m in enumerate(meta) if m[1] == kind and m[2] == trait][:args.prompts]
+            take += [i for i, m in enumerate(meta) if m[1] == kind and m[2] == trait][: args.prompts]
         jobs = [cjobs[i] for i in take]
-        split = [[j for j, i in enumerate(take) if meta[i][1] == "baseline"], [j for j, i in enumerate(take) if meta[i][1] != "baseline"]]
+        split = [
+            [j for j, i in enumerate(take) if meta[i][1] == "baseline"],
+            [j for j, i in enumerate(take) if meta[i][1] != "baseline"],
+        ]
         split = [x for x in split if x]
         counts = {k: sum(meta[i][1] == k for i in take) for k in ("baseline", "trait_flipped", "style_broken")}
-        note = (f"contrast jobs: {counts['baseline']} baseline (baseline model), {counts['trait_flipped']} trait-flipped ({flip}), "
-                f"{counts['style_broken']} style-broken, one response each, of the {len(cjobs)} of the full run")
+        note = (
+            f"contrast jobs: {counts['baseline']} baseline (baseline model), {counts['trait_flipped']} trait-flipped ({flip}), "
+            f"{counts['style_broken']} style-broken, one response each, of the {len(cjobs)} of the full run"
+        )
     model, tok = models.load_configured_model(config.model.name, config.model)
     lens = [len(encode_chat(tok, c)) for c, _ in jobs]
     shared = [len(encode_chat(tok, c[:-1], add_generation_prompt=False)) if len(c) > 1 else 0 for c, _ in jobs]
     p = jobs[0][1]
-    print(f"{config.model.name} ({model.dtype}), {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}")
-    print(note or (f"{len(pick)} of the {len(all_jobs)} stage-3 prompts ({len(keep)} of {len(groups)} system-prompt groups; the full run "
-                   f"has {len(all_jobs) / len(groups):.1f} prompts per group, these {len(pick) / len(keep):.1f})"))
-    print(f"prompt {statistics.mean(lens):.0f} tokens "
-          f"(context {statistics.mean(shared):.0f}); n={p['n']}, {p['max_new_tokens']} new tokens, T={p['temperature']}, "
-          f"top_p={p['top_p']}, seed {p['seed']}; teacher.batch_size {t.batch_size} sequences per forward")
+    print(
+        f"{config.model.name} ({model.dtype}), {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    )
+    print(
+        note
+        or (
+            f"{len(pick)} of the {len(all_jobs)} stage-3 prompts ({len(keep)} of {len(groups)} system-prompt groups; the full run "
+            f"has {len(all_jobs) / len(groups):.1f} prompts per group, these {len(pick) / len(keep):.1f})"
+        )
+    )
+    print(
+        f"prompt {statistics.mean(lens):.0f} tokens "
+        f"(context {statistics.mean(shared):.0f}); n={p['n']}, {p['max_new_tokens']} new tokens, T={p['temperature']}, "
+        f"top_p={p['top_p']}, seed {p['seed']}; teacher.batch_size {t.batch_size} sequences per forward"
+    )
     print(f"before: {load()}")
     per_call = max(1, t.batch_size // max(1, p["n"]))
 
     def backend(prefix: bool, sequences: int = t.batch_size, shared_attention: bool = True) -> tuple[HFBackend, int]:
         chunk = max(1, sequences // max(1, p["n"]))  # prompts per call, as stage 3 computes it
-        b = HFBackend(model, tok, batch_size=max(t.batch_size, chunk), prefix_cache=s3.PREFIX_CACHES if prefix else 0,
-                      prefill=PrefillOptions(share_prefix=prefix, shared_attention=shared_attention))
+        b = HFBackend(
+            model,
+            tok,
+            batch_size=max(t.batch_size, chunk),
+            prefix_cache=s3.PREFIX_CACHES if prefix else 0,
+            prefill=PrefillOptions(share_prefix=prefix, shared_attention=shared_attention),
+        )
         return b, chunk
 
     if args.check:
         # prompts of one context (every message but the last), so both paths form the same batches and draws compare
         ctx = [str(c[:-1]) for c, _ in jobs]
         same_ctx = max(set(ctx), key=lambda k: (ctx.count(k), -ctx.index(k)))
-        cj = [(c, {**q, "max_new_tokens": args.check_tokens}) for (c, q), k in zip(jobs, ctx) if k == same_ctx][:args.check]
+        cj = [(c, {**q, "max_new_tokens": args.check_tokens}) for (c, q), k in zip(jobs, ctx) if k == same_ctx][
+            : args.check
+        ]
         greedy = [(c, {**q, "temperature": 0.0, "n": 1}) for c, q in cj]
         _, plain, _ = sample(backend(False)[0], greedy, per_call, group_contexts=False)
         _, fast, _ = sample(backend(True)[0], greedy, per_call, group_contexts=False)
-        print(f"check, greedy ({args.check_tokens} tokens): identical text {sum(a == b for a, b in zip(plain, fast))}/{len(cj)} prompts")
+        print(
+            f"check, greedy ({args.check_tokens} tokens): identical text {sum(a == b for a, b in zip(plain, fast))}/{len(cj)} prompts"
+        )
         _, sp, _ = sample(backend(False)[0], cj, per_call, group_contexts=False)
         _, sf, _ = sample(backend(True)[0], cj, per_call, group_contexts=False)
         same = sum(a == b for x, y in zip(sp, sf) for a, b in zip(x, y))
-        print(f"check, sampled with the same batches ({args.check_tokens} tokens): identical draws {same}/{sum(map(len, sp))}")
+        print(
+            f"check, sampled with the same batches ({args.check_tokens} tokens): identical draws {same}/{sum(map(len, sp))}"
+        )
 
     n = p["n"]
     variants: list[tuple[str, Any, int, list, bool]] = [
-        (f"baseline: no shared prefix, stage order, {per_call} prompts x {n} per forward", *backend(False), jobs, False),
-        (f"prefix prefilled once, its KV copied to every sequence, contexts grouped, {per_call} x {n}",
-         *backend(True, shared_attention=False), jobs, True),
+        (
+            f"baseline: no shared prefix, stage order, {per_call} prompts x {n} per forward",
+            *backend(False),
+            jobs,
+            False,
+        ),
+        (
+            f"prefix prefilled once, its KV copied to every sequence, contexts grouped, {per_call} x {n}",
+            *backend(True, shared_attention=False),
+            jobs,
+            True,
+        ),
         (f"prefix prefilled once and attended once (shared attention), {per_call} x {n}", *backend(True), jobs, True),
     ]
     if args.no_copy_variant or args.contrast:
@@ -187,8 +247,19 @@ def main() -> None:
         b, chunk = backend(True, size)
         variants.append((f"shared attention, {min(chunk, len(jobs))} prompts x {n} per forward", b, chunk, jobs, True))
     if args.few_shot_variant and not args.contrast:
-        no_shot = s3.teacher_jobs(spec, [scenarios[i] for i in pick], config.model_copy(update={"data": d.model_copy(update={"few_shot": False})}))
-        variants.append((f"shared attention, NO few-shot turns (changes the prompt), {per_call} x {n}", *backend(True), no_shot, True))
+        no_shot = s3.teacher_jobs(
+            spec,
+            [scenarios[i] for i in pick],
+            config.model_copy(update={"data": d.model_copy(update={"few_shot": False})}),
+        )
+        variants.append(
+            (
+                f"shared attention, NO few-shot turns (changes the prompt), {per_call} x {n}",
+                *backend(True),
+                no_shot,
+                True,
+            )
+        )
     rows = []
     for name, b, chunk, js, group in variants:
         secs, out, st = sample(b, js, chunk, group, split if js is jobs else None)
@@ -198,13 +269,17 @@ def main() -> None:
     base = rows[0][1]
     print(f"after: {load()}")
     print()
-    print(f"| variant | s | s/{'response' if args.contrast else 'prompt'} | new tok/s | prefill tokens | useful decode slots | mean words | ratio to baseline |")
+    print(
+        f"| variant | s | s/{'response' if args.contrast else 'prompt'} | new tok/s | prefill tokens | useful decode slots | mean words | ratio to baseline |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for name, secs, st, cands in rows:
         useful = st["new_tokens"] / st["decode_slots"] if st["decode_slots"] else 0.0
         words = statistics.mean(len(c.split()) for c in cands) if cands else 0.0
-        print(f"| {name} | {secs:.1f} | {secs / len(jobs):.2f} | {st['new_tokens'] / secs:.1f} | {st['prefill_tokens']:.0f} | "
-              f"{useful:.2f} | {words:.1f} | {base / secs:.2f}x |")
+        print(
+            f"| {name} | {secs:.1f} | {secs / len(jobs):.2f} | {st['new_tokens'] / secs:.1f} | {st['prefill_tokens']:.0f} | "
+            f"{useful:.2f} | {words:.1f} | {base / secs:.2f}x |"
+        )
 
 
 if __name__ == "__main__":

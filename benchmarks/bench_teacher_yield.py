@@ -46,12 +46,18 @@ def main() -> None:
     scenarios = cap_scenarios(build_scenarios(spec, emb, seed=0), args.prompts)
     model, tok = models.load_model_and_tokenizer(args.model)
     backend = HFBackend(model, tok, batch_size=16)
-    print(f"{args.model}, {len(scenarios)} prompts x best of {args.best_of}, {args.max_new_tokens} new tokens, T=0.8 top_p=0.95, seed 0")
+    print(
+        f"{args.model}, {len(scenarios)} prompts x best of {args.best_of}, {args.max_new_tokens} new tokens, T=0.8 top_p=0.95, seed 0"
+    )
     print(f"{'system prompt':28s} {'yield':>12s} {'cand. consistent':>17s} {'gen s':>7s}  failing part per candidate")
     for label, focus in (("persona + few-shot", False), ("+ targeted-trait reminder", True)):
-        convs = [persona_conversation(spec, s.messages, few_shot=True, focus=s.targets if focus else None) for s in scenarios]
+        convs = [
+            persona_conversation(spec, s.messages, few_shot=True, focus=s.targets if focus else None) for s in scenarios
+        ]
         t0 = time.perf_counter()
-        outs = backend.generate(convs, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, n=args.best_of, seed=0)
+        outs = backend.generate(
+            convs, max_new_tokens=args.max_new_tokens, temperature=0.8, top_p=0.95, n=args.best_of, seed=0
+        )
         gen_s = time.perf_counter() - t0
         kept, cons, total, fails = 0, 0, 0, collections.Counter()
         for s, cands in zip(scenarios, outs):
@@ -64,8 +70,10 @@ def main() -> None:
                 fails["targets not expressed"] += sum(r.traits[t] for t in s.targets) / len(s.targets) < 0.5
                 fails["style"] += r.style_match < 0.5
                 fails["hard rule"] += not all(r.rules.get(b, True) for b in scorer.rules.hard_ids)
-        print(f"{label:28s} {kept:4d}/{len(scenarios):<3d} {kept / len(scenarios):4.2f} {cons / total:17.2f} {gen_s:7.1f}  "
-              + ", ".join(f"{k} {v}/{total}" for k, v in fails.items()))
+        print(
+            f"{label:28s} {kept:4d}/{len(scenarios):<3d} {kept / len(scenarios):4.2f} {cons / total:17.2f} {gen_s:7.1f}  "
+            + ", ".join(f"{k} {v}/{total}" for k, v in fails.items())
+        )
 
 
 if __name__ == "__main__":

@@ -38,22 +38,39 @@ HERE = Path(__file__).resolve().parent
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default=str(HERE.parent.parent / "shared" / "benchmarks" / "anthropic-persona"), help="the anthropic-persona folder (default: ../shared beside the repo)")
+    ap.add_argument(
+        "--data",
+        default=str(HERE.parent.parent / "shared" / "benchmarks" / "anthropic-persona"),
+        help="the anthropic-persona folder (default: ../shared beside the repo)",
+    )
     ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
-    ap.add_argument("--judge", choices=["hf", "openai"], help="also measure an LLM judge (and the 50/50 combination) on a sample")
-    ap.add_argument("--judge-model", help="hf: model name/path (default smollm2-135m-instruct); openai: served model name")
+    ap.add_argument(
+        "--judge", choices=["hf", "openai"], help="also measure an LLM judge (and the 50/50 combination) on a sample"
+    )
+    ap.add_argument(
+        "--judge-model", help="hf: model name/path (default smollm2-135m-instruct); openai: served model name"
+    )
     ap.add_argument("--judge-url", help="openai: server URL ending in /v1")
-    ap.add_argument("--judge-limit", type=int, default=60, help="statements per trait judged (half Yes, half No; seeded sample)")
+    ap.add_argument(
+        "--judge-limit", type=int, default=60, help="statements per trait judged (half Yes, half No; seeded sample)"
+    )
     args = ap.parse_args()
 
     raw = yaml.safe_load(Path(args.spec).read_text(encoding="utf-8"))
-    spec = PersonaSpec(name="big_five", summary="benchmark persona holding the five Big-Five traits",
-                       traits=[Trait(**t) for t in raw["traits"]])
+    spec = PersonaSpec(
+        name="big_five",
+        summary="benchmark persona holding the five Big-Five traits",
+        traits=[Trait(**t) for t in raw["traits"]],
+    )
     emb, inst = Embedder.default(), Instrument.default()
     t0 = time.perf_counter()
     det = build_profile(spec, inst)
-    print(f"profile built from the spec alone in {time.perf_counter() - t0:.2f} s (instrument {inst.meta.get('weights_sha256', '')[:12]})")
-    print(f"{'trait':18s} {'n':>5s} {'acc@0.5':>8s} {'AUROC':>7s} {'oracle acc':>10s} {'viol<0.5|Yes':>12s} | {'base acc':>8s} {'base AUROC':>10s}")
+    print(
+        f"profile built from the spec alone in {time.perf_counter() - t0:.2f} s (instrument {inst.meta.get('weights_sha256', '')[:12]})"
+    )
+    print(
+        f"{'trait':18s} {'n':>5s} {'acc@0.5':>8s} {'AUROC':>7s} {'oracle acc':>10s} {'viol<0.5|Yes':>12s} | {'base acc':>8s} {'base AUROC':>10s}"
+    )
     rows = []
     for t in spec.traits:
         path = Path(args.data) / f"{t.id}.jsonl"
@@ -73,7 +90,9 @@ def main() -> None:
         bacc, bauc = float(((b > 0) == y).mean()), auroc(b, y)
         no_viol_yes = float((v[y] < 0.5).mean())
         rows.append((acc, auc, oracle, bacc, bauc))
-        print(f"{t.id:18s} {len(y):5d} {acc:8.3f} {auc:7.3f} {oracle:10.3f} {no_viol_yes:12.3f} | {bacc:8.3f} {bauc:10.3f}")
+        print(
+            f"{t.id:18s} {len(y):5d} {acc:8.3f} {auc:7.3f} {oracle:10.3f} {no_viol_yes:12.3f} | {bacc:8.3f} {bauc:10.3f}"
+        )
     m = np.mean(rows, axis=0)
     print(f"{'MEAN':18s} {'':5s} {m[0]:8.3f} {m[1]:7.3f} {m[2]:10.3f} {'':12s} | {m[3]:8.3f} {m[4]:10.3f}")
     if args.judge:
@@ -90,16 +109,26 @@ def judge_sample(args: argparse.Namespace, spec: PersonaSpec, det, inst: Instrum
     judge = build_judge(ja)
     rng = np.random.default_rng(0)
     w = DEFAULT_JUDGE_WEIGHT
-    print(f"\njudge {args.judge} {args.judge_model or 'smollm2-135m-instruct'}: {args.judge_limit} statements per trait "
-          f"(seeded, half Yes / half No); combination p = {1 - w} * detector + {w} * judge")
-    print(f"{'trait':18s} {'n':>4s} | {'det acc':>7s} {'AUROC':>6s} | {'judge acc':>9s} {'AUROC':>6s} | {'mix acc':>7s} {'AUROC':>6s}")
+    print(
+        f"\njudge {args.judge} {args.judge_model or 'smollm2-135m-instruct'}: {args.judge_limit} statements per trait "
+        f"(seeded, half Yes / half No); combination p = {1 - w} * detector + {w} * judge"
+    )
+    print(
+        f"{'trait':18s} {'n':>4s} | {'det acc':>7s} {'AUROC':>6s} | {'judge acc':>9s} {'AUROC':>6s} | {'mix acc':>7s} {'AUROC':>6s}"
+    )
     rows, t0, n_total = [], time.perf_counter(), 0
     for t in spec.traits:
-        items = [json.loads(line) for line in (Path(args.data) / f"{t.id}.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+        items = [
+            json.loads(line)
+            for line in (Path(args.data) / f"{t.id}.jsonl").read_text(encoding="utf-8").splitlines()
+            if line.strip()
+        ]
         yes = [d for d in items if d["answer_matching_behavior"].strip() == "Yes"]
         no = [d for d in items if d["answer_matching_behavior"].strip() != "Yes"]
         k = args.judge_limit // 2
-        pick = [yes[i] for i in rng.choice(len(yes), k, replace=False)] + [no[i] for i in rng.choice(len(no), k, replace=False)]
+        pick = [yes[i] for i in rng.choice(len(yes), k, replace=False)] + [
+            no[i] for i in rng.choice(len(no), k, replace=False)
+        ]
         texts = [d["statement"] for d in pick]
         y = np.array([d["answer_matching_behavior"].strip() == "Yes" for d in pick])
         pd = np.array([r[t.id] for r in det.score(texts, inst).traits])
@@ -108,13 +137,18 @@ def judge_sample(args: argparse.Namespace, spec: PersonaSpec, det, inst: Instrum
         if hasattr(judge, "yes_probabilities"):
             pj = np.array(judge.yes_probabilities(conv))
         else:
-            pj = np.array([v[t.id][0] if t.id in v else 0.5 for v in judge.judge(spec.model_copy(update={"traits": [t]}), texts)])
+            pj = np.array(
+                [v[t.id][0] if t.id in v else 0.5 for v in judge.judge(spec.model_copy(update={"traits": [t]}), texts)]
+            )
         pm = (1 - w) * pd + w * pj
         n_total += len(texts)
         r = [float(((p >= 0.5) == y).mean()) for p in (pd, pj, pm)]
         a = [auroc(p, y) for p in (pd, pj, pm)]
         rows.append(r + a)
-        print(f"{t.id:18s} {len(y):4d} | {r[0]:7.3f} {a[0]:6.3f} | {r[1]:9.3f} {a[1]:6.3f} | {r[2]:7.3f} {a[2]:6.3f}", flush=True)
+        print(
+            f"{t.id:18s} {len(y):4d} | {r[0]:7.3f} {a[0]:6.3f} | {r[1]:9.3f} {a[1]:6.3f} | {r[2]:7.3f} {a[2]:6.3f}",
+            flush=True,
+        )
     m = np.mean(rows, axis=0)
     print(f"{'MEAN':18s} {'':4s} | {m[0]:7.3f} {m[3]:6.3f} | {m[1]:9.3f} {m[4]:6.3f} | {m[2]:7.3f} {m[5]:6.3f}")
     print(f"judged {n_total} statements in {time.perf_counter() - t0:.1f} s")

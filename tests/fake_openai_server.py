@@ -116,11 +116,16 @@ class FakeOpenAIServer:
                     if server.delay:
                         time.sleep(server.delay)
                     if status is not None:
-                        self._send(status, {"error": {"message": f"injected failure {status}", "type": "server_error"}},
-                                   server.retry_headers)
+                        self._send(
+                            status,
+                            {"error": {"message": f"injected failure {status}", "type": "server_error"}},
+                            server.retry_headers,
+                        )
                         return
                     if server.reject_logprobs and body.get("logprobs"):
-                        self._send(400, {"error": {"message": "logprobs are not supported", "type": "invalid_request_error"}})
+                        self._send(
+                            400, {"error": {"message": "logprobs are not supported", "type": "invalid_request_error"}}
+                        )
                         return
                     self._send(200, server._completion(body))
                     with server._lock:
@@ -159,8 +164,19 @@ class FakeOpenAIServer:
                 alts = [{"token": t, "logprob": lp, "bytes": list(t.encode())} for t, lp in top[:k]]
                 first = alts[0] if alts else {"token": text[:1], "logprob": 0.0, "bytes": list(text[:1].encode())}
                 logprobs = {"content": [{**first, "top_logprobs": alts}]}
-            choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop",
-                            "logprobs": logprobs})
-        return {"id": f"chatcmpl-{len(self.requests)}", "object": "chat.completion", "created": int(time.time()),
-                "model": body.get("model", ""), "choices": choices,
-                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+            choices.append(
+                {
+                    "index": i,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                    "logprobs": logprobs,
+                }
+            )
+        return {
+            "id": f"chatcmpl-{len(self.requests)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": choices,
+            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+        }

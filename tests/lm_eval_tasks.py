@@ -29,7 +29,7 @@ def write_tasks(folder: Path) -> Path:
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {folder / 'mc.jsonl'}
+    test: {folder / "mc.jsonl"}
 test_split: test
 output_type: multiple_choice
 doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
@@ -44,7 +44,7 @@ metric_list:
 dataset_path: json
 dataset_kwargs:
   data_files:
-    test: {folder / 'll.jsonl'}
+    test: {folder / "ll.jsonl"}
 test_split: test
 output_type: loglikelihood
 doc_to_text: "{{{{context}}}}"

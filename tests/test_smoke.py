@@ -63,8 +63,10 @@ def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
     pytest.importorskip("lm_eval", reason="lm_eval is part of the dev extra")
     write_tasks(tmp_path / "cfg" / "tasks")
     cfg = tmp_path / "cfg" / "run.yaml"  # include_path relative to the config file's folder
-    cfg.write_text(f"name: lme\nrun_dir: {tmp_path}\npersona: {PERSONA}\nmodel:\n  name: tiny\n"
-                   "sft:\n  capability: false\nlm_eval:\n  tasks: [pt_arith_mc, arc_easy]\n  include_path: tasks\n  limit: 4\n")
+    cfg.write_text(
+        f"name: lme\nrun_dir: {tmp_path}\npersona: {PERSONA}\nmodel:\n  name: tiny\n"
+        "sft:\n  capability: false\nlm_eval:\n  tasks: [pt_arith_mc, arc_easy]\n  include_path: tasks\n  limit: 4\n"
+    )
     r0 = cli("run", str(cfg), "lm_eval.tasks=[]", "--until", "1")
     assert r0.returncode == 0 and "lm-eval" not in r0.stdout, r0.stdout + r0.stderr
     before = (tmp_path / "lme" / "01_baseline" / "baseline.json").read_bytes()
@@ -72,7 +74,10 @@ def test_stage1_scores_lm_eval_tasks_and_skips_offline_ones(tmp_path):
     assert r.returncode == 0, r.stdout + r.stderr
     # Adding tasks re-runs stage 1 but leaves baseline.json (the input of stages 3-6) as it was.
     assert (tmp_path / "lme" / "01_baseline" / "baseline.json").read_bytes() == before
-    assert "lm-eval pt_arith_mc: acc,none" in r.stdout and "lm-eval task arc_easy skipped: its data could not be loaded" in r.stdout
+    assert (
+        "lm-eval pt_arith_mc: acc,none" in r.stdout
+        and "lm-eval task arc_easy skipped: its data could not be loaded" in r.stdout
+    )
     assert "lm-eval 1/2 task(s) scored, skipped: arc_easy" in r.stdout and "Traceback" not in r.stdout + r.stderr
     lm = json.loads((tmp_path / "lme" / "01_baseline" / "lm_eval.json").read_text())
     assert lm["status"] == "partial" and lm["tasks"]["pt_arith_mc"]["n"] == 4 and "arc_easy" in lm["skipped"]
@@ -88,23 +93,45 @@ def test_under_a_launch_only_stages_5_and_6_run(tmp_path):
     """Under accelerate launch / torchrun (WORLD_SIZE > 1) a stage that is not done and cannot coordinate ranks is refused:
     every rank would run it at once and write the same files."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", WORLD_SIZE="2")
-    r = subprocess.run([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300, env=env)
+    r = subprocess.run(
+        [*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stdout + r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
-    assert "stage 01_baseline must run in one process" in r.stderr and "WORLD_SIZE=2" in r.stderr and "`personatune run CONFIG --until 4`" in r.stderr
+    assert (
+        "stage 01_baseline must run in one process" in r.stderr
+        and "WORLD_SIZE=2" in r.stderr
+        and "`personatune run CONFIG --until 4`" in r.stderr
+    )
     assert not (tmp_path / "tiny" / "01_baseline").exists()  # refused before any work or record
     # Done stages are skipped under a launch as before: stage 1 in one process, then the same command launched.
     assert cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1").returncode == 0
-    r2 = subprocess.run([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300, env=env)
+    r2 = subprocess.run(
+        [*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert r2.returncode == 0 and "done earlier, inputs unchanged — skipped" in r2.stdout, r2.stdout + r2.stderr
 
 
 def test_killed_run_resumes_at_the_stage_in_progress(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-    p = subprocess.Popen([*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2"], cwd=REPO, env=env,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    p = subprocess.Popen(
+        [*EXE, "run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "2"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     manifest = tmp_path / "tiny" / "manifest.json"
     deadline = time.time() + 240
     killed = False
@@ -142,7 +169,12 @@ def test_overrides_after_options_are_applied(tmp_path):
     # `run CONFIG --from 6 --until 6 model.device=cpu` (the documented accelerate launch form): the key=value after the
     # options is an override (here it reaches stage 1, which names the model), not an unrecognized argument.
     r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1", "model.name=/no/such/model")
-    assert r.returncode == 2 and "/no/such/model" in r.stderr and "unrecognized" not in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert (
+        r.returncode == 2
+        and "/no/such/model" in r.stderr
+        and "unrecognized" not in r.stderr
+        and "Traceback" not in r.stderr
+    ), r.stderr
     r = cli("run", "examples/tiny.yaml", f"run_dir={tmp_path}", "--until", "1", "--bogus")
     assert r.returncode == 2 and "unrecognized arguments: --bogus" in r.stderr
 
@@ -166,14 +198,25 @@ def test_env_and_config_commands():
 def test_score_command_reports_and_skips_bad_lines(tmp_path):
     inp = tmp_path / "in.jsonl"
     inp.write_text(
-        json.dumps({"id": "a", "text": "Aye, crewmate! Chin up, clear skies ahead. All hands on deck!", "context": "casual",
-                    "targets": ["optimistic"]}) + "\n"
+        json.dumps(
+            {
+                "id": "a",
+                "text": "Aye, crewmate! Chin up, clear skies ahead. All hands on deck!",
+                "context": "casual",
+                "targets": ["optimistic"],
+            }
+        )
+        + "\n"
         + "not json\n"
-        + json.dumps({"id": "b"}) + "\n"
-        + json.dumps({"id": "c", "text": "This is hopeless. Please submit the form.", "context": "casual"}) + "\n"
+        + json.dumps({"id": "b"})
+        + "\n"
+        + json.dumps({"id": "c", "text": "This is hopeless. Please submit the form.", "context": "casual"})
+        + "\n"
     )
     out = tmp_path / "out.jsonl"
-    r = cli("score", "--persona", "examples/personas/captain_nova.yaml", "--input", str(inp), "--output", str(out), "--json")
+    r = cli(
+        "score", "--persona", "examples/personas/captain_nova.yaml", "--input", str(inp), "--output", str(out), "--json"
+    )
     assert r.returncode == 0, r.stderr
     assert "line 2: not valid JSON" in r.stderr and "line 3: missing string field 'text'" in r.stderr
     rows = [json.loads(x) for x in out.read_text().splitlines()]
@@ -188,37 +231,78 @@ def test_score_command_with_an_openai_judge_on_a_real_http_server(tmp_path):
     # The judge through the CLI: a real HTTP server on 127.0.0.1 answers every "expressed" question Yes and
     # every "violated" question No (text answers, no logprobs); the CLI must mix them 50/50 with the detectors.
     inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps({"id": str(i), "text": t}) + "\n" for i, t in
-                           enumerate(["Aye, crewmate! Chin up, clear skies ahead.", "This is hopeless. Please submit the form."])))
+    inp.write_text(
+        "".join(
+            json.dumps({"id": str(i), "text": t}) + "\n"
+            for i, t in enumerate(
+                ["Aye, crewmate! Chin up, clear skies ahead.", "This is hopeless. Please submit the form."]
+            )
+        )
+    )
     plain, judged = tmp_path / "plain.jsonl", tmp_path / "judged.jsonl"
     persona = "examples/personas/captain_nova.yaml"
     assert cli("score", "--persona", persona, "--input", str(inp), "--output", str(plain)).returncode == 0
     with FakeOpenAIServer() as srv:
-        srv.responder = lambda body: "No." if "Question: does the reply go against" in body["messages"][-1]["content"] else "Yes"
-        r = cli("score", "--persona", persona, "--input", str(inp), "--output", str(judged), "--judge", "openai",
-                "--judge-url", srv.base_url, "--judge-model", "judge-m", "--judge-cache", str(tmp_path / "cache"))
+        srv.responder = lambda body: (
+            "No." if "Question: does the reply go against" in body["messages"][-1]["content"] else "Yes"
+        )
+        r = cli(
+            "score",
+            "--persona",
+            persona,
+            "--input",
+            str(inp),
+            "--output",
+            str(judged),
+            "--judge",
+            "openai",
+            "--judge-url",
+            srv.base_url,
+            "--judge-model",
+            "judge-m",
+            "--judge-cache",
+            str(tmp_path / "cache"),
+        )
         n_requests = len(srv.requests)
     assert r.returncode == 0, r.stderr
     assert n_requests == 2 * 6 * 2  # texts x traits x questions
-    for a, b in zip([json.loads(x) for x in plain.read_text().splitlines()], [json.loads(x) for x in judged.read_text().splitlines()]):
+    for a, b in zip(
+        [json.loads(x) for x in plain.read_text().splitlines()],
+        [json.loads(x) for x in judged.read_text().splitlines()],
+    ):
         for t, p in a["traits"].items():
             assert abs(b["traits"][t] - (0.5 * p + 0.5)) < 1e-6  # float32 encoder noise between runs
             assert abs(b["violations"][t] - 0.5 * a["violations"][t]) < 1e-6
     # a judge without its server is a one-line error, exit 2
-    bad = cli("score", "--persona", persona, "--input", str(inp), "--output", str(tmp_path / "x.jsonl"), "--judge", "openai")
+    bad = cli(
+        "score", "--persona", persona, "--input", str(inp), "--output", str(tmp_path / "x.jsonl"), "--judge", "openai"
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and "base_url" in bad.stderr, bad.stderr
 
 
 def test_fit_command_then_score_with_the_evaluator(tmp_path):
     ex = tmp_path / "labelled.jsonl"
     ex.write_text(
-        json.dumps({"text": "Chin up, crew, the storm will pass and the stars will guide us home!", "trait": "optimistic", "label": "expressed"}) + "\n"
-        + json.dumps({"text": "We are doomed, nothing will ever work out.", "trait": "optimistic", "label": "violated"}) + "\n"
+        json.dumps(
+            {
+                "text": "Chin up, crew, the storm will pass and the stars will guide us home!",
+                "trait": "optimistic",
+                "label": "expressed",
+            }
+        )
+        + "\n"
+        + json.dumps({"text": "We are doomed, nothing will ever work out.", "trait": "optimistic", "label": "violated"})
+        + "\n"
         + "{broken\n"
-        + json.dumps({"text": "Fine.", "trait": "grumpy", "label": "expressed"}) + "\n"
-        + json.dumps({"text": "The form is on page two.", "trait": "optimistic", "label": "neutral"}) + "\n")
+        + json.dumps({"text": "Fine.", "trait": "grumpy", "label": "expressed"})
+        + "\n"
+        + json.dumps({"text": "The form is on page two.", "trait": "optimistic", "label": "neutral"})
+        + "\n"
+    )
     ev = tmp_path / "evaluator"
-    r = cli("fit", "--persona", "examples/personas/captain_nova.yaml", "--examples", str(ex), "--output", str(ev), "--json")
+    r = cli(
+        "fit", "--persona", "examples/personas/captain_nova.yaml", "--examples", str(ex), "--output", str(ev), "--json"
+    )
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["n_examples"] == 3 and summary["skipped"] == 2
@@ -228,10 +312,28 @@ def test_fit_command_then_score_with_the_evaluator(tmp_path):
     assert json.loads((ev / "profile.json").read_text())["n_labelled_examples"] == 3
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"id": "a", "text": "Aye, the sun will rise again, crewmate!"}) + "\n")
-    s = cli("score", "--persona", "examples/personas/captain_nova.yaml", "--evaluator", str(ev), "--input", str(inp),
-            "--output", str(tmp_path / "out.jsonl"))
+    s = cli(
+        "score",
+        "--persona",
+        "examples/personas/captain_nova.yaml",
+        "--evaluator",
+        str(ev),
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp_path / "out.jsonl"),
+    )
     assert s.returncode == 0, s.stderr
     # an evaluator fitted for one persona is refused for another, in one line
-    o = cli("score", "--persona", "examples/personas/concierge.yaml", "--evaluator", str(ev), "--input", str(inp),
-            "--output", str(tmp_path / "o.jsonl"))
+    o = cli(
+        "score",
+        "--persona",
+        "examples/personas/concierge.yaml",
+        "--evaluator",
+        str(ev),
+        "--input",
+        str(inp),
+        "--output",
+        str(tmp_path / "o.jsonl"),
+    )
     assert o.returncode == 2 and "different persona" in o.stderr and "Traceback" not in o.stderr

@@ -73,7 +73,9 @@ def main(folder: str) -> int:
         w = words[k]
         if w:
             out = sum(1 for x in w if not lo <= x <= hi)
-            print(f"{k:8s} words: min {min(w)} median {sorted(w)[len(w) // 2]} max {max(w)}; outside [{lo}, {hi}]: {out}")
+            print(
+                f"{k:8s} words: min {min(w)} median {sorted(w)[len(w) // 2]} max {max(w)}; outside [{lo}, {hi}]: {out}"
+            )
     return 1 if problems else 0
 
 

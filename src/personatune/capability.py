@@ -33,9 +33,14 @@ class Item:
 
 def load_suite() -> tuple[list[Item], list[str]]:
     """(items, perplexity texts) of the built-in suite."""
-    raw = yaml.safe_load(resources.files("personatune.data").joinpath("capability_suite.yaml").read_text(encoding="utf-8"))
-    items = [Item(task, it["q"], [str(a) for a in it.get("answers", [])], it.get("check", {}))
-             for task in ("arithmetic", "facts", "instructions") for it in raw[task]]
+    raw = yaml.safe_load(
+        resources.files("personatune.data").joinpath("capability_suite.yaml").read_text(encoding="utf-8")
+    )
+    items = [
+        Item(task, it["q"], [str(a) for a in it.get("answers", [])], it.get("check", {}))
+        for task in ("arithmetic", "facts", "instructions")
+        for it in raw[task]
+    ]
     return items, list(raw["perplexity_text"])
 
 
@@ -65,15 +70,23 @@ def score_suite(backend: Any, items: list[Item] | None = None, max_new_tokens: i
     if items is None:
         items, _ = load_suite()
     convs = [[{"role": "user", "content": it.question}] for it in items]
-    replies = [r[0] for r in backend.generate(convs, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, n=1, seed=0)]
+    replies = [
+        r[0] for r in backend.generate(convs, max_new_tokens=max_new_tokens, temperature=0.0, top_p=1.0, n=1, seed=0)
+    ]
     ok = [is_correct(it, r) for it, r in zip(items, replies)]
     tasks: dict[str, Any] = {}
     for task in dict.fromkeys(it.task for it in items):
         idx = [i for i, it in enumerate(items) if it.task == task]
         k = sum(ok[i] for i in idx)
         tasks[task] = {"accuracy": k / len(idx), "n": len(idx), "correct": k, "ci": wilson_ci(k, len(idx))}
-    return {"score": sum(ok) / len(ok), "n": len(ok), "tasks": tasks,
-            "replies": [{"task": it.task, "question": it.question, "reply": r, "correct": c} for it, r, c in zip(items, replies, ok)]}
+    return {
+        "score": sum(ok) / len(ok),
+        "n": len(ok),
+        "tasks": tasks,
+        "replies": [
+            {"task": it.task, "question": it.question, "reply": r, "correct": c} for it, r, c in zip(items, replies, ok)
+        ],
+    }
 
 
 def retention(candidate: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
@@ -88,7 +101,13 @@ def retention(candidate: dict[str, Any], baseline: dict[str, Any]) -> dict[str, 
         c = candidate["tasks"].get(task, {"accuracy": 0.0})
         allowed = b["accuracy"] - b["ci"][0]  # the baseline's own 95% interval, below its estimate
         drop = b["accuracy"] - c["accuracy"]
-        drops[task] = {"baseline": b["accuracy"], "candidate": c["accuracy"], "drop": drop, "allowed": allowed, "ok": drop <= allowed + 1e-12}
+        drops[task] = {
+            "baseline": b["accuracy"],
+            "candidate": c["accuracy"],
+            "drop": drop,
+            "allowed": allowed,
+            "ok": drop <= allowed + 1e-12,
+        }
     return {"retention": ratio, "task_drops": drops, "all_tasks_ok": all(d["ok"] for d in drops.values())}
 
 
@@ -109,4 +128,8 @@ def perplexity(model: Any, tokenizer: Any, texts: list[str] | None = None) -> di
             k = ids.shape[1] - 1
             nll += float(out.loss) * k
             n += k
-    return {"perplexity": math.exp(nll / n) if n else float("nan"), "nll_per_token": nll / n if n else float("nan"), "tokens": n}
+    return {
+        "perplexity": math.exp(nll / n) if n else float("nan"),
+        "nll_per_token": nll / n if n else float("nan"),
+        "tokens": n,
+    }

@@ -15,6 +15,10 @@ Every command takes --debug (print the traceback of an error too; or set PERSONA
 Exit codes: 0 success, 1 a quality gate failed or was inconclusive (monitor: a drift alert fired), 2 bad input (one line on stderr, no traceback),
 3 internal error (a bug: one line naming the command and the input; the traceback goes to the run's log.txt and, with
 --debug, to stderr), 130 interrupted (re-run the same command to resume). docs/limits-and-errors.md lists them.
+
+This module is longer than the ~450 lines we aim for, on purpose: it holds the parser and a short dispatcher for each
+of the nine commands, and the one error boundary that maps every exception to its exit code; split across files, a
+reader would have to open several to see what one command does.
 """
 
 from __future__ import annotations
@@ -71,20 +75,30 @@ def _cmd_score(args: argparse.Namespace) -> int:
         from personatune.errors import ConfigError
         from personatune.scoring.judges import build_judge
 
-        fields = {"backend": args.judge, "model": args.judge_model, "base_url": args.judge_url, "api_key_env": args.judge_key_env,
-                  "weight": args.judge_weight, "concurrency": args.judge_concurrency}
+        fields = {
+            "backend": args.judge,
+            "model": args.judge_model,
+            "base_url": args.judge_url,
+            "api_key_env": args.judge_key_env,
+            "weight": args.judge_weight,
+            "concurrency": args.judge_concurrency,
+        }
         try:
             ja = JudgeArgs(**{k: v for k, v in fields.items() if v is not None})
         except ValidationError as e:
             err = e.errors()[0]
             loc = ".".join(str(x) for x in err["loc"]) or "judge"
-            raise ConfigError(f"--judge options: {loc}: {err['msg']} (got {err.get('input')!r:.80}); "
-                              "fix: e.g. --judge openai --judge-url http://127.0.0.1:8000/v1 --judge-model NAME, or --judge hf") from None
+            raise ConfigError(
+                f"--judge options: {loc}: {err['msg']} (got {err.get('input')!r:.80}); "
+                "fix: e.g. --judge openai --judge-url http://127.0.0.1:8000/v1 --judge-model NAME, or --judge hf"
+            ) from None
         judge, weight = build_judge(ja, cache_dir=args.judge_cache), ja.weight
     if args.gold:
         from personatune.scoring.gold import format_gold_report, score_gold_file
 
-        rep = score_gold_file(args.persona, args.gold, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight)
+        rep = score_gold_file(
+            args.persona, args.gold, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight
+        )
         print(json.dumps(rep, indent=2, default=str) if args.json else format_gold_report(Path(args.gold).name, rep))
         for s in rep["skipped_lines"]:
             print(f"  line {s['line']} skipped: {limits.shorten(s['reason'], 200)}", file=sys.stderr)
@@ -94,8 +108,12 @@ def _cmd_score(args: argparse.Namespace) -> int:
     if not args.input or not args.output:
         from personatune.errors import ConfigError
 
-        raise ConfigError("score needs --input IN.jsonl and --output OUT.jsonl (or --gold GOLD.jsonl to check the scorer on a gold set)")
-    summary = score_jsonl(args.persona, args.input, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight)
+        raise ConfigError(
+            "score needs --input IN.jsonl and --output OUT.jsonl (or --gold GOLD.jsonl to check the scorer on a gold set)"
+        )
+    summary = score_jsonl(
+        args.persona, args.input, args.output, evaluator_dir=args.evaluator, judge=judge, judge_weight=weight
+    )
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
@@ -123,7 +141,11 @@ def _cmd_fit(args: argparse.Namespace) -> int:
     for s in summary["skipped_lines"]:
         print(f"  line {s['line']}: {limits.shorten(s['reason'], 200)}", file=sys.stderr)
     if summary["skipped"]:
-        shown = f" (the first {len(summary['skipped_lines'])} listed)" if len(summary["skipped_lines"]) < summary["skipped"] else ""
+        shown = (
+            f" (the first {len(summary['skipped_lines'])} listed)"
+            if len(summary["skipped_lines"]) < summary["skipped"]
+            else ""
+        )
         print(f"skipped {summary['skipped']} bad input line(s){shown}", file=sys.stderr)
     print(f"wrote {args.output} (use: personatune score --evaluator {args.output} ...)", file=sys.stderr)
     return 0
@@ -151,16 +173,38 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from personatune.serve import serve_main
 
-    return serve_main(args.target, host=args.host, port=args.port, evaluator=args.evaluator, persona=args.persona,
-                      queue_size=args.queue_size, batch_size=args.batch_size, timeout_s=args.timeout, max_tokens=args.max_tokens,
-                      default_max_tokens=args.default_max_tokens, max_body_bytes=args.max_body_bytes, window=args.window,
-                      log_path=args.log, dtype=args.dtype, device=args.device, api_key_env=args.api_key_env)
+    return serve_main(
+        args.target,
+        host=args.host,
+        port=args.port,
+        evaluator=args.evaluator,
+        persona=args.persona,
+        queue_size=args.queue_size,
+        batch_size=args.batch_size,
+        timeout_s=args.timeout,
+        max_tokens=args.max_tokens,
+        default_max_tokens=args.default_max_tokens,
+        max_body_bytes=args.max_body_bytes,
+        window=args.window,
+        log_path=args.log,
+        dtype=args.dtype,
+        device=args.device,
+        api_key_env=args.api_key_env,
+    )
 
 
 def _cmd_monitor(args: argparse.Namespace) -> int:
     from personatune.monitor import monitor_main
 
-    return monitor_main(args.persona, args.evaluator, args.logs, reference=args.reference, window=args.window, out_html=args.out, alpha=args.alpha)
+    return monitor_main(
+        args.persona,
+        args.evaluator,
+        args.logs,
+        reference=args.reference,
+        window=args.window,
+        out_html=args.out,
+        alpha=args.alpha,
+    )
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
@@ -178,10 +222,17 @@ def _cmd_env(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     # --debug is accepted before or after the command; SUPPRESS keeps a subcommand from resetting the top-level value.
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="on an error, also print the traceback (the one line stays; exit codes unchanged)")
-    p = argparse.ArgumentParser(prog="personatune", description="Train a language model to hold a persona, with a measured gate after every stage.",
-                                parents=[common])
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, also print the traceback (the one line stays; exit codes unchanged)",
+    )
+    p = argparse.ArgumentParser(
+        prog="personatune",
+        description="Train a language model to hold a persona, with a measured gate after every stage.",
+        parents=[common],
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("run", parents=[common], help="run the gated pipeline (resumes where it stopped)")
@@ -190,8 +241,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--from", dest="from_stage", help="re-run from this stage (number or name)")
     r.add_argument("--until", help="stop after this stage (number or name)")
     r.add_argument("--force", action="store_true", help="re-run stages even when their inputs are unchanged")
-    r.add_argument("--keep-going", action="store_true",
-                   help="run the later stages even after a failed or inconclusive gate (diagnosis only: exit code 1, verdict NO-DEPLOY)")
+    r.add_argument(
+        "--keep-going",
+        action="store_true",
+        help="run the later stages even after a failed or inconclusive gate (diagnosis only: exit code 1, verdict NO-DEPLOY)",
+    )
     r.set_defaults(fn=_cmd_run)
 
     v = sub.add_parser("validate", parents=[common], help="check a persona file against the stage-2 gate")
@@ -204,28 +258,48 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--evaluator", help="fitted evaluator folder (from stage 4 or `fit`)")
     s.add_argument("--input", help="JSONL: id, text, optional prompt, context, targets")
     s.add_argument("--output", help="JSONL with one score record per input line (with --gold: the report as JSON)")
-    s.add_argument("--gold", help="a gold set (benchmarks/gold/README.md): print how well the scorer separates its gold, generic, "
-                                  "flipped and babble answers and whether each response-level gate passes on gold and fails on generic; "
-                                  "exit 0 when every instrument target is met, 1 when one is not")
+    s.add_argument(
+        "--gold",
+        help="a gold set (benchmarks/gold/README.md): print how well the scorer separates its gold, generic, "
+        "flipped and babble answers and whether each response-level gate passes on gold and fails on generic; "
+        "exit 0 when every instrument target is met, 1 when one is not",
+    )
     s.add_argument("--json", action="store_true", help="print the aggregates as JSON")
-    s.add_argument("--judge", choices=["none", "hf", "openai"], default="none",
-                   help="mix an LLM judge into the trait probabilities: hf = in-process model, openai = OpenAI-compatible server")
-    s.add_argument("--judge-model", help="hf: model name/path (default smollm2-135m-instruct); openai: the served model's name")
+    s.add_argument(
+        "--judge",
+        choices=["none", "hf", "openai"],
+        default="none",
+        help="mix an LLM judge into the trait probabilities: hf = in-process model, openai = OpenAI-compatible server",
+    )
+    s.add_argument(
+        "--judge-model", help="hf: model name/path (default smollm2-135m-instruct); openai: the served model's name"
+    )
     s.add_argument("--judge-url", help="openai: server URL ending in /v1, e.g. http://127.0.0.1:8000/v1")
-    s.add_argument("--judge-key-env", help="openai: environment variable holding the API key (default OPENAI_API_KEY; never logged)")
+    s.add_argument(
+        "--judge-key-env",
+        help="openai: environment variable holding the API key (default OPENAI_API_KEY; never logged)",
+    )
     s.add_argument("--judge-weight", type=float, help="the judge's share of each trait probability, 0-1 (default 0.5)")
     s.add_argument("--judge-concurrency", type=int, help="openai: requests in flight at once (default 8)")
-    s.add_argument("--judge-cache", help="openai: folder for a response cache, so re-scoring the same texts costs nothing")
+    s.add_argument(
+        "--judge-cache", help="openai: folder for a response cache, so re-scoring the same texts costs nothing"
+    )
     s.set_defaults(fn=_cmd_score)
 
-    f = sub.add_parser("fit", parents=[common], help="fit the persona profile (the instrument's view of the persona) on labelled examples and save an evaluator folder")
+    f = sub.add_parser(
+        "fit",
+        parents=[common],
+        help="fit the persona profile (the instrument's view of the persona) on labelled examples and save an evaluator folder",
+    )
     f.add_argument("--persona", required=True, help="persona YAML file (its exemplars are always used)")
     f.add_argument("--examples", required=True, help="JSONL: text, trait, label (expressed | violated | neutral)")
     f.add_argument("--output", required=True, help="evaluator folder to write (safetensors + JSON)")
     f.add_argument("--json", action="store_true", help="print the summary as JSON")
     f.set_defaults(fn=_cmd_fit)
 
-    c = sub.add_parser("config", parents=[common], help="print the resolved config (defaults < YAML < key=value) without running")
+    c = sub.add_parser(
+        "config", parents=[common], help="print the resolved config (defaults < YAML < key=value) without running"
+    )
     c.add_argument("config", nargs="?", help="run config YAML")
     c.add_argument("overrides", nargs="*", help="key=value overrides")
     c.add_argument("--keys", action="store_true", help="list every config key with its default and meaning")
@@ -235,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("run_dir", help="a run directory, e.g. runs/quickstart")
     rp.set_defaults(fn=_cmd_report)
 
-    sv = sub.add_parser("serve", parents=[common], help="OpenAI-compatible /v1/chat/completions for a trained model, scored in the background, /metrics")
+    sv = sub.add_parser(
+        "serve",
+        parents=[common],
+        help="OpenAI-compatible /v1/chat/completions for a trained model, scored in the background, /metrics",
+    )
     sv.add_argument("target", help="a run directory (its final model, persona and evaluator) or a model name/path")
     sv.add_argument("--persona", help="persona YAML (default: the run's)")
     sv.add_argument("--evaluator", help="fitted evaluator folder (default: the run's)")
@@ -248,16 +326,25 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--default-max-tokens", type=int, help="max_tokens when a request gives none")
     sv.add_argument("--max-body-bytes", type=int, help="largest request body (bytes); larger gets 413")
     sv.add_argument("--window", type=int, help="responses in the rolling /metrics window (count)")
-    sv.add_argument("--log", help="append served conversations to this JSONL (the format `monitor` reads); created with mode 0600")
-    sv.add_argument("--api-key-env", help="environment variable holding an API key; when given, requests must send "
-                                          "'Authorization: Bearer KEY' (401 otherwise; /health stays open). The key is never logged")
+    sv.add_argument(
+        "--log", help="append served conversations to this JSONL (the format `monitor` reads); created with mode 0600"
+    )
+    sv.add_argument(
+        "--api-key-env",
+        help="environment variable holding an API key; when given, requests must send "
+        "'Authorization: Bearer KEY' (401 otherwise; /health stays open). The key is never logged",
+    )
     sv.add_argument("--dtype", help="model dtype (auto, float32, bfloat16, float16)")
     sv.add_argument("--device", help="auto, cpu, cuda, cuda:N")
     sv.set_defaults(fn=_cmd_serve)
 
-    mo = sub.add_parser("monitor", parents=[common], help="score production conversations and test each window for persona drift")
+    mo = sub.add_parser(
+        "monitor", parents=[common], help="score production conversations and test each window for persona drift"
+    )
     mo.add_argument("logs", help="JSONL, one conversation per line (OpenAI-style messages)")
-    mo.add_argument("--persona", required=True, help="persona YAML, or a run directory (persona, evaluator and reference from it)")
+    mo.add_argument(
+        "--persona", required=True, help="persona YAML, or a run directory (persona, evaluator and reference from it)"
+    )
     mo.add_argument("--evaluator", help="fitted evaluator folder")
     mo.add_argument("--reference", help="reference JSONL (default: the run's stage-3 held-out chosen responses)")
     mo.add_argument("--window", type=int, default=200, help="conversations per window (count)")
@@ -265,14 +352,24 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("--alpha", type=float, default=0.01, help="family-wise false-alarm rate over all windows and tests")
     mo.set_defaults(fn=_cmd_monitor)
 
-    e = sub.add_parser("env", parents=[common], help="print versions, device, threads and where the default models were found")
+    e = sub.add_parser(
+        "env", parents=[common], help="print versions, device, threads and where the default models were found"
+    )
     e.add_argument("--json", action="store_true")
     e.set_defaults(fn=_cmd_env)
     return p
 
 
-_MAIN_INPUT = {"run": "config", "validate": "persona", "score": "input", "fit": "examples", "config": "config", "report": "run_dir",
-               "serve": "target", "monitor": "logs"}
+_MAIN_INPUT = {
+    "run": "config",
+    "validate": "persona",
+    "score": "input",
+    "fit": "examples",
+    "config": "config",
+    "report": "run_dir",
+    "serve": "target",
+    "monitor": "logs",
+}
 """The argument each command's error line names as its input."""
 
 
@@ -310,14 +407,18 @@ def _unexpected(args: argparse.Namespace, exc: BaseException, debug: bool) -> in
     if isinstance(exc, OSError):
         # A path the user gave (or the disk) refused a read or a write: bad input, exit 2.
         path = f" {limits.short_repr(str(exc.filename), 200)}" if exc.filename else ""
-        _print_error(f"personatune {command}: error: cannot use{path}{on}: {exc.strerror or type(exc).__name__}; fix: check that the path exists, "
-                     f"is a file or folder as the command expects, and that you may read or write it ({where})")
+        _print_error(
+            f"personatune {command}: error: cannot use{path}{on}: {exc.strerror or type(exc).__name__}; fix: check that the path exists, "
+            f"is a file or folder as the command expects, and that you may read or write it ({where})"
+        )
         code = EXIT_BAD_INPUT
     else:
         what = limits.shorten(f"{type(exc).__name__}: {exc}".split("\n")[0], 300)
         look = f"; meanwhile check {limits.shorten(str(given), 300)} for anything unusual" if given else ""
-        _print_error(f"personatune {command}: internal error{on} ({what}); this looks like a bug in personatune; fix: report it with "
-                     f"the {where}{look}")
+        _print_error(
+            f"personatune {command}: internal error{on} ({what}); this looks like a bug in personatune; fix: report it with "
+            f"the {where}{look}"
+        )
         code = EXIT_INTERNAL
     if debug:
         traceback.print_exception(exc)
@@ -360,7 +461,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exception(e)
         return e.exit_code
     except KeyboardInterrupt:
-        print("personatune: interrupted; run the same command again to resume from the stage in progress", file=sys.stderr)
+        print(
+            "personatune: interrupted; run the same command again to resume from the stage in progress", file=sys.stderr
+        )
         return EXIT_INTERRUPTED
     except Exception as e:  # noqa: BLE001 - the top-level boundary: any other error is one line (exit 2 or 3), never a traceback
         return _unexpected(args, e, debug)

@@ -53,7 +53,9 @@ def _check_plain(value: Any) -> None:
             raise ValueError(f"text {limits.short_repr(value)} contains a NUL byte; write it without")
     elif isinstance(value, int) and not isinstance(value, bool):
         if abs(value) > limits.INT_MAX:
-            raise ValueError(f"{limits.short_repr(value)} is beyond the largest whole number a setting takes ({limits.INT_MAX:,})")
+            raise ValueError(
+                f"{limits.short_repr(value)} is beyond the largest whole number a setting takes ({limits.INT_MAX:,})"
+            )
     elif isinstance(value, (list, tuple)):
         for v in value:
             _check_plain(v)

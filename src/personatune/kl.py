@@ -38,8 +38,14 @@ class KLResult:
     reference: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        d = {"kl_per_token": self.per_token, "kl_per_token_stderr": self.stderr, "kl_per_sequence_mean": self.per_sequence_mean,
-             "tokens": self.tokens, "sequences": self.sequences, "unit": "nats/token"}
+        d = {
+            "kl_per_token": self.per_token,
+            "kl_per_token_stderr": self.stderr,
+            "kl_per_sequence_mean": self.per_sequence_mean,
+            "tokens": self.tokens,
+            "sequences": self.sequences,
+            "unit": "nats/token",
+        }
         return d | ({"reference": self.reference} if self.reference else {})
 
 
@@ -70,7 +76,9 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor) -> torch.Ten
 
 
 @torch.inference_mode()
-def sequence_kls(policy: Any, reference: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor) -> list[torch.Tensor]:
+def sequence_kls(
+    policy: Any, reference: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor
+) -> list[torch.Tensor]:
     """Per-token KLs at the response positions of each sequence.
 
     Args:
@@ -101,15 +109,24 @@ def summarize_kls(per_seq: list[torch.Tensor]) -> KLResult:
     if n > 1 and n_tok:
         lbar = n_tok / n
         # Ratio-estimator variance: var of (total_i - mean * len_i) / mean length.
-        resid = [(t - mean * l) / lbar for t, l in zip(totals, lens)]
+        resid = [(t - mean * n_i) / lbar for t, n_i in zip(totals, lens)]
         var = sum(r * r for r in resid) / (n - 1) / n
         se = math.sqrt(var)
     else:
         se = float("nan")
-    return KLResult(per_token=mean, stderr=se, per_sequence_mean=sum(totals) / n if n else float("nan"), tokens=n_tok, sequences=n, per_sequence=totals)
+    return KLResult(
+        per_token=mean,
+        stderr=se,
+        per_sequence_mean=sum(totals) / n if n else float("nan"),
+        tokens=n_tok,
+        sequences=n,
+        per_sequence=totals,
+    )
 
 
-def _pad_aligned(prefixes: list[list[int]], responses: list[list[int]], pad: int, device: Any) -> tuple[torch.Tensor, torch.Tensor, int]:
+def _pad_aligned(
+    prefixes: list[list[int]], responses: list[list[int]], pad: int, device: Any
+) -> tuple[torch.Tensor, torch.Tensor, int]:
     """[left pads][prefix][response][right pads] rows: every response starts at the same column (the longest prefix)."""
     wp, wr = max(len(p) for p in prefixes), max(len(r) for r in responses)
     ids = [[pad] * (wp - len(p)) + p + r + [pad] * (wr - len(r)) for p, r in zip(prefixes, responses)]
@@ -117,7 +134,9 @@ def _pad_aligned(prefixes: list[list[int]], responses: list[list[int]], pad: int
     return torch.tensor(ids, device=device), torch.tensor(am, device=device), wr
 
 
-def response_logprobs(model: Any, prefixes: list[list[int]], responses: list[list[int]], pad: int) -> list[torch.Tensor]:
+def response_logprobs(
+    model: Any, prefixes: list[list[int]], responses: list[list[int]], pad: int
+) -> list[torch.Tensor]:
     """Log-probabilities over the vocabulary at each response token: for row i, a (len(responses[i]), vocab) tensor
     whose row t is log model(. | prefixes[i] + responses[i][:t]). Only the response positions' logits are computed."""
     device = next(model.parameters()).device
@@ -135,8 +154,14 @@ def kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def prefixed_kls(policy: Any, reference: Any, policy_prefixes: list[list[int]], reference_prefixes: list[list[int]],
-                 responses: list[list[int]], pad: int) -> list[torch.Tensor]:
+def prefixed_kls(
+    policy: Any,
+    reference: Any,
+    policy_prefixes: list[list[int]],
+    reference_prefixes: list[list[int]],
+    responses: list[list[int]],
+    pad: int,
+) -> list[torch.Tensor]:
     """Per-token KL(policy(.|policy prefix, r<t) || reference(.|reference prefix, r<t)) at every token of each response.
 
     The two prefixes may differ (drift KL: the reference's starts with the persona context); the comparison is
@@ -147,15 +172,25 @@ def prefixed_kls(policy: Any, reference: Any, policy_prefixes: list[list[int]], 
     return [kl_from_logprobs(a, b) for a, b in zip(lp, lq)]
 
 
-def _sample_responses(policy: Any, tokenizer: Any, prefixes: list[list[int]], *, max_new_tokens: int, gen: torch.Generator, pad: int) -> list[list[int]]:
+def _sample_responses(
+    policy: Any, tokenizer: Any, prefixes: list[list[int]], *, max_new_tokens: int, gen: torch.Generator, pad: int
+) -> list[list[int]]:
     """One temperature-1 sample per prefix; the response tokens up to and including the first EOS."""
     device = next(policy.parameters()).device
     width = max(len(b) for b in prefixes)
     ids = torch.tensor([[pad] * (width - len(b)) + b for b in prefixes], device=device)
     am = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in prefixes], device=device)
     torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    out = policy.generate(input_ids=ids, attention_mask=am, do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
-                          max_new_tokens=max_new_tokens, pad_token_id=pad)
+    out = policy.generate(
+        input_ids=ids,
+        attention_mask=am,
+        do_sample=True,
+        temperature=1.0,
+        top_p=1.0,
+        top_k=0,
+        max_new_tokens=max_new_tokens,
+        pad_token_id=pad,
+    )
     eos = tokenizer.eos_token_id
     responses = []
     for row in out[:, width:].tolist():
@@ -166,8 +201,17 @@ def _sample_responses(policy: Any, tokenizer: Any, prefixes: list[list[int]], *,
 
 
 @torch.inference_mode()
-def measure_drift(policy: Any, reference: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], context: list[dict[str, str]], *,
-                  max_new_tokens: int = 64, seed: int = 0, batch_size: int = 8) -> DriftResult:
+def measure_drift(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    context: list[dict[str, str]],
+    *,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> DriftResult:
     """Drift KL and persona shift on the policy's own samples (temperature 1, no system prompt for the policy).
 
     Args:
@@ -202,8 +246,16 @@ def measure_drift(policy: Any, reference: Any, tokenizer: Any, prompts: list[lis
 
 
 @torch.inference_mode()
-def measure_kl(policy: Any, reference: Any, tokenizer: Any, prompts: list[list[dict[str, str]]], *, max_new_tokens: int = 64, seed: int = 0,
-               batch_size: int = 8) -> KLResult:
+def measure_kl(
+    policy: Any,
+    reference: Any,
+    tokenizer: Any,
+    prompts: list[list[dict[str, str]]],
+    *,
+    max_new_tokens: int = 64,
+    seed: int = 0,
+    batch_size: int = 8,
+) -> KLResult:
     """Sample responses from `policy` (temperature 1, no system prompt added) and measure exact per-token KL.
 
     Args:

@@ -80,5 +80,7 @@ def text_problem(text: str, field: str) -> str | None:
         return f"'{field}' has {len(text):,} characters, more than the limit of {TEXT_MAX_CHARS:,} (personatune.limits.TEXT_MAX_CHARS)"
     hit = _LONE_SURROGATE.search(text)
     if hit:
-        return f"'{field}' holds a lone surrogate (U+{ord(hit.group()):04X} at character {hit.start()}), which is not text"
+        return (
+            f"'{field}' holds a lone surrogate (U+{ord(hit.group()):04X} at character {hit.start()}), which is not text"
+        )
     return None

@@ -29,7 +29,9 @@ from typing import Any
 from personatune.config import LmEvalArgs
 from personatune.errors import ConfigError
 
-NOT_INSTALLED = "lm_eval is not installed; fix: pip install 'personatune[lmeval]' (lm_eval >= 0.4.5) into the project's environment"
+NOT_INSTALLED = (
+    "lm_eval is not installed; fix: pip install 'personatune[lmeval]' (lm_eval >= 0.4.5) into the project's environment"
+)
 Z95 = 1.959963984540054
 
 
@@ -57,14 +59,18 @@ def task_manager(args: LmEvalArgs) -> Any:
         ConfigError: the include path is not a folder, or a task name is defined nowhere.
     """
     if args.include_path and not Path(args.include_path).is_dir():
-        raise ConfigError(f"lm_eval.include_path {args.include_path!r} is not a folder; fix: point it at a folder of lm-eval task YAML files, or remove it")
+        raise ConfigError(
+            f"lm_eval.include_path {args.include_path!r} is not a folder; fix: point it at a folder of lm-eval task YAML files, or remove it"
+        )
     tm = _task_index(args.include_path)
     known = set(tm.all_tasks)
     unknown = [t for t in args.tasks if t not in known and not Path(t).is_file()]
     if unknown:
         where = f" nor in lm_eval.include_path {args.include_path!r}" if args.include_path else ""
-        raise ConfigError(f"lm_eval.tasks: {', '.join(repr(t) for t in unknown)} is not in lm-eval's task registry{where}; "
-                          f"fix: check the name with `lm-eval ls tasks`, or define the task in a YAML file under lm_eval.include_path")
+        raise ConfigError(
+            f"lm_eval.tasks: {', '.join(repr(t) for t in unknown)} is not in lm-eval's task registry{where}; "
+            f"fix: check the name with `lm-eval ls tasks`, or define the task in a YAML file under lm_eval.include_path"
+        )
     return tm
 
 
@@ -114,8 +120,14 @@ def evaluate(model: Any, tokenizer: Any, args: LmEvalArgs, seed: int = 0, echo: 
     version = installed_version()
     if version is None:
         echo(f"  lm-eval tasks skipped: {NOT_INSTALLED}")
-        return {"status": "skipped", "lm_eval_version": None, "tasks": {}, "skipped": {t: NOT_INSTALLED for t in args.tasks},
-                "settings": settings, "seconds": round(time.time() - t0, 2)}
+        return {
+            "status": "skipped",
+            "lm_eval_version": None,
+            "tasks": {},
+            "skipped": {t: NOT_INSTALLED for t in args.tasks},
+            "settings": settings,
+            "seconds": round(time.time() - t0, 2),
+        }
     import logging
 
     from lm_eval import simple_evaluate
@@ -124,19 +136,39 @@ def evaluate(model: Any, tokenizer: Any, args: LmEvalArgs, seed: int = 0, echo: 
     tm = task_manager(args)
     for name in ("lm_eval", "lm-eval"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(next(model.parameters()).device))
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=args.batch_size, device=str(next(model.parameters()).device)
+    )
     tasks: dict[str, Any] = {}
     skipped: dict[str, str] = {}
     for task in args.tasks:
         t1 = time.time()
         try:
-            res = simple_evaluate(model=lm, tasks=[task], task_manager=tm, limit=args.limit, num_fewshot=args.num_fewshot,
-                                  apply_chat_template=args.apply_chat_template, log_samples=False, bootstrap_iters=args.bootstrap_iters,
-                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed, fewshot_random_seed=seed, verbosity="ERROR")
-        except Exception as e:  # offline hub, missing files, a task that cannot run on this model: skipped, with the reason
-            kind = "its data could not be loaded (offline?)" if isinstance(e, (ConnectionError, OSError)) else "it failed"
-            skipped[task] = (f"{kind}: {_one_line(e)}; fix: fetch the task's dataset into the Hugging Face cache while online, "
-                             f"or define the task with local data under lm_eval.include_path")
+            res = simple_evaluate(
+                model=lm,
+                tasks=[task],
+                task_manager=tm,
+                limit=args.limit,
+                num_fewshot=args.num_fewshot,
+                apply_chat_template=args.apply_chat_template,
+                log_samples=False,
+                bootstrap_iters=args.bootstrap_iters,
+                random_seed=seed,
+                numpy_random_seed=seed,
+                torch_random_seed=seed,
+                fewshot_random_seed=seed,
+                verbosity="ERROR",
+            )
+        except (
+            Exception
+        ) as e:  # offline hub, missing files, a task that cannot run on this model: skipped, with the reason
+            kind = (
+                "its data could not be loaded (offline?)" if isinstance(e, (ConnectionError, OSError)) else "it failed"
+            )
+            skipped[task] = (
+                f"{kind}: {_one_line(e)}; fix: fetch the task's dataset into the Hugging Face cache while online, "
+                f"or define the task with local data under lm_eval.include_path"
+            )
             echo(f"  lm-eval task {task} skipped: {skipped[task]}")
             continue
         res = res or {}
@@ -148,12 +180,29 @@ def evaluate(model: Any, tokenizer: Any, args: LmEvalArgs, seed: int = 0, echo: 
             continue
         key, value, se, higher = prim
         n = (res.get("n-samples") or {}).get(task, {}).get("effective")
-        tasks[task] = {"metric": key, "value": value, "stderr": se, "higher_is_better": higher, "n": n,
-                       "metrics": {k: v for k, v in (entry or {}).items() if isinstance(v, (int, float))}, "seconds": round(time.time() - t1, 2)}
-        echo(f"  lm-eval {task}: {key} {value:.4f}" + (f" ± {se:.4f}" if se is not None else "") + (f" (n={n})" if n else ""))
+        tasks[task] = {
+            "metric": key,
+            "value": value,
+            "stderr": se,
+            "higher_is_better": higher,
+            "n": n,
+            "metrics": {k: v for k, v in (entry or {}).items() if isinstance(v, (int, float))},
+            "seconds": round(time.time() - t1, 2),
+        }
+        echo(
+            f"  lm-eval {task}: {key} {value:.4f}"
+            + (f" ± {se:.4f}" if se is not None else "")
+            + (f" (n={n})" if n else "")
+        )
     status = "ran" if not skipped else ("partial" if tasks else "skipped")
-    return {"status": status, "lm_eval_version": version, "tasks": tasks, "skipped": skipped, "settings": settings,
-            "seconds": round(time.time() - t0, 2)}
+    return {
+        "status": status,
+        "lm_eval_version": version,
+        "tasks": tasks,
+        "skipped": skipped,
+        "settings": settings,
+        "seconds": round(time.time() - t0, 2),
+    }
 
 
 def compare(final: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
@@ -168,17 +217,28 @@ def compare(final: dict[str, Any], baseline: dict[str, Any]) -> dict[str, Any]:
     """
     out: dict[str, Any] = {}
     not_compared: dict[str, str] = {}
-    for task in dict.fromkeys([*baseline.get("tasks", {}), *final.get("tasks", {}), *baseline.get("skipped", {}), *final.get("skipped", {})]):
+    for task in dict.fromkeys(
+        [*baseline.get("tasks", {}), *final.get("tasks", {}), *baseline.get("skipped", {}), *final.get("skipped", {})]
+    ):
         b, f = baseline.get("tasks", {}).get(task), final.get("tasks", {}).get(task)
         if b is None or f is None:
             side = "baseline" if b is None else "final model"
-            not_compared[task] = f"not measured on the {side}: " + ((baseline if b is None else final).get("skipped", {}).get(task) or "missing")
+            not_compared[task] = f"not measured on the {side}: " + (
+                (baseline if b is None else final).get("skipped", {}).get(task) or "missing"
+            )
             continue
         if b["metric"] != f["metric"]:
             not_compared[task] = f"different metrics ({b['metric']} vs {f['metric']})"
             continue
         drop = (b["value"] - f["value"]) if b["higher_is_better"] else (f["value"] - b["value"])
         allowed = Z95 * b["stderr"] if b.get("stderr") is not None else 0.0
-        out[task] = {"metric": b["metric"], "baseline": b["value"], "final": f["value"], "drop": drop, "allowed": allowed,
-                     "ok": drop <= allowed + 1e-12, "n": f.get("n") or b.get("n")}
+        out[task] = {
+            "metric": b["metric"],
+            "baseline": b["value"],
+            "final": f["value"],
+            "drop": drop,
+            "allowed": allowed,
+            "ok": drop <= allowed + 1e-12,
+            "n": f.get("n") or b.get("n"),
+        }
     return {"tasks": out, "not_compared": not_compared, "all_tasks_ok": all(t["ok"] for t in out.values())}

@@ -61,15 +61,21 @@ def check_output_file(path: str | Path, option: str, inputs: Mapping[str, str | 
     if "\x00" in str(p):
         raise ConfigError(f"{option} {limits.short_repr(str(p))} contains a NUL byte; fix: give a plain file path")
     if p.is_dir():
-        raise ConfigError(f"{option} {p} is a folder; fix: give the path of a file to write, e.g. {p / ('out' + (p.suffix or '.jsonl'))}")
+        raise ConfigError(
+            f"{option} {p} is a folder; fix: give the path of a file to write, e.g. {p / ('out' + (p.suffix or '.jsonl'))}"
+        )
     blocker = next((q for q in p.parents if q.exists()), None)
     if blocker is not None and not blocker.is_dir():
-        raise ConfigError(f"{option} {p} cannot be written: {blocker} is a file, not a folder; fix: choose a path in an existing folder")
+        raise ConfigError(
+            f"{option} {p} cannot be written: {blocker} is a file, not a folder; fix: choose a path in an existing folder"
+        )
     _refuse_inputs(p, option, inputs)
     return p
 
 
-def check_output_dir(path: str | Path, option: str, files: Iterable[str], inputs: Mapping[str, str | Path | None]) -> Path:
+def check_output_dir(
+    path: str | Path, option: str, files: Iterable[str], inputs: Mapping[str, str | Path | None]
+) -> Path:
     """Refuse an output folder that is a file, or whose files to be written include an input.
 
     Args:
@@ -88,7 +94,9 @@ def check_output_dir(path: str | Path, option: str, files: Iterable[str], inputs
     if "\x00" in str(p):
         raise ConfigError(f"{option} {limits.short_repr(str(p))} contains a NUL byte; fix: give a plain folder path")
     if p.exists() and not p.is_dir():
-        raise ConfigError(f"{option} {p} is a file, not a folder; fix: give the path of a folder (it is created if missing)")
+        raise ConfigError(
+            f"{option} {p} is a file, not a folder; fix: give the path of a folder (it is created if missing)"
+        )
     for name in files:
         _refuse_inputs(p / name, option, inputs)
     return p
@@ -101,5 +109,7 @@ def _refuse_inputs(p: Path, option: str, inputs: Mapping[str, str | Path | None]
         for f in _files_of(Path(inp)):
             if _same_file(p, f):
                 shown = f"{what} {inp}" if Path(inp) == f else f"{f} (in {what} {inp})"
-                raise ConfigError(f"{option} {p} is the same file as {shown}; writing it would destroy that input; "
-                                  f"fix: write to another path, e.g. {p.with_name(p.stem + '.out' + p.suffix)}")
+                raise ConfigError(
+                    f"{option} {p} is the same file as {shown}; writing it would destroy that input; "
+                    f"fix: write to another path, e.g. {p.with_name(p.stem + '.out' + p.suffix)}"
+                )

@@ -15,10 +15,16 @@ _FORMALITY = {
 }
 _OPPOSITE_FORMALITY = {"casual": "formal", "neutral": "casual", "formal": "casual"}
 _EMOJI = {"never": "Never use emoji.", "sometimes": "Use an emoji now and then.", "often": "Use emoji often."}
-_EXCLAIM = {"never": "Never use exclamation marks.", "sometimes": "Exclaim now and then (an exclamation mark in some replies).",
-            "often": "Exclaim often: most replies have at least one exclamation mark."}
-_QUESTIONS = {"never": "Do not ask the user questions.", "sometimes": "Ask the user a question now and then.",
-              "often": "Ask the user a question in most replies."}
+_EXCLAIM = {
+    "never": "Never use exclamation marks.",
+    "sometimes": "Exclaim now and then (an exclamation mark in some replies).",
+    "often": "Exclaim often: most replies have at least one exclamation mark.",
+}
+_QUESTIONS = {
+    "never": "Do not ask the user questions.",
+    "sometimes": "Ask the user a question now and then.",
+    "often": "Ask the user a question in most replies.",
+}
 
 
 def _trait_line(t: Trait, flipped: bool) -> str:
@@ -27,14 +33,20 @@ def _trait_line(t: Trait, flipped: bool) -> str:
     if t.inverse:
         return f"- {t.inverse}"
     # Without an explicit inverse, the trait's own negative exemplars show the opposite behaviour.
-    return f"- You are NOT like this: {t.description} Instead you talk like: \"{t.negative[0]}\""
+    return f'- You are NOT like this: {t.description} Instead you talk like: "{t.negative[0]}"'
 
 
 def persona_voice_lines(spec: PersonaSpec) -> list[str]:
     """The "Voice:" block of the in-persona system prompt: register, length, emoji, exclamations/questions (when set), phrases, behaviour rules."""
     st = spec.style
     lo, hi = st.words
-    lines = ["", "Voice:", f"- Your register is {_FORMALITY[st.formality]}.", f"- Answer in {lo} to {hi} words.", f"- {_EMOJI[st.emoji]}"]
+    lines = [
+        "",
+        "Voice:",
+        f"- Your register is {_FORMALITY[st.formality]}.",
+        f"- Answer in {lo} to {hi} words.",
+        f"- {_EMOJI[st.emoji]}",
+    ]
     # The optional rates, when the persona sets them (they are style_match targets too).
     if st.exclamations:
         lines.append(f"- {_EXCLAIM[st.exclamations]}")
@@ -48,7 +60,9 @@ def persona_voice_lines(spec: PersonaSpec) -> list[str]:
     return lines
 
 
-def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_style: bool = False, focus: list[str] | None = None) -> str:
+def render_system_prompt(
+    spec: PersonaSpec, *, flip: str | None = None, break_style: bool = False, focus: list[str] | None = None
+) -> str:
     """The persona as a system prompt.
 
     Args:
@@ -66,13 +80,21 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
         The system prompt text.
     """
     contrast = flip is not None or break_style
-    lines = [f"You are {spec.name}." if contrast else f"You are {spec.name}. {spec.summary.strip()}", "", "Your character:"]
+    lines = [
+        f"You are {spec.name}." if contrast else f"You are {spec.name}. {spec.summary.strip()}",
+        "",
+        "Your character:",
+    ]
     lines += [_trait_line(t, t.id == flip) for t in spec.traits]
     st = spec.style
     lo, hi = st.words
     if break_style:
         form = _OPPOSITE_FORMALITY[st.formality]
-        length = f"Answer in at least {hi * 2} words." if hi < 80 else f"Answer in one short sentence of at most {max(3, lo // 2)} words."
+        length = (
+            f"Answer in at least {hi * 2} words."
+            if hi < 80
+            else f"Answer in one short sentence of at most {max(3, lo // 2)} words."
+        )
         emoji = "Use emoji often." if st.emoji == "never" else "Never use emoji."
         lines += ["", "Voice:", f"- Your register is {_FORMALITY[form]}.", f"- {length}", f"- {emoji}"]
         if st.exclamations in ("sometimes", "often"):
@@ -88,7 +110,7 @@ def render_system_prompt(spec: PersonaSpec, *, flip: str | None = None, break_st
     focus_traits = [t for t in spec.traits if focus and t.id in focus and t.id != flip]
     if focus_traits:
         lines += ["", "In this reply, clearly show:"]
-        lines += [f"- {t.description} (for example: \"{t.positive[0]}\")" for t in focus_traits]
+        lines += [f'- {t.description} (for example: "{t.positive[0]}")' for t in focus_traits]
     if flip is not None:
         flipped = spec.trait(flip)
         what = flipped.inverse or f"the opposite of this: {flipped.description}"
@@ -108,8 +130,15 @@ def few_shot_messages(spec: PersonaSpec) -> list[dict[str, str]]:
     return out
 
 
-def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, few_shot: bool = True, flip: str | None = None,
-                         break_style: bool = False, focus: list[str] | None = None) -> list[dict[str, str]]:
+def persona_conversation(
+    spec: PersonaSpec,
+    messages: list[dict[str, str]],
+    *,
+    few_shot: bool = True,
+    flip: str | None = None,
+    break_style: bool = False,
+    focus: list[str] | None = None,
+) -> list[dict[str, str]]:
     """System prompt + few-shot turns + the scenario's messages, ready for a chat template.
 
     Few-shot turns: the persona's example interactions for in-persona replies; for a trait-flipped reply,
@@ -124,7 +153,10 @@ def persona_conversation(spec: PersonaSpec, messages: list[dict[str, str]], *, f
         # teacher imitates an example far more reliably than it follows an instruction.
         user = next((m.content for m in spec.examples[0].messages if m.role == "user"), None)
         if user:
-            conv += [{"role": "user", "content": user}, {"role": "assistant", "content": " ".join(flipped.negative[2:4] or flipped.negative[:2])}]
+            conv += [
+                {"role": "user", "content": user},
+                {"role": "assistant", "content": " ".join(flipped.negative[2:4] or flipped.negative[:2])},
+            ]
     return conv + [dict(m) for m in messages]
 
 

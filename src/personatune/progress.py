@@ -27,7 +27,9 @@ class EtaLine:
         min_interval_s: least seconds between two lines (the last one always prints).
     """
 
-    def __init__(self, label: str, echo: Callable[[str], object] = print, unit: str = "prompts", min_interval_s: float = 10.0) -> None:
+    def __init__(
+        self, label: str, echo: Callable[[str], object] = print, unit: str = "prompts", min_interval_s: float = 10.0
+    ) -> None:
         self.label, self.echo, self.unit, self.min_interval_s = label, echo, unit, min_interval_s
         self.t0 = time.monotonic()
         self.last = float("-inf")

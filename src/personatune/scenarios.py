@@ -168,17 +168,25 @@ _LINE_PREFIX = re.compile(r"^\s*(?:[-*•]|\d+[.)]|\(\d+\))\s*")
 def expansion_request(spec: PersonaSpec, trait_id: str, context: str, n: int) -> list[dict[str, str]]:
     """The chat messages asking a teacher for `n` new user prompts of `context` that let `trait_id` show."""
     t = spec.trait(trait_id)
-    return [{"role": "system", "content": "You write realistic messages that users send to a chatbot. Reply with the messages only, one per line."},
-            {"role": "user", "content": f"Write {n} different messages a user might send to a chatbot: {CONTEXT_DESCRIPTIONS[context]}. "
-                                        f"Each message should give the chatbot a natural chance to show this trait: {t.description} "
-                                        f"Write one message per line, no numbering, no quotes, each under 30 words."}]
+    return [
+        {
+            "role": "system",
+            "content": "You write realistic messages that users send to a chatbot. Reply with the messages only, one per line.",
+        },
+        {
+            "role": "user",
+            "content": f"Write {n} different messages a user might send to a chatbot: {CONTEXT_DESCRIPTIONS[context]}. "
+            f"Each message should give the chatbot a natural chance to show this trait: {t.description} "
+            f"Write one message per line, no numbering, no quotes, each under 30 words.",
+        },
+    ]
 
 
 def parse_expansion(text: str, n: int, min_words: int = 3, max_words: int = 40) -> list[str]:
     """User prompts from a teacher's reply: one per line, list markers and quotes stripped, lengths checked, at most n."""
     out: list[str] = []
     for line in text.splitlines():
-        line = _LINE_PREFIX.sub("", line).strip().strip('"“”\'').strip()
+        line = _LINE_PREFIX.sub("", line).strip().strip("\"“”'").strip()
         if min_words <= len(line.split()) <= max_words and line not in out:
             out.append(line)
     return out[:n]

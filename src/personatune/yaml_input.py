@@ -50,12 +50,19 @@ class BoundedLoader(yaml.SafeLoader):
         max_chars: most characters of scalar text, aliases counted the same way.
     """
 
-    def __init__(self, stream: str, max_depth: int = limits.YAML_MAX_DEPTH, max_nodes: int = limits.YAML_MAX_NODES,
-                 max_chars: int = limits.YAML_MAX_EXPANDED_CHARS) -> None:
+    def __init__(
+        self,
+        stream: str,
+        max_depth: int = limits.YAML_MAX_DEPTH,
+        max_nodes: int = limits.YAML_MAX_NODES,
+        max_chars: int = limits.YAML_MAX_EXPANDED_CHARS,
+    ) -> None:
         super().__init__(stream)
         self.max_depth, self.max_nodes, self.max_chars = max_depth, max_nodes, max_chars
         self._depth = 0
-        self._size: dict[int, tuple[int, int]] = {}  # id(node) -> (expanded nodes, expanded chars), once the node is complete
+        self._size: dict[
+            int, tuple[int, int]
+        ] = {}  # id(node) -> (expanded nodes, expanded chars), once the node is complete
 
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
@@ -63,14 +70,20 @@ class BoundedLoader(yaml.SafeLoader):
         if isinstance(event, yaml.AliasEvent):
             target = self.anchors.get(event.anchor)
             if target is not None and id(target) not in self._size:
-                raise YamlLimitError(line, f"recursive alias *{event.anchor} (the list or mapping refers to itself)",
-                                     "replace the alias by the values it should hold")
+                raise YamlLimitError(
+                    line,
+                    f"recursive alias *{event.anchor} (the list or mapping refers to itself)",
+                    "replace the alias by the values it should hold",
+                )
             return super().compose_node(parent, index)  # counted by the parent, from _size
         self._depth += 1
         try:
             if self._depth > self.max_depth:
-                raise YamlLimitError(line, f"nesting deeper than {self.max_depth} levels (personatune.limits.YAML_MAX_DEPTH)",
-                                     "flatten the structure; persona and config files need about 5 levels")
+                raise YamlLimitError(
+                    line,
+                    f"nesting deeper than {self.max_depth} levels (personatune.limits.YAML_MAX_DEPTH)",
+                    "flatten the structure; persona and config files need about 5 levels",
+                )
             node = super().compose_node(parent, index)
         finally:
             self._depth -= 1
@@ -81,10 +94,16 @@ class BoundedLoader(yaml.SafeLoader):
             size = (1 + sum(self._size[id(c)][0] for c in children), sum(self._size[id(c)][1] for c in children))
         if size[0] > self.max_nodes or size[1] > self.max_chars:
             what = f"{size[0]:,} nodes" if size[0] > self.max_nodes else f"{size[1]:,} characters of text"
-            limit = (f"{self.max_nodes:,} nodes (personatune.limits.YAML_MAX_NODES)" if size[0] > self.max_nodes
-                     else f"{self.max_chars:,} characters (personatune.limits.YAML_MAX_EXPANDED_CHARS)")
-            raise YamlLimitError(line, f"the document expands to more than {what} once its aliases are expanded; the limit is {limit}",
-                                 "write the values out instead of nesting aliases (a 'billion laughs' file is refused)")
+            limit = (
+                f"{self.max_nodes:,} nodes (personatune.limits.YAML_MAX_NODES)"
+                if size[0] > self.max_nodes
+                else f"{self.max_chars:,} characters (personatune.limits.YAML_MAX_EXPANDED_CHARS)"
+            )
+            raise YamlLimitError(
+                line,
+                f"the document expands to more than {what} once its aliases are expanded; the limit is {limit}",
+                "write the values out instead of nesting aliases (a 'billion laughs' file is refused)",
+            )
         self._size[id(node)] = size
         return node
 

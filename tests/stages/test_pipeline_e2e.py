@@ -63,12 +63,18 @@ def test_keep_going_runs_every_stage_past_a_failed_gate(tmp_path, retention_defi
     lines: list[str] = []
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **{**LOOSE_GATES, "gates.evaluation.max_style_variance": 0}), echo=lines.append, keep_going=True)
+        rc = run_pipeline(
+            teacher_config(tmp_path, srv.base_url, **{**LOOSE_GATES, "gates.evaluation.max_style_variance": 0}),
+            echo=lines.append,
+            keep_going=True,
+        )
     out = "\n".join(lines)
     m = json.loads((tmp_path / "t" / "manifest.json").read_text())
     status = {s.id: m["stages"].get(s.id, {}).get("status") for s in STAGES}
     assert rc == 1 and status["04_evaluation"] == "gate_failed", out
-    assert all(status[s] in ("done", "gate_failed") for s in ("05_optimization", "06_iterations", "07_final_eval")), status
+    assert all(status[s] in ("done", "gate_failed") for s in ("05_optimization", "06_iterations", "07_final_eval")), (
+        status
+    )
     final = json.loads((tmp_path / "t" / "07_final_eval" / "final.json").read_text())
     assert final["verdict"] == "NO-DEPLOY"
     assert final["earlier_gates"]["04_evaluation"]["gate_passed"] is False

@@ -37,7 +37,9 @@ def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     # The dataset loads with `datasets` in TRL's conversational preference format.
     import datasets
 
-    ds = datasets.load_dataset("json", data_files=str(run / "03_consistency_data" / "train" / "pairs.jsonl"), split="train")
+    ds = datasets.load_dataset(
+        "json", data_files=str(run / "03_consistency_data" / "train" / "pairs.jsonl"), split="train"
+    )
     assert {"prompt", "chosen", "rejected", "context", "violated_traits"} <= set(ds.column_names)
     card = (run / "03_consistency_data" / "README.md").read_text()
     assert "Coverage" in card and "optimistic" in card
@@ -64,7 +66,9 @@ def test_teacher_that_cannot_stay_in_persona_fails_stage_3_with_diagnosis(tmp_pa
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec, good=False)
         lines: list[str] = []
-        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **{"data.max_prompts": 18}), until="4", echo=lines.append)
+        rc = run_pipeline(
+            teacher_config(tmp_path, srv.base_url, **{"data.max_prompts": 18}), until="4", echo=lines.append
+        )
     assert rc == 1
     gate = json.loads((tmp_path / "t" / "03_consistency_data" / "gate.json").read_text())
     assert gate["passed"] is False
@@ -107,16 +111,32 @@ def test_teacher_expands_the_prompt_bank(tmp_path):
     spec = load_persona(PERSONA)
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **{"data.expand_per_trait": 2, "data.contexts": "[casual,technical,multi_turn]", "data.max_prompts": "null"}),
-                          until="3", echo=lambda _: None)
+        rc = run_pipeline(
+            teacher_config(
+                tmp_path,
+                srv.base_url,
+                **{
+                    "data.expand_per_trait": 2,
+                    "data.contexts": "[casual,technical,multi_turn]",
+                    "data.max_prompts": "null",
+                },
+            ),
+            until="3",
+            echo=lambda _: None,
+        )
         asks = [r for r in srv.requests if r["messages"][0]["content"].startswith("You write realistic messages")]
     assert rc in (0, 1)
     # one request per (trait, expandable context): multi_turn is not expanded
     assert len(asks) == len(spec.traits) * 2
-    rows = [json.loads(x) for x in (tmp_path / "t" / "03_consistency_data" / "scenarios.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(x) for x in (tmp_path / "t" / "03_consistency_data" / "scenarios.jsonl").read_text().splitlines()
+    ]
     teacher_rows = [r for r in rows if r["source"] == "teacher"]
     assert teacher_rows and all(r["context"] in ("casual", "technical") for r in teacher_rows)
-    assert all(len(r["messages"][0]["content"].split()) >= 3 and not r["messages"][0]["content"][0].isdigit() for r in teacher_rows)
+    assert all(
+        len(r["messages"][0]["content"].split()) >= 3 and not r["messages"][0]["content"][0].isdigit()
+        for r in teacher_rows
+    )
     assert any(r["source"] == "bank" for r in rows) and all(r["targets"] for r in rows)
 
 
@@ -135,9 +155,18 @@ def test_configured_judge_is_used_by_stages_3_and_4(tmp_path):
 
     with FakeOpenAIServer() as srv:
         srv.responder = respond
-        cfg = teacher_config(tmp_path, srv.base_url, **{"scorer.judge.backend": "openai", "scorer.judge.base_url": srv.base_url,
-                                       "scorer.judge.model": "judge-m", "scorer.judge.weight": 0.25, "data.max_prompts": 24,
-                                       "gates.data.min_prompts_per_trait": 4})
+        cfg = teacher_config(
+            tmp_path,
+            srv.base_url,
+            **{
+                "scorer.judge.backend": "openai",
+                "scorer.judge.base_url": srv.base_url,
+                "scorer.judge.model": "judge-m",
+                "scorer.judge.weight": 0.25,
+                "data.max_prompts": 24,
+                "gates.data.min_prompts_per_trait": 4,
+            },
+        )
         lines: list[str] = []
         run_pipeline(cfg, until="4", echo=lines.append)
     run = tmp_path / "t"

@@ -30,9 +30,19 @@ from personatune.scoring.style import STYLE_FEATURES
 def rec(i, traits=None, violations=None, targets=(), context=None, consistent=True, style=None, rules=None, hard=()):
     full_style = {f: 0.0 for f in STYLE_FEATURES}
     full_style.update(style or {})
-    return ResponseScore(id=str(i), traits=dict(traits or {}), violations=dict(violations or {}), style=full_style,
-                         style_match=0.8, rules=dict(rules or {}), consistent=consistent,
-                         consistency=0.7 if consistent else 0.3, targets=list(targets), context=context, hard_rules=list(hard))
+    return ResponseScore(
+        id=str(i),
+        traits=dict(traits or {}),
+        violations=dict(violations or {}),
+        style=full_style,
+        style_match=0.8,
+        rules=dict(rules or {}),
+        consistent=consistent,
+        consistency=0.7 if consistent else 0.3,
+        targets=list(targets),
+        context=context,
+        hard_rules=list(hard),
+    )
 
 
 # ---- intervals ---------------------------------------------------------------------------------
@@ -113,8 +123,12 @@ ADH = [
 
 
 def test_adherence_by_hand():
-    assert [adherence_pairs(r) for r in ADH] == [{"a": True, "b": True}, {"a": False, "b": True},
-                                                 {"a": False, "b": True}, {"a": True, "b": False}]
+    assert [adherence_pairs(r) for r in ADH] == [
+        {"a": True, "b": True},
+        {"a": False, "b": True},
+        {"a": False, "b": True},
+        {"a": True, "b": False},
+    ]
     rep = trait_adherence(ADH)
     assert rep.overall.value == 5 / 8 and rep.overall.n == 8 and rep.n_responses == 4
     # Each response adheres on 1/2 or 2/2 of its pairs, so every resampled ratio lies in [0.5, 1].
@@ -148,7 +162,7 @@ def sv_records():
         rec(2, context="A", style={"words": 20, "formality": 0.5}),
         rec(3, context="B", style={"words": 30, "formality": 0.5}),
         rec(4, context="B", style={"words": 40, "formality": 0.5, "question_rate": 0.1}),
-        rec(5, context="C", style={"words": 500}),   # 1 response: below the minimum, skipped
+        rec(5, context="C", style={"words": 500}),  # 1 response: below the minimum, skipped
         rec(6, context=None, style={"words": 500}),  # unlabelled: never a group
         rec(7, context=None, style={"words": 500}),
     ]
@@ -175,14 +189,20 @@ def test_style_variance_by_hand():
     assert rep.measurement().value == rep.value
     # Only two features: the mean of the two; another unit for words scales its term.
     assert style_variance(sv_records(), 2, features=["words", "question_rate"]).value == pytest.approx(
-        STYLE_VARIANCE_SCALE * math.sqrt(75) / u["words"] / 2)
-    assert style_variance(sv_records(), 2, mean_floor={"words": 1.0}).per_feature["words"] == pytest.approx(math.sqrt(75))
+        STYLE_VARIANCE_SCALE * math.sqrt(75) / u["words"] / 2
+    )
+    assert style_variance(sv_records(), 2, mean_floor={"words": 1.0}).per_feature["words"] == pytest.approx(
+        math.sqrt(75)
+    )
 
 
 def test_style_variance_three_contexts_and_constant_groups():
     # Every response in a context has the same words: means 10, 20, 30 -> population std sqrt(200/3), no
     # sampling noise. Within-group values are constant, so every bootstrap resample gives the same value.
-    recs = [rec(i, context=c, style={"words": w}) for i, (c, w) in enumerate([("x", 10)] * 5 + [("y", 20)] * 5 + [("z", 30)] * 5)]
+    recs = [
+        rec(i, context=c, style={"words": w})
+        for i, (c, w) in enumerate([("x", 10)] * 5 + [("y", 20)] * 5 + [("z", 30)] * 5)
+    ]
     rep = style_variance(recs, features=["words"])
     assert rep.value == pytest.approx(STYLE_VARIANCE_SCALE * math.sqrt(200 / 3) / NATURAL_MOVEMENT["words"])
     assert rep.ci == pytest.approx((rep.value, rep.value))
@@ -209,11 +229,15 @@ def test_style_variance_separates_a_steady_voice_from_one_that_switches_by_conte
 
 
 def test_style_variance_needs_two_groups():
-    recs = [rec(i, context="only", style={"words": 10 + i}) for i in range(6)] + [rec(9, context="few", style={"words": 1})]
+    recs = [rec(i, context="only", style={"words": 10 + i}) for i in range(6)] + [
+        rec(9, context="few", style={"words": 1})
+    ]
     rep = style_variance(recs, min_per_context=5)
     assert rep.value is None and rep.measurement() is None
     assert "1 qualify" in rep.note and rep.groups_skipped == {"few": 1}
-    gate = check_gates([GateSpec("style_variance", 0.15, "<", "relative std")], {"style_variance": rep.measurement()})[0]
+    gate = check_gates([GateSpec("style_variance", 0.15, "<", "relative std")], {"style_variance": rep.measurement()})[
+        0
+    ]
     assert gate.passed is False
     assert style_variance([], min_per_context=5).value is None
 
@@ -231,8 +255,19 @@ def test_style_variance_bad_input():
 
 
 def test_summarize_and_format():
-    recs = [*ADH, rec(5, {"a": 0.9, "b": 0.9}, {"a": 0.0, "b": 0.0}, [], "tech", consistent=False,
-                      rules={"asks_back": False}, hard=["asks_back"])]
+    recs = [
+        *ADH,
+        rec(
+            5,
+            {"a": 0.9, "b": 0.9},
+            {"a": 0.0, "b": 0.0},
+            [],
+            "tech",
+            consistent=False,
+            rules={"asks_back": False},
+            hard=["asks_back"],
+        ),
+    ]
     recs[0].rules = {"asks_back": True}
     s = summarize(recs, min_per_context=2)
     json.dumps(s, allow_nan=False)  # JSON-ready: no NaN, no tuples

@@ -20,18 +20,31 @@ FEATS = list(VARIANCE_FLOORS)
 def rec(consistent: bool, consistency: float, **style: float) -> ResponseScore:
     st = {f: 0.0 for f in FEATS}
     st.update(style)
-    return ResponseScore(id="x", traits={}, violations={}, style=st, style_match=1.0, rules={}, consistent=consistent, consistency=consistency)
+    return ResponseScore(
+        id="x",
+        traits={},
+        violations={},
+        style=st,
+        style_match=1.0,
+        rules={},
+        consistent=consistent,
+        consistency=consistency,
+    )
 
 
 def scen(i: int, split: str) -> Scenario:
-    return Scenario(id=f"s{i}", context="casual", messages=[{"role": "user", "content": f"q{i}"}], targets=[], split=split)
+    return Scenario(
+        id=f"s{i}", context="casual", messages=[{"role": "user", "content": f"q{i}"}], targets=[], split=split
+    )
 
 
 def test_typical_voice_is_the_mean_of_consistent_training_candidates_with_floored_scales():
     scenarios = [scen(0, "train"), scen(1, "train"), scen(2, "heldout")]
-    scores = [[rec(True, 0.9, words=10, exclamation_rate=0.5), rec(False, 0.2, words=1000)],
-              [rec(True, 0.7, words=30, exclamation_rate=0.0)],
-              [rec(True, 0.9, words=500, exclamation_rate=1.0)]]  # held out: must not move the mean
+    scores = [
+        [rec(True, 0.9, words=10, exclamation_rate=0.5), rec(False, 0.2, words=1000)],
+        [rec(True, 0.7, words=30, exclamation_rate=0.0)],
+        [rec(True, 0.9, words=500, exclamation_rate=1.0)],
+    ]  # held out: must not move the mean
     means, scales = typical_voice(scenarios, scores)
     assert means["words"] == pytest.approx(20.0) and means["exclamation_rate"] == pytest.approx(0.25)
     assert scales["words"] == pytest.approx(20.0)  # max(|20|, floor 1)
@@ -46,10 +59,16 @@ def test_select_typical_voice_picks_the_nearest_consistent_candidate_and_never_a
     scenarios = [scen(i, "train") for i in range(4)]
     # the typical voice: words ~ 20 (three prompts of 20 words)
     cands = [["a0"], ["b0"], ["c0"], ["near-but-inconsistent", "far-high-score", "near-lower-score"]]
-    scores = [[rec(True, 0.8, words=20)], [rec(True, 0.8, words=20)], [rec(True, 0.8, words=20)],
-              [rec(False, 0.4, words=20), rec(True, 0.99, words=200), rec(True, 0.6, words=22)]]
+    scores = [
+        [rec(True, 0.8, words=20)],
+        [rec(True, 0.8, words=20)],
+        [rec(True, 0.8, words=20)],
+        [rec(False, 0.4, words=20), rec(True, 0.99, words=200), rec(True, 0.6, words=22)],
+    ]
     spec = load_persona(REPO / "examples" / "personas" / "captain_nova.yaml")
-    sft, _, stats = build_pairs(spec, scenarios, cands, {}, scorer=None, candidate_scores=scores, select="typical_voice")
+    sft, _, stats = build_pairs(
+        spec, scenarios, cands, {}, scorer=None, candidate_scores=scores, select="typical_voice"
+    )
     assert sft[3]["messages"][-1]["content"] == "near-lower-score"
     sft, _, _ = build_pairs(spec, scenarios, cands, {}, scorer=None, candidate_scores=scores, select="max_consistency")
     assert sft[3]["messages"][-1]["content"] == "far-high-score"
@@ -64,7 +83,9 @@ def test_voice_block_renders_exclamations_and_questions_only_when_set():
     nova = load_persona(REPO / "examples" / "personas" / "captain_nova.yaml")  # exclamations: often, questions unset
     lines = "\n".join(persona_voice_lines(nova))
     assert "Exclaim often" in lines and "question" not in lines.lower()
-    tutor = load_persona(REPO / "examples" / "personas" / "socratic_tutor.yaml")  # questions: often, exclamations: sometimes
+    tutor = load_persona(
+        REPO / "examples" / "personas" / "socratic_tutor.yaml"
+    )  # questions: often, exclamations: sometimes
     lines = "\n".join(persona_voice_lines(tutor))
     assert "Ask the user a question in most replies." in lines and "Exclaim now and then" in lines
     # the style-broken prompt still flips exclamations rather than asking for them

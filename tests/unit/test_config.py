@@ -82,7 +82,9 @@ def test_a_trainer_without_a_kl_term_is_refused_at_load_time_while_a_drift_gate_
 
     persona = "examples/personas/captain_nova.yaml"
     for algo in ("dpo", "grpo", "rloo"):
-        with pytest.raises(ConfigError, match=rf"train.beta=0.0: train.algorithm={algo} .*no KL term.*fix: set train.beta"):
+        with pytest.raises(
+            ConfigError, match=rf"train.beta=0.0: train.algorithm={algo} .*no KL term.*fix: set train.beta"
+        ):
             load_config(None, [f"persona={persona}", f"train.algorithm={algo}", "train.beta=0"])
     # distillation recipes need no beta
     load_config(None, [f"persona={persona}", "train.algorithm=sdft", "iterations.algorithm=sft", "train.beta=0"])

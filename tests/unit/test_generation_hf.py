@@ -25,10 +25,15 @@ def reference_greedy(model, tok, conv, max_new_tokens):
     """One prompt, no padding at all, plain model.generate: the ground truth for greedy decoding."""
     ids = encode_chat(tok, conv)
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[0, len(ids):].tolist()
-    return new[:next((i for i, t in enumerate(new) if t == tok.eos_token_id), len(new))]
+        out = model.generate(
+            torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    new = out[0, len(ids) :].tolist()
+    return new[: next((i for i, t in enumerate(new) if t == tok.eos_token_id), len(new))]
 
 
 def test_satisfies_protocol(tiny):
@@ -69,13 +74,17 @@ def test_stops_at_eos(tiny):
         got = b.generate_ids(convs()[:1], max_new_tokens=10, temperature=0.0)[0][0]
     finally:
         model.generation_config.eos_token_id = saved
-    assert got == full[:full.index(stop)]
+    assert got == full[: full.index(stop)]
     assert b.last_stats["new_tokens"] == len(got)
 
 
 def test_special_tokens_do_not_leak(tiny):
     model, tok = tiny
-    special = tok.convert_tokens_to_ids("<|im_start|>") if "<|im_start|>" in tok.all_special_tokens else tok.all_special_ids[0]
+    special = (
+        tok.convert_tokens_to_ids("<|im_start|>")
+        if "<|im_start|>" in tok.all_special_tokens
+        else tok.all_special_ids[0]
+    )
     calls = {"n": 0}
 
     def every_other_step(module, inputs, output):
@@ -136,16 +145,28 @@ def test_cuda_matches_cpu(tiny):
 
     model, tok = tiny
     cpu = HFBackend(model, tok, batch_size=4).generate_ids(convs(), max_new_tokens=8, temperature=0.0)
-    gpu = HFBackend(copy.deepcopy(model), tok, batch_size=4, device="cuda").generate_ids(convs(), max_new_tokens=8, temperature=0.0)
+    gpu = HFBackend(copy.deepcopy(model), tok, batch_size=4, device="cuda").generate_ids(
+        convs(), max_new_tokens=8, temperature=0.0
+    )
     assert gpu == cpu
 
 
 def test_shared_prefill_gives_the_same_draws_as_num_return_sequences(tiny):
     model, tok = tiny
     # different prompt lengths in one batch: left padding and position ids must line up in the cached path
-    cs = [[{"role": "system", "content": "You are a pirate captain. " * k}, {"role": "user", "content": f"question {k}?" * k}] for k in (1, 4, 9)]
-    a = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefill=False)).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
-    b = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefill=True)).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    cs = [
+        [
+            {"role": "system", "content": "You are a pirate captain. " * k},
+            {"role": "user", "content": f"question {k}?" * k},
+        ]
+        for k in (1, 4, 9)
+    ]
+    a = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefill=False)).generate(
+        cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5
+    )
+    b = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefill=True)).generate(
+        cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5
+    )
     assert a == b
     assert len({x for per in b for x in per}) > 3  # real sampling: the draws differ from each other
 
@@ -154,13 +175,33 @@ def persona_convs():
     """Stage-3-like prompts: a long shared system prompt and few-shot turns, then user turns of unequal length;
     two prompts behind a second system prompt (another context group) and one multi-turn prompt."""
     system = "You are Captain Nova, a cheerful starship captain who loves the sea of stars. " * 3
-    shots = [{"role": "user", "content": "Hi there"}, {"role": "assistant", "content": "Ahoy, matey! Welcome aboard the ship."},
-             {"role": "user", "content": "How are you?"}, {"role": "assistant", "content": "Shipshape and ready to sail!"}]
-    out = [[{"role": "system", "content": system}, *shots, {"role": "user", "content": " ".join(["word"] * k) + f" #{k}"}]
-           for k in LENGTHS]
-    out += [[{"role": "system", "content": system + " Keep it short."}, *shots, {"role": "user", "content": f"question {k}?"}] for k in (2, 7)]
-    out.append([{"role": "system", "content": system}, *shots, {"role": "user", "content": "Tell me more."},
-                {"role": "assistant", "content": "The stars are wide!"}, {"role": "user", "content": "And then?"}])
+    shots = [
+        {"role": "user", "content": "Hi there"},
+        {"role": "assistant", "content": "Ahoy, matey! Welcome aboard the ship."},
+        {"role": "user", "content": "How are you?"},
+        {"role": "assistant", "content": "Shipshape and ready to sail!"},
+    ]
+    out = [
+        [{"role": "system", "content": system}, *shots, {"role": "user", "content": " ".join(["word"] * k) + f" #{k}"}]
+        for k in LENGTHS
+    ]
+    out += [
+        [
+            {"role": "system", "content": system + " Keep it short."},
+            *shots,
+            {"role": "user", "content": f"question {k}?"},
+        ]
+        for k in (2, 7)
+    ]
+    out.append(
+        [
+            {"role": "system", "content": system},
+            *shots,
+            {"role": "user", "content": "Tell me more."},
+            {"role": "assistant", "content": "The stars are wide!"},
+            {"role": "user", "content": "And then?"},
+        ]
+    )
     return out
 
 
@@ -174,20 +215,31 @@ def test_shared_prefix_gives_the_greedy_output_of_the_plain_path(tiny):
     plain = plain_backend.generate_ids(cs, max_new_tokens=12, temperature=0.0)
     assert plain == [[reference_greedy(model, tok, c, 12)] for c in cs]
     assert len({tuple(r[0]) for r in plain}) > 1
-    for kw in ({"batch_size": 4}, {"batch_size": 1}, {"batch_size": 16}, {"batch_size": 4, "prefill": PrefillOptions(shared_attention=False)}):
+    for kw in (
+        {"batch_size": 4},
+        {"batch_size": 1},
+        {"batch_size": 16},
+        {"batch_size": 4, "prefill": PrefillOptions(shared_attention=False)},
+    ):
         b = HFBackend(model, tok, prefix_cache=2, **kw)
         assert b.generate_ids(cs, max_new_tokens=12, temperature=0.0) == plain, kw
         # the prefix was shared (less of it with one batch mixing both system prompts)
-        assert b.last_stats["prefill_tokens"] < plain_backend.last_stats["prefill_tokens"] / (1 if kw["batch_size"] == 16 else 2), kw
+        assert b.last_stats["prefill_tokens"] < plain_backend.last_stats["prefill_tokens"] / (
+            1 if kw["batch_size"] == 16 else 2
+        ), kw
         first = b.last_stats["prefill_tokens"]
-        assert b.generate_ids(cs[::-1], max_new_tokens=12, temperature=0.0) == plain[::-1], kw  # kept prefixes, caller's order
+        assert b.generate_ids(cs[::-1], max_new_tokens=12, temperature=0.0) == plain[::-1], (
+            kw
+        )  # kept prefixes, caller's order
         assert b.last_stats["prefill_tokens"] < first, kw
 
 
 def test_shared_prefix_gives_the_same_draws_with_the_same_batches(tiny):
     model, tok = tiny
-    cs = persona_convs()[:len(LENGTHS)]  # one context: the plain path and the shared one form the same batches
-    a = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefix=False)).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
+    cs = persona_convs()[: len(LENGTHS)]  # one context: the plain path and the shared one form the same batches
+    a = HFBackend(model, tok, batch_size=3, prefill=PrefillOptions(share_prefix=False)).generate(
+        cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5
+    )
     b = HFBackend(model, tok, batch_size=3).generate(cs, max_new_tokens=10, temperature=1.0, top_p=0.9, n=3, seed=5)
     assert a == b
     assert len({x for per in b for x in per}) > 3
@@ -206,7 +258,9 @@ def test_kept_prefix_is_dropped_when_the_weights_change(tiny):
             if p.dim() == 2:
                 p.mul_(1.5)  # an in-place update, as an optimizer step
     after = b.generate_ids(cs, max_new_tokens=8, temperature=0.0)
-    assert after == HFBackend(model, tok, batch_size=4, prefill=PrefillOptions(share_prefix=False)).generate_ids(cs, max_new_tokens=8, temperature=0.0)
+    assert after == HFBackend(model, tok, batch_size=4, prefill=PrefillOptions(share_prefix=False)).generate_ids(
+        cs, max_new_tokens=8, temperature=0.0
+    )
     assert after != before
 
 
@@ -220,9 +274,18 @@ def test_batches_end_where_the_shared_prefix_would_be_lost(tiny):
     though both fit in one batch; the outputs are still the plain path's."""
     model, tok = tiny
     a = persona_convs()[:3]
-    b = [[{"role": "system", "content": "Numbers like 1, 2, 3, 10, 42 and 100 appear in many questions. " * 3},
-          {"role": "user", "content": f"question {k}?"}] for k in (1, 4, 9)]
+    b = [
+        [
+            {"role": "system", "content": "Numbers like 1, 2, 3, 10, 42 and 100 appear in many questions. " * 3},
+            {"role": "user", "content": f"question {k}?"},
+        ]
+        for k in (1, 4, 9)
+    ]
     calls = []
-    got = HFBackend(model, tok, batch_size=16, progress=lambda d, t: calls.append((d, t))).generate_ids(a + b, max_new_tokens=8, temperature=0.0)
+    got = HFBackend(model, tok, batch_size=16, progress=lambda d, t: calls.append((d, t))).generate_ids(
+        a + b, max_new_tokens=8, temperature=0.0
+    )
     assert calls == [(3, 6), (6, 6)]
-    assert got == HFBackend(model, tok, batch_size=16, prefill=PrefillOptions(share_prefix=False)).generate_ids(a + b, max_new_tokens=8, temperature=0.0)
+    assert got == HFBackend(model, tok, batch_size=16, prefill=PrefillOptions(share_prefix=False)).generate_ids(
+        a + b, max_new_tokens=8, temperature=0.0
+    )

@@ -85,7 +85,10 @@ EVIL_TEXT = "a" * 35 + "b"  # Python's re: longer than the age of the universe
 def evil_persona(tmp_path: Path) -> Path:
     """A valid persona whose hard rule is a catastrophic-backtracking regex, and an example reply that triggers it."""
     rule = {"id": "no_long_runs", "description": "never a long run of one letter", "check": {"regex": EVIL_REGEX}}
-    example = {"messages": [{"role": "user", "content": "Scream!"}, {"role": "assistant", "content": EVIL_TEXT}], "context": "casual"}
+    example = {
+        "messages": [{"role": "user", "content": "Scream!"}, {"role": "assistant", "content": EVIL_TEXT}],
+        "context": "casual",
+    }
     return persona_with(tmp_path, behaviors=lambda b: b + [rule], examples=lambda e: e + [example])
 
 
@@ -94,7 +97,9 @@ def evil_persona(tmp_path: Path) -> Path:
 
 def test_monitor_out_equal_to_the_log_is_refused(tmp_path, capsys):
     log = tmp_path / "prod.jsonl"
-    log.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy!"}]}) + "\n")
+    log.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy!"}]}) + "\n"
+    )
     before = snapshot(log, PERSONA)
     code, _, err = cli(capsys, "monitor", log, "--persona", PERSONA, "--out", log, limit=20)
     assert code == 2 and "is the same file as the log" in one_line(err) and unchanged(before)
@@ -102,7 +107,9 @@ def test_monitor_out_equal_to_the_log_is_refused(tmp_path, capsys):
 
 def test_monitor_json_summary_beside_the_html_would_replace_the_log(tmp_path, capsys):
     log = tmp_path / "prod.json"  # --out prod.html writes its summary to prod.json
-    log.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy!"}]}) + "\n")
+    log.write_text(
+        json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "Ahoy!"}]}) + "\n"
+    )
     before = snapshot(log)
     code, _, err = cli(capsys, "monitor", log, "--persona", PERSONA, "--out", tmp_path / "prod.html", limit=20)
     line = one_line(err)
@@ -115,7 +122,9 @@ def test_score_output_equal_to_input_is_refused(tmp_path, capsys, monkeypatch):
     inp.write_text(json.dumps({"id": 1, "text": "Ahoy, crew!"}) + "\n")
     before = snapshot(inp)
     monkeypatch.chdir(tmp_path)  # the same file, spelled differently
-    code, _, err = cli(capsys, "score", "--persona", PERSONA, "--input", "in.jsonl", "--output", "./sub/../in.jsonl", limit=20)
+    code, _, err = cli(
+        capsys, "score", "--persona", PERSONA, "--input", "in.jsonl", "--output", "./sub/../in.jsonl", limit=20
+    )
     assert code == 2 and "is the same file as --input" in one_line(err) and unchanged(before)
 
 
@@ -139,8 +148,14 @@ def test_catastrophic_regex_does_not_hang_validate(tmp_path):
     """A subprocess with a hard timeout: validate runs the rule on the example reply."""
     persona = evil_persona(tmp_path)
     before = snapshot(persona)
-    r = subprocess.run([sys.executable, "-m", "personatune.cli", "validate", str(persona)], capture_output=True, text=True, timeout=120,
-                       env={**os.environ, "HF_HUB_OFFLINE": "1"}, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "personatune.cli", "validate", str(persona)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        cwd=REPO,
+    )
     assert r.returncode in (0, 1), r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "no_long_runs" in r.stdout + r.stderr and unchanged(before)
 
@@ -182,15 +197,44 @@ def test_catastrophic_regex_does_not_hang_score_or_monitor(tmp_path, capsys, sma
     inp = tmp_path / "in.jsonl"
     inp.write_text("".join(json.dumps({"id": i, "text": EVIL_TEXT}) + "\n" for i in range(3)))
     log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": EVIL_TEXT}]}) + "\n"
-                           for _ in range(4)))
+    log.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": EVIL_TEXT}]})
+            + "\n"
+            for _ in range(4)
+        )
+    )
     before = snapshot(persona, inp, log)
-    code, _, err = cli(capsys, "score", "--persona", persona, "--evaluator", evaluator, "--input", inp, "--output", tmp_path / "out.jsonl", limit=60)
+    code, _, err = cli(
+        capsys,
+        "score",
+        "--persona",
+        persona,
+        "--evaluator",
+        evaluator,
+        "--input",
+        inp,
+        "--output",
+        tmp_path / "out.jsonl",
+        limit=60,
+    )
     assert code == 0, err
     rows = [json.loads(x) for x in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["rules"]["no_long_runs"] for r in rows] == [False] * 3  # "(a+)+$" does not match "aaa…ab"
-    code, _, err = cli(capsys, "monitor", log, "--persona", persona, "--evaluator", evaluator, "--window", "2", "--out", tmp_path / "d.html",
-                       limit=60)
+    code, _, err = cli(
+        capsys,
+        "monitor",
+        log,
+        "--persona",
+        persona,
+        "--evaluator",
+        evaluator,
+        "--window",
+        "2",
+        "--out",
+        tmp_path / "d.html",
+        limit=60,
+    )
     assert code in (0, 1) and "Traceback" not in err and unchanged(before)
 
 
@@ -203,7 +247,8 @@ def test_regex_that_needs_backtracking_is_refused_by_validate(tmp_path, capsys):
 
 
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi"))
+    f"{c}: &{c} [*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p},*{p}]\n" for p, c in zip("abcdefgh", "bcdefghi")
+)
 
 
 def test_billion_laughs_persona_is_refused_at_once(tmp_path, capsys):
@@ -224,7 +269,9 @@ def test_recursive_alias_persona_is_refused(tmp_path, capsys):
 def test_aliased_config_gives_a_short_error_line(tmp_path, capsys):
     # Below the expansion limit (9^4 = 6,561 items, twice), so the schema sees the whole list: the line must still be short.
     big = 'x0: &x0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
-        f"x{i}: &x{i} [*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1}]\n" for i in range(1, 4))
+        f"x{i}: &x{i} [*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1},*x{i - 1}]\n"
+        for i in range(1, 4)
+    )
     cfg = tmp_path / "c.yaml"
     cfg.write_text(big.replace("x0: ", "anchors:\n  x0: ").replace("\nx", "\n  x") + f"persona: {PERSONA}\nseed: *x3\n")
     assert len(cfg.read_text()) < 700
@@ -252,11 +299,20 @@ def test_oversized_persona_is_refused_by_size(tmp_path, capsys):
 
 def test_score_skips_a_text_past_the_limit_instead_of_eating_memory(tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
-    inp.write_text(json.dumps({"id": 1, "text": "a " * 50_000}) + "\n" + json.dumps({"id": 2, "text": "a " * 600_000}) + "\n")  # 0.1 and 1.2 MB
+    inp.write_text(
+        json.dumps({"id": 1, "text": "a " * 50_000}) + "\n" + json.dumps({"id": 2, "text": "a " * 600_000}) + "\n"
+    )  # 0.1 and 1.2 MB
     before = snapshot(inp)
-    code, _, err = cli(capsys, "score", "--persona", PERSONA, "--input", inp, "--output", tmp_path / "o.jsonl", limit=10)
+    code, _, err = cli(
+        capsys, "score", "--persona", PERSONA, "--input", inp, "--output", tmp_path / "o.jsonl", limit=10
+    )
     line = one_line(err)
-    assert code == 2 and "none of its 2 non-blank line(s)" in line and "line 1: 'text' has 100,000 characters" in line and unchanged(before)
+    assert (
+        code == 2
+        and "none of its 2 non-blank line(s)" in line
+        and "line 1: 'text' has 100,000 characters" in line
+        and unchanged(before)
+    )
     from personatune.scoring.batch import _parse_lines, _read_lines
 
     _, skipped = _parse_lines(_read_lines(inp, "input"), lambda o: None)
@@ -286,13 +342,16 @@ def test_non_utf8_config(tmp_path, capsys):
     assert code == 2 and "not UTF-8" in one_line(err)
 
 
-@pytest.mark.parametrize("override,expected", [
-    ("seed=99999999999999999999999", "seed: Input should be less than or equal to 4294967295"),
-    ("seed=yes", "seed: expected a number, got true"),
-    ("train.learning_rate=.inf", "train.learning_rate: Input should be a finite number"),
-    ("data.heldout_fraction=.nan", "data.heldout_fraction: Input should be a finite number"),
-    ("sft.batch_size=on", "sft.batch_size: expected a number, got true"),
-])
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("seed=99999999999999999999999", "seed: Input should be less than or equal to 4294967295"),
+        ("seed=yes", "seed: expected a number, got true"),
+        ("train.learning_rate=.inf", "train.learning_rate: Input should be a finite number"),
+        ("data.heldout_fraction=.nan", "data.heldout_fraction: Input should be a finite number"),
+        ("sft.batch_size=on", "sft.batch_size: expected a number, got true"),
+    ],
+)
 def test_bad_values_are_refused_not_taken(tmp_path, capsys, override, expected):
     code, _, err = cli(capsys, "run", run_config_file(tmp_path), override, limit=10)
     assert code == 2 and expected in one_line(err)
@@ -353,16 +412,23 @@ def test_manifest_stage_entry_that_is_not_an_object(tmp_path, capsys):
 
 
 def test_manifest_output_outside_the_run_dir(tmp_path, capsys):
-    root = _stage_entry(tmp_path, {"status": "done", "outputs": {"persona": {"path": "../../../../etc/passwd", "hash": "x"}}})
+    root = _stage_entry(
+        tmp_path, {"status": "done", "outputs": {"persona": {"path": "../../../../etc/passwd", "hash": "x"}}}
+    )
     code, _, err = cli(capsys, "monitor", tmp_path / "log.jsonl", "--persona", root, limit=30)
     assert code == 2 and "is outside the run directory" in one_line(err)
 
 
 def test_score_on_an_empty_or_all_bad_file(tmp_path, capsys):
-    for name, text, expected in (("empty.jsonl", "", "has no line to score"), ("bad.jsonl", "{nope\n[1]\n", "none of its 2 non-blank line(s)")):
+    for name, text, expected in (
+        ("empty.jsonl", "", "has no line to score"),
+        ("bad.jsonl", "{nope\n[1]\n", "none of its 2 non-blank line(s)"),
+    ):
         inp = tmp_path / name
         inp.write_text(text)
-        code, _, err = cli(capsys, "score", "--persona", PERSONA, "--input", inp, "--output", tmp_path / "o.jsonl", limit=10)
+        code, _, err = cli(
+            capsys, "score", "--persona", PERSONA, "--input", inp, "--output", tmp_path / "o.jsonl", limit=10
+        )
         assert code == 2 and expected in one_line(err)
         assert not (tmp_path / "o.jsonl").exists()
 
@@ -383,11 +449,18 @@ def test_unexpected_exception_is_one_line_exit_3_failed_stage_and_traceback_in_l
         raise RuntimeError("simulated bug")
 
     real = pipeline.run_pipeline
-    monkeypatch.setattr(pipeline, "run_pipeline", lambda cfg, **kw: real(cfg, stages=(Stage("01_baseline", "boom", boom),), **kw))
+    monkeypatch.setattr(
+        pipeline, "run_pipeline", lambda cfg, **kw: real(cfg, stages=(Stage("01_baseline", "boom", boom),), **kw)
+    )
     cfg = run_config_file(tmp_path)
     code, _, err = cli(capsys, "run", cfg, limit=30)
     line = one_line(err)
-    assert code == 3 and line.startswith("personatune run: internal error on ") and str(cfg) in line and "RuntimeError: simulated bug" in line
+    assert (
+        code == 3
+        and line.startswith("personatune run: internal error on ")
+        and str(cfg) in line
+        and "RuntimeError: simulated bug" in line
+    )
     root = tmp_path / "runs" / "r"
     assert json.loads((root / "manifest.json").read_text())["stages"]["01_baseline"]["status"] == "failed"
     log = (root / "log.txt").read_text()
@@ -405,11 +478,23 @@ def test_jsonl_with_unicode_line_separators_keeps_records_and_line_numbers(tmp_p
 
     texts = ["one\u2028two", "three\u2029four", "five\u0085six"]
     inp = tmp_path / "in.jsonl"
-    inp.write_text("".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)) + "{bad\n", encoding="utf-8")
+    inp.write_text(
+        "".join(json.dumps({"id": i, "text": t}, ensure_ascii=False) + "\n" for i, t in enumerate(texts)) + "{bad\n",
+        encoding="utf-8",
+    )
     rows, skipped = _parse_lines(_read_lines(inp, "input"), lambda o: None)
-    assert [o["text"] for _, o in rows] == texts and [no for no, _ in rows] == [1, 2, 3] and skipped == [{"line": 4, "reason": "not valid JSON (Expecting property name enclosed in double quotes)"}]
+    assert (
+        [o["text"] for _, o in rows] == texts
+        and [no for no, _ in rows] == [1, 2, 3]
+        and skipped == [{"line": 4, "reason": "not valid JSON (Expecting property name enclosed in double quotes)"}]
+    )
     log = tmp_path / "log.jsonl"
-    log.write_text("".join(json.dumps({"messages": [{"role": "assistant", "content": t}]}, ensure_ascii=False) + "\n" for t in texts), encoding="utf-8")
+    log.write_text(
+        "".join(
+            json.dumps({"messages": [{"role": "assistant", "content": t}]}, ensure_ascii=False) + "\n" for t in texts
+        ),
+        encoding="utf-8",
+    )
     convs, bad = read_conversations(log)
     assert [c.messages[0]["content"] for c in convs] == texts and [c.line for c in convs] == [1, 2, 3] and bad == []
 
@@ -417,12 +502,16 @@ def test_jsonl_with_unicode_line_separators_keeps_records_and_line_numbers(tmp_p
 @pytest.mark.stage
 def test_score_writes_separators_escaped_and_counts_every_skipped_line(tmp_path, capsys, small_evaluator):
     inp = tmp_path / "in.jsonl"
-    good = json.dumps({"id": "ok\u2028\ud800", "text": "Ahoy!\u2028Hoist the sails."})  # ASCII: "\\ud800" and "\\u2028" escapes
+    good = json.dumps(
+        {"id": "ok\u2028\ud800", "text": "Ahoy!\u2028Hoist the sails."}
+    )  # ASCII: "\\ud800" and "\\u2028" escapes
     lone = json.dumps({"id": 2, "text": "a lone \udc00 surrogate"})
     inp.write_text("not json\n" * 86 + lone + "\n" + good + "\n", encoding="utf-8")
     out = tmp_path / "o.jsonl"
     persona, evaluator = small_evaluator
-    code, _, err = cli(capsys, "score", "--persona", persona, "--evaluator", evaluator, "--input", inp, "--output", out, limit=60)
+    code, _, err = cli(
+        capsys, "score", "--persona", persona, "--evaluator", evaluator, "--input", inp, "--output", out, limit=60
+    )
     assert code == 0 and "skipped 87 bad input line(s), the first 20:" in err and "Traceback" not in err
     raw = out.read_bytes()
     assert b"\\u2028" in raw and b"\\ud800" in raw and len(raw.split(b"\n")) == 2  # one record, one line, valid UTF-8
@@ -439,7 +528,12 @@ def test_missing_persona_fails_before_stage_1(tmp_path, capsys):
 def test_misspelt_model_name_fails_fast(tmp_path, capsys):
     code, _, err = cli(capsys, "run", run_config_file(tmp_path), "model.name=tinyy", limit=10)
     line = one_line(err)
-    assert code == 2 and "model 'tinyy' not found" in line and "did you mean 'tiny'?" in line and not (tmp_path / "runs").exists()
+    assert (
+        code == 2
+        and "model 'tinyy' not found" in line
+        and "did you mean 'tiny'?" in line
+        and not (tmp_path / "runs").exists()
+    )
 
 
 def test_report_of_a_run_stopped_at_a_gate_says_no_deploy(tmp_path, capsys):
@@ -457,10 +551,14 @@ def test_error_lines_are_cut(tmp_path, capsys):
     code, _, err = cli(capsys, "config", TINY_YAML, "name=" + "x y" * 100_000, limit=10)
     assert code == 2 and "name: String should match pattern" in one_line(err)
     persona = tmp_path / "many.yaml"  # hundreds of problems: the list is cut, each line too
-    persona.write_text("name: x\nsummary: y\ntraits:\n" + "".join(f"  - id: T{i}\n    bogus_{'z' * 900}: 1\n" for i in range(300)))
+    persona.write_text(
+        "name: x\nsummary: y\ntraits:\n" + "".join(f"  - id: T{i}\n    bogus_{'z' * 900}: 1\n" for i in range(300))
+    )
     code, _, err = cli(capsys, "validate", persona, limit=10)
     lines = err.splitlines()
-    assert code == 2 and len(lines) <= limits.ERROR_MAX_LINES + 1 and max(map(len, lines)) <= limits.ERROR_LINE_MAX_CHARS
+    assert (
+        code == 2 and len(lines) <= limits.ERROR_MAX_LINES + 1 and max(map(len, lines)) <= limits.ERROR_LINE_MAX_CHARS
+    )
     assert "more problem(s)" in err
 
 
@@ -473,11 +571,35 @@ def test_corrupt_evaluator_folder_is_bad_input(tmp_path, capsys):
     inp = tmp_path / "in.jsonl"
     inp.write_text(json.dumps({"text": "Ahoy!"}) + "\n")
     before = snapshot(inp, ev / "profile.safetensors", ev / "profile.json")
-    code, _, err = cli(capsys, "score", "--persona", PERSONA, "--evaluator", ev, "--input", inp, "--output", tmp_path / "o.jsonl", limit=30)
+    code, _, err = cli(
+        capsys,
+        "score",
+        "--persona",
+        PERSONA,
+        "--evaluator",
+        ev,
+        "--input",
+        inp,
+        "--output",
+        tmp_path / "o.jsonl",
+        limit=30,
+    )
     assert code == 2 and f"cannot read the persona profile in {ev}" in one_line(err) and unchanged(before)
     # An evaluator folder written by an older personatune (trait detectors) is refused with the fix.
     old = tmp_path / "old"
     old.mkdir()
     (old / "detectors.json").write_text("{}")
-    code, _, err = cli(capsys, "score", "--persona", PERSONA, "--evaluator", old, "--input", inp, "--output", tmp_path / "o.jsonl", limit=30)
+    code, _, err = cli(
+        capsys,
+        "score",
+        "--persona",
+        PERSONA,
+        "--evaluator",
+        old,
+        "--input",
+        inp,
+        "--output",
+        tmp_path / "o.jsonl",
+        limit=30,
+    )
     assert code == 2 and "fitted by an older personatune" in one_line(err) and "re-fit it" in one_line(err)

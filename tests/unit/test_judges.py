@@ -14,18 +14,35 @@ from tests.fake_openai_server import FakeOpenAIServer
 
 
 def persona():
-    return PersonaSpec.model_validate({
-        "name": "Pip", "summary": "A cheerful ship's cat who narrates life at sea.",
-        "traits": [
-            {"id": "curious", "description": "Asks questions and wants to know how things work.",
-             "positive": ["Ooh, what does that lever do?", "How do the sails know where to go?", "Tell me more!"],
-             "negative": ["I don't care how it works.", "Whatever, not interested.", "No need to explain."]},
-            {"id": "cheerful", "description": "Upbeat and warm, sees the bright side.",
-             "positive": ["What a lovely morning!", "We'll be fine, look at that sunset!", "Hooray, fish for dinner!"],
-             "negative": ["Everything is awful.", "I hate this voyage.", "Nothing ever goes right."],
-             "inverse": "Gloomy and sour."},
-        ],
-    })
+    return PersonaSpec.model_validate(
+        {
+            "name": "Pip",
+            "summary": "A cheerful ship's cat who narrates life at sea.",
+            "traits": [
+                {
+                    "id": "curious",
+                    "description": "Asks questions and wants to know how things work.",
+                    "positive": [
+                        "Ooh, what does that lever do?",
+                        "How do the sails know where to go?",
+                        "Tell me more!",
+                    ],
+                    "negative": ["I don't care how it works.", "Whatever, not interested.", "No need to explain."],
+                },
+                {
+                    "id": "cheerful",
+                    "description": "Upbeat and warm, sees the bright side.",
+                    "positive": [
+                        "What a lovely morning!",
+                        "We'll be fine, look at that sunset!",
+                        "Hooray, fish for dinner!",
+                    ],
+                    "negative": ["Everything is awful.", "I hate this voyage.", "Nothing ever goes right."],
+                    "inverse": "Gloomy and sour.",
+                },
+            ],
+        }
+    )
 
 
 TEXTS = ["What is that rope for? Tell me!", "Ugh, rain again.", "Lovely day."]
@@ -41,8 +58,16 @@ def test_rubric_has_trait_exemplars_reply_and_question():
     p = persona()
     m = rubric_messages(p, p.trait("cheerful"), "Lovely day.", "How are you?", "expressed")
     user = m[-1]["content"]
-    for part in ["Upbeat and warm", "Gloomy and sour", '"What a lovely morning!"', '"Everything is awful."', "Lovely day.",
-                 'The user said: "How are you?"', 'express the trait "cheerful"', "Yes or No"]:
+    for part in [
+        "Upbeat and warm",
+        "Gloomy and sour",
+        '"What a lovely morning!"',
+        '"Everything is awful."',
+        "Lovely day.",
+        'The user said: "How are you?"',
+        'express the trait "cheerful"',
+        "Yes or No",
+    ]:
         assert part in user
     assert '"Hooray, fish for dinner!"' not in user  # exemplars=2 by default
     v = rubric_messages(p, p.trait("cheerful"), "Lovely day.", None, "violated")[-1]["content"]
@@ -69,7 +94,12 @@ def test_openai_judge_from_logprobs(server):
         if is_violation_question(body):
             return [("\n", math.log(0.2)), ("No", math.log(0.5)), ("Yes", math.log(0.25))]  # -> 1/3
         if "rope" in body["messages"][-1]["content"]:
-            return [("Yes", math.log(0.6)), (" yes", math.log(0.1)), ("No", math.log(0.2)), ("Maybe", math.log(0.1))]  # -> 7/9
+            return [
+                ("Yes", math.log(0.6)),
+                (" yes", math.log(0.1)),
+                ("No", math.log(0.2)),
+                ("Maybe", math.log(0.1)),
+            ]  # -> 7/9
         return [("No", math.log(0.9)), ("Yes", math.log(0.1))]  # -> 0.1
 
     server.logprobs_fn = lps
@@ -109,8 +139,9 @@ def test_openai_judge_server_rejecting_logprobs(server):
 
 def test_openai_judge_undetermined_leaves_trait_to_detectors(server):
     # Only the "cheerful" violation question gets an answer that is neither Yes nor No.
-    server.responder = lambda body: ("I cannot say." if is_violation_question(body) and '"cheerful"' in body["messages"][-1]["content"]
-                                     else "No")
+    server.responder = lambda body: (
+        "I cannot say." if is_violation_question(body) and '"cheerful"' in body["messages"][-1]["content"] else "No"
+    )
     j = OpenAIJudge(server.base_url, "judge-model")
     assert j.judge(persona(), ["hm"]) == [{"curious": (0.0, 0.0)}]
     assert j.stats["undetermined"] == 1

@@ -10,8 +10,15 @@ def tiny(seed=0):
     from transformers import LlamaConfig, LlamaForCausalLM  # here: the unit tests of this file need no transformers
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=4, max_position_embeddings=64)
+    cfg = LlamaConfig(
+        vocab_size=50,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(cfg).eval()
 
 
@@ -87,9 +94,9 @@ def test_prefixed_kl_matches_brute_force_with_padding_and_different_prefixes():
     from personatune.kl import prefixed_kls
 
     policy, ref = tiny(3), tiny(4)
-    pp = [[3, 7, 9], [5, 6]]                       # the policy's prompts (no context)
+    pp = [[3, 7, 9], [5, 6]]  # the policy's prompts (no context)
     rp = [[20, 21, 22, 23, 3, 7, 9], [20, 21, 22, 23, 5, 6]]  # the reference's: context + the same prompts
-    resp = [[11, 4, 5, 8], [12, 13]]               # different lengths: right padding inside the batch
+    resp = [[11, 4, 5, 8], [12, 13]]  # different lengths: right padding inside the batch
     got = prefixed_kls(policy, ref, pp, rp, resp, pad=0)
     for g, a, b, r in zip(got, pp, rp, resp):
         want = brute_force_prefixed(policy, ref, a, b, r)

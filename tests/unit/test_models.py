@@ -113,7 +113,11 @@ def test_tiny_model_shape_and_special_tokens(tiny):
     cfg = model.config
     assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.num_attention_heads, cfg.vocab_size) == (64, 2, 4, len(tok))
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight  # tied, like SmolLM2
-    assert tok.convert_ids_to_tokens([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]) == ["<|im_start|>", "<|im_end|>", "<|pad|>"]
+    assert tok.convert_ids_to_tokens([tok.bos_token_id, tok.eos_token_id, tok.pad_token_id]) == [
+        "<|im_start|>",
+        "<|im_end|>",
+        "<|pad|>",
+    ]
     assert tok.pad_token_id != tok.eos_token_id
     text = "Ahoy, friend! Zebras über 42 ☃"  # byte-level: unseen words and non-ASCII still round-trip
     assert tok.decode(tok(text, add_special_tokens=False)["input_ids"]) == text
@@ -123,12 +127,18 @@ def test_tiny_model_shape_and_special_tokens(tiny):
 def test_tiny_generate_is_greedy_deterministic(tiny):
     model, tok = tiny
     ids = torch.tensor([models.encode_chat(tok, CHAT[:2])])
-    kw = dict(attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
+    kw = dict(
+        attention_mask=torch.ones_like(ids),
+        max_new_tokens=8,
+        min_new_tokens=8,
+        do_sample=False,
+        pad_token_id=tok.pad_token_id,
+    )
     with torch.inference_mode():
         a, b = model.generate(ids, **kw), model.generate(ids, **kw)
     assert a.shape == (1, ids.shape[1] + 8) and torch.equal(a, b)
     assert torch.equal(a[0, : ids.shape[1]], ids[0])
-    assert isinstance(tok.decode(a[0, ids.shape[1]:]), str)
+    assert isinstance(tok.decode(a[0, ids.shape[1] :]), str)
 
 
 @pytest.mark.stage
@@ -164,7 +174,9 @@ def test_encode_chat_does_not_double_bos_when_tokenizer_adds_one():
 
     _, tok = models.build_tiny_model(seed=0)
     # A Llama-style tokenizer that prepends BOS on every encode: the classic doubled-BOS trap.
-    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|im_start|> $A", special_tokens=[("<|im_start|>", tok.bos_token_id)])
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|im_start|> $A", special_tokens=[("<|im_start|>", tok.bos_token_id)]
+    )
     text = tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
     naive = tok(text)["input_ids"]
     assert naive[:2] == [tok.bos_token_id, tok.bos_token_id]  # the trap is real for this tokenizer
@@ -186,8 +198,9 @@ def test_save_load_round_trip_keeps_weights_and_chat_template(tiny, saved_tiny):
     assert weights_equal(model, tiny[0])
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()
     assert tok.chat_template == tiny[1].chat_template
-    assert tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == \
-        tiny[1].apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True)
+    assert tok.apply_chat_template(CHAT, tokenize=False, add_generation_prompt=True) == tiny[1].apply_chat_template(
+        CHAT, tokenize=False, add_generation_prompt=True
+    )
     assert models.encode_chat(tok, CHAT) == models.encode_chat(tiny[1], CHAT)
     assert (tok.pad_token, tok.eos_token, tok.bos_token) == ("<|pad|>", "<|im_end|>", "<|im_start|>")
 
@@ -232,7 +245,11 @@ def test_conversion_runs_once_drops_quantization_and_keeps_ties(fake_gguf):
     assert not models.is_converted(source, cache)
     path = models.ensure_converted(source, cache)
     assert path.parent == cache / "models" and path.name.startswith("fake-model-q4-")
-    assert models.is_converted(source, cache) and models.ensure_converted(source, cache) == path and calls == ["Fake-Model.Q4.gguf"]
+    assert (
+        models.is_converted(source, cache)
+        and models.ensure_converted(source, cache) == path
+        and calls == ["Fake-Model.Q4.gguf"]
+    )
     assert "quantization_config" not in json.loads((path / "config.json").read_text())
     model, tok = models.load_model_and_tokenizer(str(source.gguf_path), cache_dir=cache, for_training=True)
     assert weights_equal(model, models.build_tiny_model(seed=3)[0])
@@ -275,7 +292,18 @@ def test_concurrent_winner_is_kept(fake_gguf, tmp_path):
 # --- environment ---------------------------------------------------------------------------------
 def test_describe_environment(tmp_path):
     info = models.describe_environment(cache_dir=tmp_path)
-    for key in ("python", "torch", "transformers", "trl", "peft", "accelerate", "device", "device_name", "torch_threads", "minilm"):
+    for key in (
+        "python",
+        "torch",
+        "transformers",
+        "trl",
+        "peft",
+        "accelerate",
+        "device",
+        "device_name",
+        "torch_threads",
+        "minilm",
+    ):
         assert key in info, key
     assert info["torch"] == torch.__version__
     assert info["device"] == models.default_device() and isinstance(info["torch_threads"], int)
@@ -286,7 +314,9 @@ def test_describe_environment(tmp_path):
 def cached_smollm2_dir():
     src = models.resolve_model(models.DEFAULT_MODEL)
     if not models.is_converted(src):
-        pytest.skip("SmolLM2 not converted yet in the default cache (run `personatune env` after one load, or the benchmark)")
+        pytest.skip(
+            "SmolLM2 not converted yet in the default cache (run `personatune env` after one load, or the benchmark)"
+        )
     return models.converted_path(src)
 
 
@@ -316,7 +346,9 @@ def test_smollm2_conversion_generates_same_greedy_text_as_gguf(tmp_path):
     source = models.resolve_model(models.DEFAULT_MODEL)
     gguf_model, gguf_tok = models.load_gguf(source)
     path = models.ensure_converted(source, tmp_path)
-    model, tok = models.load_model_and_tokenizer(models.DEFAULT_MODEL, dtype="float32", device="cpu", cache_dir=tmp_path)
+    model, tok = models.load_model_and_tokenizer(
+        models.DEFAULT_MODEL, dtype="float32", device="cpu", cache_dir=tmp_path
+    )
     assert path == models.converted_path(source, tmp_path)
     assert not getattr(model, "is_quantized", False) and getattr(gguf_model, "is_quantized", False)
     assert model.get_output_embeddings().weight.data_ptr() == model.get_input_embeddings().weight.data_ptr()

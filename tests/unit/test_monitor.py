@@ -54,14 +54,34 @@ class StubScorer:
             if not good and h2 < 0.5:
                 viol["warm"] = 0.9
             traits = {k: 0.9 if f"express:{k}" in t else 0.2 for k in TRAITS}
-            out.append(ResponseScore(id=ids[i] if ids else str(i), traits=traits, violations=viol, style={"words": float(len(t.split()))},
-                                     style_match=0.6 + 0.4 * h2 if good else 0.2 + 0.4 * h2, rules={}, consistent=c >= 0.5, consistency=c))
+            out.append(
+                ResponseScore(
+                    id=ids[i] if ids else str(i),
+                    traits=traits,
+                    violations=viol,
+                    style={"words": float(len(t.split()))},
+                    style_match=0.6 + 0.4 * h2 if good else 0.2 + 0.4 * h2,
+                    rules={},
+                    consistent=c >= 0.5,
+                    consistency=c,
+                )
+            )
         return out
 
 
 def write_log(path: Path, kinds: list[str], extra_lines: dict[int, str] | None = None) -> Path:
-    lines = [json.dumps({"messages": [{"role": "user", "content": f"question {i}"}, {"role": "assistant", "content": f"{k} reply {i}"}],
-                         "timestamp": 1_700_000_000 + i}) for i, k in enumerate(kinds)]
+    lines = [
+        json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": f"question {i}"},
+                    {"role": "assistant", "content": f"{k} reply {i}"},
+                ],
+                "timestamp": 1_700_000_000 + i,
+            }
+        )
+        for i, k in enumerate(kinds)
+    ]
     for at, text in sorted((extra_lines or {}).items()):
         lines.insert(at, text)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -106,10 +126,10 @@ def test_mann_whitney_edge_cases_and_z_against_the_formula():
     from scipy.stats import rankdata
 
     ranks = rankdata(x + y)
-    u = ranks[:len(x)].sum() - len(x) * (len(x) + 1) / 2
+    u = ranks[: len(x)].sum() - len(x) * (len(x) + 1) / 2
     n1, n2, n = len(x), len(y), len(x) + len(y)
     ties = np.unique(x + y, return_counts=True)[1]
-    var = n1 * n2 / 12 * ((n + 1) - (ties ** 3 - ties).sum() / (n * (n - 1)))
+    var = n1 * n2 / 12 * ((n + 1) - (ties**3 - ties).sum() / (n * (n - 1)))
     want = (u - n1 * n2 / 2 + 0.5) / math.sqrt(var)
     z, p = mann_whitney_less(x, y)
     assert z == pytest.approx(want, rel=1e-9) and p == pytest.approx(NormalDist().cdf(want), rel=1e-9)
@@ -121,15 +141,25 @@ def test_mann_whitney_edge_cases_and_z_against_the_formula():
 def test_bad_lines_are_reported_by_number_and_skipped(tmp_path):
     good = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "good hello"}]})
     bare = json.dumps([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "good bare"}])
-    lines = [good, "{not json", "", json.dumps({"foo": 1}), json.dumps({"messages": [{"role": "user", "content": "no reply"}]}),
-             json.dumps({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}),
-             json.dumps({"messages": [{"role": "assistant", "content": 3}]}), bare, '{"messages": [{"role": "user", "content": "tor']
+    lines = [
+        good,
+        "{not json",
+        "",
+        json.dumps({"foo": 1}),
+        json.dumps({"messages": [{"role": "user", "content": "no reply"}]}),
+        json.dumps({"messages": [{"role": "wizard", "content": "x"}, {"role": "assistant", "content": "y"}]}),
+        json.dumps({"messages": [{"role": "assistant", "content": 3}]}),
+        bare,
+        '{"messages": [{"role": "user", "content": "tor',
+    ]
     p = tmp_path / "log.jsonl"
     p.write_text("\n".join(lines) + "\n")
     convs, bad = read_conversations(p)
     assert [c.line for c in convs] == [1, 8]
     assert [n for n, _ in bad] == [2, 4, 5, 6, 7, 9]
-    assert "not JSON" in bad[0][1] and "no assistant turn" in bad[2][1] and "role" in bad[3][1] and "content" in bad[4][1]
+    assert (
+        "not JSON" in bad[0][1] and "no assistant turn" in bad[2][1] and "role" in bad[3][1] and "content" in bad[4][1]
+    )
 
 
 def test_all_bad_or_missing_is_data_error(tmp_path):
@@ -169,7 +199,7 @@ def test_planted_drift_is_detected_only_where_planted(tmp_path):
     html = render_html(rep, "Stub")
     assert "ALERT" in html and "<svg" in html
     # Self-contained: nothing is fetched (no script, stylesheet link, remote src or import).
-    assert not any(s in html.lower() for s in ("<script", "<link", "src=\"http", "@import", "url("))
+    assert not any(s in html.lower() for s in ("<script", "<link", 'src="http', "@import", "url("))
     d = rep.to_dict()
     assert d["alert"] is True and d["n_bad_lines"] == 1
     json.dumps(d, allow_nan=False)  # strict JSON
@@ -187,8 +217,19 @@ def _records(rng: np.random.Generator, n: int, p_cons: float, p_viol: float) -> 
     score = np.where(cons, 0.5 + 0.5 * rng.random(n), 0.5 * rng.random(n))
     sm = rng.beta(5, 2, n)
     viol = rng.random((n, len(TRAITS))) < p_viol
-    return [ResponseScore(id=str(i), traits={}, violations={t: 0.9 if viol[i, j] else 0.1 for j, t in enumerate(TRAITS)}, style={},
-                          style_match=float(sm[i]), rules={}, consistent=bool(cons[i]), consistency=float(score[i])) for i in range(n)]
+    return [
+        ResponseScore(
+            id=str(i),
+            traits={},
+            violations={t: 0.9 if viol[i, j] else 0.1 for j, t in enumerate(TRAITS)},
+            style={},
+            style_match=float(sm[i]),
+            rules={},
+            consistent=bool(cons[i]),
+            consistency=float(score[i]),
+        )
+        for i in range(n)
+    ]
 
 
 def test_false_alarm_rate_is_controlled_and_power_is_high():
@@ -214,7 +255,9 @@ def test_false_alarm_rate_is_controlled_and_power_is_high():
         windows = [_records(rng, 100, 0.85, 0.05) for _ in range(3)] + [_records(rng, 100, 0.60, 0.05)]
         tests, _, _ = detect_drift(ref, windows, TRAITS, alpha)
         hits += any(t.alert and t.window == 3 for t in tests)
-    print(f"family-wise false-alarm rate {rate:.3f} over {reps} clean logs (alpha {alpha}); drop found in {hits}/100 drifted logs")
+    print(
+        f"family-wise false-alarm rate {rate:.3f} over {reps} clean logs (alpha {alpha}); drop found in {hits}/100 drifted logs"
+    )
     assert hits >= 90, hits
 
 
@@ -245,10 +288,12 @@ def test_multi_turn_contradiction_detected(tmp_path):
             msgs += [{"role": "user", "content": f"turn {i}"}, {"role": "assistant", "content": r}]
         return json.dumps({"messages": msgs})
 
-    lines = [conv("good a express:warm", "good b", "good c violate:warm"),   # contradiction on warm (turn 1 -> turn 5)
-             conv("good d violate:warm", "good e express:warm"),             # violated first, expressed later: not this check
-             conv("good f express:curious", "good g express:curious"),       # consistent
-             conv("good h express:precise express:warm", "good i violate:precise violate:warm", "good j violate:warm")]
+    lines = [
+        conv("good a express:warm", "good b", "good c violate:warm"),  # contradiction on warm (turn 1 -> turn 5)
+        conv("good d violate:warm", "good e express:warm"),  # violated first, expressed later: not this check
+        conv("good f express:curious", "good g express:curious"),  # consistent
+        conv("good h express:precise express:warm", "good i violate:precise violate:warm", "good j violate:warm"),
+    ]
     p = tmp_path / "multi.jsonl"
     p.write_text("\n".join(lines) + "\n")
     convs, _ = read_conversations(p)
@@ -283,7 +328,12 @@ def test_monitor_main_with_real_scorer_and_example_persona(tmp_path, capsys):
     neg = [(t.id, u) for t in spec.traits for u in t.negative]
 
     def conv(tid: str, text: str) -> dict:
-        return {"messages": [{"role": "user", "content": f"Tell me about {tid.replace('_', ' ')}."}, {"role": "assistant", "content": text}]}
+        return {
+            "messages": [
+                {"role": "user", "content": f"Tell me about {tid.replace('_', ' ')}."},
+                {"role": "assistant", "content": text},
+            ]
+        }
 
     rng = np.random.default_rng(0)
     ref = tmp_path / "ref.jsonl"
@@ -293,8 +343,11 @@ def test_monitor_main_with_real_scorer_and_example_persona(tmp_path, capsys):
     clean = tmp_path / "clean.jsonl"
     clean.write_text("".join(json.dumps(conv(*pos[i])) + "\n" for i in rng.permutation(n)))
     drift = tmp_path / "drift.jsonl"
-    drift.write_text("".join(json.dumps(conv(*pos[i])) + "\n" for i in rng.permutation(n))
-                     + "".join(json.dumps(conv(*neg[i % len(neg)])) + "\n" for i in range(n)) + "not json\n")
+    drift.write_text(
+        "".join(json.dumps(conv(*pos[i])) + "\n" for i in rng.permutation(n))
+        + "".join(json.dumps(conv(*neg[i % len(neg)])) + "\n" for i in range(n))
+        + "not json\n"
+    )
     out = tmp_path / "clean.html"
     assert monitor_main(str(path), None, str(clean), str(ref), window=n, out_html=str(out), alpha=0.01) == 0
     assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["alert"] is False

@@ -138,8 +138,9 @@ def test_bad_parameters_raise_backend_error(server):
 def test_cache_resume_after_interruption(tmp_path, server):
     convs = [conv(f"item {i}") for i in range(20)]
     server.fail_after(7, 500)
-    b = OpenAIBackend(server.base_url, "fake-model", concurrency=1, max_retries=1,
-                      cache=ResponseCache(tmp_path / "cache"))
+    b = OpenAIBackend(
+        server.base_url, "fake-model", concurrency=1, max_retries=1, cache=ResponseCache(tmp_path / "cache")
+    )
     with pytest.raises(BackendError):
         b.generate(convs, max_new_tokens=8, temperature=0.7, n=2, seed=0)
     assert server.ok_count == 7
@@ -191,7 +192,12 @@ def test_cache_key_depends_on_every_part():
     base = dict(backend="b", model="m", messages=[{"role": "user", "content": "x"}], params={"t": 0}, sample=0)
     k = ResponseCache.key(**base)
     assert ResponseCache.key(**dict(reversed(list(base.items())))) == k
-    for field, other in [("model", "m2"), ("sample", 1), ("params", {"t": 1}), ("messages", [{"role": "user", "content": "y"}])]:
+    for field, other in [
+        ("model", "m2"),
+        ("sample", 1),
+        ("params", {"t": 1}),
+        ("messages", [{"role": "user", "content": "y"}]),
+    ]:
         assert ResponseCache.key(**{**base, field: other}) != k
 
 

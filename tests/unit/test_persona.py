@@ -55,7 +55,9 @@ def test_every_type_problem_listed_with_path_and_line():
     got = problems(msg)
     assert len(got) == 6
     assert got[0].startswith("traits[0].positive (line 6): expected a list, got 'I love it'; fix: write a YAML list")
-    assert got[1].startswith("style.formality (line 9): 'sloppy' is not allowed; fix: use one of 'casual', 'neutral' or 'formal'")
+    assert got[1].startswith(
+        "style.formality (line 9): 'sloppy' is not allowed; fix: use one of 'casual', 'neutral' or 'formal'"
+    )
     assert got[2].startswith("style.words (line 10): words must be [min, max]") and "[50, 10]" in got[2]
     assert got[3].startswith("style.emoji (line 11): 'always' is not allowed")
     # YAML reads `yes` as a boolean: the message says so and tells how to fix it.
@@ -80,7 +82,7 @@ def test_cross_field_problems_listed_together():
 
 
 def test_utterance_both_positive_and_negative_is_reported():
-    text = VALID.replace("negative: [Panic!, Run!, Help!]", "negative: [Panic!, Run!, \"all is  WELL.\"]")
+    text = VALID.replace("negative: [Panic!, Run!, Help!]", 'negative: [Panic!, Run!, "all is  WELL."]')
     with pytest.raises(PersonaSpecError) as e:
         persona_from_yaml(text)
     assert "traits[0].negative[2] (line 7): same utterance as the same trait's other list (line 6)" in str(e.value)
@@ -95,7 +97,10 @@ def test_bad_regex_names_path_line_and_fix():
 
 def test_unknown_keys_suggest_the_right_one_at_any_depth():
     got = problems(err("typo_key.yaml"))
-    assert "traits[0].positve (line 6): unknown key 'positve'; fix: did you mean 'positive'? valid keys here: id, description, positive, negative, inverse" in got
+    assert (
+        "traits[0].positve (line 6): unknown key 'positve'; fix: did you mean 'positive'? valid keys here: id, description, positive, negative, inverse"
+        in got
+    )
     assert any(g.startswith("exampels (line 8): unknown key 'exampels'; fix: did you mean 'examples'?") for g in got)
     # The misspelt key also leaves `positive` missing: reported at the trait's own line.
     assert any(g.startswith("traits[0].positive (line 4): required field is missing") for g in got)
@@ -145,7 +150,9 @@ def test_wrong_nested_shapes():
     with pytest.raises(PersonaSpecError) as e:
         persona_from_yaml(text)
     got = problems(str(e.value))
-    assert got[0].startswith("examples[0] (line 9): expected a mapping, got 'just a string'; fix: write it as `key: value` lines with keys messages, context")
+    assert got[0].startswith(
+        "examples[0] (line 9): expected a mapping, got 'just a string'; fix: write it as `key: value` lines with keys messages, context"
+    )
     assert got[1] == "behaviors[0].id (line 11): behavior id 'Bad-Id' must be snake_case; fix: rename it, e.g. 'bad_id'"
 
 

@@ -50,11 +50,16 @@ def metric(report, name, direction=None):
 
 def make_spec(traits: dict[str, tuple[list[str], list[str]]], n_examples: int = 3) -> PersonaSpec:
     ex = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}
-    return PersonaSpec.model_validate({
-        "name": "Fake", "summary": "s",
-        "traits": [{"id": k, "description": f"{k} trait", "positive": p, "negative": n} for k, (p, n) in traits.items()],
-        "examples": [ex] * n_examples,
-    })
+    return PersonaSpec.model_validate(
+        {
+            "name": "Fake",
+            "summary": "s",
+            "traits": [
+                {"id": k, "description": f"{k} trait", "positive": p, "negative": n} for k, (p, n) in traits.items()
+            ],
+            "examples": [ex] * n_examples,
+        }
+    )
 
 
 @pytest.fixture(autouse=True)
@@ -69,15 +74,25 @@ def fake_loo(request, monkeypatch):
     def loo(spec, instrument):
         out = []
         for k, t in enumerate(spec.traits):
-            preds = table.get(k) or ([("positive", i, "expressed") for i in range(len(t.positive))]
-                                     + [("negative", i, "violated") for i in range(len(t.negative))])
-            ok = {kind: [r == ("expressed" if kind == "positive" else "violated") for kd, _, r in preds if kd == kind]
-                  for kind in ("positive", "negative")}
+            preds = table.get(k) or (
+                [("positive", i, "expressed") for i in range(len(t.positive))]
+                + [("negative", i, "violated") for i in range(len(t.negative))]
+            )
+            ok = {
+                kind: [r == ("expressed" if kind == "positive" else "violated") for kd, _, r in preds if kd == kind]
+                for kind in ("positive", "negative")
+            }
             n = len(ok["positive"]) + len(ok["negative"])
             acc = (sum(ok["positive"]) + sum(ok["negative"])) / n if n else None
-            out.append({"auroc": acc, "accuracy": acc,
-                        "positive": float(np.mean(ok["positive"])) if ok["positive"] else None,
-                        "negative": float(np.mean(ok["negative"])) if ok["negative"] else None, "predictions": preds})
+            out.append(
+                {
+                    "auroc": acc,
+                    "accuracy": acc,
+                    "positive": float(np.mean(ok["positive"])) if ok["positive"] else None,
+                    "negative": float(np.mean(ok["negative"])) if ok["negative"] else None,
+                    "predictions": preds,
+                }
+            )
         return out
 
     monkeypatch.setattr(persona_gate, "loo_separability", loo)  # where check_persona looks it up
@@ -159,7 +174,10 @@ def test_redundant_pair_is_named_with_its_similarity():
     rep = check_persona(spec, emb)
     r = metric(rep, "max_trait_similarity")
     assert not r.passed and r.value > 0.99 and r.note == "pair: trait_3 ~ trait_4"
-    assert f"traits 'trait_3' and 'trait_4' are redundant: centroid cosine similarity {r.value:.3f} >= 0.9" in rep.gate.diagnosis
+    assert (
+        f"traits 'trait_3' and 'trait_4' are redundant: centroid cosine similarity {r.value:.3f} >= 0.9"
+        in rep.gate.diagnosis
+    )
     assert any("merge 'trait_3' and 'trait_4'" in s for s in rep.gate.next_steps)
     assert rep.traits[3].nearest_trait == "trait_4" and "redundant with trait_4" in rep.traits[3].problems
 
@@ -170,8 +188,12 @@ def test_bound_is_configurable_and_strict():
         emb.table[f"t4 pos {j}"] = unit(*np.eye(10)[6]) + unit(*np.eye(10)[8])  # halfway: cos 0.707 to trait_3
     value = metric(check_persona(spec, emb), "max_trait_similarity").value
     assert value == pytest.approx(np.sqrt(0.5), abs=0.05)
-    assert metric(check_persona(spec, emb, PersonaGateArgs(max_trait_similarity=value + 0.01)), "max_trait_similarity").passed
-    assert not metric(check_persona(spec, emb, PersonaGateArgs(max_trait_similarity=value - 0.01)), "max_trait_similarity").passed
+    assert metric(
+        check_persona(spec, emb, PersonaGateArgs(max_trait_similarity=value + 0.01)), "max_trait_similarity"
+    ).passed
+    assert not metric(
+        check_persona(spec, emb, PersonaGateArgs(max_trait_similarity=value - 0.01)), "max_trait_similarity"
+    ).passed
 
 
 def test_counts_and_diagnosis_name_the_trait():
@@ -205,17 +227,29 @@ def test_trait_count_bounds():
 def test_inseparable_trait_is_named_with_its_confusions(fake_loo):
     spec, emb = orthogonal_persona()
     # The instrument reads two of trait_1's positives as neither and one negative as expressed: 3 of 6 right.
-    fake_loo[1] = [("positive", 0, "violated"), ("positive", 1, "violated"), ("positive", 2, "expressed"),
-                   ("negative", 0, "expressed"), ("negative", 1, "violated"), ("negative", 2, "violated")]
+    fake_loo[1] = [
+        ("positive", 0, "violated"),
+        ("positive", 1, "violated"),
+        ("positive", 2, "expressed"),
+        ("negative", 0, "expressed"),
+        ("negative", 1, "violated"),
+        ("negative", 2, "violated"),
+    ]
     rep = check_persona(spec, emb)
     r = metric(rep, "min_separability")
     assert not r.passed and r.note == "lowest: trait_1" and r.value == pytest.approx(0.5) and r.n == 30
     bad = rep.traits[1]
-    assert bad.confusions == [{"kind": "positive", "text": "t1 pos 0", "read_as": "violated"},
-                              {"kind": "positive", "text": "t1 pos 1", "read_as": "violated"},
-                              {"kind": "negative", "text": "t1 neg 0", "read_as": "expressed"}]
-    assert any(d.startswith("trait 'trait_1' is not measurable: leave-one-out AUROC 0.50 < 0.8; 2/3 positives read more as contradicting")
-               for d in rep.gate.diagnosis), rep.gate.diagnosis
+    assert bad.confusions == [
+        {"kind": "positive", "text": "t1 pos 0", "read_as": "violated"},
+        {"kind": "positive", "text": "t1 pos 1", "read_as": "violated"},
+        {"kind": "negative", "text": "t1 neg 0", "read_as": "expressed"},
+    ]
+    assert any(
+        d.startswith(
+            "trait 'trait_1' is not measurable: leave-one-out AUROC 0.50 < 0.8; 2/3 positives read more as contradicting"
+        )
+        for d in rep.gate.diagnosis
+    ), rep.gate.diagnosis
     # With the threshold lowered to that value, the same persona passes.
     assert metric(check_persona(spec, emb, PersonaGateArgs(min_separability=r.value)), "min_separability").passed
 
@@ -240,7 +274,9 @@ def test_example_breaking_a_hard_rule_is_a_warning_not_a_failure():
     data["behaviors"] = [{"id": "asks", "description": "ends with a question", "check": {"ends_with_question": True}}]
     rep = check_persona(PersonaSpec.model_validate(data), emb)
     assert rep.passed and metric(rep, "rules_parse").n == 3
-    assert rep.warnings == [f"examples[{i}].messages[1] breaks hard rule(s) asks; fix the example or the rule" for i in range(3)]
+    assert rep.warnings == [
+        f"examples[{i}].messages[1] breaks hard rule(s) asks; fix the example or the rule" for i in range(3)
+    ]
 
 
 # --- the shipped instrument ---------------------------------------------------------------------------
@@ -265,7 +301,11 @@ NOT_YET = {"marlowe", "rosie", "wren"}
 def _clear_personas():
     out = [pytest.param(p, id=p.name) for p in sorted(EXAMPLES.glob("*.yaml"))]
     for p in sorted(GOLD.glob("*/persona.yaml")):
-        marks = [pytest.mark.xfail(strict=True, reason="the instrument cannot yet order this persona's exemplars")] if p.parent.name in NOT_YET else []
+        marks = (
+            [pytest.mark.xfail(strict=True, reason="the instrument cannot yet order this persona's exemplars")]
+            if p.parent.name in NOT_YET
+            else []
+        )
         out.append(pytest.param(p, id=p.parent.name, marks=marks))
     return out
 
@@ -318,7 +358,19 @@ def test_table_and_json(instrument):
     table = format_table(rep)
     lines = table.splitlines()
     assert lines[0] == f"persona: Echo  ({BROKEN / 'redundant.yaml'})"
-    assert lines[2].split() == ["trait", "#pos", "#neg", "LOO", "AUROC", "acc", "(pos/neg)", "nearest", "trait", "(cos)", "result"]
+    assert lines[2].split() == [
+        "trait",
+        "#pos",
+        "#neg",
+        "LOO",
+        "AUROC",
+        "acc",
+        "(pos/neg)",
+        "nearest",
+        "trait",
+        "(cos)",
+        "result",
+    ]
     assert lines[3].split()[:3] == ["cheerful", "4", "4"] and "redundant with happy" in lines[3]
     assert "[02_persona] gate FAILED" in table
     d = json.loads(json.dumps(rep.to_dict()))

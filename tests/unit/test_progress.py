@@ -29,12 +29,24 @@ def test_stage3_generation_names_its_step_and_gives_an_eta(tmp_path):
         def generate(self, convs, **params):
             return [[c[-1]["content"].upper()] * params["n"] for c in convs]
 
-    jobs = [([{"role": "user", "content": f"q{i}"}], {"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 0}) for i in range(5)]
+    jobs = [
+        (
+            [{"role": "user", "content": f"q{i}"}],
+            {"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 0},
+        )
+        for i in range(5)
+    ]
     lines: list[str] = []
-    out = generate_resumable(Echo(), jobs, tmp_path / "gen.jsonl", chunk=2, echo=lines.append, label="contrast (teacher)")
+    out = generate_resumable(
+        Echo(), jobs, tmp_path / "gen.jsonl", chunk=2, echo=lines.append, label="contrast (teacher)"
+    )
     assert out == [[f"Q{i}"] for i in range(5)]
     assert lines[0] == "  contrast (teacher): 5 jobs to generate, 2 per batch (ETA after the first batch)"
-    assert [ln.split(" jobs")[0] for ln in lines[1:]] == ["  contrast (teacher) 2/5", "  contrast (teacher) 4/5", "  contrast (teacher) 5/5"]
+    assert [ln.split(" jobs")[0] for ln in lines[1:]] == [
+        "  contrast (teacher) 2/5",
+        "  contrast (teacher) 4/5",
+        "  contrast (teacher) 5/5",
+    ]
     assert all("ETA" in ln for ln in lines[1:])
 
 
@@ -45,7 +57,9 @@ def test_hf_backend_reports_progress_per_batch(tiny_varied):
     calls: list[tuple[int, int]] = []
     model, tok = tiny_varied
     convs = [[{"role": "user", "content": f"hello {i}"}] for i in range(5)]
-    HFBackend(model, tok, batch_size=2, progress=lambda d, t: calls.append((d, t))).generate(convs, max_new_tokens=2, temperature=0.0)
+    HFBackend(model, tok, batch_size=2, progress=lambda d, t: calls.append((d, t))).generate(
+        convs, max_new_tokens=2, temperature=0.0
+    )
     assert calls == [(2, 5), (4, 5), (5, 5)]
 
 

@@ -26,7 +26,9 @@ import pytest
 from personatune.report import build_report
 
 CHROMIUM = "/usr/bin/chromium" if os.path.exists("/usr/bin/chromium") else shutil.which("chromium")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium not installed (/usr/bin/chromium); Debian: apt-get install -y chromium")
+pytestmark = pytest.mark.skipif(
+    CHROMIUM is None, reason="headless Chromium not installed (/usr/bin/chromium); Debian: apt-get install -y chromium"
+)
 
 _spec = importlib.util.spec_from_file_location("_report_fixture", Path(__file__).with_name("test_report.py"))
 _fixture = importlib.util.module_from_spec(_spec)
@@ -34,8 +36,10 @@ _spec.loader.exec_module(_fixture)
 make_run = _fixture.make_run
 
 TIMEOUT_S = 45.0
-_LAUNCH = ("import fcntl, os, sys; a, b = (fcntl.fcntl(int(x), fcntl.F_DUPFD, 10) for x in sys.argv[1:3]); "
-           "os.dup2(a, 3); os.dup2(b, 4); os.execv(sys.argv[3], sys.argv[3:])")
+_LAUNCH = (
+    "import fcntl, os, sys; a, b = (fcntl.fcntl(int(x), fcntl.F_DUPFD, 10) for x in sys.argv[1:3]); "
+    "os.dup2(a, 3); os.dup2(b, 4); os.execv(sys.argv[3], sys.argv[3:])"
+)
 
 
 class Chromium:
@@ -44,14 +48,32 @@ class Chromium:
     def __init__(self, profile: Path, log: Path) -> None:
         to_child, self._w = os.pipe()  # we write commands -> Chromium reads fd 3
         self._r, from_child = os.pipe()  # Chromium writes fd 4 -> we read
-        args = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync", "--disable-extensions", "--host-resolver-rules=MAP * ~NOTFOUND",
-                f"--user-data-dir={profile}", "--remote-debugging-pipe", "about:blank"]
+        args = [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--host-resolver-rules=MAP * ~NOTFOUND",
+            f"--user-data-dir={profile}",
+            "--remote-debugging-pipe",
+            "about:blank",
+        ]
         # A tiny Python launcher moves our pipe ends to the descriptor numbers the protocol fixes (3 in,
         # 4 out); copying them above 9 first keeps one from overwriting the other. (dash cannot redirect fds > 9.)
         self._log, self._log_path = open(log, "wb"), log
-        self.proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(to_child), str(from_child), *args],
-                                     pass_fds=(to_child, from_child), stdout=self._log, stderr=self._log, stdin=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", _LAUNCH, str(to_child), str(from_child), *args],
+            pass_fds=(to_child, from_child),
+            stdout=self._log,
+            stderr=self._log,
+            stdin=subprocess.DEVNULL,
+        )
         os.close(to_child)
         os.close(from_child)
         self._buf = b""
@@ -125,10 +147,19 @@ def open_page(path: Path, tmp: Path, screenshot: Path | None = None) -> tuple[di
         s = br.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Runtime", "Log", "Network", "Page"):
             br.send(f"{domain}.enable", session=s)
-        br.send("Emulation.setDeviceMetricsOverride", {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False}, session=s)
+        br.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": 1200, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+            session=s,
+        )
         br.send("Page.navigate", {"url": path.resolve().as_uri()}, session=s)
         br.wait_event("Page.loadEventFired")
-        facts = json.loads(br.send("Runtime.evaluate", {"returnByValue": True, "expression": """JSON.stringify({
+        facts = json.loads(
+            br.send(
+                "Runtime.evaluate",
+                {
+                    "returnByValue": True,
+                    "expression": """JSON.stringify({
             title: document.title,
             sections: [...document.querySelectorAll('section')].map(e => e.id),
             svgs: [...document.querySelectorAll('svg')].map(e => { const r = e.getBoundingClientRect(); return [r.width, r.height]; }),
@@ -136,7 +167,11 @@ def open_page(path: Path, tmp: Path, screenshot: Path | None = None) -> tuple[di
             samples: [...document.querySelectorAll('table.samples tbody tr:first-child td')].map(e => {
                 const r = e.getBoundingClientRect(); return [r.left, r.top, r.width]; }),
             overflow: document.documentElement.scrollWidth - window.innerWidth,
-            height: document.documentElement.scrollHeight })"""}, session=s)["result"]["value"])
+            height: document.documentElement.scrollHeight })""",
+                },
+                session=s,
+            )["result"]["value"]
+        )
         if screenshot is not None:
             shot = br.send("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True}, session=s)
             screenshot.write_bytes(base64.b64decode(shot["data"]))
@@ -148,12 +183,18 @@ def open_page(path: Path, tmp: Path, screenshot: Path | None = None) -> tuple[di
         m, p = e.get("method"), e.get("params", {})
         if m == "Runtime.exceptionThrown":
             d = p.get("exceptionDetails", {})
-            errors.append(f"exception: {d.get('text', '')} {d.get('exception', {}).get('description', '')} at {d.get('url', '')}:{d.get('lineNumber')}"[:400])
+            errors.append(
+                f"exception: {d.get('text', '')} {d.get('exception', {}).get('description', '')} at {d.get('url', '')}:{d.get('lineNumber')}"[
+                    :400
+                ]
+            )
         elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
             errors.append("console.error: " + json.dumps(p.get("args", []))[:300])
         elif m == "Log.entryAdded" and p.get("entry", {}).get("level") == "error":
             errors.append("log: " + p["entry"].get("text", "")[:300] + " " + p["entry"].get("url", ""))
-        elif m == "Network.requestWillBeSent" and not p.get("request", {}).get("url", "").startswith(("file:", "data:", "about:")):
+        elif m == "Network.requestWillBeSent" and not p.get("request", {}).get("url", "").startswith(
+            ("file:", "data:", "about:")
+        ):
             errors.append("network request: " + p["request"]["url"])
     return facts, errors
 
@@ -164,13 +205,29 @@ def test_report_renders_without_errors(tmp_path):
     facts, errors = open_page(report, tmp_path, screenshot=shot)
     assert errors == []
     assert facts["title"] == "personatune report — demo-run"
-    assert facts["sections"] == ["gates", "baseline", "persona", "coverage", "evaluation", "curves", "final", "samples", "files"]
+    assert facts["sections"] == [
+        "gates",
+        "baseline",
+        "persona",
+        "coverage",
+        "evaluation",
+        "curves",
+        "final",
+        "samples",
+        "files",
+    ]
     assert facts["scripts"] == 0
-    assert len(facts["svgs"]) == 8 and all(w > 100 and h > 40 for w, h in facts["svgs"])  # every chart laid out with a real size
+    assert len(facts["svgs"]) == 8 and all(
+        w > 100 and h > 40 for w, h in facts["svgs"]
+    )  # every chart laid out with a real size
     assert facts["overflow"] <= 0  # nothing wider than a 1200 px window
     # Samples: baseline | baseline with the persona prompt | final, side by side in one row, equally wide.
     cells = facts["samples"]
-    assert len(cells) == 5 and len({round(t) for _, t, _ in cells}) == 1 and [x for x, _, _ in cells] == sorted(x for x, _, _ in cells)
+    assert (
+        len(cells) == 5
+        and len({round(t) for _, t, _ in cells}) == 1
+        and [x for x, _, _ in cells] == sorted(x for x, _, _ in cells)
+    )
     assert len({round(w) for _, _, w in cells[2:]}) == 1 and cells[2][2] > 200
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
 
@@ -184,7 +241,9 @@ def test_early_run_renders_without_errors(tmp_path):
 def test_harness_detects_errors_and_requests(tmp_path):
     # The harness itself must be able to fail: a broken script and an external image are both caught.
     page = tmp_path / "bad.html"
-    page.write_text('<!DOCTYPE html><html><body><img src="http://report-test.invalid/x.png"><script>console.error("boom"); undefinedFn();</script></body></html>')
+    page.write_text(
+        '<!DOCTYPE html><html><body><img src="http://report-test.invalid/x.png"><script>console.error("boom"); undefinedFn();</script></body></html>'
+    )
     _, errors = open_page(page, tmp_path)
     assert any(e.startswith("exception:") and "undefinedFn" in e for e in errors)
     assert any(e.startswith("console.error:") and "boom" in e for e in errors)

@@ -40,9 +40,13 @@ def test_signature_and_name():
 def test_string_and_conversational_completions_with_columns():
     s = RecordingScorer()
     fn = make_reward_fn(s)
-    out = fn(prompts=[[{"role": "user", "content": "hi?"}], "yo"],
-             completions=["one two three", [{"role": "assistant", "content": "a b"}]],
-             context=["casual", "technical"], targets=[["warm"], None], trainer_state=object())
+    out = fn(
+        prompts=[[{"role": "user", "content": "hi?"}], "yo"],
+        completions=["one two three", [{"role": "assistant", "content": "a b"}]],
+        context=["casual", "technical"],
+        targets=[["warm"], None],
+        trainer_state=object(),
+    )
     assert out == [0.3, 0.2]
     c = s.calls[-1]
     # A conversational prompt reaches the scorer as its message list (the scorer reads its last user turn).
@@ -101,13 +105,42 @@ def test_real_scorer_reward_equals_consistency():
     from personatune.persona import PersonaSpec, Trait
     from personatune.scoring.scorer import Scorer
 
-    traits = [Trait(id=f"t{i}", description=d, positive=p, negative=n) for i, (d, p, n) in enumerate([
-        ("Cheerful and upbeat.", ["What a lovely day!", "I'm so happy to help!", "This is wonderful news!"], ["Ugh, whatever.", "I'm miserable.", "This is awful."]),
-        ("Polite and courteous.", ["Thank you kindly.", "Please, after you.", "I appreciate your patience."], ["Get lost.", "I don't care about your manners.", "Shut up."]),
-        ("Talks about the sea.", ["The ocean waves are calling.", "I love sailing at dawn.", "Salt air fills my lungs."], ["I hate the sea.", "Boats make me sick.", "I never go near water."]),
-        ("Confident.", ["I know exactly what to do.", "Trust me, I've got this.", "I am certain we will win."], ["I'm not sure of anything.", "I doubt myself constantly.", "I can't decide."]),
-        ("Brief.", ["Short answer: yes.", "Done.", "In brief: no."], ["Let me ramble on and on for ages.", "Here is a very long story.", "I will explain everything at length."]),
-    ])]
+    traits = [
+        Trait(id=f"t{i}", description=d, positive=p, negative=n)
+        for i, (d, p, n) in enumerate(
+            [
+                (
+                    "Cheerful and upbeat.",
+                    ["What a lovely day!", "I'm so happy to help!", "This is wonderful news!"],
+                    ["Ugh, whatever.", "I'm miserable.", "This is awful."],
+                ),
+                (
+                    "Polite and courteous.",
+                    ["Thank you kindly.", "Please, after you.", "I appreciate your patience."],
+                    ["Get lost.", "I don't care about your manners.", "Shut up."],
+                ),
+                (
+                    "Talks about the sea.",
+                    ["The ocean waves are calling.", "I love sailing at dawn.", "Salt air fills my lungs."],
+                    ["I hate the sea.", "Boats make me sick.", "I never go near water."],
+                ),
+                (
+                    "Confident.",
+                    ["I know exactly what to do.", "Trust me, I've got this.", "I am certain we will win."],
+                    ["I'm not sure of anything.", "I doubt myself constantly.", "I can't decide."],
+                ),
+                (
+                    "Brief.",
+                    ["Short answer: yes.", "Done.", "In brief: no."],
+                    [
+                        "Let me ramble on and on for ages.",
+                        "Here is a very long story.",
+                        "I will explain everything at length.",
+                    ],
+                ),
+            ]
+        )
+    ]
     spec = PersonaSpec(name="r", summary="reward test persona", traits=traits)
     sc = Scorer(spec)
     texts = ["What a lovely day for sailing! Thank you kindly.", "Get lost."]

@@ -27,7 +27,12 @@ class FakeEmbedder:
 
 def spec(n=8):
     traits = [
-        {"id": f"t{i}", "description": f"trait {i}", "positive": [f"p{i}{j}" for j in range(3)], "negative": [f"n{i}{j}" for j in range(3)]}
+        {
+            "id": f"t{i}",
+            "description": f"trait {i}",
+            "positive": [f"p{i}{j}" for j in range(3)],
+            "negative": [f"n{i}{j}" for j in range(3)],
+        }
         for i in range(n)
     ]
     return PersonaSpec.model_validate({"name": "x", "summary": "y", "traits": traits})
@@ -71,7 +76,11 @@ def test_parse_expansion_strips_markers_and_checks_length():
     from personatune.scenarios import parse_expansion
 
     text = '1. How do I fix a flat bike tyre?\n- "Tell me a joke about boats"\n(3) ok\n2) How do I fix a flat bike tyre?\n* What should I cook tonight for four people?'
-    assert parse_expansion(text, 5) == ["How do I fix a flat bike tyre?", "Tell me a joke about boats", "What should I cook tonight for four people?"]
+    assert parse_expansion(text, 5) == [
+        "How do I fix a flat bike tyre?",
+        "Tell me a joke about boats",
+        "What should I cook tonight for four people?",
+    ]
     assert parse_expansion(text, 1) == ["How do I fix a flat bike tyre?"]
 
 
@@ -81,7 +90,9 @@ def test_expanded_scenarios_are_marked_teacher_with_stable_ids():
     sp = spec()
     msgs = expansion_request(sp, sp.trait_ids[0], "casual", 3)
     assert "3 different messages" in msgs[-1]["content"] and sp.traits[0].description in msgs[-1]["content"]
-    a = expanded_scenarios(sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?\nAny plans for the holidays?"}, 3)
+    a = expanded_scenarios(
+        sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?\nAny plans for the holidays?"}, 3
+    )
     b = expanded_scenarios(sp, {(sp.trait_ids[0], "casual"): "What did you do this weekend?"}, 3)
     assert [s.source for s in a] == ["teacher", "teacher"] and a[0].id == b[0].id and a[0].context == "casual"
 
@@ -100,6 +111,14 @@ def test_split_does_not_depend_on_the_hash_seed():
         "print([s.id for s in build_scenarios(spec(6), FakeEmbedder(), seed=3) if s.split == 'heldout'])\n"
     )
     path = os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))  # the child imports `tests.*` too
-    outs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                           env=dict(os.environ, PYTHONHASHSEED=str(h), PYTHONPATH=path)).stdout for h in (1, 2, 3)}
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=dict(os.environ, PYTHONHASHSEED=str(h), PYTHONPATH=path),
+        ).stdout
+        for h in (1, 2, 3)
+    }
     assert len(outs) == 1 and outs.pop().startswith("['")

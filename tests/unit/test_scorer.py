@@ -15,9 +15,16 @@ from personatune.scoring.scorer import BELOW_HALF, Judge, Scorer, consistency_of
 
 @pytest.fixture(scope="module")
 def spec(five_traits) -> PersonaSpec:
-    return PersonaSpec(name="test", summary="a test persona", traits=five_traits, style=Style(words=(3, 60)),
-                       behaviors=[Behavior(id="no_profanity", description="never swears", check=Check(never_contain=["damn"])),
-                                  Behavior(id="greets", description="soft rule", check=Check(must_contain=["hello"]), hard=False)])
+    return PersonaSpec(
+        name="test",
+        summary="a test persona",
+        traits=five_traits,
+        style=Style(words=(3, 60)),
+        behaviors=[
+            Behavior(id="no_profanity", description="never swears", check=Check(never_contain=["damn"])),
+            Behavior(id="greets", description="soft rule", check=Check(must_contain=["hello"]), hard=False),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -43,14 +50,26 @@ def test_consistency_of_constructed_cases():
 
 @pytest.mark.stage
 def test_consistent_matches_consistency_line(scorer):
-    texts = ["Hello! I love meeting new people, tell me all about yourself.", "Hurry up, damn it, nothing ever goes right.",
-             "The train leaves at nine.", "I'm sure it will all work out, take your time.", "ok"]
-    recs = scorer.score(texts, targets=[["sociable"], [], [], ["optimistic", "patient"], []], contexts=["casual"] * 5, ids=list("abcde"))
+    texts = [
+        "Hello! I love meeting new people, tell me all about yourself.",
+        "Hurry up, damn it, nothing ever goes right.",
+        "The train leaves at nine.",
+        "I'm sure it will all work out, take your time.",
+        "ok",
+    ]
+    recs = scorer.score(
+        texts, targets=[["sociable"], [], [], ["optimistic", "patient"], []], contexts=["casual"] * 5, ids=list("abcde")
+    )
     assert [r.id for r in recs] == list("abcde")
     for r in recs:
         assert r.consistent == (r.consistency >= 0.5)
         mean_t = sum(r.traits[t] for t in (r.targets or r.traits)) / len(r.targets or r.traits)
-        want = (max(r.violations.values()) < 0.5 and all(r.rules[h] for h in r.hard_rules) and r.style_match >= 0.5 and mean_t >= 0.5)
+        want = (
+            max(r.violations.values()) < 0.5
+            and all(r.rules[h] for h in r.hard_rules)
+            and r.style_match >= 0.5
+            and mean_t >= 0.5
+        )
         assert r.consistent == want
     assert recs[1].rules["no_profanity"] is False and recs[1].consistency == 0.0
     assert recs[0].rules["greets"] is True and recs[0].hard_rules == ["no_profanity"]
@@ -77,7 +96,9 @@ class FixedJudge:
 def test_judge_combination_is_weighted_average(spec, scorer):
     assert isinstance(FixedJudge(1, 0), Judge)
     base = scorer.score(["I love meeting new people."])[0]
-    mixed = Scorer(spec, profile=scorer.profile, judge=FixedJudge(1.0, 0.0), judge_weight=0.25).score(["I love meeting new people."])[0]
+    mixed = Scorer(spec, profile=scorer.profile, judge=FixedJudge(1.0, 0.0), judge_weight=0.25).score(
+        ["I love meeting new people."]
+    )[0]
     for t in spec.trait_ids:
         assert math.isclose(mixed.traits[t], 0.75 * base.traits[t] + 0.25)
         assert math.isclose(mixed.violations[t], 0.75 * base.violations[t])
@@ -99,14 +120,18 @@ def test_save_and_from_evaluator_dir(tmp_path, spec, scorer):
 @pytest.mark.stage
 def test_score_jsonl_skips_bad_lines(tmp_path, scorer):
     inp = tmp_path / "in.jsonl"
-    lines = [json.dumps({"id": 1, "text": "Hello! I love meeting new people.", "targets": ["sociable"], "context": "casual"}),
-             "{not json",
-             json.dumps({"id": 3}),
-             json.dumps({"id": 4, "text": "fine", "targets": "sociable"}),
-             "",
-             json.dumps({"id": 6, "text": "Take your time, there is no rush.", "prompt": "Can you wait?"}),
-             json.dumps(["a list"]),
-             json.dumps({"id": 8, "text": "x", "targets": ["unknown_trait"]})]
+    lines = [
+        json.dumps(
+            {"id": 1, "text": "Hello! I love meeting new people.", "targets": ["sociable"], "context": "casual"}
+        ),
+        "{not json",
+        json.dumps({"id": 3}),
+        json.dumps({"id": 4, "text": "fine", "targets": "sociable"}),
+        "",
+        json.dumps({"id": 6, "text": "Take your time, there is no rush.", "prompt": "Can you wait?"}),
+        json.dumps(["a list"]),
+        json.dumps({"id": 8, "text": "x", "targets": ["unknown_trait"]}),
+    ]
     inp.write_text("\n".join(lines) + "\n", encoding="utf-8")
     out = tmp_path / "sub" / "out.jsonl"
     summary = score_jsonl("unused.yaml", inp, out, scorer=scorer)
@@ -130,6 +155,9 @@ def test_on_task_reads_the_last_user_turn_and_prefers_an_answer_to_babble(scorer
     assert recs[0].on_task > recs[1].on_task and recs[2].on_task is None
     assert recs[0].on_task >= 0.5 > recs[1].on_task
     # an OpenAI-style message list: only the last user turn counts
-    msgs = [{"role": "user", "content": "Tell me about parties."}, {"role": "assistant", "content": "Sure."},
-            {"role": "user", "content": q}]
+    msgs = [
+        {"role": "user", "content": "Tell me about parties."},
+        {"role": "assistant", "content": "Sure."},
+        {"role": "user", "content": q},
+    ]
     assert scorer.score([answer], prompts=[msgs])[0].on_task == pytest.approx(recs[0].on_task, abs=1e-6)

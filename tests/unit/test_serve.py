@@ -42,17 +42,25 @@ class StubScorer:
         out = []
         for i, t in enumerate(texts):
             even = len(t) % 2 == 0
-            out.append(ResponseScore(id=ids[i] if ids else str(i), traits={k: 0.7 for k in TRAITS},
-                                     violations={"warm": 0.1 if even else 0.9, "curious": 0.1},
-                                     style={"words": float(len(t.split()))}, style_match=0.8, rules={},
-                                     consistent=even, consistency=0.8 if even else 0.2))
+            out.append(
+                ResponseScore(
+                    id=ids[i] if ids else str(i),
+                    traits={k: 0.7 for k in TRAITS},
+                    violations={"warm": 0.1 if even else 0.9, "curious": 0.1},
+                    style={"words": float(len(t.split()))},
+                    style_match=0.8,
+                    rules={},
+                    consistent=even,
+                    consistency=0.8 if even else 0.2,
+                )
+            )
         return out
 
 
 def parse_prometheus(text: str) -> dict[tuple[str, frozenset], float]:
     """name + labels -> value for every sample line; raises on a line that is not valid exposition format."""
     out = {}
-    sample = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$')
+    sample = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{(.*)\})? (\S+)$")
     for line in text.splitlines():
         if not line or line.startswith("#"):
             assert re.match(r"^# (HELP|TYPE) \S+ .+$", line) or not line, line
@@ -90,8 +98,9 @@ def backend(tiny_dir):
 def server(backend, tmp_path_factory):
     log = tmp_path_factory.mktemp("log") / "served.jsonl"
     scorer = StubScorer()
-    limits = ServeLimits(queue_size=32, batch_size=8, default_max_tokens=8, max_tokens=64, window=50, log_path=str(log),
-                         timeout_s=60.0)
+    limits = ServeLimits(
+        queue_size=32, batch_size=8, default_max_tokens=8, max_tokens=64, window=50, log_path=str(log), timeout_s=60.0
+    )
     app = create_app(backend, "tiny", scorer=scorer, trait_ids=TRAITS, limits=limits, reference_words=10.0)
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=60) as client:
         yield client, log, scorer
@@ -118,7 +127,11 @@ def test_valid_completion_openai_shape(server):
     assert choice["message"]["role"] == "assistant" and isinstance(choice["message"]["content"], str)
     assert choice["finish_reason"] in ("stop", "length")
     u = body["usage"]
-    assert u["prompt_tokens"] > 5 and 0 <= u["completion_tokens"] <= 8 and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    assert (
+        u["prompt_tokens"] > 5
+        and 0 <= u["completion_tokens"] <= 8
+        and u["total_tokens"] == u["prompt_tokens"] + u["completion_tokens"]
+    )
     # Greedy decoding is deterministic: the same request gives the same reply.
     assert chat(client).json()["choices"][0]["message"]["content"] == choice["message"]["content"]
     models = client.get("/v1/models").json()
@@ -127,24 +140,74 @@ def test_valid_completion_openai_shape(server):
 
 BAD_REQUESTS = [
     ("malformed json", b'{"messages": [', "application/json", 400),
-    ("not an object", b'[1, 2, 3]', "application/json", 422),
+    ("not an object", b"[1, 2, 3]", "application/json", 422),
     ("missing messages", json.dumps({"max_tokens": 4}).encode(), "application/json", 422),
     ("empty messages", json.dumps({"messages": []}).encode(), "application/json", 422),
-    ("content not a string", json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(), "application/json", 422),
+    (
+        "content not a string",
+        json.dumps({"messages": [{"role": "user", "content": 5}]}).encode(),
+        "application/json",
+        422,
+    ),
     ("bad role", json.dumps({"messages": [{"role": "wizard", "content": "hi"}]}).encode(), "application/json", 422),
-    ("max_tokens as string", json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "8"}).encode(), "application/json", 422),
-    ("temperature out of range", json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 9.0}).encode(), "application/json", 422),
-    ("stream true", json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(), "application/json", 400),
+    (
+        "max_tokens as string",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": "8"}).encode(),
+        "application/json",
+        422,
+    ),
+    (
+        "temperature out of range",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "temperature": 9.0}).encode(),
+        "application/json",
+        422,
+    ),
+    (
+        "stream true",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "stream": True}).encode(),
+        "application/json",
+        400,
+    ),
     ("n > 1", json.dumps({"messages": [{"role": "user", "content": "hi"}], "n": 2}).encode(), "application/json", 400),
-    ("tools", json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}).encode(), "application/json", 400),
-    ("max_tokens over limit", json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}).encode(), "application/json", 400),
-    ("huge body", json.dumps({"messages": [{"role": "user", "content": "x" * 1_000_000}]}).encode(), "application/json", 413),
+    (
+        "tools",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "tools": [{"type": "function"}]}).encode(),
+        "application/json",
+        400,
+    ),
+    (
+        "max_tokens over limit",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10_000}).encode(),
+        "application/json",
+        400,
+    ),
+    (
+        "huge body",
+        json.dumps({"messages": [{"role": "user", "content": "x" * 1_000_000}]}).encode(),
+        "application/json",
+        413,
+    ),
     ("binary garbage", bytes(range(256)) * 4, "application/octet-stream", 400),
     # issue 16: these gave 500, or were served by the wrong model.
-    ("seed 2**80", json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": 2**80}).encode(), "application/json", 422),
+    (
+        "seed 2**80",
+        json.dumps({"messages": [{"role": "user", "content": "hi"}], "seed": 2**80}).encode(),
+        "application/json",
+        422,
+    ),
     ("lone surrogate", b'{"messages": [{"role": "user", "content": "hi \\ud800 there"}]}', "application/json", 400),
-    ("lone surrogate in a bad field", b'{"messages": [{"role": "wizard\\udc00", "content": "hi"}]}', "application/json", 422),
-    ("another model", json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(), "application/json", 404),
+    (
+        "lone surrogate in a bad field",
+        b'{"messages": [{"role": "wizard\\udc00", "content": "hi"}]}',
+        "application/json",
+        422,
+    ),
+    (
+        "another model",
+        json.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        "application/json",
+        404,
+    ),
 ]
 
 
@@ -182,8 +245,12 @@ def test_load_200_requests_20_concurrent_then_metrics_match(server):
     scored_before = metric(before, "personatune_scored_responses_total")
 
     def one(i: int) -> int:
-        return chat(client, messages=[{"role": "user", "content": f"Tell me something about number {i}."}],
-                    temperature=0.7, max_tokens=8).status_code
+        return chat(
+            client,
+            messages=[{"role": "user", "content": f"Tell me something about number {i}."}],
+            temperature=0.7,
+            max_tokens=8,
+        ).status_code
 
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=20) as pool:
@@ -197,7 +264,10 @@ def test_load_200_requests_20_concurrent_then_metrics_match(server):
     while True:
         after = parse_prometheus(client.get("/metrics").text)
         ok = metric(after, "personatune_requests_total", method="POST", path="/v1/chat/completions", status="200")
-        if metric(after, "personatune_scored_responses_total") >= scored_before + 200 and metric(after, "personatune_scoring_queue_depth") == 0:
+        if (
+            metric(after, "personatune_scored_responses_total") >= scored_before + 200
+            and metric(after, "personatune_scoring_queue_depth") == 0
+        ):
             break
         assert time.monotonic() < deadline, "scoring did not catch up within 30 s"
         time.sleep(0.1)
@@ -251,7 +321,9 @@ class BlockingBackend:
 
 def test_full_queue_gives_503_with_retry_after_then_recovers(backend):
     blocking = BlockingBackend(backend)
-    app = create_app(blocking, "tiny", limits=ServeLimits(queue_size=1, batch_size=1, default_max_tokens=4, timeout_s=30))
+    app = create_app(
+        blocking, "tiny", limits=ServeLimits(queue_size=1, batch_size=1, default_max_tokens=4, timeout_s=30)
+    )
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client, ThreadPoolExecutor(2) as pool:
         first = pool.submit(chat, client)  # taken by the worker, blocks in generate
         assert blocking.started.wait(10)
@@ -270,14 +342,18 @@ def test_full_queue_gives_503_with_retry_after_then_recovers(backend):
 
 def test_timeout_gives_504_and_server_recovers(backend):
     blocking = BlockingBackend(backend)
-    app = create_app(blocking, "tiny", limits=ServeLimits(queue_size=4, batch_size=1, default_max_tokens=4, timeout_s=0.3))
+    app = create_app(
+        blocking, "tiny", limits=ServeLimits(queue_size=4, batch_size=1, default_max_tokens=4, timeout_s=0.3)
+    )
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         r = chat(client)
         assert r.status_code == 504 and "timeout" in r.json()["error"]["message"]
         blocking.release.set()
         assert chat(client).status_code == 200
         samples = parse_prometheus(client.get("/metrics").text)
-        assert metric(samples, "personatune_requests_total", method="POST", path="/v1/chat/completions", status="504") == 1
+        assert (
+            metric(samples, "personatune_requests_total", method="POST", path="/v1/chat/completions", status="504") == 1
+        )
 
 
 def test_scorer_failure_is_counted_not_fatal(backend):
@@ -301,7 +377,10 @@ def test_parse_request_defaults_and_limits():
     lim = ServeLimits(default_max_tokens=16, max_tokens=32)
     req = parse_request(b'{"messages": [{"role": "user", "content": "hi"}]}', lim)
     assert req.max_tokens == 16 and req.temperature == 1.0 and req.top_p == 1.0
-    assert parse_request(b'{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 20}', lim).max_tokens == 20
+    assert (
+        parse_request(b'{"messages": [{"role": "user", "content": "hi"}], "max_completion_tokens": 20}', lim).max_tokens
+        == 20
+    )
 
 
 def test_limits_validation():
@@ -320,7 +399,10 @@ def test_resolve_target_run_dir(tmp_path, tiny_dir):
         resolve_target(str(rd.root))
     (rd.root / "02_persona").mkdir()
     (rd.root / "02_persona" / "persona.yaml").write_text("name: x\n")
-    rd.set_record("02_persona", StageRecord(status="done", outputs=rd.hash_outputs({"persona": rd.root / "02_persona" / "persona.yaml"})))
+    rd.set_record(
+        "02_persona",
+        StageRecord(status="done", outputs=rd.hash_outputs({"persona": rd.root / "02_persona" / "persona.yaml"})),
+    )
     for stage in ("05_optimization", "06_iterations"):
         d = rd.root / stage / "model"
         d.mkdir(parents=True)
@@ -329,7 +411,10 @@ def test_resolve_target_run_dir(tmp_path, tiny_dir):
         rd.set_record(stage, StageRecord(status=status, outputs=rd.hash_outputs({"model": d})))
     t = resolve_target(str(rd.root))
     assert t.model.endswith("05_optimization/model") and t.persona.endswith("persona.yaml") and t.evaluator is None
-    rd.set_record("06_iterations", StageRecord(status="done", outputs=rd.hash_outputs({"model": rd.root / "06_iterations" / "model"})))
+    rd.set_record(
+        "06_iterations",
+        StageRecord(status="done", outputs=rd.hash_outputs({"model": rd.root / "06_iterations" / "model"})),
+    )
     assert resolve_target(str(rd.root)).model.endswith("06_iterations/model")
     # A plain model path passes through; --evaluator without a persona is refused.
     assert resolve_target(str(tiny_dir)).model == str(tiny_dir)
@@ -344,10 +429,17 @@ def test_serve_main_end_to_end_in_a_subprocess(tiny_dir, tmp_path):
     import sys
 
     log = tmp_path / "served.jsonl"
-    code = ("import sys; from personatune.serve import serve_main; "
-            "sys.exit(serve_main(sys.argv[1], port=0, default_max_tokens=4, log_path=sys.argv[2]))")
-    proc = subprocess.Popen([sys.executable, "-c", code, str(tiny_dir), str(log)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    code = (
+        "import sys; from personatune.serve import serve_main; "
+        "sys.exit(serve_main(sys.argv[1], port=0, default_max_tokens=4, log_path=sys.argv[2]))"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(tiny_dir), str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     try:
         line = proc.stdout.readline()
         m = re.search(r"http://127\.0\.0\.1:(\d+)", line)
@@ -397,11 +489,17 @@ def test_api_key_is_required_when_configured_and_health_stays_open(backend, monk
     app = create_app(backend, "tiny", limits=ServeLimits(default_max_tokens=4), api_key=key)
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
         assert chat(client).status_code == 401 and client.get("/metrics").status_code == 401
-        r = client.post("/v1/chat/completions", headers={"Authorization": "Bearer wrong"},
-                        json={"messages": [{"role": "user", "content": "hi"}]})
+        r = client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": "Bearer wrong"},
+            json={"messages": [{"role": "user", "content": "hi"}]},
+        )
         assert r.status_code == 401 and "s3cret" not in r.text and r.headers["www-authenticate"] == "Bearer"
-        ok = client.post("/v1/chat/completions", headers={"Authorization": "Bearer s3cret-key"},
-                         json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4})
+        ok = client.post(
+            "/v1/chat/completions",
+            headers={"Authorization": "Bearer s3cret-key"},
+            json={"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+        )
         assert ok.status_code == 200 and healthy(client)
     monkeypatch.delenv("PT_TEST_KEY")
     with pytest.raises(ConfigError, match="PT_TEST_KEY: that environment variable is not set"):
@@ -467,13 +565,31 @@ def test_metrics_exposition_names_and_format(server):
     families = {f.name: f.type for f in text_string_to_metric_families(r.text)}
     names = {name for name, _ in parse_prometheus(r.text)}
     assert not any(n.endswith("_created") for n in names), sorted(names)
-    want = {"requests_total", "generated_tokens_total", "generation_seconds_total", "scored_responses_total",
-            "scoring_dropped_total", "scoring_errors_total", "request_latency_seconds_bucket",
-            "request_latency_seconds_sum", "request_latency_seconds_count", "info", "generation_queue_depth",
-            "generation_queue_capacity", "generation_in_flight", "scoring_queue_depth", "rolling_window_responses",
-            "rolling_consistency_rate", "rolling_consistency_score_mean", "rolling_trait_adherence",
-            "rolling_adherence_overall", "rolling_style_match_mean", "rolling_words_mean", "reference_words",
-            "style_words_drift"}
+    want = {
+        "requests_total",
+        "generated_tokens_total",
+        "generation_seconds_total",
+        "scored_responses_total",
+        "scoring_dropped_total",
+        "scoring_errors_total",
+        "request_latency_seconds_bucket",
+        "request_latency_seconds_sum",
+        "request_latency_seconds_count",
+        "info",
+        "generation_queue_depth",
+        "generation_queue_capacity",
+        "generation_in_flight",
+        "scoring_queue_depth",
+        "rolling_window_responses",
+        "rolling_consistency_rate",
+        "rolling_consistency_score_mean",
+        "rolling_trait_adherence",
+        "rolling_adherence_overall",
+        "rolling_style_match_mean",
+        "rolling_words_mean",
+        "reference_words",
+        "style_words_drift",
+    }
     assert {"personatune_" + n for n in want} == names
     assert families["personatune_requests"] == "counter"
     assert families["personatune_request_latency_seconds"] == "histogram"

@@ -31,9 +31,20 @@ def test_short_text_by_hand():
     # formality: letters 1+4+4+2+3 = 14 -> L = 2.8 -> s_len = 0; no contraction -> s_con = 1; no informal
     # marker -> s_inf = 1; no formal marker -> s_for = 0; 0.2*1 + 0.25*1 = 0.45.
     f = style_features("I love this! Do you?", Style())
-    assert f == pytest.approx({"words": 5, "words_per_sentence": 2.5, "question_rate": 0.5, "exclamation_rate": 0.5,
-                               "first_person_rate": 0.2, "formality": 0.45, "signature_rate": 0, "avoid_hits": 0,
-                               "emoji_rate": 0}, **APPROX)
+    assert f == pytest.approx(
+        {
+            "words": 5,
+            "words_per_sentence": 2.5,
+            "question_rate": 0.5,
+            "exclamation_rate": 0.5,
+            "first_person_rate": 0.2,
+            "formality": 0.45,
+            "signature_rate": 0,
+            "avoid_hits": 0,
+            "emoji_rate": 0,
+        },
+        **APPROX,
+    )
 
 
 def test_casual_text_by_hand():
@@ -55,8 +66,7 @@ def test_formality_components_by_hand():
     # 20 words, 82 letters -> L = 4.1 -> s_len = 0.6/2.5 = 0.24; one contraction (I'd) -> 0.05 per word
     # -> s_con = 1 - 0.5 = 0.5; one informal word (cool) -> 0.05 -> s_inf = 0; one formal word
     # (however) -> 0.05 >= 0.03 -> s_for = 1. formality = 0.4*0.24 + 0.2*0.5 + 0 + 0.15 = 0.346.
-    text = ("Cool, I think the new release works well. However, I'd still check the docs first and run the "
-            "tests twice.")
+    text = "Cool, I think the new release works well. However, I'd still check the docs first and run the tests twice."
     assert count_words(text) == 20
     assert formality_score(text) == pytest.approx(0.346)
     # 40 words of 4 letters, one informal ("yeah"): s_len 0.2, s_con 1, s_inf = 1 - 0.025/0.05 = 0.5,
@@ -65,8 +75,10 @@ def test_formality_components_by_hand():
     # 60 words of 4 letters, one formal ("thus"): s_for = (1/60)/0.03 = 5/9 -> 0.08 + 0.2 + 0.25 + 0.15*5/9.
     assert formality_score("thus " + "word " * 59) == pytest.approx(0.53 + 0.15 * 5 / 9)
     # Saturated formal: long words, two formal markers, nothing informal -> 1.0.
-    assert formality_score("Regarding your inquiry, the committee will review the application. However, "
-                           "additional documentation is required.") == pytest.approx(1.0)
+    assert formality_score(
+        "Regarding your inquiry, the committee will review the application. However, "
+        "additional documentation is required."
+    ) == pytest.approx(1.0)
 
 
 def test_sentence_splitting_rules():
@@ -130,8 +142,17 @@ def test_batch_equals_single():
 
 
 def feats(**kw):
-    base = {"words": 50.0, "words_per_sentence": 10.0, "question_rate": 0.0, "exclamation_rate": 0.0,
-            "first_person_rate": 0.05, "formality": 0.55, "signature_rate": 0.0, "avoid_hits": 0.0, "emoji_rate": 0.0}
+    base = {
+        "words": 50.0,
+        "words_per_sentence": 10.0,
+        "question_rate": 0.0,
+        "exclamation_rate": 0.0,
+        "first_person_rate": 0.05,
+        "formality": 0.55,
+        "signature_rate": 0.0,
+        "avoid_hits": 0.0,
+        "emoji_rate": 0.0,
+    }
     return {**base, **kw}
 
 
@@ -158,7 +179,7 @@ def feats(**kw):
         # Emoji when never: emoji component 0 -> 0.6/0.75 = 0.8, times 0.45.
         (Style(emoji="never"), feats(emoji_rate=2.0), 0.36),
         # Both breaks: 0.8 * 0.45**2.
-        (Style(emoji="never"), feats(emoji_rate=2.0, avoid_hits=1.0), 0.8 * 0.45 ** 2),
+        (Style(emoji="never"), feats(emoji_rate=2.0, avoid_hits=1.0), 0.8 * 0.45**2),
         # Emoji sometimes at 10 per 100 words -> 1 - 5/10 = 0.5 -> (0.3+0.3+0.075)/0.75 = 0.9.
         (Style(emoji="sometimes"), feats(emoji_rate=10.0), 0.9),
         (Style(emoji="sometimes"), feats(emoji_rate=3.0), 1.0),
@@ -171,8 +192,11 @@ def feats(**kw):
         (Style(questions="sometimes"), feats(question_rate=1.0), 0.7875 / 0.825),
         # Worst case with length and register right and no break: emoji 0 (sometimes, 100 per 100 words),
         # signature 0.5, questions 0 and exclamations 0 (never, every sentence): (0.3 + 0.3 + 0.05) / 1.0.
-        (Style(emoji="sometimes", signature_phrases=["x"], questions="never", exclamations="never"),
-         feats(emoji_rate=100.0, question_rate=1.0, exclamation_rate=1.0), 0.65),
+        (
+            Style(emoji="sometimes", signature_phrases=["x"], questions="never", exclamations="never"),
+            feats(emoji_rate=100.0, question_rate=1.0, exclamation_rate=1.0),
+            0.65,
+        ),
     ],
 )
 def test_style_match_by_hand(style, f, want):
@@ -184,8 +208,10 @@ def test_style_match_thresholds_on_real_texts():
     good = "Hey! Yeah, I'm gonna grab some coffee lol. Wanna come?"
     assert style_match(style_features(good, casual), casual) >= 0.5
     # Formal register (formality 1.0) and far too long (6 * 15 = 90 words > 2*40) for a casual persona.
-    stiff = ("Regarding your inquiry, the committee will review the application thoroughly. However, additional "
-             "documentation is required. ") * 6
+    stiff = (
+        "Regarding your inquiry, the committee will review the application thoroughly. However, additional "
+        "documentation is required. "
+    ) * 6
     assert style_match(style_features(stiff, casual), casual) < 0.5
     # Right register and length but an avoid phrase, or an emoji for a never-emoji persona.
     assert style_match(style_features("Yeah, as an AI I'm gonna say no lol.", casual), casual) < 0.5

@@ -62,7 +62,9 @@ def test_exemplar_ordering_example_personas(instrument):
 
 @pytest.mark.stage
 def test_negation_flips_the_decision(profile, instrument):
-    sc = profile.score(["I love meeting new people, come and join us!", "I don't want to meet anyone; leave me alone."], instrument)
+    sc = profile.score(
+        ["I love meeting new people, come and join us!", "I don't want to meet anyone; leave me alone."], instrument
+    )
     assert sc.traits[0]["sociable"] > sc.traits[1]["sociable"]
     assert sc.violations[1]["sociable"] >= 0.5 > sc.violations[0]["sociable"]
 
@@ -85,9 +87,11 @@ def test_voice_separates_the_persona_from_a_plain_assistant(instrument):
 
 @pytest.mark.stage
 def test_fit_with_labelled_examples_and_round_trip(tmp_path, spec, instrument):
-    ex = [{"text": "Come join us, the more the merrier!", "trait": "sociable", "label": "expressed"},
-          {"text": "Leave me alone, I prefer my own company.", "trait": "sociable", "label": "violated"},
-          {"text": "The meeting is at noon.", "trait": "sociable", "label": "neutral"}]
+    ex = [
+        {"text": "Come join us, the more the merrier!", "trait": "sociable", "label": "expressed"},
+        {"text": "Leave me alone, I prefer my own company.", "trait": "sociable", "label": "violated"},
+        {"text": "The meeting is at noon.", "trait": "sociable", "label": "neutral"},
+    ]
     prof = fit(spec, ex, instrument=instrument)
     assert prof.meta["n_labelled_examples"] == 3
     assert prof.meta["sides"]["sociable"] == {"positive_side": 5, "negative_side": 4, "labelled_neutral": 1}
@@ -113,7 +117,9 @@ def test_bad_labelled_example_is_a_clear_error(spec, instrument):
 def test_trait_without_a_negative_side_names_the_trait_and_the_fix(spec, instrument):
     data = spec.model_dump()
     data["traits"][2]["negative"] = []
-    with pytest.raises(DataError, match=r"trait patient: no negative exemplar or inverse; fix: add at least 3 `negative`"):
+    with pytest.raises(
+        DataError, match=r"trait patient: no negative exemplar or inverse; fix: add at least 3 `negative`"
+    ):
         fit(PersonaSpec.model_validate(data), (), instrument=instrument)
 
 

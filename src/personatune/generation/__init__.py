@@ -35,8 +35,16 @@ class GenerationBackend(Protocol):
     texts with special tokens stripped. `temperature == 0` means greedy decoding.
     """
 
-    def generate(self, conversations: list[Conversation], *, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, n: int = 1, seed: int | None = None) -> list[list[str]]: ...
+    def generate(
+        self,
+        conversations: list[Conversation],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> list[list[str]]: ...
 
 
 @dataclass(frozen=True)

@@ -91,8 +91,10 @@ class ResponseCache:
                 continue
             rec = self._parse(line)
             if rec is None:
-                raise DataError(f"response cache {self.path}: line {i} is not valid JSON; "
-                                "fix: delete the file to regenerate its responses (or remove that line)")
+                raise DataError(
+                    f"response cache {self.path}: line {i} is not valid JSON; "
+                    "fix: delete the file to regenerate its responses (or remove that line)"
+                )
             self._data[rec[0]] = rec[1]
         if tail.strip():
             rec = self._parse(tail)
@@ -102,8 +104,12 @@ class ResponseCache:
                 with open(self.path, "ab") as f:
                     f.write(b"\n")
             else:
-                log.warning("response cache %s: skipping a truncated last line (%d bytes; an interrupted write); "
-                            "its request will be made again", self.path, len(tail))
+                log.warning(
+                    "response cache %s: skipping a truncated last line (%d bytes; an interrupted write); "
+                    "its request will be made again",
+                    self.path,
+                    len(tail),
+                )
                 with open(self.path, "r+b") as f:
                     f.truncate(len(raw) - len(tail))
 

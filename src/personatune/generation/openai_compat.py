@@ -117,11 +117,21 @@ class OpenAIBackend:
 
     backend_id = "openai-compat"
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", concurrency: int = 8,
-                 max_retries: int = 5, timeout: float = 60.0, cache: ResponseCache | None = None) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key_env: str = "OPENAI_API_KEY",
+        concurrency: int = 8,
+        max_retries: int = 5,
+        timeout: float = 60.0,
+        cache: ResponseCache | None = None,
+    ) -> None:
         problems = []
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-            problems.append(f"base_url={base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)")
+            problems.append(
+                f"base_url={base_url!r} must start with http:// or https:// (e.g. http://127.0.0.1:8000/v1)"
+            )
         if not model:
             problems.append("model must be the model name the server serves (GET <base_url>/models lists them)")
         if concurrency < 1:
@@ -143,12 +153,22 @@ class OpenAIBackend:
         self._logprobs_ok = True
 
     def __repr__(self) -> str:
-        return (f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
-                f"concurrency={self.concurrency}, max_retries={self.max_retries})")
+        return (
+            f"OpenAIBackend(base_url={self.base_url!r}, model={self.model!r}, api_key_env={self.api_key_env!r}, "
+            f"concurrency={self.concurrency}, max_retries={self.max_retries})"
+        )
 
     # --- the GenerationBackend API ---------------------------------------------------------------
-    def generate(self, conversations: list[Conversation], *, max_new_tokens: int, temperature: float,
-                 top_p: float = 1.0, n: int = 1, seed: int | None = None) -> list[list[str]]:
+    def generate(
+        self,
+        conversations: list[Conversation],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> list[list[str]]:
         """`n` completions per conversation, in the caller's order.
 
         Sample `s` of a conversation is requested with seed `seed + s` (when a seed is given). Greedy
@@ -160,13 +180,22 @@ class OpenAIBackend:
         params = SamplingParams(max_new_tokens, temperature, top_p, n, seed)
         check_conversations(conversations)
         draws = 1 if params.greedy else n
-        reqs = [ChatRequest(messages=list(conv), max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                            seed=None if seed is None else seed + s, sample=s)
-                for conv in conversations for s in range(draws)]
+        reqs = [
+            ChatRequest(
+                messages=list(conv),
+                max_tokens=max_new_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                seed=None if seed is None else seed + s,
+                sample=s,
+            )
+            for conv in conversations
+            for s in range(draws)
+        ]
         texts = [r["text"] for r in self.complete(reqs)]
         out = []
         for i in range(len(conversations)):
-            got = texts[i * draws:(i + 1) * draws]
+            got = texts[i * draws : (i + 1) * draws]
             out.append(got * n if draws == 1 else got)
         return out
 
@@ -200,7 +229,9 @@ class OpenAIBackend:
             else:
                 todo.append((i, r, k))
         if todo:
-            log.info("%s: %d requests (%d from cache) to %s", self.model, len(todo), len(requests) - len(todo), self.base_url)
+            log.info(
+                "%s: %d requests (%d from cache) to %s", self.model, len(todo), len(requests) - len(todo), self.base_url
+            )
             await self._fetch(todo, results)
         return results  # type: ignore[return-value]
 
@@ -224,8 +255,13 @@ class OpenAIBackend:
                     self.cache.sync()
 
         # The client retries (module docstring, point 3); the hooks count and log the attempts.
-        client = AsyncOpenAI(base_url=self.base_url, api_key=api_key, max_retries=self.max_retries,
-                             timeout=self.timeout, http_client=self._http_client())
+        client = AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=api_key,
+            max_retries=self.max_retries,
+            timeout=self.timeout,
+            http_client=self._http_client(),
+        )
         try:
             tasks = [asyncio.create_task(one(*t)) for t in todo]
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
@@ -262,8 +298,12 @@ class OpenAIBackend:
 
         async def on_response(response: Any) -> None:
             if response.status_code >= 400:
-                log.warning("request to %s failed (HTTP %d) on attempt %d", self.base_url, response.status_code,
-                            _retry_count(response.request) + 1)
+                log.warning(
+                    "request to %s failed (HTTP %d) on attempt %d",
+                    self.base_url,
+                    response.status_code,
+                    _retry_count(response.request) + 1,
+                )
 
         hooks = {"request": [on_request], "response": [on_response]}
         return DefaultAsyncHttpxClient(timeout=self.timeout, event_hooks=hooks)
@@ -283,45 +323,62 @@ class OpenAIBackend:
             else:
                 failure = self._status_message(e.status_code, str(e.message), _attempts(e, self.max_retries))
         except openai.APIError as e:  # a body the client cannot parse; the client does not retry these
-            failure = (f"the server at {self.base_url} sent a response the openai client cannot read "
-                       f"({type(e).__name__}); fix: check that base_url is an OpenAI-compatible API ending in /v1")
+            failure = (
+                f"the server at {self.base_url} sent a response the openai client cannot read "
+                f"({type(e).__name__}); fix: check that base_url is an OpenAI-compatible API ending in /v1"
+            )
         if failure is not None:
             # Raised outside the except block: the openai exception (whose request object holds
             # the Authorization header) is not chained onto ours.
             raise BackendError(failure)
         # The server does not do logprobs: ask for the text only, from now on.
         if self._logprobs_ok:
-            log.warning("%s does not support logprobs (HTTP 400); judges fall back to the sampled answer",
-                        self.base_url)
+            log.warning(
+                "%s does not support logprobs (HTTP 400); judges fall back to the sampled answer", self.base_url
+            )
         self._logprobs_ok = False
         return await self._call(client, r)
 
     def _unreachable_message(self, why: str, attempts: int) -> str:
-        return (f"cannot reach the OpenAI-compatible server at {self.base_url} ({why} after {_n_attempts(attempts)}); "
-                "fix: start the server (vLLM `vllm serve MODEL` -> http://127.0.0.1:8000/v1, "
-                "Ollama -> http://127.0.0.1:11434/v1, "
-                "llama.cpp `llama-server -m model.gguf` -> http://127.0.0.1:8080/v1) or correct base_url")
+        return (
+            f"cannot reach the OpenAI-compatible server at {self.base_url} ({why} after {_n_attempts(attempts)}); "
+            "fix: start the server (vLLM `vllm serve MODEL` -> http://127.0.0.1:8000/v1, "
+            "Ollama -> http://127.0.0.1:11434/v1, "
+            "llama.cpp `llama-server -m model.gguf` -> http://127.0.0.1:8080/v1) or correct base_url"
+        )
 
     def _status_message(self, status: int, message: str, attempts: int) -> str:
         if status in RETRIED_STATUSES or status >= 500:
-            return (f"the server at {self.base_url} kept failing (HTTP {status}) after {_n_attempts(attempts)}; "
-                    f"fix: lower concurrency (now {self.concurrency}), raise max_retries, or check the server's log")
+            return (
+                f"the server at {self.base_url} kept failing (HTTP {status}) after {_n_attempts(attempts)}; "
+                f"fix: lower concurrency (now {self.concurrency}), raise max_retries, or check the server's log"
+            )
         return self._fatal_message(status, message)
 
     def _fatal_message(self, status: int, message: str) -> str:
         msg = self._redact(message)[:300]
         if status in (401, 403):
-            return (f"the server at {self.base_url} refused the API key (HTTP {status}); fix: put a valid key in the "
-                    f"environment variable {self.api_key_env}")
+            return (
+                f"the server at {self.base_url} refused the API key (HTTP {status}); fix: put a valid key in the "
+                f"environment variable {self.api_key_env}"
+            )
         if status == 404:
-            return (f"the server at {self.base_url} answered HTTP 404 for model {self.model!r} ({msg}); fix: use a model "
-                    "name from GET <base_url>/models and a base_url that ends in /v1")
+            return (
+                f"the server at {self.base_url} answered HTTP 404 for model {self.model!r} ({msg}); fix: use a model "
+                "name from GET <base_url>/models and a base_url that ends in /v1"
+            )
         return f"the server at {self.base_url} rejected a request (HTTP {status}): {msg}"
 
     async def _request(self, client: Any, r: ChatRequest) -> dict[str, Any]:
         # max_tokens (not max_completion_tokens): the field every compatible server accepts.
-        kw: dict[str, Any] = dict(model=self.model, messages=r.messages, max_tokens=r.max_tokens, temperature=r.temperature,
-                                  top_p=r.top_p, n=1)
+        kw: dict[str, Any] = dict(
+            model=self.model,
+            messages=r.messages,
+            max_tokens=r.max_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            n=1,
+        )
         if r.seed is not None:
             kw["seed"] = r.seed
         if r.top_logprobs and self._logprobs_ok:
@@ -336,8 +393,10 @@ class OpenAIBackend:
         lps = None
         content = getattr(getattr(ch, "logprobs", None), "content", None)
         if content:
-            lps = [[[t.token, float(t.logprob)] for t in (tok.top_logprobs or [])] or [[tok.token, float(tok.logprob)]]
-                   for tok in content[:KEEP_LOGPROB_TOKENS]]
+            lps = [
+                [[t.token, float(t.logprob)] for t in (tok.top_logprobs or [])] or [[tok.token, float(tok.logprob)]]
+                for tok in content[:KEEP_LOGPROB_TOKENS]
+            ]
         return {"text": text, "logprobs": lps}
 
 

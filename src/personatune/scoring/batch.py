@@ -61,9 +61,13 @@ def _read_lines(path: Path, what: str) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DataError(f"cannot read {what} {path}: not UTF-8 text (byte {e.start}); fix: save it as UTF-8 JSONL") from None
+        raise DataError(
+            f"cannot read {what} {path}: not UTF-8 text (byte {e.start}); fix: save it as UTF-8 JSONL"
+        ) from None
     except OSError as e:
-        raise DataError(f"cannot read {what} {path}: {e.strerror or e}; fix: pass an existing UTF-8 JSONL file") from None
+        raise DataError(
+            f"cannot read {what} {path}: {e.strerror or e}; fix: pass an existing UTF-8 JSONL file"
+        ) from None
     return jsonl_lines(text)
 
 
@@ -74,8 +78,13 @@ def _parse_lines(lines: list[str], validate: Any) -> tuple[list[tuple[int, dict[
         if not line.strip():
             continue
         if len(line) > limits.JSONL_MAX_LINE_CHARS:
-            skipped.append({"line": no, "reason": f"{len(line):,} characters, more than the line limit of {limits.JSONL_MAX_LINE_CHARS:,} "
-                                                  "(personatune.limits.JSONL_MAX_LINE_CHARS)"})
+            skipped.append(
+                {
+                    "line": no,
+                    "reason": f"{len(line):,} characters, more than the line limit of {limits.JSONL_MAX_LINE_CHARS:,} "
+                    "(personatune.limits.JSONL_MAX_LINE_CHARS)",
+                }
+            )
             continue
         try:
             obj = json.loads(line)
@@ -91,9 +100,16 @@ def _parse_lines(lines: list[str], validate: Any) -> tuple[list[tuple[int, dict[
     return rows, skipped
 
 
-def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: str | Path,
-                evaluator_dir: str | Path | None = None, scorer: Any = None, max_errors_listed: int = 20,
-                judge: Any = None, judge_weight: float | None = None) -> dict[str, Any]:
+def score_jsonl(
+    persona_path: str | Path,
+    input_path: str | Path,
+    output_path: str | Path,
+    evaluator_dir: str | Path | None = None,
+    scorer: Any = None,
+    max_errors_listed: int = 20,
+    judge: Any = None,
+    judge_weight: float | None = None,
+) -> dict[str, Any]:
     """Score every valid line of `input_path` and write the records to `output_path`.
 
     Args:
@@ -130,21 +146,34 @@ def score_jsonl(persona_path: str | Path, input_path: str | Path, output_path: s
     rows, skipped = _parse_lines(lines, lambda obj: _validate(obj, known))
     if not rows:
         first = f" (line {skipped[0]['line']}: {skipped[0]['reason']})" if skipped else ""
-        what = f"none of its {len(skipped)} non-blank line(s) can be scored{first}" if skipped else "it has no line to score"
-        raise DataError(f"{inp}: {what}; fix: one JSON object per line with a string field 'text' (optional: id, prompt, context, targets)")
+        what = (
+            f"none of its {len(skipped)} non-blank line(s) can be scored{first}"
+            if skipped
+            else "it has no line to score"
+        )
+        raise DataError(
+            f"{inp}: {what}; fix: one JSON object per line with a string field 'text' (optional: id, prompt, context, targets)"
+        )
     if scorer is None:
         scorer = build_scorer(spec, evaluator_dir=evaluator_dir or None, judge=judge, judge_weight=judge_weight)
-    records = scorer.score([o["text"] for _, o in rows], prompts=[o.get("prompt") for _, o in rows],
-                           contexts=[o.get("context") for _, o in rows], targets=[o.get("targets") or [] for _, o in rows],
-                           ids=[str(o.get("id", f"line{no}")) for no, o in rows])
+    records = scorer.score(
+        [o["text"] for _, o in rows],
+        prompts=[o.get("prompt") for _, o in rows],
+        contexts=[o.get("context") for _, o in rows],
+        targets=[o.get("targets") or [] for _, o in rows],
+        ids=[str(o.get("id", f"line{no}")) for no, o in rows],
+    )
     atomic_write_text(outp, "".join(json_line(r.to_dict()) for r in records))
     summary = summarize(records)  # an empty list gives every key too (values None)
-    summary.update({"skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed], "input": str(inp), "output": str(outp)})
+    summary.update(
+        {"skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed], "input": str(inp), "output": str(outp)}
+    )
     return summary
 
 
-def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: str | Path,
-              max_errors_listed: int = 20) -> dict[str, Any]:
+def fit_jsonl(
+    persona_path: str | Path, examples_path: str | Path, output_dir: str | Path, max_errors_listed: int = 20
+) -> dict[str, Any]:
     """`personatune fit`: fit the persona's profile on labelled JSONL and save an evaluator folder.
 
     Input lines: {"text": str, "trait": trait id, "label": "expressed" | "violated" | "neutral"}
@@ -165,8 +194,12 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
     from personatune.scoring.traits import LABELS
 
     inp = Path(examples_path)
-    check_output_dir(output_dir, "--output", ("profile.safetensors", "profile.json", "scorer.json"),
-                     {"--persona": persona_path, "--examples": inp})
+    check_output_dir(
+        output_dir,
+        "--output",
+        ("profile.safetensors", "profile.json", "scorer.json"),
+        {"--persona": persona_path, "--examples": inp},
+    )
     spec = load_persona(persona_path)
     known = set(spec.trait_ids)
 
@@ -185,11 +218,18 @@ def fit_jsonl(persona_path: str | Path, examples_path: str | Path, output_dir: s
     parsed, skipped = _parse_lines(_read_lines(inp, "examples"), validate)
     rows = [{"text": o["text"], "trait": o["trait"], "label": o["label"]} for _, o in parsed]
     if skipped and not rows:
-        raise DataError(f"{inp}: none of its {len(skipped)} line(s) is a usable example (line {skipped[0]['line']}: {skipped[0]['reason']}); "
-                        "fix: one JSON object per line with text, trait and label")
+        raise DataError(
+            f"{inp}: none of its {len(skipped)} line(s) is a usable example (line {skipped[0]['line']}: {skipped[0]['reason']}); "
+            "fix: one JSON object per line with text, trait and label"
+        )
     build_scorer(spec, examples=rows).save(output_dir)
     per_trait: dict[str, dict[str, int]] = {t: {lab: 0 for lab in LABELS} for t in spec.trait_ids}
     for r in rows:
         per_trait[r["trait"]][r["label"]] += 1
-    return {"n_examples": len(rows), "per_trait": per_trait, "skipped": len(skipped), "skipped_lines": skipped[:max_errors_listed],
-            "output": str(output_dir)}
+    return {
+        "n_examples": len(rows),
+        "per_trait": per_trait,
+        "skipped": len(skipped),
+        "skipped_lines": skipped[:max_errors_listed],
+        "output": str(output_dir),
+    }

@@ -15,8 +15,13 @@ from personatune.persona import PersonaSpec
 from personatune.scoring.scorer import DEFAULT_JUDGE_WEIGHT, Judge, Scorer
 
 
-def build_scorer(spec: PersonaSpec, evaluator_dir: str | Path | None = None, examples: Sequence[dict[str, Any]] = (),
-                 judge: Judge | None = None, judge_weight: float | None = None) -> Scorer:
+def build_scorer(
+    spec: PersonaSpec,
+    evaluator_dir: str | Path | None = None,
+    examples: Sequence[dict[str, Any]] = (),
+    judge: Judge | None = None,
+    judge_weight: float | None = None,
+) -> Scorer:
     """A scorer for `spec`.
 
     Args:
@@ -36,12 +41,18 @@ def build_scorer(spec: PersonaSpec, evaluator_dir: str | Path | None = None, exa
     if evaluator_dir is not None:
         return Scorer.from_evaluator_dir(spec, evaluator_dir, instrument=inst, judge=judge, judge_weight=judge_weight)
     profile = fit(spec, examples, instrument=inst)
-    return Scorer(spec, instrument=inst, profile=profile, judge=judge,
-                  judge_weight=DEFAULT_JUDGE_WEIGHT if judge_weight is None else judge_weight)
+    return Scorer(
+        spec,
+        instrument=inst,
+        profile=profile,
+        judge=judge,
+        judge_weight=DEFAULT_JUDGE_WEIGHT if judge_weight is None else judge_weight,
+    )
 
 
-def scorer_for_run(config: Any, run_dir: Any, spec: PersonaSpec, use_evaluator: bool = True,
-                   examples: Sequence[dict[str, Any]] = ()) -> tuple[Scorer, str]:
+def scorer_for_run(
+    config: Any, run_dir: Any, spec: PersonaSpec, use_evaluator: bool = True, examples: Sequence[dict[str, Any]] = ()
+) -> tuple[Scorer, str]:
     """(scorer, one-line description) for a pipeline stage.
 
     Args:
@@ -62,8 +73,12 @@ def scorer_for_run(config: Any, run_dir: Any, spec: PersonaSpec, use_evaluator: 
         try:
             path = run_dir.output_path("04_evaluation", "evaluator")
         except RunDirError:
-            return build_scorer(spec, judge=judge, judge_weight=j.weight), "persona only (stage 4 evaluator not found)" + with_judge
-        return (build_scorer(spec, evaluator_dir=path, judge=judge, judge_weight=j.weight),
-                f"stage-4 evaluator {Path(path).relative_to(run_dir.root)}{with_judge}")
+            return build_scorer(
+                spec, judge=judge, judge_weight=j.weight
+            ), "persona only (stage 4 evaluator not found)" + with_judge
+        return (
+            build_scorer(spec, evaluator_dir=path, judge=judge, judge_weight=j.weight),
+            f"stage-4 evaluator {Path(path).relative_to(run_dir.root)}{with_judge}",
+        )
     what = f"profile fitted on {len(examples)} labelled examples" if examples else "persona only"
     return build_scorer(spec, examples=examples, judge=judge, judge_weight=j.weight), what + with_judge

@@ -38,6 +38,8 @@ class ResponseGates:
     on_task_rate: float = 0.85
     adherence: float = 0.90
     style_variance: float = 0.15
+
+
 GOLD_CONTEXTS: tuple[str, ...] = ("casual", "technical", "emotional", "adversarial", "multi_turn", "off_topic")
 
 
@@ -77,8 +79,16 @@ def _item_problem(obj: Any, trait_ids: Sequence[str]) -> str | None:
         if not isinstance(obj.get(k), str) or not obj[k].strip():
             return f"'{k}' must be a non-empty string"
     msgs = obj.get("messages")
-    if not isinstance(msgs, list) or not msgs or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant") and isinstance(m.get("content"), str) for m in msgs):
+    if (
+        not isinstance(msgs, list)
+        or not msgs
+        or not all(
+            isinstance(m, dict)
+            and m.get("role") in ("system", "user", "assistant")
+            and isinstance(m.get("content"), str)
+            for m in msgs
+        )
+    ):
         return "'messages' must be a non-empty list of {role: system|user|assistant, content: str}"
     if msgs[-1]["role"] != "user":
         return "'messages' must end with a user turn"
@@ -93,7 +103,7 @@ def _item_problem(obj: Any, trait_ids: Sequence[str]) -> str | None:
             return f"'{k}' must be a non-empty string"
     fl = obj.get("flipped")
     if not isinstance(fl, dict) or not isinstance(fl.get("text"), str) or not fl["text"].strip():
-        return "'flipped' must be {\"trait\": trait id, \"text\": non-empty string}"
+        return '\'flipped\' must be {"trait": trait id, "text": non-empty string}'
     if fl.get("trait") not in trait_ids:
         return f"'flipped.trait' {fl.get('trait')!r} is not a trait of the persona; available: {', '.join(trait_ids)}"
     return None
@@ -127,10 +137,22 @@ def parse_gold_lines(lines: Sequence[str], trait_ids: Sequence[str]) -> tuple[li
             problems.append({"line": no, "reason": reason})
             continue
         seen.add(obj["id"])
-        items.append(GoldItem(id=obj["id"], context=obj["context"], messages=tuple((m["role"], m["content"]) for m in obj["messages"]),
-                              targets=tuple(obj["targets"]), answers={"gold": obj["gold"], "generic": obj["generic"],
-                                                                      "flipped": obj["flipped"]["text"], "babble": obj["babble"]},
-                              flipped_trait=obj["flipped"]["trait"], line=no))
+        items.append(
+            GoldItem(
+                id=obj["id"],
+                context=obj["context"],
+                messages=tuple((m["role"], m["content"]) for m in obj["messages"]),
+                targets=tuple(obj["targets"]),
+                answers={
+                    "gold": obj["gold"],
+                    "generic": obj["generic"],
+                    "flipped": obj["flipped"]["text"],
+                    "babble": obj["babble"],
+                },
+                flipped_trait=obj["flipped"]["trait"],
+                line=no,
+            )
+        )
     return items, problems
 
 
@@ -144,11 +166,15 @@ def load_gold(path: str | Path, trait_ids: Sequence[str]) -> tuple[list[GoldItem
     try:
         text = p.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
-        raise DataError(f"cannot read gold file {p}: {e}; fix: pass a UTF-8 JSONL file (format: benchmarks/gold/README.md)") from None
+        raise DataError(
+            f"cannot read gold file {p}: {e}; fix: pass a UTF-8 JSONL file (format: benchmarks/gold/README.md)"
+        ) from None
     items, problems = parse_gold_lines(text.split("\n"), trait_ids)
     if not items:
         first = f" (line {problems[0]['line']}: {problems[0]['reason']})" if problems else ""
-        raise DataError(f"gold file {p} has no valid line{first}; fix: one JSON object per line, format in benchmarks/gold/README.md")
+        raise DataError(
+            f"gold file {p} has no valid line{first}; fix: one JSON object per line, format in benchmarks/gold/README.md"
+        )
     return items, problems
 
 
@@ -180,7 +206,7 @@ def score_gold(scorer: Any, items: Sequence[GoldItem]) -> GoldScores:
             ids.append(f"{it.id}/{kind}")
     recs = scorer.score(texts, prompts=prompts, contexts=contexts, targets=targets, ids=ids)
     n = len(items)
-    return GoldScores(items=list(items), records={k: recs[i * n:(i + 1) * n] for i, k in enumerate(KINDS)})
+    return GoldScores(items=list(items), records={k: recs[i * n : (i + 1) * n] for i, k in enumerate(KINDS)})
 
 
 def _rate(flags: Sequence[bool]) -> float:
@@ -233,11 +259,15 @@ def gold_report(scores: GoldScores, gates: ResponseGates | None = None, min_per_
     cons = {k: [r.consistent for r in rec[k]] for k in KINDS}
     neg = cons["generic"] + cons["flipped"]
     tpr, tnr = _rate(cons["gold"]), 1.0 - _rate(neg)
-    au = auroc([r.consistency for r in rec["gold"]] + [r.consistency for r in rec["generic"] + rec["flipped"]],
-               [1] * len(rec["gold"]) + [0] * len(neg))
+    au = auroc(
+        [r.consistency for r in rec["gold"]] + [r.consistency for r in rec["generic"] + rec["flipped"]],
+        [1] * len(rec["gold"]) + [0] * len(neg),
+    )
     caught = [r.violations[it.flipped_trait] >= 0.5 for r, it in zip(rec["flipped"], items)]
-    argmax = [max(r.violations, key=r.violations.get) == it.flipped_trait and r.violations[it.flipped_trait] >= 0.5
-              for r, it in zip(rec["flipped"], items)]
+    argmax = [
+        max(r.violations, key=r.violations.get) == it.flipped_trait and r.violations[it.flipped_trait] >= 0.5
+        for r, it in zip(rec["flipped"], items)
+    ]
     per_trait_caught: dict[str, list[bool]] = {}
     for c, it in zip(caught, items):
         per_trait_caught.setdefault(it.flipped_trait, []).append(c)
@@ -272,10 +302,16 @@ def gold_report(scores: GoldScores, gates: ResponseGates | None = None, min_per_
         "false_violations": false_viol,
         "missed_targets": missed_targets,
         "on_task": on_task,
-        "gates": {"gold": _set_gates(rec["gold"], gates, min_per_context),
-                  "generic": _set_gates(rec["generic"], gates, min_per_context)},
-        "style_variance_mixed": {"splits": len(mixed), "failing": int(sum(v >= gates.style_variance for v in mixed)),
-                                 "min": min(mixed) if mixed else None, "mean": float(np.mean(mixed)) if mixed else None},
+        "gates": {
+            "gold": _set_gates(rec["gold"], gates, min_per_context),
+            "generic": _set_gates(rec["generic"], gates, min_per_context),
+        },
+        "style_variance_mixed": {
+            "splits": len(mixed),
+            "failing": int(sum(v >= gates.style_variance for v in mixed)),
+            "min": min(mixed) if mixed else None,
+            "mean": float(np.mean(mixed)) if mixed else None,
+        },
     }
 
 
@@ -289,8 +325,12 @@ PERSONA_GATES = ("consistency_rate", "adherence")
 def unmet_targets(rep: dict[str, Any]) -> list[str]:
     """The instrument targets a `gold_report` misses, one readable line each (empty: all met)."""
     out = []
-    got = {"balanced_accuracy": rep["balanced_accuracy"], "auroc": rep["auroc"], "flipped_caught": rep["flipped_caught"],
-           "on_task_balanced_accuracy": rep["on_task"].get("balanced_accuracy")}
+    got = {
+        "balanced_accuracy": rep["balanced_accuracy"],
+        "auroc": rep["auroc"],
+        "flipped_caught": rep["flipped_caught"],
+        "on_task_balanced_accuracy": rep["on_task"].get("balanced_accuracy"),
+    }
     for k, thr in TARGETS.items():
         v = got[k]
         if v is None or (isinstance(v, float) and math.isnan(v)) or v < thr:
@@ -304,12 +344,20 @@ def unmet_targets(rep: dict[str, Any]) -> list[str]:
             out.append(f"generic answers pass the {k} gate ({_f(g['value'])} {g['direction']} {g['threshold']:g})")
     m = rep["style_variance_mixed"]
     if m["splits"] and m["failing"] < m["splits"]:
-        out.append(f"style variance: {m['splits'] - m['failing']}/{m['splits']} gold/generic mixes by context pass the gate")
+        out.append(
+            f"style variance: {m['splits'] - m['failing']}/{m['splits']} gold/generic mixes by context pass the gate"
+        )
     return out
 
 
-def score_gold_file(persona_path: str | Path, gold_path: str | Path, output_path: str | Path | None = None,
-                    evaluator_dir: str | Path | None = None, judge: Any = None, judge_weight: float | None = None) -> dict[str, Any]:
+def score_gold_file(
+    persona_path: str | Path,
+    gold_path: str | Path,
+    output_path: str | Path | None = None,
+    evaluator_dir: str | Path | None = None,
+    judge: Any = None,
+    judge_weight: float | None = None,
+) -> dict[str, Any]:
     """`personatune score --gold`: score a gold set and return (and optionally write) its `gold_report`.
 
     Args:
@@ -334,7 +382,11 @@ def score_gold_file(persona_path: str | Path, gold_path: str | Path, output_path
     from personatune.scoring.factory import build_scorer
 
     if output_path is not None:
-        check_output_file(Path(output_path), "--output", {"--gold": gold_path, "--persona": persona_path, "--evaluator": evaluator_dir})
+        check_output_file(
+            Path(output_path),
+            "--output",
+            {"--gold": gold_path, "--persona": persona_path, "--evaluator": evaluator_dir},
+        )
     spec = load_persona(persona_path)
     items, problems = load_gold(gold_path, spec.trait_ids)
     scorer = build_scorer(spec, evaluator_dir=evaluator_dir, judge=judge, judge_weight=judge_weight)
@@ -354,18 +406,23 @@ def _f(x: Any, d: int = 3) -> str:
 def format_gold_report(name: str, rep: dict[str, Any]) -> str:
     """A readable block of a `gold_report` (the lines bench_gold.py and `score --gold` print)."""
     c = rep["consistent_rate"]
-    lines = [f"== {name}: {rep['n']} prompts x 4 answers",
-             "  consistent rate:   " + "  ".join(f"{k} {_f(c[k])}" for k in KINDS),
-             f"  balanced accuracy (gold vs generic+flipped) {_f(rep['balanced_accuracy'])}   AUROC {_f(rep['auroc'])}",
-             f"  flipped trait caught {_f(rep['flipped_caught'])} (as the top violation {_f(rep['flipped_caught_argmax'])}); "
-             f"flipped judged inconsistent {_f(rep['flipped_judged_inconsistent'])}",
-             "  caught per trait: " + ", ".join(f"{t} {_f(v, 2)}" for t, v in rep["flipped_caught_per_trait"].items()),
-             "  false violations on gold (count): " + ", ".join(f"{t} {v}" for t, v in rep["false_violations"].items()),
-             "  targets missed on gold (count):   " + ", ".join(f"{t} {v}" for t, v in rep["missed_targets"].items())]
+    lines = [
+        f"== {name}: {rep['n']} prompts x 4 answers",
+        "  consistent rate:   " + "  ".join(f"{k} {_f(c[k])}" for k in KINDS),
+        f"  balanced accuracy (gold vs generic+flipped) {_f(rep['balanced_accuracy'])}   AUROC {_f(rep['auroc'])}",
+        f"  flipped trait caught {_f(rep['flipped_caught'])} (as the top violation {_f(rep['flipped_caught_argmax'])}); "
+        f"flipped judged inconsistent {_f(rep['flipped_judged_inconsistent'])}",
+        "  caught per trait: " + ", ".join(f"{t} {_f(v, 2)}" for t, v in rep["flipped_caught_per_trait"].items()),
+        "  false violations on gold (count): " + ", ".join(f"{t} {v}" for t, v in rep["false_violations"].items()),
+        "  targets missed on gold (count):   " + ", ".join(f"{t} {v}" for t, v in rep["missed_targets"].items()),
+    ]
     ot = rep["on_task"]
     if ot["measured"]:
-        lines.append("  on_task rate: " + "  ".join(f"{k} {_f(ot['rate'][k])}" for k in KINDS)
-                     + f"   gold vs babble: AUROC {_f(ot['auroc'])}, balanced accuracy {_f(ot['balanced_accuracy'])}")
+        lines.append(
+            "  on_task rate: "
+            + "  ".join(f"{k} {_f(ot['rate'][k])}" for k in KINDS)
+            + f"   gold vs babble: AUROC {_f(ot['auroc'])}, balanced accuracy {_f(ot['balanced_accuracy'])}"
+        )
     else:
         lines.append("  on_task: not measured by this scorer")
     for kind in ("gold", "generic"):
@@ -376,8 +433,10 @@ def format_gold_report(name: str, rep: dict[str, Any]) -> str:
             parts.append(f"{k} {_f(v['value'])}{extra} {'PASS' if v['passed'] else 'FAIL'}")
         lines.append(f"  gates on {kind:7s}: " + "; ".join(parts))
     m = rep["style_variance_mixed"]
-    lines.append(f"  style variance of gold/generic mixed by context: {m['failing']}/{m['splits']} splits fail the gate "
-                 f"(min {_f(m['min'])}, mean {_f(m['mean'])})")
+    lines.append(
+        f"  style variance of gold/generic mixed by context: {m['failing']}/{m['splits']} splits fail the gate "
+        f"(min {_f(m['min'])}, mean {_f(m['mean'])})"
+    )
     unmet = rep.get("unmet_targets")
     if unmet is not None:
         lines.append("  targets: all met" if not unmet else "  targets NOT met: " + "; ".join(unmet))

@@ -132,7 +132,9 @@ class Instrument:
 
     _default: "Instrument | None" = None
 
-    def __init__(self, weights_dir: str | Path | None = None, model_path: str | Path | None = None, batch_size: int = 64) -> None:
+    def __init__(
+        self, weights_dir: str | Path | None = None, model_path: str | Path | None = None, batch_size: int = 64
+    ) -> None:
         torch = _torch()
         from safetensors.torch import load_file
         from transformers import AutoModel, AutoTokenizer
@@ -142,12 +144,16 @@ class Instrument:
         wdir = Path(weights_dir) if weights_dir else instrument_dir()
         meta_path, st_path = wdir / "instrument.json", wdir / "instrument.safetensors"
         if not meta_path.is_file() or not st_path.is_file():
-            raise ModelNotFoundError(f"persona instrument weights not found in {wdir}; fix: reinstall personatune, "
-                                     "or train them with `python scripts/train_instrument.py`")
+            raise ModelNotFoundError(
+                f"persona instrument weights not found in {wdir}; fix: reinstall personatune, "
+                "or train them with `python scripts/train_instrument.py`"
+            )
         self.meta: dict[str, Any] = json.loads(meta_path.read_text(encoding="utf-8"))
         if self.meta.get("version") != INSTRUMENT_VERSION:
-            raise ModelNotFoundError(f"persona instrument in {wdir} has version {self.meta.get('version')}, this code reads "
-                                     f"{INSTRUMENT_VERSION}; fix: retrain with `python scripts/train_instrument.py`")
+            raise ModelNotFoundError(
+                f"persona instrument in {wdir} has version {self.meta.get('version')}, this code reads "
+                f"{INSTRUMENT_VERSION}; fix: retrain with `python scripts/train_instrument.py`"
+            )
         tensors = load_file(str(st_path))
         self.model_path = Path(model_path) if model_path else minilm_path()
         from transformers.utils import logging as hf_logging
@@ -157,10 +163,12 @@ class Instrument:
         self.model = AutoModel.from_pretrained(str(self.model_path)).eval()
         self.k = int(self.meta["n_tuned_layers"])
         n_layers = len(self.model.encoder.layer)
-        self.tuned = torch.nn.ModuleList([copy.deepcopy(layer) for layer in self.model.encoder.layer[n_layers - self.k:]]).eval()
-        self.tuned.load_state_dict({k[len("tuned."):]: v for k, v in tensors.items() if k.startswith("tuned.")})
+        self.tuned = torch.nn.ModuleList(
+            [copy.deepcopy(layer) for layer in self.model.encoder.layer[n_layers - self.k :]]
+        ).eval()
+        self.tuned.load_state_dict({k[len("tuned.") :]: v for k, v in tensors.items() if k.startswith("tuned.")})
         self.head = make_head().eval()
-        self.head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
+        self.head.load_state_dict({k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")})
         self.neutral_centroid = tensors["neutral_centroid"].float()
         self.on_task_coef = [float(x) for x in self.meta["on_task"]["coef"]]
         self.on_task_bias = float(self.meta["on_task"]["bias"])
@@ -184,17 +192,19 @@ class Instrument:
         layers = self.model.encoder.layer
         with torch.inference_mode():
             h = self.model.embeddings(input_ids=enc["input_ids"], token_type_ids=enc.get("token_type_ids"))
-            for layer in layers[:len(layers) - self.k]:
+            for layer in layers[: len(layers) - self.k]:
                 h = layer(h, attention_mask=mask4)
             hf, ht = h, h
-            for layer in layers[len(layers) - self.k:]:
+            for layer in layers[len(layers) - self.k :]:
                 hf = layer(hf, attention_mask=mask4)
             for layer in self.tuned:
                 ht = layer(ht, attention_mask=mask4)
             m = am.unsqueeze(-1).float()
 
             def pool(x):
-                return torch.nn.functional.normalize((x * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1).float().numpy()
+                return (
+                    torch.nn.functional.normalize((x * m).sum(1) / m.sum(1).clamp(min=1e-9), p=2, dim=1).float().numpy()
+                )
 
             return pool(hf), pool(ht)
 
@@ -205,7 +215,7 @@ class Instrument:
         """
         todo = sorted({t for t in texts if t not in self._cache}, key=len)
         for i in range(0, len(todo), self.batch_size):
-            chunk = todo[i:i + self.batch_size]
+            chunk = todo[i : i + self.batch_size]
             fz, ps = self._encode_batch(chunk)
             for t, a, b in zip(chunk, fz, ps):
                 self._cache[t] = (a, b)

@@ -32,7 +32,9 @@ def _text(x: Any) -> str:
             return last["content"]
     if isinstance(x, Sequence) and not x:
         return ""
-    raise DataError(f"completion {x!r:.80} is neither a string nor a list of message dicts with 'content'; fix: use TRL's standard or conversational format")
+    raise DataError(
+        f"completion {x!r:.80} is neither a string nor a list of message dicts with 'content'; fix: use TRL's standard or conversational format"
+    )
 
 
 def _prompt(x: Any) -> Any:
@@ -43,7 +45,9 @@ def _prompt(x: Any) -> Any:
         return [x]
     if isinstance(x, Sequence):
         return [dict(m) for m in x]
-    raise DataError(f"prompt {x!r:.80} is neither a string nor a list of message dicts; fix: use TRL's standard or conversational format")
+    raise DataError(
+        f"prompt {x!r:.80} is neither a string nor a list of message dicts; fix: use TRL's standard or conversational format"
+    )
 
 
 def combine(consistency: float, on_task: float | None) -> float:
@@ -86,10 +90,12 @@ def make_reward_fn(scorer: Any) -> Callable[..., list[float]]:
         prompts = kwargs.get("prompts")
         ctx = kwargs.get("context")
         tg = kwargs.get("targets")
-        recs = scorer.score(texts,
-                            prompts=[_prompt(p) for p in prompts] if prompts is not None and len(prompts) == len(texts) else None,
-                            contexts=list(ctx) if ctx is not None and len(ctx) == len(texts) else None,
-                            targets=[list(t or []) for t in tg] if tg is not None and len(tg) == len(texts) else None)
+        recs = scorer.score(
+            texts,
+            prompts=[_prompt(p) for p in prompts] if prompts is not None and len(prompts) == len(texts) else None,
+            contexts=list(ctx) if ctx is not None and len(ctx) == len(texts) else None,
+            targets=[list(t or []) for t in tg] if tg is not None and len(tg) == len(texts) else None,
+        )
         return [combine(r.consistency, getattr(r, "on_task", None)) for r in recs]
 
     persona_consistency.__name__ = "persona_consistency"

@@ -69,7 +69,9 @@ def compile_rule_regex(pattern: str) -> RuleRegex:
             uses a feature RE2 does not support (one that needs backtracking; the message says which, RE2_FIX how to rewrite it).
     """
     if len(pattern) > limits.RULE_REGEX_MAX_CHARS:
-        raise ValueError(f"regex of {len(pattern)} characters is longer than the limit of {limits.RULE_REGEX_MAX_CHARS} (personatune.limits.RULE_REGEX_MAX_CHARS)")
+        raise ValueError(
+            f"regex of {len(pattern)} characters is longer than the limit of {limits.RULE_REGEX_MAX_CHARS} (personatune.limits.RULE_REGEX_MAX_CHARS)"
+        )
     try:
         re.compile(pattern)
     except (re.error, RecursionError, OverflowError) as e:
@@ -78,10 +80,14 @@ def compile_rule_regex(pattern: str) -> RuleRegex:
         compiled = re2.compile(pattern, _options())
     except re2.error as e:
         why = (e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)) or "refused"
-        raise ValueError(f"regex {limits.short_repr(pattern)} is not supported by the rule engine, which matches in linear time (RE2: {why})") from None
+        raise ValueError(
+            f"regex {limits.short_repr(pattern)} is not supported by the rule engine, which matches in linear time (RE2: {why})"
+        ) from None
     return RuleRegex(pattern, compiled)
 
 
-RE2_FIX = ("rewrite it in RE2 syntax: no lookarounds (?= (?! (?<= (?<! and no backreferences \\1, \\z instead of \\Z, repetition counts "
-           "up to 1000; or use must_contain / never_contain (docs/persona-definition.md)")
+RE2_FIX = (
+    "rewrite it in RE2 syntax: no lookarounds (?= (?! (?<= (?<! and no backreferences \\1, \\z instead of \\Z, repetition counts "
+    "up to 1000; or use must_contain / never_contain (docs/persona-definition.md)"
+)
 """The fix shown when RE2 refuses a pattern that Python's `re` accepts."""

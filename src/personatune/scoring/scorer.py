@@ -35,9 +35,9 @@ import numpy as np
 from personatune.errors import DataError
 from personatune.persona import PersonaSpec
 from personatune.rundir import atomic_write_text
+from personatune.scoring.instrument import Instrument, sentence_weights, split_sentences
 from personatune.scoring.record import ResponseScore
 from personatune.scoring.rules import compile_rules
-from personatune.scoring.instrument import Instrument, sentence_weights, split_sentences
 from personatune.scoring.style import style_features_batch, style_match
 from personatune.scoring.traits import PersonaProfile, build_profile, persona_hash
 
@@ -53,11 +53,18 @@ class Judge(Protocol):
     [0,1]. A trait missing from a text's dict falls back to the detectors for that text.
     """
 
-    def judge(self, persona: PersonaSpec, texts: list[str], prompts: list[str | None]) -> list[dict[str, tuple[float, float]]]: ...
+    def judge(
+        self, persona: PersonaSpec, texts: list[str], prompts: list[str | None]
+    ) -> list[dict[str, tuple[float, float]]]: ...
 
 
-def consistency_of(traits: dict[str, float], violations: dict[str, float], style_match_value: float,
-                   hard_pass: bool, targets: Sequence[str]) -> tuple[bool, float]:
+def consistency_of(
+    traits: dict[str, float],
+    violations: dict[str, float],
+    style_match_value: float,
+    hard_pass: bool,
+    targets: Sequence[str],
+) -> tuple[bool, float]:
     """METRICS.md `consistent` and `consistency` from the parts (module docstring).
 
     Args:
@@ -107,16 +114,24 @@ class Scorer:
         DataError: the profile was fitted for other traits, or judge_weight is outside [0,1].
     """
 
-    def __init__(self, persona: PersonaSpec, instrument: Instrument | None = None, profile: PersonaProfile | None = None,
-                 judge: Judge | None = None, judge_weight: float = DEFAULT_JUDGE_WEIGHT) -> None:
+    def __init__(
+        self,
+        persona: PersonaSpec,
+        instrument: Instrument | None = None,
+        profile: PersonaProfile | None = None,
+        judge: Judge | None = None,
+        judge_weight: float = DEFAULT_JUDGE_WEIGHT,
+    ) -> None:
         if not 0.0 <= judge_weight <= 1.0:
             raise DataError(f"judge_weight {judge_weight} must be in [0, 1]; fix: e.g. 0.5")
         self.persona = persona
         self.instrument = instrument or Instrument.default()
         self.profile = profile if profile is not None else build_profile(persona, instrument=self.instrument)
         if list(self.profile.trait_ids) != list(persona.trait_ids):
-            raise DataError(f"the profile covers traits {self.profile.trait_ids}, the persona has {persona.trait_ids}; "
-                            "fix: re-fit the evaluator for this persona")
+            raise DataError(
+                f"the profile covers traits {self.profile.trait_ids}, the persona has {persona.trait_ids}; "
+                "fix: re-fit the evaluator for this persona"
+            )
         self.judge = judge
         self.judge_weight = float(judge_weight)
         self.rules = compile_rules(persona.behaviors)
@@ -127,11 +142,11 @@ class Scorer:
         sents = [split_sentences(t) for t in texts]
         known = [a for a in asks if a]
         fz, _ = self.instrument.encode_both([s for ss in sents for s in ss] + known)
-        q_of = dict(zip(known, fz[len(fz) - len(known):])) if known else {}
+        q_of = dict(zip(known, fz[len(fz) - len(known) :])) if known else {}
         out: list[float | None] = []
         off = 0
         for ss, a in zip(sents, asks):
-            S = fz[off:off + len(ss)]
+            S = fz[off : off + len(ss)]
             off += len(ss)
             if not a:
                 out.append(None)
@@ -142,8 +157,14 @@ class Scorer:
             out.append(self.instrument.on_task(float(w @ q_of[a]), float(cos.max())))
         return out
 
-    def score(self, texts: Sequence[str], prompts: Sequence[Any] | None = None, contexts: Sequence[str | None] | None = None,
-              targets: Sequence[Sequence[str]] | None = None, ids: Sequence[str] | None = None) -> list[ResponseScore]:
+    def score(
+        self,
+        texts: Sequence[str],
+        prompts: Sequence[Any] | None = None,
+        contexts: Sequence[str | None] | None = None,
+        targets: Sequence[Sequence[str]] | None = None,
+        ids: Sequence[str] | None = None,
+    ) -> list[ResponseScore]:
         """Score responses (all sentences encoded in one batch).
 
         Args:
@@ -169,7 +190,9 @@ class Scorer:
         for i, ts in enumerate(tg):
             bad = [t for t in ts if t not in known]
             if bad:
-                raise DataError(f"targets[{i}] names unknown trait(s) {bad}; available: {', '.join(self.persona.trait_ids)}")
+                raise DataError(
+                    f"targets[{i}] names unknown trait(s) {bad}; available: {', '.join(self.persona.trait_ids)}"
+                )
         sc = self.profile.score(list(texts), self.instrument)
         traits, viols = sc.traits, sc.violations
         on_task = self.on_task(list(texts), list(prompts)) if prompts is not None else [None] * n
@@ -189,22 +212,44 @@ class Scorer:
             sm = min(style_match(feats[i], self.persona.style), sc.voice[i])
             rules = self.rules(text)
             consistent, cons = consistency_of(traits[i], viols[i], sm, self.rules.hard_pass(rules), tg[i])
-            out.append(ResponseScore(id=str(ids[i]) if ids is not None else str(i), traits=traits[i], violations=viols[i],
-                                     style=feats[i], style_match=sm, rules=rules, consistent=consistent, consistency=cons,
-                                     targets=tg[i], context=contexts[i] if contexts is not None else None,
-                                     hard_rules=list(self.rules.hard_ids), on_task=on_task[i]))
+            out.append(
+                ResponseScore(
+                    id=str(ids[i]) if ids is not None else str(i),
+                    traits=traits[i],
+                    violations=viols[i],
+                    style=feats[i],
+                    style_match=sm,
+                    rules=rules,
+                    consistent=consistent,
+                    consistency=cons,
+                    targets=tg[i],
+                    context=contexts[i] if contexts is not None else None,
+                    hard_rules=list(self.rules.hard_ids),
+                    on_task=on_task[i],
+                )
+            )
         return out
 
     def save(self, path: str | Path) -> None:
         """Write the evaluator into folder `path`: the profile (safetensors + JSON) and scorer.json."""
         p = Path(path)
         self.profile.save(p)
-        meta = {"persona_hash": persona_hash(self.persona), "persona_name": self.persona.name, "judge_weight": self.judge_weight}
+        meta = {
+            "persona_hash": persona_hash(self.persona),
+            "persona_name": self.persona.name,
+            "judge_weight": self.judge_weight,
+        }
         atomic_write_text(p / "scorer.json", json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
     @classmethod
-    def from_evaluator_dir(cls, persona: PersonaSpec, path: str | Path, instrument: Instrument | None = None, judge: Judge | None = None,
-                           judge_weight: float | None = None) -> "Scorer":
+    def from_evaluator_dir(
+        cls,
+        persona: PersonaSpec,
+        path: str | Path,
+        instrument: Instrument | None = None,
+        judge: Judge | None = None,
+        judge_weight: float | None = None,
+    ) -> "Scorer":
         """A scorer with the profile saved in `path` (by `save` or stage 4).
 
         `judge_weight` None: the weight saved in the folder's scorer.json (default DEFAULT_JUDGE_WEIGHT).
@@ -216,12 +261,20 @@ class Scorer:
         det = PersonaProfile.load(p)
         want = persona_hash(persona)
         if det.meta.get("persona_hash") != want:
-            raise DataError(f"evaluator {p} was fitted for a different persona (hash {str(det.meta.get('persona_hash'))[:12]}, "
-                            f"this persona {want[:12]}); fix: pass the persona it was fitted with, or re-run stage 4")
+            raise DataError(
+                f"evaluator {p} was fitted for a different persona (hash {str(det.meta.get('persona_hash'))[:12]}, "
+                f"this persona {want[:12]}); fix: pass the persona it was fitted with, or re-run stage 4"
+            )
         jw = DEFAULT_JUDGE_WEIGHT
         if (p / "scorer.json").is_file():
             try:
                 jw = float(json.loads((p / "scorer.json").read_text(encoding="utf-8")).get("judge_weight", jw))
             except (ValueError, TypeError, AttributeError) as e:  # AttributeError: valid JSON, but not an object
                 raise DataError(f"{p / 'scorer.json'} is not valid JSON ({e}); fix: re-save the evaluator") from None
-        return cls(persona, instrument=instrument, profile=det, judge=judge, judge_weight=jw if judge_weight is None else judge_weight)
+        return cls(
+            persona,
+            instrument=instrument,
+            profile=det,
+            judge=judge,
+            judge_weight=jw if judge_weight is None else judge_weight,
+        )

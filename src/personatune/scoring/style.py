@@ -49,8 +49,14 @@ FORMALITY_TOLERANCE = 0.15
 FORMALITY_FALLOFF = 0.30
 
 # Weights of the style_match components (renormalised over the components that apply).
-MATCH_WEIGHTS: dict[str, float] = {"length": 0.30, "formality": 0.30, "emoji": 0.15, "signature": 0.10,
-                                   "questions": 0.075, "exclamations": 0.075}
+MATCH_WEIGHTS: dict[str, float] = {
+    "length": 0.30,
+    "formality": 0.30,
+    "emoji": 0.15,
+    "signature": 0.10,
+    "questions": 0.075,
+    "exclamations": 0.075,
+}
 # Each hard style break (an avoid phrase, an emoji when the persona never uses them) multiplies the
 # score by this factor, so one break alone already puts a response below the 0.5 line.
 BREAK_FACTOR = 0.45
@@ -61,8 +67,10 @@ EMOJI_SOMETIMES_MAX = 5.0
 
 # Emoji code points: pictographs, emoticons, transport, supplemental symbols, misc symbols and
 # dingbats, plus a few singletons (stars, clocks, arrows used as emoji).
-EMOJI_CHARS = ("\U0001F300-\U0001F5FF\U0001F600-\U0001F64F\U0001F680-\U0001F6FF\U0001F900-\U0001F9FF"
-                "\U0001FA70-\U0001FAFF\u2600-\u26FF\u2700-\u27BF\u2B50\u2B55\u231A\u231B\u23E9-\u23FA")
+EMOJI_CHARS = (
+    "\U0001f300-\U0001f5ff\U0001f600-\U0001f64f\U0001f680-\U0001f6ff\U0001f900-\U0001f9ff"
+    "\U0001fa70-\U0001faff\u2600-\u26ff\u2700-\u27bf\u2b50\u2b55\u231a\u231b\u23e9-\u23fa"
+)
 # One emoji = a base pictograph with an optional skin tone / variation selector, chained by ZWJ
 # (a family emoji is one emoji), or a pair of regional indicators (a flag).
 _EMOJI_RE = re.compile(
@@ -72,18 +80,79 @@ _ALNUM_RE = re.compile(r"[^\W_]")
 _SENT_END_RE = re.compile(rf"([.!?…]+)[\"')\]»]*(?=\s|$|[{EMOJI_CHARS}])|\n")
 _FIRST_PERSON_RE = re.compile(r"\b(?:i|me|my|mine|myself)\b(?!\.\w)", re.IGNORECASE)
 _CONTRACTION_RE = re.compile(
-    r"\b(?:\w+n't|\w+'(?:re|ve|ll|m|d)|(?:it|that|what|there|here|he|she|who|where|how|let)'s)\b", re.IGNORECASE)
+    r"\b(?:\w+n't|\w+'(?:re|ve|ll|m|d)|(?:it|that|what|there|here|he|she|who|where|how|let)'s)\b", re.IGNORECASE
+)
 INFORMAL_WORDS: tuple[str, ...] = (
-    "gonna", "wanna", "gotta", "kinda", "sorta", "lemme", "gimme", "dunno", "yeah", "yep", "yup", "nope", "nah",
-    "hey", "hiya", "lol", "lmao", "omg", "btw", "tbh", "imo", "idk", "ok", "okay", "cool", "awesome", "stuff",
-    "guys", "dude", "buddy", "wow", "yay", "oops", "ugh", "hmm+", "ha(?:ha)+", "he(?:he)+", "cuz", "ya", "y'all",
+    "gonna",
+    "wanna",
+    "gotta",
+    "kinda",
+    "sorta",
+    "lemme",
+    "gimme",
+    "dunno",
+    "yeah",
+    "yep",
+    "yup",
+    "nope",
+    "nah",
+    "hey",
+    "hiya",
+    "lol",
+    "lmao",
+    "omg",
+    "btw",
+    "tbh",
+    "imo",
+    "idk",
+    "ok",
+    "okay",
+    "cool",
+    "awesome",
+    "stuff",
+    "guys",
+    "dude",
+    "buddy",
+    "wow",
+    "yay",
+    "oops",
+    "ugh",
+    "hmm+",
+    "ha(?:ha)+",
+    "he(?:he)+",
+    "cuz",
+    "ya",
+    "y'all",
     "totally",
 )
 FORMAL_WORDS: tuple[str, ...] = (
-    "therefore", "however", "furthermore", "moreover", "consequently", "nevertheless", "nonetheless",
-    "accordingly", "hence", "thus", "whereas", "whereby", "herein", "hereby", "additionally", "regarding",
-    "pursuant", "shall", "kindly", "sincerely", "respectfully", "subsequently", "notwithstanding", "indeed",
-    "ensure", "facilitate", "regards",
+    "therefore",
+    "however",
+    "furthermore",
+    "moreover",
+    "consequently",
+    "nevertheless",
+    "nonetheless",
+    "accordingly",
+    "hence",
+    "thus",
+    "whereas",
+    "whereby",
+    "herein",
+    "hereby",
+    "additionally",
+    "regarding",
+    "pursuant",
+    "shall",
+    "kindly",
+    "sincerely",
+    "respectfully",
+    "subsequently",
+    "notwithstanding",
+    "indeed",
+    "ensure",
+    "facilitate",
+    "regards",
 )
 _INFORMAL_RE = re.compile(r"\b(?:" + "|".join(INFORMAL_WORDS) + r")\b", re.IGNORECASE)
 _FORMAL_RE = re.compile(r"\b(?:" + "|".join(FORMAL_WORDS) + r")\b", re.IGNORECASE)
@@ -300,4 +369,4 @@ def style_match(features: dict[str, float], style: Style) -> float:
     comp = style_match_components(features, style)
     score = sum(MATCH_WEIGHTS[k] * v for k, v in comp.items()) / sum(MATCH_WEIGHTS[k] for k in comp)
     breaks = int(features["avoid_hits"] > 0) + int(style.emoji == "never" and features["emoji_rate"] > 0)
-    return float(score * BREAK_FACTOR ** breaks)
+    return float(score * BREAK_FACTOR**breaks)

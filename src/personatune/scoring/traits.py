@@ -103,7 +103,8 @@ class PersonaProfile:
         off = 0
         with torch.inference_mode():
             for ss in sents:
-                S = torch.from_numpy(ps[off:off + len(ss)]); off += len(ss)
+                S = torch.from_numpy(ps[off : off + len(ss)])
+                off += len(ss)
                 w = torch.from_numpy(sentence_weights(ss))
                 W = torch.nn.functional.normalize((w[:, None] * S).sum(0), dim=0)
                 v, e, vo = instrument.head(S, W, P, N, PE, NE, V, G)
@@ -138,25 +139,41 @@ class PersonaProfile:
 
         p = Path(path)
         if (p / "detectors.json").is_file() and not (p / "profile.json").is_file():
-            raise DataError(f"evaluator {p} was fitted by an older personatune (trait detectors); fix: re-fit it with "
-                            "`personatune fit` or re-run stage 4")
+            raise DataError(
+                f"evaluator {p} was fitted by an older personatune (trait detectors); fix: re-fit it with "
+                "`personatune fit` or re-run stage 4"
+            )
         from safetensors import SafetensorError
 
         try:
             meta = json.loads((p / "profile.json").read_text(encoding="utf-8"))
             tensors = st_load((p / "profile.safetensors").read_bytes())
         except (OSError, ValueError, UnicodeDecodeError, SafetensorError) as e:
-            raise DataError(f"cannot read the persona profile in {p}: {e}; fix: re-run stage 4 or `personatune fit`") from None
+            raise DataError(
+                f"cannot read the persona profile in {p}: {e}; fix: re-run stage 4 or `personatune fit`"
+            ) from None
         if not isinstance(meta, dict) or meta.get("profile_version") != PROFILE_VERSION:
             got = meta.get("profile_version") if isinstance(meta, dict) else None
-            raise DataError(f"persona profile in {p} has version {got}, this code reads {PROFILE_VERSION}; fix: re-fit it")
+            raise DataError(
+                f"persona profile in {p} has version {got}, this code reads {PROFILE_VERSION}; fix: re-fit it"
+            )
         ids = meta.get("trait_ids")
-        if not isinstance(ids, list) or "voice_rows" not in tensors or any(f"pos.{i}" not in tensors or f"neg.{i}" not in tensors
-                                                                          for i in range(len(ids))):
-            raise DataError(f"persona profile in {p} is inconsistent (trait ids and tensors do not match); fix: re-fit it")
+        if (
+            not isinstance(ids, list)
+            or "voice_rows" not in tensors
+            or any(f"pos.{i}" not in tensors or f"neg.{i}" not in tensors for i in range(len(ids)))
+        ):
+            raise DataError(
+                f"persona profile in {p} is inconsistent (trait ids and tensors do not match); fix: re-fit it"
+            )
         meta = {k: v for k, v in meta.items() if k not in ("trait_ids", "profile_version")}
-        return cls(trait_ids=list(ids), pos=[tensors[f"pos.{i}"] for i in range(len(ids))],
-                   neg=[tensors[f"neg.{i}"] for i in range(len(ids))], voice_rows=tensors["voice_rows"], meta=meta)
+        return cls(
+            trait_ids=list(ids),
+            pos=[tensors[f"pos.{i}"] for i in range(len(ids))],
+            neg=[tensors[f"neg.{i}"] for i in range(len(ids))],
+            voice_rows=tensors["voice_rows"],
+            meta=meta,
+        )
 
 
 def check_examples(spec: PersonaSpec, examples: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -171,7 +188,9 @@ def check_examples(spec: PersonaSpec, examples: Sequence[dict[str, Any]]) -> lis
         if not isinstance(e, dict) or not isinstance(e.get("text"), str) or not e.get("text", "").strip():
             raise DataError(f"labelled example {i}: needs a non-empty string 'text'; got {e!r:.80}")
         if e.get("trait") not in ids:
-            raise DataError(f"labelled example {i}: trait {e.get('trait')!r} is not in the persona; available: {', '.join(sorted(ids))}")
+            raise DataError(
+                f"labelled example {i}: trait {e.get('trait')!r} is not in the persona; available: {', '.join(sorted(ids))}"
+            )
         if e.get("label") not in LABELS:
             raise DataError(f"labelled example {i}: label {e.get('label')!r} must be one of {', '.join(LABELS)}")
         out.append(e)
@@ -186,12 +205,15 @@ def whole_embeddings(texts: Sequence[str], instrument: Instrument) -> np.ndarray
     _, ps = instrument.encode_both([s for ss in sents for s in ss])
     out, off = [], 0
     for ss in sents:
-        v = sentence_weights(ss) @ ps[off:off + len(ss)]; off += len(ss)
+        v = sentence_weights(ss) @ ps[off : off + len(ss)]
+        off += len(ss)
         out.append(v / max(float(np.linalg.norm(v)), 1e-12))
     return np.stack(out).astype(np.float32)
 
 
-def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), instrument: Instrument | None = None) -> PersonaProfile:
+def fit(
+    spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), instrument: Instrument | None = None
+) -> PersonaProfile:
     """The persona's profile from its file, plus optional labelled responses.
 
     Args:
@@ -220,7 +242,7 @@ def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), instrument: 
         npos, nneg = 1 + len(t.positive), (1 if t.inverse else 0) + len(t.negative)
         if not t.negative and not t.inverse:
             raise DataError(f"trait {t.id}: no negative exemplar or inverse; fix: add at least 3 `negative` exemplars")
-        p, n = ps[i:i + npos], ps[i + npos:i + npos + nneg]
+        p, n = ps[i : i + npos], ps[i + npos : i + npos + nneg]
         i += npos + nneg
         if ex_pos[t.id]:
             p = np.concatenate([p, whole_embeddings(ex_pos[t.id], inst)])
@@ -228,10 +250,18 @@ def fit(spec: PersonaSpec, examples: Sequence[dict[str, Any]] = (), instrument: 
             n = np.concatenate([n, whole_embeddings(ex_neg[t.id], inst)])
         pos.append(p)
         neg.append(n)
-        counts[t.id] = {"positive_side": int(len(p)), "negative_side": int(len(n)),
-                        "labelled_neutral": int(sum(1 for e in extra if e["trait"] == t.id and e["label"] == "neutral"))}
-    meta = {"persona_hash": persona_hash(spec), "instrument_version": inst.meta.get("version"),
-            "instrument_weights": inst.meta.get("weights_sha256"), "n_labelled_examples": len(extra), "sides": counts}
+        counts[t.id] = {
+            "positive_side": int(len(p)),
+            "negative_side": int(len(n)),
+            "labelled_neutral": int(sum(1 for e in extra if e["trait"] == t.id and e["label"] == "neutral")),
+        }
+    meta = {
+        "persona_hash": persona_hash(spec),
+        "instrument_version": inst.meta.get("version"),
+        "instrument_weights": inst.meta.get("weights_sha256"),
+        "n_labelled_examples": len(extra),
+        "sides": counts,
+    }
     return PersonaProfile(trait_ids=list(spec.trait_ids), pos=pos, neg=neg, voice_rows=ps[i:], meta=meta)
 
 

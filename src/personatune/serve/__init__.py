@@ -42,14 +42,38 @@ prometheus_client registry behind /metrics) and `launch.py` (RUN_DIR|MODEL resol
 """
 
 from personatune.serve.app import create_app
-from personatune.serve.launch import (ServeTarget, bind_socket, exposure_warning, is_loopback, load_scorer,
-                                      read_api_key, reference_words, resolve_target, serve_main)
+from personatune.serve.launch import (
+    ServeTarget,
+    bind_socket,
+    exposure_warning,
+    is_loopback,
+    load_scorer,
+    read_api_key,
+    reference_words,
+    resolve_target,
+    serve_main,
+)
 from personatune.serve.metrics import ServeMetrics
 from personatune.serve.protocol import ChatCompletionRequest, RequestError, ServeLimits, parse_request
 from personatune.serve.workers import GenerationWorker, ScoringWorker, open_log
 
 __all__ = [
-    "ChatCompletionRequest", "GenerationWorker", "RequestError", "ScoringWorker", "ServeLimits", "ServeMetrics",
-    "ServeTarget", "bind_socket", "create_app", "exposure_warning", "is_loopback", "load_scorer", "open_log",
-    "parse_request", "read_api_key", "reference_words", "resolve_target", "serve_main",
+    "ChatCompletionRequest",
+    "GenerationWorker",
+    "RequestError",
+    "ScoringWorker",
+    "ServeLimits",
+    "ServeMetrics",
+    "ServeTarget",
+    "bind_socket",
+    "create_app",
+    "exposure_warning",
+    "is_loopback",
+    "load_scorer",
+    "open_log",
+    "parse_request",
+    "read_api_key",
+    "reference_words",
+    "resolve_target",
+    "serve_main",
 ]

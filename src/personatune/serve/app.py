@@ -22,16 +22,31 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from personatune import limits as input_limits
 from personatune.serve.metrics import CONTENT_TYPE, ServeMetrics
 from personatune.serve.protocol import RequestError, ServeLimits, error_body, parse_request
-from personatune.serve.workers import (GenerationWorker, GenJob, PromptTooLong, QueueFull, ScoreItem, ScorerLike,
-                                       ScoringWorker, TokenBackend)
+from personatune.serve.workers import (
+    GenerationWorker,
+    GenJob,
+    PromptTooLong,
+    QueueFull,
+    ScoreItem,
+    ScorerLike,
+    ScoringWorker,
+    TokenBackend,
+)
 
 DRAIN_LIMIT = 16 * 1024 * 1024
 """Bytes of an oversized body read and discarded before the 413 (so ordinary clients see the status, not a reset)."""
 
 
-def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None = None, trait_ids: list[str] | None = None,
-               limits: ServeLimits | None = None, reference_words: float | None = None, context_limit: int | None = None,
-               api_key: str | None = None) -> FastAPI:
+def create_app(
+    backend: TokenBackend,
+    model_name: str,
+    scorer: ScorerLike | None = None,
+    trait_ids: list[str] | None = None,
+    limits: ServeLimits | None = None,
+    reference_words: float | None = None,
+    context_limit: int | None = None,
+    api_key: str | None = None,
+) -> FastAPI:
     """Build the FastAPI app (workers start and stop with the app's lifespan).
 
     Args:
@@ -51,8 +66,12 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
     if context_limit is None:
         cfg = getattr(getattr(backend, "model", None), "config", None)
         context_limit = getattr(cfg, "max_position_embeddings", None)
-    metrics = ServeMetrics(limits.window, trait_ids if scorer is not None else [], reference_words,
-                           info={"model": model_name, "scoring": "on" if scorer is not None else "off"})
+    metrics = ServeMetrics(
+        limits.window,
+        trait_ids if scorer is not None else [],
+        reference_words,
+        info={"model": model_name, "scoring": "on" if scorer is not None else "off"},
+    )
     gen = GenerationWorker(backend, limits.queue_size, limits.batch_size, context_limit, metrics)
     scoring = ScoringWorker(scorer, metrics, limits.score_queue_size, limits.log_path)
     metrics.watch(gen, scoring, limits.queue_size)
@@ -76,9 +95,13 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
         status = 500
         try:
             if api_key is not None and request.url.path != "/health" and not _authorized(request, api_key):
-                message = ("missing or wrong API key; send the header 'Authorization: Bearer KEY' with the key the "
-                           "server was started with (--api-key-env)")
-                response = JSONResponse(error_body(401, message), status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                message = (
+                    "missing or wrong API key; send the header 'Authorization: Bearer KEY' with the key the "
+                    "server was started with (--api-key-env)"
+                )
+                response = JSONResponse(
+                    error_body(401, message), status_code=401, headers={"WWW-Authenticate": "Bearer"}
+                )
             else:
                 response = await call_next(request)
             status = response.status_code
@@ -102,42 +125,64 @@ def create_app(backend: TokenBackend, model_name: str, scorer: ScorerLike | None
     async def chat_completions(request: Request) -> JSONResponse:
         req = parse_request(await read_body(request, limits.max_body_bytes), limits)
         if req.model not in (None, "", model_name):
-            raise RequestError(404, f"model {input_limits.short_repr(req.model)} is not served here; this server serves '{model_name}' "
-                                    f"(GET /v1/models); send model='{model_name}' or leave it out", param="model")
+            raise RequestError(
+                404,
+                f"model {input_limits.short_repr(req.model)} is not served here; this server serves '{model_name}' "
+                f"(GET /v1/models); send model='{model_name}' or leave it out",
+                param="model",
+            )
         messages = [{"role": m.role, "content": m.content} for m in req.messages]
         job = GenJob(messages, req.max_tokens, float(req.temperature), float(req.top_p), req.seed)
         try:
             fut = gen.submit(job)
         except QueueFull:
             wait = gen.retry_after_s()
-            raise RequestError(503, f"the generation queue is full ({limits.queue_size} waiting); retry in {wait} s",
-                               headers={"Retry-After": str(wait)}) from None
+            raise RequestError(
+                503,
+                f"the generation queue is full ({limits.queue_size} waiting); retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            ) from None
         try:
             text, n_prompt, n_new, finish = await asyncio.wait_for(asyncio.wrap_future(fut), timeout=limits.timeout_s)
         except asyncio.TimeoutError:
-            raise RequestError(504, f"no reply within timeout_s={limits.timeout_s:g} s (queue wait included); retry later "
-                                    f"or raise --timeout") from None
+            raise RequestError(
+                504,
+                f"no reply within timeout_s={limits.timeout_s:g} s (queue wait included); retry later "
+                f"or raise --timeout",
+            ) from None
         except PromptTooLong as e:
             raise RequestError(400, str(e), param="messages") from None
         except Exception as e:  # noqa: BLE001 - the model failed for this request; report it and keep serving
             raise RequestError(500, f"generation failed: {type(e).__name__}: {e}") from None
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         scoring.submit(ScoreItem(cid, messages, text, time.time()))
-        return JSONResponse({
-            "id": cid, "object": "chat.completion", "created": int(time.time()), "model": model_name,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
-            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new},
-        })
+        return JSONResponse(
+            {
+                "id": cid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": model_name,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}],
+                "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_new, "total_tokens": n_prompt + n_new},
+            }
+        )
 
     @app.get("/v1/models")
     async def models() -> JSONResponse:
-        return JSONResponse({"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "personatune"}]})
+        return JSONResponse(
+            {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0, "owned_by": "personatune"}]}
+        )
 
     @app.get("/health")
     async def health() -> JSONResponse:
         ok = gen.alive
-        body = {"status": "ok" if ok else "generation worker stopped", "model": model_name, "queue_depth": gen.queue.qsize(),
-                "queue_capacity": limits.queue_size, "scoring": scorer is not None}
+        body = {
+            "status": "ok" if ok else "generation worker stopped",
+            "model": model_name,
+            "queue_depth": gen.queue.qsize(),
+            "queue_capacity": limits.queue_size,
+            "scoring": scorer is not None,
+        }
         return JSONResponse(body, status_code=200 if ok else 503)
 
     @app.get("/metrics")
@@ -166,8 +211,9 @@ async def read_body(request: Request, max_bytes: int) -> bytes:
             if seen > DRAIN_LIMIT:
                 break  # ... up to a point: past it the connection is closed after the 413
     if too_big:
-        raise RequestError(413, f"request body of {seen} bytes exceeds the limit of {max_bytes} bytes; "
-                                "send a shorter conversation")
+        raise RequestError(
+            413, f"request body of {seen} bytes exceeds the limit of {max_bytes} bytes; send a shorter conversation"
+        )
     return bytes(body)
 
 

@@ -58,8 +58,10 @@ def resolve_target(target: str, persona: str | None = None, evaluator: str | Non
                 model = str(rd.output_path(stage, "model"))
                 break
         if model is None:
-            raise RunDirError(f"run directory {root} has no trained model (neither 06_iterations nor 05_optimization is done); "
-                              f"fix: finish stage 5 (personatune run CONFIG) or pass a model path")
+            raise RunDirError(
+                f"run directory {root} has no trained model (neither 06_iterations nor 05_optimization is done); "
+                f"fix: finish stage 5 (personatune run CONFIG) or pass a model path"
+            )
         if persona is None and rd.record("02_persona").status == "done":
             persona = str(rd.output_path("02_persona", "persona"))
         if evaluator is None and rd.record("04_evaluation").status == "done":
@@ -116,7 +118,9 @@ def bind_socket(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(infos[0][4])
     except OSError as e:
-        raise ConfigError(f"cannot listen on {host}:{port} ({e.strerror or e}); fix: pick another --port or --host") from None
+        raise ConfigError(
+            f"cannot listen on {host}:{port} ({e.strerror or e}); fix: pick another --port or --host"
+        ) from None
     return sock
 
 
@@ -132,8 +136,11 @@ def exposure_warning(bound: str, api_key: str | None) -> str | None:
     """The warning printed when the server listens beyond loopback (None on 127.0.0.1 / ::1)."""
     if is_loopback(bound):
         return None
-    risk = ("requests need the API key, sent over plain HTTP: put a TLS proxy in front on untrusted networks" if api_key else
-            "anyone who can reach this port can use the model; fix: --api-key-env VAR, or --host 127.0.0.1")
+    risk = (
+        "requests need the API key, sent over plain HTTP: put a TLS proxy in front on untrusted networks"
+        if api_key
+        else "anyone who can reach this port can use the model; fix: --api-key-env VAR, or --host 127.0.0.1"
+    )
     return f"personatune serve: warning: listening on {bound}, reachable from other machines; {risk}"
 
 
@@ -147,13 +154,22 @@ def read_api_key(env_var: str | None) -> str | None:
         return None
     key = os.environ.get(env_var, "").strip()
     if not key:
-        raise ConfigError(f"--api-key-env {env_var}: that environment variable is not set or empty; fix: export {env_var}=<a long random "
-                          "key> before starting the server, or leave out --api-key-env")
+        raise ConfigError(
+            f"--api-key-env {env_var}: that environment variable is not set or empty; fix: export {env_var}=<a long random "
+            "key> before starting the server, or leave out --api-key-env"
+        )
     return key
 
 
-def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator: str | None = None, persona: str | None = None,
-               api_key_env: str | None = None, **limits: Any) -> int:
+def serve_main(
+    target: str,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    evaluator: str | None = None,
+    persona: str | None = None,
+    api_key_env: str | None = None,
+    **limits: Any,
+) -> int:
     """Entry point of `personatune serve`: load, then serve until Ctrl-C.
 
     Args:
@@ -189,9 +205,19 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
     t = resolve_target(target, persona, evaluator)
     if lim.log_path is not None:
         # Appending to an input (the persona, a model file) would corrupt it: refused before anything loads.
-        check_output_file(lim.log_path, "--log", {"--persona": t.persona, "--evaluator": t.evaluator, "the model": t.model,
-                                                   "the reference": t.reference_sft})
-        open_log(Path(lim.log_path)).close()  # created now (mode 0600): a log that cannot be written fails here, not per reply
+        check_output_file(
+            lim.log_path,
+            "--log",
+            {
+                "--persona": t.persona,
+                "--evaluator": t.evaluator,
+                "the model": t.model,
+                "the reference": t.reference_sft,
+            },
+        )
+        open_log(
+            Path(lim.log_path)
+        ).close()  # created now (mode 0600): a log that cannot be written fails here, not per reply
     if not Path(t.model).exists():
         from personatune.models import check_model_available
 
@@ -207,10 +233,24 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
         model, tok = load_model_and_tokenizer(t.model, dtype=dtype, device=device)
         backend = HFBackend(model, tok, batch_size=lim.batch_size)
         name = Path(t.model).name if Path(t.model).exists() else t.model
-        app = create_app(backend, name, scorer=scorer, trait_ids=spec.trait_ids if spec else None, limits=lim,
-                         reference_words=reference_words(spec, t.reference_sft) if spec else None, api_key=api_key)
-        scoring = f"scoring with {t.evaluator or 'the untrained persona scorer'}" if scorer else "no persona scoring (no --persona)"
-        print(f"personatune serve: {t.model} on http://{host}:{sock.getsockname()[1]} ({scoring}); Ctrl-C stops", flush=True)
+        app = create_app(
+            backend,
+            name,
+            scorer=scorer,
+            trait_ids=spec.trait_ids if spec else None,
+            limits=lim,
+            reference_words=reference_words(spec, t.reference_sft) if spec else None,
+            api_key=api_key,
+        )
+        scoring = (
+            f"scoring with {t.evaluator or 'the untrained persona scorer'}"
+            if scorer
+            else "no persona scoring (no --persona)"
+        )
+        print(
+            f"personatune serve: {t.model} on http://{host}:{sock.getsockname()[1]} ({scoring}); Ctrl-C stops",
+            flush=True,
+        )
         try:
             uvicorn.Server(uvicorn.Config(app, log_level="info", timeout_graceful_shutdown=10)).run(sockets=[sock])
         except KeyboardInterrupt:
@@ -218,4 +258,3 @@ def serve_main(target: str, host: str = "127.0.0.1", port: int = 8000, evaluator
     finally:
         sock.close()
     return 0
-

@@ -16,8 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, Stri
 from personatune import limits as input_limits
 from personatune.errors import ConfigError
 
-UNSUPPORTED_FIELDS: tuple[str, ...] = ("stop", "tools", "tool_choice", "functions", "function_call", "logprobs",
-                                       "top_logprobs", "response_format", "logit_bias")
+UNSUPPORTED_FIELDS: tuple[str, ...] = (
+    "stop",
+    "tools",
+    "tool_choice",
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "response_format",
+    "logit_bias",
+)
 """OpenAI request fields this server does not implement: set to a non-null, non-false value they give 400
 (silently ignoring them would return something other than what the client asked for)."""
 SEED_RANGE = (-(2**63), 2**63 - 1)
@@ -54,13 +63,23 @@ class ServeLimits:
 
     def __post_init__(self) -> None:
         problems = []
-        for name, lo in (("max_body_bytes", 1024), ("queue_size", 1), ("max_tokens", 1), ("batch_size", 1),
-                         ("window", 1), ("score_queue_size", 1)):
+        for name, lo in (
+            ("max_body_bytes", 1024),
+            ("queue_size", 1),
+            ("max_tokens", 1),
+            ("batch_size", 1),
+            ("window", 1),
+            ("score_queue_size", 1),
+        ):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < lo:
                 problems.append(f"{name}={v!r} must be an integer >= {lo}")
-        if not isinstance(self.default_max_tokens, int) or not 1 <= self.default_max_tokens <= max(1, int(self.max_tokens)):
-            problems.append(f"default_max_tokens={self.default_max_tokens!r} must be an integer in [1, max_tokens={self.max_tokens}]")
+        if not isinstance(self.default_max_tokens, int) or not 1 <= self.default_max_tokens <= max(
+            1, int(self.max_tokens)
+        ):
+            problems.append(
+                f"default_max_tokens={self.default_max_tokens!r} must be an integer in [1, max_tokens={self.max_tokens}]"
+            )
         if not isinstance(self.timeout_s, (int, float)) or not self.timeout_s > 0:
             problems.append(f"timeout_s={self.timeout_s!r} must be a number > 0 (seconds)")
         if problems:
@@ -95,7 +114,9 @@ class ChatCompletionRequest(BaseModel):
 class RequestError(Exception):
     """A request the server refuses; becomes an OpenAI-style error response (never a crash)."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, status: int, message: str, param: str | None = None, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.status, self.message, self.param, self.headers = status, message, param, headers or {}
 
@@ -130,7 +151,9 @@ def parse_request(body: bytes, limits: ServeLimits) -> ChatCompletionRequest:
     except ValidationError as e:
         first = e.errors()[0]
         param = ".".join(str(p) for p in first["loc"]) or None
-        raise RequestError(422, f"{param or 'body'}: {first['msg']} ({e.error_count()} problem(s))", param=param) from None
+        raise RequestError(
+            422, f"{param or 'body'}: {first['msg']} ({e.error_count()} problem(s))", param=param
+        ) from None
     if req.stream:
         raise RequestError(400, "stream=true is not supported by this server; send stream=false", param="stream")
     if req.n != 1:
@@ -140,14 +163,22 @@ def parse_request(body: bytes, limits: ServeLimits) -> ChatCompletionRequest:
         if v not in (None, False, [], {}):
             raise RequestError(400, f"{name} is not supported by this server; leave it out", param=name)
     if req.presence_penalty or req.frequency_penalty:
-        raise RequestError(400, "presence_penalty/frequency_penalty are not supported; leave them at 0", param="presence_penalty")
+        raise RequestError(
+            400, "presence_penalty/frequency_penalty are not supported; leave them at 0", param="presence_penalty"
+        )
     for i, m in enumerate(req.messages):
         hit = _SURROGATE.search(m.content)
         if hit:
-            raise RequestError(400, f"messages[{i}].content holds a lone surrogate (U+{ord(hit.group()):04X} at character {hit.start()}), "
-                                    "which is not text; send valid Unicode", param=f"messages.{i}.content")
+            raise RequestError(
+                400,
+                f"messages[{i}].content holds a lone surrogate (U+{ord(hit.group()):04X} at character {hit.start()}), "
+                "which is not text; send valid Unicode",
+                param=f"messages.{i}.content",
+            )
     mt = req.max_completion_tokens or req.max_tokens or limits.default_max_tokens
     if mt > limits.max_tokens:
-        raise RequestError(400, f"max_tokens={mt} exceeds this server's limit {limits.max_tokens}; ask for fewer", param="max_tokens")
+        raise RequestError(
+            400, f"max_tokens={mt} exceeds this server's limit {limits.max_tokens}; ask for fewer", param="max_tokens"
+        )
     req.max_tokens = mt
     return req

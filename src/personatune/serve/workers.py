@@ -36,8 +36,16 @@ class TokenBackend(Protocol):
 
     tokenizer: Any
 
-    def generate_ids(self, conversations: list[list[dict[str, str]]], *, max_new_tokens: int, temperature: float,
-                     top_p: float = 1.0, n: int = 1, seed: int | None = None) -> list[list[list[int]]]: ...
+    def generate_ids(
+        self,
+        conversations: list[list[dict[str, str]]],
+        *,
+        max_new_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+        n: int = 1,
+        seed: int | None = None,
+    ) -> list[list[list[int]]]: ...
 
 
 class QueueFull(Exception):
@@ -77,8 +85,14 @@ class GenerationWorker:
         metrics: where generated tokens and model seconds are counted (None: nowhere).
     """
 
-    def __init__(self, backend: TokenBackend, queue_size: int, batch_size: int, context_limit: int | None,
-                 metrics: ServeMetrics | None = None) -> None:
+    def __init__(
+        self,
+        backend: TokenBackend,
+        queue_size: int,
+        batch_size: int,
+        context_limit: int | None,
+        metrics: ServeMetrics | None = None,
+    ) -> None:
         self.backend = backend
         self.batch_size = batch_size
         self.context_limit = context_limit
@@ -148,9 +162,12 @@ class GenerationWorker:
                 j.future.set_exception(e)
                 continue
             if self.context_limit is not None and n_prompt + j.max_tokens > self.context_limit:
-                j.future.set_exception(PromptTooLong(
-                    f"prompt has {n_prompt} tokens; with max_tokens={j.max_tokens} it exceeds the model context of "
-                    f"{self.context_limit} tokens; shorten the conversation or lower max_tokens"))
+                j.future.set_exception(
+                    PromptTooLong(
+                        f"prompt has {n_prompt} tokens; with max_tokens={j.max_tokens} it exceeds the model context of "
+                        f"{self.context_limit} tokens; shorten the conversation or lower max_tokens"
+                    )
+                )
                 continue
             ok.append((j, n_prompt))
         if not ok:
@@ -158,8 +175,14 @@ class GenerationWorker:
         j0 = ok[0][0]
         t0 = time.perf_counter()
         try:
-            ids = self.backend.generate_ids([j.messages for j, _ in ok], max_new_tokens=j0.max_tokens,
-                                            temperature=j0.temperature, top_p=j0.top_p, n=1, seed=j0.seed)
+            ids = self.backend.generate_ids(
+                [j.messages for j, _ in ok],
+                max_new_tokens=j0.max_tokens,
+                temperature=j0.temperature,
+                top_p=j0.top_p,
+                n=1,
+                seed=j0.seed,
+            )
         except Exception as e:  # noqa: BLE001 - any model failure becomes a 500 for these requests; the worker lives on
             log.exception("generation failed for a batch of %d", len(ok))
             for j, _ in ok:
@@ -185,8 +208,14 @@ class GenerationWorker:
 class ScorerLike(Protocol):
     """`personatune.scoring.scorer.Scorer` or anything with its `score` signature."""
 
-    def score(self, texts: list[str], prompts: list[str | None] | None = None, contexts: list[str | None] | None = None,
-              targets: list[list[str]] | None = None, ids: list[str] | None = None) -> list[Any]: ...
+    def score(
+        self,
+        texts: list[str],
+        prompts: list[str | None] | None = None,
+        contexts: list[str | None] | None = None,
+        targets: list[list[str]] | None = None,
+        ids: list[str] | None = None,
+    ) -> list[Any]: ...
 
 
 @dataclass
@@ -257,8 +286,17 @@ class ScoringWorker:
 
     def _append_log(self, items: list[ScoreItem]) -> None:
         # An append-only log (not an atomic rewrite): monitor skips a torn last line and reports it.
-        lines = "".join(json.dumps({"timestamp": it.timestamp, "id": it.id,
-                                    "messages": it.messages + [{"role": "assistant", "content": it.reply}]}) + "\n" for it in items)
+        lines = "".join(
+            json.dumps(
+                {
+                    "timestamp": it.timestamp,
+                    "id": it.id,
+                    "messages": it.messages + [{"role": "assistant", "content": it.reply}],
+                }
+            )
+            + "\n"
+            for it in items
+        )
         try:
             with open_log(self.log_path) as f:
                 f.write(lines)

@@ -47,16 +47,22 @@ def _load_general(args: SFTArgs) -> list[dict]:
     try:
         if Path(src).suffix in (".json", ".jsonl"):
             if not Path(src).is_file():
-                raise DataError(f"sft.dataset {src!r}: file not found; fix: give an existing .jsonl with a `messages` column")
+                raise DataError(
+                    f"sft.dataset {src!r}: file not found; fix: give an existing .jsonl with a `messages` column"
+                )
             ds = load_dataset("json", data_files=src, split="train")
         else:
             ds = load_dataset(src, split=args.split)
     except DataError:
         raise
     except Exception as e:  # datasets raises many types for unreadable or unreachable data
-        raise DataError(f"sft.dataset {src!r} could not be loaded ({type(e).__name__}: {str(e)[:160]}); fix: a local .jsonl with a `messages` column, or a reachable hub id") from None
+        raise DataError(
+            f"sft.dataset {src!r} could not be loaded ({type(e).__name__}: {str(e)[:160]}); fix: a local .jsonl with a `messages` column, or a reachable hub id"
+        ) from None
     if "messages" not in ds.column_names:
-        raise DataError(f"sft.dataset {src!r} has columns {ds.column_names}, no `messages`; fix: convert it to OpenAI-style messages")
+        raise DataError(
+            f"sft.dataset {src!r} has columns {ds.column_names}, no `messages`; fix: convert it to OpenAI-style messages"
+        )
     rows = [{"messages": r["messages"]} for r in ds]
     return rows[: args.max_examples] if args.max_examples else rows
 
@@ -85,17 +91,36 @@ def _run_sft(config: RunConfig, model, tok, out_dir: Path):
     persona_rows = []
     if args.persona_mix > 0:
         spec = load_persona(config.persona)
-        persona_rows = [{"messages": [{"role": m.role, "content": m.content} for m in ex.messages]} for ex in spec.examples]
+        persona_rows = [
+            {"messages": [{"role": m.role, "content": m.content} for m in ex.messages]} for ex in spec.examples
+        ]
     rows = sft_mix(general, persona_rows, args.persona_mix, config.seed)
     peft_config = None
     if args.peft == "lora":
         from peft import LoraConfig
 
-        peft_config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, lora_dropout=0.0, target_modules="all-linear", task_type="CAUSAL_LM")
-    targs = SFTConfig(output_dir=str(out_dir / "sft_work"), learning_rate=args.learning_rate, num_train_epochs=args.epochs,
-                      per_device_train_batch_size=args.batch_size, max_length=args.max_length, logging_steps=5, save_strategy="no",
-                      report_to="none", seed=config.seed, use_cpu=(str(model.device) == "cpu"))
-    trainer = SFTTrainer(model=model, args=targs, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config)
+        peft_config = LoraConfig(
+            r=args.lora_r,
+            lora_alpha=2 * args.lora_r,
+            lora_dropout=0.0,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
+        )
+    targs = SFTConfig(
+        output_dir=str(out_dir / "sft_work"),
+        learning_rate=args.learning_rate,
+        num_train_epochs=args.epochs,
+        per_device_train_batch_size=args.batch_size,
+        max_length=args.max_length,
+        logging_steps=5,
+        save_strategy="no",
+        report_to="none",
+        seed=config.seed,
+        use_cpu=(str(model.device) == "cpu"),
+    )
+    trainer = SFTTrainer(
+        model=model, args=targs, train_dataset=Dataset.from_list(rows), processing_class=tok, peft_config=peft_config
+    )
     trainer.train()
     trained = trainer.model
     if args.peft == "lora":
@@ -140,22 +165,38 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     model.eval()
     ids = models.encode_chat(tok, SANITY_PROMPT, add_generation_prompt=True)
     with torch.inference_mode():
-        out = model.generate(torch.tensor([ids], device=model.device), attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
-                             max_new_tokens=32, do_sample=False, pad_token_id=tok.pad_token_id)
-    new = out[0, len(ids):]
+        out = model.generate(
+            torch.tensor([ids], device=model.device),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long, device=model.device),
+            max_new_tokens=32,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+        )
+    new = out[0, len(ids) :]
     reply = tok.decode(new, skip_special_tokens=True).strip()
-    baseline.update(sanity_prompt=SANITY_PROMPT[0]["content"], sanity_reply=reply, sanity_new_tokens=int(new.numel()),
-                    parameters=int(sum(p.numel() for p in model.parameters())), chat_template=bool(getattr(tok, "chat_template", None)))
+    baseline.update(
+        sanity_prompt=SANITY_PROMPT[0]["content"],
+        sanity_reply=reply,
+        sanity_new_tokens=int(new.numel()),
+        parameters=int(sum(p.numel() for p in model.parameters())),
+        chat_template=bool(getattr(tok, "chat_template", None)),
+    )
     if config.sft.capability:
         from personatune.capability import perplexity, score_suite
         from personatune.generation.hf import HFBackend
         from personatune.progress import EtaLine
 
         t1 = time.time()
-        suite = score_suite(HFBackend(model, tok, batch_size=16, progress=EtaLine("stage 1: capability suite", unit="items")))
+        suite = score_suite(
+            HFBackend(model, tok, batch_size=16, progress=EtaLine("stage 1: capability suite", unit="items"))
+        )
         atomic_write_json(out_dir / "capability.json", suite)
         outputs["capability"] = out_dir / "capability.json"
-        baseline["capability"] = {"score": suite["score"], "n": suite["n"], "tasks": {k: v["accuracy"] for k, v in suite["tasks"].items()}}
+        baseline["capability"] = {
+            "score": suite["score"],
+            "n": suite["n"],
+            "tasks": {k: v["accuracy"] for k, v in suite["tasks"].items()},
+        }
         baseline["perplexity"] = perplexity(model, tok)
         timings["capability_seconds"] = round(time.time() - t1, 2)
     if config.lm_eval.tasks:
@@ -170,17 +211,31 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     gate = GateReport(
         stage=STAGE,
         results=check_gates(
-            [GateSpec("chat_template_present", 1, ">=", "boolean (1 = present)", "the tokenizer carries a chat template"),
-             GateSpec("sanity_reply_tokens", 1, ">=", "tokens", "the model answers a chat message with at least one token")],
-            {"chat_template_present": Measurement(float(baseline["chat_template"]), n=1),
-             "sanity_reply_tokens": Measurement(float(baseline["sanity_new_tokens"]), n=1)},
+            [
+                GateSpec(
+                    "chat_template_present", 1, ">=", "boolean (1 = present)", "the tokenizer carries a chat template"
+                ),
+                GateSpec(
+                    "sanity_reply_tokens", 1, ">=", "tokens", "the model answers a chat message with at least one token"
+                ),
+            ],
+            {
+                "chat_template_present": Measurement(float(baseline["chat_template"]), n=1),
+                "sanity_reply_tokens": Measurement(float(baseline["sanity_new_tokens"]), n=1),
+            },
         ),
         diagnosis=[] if baseline["chat_template"] else ["the tokenizer has no chat template"],
-        next_steps=[] if baseline["chat_template"] else ["use an instruct/chat model, or add a chat_template to its tokenizer_config.json"],
+        next_steps=[]
+        if baseline["chat_template"]
+        else ["use an instruct/chat model, or add a chat_template to its tokenizer_config.json"],
     )
     cap = baseline.get("capability", {}).get("score")
-    msg = f"baseline {config.model.name} loaded in {load_s:.1f}s" + (f"; capability {cap:.2f}" if cap is not None else "")
+    msg = f"baseline {config.model.name} loaded in {load_s:.1f}s" + (
+        f"; capability {cap:.2f}" if cap is not None else ""
+    )
     if "lm_eval" in outputs:
-        msg += f"; lm-eval {len(lm['tasks'])}/{len(config.lm_eval.tasks)} task(s) scored" + (f", skipped: {', '.join(sorted(lm['skipped']))}" if lm["skipped"] else "")
+        msg += f"; lm-eval {len(lm['tasks'])}/{len(config.lm_eval.tasks)} task(s) scored" + (
+            f", skipped: {', '.join(sorted(lm['skipped']))}" if lm["skipped"] else ""
+        )
     msg += f"; reply: {reply[:50]!r}"
     return StageResult(outputs=outputs, gate=gate, metrics=timings, message=msg)

@@ -311,7 +311,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "n_heldout": len(records),
         "n_train_examples": len(labelled_examples(spec, tr_sft, tr_pairs)),
     }
-    report["baseline_persona"] = baseline_persona_metrics(config, run_dir, scorer, min_per_context=config.eval.min_per_context)
+    report["baseline_persona"] = baseline_persona_metrics(
+        config, run_dir, scorer, min_per_context=config.eval.min_per_context
+    )
     # Checked against the record the report reads (personatune.records), so a format change fails here, not there.
     write_record(out / "report.json", EvaluationReport, report)
     table = ["| context | adherence | n |", "|---|---|---|"] + [
