@@ -86,7 +86,7 @@ def teacher_config(tmp_path: Path, base_url: str, **over: Any) -> RunConfig:
         "sft.capability=false",
         "gates.data.min_prompts_per_trait=10",
         "gates.data.min_pairs_per_violated_trait=3",
-        "gates.evaluation.min_per_context=2",
+        "eval.min_per_context=2",
         "gates.persona.min_separability=0",
         "gates.rate_half_width=1",
         "gates.evaluation.min_auroc_per_side=1",
