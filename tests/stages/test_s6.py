@@ -19,15 +19,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from personatune.config import IterationArgs, OptimGateArgs, load_config
+from personatune.config import IterationArgs, OptimGateArgs
 from personatune.expert_iteration import ROW_KEYS, build_pairs, improved, round_passes, select_round, stop_reason
-from personatune.rundir import RunDir, StageRecord, file_hash, read_jsonl
+from personatune.rundir import RunDir, file_hash, read_jsonl
 from personatune.scoring import factory
 from personatune.stages import s5_optimization, s6_iterations
+from tests.helpers import PERSONA, heldout_rows, mark_done, tiny_config, tiny_run_through_stage3
 from tests.launch import launch_two_cpu
 
-REPO = Path(__file__).resolve().parents[2]
-PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
 G = OptimGateArgs(max_kl=0.1, consistency=0.85, adherence=0.9, max_style_variance=0.15)
 
 
@@ -200,35 +199,33 @@ TRAIN = {
 
 
 def make_config(tmp, **iters):
-    over = [
-        f"persona={PERSONA}",
-        "model.name=tiny",
-        "threads=2",
-        "data.teacher.max_new_tokens=8",
-        "gates.evaluation.min_per_context=2",
-        "data.few_shot=false",
-        f"run_dir={tmp}",
-        "name=run",
-    ] + [f"train.{k}={v}" for k, v in TRAIN.items()]
     it = {"rounds": 1, "samples_per_prompt": 3, "min_margin": 0.1, "max_steps": 2} | iters
-    return load_config(None, over + [f"iterations.{k}={v}" for k, v in it.items()])
+    return tiny_config(
+        tmp,
+        "data.teacher.max_new_tokens=8",
+        "eval.min_per_context=2",
+        "data.few_shot=false",
+        *[f"train.{k}={v}" for k, v in TRAIN.items()],
+        *[f"iterations.{k}={v}" for k, v in it.items()],
+    )
+
+
+HELD = [
+    "Say hello.",
+    "What do you like?",
+    "Any advice?",
+    "How are you?",
+    "Explain a loop.",
+    "What is a file?",
+    "Cheer me up.",
+    "Name a star.",
+]
 
 
 @pytest.fixture(scope="module")
 def stage5_run(tmp_path_factory):
     """A run directory with stages 1-5 done: tiny baseline, persona, 8 training scenarios, 8 held-out prompts, stage-5 model."""
-    from personatune import models
-
     root = tmp_path_factory.mktemp("s6") / "run"
-    rd = RunDir(root)
-    model, tok = models.build_tiny_model(seed=0)
-    models.save_model(model, tok, root / "01_baseline" / "model")
-    (root / "01_baseline" / "baseline.json").write_text(json.dumps({"path": "01_baseline/model"}))
-    (root / "02_persona").mkdir()
-    shutil.copy(PERSONA, root / "02_persona" / "persona.yaml")
-    d3 = root / "03_consistency_data"
-    (d3 / "train").mkdir(parents=True)
-    (d3 / "heldout").mkdir()
     pairs = [
         {
             "prompt": [{"role": "user", "content": q}],
@@ -240,39 +237,11 @@ def stage5_run(tmp_path_factory):
         }
         for i, q in enumerate(QUESTIONS)
     ]
-    (d3 / "train" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pairs))
-    held = [
-        {
-            "id": f"h{i}",
-            "context": ["casual", "technical"][i % 2],
-            "messages": [{"role": "user", "content": q}],
-            "targets": [],
-            "split": "heldout",
-        }
-        for i, q in enumerate(
-            [
-                "Say hello.",
-                "What do you like?",
-                "Any advice?",
-                "How are you?",
-                "Explain a loop.",
-                "What is a file?",
-                "Cheer me up.",
-                "Name a star.",
-            ]
-        )
-    ]
-    (d3 / "heldout" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
-    for stage, outs in (
-        ("01_baseline", {"baseline": "01_baseline/baseline.json"}),
-        ("02_persona", {"persona": "02_persona/persona.yaml"}),
-        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"}),
-    ):
-        rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
+    rd = tiny_run_through_stage3(root, pairs, heldout_rows(HELD))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(factory, "scorer_for_run", lambda config, run_dir, spec, **kw: (ScriptedScorer(spec), "scripted"))
         res = s5_optimization.run(make_config(root.parent), rd)
-    rd.set_record("05_optimization", StageRecord(status="done", outputs=rd.hash_outputs(res.outputs)))
+    mark_done(rd, "05_optimization", res.outputs)
     return root
 
 

@@ -19,15 +19,14 @@ from pathlib import Path
 import pytest
 
 from personatune.capability import retention
-from personatune.config import load_config
-from personatune.rundir import RunDir, StageRecord
+from personatune.rundir import RunDir, StageRecord, atomic_write_json
 from personatune.scoring.aggregate import wilson_ci
 from personatune.scoring.record import ResponseScore
 from personatune.scoring.style import STYLE_FEATURES
 from personatune.stages import s7_final
+from tests.helpers import PERSONA, mark_done, tiny_config, write_baseline, write_heldout, write_persona
+from tests.lm_eval_tasks import write_tasks
 
-REPO = Path(__file__).resolve().parents[2]
-PERSONA = REPO / "examples" / "personas" / "captain_nova.yaml"
 QUESTIONS = {
     "casual": [
         "How was your day?",
@@ -52,20 +51,13 @@ TRAITS = ["optimistic", "nautical_slang", "encouraging", "adventurous", "protect
 
 
 def _config(tmp_path: Path, extra: tuple[str, ...] = ()):
-    return load_config(
-        None,
-        [
-            f"persona={PERSONA}",
-            f"run_dir={tmp_path}",
-            "name=run",
-            "model.name=tiny",
-            "threads=2",
-            "data.teacher.max_new_tokens=12",
-            "data.teacher.batch_size=8",
-            "train.kl_max_new_tokens=8",
-            "gates.evaluation.min_per_context=2",
-            *extra,
-        ],
+    return tiny_config(
+        tmp_path,
+        "data.teacher.max_new_tokens=12",
+        "data.teacher.batch_size=8",
+        "train.kl_max_new_tokens=8",
+        "eval.min_per_context=2",
+        *extra,
     )
 
 
@@ -81,16 +73,10 @@ def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
     cfg = _config(tmp_path, extra)
     rd = RunDir(tmp_path / "run")
     model, tok = models.build_tiny_model(seed=0)
-    models.save_model(model, tok, rd.root / "01_baseline" / "model")
+    write_baseline(rd, model, tok, perplexity=perplexity(model, tok))
     suite = score_suite(HFBackend(model, tok, batch_size=16))  # as stage 1 records it
-    (rd.root / "01_baseline" / "capability.json").write_text(json.dumps(suite))
-    (rd.root / "01_baseline" / "baseline.json").write_text(
-        json.dumps({"model": "tiny", "path": "01_baseline/model", "perplexity": perplexity(model, tok)})
-    )
-    (rd.root / "02_persona").mkdir()
-    shutil.copy(PERSONA, rd.root / "02_persona" / "persona.yaml")
-    held = rd.root / "03_consistency_data" / "heldout"
-    held.mkdir(parents=True)
+    atomic_write_json(rd.root / "01_baseline" / "capability.json", suite)
+    write_persona(rd)
     rows = [
         {
             "id": f"{c}-{i}",
@@ -102,7 +88,7 @@ def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
         for c, qs in QUESTIONS.items()
         for i, q in enumerate(qs)
     ]
-    (held / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_heldout(rd, rows)
     Scorer(load_persona(PERSONA)).save(rd.root / "04_evaluation" / "evaluator")
     shutil.copytree(rd.root / "01_baseline" / "model", rd.root / "06_iterations" / "model")
     outputs = {
@@ -117,34 +103,29 @@ def build_run(tmp_path: Path, extra: tuple[str, ...] = ()):
         "05_optimization": {},
         "06_iterations": {"model": "06_iterations/model"},
     }
-    for st in STAGES[:6]:
-        rec = StageRecord(
-            status="done",
+    for st in STAGES[:6]:  # in order: each stage's inputs are the hashes its upstream stages recorded
+        inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
+        mark_done(
+            rd,
+            st.id,
+            outputs[st.id],
             config_hash=stage_cache_key(cfg, st),
-            outputs=rd.hash_outputs(outputs[st.id]),
+            inputs=inputs,
             started=1.0,
             finished=2.0,
             gate={"passed": True, "results": []},
         )
-        rec.inputs = {
-            f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs
-        }
-        rd.set_record(st.id, rec)
     return cfg, rd, rows
 
 
 def test_identical_model_is_no_deploy_with_full_final_json(tmp_path, monkeypatch):
     import dataclasses
-    import sys
 
     from personatune.generation.hf import HFBackend
     from personatune.kl import DRIFT_REFERENCE, SHIFT_REFERENCE
     from personatune.persona import load_persona
     from personatune.persona_prompt import persona_context
     from personatune.pipeline import STAGES, run_pipeline
-
-    sys.path.insert(0, str(REPO / "tests"))
-    from lm_eval_tasks import write_tasks
 
     # With one lm-eval task on local data (stage 1 recorded none here, so stage 7 scores the baseline too).
     tasks = write_tasks(tmp_path / "lm_eval_tasks")

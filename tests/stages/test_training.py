@@ -7,9 +7,7 @@ trainer runs in a few seconds on 2 CPU cores.
 from __future__ import annotations
 
 import json
-import os
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -28,6 +26,7 @@ from personatune.training import (
     read_history,
     reference_of,
 )
+from tests.helpers import PERSONA, heldout_rows, persona_config, tiny_run_through_stage3
 from tests.launch import launch_two_cpu
 
 datasets = pytest.importorskip("datasets")
@@ -321,34 +320,11 @@ def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
 
 def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
     """s5_optimization.run on a hand-made run dir (tiny baseline, a few pairs, held-out prompts): trains, selects, gates, saves."""
-    from personatune.config import RunConfig, load_config
-    from personatune.rundir import RunDir, StageRecord
+    from personatune.config import RunConfig
     from personatune.stages import s5_optimization
 
-    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    persona = os.path.join(repo, "examples", "personas", "captain_nova.yaml")
-    rd = RunDir(tmp_path / "run")
-    model, tok = models.build_tiny_model(seed=0)
-    models.save_model(model, tok, rd.root / "01_baseline" / "model")
-    (rd.root / "01_baseline" / "baseline.json").write_text(json.dumps({"path": "01_baseline/model"}))
-    (rd.root / "02_persona").mkdir()
-    (rd.root / "02_persona" / "persona.yaml").write_text(open(persona, encoding="utf-8").read())
-    d3 = rd.root / "03_consistency_data"
-    (d3 / "train").mkdir(parents=True)
-    (d3 / "heldout").mkdir()
-    (d3 / "train" / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pair_dataset().to_list()))
-    ctxs = ["casual", "technical"]
-    held = [
-        {"id": f"h{i}", "context": ctxs[i % 2], "messages": m, "targets": [], "split": "heldout"}
-        for i, m in enumerate(HELD * 2)
-    ]
-    (d3 / "heldout" / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in held))
-    for stage, outs in (
-        ("01_baseline", {"baseline": "01_baseline/baseline.json"}),
-        ("02_persona", {"persona": "02_persona/persona.yaml"}),
-        ("03_consistency_data", {"train": "03_consistency_data/train", "heldout": "03_consistency_data/heldout"}),
-    ):
-        rd.set_record(stage, StageRecord(status="done", outputs=rd.hash_outputs(outs)))
+    held = heldout_rows([m[0]["content"] for m in HELD * 2])
+    rd = tiny_run_through_stage3(tmp_path / "run", pair_dataset().to_list(), held)
     over = dict(
         max_steps=4,
         eval_every=2,
@@ -363,16 +339,15 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
         logging_steps=2,
     )
     base = [
-        f"persona={persona}",
         "model.name=tiny",
         "data.teacher.max_new_tokens=8",
-        "gates.evaluation.min_per_context=2",
+        "eval.min_per_context=2",
         "data.few_shot=false",
     ]
     if "train" in RunConfig.model_fields:
-        cfg = load_config(None, base + [f"train.{k}={v}" for k, v in over.items()])
+        cfg = persona_config(*base, *[f"train.{k}={v}" for k, v in over.items()])
     else:  # until the lead nests TrainArgs in RunConfig
-        cfg = load_config(None, base)
+        cfg = persona_config(*base)
         cfg.__dict__["train"] = TrainArgs(**over)
     res = s5_optimization.run(cfg, rd)
     hist = read_history(rd.root / "05_optimization" / "metrics.jsonl")
@@ -527,18 +502,16 @@ def test_one_sdft_step_distills_towards_the_persona_prompted_baseline(tmp_path):
 
 
 def test_a_persona_context_longer_than_the_window_is_refused_before_model_work(tmp_path):
-    from personatune.config import load_config
     from personatune.persona import load_persona
     from personatune.stages.optimization_common import reference_context
 
-    repo = Path(__file__).resolve().parents[2]
-    spec = load_persona(repo / "examples" / "personas" / "captain_nova.yaml")
+    spec = load_persona(PERSONA)
     model, tok = models.build_tiny_model(seed=0)
     model.config.max_position_embeddings = (
         1000  # the tiny tokenizer is character-level: ~1,100 tokens with few-shot turns, ~720 without
     )
     models.save_model(model, tok, tmp_path / "base")
-    cfg = load_config(None, [f"persona={repo / 'examples' / 'personas' / 'captain_nova.yaml'}", "model.name=tiny"])
+    cfg = persona_config("model.name=tiny")
     with pytest.raises(
         ConfigError,
         match=r"data.few_shot=true: the persona context is \d+ tokens.*window of 1000.*fix: set data.few_shot=false",
@@ -576,15 +549,12 @@ def test_a_wall_clock_budget_stops_training_and_evaluates_the_last_state(tmp_pat
 
 
 def test_a_reference_that_cannot_be_built_is_one_line_naming_the_fix(tmp_path):
-    from personatune.config import load_config
     from personatune.errors import RunDirError
     from personatune.persona import load_persona
     from personatune.stages.optimization_common import reference_context
 
-    repo = Path(__file__).resolve().parents[2]
-    persona = repo / "examples" / "personas" / "captain_nova.yaml"
     (tmp_path / "base").mkdir()  # a baseline folder without a tokenizer or config
-    cfg = load_config(None, [f"persona={persona}", "model.name=tiny"])
+    cfg = persona_config("model.name=tiny")
     with pytest.raises(RunDirError, match=r"cannot be read to build the drift-KL reference .*fix: re-run stage 1") as e:
-        reference_context(cfg, load_persona(persona), str(tmp_path / "base"), HELD)
+        reference_context(cfg, load_persona(PERSONA), str(tmp_path / "base"), HELD)
     assert "\n" not in str(e.value)
