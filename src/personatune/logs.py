@@ -53,13 +53,13 @@ class _StdoutHandler(logging.StreamHandler):
 
 
 class _RunDirFormatter(logging.Formatter):
-    """`YYYY-mm-dd HH:MM:SS message` on one line, without the indentation console lines carry."""
+    """`YYYY-mm-dd HH:MM:SS message`, without the leading indentation console lines carry."""
 
     def __init__(self) -> None:
         super().__init__(datefmt=_DATE_FORMAT)
 
     def format(self, record: logging.LogRecord) -> str:
-        text = " ".join(record.getMessage().strip().splitlines())
+        text = record.getMessage().strip()  # an event's continuation lines follow it, as on the console
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)
         return f"{self.formatTime(record, self.datefmt)} {text}"

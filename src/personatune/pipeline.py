@@ -269,7 +269,7 @@ def run_pipeline(
     until: str | None = None,
     force: bool = False,
     keep_going: bool = False,
-    echo: Callable[[str], None] = print,
+    echo: Callable[[str], None] | None = None,
     stages: tuple[Stage, ...] = STAGES,
 ) -> int:
     """Run the stages of the table in order, skipping the ones that are already done.
@@ -281,7 +281,8 @@ def run_pipeline(
         force: re-run every selected stage even if its inputs are unchanged.
         keep_going: after a failed gate, run the later stages anyway (diagnosis only: the exit code is
             still 1 and the verdict NO-DEPLOY).
-        echo: where progress lines go.
+        echo: where progress lines go; None (the CLI): the `personatune.pipeline` logger, so they reach the
+            console and the run's log.txt, from the main rank only under a launcher (personatune.logs).
         stages: the stage table (tests pass their own).
 
     Returns:
@@ -292,6 +293,22 @@ def run_pipeline(
         PersonatuneError: bad input found by a stage (shown as one line by the CLI).
         KeyboardInterrupt: re-raised after the stage is marked interrupted.
     """
+    if echo is not None:
+        return _run_stages(cfg, from_stage, until, force, keep_going, echo, stages)
+    with run_logging(Path(cfg.run_dir) / cfg.name):
+        return _run_stages(cfg, from_stage, until, force, keep_going, log.info, stages)
+
+
+def _run_stages(
+    cfg: RunConfig,
+    from_stage: str | None,
+    until: str | None,
+    force: bool,
+    keep_going: bool,
+    echo: Callable[[str], None],
+    stages: tuple[Stage, ...],
+) -> int:
+    """`run_pipeline` with its progress lines going to `echo`."""
     root = Path(cfg.run_dir) / cfg.name
     rd = RunDir(root)
     rd.check_writable()

@@ -293,3 +293,19 @@ def test_keep_going_lists_inconclusive_gates_apart(tmp_path):
     lines: list[str] = []
     assert run_pipeline(cfg, stages=_inconclusive_table([]), echo=lines.append, keep_going=True) == 1
     assert lines[-1] == "verdict: NO-DEPLOY (gates not passed: 01_a (inconclusive))"
+
+
+def test_default_progress_lines_reach_the_console_and_log_txt(tmp_path, capsys, monkeypatch):
+    # Without an `echo` (the CLI), the pipeline's lines go through logging: the console and the run's log.txt, with
+    # the bookkeeping events in log.txt only; a second launched process (RANK=1) writes neither.
+    monkeypatch.setattr("personatune.pipeline._write_report", lambda root, echo: None)
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    assert run_pipeline(cfg, stages=_table([]), until="01_a") == 0
+    out = capsys.readouterr().out
+    log = (tmp_path / "r" / "log.txt").read_text(encoding="utf-8")
+    assert f"run directory: {tmp_path / 'r'}" in out and "[01_a] gate PASSED" in out
+    assert "run directory:" in log and "[01_a] gate PASSED\n" in log and "  PASS g = 1 >= 0.5" in log
+    assert "01_a started" in log and "01_a started" not in out
+    monkeypatch.setenv("RANK", "1")
+    assert run_pipeline(cfg, stages=_table([]), until="01_a", force=True) == 0
+    assert capsys.readouterr().out == "" and (tmp_path / "r" / "log.txt").read_text(encoding="utf-8") == log
