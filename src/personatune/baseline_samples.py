@@ -67,26 +67,28 @@ def sampling_fingerprint(config: RunConfig, run_dir: RunDir, prompts: list[dict[
     )
 
 
+def sample_eval(model: Any, tok: Any, convs: list[list[dict[str, str]]], config: RunConfig, what: str) -> list[str]:
+    """One response per conversation at the eval decoding (`decoding(config)`) and the run seed: every baseline/final
+    comparison of stages 4 and 7 samples through here. `what` names the work in the progress line."""
+    from personatune.generation.hf import HFBackend
+    from personatune.progress import EtaLine
+
+    d = decoding(config)
+    outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=EtaLine(what)).generate(
+        convs, max_new_tokens=d["max_new_tokens"], temperature=d["temperature"], top_p=d["top_p"], n=1, seed=config.seed
+    )
+    return [o[0] for o in outs]
+
+
 def sample_baseline(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> list[str]:
     """The stage-1 baseline's response to each held-out prompt row: no system prompt, `decoding(config)`, the run seed."""
     # Imported here: they load torch, and the report reads this module's neighbours without it.
     from personatune import models
-    from personatune.generation.hf import HFBackend
-    from personatune.progress import EtaLine
     from personatune.stages.s1_baseline import baseline_model_path
 
     model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
-    d = decoding(config)
-    eta = EtaLine(f"sampling the baseline on {len(prompts)} held-out prompts")
-    outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=eta).generate(
-        [p["messages"] for p in prompts],
-        max_new_tokens=d["max_new_tokens"],
-        temperature=d["temperature"],
-        top_p=d["top_p"],
-        n=1,
-        seed=config.seed,
-    )
-    return [o[0] for o in outs]
+    convs = [p["messages"] for p in prompts]
+    return sample_eval(model, tok, convs, config, f"sampling the baseline on {len(prompts)} held-out prompts")
 
 
 def write_baseline_samples(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]], texts: list[str]) -> None:

@@ -78,6 +78,7 @@ from personatune.config_args import (  # re-exported: the sections are imported 
 )
 from personatune.errors import ConfigError
 from personatune.training import TrainArgs
+from personatune.training.args import online_batch_problem, sdft_peft_problem
 from personatune.yaml_input import YamlLimitError, duplicate_keys, load_bounded
 
 
@@ -161,23 +162,17 @@ class RunConfig(_Section):
     @model_validator(mode="after")
     def _sdft_needs_lora(self) -> "RunConfig":
         # TRL's SDFT reloads its teacher from the model's path under full fine-tuning, not the stage-1 baseline in memory.
-        if self.train.algorithm == "sdft" and self.train.peft != "lora":
-            raise ValueError(
-                "train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
-                "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)"
-            )
+        problem = sdft_peft_problem(self.train) if self.train.algorithm == "sdft" else None
+        if problem:
+            raise ValueError(problem)
         return self
 
     @model_validator(mode="after")
     def _online_batch_holds_whole_groups(self) -> "RunConfig":
         # GRPO/RLOO compare each prompt's completions together: a batch must hold whole groups.
-        t = self.train
-        if t.algorithm in ("grpo", "rloo") and (t.per_device_batch_size * t.grad_accum) % t.num_generations:
-            raise ValueError(
-                f"train.per_device_batch_size x train.grad_accum = {t.per_device_batch_size * t.grad_accum} must be a multiple of "
-                f"train.num_generations={t.num_generations} (each prompt's completions are compared together); "
-                f"fix: e.g. train.per_device_batch_size={t.num_generations}"
-            )
+        problem = online_batch_problem(self.train) if self.train.algorithm in ("grpo", "rloo") else None
+        if problem:
+            raise ValueError(problem)
         return self
 
 

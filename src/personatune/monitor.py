@@ -40,7 +40,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from personatune import limits
 from personatune.errors import ConfigError, DataError
@@ -65,21 +65,9 @@ from personatune.monitor_drift import (  # noqa: F401
 from personatune.monitor_report import MAX_BAD_SHOWN, MAX_EXAMPLES, _f, render_html  # noqa: F401
 from personatune.output_paths import check_output_file
 from personatune.rundir import atomic_write_json, atomic_write_text, jsonl_lines
+from personatune.scoring.record import ScorerLike
 
 ROLES = ("system", "user", "assistant")
-
-
-class ScorerLike(Protocol):
-    """`personatune.scoring.scorer.Scorer` or anything with its `score` signature."""
-
-    def score(
-        self,
-        texts: list[str],
-        prompts: list[str | None] | None = None,
-        contexts: list[str | None] | None = None,
-        targets: list[list[str]] | None = None,
-        ids: list[str] | None = None,
-    ) -> list[Any]: ...
 
 
 # ---- reading -----------------------------------------------------------------------------------------

@@ -164,10 +164,9 @@ def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
     return section_hash(cfg, st.config_keys, extra=extra)
 
 
-def _event(rd: RunDir, line: str) -> None:
-    """One bookkeeping line in the run's log.txt (not on the console: the pipeline's own lines go through `echo`)."""
-    with run_logging(rd.root, console=False):
-        log.info(line, extra=FILE_ONLY)
+def _event(line: str) -> None:
+    """One bookkeeping line in the run's log.txt (attached by `run_pipeline`), not on the console."""
+    log.info(line, extra=FILE_ONLY)
 
 
 def _record_end(rd: RunDir, stage: str, rec: StageRecord, status: str, error: str) -> None:
@@ -175,7 +174,7 @@ def _record_end(rd: RunDir, stage: str, rec: StageRecord, status: str, error: st
     rec.status, rec.error = status, limits.shorten(error, 1000)
     try:
         rd.set_record(stage, rec)
-        _event(rd, f"{stage} {status}: {rec.error}")
+        _event(f"{stage} {status}: {rec.error}")
     except OSError:
         pass  # the error being raised says more than this one would (e.g. a full disk)
 
@@ -293,10 +292,9 @@ def run_pipeline(
         PersonatuneError: bad input found by a stage (shown as one line by the CLI).
         KeyboardInterrupt: re-raised after the stage is marked interrupted.
     """
-    if echo is not None:
-        return _run_stages(cfg, from_stage, until, force, keep_going, echo, stages)
-    with run_logging(Path(cfg.run_dir) / cfg.name):
-        return _run_stages(cfg, from_stage, until, force, keep_going, log.info, stages)
+    # log.txt receives the run's events in every case; the console handler only when the lines are not sent elsewhere.
+    with run_logging(Path(cfg.run_dir) / cfg.name, console=echo is None):
+        return _run_stages(cfg, from_stage, until, force, keep_going, echo or log.info, stages)
 
 
 def _run_stages(
@@ -314,7 +312,7 @@ def _run_stages(
     rd.check_writable()
     # The resolved config is written before any work, so a run can always be reproduced.
     atomic_write_text(root / "config.yaml", to_yaml(cfg))
-    _event(rd, f"run started: stages {from_stage or 'first'}..{until or 'last'} force={force}")
+    _event(f"run started: stages {from_stage or 'first'}..{until or 'last'} force={force}")
     start_i = find_stage(from_stage, stages) if from_stage else 0
     stop_i = find_stage(until, stages) if until else len(stages) - 1
     echo(f"run directory: {root}")
@@ -330,7 +328,7 @@ def _run_stages(
                 f"{int(s.id[:2])} {s.title} (issue #{s.issue})" for s in stages[i : stop_i + 1] if s.run is None
             )
             echo(f"{n}: not implemented yet — the run stops here. Missing stages: {missing}.")
-            _event(rd, f"stopped at unimplemented stage {st.id}")
+            _event(f"stopped at unimplemented stage {st.id}")
             _write_report(root, echo)
             return 1 if stops.failed else 0
         key = stage_cache_key(cfg, st)
@@ -371,7 +369,7 @@ def _run_stages(
         echo(f"{n}: running …")
         rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
         rd.set_record(st.id, rec)
-        _event(rd, f"{st.id} started")
+        _event(f"{st.id} started")
         try:
             result = st.run(cfg, rd)
             rec.finished = time.time()
@@ -393,7 +391,7 @@ def _run_stages(
         passed = result.gate is None or result.gate.passed
         rec.status = "done" if result.gate is None else gate_record_status(result.gate)
         rd.set_record(st.id, rec)
-        _event(rd, f"{st.id} {rec.status} in {rec.seconds}s: {result.message}")
+        _event(f"{st.id} {rec.status} in {rec.seconds}s: {result.message}")
         if result.gate is not None:
             echo(result.gate.summary())
         word = {"done": "done", "gate_inconclusive": "GATE INCONCLUSIVE"}.get(rec.status, "GATE FAILED")

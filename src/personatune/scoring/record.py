@@ -7,7 +7,7 @@ line format of `personatune score --output`.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 
 @dataclass
@@ -50,3 +50,16 @@ class ResponseScore:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "ResponseScore":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+class ScorerLike(Protocol):
+    """`personatune.scoring.scorer.Scorer` or anything with its `score` signature (serve and monitor take one)."""
+
+    def score(
+        self,
+        texts: list[str],
+        prompts: list[str | None] | None = None,
+        contexts: list[str | None] | None = None,
+        targets: list[list[str]] | None = None,
+        ids: list[str] | None = None,
+    ) -> list[ResponseScore]: ...

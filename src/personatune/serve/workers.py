@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from personatune.scoring.record import ScorerLike
 from personatune.serve.metrics import ServeMetrics
 
 log = logging.getLogger(__name__)
@@ -203,19 +204,6 @@ class GenerationWorker:
 
 
 # ---- scoring ---------------------------------------------------------------------------------------
-
-
-class ScorerLike(Protocol):
-    """`personatune.scoring.scorer.Scorer` or anything with its `score` signature."""
-
-    def score(
-        self,
-        texts: list[str],
-        prompts: list[str | None] | None = None,
-        contexts: list[str | None] | None = None,
-        targets: list[list[str]] | None = None,
-        ids: list[str] | None = None,
-    ) -> list[Any]: ...
 
 
 @dataclass

@@ -29,8 +29,8 @@ from personatune.errors import DataError, RunDirError
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fmt_metric
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
-from personatune.records import Record, StageResultRecord, parse_record, read_record
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_jsonl, read_jsonl
+from personatune.records import StageResultRecord, read_record, write_record
+from personatune.rundir import RunDir, read_jsonl
 from personatune.stage import StageResult
 from personatune.training import EvalSettings, TrainArgs, TrainerRun
 
@@ -423,22 +423,17 @@ def optimization_gate(
 
 
 # --- 6. records ------------------------------------------------------------------------------------------
-def write_record(path: Path, model: type[Record], data: Any) -> None:
-    """Write a run-directory file after checking it against its record in `personatune.records`: a dict as JSON, or
-    (for a `.jsonl` path) a list of dicts one a line, each checked. The file holds the writer's own dicts, so its keys
-    keep their order.
-
-    Raises:
-        RecordError: the data does not fit its record (a writer bug: one line naming the file and the field).
-    """
-    where = f"{path.parent.name}/{path.name}"
-    if path.suffix == ".jsonl":
-        for i, row in enumerate(data):
-            parse_record(model, row, f"{where} line {i + 1}")
-        atomic_write_jsonl(path, data)
-    else:
-        parse_record(model, data, where)
-        atomic_write_json(path, data)
+def write_stage_result(run_dir: RunDir, stage_dir: Path, result: StageResult, **extra: Any) -> None:
+    """Write `stage_dir/result.json` (records.StageResultRecord): what the other ranks and a re-run read back through
+    `read_stage_result`. `extra`: more top-level fields (stage 6: num_processes)."""
+    data = {
+        "outputs": {k: str(Path(v).relative_to(run_dir.root)) for k, v in result.outputs.items()},
+        "gate": None if result.gate is None else result.gate.to_dict(),
+        "metrics": result.metrics,
+        "message": result.message,
+        **extra,
+    }
+    write_record(stage_dir / "result.json", StageResultRecord, data)
 
 
 def read_stage_result(run_dir: RunDir, stage_dir: Path) -> StageResult:

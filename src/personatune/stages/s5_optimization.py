@@ -34,7 +34,7 @@ from personatune.errors import DataError
 from personatune.gates import GateReport, fmt_metric
 from personatune.kl_budget import Selection
 from personatune.logs import logged_stage
-from personatune.records import OptimizationMetrics, StageResultRecord
+from personatune.records import OptimizationMetrics, write_record
 from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
 from personatune.stage import StageResult
 from personatune.stages.optimization_common import (
@@ -50,7 +50,7 @@ from personatune.stages.optimization_common import (
     read_stage_result,
     select_in_budget,
     training_seed,
-    write_record,
+    write_stage_result,
 )
 from personatune.training import TrainArgs
 
@@ -339,16 +339,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             "steps_trained",
         )
     }
-    write_record(
-        out / "result.json",
-        StageResultRecord,
-        {
-            "outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()},
-            "gate": gate.to_dict(),
-            "metrics": small_metrics,
-            "message": message,
-        },
-    )
+    result = StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)
+    write_stage_result(run_dir, out, result)
     if acc.num_processes > 1:
         acc.wait_for_everyone()
-    return StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)
+    return result

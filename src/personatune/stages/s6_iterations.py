@@ -46,7 +46,7 @@ from personatune.expert_iteration import ROW_KEYS, round_key, select_round, stop
 from personatune.gates import GateReport, Measurement, fmt_metric
 from personatune.logs import logged_stage
 from personatune.ranks import Ranks
-from personatune.records import IterationMetrics, RoundResult, RoundRow, StageResultRecord
+from personatune.records import IterationMetrics, RoundResult, RoundRow, write_record
 from personatune.rundir import RunDir, atomic_write_text
 from personatune.stage import StageResult
 from personatune.stages.optimization_common import (
@@ -56,7 +56,7 @@ from personatune.stages.optimization_common import (
     optimization_gate,
     read_stage_result,
     training_seed,
-    write_record,
+    write_stage_result,
 )
 from personatune.stages.s6_round import (
     RoundSetup,
@@ -316,17 +316,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             }
             write_record(out / "metrics.json", IterationMetrics, metrics)
             echo(f"stage 6: kept round {best['round']} ({reason}); stop: {stop}")
-            write_record(
-                out / "result.json",
-                StageResultRecord,
-                {
-                    "outputs": {k: str(v.relative_to(run_dir.root)) for k, v in outputs.items()},
-                    "gate": gate.to_dict(),
-                    "metrics": small_metrics,
-                    "message": message,
-                    "num_processes": ranks.num_processes,
-                },
-            )
+            result = StageResult(outputs=outputs, gate=gate, metrics=small_metrics, message=message)
+            write_stage_result(run_dir, out, result, num_processes=ranks.num_processes)
     if not ranks.is_main:
         # The result the main rank wrote (it is also what this rank computed: same rows, same decisions).
         return read_stage_result(run_dir, out)

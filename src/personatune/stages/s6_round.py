@@ -20,7 +20,7 @@ from personatune.config import RunConfig
 from personatune.errors import ConfigError, DataError
 from personatune.expert_iteration import build_pairs, kept, round_key, round_row
 from personatune.ranks import Ranks
-from personatune.records import RecordError, RoundResult, parse_record
+from personatune.records import RecordError, RoundResult, parse_record, write_record
 from personatune.rundir import atomic_write_json, atomic_write_jsonl, file_hash, read_jsonl
 from personatune.stages.optimization_common import (
     STAGE3_FIX,
@@ -31,7 +31,6 @@ from personatune.stages.optimization_common import (
     load_policy,
     select_in_budget,
     training_seed,
-    write_record,
 )
 from personatune.training import EvalResult, EvalSet, EvalSettings, evaluate_policy
 
@@ -253,7 +252,7 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
         rdir,
         rargs,
         max_kl=g.max_kl,
-        echo=lambda s: echo(s.strip()),
+        echo=echo,
     )
     trainer = build_trainer(
         policy,

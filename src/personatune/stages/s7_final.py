@@ -46,7 +46,7 @@ from dataclasses import asdict
 from typing import Any
 
 from personatune.baseline_samples import decoding as eval_decoding
-from personatune.baseline_samples import reusable_baseline_texts
+from personatune.baseline_samples import reusable_baseline_texts, sample_eval
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
 from personatune.records import DRIFT_REFERENCE_LABEL, FINAL_STAGE, FinalRecord, write_record
@@ -69,31 +69,6 @@ EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", 
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
 KL_REFERENCE = DRIFT_REFERENCE_LABEL
 """What final.json's `kl` is measured against (the same label as stages 5-6 write as `kl_reference`)."""
-
-
-def _sample(
-    model: Any,
-    tok: Any,
-    convs: list[list[dict[str, str]]],
-    config: RunConfig,
-    who: str,
-    prefix: list[dict[str, str]] | None = None,
-) -> list[str]:
-    """One response per conversation at the eval decoding and the run seed, `prefix` (the persona context) before each."""
-    from personatune.generation.hf import HFBackend
-    from personatune.progress import EtaLine
-
-    d = eval_decoding(config)
-    eta = EtaLine(f"stage 7: sampling the {who} on {len(convs)} held-out prompts")
-    outs = HFBackend(model, tok, batch_size=d["batch_size"], progress=eta).generate(
-        [list(prefix or []) + list(c) for c in convs],
-        max_new_tokens=d["max_new_tokens"],
-        temperature=d["temperature"],
-        top_p=d["top_p"],
-        n=1,
-        seed=config.seed,
-    )
-    return [o[0] for o in outs]
 
 
 def lm_eval_figures(
@@ -183,13 +158,17 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     convs = [p["messages"] for p in prompts]
     decoding = {**eval_decoding(config), "seed": config.seed}
     context = persona_context(spec, few_shot=config.data.few_shot)
+    on = f"on {len(convs)} held-out prompts"
     base_texts = reusable_baseline_texts(config, run_dir, prompts)
     source = "04_evaluation/baseline_samples.json (reused: same model, prompts and decoding)"
     if base_texts is None:
-        base_texts, source = _sample(base_model, base_tok, convs, config, "baseline model"), "sampled again in stage 7"
+        base_texts = sample_eval(base_model, base_tok, convs, config, f"stage 7: sampling the baseline model {on}")
+        source = "sampled again in stage 7"
     # The context-distillation target: the baseline given the persona context, same prompts and decoding.
-    prompted_texts = _sample(base_model, base_tok, convs, config, "baseline model with the persona prompt", context)
-    final_texts = _sample(final_model, final_tok, convs, config, "final model")
+    prompted = [list(context) + list(c) for c in convs]
+    what = f"stage 7: sampling the baseline model with the persona prompt {on}"
+    prompted_texts = sample_eval(base_model, base_tok, prompted, config, what)
+    final_texts = sample_eval(final_model, final_tok, convs, config, f"stage 7: sampling the final model {on}")
     kw = dict(
         prompts=[c[-1]["content"] for c in convs],
         contexts=[p.get("context") for p in prompts],

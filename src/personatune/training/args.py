@@ -169,3 +169,27 @@ def check_beta(beta: float, max_kl: float | None) -> None:
             f"train.beta={beta!r}: the KL penalty must be > 0 while the KL gate gates.optimization.max_kl={max_kl:g} exists "
             f"(beta 0 trains with no KL term at all); fix: set train.beta=0.1 (DPO) or 0.04 (GRPO/RLOO)"
         )
+
+
+def sdft_peft_problem(args: TrainArgs) -> str | None:
+    """Why TRL's SDFT cannot train with these args (full fine-tuning), or None. Checked by the run config when it loads
+    (train.algorithm=sdft) and by `build_sdft_trainer`."""
+    if args.peft == "lora":
+        return None
+    return (
+        "train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
+        "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)"
+    )
+
+
+def online_batch_problem(args: TrainArgs) -> str | None:
+    """Why a GRPO/RLOO batch cannot hold whole groups of completions, or None. Checked by the run config when it loads
+    (train.algorithm=grpo|rloo) and by the GRPO/RLOO builders."""
+    batch = args.per_device_batch_size * args.grad_accum
+    if batch % args.num_generations == 0:
+        return None
+    return (
+        f"train.per_device_batch_size x train.grad_accum = {batch} must be a multiple of "
+        f"train.num_generations={args.num_generations} (each prompt's completions are compared together); "
+        f"fix: e.g. train.per_device_batch_size={args.num_generations}"
+    )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from personatune.errors import ConfigError
-from personatune.training.args import TrainArgs, check_beta
+from personatune.training.args import TrainArgs, check_beta, online_batch_problem, sdft_peft_problem
 
 
 @dataclass
@@ -290,11 +290,9 @@ def build_sdft_trainer(model: Any, tokenizer: Any, train_dataset: Any, args: Tra
     """
     from trl.experimental.sdft import SDFTConfig, SDFTTrainer
 
-    if args.peft != "lora":
-        raise ConfigError(
-            "train.algorithm=sdft with train.peft=full: TRL's SDFT would reload its teacher from the model's path instead of "
-            "using the stage-1 baseline in memory; fix: set train.peft=lora (the teacher is then the policy with adapters off)"
-        )
+    problem = sdft_peft_problem(args)
+    if problem:
+        raise ConfigError(problem)
     common = _common(args, model, run.output_dir, _seed(args, run.seed))
     cfg = SDFTConfig(
         **common,
@@ -322,12 +320,9 @@ def _online_config(
     cls: Any, args: TrainArgs, model: Any, output_dir: str | Path, seed: int, max_kl: float | None
 ) -> Any:
     check_beta(args.beta, max_kl)
-    if (args.per_device_batch_size * args.grad_accum) % args.num_generations:
-        raise ConfigError(
-            f"train.per_device_batch_size x train.grad_accum = {args.per_device_batch_size * args.grad_accum} must be a multiple of "
-            f"train.num_generations={args.num_generations} (each prompt's completions are compared together); "
-            f"fix: e.g. train.per_device_batch_size={args.num_generations}"
-        )
+    problem = online_batch_problem(args)
+    if problem:
+        raise ConfigError(problem)
     # beta is passed explicitly: TRL's GRPO default (0) would silently drop the KL term and the reference model.
     return cls(
         **_common(args, model, output_dir, seed),
