@@ -296,6 +296,12 @@ class DataArgs(_Section):
         default_factory=lambda: ["baseline", "trait_flipped", "style_broken"],
         description="kinds of rejected responses to build",
     )
+    contrast_best_of: int = Field(
+        3,
+        ge=1,
+        description="tries per contrast response: a rejected response the scorer finds consistent is sampled again, up to "
+        "this many times, and the first inconsistent one is kept (rejection sampling on the rejected side; 1 = no retry) (count)",
+    )
     few_shot: bool = Field(True, description="render the persona's example interactions as few-shot turns")
     focus_targets: bool = Field(
         True,

@@ -57,7 +57,8 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
             g.rejected_inconsistency,
             ">=",
             "fraction of rejected responses",
-            "share of rejected responses the scorer finds inconsistent",
+            "share of the rejected responses written that the scorer finds inconsistent (each gets up to "
+            f"data.contrast_best_of = {config.data.contrast_best_of} tries; the first inconsistent one is kept)",
             min_n=rate_min_n_for(config, g.rejected_inconsistency),
             n_key=key,
         ),
@@ -119,7 +120,8 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
                 f"too many rejected responses are consistent with the persona (inconsistent per kind: {kinds})"
             )
             steps.append(
-                "drop the kind that fails from data.contrast, or make the persona's traits more distinctive so contrast responses differ"
+                "raise data.contrast_best_of, use a stronger teacher (data.teacher) that can write the contradiction, drop the "
+                "kind that fails from data.contrast, or make the persona's traits more distinctive so contrast responses differ"
             )
         elif r.metric.startswith("violated_pairs["):
             diagnosis.append(
@@ -139,7 +141,16 @@ def data_gate(spec: PersonaSpec, scenarios: list[Scenario], stats: dict[str, Any
         f"teacher yield: {yield_k}/{yield_n} prompts had a consistent, on-task best-of-{config.data.best_of} candidate (only those are kept; "
         f"{stats.get('off_task_only', 0)} more had only off-task consistent ones)"
     )
-    return GateReport(STAGE, results, diagnosis=[info, *diagnosis], next_steps=list(dict.fromkeys(steps)))
+    tries = stats.get("contrast_tries")
+    lines = [info]
+    if tries:
+        first = ", ".join(f"{kk}: {v[0]}/{v[1]}" for kk, v in tries.items())
+        used = sum(v[2] for v in tries.values())
+        lines.append(
+            f"contrast yield: inconsistent on the first try {first}; {used} contrast responses sampled for "
+            f"{sum(v[1] for v in tries.values())} jobs (up to {config.data.contrast_best_of} tries each)"
+        )
+    return GateReport(STAGE, results, diagnosis=[*lines, *diagnosis], next_steps=list(dict.fromkeys(steps)))
 
 
 def _rate(k: int, n: int) -> Measurement | None:

@@ -96,6 +96,7 @@ def build_pairs(
     scorer: Any,
     candidate_scores: list[list[Any]] | None = None,
     select: str = "typical_voice",
+    contrast_scores: dict[str, list[Any]] | None = None,
 ) -> tuple[list[dict], list[dict], dict[str, Any]]:
     """Score candidates and contrast responses; build sft rows, pair rows and gate counts.
 
@@ -105,6 +106,8 @@ def build_pairs(
         select: which eligible (consistent and on-task) candidate is chosen (config data.select): "max_consistency" (highest
             consistency score) or "typical_voice" (nearest `typical_voice`, ties by consistency). Either way
             a prompt without an eligible candidate yields nothing.
+        contrast_scores: scenario id -> the scores of its contrast responses, in the order of `contrast` (stage 3
+            scores them while it samples them); scored here when None.
 
     Returns:
         (sft rows, pair rows, stats) — stats hold the counts the gate needs: chosen, chosen_consistent, chosen_on_task
@@ -116,7 +119,9 @@ def build_pairs(
     voice = typical_voice(scenarios, candidate_scores) if select == "typical_voice" else None
     rej = [(s, kind, flip, text) for s in scenarios for kind, flip, text in contrast.get(s.id, [])]
     rej_scores = (
-        scorer.score(
+        [sc for s in scenarios for sc in contrast_scores.get(s.id, [])]
+        if contrast_scores is not None
+        else scorer.score(
             [r[3] for r in rej],
             prompts=[r[0].prompt for r in rej],
             contexts=[r[0].context for r in rej],
@@ -126,6 +131,8 @@ def build_pairs(
         if rej
         else []
     )
+    if len(rej_scores) != len(rej):
+        raise ValueError(f"contrast_scores hold {len(rej_scores)} scores for {len(rej)} contrast responses")
     by_s: dict[str, dict[str, list]] = {
         s.id: {"cands": [(c, "candidate", None, sc) for c, sc in zip(cands, cs)], "rej": []}
         for s, cands, cs in zip(scenarios, candidates, candidate_scores)

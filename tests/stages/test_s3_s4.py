@@ -85,7 +85,11 @@ def test_interrupted_generation_resumes_from_cache(tmp_path):
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
         srv.fail_after(10, 500)  # the server dies after 10 completions
-        cfg = teacher_config(tmp_path, srv.base_url, **{"data.max_prompts": 12, "data.teacher.max_retries": 0})
+        cfg = teacher_config(
+            tmp_path,
+            srv.base_url,
+            **{"data.max_prompts": 12, "data.teacher.max_retries": 0, "data.contrast_best_of": 1},
+        )
         from personatune.errors import PersonatuneError
 
         with pytest.raises(PersonatuneError):

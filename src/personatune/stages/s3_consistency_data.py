@@ -127,6 +127,78 @@ def contrast_jobs(
     return jobs, meta
 
 
+def sample_contrast(
+    jobs: list[tuple[list[dict[str, str]], dict[str, Any]]],
+    meta: list[tuple[str, str, str | None]],
+    scenarios: dict[str, Scenario],
+    backends: dict[str, Any],
+    scorer: Any,
+    path: Any,
+    config: RunConfig,
+) -> tuple[list[str], list[Any], dict[str, list[int]]]:
+    """Rejection sampling on the rejected side: each contrast job gets up to `data.contrast_best_of` tries, and the
+    first response the scorer finds inconsistent is kept (the mirror of best-of-k on the chosen side).
+
+    Try a (0-based) samples only the jobs whose earlier responses were all consistent, with seed + a (try 0 is the
+    single-try job of earlier versions, so a resumed run reuses it). A job that never yields an inconsistent
+    response keeps its least consistent one, which the gate then counts against `rejected_inconsistency_rate`.
+    Baseline jobs go to the baseline model (`backends["baseline"]`), the other kinds to the teacher.
+
+    Returns:
+        (text per job, its ResponseScore, per kind [inconsistent on the first try, jobs, tries used]).
+    """
+    d, echo = config.data, log.info
+    texts: list[str] = [""] * len(jobs)
+    scores: list[Any] = [None] * len(jobs)
+    pending = list(range(len(jobs)))
+    tries: dict[str, list[int]] = {}
+    for a in range(d.contrast_best_of):
+        if not pending:
+            break
+        if a:
+            echo(
+                f"  contrast try {a + 1}/{d.contrast_best_of}: {len(pending)} responses were consistent, sampling again"
+            )
+        outs: dict[int, str] = {}
+        for who, idx in (
+            ("baseline", [i for i in pending if meta[i][1] == "baseline"]),
+            ("teacher", [i for i in pending if meta[i][1] != "baseline"]),
+        ):
+            if not idx:
+                continue
+            label = "contrast (baseline model)" if who == "baseline" else "contrast (teacher)"
+            res = generate_resumable(
+                backends[who],
+                [(jobs[i][0], {**jobs[i][1], "seed": jobs[i][1]["seed"] + a}) for i in idx],
+                path,
+                chunk=d.teacher.batch_size,
+                echo=echo,
+                label=label if not a else f"{label}, try {a + 1}",
+            )
+            outs.update({i: r[0] for i, r in zip(idx, res)})
+        sc = scorer.score(
+            [outs[i] for i in pending],
+            prompts=[scenarios[meta[i][0]].prompt for i in pending],
+            contexts=[scenarios[meta[i][0]].context for i in pending],
+            targets=[scenarios[meta[i][0]].targets for i in pending],
+            ids=[f"{meta[i][0]}:r{i}:t{a}" for i in pending],
+        )
+        still = []
+        for i, r in zip(pending, sc):
+            t = tries.setdefault(meta[i][1], [0, 0, 0])
+            t[1] += a == 0
+            t[0] += a == 0 and not r.consistent
+            t[2] += 1
+            if scores[i] is None or r.consistency < scores[i].consistency:
+                texts[i], scores[i] = outs[i], r
+            if r.consistent:
+                still.append(i)
+            else:
+                texts[i], scores[i] = outs[i], r
+        pending = still
+    return texts, scores, tries
+
+
 def teacher_jobs(
     spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig
 ) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
@@ -235,28 +307,28 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     echo(
         f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent, on-task candidate; contrast for those"
     )
+    by_id = {s.id: s for s in scenarios}
     cjobs, cmeta = contrast_jobs(spec, [s for s in scenarios if s.id in kept], config)
-    # Baseline contrast comes from the baseline model itself; the other kinds from the teacher.
-    base_idx = [i for i, m in enumerate(cmeta) if m[1] == "baseline"]
-    other_idx = [i for i, m in enumerate(cmeta) if m[1] != "baseline"]
-    couts: list[list[str]] = [[] for _ in cjobs]
-    echo(
-        f"  contrast: {len(base_idx)} baseline responses (baseline model), {len(other_idx)} trait-flipped / style-broken responses (teacher)"
+    texts, cscores, tries = sample_contrast(
+        cjobs, cmeta, by_id, {"baseline": base, "teacher": teacher}, scorer, out / "generations.jsonl", config
     )
-    for idx, be, who in ((base_idx, base, "contrast (baseline model)"), (other_idx, teacher, "contrast (teacher)")):
-        if idx:
-            res = generate_resumable(
-                be, [cjobs[i] for i in idx], out / "generations.jsonl", chunk=t.batch_size, echo=echo, label=who
-            )
-            for i, r in zip(idx, res):
-                couts[i] = r
     contrast: dict[str, list[tuple[str, str | None, str]]] = {}
-    for (sid, kind, flip), o in zip(cmeta, couts):
-        contrast.setdefault(sid, []).append((kind, flip, o[0]))
-    echo(f"  scoring {len(cjobs)} contrast responses and building pairs …")
+    contrast_scores: dict[str, list[Any]] = {}
+    for (sid, kind, flip), text, sc in zip(cmeta, texts, cscores):
+        contrast.setdefault(sid, []).append((kind, flip, text))
+        contrast_scores.setdefault(sid, []).append(sc)
+    echo(f"  building pairs from {len(cjobs)} contrast responses …")
     sft, pairs, stats = build_pairs(
-        spec, scenarios, teacher_out, contrast, scorer, candidate_scores=cand_scores, select=d.select
+        spec,
+        scenarios,
+        teacher_out,
+        contrast,
+        scorer,
+        candidate_scores=cand_scores,
+        select=d.select,
+        contrast_scores=contrast_scores,
     )
+    stats["contrast_tries"] = tries
     gate = data_gate(spec, scenarios, stats, config)
     for split in ("train", "heldout"):
         atomic_write_jsonl(out / split / "sft.jsonl", [r for r in sft if r["split"] == split])
