@@ -183,5 +183,8 @@ def dataset_card(
     for t in spec.trait_ids:
         row = [str(cov.get(t, {}).get(c, 0)) for c in ctxs]
         lines.append(f"| {t} | " + " | ".join(row) + f" | {sum(cov.get(t, {}).values())} |")
+    yields = [d for d in gate.diagnosis if d.startswith(("teacher yield", "contrast yield"))]
+    if yields:
+        lines += ["", "## Yield", ""] + [f"- {d}" for d in yields]
     lines += ["", "## Gate", "", "```", gate.summary(), "```", ""]
     return "\n".join(lines)

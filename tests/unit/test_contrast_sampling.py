@@ -99,3 +99,19 @@ def test_one_try_keeps_the_first_response_and_the_gate_names_the_first_try_yield
     gate = data_gate(spec, [scen(0)], stats, cfg)
     assert any("inconsistent on the first try trait_flipped: 0/1" in d for d in gate.diagnosis)
     assert any("data.contrast_best_of" in s for s in gate.next_steps)
+
+
+def test_dataset_card_shows_teacher_and_contrast_yield_even_when_the_gate_passes():
+    from personatune.consistency_gate import dataset_card
+    from personatune.gates import GateReport
+
+    cfg = persona_config()
+    spec = load_persona(cfg.persona)
+    gate = GateReport(
+        "03_consistency_data",
+        [],
+        diagnosis=["teacher yield: 9/10 prompts", "contrast yield: inconsistent on the first try baseline: 5/9"],
+    )
+    card = dataset_card(spec, [scen(0)], [], [], gate)
+    assert "## Yield" in card and "- contrast yield: inconsistent on the first try baseline: 5/9" in card
+    assert "- teacher yield: 9/10 prompts" in card

@@ -330,6 +330,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     )
     stats["contrast_tries"] = tries
     gate = data_gate(spec, scenarios, stats, config)
+    for line in gate.diagnosis:
+        if line.startswith("contrast yield"):
+            echo(f"  {line}")
     for split in ("train", "heldout"):
         atomic_write_jsonl(out / split / "sft.jsonl", [r for r in sft if r["split"] == split])
         atomic_write_jsonl(out / split / "pairs.jsonl", [r for r in pairs if r["split"] == split])
