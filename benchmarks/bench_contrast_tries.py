@@ -25,7 +25,7 @@ from personatune.rundir import RunDir
 from personatune.scenarios import Scenario
 from personatune.scoring.aggregate import wilson_ci
 from personatune.scoring.factory import scorer_for_run
-from personatune.stages.s3_consistency_data import contrast_jobs
+from personatune.stages.s3_consistency_data import contrast_jobs, contrast_try
 
 
 def main() -> None:
@@ -59,7 +59,7 @@ def main() -> None:
         idx = [i for i in range(len(jobs)) if first[i] is None]
         texts = {}
         for i in idx:
-            key = _job_key(jobs[i][0], {**jobs[i][1], "seed": jobs[i][1]["seed"] + a})
+            key = _job_key(*contrast_try(jobs[i], a))
             if key in record:
                 texts[i] = record[key][0]
         idx = [i for i in idx if i in texts]

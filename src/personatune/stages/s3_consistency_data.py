@@ -127,6 +127,13 @@ def contrast_jobs(
     return jobs, meta
 
 
+def contrast_try(
+    job: tuple[list[dict[str, str]], dict[str, Any]], a: int
+) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """Try a (0-based) of a contrast job: the same conversation with seed + a (try 0 is the job itself)."""
+    return job[0], {**job[1], "seed": job[1]["seed"] + a}
+
+
 def sample_contrast(
     jobs: list[tuple[list[dict[str, str]], dict[str, Any]]],
     meta: list[tuple[str, str, str | None]],
@@ -169,7 +176,7 @@ def sample_contrast(
             label = "contrast (baseline model)" if who == "baseline" else "contrast (teacher)"
             res = generate_resumable(
                 backends[who],
-                [(jobs[i][0], {**jobs[i][1], "seed": jobs[i][1]["seed"] + a}) for i in idx],
+                [contrast_try(jobs[i], a) for i in idx],
                 path,
                 chunk=d.teacher.batch_size,
                 echo=echo,
@@ -189,12 +196,10 @@ def sample_contrast(
             t[1] += a == 0
             t[0] += a == 0 and not r.consistent
             t[2] += 1
-            if scores[i] is None or r.consistency < scores[i].consistency:
-                texts[i], scores[i] = outs[i], r
+            if not r.consistent or scores[i] is None or r.consistency < scores[i].consistency:
+                texts[i], scores[i] = outs[i], r  # the first inconsistent try, else the least consistent so far
             if r.consistent:
                 still.append(i)
-            else:
-                texts[i], scores[i] = outs[i], r
         pending = still
     return texts, scores, tries
 
