@@ -10,7 +10,9 @@ retention (the stage-1 capability suite: final / baseline) — capability is mea
 not per step (one suite pass costs ~2-3 minutes on 2 cores).
 
 Recipes (train.algorithm): dpo (stage-3 pairs, reference log-probs from the persona-prompted baseline), sft
-(rejection-sampling fine-tuning on the consistent, on-task chosen answers), sdft (TRL SDFT, on-policy reverse-KL
+(rejection-sampling fine-tuning on the consistent, on-task chosen answers), sft-reference (the same on samples of the
+persona-prompted baseline itself, train.sft_source=reference: sampling them is not counted in the budget but is in
+"total s"), sdft (TRL SDFT, on-policy reverse-KL
 distillation from the persona-prompted baseline), grpo / rloo (online, reward = consistency x on_task, TRL's own
 KL term against the unprompted baseline, the drift budget held by our controller).
 
@@ -84,8 +86,9 @@ def run_recipe(
     from personatune.stages import s5_optimization
 
     rd_path = prepare(base, out_root / name / base.name)
+    algorithm, _, source = name.partition("-")  # "sft-reference": train.algorithm=sft, train.sft_source=reference
     over = overrides + [
-        f"train.algorithm={name}",
+        f"train.algorithm={algorithm}",
         f"train.max_train_seconds={budget}",
         f"train.eval_every_seconds={eval_seconds}",
         "train.eval_every=0",
@@ -94,6 +97,8 @@ def run_recipe(
         f"name={base.name}",
         f"train.eval_at_start={str(eval_at_start).lower()}",
     ]
+    if source:
+        over += [f"train.sft_source={source}"]
     if name in ("grpo", "rloo"):
         over += ["train.beta=0.04"]
     cfg = load_config(config_path, over)
@@ -139,7 +144,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", required=True, help="run directory with stages 1-4 done")
     ap.add_argument("--config", default=str(REPO / "examples" / "quickstart.yaml"))
-    ap.add_argument("--recipes", default="dpo,sft,sdft,grpo")
+    ap.add_argument("--recipes", default="dpo,sft,sft-reference,sdft,grpo")
     ap.add_argument("--budget", type=float, default=300.0, help="training seconds per recipe, evals excluded")
     ap.add_argument("--eval-seconds", type=float, default=100.0, help="training seconds between evals")
     ap.add_argument("--out", default="/tmp/personatune-recipes")

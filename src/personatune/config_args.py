@@ -287,10 +287,12 @@ class DataArgs(_Section):
         ge=1,
         description="candidates sampled per prompt; one consistent candidate is kept as chosen, see `select` (count)",
     )
-    select: Literal["typical_voice", "max_consistency"] = Field(
-        "typical_voice",
-        description="which consistent candidate becomes chosen: typical_voice = the one whose style features are nearest the "
-        "mean of all consistent training-split candidates (a voice that holds across contexts); max_consistency = the highest consistency score",
+    select: Literal["adherent_voice", "typical_voice", "max_consistency"] = Field(
+        "adherent_voice",
+        description="which consistent candidate becomes chosen: adherent_voice = among those with the fewest traits that do not adhere (a "
+        "targeted trait not expressed, or any trait violated: METRICS.md trait adherence), the one nearest the typical voice; typical_voice = "
+        "the one whose style features are nearest the mean of all consistent training-split candidates (a voice that holds across "
+        "contexts); max_consistency = the highest consistency score",
     )
     contrast: list[Literal["baseline", "trait_flipped", "style_broken"]] = Field(
         default_factory=lambda: ["baseline", "trait_flipped", "style_broken"],

@@ -1,8 +1,9 @@
 """Stage 3's chosen and rejected responses: which candidate is chosen, and the TRL rows built from them.
 
 A teacher candidate is eligible as chosen only when it is consistent AND on task (`eligible`); among a prompt's
-eligible candidates the chosen one is, by default, the one nearest the teacher's typical voice (`typical_voice`,
-`choose_candidate`), else the most consistent. `build_pairs` scores the contrast responses, labels each with the
+eligible candidates the chosen one is, by default, one with the fewest traits that do not adhere
+(`traits_not_adhering`) and among those the one nearest the teacher's typical voice (`typical_voice`,
+`choose_candidate`). `build_pairs` scores the contrast responses, labels each with the
 traits it violates, and returns the `sft` and `pairs` rows with the counts the stage-3 gate needs.
 """
 
@@ -78,14 +79,29 @@ def choose_candidate(
 
     Args:
         good: the consistent candidates (non-empty).
-        select: "typical_voice" (nearest `voice`, ties by higher consistency; falls back to
+        select: "adherent_voice" (the candidates with the fewest traits not adhering — `traits_not_adhering` — and among
+            them typical_voice), "typical_voice" (nearest `voice`, ties by higher consistency; falls back to
             max_consistency when `voice` is None) or "max_consistency".
         voice: the result of `typical_voice`.
         score: maps a candidate to its ResponseScore (identity when the candidates are scores).
     """
+    if select == "adherent_voice":
+        fewest = min(traits_not_adhering(score(c)) for c in good)
+        good = [c for c in good if traits_not_adhering(score(c)) == fewest]
+        select = "typical_voice"
     if select == "typical_voice" and voice is not None:
         return min(good, key=lambda c: (voice_distance(score(c).style, voice), -score(c).consistency))
     return max(good, key=lambda c: score(c).consistency)
+
+
+def traits_not_adhering(r: Any) -> int:
+    """How many of a scored response's traits do not adhere (METRICS.md trait adherence: a targeted trait must be
+    expressed and not violated, any other trait not violated). `consistent` asks only that the targeted traits'
+    MEAN expression reach 0.5, so a consistent candidate can leave one targeted trait unexpressed; this count
+    tells such a candidate from one that shows every trait the prompt asks for."""
+    from personatune.scoring.aggregate import adherence_pairs
+
+    return sum(not ok for ok in adherence_pairs(r).values())
 
 
 def build_pairs(
@@ -116,7 +132,7 @@ def build_pairs(
     """
     if candidate_scores is None:
         candidate_scores = score_candidates(scenarios, candidates, scorer)
-    voice = typical_voice(scenarios, candidate_scores) if select == "typical_voice" else None
+    voice = typical_voice(scenarios, candidate_scores) if select in ("typical_voice", "adherent_voice") else None
     rej = [(s, kind, flip, text) for s in scenarios for kind, flip, text in contrast.get(s.id, [])]
     rej_scores = (
         [sc for s in scenarios for sc in contrast_scores.get(s.id, [])]

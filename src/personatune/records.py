@@ -393,6 +393,7 @@ class OptimizationMetrics(Record):
     consistency: MeasurementRecord | None = None
     adherence: MeasurementRecord | None = None
     on_task: dict[str, Any] | None = None
+    reference_samples: dict[str, Any] | None = None
     history: list[StepRow] = Field(default_factory=list)
 
 

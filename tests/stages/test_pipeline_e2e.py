@@ -40,7 +40,9 @@ def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path, retention_defined
     lines: list[str] = []
     with FakeOpenAIServer() as srv:
         srv.responder = scripted_teacher(spec)
-        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **LOOSE_GATES), echo=lines.append)
+        # 40 % held out: every trait needs held-out chosen and trait-flipped answers for stage 4's AUROC
+        over = {**LOOSE_GATES, "data.heldout_fraction": 0.4}
+        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **over), echo=lines.append)
     out = "\n".join(lines)
     run = tmp_path / "t"
     m = json.loads((run / "manifest.json").read_text())

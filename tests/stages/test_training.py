@@ -558,3 +558,55 @@ def test_a_reference_that_cannot_be_built_is_one_line_naming_the_fix(tmp_path):
     with pytest.raises(RunDirError, match=r"cannot be read to build the drift-KL reference .*fix: re-run stage 1") as e:
         reference_context(cfg, load_persona(PERSONA), str(tmp_path / "base"), HELD)
     assert "\n" not in str(e.value)
+
+
+def test_reference_samples_are_drawn_from_the_persona_prompted_baseline_and_filtered(tmp_path, monkeypatch):
+    """train.sft_source=reference: samples of the baseline GIVEN the persona context (temperature 1, top_p 1), kept
+    when consistent and on task, without the context in the training rows; cached, so a re-run generates nothing."""
+    from types import SimpleNamespace
+
+    from personatune.errors import DataError
+    from personatune.generation import hf
+    from personatune.generation.resumable import _job_key, _load_generations
+    from personatune.persona import load_persona
+    from personatune.persona_prompt import persona_context
+    from personatune.stages.reference_sft import reference_sft_rows
+    from personatune.stages.s1_baseline import baseline_model_path
+    from personatune.stages.s5_optimization import train_dataset
+
+    rd = tiny_run_through_stage3(tmp_path / "run", pair_dataset().to_list(), heldout_rows(["Say hello."]))
+    cfg = persona_config(
+        "model.name=tiny", "data.few_shot=false", "train.reference_samples=2", "train.kl_max_new_tokens=6"
+    )
+    spec = load_persona(PERSONA)
+    context = persona_context(spec, few_shot=False)
+    model, tok = models.load_configured_model(baseline_model_path(rd), cfg.model)
+
+    class Scorer:  # every second sample is consistent; on task unless it is the third of a batch
+        def __init__(self, consistent=True):
+            self.ok = consistent
+
+        def score(self, texts, **kw):
+            return [
+                SimpleNamespace(consistent=self.ok and i % 2 == 0, on_task=0.2 if i % 3 == 2 else 0.9, consistency=0.7)
+                for i in range(len(texts))
+            ]
+
+    rows, info = reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer())
+    n = len(PAIRS) * 2
+    want = sum(1 for i in range(n) if i % 2 == 0 and i % 3 != 2)
+    assert info == {"prompts": len(PAIRS), "sampled": n, "consistent": n // 2, "kept": want, "kept_prompts": want}
+    assert len(rows) == want and all(r["messages"][0]["role"] == "user" for r in rows)  # no persona context in the data
+    done = _load_generations(rd.root / "05_optimization" / "reference_samples.jsonl")
+    params = {"max_new_tokens": 6, "temperature": 1.0, "top_p": 1.0, "seed": cfg.seed, "n": 2}
+    for p, _, _ in PAIRS:  # the conversation sampled is the drift-KL reference's: persona context c, then the prompt
+        assert _job_key(context + [{"role": "user", "content": p}], params) in done
+    assert (rd.root / "05_optimization" / "reference_sft.jsonl").exists()
+    ds = train_dataset(rd.root / "03_consistency_data" / "train" / "pairs.jsonl", "sft", sft_rows=rows)
+    assert len(ds) == want and ds[0]["completion"][0]["role"] == "assistant"
+
+    # resumed: every sample comes from the cache
+    monkeypatch.setattr(hf.HFBackend, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer())[0] == rows
+    with pytest.raises(DataError, match="train.reference_samples"):
+        reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer(consistent=False))

@@ -79,6 +79,30 @@ def test_select_typical_voice_picks_the_nearest_consistent_candidate_and_never_a
         assert len(sft) == 3 and stats["chosen"] == 3
 
 
+def test_select_adherent_voice_prefers_candidates_that_show_every_targeted_trait():
+    def adh(expr: dict[str, float], words: float, viol: dict[str, float] | None = None) -> ResponseScore:
+        r = rec(True, 0.7, words=words)
+        r.traits, r.violations, r.targets = dict(expr), dict(viol or {}), ["a", "b"]
+        return r
+
+    scenarios = [scen(i, "train") for i in range(11)]  # ten prompts fix the typical voice near 20 words
+    cands = [["x"]] * 10 + [["typical-but-one-trait", "far-both-traits", "far-both-but-violates", "farther-both"]]
+    scores = [[adh({"a": 1, "b": 1}, 20)] for _ in range(10)] + [
+        [
+            adh({"a": 0.9, "b": 0.2}, 20),  # consistent (mean expression 0.55) yet b is not shown
+            adh({"a": 0.6, "b": 0.6}, 40),
+            adh({"a": 0.9, "b": 0.9}, 20, {"c": 0.8}),  # shows both, violates an untargeted trait
+            adh({"a": 0.9, "b": 0.9}, 80),
+        ]
+    ]
+    spec = load_persona(REPO / "examples" / "personas" / "captain_nova.yaml")
+    sft, _, _ = build_pairs(spec, scenarios, cands, {}, scorer=None, candidate_scores=scores, select="adherent_voice")
+    # most adherent traits first (2 of 2 targeted, nothing violated), then the nearest the typical voice
+    assert sft[10]["messages"][-1]["content"] == "far-both-traits"
+    sft, _, _ = build_pairs(spec, scenarios, cands, {}, scorer=None, candidate_scores=scores, select="typical_voice")
+    assert sft[10]["messages"][-1]["content"] == "typical-but-one-trait"
+
+
 def test_voice_block_renders_exclamations_and_questions_only_when_set():
     nova = load_persona(REPO / "examples" / "personas" / "captain_nova.yaml")  # exclamations: often, questions unset
     lines = "\n".join(persona_voice_lines(nova))

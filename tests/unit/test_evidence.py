@@ -141,7 +141,7 @@ def test_stage3_chosen_must_be_consistent_and_on_task():
     ]
     cands = [["babble", "answer"], ["only-babble"], ["unmeasured"]]
     scores = [[_rec(True, 0.99, 0.1), _rec(True, 0.7, 0.9)], [_rec(True, 0.99, 0.2)], [_rec(True, 0.8, None)]]
-    for rule in ("max_consistency", "typical_voice"):
+    for rule in ("max_consistency", "typical_voice", "adherent_voice"):
         sft, _, stats = build_pairs(spec, scen, cands, {}, scorer=None, candidate_scores=scores, select=rule)
         # The in-voice babble is more consistent, but never chosen; a prompt with only babble yields nothing.
         assert [r["messages"][-1]["content"] for r in sft] == ["answer", "unmeasured"]

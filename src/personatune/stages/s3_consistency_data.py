@@ -7,8 +7,8 @@ Steps:
    prompt, its example interactions as few-shot turns). The scorer scores them with their prompts; a
    candidate is eligible as chosen only when it is consistent AND on task (`eligible`: on_task >= 0.5, so
    in-voice babble that ignores the request never becomes chosen); a prompt is kept only if a candidate is
-   eligible, and among its eligible candidates the chosen one is, by default, the one nearest the teacher's
-   typical voice (`data.select`, see `typical_voice`), else the most consistent.
+   eligible, and among its eligible candidates the chosen one is, by default, one with the fewest traits that do
+   not adhere and, among those, the one nearest the teacher's typical voice (`data.select`, see `choose_candidate`).
 3. Contrast ("rejected"), each labelled with what it violates:
    (a) baseline: the model with no persona prompt — what training must move away from;
    (b) trait_flipped: the persona with one targeted trait inverted — a targeted negative;

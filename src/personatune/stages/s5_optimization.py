@@ -52,6 +52,7 @@ from personatune.stages.optimization_common import (
     training_seed,
     write_stage_result,
 )
+from personatune.stages.reference_sft import reference_sft_rows
 from personatune.training import TrainArgs
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,9 @@ __all__ = ["STAGE", "model_card", "optimization_gate", "optimization_specs", "ru
 STAGE = "05_optimization"
 
 
-def train_dataset(pairs_path: Path, algorithm: str, privileged_context: str | None = None) -> Any:
+def train_dataset(
+    pairs_path: Path, algorithm: str, privileged_context: str | None = None, sft_rows: list[dict] | None = None
+) -> Any:
     """The TRL dataset from stage-3 data: DPO gets prompt/chosen/rejected; SFT prompt/completion from the chosen answers
     (`sft.jsonl` beside the pairs: consistent and on task); GRPO/RLOO/SDFT one row per prompt (context, targets; SDFT
     also `privileged_context`, the rendered persona).
@@ -73,7 +76,7 @@ def train_dataset(pairs_path: Path, algorithm: str, privileged_context: str | No
 
     if algorithm == "sft":
         sft_path = pairs_path.parent / "sft.jsonl"
-        rows = read_jsonl(sft_path, fix=STAGE3_FIX)
+        rows = sft_rows if sft_rows is not None else read_jsonl(sft_path, fix=STAGE3_FIX)
         if not rows:
             raise DataError(
                 f"{sft_path} has no chosen answers; fix: check the stage-3 gate and data (data.max_prompts, data.best_of)"
@@ -205,10 +208,21 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         from personatune.persona_prompt import persona_context_text
 
         privileged = persona_context_text(inp.spec, few_shot=config.data.few_shot)
-    ds = train_dataset(inp.pairs_path, args.algorithm, privileged)
     model, tok = models.load_configured_model(inp.baseline, config.model, for_training=True)
     scorer, scorer_desc = scorer_for_run(config, run_dir, inp.spec)
     log.info(f"  persona metrics scored by: {scorer_desc}")
+    sft_rows, ref_info = None, None
+    if args.algorithm == "sft" and args.sft_source == "reference":
+        from accelerate import PartialState
+
+        # The main rank samples and caches first; the other ranks then read the same samples from the cache.
+        with PartialState().main_process_first():
+            sft_rows, ref_info = reference_sft_rows(config, run_dir, inp.spec, inp.context, model, tok, scorer)
+        log.info(
+            f"  reference samples: {ref_info['kept']} of {ref_info['sampled']} consistent and on task "
+            f"({ref_info['consistent']} consistent), from {ref_info['kept_prompts']} of {ref_info['prompts']} training prompts"
+        )
+    ds = train_dataset(inp.pairs_path, args.algorithm, privileged, sft_rows)
     settings = eval_settings(config, seed, inp.context)
     small = training.EvalSet.from_rows(inp.held_rows, args.kl_eval_prompts)
     full = training.EvalSet.from_rows(inp.held_rows)
@@ -295,7 +309,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     data_info = {
         "baseline": inp.baseline,
         "rows": len(ds),
-        "pairs": str(inp.pairs_path.relative_to(run_dir.root)),
+        "pairs": "05_optimization/reference_sft.jsonl (samples of the persona-prompted baseline)"
+        if ref_info
+        else str(inp.pairs_path.relative_to(run_dir.root)),
         "heldout": len(full.ids),
         "scorer": scorer_desc,
     }
@@ -314,6 +330,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             "baseline_samples": base_source,
             "unit": "fraction of responses with on_task >= 0.5; retention: ratio",
         },
+        "reference_samples": ref_info,
         "history": history,
     }
     write_record(out / "metrics.json", OptimizationMetrics, metrics)

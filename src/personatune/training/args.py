@@ -43,6 +43,16 @@ class TrainArgs(ConfigSection):
         "chosen answers (consistent and on task: rejection-sampling fine-tuning); 'sdft' on-policy context distillation "
         "(TRL SDFT, the persona as privileged context); 'grpo'/'rloo' online with the persona x on-task reward",
     )
+    sft_source: Literal["chosen", "reference"] = Field(
+        "chosen",
+        description="sft: what it trains on: 'chosen' = stage 3's chosen answers (rejection-sampling fine-tuning on the "
+        "teacher's best candidates); 'reference' = responses this stage samples from the drift-KL reference itself (the "
+        "stage-1 baseline given the persona context, temperature 1), kept when consistent and on task "
+        "(rejection-sampling context distillation)",
+    )
+    reference_samples: int = Field(
+        4, ge=1, description="sft with sft_source=reference: responses sampled per stage-3 training prompt (count)"
+    )
     peft: Literal["lora", "full"] = Field(
         "lora",
         description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)",

@@ -1,0 +1,131 @@
+"""Rejection-sampling context distillation data for stage 5 (`train.sft_source: reference`).
+
+The drift-KL reference is the stage-1 baseline given the persona context c. Sampling it on the stage-3 training
+prompts and keeping the answers the scorer finds consistent and on task gives an SFT target that is in persona
+and, by construction, close to the reference: conditioning on "consistent" costs -log P(consistent) nats per
+sequence (docs/optimization.md, "SFT on reference samples").
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+from personatune.config import RunConfig
+from personatune.errors import DataError
+from personatune.rundir import RunDir, read_jsonl
+from personatune.stages.optimization_common import STAGE3_FIX
+
+log = logging.getLogger(__name__)
+
+STAGE = "05_optimization"
+
+
+def reference_sft_rows(
+    config: RunConfig, run_dir: RunDir, spec: Any, context: list[dict[str, str]], model: Any, tok: Any, scorer: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Rejection-sampling context distillation data (train.sft_source=reference): `train.reference_samples` responses
+    per stage-3 training prompt from the drift-KL reference itself — the stage-1 baseline (`model`, before any
+    adapter) given the persona context c — at temperature 1 and top_p 1, `train.kl_max_new_tokens` long, kept when the
+    scorer finds them consistent and on task. Conditioning the reference on "consistent" costs -log P(consistent)
+    nats per sequence, so the target is both in persona and close to the reference (docs/optimization.md).
+
+    Generation is resumable (`05_optimization/reference_samples.jsonl`); the kept rows go to
+    `05_optimization/reference_sft.jsonl`.
+
+    Returns:
+        (sft rows with messages/context/targets/scenario_id, {"prompts", "sampled", "consistent", "kept", "kept_prompts"}).
+
+    Raises:
+        DataError: no training prompt, or no sample was consistent and on task.
+    """
+    from personatune.consistency_pairs import eligible, score_candidates
+    from personatune.generation.hf import HFBackend
+    from personatune.generation.resumable import generate_resumable
+    from personatune.rundir import atomic_write_jsonl
+
+    args, out = config.train, run_dir.stage_dir(STAGE)
+    scen = training_prompts(run_dir)
+    params = {
+        "max_new_tokens": args.kl_max_new_tokens,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": config.seed,
+        "n": args.reference_samples,
+    }
+    jobs = [(list(context) + [dict(m) for m in s.messages], dict(params)) for s in scen]
+    bs = config.data.teacher.batch_size
+    texts = generate_resumable(
+        HFBackend(model, tok, batch_size=bs, prefix_cache=1),
+        jobs,
+        out / "reference_samples.jsonl",
+        chunk=max(1, bs // args.reference_samples),
+        echo=log.info,
+        label="reference samples (baseline + persona context)",
+    )
+    scores = score_candidates(scen, texts, scorer)
+    rows: list[dict[str, Any]] = []
+    for s, ts, rs in zip(scen, texts, scores):
+        for t, r in zip(ts, rs):
+            if eligible(r):
+                rows.append(
+                    {
+                        "messages": [dict(m) for m in s.messages] + [{"role": "assistant", "content": t}],
+                        "context": s.context,
+                        "targets": list(s.targets),
+                        "scenario_id": s.id,
+                        "consistency": r.consistency,
+                        "on_task": r.on_task,
+                    }
+                )
+    info = {
+        "prompts": len(scen),
+        "sampled": sum(len(t) for t in texts),
+        "consistent": sum(bool(r.consistent) for rs in scores for r in rs),
+        "kept": len(rows),
+        "kept_prompts": len({r["scenario_id"] for r in rows}),
+    }
+    if not rows:
+        raise DataError(
+            f"none of the {info['sampled']} reference samples was consistent and on task; fix: raise train.reference_samples "
+            "or use train.sft_source=chosen (stage 3's chosen answers)"
+        )
+    atomic_write_jsonl(out / "reference_sft.jsonl", rows)
+    return rows, info
+
+
+def training_prompts(run_dir: RunDir) -> list[Any]:
+    """Stage 3's training-split scenarios (`scenarios.jsonl`), or, for a run that recorded none, the distinct prompts of
+    its training pairs.
+
+    Raises:
+        DataError: there is no training prompt.
+    """
+    from personatune.rundir import RunDirError
+    from personatune.scenarios import Scenario
+
+    try:
+        path = run_dir.output_path("03_consistency_data", "scenarios")
+        scen = [Scenario(**r) for r in read_jsonl(path, fix=STAGE3_FIX) if r.get("split") == "train"]
+    except RunDirError:
+        path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
+        seen: dict[str, Any] = {}
+        for r in read_jsonl(path, fix=STAGE3_FIX):
+            sid = r.get("scenario_id") or json.dumps(r["prompt"])
+            seen.setdefault(
+                sid,
+                Scenario(
+                    id=sid,
+                    context=r.get("context") or "casual",
+                    messages=r["prompt"],
+                    targets=list(r.get("targets") or []),
+                    split="train",
+                ),
+            )
+        scen = list(seen.values())
+    if not scen:
+        raise DataError(
+            f"{path} has no training prompts; fix: re-run stage 3 (data.max_prompts, data.heldout_fraction)"
+        )
+    return scen
