@@ -97,8 +97,7 @@ def run_recipe(
         f"name={base.name}",
         f"train.eval_at_start={str(eval_at_start).lower()}",
     ]
-    if source:
-        over += [f"train.sft_source={source}"]
+    over += [f"train.sft_source={source or 'chosen'}"]
     if name in ("grpo", "rloo"):
         over += ["train.beta=0.04"]
     cfg = load_config(config_path, over)

@@ -255,6 +255,14 @@ def test_a_dpo_weight_per_loss_is_checked_at_load_time():
     )
 
 
+def test_reference_samples_as_sft_source_need_the_sft_recipe():
+    msg = refused("train.algorithm=dpo", "train.sft_source=reference")
+    assert "sft_source='reference' applies to algorithm='sft' only, not 'dpo'" in msg
+    assert "fix: set train.algorithm=sft" in msg
+    args = load_config(None, [PERSONA, "train.algorithm=sft", "train.sft_source=reference"]).train
+    assert (args.algorithm, args.sft_source, args.reference_samples) == ("sft", "reference", 4)
+
+
 def test_a_misspelled_device_is_refused_at_load_time():
     assert "model.device: not a device; fix: auto, cpu, cuda, cuda:N or mps (got 'gpu')" in refused("model.device=gpu")
     for ok in ("auto", "cpu", "cuda", "cuda:1", "mps"):

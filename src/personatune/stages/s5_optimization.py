@@ -3,8 +3,9 @@
 1. Load the baseline (stage 1) as the policy, the persona (stage 2), the stage-3 training pairs (no system
    prompt: the persona must end up in the weights) and the held-out prompts, and the scorer: the fitted
    evaluator of stage 4 when present, else a scorer built from the persona alone.
-2. Train with TRL (`train.algorithm`: DPO on the pairs, or GRPO/RLOO online with the scorer's consistency as
-   reward), LoRA or full, KL penalty `train.beta` > 0. Every `train.eval_every` steps PersonaEvalCallback samples
+2. Train with TRL (`train.algorithm`: DPO on the pairs, SFT on stage 3's chosen answers or, with
+   `train.sft_source: reference`, on consistent samples of the persona-prompted baseline (stages/reference_sft.py),
+   SDFT, or GRPO/RLOO online with the scorer's consistency as reward), LoRA or full, KL penalty `train.beta` > 0. Every `train.eval_every` steps PersonaEvalCallback samples
    the policy on held-out prompts, measures the exact per-token KL to the fixed reference (personatune.kl),
    scores the samples, appends the record to `metrics.jsonl`, saves a checkpoint, and the KL-budget controller
    decides whether to continue, stop or raise beta (`train.kl_control`).

@@ -164,6 +164,11 @@ class TrainArgs(ConfigSection):
                 f"dpo_loss_weights has {len(self.dpo_loss_weights)} entries for {len(self.dpo_loss)} dpo_loss entries "
                 f"{list(self.dpo_loss)}; fix: give one weight per loss, or leave it unset"
             )
+        if self.sft_source == "reference" and self.algorithm != "sft":
+            raise ValueError(
+                f"sft_source='reference' applies to algorithm='sft' only, not {self.algorithm!r}; fix: set "
+                "train.algorithm=sft, or leave train.sft_source at 'chosen'"
+            )
         return self
 
 
