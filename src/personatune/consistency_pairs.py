@@ -86,8 +86,9 @@ def choose_candidate(
         score: maps a candidate to its ResponseScore (identity when the candidates are scores).
     """
     if select == "adherent_voice":
-        fewest = min(traits_not_adhering(score(c)) for c in good)
-        good = [c for c in good if traits_not_adhering(score(c)) == fewest]
+        misses = [traits_not_adhering(score(c)) for c in good]
+        fewest = min(misses)
+        good = [c for c, m in zip(good, misses) if m == fewest]
         select = "typical_voice"
     if select == "typical_voice" and voice is not None:
         return min(good, key=lambda c: (voice_distance(score(c).style, voice), -score(c).consistency))

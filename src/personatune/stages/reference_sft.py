@@ -97,33 +97,30 @@ def reference_sft_rows(
 
 def training_prompts(run_dir: RunDir) -> list[Any]:
     """Stage 3's training-split scenarios (`scenarios.jsonl`), or, for a run that recorded none, the distinct prompts of
-    its training pairs.
+    its training pairs (`s6_round.round_prompts`, the prompts stage 6 samples).
 
     Raises:
         DataError: there is no training prompt.
     """
     from personatune.rundir import RunDirError
     from personatune.scenarios import Scenario
+    from personatune.stages.s6_round import round_prompts
 
     try:
         path = run_dir.output_path("03_consistency_data", "scenarios")
         scen = [Scenario(**r) for r in read_jsonl(path, fix=STAGE3_FIX) if r.get("split") == "train"]
     except RunDirError:
         path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
-        seen: dict[str, Any] = {}
-        for r in read_jsonl(path, fix=STAGE3_FIX):
-            sid = r.get("scenario_id") or json.dumps(r["prompt"])
-            seen.setdefault(
-                sid,
-                Scenario(
-                    id=sid,
-                    context=r.get("context") or "casual",
-                    messages=r["prompt"],
-                    targets=list(r.get("targets") or []),
-                    split="train",
-                ),
+        scen = [
+            Scenario(
+                id=r.get("scenario_id") or json.dumps(r["prompt"]),
+                context=r.get("context") or "casual",
+                messages=r["prompt"],
+                targets=list(r.get("targets") or []),
+                split="train",
             )
-        scen = list(seen.values())
+            for r in round_prompts(path)
+        ]
     if not scen:
         raise DataError(
             f"{path} has no training prompts; fix: re-run stage 3 (data.max_prompts, data.heldout_fraction)"
