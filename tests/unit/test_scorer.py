@@ -161,3 +161,13 @@ def test_on_task_reads_the_last_user_turn_and_prefers_an_answer_to_babble(scorer
         {"role": "user", "content": q},
     ]
     assert scorer.score([answer], prompts=[msgs])[0].on_task == pytest.approx(recs[0].on_task, abs=1e-6)
+
+
+@pytest.mark.stage
+def test_a_looping_answer_is_off_task_however_relevant_its_words(scorer):
+    q = "What would be on your ideal pizza?"
+    answer = "Mushrooms, olives and plenty of basil on a thin crust, with a little chilli oil at the end."
+    loop = "A pizza, a pizza, a pizza with cheese, a pizza, a pizza, a pizza with cheese, a pizza, a pizza."
+    ok, looped = scorer.score([answer, loop], prompts=[q, q])
+    assert ok.on_task >= 0.5 > looped.on_task
+    assert looped.on_task == 0.0  # its trigram repetition share is far above REPETITION_ALL

@@ -13,7 +13,8 @@ Per response (METRICS.md, "Per response"; the parts are explained in docs/person
   voice must hold.
 - rules: scoring/rules.py (hard rules listed in `hard_rules`).
 - on_task: P(the response addresses the user's last turn), from the frozen MiniLM relevance of the response
-  to that turn (instrument.on_task); None when no prompt is given.
+  to that turn (instrument.on_task), times the repetition factor (scoring/repetition.py: a looping answer
+  is off task however relevant its words); None when no prompt is given.
 - consistent = max_t violations[t] < 0.5 and every hard rule passes and style_match >= 0.5 and
   mean_{t in targets (all traits if none)} traits[t] >= 0.5.
 - consistency = 0 if a hard rule fails, else min(1 - max_t violations[t], style_match, that mean).
@@ -37,6 +38,7 @@ from personatune.persona import PersonaSpec
 from personatune.rundir import atomic_write_text
 from personatune.scoring.instrument import Instrument, sentence_weights, split_sentences
 from personatune.scoring.record import ResponseScore
+from personatune.scoring.repetition import repetition_factor, repetition_share
 from personatune.scoring.rules import compile_rules
 from personatune.scoring.style import style_features_batch, style_match
 from personatune.scoring.traits import PersonaProfile, build_profile, persona_hash
@@ -145,7 +147,7 @@ class Scorer:
         q_of = dict(zip(known, fz[len(fz) - len(known) :])) if known else {}
         out: list[float | None] = []
         off = 0
-        for ss, a in zip(sents, asks):
+        for text, ss, a in zip(texts, sents, asks):
             S = fz[off : off + len(ss)]
             off += len(ss)
             if not a:
@@ -154,7 +156,8 @@ class Scorer:
             w = sentence_weights(ss) @ S
             w = w / max(float(np.linalg.norm(w)), 1e-12)
             cos = S @ q_of[a]
-            out.append(self.instrument.on_task(float(w @ q_of[a]), float(cos.max())))
+            p = self.instrument.on_task(float(w @ q_of[a]), float(cos.max()))
+            out.append(p * repetition_factor(repetition_share(text)))
         return out
 
     def score(
