@@ -158,8 +158,10 @@ def decide(
 ) -> Decision:
     """Decide from the latest eval record whether training goes on.
 
-    Rules: while the latest KL is within the budget (kl <= max_kl), continue; over it but lower than every earlier
-    eval's KL (drift KL falling towards the budget from the unprompted start), continue. Otherwise, once it is over:
+    Rules: while the latest KL is within the budget (kl <= max_kl), continue; at step 0 (the untrained start),
+    continue; over it but not significantly above the lowest
+    earlier eval's KL (drift KL falling towards the budget from the unprompted start; "significantly": by more than
+    two standard errors of the difference, from the records' `kl_stderr`, 0 where absent), continue. Otherwise, once it is over:
     policy "stop" stops (the best earlier checkpoint is kept by `select_checkpoint`); policy
     "raise_beta" multiplies the KL penalty by `raise_factor` and continues, at most `max_raises` times
     (counted from records whose "decision" is "raise_beta"), then stops.
@@ -183,15 +185,25 @@ def decide(
         return Decision("continue", f"step {last.get('step')}: KL not measured")
     if kl <= max_kl:
         return Decision("continue", f"step {last.get('step')}: KL {kl:.4g} <= {max_kl:g} nats/token")
+    if last.get("step") == 0:
+        # The untrained starting point: drift KL is over the budget there by construction (the unprompted baseline
+        # against the persona-prompted reference); training is what brings it in, so it never stops here.
+        return Decision("continue", f"step 0: KL {kl:.4g} > {max_kl:g} nats/token at the start; training moves it")
     # Drift KL starts above the budget (the unprompted baseline is not the persona-prompted reference): while training
-    # brings it down — below every earlier eval's — it is moving into the budget, so it goes on.
-    earlier = [v for v in (_num(r.get("kl")) for r in history[:-1]) if v is not None]
-    if earlier and kl < min(earlier):
-        return Decision(
-            "continue",
-            f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token but below every earlier eval "
-            f"(lowest {min(earlier):.4g}): moving into the budget",
-        )
+    # brings it down — not significantly above the lowest earlier eval's — it is moving into the budget, so it goes on.
+    earlier = [r for r in history[:-1] if _num(r.get("kl")) is not None]
+    if earlier:
+        low = min(earlier, key=lambda r: _num(r.get("kl")))
+        low_kl = _num(low.get("kl"))
+        # Not significantly above the lowest earlier eval: two standard errors of the difference (0 when the records
+        # carry no stderr). A rise smaller than the estimate's own noise is no evidence that KL stopped falling.
+        se = math.hypot(_num(last.get("kl_stderr")) or 0.0, _num(low.get("kl_stderr")) or 0.0)
+        if kl < low_kl + 2.0 * se:
+            return Decision(
+                "continue",
+                f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token but not above the lowest earlier eval "
+                f"({low_kl:.4g}) by more than 2 standard errors ({2.0 * se:.2g}): moving into the budget",
+            )
     over = f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token"
     if policy == "stop":
         return Decision("stop", over + "; stopping (the best checkpoint within budget is kept)")

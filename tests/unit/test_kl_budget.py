@@ -108,3 +108,20 @@ def test_drift_kl_falling_towards_the_budget_continues_and_stops_once_it_rises()
     assert decide(h, max_kl=0.1, policy="stop").action == "stop"
     # the first record over the budget, with nothing earlier to compare, stops as before
     assert decide([{"step": 10, "kl": 0.3}], max_kl=0.1, policy="stop").action == "stop"
+    # a rise within the estimates' noise is not a reason to stop: the main job's stage 5 of 2026-12-01 stopped at
+    # step 30 on 0.2554±0.018 -> 0.2629±0.021 (a rise of 0.0075 against a standard error of the difference of 0.028)
+    h = [
+        {"step": 0, "kl": 0.3219, "kl_stderr": 0.022},
+        {"step": 10, "kl": 0.3156, "kl_stderr": 0.024},
+        {"step": 20, "kl": 0.2554, "kl_stderr": 0.018},
+        {"step": 30, "kl": 0.2629, "kl_stderr": 0.021},
+    ]
+    d = decide(h, max_kl=0.1, policy="stop")
+    assert d.action == "continue" and "2 standard errors" in d.reason
+    # a rise of more than two standard errors (0.055 here) stops
+    h[-1] = {"step": 30, "kl": 0.33, "kl_stderr": 0.021}
+    assert decide(h, max_kl=0.1, policy="stop").action == "stop"
+    # ...but the untrained start (step 0) is never a reason to stop, whatever its KL: training moves it
+    d = decide([{"step": 0, "kl": 0.32}], max_kl=0.1, policy="stop")
+    assert d.action == "continue" and "at the start" in d.reason
+    assert decide([{"step": 0, "kl": 0.32}], max_kl=0.1, policy="raise_beta", beta=0.1).action == "continue"
