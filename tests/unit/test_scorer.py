@@ -171,3 +171,8 @@ def test_a_looping_answer_is_off_task_however_relevant_its_words(scorer):
     ok, looped = scorer.score([answer, loop], prompts=[q, q])
     assert ok.on_task >= 0.5 > looped.on_task
     assert looped.on_task == 0.0  # its trigram repetition share is far above REPETITION_ALL
+    # and the training reward (consistency x on_task) cannot rise by looping
+    from personatune.scoring.reward import make_reward_fn
+
+    r_ok, r_loop = make_reward_fn(scorer)(prompts=[q, q], completions=[answer, loop])
+    assert r_loop == 0.0 <= r_ok
