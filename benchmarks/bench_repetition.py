@@ -25,26 +25,21 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
 
-def _answers(row: dict) -> dict[str, str]:
-    out = {}
-    for kind in ("gold", "generic", "flipped", "babble"):
-        v = row.get(kind)
-        out[kind] = v["text"] if isinstance(v, dict) else v
-    return out
-
-
 def hand_written(folders: list[Path]) -> None:
+    from personatune.persona import load_persona
+    from personatune.scoring.gold import load_gold
     from personatune.scoring.repetition import repetition_factor, repetition_share
 
     total = lowered_all = 0
     for folder in folders:
+        spec = load_persona(folder / "persona.yaml")
+        items, problems = load_gold(folder / "responses.jsonl", spec.trait_ids)
+        for pr in problems:
+            print(f"  skipped {folder.name} line {pr['line']}: {pr['reason']}")
         shares: dict[str, list[float]] = {}
-        for line in (folder / "responses.jsonl").read_text(encoding="utf-8").splitlines():
-            if not line.strip():
-                continue
-            for kind, text in _answers(json.loads(line)).items():
-                if isinstance(text, str):
-                    shares.setdefault(kind, []).append(repetition_share(text))
+        for it in items:
+            for kind, text in it.answers.items():
+                shares.setdefault(kind, []).append(repetition_share(text))
         parts = []
         for kind, xs in shares.items():
             low = sum(repetition_factor(x) < 1.0 for x in xs)
@@ -58,11 +53,12 @@ def hand_written(folders: list[Path]) -> None:
 def _rows(path: Path) -> list[tuple[str, str, float | None]]:
     text = path.read_text(encoding="utf-8")
     items = json.loads(text) if path.suffix == ".json" else [json.loads(x) for x in text.splitlines() if x.strip()]
+    from personatune.scoring.scorer import last_user_turn
+
     rows = []
     for it in items:
         if "messages" in it:
-            users = [m["content"] for m in it["messages"] if m["role"] == "user"]
-            prompt, response = users[-1], it["messages"][-1]["content"]
+            prompt, response = last_user_turn(it["messages"]), it["messages"][-1]["content"]
         else:
             prompt, response = it["prompt"], it["response"]
         rows.append((prompt, response, it.get("on_task")))
@@ -102,9 +98,22 @@ def main() -> int:
     a = ap.parse_args()
     folders = sorted((REPO / "benchmarks" / "gold").glob("*/responses.jsonl"))
     folders += sorted((REPO / "benchmarks" / "scorer_corpus").glob("*/responses.jsonl"))
-    hand_written([f.parent for f in folders] + [Path(s) for s in a.sets])
-    for s in a.samples:
-        model_samples(Path(s), a.show)
+    from personatune.errors import PersonatuneError
+
+    try:
+        hand_written([f.parent for f in folders] + [Path(s) for s in a.sets])
+        for s in a.samples:
+            model_samples(Path(s), a.show)
+    except PersonatuneError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError, KeyError) as e:
+        print(
+            f"error: cannot read {e!s:.200}; fix: pass a samples.json list of {{prompt, response, on_task}} or a "
+            "JSONL of {messages, on_task}",
+            file=sys.stderr,
+        )
+        return 2
     return 0
 
 

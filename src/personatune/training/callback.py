@@ -176,9 +176,10 @@ class PersonaEvalCallback:
                 action, new_beta = int(msg[0].item()), float(msg[1].item())
         else:
             row["decision"] = "deferred" if self.evaluate is not None else "not_evaluated"
-        if step > 0 and action == 1:
+        # `decide` never stops or raises beta at step 0 (the untrained start), so the action applies as given.
+        if action == 1:
             control.should_training_stop = True
-        elif step > 0 and action == 2:
+        elif action == 2:
             # TRL's DPO/GRPO/RLOO losses read `trainer.beta` at every step, so a new value takes effect at the next one.
             t.beta = new_beta
             t.args.beta = new_beta
