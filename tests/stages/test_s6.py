@@ -326,14 +326,15 @@ def test_two_rounds_measure_kl_against_baseline_keep_best_and_resume(run_copy, t
 
 def test_round_that_changes_nothing_does_not_improve_and_keeps_round_0(run_copy, tmp_path):
     # A learning rate of 1e-30 moves LoRA B from 0 to ~1e-30: merged into float32 weights it changes nothing, so round 1
-    # measures exactly what round 0 does; equal is not an improvement, and the tie keeps the earlier round.
+    # measures what round 0 does (KL up to float rounding: the policy's log-probs come from its sampling pass); equal is
+    # not an improvement, and the tie keeps the earlier round.
     cfg = make_config(tmp_path, rounds=3)
     cfg.train.learning_rate = 1e-30
     res = s6_iterations.run(cfg, RunDir(run_copy))
     out = run_copy / "06_iterations"
     rows = read_jsonl(out / "rounds.jsonl")
     assert [r["round"] for r in rows] == [0, 1] and rows[1]["steps"] == 2 and rows[1]["pairs"] > 0
-    assert rows[1]["consistency"] == rows[0]["consistency"] and rows[1]["kl"] == pytest.approx(rows[0]["kl"], abs=1e-9)
+    assert rows[1]["consistency"] == rows[0]["consistency"] and rows[1]["kl"] == pytest.approx(rows[0]["kl"], abs=1e-6)
     m = json.loads((out / "metrics.json").read_text())
     assert m["stop_reason"] == "no improvement" and m["best_round"] == 0 and [r["kept"] for r in rows] == [True, False]
     assert weights_hash(res.outputs["model"]) == weights_hash(run_copy / "05_optimization" / "model")

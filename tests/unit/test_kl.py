@@ -140,3 +140,76 @@ def test_measure_drift_on_the_tiny_chat_model():
     a = measure_drift(policy, other, tok, prompts, [], max_new_tokens=8, seed=1, batch_size=2).drift
     b = measure_kl(policy, other, tok, prompts, max_new_tokens=8, seed=1, batch_size=2)
     assert abs(a.per_token - b.per_token) < 1e-5 and a.tokens == b.tokens
+
+
+@pytest.mark.stage
+def test_shared_prefix_logprobs_equal_the_plain_ones_and_brute_force():
+    from personatune.kl import MIN_SHARED_PREFIX, response_logprobs
+
+    model = tiny(6)
+    ctx = [(7 * i) % 47 + 2 for i in range(MIN_SHARED_PREFIX + 4)]  # a context every row starts with
+    prefixes = [ctx + [3, 7, 9], ctx + [5], ctx + [8, 8, 6, 4, 2]]  # different rests: padding between ctx and rest
+    resp = [[11, 4, 5, 8], [12, 13], [14, 15, 16]]  # different lengths: right padding
+    calls = []
+    hook = model.register_forward_hook(lambda m, a, kw, out: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    with torch.inference_mode():
+        shared = response_logprobs(model, prefixes, resp, pad=0)
+        plain = response_logprobs(model, prefixes, resp, pad=0, share_prefix=False)
+    hook.remove()
+    # Shared: the context once at batch 1, then only the rest + response per row; plain: one full forward.
+    assert calls == [(1, len(ctx)), (3, 5 + 4), (3, len(ctx) + 5 + 4)]
+    with torch.inference_mode():
+        for s, p, pre, r in zip(shared, plain, prefixes, resp):
+            assert s.shape == p.shape == (len(r), 50)
+            assert float((s - p).abs().max()) < 1e-4
+            alone = torch.log_softmax(model(input_ids=torch.tensor([pre + r])).logits[0, len(pre) - 1 : -1], -1)
+            assert float((s - alone).abs().max()) < 1e-4
+        # A different context in one row: no shared prefix, the plain path, the same numbers.
+        other = [list(reversed(ctx)) + [3, 7, 9]] + prefixes[1:]
+        mixed = response_logprobs(model, other, resp, pad=0)
+        alone = torch.log_softmax(
+            model(input_ids=torch.tensor([other[0] + resp[0]])).logits[0, len(other[0]) - 1 : -1], -1
+        )
+        assert float((mixed[0] - alone).abs().max()) < 1e-4
+
+
+@pytest.mark.stage
+def test_shared_prefix_through_the_adapter_disabled_reference():
+    from peft import LoraConfig, get_peft_model
+
+    from personatune.kl import MIN_SHARED_PREFIX, response_logprobs
+    from personatune.training.trainers import AdapterDisabledReference
+
+    base = tiny(8)
+    want_model = copy.deepcopy(base)
+    peft = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    ref = AdapterDisabledReference(peft)
+    ctx = list(range(2, MIN_SHARED_PREFIX + 6))
+    prefixes, resp = [ctx + [3, 7], ctx + [9]], [[11, 4, 5], [12]]
+    with torch.inference_mode():
+        got = response_logprobs(ref, prefixes, resp, pad=0)
+        want = response_logprobs(want_model, prefixes, resp, pad=0, share_prefix=False)
+        adapted = response_logprobs(peft, prefixes, resp, pad=0)
+    assert all(float((g - w).abs().max()) < 1e-4 for g, w in zip(got, want))
+    assert float((adapted[0] - want[0]).abs().max()) > 1e-3  # the adapters are on outside the reference
+
+
+@pytest.mark.stage
+def test_sampled_logprobs_equal_a_second_forward_pass():
+    from personatune.kl import _sample_responses, response_logprobs
+    from personatune.models import build_tiny_model, encode_chat
+
+    policy, tok = build_tiny_model(2)
+    convs = [
+        [{"role": "user", "content": "hello there"}],
+        [{"role": "user", "content": "what is the sky made of today"}],
+    ]
+    plain = [encode_chat(tok, c, add_generation_prompt=True) for c in convs]  # different lengths: left padding
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    with torch.inference_mode():
+        resp, lp = _sample_responses(
+            policy, tok, plain, max_new_tokens=12, gen=torch.Generator().manual_seed(0), pad=pad
+        )
+        again = response_logprobs(policy, plain, resp, pad)
+    assert [x.shape[0] for x in lp] == [len(r) for r in resp]
+    assert all(float((a - b).abs().max()) < 1e-4 for a, b in zip(lp, again))

@@ -416,6 +416,11 @@ class AdapterDisabledReference:
     def parameters(self) -> Any:
         return self.model.parameters()
 
+    @property
+    def config(self) -> Any:
+        """The base model's config (kl.response_logprobs reads it to share a prefix's KV cache across rows)."""
+        return self.model.config
+
 
 def reference_of(trainer: Any) -> Any:
     """The fixed reference of a built trainer: base-with-adapters-off for PEFT, else the trainer's frozen ref model.
