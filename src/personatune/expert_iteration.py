@@ -221,7 +221,8 @@ def round_row(n: int, ev: Any, g: OptimGateArgs, pairs: int, steps: int, seconds
 
 
 def round_key(config: Any, n: int, start_hash: str) -> str:
-    """What a finished round depends on: its number, the model it started from, and the config that shapes it.
+    """What a finished round depends on: its number, the model it started from, and the config that shapes it
+    (the measurement's decoding, `eval`, and scorer, `scorer`, included).
 
     The round budget and the stop rules only decide whether to go on, so raising `iterations.rounds` keeps the
     finished rounds.
@@ -229,8 +230,25 @@ def round_key(config: Any, n: int, start_hash: str) -> str:
     dump = config.model_dump(mode="json")
     it = {k: v for k, v in dump["iterations"].items() if k not in ("rounds", "min_improvement", "stop_margin")}
     blob = json.dumps(
-        {k: dump.get(k) for k in ("model", "train", "data", "gates", "seed")}
+        {k: dump.get(k) for k in ("model", "train", "data", "gates", "seed", "eval", "scorer")}
         | {"iterations": it, "round": n, "start": start_hash},
         sort_keys=True,
     )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def round_0_record(config: Any, ev: Any, g: OptimGateArgs, model_hash: str) -> dict[str, Any]:
+    """Round 0's record (records.RoundResult) from stage 5's own final measurement of the model it saved.
+
+    Stage 6 measures its starting point exactly as stage 5 measures its result (all held-out prompts, the same
+    decoding, seed, reference and scorer), so stage 5 writes this (`05_optimization/final_eval.json`) and stage 6
+    reads it instead of measuring the same model twice, when its key (`round_key` of that model's hash) matches.
+    """
+    return {
+        "round": 0,
+        "key": round_key(config, 0, model_hash),
+        "row": round_row(0, ev, g, 0, 0, ev.seconds),
+        "eval": ev.to_record(),
+        "model": None,
+        "model_hash": model_hash,
+    }

@@ -202,8 +202,10 @@ def _prefix_cache(model: Any, prefix: list[int], rows: int, device: Any) -> Any:
 
 
 def kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:
-    """Exact KL(p || q) per row of two (n, vocab) log-probability tensors."""
-    return (logp.exp() * (logp - logq)).sum(-1)
+    """Exact KL(p || q) per row of two (n, vocab) log-probability tensors, floored at 0: KL is never negative, and
+    two passes of the same weights (the policy's log-probs come from its sampling pass) differ by float rounding
+    only, which could print as a "persona shift of -3e-09"."""
+    return (logp.exp() * (logp - logq)).sum(-1).clamp(min=0)
 
 
 @torch.inference_mode()

@@ -324,6 +324,36 @@ def test_two_rounds_measure_kl_against_baseline_keep_best_and_resume(run_copy, t
         s6_iterations.run(cfg, RunDir(run_copy))
 
 
+def test_round_0_is_stage_5s_own_final_measurement_unless_the_settings_changed(run_copy, tmp_path, monkeypatch):
+    from personatune.expert_iteration import round_key
+    from personatune.stages import s6_round
+
+    cfg = make_config(tmp_path, rounds=0)
+    s5 = run_copy / "05_optimization"
+    rec5 = json.loads((s5 / "final_eval.json").read_text())
+    m5 = json.loads((s5 / "metrics.json").read_text())["final"]
+    assert rec5["key"] == round_key(cfg, 0, file_hash(s5 / "model")) and rec5["model_hash"] == file_hash(s5 / "model")
+    assert (rec5["row"]["kl"], rec5["row"]["consistency"], rec5["row"]["adherence"]) == (
+        m5["kl"],
+        m5["consistency"],
+        m5["adherence"],
+    )
+    calls = []
+    real = s6_round.RoundSetup.evaluate
+    monkeypatch.setattr(s6_round.RoundSetup, "evaluate", lambda self, *a: calls.append(1) or real(self, *a))
+    s6_iterations.run(cfg, RunDir(run_copy))
+    rows = read_jsonl(run_copy / "06_iterations" / "rounds.jsonl")
+    assert calls == [] and rows[0]["kl"] == rec5["row"]["kl"] and rows[0]["consistency"] == rec5["row"]["consistency"]
+    assert "stage 5's final measurement of the same model and settings, reused" in (run_copy / "log.txt").read_text()
+    # Another decoding is another measurement: round 0 is measured here.
+    shutil.rmtree(run_copy / "06_iterations")
+    s6_iterations.run(
+        make_config(tmp_path, rounds=0).model_copy(update={"eval": cfg.eval.model_copy(update={"temperature": 0.5})}),
+        RunDir(run_copy),
+    )
+    assert calls == [1]
+
+
 def test_round_that_changes_nothing_does_not_improve_and_keeps_round_0(run_copy, tmp_path):
     # A learning rate of 1e-30 moves LoRA B from 0 to ~1e-30: merged into float32 weights it changes nothing, so round 1
     # measures what round 0 does (KL up to float rounding: the policy's log-probs come from its sampling pass); equal is

@@ -381,7 +381,7 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
         "drift KL" in kl_gate.description
         and "persona_shift" in (rd.root / "05_optimization" / "model" / "README.md").read_text()
     )
-    assert set(res.outputs) == {"model", "metrics", "card"}
+    assert set(res.outputs) == {"model", "metrics", "card", "final_eval"}
     # The saved model is merged (no adapter files) and loads with its chat template.
     assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
     m2, t2 = models.load_model_and_tokenizer(str(rd.root / "05_optimization" / "model"))

@@ -17,10 +17,11 @@
    policy's own samples, no system prompt. Each rate needs `rate_min_n(threshold)` samples, style variance
    gates.evaluation.min_style_variance_n; fewer: inconclusive (METRICS.md "Evidence").
 4. Save it (LoRA merged when `train.merge_lora`) with its tokenizer and chat template to `05_optimization/model/`,
-   with a model card README.md.
+   with a model card README.md, and the measurement of step 3 as `final_eval.json` (stage 6's round 0 is that same
+   measurement of that same model: it reads it instead of measuring again).
 
 Multi-process (accelerate launch / torchrun): every rank trains; the main rank does steps 3-4 and writes
-`result.json`, the others wait at a barrier and return the same result. Outputs: model, metrics, card.
+`result.json`, the others wait at a barrier and return the same result. Outputs: model, metrics, card, final_eval.
 """
 
 from __future__ import annotations
@@ -32,11 +33,12 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError
+from personatune.expert_iteration import round_0_record
 from personatune.gates import GateReport, fmt_metric
 from personatune.kl_budget import Selection
 from personatune.logs import logged_stage
-from personatune.records import OptimizationMetrics, write_record
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from personatune.records import OptimizationMetrics, RoundResult, write_record
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, file_hash, read_jsonl
 from personatune.stage import StageResult
 from personatune.stages.optimization_common import (
     STAGE3_FIX,
@@ -317,6 +319,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "scorer": scorer_desc,
     }
     atomic_write_text(model_dir / "README.md", model_card(config, args, inp.spec, data_info, sel, summary, gate))
+    # Stage 6's round 0 is this same measurement of this same model: it reads it instead of measuring again.
+    write_record(out / "final_eval.json", RoundResult, round_0_record(config, ev, g, file_hash(model_dir)))
     metrics = {
         "selection": {"reason": sel.reason, "within_budget": sel.within_budget, "record": sel.record},
         "final": summary,
@@ -335,7 +339,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "history": history,
     }
     write_record(out / "metrics.json", OptimizationMetrics, metrics)
-    outputs = {"model": model_dir, "metrics": out / "metrics.json", "card": model_dir / "README.md"}
+    outputs = {
+        "model": model_dir,
+        "metrics": out / "metrics.json",
+        "card": model_dir / "README.md",
+        "final_eval": out / "final_eval.json",
+    }
     shift_txt = "" if ev.persona_shift is None else f" (persona shift {ev.persona_shift.per_token:.4g})"
     message = (
         f"{args.algorithm} {trainer.state.global_step} steps; selected step {summary['selected_step']}: drift KL {ev.kl.per_token:.4g} "

@@ -1,6 +1,7 @@
 """Stage 6 — iterative training as expert iteration: sample the policy, keep what is in persona and on task, train on it.
 
-Round 0 is the stage-5 model, measured like every round. Each round n = 1, 2, … then does, in order:
+Round 0 is the stage-5 model, measured like every round (stage 5's own final measurement of it,
+`05_optimization/final_eval.json`, is that measurement: reused when its key matches). Each round n = 1, 2, … then does, in order:
 
 1. sample `iterations.samples_per_prompt` responses per stage-3 training prompt (no system prompt) from the
    current policy = the model of round n-1;
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from personatune.config import RunConfig
+from personatune.errors import RunDirError
 from personatune.expert_iteration import ROW_KEYS, round_key, select_round, stop_reason
 from personatune.gates import GateReport, Measurement, fmt_metric
 from personatune.logs import logged_stage
@@ -75,6 +77,14 @@ STAGE = "06_iterations"
 def final_model_path(run_dir: RunDir) -> Path:
     """The model later stages use: stage 6's kept model."""
     return run_dir.output_path(STAGE, "model")
+
+
+def stage5_final_eval(run_dir: RunDir) -> Path | None:
+    """Stage 5's final measurement (its output `final_eval`), None for a run directory made before it had one."""
+    try:
+        return run_dir.output_path("05_optimization", "final_eval")
+    except RunDirError:
+        return None
 
 
 def _copy_model(src: Path, dst: Path, card: str) -> None:
@@ -234,7 +244,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     )
 
     # 2. Round 0 (main rank): the stage-5 model, measured exactly like the rounds.
-    rec = ranks.main_only(partial(measure_round_0, setup, s5_model, out / "round_0"))
+    rec = ranks.main_only(partial(measure_round_0, setup, s5_model, out / "round_0", stage5_final_eval(run_dir)))
     recs, rows = [rec], [rec["row"]]
     start, start_hash = s5_model, rec["model_hash"]
     echo(

@@ -35,13 +35,13 @@ from personatune.stages.optimization_common import (
 from personatune.training import EvalResult, EvalSet, EvalSettings, evaluate_policy
 
 
-def load_finished_round(rdir: Path, key: str) -> dict[str, Any] | None:
-    """A finished round's record, if it fits `records.RoundResult`, its key matches and its model (when it has one) is
-    intact; else None (the round is redone)."""
-    p = rdir / "result.json"
+def load_finished_round(rdir: Path, key: str, name: str = "result.json") -> dict[str, Any] | None:
+    """A finished round's record (`rdir/name`), if it fits `records.RoundResult`, its key matches and its model (when
+    it has one) is intact; else None (the round is redone)."""
+    p = rdir / name
     try:
         rec = json.loads(p.read_text(encoding="utf-8"))
-        parse_record(RoundResult, rec, f"{rdir.name}/result.json")
+        parse_record(RoundResult, rec, f"{rdir.name}/{name}")
     except (OSError, json.JSONDecodeError, RecordError):
         return None
     if rec.get("key") != key:
@@ -101,9 +101,13 @@ def round_prompts(pairs_path: Path) -> list[dict[str, Any]]:
     return list(items.values())
 
 
-def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path) -> dict[str, Any]:
-    """Main rank: round 0's record (written to `rdir/result.json`): the stage-5 model measured exactly like the rounds,
-    or the record of an earlier run when its key and model still match."""
+def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path, s5_eval: Path | None = None) -> dict[str, Any]:
+    """Main rank: round 0's record (written to `rdir/result.json`): the stage-5 model measured exactly like the rounds.
+
+    Taken, in order, from an earlier run of this stage, or from stage 5's own final measurement (`s5_eval`,
+    `05_optimization/final_eval.json`: the same prompts, decoding, seed, reference and scorer), when the key (config
+    and model hash) matches; otherwise measured here.
+    """
     from personatune import models
 
     config, g = setup.config, setup.config.gates.optimization
@@ -112,6 +116,11 @@ def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path) -> dict[str, 
     rec = load_finished_round(rdir, key)
     if rec is not None:
         setup.echo("round 0: measured earlier, skipped")
+        return rec
+    rec = None if s5_eval is None else load_finished_round(s5_eval.parent, key, s5_eval.name)
+    if rec is not None and rec.get("model_hash") == start_hash:
+        setup.echo("round 0: stage 5's final measurement of the same model and settings, reused")
+        write_record(rdir / "result.json", RoundResult, rec)
         return rec
     t0 = time.time()
     policy, tok = load_policy(s5_model, config, setup.inputs.baseline, for_training=False)
