@@ -213,3 +213,28 @@ def test_sampled_logprobs_equal_a_second_forward_pass():
         again = response_logprobs(policy, plain, resp, pad)
     assert [x.shape[0] for x in lp] == [len(r) for r in resp]
     assert all(float((a - b).abs().max()) < 1e-4 for a, b in zip(lp, again))
+
+
+@pytest.mark.stage
+def test_a_model_that_ignores_the_cache_gets_the_plain_path():
+    from personatune.kl import MIN_SHARED_PREFIX, response_logprobs
+
+    model = tiny(9)
+
+    class NoCache:  # a forward with another signature: the cache it is given stays empty
+        config = model.config
+
+        def __call__(self, **kw):
+            kw.pop("cache", None)
+            kw.pop("use_cache", None)
+            return model(**kw)
+
+        def parameters(self):
+            return model.parameters()
+
+    ctx = list(range(2, MIN_SHARED_PREFIX + 6))
+    prefixes, resp = [ctx + [3, 7], ctx + [9]], [[11, 4, 5], [12]]
+    with torch.inference_mode():
+        got = response_logprobs(NoCache(), prefixes, resp, pad=0)
+        want = response_logprobs(model, prefixes, resp, pad=0, share_prefix=False)
+    assert all(float((g - w).abs().max()) < 1e-4 for g, w in zip(got, want))
