@@ -50,7 +50,6 @@ def main() -> None:
     from personatune import models, training
     from personatune.config import load_config
     from personatune.errors import PersonatuneError
-    from personatune.generation.hf import HFBackend
     from personatune.kl import _sample_responses, kl_from_logprobs, response_logprobs, summarize_kls
     from personatune.models import encode_chat
     from personatune.rundir import RunDir
@@ -107,18 +106,7 @@ def main() -> None:
             lq1 = timed("kl ref ctx 1x", lambda: response_logprobs(reference, prompted, r, pad, share_prefix=False))
             drift["shared"] += [kl_from_logprobs(a, b) for a, b in zip(lp, lq)]
             drift["unshared"] += [kl_from_logprobs(a, b) for a, b in zip(lp, lq1)]
-    outs = timed(
-        "eval sample",
-        lambda: HFBackend(policy, tok, batch_size=st.batch_size).generate(
-            ev.prompts,
-            max_new_tokens=st.max_new_tokens,
-            temperature=st.temperature,
-            top_p=st.top_p,
-            n=1,
-            seed=st.seed,
-        ),
-    )
-    texts = [o[0] for o in outs]
+    texts = timed("eval sample", lambda: training.eval_samples(policy, tok, ev, st))
     timed(
         "score",
         lambda: scorer.score(

@@ -225,9 +225,17 @@ def prefixed_kls(
     The two prefixes may differ (drift KL: the reference's starts with the persona context); the comparison is
     aligned at the response tokens, which are the same for both.
     """
-    lp = response_logprobs(policy, policy_prefixes, responses, pad)
-    lq = response_logprobs(reference, reference_prefixes, responses, pad)
-    return [kl_from_logprobs(a, b) for a, b in zip(lp, lq)]
+    return kls_against(
+        response_logprobs(policy, policy_prefixes, responses, pad), reference, reference_prefixes, responses, pad
+    )
+
+
+def kls_against(
+    logp: list[torch.Tensor], reference: Any, prefixes: list[list[int]], responses: list[list[int]], pad: int
+) -> list[torch.Tensor]:
+    """Per-token KL(p || reference(.|prefix, r<t)) of each response, from the policy's log-probabilities `logp` at its
+    tokens (`response_logprobs`, or the sampling pass's)."""
+    return [kl_from_logprobs(a, b) for a, b in zip(logp, response_logprobs(reference, prefixes, responses, pad))]
 
 
 def _sample_responses(
@@ -301,8 +309,8 @@ def measure_drift(
         prompted = [encode_chat(tokenizer, list(context) + list(p), add_generation_prompt=True) for p in chunk]
         ctx_tokens = max([ctx_tokens] + [len(a) - len(b) for a, b in zip(prompted, plain)])
         responses, lp = _sample_responses(policy, tokenizer, plain, max_new_tokens=max_new_tokens, gen=gen, pad=pad)
-        shift += [kl_from_logprobs(a, b) for a, b in zip(lp, response_logprobs(reference, plain, responses, pad))]
-        drift += [kl_from_logprobs(a, b) for a, b in zip(lp, response_logprobs(reference, prompted, responses, pad))]
+        shift += kls_against(lp, reference, plain, responses, pad)
+        drift += kls_against(lp, reference, prompted, responses, pad)
     d, sh = summarize_kls(drift), summarize_kls(shift)
     d.reference, sh.reference = DRIFT_REFERENCE, SHIFT_REFERENCE
     return DriftResult(d, sh, ctx_tokens)
@@ -338,5 +346,5 @@ def measure_kl(
     for s in range(0, len(prompts), batch_size):
         plain = [encode_chat(tokenizer, p, add_generation_prompt=True) for p in prompts[s : s + batch_size]]
         responses, lp = _sample_responses(policy, tokenizer, plain, max_new_tokens=max_new_tokens, gen=gen, pad=pad)
-        per_seq += [kl_from_logprobs(a, b) for a, b in zip(lp, response_logprobs(reference, plain, responses, pad))]
+        per_seq += kls_against(lp, reference, plain, responses, pad)
     return summarize_kls(per_seq)

@@ -118,7 +118,7 @@ def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path, s5_eval: Path
         setup.echo("round 0: measured earlier, skipped")
         return rec
     rec = None if s5_eval is None else load_finished_round(s5_eval.parent, key, s5_eval.name)
-    if rec is not None and rec.get("model_hash") == start_hash:
+    if rec is not None:  # its key holds the saved model's hash: a match is this model
         setup.echo("round 0: stage 5's final measurement of the same model and settings, reused")
         write_record(rdir / "result.json", RoundResult, rec)
         return rec

@@ -5,7 +5,7 @@
 - `trainers.py`: `build_dpo_trainer`, `build_sft_trainer`, `build_sdft_trainer`, `build_grpo_trainer`,
   `build_rloo_trainer` from TrainArgs and a `TrainerRun` (folder, seed, callbacks); the DPO reference given the
   persona context (`use_prompted_reference`); the fixed reference of a built trainer (`reference_of`).
-- `evaluation.py`: held-out prompts (`EvalSet`), one eval's decoding (`EvalSettings`), `evaluate_policy` ->
+- `evaluation.py`: held-out prompts (`EvalSet`), one eval's decoding (`EvalSettings`), its samples (`eval_samples`), `evaluate_policy` ->
   `EvalResult` (exact drift KL and persona metrics of the policy's own samples), `metrics.jsonl` helpers.
 - `callback.py`: `PersonaEvalCallback`, eval + checkpoint + KL-budget control every `train.eval_every` steps.
 
@@ -24,6 +24,7 @@ from personatune.training.evaluation import (
     EvalSet,
     EvalSettings,
     append_jsonl,
+    eval_samples,
     evaluate_policy,
     read_history,
 )
@@ -59,6 +60,7 @@ __all__ = [
     "build_sdft_trainer",
     "build_sft_trainer",
     "check_beta",
+    "eval_samples",
     "evaluate_policy",
     "lora_config",
     "prompted_reference_logps",

@@ -168,6 +168,17 @@ class EvalSettings:
     context: list[dict[str, str]] | None = None
 
 
+def eval_samples(model: Any, tokenizer: Any, evalset: EvalSet, settings: EvalSettings) -> list[str]:
+    """One response per held-out prompt at the eval decoding (no system prompt): the texts the persona metrics score."""
+    from personatune.generation.hf import HFBackend
+
+    st = settings
+    outs = HFBackend(model, tokenizer, batch_size=st.batch_size).generate(
+        evalset.prompts, max_new_tokens=st.max_new_tokens, temperature=st.temperature, top_p=st.top_p, n=1, seed=st.seed
+    )
+    return [o[0] for o in outs]
+
+
 def evaluate_policy(
     model: Any, reference: Any, tokenizer: Any, evalset: EvalSet, scorer: Any, settings: EvalSettings
 ) -> EvalResult:
@@ -184,7 +195,6 @@ def evaluate_policy(
     """
     import torch
 
-    from personatune.generation.hf import HFBackend
     from personatune.kl import measure_drift, measure_kl
     from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
 
@@ -218,21 +228,13 @@ def evaluate_policy(
                 batch_size=st.batch_size,
             )
             kl, shift = dr.drift, dr.shift
-        outs = HFBackend(model, tokenizer, batch_size=st.batch_size).generate(
-            evalset.prompts,
-            max_new_tokens=st.max_new_tokens,
-            temperature=st.temperature,
-            top_p=st.top_p,
-            n=1,
-            seed=st.seed,
-        )
+        texts = eval_samples(model, tokenizer, evalset, st)
     finally:
         if was_training:
             model.train()
         torch.set_rng_state(rng)
         if cuda_rng is not None:
             torch.cuda.set_rng_state_all(cuda_rng)
-    texts = [o[0] for o in outs]
     recs = scorer.score(
         texts,
         prompts=[list(p) for p in evalset.prompts],
