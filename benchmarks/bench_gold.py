@@ -10,6 +10,11 @@ The detectors are fitted from the persona file alone, as stage 3's scorer is: th
 training data. These sets are a development set; a separate held-out set of the same format is used to
 check the result.
 
+With two or more sets it also prints the **other-persona check**: every set's gold answers scored against every
+other set's persona (targets: all of that persona's traits). A gold answer of another character is not this
+persona, however colourful; the share judged `consistent` should be as low as for generic answers. Pairs that
+share a signature phrase are left out (their voices overlap by construction).
+
 Run: python benchmarks/bench_gold.py [SET_DIR ...] [--json OUT.json]
 """
 
@@ -41,7 +46,7 @@ def main() -> None:
     args = ap.parse_args()
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))
     instrument = Instrument(args.instrument) if args.instrument else Instrument.default()
-    reports = {}
+    reports, loaded = {}, {}
     for folder in folders:
         spec = load_persona(folder / "persona.yaml")
         items, problems = load_gold(folder / "responses.jsonl", spec.trait_ids)
@@ -52,6 +57,7 @@ def main() -> None:
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = score_gold(scorer, items)
+        loaded[folder.name] = (spec, items, scorer)
         t_score = time.perf_counter() - t0
         rep = gold_report(scores)
         rep["seconds"] = {"fit": t_fit, "score": t_score}
@@ -68,8 +74,46 @@ def main() -> None:
     )
     met = [n for n, r in reports.items() if not r["unmet_targets"]]
     print(f"sets meeting every target: {len(met)}/{len(reports)}" + (f" ({', '.join(met)})" if met else ""))
+    if len(loaded) > 1:
+        cross = other_persona_check(loaded)
+        reports["_other_persona_check"] = cross
     if args.json:
         Path(args.json).write_text(json.dumps(reports, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+def other_persona_check(loaded: dict) -> dict:
+    """Consistent rate of each set's gold answers under each other set's persona; prints the matrix and the mean."""
+    names = list(loaded)
+    rates: dict[str, dict[str, float]] = {}
+    voiced: list[bool] = []
+    for a in names:
+        spec_a, _, scorer = loaded[a]
+        sig_a = {x.lower() for x in spec_a.style.signature_phrases}
+        for b in names:
+            spec_b, items, _ = loaded[b]
+            if b == a or sig_a & {x.lower() for x in spec_b.style.signature_phrases}:
+                continue
+            recs = scorer.score(
+                [it.answers["gold"] for it in items],
+                prompts=[[{"role": r, "content": c} for r, c in it.messages] for it in items],
+                contexts=[it.context for it in items],
+                targets=[[] for _ in items],
+            )
+            rates.setdefault(a, {})[b] = float(np.mean([r.consistent for r in recs]))
+            voiced += [r.style.get("voice", 0.0) >= 0.5 for r in recs]
+    print("\nOTHER-PERSONA CHECK: share of set B's gold answers judged consistent with persona A (lower is better)")
+    print("A \\ B    " + " ".join(f"{b[:8]:>8s}" for b in names))
+    for a in names:
+        row = rates.get(a, {})
+        print(f"{a[:8]:9s} " + " ".join(f"{row[b]:8.2f}" if b in row else f"{'-':>8s}" for b in names))
+    allr = [v for row in rates.values() for v in row.values()]
+    mean = float(np.mean(allr)) if allr else float("nan")
+    voice = float(np.mean(voiced)) if voiced else float("nan")
+    print(
+        f"mean over {len(allr)} pairs: {mean:.3f} (max {max(allr, default=float('nan')):.2f}); "
+        f"judged in the persona's voice (voice >= 0.5): {voice:.3f}"
+    )
+    return {"rates": rates, "mean": mean, "pairs": len(allr), "in_voice": voice}
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def main() -> None:
         help="the anthropic-persona folder (default: ../shared beside the repo)",
     )
     ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
+    ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one)")
     ap.add_argument(
         "--judge", choices=["hf", "openai"], help="also measure an LLM judge (and the 50/50 combination) on a sample"
     )
@@ -62,7 +63,8 @@ def main() -> None:
         summary="benchmark persona holding the five Big-Five traits",
         traits=[Trait(**t) for t in raw["traits"]],
     )
-    emb, inst = Embedder.default(), Instrument.default()
+    emb = Embedder.default()
+    inst = Instrument(args.instrument) if args.instrument else Instrument.default()
     t0 = time.perf_counter()
     det = build_profile(spec, inst)
     print(

@@ -15,7 +15,10 @@ What is trained (the instrument's module docstring describes the model):
     answer carries no violation label (a plain answer neither holds nor breaks a content trait);
   - expressed[t]: 1 for the gold answer's targets; 0 for the flipped trait of the flipped answer, and for the
     targets of the generic answer (weight 0.5);
-  - voice: 1 for gold and babble, 0 for generic;
+  - voice: 1 for gold and babble, 0 for generic; with `--cross N` (default 0, as the shipped weights were trained)
+    also 0 for N gold answers of other corpus personas per prompt (personas that share a signature phrase are not
+    each other's negatives): tried to make the voice this persona's own, not any colourful register — it trades
+    gold answers for it (docs/benchmarks.md, "Other personas");
   - a pairwise term per prompt: the flipped answer violates its trait more, and expresses it less, than the
     gold answer (softplus margin 1);
 - `on_task`: a logistic regression of [relevance of the whole answer, of its best sentence] (frozen MiniLM
@@ -119,8 +122,9 @@ class BottomCache:
         return torch.nn.functional.normalize((H * am[..., None]).sum(1) / am.sum(1, keepdim=True), dim=-1)
 
 
-def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, args):
-    """Loss of one prompt batch (the labels of the module docstring); Z holds the answers' sentence embeddings from `off`."""
+def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
+    """Loss of one prompt batch (the labels of the module docstring); Z holds the answers' sentence embeddings from
+    `off`, each prompt's four answers followed by its other-persona answers (`cross[j]`, voice label 0)."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     T = spec.trait_ids
     loss, by = 0.0, {}
@@ -149,12 +153,31 @@ def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, args):
             loss = loss + (bce(v, yv, weight=wv, reduction="sum") + bce(e, ye, weight=we, reduction="sum")) / len(T)
             if kind != "flipped":
                 loss = loss + bce(vo, torch.tensor(0.0 if kind == "generic" else 1.0))
+        for text in cross[j]:
+            sents = split_sentences(text)
+            S = Z[off : off + len(sents)]
+            off += len(sents)
+            W = torch.nn.functional.normalize((torch.from_numpy(sentence_weights(sents))[:, None] * S).sum(0), dim=0)
+            loss = loss + bce(head(S, W, P, N, PE, NE, V, G)[2], torch.tensor(0.0))
         jt = T.index(it.flipped_trait)
         (vg, eg), (vf, ef) = by[(j, "gold")], by[(j, "flipped")]
         loss = loss + (
             torch.nn.functional.softplus(vg[jt] - vf[jt] + 1.0) + torch.nn.functional.softplus(ef[jt] - eg[jt] + 1.0)
         )
     return loss / (4 * len(batch))
+
+
+def shares_voice(a, b) -> bool:
+    """True when two personas share a signature phrase (then one's answers are no clean negative of the other's voice)."""
+    sa = {p.lower() for p in a.style.signature_phrases}
+    return bool(sa & {p.lower() for p in b.style.signature_phrases})
+
+
+def other_voices(sets, s: int, n: int) -> list[str]:
+    """`n` gold answers of other corpus personas (not sharing a signature phrase with set `s`): their voice is not
+    this persona's, whatever their content."""
+    others = [i for i in range(len(sets)) if i != s and not shares_voice(sets[s][0], sets[i][0])]
+    return [random.choice(sets[i][1]).answers["gold"] for i in random.sample(others, min(n, len(others)))]
 
 
 def fit_on_task(sets, model, tok):
@@ -199,6 +222,13 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=12, help="prompts per step (each with its 4 answers)")
     ap.add_argument("--lr", type=float, default=5e-5, help="learning rate of the tuned layers (the head: 3e-3)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--cross",
+        type=int,
+        default=0,
+        help="gold answers of other personas per prompt, labelled 'not in this voice' (0, the shipped instrument: none; "
+        "1 was tried, docs/benchmarks.md 'Other personas')",
+    )
     ap.add_argument(
         "--keep-epochs",
         help="also write the instrument after every epoch to DIR/epochN (to compare epochs on the dev gold sets)",
@@ -248,12 +278,18 @@ def main() -> None:
             spec, items = sets[s]
             batch = items[i0 : i0 + args.batch]
             prow = trait_rows(spec) + voice_sentences(spec)
-            answers = [x for it in batch for kind in KINDS for x in split_sentences(it.answers[kind])]
+            cross = [other_voices(sets, s, args.cross) for _ in batch]
+            answers = [
+                x
+                for it, cr in zip(batch, cross)
+                for text in [*(it.answers[kind] for kind in KINDS), *cr]
+                for x in split_sentences(text)
+            ]
             neu = random.sample(neutral, 48)
             Z = cache.top(tuned, prow + answers + neu)
             P, N, PE, NE, V = poles(spec, Z[: len(prow)])
             G = centroid(Z[-len(neu) :])
-            loss = answer_loss(head, spec, batch, Z, len(prow), P, N, PE, NE, V, G, args)
+            loss = answer_loss(head, spec, batch, Z, len(prow), P, N, PE, NE, V, G, cross)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -309,6 +345,7 @@ def save(out, tuned, head, cache, neutral, k, coef, bias, args, folders, losses,
         "batch": args.batch,
         "lr": args.lr,
         "seed": args.seed,
+        "cross": args.cross,
         "loss_per_epoch": [round(x, 4) for x in losses],
         "seconds": round(time.time() - t_start),
         "on_task": {
