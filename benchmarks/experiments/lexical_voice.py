@@ -1,0 +1,112 @@
+"""Experiment (issue 14, "Other personas"): lexical evidence of a persona's voice against the instrument's voice head.
+
+A persona's lexicon: the smoothed log-odds (add 0.5) of each word of its voice sentences (positive exemplars,
+example assistant turns, signature phrases) against a background of plain register — the package's neutral
+sentences and the generic answers of the training corpus (benchmarks/scorer_corpus/, never the dev gold sets).
+A response's lexical voice score is the sum of its words' positive log-odds divided by its word count. Printed per
+dev gold set: AUROC of gold answers against the other dev personas' gold answers and against generic answers, for
+the lexical score and for the instrument's voice probability. With `--run RUN_DIR`: the same two scores on the
+run's stage-7 samples, persona-prompted baseline against unprompted baseline (AUROC; the unprompted model is not
+the persona).
+
+Run: python benchmarks/experiments/lexical_voice.py [--instrument DIR] [--run RUN_DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import yaml
+from sklearn.metrics import roc_auc_score
+
+from personatune.persona import load_persona
+from personatune.scoring.gold import load_gold
+from personatune.scoring.instrument import Instrument
+from personatune.scoring.scorer import Scorer
+from personatune.scoring.traits import voice_sentences
+
+ROOT = Path(__file__).resolve().parents[2]
+TOK = re.compile(r"[a-z]+(?:'[a-z]+)?")
+
+
+def words(text: str) -> list[str]:
+    return TOK.findall(text.lower())
+
+
+def background() -> Counter:
+    neutral = yaml.safe_load((ROOT / "src/personatune/data/neutral_sentences.yaml").read_text(encoding="utf-8"))
+    bg = Counter(w for group in neutral["sentences"].values() for s in group for w in words(s))
+    for d in sorted((ROOT / "benchmarks/scorer_corpus").glob("*/persona.yaml")):
+        spec = load_persona(d)
+        for it in load_gold(d.parent / "responses.jsonl", spec.trait_ids)[0]:
+            bg.update(words(it.answers["generic"]))
+    return bg
+
+
+def lexicon(spec, bg: Counter, a: float = 0.5) -> dict[str, float]:
+    c = Counter(w for s in voice_sentences(spec) + list(spec.style.signature_phrases) for w in words(s))
+    n_p, n_b, v = sum(c.values()), sum(bg.values()), len(set(c) | set(bg))
+    return {w: math.log((c[w] + a) / (n_p + a * v)) - math.log((bg[w] + a) / (n_b + a * v)) for w in c}
+
+
+def lexical_score(lex: dict[str, float], text: str) -> float:
+    ws = words(text)
+    return sum(max(lex.get(w, 0.0), 0.0) for w in ws) / max(len(ws), 1)
+
+
+def auroc(pos: list[float], neg: list[float]) -> float:
+    return float(roc_auc_score([1] * len(pos) + [0] * len(neg), list(pos) + list(neg)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one)")
+    ap.add_argument("--run", help="a run directory with 07_final_eval/samples.json")
+    args = ap.parse_args()
+    inst = Instrument(args.instrument) if args.instrument else Instrument.default()
+    bg = background()
+    dev = {}
+    for d in sorted((ROOT / "benchmarks/gold").glob("*/persona.yaml")):
+        spec = load_persona(d)
+        dev[d.parent.name] = (spec, load_gold(d.parent / "responses.jsonl", spec.trait_ids)[0])
+    rows = []
+    for name, (spec, items) in dev.items():
+        lex, scorer = lexicon(spec, bg), Scorer(spec, instrument=inst)
+        texts = {
+            "gold": [it.answers["gold"] for it in items],
+            "generic": [it.answers["generic"] for it in items],
+            "other": [it.answers["gold"] for n, (_, its) in dev.items() if n != name for it in its],
+        }
+        lx = {k: [lexical_score(lex, t) for t in v] for k, v in texts.items()}
+        vo = {k: [r.style["voice"] for r in scorer.score(v)] for k, v in texts.items()}
+        r = (
+            auroc(lx["gold"], lx["other"]),
+            auroc(vo["gold"], vo["other"]),
+            auroc(lx["gold"], lx["generic"]),
+            auroc(vo["gold"], vo["generic"]),
+        )
+        rows.append(r)
+        print(f"{name:8s} gold vs other personas: lexical {r[0]:.3f}, voice head {r[1]:.3f}; gold vs generic: lexical {r[2]:.3f}, voice head {r[3]:.3f}")
+    m = np.mean(rows, axis=0)
+    print(f"MEAN     gold vs other personas: lexical {m[0]:.3f}, voice head {m[1]:.3f}; gold vs generic: lexical {m[2]:.3f}, voice head {m[3]:.3f}")
+    if args.run:
+        run = Path(args.run)
+        spec = load_persona(run / "02_persona" / "persona.yaml")
+        samples = json.loads((run / "07_final_eval" / "samples.json").read_text(encoding="utf-8"))
+        lex, scorer = lexicon(spec, bg), Scorer(spec, instrument=inst)
+        p, u = [s["baseline_prompted"] for s in samples], [s["baseline"] for s in samples]
+        vp, vu = [r.style["voice"] for r in scorer.score(p)], [r.style["voice"] for r in scorer.score(u)]
+        print(
+            f"{run}: prompted vs unprompted baseline ({len(samples)} prompts): lexical "
+            f"{auroc([lexical_score(lex, t) for t in p], [lexical_score(lex, t) for t in u]):.3f}, voice head {auroc(vp, vu):.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
