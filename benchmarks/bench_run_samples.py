@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -25,6 +27,35 @@ from personatune.scoring.scorer import Scorer
 SOURCES = ("baseline", "baseline_prompted", "final")
 
 
+def run_targets(run: Path) -> dict[str, list[str]]:
+    """Scenario id -> the trait ids its prompt targets, from the run's stage-3 split files."""
+    out: dict[str, list[str]] = {}
+    for split in ("train", "heldout"):
+        path = run / "03_consistency_data" / split / "sft.jsonl"
+        if path.is_file():
+            for line in path.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                out[row["scenario_id"]] = row["targets"]
+    return out
+
+
+def score_run_samples(run: Path, instrument: Instrument) -> tuple[Any, list[dict], dict[str, list]]:
+    """(persona, samples, source -> score records) of a run's stage-7 samples under a persona-only scorer."""
+    spec = load_persona(run / "02_persona" / "persona.yaml")
+    samples = json.loads((run / "07_final_eval" / "samples.json").read_text(encoding="utf-8"))
+    targets, scorer = run_targets(run), Scorer(spec, instrument=instrument)
+    recs = {
+        src: scorer.score(
+            [s[src] for s in samples],
+            prompts=[s["prompt"] for s in samples],
+            contexts=[s["context"] for s in samples],
+            targets=[targets.get(s["id"], []) for s in samples],
+        )
+        for src in SOURCES
+    }
+    return spec, samples, recs
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run", help="a run directory with 07_final_eval/samples.json")
@@ -32,25 +63,13 @@ def main() -> None:
     ap.add_argument("--show", choices=SOURCES, help="print every answer of this source judged consistent")
     args = ap.parse_args()
     run = Path(args.run)
+    for need in ("02_persona/persona.yaml", "07_final_eval/samples.json"):
+        if not (run / need).is_file():
+            sys.exit(f"run {run}: no {need}; fix: give a run directory whose stage 7 has finished")
     inst = Instrument(args.instrument) if args.instrument else Instrument.default()
-    spec = load_persona(run / "02_persona" / "persona.yaml")
-    targets: dict[str, list[str]] = {}
-    for split in ("train", "heldout"):
-        path = run / "03_consistency_data" / split / "sft.jsonl"
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                targets[row["scenario_id"]] = row["targets"]
-    samples = json.loads((run / "07_final_eval" / "samples.json").read_text(encoding="utf-8"))
-    scorer = Scorer(spec, instrument=inst)
+    _, samples, by_source = score_run_samples(run, inst)
     print(f"{run}: {len(samples)} held-out prompts, instrument {inst.meta.get('weights_sha256', '')[:12]}")
-    for src in SOURCES:
-        recs = scorer.score(
-            [s[src] for s in samples],
-            prompts=[s["prompt"] for s in samples],
-            contexts=[s["context"] for s in samples],
-            targets=[targets.get(s["id"], []) for s in samples],
-        )
+    for src, recs in by_source.items():
         ok = np.array([r.consistent for r in recs])
         sig = np.array([r.style.get("signature_rate", 0.0) > 0 for r in recs])
         print(

@@ -122,6 +122,14 @@ class BottomCache:
         return torch.nn.functional.normalize((H * am[..., None]).sum(1) / am.sum(1, keepdim=True), dim=-1)
 
 
+def pooled(Z, off, text):
+    """(sentence embeddings, whole-answer embedding, next offset) of `text`, whose sentences sit in Z from `off`."""
+    sents = split_sentences(text)
+    S = Z[off : off + len(sents)]
+    W = torch.nn.functional.normalize((torch.from_numpy(sentence_weights(sents))[:, None] * S).sum(0), dim=0)
+    return S, W, off + len(sents)
+
+
 def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
     """Loss of one prompt batch (the labels of the module docstring); Z holds the answers' sentence embeddings from
     `off`, each prompt's four answers followed by its other-persona answers (`cross[j]`, voice label 0)."""
@@ -130,10 +138,7 @@ def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
     loss, by = 0.0, {}
     for j, it in enumerate(batch):
         for kind in KINDS:
-            sents = split_sentences(it.answers[kind])
-            S = Z[off : off + len(sents)]
-            off += len(sents)
-            W = torch.nn.functional.normalize((torch.from_numpy(sentence_weights(sents))[:, None] * S).sum(0), dim=0)
+            S, W, off = pooled(Z, off, it.answers[kind])
             v, e, vo = head(S, W, P, N, PE, NE, V, G)
             by[(j, kind)] = (v, e)
             yv, wv, ye, we = torch.zeros(len(T)), torch.ones(len(T)), torch.zeros(len(T)), torch.zeros(len(T))
@@ -154,10 +159,7 @@ def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
             if kind != "flipped":
                 loss = loss + bce(vo, torch.tensor(0.0 if kind == "generic" else 1.0))
         for text in cross[j]:
-            sents = split_sentences(text)
-            S = Z[off : off + len(sents)]
-            off += len(sents)
-            W = torch.nn.functional.normalize((torch.from_numpy(sentence_weights(sents))[:, None] * S).sum(0), dim=0)
+            S, W, off = pooled(Z, off, text)
             loss = loss + bce(head(S, W, P, N, PE, NE, V, G)[2], torch.tensor(0.0))
         jt = T.index(it.flipped_trait)
         (vg, eg), (vf, ef) = by[(j, "gold")], by[(j, "flipped")]

@@ -28,9 +28,16 @@ from personatune.scoring.traits import voice_sentences
 CORPUS = Path(__file__).resolve().parents[1] / "scorer_corpus"
 
 
+def voice_logit(inst: Instrument, S, w, V) -> float:
+    """The head's voice logit of one response: S its sentence embeddings, w their weights, V the voice centroid."""
+    G = inst.neutral_centroid
+    W = torch.nn.functional.normalize((w[:, None] * S).sum(0), dim=0)
+    f = torch.stack([W @ V, W @ G, W @ V - W @ G, (S @ V).max(), (S @ G).max()])
+    return float(inst.head.voice(FEATURE_SCALE * f))
+
+
 def voice_logits(inst: Instrument, texts: list[str], V) -> np.ndarray:
     """The head's voice logit of each text against voice centroid V (as PersonaProfile.score computes it)."""
-    G = inst.neutral_centroid
     sents = [split_sentences(t) for t in texts]
     _, ps = inst.encode_both([s for ss in sents for s in ss])
     out, off = [], 0
@@ -38,9 +45,7 @@ def voice_logits(inst: Instrument, texts: list[str], V) -> np.ndarray:
         for ss in sents:
             S = torch.from_numpy(ps[off : off + len(ss)])
             off += len(ss)
-            W = torch.nn.functional.normalize((torch.from_numpy(sentence_weights(ss))[:, None] * S).sum(0), dim=0)
-            f = torch.stack([W @ V, W @ G, W @ V - W @ G, (S @ V).max(), (S @ G).max()])
-            out.append(float(inst.head.voice(FEATURE_SCALE * f)))
+            out.append(voice_logit(inst, S, torch.from_numpy(sentence_weights(ss)), V))
     return np.array(out)
 
 

@@ -14,36 +14,24 @@ Run: python benchmarks/experiments/lexical_bank.py [--margins=-0.05,-0.1] [--run
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lexical_gate import load_sets  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_run_samples import score_run_samples  # noqa: E402
+from lexical_gate import dev_consistent, load_sets  # noqa: E402
 from lexical_voice import ROOT, background, lexical_score, lexicon  # noqa: E402
 
-from personatune.persona import load_persona  # noqa: E402
 from personatune.scoring.gold import KINDS  # noqa: E402
 from personatune.scoring.instrument import Instrument  # noqa: E402
-from personatune.scoring.scorer import Scorer  # noqa: E402
 
 
 def relative(lex, bank, texts: list[str]) -> np.ndarray:
     """This persona's lexical score minus the best bank persona's, per text (nats per word)."""
     return np.array([lexical_score(lex, t) - max(lexical_score(b, t) for b in bank) for t in texts])
-
-
-def run_targets(run: Path) -> dict[str, list[str]]:
-    out = {}
-    for split in ("train", "heldout"):
-        path = run / "03_consistency_data" / split / "sft.jsonl"
-        if path.is_file():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                out[row["scenario_id"]] = row["targets"]
-    return out
 
 
 def main() -> None:
@@ -56,20 +44,9 @@ def main() -> None:
     bank = [lexicon(spec, bg) for spec, _ in load_sets(ROOT / "benchmarks/scorer_corpus").values()]
     dev = load_sets(ROOT / "benchmarks/gold")
     inst = Instrument.default()
-    ok, rel = {}, {}
-    for name, (spec, items) in dev.items():
-        scorer, lex = Scorer(spec, instrument=inst), lexicon(spec, bg)
-        for kind in (*KINDS, "other"):
-            its = [it for n, (_, x) in dev.items() if n != name for it in x] if kind == "other" else items
-            texts = [it.answers["gold" if kind == "other" else kind] for it in its]
-            recs = scorer.score(
-                texts,
-                prompts=[[{"role": r, "content": c} for r, c in it.messages] for it in its],
-                contexts=[it.context for it in its],
-                targets=[[] if kind == "other" else list(it.targets) for it in its],
-            )
-            ok[(name, kind)] = np.array([r.consistent for r in recs])
-            rel[(name, kind)] = relative(lex, bank, texts)
+    scored = dev_consistent(dev, inst)
+    ok = {k: v[1] for k, v in scored.items()}
+    rel = {(n, k): relative(lexicon(dev[n][0], bg), bank, texts) for (n, k), (texts, _) in scored.items()}
     print("dev gold sets, means over the 6 sets: consistent rate per kind (AND lexically this persona)")
     for m in [None, *margins]:
         rates = {}
@@ -81,7 +58,10 @@ def main() -> None:
             (
                 (ok[(n, "gold")] & (rel[(n, "gold")] >= m if m is not None else True)).mean(),
                 np.mean(
-                    [(ok[(n, k)] & (rel[(n, k)] >= m if m is not None else True)).mean() for k in ("generic", "flipped")]
+                    [
+                        (ok[(n, k)] & (rel[(n, k)] >= m if m is not None else True)).mean()
+                        for k in ("generic", "flipped")
+                    ]
                 ),
             )
             for n in dev
@@ -96,19 +76,11 @@ def main() -> None:
         )
     if args.run:
         run = Path(args.run)
-        spec = load_persona(run / "02_persona" / "persona.yaml")
-        samples = json.loads((run / "07_final_eval" / "samples.json").read_text(encoding="utf-8"))
-        targets, scorer, lex = run_targets(run), Scorer(spec, instrument=inst), lexicon(spec, bg)
+        spec, samples, by_source = score_run_samples(run, inst)
+        lex = lexicon(spec, bg)
         print(f"{run}: stage-7 samples, consistent alone -> with the condition at each margin")
-        for src in ("baseline", "baseline_prompted", "final"):
-            texts = [s[src] for s in samples]
-            recs = scorer.score(
-                texts,
-                prompts=[s["prompt"] for s in samples],
-                contexts=[s["context"] for s in samples],
-                targets=[targets.get(s["id"], []) for s in samples],
-            )
-            c, r = np.array([x.consistent for x in recs]), relative(lex, bank, texts)
+        for src, recs in by_source.items():
+            c, r = np.array([x.consistent for x in recs]), relative(lex, bank, [s[src] for s in samples])
             print(f"  {src:18s} {c.mean():.3f} -> " + ", ".join(f"{(c & (r >= m)).mean():.3f}" for m in margins))
 
 

@@ -14,7 +14,6 @@ Run: python benchmarks/experiments/lexical_gate.py [--gold-rate 0.95] [--run RUN
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -22,7 +21,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from lexical_voice import ROOT, background, lexical_score, lexicon, words  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_run_samples import score_run_samples  # noqa: E402
+from lexical_voice import ROOT, background, lexical_score, lexicon, log_odds, voice_counts, words  # noqa: E402
 
 from personatune.persona import load_persona  # noqa: E402
 from personatune.scoring.gold import KINDS, load_gold  # noqa: E402
@@ -32,24 +33,10 @@ from personatune.scoring.scorer import Scorer  # noqa: E402
 
 def scale(spec, bg: Counter) -> float:
     """Median leave-one-out lexical score of the persona's positive exemplars."""
-    full = Counter(w for s in _voice(spec) for w in words(s))
-    scores = [
-        lexical_score(_lex_from_counts(full - Counter(words(s)), bg), s) for t in spec.traits for s in t.positive
-    ]
-    return float(np.median(scores))
-
-
-def _voice(spec) -> list[str]:
-    from personatune.scoring.traits import voice_sentences
-
-    return voice_sentences(spec) + list(spec.style.signature_phrases)
-
-
-def _lex_from_counts(c: Counter, bg: Counter, a: float = 0.5) -> dict[str, float]:
-    import math
-
-    n_p, n_b, v = sum(c.values()), sum(bg.values()), len(set(c) | set(bg))
-    return {w: math.log((c[w] + a) / (n_p + a * v)) - math.log((bg[w] + a) / (n_b + a * v)) for w in c}
+    full = voice_counts(spec)
+    return float(
+        np.median([lexical_score(log_odds(full - Counter(words(s)), bg), s) for t in spec.traits for s in t.positive])
+    )
 
 
 def ratios(spec, bg: Counter, texts: list[str]) -> np.ndarray:
@@ -65,6 +52,25 @@ def load_sets(folder: Path) -> dict:
     return out
 
 
+def dev_consistent(dev: dict, inst: Instrument) -> dict[tuple[str, str], tuple[list[str], np.ndarray]]:
+    """(set, kind) -> (texts, `consistent` flags) for every kind of each dev set and for "other": the other sets'
+    gold answers under this set's persona (targets: all traits)."""
+    out = {}
+    for name, (spec, items) in dev.items():
+        scorer = Scorer(spec, instrument=inst)
+        for kind in (*KINDS, "other"):
+            its = [it for n, (_, x) in dev.items() if n != name for it in x] if kind == "other" else items
+            texts = [it.answers["gold" if kind == "other" else kind] for it in its]
+            recs = scorer.score(
+                texts,
+                prompts=[[{"role": r, "content": c} for r, c in it.messages] for it in its],
+                contexts=[it.context for it in its],
+                targets=[[] if kind == "other" else list(it.targets) for it in its],
+            )
+            out[(name, kind)] = (texts, np.array([r.consistent for r in recs]))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gold-rate", type=float, default=0.95)
@@ -77,22 +83,12 @@ def main() -> None:
     print(f"threshold on the corpus's gold answers ({args.gold_rate} above it): lexical ratio {thr:.3f}")
     inst = Instrument.default()
     dev = load_sets(ROOT / "benchmarks/gold")
-    table = []
-    for name, (spec, items) in dev.items():
-        scorer = Scorer(spec, instrument=inst)
+    scored, table = dev_consistent(dev, inst), []
+    for name, (spec, _) in dev.items():
         row = {}
         for kind in (*KINDS, "other"):
-            its = [it for n, (_, x) in dev.items() if n != name for it in x] if kind == "other" else items
-            texts = [it.answers["gold" if kind == "other" else kind] for it in its]
-            recs = scorer.score(
-                texts,
-                prompts=[[{"role": r, "content": c} for r, c in it.messages] for it in its],
-                contexts=[it.context for it in its],
-                targets=[[] if kind == "other" else list(it.targets) for it in its],
-            )
-            ok = np.array([r.consistent for r in recs])
-            lx = ratios(spec, bg, texts) >= thr
-            row[kind] = (ok.mean(), (ok & lx).mean())
+            texts, ok = scored[(name, kind)]
+            row[kind] = (ok.mean(), (ok & (ratios(spec, bg, texts) >= thr)).mean())
         table.append(row)
         print(f"{name:8s} " + "  ".join(f"{k} {a:.2f}->{b:.2f}" for k, (a, b) in row.items()))
     for j, label in ((0, "consistent alone"), (1, "with the lexical condition")):
@@ -101,25 +97,10 @@ def main() -> None:
         print(f"MEAN {label:27s} " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()) + f"  balanced accuracy {bal:.3f}")
     if args.run:
         run = Path(args.run)
-        spec = load_persona(run / "02_persona" / "persona.yaml")
-        samples = json.loads((run / "07_final_eval" / "samples.json").read_text(encoding="utf-8"))
-        scorer = Scorer(spec, instrument=inst)
-        targets = {}
-        for split in ("train", "heldout"):
-            path = run / "03_consistency_data" / split / "sft.jsonl"
-            if path.is_file():
-                for line in path.read_text(encoding="utf-8").splitlines():
-                    targets[json.loads(line)["scenario_id"]] = json.loads(line)["targets"]
-        for src in ("baseline", "baseline_prompted", "final"):
-            texts = [s[src] for s in samples]
-            recs = scorer.score(
-                texts,
-                prompts=[s["prompt"] for s in samples],
-                contexts=[s["context"] for s in samples],
-                targets=[targets.get(s["id"], []) for s in samples],
-            )
+        spec, samples, by_source = score_run_samples(run, inst)
+        for src, recs in by_source.items():
             ok = np.array([r.consistent for r in recs])
-            lx = ratios(spec, bg, texts) >= thr
+            lx = ratios(spec, bg, [s[src] for s in samples]) >= thr
             print(f"{run.name} {src:18s} consistent {ok.mean():.3f} -> {(ok & lx).mean():.3f}")
 
 

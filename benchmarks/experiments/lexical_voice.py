@@ -49,10 +49,19 @@ def background() -> Counter:
     return bg
 
 
-def lexicon(spec, bg: Counter, a: float = 0.5) -> dict[str, float]:
-    c = Counter(w for s in voice_sentences(spec) + list(spec.style.signature_phrases) for w in words(s))
+def voice_counts(spec) -> Counter:
+    """Word counts of the persona's voice sentences and signature phrases."""
+    return Counter(w for s in voice_sentences(spec) + list(spec.style.signature_phrases) for w in words(s))
+
+
+def log_odds(c: Counter, bg: Counter, a: float = 0.5) -> dict[str, float]:
+    """Smoothed log-odds of each word of `c` against the background `bg`."""
     n_p, n_b, v = sum(c.values()), sum(bg.values()), len(set(c) | set(bg))
     return {w: math.log((c[w] + a) / (n_p + a * v)) - math.log((bg[w] + a) / (n_b + a * v)) for w in c}
+
+
+def lexicon(spec, bg: Counter) -> dict[str, float]:
+    return log_odds(voice_counts(spec), bg)
 
 
 def lexical_score(lex: dict[str, float], text: str) -> float:
@@ -92,9 +101,13 @@ def main() -> None:
             auroc(vo["gold"], vo["generic"]),
         )
         rows.append(r)
-        print(f"{name:8s} gold vs other personas: lexical {r[0]:.3f}, voice head {r[1]:.3f}; gold vs generic: lexical {r[2]:.3f}, voice head {r[3]:.3f}")
+        print(
+            f"{name:8s} gold vs other personas: lexical {r[0]:.3f}, voice head {r[1]:.3f}; gold vs generic: lexical {r[2]:.3f}, voice head {r[3]:.3f}"
+        )
     m = np.mean(rows, axis=0)
-    print(f"MEAN     gold vs other personas: lexical {m[0]:.3f}, voice head {m[1]:.3f}; gold vs generic: lexical {m[2]:.3f}, voice head {m[3]:.3f}")
+    print(
+        f"MEAN     gold vs other personas: lexical {m[0]:.3f}, voice head {m[1]:.3f}; gold vs generic: lexical {m[2]:.3f}, voice head {m[3]:.3f}"
+    )
     if args.run:
         run = Path(args.run)
         spec = load_persona(run / "02_persona" / "persona.yaml")

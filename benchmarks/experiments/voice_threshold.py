@@ -15,35 +15,21 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from personatune.persona import load_persona
-from personatune.scoring.gold import load_gold
-from personatune.scoring.instrument import FEATURE_SCALE, Instrument, centroid, sentence_weights, split_sentences
-from personatune.scoring.traits import voice_sentences
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from calibrate_voice import voice_logit, voice_logits  # noqa: E402
+
+from personatune.persona import load_persona  # noqa: E402
+from personatune.scoring.gold import load_gold  # noqa: E402
+from personatune.scoring.instrument import Instrument, centroid  # noqa: E402
+from personatune.scoring.traits import voice_sentences  # noqa: E402
 
 GOLD = Path(__file__).resolve().parents[1] / "gold"
-
-
-def voice_logit(inst: Instrument, S, w, V) -> float:
-    G = inst.neutral_centroid
-    W = torch.nn.functional.normalize((w[:, None] * S).sum(0), dim=0)
-    return float(inst.head.voice(FEATURE_SCALE * torch.stack([W @ V, W @ G, W @ V - W @ G, (S @ V).max(), (S @ G).max()])))
-
-
-def logits(inst: Instrument, texts: list[str], V) -> np.ndarray:
-    sents = [split_sentences(t) for t in texts]
-    _, ps = inst.encode_both([s for ss in sents for s in ss])
-    out, off = [], 0
-    with torch.inference_mode():
-        for ss in sents:
-            S = torch.from_numpy(ps[off : off + len(ss)])
-            off += len(ss)
-            out.append(voice_logit(inst, S, torch.from_numpy(sentence_weights(ss)), V))
-    return np.array(out)
 
 
 def self_threshold(inst: Instrument, spec, rng: random.Random, q: float) -> float:
@@ -77,9 +63,9 @@ def main() -> None:
         _, ps = inst.encode_both(voice_sentences(spec))
         V = centroid(torch.from_numpy(ps))
         tau = self_threshold(inst, spec, rng, args.quantile)
-        g = logits(inst, [it.answers["gold"] for it in items], V)
-        ge = logits(inst, [it.answers["generic"] for it in items], V)
-        o = logits(inst, [it.answers["gold"] for n, (_, its) in dev.items() if n != name for it in its], V)
+        g = voice_logits(inst, [it.answers["gold"] for it in items], V)
+        ge = voice_logits(inst, [it.answers["generic"] for it in items], V)
+        o = voice_logits(inst, [it.answers["gold"] for n, (_, its) in dev.items() if n != name for it in its], V)
         t0 = -args.global_shift
         r = {
             "gold_global": (g > t0).mean(),
