@@ -176,3 +176,22 @@ def test_a_looping_answer_is_off_task_however_relevant_its_words(scorer):
 
     r_ok, r_loop = make_reward_fn(scorer)(prompts=[q, q], completions=[answer, loop])
     assert r_loop == 0.0 <= r_ok
+
+
+@pytest.mark.stage
+def test_own_voice_caps_style_match_and_rejects_another_personas_words(five_traits):
+    """With the shipped instrument's lexical bank, a response full of a bank persona's words is not this
+    persona's (style_match <= own_voice < 0.5), whatever its voice probability."""
+    from personatune.scoring.instrument import Instrument
+    from personatune.scoring.lexical import bank_of
+
+    bank = bank_of(Instrument.default().weights_dir)
+    assert bank is not None
+    name, counts = sorted(bank.personas.items())[0]
+    other_words = " ".join(w for w, _ in counts.most_common(40) if len(w) > 4)
+    spec = PersonaSpec(name="test", summary="a test persona", traits=five_traits, style=Style(words=(3, 60)))
+    mine, theirs = Scorer(spec).score(["I love meeting new people and learning how things work.", other_words])
+    for r in (mine, theirs):
+        assert r.style_match <= r.style["own_voice"] + 1e-12
+    assert theirs.style["own_voice"] < 0.5 and not theirs.consistent
+    assert mine.style["own_voice"] >= 0.5

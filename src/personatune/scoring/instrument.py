@@ -19,6 +19,9 @@ and no head over frozen embeddings got past AUROC ~0.8 for "this answer contradi
    for the whole response) and maps them to logits of *violated*, *expressed* and, once per response,
    *in the persona's voice* (against a neutral-sentence centroid).
    `on_task` is a logistic model of the frozen relevance of the response to the user's last turn.
+3. **Lexical bank** (`lexical_bank.json`, optional in a weights folder; read by scoring/lexical.py): the
+   voice word counts of the training corpus's personas, against which the scorer asks whether a response is
+   lexically *this* persona rather than another.
 
 The weights (`data/instrument/instrument.safetensors`) and their description (`instrument.json`: training
 corpus hash, command, figures) are produced by `scripts/train_instrument.py` from the hand-written answer
@@ -176,6 +179,7 @@ class Instrument:
         self.dim = int(self.model.config.hidden_size)
         self._cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._torch = torch
+        self.weights_dir = wdir
 
     @classmethod
     def default(cls) -> "Instrument":

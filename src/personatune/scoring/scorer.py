@@ -8,9 +8,10 @@ Per response (METRICS.md, "Per response"; the parts are explained in docs/person
 - traits / violations / voice: the persona instrument (scoring/instrument.py) with the persona's profile
   (scoring/traits.py), optionally combined with a judge: p = (1 - judge_weight) * p_instrument +
   judge_weight * p_judge, for expressed and violated alike.
-- style: the style features of scoring/style.py plus `voice` (P(in the persona's voice), 0-1);
-  style_match = min(feature match of scoring/style.py, voice): both the measurable style and the learned
-  voice must hold.
+- style: the style features of scoring/style.py plus `voice` (P(in the persona's voice), 0-1) and, when the
+  instrument has a lexical bank, `own_voice` (scoring/lexical.py: >= 0.5 when the response's words are about as
+  much this persona's as any bank persona's); style_match = min(feature match of scoring/style.py, voice,
+  own_voice): the measurable style, the learned voice and this persona's own words must all hold.
 - rules: scoring/rules.py (hard rules listed in `hard_rules`).
 - on_task: P(the response addresses the user's last turn), from the frozen MiniLM relevance of the response
   to that turn (instrument.on_task), times the repetition factor (scoring/repetition.py: a looping answer
@@ -37,6 +38,7 @@ from personatune.errors import DataError
 from personatune.persona import PersonaSpec
 from personatune.rundir import atomic_write_text
 from personatune.scoring.instrument import Instrument, sentence_weights, split_sentences
+from personatune.scoring.lexical import bank_of
 from personatune.scoring.record import ResponseScore
 from personatune.scoring.repetition import repetition_factor, repetition_share
 from personatune.scoring.rules import compile_rules
@@ -137,6 +139,8 @@ class Scorer:
         self.judge = judge
         self.judge_weight = float(judge_weight)
         self.rules = compile_rules(persona.behaviors)
+        bank = bank_of(getattr(self.instrument, "weights_dir", None))
+        self.own_voice = bank.scorer_for(persona) if bank is not None else None
 
     def on_task(self, texts: Sequence[str], prompts: Sequence[Any]) -> list[float | None]:
         """P(on task) of each response given its prompt (None where the prompt is None)."""
@@ -209,10 +213,13 @@ class Scorer:
                         traits[i][t] = (1 - w) * traits[i][t] + w * float(pe)
                         viols[i][t] = (1 - w) * viols[i][t] + w * float(pv)
         feats = style_features_batch(list(texts), self.persona.style)
+        own = self.own_voice.score(list(texts)) if self.own_voice is not None else [1.0] * n
         out = []
         for i, text in enumerate(texts):
             feats[i]["voice"] = sc.voice[i]
-            sm = min(style_match(feats[i], self.persona.style), sc.voice[i])
+            if self.own_voice is not None:
+                feats[i]["own_voice"] = own[i]
+            sm = min(style_match(feats[i], self.persona.style), sc.voice[i], own[i])
             rules = self.rules(text)
             consistent, cons = consistency_of(traits[i], viols[i], sm, self.rules.hard_pass(rules), tg[i])
             out.append(
