@@ -43,6 +43,11 @@ def main() -> None:
         "--instrument",
         help="instrument weights folder (default: the shipped one; e.g. an epoch of scripts/train_instrument.py --keep-epochs)",
     )
+    ap.add_argument(
+        "--no-lexical-bank",
+        action="store_true",
+        help="score without the lexical-bank condition (scoring/lexical.py), as the scorer did before 2026-12-01",
+    )
     args = ap.parse_args()
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))
     instrument = Instrument(args.instrument) if args.instrument else Instrument.default()
@@ -53,7 +58,7 @@ def main() -> None:
         for p in problems:
             print(f"{folder.name}: line {p['line']} skipped: {p['reason']}")
         t0 = time.perf_counter()
-        scorer = Scorer(spec, instrument=instrument)
+        scorer = Scorer(spec, instrument=instrument, lexical=not args.no_lexical_bank)
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = score_gold(scorer, items)

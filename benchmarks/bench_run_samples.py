@@ -39,11 +39,14 @@ def run_targets(run: Path) -> dict[str, list[str]]:
     return out
 
 
-def score_run_samples(run: Path, instrument: Instrument) -> tuple[Any, list[dict], dict[str, list]]:
-    """(persona, samples, source -> score records) of a run's stage-7 samples under a persona-only scorer."""
+def score_run_samples(
+    run: Path, instrument: Instrument, lexical: bool = True
+) -> tuple[Any, list[dict], dict[str, list]]:
+    """(persona, samples, source -> score records) of a run's stage-7 samples under a persona-only scorer
+    (`lexical`: with the lexical-bank condition, as shipped)."""
     spec = load_persona(run / "02_persona" / "persona.yaml")
     samples = json.loads((run / "07_final_eval" / "samples.json").read_text(encoding="utf-8"))
-    targets, scorer = run_targets(run), Scorer(spec, instrument=instrument)
+    targets, scorer = run_targets(run), Scorer(spec, instrument=instrument, lexical=lexical)
     recs = {
         src: scorer.score(
             [s[src] for s in samples],
@@ -61,13 +64,16 @@ def main() -> None:
     ap.add_argument("run", help="a run directory with 07_final_eval/samples.json")
     ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one)")
     ap.add_argument("--show", choices=SOURCES, help="print every answer of this source judged consistent")
+    ap.add_argument(
+        "--no-lexical-bank", action="store_true", help="score without the lexical-bank condition (as before 2026-12-01)"
+    )
     args = ap.parse_args()
     run = Path(args.run)
     for need in ("02_persona/persona.yaml", "07_final_eval/samples.json"):
         if not (run / need).is_file():
             sys.exit(f"run {run}: no {need}; fix: give a run directory whose stage 7 has finished")
     inst = Instrument(args.instrument) if args.instrument else Instrument.default()
-    _, samples, by_source = score_run_samples(run, inst)
+    _, samples, by_source = score_run_samples(run, inst, lexical=not args.no_lexical_bank)
     print(f"{run}: {len(samples)} held-out prompts, instrument {inst.meta.get('weights_sha256', '')[:12]}")
     for src, recs in by_source.items():
         ok = np.array([r.consistent for r in recs])

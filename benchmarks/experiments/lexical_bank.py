@@ -1,6 +1,7 @@
 """Experiment (issue 14, "Other personas"): a lexical condition relative to a bank of other personas.
 
-Builds on lexical_voice.py. The bank: the lexicons of the 24 training-corpus personas (benchmarks/scorer_corpus/,
+Builds on lexical_voice.py. Shipped on 2026-12-01 at M = -0.05 (scoring/lexical.py); "consistent alone" here is
+the scorer without it (Scorer(lexical=False)). The bank: the lexicons of the 24 training-corpus personas (benchmarks/scorer_corpus/,
 never the dev gold sets). A response is lexically this persona when its lexical score under this persona's lexicon
 is at least its best score under any bank lexicon plus a margin M (nats per word; M < 0 is lenient). No
 per-persona scale is needed. For each margin of `--margins`, prints the dev gold sets' `consistent` rates with the
@@ -23,15 +24,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_run_samples import score_run_samples  # noqa: E402
 from lexical_gate import dev_consistent, load_sets  # noqa: E402
-from lexical_voice import ROOT, background, lexical_score, lexicon  # noqa: E402
+from lexical_voice import ROOT, background, lexicon  # noqa: E402
 
 from personatune.scoring.gold import KINDS  # noqa: E402
 from personatune.scoring.instrument import Instrument  # noqa: E402
+from personatune.scoring.lexical import OwnVoice  # noqa: E402
 
 
 def relative(lex, bank, texts: list[str]) -> np.ndarray:
     """This persona's lexical score minus the best bank persona's, per text (nats per word)."""
-    return np.array([lexical_score(lex, t) - max(lexical_score(b, t) for b in bank) for t in texts])
+    return np.array([OwnVoice(lex, bank).relative(t) for t in texts])
 
 
 def main() -> None:
@@ -76,7 +78,7 @@ def main() -> None:
         )
     if args.run:
         run = Path(args.run)
-        spec, samples, by_source = score_run_samples(run, inst)
+        spec, samples, by_source = score_run_samples(run, inst, lexical=False)
         lex = lexicon(spec, bg)
         print(f"{run}: stage-7 samples, consistent alone -> with the condition at each margin")
         for src, recs in by_source.items():

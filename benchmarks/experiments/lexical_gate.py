@@ -54,10 +54,11 @@ def load_sets(folder: Path) -> dict:
 
 def dev_consistent(dev: dict, inst: Instrument) -> dict[tuple[str, str], tuple[list[str], np.ndarray]]:
     """(set, kind) -> (texts, `consistent` flags) for every kind of each dev set and for "other": the other sets'
-    gold answers under this set's persona (targets: all traits)."""
+    gold answers under this set's persona (targets: all traits). Scored without the shipped lexical-bank
+    condition: these experiments add their own conditions to `consistent` as it was before it."""
     out = {}
     for name, (spec, items) in dev.items():
-        scorer = Scorer(spec, instrument=inst)
+        scorer = Scorer(spec, instrument=inst, lexical=False)
         for kind in (*KINDS, "other"):
             its = [it for n, (_, x) in dev.items() if n != name for it in x] if kind == "other" else items
             texts = [it.answers["gold" if kind == "other" else kind] for it in its]
@@ -97,7 +98,7 @@ def main() -> None:
         print(f"MEAN {label:27s} " + "  ".join(f"{k} {v:.3f}" for k, v in m.items()) + f"  balanced accuracy {bal:.3f}")
     if args.run:
         run = Path(args.run)
-        spec, samples, by_source = score_run_samples(run, inst)
+        spec, samples, by_source = score_run_samples(run, inst, lexical=False)
         for src, recs in by_source.items():
             ok = np.array([r.consistent for r in recs])
             lx = ratios(spec, bg, [s[src] for s in samples]) >= thr

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import re
 from collections import Counter
 from pathlib import Path
 
@@ -28,15 +26,10 @@ from sklearn.metrics import roc_auc_score
 from personatune.persona import load_persona
 from personatune.scoring.gold import load_gold
 from personatune.scoring.instrument import Instrument
+from personatune.scoring.lexical import lexical_score, log_odds, voice_counts, words
 from personatune.scoring.scorer import Scorer
-from personatune.scoring.traits import voice_sentences
 
 ROOT = Path(__file__).resolve().parents[2]
-TOK = re.compile(r"[a-z]+(?:'[a-z]+)?")
-
-
-def words(text: str) -> list[str]:
-    return TOK.findall(text.lower())
 
 
 def background() -> Counter:
@@ -49,24 +42,8 @@ def background() -> Counter:
     return bg
 
 
-def voice_counts(spec) -> Counter:
-    """Word counts of the persona's voice sentences and signature phrases."""
-    return Counter(w for s in voice_sentences(spec) + list(spec.style.signature_phrases) for w in words(s))
-
-
-def log_odds(c: Counter, bg: Counter, a: float = 0.5) -> dict[str, float]:
-    """Smoothed log-odds of each word of `c` against the background `bg`."""
-    n_p, n_b, v = sum(c.values()), sum(bg.values()), len(set(c) | set(bg))
-    return {w: math.log((c[w] + a) / (n_p + a * v)) - math.log((bg[w] + a) / (n_b + a * v)) for w in c}
-
-
 def lexicon(spec, bg: Counter) -> dict[str, float]:
     return log_odds(voice_counts(spec), bg)
-
-
-def lexical_score(lex: dict[str, float], text: str) -> float:
-    ws = words(text)
-    return sum(max(lex.get(w, 0.0), 0.0) for w in ws) / max(len(ws), 1)
 
 
 def auroc(pos: list[float], neg: list[float]) -> float:

@@ -113,6 +113,8 @@ class Scorer:
         profile: the persona's fitted profile (default: built from the persona file alone).
         judge: optional `Judge`; its probabilities are mixed in with weight `judge_weight`.
         judge_weight: weight of the judge in [0,1] (ignored without a judge).
+        lexical: apply the lexical-bank condition (`own_voice`) when the instrument has a bank; False scores
+            as before it shipped (for comparisons in benchmarks/).
 
     Raises:
         DataError: the profile was fitted for other traits, or judge_weight is outside [0,1].
@@ -125,6 +127,7 @@ class Scorer:
         profile: PersonaProfile | None = None,
         judge: Judge | None = None,
         judge_weight: float = DEFAULT_JUDGE_WEIGHT,
+        lexical: bool = True,
     ) -> None:
         if not 0.0 <= judge_weight <= 1.0:
             raise DataError(f"judge_weight {judge_weight} must be in [0, 1]; fix: e.g. 0.5")
@@ -139,7 +142,7 @@ class Scorer:
         self.judge = judge
         self.judge_weight = float(judge_weight)
         self.rules = compile_rules(persona.behaviors)
-        bank = bank_of(getattr(self.instrument, "weights_dir", None))
+        bank = bank_of(getattr(self.instrument, "weights_dir", None)) if lexical else None
         self.own_voice = bank.scorer_for(persona) if bank is not None else None
 
     def on_task(self, texts: Sequence[str], prompts: Sequence[Any]) -> list[float | None]:
