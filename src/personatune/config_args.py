@@ -13,6 +13,9 @@ from pydantic import Field, field_validator, model_validator
 
 from personatune.config_section import ConfigSection
 
+# Largest data.heldout_fraction: at least a quarter of the prompts stays for training.
+MAX_HELDOUT_FRACTION = 0.75
+
 
 class _Section(ConfigSection):
     """Strict keys and values (config_section.py): no `yes` for a number, finite floats, no NUL bytes."""
@@ -277,7 +280,11 @@ class DataArgs(_Section):
     )
     targets_per_prompt: int = Field(2, ge=1, description="traits each prompt targets (count)")
     heldout_fraction: float = Field(
-        0.2, ge=0.05, le=0.5, description="share of prompts per context kept for evaluation only (fraction)"
+        0.2,
+        ge=0.05,
+        le=MAX_HELDOUT_FRACTION,
+        description="share of prompts per context kept for evaluation only (fraction); stages 5-7 score every "
+        "held-out prompt, so their rate gates need as many as rate_min_n (137 at 0.85)",
     )
     max_prompt_similarity: float = Field(
         0.92, gt=0, le=1, description="cosine similarity above which prompts are near-duplicates (0-1)"

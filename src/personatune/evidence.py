@@ -18,10 +18,8 @@ import math
 from typing import Any
 
 from personatune.baseline_samples import reusable_baseline_texts, sample_baseline
+from personatune.config_args import MAX_HELDOUT_FRACTION
 from personatune.gates import Z95, Measurement, rate_min_n
-
-MAX_HELDOUT_FRACTION = 0.5
-"""The upper bound of data.heldout_fraction (config.DataArgs)."""
 
 
 def prompts_key(config: Any) -> str:

@@ -65,7 +65,8 @@ def test_keys_that_buy_samples():
     assert prompts_key(cfg()) == "data.expand_per_trait"  # the whole bank is used already
     assert prompts_key(cfg("data.max_prompts=60")) == "data.max_prompts"
     assert heldout_key(cfg("data.max_prompts=60")) == "data.heldout_fraction or data.max_prompts"
-    assert heldout_key(cfg("data.heldout_fraction=0.5")) == "data.expand_per_trait"
+    assert heldout_key(cfg("data.heldout_fraction=0.5")) == "data.heldout_fraction or data.expand_per_trait"
+    assert heldout_key(cfg("data.heldout_fraction=0.75")) == "data.expand_per_trait"  # MAX_HELDOUT_FRACTION
 
 
 # --- stage 3 --------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ from pathlib import Path
 from personatune.errors import ModelNotFoundError
 from personatune.persona import PersonaSpec
 from personatune.rundir import atomic_write_text
+from personatune.scoring.traits import voice_sentences
 
 BANK_VERSION = 1
 BANK_FILE = "lexical_bank.json"
@@ -55,8 +56,6 @@ def words(text: str) -> list[str]:
 
 def voice_counts(spec: PersonaSpec) -> Counter:
     """Word counts of the persona's voice sentences (traits.voice_sentences) and signature phrases."""
-    from personatune.scoring.traits import voice_sentences
-
     return Counter(w for s in voice_sentences(spec) + list(spec.style.signature_phrases) for w in words(s))
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from personatune.baseline_samples import sample_baseline, write_baseline_samples
 from personatune.config import RunConfig
+from personatune.config_args import MAX_HELDOUT_FRACTION
 from personatune.evidence import heldout_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
@@ -104,7 +105,7 @@ def heldout_size_hint(
 
     At the held-out teacher yield y = n_chosen / n_prompts a context needs about ceil(min_per_context / y)
     held-out prompts; the factor over the current prompts per context scales data.heldout_fraction (capped
-    at its maximum 0.5) or data.max_prompts. None when nothing can be said (no prompt or no chosen response).
+    at its maximum MAX_HELDOUT_FRACTION) or data.max_prompts. None when nothing can be said (no prompt or no chosen response).
     """
     import math
 
@@ -117,7 +118,7 @@ def heldout_size_hint(
     if factor <= 1:
         return None
     opts = []
-    if heldout_fraction * factor <= 0.5:
+    if heldout_fraction * factor <= MAX_HELDOUT_FRACTION:
         opts.append(f"data.heldout_fraction={heldout_fraction * factor:.2f}")
     if max_prompts is not None:
         opts.append(f"data.max_prompts={math.ceil(max_prompts * factor)}")
