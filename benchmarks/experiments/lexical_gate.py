@@ -23,11 +23,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_run_samples import score_run_samples  # noqa: E402
-from lexical_voice import ROOT, background, lexical_score, lexicon, log_odds, voice_counts, words  # noqa: E402
+from lexical_voice import ROOT, background, lexicon  # noqa: E402
 
 from personatune.persona import load_persona  # noqa: E402
 from personatune.scoring.gold import KINDS, load_gold  # noqa: E402
 from personatune.scoring.instrument import Instrument  # noqa: E402
+from personatune.scoring.lexical import lexical_score, log_odds, voice_counts, words  # noqa: E402
 from personatune.scoring.scorer import Scorer  # noqa: E402
 
 

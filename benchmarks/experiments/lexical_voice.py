@@ -20,26 +20,26 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import yaml
 from sklearn.metrics import roc_auc_score
 
 from personatune.persona import load_persona
 from personatune.scoring.gold import load_gold
-from personatune.scoring.instrument import Instrument
-from personatune.scoring.lexical import lexical_score, log_odds, voice_counts, words
+from personatune.scoring.instrument import Instrument, instrument_dir
+from personatune.scoring.lexical import (
+    BANK_FILE,
+    LexicalBank,
+    lexical_score,
+    log_odds,
+    voice_counts,
+)
 from personatune.scoring.scorer import Scorer
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def background() -> Counter:
-    neutral = yaml.safe_load((ROOT / "src/personatune/data/neutral_sentences.yaml").read_text(encoding="utf-8"))
-    bg = Counter(w for group in neutral["sentences"].values() for s in group for w in words(s))
-    for d in sorted((ROOT / "benchmarks/scorer_corpus").glob("*/persona.yaml")):
-        spec = load_persona(d)
-        for it in load_gold(d.parent / "responses.jsonl", spec.trait_ids)[0]:
-            bg.update(words(it.answers["generic"]))
-    return bg
+    """The plain-register background: the shipped lexical bank's (neutral sentences and the corpus's generic answers)."""
+    return LexicalBank.load(instrument_dir() / BANK_FILE).background
 
 
 def lexicon(spec, bg: Counter) -> dict[str, float]:

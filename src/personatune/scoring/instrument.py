@@ -69,6 +69,11 @@ def sentence_weights(sentences: Sequence[str]) -> np.ndarray:
     return np.array([max(len(s.split()), 1) for s in sentences], dtype=np.float32)
 
 
+def sigmoid(z: float) -> float:
+    """The logistic function, clamped at |z| = 60 so that exp never overflows."""
+    return float(1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0))))
+
+
 def instrument_dir() -> Path:
     """Folder of the shipped instrument weights (package data)."""
     return Path(str(resources.files("personatune.data").joinpath("instrument")))
@@ -235,4 +240,4 @@ class Instrument:
     def on_task(self, relevance_whole: float, relevance_max: float) -> float:
         """P(on task) from the frozen cosine of the whole response and of its best sentence with the user's turn."""
         z = self.on_task_bias + self.on_task_coef[0] * relevance_whole + self.on_task_coef[1] * relevance_max
-        return float(1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0))))
+        return sigmoid(z)

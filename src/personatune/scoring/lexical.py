@@ -39,6 +39,7 @@ from pathlib import Path
 from personatune.errors import ModelNotFoundError
 from personatune.persona import PersonaSpec
 from personatune.rundir import atomic_write_text
+from personatune.scoring.instrument import sigmoid
 from personatune.scoring.traits import voice_sentences
 
 BANK_VERSION = 1
@@ -67,16 +68,16 @@ def log_odds(counts: Counter, background: Counter, a: float = SMOOTHING) -> dict
     }
 
 
-def lexical_score(lexicon: dict[str, float], text: str) -> float:
-    """Sum of the text's words' positive log-odds, per word (0 for a text without words)."""
-    ws = words(text)
+def lexical_score(lexicon: dict[str, float], text: str | list[str]) -> float:
+    """Sum of the text's words' positive log-odds, per word (0 for a text without words); `text` may be
+    given already split by `words`."""
+    ws = words(text) if isinstance(text, str) else text
     return sum(max(lexicon.get(w, 0.0), 0.0) for w in ws) / max(len(ws), 1)
 
 
 def own_voice(relative: float, margin: float = MARGIN, scale: float = SCALE) -> float:
     """P-like score of 'lexically this persona': >= 0.5 exactly when relative >= margin."""
-    z = (relative - margin) / scale
-    return float(1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0))))
+    return sigmoid((relative - margin) / scale)
 
 
 @dataclass
@@ -133,8 +134,9 @@ class OwnVoice:
 
     def relative(self, text: str) -> float:
         """This persona's lexical score minus the best bank persona's (nats per word)."""
-        best = max((lexical_score(b, text) for b in self.bank), default=0.0)
-        return lexical_score(self.lexicon, text) - best
+        ws = words(text)
+        best = max((lexical_score(b, ws) for b in self.bank), default=0.0)
+        return lexical_score(self.lexicon, ws) - best
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """own_voice of each text."""
