@@ -157,9 +157,24 @@ def find_stage(name: str, stages: tuple[Stage, ...] = STAGES) -> int:
 
 
 def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
+    """The config part of a stage's cache key: its config sections and its version.
+
+    The persona enters by its file's content, not its path, so a run directory whose checkout was moved or copied
+    elsewhere (the config then names the same persona at another absolute path) keeps its finished stages.
+    """
+    extra = f"v{st.version}"
+    keys = st.config_keys
+    if "persona" in keys:
+        extra += file_hash(cfg.persona) if Path(cfg.persona).is_file() else "missing"
+        keys = tuple(k for k in keys if k != "persona")
+    return section_hash(cfg, keys, extra=extra)
+
+
+def legacy_stage_cache_key(cfg: RunConfig, st: Stage) -> str:
+    """The key as recorded before 2026-12-01 (the persona's path hashed beside its content): a record carrying it
+    still counts as unchanged, so run directories written then keep their finished stages."""
     extra = f"v{st.version}"
     if "persona" in st.config_keys:
-        # The persona file's content, not just its path, decides whether stage 2 must re-run.
         extra += file_hash(cfg.persona) if Path(cfg.persona).is_file() else "missing"
     return section_hash(cfg, st.config_keys, extra=extra)
 
@@ -335,7 +350,11 @@ def _run_stages(
         inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
         rec = rd.record(st.id)
         rerun = force or i >= start_i and from_stage is not None
-        unchanged = not rerun and rec.config_hash == key and rec.inputs == inputs and rd.outputs_intact(rec)
+        same_config = rec.config_hash in (key, legacy_stage_cache_key(cfg, st))
+        unchanged = not rerun and same_config and rec.inputs == inputs and rd.outputs_intact(rec)
+        if unchanged and rec.config_hash != key:
+            rec.config_hash = key  # a legacy key: recorded again in today's form
+            rd.set_record(st.id, rec)
         if unchanged and rec.status == "done":
             echo(f"{n}: done earlier, inputs unchanged — skipped" + (f" ({rec.message})" if rec.message else ""))
             continue
