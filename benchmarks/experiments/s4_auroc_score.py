@@ -6,8 +6,8 @@ contradicts it (trait-flipped for t). The instrument has a head for each side: `
 
 1. on the dev gold sets (benchmarks/gold/): per trait, gold answers targeting t vs flipped answers for t
    (8 flipped per trait: pooled over the 36 traits; this is where the choice is made);
-2. optionally on a run's stage-3 held-out split with its stage-4 evaluator (the check), exactly as
-   s4_evaluation.heldout_auroc labels them.
+2. optionally on a run's stage-3 held-out split with its stage-4 evaluator (the check), labelled by stage 4's own
+   `s4_evaluation.auroc_examples`.
 
 Run: python benchmarks/experiments/s4_auroc_score.py [--run RUN_DIR]
 """
@@ -24,6 +24,7 @@ from personatune.persona import load_persona
 from personatune.scoring.aggregate import auroc
 from personatune.scoring.gold import load_gold
 from personatune.scoring.scorer import Scorer
+from personatune.stages.s4_evaluation import auroc_examples
 
 ROOT = Path(__file__).resolve().parents[2]
 SCORES = {
@@ -71,13 +72,7 @@ def run_heldout(run: Path, fitted: bool = True):
     spec = load_persona(next((run / "02_persona").glob("persona*.yaml")))
     held = run / "03_consistency_data" / "heldout"
     sft, pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
-    texts, trait_of, labels = [], [], []
-    for r in sft:
-        for t in r.get("targets", []):
-            texts.append(r["messages"][-1]["content"]), trait_of.append(t), labels.append(1)
-    for p in pairs:
-        if p.get("rejected_kind") == "trait_flipped" and p.get("flipped_trait") and not p.get("rejected_consistent"):
-            texts.append(p["rejected"][-1]["content"]), trait_of.append(p["flipped_trait"]), labels.append(0)
+    texts, trait_of, labels = auroc_examples(sft, pairs)
     scorer = Scorer.from_evaluator_dir(spec, run / "04_evaluation" / "evaluator") if fitted else Scorer(spec)
     rows = per_trait(scorer.score(texts), trait_of, labels, spec.trait_ids)
     for t, r in rows.items():

@@ -156,27 +156,28 @@ def find_stage(name: str, stages: tuple[Stage, ...] = STAGES) -> int:
     raise ConfigError(f"unknown stage {name!r}; valid stages: {valid}")
 
 
+def _stage_key_extra(cfg: RunConfig, st: Stage) -> str:
+    """The stage's version, and the persona file's content hash when the stage reads the persona."""
+    extra = f"v{st.version}"
+    if "persona" in st.config_keys:
+        extra += file_hash(cfg.persona) if Path(cfg.persona).is_file() else "missing"
+    return extra
+
+
 def stage_cache_key(cfg: RunConfig, st: Stage) -> str:
     """The config part of a stage's cache key: its config sections and its version.
 
     The persona enters by its file's content, not its path, so a run directory whose checkout was moved or copied
     elsewhere (the config then names the same persona at another absolute path) keeps its finished stages.
     """
-    extra = f"v{st.version}"
-    keys = st.config_keys
-    if "persona" in keys:
-        extra += file_hash(cfg.persona) if Path(cfg.persona).is_file() else "missing"
-        keys = tuple(k for k in keys if k != "persona")
-    return section_hash(cfg, keys, extra=extra)
+    keys = tuple(k for k in st.config_keys if k != "persona")
+    return section_hash(cfg, keys, extra=_stage_key_extra(cfg, st))
 
 
 def legacy_stage_cache_key(cfg: RunConfig, st: Stage) -> str:
     """The key as recorded before 2026-12-01 (the persona's path hashed beside its content): a record carrying it
     still counts as unchanged, so run directories written then keep their finished stages."""
-    extra = f"v{st.version}"
-    if "persona" in st.config_keys:
-        extra += file_hash(cfg.persona) if Path(cfg.persona).is_file() else "missing"
-    return section_hash(cfg, st.config_keys, extra=extra)
+    return section_hash(cfg, st.config_keys, extra=_stage_key_extra(cfg, st))
 
 
 def _event(line: str) -> None:
@@ -350,7 +351,7 @@ def _run_stages(
         inputs = {f"{up}:{name}": rd.record(up).outputs.get(name, {}).get("hash", "missing") for up, name in st.inputs}
         rec = rd.record(st.id)
         rerun = force or i >= start_i and from_stage is not None
-        same_config = rec.config_hash in (key, legacy_stage_cache_key(cfg, st))
+        same_config = rec.config_hash == key or rec.config_hash == legacy_stage_cache_key(cfg, st)
         unchanged = not rerun and same_config and rec.inputs == inputs and rd.outputs_intact(rec)
         if unchanged and rec.config_hash != key:
             rec.config_hash = key  # a legacy key: recorded again in today's form

@@ -55,8 +55,9 @@ def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> 
     return ex
 
 
-def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> dict[str, dict[str, Any]]:
-    """Per trait: AUROC of traits[t] on held-out chosen (t targeted, label 1) vs trait-flipped for t (label 0).
+def auroc_examples(sft: list[dict], pairs: list[dict]) -> tuple[list[str], list[str], list[int]]:
+    """(texts, trait of each, label) for the detector AUROC: chosen responses once per targeted trait (label 1),
+    trait-flipped responses for their flipped trait (label 0).
 
     Trait-flipped responses marked `rejected_consistent` (the flip did not take) are left out, as in fitting.
     """
@@ -77,6 +78,13 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
             texts.append(p["rejected"][-1]["content"])
             trait_of.append(p["flipped_trait"])
             labels.append(0)
+    return texts, trait_of, labels
+
+
+def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> dict[str, dict[str, Any]]:
+    """Per trait: AUROC of traits[t] on held-out chosen (t targeted, label 1) vs trait-flipped for t (label 0),
+    labelled by `auroc_examples`."""
+    texts, trait_of, labels = auroc_examples(sft, pairs)
     scores = scorer.score(texts) if texts else []
     out = {}
     for t in spec.trait_ids:
