@@ -43,6 +43,8 @@ from personatune.scoring.record import ResponseScore
 from personatune.scoring.repetition import repetition_factor, repetition_share
 from personatune.scoring.rules import compile_rules
 from personatune.scoring.style import style_features_batch, style_match
+from personatune.scoring.trait_lexicon import WEIGHT as TRAIT_LEXICON_WEIGHT
+from personatune.scoring.trait_lexicon import TraitLexicons
 from personatune.scoring.traits import PersonaProfile, build_profile, persona_hash
 
 DEFAULT_JUDGE_WEIGHT = 0.5
@@ -115,6 +117,8 @@ class Scorer:
         judge_weight: weight of the judge in [0,1] (ignored without a judge).
         lexical: apply the lexical-bank condition (`own_voice`) when the instrument has a bank; False scores
             as before it shipped (for comparisons in benchmarks/).
+        trait_lexicon_weight: weight of the per-trait lexical evidence (scoring/trait_lexicon.py) when the
+            instrument has a lexical bank (its background); 0 scores without it.
 
     Raises:
         DataError: the profile was fitted for other traits, or judge_weight is outside [0,1].
@@ -128,6 +132,7 @@ class Scorer:
         judge: Judge | None = None,
         judge_weight: float = DEFAULT_JUDGE_WEIGHT,
         lexical: bool = True,
+        trait_lexicon_weight: float = TRAIT_LEXICON_WEIGHT,
     ) -> None:
         if not 0.0 <= judge_weight <= 1.0:
             raise DataError(f"judge_weight {judge_weight} must be in [0, 1]; fix: e.g. 0.5")
@@ -142,8 +147,13 @@ class Scorer:
         self.judge = judge
         self.judge_weight = float(judge_weight)
         self.rules = compile_rules(persona.behaviors)
-        bank = bank_of(getattr(self.instrument, "weights_dir", None)) if lexical else None
-        self.own_voice = bank.scorer_for(persona) if bank is not None else None
+        bank = bank_of(getattr(self.instrument, "weights_dir", None))
+        self.own_voice = bank.scorer_for(persona) if bank is not None and lexical else None
+        self.trait_lexicons = (
+            TraitLexicons.build(persona, bank.background, trait_lexicon_weight)
+            if bank is not None and trait_lexicon_weight
+            else None
+        )
 
     def on_task(self, texts: Sequence[str], prompts: Sequence[Any]) -> list[float | None]:
         """P(on task) of each response given its prompt (None where the prompt is None)."""
@@ -205,6 +215,8 @@ class Scorer:
                 )
         sc = self.profile.score(list(texts), self.instrument)
         traits, viols = sc.traits, sc.violations
+        if self.trait_lexicons is not None:
+            self.trait_lexicons.apply(list(texts), traits, viols)
         on_task = self.on_task(list(texts), list(prompts)) if prompts is not None else [None] * n
         if self.judge is not None and n:
             asks = [last_user_turn(p) for p in prompts] if prompts is not None else [None] * n
