@@ -25,6 +25,7 @@ import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from personatune.persona import PersonaSpec
 from personatune.scoring.instrument import sigmoid
@@ -38,6 +39,33 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def side_lexicons(
+    trait: Any, background: Counter, leave_out: tuple[str, int] | None = None
+) -> tuple[dict[str, float], dict[str, float]]:
+    """(lexicon+, lexicon-) of one trait; `leave_out` = ("positive" | "negative", index) drops that exemplar
+    (stage 2's leave-one-out)."""
+    pos, neg = list(trait.positive), list(trait.negative)
+    if leave_out is not None:
+        side, i = leave_out
+        (pos if side == "positive" else neg).pop(i)
+    p = Counter(w for s in [trait.description, *pos] for w in words(s))
+    n = Counter(w for s in [trait.inverse or "", *neg] for w in words(s))
+    return log_odds(p, background), log_odds(n, background)
+
+
+def lex_of(lexicons: tuple[dict[str, float], dict[str, float]], text: str | list[str]) -> float:
+    """lex_t of `text` under one trait's (lexicon+, lexicon-), nats per word."""
+    ws = words(text) if isinstance(text, str) else text
+    return lexical_score(lexicons[0], ws) - lexical_score(lexicons[1], ws)
+
+
+def shift(p_expressed: float, p_violated: float, lex: float, weight: float = WEIGHT) -> tuple[float, float]:
+    """(traits[t], violations[t]) after the lexical evidence `lex` (nats per word) at `weight`."""
+    if not weight:
+        return p_expressed, p_violated
+    return sigmoid(_logit(p_expressed) + weight * lex), sigmoid(_logit(p_violated) - weight * lex)
+
+
 @dataclass
 class TraitLexicons:
     """Each trait's (lexicon+, lexicon-) and the weight of their evidence."""
@@ -47,17 +75,13 @@ class TraitLexicons:
 
     @classmethod
     def build(cls, spec: PersonaSpec, background: Counter, weight: float = WEIGHT) -> "TraitLexicons":
-        lx = {}
-        for t in spec.traits:
-            pos = Counter(w for s in [t.description, *t.positive] for w in words(s))
-            neg = Counter(w for s in [t.inverse or "", *t.negative] for w in words(s))
-            lx[t.id] = (log_odds(pos, background), log_odds(neg, background))
+        lx = {t.id: side_lexicons(t, background) for t in spec.traits}
         return cls(lx, float(weight))
 
     def lex(self, text: str) -> dict[str, float]:
         """lex_t of `text` for every trait (nats per word)."""
         ws = words(text)
-        return {t: lexical_score(p, ws) - lexical_score(n, ws) for t, (p, n) in self.lexicons.items()}
+        return {t: lex_of(lx, ws) for t, lx in self.lexicons.items()}
 
     def apply(self, texts: Sequence[str], traits: list[dict[str, float]], violations: list[dict[str, float]]) -> None:
         """Shift each response's trait and violation probabilities by its lexical evidence, in place."""
@@ -66,5 +90,4 @@ class TraitLexicons:
         for text, tr, vi in zip(texts, traits, violations):
             for t, x in self.lex(text).items():
                 if t in tr:
-                    tr[t] = sigmoid(_logit(tr[t]) + self.weight * x)
-                    vi[t] = sigmoid(_logit(vi[t]) - self.weight * x)
+                    tr[t], vi[t] = shift(tr[t], vi[t], x, self.weight)
