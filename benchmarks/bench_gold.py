@@ -31,7 +31,6 @@ from personatune.persona import load_persona
 from personatune.scoring.gold import format_gold_report, gold_report, load_gold, score_gold, unmet_targets
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.scorer import Scorer
-from personatune.scoring.trait_lexicon import WEIGHT as TRAIT_LEXICON_WEIGHT
 
 HERE = Path(__file__).resolve().parent
 
@@ -52,8 +51,8 @@ def main() -> None:
     ap.add_argument(
         "--trait-lexicon-weight",
         type=float,
-        default=None,
-        help="weight of the per-trait lexical evidence (scoring/trait_lexicon.py; default: the shipped WEIGHT, 0 = off)",
+        default=0.0,
+        help="weight of the per-trait lexical evidence (scoring/trait_lexicon.py; default 0 = off, as shipped; 10 = its chosen weight)",
     )
     args = ap.parse_args()
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))
@@ -65,8 +64,12 @@ def main() -> None:
         for p in problems:
             print(f"{folder.name}: line {p['line']} skipped: {p['reason']}")
         t0 = time.perf_counter()
-        tlw = TRAIT_LEXICON_WEIGHT if args.trait_lexicon_weight is None else args.trait_lexicon_weight
-        scorer = Scorer(spec, instrument=instrument, lexical=not args.no_lexical_bank, trait_lexicon_weight=tlw)
+        scorer = Scorer(
+            spec,
+            instrument=instrument,
+            lexical=not args.no_lexical_bank,
+            trait_lexicon_weight=args.trait_lexicon_weight,
+        )
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
         scores = score_gold(scorer, items)

@@ -6,6 +6,8 @@ this project, never taken from the test files) on the shipped instrument (scorin
 scores every statement of ../shared/benchmarks/anthropic-persona/<trait>.jsonl (500 " Yes" = someone with
 the trait would say it, 500 " No"). The five traits form one persona, as in a real persona file.
 
+traits[t] and violations[t] are the scorer's (the instrument's head); --trait-lexicon-weight W adds the per-trait
+lexical evidence of scoring/trait_lexicon.py (measured, not adopted).
 Reported per trait: accuracy of traits[t] >= 0.5 against Yes/No, AUROC of traits[t] - violations[t],
 the share of Yes statements not read as violating t, and the nearest-centroid baseline on frozen MiniLM
 (statement closer to the mean positive-exemplar embedding than to the mean negative one). Nothing is
@@ -31,6 +33,8 @@ from personatune.embeddings import Embedder
 from personatune.persona import PersonaSpec, Trait
 from personatune.scoring.aggregate import auroc
 from personatune.scoring.instrument import Instrument
+from personatune.scoring.lexical import bank_of
+from personatune.scoring.trait_lexicon import TraitLexicons
 from personatune.scoring.traits import build_profile
 
 HERE = Path(__file__).resolve().parent
@@ -45,6 +49,12 @@ def main() -> None:
     )
     ap.add_argument("--spec", default=str(HERE / "trait_specs" / "big_five.yaml"))
     ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one)")
+    ap.add_argument(
+        "--trait-lexicon-weight",
+        type=float,
+        default=0.0,
+        help="weight of the per-trait lexical evidence (scoring/trait_lexicon.py; default 0 = off, as the scorer ships)",
+    )
     ap.add_argument(
         "--judge", choices=["hf", "openai"], help="also measure an LLM judge (and the 50/50 combination) on a sample"
     )
@@ -67,6 +77,9 @@ def main() -> None:
     inst = Instrument(args.instrument) if args.instrument else Instrument.default()
     t0 = time.perf_counter()
     det = build_profile(spec, inst)
+    bank = bank_of(inst.weights_dir)
+    use = bank is not None and args.trait_lexicon_weight
+    lexicons = TraitLexicons.build(spec, bank.background, args.trait_lexicon_weight) if use else None
     print(
         f"profile built from the spec alone in {time.perf_counter() - t0:.2f} s (instrument {inst.meta.get('weights_sha256', '')[:12]})"
     )
@@ -80,6 +93,8 @@ def main() -> None:
         texts = [d["statement"] for d in items]
         y = np.array([d["answer_matching_behavior"].strip() == "Yes" for d in items])
         sc = det.score(texts, inst)
+        if lexicons is not None:  # as Scorer(trait_lexicon_weight=W) does
+            lexicons.apply(texts, sc.traits, sc.violations)
         p = np.array([r[t.id] for r in sc.traits])
         v = np.array([r[t.id] for r in sc.violations])
         acc, auc = float(((p >= 0.5) == y).mean()), auroc(p - v, y)

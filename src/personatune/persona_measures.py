@@ -1,8 +1,7 @@
 """The measurements of the stage-2 persona gate (personatune.persona_gate).
 
-- `loo_separability`: per trait, leave-one-out, the AUROC of the scorer's margin traits[t] - violations[t]
-  (the instrument's head plus, when the instrument ships a lexical bank, the per-trait lexical evidence of
-  scoring/trait_lexicon.py) between the trait's held-out positives and negatives (how clear the trait is);
+- `loo_separability`: per trait, leave-one-out, the AUROC of the instrument's margin traits[t] - violations[t]
+  between the trait's held-out positives and negatives (how clear the trait is to the instrument);
 - `centroid_similarity`: cosine similarity of the traits' positive centroids (redundancy);
 - `_rules_parse`: every behaviour check and style phrase list compiled by the scorer's own rule engine;
 - `_example_warnings`: example replies that break the persona's own hard rules or avoid-list.
@@ -37,12 +36,9 @@ def loo_separability(spec: PersonaSpec, instrument: Any) -> list[dict[str, Any]]
         "violated"; "margins": the margins, positives first.
     """
     from personatune.scoring.aggregate import auroc
-    from personatune.scoring.lexical import bank_of
-    from personatune.scoring.trait_lexicon import lex_of, shift, side_lexicons
     from personatune.scoring.traits import PersonaProfile, build_profile
 
     full = build_profile(spec, instrument=instrument)
-    bank = bank_of(getattr(instrument, "weights_dir", None))  # the scorer's per-trait lexical evidence, if shipped
     out: list[dict[str, Any]] = []
     for k, t in enumerate(spec.traits):
         preds: list[tuple[str, int, str]] = []
@@ -58,10 +54,7 @@ def loo_separability(spec: PersonaSpec, instrument: Any) -> list[dict[str, Any]]
                     neg[k] = np.delete(neg[k], neg_off + i, axis=0)
                 held = PersonaProfile(full.trait_ids, pos, neg, full.voice_rows, full.meta)
                 sc = held.score([text], instrument)
-                pe, pv = sc.traits[0][t.id], sc.violations[0][t.id]
-                if bank is not None:  # the held-out exemplar's words left out of the lexicon too
-                    pe, pv = shift(pe, pv, lex_of(side_lexicons(t, bank.background, (kind, i)), text))
-                m = pe - pv
+                m = sc.traits[0][t.id] - sc.violations[0][t.id]
                 margins[kind].append(m)
                 preds.append((kind, i, "expressed" if m > 0 else "violated"))
         mp, mn = margins["positive"], margins["negative"]

@@ -37,17 +37,16 @@ def test_apply_shifts_expressed_up_and_violated_down_and_weight_zero_is_identity
     assert tr0 == [{"sociable": 0.3}] and vi0 == [{"sociable": 0.6}]
 
 
-def test_scorer_uses_the_shipped_background_and_weight_zero_turns_it_off(five_traits):
+def test_scorer_applies_it_only_when_asked(five_traits):
     from personatune.scoring.instrument import Instrument
     from personatune.scoring.scorer import Scorer
 
     spec = PersonaSpec(name="T", summary="s", traits=five_traits)
     inst = Instrument.default()
     text = ["I love meeting new people, and parties with lots of friends make me happy."]
-    on, off = (
-        Scorer(spec, instrument=inst).score(text)[0],
-        Scorer(spec, instrument=inst, trait_lexicon_weight=0).score(text)[0],
-    )
+    on = Scorer(spec, instrument=inst, trait_lexicon_weight=10).score(text)[0]
+    off = Scorer(spec, instrument=inst).score(text)[0]  # the default: off (measured, not adopted)
+    assert off.traits == Scorer(spec, instrument=inst, trait_lexicon_weight=0).score(text)[0].traits
     assert on.traits["sociable"] > off.traits["sociable"]
     assert on.violations["sociable"] < off.violations["sociable"]
 

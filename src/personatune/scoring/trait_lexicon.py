@@ -1,22 +1,23 @@
-"""Per-trait lexical evidence beside the instrument's trait head.
+"""Per-trait lexical evidence beside the instrument's trait head — measured, **not adopted** (off by default).
 
-Why: the instrument reads meaning; a trait that is partly about word choice (nautical slang, a teacher's
-"let's check", a gardener's plant names) also shows in the words themselves, and a contradiction written in
-the persona's voice often swaps exactly those words. Measured on the instrument's training corpus, the
-development gold sets and a run's held-out split (benchmarks/experiments/trait_lexicon.py, docs/benchmarks.md,
-"Per-trait lexicons"), adding this evidence to the trait head's logit raises the per-trait AUROC of
-in-persona vs trait-flipped answers on all three.
+Why it was tried: the instrument reads meaning; a trait that is partly about word choice (nautical slang, a
+teacher's "let's check") also shows in the words themselves, and the head gave plain sentences without one
+nautical word P(nautical_slang) ≈ 0.99 on a run's held-out split.
 
 - For trait t: lexicon+ = smoothed log-odds (scoring/lexical.py) of the words of its description and positive
   exemplars against the lexical bank's plain-register background; lexicon- = the same for its inverse and
   negative exemplars (persona file only).
 - lex_t(text) = lexical_score(lexicon+, text) - lexical_score(lexicon-, text), nats per word (0 for a text
   that uses neither side's words).
-- traits[t] = sigmoid(logit(head's P(expressed)) + WEIGHT * lex_t) and
-  violations[t] = sigmoid(logit(head's P(violated)) - WEIGHT * lex_t).
+- traits[t] = sigmoid(logit(head's P(expressed)) + weight * lex_t) and
+  violations[t] = sigmoid(logit(head's P(violated)) - weight * lex_t).
 
-WEIGHT was chosen on the instrument's training corpus (24 personas; never the gold sets), see the
-experiment's table.
+WEIGHT = 10 was chosen on the instrument's training corpus (per-trait AUROC of in-persona vs trait-flipped
+answers). It raised that AUROC a little on the dev gold sets (0.890 -> 0.899) and on two main-job held-out
+splits, left the `consistent` decision on the gold sets where it was (balanced accuracy 0.800 -> 0.799), and
+**lowered** accuracy on the third-party Anthropic statements from 0.890 to 0.841 (0.906 -> 0.828 with the facet
+specs): per-word evidence from ten exemplars is strong and wrong on short statements. So `Scorer` applies it only
+when asked (`trait_lexicon_weight`), for benchmarks (docs/benchmarks.md, "Per-trait lexical evidence").
 """
 
 from __future__ import annotations
