@@ -49,13 +49,3 @@ def test_scorer_applies_it_only_when_asked(five_traits):
     assert off.traits == Scorer(spec, instrument=inst, trait_lexicon_weight=0).score(text)[0].traits
     assert on.traits["sociable"] > off.traits["sociable"]
     assert on.violations["sociable"] < off.violations["sociable"]
-
-
-def test_leave_one_out_drops_the_exemplars_own_words(five_traits):
-    from personatune.scoring.trait_lexicon import lex_of, side_lexicons
-
-    t = five_traits[0]  # sociable; its first positive: "I love meeting new people."
-    full = side_lexicons(t, BACKGROUND)
-    held = side_lexicons(t, BACKGROUND, ("positive", 0))
-    assert "meeting" in full[0] and "meeting" not in held[0]
-    assert lex_of(held, t.positive[0]) < lex_of(full, t.positive[0])

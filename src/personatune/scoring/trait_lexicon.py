@@ -40,17 +40,10 @@ def _logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
-def side_lexicons(
-    trait: Any, background: Counter, leave_out: tuple[str, int] | None = None
-) -> tuple[dict[str, float], dict[str, float]]:
-    """(lexicon+, lexicon-) of one trait; `leave_out` = ("positive" | "negative", index) drops that exemplar
-    (stage 2's leave-one-out)."""
-    pos, neg = list(trait.positive), list(trait.negative)
-    if leave_out is not None:
-        side, i = leave_out
-        (pos if side == "positive" else neg).pop(i)
-    p = Counter(w for s in [trait.description, *pos] for w in words(s))
-    n = Counter(w for s in [trait.inverse or "", *neg] for w in words(s))
+def side_lexicons(trait: Any, background: Counter) -> tuple[dict[str, float], dict[str, float]]:
+    """(lexicon+, lexicon-) of one trait."""
+    p = Counter(w for s in [trait.description, *trait.positive] for w in words(s))
+    n = Counter(w for s in [trait.inverse or "", *trait.negative] for w in words(s))
     return log_odds(p, background), log_odds(n, background)
 
 
