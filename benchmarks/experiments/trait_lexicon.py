@@ -5,7 +5,7 @@ lexical bank's plain-register background; lexicon- = the same for its inverse an
 lex_t(text) = lexical_score(lexicon+, text) - lexical_score(lexicon-, text) (nats per word).
 
 Per trait, AUROC of gold answers targeting t (label 1) vs answers flipped for t (label 0), for
-traits[t], lex_t, and logit(traits[t]) + W * lex_t over a few W; on the scorer corpus (the instrument's
+traits[t], lex_t, and traits[t] shifted by W * lex_t (trait_lexicon.shift) over a few W; on the scorer corpus (the instrument's
 training personas: where W would be chosen), the dev gold sets, and optionally a run's held-out split.
 
 Run: python benchmarks/experiments/trait_lexicon.py [--run RUN_DIR]
@@ -14,7 +14,6 @@ Run: python benchmarks/experiments/trait_lexicon.py [--run RUN_DIR]
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
@@ -25,15 +24,10 @@ from personatune.scoring.gold import load_gold
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.lexical import bank_of
 from personatune.scoring.scorer import Scorer
-from personatune.scoring.trait_lexicon import TraitLexicons
+from personatune.scoring.trait_lexicon import TraitLexicons, shift
 
 ROOT = Path(__file__).resolve().parents[2]
 WS = (0.0, 2.0, 5.0, 10.0, 20.0, 50.0)
-
-
-def logit(p):
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
 
 
 def per_trait(spec, recs, texts, trait_of, labels, background):
@@ -48,7 +42,7 @@ def per_trait(spec, recs, texts, trait_of, labels, background):
         lx = [lxs.lex(texts[i])[t] for i in idx]
         row = {"traits": auroc(tr, y), "lex": auroc(lx, y)}
         for w in WS[1:]:
-            row[f"W={w:g}"] = auroc([logit(a) + w * b for a, b in zip(tr, lx)], y)
+            row[f"W={w:g}"] = auroc([shift(a, 0.5, b, w)[0] for a, b in zip(tr, lx)], y)
         rows[t] = row
     return rows
 
