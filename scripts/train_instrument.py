@@ -19,6 +19,12 @@ What is trained (the instrument's module docstring describes the model):
     also 0 for N gold answers of other corpus personas per prompt (personas that share a signature phrase are not
     each other's negatives): tried to make the voice this persona's own, not any colourful register — it trades
     gold answers for it (docs/benchmarks.md, "Other personas");
+  - with `--plain-fragments N` (default 0, as the shipped weights were trained): N short pieces of the prompt's
+    generic answer (one sentence cut to 1-12 words, closed with a full stop; drawn once, seeded) labelled
+    expressed[t] = 0 for every trait (weight 0.5) and voice 0, no violation label: short plain text expresses
+    nothing (the lead of benchmarks/experiments/short_answers.py: the head rated plain text higher the shorter it is);
+    alone it taught the head a length prior (docs/benchmarks.md); `--gold-fragments N` adds the same-length
+    counterpart: N pieces of the gold answer labelled expressed[t] = 1 for its targets (weight 0.5) and voice 1;
   - a pairwise term per prompt: the flipped answer violates its trait more, and expresses it less, than the
     gold answer (softplus margin 1);
 - `on_task`: a logistic regression of [relevance of the whole answer, of its best sentence] (frozen MiniLM
@@ -130,9 +136,24 @@ def pooled(Z, off, text):
     return S, W, off + len(sents)
 
 
+def plain_fragments(items, n: int, rng: random.Random, kind: str = "generic") -> list[list[str]]:
+    """Per prompt, `n` short pieces of its `kind` answer: a sentence cut to 1-12 words, ending in a full stop."""
+    out = []
+    for it in items:
+        sents = split_sentences(it.answers[kind])
+        frags = []
+        for _ in range(n):
+            ws = rng.choice(sents).split()
+            frags.append(" ".join(ws[: rng.randint(1, 12)]).rstrip(",;:.!?-") + ".")
+        out.append(frags)
+    return out
+
+
 def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
     """Loss of one prompt batch (the labels of the module docstring); Z holds the answers' sentence embeddings from
-    `off`, each prompt's four answers followed by its other-persona answers (`cross[j]`, voice label 0)."""
+    `off`, each prompt's four answers followed by its other-persona answers and its plain fragments
+    (`cross[j]`: (text, True) for another persona's answer, voice label 0; (text, False) for a plain fragment,
+    voice 0 and expressed 0 for every trait)."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     T = spec.trait_ids
     loss, by = 0.0, {}
@@ -158,9 +179,18 @@ def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
             loss = loss + (bce(v, yv, weight=wv, reduction="sum") + bce(e, ye, weight=we, reduction="sum")) / len(T)
             if kind != "flipped":
                 loss = loss + bce(vo, torch.tensor(0.0 if kind == "generic" else 1.0))
-        for text in cross[j]:
+        for text, tag in cross[j]:
             S, W, off = pooled(Z, off, text)
-            loss = loss + bce(head(S, W, P, N, PE, NE, V, G)[2], torch.tensor(0.0))
+            _, e, vo = head(S, W, P, N, PE, NE, V, G)
+            if tag == "other":
+                loss = loss + bce(vo, torch.tensor(0.0))
+            elif tag == "plain":
+                loss = loss + 0.5 * (bce(e, torch.zeros(len(T)), reduction="sum") / len(T) + bce(vo, torch.tensor(0.0)))
+            else:  # a piece of the gold answer: its targets expressed, in voice (noisy labels: weight 0.5)
+                ye, we = torch.zeros(len(T)), torch.zeros(len(T))
+                for t in it.targets:
+                    ye[T.index(t)], we[T.index(t)] = 1.0, 1.0
+                loss = loss + 0.5 * (bce(e, ye, weight=we, reduction="sum") / len(T) + bce(vo, torch.tensor(1.0)))
         jt = T.index(it.flipped_trait)
         (vg, eg), (vf, ef) = by[(j, "gold")], by[(j, "flipped")]
         loss = loss + (
@@ -232,6 +262,19 @@ def main() -> None:
         "1 was tried, docs/benchmarks.md 'Other personas')",
     )
     ap.add_argument(
+        "--plain-fragments",
+        type=int,
+        default=0,
+        help="short pieces of the generic answer per prompt, labelled 'expresses nothing' (0: the shipped instrument)",
+    )
+    ap.add_argument(
+        "--gold-fragments",
+        type=int,
+        default=0,
+        help="short pieces of the gold answer per prompt, labelled 'expresses its targets, in voice' (0: the shipped "
+        "instrument; the same-length counterpart of --plain-fragments)",
+    )
+    ap.add_argument(
         "--keep-epochs",
         help="also write the instrument after every epoch to DIR/epochN (to compare epochs on the dev gold sets)",
     )
@@ -250,6 +293,17 @@ def main() -> None:
         for p in problems:
             print(f"{d.name}: line {p['line']} skipped: {p['reason']}")
         sets.append((spec, items))
+    frag_rng = random.Random(args.seed)
+    frags = [
+        [
+            [(f, "plain") for f in p] + [(f, "gold") for f in g]
+            for p, g in zip(
+                plain_fragments(items, args.plain_fragments, frag_rng),
+                plain_fragments(items, args.gold_fragments, frag_rng, kind="gold"),
+            )
+        ]
+        for _, items in sets
+    ]
     print(f"corpus: {len(sets)} sets, {sum(len(i) for _, i in sets)} prompts", flush=True)
     mp = str(minilm_path())
     tok = AutoTokenizer.from_pretrained(mp)
@@ -262,6 +316,7 @@ def main() -> None:
     for spec, items in sets:
         texts += trait_rows(spec) + voice_sentences(spec)
         texts += [s for it in items for kind in KINDS for s in split_sentences(it.answers[kind])]
+    texts += [s for per_set in frags for per_item in per_set for f, _ in per_item for s in split_sentences(f)]
     cache.fill(texts)
     print(f"bottom layers for {len(cache.cache)} texts: {time.time() - t_start:.0f}s", flush=True)
     coef, bias = fit_on_task(sets, base, tok)
@@ -280,11 +335,13 @@ def main() -> None:
             spec, items = sets[s]
             batch = items[i0 : i0 + args.batch]
             prow = trait_rows(spec) + voice_sentences(spec)
-            cross = [other_voices(sets, s, args.cross) for _ in batch]
+            cross = [
+                [(t, "other") for t in other_voices(sets, s, args.cross)] + fr for fr in frags[s][i0 : i0 + args.batch]
+            ]
             answers = [
                 x
                 for it, cr in zip(batch, cross)
-                for text in [*(it.answers[kind] for kind in KINDS), *cr]
+                for text in [*(it.answers[kind] for kind in KINDS), *(t for t, _ in cr)]
                 for x in split_sentences(text)
             ]
             neu = random.sample(neutral, 48)
@@ -348,6 +405,8 @@ def save(out, tuned, head, cache, neutral, k, coef, bias, args, folders, losses,
         "lr": args.lr,
         "seed": args.seed,
         "cross": args.cross,
+        "plain_fragments": args.plain_fragments,
+        "gold_fragments": args.gold_fragments,
         "loss_per_epoch": [round(x, 4) for x in losses],
         "seconds": round(time.time() - t_start),
         "on_task": {

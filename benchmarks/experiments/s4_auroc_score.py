@@ -9,7 +9,7 @@ contradicts it (trait-flipped for t). The instrument has a head for each side: `
 2. optionally on a run's stage-3 held-out split with its stage-4 evaluator (the check), labelled by stage 4's own
    `s4_evaluation.auroc_examples`.
 
-Run: python benchmarks/experiments/s4_auroc_score.py [--run RUN_DIR]
+Run: python benchmarks/experiments/s4_auroc_score.py [--run RUN_DIR] [--instrument DIR]
 """
 
 from __future__ import annotations
@@ -46,10 +46,12 @@ def per_trait(records, trait_of, labels, trait_ids):
 def summary(rows, label):
     for name in SCORES:
         v = np.array([r[name] for r in rows.values() if r[name] is not None])
-        print(f"  {label:28s} {name:18s} mean {v.mean():.3f}  min {v.min():.3f}  >=0.90: {int((v >= 0.9).sum())}/{len(v)}")
+        print(
+            f"  {label:28s} {name:18s} mean {v.mean():.3f}  min {v.min():.3f}  >=0.90: {int((v >= 0.9).sum())}/{len(v)}"
+        )
 
 
-def gold_sets():
+def gold_sets(inst=None):
     allrows = {}
     for folder in sorted(p.parent for p in (ROOT / "benchmarks/gold").glob("*/responses.jsonl")):
         spec = load_persona(folder / "persona.yaml")
@@ -59,21 +61,31 @@ def gold_sets():
             for t in it.targets:
                 texts.append(it.answers["gold"]), trait_of.append(t), labels.append(1)
             texts.append(it.answers["flipped"]), trait_of.append(it.flipped_trait), labels.append(0)
-        recs = Scorer(spec).score(texts)
+        recs = Scorer(spec, instrument=inst).score(texts)
         rows = per_trait(recs, trait_of, labels, spec.trait_ids)
         summary(rows, folder.name)
         allrows.update({f"{folder.name}.{t}": r for t, r in rows.items()})
     summary(allrows, "ALL dev gold traits")
 
 
-def run_heldout(run: Path, fitted: bool = True):
+def run_heldout(run: Path, fitted: bool = True, inst=None):
     from personatune.rundir import read_jsonl
 
     spec = load_persona(next((run / "02_persona").glob("persona*.yaml")))
     held = run / "03_consistency_data" / "heldout"
     sft, pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
     texts, trait_of, labels = auroc_examples(sft, pairs)
-    scorer = Scorer.from_evaluator_dir(spec, run / "04_evaluation" / "evaluator") if fitted else Scorer(spec)
+    if fitted and inst is not None:  # the run's evaluator was fitted with its own instrument: refit as stage 4 does
+        from personatune.scoring.traits import fit
+        from personatune.stages.s4_evaluation import labelled_examples
+
+        train = run / "03_consistency_data" / "train"
+        ex = labelled_examples(spec, read_jsonl(train / "sft.jsonl"), read_jsonl(train / "pairs.jsonl"))
+        scorer = Scorer(spec, instrument=inst, profile=fit(spec, ex, instrument=inst))
+    elif fitted:
+        scorer = Scorer.from_evaluator_dir(spec, run / "04_evaluation" / "evaluator")
+    else:
+        scorer = Scorer(spec, instrument=inst)
     rows = per_trait(scorer.score(texts), trait_of, labels, spec.trait_ids)
     for t, r in rows.items():
         print(f"  {t:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in r.items()))
@@ -85,12 +97,20 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--run", help="a run folder with stages 3 and 4 (its held-out split and evaluator)")
     ap.add_argument("--no-gold", action="store_true")
-    ap.add_argument("--persona-only", action="store_true", help="score the run with the persona file alone, not stage 4's fit")
+    ap.add_argument(
+        "--persona-only", action="store_true", help="score the run with the persona file alone, not stage 4's fit"
+    )
+    ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one)")
     args = ap.parse_args()
+    inst = None
+    if args.instrument:
+        from personatune.scoring.instrument import Instrument
+
+        inst = Instrument(args.instrument)
     if not args.no_gold:
-        gold_sets()
+        gold_sets(inst)
     if args.run:
-        print(json.dumps(run_heldout(Path(args.run), fitted=not args.persona_only), indent=1))
+        print(json.dumps(run_heldout(Path(args.run), fitted=not args.persona_only, inst=inst), indent=1))
 
 
 if __name__ == "__main__":

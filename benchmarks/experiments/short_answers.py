@@ -7,7 +7,7 @@ response against its set's persona, and also the gold answers' sentences (whole 
 bucket (words): mean of max_t traits[t], the share with some traits[t] >= 0.5 (generic: a false expression; gold:
 an expression) or >= 0.9, and the mean of traits[t] over all traits.
 
-Run: python benchmarks/experiments/short_answers.py
+Run: python benchmarks/experiments/short_answers.py [--instrument DIR]
 """
 
 from __future__ import annotations
@@ -27,16 +27,26 @@ BUCKETS = [(1, 5), (6, 10), (11, 20), (21, 10_000)]
 
 
 def main() -> None:
+    import argparse
+
+    from personatune.scoring.instrument import Instrument
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--instrument", help="instrument weights folder (default: the shipped one)")
+    args = ap.parse_args()
+    inst = Instrument(args.instrument) if args.instrument else Instrument.default()
     rows = {"generic": [], "gold": []}
     for folder in sorted(p.parent for p in (ROOT / "benchmarks/gold").glob("*/responses.jsonl")):
         spec = load_persona(folder / "persona.yaml")
         items, _ = load_gold(folder / "responses.jsonl", spec.trait_ids)
-        sc = Scorer(spec)
+        sc = Scorer(spec, instrument=inst)
         for kind in rows:
             sents = sorted({s for it in items for s in split_sentences(it.answers[kind])})
             whole = [it.answers[kind] for it in items]
             for text, rec in zip(sents + whole, sc.score(sents + whole)):
-                rows[kind].append((len(words(text)), max(rec.traits.values()), float(np.mean(list(rec.traits.values())))))
+                rows[kind].append(
+                    (len(words(text)), max(rec.traits.values()), float(np.mean(list(rec.traits.values()))))
+                )
     for kind, r in rows.items():
         n = np.array([a for a, _, _ in r])
         m = np.array([b for _, b, _ in r])
