@@ -33,15 +33,25 @@ class Item:
 
 def load_suite() -> tuple[list[Item], list[str]]:
     """(items, perplexity texts) of the built-in suite."""
-    raw = yaml.safe_load(
-        resources.files("personatune.data").joinpath("capability_suite.yaml").read_text(encoding="utf-8")
-    )
-    items = [
+    raw = _read("capability_suite.yaml")
+    return _items(raw), list(raw["perplexity_text"])
+
+
+def load_anchors() -> list[Item]:
+    """The capability anchors (data/capability_anchors.yaml): checkable training prompts, disjoint from the suite."""
+    return _items(_read("capability_anchors.yaml"))
+
+
+def _read(name: str) -> dict[str, Any]:
+    return yaml.safe_load(resources.files("personatune.data").joinpath(name).read_text(encoding="utf-8"))
+
+
+def _items(raw: dict[str, Any]) -> list[Item]:
+    return [
         Item(task, it["q"], [str(a) for a in it.get("answers", [])], it.get("check", {}))
         for task in ("arithmetic", "facts", "instructions")
-        for it in raw[task]
+        for it in raw.get(task, [])
     ]
-    return items, list(raw["perplexity_text"])
 
 
 def is_correct(item: Item, reply: str) -> bool:

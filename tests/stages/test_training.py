@@ -613,3 +613,61 @@ def test_reference_samples_are_drawn_from_the_persona_prompted_baseline_and_filt
     assert reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer())[0] == rows
     with pytest.raises(DataError, match="train.reference_samples"):
         reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer(consistent=False))
+
+
+def test_capability_anchors_join_the_reference_samples_when_correct(tmp_path, monkeypatch):
+    """train.anchor_samples: the persona-prompted reference answers each capability anchor; the answers that pass the
+    item's check are added after the persona rows (no persona context in them), the others are dropped; cached."""
+    from types import SimpleNamespace
+
+    from personatune import capability
+    from personatune.generation import hf
+    from personatune.generation.resumable import _job_key, _load_generations
+    from personatune.persona import load_persona
+    from personatune.persona_prompt import persona_context
+    from personatune.stages.reference_sft import reference_sft_rows
+    from personatune.stages.s1_baseline import baseline_model_path
+
+    rd = tiny_run_through_stage3(tmp_path / "run", pair_dataset().to_list(), heldout_rows(["Say hello."]))
+    cfg = persona_config(
+        "model.name=tiny",
+        "data.few_shot=false",
+        "train.algorithm=sft",
+        "train.sft_source=reference",
+        "train.reference_samples=1",
+        "train.anchor_samples=2",
+        "train.kl_max_new_tokens=4",
+    )
+    spec = load_persona(PERSONA)
+    context = persona_context(spec, few_shot=False)
+    model, tok = models.load_configured_model(baseline_model_path(rd), cfg.model)
+    # the tiny model's answers are random tokens: one anchor every answer passes (no check), one none can
+    anchors = [
+        capability.Item("instructions", "Say anything.", [], {}),
+        capability.Item("arithmetic", "What is 2 + 2?", ["thiswordisnotinthetinyvocab"]),
+    ]
+    monkeypatch.setattr(capability, "load_anchors", lambda: anchors)
+
+    class Scorer:
+        def score(self, texts, **kw):
+            return [SimpleNamespace(consistent=True, on_task=0.9, consistency=0.7) for _ in texts]
+
+    rows, info = reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer())
+    assert info["anchors"] == {"items": 2, "sampled": 4, "kept": 2, "kept_items": 1, "per_task": {"instructions": 2}}
+    assert len(rows) == info["kept"] + 2
+    assert [r["messages"][0]["content"] for r in rows[-2:]] == ["Say anything."] * 2
+    assert all(r["messages"][0]["role"] == "user" and r["context"] == "capability_anchor" for r in rows[-2:])
+    done = _load_generations(rd.root / "05_optimization" / "anchor_samples.jsonl")
+    params = {"max_new_tokens": 4, "temperature": 1.0, "top_p": 1.0, "seed": cfg.seed, "n": 2}
+    assert _job_key(context + [{"role": "user", "content": "Say anything."}], params) in done
+    monkeypatch.setattr(hf.HFBackend, "generate", lambda *a, **k: pytest.fail("generated again"))
+    assert reference_sft_rows(cfg, rd, spec, context, model, tok, Scorer())[0] == rows
+
+
+def test_the_shipped_capability_anchors_are_checkable_and_not_the_suite():
+    from personatune.capability import load_anchors, load_suite
+
+    anchors, suite = load_anchors(), load_suite()[0]
+    assert len(anchors) >= 30 and {a.task for a in anchors} == {"arithmetic", "facts"}
+    assert not {a.question.lower() for a in anchors} & {s.question.lower() for s in suite}
+    assert all(a.answers for a in anchors)

@@ -263,6 +263,13 @@ def test_reference_samples_as_sft_source_need_the_sft_recipe():
     assert (args.algorithm, args.sft_source, args.reference_samples) == ("sft", "reference", 4)
 
 
+def test_capability_anchors_need_the_reference_samples():
+    msg = refused("train.algorithm=sft", "train.anchor_samples=2")
+    assert "anchor_samples=2 needs sft_source='reference'" in msg and "fix: set train.sft_source=reference" in msg
+    args = load_config(None, [PERSONA, "train.algorithm=sft", "train.sft_source=reference", "train.anchor_samples=2"])
+    assert (args.train.anchor_samples, load_config(None, [PERSONA]).train.anchor_samples) == (2, 0)
+
+
 def test_a_misspelled_device_is_refused_at_load_time():
     assert "model.device: not a device; fix: auto, cpu, cuda, cuda:N or mps (got 'gpu')" in refused("model.device=gpu")
     for ok in ("auto", "cpu", "cuda", "cuda:1", "mps"):

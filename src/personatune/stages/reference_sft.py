@@ -4,6 +4,10 @@ The drift-KL reference is the stage-1 baseline given the persona context c. Samp
 prompts and keeping the answers the scorer finds consistent and on task gives an SFT target that is in persona
 and, by construction, close to the reference: conditioning on "consistent" costs -log P(consistent) nats per
 sequence (docs/optimization.md, "SFT on reference samples").
+
+With `train.anchor_samples` > 0 the same reference also answers the capability anchors (checkable arithmetic and
+facts, data/capability_anchors.yaml, disjoint from the capability suite) and its correct answers join the data: the
+persona is learned on prompts where being right is checked, too (docs/benchmarks.md, "Capability anchors").
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ def reference_sft_rows(
     `05_optimization/reference_sft.jsonl`.
 
     Returns:
-        (sft rows with messages/context/targets/scenario_id, {"prompts", "sampled", "consistent", "kept", "kept_prompts"}).
+        (sft rows with messages/context/targets/scenario_id, {"prompts", "sampled", "consistent", "kept", "kept_prompts"},
+        plus "anchors" (anchor_rows' info) with train.anchor_samples > 0; the anchor rows come after the persona rows).
 
     Raises:
         DataError: no training prompt, or no sample was consistent and on task.
@@ -56,8 +61,9 @@ def reference_sft_rows(
     }
     jobs = [(list(context) + [dict(m) for m in s.messages], dict(params)) for s in scen]
     bs = config.data.teacher.batch_size
+    backend = HFBackend(model, tok, batch_size=bs, prefix_cache=1)
     texts = generate_resumable(
-        HFBackend(model, tok, batch_size=bs, prefix_cache=1),
+        backend,
         jobs,
         out / "reference_samples.jsonl",
         chunk=max(1, bs // args.reference_samples),
@@ -91,7 +97,66 @@ def reference_sft_rows(
             f"none of the {info['sampled']} reference samples was consistent and on task; fix: raise train.reference_samples "
             "or use train.sft_source=chosen (stage 3's chosen answers)"
         )
+    if args.anchor_samples > 0:
+        anchors, info["anchors"] = anchor_rows(config, run_dir, context, backend)
+        rows += anchors
     atomic_write_jsonl(out / "reference_sft.jsonl", rows)
+    return rows, info
+
+
+def anchor_rows(
+    config: RunConfig, run_dir: RunDir, context: list[dict[str, str]], backend: Any
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """`train.anchor_samples` answers of the reference (persona context + anchor question, the sampling of the reference
+    samples) per capability anchor, kept when `capability.is_correct`; resumable (`05_optimization/anchor_samples.jsonl`).
+
+    Returns:
+        (sft rows, {"items", "sampled", "kept", "kept_items", "per_task": {task: kept}}).
+    """
+    from personatune.capability import is_correct, load_anchors
+    from personatune.generation.resumable import generate_resumable
+
+    args = config.train
+    items = load_anchors()
+    params = {
+        "max_new_tokens": args.kl_max_new_tokens,
+        "temperature": 1.0,
+        "top_p": 1.0,
+        "seed": config.seed,
+        "n": args.anchor_samples,
+    }
+    jobs = [(list(context) + [{"role": "user", "content": it.question}], dict(params)) for it in items]
+    texts = generate_resumable(
+        backend,
+        jobs,
+        run_dir.stage_dir(STAGE) / "anchor_samples.jsonl",
+        chunk=max(1, config.data.teacher.batch_size // args.anchor_samples),
+        echo=log.info,
+        label="capability anchors (baseline + persona context)",
+    )
+    rows, per_task = [], {}
+    for i, (it, ts) in enumerate(zip(items, texts)):
+        for t in ts:
+            if is_correct(it, t):
+                rows.append(
+                    {
+                        "messages": [{"role": "user", "content": it.question}, {"role": "assistant", "content": t}],
+                        "context": "capability_anchor",
+                        "targets": [],
+                        "scenario_id": f"anchor-{it.task}-{i}",
+                    }
+                )
+                per_task[it.task] = per_task.get(it.task, 0) + 1
+    info = {
+        "items": len(items),
+        "sampled": sum(len(t) for t in texts),
+        "kept": len(rows),
+        "kept_items": len({r["scenario_id"] for r in rows}),
+        "per_task": per_task,
+    }
+    log.info(
+        f"  capability anchors: {info['kept']} of {info['sampled']} answers correct, {info['kept_items']} of {len(items)} items"
+    )
     return rows, info
 
 

@@ -53,6 +53,13 @@ class TrainArgs(ConfigSection):
     reference_samples: int = Field(
         4, ge=1, description="sft with sft_source=reference: responses sampled per stage-3 training prompt (count)"
     )
+    anchor_samples: int = Field(
+        0,
+        ge=0,
+        description="sft with sft_source=reference: responses sampled from the same reference for each capability anchor "
+        "(data/capability_anchors.yaml: checkable arithmetic and facts, disjoint from the capability suite), kept when "
+        "correct and added to the training data (count; 0 = off)",
+    )
     peft: Literal["lora", "full"] = Field(
         "lora",
         description="'lora' adapters (reference = base with adapters off) or 'full' fine-tuning (reference = frozen copy)",
@@ -168,6 +175,11 @@ class TrainArgs(ConfigSection):
             raise ValueError(
                 f"sft_source='reference' applies to algorithm='sft' only, not {self.algorithm!r}; fix: set "
                 "train.algorithm=sft, or leave train.sft_source at 'chosen'"
+            )
+        if self.anchor_samples > 0 and self.sft_source != "reference":
+            raise ValueError(
+                f"anchor_samples={self.anchor_samples} needs sft_source='reference' (the reference answers the anchors), "
+                f"not {self.sft_source!r}; fix: set train.sft_source=reference, or train.anchor_samples=0"
             )
         return self
 
