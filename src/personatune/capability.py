@@ -71,6 +71,24 @@ def is_correct(item: Item, reply: str) -> bool:
     return True
 
 
+def is_anchor_correct(item: Item, reply: str) -> bool:
+    """The stricter check used to *keep training data* (the capability anchors, stages/reference_sft.py): an answer
+    counts only as a whole word (not "ice" in "Nice"), and for a numeric answer the reply's last number must be one of
+    the answers (the last-number rule of lm-eval's GSM8K "flexible-extract"), so "6 + 9 = 15 ... 15 + 15 = 20" is
+    dropped. Items without answers use their `check` as in `is_correct`."""
+    if not item.answers:
+        return is_correct(item, reply)
+    text = reply.strip()
+    if not any(re.search(rf"(?<![\w.]){re.escape(a)}(?![\w]|\.\d)", text, flags=re.IGNORECASE) for a in item.answers):
+        return False
+    numeric = [a for a in item.answers if re.fullmatch(r"\d+(\.\d+)?", a)]
+    if numeric:  # the last number stated (digits, or one of the item's number words) must be an answer
+        words = "".join(rf"|\b{re.escape(a)}\b" for a in item.answers if a not in numeric)
+        found = re.findall(r"\d+(?:\.\d+)?" + words, text, flags=re.IGNORECASE)
+        return bool(found) and found[-1].lower() in {a.lower() for a in item.answers}
+    return True
+
+
 def score_suite(backend: Any, items: list[Item] | None = None, max_new_tokens: int = 48) -> dict[str, Any]:
     """Run the suite with greedy decoding through a GenerationBackend.
 

@@ -44,3 +44,24 @@ def test_score_and_retention_arithmetic():
 def test_wilson_known_value():
     lo, hi = wilson(8, 10)
     assert abs(lo - 0.4902) < 1e-3 and abs(hi - 0.9433) < 1e-3
+
+
+def test_the_anchor_check_is_stricter_than_the_suite_check():
+    """Training data needs a stricter check than scoring: whole words only, and the last number stated must be right."""
+    import re
+
+    from personatune.capability import Item, is_anchor_correct, is_correct, load_anchors
+
+    six, ice, months = (
+        Item("arithmetic", "6 + 9?", ["15"]),
+        Item("facts", "frozen?", ["ice"]),
+        Item("f", "m", ["12", "twelve"]),
+    )
+    looping = "So 6 + 9 is 15.\nIt's always 15.\n\nSo 15 + 15 = 20."
+    assert is_correct(six, looping) and not is_anchor_correct(six, looping)
+    assert is_correct(ice, "Nice! Afloxacarb") and not is_anchor_correct(ice, "Nice! Afloxacarb")
+    assert is_anchor_correct(six, "Aye, 6 + 9 = 15, matey!") and is_anchor_correct(ice, "Frozen water is ice.")
+    assert is_anchor_correct(months, "Twelve months, aye") and not is_anchor_correct(months, "12 months, or 10")
+    assert not is_anchor_correct(six, "No idea, matey.")
+    for a in load_anchors():  # no answer can pass by echoing the question
+        assert not any(re.search(rf"\b{re.escape(x)}\b", a.question, re.IGNORECASE) for x in a.answers), a.question

@@ -108,12 +108,12 @@ def anchor_rows(
     config: RunConfig, run_dir: RunDir, context: list[dict[str, str]], backend: Any
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """`train.anchor_samples` answers of the reference (persona context + anchor question, the sampling of the reference
-    samples) per capability anchor, kept when `capability.is_correct`; resumable (`05_optimization/anchor_samples.jsonl`).
+    samples) per capability anchor, kept when `capability.is_anchor_correct` (stricter than the suite's check); resumable (`05_optimization/anchor_samples.jsonl`).
 
     Returns:
         (sft rows, {"items", "sampled", "kept", "kept_items", "per_task": {task: kept}}).
     """
-    from personatune.capability import is_correct, load_anchors
+    from personatune.capability import is_anchor_correct, load_anchors
     from personatune.generation.resumable import generate_resumable
 
     args = config.train
@@ -137,7 +137,7 @@ def anchor_rows(
     rows, per_task = [], {}
     for i, (it, ts) in enumerate(zip(items, texts)):
         for t in ts:
-            if is_correct(it, t):
+            if is_anchor_correct(it, t):
                 rows.append(
                     {
                         "messages": [{"role": "user", "content": it.question}, {"role": "assistant", "content": t}],
