@@ -68,6 +68,7 @@ def capability_retention(run_dir: Path, config) -> dict:
         "final_score": suite["score"],
         "baseline_score": base["score"],
         "all_tasks_ok": r["all_tasks_ok"],
+        "tasks": {t: f"{v['correct']}/{v['n']}" for t, v in suite["tasks"].items()},
     }
 
 
