@@ -136,7 +136,7 @@ def pooled(Z, off, text):
     return S, W, off + len(sents)
 
 
-def plain_fragments(items, n: int, rng: random.Random, kind: str = "generic") -> list[list[str]]:
+def answer_fragments(items, n: int, rng: random.Random, kind: str = "generic") -> list[list[str]]:
     """Per prompt, `n` short pieces of its `kind` answer: a sentence cut to 1-12 words, ending in a full stop."""
     out = []
     for it in items:
@@ -151,9 +151,9 @@ def plain_fragments(items, n: int, rng: random.Random, kind: str = "generic") ->
 
 def answer_loss(head, spec, batch, Z, off, P, N, PE, NE, V, G, cross):
     """Loss of one prompt batch (the labels of the module docstring); Z holds the answers' sentence embeddings from
-    `off`, each prompt's four answers followed by its other-persona answers and its plain fragments
-    (`cross[j]`: (text, True) for another persona's answer, voice label 0; (text, False) for a plain fragment,
-    voice 0 and expressed 0 for every trait)."""
+    `off`, each prompt's four answers followed by `cross[j]`, (text, tag) pairs: "other" another persona's answer
+    (voice 0), "plain" a piece of the generic answer (voice 0, expressed 0 for every trait), "gold" a piece of the gold
+    answer (voice 1, expressed 1 for its targets); the fragments weigh 0.5."""
     bce = torch.nn.functional.binary_cross_entropy_with_logits
     T = spec.trait_ids
     loss, by = 0.0, {}
@@ -298,8 +298,8 @@ def main() -> None:
         [
             [(f, "plain") for f in p] + [(f, "gold") for f in g]
             for p, g in zip(
-                plain_fragments(items, args.plain_fragments, frag_rng),
-                plain_fragments(items, args.gold_fragments, frag_rng, kind="gold"),
+                answer_fragments(items, args.plain_fragments, frag_rng),
+                answer_fragments(items, args.gold_fragments, frag_rng, kind="gold"),
             )
         ]
         for _, items in sets

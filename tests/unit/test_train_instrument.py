@@ -10,10 +10,10 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def plain_fragments():
+def answer_fragments():
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        from train_instrument import plain_fragments as f
+        from train_instrument import answer_fragments as f
     finally:
         sys.path.remove(str(ROOT / "scripts"))
     return f
@@ -24,7 +24,7 @@ def item(generic: str):
 
 
 def test_fragments_are_short_prefixes_of_a_generic_sentence():
-    f = plain_fragments()
+    f = answer_fragments()
     generic = (
         "Water boils at 100 degrees Celsius at sea level, which is the usual reference. It boils lower up a mountain."
     )
@@ -38,4 +38,5 @@ def test_fragments_are_short_prefixes_of_a_generic_sentence():
             assert "Aye" not in frag  # from the generic answer only
             assert any(s.startswith(frag[:-1]) for s in it.answers["generic"].replace(". ", ".|").split("|"))
     assert f(items, 5, random.Random(0)) == out  # seeded
+    assert all("Aye" in frag or "Gold" in frag for frag in f(items, 3, random.Random(1), kind="gold")[0])
     assert f(items, 0, random.Random(0)) == [[], []]
