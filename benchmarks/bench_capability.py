@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_recipes import capability_retention  # noqa: E402
+from bench_recipes import capability_retention, task_counts  # noqa: E402
 
 from personatune.config import load_config  # noqa: E402
 
@@ -53,19 +53,22 @@ def prompted_baseline(run: Path, config) -> dict:
     ctx = persona_context(spec, few_shot=config.data.few_shot)
     suite = score_suite(WithContext(HFBackend(model, tok, batch_size=8), ctx))
     base = json.loads((run / "01_baseline" / "capability.json").read_text())
-    tasks = {t: f"{v['correct']}/{v['n']}" for t, v in suite["tasks"].items()}
     return {
         "score": suite["score"],
         "baseline_score": base["score"],
         "retention": retention(suite, base)["retention"],
-        "tasks": tasks,
+        "tasks": task_counts(suite),
     }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="run directories with stages 1 and 5 done")
-    ap.add_argument("--prompted", action="store_true", help="also score the baseline given the persona context")
+    ap.add_argument(
+        "--prompted",
+        action="store_true",
+        help="also score the first RUN_DIR's stage-1 baseline given the persona context",
+    )
     args = ap.parse_args()
     if args.prompted:
         run = Path(args.runs[0])

@@ -54,6 +54,11 @@ def prepare(base: Path, out: Path) -> Path:
     return out
 
 
+def task_counts(suite: dict) -> dict[str, str]:
+    """'correct/n' per task of a `capability.score_suite` result."""
+    return {t: f"{v['correct']}/{v['n']}" for t, v in suite["tasks"].items()}
+
+
 def capability_retention(run_dir: Path, config) -> dict:
     from personatune import models
     from personatune.capability import retention, score_suite
@@ -68,7 +73,7 @@ def capability_retention(run_dir: Path, config) -> dict:
         "final_score": suite["score"],
         "baseline_score": base["score"],
         "all_tasks_ok": r["all_tasks_ok"],
-        "tasks": {t: f"{v['correct']}/{v['n']}" for t, v in suite["tasks"].items()},
+        "tasks": task_counts(suite),
     }
 
 

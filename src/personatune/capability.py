@@ -58,17 +58,19 @@ def is_correct(item: Item, reply: str) -> bool:
     """Whether a reply passes the item's check (documented in the module docstring of the YAML)."""
     text = reply.strip()
     if item.answers:
-        for a in item.answers:
-            pat = rf"(?<![\w.]){re.escape(a)}(?!\w|\.\d)" if a[0].isdigit() else re.escape(a)
-            if re.search(pat, text, flags=re.IGNORECASE):
-                return True
-        return False
+        return any(_mentions(a, text, whole_word=a[0].isdigit()) for a in item.answers)
     c = item.check
     if "regex" in c and not re.search(c["regex"], text, flags=re.IGNORECASE | re.MULTILINE):
         return False
     if "max_words" in c and len(text.split()) > int(c["max_words"]):
         return False
     return True
+
+
+def _mentions(answer: str, text: str, whole_word: bool) -> bool:
+    """`answer` occurs in `text` (case-insensitive); `whole_word`: not inside a word or a decimal number."""
+    pat = rf"(?<![\w.]){re.escape(answer)}(?!\w|\.\d)" if whole_word else re.escape(answer)
+    return re.search(pat, text, flags=re.IGNORECASE) is not None
 
 
 def is_anchor_correct(item: Item, reply: str) -> bool:
@@ -79,7 +81,7 @@ def is_anchor_correct(item: Item, reply: str) -> bool:
     if not item.answers:
         return is_correct(item, reply)
     text = reply.strip()
-    if not any(re.search(rf"(?<![\w.]){re.escape(a)}(?![\w]|\.\d)", text, flags=re.IGNORECASE) for a in item.answers):
+    if not any(_mentions(a, text, whole_word=True) for a in item.answers):
         return False
     numeric = [a for a in item.answers if re.fullmatch(r"\d+(\.\d+)?", a)]
     if numeric:  # the last number stated (digits, or one of the item's number words) must be an answer
