@@ -117,11 +117,17 @@ def round_passes(row: Mapping[str, Any], g: OptimGateArgs, margin: float = 0.0) 
     )
 
 
+KL_TIE_DECIMALS = 4
+"""KLs that agree to 1e-4 nats/token are a tie in `select_round`: a round that changes nothing measures its predecessor's
+KL up to float rounding (~1e-9), far under any KL's standard error (~1e-3), and must not win on it."""
+
+
 def select_round(rows: Sequence[Mapping[str, Any]], g: OptimGateArgs) -> tuple[dict[str, Any], str]:
     """The round to keep, and why.
 
-    Best = highest held-out consistency among rounds that pass every stage-5 gate (ties: lower KL, then the earlier
-    round); if none passes, the same among rounds within the KL budget; if none is within it, the lowest KL.
+    Best = highest held-out consistency among rounds that pass every stage-5 gate (ties: lower KL, to `KL_TIE_DECIMALS`
+    decimals, then the earlier round); if none passes, the same among rounds within the KL budget; if none is within it,
+    the lowest KL.
 
     Raises:
         ValueError: no row has a measured KL (round 0 always has one, so this is a programming error).
@@ -139,7 +145,7 @@ def select_round(rows: Sequence[Mapping[str, Any]], g: OptimGateArgs) -> tuple[d
 
     def key(r: Mapping[str, Any]) -> tuple[float, float, int]:
         c = _num(r.get("consistency"))
-        return (-math.inf if c is None else c, -float(r["kl"]), -int(r["round"]))
+        return (-math.inf if c is None else c, -round(float(r["kl"]), KL_TIE_DECIMALS), -int(r["round"]))
 
     passing = [r for r in cands if round_passes(r, g)]
     inside = [r for r in cands if within_budget(r, g)]

@@ -41,6 +41,8 @@ def test_select_round_prefers_passing_then_within_budget_then_lowest_kl():
     # Tie on consistency: lower KL wins, then the earlier round.
     assert select_round([row(0, 0.05, 0.9), row(1, 0.04, 0.9)], G)[0]["round"] == 1
     assert select_round([row(0, 0.05, 0.9), row(1, 0.05, 0.9)], G)[0]["round"] == 0
+    # A KL lower only by float rounding (a round that changed nothing) is a tie: the earlier round stays.
+    assert select_round([row(0, 0.0067451, 0.9), row(1, 0.0067449, 0.9)], G)[0]["round"] == 0
     best, why = select_round([row(0, 0.05, 0.5), row(1, 0.09, 0.6), row(2, 0.3, 0.9)], G)
     assert best["round"] == 1 and "no round passes" in why
     best, why = select_round([row(0, 0.3, 0.5), row(1, 0.2, 0.1)], G)
