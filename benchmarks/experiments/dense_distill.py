@@ -3,8 +3,8 @@
 Reference-sample SFT (the shipped stage-5 recipe) learns from the sampled tokens of the persona-prompted baseline:
 one token per position of ~150-500 answers. Its drift KL stops near 0.215-0.25 nats/token, on the training prompts as
 on held-out ones and at every response position (`drift_split.py`). This experiment trains on the SAME rows
-(RUN_DIR/05_optimization/reference_sft.jsonl), the same LoRA and learning rate, for the same number of optimizer steps
-as the run's stage 5, but with TRL's GKD trainer (`trl.experimental.gkd`, `lmbda=0`: the dataset's answers, no
+(RUN_DIR/05_optimization/reference_sft.jsonl), the same LoRA, schedule and batch, by default the quickstart's learning
+rate and the steps its stage 5 ran on the measured run (`--lr 5e-5 --steps 60`), but with TRL's GKD trainer (`trl.experimental.gkd`, `lmbda=0`: the dataset's answers, no
 on-policy generation; `beta=0`: forward KL over the whole vocabulary at every answer token) against the teacher
 "baseline given the persona context c" — the drift-KL reference itself.
 
@@ -67,8 +67,9 @@ class PromptedTeacher(torch.nn.Module):
         return SimpleNamespace(logits=out)
 
 
-def rows_for_gkd(tok, path: Path):
-    """Pre-tokenized rows: prompt (template, no system turn) + answer tokens; EOS only for answers that ended."""
+def rows_for_gkd(tok, path: Path, cap: int):
+    """Pre-tokenized rows: prompt (template, no system turn) + answer tokens; EOS only for answers that ended before the
+    sampling cap (`cap` tokens; the samples are stored as text, so an answer re-tokenized to cap - 1 or more counts as cut)."""
     from personatune.models import encode_chat
 
     eos = tok.eos_token_id
@@ -77,7 +78,7 @@ def rows_for_gkd(tok, path: Path):
         r = json.loads(line)
         p = encode_chat(tok, r["messages"][:-1], add_generation_prompt=True)
         a = tok(r["messages"][-1]["content"], add_special_tokens=False).input_ids
-        a = a + [eos] if len(a) < 63 else a  # 64-token samples were cut by the cap, not ended
+        a = a + [eos] if len(a) < cap - 1 else a
         text = tok.apply_chat_template(r["messages"][:-1], add_generation_prompt=True, tokenize=False)
         rows.append({"input_ids": p + a, "completion_mask": [0] * len(p) + [1] * len(a), "prompt": text})
     return rows
@@ -106,14 +107,21 @@ def main() -> int:
     from personatune.training import EvalSet
     from personatune.training.trainers import _common, lora_config
 
+    rows_path = a.run / "05_optimization" / "reference_sft.jsonl"
+    if not (a.run / "config.yaml").is_file() or not rows_path.is_file():
+        print(
+            f"dense_distill: error: {a.run} has no config.yaml or no {rows_path}; fix: run stage 5 with train.sft_source=reference"
+        )
+        return 2
     config = load_config(str(a.run / "config.yaml"), [])
     torch.manual_seed(config.seed)
-    inp = load_inputs(config, RunDir(a.run))
+    rd = RunDir(a.run)
+    inp = load_inputs(config, rd)
     reference, tok = models.load_configured_model(inp.baseline, config.model)
     student, _ = models.load_configured_model(inp.baseline, config.model, for_training=True)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ps, pt = template_prefixes(tok, inp.context)
-    ds = Dataset.from_list(rows_for_gkd(tok, a.run / "05_optimization" / "reference_sft.jsonl"))
+    ds = Dataset.from_list(rows_for_gkd(tok, rows_path, config.train.kl_max_new_tokens))
     # The run's TrainingArguments (scheduler, batch, LoRA, seed: training.trainers._common), at the given steps and rate.
     args = config.train.model_copy(update={"max_steps": a.steps, "learning_rate": a.lr})
     cfg = GKDConfig(
@@ -136,8 +144,9 @@ def main() -> int:
     trainer.train()
     secs = time.time() - t0
     model = trainer.model.merge_and_unload().eval()
-    held = EvalSet.from_rows(inp.held_rows, a.prompts).prompts
-    measured = drift_tokens(model, reference, tok, held, inp.context, 0)
+    evalset = EvalSet.from_rows(inp.held_rows, a.prompts)
+    held = evalset.prompts
+    measured = drift_tokens(model, reference, tok, held, inp.context, 0, config.train.kl_max_new_tokens)
     print(
         f"GKD beta={a.beta} lr={a.lr} steps={a.steps} rows={len(ds)} train {secs:.0f}s | heldout n={len(held)} | "
         f"{describe(*measured)}",
@@ -149,11 +158,9 @@ def main() -> int:
         from personatune.scoring.factory import scorer_for_run
         from personatune.stages.optimization_common import eval_settings, training_seed
 
-        scorer, _ = scorer_for_run(config, RunDir(a.run), inp.spec)
+        scorer, _ = scorer_for_run(config, rd, inp.spec)
         settings = eval_settings(config, training_seed(config), inp.context)
-        ev = training.evaluate_policy(
-            model, reference, tok, EvalSet.from_rows(inp.held_rows, a.prompts), scorer, settings
-        )
+        ev = training.evaluate_policy(model, reference, tok, evalset, scorer, settings)
         print("stage-5 evaluation:", json.dumps({k: v for k, v in ev.summary().items() if k != "kl_reference"}))
         for p, t in list(zip(held, ev.texts))[:12]:
             print(f"  {p[-1]['content'][:60]!r} -> {t[:160]!r}")

@@ -1,7 +1,7 @@
 """Where does the stage-5 model's drift KL come from? Training prompts against held-out prompts, and by position.
 
 Drift KL of reference-sample SFT stops near 0.215 nats/token whatever the budget or the number of samples per prompt
-(docs/benchmarks.md, "Stage 5: more training, then more data"). This diagnostic separates three explanations:
+(docs/benchmarks.md, "Stage 5: more training, then more data"). This diagnostic separates four explanations:
 
 - generalization: the student matches the persona-prompted reference on the prompts it was trained on, not on new
   ones -> drift KL on the training prompts far below the held-out figure;
@@ -24,8 +24,9 @@ import argparse
 from pathlib import Path
 
 
-def drift_tokens(policy, reference, tok, prompts, context, seed, batch_size=8):
-    """Per-token drift KL tensors (one per sequence), as measure_drift computes them."""
+def drift_tokens(policy, reference, tok, prompts, context, seed, max_new_tokens=64, batch_size=8):
+    """Per-token drift KL tensors (one per sequence), as `kl.measure_drift` computes them (its loop, kept here because
+    measure_drift returns only the summaries), with each sequence's end-of-answer term and whether it ended."""
     import torch
 
     from personatune.kl import _sample_responses, kl_from_logprobs, response_logprobs
@@ -40,7 +41,7 @@ def drift_tokens(policy, reference, tok, prompts, context, seed, batch_size=8):
             chunk = prompts[s : s + batch_size]
             plain = [encode_chat(tok, p, add_generation_prompt=True) for p in chunk]
             prompted = [encode_chat(tok, list(context) + list(p), add_generation_prompt=True) for p in chunk]
-            responses, lp = _sample_responses(policy, tok, plain, max_new_tokens=64, gen=gen, pad=pad)
+            responses, lp = _sample_responses(policy, tok, plain, max_new_tokens=max_new_tokens, gen=gen, pad=pad)
             lq = response_logprobs(reference, prompted, responses, pad)
             out += [kl_from_logprobs(a, b) for a, b in zip(lp, lq)]
             # The end-of-answer part of the KL: p(EOS) log(p(EOS)/q(EOS)) at every position.
@@ -85,18 +86,26 @@ def main() -> int:
     from personatune.stages.reference_sft import training_prompts
     from personatune.training import EvalSet
 
+    model_dir = a.model or a.run / "05_optimization" / "model"
+    if not (a.run / "config.yaml").is_file() or not model_dir.is_dir():
+        print(
+            f"drift_split: error: {a.run} has no config.yaml or no {model_dir}; fix: pass a run directory with stage 5 done"
+        )
+        return 2
     config = load_config(str(a.run / "config.yaml"), [])
     rd = RunDir(a.run)
     inp = load_inputs(config, rd)
     reference, tok = models.load_configured_model(inp.baseline, config.model)
-    student, _ = models.load_configured_model(str(a.model or a.run / "05_optimization" / "model"), config.model)
+    student, _ = models.load_configured_model(str(model_dir), config.model)
     sets = {
         "train": [s.messages for s in training_prompts(rd)][: a.prompts],
         "heldout": EvalSet.from_rows(inp.held_rows, a.prompts).prompts,
     }
     for pname, policy in (("baseline (step 0)", reference), ("stage-5 model", student)):
         for sname, prompts in ((k, v) for k, v in sets.items() if k in a.sets.split(",")):
-            measured = drift_tokens(policy, reference, tok, prompts, inp.context, a.seed)
+            measured = drift_tokens(
+                policy, reference, tok, prompts, inp.context, a.seed, config.train.kl_max_new_tokens
+            )
             print(f"{pname:18s} {sname:8s} n={len(prompts)} | {describe(*measured)}", flush=True)
     return 0
 
