@@ -206,17 +206,24 @@ def mark_done(rd: RunDir, stage: str, outputs: dict[str, str | Path], **fields: 
 
 
 def tiny_run_through_stage3(
-    root: Path, pairs: list[dict[str, Any]], heldout: list[dict[str, Any]], seed: int = 0
+    root: Path,
+    pairs: list[dict[str, Any]],
+    heldout: list[dict[str, Any]],
+    seed: int = 0,
+    sft: list[dict[str, Any]] | None = None,
 ) -> RunDir:
     """A run directory with stages 1-3 recorded done: the tiny model as baseline, captain_nova, `pairs` as the
-    training data and `heldout` as the held-out prompts (what stages 5 and 6 read)."""
+    training data and `heldout` as the held-out prompts (what stages 5 and 6 read); `sft`: the chosen answers
+    (`train/sft.jsonl`, rows with `messages`) that train.algorithm=sft|gkd reads."""
     from personatune import models
-    from personatune.rundir import RunDir
+    from personatune.rundir import RunDir, atomic_write_jsonl
 
     rd = RunDir(root)
     write_baseline(rd, *models.build_tiny_model(seed=seed))
     write_persona(rd)
     train, held = write_pairs(rd, pairs), write_heldout(rd, heldout)
+    if sft is not None:
+        atomic_write_jsonl(train / "sft.jsonl", sft)
     mark_done(rd, "01_baseline", {"baseline": "01_baseline/baseline.json"})
     mark_done(rd, "02_persona", {"persona": "02_persona/persona.yaml"})
     mark_done(rd, "03_consistency_data", {"train": train, "heldout": held})

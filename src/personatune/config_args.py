@@ -375,11 +375,12 @@ class ScorerArgs(_Section):
 class IterationArgs(_Section):
     """Stage 6: expert iteration — rounds of on-policy sampling, keeping answers consistent and on task, and training on them."""
 
-    algorithm: Literal["dpo", "sft"] = Field(
+    algorithm: Literal["dpo", "sft", "gkd"] = Field(
         "dpo",
         description="what a round trains on its kept answers: 'dpo' (best kept answer vs the worst "
-        "sample, reference log-probs from the persona-prompted baseline) or 'sft' "
-        "(distillation on the kept answers)",
+        "sample, reference log-probs from the persona-prompted baseline), 'sft' "
+        "(distillation on the kept answers) or 'gkd' (the kept answers with the persona-prompted baseline's "
+        "whole next-token distribution as target, as train.algorithm=gkd)",
     )
 
     rounds: int = Field(1, ge=0, description="round budget after stage 5 (count); 0 = stage 6 keeps the stage-5 model")

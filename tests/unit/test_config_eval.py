@@ -255,12 +255,13 @@ def test_a_dpo_weight_per_loss_is_checked_at_load_time():
     )
 
 
-def test_reference_samples_as_sft_source_need_the_sft_recipe():
+def test_reference_samples_as_sft_source_need_the_sft_or_gkd_recipe():
     msg = refused("train.algorithm=dpo", "train.sft_source=reference")
-    assert "sft_source='reference' applies to algorithm='sft' only, not 'dpo'" in msg
-    assert "fix: set train.algorithm=sft" in msg
-    args = load_config(None, [PERSONA, "train.algorithm=sft", "train.sft_source=reference"]).train
-    assert (args.algorithm, args.sft_source, args.reference_samples) == ("sft", "reference", 4)
+    assert "sft_source='reference' applies to algorithm='sft' or 'gkd' only, not 'dpo'" in msg
+    assert "fix: set train.algorithm=gkd (or sft)" in msg
+    for algo in ("sft", "gkd"):
+        args = load_config(None, [PERSONA, f"train.algorithm={algo}", "train.sft_source=reference"]).train
+        assert (args.algorithm, args.sft_source, args.reference_samples) == (algo, "reference", 4)
 
 
 def test_capability_anchors_need_the_reference_samples():

@@ -7,7 +7,7 @@ measure every candidate alike, so these pieces exist once:
 1. `load_inputs`: the persona, the stage-3 pairs and held-out prompts, the baseline, the persona context (checked to fit
    the model's window before any model work).
 2. `eval_settings`: the decoding and seed of every eval (`eval:`, as stage 4), so candidates differ only by weights.
-3. `build_trainer`: the TRL trainer of `args.algorithm`, its DPO reference the persona-prompted baseline.
+3. `build_trainer`: the TRL trainer of `args.algorithm`, its DPO reference and GKD teacher the persona-prompted baseline.
 4. `select_in_budget` and `load_checkpoint`: the best checkpoint within the KL budget, put back into the trainer.
 5. `optimization_specs`, `optimization_gate`: the gate on the chosen model's held-out samples.
 6. `write_record`, `read_stage_result`: their files, checked against `personatune.records` (one schema for the
@@ -166,7 +166,8 @@ def load_policy(path: Path, config: RunConfig, baseline: str, for_training: bool
 # --- 3. trainers -----------------------------------------------------------------------------------------
 @dataclass
 class DriftReference:
-    """What a DPO trainer compares the policy with: the baseline given the persona context (METRICS.md drift KL).
+    """What a DPO trainer compares the policy with, and a GKD trainer distills: the baseline given the persona context
+    (METRICS.md drift KL).
 
     Attributes:
         context: the persona context c put before each prompt.
@@ -189,8 +190,9 @@ def build_trainer(
     reference: DriftReference,
     scorer: Any = None,
 ) -> Any:
-    """The TRL trainer of `args.algorithm`: DPO against `reference`, SFT/SDFT (distillation, no beta), or GRPO/RLOO with
-    the scorer's persona x on-task reward.
+    """The TRL trainer of `args.algorithm`: DPO against `reference`, GKD with `reference` as teacher (`dataset` from
+    `training.distill.gkd_dataset`), SFT/SDFT (distillation, no beta), or GRPO/RLOO with the scorer's persona x on-task
+    reward.
 
     Raises:
         ConfigError: from the builders (train.beta 0 while the KL gate exists, a bad batch/num_generations combination).
@@ -207,6 +209,12 @@ def build_trainer(
             max_kl=max_kl,
             ref_model=reference.model,
             reference_context=reference.context,
+        )
+    if args.algorithm == "gkd":
+        from personatune.training.distill import build_gkd_trainer
+
+        return build_gkd_trainer(
+            model, tokenizer, dataset, args, run, context=reference.context, ref_model=reference.model
         )
     if args.algorithm in ("sft", "sdft"):
         build = training.build_sft_trainer if args.algorithm == "sft" else training.build_sdft_trainer
@@ -367,7 +375,7 @@ def optimization_gate(
                 + where
             )
             steps.append(
-                "the policy drifts beyond the persona-prompted baseline: use a distillation recipe (train.algorithm=sdft or sft), raise train.beta, "
+                "the policy drifts beyond the persona-prompted baseline: use a distillation recipe (train.algorithm=gkd, sdft or sft), raise train.beta, "
                 "lower train.learning_rate or train.max_steps, or evaluate more often (train.eval_every) so an in-budget checkpoint exists"
             )
         elif r.metric == "consistency_rate":

@@ -5,7 +5,8 @@
    evaluator of stage 4 when present, else a scorer built from the persona alone.
 2. Train with TRL (`train.algorithm`: DPO on the pairs, SFT on stage 3's chosen answers or, with
    `train.sft_source: reference`, on consistent samples of the persona-prompted baseline (stages/reference_sft.py),
-   SDFT, or GRPO/RLOO online with the scorer's consistency as reward), LoRA or full, KL penalty `train.beta` > 0. Every `train.eval_every` steps PersonaEvalCallback samples
+   GKD on the same answers against the persona-prompted baseline's whole distribution (training/distill.py), SDFT, or
+   GRPO/RLOO online with the scorer's consistency as reward), LoRA or full, KL penalty `train.beta` > 0. Every `train.eval_every` steps PersonaEvalCallback samples
    the policy on held-out prompts, measures the exact per-token KL to the fixed reference (personatune.kl),
    scores the samples, appends the record to `metrics.jsonl`, saves a checkpoint, and the KL-budget controller
    decides whether to continue, stop or raise beta (`train.kl_control`).
@@ -68,8 +69,9 @@ STAGE = "05_optimization"
 def train_dataset(
     pairs_path: Path, algorithm: str, privileged_context: str | None = None, sft_rows: list[dict] | None = None
 ) -> Any:
-    """The TRL dataset from stage-3 data: DPO gets prompt/chosen/rejected; SFT prompt/completion from the chosen answers
-    (`sft.jsonl` beside the pairs: consistent and on task); GRPO/RLOO/SDFT one row per prompt (context, targets; SDFT
+    """The TRL dataset from stage-3 data: DPO gets prompt/chosen/rejected; SFT and GKD prompt/completion from the chosen
+    answers (`sft.jsonl` beside the pairs: consistent and on task; GKD's are tokenized by `training.distill.gkd_dataset`
+    in `run`); GRPO/RLOO/SDFT one row per prompt (context, targets; SDFT
     also `privileged_context`, the rendered persona).
 
     Raises:
@@ -77,7 +79,7 @@ def train_dataset(
     """
     from datasets import Dataset
 
-    if algorithm == "sft":
+    if algorithm in ("sft", "gkd"):
         sft_path = pairs_path.parent / "sft.jsonl"
         rows = sft_rows if sft_rows is not None else read_jsonl(sft_path, fix=STAGE3_FIX)
         if not rows:
@@ -140,7 +142,7 @@ def model_card(
         f"{', merged' if args.peft == 'lora' and args.merge_lora else ''})"
         + (
             f", KL penalty beta={args.beta:g}"
-            if args.algorithm not in ("sft", "sdft")
+            if args.algorithm not in ("sft", "gkd", "sdft")
             else ", distillation towards the persona-prompted baseline"
         )
         + ". The persona is in the weights: prompts carry no system prompt.",
@@ -215,7 +217,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     scorer, scorer_desc = scorer_for_run(config, run_dir, inp.spec)
     log.info(f"  persona metrics scored by: {scorer_desc}")
     sft_rows, ref_info = None, None
-    if args.algorithm == "sft" and args.sft_source == "reference":
+    if args.algorithm in ("sft", "gkd") and args.sft_source == "reference":
         from accelerate import PartialState
 
         # The main rank samples and caches first; the other ranks then read the same samples from the cache.
@@ -226,6 +228,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             f"({ref_info['consistent']} consistent), from {ref_info['kept_prompts']} of {ref_info['prompts']} training prompts"
         )
     ds = train_dataset(inp.pairs_path, args.algorithm, privileged, sft_rows)
+    if args.algorithm == "gkd":
+        from personatune.training.distill import gkd_dataset
+
+        # The answers' sampling cap: the reference samples' (train.kl_max_new_tokens) or stage 3's teacher's.
+        cap = args.kl_max_new_tokens if sft_rows is not None else config.data.teacher.max_new_tokens
+        ds = gkd_dataset(tok, ds, inp.context, cap)
     settings = eval_settings(config, seed, inp.context)
     small = training.EvalSet.from_rows(inp.held_rows, args.kl_eval_prompts)
     full = training.EvalSet.from_rows(inp.held_rows)

@@ -11,7 +11,8 @@ Round 0 is the stage-5 model, measured like every round (stage 5's own final mea
    differs by at least `iterations.min_margin`;
 4. train from the current policy (a fresh LoRA on top of it, or full) with `iterations.algorithm`: 'dpo' on the
    pairs, its reference log-probs those of the FIXED stage-1 baseline given the persona context (the drift-KL
-   reference, METRICS.md), or 'sft' on the chosen answers (distillation of the policy's own best). In-round evals,
+   reference, METRICS.md), 'sft' on the chosen answers (distillation of the policy's own best), or 'gkd' on them with
+   that same fixed reference as teacher (training/distill.py). In-round evals,
    the KL-budget controller and checkpoint selection are those of stage 5 (`optimization_common`);
 5. evaluate the round's model on all held-out prompts: drift KL against the persona-prompted baseline (persona
    shift beside it) via personatune.kl, consistency, adherence, style variance, on-task — the stage-5 gate metrics.

@@ -254,6 +254,11 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
         )
     else:
         ds = Dataset.from_list([{"prompt": p["prompt"], "completion": p["chosen"]} for p in pairs])
+    if it.algorithm == "gkd":
+        from personatune.training.distill import gkd_dataset
+
+        # The round's samples are data.teacher.max_new_tokens long (sample_and_pair).
+        ds = gkd_dataset(tok, ds, setup.inputs.context, config.data.teacher.max_new_tokens)
     # The callback hands evaluate TRL's view of the reference (adapters off = round n-1); the gate's reference is the
     # baseline. It evaluates on the main rank only and broadcasts the KL controller's decision to the others.
     cb = training.PersonaEvalCallback(

@@ -37,26 +37,28 @@ DPOLoss = Literal[
 class TrainArgs(ConfigSection):
     """Stage 5: KL-bounded persona optimization with TRL."""
 
-    algorithm: Literal["dpo", "sft", "sdft", "grpo", "rloo"] = Field(
+    algorithm: Literal["dpo", "sft", "gkd", "sdft", "grpo", "rloo"] = Field(
         "dpo",
         description="the recipe: 'dpo' on the stage-3 pairs (reference log-probs from the persona-prompted baseline); 'sft' on the stage-3 "
-        "chosen answers (consistent and on task: rejection-sampling fine-tuning); 'sdft' on-policy context distillation "
-        "(TRL SDFT, the persona as privileged context); 'grpo'/'rloo' online with the persona x on-task reward",
+        "chosen answers (consistent and on task: rejection-sampling fine-tuning); 'gkd' on the same answers with the "
+        "persona-prompted baseline's whole next-token distribution as target (TRL GKD, dense context distillation); "
+        "'sdft' on-policy context distillation (TRL SDFT, the persona as privileged context); 'grpo'/'rloo' online "
+        "with the persona x on-task reward",
     )
     sft_source: Literal["chosen", "reference"] = Field(
         "chosen",
-        description="sft: what it trains on: 'chosen' = stage 3's chosen answers (rejection-sampling fine-tuning on the "
+        description="sft and gkd: what they train on: 'chosen' = stage 3's chosen answers (rejection-sampling fine-tuning on the "
         "teacher's best candidates); 'reference' = responses this stage samples from the drift-KL reference itself (the "
         "stage-1 baseline given the persona context, temperature 1), kept when consistent and on task "
         "(rejection-sampling context distillation)",
     )
     reference_samples: int = Field(
-        4, ge=1, description="sft with sft_source=reference: responses sampled per stage-3 training prompt (count)"
+        4, ge=1, description="sft/gkd with sft_source=reference: responses sampled per stage-3 training prompt (count)"
     )
     anchor_samples: int = Field(
         0,
         ge=0,
-        description="sft with sft_source=reference: responses sampled from the same reference for each capability anchor "
+        description="sft/gkd with sft_source=reference: responses sampled from the same reference for each capability anchor "
         "(data/capability_anchors.yaml: checkable arithmetic and facts, disjoint from the capability suite), kept when "
         "correct and added to the training data (count; 0 = off)",
     )
@@ -95,7 +97,7 @@ class TrainArgs(ConfigSection):
         0.1,
         ge=0,
         description="KL penalty: DPO beta, GRPO/RLOO KL coefficient (> 0 while a KL gate exists; 0 is refused); "
-        "not used by 'sft'/'sdft', whose loss is itself a divergence to the persona-prompted baseline",
+        "not used by 'sft'/'gkd'/'sdft', whose loss is itself a divergence to the persona-prompted baseline",
     )
     sdft_alpha: float = Field(
         1.0,
@@ -171,10 +173,10 @@ class TrainArgs(ConfigSection):
                 f"dpo_loss_weights has {len(self.dpo_loss_weights)} entries for {len(self.dpo_loss)} dpo_loss entries "
                 f"{list(self.dpo_loss)}; fix: give one weight per loss, or leave it unset"
             )
-        if self.sft_source == "reference" and self.algorithm != "sft":
+        if self.sft_source == "reference" and self.algorithm not in ("sft", "gkd"):
             raise ValueError(
-                f"sft_source='reference' applies to algorithm='sft' only, not {self.algorithm!r}; fix: set "
-                "train.algorithm=sft, or leave train.sft_source at 'chosen'"
+                f"sft_source='reference' applies to algorithm='sft' or 'gkd' only, not {self.algorithm!r}; fix: set "
+                "train.algorithm=gkd (or sft), or leave train.sft_source at 'chosen'"
             )
         if self.anchor_samples > 0 and self.sft_source != "reference":
             raise ValueError(

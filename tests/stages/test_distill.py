@@ -1,0 +1,177 @@
+"""train.algorithm=gkd on the tiny in-process model: TRL's GKD with the persona-prompted baseline as teacher.
+
+Checked against brute force: the teacher's distribution at every answer token is the baseline's given the persona
+context c + prompt (what drift KL measures against), and the first logged loss is the forward KL(teacher || student)
+computed here independently; one step moves the weights; stage 5 runs the recipe end to end.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from personatune.training import TrainerRun, reference_of
+from tests.helpers import heldout_rows, persona_config, tiny_run_through_stage3
+from tests.stages.test_training import CONTEXT, PAIRS, args, lora_snapshot, pair_dataset
+
+datasets = pytest.importorskip("datasets")
+models = pytest.importorskip("personatune.models")
+distill = pytest.importorskip("personatune.training.distill")
+
+
+def sft_rows():
+    return [
+        {"prompt": [{"role": "user", "content": p}], "completion": [{"role": "assistant", "content": c}]}
+        for p, c, _ in PAIRS
+    ]
+
+
+def brute_force_logprobs(model, tok, messages, answer):
+    """log model(. | messages rendered + answer[:t]) for each answer token t, one plain forward, float64."""
+    from personatune.models import encode_chat
+
+    prefix = encode_chat(tok, messages, add_generation_prompt=True)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prefix + answer])).logits[0].double()
+    return torch.log_softmax(logits, -1)[len(prefix) - 1 : len(prefix) - 1 + len(answer)]
+
+
+def answer_positions(batch, b, row):
+    """Padded positions whose logits predict row b's answer tokens (TRL's collator pads on the left)."""
+    start = int((batch["attention_mask"][b] == 0).sum())
+    k = row["completion_mask"].index(1)
+    return start + k - 1, row["input_ids"][k:]
+
+
+@pytest.mark.parametrize("peft", ["lora", "full"])
+def test_the_gkd_teacher_is_the_persona_prompted_baseline_and_one_step_trains(tmp_path, peft):
+    model, tok = models.build_tiny_model(seed=7)
+    base, _ = models.build_tiny_model(seed=7)
+    for m in (model, base):  # sharper distributions than random init gives, so forward and reverse KL differ clearly
+        with torch.no_grad():
+            m.model.norm.weight.mul_(20.0)
+    rows = sft_rows()
+    ds = distill.gkd_dataset(tok, rows, CONTEXT, cap=None)
+    a = args(algorithm="gkd", peft=peft, max_steps=1, per_device_batch_size=len(rows), logging_steps=1)
+    trainer = distill.build_gkd_trainer(model, tok, ds, a, TrainerRun(tmp_path / "trl"), context=CONTEXT)
+    batch = trainer.data_collator([ds[i] for i in range(len(ds))])
+    with torch.no_grad():
+        teacher = trainer.teacher_model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        student = torch.log_softmax(
+            trainer.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.double(), -1
+        )
+    kl_sum, tokens, context_matters = 0.0, 0, 0.0
+    for b, r in enumerate(rows):
+        at, answer = answer_positions(batch, b, ds[b])
+        want = brute_force_logprobs(base, tok, CONTEXT + r["prompt"], answer)
+        got = teacher[b, at : at + len(answer)].double()
+        assert torch.allclose(got, want, atol=1e-4), f"row {b}: max diff {(got - want).abs().max():.3g}"
+        plain = brute_force_logprobs(base, tok, r["prompt"], answer)
+        context_matters = max(context_matters, float((want - plain).abs().max()))
+        s = student[b, at : at + len(answer)]
+        kl_sum += float((want.exp() * (want - s)).sum())
+        tokens += len(answer)
+    assert context_matters > 0.05  # the teacher sees c, or the test proves nothing
+    before = (
+        lora_snapshot(trainer.model)
+        if peft == "lora"
+        else {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    )
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert before and any(not torch.equal(before[n], after[n].detach()) for n in before)
+    # The first logged loss is the mean forward KL(teacher || student) per answer token, at the untrained student.
+    first = next(h for h in trainer.state.log_history if "loss" in h)["loss"]
+    # (forward, beta=0: reverse KL here is ~3x larger, so a trainer that computed it would fail this)
+    assert abs(first - kl_sum / tokens) < 1e-3 * kl_sum / tokens
+    # The reference the gate uses (without c) is the baseline, not the trained policy.
+    ref = reference_of(trainer)
+    ids = batch["input_ids"][:1]
+    with torch.no_grad():
+        assert torch.allclose(ref(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-5)
+
+
+def test_answers_cut_at_the_sampling_cap_get_no_end_of_answer_token():
+    model, tok = models.build_tiny_model(seed=7)
+    short = tok("Aye.", add_special_tokens=False).input_ids
+    long_text = "Ahoy friend " * 20
+    n_long = len(tok(long_text, add_special_tokens=False).input_ids)
+    rows = [
+        {"prompt": [{"role": "user", "content": "Hi"}], "completion": [{"role": "assistant", "content": t}]}
+        for t in ("Aye.", long_text)
+    ]
+    ds = distill.gkd_dataset(tok, rows, CONTEXT, cap=n_long)
+    ends = [r["input_ids"][-1] for r in ds]
+    assert ends[0] == tok.eos_token_id and ends[1] != tok.eos_token_id
+    assert sum(ds[0]["completion_mask"]) == len(short) + 1 and sum(ds[1]["completion_mask"]) == n_long
+    # without a cap every answer ends with one
+    assert all(r["input_ids"][-1] == tok.eos_token_id for r in distill.gkd_dataset(tok, rows, CONTEXT, cap=None))
+
+
+def test_a_template_that_does_not_compose_with_the_context_is_one_line(monkeypatch):
+    """When c + prompt renders as other tokens than c's prefix + the prompt's tokens, the GKD teacher would not be the
+    drift-KL reference: refused before training, naming the recipe to use instead."""
+    from personatune import models as m
+    from personatune.errors import ConfigError
+
+    model, tok = models.build_tiny_model(seed=7)
+    real = m.encode_chat
+    # A template that writes the persona context after the prompt instead of before it.
+    monkeypatch.setattr(
+        m,
+        "encode_chat",
+        lambda t, msgs, add_generation_prompt=True: real(
+            t, [x for x in msgs if x["role"] != "system"] + [x for x in msgs if x["role"] == "system"], True
+        ),
+    )
+    with pytest.raises(ConfigError, match=r"train.algorithm=gkd: .*fix: use train.algorithm=sft") as e:
+        distill.gkd_dataset(tok, sft_rows(), CONTEXT, cap=None)
+    assert "\n" not in str(e.value)
+
+
+def test_gkd_loads_without_beta_and_with_reference_samples():
+    cfg = persona_config(
+        "train.algorithm=gkd", "train.beta=0", "train.sft_source=reference", "iterations.algorithm=gkd"
+    )
+    assert cfg.train.algorithm == "gkd" and cfg.iterations.algorithm == "gkd"
+
+
+def test_stage5_trains_gkd_selects_within_budget_and_gates(tmp_path):
+    """s5_optimization.run with train.algorithm=gkd on stage 3's chosen answers: trains, evaluates, selects, saves."""
+    from personatune.stages import s5_optimization
+    from personatune.training import read_history
+
+    chosen = [{"messages": r["prompt"] + r["completion"]} for r in sft_rows()]
+    held = heldout_rows([p for p, _, _ in PAIRS])
+    rd = tiny_run_through_stage3(tmp_path / "run", pair_dataset().to_list(), held, sft=chosen)
+    over = dict(
+        algorithm="gkd",
+        max_steps=4,
+        eval_every=2,
+        kl_eval_prompts=4,
+        kl_max_new_tokens=8,
+        eval_batch_size=8,
+        per_device_batch_size=4,
+        learning_rate=5e-3,
+        lora_r=4,
+        lora_alpha=8,
+        max_length=96,
+        logging_steps=2,
+    )
+    cfg = persona_config(
+        "model.name=tiny",
+        "data.teacher.max_new_tokens=8",
+        "eval.min_per_context=2",
+        "data.few_shot=false",
+        *[f"train.{k}={v}" for k, v in over.items()],
+    )
+    res = s5_optimization.run(cfg, rd)
+    hist = read_history(rd.root / "05_optimization" / "metrics.jsonl")
+    assert [r["step"] for r in hist] == [0, 2, 4] and all(r["kl"] is not None for r in hist)
+    m = json.loads((rd.root / "05_optimization" / "metrics.json").read_text())
+    assert m["final"]["steps_trained"] == 4 and res.message.startswith("gkd 4 steps")
+    card = (rd.root / "05_optimization" / "model" / "README.md").read_text()
+    assert "Trained with TRL GKD" in card and "distillation towards the persona-prompted baseline" in card
+    assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
