@@ -324,6 +324,12 @@ def test_verdict_deploy_only_when_every_gate_passes(tmp_path):
         ),
     )
     assert "drift KL 0.05 nats/token, persona shift 0.31 nats/token" in low.diagnosis[1]
+    # The fix follows the recipe: a KL penalty for dpo (the default), the distillation target's own score for gkd.
+    assert "raise train.beta" in low.diagnosis[1] and "persona-prompted baseline" not in low.diagnosis[1]
+    cfg.train.algorithm = "gkd"
+    gkd = s7_final.final_gate(cfg, _fig(retention={**_fig()["retention"], "value": 0.9, "final_score": 0.45}))
+    assert "nears the persona-prompted baseline" in gkd.diagnosis[1] and "raise train.beta" not in gkd.diagnosis[1]
+    cfg.train.algorithm = "dpo"
     # A baseline that scores 0: retention is not measured, which fails (never passes silently).
     zero = s7_final.final_gate(cfg, _fig(retention={**_fig()["retention"], "value": None}))
     assert not zero.passed and "cannot be measured" in zero.diagnosis[1]
