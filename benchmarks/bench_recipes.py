@@ -12,7 +12,8 @@ not per step (one suite pass costs ~2-3 minutes on 2 cores).
 Recipes (train.algorithm): dpo (stage-3 pairs, reference log-probs from the persona-prompted baseline), sft
 (rejection-sampling fine-tuning on the consistent, on-task chosen answers), sft-reference (the same on samples of the
 persona-prompted baseline itself, train.sft_source=reference: sampling them is not counted in the budget but is in
-"total s"), sdft (TRL SDFT, on-policy reverse-KL
+"total s"), gkd-reference / gkd (TRL GKD on the same samples / on the chosen answers, the persona-prompted baseline's
+whole next-token distribution as target: training/distill.py), sdft (TRL SDFT, on-policy reverse-KL
 distillation from the persona-prompted baseline), grpo / rloo (online, reward = consistency x on_task, TRL's own
 KL term against the unprompted baseline, the drift budget held by our controller).
 
