@@ -131,6 +131,56 @@ def test_a_template_that_does_not_compose_with_the_context_is_one_line(monkeypat
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
+def test_two_process_cpu_gloo_gkd(tmp_path, repo_root):
+    """accelerate launch with configs/accelerate/cpu_2proc.yaml: 2 CPU processes (gloo) train the tiny model with GKD,
+    the teacher being the policy with its adapters off given the persona context, on every rank."""
+    import textwrap
+
+    from tests.launch import launch_two_cpu
+
+    script = tmp_path / "ddp_gkd.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import json, math, torch
+        from tests.stages.test_distill import sft_rows
+        from tests.stages.test_training import CONTEXT, args, lora_snapshot
+        from personatune import models
+        from personatune.training import TrainerRun
+        from personatune.training.distill import build_gkd_trainer, gkd_dataset
+        model, tok = models.build_tiny_model(seed=0)
+        ds = gkd_dataset(tok, sft_rows(), CONTEXT, cap=None)
+        tr = build_gkd_trainer(model, tok, ds, args(algorithm="gkd", max_steps=2, per_device_batch_size=2),
+                               TrainerRun({str(tmp_path / "trl")!r}), context=CONTEXT)
+        before = lora_snapshot(tr.model)
+        tr.train()
+        after = dict(tr.model.named_parameters())
+        moved = any(not torch.equal(before[n], after[n].detach()) for n in before)
+        losses = [h["loss"] for h in tr.state.log_history if "loss" in h]
+        if tr.accelerator.is_main_process:
+            print("RESULT", json.dumps({{"world": tr.accelerator.num_processes, "steps": tr.state.global_step,
+                                         "moved": moved, "finite": all(math.isfinite(x) for x in losses) and bool(losses)}}))
+    """)
+    )
+    rc, out, err = launch_two_cpu(script, [], repo_root)
+    assert rc == 0, err[-3000:]
+    res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
+    assert res == {"world": 2, "steps": 2, "moved": True, "finite": True}
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_DEEPSPEED", "ACCELERATE_USE_FSDP"])
+def test_gkd_under_deepspeed_or_fsdp_is_refused_in_one_line(tmp_path, monkeypatch, var):
+    from personatune.errors import ConfigError
+
+    model, tok = models.build_tiny_model(seed=7)
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match=r"train.algorithm=gkd .* under (DeepSpeed|FSDP).*fix: run the stage") as e:
+        distill.build_gkd_trainer(model, tok, [], args(algorithm="gkd"), TrainerRun(tmp_path / "trl"), context=CONTEXT)
+    assert "\n" not in str(e.value)
+    monkeypatch.setenv(var, "false")
+    assert distill.sharded_launch_problem() is None
+
+
 def test_gkd_loads_without_beta_and_with_reference_samples():
     cfg = persona_config(
         "train.algorithm=gkd", "train.beta=0", "train.sft_source=reference", "iterations.algorithm=gkd"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from personatune.config import RunConfig
-from personatune.errors import DataError
+from personatune.errors import ConfigError, DataError
 from personatune.expert_iteration import round_0_record
 from personatune.gates import GateReport, fmt_metric
 from personatune.kl_budget import Selection
@@ -191,7 +191,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Train, select the best checkpoint within the KL budget, gate it, save it.
 
     Raises:
-        ConfigError: train.beta is 0 while the KL gate exists, or a bad batch/num_generations combination.
+        ConfigError: train.beta is 0 while the KL gate exists, a bad batch/num_generations combination, or gkd launched
+            under DeepSpeed/FSDP.
         DataError: stage-3 data missing, empty, or with system prompts.
         RunDirError: an earlier stage has not finished.
     """
@@ -207,6 +208,11 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     seed = training_seed(config)
 
     # 1. Inputs, all found through the manifest.
+    if args.algorithm == "gkd":
+        from personatune.training.distill import sharded_launch_problem
+
+        if problem := sharded_launch_problem():  # before any model work
+            raise ConfigError(problem)
     inp = load_inputs(config, run_dir)
     privileged = None
     if args.algorithm == "sdft":

@@ -27,7 +27,7 @@ from typing import Any
 from personatune.errors import ConfigError
 from personatune.training.args import TrainArgs
 
-__all__ = ["PromptedTeacher", "build_gkd_trainer", "gkd_dataset", "template_prefixes"]
+__all__ = ["PromptedTeacher", "build_gkd_trainer", "gkd_dataset", "sharded_launch_problem", "template_prefixes"]
 
 
 def template_prefixes(tokenizer: Any, context: list[dict[str, str]]) -> tuple[list[int], list[int]]:
@@ -132,6 +132,22 @@ def gkd_dataset(tokenizer: Any, rows: Any, context: list[dict[str, str]], cap: i
     return Dataset.from_list(out)
 
 
+def sharded_launch_problem() -> str | None:
+    """Why GKD cannot run under this `accelerate launch` (DeepSpeed or FSDP), or None. TRL's GKD would wrap the teacher
+    module as an engine of its own; ours holds no weights (under LoRA it is the policy with its adapters off), which is
+    untested there, so it is refused in one line instead (one process and DDP are tested)."""
+    import os
+
+    for var, name in (("ACCELERATE_USE_DEEPSPEED", "DeepSpeed"), ("ACCELERATE_USE_FSDP", "FSDP")):
+        if os.environ.get(var, "").lower() == "true":
+            return (
+                f"train.algorithm=gkd (or iterations.algorithm=gkd) under {name}: the persona-prompted teacher is not "
+                f"supported there; fix: run the stage in one process or with configs/accelerate/cpu_2proc.yaml (DDP), "
+                f"or set train.algorithm=sft (and iterations.algorithm=sft) for this launch"
+            )
+    return None
+
+
 def build_gkd_trainer(
     model: Any,
     tokenizer: Any,
@@ -153,10 +169,17 @@ def build_gkd_trainer(
 
     Returns:
         The configured trainer; `reference_of(trainer)` is the same baseline (without c).
+
+    Raises:
+        ConfigError: launched under DeepSpeed or FSDP (`sharded_launch_problem`).
     """
     import copy
 
     from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    problem = sharded_launch_problem()
+    if problem:
+        raise ConfigError(problem)
 
     from personatune.training.trainers import (
         AdapterDisabledReference,
