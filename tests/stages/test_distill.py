@@ -14,7 +14,7 @@ import torch
 
 from personatune.training import TrainerRun, reference_of
 from tests.helpers import heldout_rows, persona_config, tiny_run_through_stage3
-from tests.stages.test_training import CONTEXT, PAIRS, args, lora_snapshot, pair_dataset
+from tests.stages.test_training import CONTEXT, PAIRS, STAGE5_TINY, args, lora_snapshot, pair_dataset
 
 datasets = pytest.importorskip("datasets")
 models = pytest.importorskip("personatune.models")
@@ -196,20 +196,7 @@ def test_stage5_trains_gkd_selects_within_budget_and_gates(tmp_path):
     chosen = [{"messages": r["prompt"] + r["completion"]} for r in sft_rows()]
     held = heldout_rows([p for p, _, _ in PAIRS])
     rd = tiny_run_through_stage3(tmp_path / "run", pair_dataset().to_list(), held, sft=chosen)
-    over = dict(
-        algorithm="gkd",
-        max_steps=4,
-        eval_every=2,
-        kl_eval_prompts=4,
-        kl_max_new_tokens=8,
-        eval_batch_size=8,
-        per_device_batch_size=4,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        max_length=96,
-        logging_steps=2,
-    )
+    over = dict(STAGE5_TINY, algorithm="gkd")
     cfg = persona_config(
         "model.name=tiny",
         "data.teacher.max_new_tokens=8",

@@ -63,6 +63,22 @@ def prompt_dataset():
     )
 
 
+# train.* overrides for a stage-5 run on the tiny model: 4 steps, an eval every 2 (test_distill.py uses them too).
+STAGE5_TINY = dict(
+    max_steps=4,
+    eval_every=2,
+    kl_eval_prompts=4,
+    kl_max_new_tokens=8,
+    eval_batch_size=8,
+    per_device_batch_size=4,
+    learning_rate=5e-3,
+    lora_r=4,
+    lora_alpha=8,
+    max_length=96,
+    logging_steps=2,
+)
+
+
 def args(**kw):
     base = dict(
         max_steps=3,
@@ -328,19 +344,7 @@ def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):
 
     held = heldout_rows([m[0]["content"] for m in HELD * 2])
     rd = tiny_run_through_stage3(tmp_path / "run", pair_dataset().to_list(), held)
-    over = dict(
-        max_steps=4,
-        eval_every=2,
-        kl_eval_prompts=4,
-        kl_max_new_tokens=8,
-        eval_batch_size=8,
-        per_device_batch_size=4,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        max_length=96,
-        logging_steps=2,
-    )
+    over = STAGE5_TINY
     base = [
         "model.name=tiny",
         "data.teacher.max_new_tokens=8",
