@@ -3,7 +3,7 @@
 The gate (METRICS.md, docs/persona-definition.md) asks for:
 
 1. 5-10 traits, each with a description and >= 3 positive and >= 3 negative exemplars;
-2. **clear and measurable by the instrument the later stages use**: per trait, leave-one-out accuracy
+2. **clear and measurable by the instrument the later stages use**: per trait, leave-one-pair-out AUROC
    >= 0.8 of the persona instrument (scoring/instrument.py) on the trait's own exemplars (below);
 3. **no redundancy**: the cosine similarity of every two traits' positive centroids in the instrument's
    persona space stays below a bound (0.9);
@@ -11,8 +11,10 @@ The gate (METRICS.md, docs/persona-definition.md) asks for:
    rule engine the scorer uses);
 5. >= 3 example interactions.
 
-Measurability of trait t, leave-one-out, with the instrument the scorer uses. Each of t's exemplars is held
-out in turn: the persona's profile is built without it, and the exemplar is scored as a one-sentence
+Measurability of trait t, leave-one-pair-out, with the instrument the scorer uses. Each of t's exemplars is
+held out in turn together with its opposite twin (its nearest exemplar on t's other side, usually the sentence
+it was written against: left in, the held-out sentence is read by its topic; persona_measures.opposite_twins):
+the persona's profile is built without the two, and the exemplar is scored as a one-sentence
 response, giving its margin m = traits[t] - violations[t] (how much more the instrument reads it as
 expressing t than as contradicting it). The trait's separability is the AUROC of m between its held-out
 positives and its held-out negatives: 1.0 when every positive reads more "expressed" than every negative,
@@ -59,7 +61,7 @@ class TraitCheck:
         id: trait id.
         n_positive / n_negative: exemplar counts.
         has_description: the description is not blank.
-        loo_auroc: leave-one-out AUROC of the margin between its positives and negatives (the gated value;
+        loo_auroc: leave-one-pair-out AUROC of the margin between its positives and negatives (the gated value;
             None: a side has no exemplar).
         loo_accuracy: share of held-out exemplars on the right side of margin 0 (None: no exemplar).
         loo_positive / loo_negative: the same on positives only / negatives only.
@@ -153,8 +155,8 @@ def _gate_specs(c: PersonaGateArgs) -> list[GateSpec]:
             "min_separability",
             c.min_separability,
             ">=",
-            "leave-one-out AUROC (lowest trait)",
-            "the persona instrument, leave-one-out, on the trait's own exemplars: AUROC of traits[t] - violations[t], positives vs negatives",
+            "leave-one-pair-out AUROC (lowest trait)",
+            "the persona instrument, leave-one-pair-out, on the trait's own exemplars: AUROC of traits[t] - violations[t], positives vs negatives",
         ),
         GateSpec(
             "max_trait_similarity",
@@ -339,7 +341,7 @@ def _diagnose(
                     f"{len(neg_bad)}/{r.n_negative} negatives read more as expressing it than contradicting it (e.g. {neg_bad[0]['text']!r})"
                 )
             d.append(
-                f"trait {r.id!r} is not measurable: leave-one-out AUROC {r.loo_auroc:.2f} < {c.min_separability:g}; "
+                f"trait {r.id!r} is not measurable: leave-one-pair-out AUROC {r.loo_auroc:.2f} < {c.min_separability:g}; "
                 + "; ".join(parts)
             )
             advice = []

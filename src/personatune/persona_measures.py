@@ -1,7 +1,9 @@
 """The measurements of the stage-2 persona gate (personatune.persona_gate).
 
-- `loo_separability`: per trait, leave-one-out, the AUROC of the instrument's margin traits[t] - violations[t]
+- `loo_separability`: per trait, leave-one-pair-out, the AUROC of the instrument's margin traits[t] - violations[t]
   between the trait's held-out positives and negatives (how clear the trait is to the instrument);
+- `opposite_twins`: for each exemplar, the nearest exemplar on the trait's other side (the sentence it was most
+  likely written against), held out with it;
 - `centroid_similarity`: cosine similarity of the traits' positive centroids (redundancy);
 - `_rules_parse`: every behaviour check and style phrase list compiled by the scorer's own rule engine;
 - `_example_warnings`: example replies that break the persona's own hard rules or avoid-list.
@@ -21,12 +23,39 @@ def _normalize(v: np.ndarray) -> np.ndarray:
     return v / np.maximum(n, 1e-12)
 
 
-def loo_separability(spec: PersonaSpec, instrument: Any) -> list[dict[str, Any]]:
-    """Leave-one-out separability of every trait on its own exemplars (personatune.persona_gate's docstring).
+def opposite_twins(pos: np.ndarray, neg: np.ndarray) -> tuple[list[int], list[int]]:
+    """For each positive the index of its most similar negative, and for each negative its most similar positive.
+
+    Args:
+        pos: (p, dim) embeddings of a trait's positive exemplars.
+        neg: (n, dim) embeddings of its negative exemplars.
+
+    Returns:
+        (twin of each positive among the negatives, twin of each negative among the positives); empty lists when
+        either side is empty.
+
+    >>> opposite_twins(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([[0.1, 1.0], [1.0, 0.2]]))
+    ([1, 0], [1, 0])
+    """
+    if len(pos) == 0 or len(neg) == 0:
+        return [], []
+    sim = _normalize(np.asarray(pos, dtype=np.float64)) @ _normalize(np.asarray(neg, dtype=np.float64)).T
+    return [int(j) for j in sim.argmax(axis=1)], [int(i) for i in sim.argmax(axis=0)]
+
+
+def loo_separability(spec: PersonaSpec, instrument: Any, pairs: bool = True) -> list[dict[str, Any]]:
+    """Leave-one-pair-out separability of every trait on its own exemplars (personatune.persona_gate's docstring).
+
+    Each exemplar is held out of the profile together with its opposite twin (`opposite_twins`, in the
+    instrument's persona space): persona writers put a trait's two sides on the same topics ("I won't send a
+    plate out with a smear on the rim" / "Just throw it all in the pot"), and with the twin left in, the
+    held-out sentence is read by its topic (nearest to its own negation) rather than by its attitude — the
+    leave-one-out bias that made most hand-written, clear personas fail (docs/persona-definition.md).
 
     Args:
         spec: the persona.
         instrument: the persona instrument (scoring/instrument.py).
+        pairs: hold out the opposite twin too (default); False = plain leave-one-out, as before 2026-12-02.
 
     Returns:
         Per trait: {"auroc", "accuracy", "positive", "negative"} (None where there was nothing to compare):
@@ -45,13 +74,15 @@ def loo_separability(spec: PersonaSpec, instrument: Any) -> list[dict[str, Any]]
         margins: dict[str, list[float]] = {"positive": [], "negative": []}
         # rows of the profile: pos[k] = [description, *positive], neg[k] = [inverse?, *negative]
         neg_off = 1 if t.inverse else 0
+        tp, tn = opposite_twins(full.pos[k][1:], full.neg[k][neg_off:]) if pairs else ([], [])
         for kind, texts in (("positive", t.positive), ("negative", t.negative)):
             for i, text in enumerate(texts):
                 pos, neg = list(full.pos), list(full.neg)
                 if kind == "positive":
-                    pos[k] = np.delete(pos[k], 1 + i, axis=0)
+                    p_out, n_out = [1 + i], ([neg_off + tp[i]] if tp else [])
                 else:
-                    neg[k] = np.delete(neg[k], neg_off + i, axis=0)
+                    p_out, n_out = ([1 + tn[i]] if tn else []), [neg_off + i]
+                pos[k], neg[k] = np.delete(pos[k], p_out, axis=0), np.delete(neg[k], n_out, axis=0)
                 held = PersonaProfile(full.trait_ids, pos, neg, full.voice_rows, full.meta)
                 sc = held.score([text], instrument)
                 m = sc.traits[0][t.id] - sc.violations[0][t.id]

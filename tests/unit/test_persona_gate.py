@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from personatune import persona_gate
+from personatune import persona_gate, persona_measures
 from personatune.config import PersonaGateArgs
 from personatune.errors import PersonaSpecError
 from personatune.persona import PersonaSpec, load_persona
@@ -136,6 +136,7 @@ def test_loo_really_holds_the_exemplar_out(monkeypatch):
 
     monkeypatch.setattr(traits_mod, "build_profile", fake_build)
     monkeypatch.setattr(PersonaProfile, "score", fake_score)
+    monkeypatch.setattr(persona_measures, "opposite_twins", lambda p, n: (list(range(len(p))), list(range(len(n)))))
     res = loo_separability(spec, instrument=None)
     # Held out, every exemplar has margin 0: no side is preferred (AUROC 0.5), nothing is on the right side.
     assert [r["auroc"] for r in res] == [0.5, 0.5] and [r["accuracy"] for r in res] == [0.0, 0.0]
@@ -143,6 +144,43 @@ def test_loo_really_holds_the_exemplar_out(monkeypatch):
     # The control: without the hold-out every exemplar is read right (the bookkeeping is the difference).
     monkeypatch.setattr(np, "delete", lambda a, i, axis=0: a)
     assert [(r["auroc"], r["accuracy"]) for r in loo_separability(spec, instrument=None)] == [(1.0, 1.0), (1.0, 1.0)]
+
+
+@pytest.mark.real
+def test_loo_holds_out_the_opposite_twin(monkeypatch):
+    """A profile that reads a sentence by its topic (index j) and a little by its attitude (pos/neg): held out
+    alone, each exemplar is read as its twin on the other side (AUROC 0, the leave-one-out bias); held out with
+    its twin, by its attitude (AUROC 1)."""
+    import personatune.scoring.traits as traits_mod
+    from personatune.scoring.traits import PersonaProfile, Scores
+
+    spec, _ = orthogonal_persona(k=2)
+
+    def fake_build(spec, instrument=None):
+        pos = [np.array([t.description, *t.positive], dtype=object) for t in spec.traits]
+        neg = [np.array(list(t.negative), dtype=object) for t in spec.traits]
+        return PersonaProfile(spec.trait_ids, pos, neg, np.zeros((1, 4)), {})
+
+    def side(rows, x):  # 1 when a row shares x's topic (its last word), + 0.5 for x's own attitude
+        return float(any(str(r).split()[-1] == x.split()[-1] for r in rows))
+
+    def fake_score(self, texts, instrument):
+        e = [{tid: side(self.pos[k], x) + 0.5 * (" pos " in x) for k, tid in enumerate(self.trait_ids)} for x in texts]
+        v = [{tid: side(self.neg[k], x) + 0.5 * (" neg " in x) for k, tid in enumerate(self.trait_ids)} for x in texts]
+        return Scores(e, v, [0.0] * len(texts))
+
+    monkeypatch.setattr(traits_mod, "build_profile", fake_build)
+    monkeypatch.setattr(PersonaProfile, "score", fake_score)
+    monkeypatch.setattr(persona_measures, "opposite_twins", lambda p, n: (list(range(len(p))), list(range(len(n)))))
+    assert [r["auroc"] for r in loo_separability(spec, instrument=None)] == [1.0, 1.0]
+    assert [r["auroc"] for r in loo_separability(spec, instrument=None, pairs=False)] == [0.0, 0.0]
+
+
+def test_opposite_twins_pairs_each_exemplar_with_its_nearest_opposite():
+    pos = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+    neg = np.array([[0.0, 0.9, 0.1], [0.1, 0.0, 0.9], [0.8, 0.2, 0.0]])
+    assert persona_measures.opposite_twins(pos, neg) == ([2, 0, 1], [1, 2, 0])
+    assert persona_measures.opposite_twins(pos, neg[:0]) == ([], [])
 
 
 def test_centroid_similarity():
@@ -246,7 +284,7 @@ def test_inseparable_trait_is_named_with_its_confusions(fake_loo):
     ]
     assert any(
         d.startswith(
-            "trait 'trait_1' is not measurable: leave-one-out AUROC 0.50 < 0.8; 2/3 positives read more as contradicting"
+            "trait 'trait_1' is not measurable: leave-one-pair-out AUROC 0.50 < 0.8; 2/3 positives read more as contradicting"
         )
         for d in rep.gate.diagnosis
     ), rep.gate.diagnosis
@@ -292,8 +330,8 @@ def instrument():
 
 
 # The three new dev gold personas are clear to a careful reader, but the shipped instrument does not yet
-# order their own exemplars (leave-one-out AUROC 0.35-0.45 on their weakest trait: negations such as "I never
-# measure anything" read as expressing `perfectionist`). A known limitation, recorded in docs/benchmarks.md;
+# order their own exemplars well enough (leave-one-pair-out AUROC 0.69-0.77 on their weakest trait; 0.35-0.45 with
+# plain leave-one-out). A known limitation, recorded in docs/benchmarks.md;
 # strict xfail, so the day they pass this test says so.
 NOT_YET = {"marlowe", "rosie", "wren"}
 

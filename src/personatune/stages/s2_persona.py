@@ -1,6 +1,6 @@
 """Stage 2 — persona definition: copy the persona file into the run and check it against the stage-2 gate.
 
-The gate (5-10 traits with exemplars; each trait measurable by the instrument, leave-one-out; no two traits
+The gate (5-10 traits with exemplars; each trait measurable by the instrument, leave-one-pair-out; no two traits
 redundant; rules that parse; >= 3 example interactions) is personatune.persona_gate, with its measurements in
 personatune.persona_measures (METRICS.md, docs/persona-definition.md); their names are re-exported here. This
 module holds the stage's entry points: `evaluate_persona_file` (what `personatune validate` runs), `format_table`
