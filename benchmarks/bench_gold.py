@@ -31,6 +31,7 @@ from personatune.persona import load_persona
 from personatune.scoring.gold import format_gold_report, gold_report, load_gold, score_gold, unmet_targets
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.scorer import Scorer
+from personatune.scoring.trait_lexicon import WEIGHT as TRAIT_LEXICON_WEIGHT
 
 HERE = Path(__file__).resolve().parent
 
@@ -51,8 +52,9 @@ def main() -> None:
     ap.add_argument(
         "--trait-lexicon-weight",
         type=float,
-        default=0.0,
-        help="weight of the per-trait lexical evidence (scoring/trait_lexicon.py; default 0 = off, as shipped; 10 = its chosen weight)",
+        default=TRAIT_LEXICON_WEIGHT,
+        help="weight of the per-trait lexical evidence for the selected traits (scoring/trait_lexicon.py; default: "
+        "the scorer's, 10; 0 = off, as the scorer was before 2026-12-02)",
     )
     args = ap.parse_args()
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))

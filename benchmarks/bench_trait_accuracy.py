@@ -6,8 +6,9 @@ this project, never taken from the test files) on the shipped instrument (scorin
 scores every statement of ../shared/benchmarks/anthropic-persona/<trait>.jsonl (500 " Yes" = someone with
 the trait would say it, 500 " No"). The five traits form one persona, as in a real persona file.
 
-traits[t] and violations[t] are the scorer's (the instrument's head); --trait-lexicon-weight W adds the per-trait
-lexical evidence of scoring/trait_lexicon.py (measured, not adopted).
+traits[t] and violations[t] are the scorer's: the instrument's head plus, as the scorer does, the per-trait lexical
+evidence of scoring/trait_lexicon.py for the traits whose lexicon separates their exemplars (--trait-lexicon-weight,
+default 10; 0 = the head alone; --every-trait applies it to every trait, as measured before 2026-12-02).
 Reported per trait: accuracy of traits[t] >= 0.5 against Yes/No, AUROC of traits[t] - violations[t],
 the share of Yes statements not read as violating t, and the nearest-centroid baseline on frozen MiniLM
 (statement closer to the mean positive-exemplar embedding than to the mean negative one). Nothing is
@@ -34,7 +35,7 @@ from personatune.persona import PersonaSpec, Trait
 from personatune.scoring.aggregate import auroc
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.lexical import bank_of
-from personatune.scoring.trait_lexicon import TraitLexicons
+from personatune.scoring.trait_lexicon import SELECT_AUROC, WEIGHT, TraitLexicons
 from personatune.scoring.traits import build_profile
 
 HERE = Path(__file__).resolve().parent
@@ -52,8 +53,11 @@ def main() -> None:
     ap.add_argument(
         "--trait-lexicon-weight",
         type=float,
-        default=0.0,
-        help="weight of the per-trait lexical evidence (scoring/trait_lexicon.py; default 0 = off, as the scorer ships)",
+        default=WEIGHT,
+        help="weight of the per-trait lexical evidence (scoring/trait_lexicon.py; default 10, the scorer's; 0 = off)",
+    )
+    ap.add_argument(
+        "--every-trait", action="store_true", help="apply the lexical evidence to every trait (no per-trait selection)"
     )
     ap.add_argument(
         "--judge", choices=["hf", "openai"], help="also measure an LLM judge (and the 50/50 combination) on a sample"
@@ -79,7 +83,13 @@ def main() -> None:
     det = build_profile(spec, inst)
     bank = bank_of(inst.weights_dir)
     use = bank is not None and args.trait_lexicon_weight
-    lexicons = TraitLexicons.build(spec, bank.background, args.trait_lexicon_weight) if use else None
+    lexicons = (
+        TraitLexicons.build(
+            spec, bank.background, args.trait_lexicon_weight, select=None if args.every_trait else SELECT_AUROC
+        )
+        if use
+        else None
+    )
     print(
         f"profile built from the spec alone in {time.perf_counter() - t0:.2f} s (instrument {inst.meta.get('weights_sha256', '')[:12]})"
     )

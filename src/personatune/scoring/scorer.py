@@ -7,8 +7,8 @@ Per response (METRICS.md, "Per response"; the parts are explained in docs/person
 
 - traits / violations / voice: the persona instrument (scoring/instrument.py) with the persona's profile
   (scoring/traits.py), optionally combined with a judge: p = (1 - judge_weight) * p_instrument +
-  judge_weight * p_judge, for expressed and violated alike. (`trait_lexicon_weight` > 0 adds per-trait lexical
-  evidence first, scoring/trait_lexicon.py: measured, not adopted, off by default.)
+  judge_weight * p_judge, for expressed and violated alike. Per-trait lexical evidence is added first, for the
+  traits whose words carry them (scoring/trait_lexicon.py: selected per trait from the persona's exemplars).
 - style: the style features of scoring/style.py plus `voice` (P(in the persona's voice), 0-1) and, when the
   instrument has a lexical bank, `own_voice` (scoring/lexical.py: >= 0.5 when the response's words are about as
   much this persona's as any bank persona's); style_match = min(feature match of scoring/style.py, voice,
@@ -44,6 +44,7 @@ from personatune.scoring.record import ResponseScore
 from personatune.scoring.repetition import repetition_factor, repetition_share
 from personatune.scoring.rules import compile_rules
 from personatune.scoring.style import style_features_batch, style_match
+from personatune.scoring.trait_lexicon import WEIGHT as TRAIT_LEXICON_WEIGHT
 from personatune.scoring.trait_lexicon import TraitLexicons
 from personatune.scoring.traits import PersonaProfile, build_profile, persona_hash
 
@@ -118,8 +119,8 @@ class Scorer:
         lexical: apply the lexical-bank condition (`own_voice`) when the instrument has a bank; False leaves
             it out (for comparisons in benchmarks/; the per-trait lexical evidence is set apart, below).
         trait_lexicon_weight: weight of the per-trait lexical evidence (scoring/trait_lexicon.py) when the
-            instrument has a lexical bank; 0 (the default) = off. Measured and not adopted: it lowers accuracy on
-            third-party trait statements (docs/benchmarks.md, "Per-trait lexical evidence"); for benchmarks/.
+            instrument has a lexical bank, for the traits whose lexicon separates their own exemplars
+            (`trait_lexicon.SELECT_AUROC`); 0 = off, as the scorer was before 2026-12-02 (for comparisons).
 
     Raises:
         DataError: the profile was fitted for other traits, or judge_weight is outside [0,1].
@@ -133,7 +134,7 @@ class Scorer:
         judge: Judge | None = None,
         judge_weight: float = DEFAULT_JUDGE_WEIGHT,
         lexical: bool = True,
-        trait_lexicon_weight: float = 0.0,
+        trait_lexicon_weight: float = TRAIT_LEXICON_WEIGHT,
     ) -> None:
         if not 0.0 <= judge_weight <= 1.0:
             raise DataError(f"judge_weight {judge_weight} must be in [0, 1]; fix: e.g. 0.5")
