@@ -63,34 +63,17 @@ def prompt_dataset():
     )
 
 
+# train.* values every tiny-model training here shares: small batches, a high rate, a small adapter.
+TINY_TRAIN = dict(per_device_batch_size=4, learning_rate=5e-3, lora_r=4, lora_alpha=8, max_length=96)
+
 # train.* overrides for a stage-5 run on the tiny model: 4 steps, an eval every 2 (test_distill.py uses them too).
 STAGE5_TINY = dict(
-    max_steps=4,
-    eval_every=2,
-    kl_eval_prompts=4,
-    kl_max_new_tokens=8,
-    eval_batch_size=8,
-    per_device_batch_size=4,
-    learning_rate=5e-3,
-    lora_r=4,
-    lora_alpha=8,
-    max_length=96,
-    logging_steps=2,
+    TINY_TRAIN, max_steps=4, eval_every=2, kl_eval_prompts=4, kl_max_new_tokens=8, eval_batch_size=8, logging_steps=2
 )
 
 
 def args(**kw):
-    base = dict(
-        max_steps=3,
-        per_device_batch_size=4,
-        learning_rate=5e-3,
-        lora_r=4,
-        lora_alpha=8,
-        logging_steps=1,
-        max_length=96,
-        eval_every=0,
-        eval_at_start=False,
-    )
+    base = dict(TINY_TRAIN, max_steps=3, logging_steps=1, eval_every=0, eval_at_start=False)
     base.update(kw)
     return TrainArgs(**base)
 

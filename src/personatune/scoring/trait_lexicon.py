@@ -97,7 +97,6 @@ class TraitLexicons:
     lexicons: dict[str, tuple[dict[str, float], dict[str, float]]]
     weight: float = WEIGHT
     weights: dict[str, float] | None = None  # per trait; None: `weight` for every trait
-    separability: dict[str, float | None] | None = None  # exemplar_auroc per trait, when selected by it
 
     @classmethod
     def build(
@@ -109,7 +108,7 @@ class TraitLexicons:
             return cls(lx, float(weight))
         sep = {t.id: exemplar_auroc(t, background) for t in spec.traits}
         ws = {t: (float(weight) if a is not None and a >= select else 0.0) for t, a in sep.items()}
-        return cls(lx, float(weight), ws, sep)
+        return cls(lx, float(weight), ws)
 
     def weight_of(self, trait_id: str) -> float:
         return self.weight if self.weights is None else self.weights.get(trait_id, 0.0)
