@@ -49,6 +49,11 @@ def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     assert any(r["metric"].startswith("auroc[") for r in gate4["results"])
     report = json.loads((run / "04_evaluation" / "report.json").read_text())
     assert "baseline_persona" in report and report["n_heldout"] > 0
+    # The answers behind each trait's AUROC are written out to read, one section per trait with its measured AUROC.
+    errors = (run / "04_evaluation" / "detector_errors.md").read_text()
+    for t in spec.trait_ids:
+        a = report["auroc"][t]["auroc"]
+        assert f"## {t}: " + (f"AUROC {a:.3f}" if a is not None else "AUROC not measured") in errors
     # The baseline's samples carry their sampling fingerprint, so stages 5-7 reuse them while it matches the config.
     from personatune.baseline_samples import reusable_baseline_texts
     from personatune.rundir import RunDir, read_jsonl

@@ -10,6 +10,8 @@
      as for fitting (a flipped response the stage-3 scorer found consistent is not a negative);
    - trait adherence of held-out chosen responses, overall and per context;
    - their style variance across contexts.
+   The answers behind each AUROC are written out to read (`detector_errors.md`: per trait the chosen answers
+   scored lowest and the trait-flipped ones scored highest).
 3. Record the baseline model's persona metrics on the held-out prompts, with no system prompt: the
    "before" numbers that stage 7 compares against. The baseline's responses are kept in
    `baseline_samples.json`, with the settings that produced them in `baseline_sampling.json`
@@ -81,16 +83,18 @@ def auroc_examples(sft: list[dict], pairs: list[dict]) -> tuple[list[str], list[
     return texts, trait_of, labels
 
 
-def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> dict[str, dict[str, Any]]:
+def heldout_auroc(
+    scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[dict]
+) -> tuple[dict[str, dict[str, Any]], list[tuple[str, int, float, str]]]:
     """Per trait: AUROC of traits[t] on held-out chosen (t targeted, label 1) vs trait-flipped for t (label 0),
-    labelled by `auroc_examples`."""
+    labelled by `auroc_examples`; and the scored examples, (trait, label, traits[trait], text) each."""
     texts, trait_of, labels = auroc_examples(sft, pairs)
     scores = scorer.score(texts) if texts else []
+    rows = [(t, y, float(r.traits[t]), x) for t, y, r, x in zip(trait_of, labels, scores, texts)]
     out = {}
     for t in spec.trait_ids:
-        idx = [i for i, tt in enumerate(trait_of) if tt == t]
-        s = [scores[i].traits[t] for i in idx]
-        y = [labels[i] for i in idx]
+        s = [r[2] for r in rows if r[0] == t]
+        y = [r[1] for r in rows if r[0] == t]
         ci = auroc_ci(s, y)
         out[t] = {
             "auroc": auroc(s, y),
@@ -98,7 +102,40 @@ def heldout_auroc(scorer: Any, spec: PersonaSpec, sft: list[dict], pairs: list[d
             "n_pos": int(sum(y)),
             "n_neg": int(len(y) - sum(y)),
         }
-    return out
+    return out, rows
+
+
+ERRORS_SHOWN = 5
+"""Answers per side and trait in `detector_errors.md`."""
+
+
+def detector_errors(
+    rows: list[tuple[str, int, float, str]], aucs: dict[str, dict[str, Any]], k: int = ERRORS_SHOWN
+) -> str:
+    """`04_evaluation/detector_errors.md`: per trait, the k held-out chosen answers the evaluator scores lowest for it
+    and the k trait-flipped answers it scores highest — the answers behind a low auroc[t], to read before trusting
+    or fixing that gate."""
+    lines = [
+        "# Stage 4: the detector's hardest held-out answers",
+        "",
+        f"Per trait, the {k} held-out chosen answers that target it with the lowest traits[t] (they should express it) "
+        f"and the {k} trait-flipped answers for it with the highest (they should contradict it). A flipped answer that "
+        "still holds the trait is a flip the teacher did not make (a label error: a stronger teacher, "
+        "`data.teacher.backend=openai`, helps); a chosen answer that is in persona but scored low, or a short or odd "
+        "answer scored high, is the detector's error (sharper exemplars for the trait, or a judge, "
+        "`scorer.judge.backend=openai`, helps).",
+        "",
+    ]
+    for t, a in aucs.items():
+        head = f"AUROC {a['auroc']:.3f}" if a["auroc"] is not None else "AUROC not measured"
+        lines += [f"## {t}: {head} ({a['n_pos']} chosen, {a['n_neg']} trait-flipped)", ""]
+        low = sorted((s, x) for tt, y, s, x in rows if tt == t and y == 1)[:k]
+        high = sorted(((s, x) for tt, y, s, x in rows if tt == t and y == 0), reverse=True)[:k]
+        for title, items in (("chosen, lowest first", low), ("trait-flipped, highest first", high)):
+            lines.append(f"{title}:")
+            lines += [f"- {s:.3f} {' '.join(x.split())[:300]}" for s, x in items] or ["- (none)"]
+            lines.append("")
+    return "\n".join(lines)
 
 
 def heldout_size_hint(
@@ -222,7 +259,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     )
     scorer.save(out / "evaluator")
 
-    aucs = heldout_auroc(scorer, spec, ho_sft, ho_pairs)
+    aucs, auc_rows = heldout_auroc(scorer, spec, ho_sft, ho_pairs)
+    atomic_write_text(out / "detector_errors.md", detector_errors(auc_rows, aucs))
     records = scorer.score(
         [r["messages"][-1]["content"] for r in ho_sft],
         prompts=[r["messages"][:-1] for r in ho_sft],
@@ -270,6 +308,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                         "raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy"
                     )
                 steps.append(
+                    f"read {t}'s hardest answers in 04_evaluation/detector_errors.md (flips that did not take, or detector errors), then "
                     f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai with a stronger model)"
                 )
         elif r.metric.startswith("adherence["):
@@ -330,7 +369,11 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     ]
     atomic_write_text(out / "per_context.md", "\n".join(table) + "\n")
     return StageResult(
-        outputs={"evaluator": out / "evaluator", "report": out / "report.json"},
+        outputs={
+            "evaluator": out / "evaluator",
+            "report": out / "report.json",
+            "detector_errors": out / "detector_errors.md",
+        },
         gate=gate,
         metrics={"adherence": adh.overall.value, "style_variance": sv.value},
         message=f"evaluator fitted; held-out adherence {adh.overall.value:.3f}, style variance "
