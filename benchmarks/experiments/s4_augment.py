@@ -96,24 +96,18 @@ def gold_sets(inst: Instrument) -> None:
 
 def run_split(run: Path, inst: Instrument) -> None:
     from personatune.rundir import read_jsonl
-    from personatune.stages.s4_evaluation import auroc_examples, labelled_examples
+    from personatune.stages.s4_evaluation import heldout_auroc, labelled_examples
 
     spec = load_persona(next((run / "02_persona").glob("persona*.yaml")))
     d = run / "03_consistency_data"
-    tr_sft, tr_pairs = read_jsonl(d / "train" / "sft.jsonl"), read_jsonl(d / "train" / "pairs.jsonl")
-    texts, trait_of, labels = auroc_examples(
-        read_jsonl(d / "heldout" / "sft.jsonl"), read_jsonl(d / "heldout" / "pairs.jsonl")
-    )
-    full = labelled_examples(spec, tr_sft, tr_pairs)
+    full = labelled_examples(spec, read_jsonl(d / "train" / "sft.jsonl"), read_jsonl(d / "train" / "pairs.jsonl"))
+    ho_sft, ho_pairs = read_jsonl(d / "heldout" / "sft.jsonl"), read_jsonl(d / "heldout" / "pairs.jsonl")
     keep = {"none": (), "pos": ("expressed",), "neg": ("violated",), "both": ("expressed", "violated")}
     print(f"run {run}: per-trait AUROC of traits[t] on the held-out split")
     for v in VARIANTS:
         ex = [e for e in full if e["label"] in keep[v]]
-        recs = Scorer(spec, instrument=inst, profile=fit(spec, ex, instrument=inst)).score(texts)
-        row = {}
-        for t in spec.trait_ids:
-            idx = [i for i, tt in enumerate(trait_of) if tt == t]
-            row[t] = auroc([recs[i].traits[t] for i in idx], [labels[i] for i in idx])
+        scorer = Scorer(spec, instrument=inst, profile=fit(spec, ex, instrument=inst))
+        row = {t: a["auroc"] for t, a in heldout_auroc(scorer, spec, ho_sft, ho_pairs)[0].items()}
         vals = np.array([a for a in row.values() if a is not None])
         print(
             f"{v:5s} | mean {vals.mean():.3f}, min {vals.min():.3f}, >=0.90 {int((vals >= 0.9).sum())}/{len(vals)} | "
