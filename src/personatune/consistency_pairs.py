@@ -226,6 +226,7 @@ def build_pairs(
                     "chosen_consistency": best.consistency,
                     "rejected_consistency": sc.consistency,
                     "rejected_consistent": sc.consistent,
+                    "rejected_on_task": sc.on_task,
                 }
             )
     return sft, pairs, stats

@@ -275,6 +275,7 @@ class AurocFigure(Record):
     ci: list[float] | None = None
     n_pos: int | None = None
     n_neg: int | None = None
+    n_off_task: int | None = None  # trait-flipped answers left out as off task (s4_evaluation.flip_took)
 
 
 class AdherenceFigures(Record):

@@ -34,6 +34,8 @@ def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     pairs = [json.loads(x) for x in (run / "03_consistency_data" / "train" / "pairs.jsonl").read_text().splitlines()]
     assert pairs and {p["rejected_kind"] for p in pairs} == {"baseline", "trait_flipped", "style_broken"}
     assert all(p["prompt"][0]["role"] != "system" for p in pairs)  # the persona goes into the weights, not the prompt
+    # Every rejected answer carries its measured on_task, which stage 4 reads to leave off-task flips out.
+    assert all(0.0 <= p["rejected_on_task"] <= 1.0 for p in pairs)
     # The dataset loads with `datasets` in TRL's conversational preference format.
     import datasets
 
@@ -54,6 +56,7 @@ def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     for t in spec.trait_ids:
         a = report["auroc"][t]["auroc"]
         assert f"## {t}: " + (f"AUROC {a:.3f}" if a is not None else "AUROC not measured") in errors
+        assert report["auroc"][t]["n_off_task"] >= 0
     # The baseline's samples carry their sampling fingerprint, so stages 5-7 reuse them while it matches the config.
     from personatune.baseline_samples import reusable_baseline_texts
     from personatune.rundir import RunDir, read_jsonl

@@ -1,8 +1,16 @@
-"""Stage 4's `detector_errors.md`: the held-out answers behind each trait's AUROC, worst first."""
+"""Stage 4's held-out detector check: which trait-flipped answers count as negatives, and `detector_errors.md`."""
 
 from __future__ import annotations
 
-from personatune.stages.s4_evaluation import detector_errors
+from pathlib import Path
+
+import pytest
+
+from personatune.consistency_pairs import ON_TASK_LINE
+from personatune.persona import load_persona
+from personatune.stages.s4_evaluation import auroc_examples, detector_errors, flip_took, with_flip_on_task
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def section(md: str, trait: str) -> str:
@@ -39,3 +47,42 @@ def test_long_answers_are_cut():
     md = detector_errors([("t", 0, 0.5, "word " * 200)], {"t": {"auroc": None, "n_pos": 0, "n_neg": 1}})
     line = next(x for x in md.splitlines() if x.startswith("- 0.500 "))
     assert len(line) <= len("- 0.500 ") + 300
+
+
+def _flip(text, trait, consistent=False, on_task=None):
+    p = {
+        "prompt": [{"role": "user", "content": "q"}],
+        "chosen": [{"role": "assistant", "content": "c"}],
+        "rejected": [{"role": "assistant", "content": text}],
+        "rejected_kind": "trait_flipped",
+        "flipped_trait": trait,
+        "rejected_consistent": consistent,
+    }
+    if on_task is not None:
+        p["rejected_on_task"] = on_task
+    return p
+
+
+def test_a_flip_counts_as_a_negative_only_when_it_took_and_answers_the_request():
+    assert flip_took(_flip("a", "bold", on_task=0.9))
+    assert flip_took(_flip("a", "bold"))  # a run written before stage 3 recorded on_task
+    assert not flip_took(_flip("a", "bold", on_task=ON_TASK_LINE - 0.01))  # off task: answers nothing
+    assert not flip_took(_flip("a", "bold", consistent=True, on_task=0.9))  # the flip did not take
+    assert not flip_took({**_flip("a", "bold"), "rejected_kind": "baseline"})
+    sft = [{"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "c"}], "targets": ["bold"]}]
+    pairs = [_flip("kept", "bold", on_task=0.8), _flip("babble", "bold", on_task=0.1), _flip("same", "bold", True, 0.9)]
+    texts, traits, labels = auroc_examples(sft, pairs)
+    assert (texts, traits, labels) == (["c", "kept"], ["bold", "bold"], [1, 0])
+
+
+@pytest.mark.stage
+def test_runs_written_before_stage_3_recorded_on_task_get_it_measured():
+    spec = load_persona(ROOT / "examples" / "personas" / "captain_nova.yaml")
+    ask = [{"role": "user", "content": "How do I boil an egg?"}]
+    answer = {**_flip("Put the egg in boiling water for nine minutes, then cool it in cold water.", "adventurous")}
+    loop = {**_flip("No, no sir, no sir, no sir, no sir, no sir, no sir, no sir, no sir.", "adventurous")}
+    known = _flip("whatever", "adventurous", on_task=0.7)
+    (train, held) = with_flip_on_task(spec, [{**answer, "prompt": ask}, {**loop, "prompt": ask}], [known])
+    assert train[0]["rejected_on_task"] >= ON_TASK_LINE > train[1]["rejected_on_task"]
+    assert held == [known]  # recorded by stage 3: kept as it is
+    assert [flip_took(p) for p in train] == [True, False]

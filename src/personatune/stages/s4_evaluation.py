@@ -1,13 +1,14 @@
 """Stage 4 — persona evaluation: fit the evaluator, validate it, and measure adherence and style.
 
 1. Fit per-trait detectors on the TRAINING split of the stage-3 data: chosen responses express their
-   targeted traits; trait-flipped rejected responses violate their flipped trait; the persona's own
+   targeted traits; trait-flipped rejected responses violate their flipped trait (`flip_took`); the persona's own
    exemplars are added (positive = expressed, negative = violated). The fitted scorer is written to
    `04_evaluation/evaluator/` (safetensors + JSON).
 2. Validate on the HELD-OUT split (never used for fitting or training):
    - per-trait detector AUROC of traits[t]: held-out chosen responses targeting t (label 1) against
-     held-out trait-flipped responses for t (label 0) — those whose flip took, the same labelling rule
-     as for fitting (a flipped response the stage-3 scorer found consistent is not a negative);
+     held-out trait-flipped responses for t (label 0) — those whose flip took and that answer the request,
+     the same labelling rule as for fitting (`flip_took`: a flipped response the stage-3 scorer found
+     consistent, or one that is off task, is no example of t violated);
    - trait adherence of held-out chosen responses, overall and per context;
    - their style variance across contexts.
    The answers behind each AUROC are written out to read (`detector_errors.md`: per trait the chosen answers
@@ -25,6 +26,7 @@ from typing import Any
 from personatune.baseline_samples import sample_baseline, write_baseline_samples
 from personatune.config import RunConfig
 from personatune.config_args import MAX_HELDOUT_FRACTION
+from personatune.consistency_pairs import ON_TASK_LINE
 from personatune.evidence import heldout_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
@@ -34,6 +36,44 @@ from personatune.scoring.aggregate import auroc, auroc_ci
 from personatune.stage import StageResult
 
 STAGE = "04_evaluation"
+
+
+def flip_took(pair: dict) -> bool:
+    """Whether a stage-3 pair's rejected answer is an example of its flipped trait being violated: a trait-flipped
+    answer the stage-3 scorer found inconsistent (the flip took) AND on task (`rejected_on_task` >= ON_TASK_LINE,
+    recorded by stage 3 or measured by `with_flip_on_task`).
+
+    Why on task: the chosen side is on task by construction, and METRICS.md's flipped answer is an answer to the
+    request that contradicts the trait. Stage 3 keeps the first inconsistent try, which favours text that answers
+    nothing ("No, no sir, no sir, …" to a question about a free day; "Here's your mission completed." to "Stop
+    being so cheerful"): on the main job's data 24 % of the held-out flips (benchmarks/experiments/s4_on_task.py).
+    Such an answer contradicts no trait; as a negative it made the detector AUROC measure the teacher's failures.
+    """
+    if pair.get("rejected_kind") != "trait_flipped" or not pair.get("flipped_trait"):
+        return False
+    return not pair.get("rejected_consistent", False) and not off_task_flip(pair)
+
+
+def with_flip_on_task(spec: PersonaSpec, *pair_lists: list[dict]) -> list[list[dict]]:
+    """The pair lists, each trait-flipped pair carrying `rejected_on_task`: stage 3 records it; for a run written
+    before it did, it is measured here with a persona-only scorer's `on_task` (the frozen relevance to the prompt
+    times the repetition factor, the measure stage 3 uses; it does not depend on the trait detectors)."""
+    from personatune.scoring.factory import build_scorer
+
+    todo = [(k, i) for k, ps in enumerate(pair_lists) for i, p in enumerate(ps) if needs_on_task(p)]
+    out = [list(ps) for ps in pair_lists]
+    if todo:
+        vals = build_scorer(spec).on_task(
+            [pair_lists[k][i]["rejected"][-1]["content"] for k, i in todo],
+            [pair_lists[k][i]["prompt"] for k, i in todo],
+        )
+        for (k, i), v in zip(todo, vals):
+            out[k][i] = {**pair_lists[k][i], "rejected_on_task": v}
+    return out
+
+
+def needs_on_task(pair: dict) -> bool:
+    return pair.get("rejected_kind") == "trait_flipped" and "rejected_on_task" not in pair
 
 
 def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> list[dict[str, str]]:
@@ -46,11 +86,7 @@ def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> 
         text = r["messages"][-1]["content"]
         ex += [{"text": text, "trait": t, "label": "expressed"} for t in r.get("targets", [])]
     for p in pairs:
-        if (
-            p.get("rejected_kind") == "trait_flipped"
-            and p.get("flipped_trait")
-            and not p.get("rejected_consistent", False)
-        ):
+        if flip_took(p):
             ex.append({"text": p["rejected"][-1]["content"], "trait": p["flipped_trait"], "label": "violated"})
         elif p.get("rejected_kind") == "baseline":
             ex += [{"text": p["rejected"][-1]["content"], "trait": t, "label": "neutral"} for t in p.get("targets", [])]
@@ -61,7 +97,7 @@ def auroc_examples(sft: list[dict], pairs: list[dict]) -> tuple[list[str], list[
     """(texts, trait of each, label) for the detector AUROC: chosen responses once per targeted trait (label 1),
     trait-flipped responses for their flipped trait (label 0).
 
-    Trait-flipped responses marked `rejected_consistent` (the flip did not take) are left out, as in fitting.
+    Trait-flipped responses whose flip did not take, or that are off task, are left out, as in fitting (`flip_took`).
     """
     texts, trait_of, labels = [], [], []
     for r in sft:
@@ -70,13 +106,8 @@ def auroc_examples(sft: list[dict], pairs: list[dict]) -> tuple[list[str], list[
             trait_of.append(t)
             labels.append(1)
     for p in pairs:
-        # The same labelling rule as for fitting (labelled_examples): a trait-flipped response whose flip
-        # did not take (the stage-3 scorer found it consistent) is no example of the trait being violated.
-        if (
-            p.get("rejected_kind") == "trait_flipped"
-            and p.get("flipped_trait")
-            and not p.get("rejected_consistent", False)
-        ):
+        # The same labelling rule as for fitting (labelled_examples, flip_took).
+        if flip_took(p):
             texts.append(p["rejected"][-1]["content"])
             trait_of.append(p["flipped_trait"])
             labels.append(0)
@@ -101,8 +132,21 @@ def heldout_auroc(
             "ci": list(ci) if ci else None,
             "n_pos": int(sum(y)),
             "n_neg": int(len(y) - sum(y)),
+            "n_off_task": sum(off_task_flip(p) and p["flipped_trait"] == t for p in pairs),
         }
     return out, rows
+
+
+def off_task_flip(pair: dict) -> bool:
+    """A trait-flipped answer whose flip took but that does not answer the request (left out by `flip_took`)."""
+    ot = pair.get("rejected_on_task")
+    return (
+        pair.get("rejected_kind") == "trait_flipped"
+        and bool(pair.get("flipped_trait"))
+        and not pair.get("rejected_consistent", False)
+        and ot is not None
+        and ot < ON_TASK_LINE
+    )
 
 
 ERRORS_SHOWN = 5
@@ -128,7 +172,8 @@ def detector_errors(
     ]
     for t, a in aucs.items():
         head = f"AUROC {a['auroc']:.3f}" if a["auroc"] is not None else "AUROC not measured"
-        lines += [f"## {t}: {head} ({a['n_pos']} chosen, {a['n_neg']} trait-flipped)", ""]
+        off = f"; {a['n_off_task']} off-task flips left out" if a.get("n_off_task") else ""
+        lines += [f"## {t}: {head} ({a['n_pos']} chosen, {a['n_neg']} trait-flipped{off})", ""]
         low = sorted((s, x) for tt, y, s, x in rows if tt == t and y == 1)[:k]
         high = sorted(((s, x) for tt, y, s, x in rows if tt == t and y == 0), reverse=True)[:k]
         for title, items in (("chosen, lowest first", low), ("trait-flipped, highest first", high)):
@@ -252,8 +297,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         run_dir.output_path("03_consistency_data", "train"),
         run_dir.output_path("03_consistency_data", "heldout"),
     )
-    tr_sft, tr_pairs = read_jsonl(train / "sft.jsonl"), read_jsonl(train / "pairs.jsonl")
-    ho_sft, ho_pairs = read_jsonl(held / "sft.jsonl"), read_jsonl(held / "pairs.jsonl")
+    tr_sft, ho_sft = read_jsonl(train / "sft.jsonl"), read_jsonl(held / "sft.jsonl")
+    tr_pairs, ho_pairs = with_flip_on_task(spec, read_jsonl(train / "pairs.jsonl"), read_jsonl(held / "pairs.jsonl"))
     scorer, _ = scorer_for_run(
         config, run_dir, spec, use_evaluator=False, examples=labelled_examples(spec, tr_sft, tr_pairs)
     )
