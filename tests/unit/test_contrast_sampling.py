@@ -23,13 +23,15 @@ class Backend:
 
 
 class Scorer:
-    """Consistent when the text says "persona"; consistency from the number after "c=" when there is one."""
+    """Consistent when the text says "persona"; consistency from the number after "c=" when there is one; off task
+    when the text says "babble"."""
 
     def score(self, texts, prompts=None, contexts=None, targets=None, ids=None):
         out = []
         for t in texts:
             c = float(t.split("c=")[1].split()[0]) if "c=" in t else (0.9 if "persona" in t else 0.1)
-            out.append(SimpleNamespace(consistent=c >= 0.5, consistency=c, text=t))
+            ot = 0.1 if "babble" in t else 0.9
+            out.append(SimpleNamespace(consistent=c >= 0.5, consistency=c, on_task=ot, text=t))
         return out
 
 
@@ -115,3 +117,24 @@ def test_dataset_card_shows_teacher_and_contrast_yield_even_when_the_gate_passes
     card = dataset_card(spec, [scen(0)], [], [], gate)
     assert "## Yield" in card and "- contrast yield: inconsistent on the first try baseline: 5/9" in card
     assert "- teacher yield: 9/10 prompts" in card
+
+
+def test_a_trait_flip_that_answers_nothing_is_sampled_again_and_kept_only_when_no_try_answers(tmp_path):
+    cfg = persona_config("data.contrast_best_of=3", "seed=0")
+    by_id = {f"s{i}": scen(i) for i in range(3)}
+    p = {"max_new_tokens": 8, "temperature": 1.0, "top_p": 1.0, "seed": 0, "n": 1}
+    jobs = [([{"role": "user", "content": f"q{i}"}], dict(p)) for i in range(3)]
+    meta = [("s0", "trait_flipped", "optimistic"), ("s1", "trait_flipped", "optimistic"), ("s2", "style_broken", None)]
+    teacher = Backend(
+        {
+            "q0": ["babble c=0.1", "flat c=0.2", "never used"],  # off task first: sampled again, the answer kept
+            "q1": ["persona c=0.9", "babble c=0.3", "babble c=0.1"],  # never on task: its first inconsistent try kept
+            "q2": ["babble c=0.2", "never used", "never used"],  # not a trait flip: off task does not matter
+        }
+    )
+    texts, scores, tries = sample_contrast(
+        jobs, meta, by_id, {"baseline": None, "teacher": teacher}, Scorer(), tmp_path / "g.jsonl", cfg
+    )
+    assert texts == ["flat c=0.2", "babble c=0.3", "babble c=0.2"]
+    assert teacher.calls == [(3, 0), (2, 1), (1, 2)]
+    assert tries == {"trait_flipped": [1, 2, 5], "style_broken": [1, 1, 1]}

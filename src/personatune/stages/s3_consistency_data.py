@@ -144,11 +144,13 @@ def sample_contrast(
     config: RunConfig,
 ) -> tuple[list[str], list[Any], dict[str, list[int]]]:
     """Rejection sampling on the rejected side: each contrast job gets up to `data.contrast_best_of` tries, and the
-    first response the scorer finds inconsistent is kept (the mirror of best-of-k on the chosen side).
+    first response the scorer finds inconsistent — for a trait flip, inconsistent and on task — is kept (the mirror of
+    best-of-k on the chosen side; `contrast_rank`).
 
-    Try a (0-based) samples only the jobs whose earlier responses were all consistent, with seed + a (try 0 is the
-    single-try job of earlier versions, so a resumed run reuses it). A job that never yields an inconsistent
-    response keeps its least consistent one, which the gate then counts against `rejected_inconsistency_rate`.
+    Try a (0-based) samples only the jobs without such a response yet, with seed + a (try 0 is the single-try job of
+    earlier versions, so a resumed run reuses it). A trait flip that is never on task keeps its first inconsistent
+    try; a job that never yields an inconsistent response keeps its least consistent one, which the gate then counts
+    against `rejected_inconsistency_rate`.
     Baseline jobs go to the baseline model (`backends["baseline"]`), the other kinds to the teacher.
 
     Returns:
@@ -196,12 +198,24 @@ def sample_contrast(
             t[1] += a == 0
             t[0] += a == 0 and not r.consistent
             t[2] += 1
-            if not r.consistent or scores[i] is None or r.consistency < scores[i].consistency:
-                texts[i], scores[i] = outs[i], r  # the first inconsistent try, else the least consistent so far
-            if r.consistent:
+            if contrast_rank(r, meta[i][1]) < contrast_rank(scores[i], meta[i][1]):
+                texts[i], scores[i] = outs[i], r
+            if contrast_rank(scores[i], meta[i][1])[0] > 0:
                 still.append(i)
         pending = still
     return texts, scores, tries
+
+
+def contrast_rank(r: Any, kind: str) -> tuple[int, float]:
+    """How good a contrast try is, lower better: (0, ·) inconsistent and, for a trait flip, on task — the kept kind,
+    sampling stops; (1, ·) inconsistent but a trait flip off task (it answers nothing, so it is no contradiction of
+    the trait: stage 4 leaves it out, `s4_evaluation.flip_took`); (2, consistency) consistent. The first try of the
+    best rank is kept; among consistent ones the least consistent. None (no try yet) ranks last."""
+    if r is None:
+        return (3, 0.0)
+    if r.consistent:
+        return (2, float(r.consistency))
+    return (1, 0.0) if kind == "trait_flipped" and on_task(r) is False else (0, 0.0)
 
 
 def teacher_jobs(
