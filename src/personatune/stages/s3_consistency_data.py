@@ -166,7 +166,8 @@ def sample_contrast(
             break
         if a:
             echo(
-                f"  contrast try {a + 1}/{d.contrast_best_of}: {len(pending)} responses were consistent, sampling again"
+                f"  contrast try {a + 1}/{d.contrast_best_of}: {len(pending)} responses were consistent "
+                "(or trait flips off task), sampling again"
             )
         outs: dict[int, str] = {}
         for who, idx in (
