@@ -107,7 +107,7 @@ def run_config_file(tmp_path: Path, text: str = "") -> Path:
 # --- a scripted teacher ------------------------------------------------------------------------------------
 def scripted_teacher(spec: PersonaSpec, good: bool = True) -> Callable[[dict], str]:
     """A `FakeOpenAIServer.responder` that answers like the persona: its positive exemplars and signature phrase
-    when the system prompt is the persona's, the flipped trait's negatives when a trait is inverted, the wrong
+    when the system prompt is the persona's, the question and the flipped trait's negatives when a trait is inverted, the wrong
     voice when the style is broken, and numbered user messages for prompt-bank expansion. With `good=False` it
     never stays in persona (stage 3 must fail with a diagnosis)."""
     rng = random.Random(0)
@@ -125,14 +125,15 @@ def scripted_teacher(spec: PersonaSpec, good: bool = True) -> Callable[[dict], s
             )
         if not good:
             return "I feel gloomy and I do not care. Whatever."
+        ask = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         for t in spec.traits:
             if (t.inverse and t.inverse in system) or f"NOT like this: {t.description}" in system:
-                return " ".join(rng.sample(t.negative, 2))
+                # A flip answers the request and contradicts the trait (stage 4 counts only on-task flips).
+                return f"You ask: {ask} " + " ".join(rng.sample(t.negative, 2))
         if "Your register is formal" in system or "Use emoji often" in system:
             return "Kindly note that the requested information is provided herein. " * 12
         # In persona and on task: the user's question taken up, then a few positive exemplars of several traits,
         # in the persona's voice (an answer that ignored the question would be off task and never chosen).
-        ask = next((m["content"] for m in reversed(body["messages"]) if m["role"] == "user"), "")
         picks = [rng.choice(t.positive) for t in spec.traits]
         return f"Aye, crew! You ask: {ask} " + " ".join(picks)
 
