@@ -107,9 +107,9 @@ def run_config_file(tmp_path: Path, text: str = "") -> Path:
 # --- a scripted teacher ------------------------------------------------------------------------------------
 def scripted_teacher(spec: PersonaSpec, good: bool = True) -> Callable[[dict], str]:
     """A `FakeOpenAIServer.responder` that answers like the persona: its positive exemplars and signature phrase
-    when the system prompt is the persona's, the question and the flipped trait's negatives when a trait is inverted, the wrong
-    voice when the style is broken, and numbered user messages for prompt-bank expansion. With `good=False` it
-    never stays in persona (stage 3 must fail with a diagnosis)."""
+    when the system prompt is the persona's, the question and the flipped trait's negatives when a trait is
+    inverted, the wrong voice when the style is broken, and numbered user messages for prompt-bank expansion. With
+    `good=False` it never stays in persona (stage 3 must fail with a diagnosis)."""
     rng = random.Random(0)
 
     def respond(body: dict) -> str:

@@ -28,25 +28,7 @@ from personatune.rundir import read_jsonl
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.scorer import Scorer
 from personatune.scoring.traits import fit
-from personatune.stages.s4_evaluation import heldout_auroc, labelled_examples
-
-
-def flip_on_task(scorer: Scorer, pairs: list[dict]) -> list[dict]:
-    """The pairs, each trait-flipped one with `rejected_on_task` measured by `scorer` (others unchanged)."""
-    idx = [i for i, p in enumerate(pairs) if p.get("rejected_kind") == "trait_flipped"]
-    recs = scorer.score([pairs[i]["rejected"][-1]["content"] for i in idx], prompts=[pairs[i]["prompt"] for i in idx])
-    out = [dict(p) for p in pairs]
-    for i, r in zip(idx, recs):
-        out[i]["rejected_on_task"] = r.on_task
-    return out
-
-
-def drop_off_task(pairs: list[dict]) -> list[dict]:
-    return [
-        p
-        for p in pairs
-        if not (p.get("rejected_kind") == "trait_flipped" and (p.get("rejected_on_task") or 0.0) < ON_TASK_LINE)
-    ]
+from personatune.stages.s4_evaluation import heldout_auroc, labelled_examples, off_task_flip, with_flip_on_task
 
 
 def main() -> None:
@@ -59,8 +41,9 @@ def main() -> None:
     d = run / "03_consistency_data"
     tr_sft, ho_sft = read_jsonl(d / "train" / "sft.jsonl"), read_jsonl(d / "heldout" / "sft.jsonl")
     plain = Scorer(spec, instrument=inst)
-    tr_pairs = flip_on_task(plain, read_jsonl(d / "train" / "pairs.jsonl"))
-    ho_pairs = flip_on_task(plain, read_jsonl(d / "heldout" / "pairs.jsonl"))
+    tr_pairs, ho_pairs = with_flip_on_task(
+        spec, read_jsonl(d / "train" / "pairs.jsonl"), read_jsonl(d / "heldout" / "pairs.jsonl")
+    )
     chosen = plain.score([r["messages"][-1]["content"] for r in ho_sft], prompts=[r["messages"][:-1] for r in ho_sft])
     for name, vals in (
         ("held-out chosen", [r.on_task for r in chosen]),
@@ -69,6 +52,9 @@ def main() -> None:
     ):
         v = np.array(vals, dtype=float)
         print(f"{name}: {len(v)} answers, on task {np.mean(v >= ON_TASK_LINE):.3f}, median on_task {np.median(v):.3f}")
+
+    def drop_off_task(pairs: list[dict]) -> list[dict]:
+        return [p for p in pairs if not off_task_flip(p)]
 
     def unmeasured(pairs: list[dict]) -> list[dict]:  # as stage 4 read them before stage 3 recorded on_task
         return [{k: v for k, v in p.items() if k != "rejected_on_task"} for p in pairs]

@@ -21,7 +21,6 @@ Run: python benchmarks/experiments/short_answer_shrinkage.py [--run RUN_DIR]
 from __future__ import annotations
 
 import argparse
-import re
 from pathlib import Path
 
 import numpy as np
@@ -31,16 +30,16 @@ from personatune.rundir import read_jsonl
 from personatune.scoring.aggregate import auroc
 from personatune.scoring.gold import load_gold
 from personatune.scoring.instrument import Instrument
+from personatune.scoring.lexical import words
 from personatune.scoring.scorer import Scorer
 from personatune.scoring.traits import fit
 
 ROOT = Path(__file__).resolve().parents[2]
 KS = (0, 5, 10, 20)
-_WORD = re.compile(r"[A-Za-z0-9']+")
 
 
 def shrink(p: float, text: str, k: int) -> float:
-    n = len(_WORD.findall(text))
+    n = len(words(text))
     return p if k == 0 else 0.5 + (p - 0.5) * n / (n + k)
 
 
@@ -108,21 +107,21 @@ def main() -> None:
     folders = sorted(p.parent for p in (ROOT / "benchmarks/gold").glob("*/responses.jsonl"))
     for refit in (False, True):
         per_k: dict[int, list[float]] = {k: [] for k in KS}
-        words = []
+        lengths: list[int] = []
         for f in folders:
             rows, traits = gold_rows(f, refit, inst)
-            words += [len(_WORD.findall(x)) for *_, x in rows]
+            lengths += [len(words(x)) for *_, x in rows]
             for k in KS:
                 per_k[k] += aucs_of(rows, traits, k)
         print(line("gold dev, " + ("stage-4 refit" if refit else "persona file only"), per_k), flush=True)
-    print(f"gold answers: words median {np.median(words):.0f}, min {np.min(words)}")
+    print(f"gold answers: words median {np.median(lengths):.0f}, min {np.min(lengths)}")
     if args.run:
         rows, traits = run_rows(Path(args.run), inst)
         per_k = {k: aucs_of(rows, traits, k) for k in KS}
         print(line("run held-out, stage 4", per_k))
         for k in KS:
             print(f"  K={k}: " + " ".join(f"{t} {a:.3f}" for t, a in zip(traits, aucs_of(rows, traits, k))))
-        w = np.array([len(_WORD.findall(x)) for *_, x in rows])
+        w = np.array([len(words(x)) for *_, x in rows])
         print(f"run answers: words median {np.median(w):.0f}, share under 10 words {np.mean(w < 10):.3f}")
 
 

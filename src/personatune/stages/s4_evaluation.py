@@ -49,9 +49,22 @@ def flip_took(pair: dict) -> bool:
     being so cheerful"): on the main job's data 24 % of the held-out flips (benchmarks/experiments/s4_on_task.py).
     Such an answer contradicts no trait; as a negative it made the detector AUROC measure the teacher's failures.
     """
-    if pair.get("rejected_kind") != "trait_flipped" or not pair.get("flipped_trait"):
-        return False
-    return not pair.get("rejected_consistent", False) and not off_task_flip(pair)
+    return inconsistent_flip(pair) and not off_task_flip(pair)
+
+
+def inconsistent_flip(pair: dict) -> bool:
+    """A trait-flipped answer with its trait named that the stage-3 scorer found inconsistent (the flip took)."""
+    return (
+        pair.get("rejected_kind") == "trait_flipped"
+        and bool(pair.get("flipped_trait"))
+        and not pair.get("rejected_consistent", False)
+    )
+
+
+def off_task_flip(pair: dict) -> bool:
+    """A flip that took but does not answer the request (`rejected_on_task` measured and below ON_TASK_LINE)."""
+    ot = pair.get("rejected_on_task")
+    return inconsistent_flip(pair) and ot is not None and ot < ON_TASK_LINE
 
 
 def with_flip_on_task(spec: PersonaSpec, *pair_lists: list[dict]) -> list[list[dict]]:
@@ -60,7 +73,12 @@ def with_flip_on_task(spec: PersonaSpec, *pair_lists: list[dict]) -> list[list[d
     times the repetition factor, the measure stage 3 uses; it does not depend on the trait detectors)."""
     from personatune.scoring.factory import build_scorer
 
-    todo = [(k, i) for k, ps in enumerate(pair_lists) for i, p in enumerate(ps) if needs_on_task(p)]
+    todo = [
+        (k, i)
+        for k, ps in enumerate(pair_lists)
+        for i, p in enumerate(ps)
+        if p.get("rejected_kind") == "trait_flipped" and "rejected_on_task" not in p
+    ]
     out = [list(ps) for ps in pair_lists]
     if todo:
         vals = build_scorer(spec).on_task(
@@ -70,10 +88,6 @@ def with_flip_on_task(spec: PersonaSpec, *pair_lists: list[dict]) -> list[list[d
         for (k, i), v in zip(todo, vals):
             out[k][i] = {**pair_lists[k][i], "rejected_on_task": v}
     return out
-
-
-def needs_on_task(pair: dict) -> bool:
-    return pair.get("rejected_kind") == "trait_flipped" and "rejected_on_task" not in pair
 
 
 def labelled_examples(spec: PersonaSpec, sft: list[dict], pairs: list[dict]) -> list[dict[str, str]]:
@@ -135,18 +149,6 @@ def heldout_auroc(
             "n_off_task": sum(off_task_flip(p) and p["flipped_trait"] == t for p in pairs),
         }
     return out, rows
-
-
-def off_task_flip(pair: dict) -> bool:
-    """A trait-flipped answer whose flip took but that does not answer the request (left out by `flip_took`)."""
-    ot = pair.get("rejected_on_task")
-    return (
-        pair.get("rejected_kind") == "trait_flipped"
-        and bool(pair.get("flipped_trait"))
-        and not pair.get("rejected_consistent", False)
-        and ot is not None
-        and ot < ON_TASK_LINE
-    )
 
 
 ERRORS_SHOWN = 5
