@@ -22,6 +22,7 @@ import os
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,11 +85,14 @@ def jsonl_lines(text: str) -> list[str]:
     return [line.removesuffix("\r") for line in text.split("\n")]
 
 
-def read_jsonl(path: str | Path, fix: str = "re-run the stage that wrote it") -> list[dict[str, Any]]:
-    """Rows of a JSONL file written by a stage.
+def read_jsonl(
+    path: str | Path, fix: str = "re-run the stage that wrote it", check: Callable[[Any], str | None] | None = None
+) -> list[dict[str, Any]]:
+    """Rows of a JSONL file written by a stage; with `check` (row -> problem or None), each row is checked too.
 
     Raises:
-        DataError: the file is missing or a line is not valid JSON (names the file, the line and `fix`).
+        DataError: the file is missing, a line is not valid JSON, or `check` finds a problem (names the file, the line
+            and `fix`).
     """
     from personatune.errors import DataError
 
@@ -102,6 +106,9 @@ def read_jsonl(path: str | Path, fix: str = "re-run the stage that wrote it") ->
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{path} line {i}: not valid JSON ({e.msg}); fix: {fix}") from None
+            problem = check(rows[-1]) if check is not None else None
+            if problem:
+                raise DataError(f"{path} line {i}: {problem}; fix: correct or delete that line, or {fix}")
     return rows
 
 
@@ -306,3 +313,12 @@ class RunDir:
             if not self._inside(o["path"]) or not p.exists() or file_hash(p) != o["hash"]:
                 return False
         return True
+
+    def edited_outputs(self, rec: StageRecord) -> list[str]:
+        """The recorded outputs that still exist but changed since the stage wrote them (edited by hand), as paths
+        relative to the run directory; [] when every output is intact or one is missing (then the stage simply runs
+        again: there is nothing to lose)."""
+        paths = [o["path"] for o in rec.outputs.values()]
+        if not all(self._inside(p) and (self.root / p).exists() for p in paths):
+            return []
+        return [o["path"] for o in rec.outputs.values() if file_hash(self.root / o["path"]) != o["hash"]]

@@ -67,6 +67,18 @@ def test_stages_1_to_4_with_scripted_teacher(tmp_path):
     assert reusable_baseline_texts(cfg.model_copy(update={"seed": cfg.seed + 1}), RunDir(run), held) is None
     assert rc in (0, 1)
     assert n_requests > 0
+    # A held-out pair edited by hand that lost its rejected answer: stage 4, re-run, names the file, line and field
+    # before any model work, and leaves the file as it was.
+    from personatune.errors import DataError
+
+    held_pairs = run / "03_consistency_data" / "heldout" / "pairs.jsonl"
+    rows = held_pairs.read_text().splitlines()
+    del (broken := json.loads(rows[1]))["rejected"]
+    held_pairs.write_text("\n".join([rows[0], json.dumps(broken), *rows[2:]]) + "\n")
+    before = held_pairs.read_bytes()
+    with pytest.raises(DataError, match=rf"{held_pairs} line 2: field 'rejected' is missing .* fix: correct or"):
+        run_pipeline(cfg, from_stage="4", until="4", echo=lines.append)
+    assert held_pairs.read_bytes() == before
 
 
 def test_teacher_that_cannot_stay_in_persona_fails_stage_3_with_diagnosis(tmp_path):

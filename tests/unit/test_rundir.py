@@ -71,9 +71,10 @@ def test_changed_config_or_damaged_output_reruns(tmp_path):
     calls.clear()
     run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
     assert calls == []
-    (tmp_path / "r" / "02_b" / "out.txt").write_text("tampered")
+    out = tmp_path / "r" / "02_b" / "out.txt"
+    out.unlink()
     run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
-    # Its own output was damaged, so 02_b re-runs; it writes the same content again, so 03_c (whose
+    # Its own output is gone, so 02_b re-runs; it writes the same content again, so 03_c (whose
     # inputs are content hashes) is still up to date and skipped.
     assert calls == ["02_b"]
     calls.clear()
@@ -86,6 +87,35 @@ def test_changed_config_or_damaged_output_reruns(tmp_path):
     calls.clear()
     run_pipeline(cfg, stages=_table(calls), echo=lambda s: None, force=True, until="1")
     assert calls == ["01_a"]
+
+
+def test_outputs_edited_by_hand_are_never_overwritten_silently(tmp_path):
+    cfg = RunConfig(persona="p.yaml", run_dir=str(tmp_path), name="r")
+    calls: list[str] = []
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    out = tmp_path / "r" / "02_b" / "out.txt"
+    out.write_text("edited by hand")
+    calls.clear()
+    # A plain run would re-run 02_b and overwrite the edit: it stops instead, naming the file and both fixes.
+    with pytest.raises(
+        RunDirError, match=r"02_b/out.txt changed since stage 2 \(02_b\) wrote it.* --from 3` .* `--from 2`"
+    ):
+        run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    assert calls == [] and out.read_text() == "edited by hand"
+    # --from 3 keeps the edit: 02_b is not re-run, 03_c runs on the edited output, and the kept edit is recorded.
+    lines: list[str] = []
+    assert run_pipeline(cfg, stages=_table(calls), echo=lines.append, from_stage="3") == 0
+    assert calls == ["03_c"] and out.read_text() == "edited by hand"
+    assert any("02_b/out.txt edited by hand since the stage ran — kept" in ln for ln in lines)
+    m = json.loads((tmp_path / "r" / "manifest.json").read_text())
+    assert m["stages"]["02_b"]["message"] == "ok (outputs edited by hand, kept)"
+    calls.clear()
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None)
+    assert calls == []  # the kept edit is now the stage's recorded output: nothing to redo
+    # --from 2 discards it: the stage writes its own output again.
+    out.write_text("edited again")
+    run_pipeline(cfg, stages=_table(calls), echo=lambda s: None, from_stage="2")
+    assert calls == ["02_b", "03_c"] and out.read_text() == "02_b seed=0"
 
 
 def test_failed_gate_stops_with_exit_1_and_gate_json(tmp_path):

@@ -30,12 +30,12 @@ from personatune.gates import GateReport, GateSpec, Measurement, check_gates, fm
 from personatune.kl_budget import Selection, select_checkpoint
 from personatune.persona import load_persona
 from personatune.records import StageResultRecord, read_record, write_record
-from personatune.rundir import RunDir, read_jsonl
+from personatune.rundir import RunDir
 from personatune.stage import StageResult
+from personatune.stage3_rows import STAGE3_FIX, read_stage3  # noqa: F401 (STAGE3_FIX re-exported)
 from personatune.training import EvalSettings, TrainArgs, TrainerRun
 
 STAGE5 = "05_optimization"
-STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
 
 
 # --- 1. inputs --------------------------------------------------------------------------------------------
@@ -70,7 +70,9 @@ def load_inputs(config: RunConfig, run_dir: RunDir) -> OptimizeInputs:
 
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     pairs_path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
-    held_rows = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
+    held_rows = read_stage3(
+        run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", "prompts", STAGE3_FIX
+    )
     if not held_rows:
         raise DataError(
             "03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3"

@@ -18,7 +18,8 @@ from typing import Any
 
 from personatune.config import RunConfig
 from personatune.errors import DataError
-from personatune.rundir import RunDir, read_jsonl
+from personatune.rundir import RunDir
+from personatune.stage3_rows import read_stage3
 from personatune.stages.optimization_common import STAGE3_FIX
 
 log = logging.getLogger(__name__)
@@ -173,7 +174,11 @@ def training_prompts(run_dir: RunDir) -> list[Any]:
 
     try:
         path = run_dir.output_path("03_consistency_data", "scenarios")
-        scen = [Scenario(**r) for r in read_jsonl(path, fix=STAGE3_FIX) if r.get("split") == "train"]
+        scen = [
+            Scenario(r["id"], r["context"], r["messages"], list(r.get("targets") or []), "train")
+            for r in read_stage3(path, "prompts", STAGE3_FIX)
+            if r.get("split") == "train"
+        ]
     except RunDirError:
         path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
         scen = [

@@ -31,9 +31,10 @@ from personatune.evidence import heldout_key, rate_min_n_for
 from personatune.gates import GateReport, GateSpec, Measurement, check_gates
 from personatune.persona import PersonaSpec, load_persona
 from personatune.records import EvaluationReport, write_record
-from personatune.rundir import RunDir, atomic_write_text, read_jsonl
+from personatune.rundir import RunDir, atomic_write_text
 from personatune.scoring.aggregate import auroc, auroc_ci
 from personatune.stage import StageResult
+from personatune.stage3_rows import STAGE3_FIX, read_stage3
 
 STAGE = "04_evaluation"
 
@@ -299,8 +300,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         run_dir.output_path("03_consistency_data", "train"),
         run_dir.output_path("03_consistency_data", "heldout"),
     )
-    tr_sft, ho_sft = read_jsonl(train / "sft.jsonl"), read_jsonl(held / "sft.jsonl")
-    tr_pairs, ho_pairs = with_flip_on_task(spec, read_jsonl(train / "pairs.jsonl"), read_jsonl(held / "pairs.jsonl"))
+    tr_sft, ho_sft = (read_stage3(d / "sft.jsonl", "sft", STAGE3_FIX, spec.trait_ids) for d in (train, held))
+    tr_pairs, ho_pairs = with_flip_on_task(
+        spec, *(read_stage3(d / "pairs.jsonl", "pairs", STAGE3_FIX, spec.trait_ids) for d in (train, held))
+    )
     scorer, _ = scorer_for_run(
         config, run_dir, spec, use_evaluator=False, examples=labelled_examples(spec, tr_sft, tr_pairs)
     )
@@ -370,7 +373,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             steps.append("improve the teacher (data.teacher) or those traits' exemplars")
         elif sv.value is None:
             diagnosis.append(f"style variance not measured: {sv.note}")
-            ho_prompts = read_jsonl(held / "prompts.jsonl") if (held / "prompts.jsonl").exists() else []
+            ho_prompts = (
+                read_stage3(held / "prompts.jsonl", "prompts", STAGE3_FIX) if (held / "prompts.jsonl").exists() else []
+            )
             hint = heldout_size_hint(
                 len(ho_prompts),
                 len(ho_sft),
@@ -432,7 +437,9 @@ def baseline_persona_metrics(config: RunConfig, run_dir: RunDir, scorer: Any, mi
     """The baseline model's persona metrics and on-task rate on held-out prompts, no system prompt (the 'before' of stages 5-7)."""
     from personatune.scoring.aggregate import consistency_rate, on_task_rate, style_variance, trait_adherence
 
-    prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl")
+    prompts = read_stage3(
+        run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", "prompts", STAGE3_FIX
+    )
     texts = sample_baseline(config, run_dir, prompts)
     recs = scorer.score(
         texts,

@@ -39,8 +39,9 @@ from personatune.gates import GateReport, fmt_metric
 from personatune.kl_budget import Selection
 from personatune.logs import logged_stage
 from personatune.records import OptimizationMetrics, RoundResult, write_record
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, file_hash, read_jsonl
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, file_hash
 from personatune.stage import StageResult
+from personatune.stage3_rows import read_stage3
 from personatune.stages.optimization_common import (
     STAGE3_FIX,
     DriftReference,
@@ -81,7 +82,7 @@ def train_dataset(
 
     if algorithm in ("sft", "gkd"):
         sft_path = pairs_path.parent / "sft.jsonl"
-        rows = sft_rows if sft_rows is not None else read_jsonl(sft_path, fix=STAGE3_FIX)
+        rows = sft_rows if sft_rows is not None else read_stage3(sft_path, "sft", STAGE3_FIX)
         if not rows:
             raise DataError(
                 f"{sft_path} has no chosen answers; fix: check the stage-3 gate and data (data.max_prompts, data.best_of)"
@@ -93,7 +94,7 @@ def train_dataset(
                     f"into the weights; fix: remove system turns from the prompts"
                 )
         return Dataset.from_list([{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows])
-    rows = read_jsonl(pairs_path, fix=STAGE3_FIX)
+    rows = read_stage3(pairs_path, "pairs", STAGE3_FIX)
     if not rows:
         raise DataError(
             f"{pairs_path} has no pairs; fix: check the stage-3 gate and data (data.max_prompts, data.contrast)"

@@ -22,6 +22,7 @@ from personatune.expert_iteration import build_pairs, kept, round_key, round_row
 from personatune.ranks import Ranks
 from personatune.records import RecordError, RoundResult, parse_record, write_record
 from personatune.rundir import atomic_write_json, atomic_write_jsonl, file_hash, read_jsonl
+from personatune.stage3_rows import read_stage3
 from personatune.stages.optimization_common import (
     STAGE3_FIX,
     DriftReference,
@@ -90,7 +91,7 @@ def round_prompts(pairs_path: Path) -> list[dict[str, Any]]:
         DataError: a prompt has a system turn, or the file has no pairs.
     """
     items: dict[str, dict[str, Any]] = {}
-    for i, r in enumerate(read_jsonl(pairs_path, fix=STAGE3_FIX), 1):
+    for i, r in enumerate(read_stage3(pairs_path, "pairs", STAGE3_FIX), 1):
         if any(m.get("role") == "system" for m in r.get("prompt", [])):
             raise DataError(
                 f"{pairs_path} line {i}: the prompt has a system turn; fix: remove system turns (the persona must come from the weights)"

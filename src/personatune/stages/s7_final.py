@@ -50,8 +50,9 @@ from personatune.baseline_samples import reusable_baseline_texts, sample_eval
 from personatune.config import RunConfig
 from personatune.errors import DataError, RunDirError
 from personatune.records import DRIFT_REFERENCE_LABEL, FINAL_STAGE, FinalRecord, write_record
-from personatune.rundir import RunDir, atomic_write_json, atomic_write_text, read_jsonl
+from personatune.rundir import RunDir, atomic_write_json, atomic_write_text
 from personatune.stage import StageResult
+from personatune.stage3_rows import STAGE3_FIX, read_stage3
 
 # Re-exported: the figures and the gate built from them are stage 7's, kept in their own module so `run` reads in one sitting.
 from personatune.stages.s7_figures import (  # noqa: F401
@@ -66,7 +67,6 @@ STAGE = FINAL_STAGE
 CAPABILITY_BATCH = 16
 """Batch size of capability-suite generation; stage 1 uses the same, so padding is identical."""
 EARLIER = ("01_baseline", "02_persona", "03_consistency_data", "04_evaluation", "05_optimization", "06_iterations")
-STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
 KL_REFERENCE = DRIFT_REFERENCE_LABEL
 """What final.json's `kl` is measured against (the same label as stages 5-6 write as `kl_reference`)."""
 
@@ -131,7 +131,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
 
     # 1. Inputs, all through the manifest.
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
-    prompts = read_jsonl(run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", fix=STAGE3_FIX)
+    prompts = read_stage3(
+        run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", "prompts", STAGE3_FIX
+    )
     if not prompts:
         raise DataError(
             f"03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and {STAGE3_FIX}"
