@@ -294,6 +294,13 @@ class DataArgs(_Section):
         ge=1,
         description="candidates sampled per prompt; one consistent candidate is kept as chosen, see `select` (count)",
     )
+    best_of_first: int | None = Field(
+        None,
+        ge=1,
+        description="candidates sampled first per prompt; the other best_of - best_of_first only for prompts with no "
+        "consistent, on-task candidate among them (the same prompts are kept, fewer candidates are sampled); None or "
+        ">= best_of = all best_of at once (count)",
+    )
     select: Literal["adherent_voice", "typical_voice", "max_consistency"] = Field(
         "adherent_voice",
         description="which consistent candidate becomes chosen: adherent_voice = among those with the fewest traits that do not adhere (a "

@@ -32,7 +32,7 @@ from typing import Callable
 
 from personatune import limits
 from personatune.config import RunConfig, section_hash, to_yaml
-from personatune.errors import ConfigError, PersonatuneError, RunDirError
+from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
 from personatune.logs import FILE_ONLY, run_logging
 from personatune.records import STAGE_TITLES, GateRecord, RecordError, read_record, write_record
@@ -277,40 +277,6 @@ class _GateStops:
         return True
 
 
-def _edited_outputs_kept(
-    rd: RunDir, stage: str, rec: StageRecord, before_from: bool, echo: Callable[[str], None]
-) -> bool:
-    """A done stage whose outputs were edited by hand (same config, same inputs): running it again would overwrite the
-    edits. Before `--from` (the user asked to go on from a later stage) the edits are kept: recorded as the stage's
-    outputs, so later stages read them, and said so. Otherwise the run stops rather than lose them.
-
-    Returns:
-        True: kept (skip the stage); False: nothing was edited (an output is missing: the stage runs again).
-
-    Raises:
-        RunDirError: edited outputs and no `--from` past this stage (one line: which files, and both fixes).
-    """
-    edited = rd.edited_outputs(rec)
-    if not edited:
-        return False
-    n = int(stage[:2])
-    if not before_from:
-        raise RunDirError(
-            f"{', '.join(edited)} changed since stage {n} ({stage}) wrote it, and running the stage again would overwrite "
-            f"the edits; fix: keep them with `personatune run CONFIG --from {n + 1}` (the later stages read them), or discard "
-            f"them with `--from {n}`"
-        )
-    rec.outputs = rd.hash_outputs({name: rd.root / o["path"] for name, o in rec.outputs.items()})
-    rec.message = (rec.message or "").removesuffix(HAND_EDITED) + HAND_EDITED
-    rd.set_record(stage, rec)
-    _event(f"{stage} outputs edited by hand, kept: {', '.join(edited)}")
-    echo(f"  {stage}: {', '.join(edited)} edited by hand since the stage ran — kept; the later stages read the edits")
-    return True
-
-
-HAND_EDITED = " (outputs edited by hand, kept)"
-
-
 def run_pipeline(
     cfg: RunConfig,
     *,
@@ -388,7 +354,13 @@ def _run_stages(
         same_config = rec.config_hash == key or rec.config_hash == legacy_stage_cache_key(cfg, st)
         unchanged = not rerun and same_config and rec.inputs == inputs and rd.outputs_intact(rec)
         if not unchanged and not rerun and same_config and rec.inputs == inputs and rec.status == "done":
-            unchanged = _edited_outputs_kept(rd, st.id, rec, i < start_i, echo)
+            # Outputs edited by hand: kept when --from is past this stage, else the run stops (never overwritten).
+            if edited := rd.keep_edited_outputs(st.id, rec, before_from=i < start_i):
+                _event(f"{st.id} outputs edited by hand, kept: {', '.join(edited)}")
+                echo(
+                    f"  {st.id}: {', '.join(edited)} edited by hand since the stage ran — kept; later stages read the edits"
+                )
+                unchanged = True
         if unchanged and rec.config_hash != key:
             rec.config_hash = key  # a legacy key: recorded again in today's form
             rd.set_record(st.id, rec)

@@ -127,6 +127,9 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
+HAND_EDITED = " (outputs edited by hand, kept)"
+
+
 @dataclass
 class StageRecord:
     """What the manifest remembers of one stage."""
@@ -322,3 +325,30 @@ class RunDir:
         if not all(self._inside(p) and (self.root / p).exists() for p in paths):
             return []
         return [o["path"] for o in rec.outputs.values() if file_hash(self.root / o["path"]) != o["hash"]]
+
+    def keep_edited_outputs(self, stage: str, rec: StageRecord, before_from: bool) -> list[str]:
+        """A done stage whose outputs were edited by hand (same config, same inputs): running it again would overwrite
+        the edits. Before `--from` (the user asked to go on from a later stage) the edits are kept: recorded as the
+        stage's outputs, so later stages read them, and marked in its message. Otherwise the run stops rather than
+        lose them.
+
+        Returns:
+            The edited outputs, kept; [] when none was edited (an output is missing: the stage simply runs again).
+
+        Raises:
+            RunDirError: edited outputs and no `--from` past this stage (one line: which files, and both fixes).
+        """
+        edited = self.edited_outputs(rec)
+        if not edited:
+            return []
+        n = int(stage[:2])
+        if not before_from:
+            raise RunDirError(
+                f"{', '.join(edited)} changed since stage {n} ({stage}) wrote it, and running the stage again would "
+                f"overwrite the edits; fix: keep them with `personatune run CONFIG --from {n + 1}` (the later stages read "
+                f"them), or discard them with `--from {n}`"
+            )
+        rec.outputs = self.hash_outputs({name: self.root / o["path"] for name, o in rec.outputs.items()})
+        rec.message = (rec.message or "").removesuffix(HAND_EDITED) + HAND_EDITED
+        self.set_record(stage, rec)
+        return edited

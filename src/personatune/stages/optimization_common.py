@@ -70,9 +70,8 @@ def load_inputs(config: RunConfig, run_dir: RunDir) -> OptimizeInputs:
 
     spec = load_persona(run_dir.output_path("02_persona", "persona"))
     pairs_path = run_dir.output_path("03_consistency_data", "train") / "pairs.jsonl"
-    held_rows = read_stage3(
-        run_dir.output_path("03_consistency_data", "heldout") / "prompts.jsonl", "prompts", STAGE3_FIX
-    )
+    held = run_dir.output_path("03_consistency_data", "heldout")
+    held_rows = read_stage3(held / "prompts.jsonl", "prompts", STAGE3_FIX)
     if not held_rows:
         raise DataError(
             "03_consistency_data/heldout/prompts.jsonl is empty; fix: raise data.heldout_fraction or data.max_prompts and re-run stage 3"

@@ -220,17 +220,18 @@ def contrast_rank(r: Any, kind: str) -> tuple[int, float]:
 
 
 def teacher_jobs(
-    spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig
+    spec: PersonaSpec, scenarios: list[Scenario], config: RunConfig, n: int | None = None
 ) -> list[tuple[list[dict[str, str]], dict[str, Any]]]:
     """The teacher's best-of jobs: per scenario, the persona conversation (system prompt, few-shot turns when
-    data.few_shot, trait reminders when data.focus_targets) and the sampling parameters with n = data.best_of."""
+    data.few_shot, trait reminders when data.focus_targets) and the sampling parameters with n candidates (default
+    data.best_of)."""
     d, t = config.data, config.data.teacher
     p = {
         "max_new_tokens": t.max_new_tokens,
         "temperature": t.temperature,
         "top_p": t.top_p,
         "seed": config.seed,
-        "n": d.best_of,
+        "n": d.best_of if n is None else n,
     }
     return [
         (
@@ -239,6 +240,43 @@ def teacher_jobs(
         )
         for s in scenarios
     ]
+
+
+def sample_chosen(
+    teacher: Any, spec: PersonaSpec, scenarios: list[Scenario], scorer: Any, path: Any, config: RunConfig
+) -> tuple[list[list[str]], list[list[Any]]]:
+    """Best-of-n on the chosen side: `data.best_of_first` candidates per prompt, scored; the remaining
+    best_of - best_of_first (seed + 1) only for prompts with no eligible (consistent, on-task) candidate yet. A prompt
+    ends with an eligible candidate exactly when all best_of at once would give it one (the same draws, in
+    distribution), so the kept prompts are the same; fewer candidates are sampled, and the choice among eligible ones
+    is made from fewer (benchmarks/experiments/adaptive_best_of.py measures both).
+
+    Returns:
+        (candidates per scenario, their ResponseScores).
+    """
+    d, t, echo = config.data, config.data.teacher, log.info
+    first = min(d.best_of_first or d.best_of, d.best_of)
+    more = d.best_of - first
+    echo(
+        f"  teacher: {len(scenarios)} prompts x {first} candidates"
+        + (f", {more} more for each prompt with no consistent, on-task one among them" if more else "")
+    )
+    jobs = teacher_jobs(spec, scenarios, config, n=first)
+    outs = generate_resumable(teacher, jobs, path, chunk=max(1, t.batch_size // first), echo=echo, label="teacher")
+    echo(f"  scoring {sum(len(c) for c in outs)} teacher candidates …")
+    scores = score_candidates(scenarios, outs, scorer)
+    rest = [i for i, cs in enumerate(scores) if not any(eligible(r) for r in cs)]
+    if more and rest:
+        echo(
+            f"  teacher: {len(rest)} of {len(scenarios)} prompts have no consistent, on-task candidate yet: {more} more each"
+        )
+        jobs2 = [(jobs[i][0], {**jobs[i][1], "n": more, "seed": jobs[i][1]["seed"] + 1}) for i in rest]
+        outs2 = generate_resumable(
+            teacher, jobs2, path, chunk=max(1, t.batch_size // more), echo=echo, label="teacher, more candidates"
+        )
+        for i, o, s in zip(rest, outs2, score_candidates([scenarios[i] for i in rest], outs2, scorer)):
+            outs[i], scores[i] = outs[i] + o, scores[i] + s
+    return outs, scores
 
 
 # --- scenarios -----------------------------------------------------------------------------------
@@ -308,21 +346,10 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             f"  scenarios: {sum(s.source == 'teacher' for s in scenarios)} written by the teacher, {sum(s.source == 'bank' for s in scenarios)} from the bank"
         )
     atomic_write_jsonl(out / "scenarios.jsonl", [s.to_dict() for s in scenarios])
-    jobs = teacher_jobs(spec, scenarios, config)
-    echo(f"  teacher: {len(scenarios)} prompts x {d.best_of} candidates")
-    teacher_out = generate_resumable(
-        teacher,
-        jobs,
-        out / "generations.jsonl",
-        chunk=max(1, t.batch_size // max(1, d.best_of)),
-        echo=echo,
-        label="teacher",
-    )
     scorer, _ = scorer_for_run(config, run_dir, spec, use_evaluator=False)
+    teacher_out, cand_scores = sample_chosen(teacher, spec, scenarios, scorer, out / "generations.jsonl", config)
     # Contrast is generated only for prompts that have an eligible (consistent, on-task) chosen response: the others yield no
     # pair, so their contrast would be wasted generation (about half of stage 3's time with a small teacher).
-    echo(f"  scoring {sum(len(c) for c in teacher_out)} teacher candidates …")
-    cand_scores = score_candidates(scenarios, teacher_out, scorer)
     kept = {s.id for s, cs in zip(scenarios, cand_scores) if any(eligible(r) for r in cs)}
     echo(
         f"  teacher yield: {len(kept)}/{len(scenarios)} prompts have a consistent, on-task candidate; contrast for those"
