@@ -60,3 +60,32 @@ def test_without_best_of_first_every_candidate_is_sampled_at_once(tmp_path):
     teacher = Backend(SCRIPT)
     outs, _ = sample_chosen(teacher, spec, [scen(i) for i in range(3)], Scorer(), tmp_path / "g.jsonl", cfg)
     assert outs == [SCRIPT[f"q{i}"] for i in range(3)] and teacher.calls == [(2, 4, 0), (1, 4, 0)]
+
+
+def test_generation_calls_end_where_the_system_prompt_changes(tmp_path):
+    from personatune.generation.resumable import generate_resumable
+
+    class Echo:
+        def __init__(self):
+            self.calls = []
+
+        def generate(self, convs, **params):
+            self.calls.append([c[-1]["content"] for c in convs])
+            return [[c[-1]["content"]] for c in convs]
+
+    p = {"max_new_tokens": 4, "temperature": 0.0, "top_p": 1.0, "n": 1, "seed": 0}
+
+    def job(system: str | None, q: str):
+        turns = [{"role": "system", "content": system}] if system else []
+        return turns + [{"role": "user", "content": q}], dict(p)
+
+    jobs = [job("A", "a1"), job("B", "b1"), job("A", "a2"), job("A", "a3"), job("B", "b2"), job(None, "u1")]
+    jobs += [job(None, "u2")]
+    echo = Echo()
+    out = generate_resumable(echo, jobs, tmp_path / "g.jsonl", chunk=2, echo=lambda m: None)
+    assert out == [[c[-1]["content"]] for c, _ in jobs]
+    # Sorted by context, at most 2 per call, and never two system prompts in one call (no system prompt is one group).
+    assert echo.calls == [["u1", "u2"], ["a1", "a2"], ["a3"], ["b1", "b2"]]
+    echo = Echo()
+    generate_resumable(echo, jobs, tmp_path / "h.jsonl", chunk=2, echo=lambda m: None, group_contexts=False)
+    assert echo.calls == [["a1", "b1"], ["a2", "a3"], ["b2", "u1"], ["u2"]]  # stage order, calls of 2

@@ -33,6 +33,25 @@ def _load_generations(path: Path) -> dict[str, list[str]]:
     return done
 
 
+def _system(conv: list[dict[str, str]]) -> str:
+    return conv[0]["content"] if conv and conv[0].get("role") == "system" else ""
+
+
+def _chunks(idx: list[int], chunk: int, jobs: list | None) -> list[list[int]]:
+    """Runs of at most `chunk` consecutive jobs; with `jobs`, a run also ends where the system prompt changes. HFBackend
+    cuts its batch there anyway (the shared prefix would be lost), so a call that spans two system prompts decodes two
+    small batches; ending the call at the change lets each decode loop hold one whole group (docs/benchmarks.md,
+    "Best-of-4 in two rounds")."""
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in idx:
+        if cur and (len(cur) >= chunk or (jobs is not None and _system(jobs[i][0]) != _system(jobs[cur[0]][0]))):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    return out + [cur] if cur else out
+
+
 def generate_resumable(
     backend: Any,
     jobs: list[tuple[list[dict[str, str]], dict[str, Any]]],
@@ -48,7 +67,8 @@ def generate_resumable(
         backend: a GenerationBackend (`generate(conversations, max_new_tokens=, temperature=, top_p=, n=, seed=)`).
         jobs: (conversation, params) pairs; params: max_new_tokens, temperature, top_p, n, seed.
         path: the append-only JSONL record of finished jobs.
-        chunk: jobs per backend call (jobs with equal params are grouped).
+        chunk: jobs per backend call at most (jobs with equal params are grouped; with group_contexts a call also ends
+            where the system prompt changes).
         echo: where progress lines go: one when work starts, then one per chunk with the rate and ETA.
         label: names the step in those lines (e.g. "contrast (teacher)").
         group_contexts: order jobs by their context (every message but the last: the persona system prompt,
@@ -76,8 +96,7 @@ def generate_resumable(
     with open(path, "a", encoding="utf-8") as f:
         for pkey, idx in groups.items():
             params = json.loads(pkey)
-            for s in range(0, len(idx), chunk):
-                part = idx[s : s + chunk]
+            for part in _chunks(idx, chunk, jobs if group_contexts else None):
                 outs = backend.generate([jobs[i][0] for i in part], **params)
                 for i, o in zip(part, outs):
                     done[keys[i]] = list(o)
