@@ -6,7 +6,8 @@ far from its cause. `read_stage3` reads a file and names the first bad row: file
 it must hold, and the fix — one line, before any model work.
 
 Formats (consistency_pairs.build_pairs and scenarios.Scenario write them):
-- `sft`: messages (the prompt turns + one assistant answer), context, targets, scenario_id;
+- `sft`: messages (the prompt turns + one assistant answer); context, targets, scenario_id where the stage uses them
+  (stage 4);
 - `pairs`: prompt (turns ending with the user's), chosen and rejected (assistant turns); context, targets,
   rejected_kind, flipped_trait when present;
 - `prompts` (heldout/prompts.jsonl, scenarios.jsonl): id, context, messages (ending with a user turn), targets.
@@ -22,6 +23,7 @@ from personatune.rundir import read_jsonl
 
 ROLES = ("system", "user", "assistant")
 STAGE3_FIX = "re-run stage 3 (personatune run CONFIG --from 3)"
+SFT_NEEDS = ("context", "targets", "scenario_id")  # the sft fields stage 4 reads besides messages
 
 
 def _messages(row: dict[str, Any], name: str, last: str | None, at_least: int = 1) -> str | None:
@@ -65,9 +67,12 @@ def _traits(row: dict[str, Any], traits: set[str] | None) -> str | None:
     return None
 
 
-def row_problem(kind: str, traits: Iterable[str] | None = None) -> Callable[[dict[str, Any]], str | None]:
+def row_problem(
+    kind: str, traits: Iterable[str] | None = None, need: tuple[str, ...] = ()
+) -> Callable[[dict[str, Any]], str | None]:
     """The check of one row of a stage-3 file of `kind` (sft | pairs | prompts): a function row -> problem or None.
-    With `traits`, targets and flipped_trait must be traits of the persona."""
+    With `traits`, targets and flipped_trait must be traits of the persona. `need`: sft fields the reading stage uses
+    besides messages (stage 4: context, targets, scenario_id; stage 5 reads only messages)."""
     known = None if traits is None else set(traits)
 
     def check(row: dict[str, Any]) -> str | None:
@@ -76,8 +81,8 @@ def row_problem(kind: str, traits: Iterable[str] | None = None) -> Callable[[dic
         if kind == "sft":
             probs = [
                 _messages(row, "messages", "assistant", 2),
-                *(_field(row, f, str, True) for f in ("context", "scenario_id")),
-                _field(row, "targets", list, True),
+                *(_field(row, f, str, f in need) for f in ("context", "scenario_id")),
+                _field(row, "targets", list, "targets" in need),
             ]
         elif kind == "pairs":
             probs = [
@@ -101,10 +106,12 @@ def row_problem(kind: str, traits: Iterable[str] | None = None) -> Callable[[dic
     return check
 
 
-def read_stage3(path: str | Path, kind: str, fix: str, traits: Iterable[str] | None = None) -> list[dict[str, Any]]:
-    """The rows of a stage-3 file, each checked (`row_problem`).
+def read_stage3(
+    path: str | Path, kind: str, fix: str, traits: Iterable[str] | None = None, need: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """The rows of a stage-3 file, each checked (`row_problem`; `need`: the sft fields the caller uses).
 
     Raises:
         DataError: the file is missing, a line is not JSON, or a row is not of the format (file, line, field, fix).
     """
-    return read_jsonl(path, fix=fix, check=row_problem(kind, traits))
+    return read_jsonl(path, fix=fix, check=row_problem(kind, traits, need))

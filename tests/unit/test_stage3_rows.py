@@ -52,8 +52,15 @@ def test_rows_as_stage_3_writes_them_pass():
     ],
 )
 def test_each_broken_row_is_named(kind, row, expected):
-    problem = row_problem(kind, ["optimistic"])(row)
+    problem = row_problem(kind, ["optimistic"], need=("context", "targets", "scenario_id"))(row)
     assert problem is not None and expected in problem
+
+
+def test_sft_fields_are_required_only_where_the_stage_reads_them():
+    plain = {"messages": U + A}  # what stage 5 reads of a chosen answer
+    assert row_problem("sft")(plain) is None
+    assert row_problem("sft", need=("context",))(plain) == "field 'context' is missing"
+    assert "field 'targets' must be a list" in row_problem("sft")({**plain, "targets": 3})  # typed when present
 
 
 def test_read_stage3_names_file_line_field_and_fix(tmp_path):

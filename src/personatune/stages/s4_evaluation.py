@@ -34,7 +34,7 @@ from personatune.records import EvaluationReport, write_record
 from personatune.rundir import RunDir, atomic_write_text
 from personatune.scoring.aggregate import auroc, auroc_ci
 from personatune.stage import StageResult
-from personatune.stage3_rows import STAGE3_FIX, read_stage3
+from personatune.stage3_rows import SFT_NEEDS, STAGE3_FIX, read_stage3
 
 STAGE = "04_evaluation"
 
@@ -300,7 +300,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         run_dir.output_path("03_consistency_data", "train"),
         run_dir.output_path("03_consistency_data", "heldout"),
     )
-    tr_sft, ho_sft = (read_stage3(d / "sft.jsonl", "sft", STAGE3_FIX, spec.trait_ids) for d in (train, held))
+    tr_sft, ho_sft = (read_stage3(d / "sft.jsonl", "sft", STAGE3_FIX, spec.trait_ids, SFT_NEEDS) for d in (train, held))
     tr_pairs, ho_pairs = with_flip_on_task(
         spec, *(read_stage3(d / "pairs.jsonl", "pairs", STAGE3_FIX, spec.trait_ids) for d in (train, held))
     )
