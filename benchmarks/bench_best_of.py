@@ -30,7 +30,6 @@ from personatune.consistency_pairs import eligible
 from personatune.generation import resumable
 from personatune.generation.hf import HFBackend
 from personatune.persona import load_persona
-from personatune.scenarios import build_scenarios
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.scorer import Scorer
 from personatune.stages import s3_consistency_data as s3
@@ -74,18 +73,7 @@ def main() -> None:
     d, t = config.data, config.data.teacher
     spec = load_persona(config.persona)
     inst = Instrument.default()
-    scenarios = s3.cap_scenarios(
-        build_scenarios(
-            spec,
-            inst,
-            contexts=tuple(d.contexts),
-            targets_per_prompt=d.targets_per_prompt,
-            heldout_fraction=d.heldout_fraction,
-            max_similarity=d.max_prompt_similarity,
-            seed=config.seed,
-        ),
-        d.max_prompts,
-    )
+    scenarios = s3.run_scenarios(spec, inst, config)
     system = [c[0]["content"] for c, _ in s3.teacher_jobs(spec, scenarios, config)]
     keep: list[str] = []
     for g in dict.fromkeys(system):

@@ -50,7 +50,6 @@ from personatune.config import load_config
 from personatune.generation.hf import HFBackend, PrefillOptions
 from personatune.models import encode_chat
 from personatune.persona import load_persona
-from personatune.scenarios import build_scenarios
 from personatune.scoring.instrument import Instrument
 from personatune.stages import s3_consistency_data as s3
 
@@ -128,18 +127,7 @@ def main() -> None:
     config = load_config(args.config, args.overrides)
     d, t = config.data, config.data.teacher
     spec = load_persona(config.persona)
-    scenarios = s3.cap_scenarios(
-        build_scenarios(
-            spec,
-            Instrument.default(),
-            contexts=tuple(d.contexts),
-            targets_per_prompt=d.targets_per_prompt,
-            heldout_fraction=d.heldout_fraction,
-            max_similarity=d.max_prompt_similarity,
-            seed=config.seed,
-        ),
-        d.max_prompts,
-    )
+    scenarios = s3.run_scenarios(spec, Instrument.default(), config)
     all_jobs = s3.teacher_jobs(spec, scenarios, config)
     context = [c[0]["content"] for c, _ in all_jobs]  # the persona system prompt (it differs by the targeted traits)
     groups = list(dict.fromkeys(context))

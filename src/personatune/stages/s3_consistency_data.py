@@ -295,6 +295,27 @@ def cap_scenarios(scenarios: list[Scenario], n: int | None) -> list[Scenario]:
     return out
 
 
+def run_scenarios(
+    spec: PersonaSpec, embedder: Any, config: RunConfig, extra: list[Scenario] | None = None
+) -> list[Scenario]:
+    """The stage's scenarios as the config asks (data.contexts, targets_per_prompt, heldout_fraction,
+    max_prompt_similarity, max_prompts, seed), plus teacher-written `extra` ones; benchmarks take them from here."""
+    d = config.data
+    return cap_scenarios(
+        build_scenarios(
+            spec,
+            embedder,
+            contexts=tuple(d.contexts),
+            targets_per_prompt=d.targets_per_prompt,
+            heldout_fraction=d.heldout_fraction,
+            max_similarity=d.max_prompt_similarity,
+            seed=config.seed,
+            extra=list(extra or []),
+        ),
+        d.max_prompts,
+    )
+
+
 # --- the stage -----------------------------------------------------------------------------------
 @logged_stage
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
@@ -328,19 +349,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             teacher, ejobs, out / "generations.jsonl", chunk=t.batch_size, echo=echo, label="prompt expansion"
         )
         extra = expanded_scenarios(spec, {k: r[0] for k, r in zip(keys, replies)}, d.expand_per_trait)
-    scenarios = cap_scenarios(
-        build_scenarios(
-            spec,
-            embedder,
-            contexts=tuple(d.contexts),
-            targets_per_prompt=d.targets_per_prompt,
-            heldout_fraction=d.heldout_fraction,
-            max_similarity=d.max_prompt_similarity,
-            seed=config.seed,
-            extra=extra,
-        ),
-        d.max_prompts,
-    )
+    scenarios = run_scenarios(spec, embedder, config, extra)
     if d.expand_per_trait:
         echo(
             f"  scenarios: {sum(s.source == 'teacher' for s in scenarios)} written by the teacher, {sum(s.source == 'bank' for s in scenarios)} from the bank"
