@@ -15,7 +15,7 @@ other set's persona (targets: all of that persona's traits). A gold answer of an
 persona, however colourful; the share judged `consistent` should be as low as for generic answers. Pairs that
 share a signature phrase are left out (their voices overlap by construction).
 
-Run: python benchmarks/bench_gold.py [SET_DIR ...] [--json OUT.json]
+Run: python benchmarks/bench_gold.py [SET_DIR ...] [--json OUT.json] [--cross-encoder DIR [--judge-weight W] [--class-probs]]
 """
 
 from __future__ import annotations
@@ -56,7 +56,27 @@ def main() -> None:
         help="weight of the per-trait lexical evidence for the selected traits (scoring/trait_lexicon.py; default: "
         "the scorer's, 10; 0 = off, as the scorer was before 2026-12-02)",
     )
+    ap.add_argument(
+        "--cross-encoder",
+        metavar="DIR",
+        help="mix the cross-encoder judge trained by experiments/cross_encoder.py --save DIR into the trait "
+        "probabilities (experiments/cross_encoder_judge.py; not adopted)",
+    )
+    ap.add_argument("--judge-weight", type=float, default=0.5, help="the judge's share of each trait probability")
+    ap.add_argument(
+        "--class-probs",
+        action="store_true",
+        help="cross-encoder: mix its class probabilities P(e), P(v) instead of the margin form (CrossEncoderJudge)",
+    )
     args = ap.parse_args()
+    judge = None
+    if args.cross_encoder:
+        import sys
+
+        sys.path.insert(0, str(HERE / "experiments"))
+        from cross_encoder_judge import CrossEncoderJudge
+
+        judge = CrossEncoderJudge(args.cross_encoder, margin=not args.class_probs)
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))
     instrument = Instrument(args.instrument) if args.instrument else Instrument.default()
     reports, loaded = {}, {}
@@ -71,6 +91,8 @@ def main() -> None:
             instrument=instrument,
             lexical=not args.no_lexical_bank,
             trait_lexicon_weight=args.trait_lexicon_weight,
+            judge=judge,
+            judge_weight=args.judge_weight,
         )
         t_fit = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -84,6 +106,12 @@ def main() -> None:
         print(format_gold_report(folder.name, rep))
         print(f"  (fit {t_fit:.1f} s, scoring {4 * len(items)} answers {t_score:.1f} s)")
     keys = ("balanced_accuracy", "auroc", "flipped_caught")
+    ta = np.array([v for r in reports.values() for v in r["trait_auroc"].values() if v is not None])
+    if ta.size:
+        print(
+            f"\nPER-TRAIT AUROC over {ta.size} traits (stage 4's figure): mean {ta.mean():.3f}, min {ta.min():.3f}, "
+            f"traits >= 0.90: {(ta >= 0.9).sum()}"
+        )
     print(
         "\nMEAN over sets: "
         + ", ".join(f"{k} {np.mean([r[k] for r in reports.values()]):.3f}" for k in keys)

@@ -8,7 +8,7 @@ the instrument (MiniLM's shared bottom layers, then both the frozen and the tune
 the whole-text embedding from the sentences.
 Reported: responses/s of each, and scorer / encoder (target >= 0.75).
 
-Run: python benchmarks/bench_scorer_throughput.py [--n 256] [--repeats 3] [--threads 2]
+Run: python benchmarks/bench_scorer_throughput.py [--n 256] [--repeats 3] [--threads 2] [--cross-encoder DIR]
 """
 
 from __future__ import annotations
@@ -96,6 +96,12 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=256, help="responses per repeat")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "--cross-encoder",
+        metavar="DIR",
+        help="mix the cross-encoder judge trained by experiments/cross_encoder.py --save DIR into the trait "
+        "probabilities (experiments/cross_encoder_judge.py; not adopted)",
+    )
     args = ap.parse_args()
 
     import torch
@@ -115,7 +121,15 @@ def main() -> None:
     )
     emb = Embedder.default()
     t0 = time.perf_counter()
-    scorer = Scorer(spec)
+    judge = None
+    if args.cross_encoder:
+        import sys
+
+        sys.path.insert(0, str(HERE / "experiments"))
+        from cross_encoder_judge import CrossEncoderJudge
+
+        judge = CrossEncoderJudge(args.cross_encoder)
+    scorer = Scorer(spec, judge=judge)
     print(
         f"persona: {len(spec.traits)} traits; profile built in {time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}"
     )
@@ -146,7 +160,7 @@ def main() -> None:
     print(f"responses: {total} ({args.repeats} x {args.n}, ~{words:.0f} words each, fresh texts, cache cleared)")
     print(f"raw encoder (encode_uncached): {enc_rate:8.1f} responses/s")
     print(f"raw encoder, length-sorted:    {enc_sorted_rate:8.1f} responses/s")
-    print(f"scorer (traits+style+rules):   {sc_rate:8.1f} responses/s")
+    print(f"scorer (traits+style+rules{' + cross-encoder judge' if judge else ''}): {sc_rate:8.1f} responses/s")
     n_sent = sum(len(split_sentences(t)) for t in make_texts(args.n, 0)) / args.n
     print(f"sentences per response: {n_sent:.1f} (all distinct)")
     print(

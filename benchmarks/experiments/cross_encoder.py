@@ -6,8 +6,10 @@ its negation embed close together. This trains one on the hand-written answer co
 24 personas the instrument is trained on) and checks it on the six development gold sets (benchmarks/gold/, personas
 it never saw):
 
-- input: "[CLS] trait description [SEP] answer [SEP]" (max 256 tokens), all six MiniLM layers fine-tuned, a linear
-  head on the mean-pooled output with three classes, NLI-style: expressed / neutral / violated;
+- input: "[CLS] trait description [SEP] answer [SEP]" (max 256 tokens), MiniLM's layers above `--freeze` fine-tuned,
+  a linear head on the mean-pooled output with three classes, NLI-style: expressed / neutral / violated (the model of
+  cross_encoder_judge.py; `--save DIR` writes the tensors training changed, which `CrossEncoderJudge(DIR)` reads as a
+  scorer judge: ../bench_gold.py --cross-encoder DIR, s4_judge.py --cross-encoder DIR);
 - training rows per corpus prompt: the gold answer, expressed, for each targeted trait; the flipped answer, violated,
   for its flipped trait, and expressed for the other targeted traits; the generic answer, neutral, for each targeted
   trait (the babble answer is left out: being on task is the on-task detector's job).
@@ -28,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +41,8 @@ from personatune.embeddings import minilm_path
 from personatune.persona import load_persona
 from personatune.scoring.aggregate import auroc
 from personatune.scoring.gold import load_gold
+
+from cross_encoder_judge import make_model, save_weights  # this folder
 
 ROOT = Path(__file__).resolve().parents[2]
 LABELS = {"expressed": 0, "neutral": 1, "violated": 2}
@@ -65,20 +70,6 @@ def training_rows(sets) -> list[tuple[str, str, int]]:
                     rows.append((desc[t], it.answers["flipped"], LABELS["expressed"]))
             rows.append((desc[it.flipped_trait], it.answers["flipped"], LABELS["violated"]))
     return rows
-
-
-class CrossEncoder(torch.nn.Module):
-    def __init__(self, path: str) -> None:
-        super().__init__()
-        from transformers import AutoModel
-
-        self.enc = AutoModel.from_pretrained(path)
-        self.head = torch.nn.Linear(self.enc.config.hidden_size, 3)
-
-    def forward(self, enc):
-        h = self.enc(**enc).last_hidden_state
-        m = enc["attention_mask"].unsqueeze(-1).float()
-        return self.head((h * m).sum(1) / m.sum(1))
 
 
 def probs(model, tok, pairs, batch: int = 64) -> np.ndarray:
@@ -202,7 +193,7 @@ def main() -> None:
     print(f"corpus {len(corpus)} sets, {len(rows)} training rows {counts}; dev {len(dev)} sets", flush=True)
     path = str(minilm_path())
     tok = AutoTokenizer.from_pretrained(path)
-    model = CrossEncoder(path)
+    model = make_model(path)
     if args.freeze:
         for m in [model.enc.embeddings, *model.enc.encoder.layer[: args.freeze]]:
             m.requires_grad_(False)
@@ -231,10 +222,12 @@ def main() -> None:
     print("exemplar separability (stage 2's question, no hold-out needed):")
     exemplar_separability(model, tok, separability_files())
     if args.save:
-        from safetensors.torch import save_file
-
-        Path(args.save).mkdir(parents=True, exist_ok=True)
-        save_file(model.state_dict(), str(Path(args.save) / "cross_encoder.safetensors"))
+        meta = {
+            "command": "python benchmarks/experiments/cross_encoder.py " + " ".join(sys.argv[1:]),
+            "training_rows": len(rows),
+            "corpus_sets": len(corpus),
+        }
+        save_weights(model, path, args.save, meta)
 
 
 if __name__ == "__main__":

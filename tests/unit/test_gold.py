@@ -111,6 +111,20 @@ def test_report_arithmetic_and_targets():
     assert unmet == ["auroc 0.925 < 0.95", "flipped_caught 0.800 < 0.85"], unmet
 
 
+def test_per_trait_auroc_is_stage_4s_figure_gold_for_t_against_flips_on_t():
+    items, _ = parse_gold_lines([line(i, flipped={"trait": "a", "text": "against a"}) for i in range(10)], TRAITS)
+    # traits[a]: gold 0.9 except item 0 (0.2); flipped on a: 0.2 except item 0 (0.9). Of 100 pairs: 81 won, 9 + 9 tied,
+    # 1 lost -> (81 + 9) / 100 = 0.90. Trait b: no gold answer targets it and no answer is flipped on it.
+    recs = {
+        "gold": [_rec(i, "gold", i != 0) for i in range(10)],
+        "generic": [_rec(i, "generic", False) for i in range(10)],
+        "flipped": [_rec(i, "flipped", i == 0) for i in range(10)],
+        "babble": [_rec(i, "babble", True) for i in range(10)],
+    }
+    rep = gold_report(GoldScores(items, recs), min_per_context=5)
+    assert rep["trait_auroc"] == {"a": pytest.approx(0.90), "b": None}
+
+
 @pytest.mark.stage
 @pytest.mark.skipif(not NOVA.is_dir(), reason="benchmarks/gold/nova not in this checkout")
 def test_cli_score_gold_reports_bad_lines_and_exits_by_the_targets(tmp_path):

@@ -247,7 +247,8 @@ def gold_report(scores: GoldScores, gates: ResponseGates | None = None, min_per_
 
     Returns:
         A JSON-ready dict: n, consistent_rate per kind, balanced_accuracy, auroc, flipped_caught,
-        flipped_caught_argmax, false_violations (per trait, on gold answers), on_task {rate per kind,
+        flipped_caught_argmax, false_violations (per trait, on gold answers), trait_auroc (per trait: traits[t] of
+        gold answers targeting t vs answers flipped on t, the figure stage 4 gates on), on_task {rate per kind,
         auroc, balanced_accuracy}, gates {gold, generic} (every response-level gate) and
         style_variance_mixed (gold answers in some contexts, generic in the others).
     """
@@ -273,6 +274,12 @@ def gold_report(scores: GoldScores, gates: ResponseGates | None = None, min_per_
         per_trait_caught.setdefault(it.flipped_trait, []).append(c)
     trait_ids = list(rec["gold"][0].traits) if rec["gold"] else []
     false_viol = {t: int(sum(r.violations[t] >= 0.5 for r in rec["gold"])) for t in trait_ids}
+    # Stage 4's figure: per trait, traits[t] of the gold answers targeting t against the answers flipped on t.
+    trait_auroc = {}
+    for t in trait_ids:
+        pos = [r.traits[t] for r in rec["gold"] if t in r.targets]
+        neg = [r.traits[t] for r, it in zip(rec["flipped"], items) if it.flipped_trait == t]
+        trait_auroc[t] = auroc(pos + neg, [1] * len(pos) + [0] * len(neg)) if pos and neg else None
     missed_targets = {t: int(sum(r.traits[t] < 0.5 for r in rec["gold"] if t in r.targets)) for t in trait_ids}
     ot = {k: [r.on_task for r in rec[k]] for k in KINDS}
     on_task: dict[str, Any] = {"measured": all(v is not None for vs in ot.values() for v in vs)}
@@ -301,6 +308,7 @@ def gold_report(scores: GoldScores, gates: ResponseGates | None = None, min_per_
         "flipped_judged_inconsistent": 1.0 - _rate(cons["flipped"]),
         "false_violations": false_viol,
         "missed_targets": missed_targets,
+        "trait_auroc": trait_auroc,
         "on_task": on_task,
         "gates": {
             "gold": _set_gates(rec["gold"], gates, min_per_context),
@@ -413,6 +421,8 @@ def format_gold_report(name: str, rep: dict[str, Any]) -> str:
         f"  flipped trait caught {_f(rep['flipped_caught'])} (as the top violation {_f(rep['flipped_caught_argmax'])}); "
         f"flipped judged inconsistent {_f(rep['flipped_judged_inconsistent'])}",
         "  caught per trait: " + ", ".join(f"{t} {_f(v, 2)}" for t, v in rep["flipped_caught_per_trait"].items()),
+        "  per-trait AUROC (gold for t vs flipped on t, stage 4's figure): "
+        + ", ".join(f"{t} {_f(v, 2)}" for t, v in rep.get("trait_auroc", {}).items()),
         "  false violations on gold (count): " + ", ".join(f"{t} {v}" for t, v in rep["false_violations"].items()),
         "  targets missed on gold (count):   " + ", ".join(f"{t} {v}" for t, v in rep["missed_targets"].items()),
     ]
