@@ -239,7 +239,7 @@ def evaluation_specs(config: RunConfig, trait_ids: list[str], contexts: list[str
             g.min_auroc,
             ">=",
             "AUROC",
-            f"held-out detector AUROC for {t}; n = responses on the smaller side",
+            f"held-out detector AUROC for {t} on labels stage 3's scorer chose; n = responses on the smaller side",
             min_n=g.min_auroc_per_side,
             n_key=key,
         )
