@@ -14,7 +14,7 @@ better on the dev gold sets, not on the main job's data"). Not part of the packa
 - As a judge (personatune.scoring.scorer.Judge): per answer and trait, P(expressed) = (1 + P(e) - P(v)) / 2 and
   P(violated) = 1 - P(expressed) (the margin form; `margin=False`: the class probabilities), mixed into the
   instrument's probabilities with the scorer's judge weight. Cost: one MiniLM pass per (answer, trait).
-- Used by: cross_encoder.py (make_model, save_weights), s4_judge.py, ../bench_gold.py and
+- Used by: cross_encoder.py (make_model, save_weights), s4_judge.py, selection_bias.py, ../bench_gold.py and
   ../bench_scorer_throughput.py (`--cross-encoder DIR`).
 """
 
