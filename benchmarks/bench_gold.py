@@ -76,7 +76,12 @@ def main() -> None:
         sys.path.insert(0, str(HERE / "experiments"))
         from cross_encoder_judge import CrossEncoderJudge
 
-        judge = CrossEncoderJudge(args.cross_encoder, margin=not args.class_probs)
+        from personatune.errors import ModelNotFoundError
+
+        try:
+            judge = CrossEncoderJudge(args.cross_encoder, margin=not args.class_probs)
+        except ModelNotFoundError as e:
+            sys.exit(f"error: {e}")
     folders = [Path(s) for s in args.sets] or sorted(p.parent for p in (HERE / "gold").glob("*/responses.jsonl"))
     instrument = Instrument(args.instrument) if args.instrument else Instrument.default()
     reports, loaded = {}, {}

@@ -128,7 +128,12 @@ def main() -> None:
         sys.path.insert(0, str(HERE / "experiments"))
         from cross_encoder_judge import CrossEncoderJudge
 
-        judge = CrossEncoderJudge(args.cross_encoder)
+        from personatune.errors import ModelNotFoundError
+
+        try:
+            judge = CrossEncoderJudge(args.cross_encoder)
+        except ModelNotFoundError as e:
+            sys.exit(f"error: {e}")
     scorer = Scorer(spec, judge=judge)
     print(
         f"persona: {len(spec.traits)} traits; profile built in {time.perf_counter() - t0:.2f} s; torch threads {torch.get_num_threads()}"

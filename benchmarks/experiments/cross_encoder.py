@@ -42,11 +42,11 @@ from personatune.persona import load_persona
 from personatune.scoring.aggregate import auroc
 from personatune.scoring.gold import load_gold
 
-from cross_encoder_judge import make_model, save_weights  # this folder
+from cross_encoder_judge import LABELS as CLASSES
+from cross_encoder_judge import MAX_LEN, class_probs, make_model, save_weights  # this folder
 
 ROOT = Path(__file__).resolve().parents[2]
-LABELS = {"expressed": 0, "neutral": 1, "violated": 2}
-MAX_LEN = 256
+LABELS = {k: i for i, k in enumerate(CLASSES)}  # expressed 0, neutral 1, violated 2
 
 
 def load_sets(folder: Path):
@@ -72,17 +72,6 @@ def training_rows(sets) -> list[tuple[str, str, int]]:
     return rows
 
 
-def probs(model, tok, pairs, batch: int = 64) -> np.ndarray:
-    model.eval()
-    out = []
-    with torch.inference_mode():
-        for i in range(0, len(pairs), batch):
-            a, b = zip(*pairs[i : i + batch])
-            enc = tok(list(a), list(b), truncation="only_second", max_length=MAX_LEN, padding=True, return_tensors="pt")
-            out.append(torch.softmax(model(enc), -1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 3))
-
-
 def evaluate(model, tok, dev, inst_scores) -> None:
     cross_auc, inst_auc, ens_auc = [], [], []
     caught, false_v, generic_e, n_flip, n_gold, n_gen = 0, 0, 0, 0, 0, 0
@@ -94,7 +83,7 @@ def evaluate(model, tok, dev, inst_scores) -> None:
         kinds = ("gold", "generic", "flipped")
         answers = [it.answers[k] for k in kinds for it in items]
         n_answers += len(answers)
-        P = probs(model, tok, [(desc[t], a) for a in answers for t in ids]).reshape(len(answers), len(ids), 3)
+        P = class_probs(model, tok, [(desc[t], a) for a in answers for t in ids]).reshape(len(answers), len(ids), 3)
         n = len(items)
         gold, generic, flipped = P[:n], P[n : 2 * n], P[2 * n :]
         inst = inst_scores[name]
@@ -134,7 +123,7 @@ def exemplar_separability(model, tok, files) -> None:
         spec = load_persona(f)
         low = []
         for t in spec.traits:
-            P = probs(model, tok, [(t.description, x) for x in [*t.positive, *t.negative]])
+            P = class_probs(model, tok, [(t.description, x) for x in [*t.positive, *t.negative]])
             s = P[:, 0] - P[:, 2]
             low.append((auroc(list(s), [1] * len(t.positive) + [0] * len(t.negative)), t.id))
         a, t = min(low, key=lambda x: -1 if x[0] is None else x[0])

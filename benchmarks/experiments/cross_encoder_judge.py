@@ -14,8 +14,11 @@ better on the dev gold sets, not on the main job's data"). Not part of the packa
 - As a judge (personatune.scoring.scorer.Judge): per answer and trait, P(expressed) = (1 + P(e) - P(v)) / 2 and
   P(violated) = 1 - P(expressed) (the margin form; `margin=False`: the class probabilities), mixed into the
   instrument's probabilities with the scorer's judge weight. Cost: one MiniLM pass per (answer, trait).
-- Used by: cross_encoder.py (make_model, save_weights), s4_judge.py, selection_bias.py, ../bench_gold.py and
-  ../bench_scorer_throughput.py (`--cross-encoder DIR`).
+- Used by: cross_encoder.py (make_model, save_weights, class_probs), s4_judge.py, selection_bias.py,
+  ../bench_gold.py and ../bench_scorer_throughput.py (`--cross-encoder DIR`).
+
+Run (read its class probabilities for a persona's traits, to look at what it says):
+python benchmarks/experiments/cross_encoder_judge.py DIR PERSONA.yaml "an answer" ["another answer" ...]
 """
 
 from __future__ import annotations
@@ -56,7 +59,7 @@ def make_model(model_path: str | Path) -> Any:
 
 def trained_tensors(model: Any, base_path: str | Path) -> dict[str, Any]:
     """The tensors of `model` that differ from a fresh `make_model(base_path)` (the head and the tuned layers), as
-    float16: what `save_weights` ships; the frozen rest is read from the MiniLM package at load time."""
+    float16: what `save_weights` writes; the frozen rest is read from the MiniLM package at load time."""
     import torch
 
     base = make_model(base_path).state_dict()
@@ -81,8 +84,26 @@ def save_weights(model: Any, base_path: str | Path, folder: str | Path, meta: di
     atomic_write_text(p / META, json.dumps(meta, indent=2, sort_keys=True) + "\n")
 
 
+def class_probs(model: Any, tokenizer: Any, pairs: Sequence[tuple[str, str]], batch_size: int = 64) -> np.ndarray:
+    """(n, 3) class probabilities (expressed, neutral, violated) of (trait description, answer) pairs under `model`
+    (a `make_model` module; put in eval mode). Pairs are sorted by length before batching so padding stays small;
+    the result is in input order."""
+    import torch
+
+    model.eval()
+    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
+    out = np.zeros((len(pairs), len(LABELS)), dtype=np.float32)
+    with torch.inference_mode():
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            a, b = [pairs[i][0] for i in idx], [pairs[i][1] or " " for i in idx]
+            enc = tokenizer(a, b, truncation="only_second", max_length=MAX_LEN, padding=True, return_tensors="pt")
+            out[idx] = torch.softmax(model(enc).float(), -1).numpy()
+    return out
+
+
 class CrossEncoderJudge:
-    """The shipped cross-encoder as a `Judge` (scoring/scorer.py): per text, {trait: (P(expressed), P(violated))}.
+    """A trained cross-encoder as a `Judge` (scoring/scorer.py): per text, {trait: (P(expressed), P(violated))}.
 
     Args:
         weights_dir: folder with cross_encoder.safetensors and cross_encoder.json (`cross_encoder.py --save DIR`).
@@ -103,7 +124,6 @@ class CrossEncoderJudge:
         batch_size: int = 64,
         margin: bool = True,
     ) -> None:
-        import torch
         from safetensors.torch import load_file
         from transformers import AutoTokenizer
         from transformers.utils import logging as hf_logging
@@ -134,29 +154,14 @@ class CrossEncoderJudge:
         self.model.eval()
         self.batch_size = batch_size
         self.margin = margin
-        self._torch = torch
         self.weights_dir = wdir
 
     def __repr__(self) -> str:
         return f"CrossEncoderJudge({self.weights_dir})"
 
     def probs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray:
-        """(n, 3) class probabilities (expressed, neutral, violated) of (trait description, answer) pairs.
-
-        Pairs are sorted by length before batching so padding stays small; the result is in input order.
-        """
-        torch = self._torch
-        order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]) + len(pairs[i][1]))
-        out = np.zeros((len(pairs), len(LABELS)), dtype=np.float32)
-        with torch.inference_mode():
-            for s in range(0, len(order), self.batch_size):
-                idx = order[s : s + self.batch_size]
-                a, b = [pairs[i][0] for i in idx], [pairs[i][1] or " " for i in idx]
-                enc = self.tokenizer(
-                    a, b, truncation="only_second", max_length=MAX_LEN, padding=True, return_tensors="pt"
-                )
-                out[idx] = torch.softmax(self.model(enc).float(), -1).numpy()
-        return out
+        """(n, 3) class probabilities of (trait description, answer) pairs (`class_probs`)."""
+        return class_probs(self.model, self.tokenizer, pairs, self.batch_size)
 
     def judge(
         self, persona: PersonaSpec, texts: list[str], prompts: list[str | None] | None = None
@@ -171,3 +176,25 @@ class CrossEncoderJudge:
         else:
             pe, pv = P[:, :, 0], P[:, :, 2]
         return [{t.id: (float(pe[i, j]), float(pv[i, j])) for j, t in enumerate(traits)} for i in range(len(texts))]
+
+
+def main() -> None:
+    import argparse
+
+    from personatune.persona import load_persona
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("weights", help="folder of cross_encoder.py --save DIR")
+    ap.add_argument("persona", help="a persona file")
+    ap.add_argument("texts", nargs="+", help="answers to read")
+    args = ap.parse_args()
+    spec, judge = load_persona(args.persona), CrossEncoderJudge(args.weights)
+    for x in args.texts:
+        P = judge.probs([(t.description, x) for t in spec.traits])
+        print(x)
+        for t, p in zip(spec.traits, P):
+            print(f"  {t.id:20s} " + " / ".join(f"{k} {v:.2f}" for k, v in zip(LABELS, p)))
+
+
+if __name__ == "__main__":
+    main()
