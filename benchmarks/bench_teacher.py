@@ -11,8 +11,15 @@ ONE process, so the figures are ratios on the same machine state:
 - prefix, KV copied: the batch's common token prefix (persona prompt + few-shot turns) prefilled once,
   kept between calls (`prefix_cache`), jobs with the same context next to each other, and its KV cache
   copied to every sequence (`shared_attention=False`);
-- shared attention: the same, but every sequence attends to the ONE prefix copy (HFBackend's default);
+- shared attention, transformers' sampler: the same, but every sequence attends to the ONE prefix copy, and
+  tokens are drawn by transformers (`do_sample=True`: top-p sorts, and multinomial draws over, the whole
+  vocabulary); the baseline draws this way too;
+- shared attention: HFBackend's default, tokens drawn over the nucleus only (generation/sampler.py: the same
+  distribution, other draws);
 - shared attention, batch S: with S sequences per forward instead of data.teacher.batch_size;
+- --dtype-variant D: the shared-attention path with the weights in dtype D (bfloat16: native matrix units on
+  CPUs with AMX / AVX512-BF16); it changes the draws (other rounding), so its text is compared by the
+  mean words and, in stage 3, by the teacher's yield, not draw by draw;
 - no few-shot: data.few_shot = false, a shorter context. This CHANGES what the teacher is asked (and so
   its yield); it is timed only to show what the context still costs once it is shared.
 
@@ -29,7 +36,7 @@ speed-up. The load average is printed before and after: the figures mean somethi
 that ran nothing else.
 
 Run: python benchmarks/bench_teacher.py [--prompts 10] [--batch-sizes 32,64] [--no-copy-variant] [--few-shot-variant]
-         [--contrast] [--check 4] [--threads 2] [key=value ...]
+         [--contrast] [--dtype-variant bfloat16] [--check 4] [--threads 2] [key=value ...]
 """
 
 from __future__ import annotations
@@ -112,6 +119,11 @@ def main() -> None:
     ap.add_argument(
         "--few-shot-variant", action="store_true", help="also time data.few_shot=false (changes the teacher's prompt)"
     )
+    ap.add_argument(
+        "--dtype-variant",
+        default="",
+        help="also time the shared-attention path with the weights in this dtype (e.g. bfloat16: native on CPUs with AMX)",
+    )
     ap.add_argument("--check", type=int, default=4, help="prompts for the output checks (0: skip)")
     ap.add_argument("--check-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -182,15 +194,22 @@ def main() -> None:
     print(f"before: {load()}")
     per_call = max(1, t.batch_size // max(1, p["n"]))
 
-    def backend(prefix: bool, sequences: int = t.batch_size, shared_attention: bool = True) -> tuple[HFBackend, int]:
+    def backend(
+        prefix: bool,
+        sequences: int = t.batch_size,
+        shared_attention: bool = True,
+        weights: Any = None,
+        hf_sampler: bool = False,
+    ) -> tuple[HFBackend, int]:
         chunk = max(1, sequences // max(1, p["n"]))  # prompts per call, as stage 3 computes it
         b = HFBackend(
-            model,
+            model if weights is None else weights,
             tok,
             batch_size=max(t.batch_size, chunk),
             prefix_cache=s3.PREFIX_CACHES if prefix else 0,
             prefill=PrefillOptions(share_prefix=prefix, shared_attention=shared_attention),
         )
+        b.nucleus_sampling = not hf_sampler
         return b, chunk
 
     if args.check:
@@ -216,14 +235,20 @@ def main() -> None:
     n = p["n"]
     variants: list[tuple[str, Any, int, list, bool]] = [
         (
-            f"baseline: no shared prefix, stage order, {per_call} prompts x {n} per forward",
-            *backend(False),
+            f"baseline: no shared prefix, stage order, transformers' sampler, {per_call} prompts x {n} per forward",
+            *backend(False, hf_sampler=True),
             jobs,
             False,
         ),
         (
             f"prefix prefilled once, its KV copied to every sequence, contexts grouped, {per_call} x {n}",
             *backend(True, shared_attention=False),
+            jobs,
+            True,
+        ),
+        (
+            f"shared attention, transformers' sampler (do_sample=True), {per_call} x {n}",
+            *backend(True, hf_sampler=True),
             jobs,
             True,
         ),
@@ -234,6 +259,13 @@ def main() -> None:
     for size in [int(x) for x in args.batch_sizes.split(",") if x.strip()]:
         b, chunk = backend(True, size)
         variants.append((f"shared attention, {min(chunk, len(jobs))} prompts x {n} per forward", b, chunk, jobs, True))
+    if args.dtype_variant:
+        other, _ = models.load_configured_model(
+            config.model.name, config.model.model_copy(update={"dtype": args.dtype_variant})
+        )
+        variants.append(
+            (f"shared attention, {other.dtype} weights, {per_call} x {n}", *backend(True, weights=other), jobs, True)
+        )
     if args.few_shot_variant and not args.contrast:
         no_shot = s3.teacher_jobs(
             spec,

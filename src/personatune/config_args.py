@@ -256,6 +256,10 @@ class TeacherArgs(_Section):
     concurrency: int = Field(8, ge=1, description="openai: requests in flight at once (count)")
     max_retries: int = Field(5, ge=0, description="openai: retries per request, with exponential backoff (count)")
     batch_size: int = Field(16, ge=1, description="hf: sequences generated together (count)")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="hf: the stage-3 models' weights dtype; auto = bfloat16 where the device multiplies it natively (a CPU with AMX or AVX512-BF16, a CUDA GPU with bf16), else model.dtype",
+    )
     max_new_tokens: int = Field(80, ge=1, description="tokens generated per response (count)")
     temperature: float = Field(0.8, ge=0, description="sampling temperature for persona responses (0 = greedy)")
     top_p: float = Field(0.95, gt=0, le=1, description="nucleus sampling mass (0-1]")

@@ -115,6 +115,27 @@ def _resolve_dtype(dtype: Any, device: str) -> Any:
     raise ConfigError(f"model.dtype={dtype!r} is not supported; fix: auto, float32, bfloat16 or float16")
 
 
+def native_bf16(device: str) -> bool:
+    """Whether `device` multiplies bfloat16 natively: a CUDA GPU with bf16, or a CPU with AMX tiles or AVX512-BF16
+    (torch's own CPU probes). Elsewhere bfloat16 is emulated, slower than float32."""
+    import torch
+
+    if device.startswith("cuda"):
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if device != "cpu":
+        return False
+    probes = ("_is_amx_tile_supported", "_is_avx512_bf16_supported")
+    return any(bool(getattr(torch.cpu, p, lambda: False)()) for p in probes)
+
+
+def sampling_dtype(requested: str, model_args: Any) -> str:
+    """The weights dtype for sampling data (stage 3's data.teacher.dtype): `requested`, or for "auto" bfloat16 where the
+    configured device multiplies it natively (`native_bf16`), else model.dtype."""
+    if requested != "auto":
+        return requested
+    return "bfloat16" if native_bf16(_resolve_device(model_args.device)) else model_args.dtype
+
+
 def resolve_loadable_path(name: str, *, cache_dir: str | os.PathLike | None = None) -> str:
     """What `load_model_and_tokenizer` will actually load for `name`: a folder or a hub id.
 

@@ -94,6 +94,20 @@ def test_bad_dtype_and_device_are_config_errors():
         models.load_model_and_tokenizer("tiny", device="tpu")
 
 
+def test_sampling_dtype_takes_bfloat16_only_where_it_is_native(monkeypatch):
+    from personatune.config_args import ModelArgs
+
+    margs = ModelArgs(device="cpu", dtype="float32")
+    assert models.sampling_dtype("float16", margs) == "float16"  # an explicit choice is kept
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not models.native_bf16("cpu")
+    assert models.sampling_dtype("auto", margs) == "float32"  # emulated bfloat16 would be slower: model.dtype
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True, raising=False)
+    assert models.native_bf16("cpu") and models.sampling_dtype("auto", margs) == "bfloat16"
+    assert not models.native_bf16("mps")
+
+
 # --- tiny model ----------------------------------------------------------------------------------
 @pytest.mark.stage
 def test_tiny_model_is_deterministic_per_seed_and_leaves_global_rng_alone(tiny):

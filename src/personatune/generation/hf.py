@@ -23,7 +23,8 @@ What `HFBackend.generate` does, in order:
    its row's own keys, under one softmax ("cascade" attention; the same attention up to float
    rounding). On a CPU, decoding over ~700 copied prefix positions per sequence, not the prefill,
    was most of stage 3's time (benchmarks/bench_teacher.py, docs/benchmarks.md).
-4. Decode greedily when `temperature == 0`, otherwise sample with `temperature`/`top_p`, n draws
+4. Decode greedily when `temperature == 0`, otherwise sample with `temperature`/`top_p`
+   (personatune.generation.sampler.NucleusSampler: transformers' distribution, drawn over the nucleus only), n draws
    per prompt, the RNG seeded from `seed` in a forked RNG state so the caller's global RNG is
    untouched. With n > 1 the prompt is prefilled ONCE and its KV cache repeated n times
    (`share_prefill`): `num_return_sequences = n` would prefill every copy, and with a long persona
@@ -55,6 +56,7 @@ from typing import Any
 
 from personatune.generation import BackendError, Conversation, SamplingParams, check_conversations
 from personatune.generation.prefix_cache import PrefixCache, common_prefix
+from personatune.generation.sampler import NucleusSampler
 from personatune.generation.shared_attention import shared_prefix_attention, suffix_layer_class
 from personatune.models import encode_chat
 
@@ -103,6 +105,11 @@ class HFBackend:
             (a parameter's in-place version counter moves, as with an optimizer step or loaded weights);
             set it only where the weights are frozen, e.g. stage 3's teacher.
         prefill: which prefill shortcuts to take (`PrefillOptions`; default: all of them).
+
+    Attributes:
+        nucleus_sampling: draw with personatune.generation.sampler.NucleusSampler (True, the default: the same
+            distribution as transformers' sampler at ~0.6x a CPU decoding step) or with transformers' own
+            `do_sample=True` (False: for comparisons, benchmarks/bench_teacher.py).
 
     Raises:
         BackendError: batch_size < 1, prefix_cache < 0, or the tokenizer has neither a pad nor an EOS token.
@@ -163,6 +170,7 @@ class HFBackend:
         self.last_stats: dict[str, float] = {}
         self._prefixes = PrefixCache(keep=prefix_cache)
         self._plain: bool | None = None
+        self.nucleus_sampling = True
 
     def __repr__(self) -> str:
         name = getattr(getattr(self.model, "config", None), "_name_or_path", "") or type(self.model).__name__
@@ -207,7 +215,7 @@ class HFBackend:
         the batch ends), for throughput figures.
         """
         import torch
-        from transformers import GenerationConfig
+        from transformers import GenerationConfig, LogitsProcessorList
 
         params = SamplingParams(max_new_tokens, temperature, top_p, n, seed)
         check_conversations(conversations)
@@ -221,19 +229,29 @@ class HFBackend:
         draws = 1 if params.greedy else n
         shared = self.share_prefill and draws > 1
 
+        hf_draws = not params.greedy and not self.nucleus_sampling  # transformers' own sampler (for comparisons)
+
         def config(k: int) -> Any:
             return GenerationConfig(
                 max_new_tokens=max_new_tokens,
-                do_sample=not params.greedy,
+                do_sample=hf_draws,
                 num_return_sequences=k,
-                temperature=temperature if not params.greedy else None,
-                top_p=top_p if not params.greedy else None,
+                temperature=temperature if hf_draws else None,
+                top_p=top_p if hf_draws else None,
                 top_k=None,
                 pad_token_id=self.pad_id,
                 eos_token_id=self.eos_ids or None,
             )
 
-        gen_cfg, cached_cfg = config(1 if shared else draws), config(1)
+        # NucleusSampler draws inside a logits processor under greedy decoding, which has no num_return_sequences:
+        # without a shared prefill its rows are repeated here, as transformers repeats them (repeat_interleave).
+        expand = 1 if shared or hf_draws else draws
+        gen_cfg, cached_cfg = config(1 if shared or not hf_draws else draws), config(1)
+        sampler = (
+            {}
+            if params.greedy or hf_draws
+            else {"logits_processor": LogitsProcessorList([NucleusSampler(temperature, top_p)])}
+        )
         results: list[list[list[int]] | None] = [None] * len(encoded)
         eos = set(self.eos_ids)
         produced = prefilled = slots = 0
@@ -256,7 +274,11 @@ class HFBackend:
                         input_ids, mask, cache, width, work = self._prefill_shared(rows, common, draws, cascade)
                         with self._cascade(cache) if cascade else contextlib.nullcontext():
                             out = self.model.generate(
-                                input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=cached_cfg
+                                input_ids=input_ids,
+                                attention_mask=mask,
+                                cache=cache,
+                                generation_config=cached_cfg,
+                                **sampler,
                             )
                     else:
                         width = max(len(r) for r in rows)
@@ -268,11 +290,18 @@ class HFBackend:
                         if shared:
                             input_ids, mask, cache = self._prefill(input_ids, mask, draws)
                             out = self.model.generate(
-                                input_ids=input_ids, attention_mask=mask, cache=cache, generation_config=gen_cfg
+                                input_ids=input_ids,
+                                attention_mask=mask,
+                                cache=cache,
+                                generation_config=gen_cfg,
+                                **sampler,
                             )
                         else:
                             out = self.model.generate(
-                                input_ids=input_ids, attention_mask=mask, generation_config=gen_cfg
+                                input_ids=input_ids.repeat_interleave(expand, 0),
+                                attention_mask=mask.repeat_interleave(expand, 0),
+                                generation_config=gen_cfg,
+                                **sampler,
                             )
                     prefilled += work
                     new = out[:, width:].tolist()

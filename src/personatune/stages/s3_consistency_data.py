@@ -70,7 +70,10 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
     from personatune.generation.hf import HFBackend
 
     t = config.data.teacher
-    model, tok = models.load_configured_model(baseline_model_path(run_dir), config.model)
+    # Sampling data, not measuring: bfloat16 where it is native (data.teacher.dtype; 1.46x the contrast step on AMX).
+    margs = config.model.model_copy(update={"dtype": models.sampling_dtype(t.dtype, config.model)})
+    model, tok = models.load_configured_model(baseline_model_path(run_dir), margs)
+    log.info(f"  stage-3 sampling in {model.dtype} (data.teacher.dtype={t.dtype})")
     if config.threads:
         torch.set_num_threads(config.threads)
     # The weights stay frozen for the whole stage: keep prefix KV caches (persona prompt + few-shot turns) between calls.
@@ -89,7 +92,7 @@ def make_teacher(config: RunConfig, run_dir: RunDir) -> tuple[Any, Any]:
         )
         return teacher, base
     if t.model and t.model != config.model.name:
-        tm, tt = models.load_configured_model(t.model, config.model)
+        tm, tt = models.load_configured_model(t.model, margs)
         return HFBackend(tm, tt, batch_size=t.batch_size, prefix_cache=PREFIX_CACHES), base
     return base, base
 
