@@ -33,10 +33,12 @@ figures are not flattered by one large group. Before the timings, two checks on 
 prompts: greedy text of the plain path and the shared-prefix path (must be identical), and sampled
 draws of both paths with the same batches (identical up to float rounding). A changed output is not a
 speed-up. The load average is printed before and after: the figures mean something only on a machine
-that ran nothing else.
+that ran nothing else. The machine's speed still drifts (up to 1.6x within minutes): with --repeats R the
+variants run in order, then in reverse, R times in all, and each is reported by its median.
 
 Run: python benchmarks/bench_teacher.py [--prompts 10] [--batch-sizes 32,64] [--no-copy-variant] [--few-shot-variant]
-         [--contrast] [--dtype-variant bfloat16] [--check 4] [--threads 2] [key=value ...]
+         [--contrast] [--dtype-variant bfloat16] [--repeats 1] [--no-baseline] [--check 4] [--threads 2]
+         [key=value ...]
 """
 
 from __future__ import annotations
@@ -124,6 +126,13 @@ def main() -> None:
         default="",
         help="also time the shared-attention path with the weights in this dtype (e.g. bfloat16: native on CPUs with AMX)",
     )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=1,
+        help="runs of every variant, in order then in reverse (ABC CBA ...): the median",
+    )
+    ap.add_argument("--no-baseline", action="store_true", help="skip the pre-issue-15 baseline variant")
     ap.add_argument("--check", type=int, default=4, help="prompts for the output checks (0: skip)")
     ap.add_argument("--check-tokens", type=int, default=32)
     ap.add_argument("--threads", type=int, default=2)
@@ -280,25 +289,34 @@ def main() -> None:
                 True,
             )
         )
+    if args.no_baseline:
+        del variants[0]
+    runs: list[list[float]] = [[] for _ in variants]
+    first: list[Any] = [None] * len(variants)
+    for r in range(args.repeats):
+        for i in range(len(variants)) if r % 2 == 0 else reversed(range(len(variants))):  # A B C, then C B A, ...
+            name, b, chunk, js, group = variants[i]
+            b._prefixes.clear()  # every run prefills its own prefixes: the same work each time
+            secs, out, st = sample(b, js, chunk, group, split if js is jobs else None)
+            runs[i].append(secs)
+            first[i] = first[i] or (out, st)
+            print(f"  done: {name}: {secs:.1f} s", flush=True)
     rows = []
-    for name, b, chunk, js, group in variants:
-        secs, out, st = sample(b, js, chunk, group, split if js is jobs else None)
-        cands = [c for per in out for c in per]
-        rows.append((name, secs, st, cands))
-        print(f"  done: {name}: {secs:.1f} s", flush=True)
+    for (name, *_), secs, (out, st) in zip(variants, runs, first):
+        rows.append((name, statistics.median(secs), st, [c for per in out for c in per]))
     base = rows[0][1]
     print(f"after: {load()}")
     print()
     print(
-        f"| variant | s | s/{'response' if args.contrast else 'prompt'} | new tok/s | prefill tokens | useful decode slots | mean words | ratio to baseline |"
+        f"| variant | s (median) | runs, s | s/{'response' if args.contrast else 'prompt'} | new tok/s | prefill tokens | useful decode slots | mean words | ratio to the first row |"
     )
-    print("|---|---|---|---|---|---|---|---|")
-    for name, secs, st, cands in rows:
+    print("|---|---|---|---|---|---|---|---|---|")
+    for (name, secs, st, cands), each in zip(rows, runs):
         useful = st["new_tokens"] / st["decode_slots"] if st["decode_slots"] else 0.0
         words = statistics.mean(len(c.split()) for c in cands) if cands else 0.0
         print(
-            f"| {name} | {secs:.1f} | {secs / len(jobs):.2f} | {st['new_tokens'] / secs:.1f} | {st['prefill_tokens']:.0f} | "
-            f"{useful:.2f} | {words:.1f} | {base / secs:.2f}x |"
+            f"| {name} | {secs:.1f} | {', '.join(f'{x:.1f}' for x in each)} | {secs / len(jobs):.2f} | "
+            f"{st['new_tokens'] / secs:.1f} | {st['prefill_tokens']:.0f} | {useful:.2f} | {words:.1f} | {base / secs:.2f}x |"
         )
 
 
