@@ -108,7 +108,7 @@ class HFBackend:
 
     Attributes:
         nucleus_sampling: draw with personatune.generation.sampler.NucleusSampler (True, the default: the same
-            distribution as transformers' sampler at ~0.6x a CPU decoding step) or with transformers' own
+            distribution as transformers' sampler at 0.67x the time of a CPU decoding step, bench_sampler.py) or with transformers' own
             `do_sample=True` (False: for comparisons, benchmarks/bench_teacher.py).
 
     Raises:

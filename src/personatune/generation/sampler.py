@@ -2,8 +2,8 @@
 
 transformers' sampling (`do_sample=True`) sorts the whole vocabulary for top-p and draws with
 `torch.multinomial` over the whole vocabulary, masked tokens included; on a CPU, with SmolLM2's 49,152
-tokens and 32 sequences, those two took ~37 % of a decoding step (a greedy step 205 ms, a sampled one 326 ms;
-`benchmarks/bench_teacher.py`, docs/benchmarks.md "Sampling over the nucleus only"). `NucleusSampler` draws
+tokens and 32 sequences, those two were a third of a sampled decoding step (a greedy step 353 ms, a sampled one 531
+ms; `benchmarks/bench_sampler.py`, docs/benchmarks.md "Sampling over the nucleus only"). `NucleusSampler` draws
 from the same distribution at the cost of a top-k: the nucleus is found among the `candidates` most likely
 tokens (16x more, then all of the vocabulary, while some row's nucleus is not inside them), the draw is made among those,
 and the processor returns scores that are 0 at the drawn token and -inf elsewhere, so generation runs
