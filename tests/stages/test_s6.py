@@ -306,7 +306,10 @@ def test_two_rounds_measure_kl_against_baseline_keep_best_and_resume(run_copy, t
     ctx = persona_context(load_persona(PERSONA), few_shot=cfg.data.few_shot)
     vs_base = measure_drift(pol, base, tok, held.prompts, ctx, **kw)
     vs_s5 = measure_drift(pol, s5m, tok, held.prompts, ctx, **kw).drift.per_token
-    assert vs_base.drift.per_token == pytest.approx(r1["kl"], rel=1e-4, abs=1e-7) and abs(vs_s5 - r1["kl"]) > 1e-4
+    # equal to the baseline-referenced KL within 1e-4 relative; the stage-5-referenced one differs by far more (>= 10x that
+    # tolerance; how much more depends on the draws of round 1's data)
+    assert vs_base.drift.per_token == pytest.approx(r1["kl"], rel=1e-4, abs=1e-7)
+    assert abs(vs_s5 - r1["kl"]) > 10 * max(1e-4 * r1["kl"], 1e-7)
     assert vs_base.shift.per_token == pytest.approx(r1["persona_shift"], rel=1e-4, abs=1e-7)
     assert 0 <= r1["yield"] <= 1 and "yield" in (out / "rounds.md").read_text()
     assert torch.is_tensor(next(pol.parameters()))
