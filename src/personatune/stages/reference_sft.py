@@ -34,7 +34,9 @@ def reference_sft_rows(
     per stage-3 training prompt from the drift-KL reference itself — the stage-1 baseline (`model`, before any
     adapter) given the persona context c — at temperature 1 and top_p 1, `train.kl_max_new_tokens` long, kept when the
     scorer finds them consistent and on task. Conditioning the reference on "consistent" costs -log P(consistent)
-    nats per sequence, so the target is both in persona and close to the reference (docs/optimization.md).
+    nats per sequence, so the target is both in persona and close to the reference (docs/optimization.md). They are
+    drawn by a copy in `train.reference_dtype` (bfloat16 where native, as stage 3's teacher): training data, not a
+    measurement; the GKD target distribution and every KL stay in model.dtype.
 
     Generation is resumable (`05_optimization/reference_samples.jsonl`); the kept rows go to
     `05_optimization/reference_sft.jsonl`.
@@ -46,6 +48,7 @@ def reference_sft_rows(
     Raises:
         DataError: no training prompt, or no sample was consistent and on task.
     """
+    from personatune import models
     from personatune.consistency_pairs import eligible, score_candidates
     from personatune.generation.hf import HFBackend
     from personatune.generation.resumable import generate_resumable
@@ -62,7 +65,13 @@ def reference_sft_rows(
     }
     jobs = [(list(context) + [dict(m) for m in s.messages], dict(params)) for s in scen]
     bs = config.data.teacher.batch_size
-    backend = HFBackend(model, tok, batch_size=bs, prefix_cache=1)
+    backend = HFBackend(
+        sampling_copy(model, models.sampling_dtype(args.reference_dtype, config.model)),
+        tok,
+        batch_size=bs,
+        prefix_cache=1,
+    )
+    log.info(f"  reference samples drawn in {backend.model.dtype} (train.reference_dtype={args.reference_dtype})")
     texts = generate_resumable(
         backend,
         jobs,
@@ -103,6 +112,16 @@ def reference_sft_rows(
         rows += anchors
     atomic_write_jsonl(out / "reference_sft.jsonl", rows)
     return rows, info
+
+
+def sampling_copy(model: Any, dtype: str) -> Any:
+    """`model` itself when it is already in `dtype`, else a copy in it (the training weights stay as they are)."""
+    import copy
+
+    import torch
+
+    want = getattr(torch, dtype)
+    return model if model.dtype == want else copy.deepcopy(model).to(want)
 
 
 def anchor_rows(

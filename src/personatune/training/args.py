@@ -55,6 +55,12 @@ class TrainArgs(ConfigSection):
     reference_samples: int = Field(
         4, ge=1, description="sft/gkd with sft_source=reference: responses sampled per stage-3 training prompt (count)"
     )
+    reference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="sft/gkd with sft_source=reference: weights dtype of the copy that samples the reference answers (training "
+        "data, not a measurement; KL and the GKD target stay in model.dtype); auto = bfloat16 where the device multiplies "
+        "it natively (a CPU with AMX or AVX512-BF16, a CUDA GPU with bf16), else model.dtype",
+    )
     anchor_samples: int = Field(
         0,
         ge=0,
