@@ -16,7 +16,13 @@ the stage-5 model on N held-out prompts (round-robin over contexts, as the stage
 
 and then `evaluate_policy` as the stage calls it, end to end. Each part is timed on the same prompts in one run.
 
+--lora-checkpoint DIR (a stage-5 checkpoint folder with adapter_model.safetensors) times instead what the in-training
+evals and the final measurement see: the baseline with that LoRA adapter, unmerged, measured end to end by
+`evaluate_policy` with the adapters left in the layers (as before) and with `merged_copy` (a merged copy generates),
+in the order unmerged, merged, merged, unmerged (--repeats pairs); medians, and the KL of both.
+
 Run: python benchmarks/bench_eval_policy.py examples/quickstart.yaml [key=value ...] [--prompts 32]
+         [--lora-checkpoint DIR [--repeats 2]]
 """
 
 from __future__ import annotations
@@ -24,27 +30,58 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
-def _args(argv: list[str]) -> tuple[str, list[str], int]:
+def _args(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if argv else 2)
-    n, rest = 32, []
+    opts: dict[str, Any] = {"prompts": 32, "repeats": 2, "lora-checkpoint": None}
+    rest = []
     it = iter(argv[1:])
     for a in it:
-        if a == "--prompts":
+        if a.startswith("--") and a[2:] in opts:
             try:
-                n = int(next(it))
+                v = next(it)
+                opts[a[2:]] = v if a == "--lora-checkpoint" else int(v)
             except (StopIteration, ValueError):
-                raise SystemExit("--prompts needs a whole number, e.g. --prompts 32") from None
+                raise SystemExit(f"{a} needs a value, e.g. {a} 32 (a folder for --lora-checkpoint)") from None
         else:
             rest.append(a)
-    return argv[0], rest, n
+    return argv[0], rest, opts
+
+
+def lora_end_to_end(policy, reference, tok, ev, scorer, st, repeats: int) -> None:  # noqa: ANN001
+    """evaluate_policy on a LoRA policy with the adapters in the layers vs through a merged copy (merged_copy)."""
+    import statistics
+
+    from machine import cpu_times, fmt, steal_share
+
+    from personatune import training
+    from personatune.training import evaluation
+
+    secs: dict[str, list[float]] = {"unmerged": [], "merged": []}
+    for i in range(2 * repeats):
+        name = ("unmerged", "merged")[(i % 2) ^ ((i // 2) % 2)]
+        # MERGED_COPY_MAX_BYTES 0: every model counts as too large to copy, so the adapters stay in the layers.
+        evaluation.MERGED_COPY_MAX_BYTES = 0 if name == "unmerged" else 2 << 30
+        c0, t0 = cpu_times(), time.perf_counter()
+        r = training.evaluate_policy(policy, reference, tok, ev, scorer, st)
+        secs[name].append(time.perf_counter() - t0)
+        print(
+            f"  {name:<8} {secs[name][-1]:6.1f} s ({fmt(steal_share(c0, cpu_times()))})  drift KL {r.kl.per_token:.6f}  consistency {r.consistency.value:.3f}",
+            flush=True,
+        )
+    med = {k: statistics.median(v) for k, v in secs.items()}
+    for k, v in med.items():
+        print(f"{k:<8} median {v:6.1f} s ({v / len(ev.ids):.2f} s/prompt)")
+    print(f"merged copy: {med['unmerged'] / med['merged']:.2f}x faster end to end (medians)")
 
 
 def main() -> None:
-    cfg_path, overrides, n = _args(sys.argv[1:])
+    cfg_path, overrides, opts = _args(sys.argv[1:])
+    n = opts["prompts"]
     import torch
 
     from personatune import models, training
@@ -60,14 +97,20 @@ def main() -> None:
         cfg = load_config(cfg_path, overrides)
         rd = RunDir(Path(cfg.run_dir) / cfg.name)
         inp = load_inputs(cfg, rd)
-        model_dir = rd.output_path("05_optimization", "model")
+        model_dir = Path(opts["lora-checkpoint"] or rd.output_path("05_optimization", "model"))
     except PersonatuneError as e:
         raise SystemExit(f"error: {e}") from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t = time.perf_counter()
-    policy, tok = load_policy(model_dir, cfg, inp.baseline, for_training=False)
     reference, _ = models.load_configured_model(inp.baseline, cfg.model, for_training=False)
+    if opts["lora-checkpoint"]:
+        from peft import PeftModel
+
+        base, tok = models.load_configured_model(inp.baseline, cfg.model, for_training=False)
+        policy = PeftModel.from_pretrained(base, str(model_dir))
+    else:
+        policy, tok = load_policy(model_dir, cfg, inp.baseline, for_training=False)
     scorer, desc = scorer_for_run(cfg, rd, inp.spec)
     print(f"loaded policy {model_dir}, reference {inp.baseline}, scorer {desc} in {time.perf_counter() - t:.1f} s")
     st = eval_settings(cfg, training_seed(cfg), inp.context)
@@ -76,6 +119,9 @@ def main() -> None:
         f"{len(ev.ids)} prompts, batch {st.batch_size}, threads {torch.get_num_threads()}, "
         f"kl tokens {st.kl_max_new_tokens}, eval tokens {st.max_new_tokens} (T={st.temperature}, top_p={st.top_p})"
     )
+    if opts["lora-checkpoint"]:
+        lora_end_to_end(policy, reference, tok, ev, scorer, st, opts["repeats"])
+        return
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     names = ["kl sample", "kl policy 2x", "kl ref plain", "kl ref ctx", "kl ref ctx 1x", "eval sample", "score"]
     parts = dict.fromkeys(names, 0.0)
