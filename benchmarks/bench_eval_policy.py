@@ -18,8 +18,9 @@ and then `evaluate_policy` as the stage calls it, end to end. Each part is timed
 
 --lora-checkpoint DIR (a stage-5 checkpoint folder with adapter_model.safetensors) times instead what the in-training
 evals and the final measurement see: the baseline with that LoRA adapter, unmerged, measured end to end by
-`evaluate_policy` with the adapters left in the layers (as before) and with `merged_copy` (a merged copy generates),
-in the order unmerged, merged, merged, unmerged (--repeats pairs); medians, and the KL of both.
+`evaluate_policy` with the reference as stage 5 has it (the policy with its adapters off): no copies (as before), a merged copy of the
+policy, and that plus a plain copy of the base as the reference (what evaluate_policy does now), in the order A B C
+C B A (--repeats runs of each); medians, and the KL of each.
 
 Run: python benchmarks/bench_eval_policy.py examples/quickstart.yaml [key=value ...] [--prompts 32]
          [--lora-checkpoint DIR [--repeats 2]]
@@ -52,31 +53,52 @@ def _args(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:
     return argv[0], rest, opts
 
 
-def lora_end_to_end(policy, reference, tok, ev, scorer, st, repeats: int) -> None:  # noqa: ANN001
-    """evaluate_policy on a LoRA policy with the adapters in the layers vs through a merged copy (merged_copy)."""
+class Forwarding:
+    """Calls a reference through, but is not an `AdapterDisabledReference`: `plain_reference` leaves it alone."""
+
+    def __init__(self, ref) -> None:  # noqa: ANN001
+        self.ref, self.config = ref, ref.config
+
+    def __call__(self, **kw):  # noqa: ANN003, ANN204
+        return self.ref(**kw)
+
+    def parameters(self):  # noqa: ANN201
+        return self.ref.parameters()
+
+
+def lora_end_to_end(policy, tok, ev, scorer, st, repeats: int) -> None:  # noqa: ANN001
+    """evaluate_policy on a LoRA policy as stage 5 calls it (reference: the policy with its adapters off), with the
+    adapters in the layers (no copies), with a merged copy of the policy, and with that plus a plain copy of the
+    base as the reference (merged_copy + plain_reference, what evaluate_policy does now); A B C C B A per repeat."""
     import statistics
 
     from machine import cpu_times, fmt, steal_share
 
     from personatune import training
     from personatune.training import evaluation
+    from personatune.training.trainers import AdapterDisabledReference
 
-    secs: dict[str, list[float]] = {"unmerged": [], "merged": []}
-    for i in range(2 * repeats):
-        name = ("unmerged", "merged")[(i % 2) ^ ((i // 2) % 2)]
-        # MERGED_COPY_MAX_BYTES 0: every model counts as too large to copy, so the adapters stay in the layers.
-        evaluation.MERGED_COPY_MAX_BYTES = 0 if name == "unmerged" else 2 << 30
+    names = ["adapters in layers", "merged policy", "merged + plain ref"]
+    secs: dict[str, list[float]] = {k: [] for k in names}
+    for i in range(3 * repeats):
+        name = names[i % 3] if (i // 3) % 2 == 0 else names[2 - i % 3]
+        # MERGED_COPY_MAX_BYTES 0: every model counts as too large to copy, so nothing is copied.
+        evaluation.MERGED_COPY_MAX_BYTES = 0 if name == names[0] else 2 << 30
+        ref = AdapterDisabledReference(policy)
+        ref = Forwarding(ref) if name == names[1] else ref
         c0, t0 = cpu_times(), time.perf_counter()
-        r = training.evaluate_policy(policy, reference, tok, ev, scorer, st)
+        r = training.evaluate_policy(policy, ref, tok, ev, scorer, st)
         secs[name].append(time.perf_counter() - t0)
+        steal = fmt(steal_share(c0, cpu_times()))
         print(
-            f"  {name:<8} {secs[name][-1]:6.1f} s ({fmt(steal_share(c0, cpu_times()))})  drift KL {r.kl.per_token:.6f}  consistency {r.consistency.value:.3f}",
+            f"  {name:<18} {secs[name][-1]:6.1f} s ({steal})  drift KL {r.kl.per_token:.6f}  "
+            f"persona shift {r.persona_shift.per_token if r.persona_shift else float('nan'):.6f}  "
+            f"consistency {r.consistency.value:.3f}",
             flush=True,
         )
     med = {k: statistics.median(v) for k, v in secs.items()}
     for k, v in med.items():
-        print(f"{k:<8} median {v:6.1f} s ({v / len(ev.ids):.2f} s/prompt)")
-    print(f"merged copy: {med['unmerged'] / med['merged']:.2f}x faster end to end (medians)")
+        print(f"{k:<18} median {v:6.1f} s ({v / len(ev.ids):.2f} s/prompt)  {med[names[0]] / v:.2f}x")
 
 
 def main() -> None:
@@ -120,7 +142,7 @@ def main() -> None:
         f"kl tokens {st.kl_max_new_tokens}, eval tokens {st.max_new_tokens} (T={st.temperature}, top_p={st.top_p})"
     )
     if opts["lora-checkpoint"]:
-        lora_end_to_end(policy, reference, tok, ev, scorer, st, opts["repeats"])
+        lora_end_to_end(policy, tok, ev, scorer, st, opts["repeats"])
         return
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     names = ["kl sample", "kl policy 2x", "kl ref plain", "kl ref ctx", "kl ref ctx 1x", "eval sample", "score"]

@@ -171,18 +171,36 @@ class EvalSettings:
 MERGED_COPY_MAX_BYTES = 2 << 30
 
 
+def _copyable_lora(model: Any) -> bool:
+    """A PEFT model whose weights take under MERGED_COPY_MAX_BYTES (2 GiB)."""
+    if not getattr(model, "peft_config", None) or not hasattr(model, "merge_and_unload"):
+        return False
+    return sum(p.numel() * p.element_size() for p in model.parameters()) < MERGED_COPY_MAX_BYTES
+
+
 def merged_copy(model: Any) -> Any:
     """What evals generate with: for a LoRA policy whose weights take under 2 GiB, a copy with the adapters merged
-    into the weights (no per-layer adapter matmuls: `evaluate_policy` 1.12x faster on SmolLM2-135M, the same KL to
-    5 digits; docs/benchmarks.md); otherwise `model` itself (a large model is not copied; merging in place and back
-    would round the training weights)."""
-    if not getattr(model, "peft_config", None) or not hasattr(model, "merge_and_unload"):
-        return model
-    if sum(p.numel() * p.element_size() for p in model.parameters()) >= MERGED_COPY_MAX_BYTES:
+    into the weights (no per-layer adapter code in the forward; docs/benchmarks.md, "Stage 5's evals on plain copies");
+    otherwise `model` itself (a large model is not copied; merging in place and back would round the training
+    weights)."""
+    if not _copyable_lora(model):
         return model
     import copy
 
     return copy.deepcopy(model).merge_and_unload()
+
+
+def plain_reference(reference: Any) -> Any:
+    """The KL reference evals run: for LoRA's reference (`AdapterDisabledReference`, the policy with its adapters
+    off) of a model under 2 GiB, a plain copy of the base weights (`unload`: the adapter layers removed, not merged);
+    otherwise `reference` itself."""
+    from personatune.training.trainers import AdapterDisabledReference
+
+    if not isinstance(reference, AdapterDisabledReference) or not _copyable_lora(reference.model):
+        return reference
+    import copy
+
+    return copy.deepcopy(reference.model).unload()
 
 
 def eval_samples(model: Any, tokenizer: Any, evalset: EvalSet, settings: EvalSettings) -> list[str]:
@@ -222,7 +240,7 @@ def evaluate_policy(
     model.eval()
     st = settings
     try:
-        policy = merged_copy(model)
+        policy, reference = merged_copy(model), plain_reference(reference)
         shift = None
         if st.context is None:
             kl = measure_kl(
