@@ -2,7 +2,9 @@
 
 On this project's 2-core VM the steal share moved from a few per cent to 50-66 % within minutes (vmstat, 2026-12-03),
 which is the machine drift that timings of one variant after another run into. Benchmarks print it per variant so a
-ratio taken while one side was starved can be seen as such. Linux only; elsewhere `steal_share` returns None.
+ratio taken while one side was starved can be seen as such, and report the process's CPU time (time.process_time) beside
+the wall time: stolen time is not charged to the process, so CPU-time ratios hold while the steal moves. Linux only;
+elsewhere `steal_share` returns None.
 """
 
 from __future__ import annotations

@@ -56,28 +56,6 @@ def test_merged_copy_leaves_large_and_plain_models_alone(monkeypatch):
 
 
 @pytest.mark.stage
-def test_plain_reference_computes_the_base_model_and_leaves_the_policy_adapted():
-    from personatune.training.evaluation import plain_reference
-    from personatune.training.trainers import AdapterDisabledReference
-
-    peft = lora_tiny()
-    ref = AdapterDisabledReference(peft)
-    ids = torch.tensor([[3, 9, 14, 2, 7, 30]])
-    with torch.inference_mode():
-        want = ref(input_ids=ids).logits
-        adapted = peft(input_ids=ids).logits
-        plain = plain_reference(ref)
-        got = plain(input_ids=ids).logits
-        adapted_after = peft(input_ids=ids).logits
-    assert plain is not ref and not hasattr(plain, "peft_config")
-    assert float((got - want).abs().max()) < 1e-6
-    assert float((adapted - want).abs().max()) > 1e-3  # the policy is not the base model...
-    assert torch.equal(adapted, adapted_after)  # ...and keeps its adapters after the copy
-    other = object()
-    assert plain_reference(other) is other  # a trainer's own frozen reference is used as it is
-
-
-@pytest.mark.stage
 def test_sampling_copy_is_a_copy_in_the_asked_dtype():
     from personatune.stages.reference_sft import sampling_copy
 
