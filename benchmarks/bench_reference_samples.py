@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("config", help="the run's config.yaml (stages 1-4 done)")
     ap.add_argument("--prompts", type=int, default=24, help="stage-3 training prompts to sample (count)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per dtype, alternating order (count)")
-    ap.add_argument("--dtype", default="bfloat16", help="the sampling dtype compared with model.dtype")
+    ap.add_argument(
+        "--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"], help="compared with model.dtype"
+    )
     ap.add_argument("overrides", nargs="*", help="config key=value")
     a = ap.parse_args()
 
@@ -74,6 +76,10 @@ def main() -> None:
         f"threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, native bfloat16: {native}; scorer {desc}"
     )
     dtypes = [str(model.dtype).removeprefix("torch."), a.dtype]
+    if dtypes[0] == dtypes[1]:
+        raise SystemExit(
+            f"error: --dtype {a.dtype} is the model's own dtype; fix: pick another (model.dtype={dtypes[0]})"
+        )
     copies = {d: sampling_copy(model, d) for d in dtypes}
     order = [dtypes[i % 2] if (i // 2) % 2 == 0 else dtypes[1 - i % 2] for i in range(2 * a.repeats)]
     secs: dict[str, list[float]] = {d: [] for d in dtypes}

@@ -181,7 +181,8 @@ def _copyable_lora(model: Any) -> bool:
 def merged_copy(model: Any) -> Any:
     """What evals generate with: for a LoRA policy whose weights take under 2 GiB, a copy with the adapters merged
     into the weights (no per-layer adapter code in the forward: `evaluate_policy` 1.22x less CPU time on SmolLM2-135M,
-    the same drift KL to 6 digits; docs/benchmarks.md, "Stage 5: evals on a merged copy");
+    the same drift KL to 6 digits; docs/benchmarks.md, "Stage 5: reference samples in bfloat16, evals on a merged
+    copy");
     otherwise `model` itself (a large model is not copied; merging in place and back would round the training
     weights)."""
     if not _copyable_lora(model):
