@@ -60,9 +60,8 @@ def lora_end_to_end(policy, tok, ev, scorer, st, repeats: int) -> None:  # noqa:
     now); A B B A per pair of repeats."""
     import statistics
 
-    from machine import cpu_times, fmt, steal_share
-
     from personatune import training
+    from personatune.cpu_time import cpu_times, fmt, steal_share
     from personatune.training import evaluation
     from personatune.training.trainers import AdapterDisabledReference
 

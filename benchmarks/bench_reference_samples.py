@@ -22,7 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import cpu_times, fmt, steal_share
+from personatune.cpu_time import cpu_times, fmt, steal_share
 
 
 def main() -> None:

@@ -32,6 +32,7 @@ from typing import Callable
 
 from personatune import limits
 from personatune.config import RunConfig, section_hash, to_yaml
+from personatune.cpu_time import cpu_times, steal_note, steal_share
 from personatune.errors import ConfigError, PersonatuneError
 from personatune.gates import GateReport
 from personatune.logs import FILE_ONLY, run_logging
@@ -395,13 +396,14 @@ def _run_stages(
                 f"{', '.join(map(str, multi))} run under accelerate launch"
             )
         echo(f"{n}: running …")
-        rec = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time())
+        rec, cpu0 = StageRecord(status="running", config_hash=key, inputs=inputs, started=time.time()), cpu_times()
         rd.set_record(st.id, rec)
         _event(f"{st.id} started")
         try:
             result = st.run(cfg, rd)
             rec.finished = time.time()
             rec.seconds = round(rec.finished - (rec.started or rec.finished), 3)
+            rec.cpu_steal = steal_share(cpu0, cpu_times())
             rec.outputs = rd.hash_outputs(result.outputs)
             rec.message = result.message
             if result.gate is not None:
@@ -423,7 +425,7 @@ def _run_stages(
         if result.gate is not None:
             echo(result.gate.summary())
         word = {"done": "done", "gate_inconclusive": "GATE INCONCLUSIVE"}.get(rec.status, "GATE FAILED")
-        echo(f"{n}: {word} in {rec.seconds:.1f}s — {result.message}")
+        echo(f"{n}: {word} in {rec.seconds:.1f}s{steal_note(rec.cpu_steal)} — {result.message}")
         if not passed and stops.stop_here(st.id, result.gate):
             return 1
     echo(f"finished stages up to {stages[stop_i].id} in {time.time() - t_run:.1f}s")

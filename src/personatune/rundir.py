@@ -142,6 +142,7 @@ class StageRecord:
     started: float | None = None
     finished: float | None = None
     seconds: float | None = None
+    cpu_steal: float | None = None  # share of the CPU time the hypervisor took while the stage ran (cpu_time.py)
     error: str | None = None
     message: str | None = None
 

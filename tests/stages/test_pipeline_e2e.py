@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from personatune.cpu_time import cpu_times
 from personatune.persona import load_persona
 from personatune.pipeline import STAGES, run_pipeline
 from tests.fake_openai_server import FakeOpenAIServer
@@ -49,6 +50,10 @@ def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path, retention_defined
     assert [m["stages"].get(s.id, {}).get("status") for s in STAGES] == ["done"] * 7, out
     for s in STAGES:
         assert (run / s.id / "gate.json").exists(), s.id
+    # The hypervisor's share of each stage's CPU time: None off Linux (or for a stage shorter than a clock tick).
+    steals = [m["stages"][s.id]["cpu_steal"] for s in STAGES]
+    assert all(x is None or 0.0 <= x <= 1.0 for x in steals), steals
+    assert (cpu_times() is None) == all(x is None for x in steals), steals
     final = json.loads((run / "07_final_eval" / "final.json").read_text())
     assert final["verdict"] in ("DEPLOY", "NO-DEPLOY")
     assert rc == (0 if final["verdict"] == "DEPLOY" else 1)

@@ -1,13 +1,6 @@
-"""benchmarks/machine.py: the stolen share of CPU time between two /proc/stat readings."""
+"""personatune.cpu_time: the stolen share of CPU time between two /proc/stat readings, and the stage-line note."""
 
-import importlib.util
-from pathlib import Path
-
-spec = importlib.util.spec_from_file_location(
-    "machine", Path(__file__).resolve().parents[2] / "benchmarks" / "machine.py"
-)
-machine = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(machine)
+from personatune import cpu_time as machine
 
 
 def test_steal_share_is_the_steal_delta_over_all_time():
@@ -23,3 +16,9 @@ def test_steal_share_unknown_without_readings_or_time():
     assert machine.fmt(None) == "steal n/a"
     now = machine.cpu_times()
     assert now is None or len(now) >= 8
+
+
+def test_steal_note_only_from_five_per_cent():
+    assert machine.steal_note(None) == ""
+    assert machine.steal_note(0.049) == ""
+    assert "stole 20 % of the CPU time" in machine.steal_note(0.2)
