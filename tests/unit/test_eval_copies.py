@@ -6,20 +6,13 @@ import torch
 
 
 def lora_tiny():
+    """The project's tiny model (models.build_tiny_model) with LoRA adapters that are not zero at the start."""
     from peft import LoraConfig, get_peft_model
-    from transformers import LlamaConfig, LlamaForCausalLM
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=50,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        max_position_embeddings=64,
-    )
-    base = LlamaForCausalLM(cfg).eval()
+    from personatune.models import build_tiny_model
+
+    torch.manual_seed(0)  # the adapters' initialisation
+    base, _ = build_tiny_model()
     return get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
 
 
