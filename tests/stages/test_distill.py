@@ -54,7 +54,8 @@ def test_the_gkd_teacher_is_the_persona_prompted_baseline_and_one_step_trains(tm
             m.model.norm.weight.mul_(20.0)
     rows = sft_rows()
     ds = distill.gkd_dataset(tok, rows, CONTEXT, cap=None)
-    a = args(algorithm="gkd", peft=peft, max_steps=1, per_device_batch_size=len(rows), logging_steps=1)
+    # float32 training: the teacher is compared with a float32 brute force (bf16 mixed precision has its own test below)
+    a = args(algorithm="gkd", peft=peft, max_steps=1, per_device_batch_size=len(rows), logging_steps=1, bf16=False)
     trainer = distill.build_gkd_trainer(model, tok, ds, a, TrainerRun(tmp_path / "trl"), context=CONTEXT)
     batch = trainer.data_collator([ds[i] for i in range(len(ds))])
     with torch.no_grad():
@@ -212,3 +213,61 @@ def test_stage5_trains_gkd_selects_within_budget_and_gates(tmp_path):
     card = (rd.root / "05_optimization" / "model" / "README.md").read_text()
     assert "Trained with TRL GKD" in card and "distillation towards the persona-prompted baseline" in card
     assert not (rd.root / "05_optimization" / "model" / "adapter_config.json").exists()
+
+
+class PlainScorer:
+    """Every response consistent and on task: this test reads the KL of an eval, not its persona figures."""
+
+    def score(self, texts, *, prompts, contexts, targets, ids):
+        from personatune.scoring.record import ResponseScore
+
+        return [
+            ResponseScore(
+                id=i,
+                traits={"brave": 1.0},
+                violations={"brave": 0.0},
+                style={},
+                style_match=1.0,
+                rules={},
+                consistent=True,
+                consistency=1.0,
+                targets=list(t),
+                context=c,
+                on_task=1.0,
+            )
+            for i, c, t in zip(ids, contexts, targets)
+        ]
+
+
+def test_evals_measure_in_model_dtype_while_training_in_bf16_mixed_precision(tmp_path, monkeypatch):
+    # train.bf16: accelerate runs the prepared model's forward under autocast (bfloat16 products); the evals of stages
+    # 5-6 (drift KL, the samples the gates score) must stay in model.dtype, and training must keep its autocast.
+    from personatune.training import EvalSet, EvalSettings, evaluation
+
+    model, tok = models.build_tiny_model(seed=7)
+    with torch.no_grad():  # sharper distributions, so bfloat16 rounding shows in the KL
+        model.model.norm.weight.mul_(20.0)
+    ds = distill.gkd_dataset(tok, sft_rows(), CONTEXT, cap=None)
+    a = args(algorithm="gkd", peft="lora", max_steps=1, per_device_batch_size=len(ds), bf16=True)
+    trainer = distill.build_gkd_trainer(model, tok, ds, a, TrainerRun(tmp_path / "trl"), context=CONTEXT)
+    trainer.train()
+    policy, ref = trainer.model, reference_of(trainer)
+    assert "_original_forward" in vars(policy)  # accelerate wrapped the policy's forward in autocast
+    rows = [
+        {"id": f"p{i}", "messages": [{"role": "user", "content": p}], "context": "casual"}
+        for i, (p, _, _) in enumerate(PAIRS)
+    ]
+    evalset = EvalSet.from_rows(rows)
+    st = EvalSettings(
+        kl_max_new_tokens=8, max_new_tokens=8, temperature=1.0, top_p=1.0, seed=3, batch_size=4, context=CONTEXT
+    )
+    got = evaluation.evaluate_policy(policy, ref, tok, evalset, PlainScorer(), st).kl.per_token
+    assert "forward" in vars(policy)  # the wrapper is back: training goes on in mixed precision
+    with monkeypatch.context() as m:  # the same eval through the wrapper: what the evals measured before
+        m.setattr(evaluation, "measured_in_model_dtype", lambda *objs: __import__("contextlib").nullcontext())
+        wrapped = evaluation.evaluate_policy(policy, ref, tok, evalset, PlainScorer(), st).kl.per_token
+    trainer.accelerator.unwrap_model(policy, keep_fp32_wrapper=False)  # puts the plain forward back
+    assert "_original_forward" not in vars(policy)
+    plain = evaluation.evaluate_policy(policy, ref, tok, evalset, PlainScorer(), st).kl.per_token
+    assert got == pytest.approx(plain, rel=1e-6, abs=1e-9)
+    assert abs(wrapped - plain) > 1e-4 * max(plain, 1e-3)  # the wrapper would have changed the measurement

@@ -108,6 +108,19 @@ def test_sampling_dtype_takes_bfloat16_only_where_it_is_native(monkeypatch):
     assert not models.native_bf16("mps")
 
 
+def test_training_bf16_auto_follows_native_bfloat16(monkeypatch):
+    from personatune.training import resolve_bf16
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False, raising=False)
+    assert not resolve_bf16("auto", cpu)  # emulated bfloat16: float32 training
+    assert resolve_bf16(True, cpu) and not resolve_bf16(False, cpu)  # an explicit setting wins
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert resolve_bf16("auto", cpu)  # mixed precision where the CPU multiplies bfloat16
+    assert not resolve_bf16("auto", "mps")
+
+
 # --- tiny model ----------------------------------------------------------------------------------
 @pytest.mark.stage
 def test_tiny_model_is_deterministic_per_seed_and_leaves_global_rng_alone(tiny):

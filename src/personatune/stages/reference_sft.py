@@ -36,7 +36,8 @@ def reference_sft_rows(
     scorer finds them consistent and on task. Conditioning the reference on "consistent" costs -log P(consistent)
     nats per sequence, so the target is both in persona and close to the reference (docs/optimization.md). They are
     drawn by a copy in `train.reference_dtype` (bfloat16 where native, as stage 3's teacher): training data, not a
-    measurement; the GKD target distribution and every KL stay in model.dtype.
+    measurement; every KL stays in model.dtype (the GKD target is the weights in model.dtype, run in bfloat16
+    products during training when train.bf16 mixed precision is on).
 
     Generation is resumable (`05_optimization/reference_samples.jsonl`); the kept rows go to
     `05_optimization/reference_sft.jsonl`.

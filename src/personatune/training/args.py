@@ -58,7 +58,7 @@ class TrainArgs(ConfigSection):
     reference_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto",
         description="sft/gkd with sft_source=reference: weights dtype of the copy that samples the reference answers (training "
-        "data, not a measurement; KL and the GKD target stay in model.dtype); auto = bfloat16 where the device multiplies "
+        "data, not a measurement; every KL stays in model.dtype); auto = bfloat16 where the device multiplies "
         "it natively (a CPU with AMX or AVX512-BF16, a CUDA GPU with bf16), else model.dtype",
     )
     anchor_samples: int = Field(
@@ -161,7 +161,9 @@ class TrainArgs(ConfigSection):
         True, description="merge LoRA adapters into the saved model (True) or save the adapter only (False)"
     )
     bf16: Literal["auto"] | bool = Field(
-        "auto", description="bf16 mixed precision: 'auto' = on for CUDA GPUs that support it, off on CPU; or true/false"
+        "auto",
+        description="bf16 mixed precision (float32 master weights; evals stay in model.dtype): 'auto' = on where the "
+        "device multiplies bfloat16 natively (a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16), else off; or true/false",
     )
     gradient_checkpointing: bool = Field(
         False,

@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -192,6 +194,28 @@ def merged_copy(model: Any) -> Any:
     return copy.deepcopy(model).merge_and_unload()
 
 
+@contextmanager
+def measured_in_model_dtype(*objs: Any) -> Iterator[None]:
+    """Run the models (or references holding one as `.model`) without accelerate's mixed-precision wrapper.
+
+    With train.bf16 on, accelerate replaces a prepared model's `forward` by one run under torch.autocast (an instance
+    attribute beside `_original_forward`), so everything the trainer's model computes would be in bfloat16, evals too.
+    Measurements (KL, the samples the gates score) stay in model.dtype: the wrapper is taken off for the block and put
+    back after it, so training keeps its mixed precision.
+    """
+    saved: list[tuple[Any, Any]] = []
+    for obj in objs:
+        for m in (obj, getattr(obj, "model", None)):
+            d = getattr(m, "__dict__", {})
+            if "_original_forward" in d and "forward" in d and all(m is not x for x, _ in saved):
+                saved.append((m, d.pop("forward")))
+    try:
+        yield
+    finally:
+        for m, fwd in saved:
+            m.forward = fwd
+
+
 def eval_samples(model: Any, tokenizer: Any, evalset: EvalSet, settings: EvalSettings) -> list[str]:
     """One response per held-out prompt at the eval decoding (no system prompt): the texts the persona metrics score."""
     from personatune.generation.hf import HFBackend
@@ -229,31 +253,33 @@ def evaluate_policy(
     model.eval()
     st = settings
     try:
-        policy = merged_copy(model)
-        shift = None
-        if st.context is None:
-            kl = measure_kl(
-                policy,
-                reference,
-                tokenizer,
-                evalset.prompts,
-                max_new_tokens=st.kl_max_new_tokens,
-                seed=st.seed,
-                batch_size=st.batch_size,
-            )
-        else:
-            dr = measure_drift(
-                policy,
-                reference,
-                tokenizer,
-                evalset.prompts,
-                st.context,
-                max_new_tokens=st.kl_max_new_tokens,
-                seed=st.seed,
-                batch_size=st.batch_size,
-            )
-            kl, shift = dr.drift, dr.shift
-        texts = eval_samples(policy, tokenizer, evalset, st)
+        # off accelerate's autocast wrapper (train.bf16): the measurement is in model.dtype
+        with measured_in_model_dtype(model, reference):
+            policy = merged_copy(model)
+            shift = None
+            if st.context is None:
+                kl = measure_kl(
+                    policy,
+                    reference,
+                    tokenizer,
+                    evalset.prompts,
+                    max_new_tokens=st.kl_max_new_tokens,
+                    seed=st.seed,
+                    batch_size=st.batch_size,
+                )
+            else:
+                dr = measure_drift(
+                    policy,
+                    reference,
+                    tokenizer,
+                    evalset.prompts,
+                    st.context,
+                    max_new_tokens=st.kl_max_new_tokens,
+                    seed=st.seed,
+                    batch_size=st.batch_size,
+                )
+                kl, shift = dr.drift, dr.shift
+            texts = eval_samples(policy, tokenizer, evalset, st)
     finally:
         if was_training:
             model.train()

@@ -36,12 +36,19 @@ class TrainerRun:
 
 
 def resolve_bf16(setting: Literal["auto"] | bool, device: Any) -> bool:
-    """bf16 on or off: 'auto' turns it on only for a CUDA device that supports it."""
-    import torch
+    """bf16 mixed precision on or off: 'auto' turns it on where the device multiplies bfloat16 natively
+    (`models.native_bf16`: a CUDA GPU with bf16, a CPU with AMX or AVX512-BF16); where it is emulated, off.
+
+    Mixed precision keeps float32 master weights and runs the forward and backward products in bfloat16 under
+    torch.autocast (accelerate wraps the prepared models' forward, the GKD teacher's too); every measurement (the
+    in-training evals, KL, the gates) runs off that wrapper, in model.dtype (`evaluation.measured_in_model_dtype`).
+    Measured on stage 5's GKD steps: benchmarks/bench_train_precision.py.
+    """
+    from personatune.models import native_bf16
 
     if setting != "auto":
         return bool(setting)
-    return str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return native_bf16(str(device))
 
 
 def lora_config(args: TrainArgs) -> Any:
@@ -229,8 +236,11 @@ def use_prompted_reference(
     chosen = [kept(p, c) for p, c in zip(ds["prompt_ids"], ds["chosen_ids"])]
     rejected = [kept(p, r) for p, r in zip(ds["prompt_ids"], ds["rejected_ids"])]
     tok = trainer.processing_class
-    ref_c = prompted_reference_logps(reference, tok, prompts, chosen, context, batch_size=batch_size)
-    ref_r = prompted_reference_logps(reference, tok, prompts, rejected, context, batch_size=batch_size)
+    from personatune.training.evaluation import measured_in_model_dtype
+
+    with measured_in_model_dtype(reference):  # the baseline's log-probs in model.dtype, also under train.bf16
+        ref_c = prompted_reference_logps(reference, tok, prompts, chosen, context, batch_size=batch_size)
+        ref_r = prompted_reference_logps(reference, tok, prompts, rejected, context, batch_size=batch_size)
     for name in ("ref_chosen_logps", "ref_rejected_logps"):
         if name in ds.column_names:
             ds = ds.remove_columns(name)
