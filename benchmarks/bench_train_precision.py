@@ -31,16 +31,16 @@ from pathlib import Path
 from personatune.cpu_time import cpu_times, fmt, steal_share
 
 
-def target_error(cfg, inp, tok, ds, seed: int) -> None:
+def target_error(cfg, inp, model, tok, ds, seed: int) -> None:
     """Print what mixed precision does to the GKD target: the persona-prompted baseline's next-token distribution on
     one batch of training rows, computed in float32 and under bfloat16 autocast (as accelerate runs a mixed-precision
-    model, teacher included), as KL(float32 || bf16) per answer token in nats, the gate's unit."""
+    model, teacher included), as KL(float32 || bf16) per answer token in nats, the gate's unit. `model`: the baseline
+    as loaded for training (the trainer wraps it; the caller drops it afterwards)."""
     import torch
 
-    from personatune import models, training
+    from personatune import training
     from personatune.training.distill import build_gkd_trainer
 
-    model, _ = models.load_configured_model(inp.baseline, cfg.model, for_training=True)
     args = cfg.train.model_copy(update={"bf16": False, "max_steps": 1})
     with tempfile.TemporaryDirectory() as tmp:
         trainer = build_gkd_trainer(model, tok, ds, args, training.TrainerRun(Path(tmp), seed, []), context=inp.context)
@@ -102,7 +102,6 @@ def main() -> None:
         raise SystemExit(f"error: {e}") from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    del model0
     seed = training_seed(cfg)
     ds = gkd_dataset(tok, train_dataset(inp.pairs_path, "gkd", None, rows), inp.context, cfg.train.kl_max_new_tokens)
     settings = eval_settings(cfg, seed, inp.context)
@@ -114,7 +113,8 @@ def main() -> None:
         f"{len(evalset.prompts)} held-out prompts; threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
         f"native bfloat16: {native}; scorer {desc}"
     )
-    target_error(cfg, inp, tok, ds, seed)
+    target_error(cfg, inp, model0, tok, ds, seed)  # the tokenizer's model serves this untrained measurement
+    del model0
     names = {False: "float32", True: "bf16 mixed"}
     order = [(i % 2 == 1) if (i // 2) % 2 == 0 else (i % 2 == 0) for i in range(2 * a.repeats)]
     secs: dict[bool, list[float]] = {False: [], True: []}
