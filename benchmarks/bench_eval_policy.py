@@ -23,8 +23,12 @@ and through a merged copy of the policy (`merged_copy`, what evaluate_policy doe
 (--repeats runs of each); medians of the wall time and of the process's CPU time (not inflated by the hypervisor's
 steal), and the KL of each.
 
+--batch-sizes A,B times instead `evaluate_policy` end to end at eval batch size A and B (train.eval_batch_size), in the
+order A B B A (--repeats runs of each), on the stage-5 model or, with --lora-checkpoint, on that checkpoint as the
+in-training evals see it.
+
 Run: python benchmarks/bench_eval_policy.py examples/quickstart.yaml [key=value ...] [--prompts 32]
-         [--lora-checkpoint DIR [--repeats 2]]
+         [--lora-checkpoint DIR [--repeats 2]] [--batch-sizes 16,32]
 """
 
 from __future__ import annotations
@@ -39,14 +43,20 @@ def _args(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if argv else 2)
-    opts: dict[str, Any] = {"prompts": 32, "repeats": 2, "lora-checkpoint": None}
+    opts: dict[str, Any] = {"prompts": 32, "repeats": 2, "lora-checkpoint": None, "batch-sizes": None}
     rest = []
     it = iter(argv[1:])
     for a in it:
         if a.startswith("--") and a[2:] in opts:
             try:
                 v = next(it)
-                opts[a[2:]] = v if a == "--lora-checkpoint" else int(v)
+                opts[a[2:]] = (
+                    v
+                    if a == "--lora-checkpoint"
+                    else [int(x) for x in v.split(",")]
+                    if a == "--batch-sizes"
+                    else int(v)
+                )
             except (StopIteration, ValueError):
                 raise SystemExit(f"{a} needs a value, e.g. {a} 32 (a folder for --lora-checkpoint)") from None
         else:
@@ -93,6 +103,37 @@ def lora_end_to_end(policy, tok, ev, scorer, st, repeats: int) -> None:  # noqa:
         )
 
 
+def batch_end_to_end(policy, reference, tok, ev, scorer, st, sizes: list[int], repeats: int) -> None:  # noqa: ANN001
+    """evaluate_policy end to end at each of two eval batch sizes (train.eval_batch_size), A B B A per pair of repeats:
+    wall and process-CPU medians, and the figures, which move with the batch (padding and the sampler's draws)."""
+    import dataclasses
+    import statistics
+
+    from personatune import training
+    from personatune.cpu_time import cpu_times, fmt, steal_share
+
+    secs: dict[int, list[float]] = {b: [] for b in sizes}
+    cpu: dict[int, list[float]] = {b: [] for b in sizes}
+    for i in range(2 * repeats):
+        b = sizes[i % 2] if (i // 2) % 2 == 0 else sizes[1 - i % 2]
+        c0, t0, p0 = cpu_times(), time.perf_counter(), time.process_time()
+        r = training.evaluate_policy(policy, reference, tok, ev, scorer, dataclasses.replace(st, batch_size=b))
+        secs[b].append(time.perf_counter() - t0)
+        cpu[b].append(time.process_time() - p0)
+        print(
+            f"  batch {b:<3} {secs[b][-1]:6.1f} s, process CPU {cpu[b][-1]:6.1f} s ({fmt(steal_share(c0, cpu_times()))})  "
+            f"drift KL {r.kl.per_token:.6f}  consistency {r.consistency.value:.3f}",
+            flush=True,
+        )
+    med = {b: statistics.median(v) for b, v in secs.items()}
+    mcpu = {b: statistics.median(v) for b, v in cpu.items()}
+    for b in sizes:
+        print(
+            f"batch {b:<3} median {med[b]:6.1f} s  {med[sizes[0]] / med[b]:.2f}x;  "
+            f"process CPU {mcpu[b]:6.1f} s  {mcpu[sizes[0]] / mcpu[b]:.2f}x"
+        )
+
+
 def main() -> None:
     cfg_path, overrides, opts = _args(sys.argv[1:])
     n = opts["prompts"]
@@ -133,6 +174,15 @@ def main() -> None:
         f"{len(ev.ids)} prompts, batch {st.batch_size}, threads {torch.get_num_threads()}, "
         f"kl tokens {st.kl_max_new_tokens}, eval tokens {st.max_new_tokens} (T={st.temperature}, top_p={st.top_p})"
     )
+    if opts["batch-sizes"]:
+        if len(opts["batch-sizes"]) != 2:
+            raise SystemExit("--batch-sizes takes two sizes, e.g. --batch-sizes 16,32")
+        if opts["lora-checkpoint"]:  # as stage 5's in-training evals: the reference is the policy with its adapters off
+            from personatune.training.trainers import AdapterDisabledReference
+
+            reference = AdapterDisabledReference(policy)
+        batch_end_to_end(policy, reference, tok, ev, scorer, st, opts["batch-sizes"], opts["repeats"])
+        return
     if opts["lora-checkpoint"]:
         lora_end_to_end(policy, tok, ev, scorer, st, opts["repeats"])
         return

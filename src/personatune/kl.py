@@ -48,6 +48,18 @@ class KLResult:
         }
         return d | ({"reference": self.reference} if self.reference else {})
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "KLResult":
+        """The result `to_dict` wrote (the per-sequence values are not kept there)."""
+        return cls(
+            d["kl_per_token"],
+            d["kl_per_token_stderr"],
+            d["kl_per_sequence_mean"],
+            d["tokens"],
+            d["sequences"],
+            reference=d.get("reference", ""),
+        )
+
 
 DRIFT_REFERENCE = "the stage-1 baseline given the persona context (drift KL)"
 SHIFT_REFERENCE = "the stage-1 baseline without the persona context (persona shift)"
@@ -314,6 +326,20 @@ def measure_drift(
     d, sh = summarize_kls(drift), summarize_kls(shift)
     d.reference, sh.reference = DRIFT_REFERENCE, SHIFT_REFERENCE
     return DriftResult(d, sh, ctx_tokens)
+
+
+def context_token_count(tokenizer: Any, prompts: list[list[dict[str, str]]], context: list[dict[str, str]]) -> int:
+    """Tokens the persona context adds before a prompt, the longest over `prompts` (`DriftResult.context_tokens`)."""
+    from personatune.models import encode_chat
+
+    return max(
+        [0]
+        + [
+            len(encode_chat(tokenizer, list(context) + list(p), add_generation_prompt=True))
+            - len(encode_chat(tokenizer, p, add_generation_prompt=True))
+            for p in prompts
+        ]
+    )
 
 
 @torch.inference_mode()

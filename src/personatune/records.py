@@ -547,6 +547,7 @@ class FinalRecord(Record):
     final_model: str | None = None
     scorer: str | None = None
     baseline_samples: str | None = None
+    final_samples: str | None = None
     improvement: Improvement | None = None
     consistency: BaselineFinal | None = None
     adherence: BaselineFinal | None = None

@@ -43,7 +43,8 @@ def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path, retention_defined
         srv.responder = scripted_teacher(spec)
         # 40 % held out: every trait needs held-out chosen and trait-flipped answers for stage 4's AUROC
         over = {**LOOSE_GATES, "data.heldout_fraction": 0.4}
-        rc = run_pipeline(teacher_config(tmp_path, srv.base_url, **over), echo=lines.append)
+        cfg = teacher_config(tmp_path, srv.base_url, **over)
+        rc = run_pipeline(cfg, echo=lines.append)
     out = "\n".join(lines)
     run = tmp_path / "t"
     m = json.loads((run / "manifest.json").read_text())
@@ -61,6 +62,23 @@ def test_all_seven_stages_run_and_end_with_a_verdict(tmp_path, retention_defined
     assert (run / "06_iterations" / "rounds.jsonl").exists() and (run / "06_iterations" / "model").is_dir()
     page = (run / "report.html").read_text()
     assert "07_final_eval" in page or "Final evaluation" in page
+
+    # Stage 7 took over stage 6's measurement of the kept model (the same prompts, decoding, batch size and seed):
+    # measuring that model itself, from the saved folder, gives the same responses and the same KLs up to float
+    # rounding (the tolerance of test_s6.py's re-measurement from saved folders; 8e-9 nats/token seen on a KL of 2e-7).
+    assert final["final_samples"].startswith("06_iterations/final_measurement.json"), final["final_samples"]
+    samples = json.loads((run / "07_final_eval" / "samples.json").read_text())
+    (run / "06_iterations" / "final_measurement.json").unlink()
+    run_pipeline(cfg, from_stage="7", echo=lines.append)
+    again = json.loads((run / "07_final_eval" / "final.json").read_text())
+    assert again["final_samples"] == "sampled in stage 7"
+    assert [r["final"] for r in json.loads((run / "07_final_eval" / "samples.json").read_text())] == [
+        r["final"] for r in samples
+    ]
+    for k in ("kl", "persona_shift"):
+        assert again[k]["kl_per_token"] == pytest.approx(final[k]["kl_per_token"], rel=1e-4, abs=1e-7), k
+        assert again[k]["tokens"] == final[k]["tokens"], k
+    assert again["kl"]["context_tokens"] == final["kl"]["context_tokens"] > 0
 
 
 def test_keep_going_runs_every_stage_past_a_failed_gate(tmp_path, retention_defined):

@@ -350,13 +350,23 @@ def test_round_0_is_stage_5s_own_final_measurement_unless_the_settings_changed(r
     rows = read_jsonl(run_copy / "06_iterations" / "rounds.jsonl")
     assert calls == [] and rows[0]["kl"] == rec5["row"]["kl"] and rows[0]["consistency"] == rec5["row"]["consistency"]
     assert "stage 5's final measurement of the same model and settings, reused" in (run_copy / "log.txt").read_text()
-    # Another decoding is another measurement: round 0 is measured here.
+    # Handed to stage 7 (final_measurement.json): stage 5's responses and KLs, with the settings they were taken with.
+    hand = json.loads((run_copy / "06_iterations" / "final_measurement.json").read_text())
+    assert hand["texts"] == [r["response"] for r in json.loads((s5 / "samples.json").read_text())]
+    assert (hand["kl"], hand["persona_shift"]) == (rec5["eval"]["kl"], rec5["eval"]["persona_shift"])
+    assert hand["model_hash"] == file_hash(run_copy / "06_iterations" / "model")
+    assert hand["fingerprint"]["decoding"]["batch_size"] == cfg.train.eval_batch_size
+    # Another decoding is another measurement: round 0 is measured here, and that measurement is handed on.
     shutil.rmtree(run_copy / "06_iterations")
-    s6_iterations.run(
-        make_config(tmp_path, rounds=0).model_copy(update={"eval": cfg.eval.model_copy(update={"temperature": 0.5})}),
-        RunDir(run_copy),
+    other = make_config(tmp_path, rounds=0).model_copy(
+        update={"eval": cfg.eval.model_copy(update={"temperature": 0.5})}
     )
+    s6_iterations.run(other, RunDir(run_copy))
     assert calls == [1]
+    hand = json.loads((run_copy / "06_iterations" / "final_measurement.json").read_text())
+    r0 = json.loads((run_copy / "06_iterations" / "round_0" / "result.json").read_text())
+    assert hand["fingerprint"]["decoding"]["temperature"] == 0.5 and hand["kl"] == r0["eval"]["kl"]
+    assert len(hand["texts"]) == len(json.loads((s5 / "samples.json").read_text()))
 
 
 def test_round_that_changes_nothing_does_not_improve_and_keeps_round_0(run_copy, tmp_path):

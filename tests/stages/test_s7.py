@@ -465,3 +465,41 @@ def test_figures_hold_no_nan():
     assert not any(
         isinstance(v, float) and math.isnan(v) for v in (fig["improvement"]["value"], fig["improvement"]["ci"][0])
     )
+
+
+def test_stage6_measurement_reused_only_for_the_same_model_and_settings(tmp_path):
+    from personatune import final_measurement as fm
+
+    cfg = _config(tmp_path)
+    rd = RunDir(tmp_path / "run")
+    rows = [{"id": f"h{i}", "messages": [{"role": "user", "content": f"q{i}"}]} for i in range(3)]
+    rd.set_record("01_baseline", StageRecord(status="done", started=1.0, finished=2.0))
+    model = rd.root / "06_iterations" / "model"
+    model.mkdir(parents=True)
+    (model / "model.safetensors").write_bytes(b"weights")
+    ctx = [{"role": "system", "content": "You are Captain Nova."}]
+    dec = {"max_new_tokens": 8, "temperature": 0.8, "top_p": 0.95, "batch_size": 4}
+    fp = fm.fingerprint(cfg, rd, rows, dec, 0, ctx)
+    kl = {"kl_per_token": 0.1, "kl_per_token_stderr": 0.01, "kl_per_sequence_mean": 1.0, "tokens": 30, "sequences": 3}
+    fm.write(rd, fp, ["a", "b", "c"], {"kl": kl, "persona_shift": {**kl, "kl_per_token": 0.3}})
+    got = fm.reusable(rd, fp, model, 3)
+    assert got is not None and got.texts == ["a", "b", "c"]
+    assert (got.drift.drift.per_token, got.drift.shift.per_token, got.drift.drift.tokens) == (0.1, 0.3, 30)
+    assert (
+        fm.reusable(rd, fm.fingerprint(cfg, rd, rows, {**dec, "batch_size": 8}, 0, ctx), model, 3) is None
+    )  # batching
+    assert fm.reusable(rd, fm.fingerprint(cfg, rd, rows, {**dec, "top_p": 1.0}, 0, ctx), model, 3) is None  # decoding
+    assert fm.reusable(rd, fm.fingerprint(cfg, rd, rows, dec, 1, ctx), model, 3) is None  # seed
+    assert fm.reusable(rd, fm.fingerprint(cfg, rd, rows[::-1], dec, 0, ctx), model, 3) is None  # prompts (order)
+    assert fm.reusable(rd, fm.fingerprint(cfg, rd, rows, dec, 0, ctx * 2), model, 3) is None  # persona context
+    other = cfg.model_copy(deep=True)
+    other.train.kl_max_new_tokens += 1
+    assert fm.reusable(rd, fm.fingerprint(other, rd, rows, dec, 0, ctx), model, 3) is None  # KL sample length
+    rd.set_record("01_baseline", StageRecord(status="done", started=5.0, finished=6.0))
+    assert fm.reusable(rd, fm.fingerprint(cfg, rd, rows, dec, 0, ctx), model, 3) is None  # baseline re-made
+    rd.set_record("01_baseline", StageRecord(status="done", started=1.0, finished=2.0))
+    assert fm.reusable(rd, fp, model, 3) is not None
+    (model / "model.safetensors").write_bytes(b"other weights")
+    assert fm.reusable(rd, fp, model, 3) is None  # another model in the folder than the one measured
+    fm.discard(rd)
+    assert not (rd.root / "06_iterations" / fm.FILE).exists() and fm.reusable(rd, fp, model, 3) is None

@@ -43,6 +43,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from personatune import final_measurement
 from personatune.config import RunConfig
 from personatune.errors import RunDirError
 from personatune.expert_iteration import ROW_KEYS, round_key, select_round, stop_reason
@@ -62,6 +63,7 @@ from personatune.stages.optimization_common import (
     write_stage_result,
 )
 from personatune.stages.s6_round import (
+    SAMPLES,
     RoundSetup,
     load_finished_round,
     measure_round_0,
@@ -199,6 +201,29 @@ def _card(
 
 
 # --- the stage ------------------------------------------------------------------------------------------
+def hand_to_stage_7(setup: RoundSetup, run_dir: RunDir, kept_rec: dict[str, Any]) -> bool:
+    """Write `06_iterations/final_measurement.json` (personatune.final_measurement) from the kept round's measurement,
+    so stage 7 need not sample and measure the same model again; False (nothing written) when that round's responses
+    are not on disk (a round of a run directory from before they were kept: stage 7 then measures itself)."""
+    import json
+
+    st, full = setup.settings, setup.full
+    try:
+        rows = json.loads((run_dir.root / STAGE / f"round_{kept_rec['round']}" / SAMPLES).read_text(encoding="utf-8"))
+        texts = [r["response"] for r in rows]
+        ids = [str(r["id"]) for r in rows]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if ids != full.ids or not kept_rec["eval"].get("persona_shift"):
+        return False
+    decoding = {"max_new_tokens": st.max_new_tokens, "temperature": st.temperature, "top_p": st.top_p}
+    fp = final_measurement.fingerprint(
+        setup.config, run_dir, setup.inputs.held_rows, decoding | {"batch_size": st.batch_size}, st.seed, st.context
+    )
+    final_measurement.write(run_dir, fp, texts, kept_rec["eval"])
+    return True
+
+
 @logged_stage
 def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     """Run the rounds, keep the best, gate it, write the table and the kept model.
@@ -310,7 +335,12 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             write_record(out / "rounds.jsonl", RoundRow, table)
             atomic_write_text(out / "rounds.md", rounds_table(table))
             src = s5_model if best["round"] == 0 else out / f"round_{best['round']}" / "model"
+            final_measurement.discard(run_dir)  # an earlier run's, of another model
             _copy_model(src, out / "model", _card(inp.spec, kept_rec, rows, stop, reason, gate, inp.baseline))
+            if not hand_to_stage_7(setup, run_dir, kept_rec):
+                echo(
+                    "stage 6: the kept round's responses are not on disk: stage 7 will sample and measure the model again"
+                )
             metrics = {
                 "best_round": best["round"],
                 "stop_reason": stop,

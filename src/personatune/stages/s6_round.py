@@ -35,6 +35,9 @@ from personatune.stages.optimization_common import (
 )
 from personatune.training import EvalResult, EvalSet, EvalSettings, evaluate_policy
 
+SAMPLES = "samples.json"
+"""A measured round's responses (`write_samples`); stage 5 writes its own final measurement's under the same name."""
+
 
 def load_finished_round(rdir: Path, key: str, name: str = "result.json") -> dict[str, Any] | None:
     """A finished round's record (`rdir/name`), if it fits `records.RoundResult`, its key matches and its model (when
@@ -102,6 +105,18 @@ def round_prompts(pairs_path: Path) -> list[dict[str, Any]]:
     return list(items.values())
 
 
+def write_samples(rdir: Path, full: EvalSet, ev: EvalResult) -> None:
+    """`rdir/samples.json`: the scored responses of a round's measurement, one per held-out prompt, in order."""
+    rdir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(
+        rdir / SAMPLES,
+        [
+            {"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
+            for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)
+        ],
+    )
+
+
 def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path, s5_eval: Path | None = None) -> dict[str, Any]:
     """Main rank: round 0's record (written to `rdir/result.json`): the stage-5 model measured exactly like the rounds.
 
@@ -121,12 +136,16 @@ def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path, s5_eval: Path
     rec = None if s5_eval is None else load_finished_round(s5_eval.parent, key, s5_eval.name)
     if rec is not None:  # its key holds the saved model's hash: a match is this model
         setup.echo("round 0: stage 5's final measurement of the same model and settings, reused")
+        rdir.mkdir(parents=True, exist_ok=True)
+        if (s5_eval.parent / SAMPLES).is_file():  # its responses (stage 7 may take them over with the KL figures)
+            shutil.copyfile(s5_eval.parent / SAMPLES, rdir / SAMPLES)
         write_record(rdir / "result.json", RoundResult, rec)
         return rec
     t0 = time.time()
     policy, tok = load_policy(s5_model, config, setup.inputs.baseline, for_training=False)
     reference, _ = models.load_configured_model(setup.inputs.baseline, config.model)
     ev = setup.evaluate(policy, reference, tok, setup.full)
+    write_samples(rdir, setup.full, ev)
     rec = {
         "round": 0,
         "key": key,
@@ -312,14 +331,7 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
                 final = final.merge_and_unload()
             ev = setup.evaluate(final, reference, tok, setup.full)
             models.save_model(final, tok, rdir / "model")
-            full = setup.full
-            atomic_write_json(
-                rdir / "samples.json",
-                [
-                    {"id": i, "context": c, "prompt": p[-1]["content"], "response": x, "consistent": r.consistent}
-                    for i, c, p, x, r in zip(full.ids, full.contexts, full.prompts, ev.texts, ev.records)
-                ],
-            )
+            write_samples(rdir, setup.full, ev)
             # The selected checkpoint is merged into model/: one model per round on disk.
             shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
             shutil.rmtree(rdir / "trainer", ignore_errors=True)

@@ -358,7 +358,8 @@ def final_markdown(fig: dict[str, Any]) -> str:
         + [f"- {r}" for r in fig["reasons"]]
         + [
             "",
-            f"Held-out prompts: {fig['n_prompts']}, no system prompt; decoding {json.dumps(fig['decoding'])}; baseline samples: {fig['baseline_samples']}.",
+            f"Held-out prompts: {fig['n_prompts']}, no system prompt; decoding {json.dumps(fig['decoding'])}; baseline samples: {fig['baseline_samples']}; "
+            f"final model's samples and KL: {fig.get('final_samples') or 'sampled in stage 7'}.",
             "",
             "| metric | baseline | final | figure |",
             "|---|---|---|---|",

@@ -6,7 +6,10 @@
    max_new_tokens / temperature / top_p / batch_size (data.teacher's where unset) and the run seed, exactly as
    stage 4 sampled the baseline.
    Stage 4's `baseline_samples.json` is reused when its sampling fingerprint matches the config
-   (`baseline_samples.reusable_baseline_texts`), else the baseline is sampled again. Both sets are scored by the same evaluator.
+   (`baseline_samples.reusable_baseline_texts`), else the baseline is sampled again; so is stage 6's measurement of the
+   final model (`06_iterations/final_measurement.json`: these samples and the KLs of step 5) when it was taken with
+   the same prompts, decoding, batch size, seed and persona context (`final_measurement.reusable`), else the final
+   model is sampled and measured here. All sets are scored by the same evaluator.
 3. Persona figures, baseline vs final: consistency rate, adherence (overall, per trait, per context), style
    variance, and robustness (consistency on the "adversarial" context, Wilson intervals; reported, not gated).
    Persona improvement = consistency(final) - consistency(baseline), paired bootstrap 95% interval over prompts
@@ -45,6 +48,7 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from personatune import final_measurement
 from personatune.baseline_samples import decoding as eval_decoding
 from personatune.baseline_samples import reusable_baseline_texts, sample_eval
 from personatune.config import RunConfig
@@ -114,7 +118,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     from personatune import models
     from personatune.capability import perplexity, retention, score_suite
     from personatune.generation.hf import HFBackend
-    from personatune.kl import measure_drift
+    from personatune.kl import context_token_count, measure_drift
     from personatune.lm_harness import check_tasks
     from personatune.persona import load_persona
     from personatune.persona_prompt import persona_context
@@ -170,7 +174,15 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     prompted = [list(context) + list(c) for c in convs]
     what = f"stage 7: sampling the baseline model with the persona prompt {on}"
     prompted_texts = sample_eval(base_model, base_tok, prompted, config, what)
-    final_texts = sample_eval(final_model, final_tok, convs, config, f"stage 7: sampling the final model {on}")
+    # Stage 6's measurement of this same model (its samples and both KLs), when it was taken exactly as here.
+    fp = final_measurement.fingerprint(config, run_dir, prompts, decoding, config.seed, context)
+    reused = final_measurement.reusable(run_dir, fp, final_path, len(prompts))
+    if reused is None:
+        final_texts = sample_eval(final_model, final_tok, convs, config, f"stage 7: sampling the final model {on}")
+        final_source = "sampled in stage 7"
+    else:
+        final_texts = reused.texts
+        final_source = f"{final_measurement.STAGE}/{final_measurement.FILE} (stage 6's measurement of the same model, prompts, decoding, batch size and seed)"
     kw = dict(
         prompts=[c[-1]["content"] for c in convs],
         contexts=[p.get("context") for p in prompts],
@@ -237,16 +249,20 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "unit": "exp(mean NLL, nats/token) on the suite's general text, no chat template",
     }
     kl_tokens = config.train.kl_max_new_tokens
-    dr = measure_drift(
-        final_model,
-        base_model,
-        final_tok,
-        convs,
-        context,
-        max_new_tokens=kl_tokens,
-        seed=config.seed,
-        batch_size=decoding["batch_size"],
-    )
+    if reused is not None:
+        dr = reused.drift
+        dr.context_tokens = context_token_count(final_tok, convs, context)
+    else:
+        dr = measure_drift(
+            final_model,
+            base_model,
+            final_tok,
+            convs,
+            context,
+            max_new_tokens=kl_tokens,
+            seed=config.seed,
+            batch_size=decoding["batch_size"],
+        )
     kl, shift = dr.drift, dr.shift
     fig["kl"] = {
         **kl.to_dict(),
@@ -279,6 +295,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         "final_model": str(final_path.relative_to(run_dir.root)),
         "scorer": scorer_desc,
         "baseline_samples": source,
+        "final_samples": final_source,
         **fig,
         "gates": [asdict(r) for r in gate.results],
         "seconds": round(time.time() - t_start, 2),

@@ -120,22 +120,12 @@ class EvalResult:
         from personatune.gates import Measurement
         from personatune.kl import KLResult
 
-        def kl_result(k: dict[str, Any]) -> KLResult:
-            return KLResult(
-                k["kl_per_token"],
-                k["kl_per_token_stderr"],
-                k["kl_per_sequence_mean"],
-                k["tokens"],
-                k["sequences"],
-                reference=k.get("reference", ""),
-            )
-
         def meas(m: dict[str, Any]) -> Measurement:
             return Measurement(m["value"], m.get("n"), tuple(m["ci"]) if m.get("ci") else None)
 
         sh = d.get("persona_shift")
         return cls(
-            kl_result(d["kl"]),
+            KLResult.from_dict(d["kl"]),
             meas(d["consistency"]),
             meas(d["adherence"]),
             d["style_variance"],
@@ -143,7 +133,7 @@ class EvalResult:
             adherence_per_trait=d.get("adherence_per_trait") or {},
             on_task=meas(d["on_task"]) if d.get("on_task") else None,
             style_variance_n=d.get("style_variance_n"),
-            persona_shift=kl_result(sh) if sh else None,
+            persona_shift=KLResult.from_dict(sh) if sh else None,
         )
 
 
