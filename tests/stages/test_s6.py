@@ -367,6 +367,12 @@ def test_round_0_is_stage_5s_own_final_measurement_unless_the_settings_changed(r
     r0 = json.loads((run_copy / "06_iterations" / "round_0" / "result.json").read_text())
     assert hand["fingerprint"]["decoding"]["temperature"] == 0.5 and hand["kl"] == r0["eval"]["kl"]
     assert len(hand["texts"]) == len(json.loads((s5 / "samples.json").read_text()))
+    # Stage 5's record reused without its responses on disk: the last run's round-0 responses (another decoding) are
+    # not handed on in their place; stage 7 will measure.
+    (s5 / "samples.json").unlink()
+    s6_iterations.run(cfg, RunDir(run_copy))
+    assert calls == [1] and not (run_copy / "06_iterations" / "final_measurement.json").exists()
+    assert "stage 7 will sample and measure the model again" in (run_copy / "log.txt").read_text()
 
 
 def test_round_that_changes_nothing_does_not_improve_and_keeps_round_0(run_copy, tmp_path):

@@ -139,6 +139,8 @@ def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path, s5_eval: Path
         rdir.mkdir(parents=True, exist_ok=True)
         if (s5_eval.parent / SAMPLES).is_file():  # its responses (stage 7 may take them over with the KL figures)
             shutil.copyfile(s5_eval.parent / SAMPLES, rdir / SAMPLES)
+        else:  # none to hand on: no earlier run's responses may stand in for them
+            (rdir / SAMPLES).unlink(missing_ok=True)
         write_record(rdir / "result.json", RoundResult, rec)
         return rec
     t0 = time.time()
