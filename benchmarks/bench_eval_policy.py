@@ -64,27 +64,20 @@ def _args(argv: list[str]) -> tuple[str, list[str], dict[str, Any]]:
     return argv[0], rest, opts
 
 
-def lora_end_to_end(policy, tok, ev, scorer, st, repeats: int) -> None:  # noqa: ANN001
-    """evaluate_policy on a LoRA policy as stage 5 calls it (reference: the policy with its adapters off), with the
-    adapters in the layers (no copy, as before) and through a merged copy (merged_copy, what evaluate_policy does
-    now); A B B A per pair of repeats."""
+def abba(names: list[str], run_one, repeats: int, per: int) -> None:  # noqa: ANN001
+    """Time `run_one(name)` (one evaluate_policy, returning its EvalResult) for two variants in the order A B B A per
+    pair of repeats; print each run, then the medians of the wall time and of the process's CPU time (not inflated by
+    the hypervisor's steal) with their ratios to the first variant. `per`: prompts per eval (for s/prompt)."""
     import statistics
 
-    from personatune import training
     from personatune.cpu_time import cpu_times, fmt, steal_share
-    from personatune.training import evaluation
-    from personatune.training.trainers import AdapterDisabledReference
 
-    names = ["adapters in layers", "merged policy"]
     secs: dict[str, list[float]] = {k: [] for k in names}
     cpu: dict[str, list[float]] = {k: [] for k in names}
     for i in range(2 * repeats):
         name = names[i % 2] if (i // 2) % 2 == 0 else names[1 - i % 2]
-        # MERGED_COPY_MAX_BYTES 0: every model counts as too large to copy, so nothing is copied.
-        evaluation.MERGED_COPY_MAX_BYTES = 0 if name == names[0] else 2 << 30
-        ref = AdapterDisabledReference(policy)
         c0, t0, p0 = cpu_times(), time.perf_counter(), time.process_time()
-        r = training.evaluate_policy(policy, ref, tok, ev, scorer, st)
+        r = run_one(name)
         secs[name].append(time.perf_counter() - t0)
         cpu[name].append(time.process_time() - p0)
         steal = fmt(steal_share(c0, cpu_times()))
@@ -98,40 +91,41 @@ def lora_end_to_end(policy, tok, ev, scorer, st, repeats: int) -> None:  # noqa:
     mcpu = {k: statistics.median(v) for k, v in cpu.items()}
     for k, v in med.items():
         print(
-            f"{k:<18} median {v:6.1f} s ({v / len(ev.ids):.2f} s/prompt)  {med[names[0]] / v:.2f}x;  "
+            f"{k:<18} median {v:6.1f} s ({v / per:.2f} s/prompt)  {med[names[0]] / v:.2f}x;  "
             f"process CPU {mcpu[k]:6.1f} s  {mcpu[names[0]] / mcpu[k]:.2f}x"
         )
+
+
+def lora_end_to_end(policy, tok, ev, scorer, st, repeats: int) -> None:  # noqa: ANN001
+    """evaluate_policy on a LoRA policy as stage 5 calls it (reference: the policy with its adapters off), with the
+    adapters in the layers (no copy, as before) and through a merged copy (merged_copy, what evaluate_policy does
+    now); A B B A per pair of repeats."""
+    from personatune import training
+    from personatune.training import evaluation
+    from personatune.training.trainers import AdapterDisabledReference
+
+    names = ["adapters in layers", "merged policy"]
+
+    def run_one(name: str):  # noqa: ANN202
+        # MERGED_COPY_MAX_BYTES 0: every model counts as too large to copy, so nothing is copied.
+        evaluation.MERGED_COPY_MAX_BYTES = 0 if name == names[0] else 2 << 30
+        return training.evaluate_policy(policy, AdapterDisabledReference(policy), tok, ev, scorer, st)
+
+    abba(names, run_one, repeats, len(ev.ids))
 
 
 def batch_end_to_end(policy, reference, tok, ev, scorer, st, sizes: list[int], repeats: int) -> None:  # noqa: ANN001
     """evaluate_policy end to end at each of two eval batch sizes (train.eval_batch_size), A B B A per pair of repeats:
     wall and process-CPU medians, and the figures, which move with the batch (padding and the sampler's draws)."""
     import dataclasses
-    import statistics
 
     from personatune import training
-    from personatune.cpu_time import cpu_times, fmt, steal_share
 
-    secs: dict[int, list[float]] = {b: [] for b in sizes}
-    cpu: dict[int, list[float]] = {b: [] for b in sizes}
-    for i in range(2 * repeats):
-        b = sizes[i % 2] if (i // 2) % 2 == 0 else sizes[1 - i % 2]
-        c0, t0, p0 = cpu_times(), time.perf_counter(), time.process_time()
-        r = training.evaluate_policy(policy, reference, tok, ev, scorer, dataclasses.replace(st, batch_size=b))
-        secs[b].append(time.perf_counter() - t0)
-        cpu[b].append(time.process_time() - p0)
-        print(
-            f"  batch {b:<3} {secs[b][-1]:6.1f} s, process CPU {cpu[b][-1]:6.1f} s ({fmt(steal_share(c0, cpu_times()))})  "
-            f"drift KL {r.kl.per_token:.6f}  consistency {r.consistency.value:.3f}",
-            flush=True,
-        )
-    med = {b: statistics.median(v) for b, v in secs.items()}
-    mcpu = {b: statistics.median(v) for b, v in cpu.items()}
-    for b in sizes:
-        print(
-            f"batch {b:<3} median {med[b]:6.1f} s  {med[sizes[0]] / med[b]:.2f}x;  "
-            f"process CPU {mcpu[b]:6.1f} s  {mcpu[sizes[0]] / mcpu[b]:.2f}x"
-        )
+    def run_one(name: str):  # noqa: ANN202
+        st_b = dataclasses.replace(st, batch_size=int(name.split()[-1]))
+        return training.evaluate_policy(policy, reference, tok, ev, scorer, st_b)
+
+    abba([f"batch {b}" for b in sizes], run_one, repeats, len(ev.ids))
 
 
 def main() -> None:

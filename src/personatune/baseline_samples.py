@@ -39,9 +39,16 @@ def decoding(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def _prompts_hash(prompts: list[dict[str, Any]]) -> str:
+def prompts_hash(prompts: list[dict[str, Any]]) -> str:
+    """Hash of held-out prompt rows (ids and messages, in order): which prompts a sampling or measurement ran on."""
     blob = json.dumps([[p.get("id"), p.get("messages")] for p in prompts], sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def baseline_identity(run_dir: RunDir) -> dict[str, Any]:
+    """Stage 1's finish time and output hashes: they identify the baseline weights (a re-made baseline changes both)."""
+    rec1 = run_dir.record("01_baseline")
+    return {"finished": rec1.finished, "outputs": {k: v.get("hash") for k, v in sorted(rec1.outputs.items())}}
 
 
 def sampling_fingerprint(config: RunConfig, run_dir: RunDir, prompts: list[dict[str, Any]]) -> SamplingFingerprint:
@@ -55,15 +62,12 @@ def sampling_fingerprint(config: RunConfig, run_dir: RunDir, prompts: list[dict[
     Returns:
         The fingerprint; `samples` is left None (set when the samples are written).
     """
-    rec1 = run_dir.record("01_baseline")
-    # Stage 1's finish time and output hashes identify the baseline weights (a re-made baseline changes both).
-    baseline = {"finished": rec1.finished, "outputs": {k: v.get("hash") for k, v in sorted(rec1.outputs.items())}}
     return SamplingFingerprint(
-        baseline=baseline,
+        baseline=baseline_identity(run_dir),
         model=config.model.model_dump(mode="json"),
         decoding=decoding(config),
         seed=config.seed,
-        prompts=_prompts_hash(prompts),
+        prompts=prompts_hash(prompts),
     )
 
 

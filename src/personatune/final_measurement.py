@@ -28,6 +28,7 @@ from typing import Any
 
 from pydantic import Field
 
+from personatune.baseline_samples import baseline_identity, prompts_hash
 from personatune.records import Record, RecordError, read_record, write_record
 from personatune.rundir import RunDir, file_hash
 
@@ -60,10 +61,6 @@ class Reused:
     drift: Any
 
 
-def _hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def fingerprint(
     config: Any,
     run_dir: RunDir,
@@ -83,15 +80,14 @@ def fingerprint(
         seed: the sampling seed of both sample sets.
         context: the persona context of drift KL.
     """
-    rec1 = run_dir.record("01_baseline")
     return {
-        "baseline": {"finished": rec1.finished, "outputs": {k: v.get("hash") for k, v in sorted(rec1.outputs.items())}},
+        "baseline": baseline_identity(run_dir),
         "model": config.model.model_dump(mode="json"),
         "decoding": {k: decoding[k] for k in ("max_new_tokens", "temperature", "top_p", "batch_size")},
         "kl_max_new_tokens": config.train.kl_max_new_tokens,
         "seed": seed,
-        "prompts": _hash([[r.get("id"), r.get("messages")] for r in rows]),
-        "context": _hash(context),
+        "prompts": prompts_hash(rows),
+        "context": hashlib.sha256(json.dumps(context, sort_keys=True).encode()).hexdigest()[:16],
     }
 
 
@@ -134,5 +130,4 @@ def reusable(run_dir: RunDir, fp: dict[str, Any], model_dir: Path, n: int) -> Re
         return None
     if rec.model_hash != file_hash(model_dir):
         return None
-
     return Reused(list(rec.texts), DriftResult(KLResult.from_dict(rec.kl), KLResult.from_dict(rec.persona_shift)))
