@@ -15,8 +15,13 @@ forward and backward matrix products in bfloat16 under torch.autocast) changes, 
 Variants run in the order A B B A (--repeats R: R runs of each) in ONE process; medians of the training wall time and
 of the process's CPU time (not inflated by the hypervisor's steal, which is printed per run).
 
+`--compare teacher-prefix` measures instead what keeping the persona context's keys and values across steps does
+(`distill.PromptedTeacher.keep_prefix`: c runs once per training run instead of once per step), both variants in the
+run's own precision (train.bf16): the target is the same forward of the same tokens, so both must print the same
+losses, drift KL and consistency, and only the time may differ.
+
 Run: python benchmarks/bench_train_precision.py RUN/config.yaml [--steps 24] [--prompts 24] [--repeats 2]
-         [key=value ...]
+         [--compare bf16|teacher-prefix] [key=value ...]
 """
 
 from __future__ import annotations
@@ -69,6 +74,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=24, help="GKD steps per variant (count)")
     ap.add_argument("--prompts", type=int, default=24, help="held-out prompts of the eval after training (count)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant, alternating order (count)")
+    ap.add_argument(
+        "--compare",
+        choices=["bf16", "teacher-prefix"],
+        default="bf16",
+        help="bf16: float32 vs bf16 mixed precision; teacher-prefix: the teacher's persona context run at every step "
+        "vs kept across steps",
+    )
     ap.add_argument("overrides", nargs="*", help="config key=value")
     a = ap.parse_args()
     if a.steps < 1 or a.prompts < 1 or a.repeats < 1:
@@ -113,19 +125,23 @@ def main() -> None:
         f"{len(evalset.prompts)} held-out prompts; threads {torch.get_num_threads()}, cpu count {os.cpu_count()}, "
         f"native bfloat16: {native}; scorer {desc}"
     )
-    target_error(cfg, inp, model0, tok, ds, seed)  # the tokenizer's model serves this untrained measurement
+    if a.compare == "bf16":
+        target_error(cfg, inp, model0, tok, ds, seed)  # the tokenizer's model serves this untrained measurement
     del model0
-    names = {False: "float32", True: "bf16 mixed"}
+    prefix = a.compare == "teacher-prefix"
+    names = {False: "c per step", True: "c kept"} if prefix else {False: "float32", True: "bf16 mixed"}
     order = [(i % 2 == 1) if (i // 2) % 2 == 0 else (i % 2 == 0) for i in range(2 * a.repeats)]
     secs: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     for bf16 in order:
-        args = cfg.train.model_copy(update={"bf16": bf16, "max_steps": a.steps, "max_train_seconds": None})
+        update = {"max_steps": a.steps, "max_train_seconds": None} | ({} if prefix else {"bf16": bf16})
+        args = cfg.train.model_copy(update=update)
         model, _ = models.load_configured_model(inp.baseline, cfg.model, for_training=True)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_gkd_trainer(
                 model, tok, ds, args, training.TrainerRun(Path(tmp), seed, []), context=inp.context
             )
+            trainer.teacher_model.keep_prefix = bf16 if prefix else True
             c0, t0, p0 = cpu_times(), time.perf_counter(), time.process_time()
             train_loss = trainer.train().training_loss
             secs[bf16].append(time.perf_counter() - t0)
@@ -147,7 +163,7 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in secs.items()}
     mcpu = {k: statistics.median(v) for k, v in cpu.items()}
     print(
-        f"bf16 mixed vs float32: {med[False] / med[True]:.2f}x faster (median wall {med[False]:.1f} vs "
+        f"{names[True]} vs {names[False]}: {med[False] / med[True]:.2f}x faster (median wall {med[False]:.1f} vs "
         f"{med[True]:.1f} s), {mcpu[False] / mcpu[True]:.2f}x less process CPU time (median; not inflated by steal)"
     )
 

@@ -151,7 +151,13 @@ MIN_SHARED_PREFIX = 32
 
 
 def response_logprobs(
-    model: Any, prefixes: list[list[int]], responses: list[list[int]], pad: int, *, share_prefix: bool = True
+    model: Any,
+    prefixes: list[list[int]],
+    responses: list[list[int]],
+    pad: int,
+    *,
+    share_prefix: bool = True,
+    keep: dict[Any, Any] | None = None,
 ) -> list[torch.Tensor]:
     """Log-probabilities over the vocabulary at each response token: for row i, a (len(responses[i]), vocab) tensor
     whose row t is log model(. | prefixes[i] + responses[i][:t]). Only the response positions' logits are computed.
@@ -163,10 +169,15 @@ def response_logprobs(
     them masked and positions following the mask. The same log-probabilities up to float rounding (tested);
     measured 3.5-4x less time for the reference given c (benchmarks/bench_eval_policy.py). A model whose forward
     does not fill the cache it is given (remote code with another signature) gets the plain path.
+
+    `keep` (a dict the caller owns, for a model whose weights never change, e.g. GKD's frozen teacher): the shared
+    prefix's keys and values are kept there and reused by later calls with the same prefix, model, device and autocast
+    state, computed without gradients — the prefix then runs once per training run instead of once per step, with
+    the same log-probabilities (the same forward of the same tokens).
     """
     device = next(model.parameters()).device
-    cut = _shared_cut(prefixes) if share_prefix and len(prefixes) > 1 else 0
-    cache = _prefix_cache(model, prefixes[0][:cut], len(prefixes), device) if cut >= MIN_SHARED_PREFIX else None
+    cut = _shared_cut(prefixes) if share_prefix and (len(prefixes) > 1 or keep is not None) else 0
+    cache = _prefix_cache(model, prefixes[0][:cut], len(prefixes), device, keep) if cut >= MIN_SHARED_PREFIX else None
     if cache is None:
         cut = 0
     ids, am, wr = _pad_aligned([p[cut:] for p in prefixes], responses, pad, device)
@@ -186,9 +197,10 @@ def _shared_cut(prefixes: list[list[int]]) -> int:
     return max(0, min(common_prefix(prefixes), min(len(p) for p in prefixes) - 1))
 
 
-def _prefix_cache(model: Any, prefix: list[int], rows: int, device: Any) -> Any:
+def _prefix_cache(model: Any, prefix: list[int], rows: int, device: Any, keep: dict[Any, Any] | None = None) -> Any:
     """A KV cache of `prefix` (run once, batch 1) repeated for `rows` rows; None when the model's cache is not plain
-    full attention (sliding windows, hybrid layers: the copied cache would not be exact) or the model has no config."""
+    full attention (sliding windows, hybrid layers: the copied cache would not be exact) or the model has no config.
+    With `keep`, the batch-1 cache is taken from / left in it (`response_logprobs`)."""
     from transformers import DynamicCache
     from transformers.cache_utils import DynamicLayer
 
@@ -198,22 +210,47 @@ def _prefix_cache(model: Any, prefix: list[int], rows: int, device: Any) -> Any:
     probe = DynamicCache(config=cfg).layers
     if not probe or any(type(layer) is not DynamicLayer for layer in probe):
         return None
-    base = DynamicCache(config=cfg)
-    n = len(prefix)
-    model(
-        input_ids=torch.tensor([prefix], device=device),
-        attention_mask=torch.ones(1, n, dtype=torch.long, device=device),
-        position_ids=torch.arange(n, device=device)[None, :],
-        cache=base,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    if base.get_seq_length() != n:  # the forward ignored `cache`: sharing would drop the prefix, so do not share
-        return None
+    key = _keep_key(model, prefix, device)
+    base = keep.get(key) if keep is not None else None
+    if base is None:
+        base = _run_prefix(model, cfg, prefix, device, no_grad=keep is not None)
+        if base is None:
+            return None
+        if keep is not None:
+            keep.clear()  # one prefix at a time: a caller's context does not change within a run
+            keep[key] = base
     cache = DynamicCache(config=cfg)
     for li, layer in enumerate(base.layers):
         cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), li)
     return cache
+
+
+def _keep_key(model: Any, prefix: list[int], device: Any) -> tuple[Any, ...]:
+    """What a kept prefix cache depends on besides the (frozen) weights: the model object, the tokens, the device and
+    the autocast state (under bfloat16 autocast the keys and values are other numbers)."""
+    kind = device.type
+    cast = torch.is_autocast_enabled(kind)
+    return (id(model), tuple(prefix), str(device), cast, torch.get_autocast_dtype(kind) if cast else None)
+
+
+def _run_prefix(model: Any, cfg: Any, prefix: list[int], device: Any, *, no_grad: bool) -> Any:
+    """The batch-1 DynamicCache of `prefix`, or None when the forward ignored the cache it was given."""
+    from contextlib import nullcontext
+
+    from transformers import DynamicCache
+
+    base, n = DynamicCache(config=cfg), len(prefix)
+    with torch.no_grad() if no_grad else nullcontext():
+        model(
+            input_ids=torch.tensor([prefix], device=device),
+            attention_mask=torch.ones(1, n, dtype=torch.long, device=device),
+            position_ids=torch.arange(n, device=device)[None, :],
+            cache=base,
+            use_cache=True,
+            logits_to_keep=1,
+        )
+    # the forward ignored `cache`: sharing would drop the prefix, so do not share
+    return base if base.get_seq_length() == n else None
 
 
 def kl_from_logprobs(logp: torch.Tensor, logq: torch.Tensor) -> torch.Tensor:

@@ -94,6 +94,42 @@ def test_the_gkd_teacher_is_the_persona_prompted_baseline_and_one_step_trains(tm
         assert torch.allclose(ref(input_ids=ids).logits, base(input_ids=ids).logits, atol=1e-5)
 
 
+def test_the_teacher_keeps_the_persona_context_across_steps_with_the_same_target(monkeypatch):
+    """The frozen baseline runs c once: later steps reuse its keys and values and get the very same log-probabilities
+    as running c again; a new autocast state (bf16 mixed precision) or a new reference runs it afresh."""
+    from personatune import kl
+
+    model, tok = models.build_tiny_model(seed=7)
+    ds = distill.gkd_dataset(tok, sft_rows(), CONTEXT, cap=None)
+    ps, pt = distill.template_prefixes(tok, CONTEXT)
+    assert len(pt) - 1 >= kl.MIN_SHARED_PREFIX  # c is long enough to be shared, or the test proves nothing
+    runs = []
+    real = kl._run_prefix
+    monkeypatch.setattr(kl, "_run_prefix", lambda *a, **k: runs.append(len(a[2])) or real(*a, **k))
+    kept = distill.PromptedTeacher(model, ps, pt, tok.pad_token_id, model.config)
+    plain = distill.PromptedTeacher(model, ps, pt, tok.pad_token_id, model.config)
+    plain.keep_prefix = False
+    rows = [ds[i] for i in range(len(ds))]
+    pad = tok.pad_token_id
+    width = max(len(r["input_ids"]) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r["input_ids"])) + r["input_ids"] for r in rows])
+    am = (torch.arange(width)[None, :] >= torch.tensor([width - len(r["input_ids"]) for r in rows])[:, None]).long()
+    with torch.no_grad():
+        want = plain(input_ids=ids, attention_mask=am).logits
+        assert len(runs) == 1
+        for step in range(3):  # three steps, with batches of other sizes
+            n = len(rows) - step % 2
+            got = kept(input_ids=ids[:n], attention_mask=am[:n]).logits
+            assert torch.equal(got, want[:n])
+        assert len(runs) == 2  # plain's one run + kept's first
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            cast = kept(input_ids=ids, attention_mask=am).logits
+        assert len(runs) == 3 and not torch.equal(cast, want)
+        kept.reference, _ = models.build_tiny_model(seed=8)
+        kept(input_ids=ids, attention_mask=am)
+        assert len(runs) == 4
+
+
 def test_answers_cut_at_the_sampling_cap_get_no_end_of_answer_token():
     model, tok = models.build_tiny_model(seed=7)
     short = tok("Aye.", add_special_tokens=False).input_ids

@@ -11,7 +11,9 @@ every answer token. Configured, not subclassed:
 - the teacher is `PromptedTeacher`: TRL hands its teacher the student's input (the prompt without a system turn);
   this module swaps the student's chat-template prefix for the persona context c before the baseline runs (the
   drift-KL reference of METRICS.md), using the shared-prefix `kl.response_logprobs`, and returns the baseline's
-  log-probabilities at the student's positions.
+  log-probabilities at the student's positions. The baseline is frozen, so the keys and values of c (~650 tokens for
+  the quickstart, more than the rows' own prompt and answer tokens) are computed at the first step and kept for the
+  rest of the run (`keep_prefix`): the same target, a shorter teacher forward at every step.
 
 `gkd_dataset` pre-tokenizes prompt/completion rows (TRL's collator takes `input_ids` + `completion_mask` as they
 are) and checks, for every row, that prefix swap gives exactly the tokens `encode_chat(c + prompt)` gives — the
@@ -59,6 +61,10 @@ class PromptedTeacher(_torch_module()):  # type: ignore[misc]
         student_prefix, teacher_prefix: from `template_prefixes`.
         pad: the pad token id.
         config: the model config GKDTrainer checks the teacher's vocabulary against.
+
+    Attributes:
+        keep_prefix: keep c's keys and values across steps (default; `kl.response_logprobs(keep=...)`); False runs c
+            at every step (benchmarks/bench_train_precision.py compares the two).
     """
 
     def __init__(
@@ -67,6 +73,8 @@ class PromptedTeacher(_torch_module()):  # type: ignore[misc]
         super().__init__()
         self.reference, self.pad, self.config = reference, pad, config
         self.student_prefix, self.teacher_prefix = list(student_prefix), list(teacher_prefix)
+        self.keep_prefix = True
+        self._kept: dict[Any, Any] = {}
 
     def forward(self, input_ids: Any, attention_mask: Any, **_: Any) -> Any:
         import torch
@@ -77,7 +85,10 @@ class PromptedTeacher(_torch_module()):  # type: ignore[misc]
         k = len(self.student_prefix)
         if any(r[:k] != self.student_prefix for r in rows):
             raise ValueError("a GKD row does not start with the student's chat-template prefix (see gkd_dataset)")
-        lp = response_logprobs(self.reference, [self.teacher_prefix] * len(rows), [r[k:] for r in rows], self.pad)
+        keep = self._kept if self.keep_prefix else None
+        lp = response_logprobs(
+            self.reference, [self.teacher_prefix] * len(rows), [r[k:] for r in rows], self.pad, keep=keep
+        )
         out = torch.zeros(*input_ids.shape, lp[0].shape[-1], device=lp[0].device, dtype=lp[0].dtype)
         for b, (r, m) in enumerate(zip(rows, attention_mask)):
             start = int((m == 0).sum())  # left padding

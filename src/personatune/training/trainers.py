@@ -194,6 +194,7 @@ def prompted_reference_logps(
 
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     out: list[float] = []
+    kept: dict = {}  # c's keys and values, run once for all batches (the reference is frozen)
     with torch.inference_mode():
         for i in range(0, len(prompts), batch_size):
             prefixes = [
@@ -202,7 +203,7 @@ def prompted_reference_logps(
             ]
             resp = [list(c) or [pad] for c in completions[i : i + batch_size]]
             for lp, r, c in zip(
-                response_logprobs(reference, prefixes, resp, pad), resp, completions[i : i + batch_size]
+                response_logprobs(reference, prefixes, resp, pad, keep=kept), resp, completions[i : i + batch_size]
             ):
                 tok = torch.tensor(r, device=lp.device)
                 out.append(float(lp.gather(-1, tok[:, None]).squeeze(-1)[: len(c)].sum()))
