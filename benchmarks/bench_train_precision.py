@@ -75,6 +75,13 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=24, help="held-out prompts of the eval after training (count)")
     ap.add_argument("--repeats", type=int, default=2, help="runs per variant, alternating order (count)")
     ap.add_argument(
+        "--warmup-steps",
+        type=int,
+        default=4,
+        help="an untimed training run of this many steps first (count; 0 = none): the process's first run was 1.4x "
+        "slower than the same variant's later runs in session 44",
+    )
+    ap.add_argument(
         "--compare",
         choices=["bf16", "teacher-prefix"],
         default="bf16",
@@ -133,6 +140,16 @@ def main() -> None:
     order = [(i % 2 == 1) if (i // 2) % 2 == 0 else (i % 2 == 0) for i in range(2 * a.repeats)]
     secs: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
+    if a.warmup_steps > 0:
+        warm = cfg.train.model_copy(update={"max_steps": a.warmup_steps, "max_train_seconds": None})
+        model, _ = models.load_configured_model(inp.baseline, cfg.model, for_training=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            build_gkd_trainer(
+                model, tok, ds, warm, training.TrainerRun(Path(tmp), seed, []), context=inp.context
+            ).train()
+        print(f"  warm-up: {a.warmup_steps} steps in {time.perf_counter() - t0:.1f} s (not counted)", flush=True)
+        del model
     for bf16 in order:
         update = {"max_steps": a.steps, "max_train_seconds": None} | ({} if prefix else {"bf16": bf16})
         args = cfg.train.model_copy(update=update)
