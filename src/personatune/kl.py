@@ -211,14 +211,14 @@ def _prefix_cache(model: Any, prefix: list[int], rows: int, device: Any, keep: d
     if not probe or any(type(layer) is not DynamicLayer for layer in probe):
         return None
     key = _keep_key(model, prefix, device)
-    base = keep.get(key) if keep is not None else None
+    base = keep[key][1] if keep is not None and key in keep else None
     if base is None:
         base = _run_prefix(model, cfg, prefix, device, no_grad=keep is not None)
         if base is None:
             return None
         if keep is not None:
             keep.clear()  # one prefix at a time: a caller's context does not change within a run
-            keep[key] = base
+            keep[key] = (model, base)  # the model held, so no other object takes its id while its cache is kept
     cache = DynamicCache(config=cfg)
     for li, layer in enumerate(base.layers):
         cache.update(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1), li)
