@@ -138,6 +138,7 @@ def main() -> None:
     prefix = a.compare == "teacher-prefix"
     names = {False: "c per step", True: "c kept"} if prefix else {False: "float32", True: "bf16 mixed"}
     order = [(i % 2 == 1) if (i // 2) % 2 == 0 else (i % 2 == 0) for i in range(2 * a.repeats)]
+    # variant B (True): bf16 mixed precision, or the teacher's persona context kept across steps
     secs: dict[bool, list[float]] = {False: [], True: []}
     cpu: dict[bool, list[float]] = {False: [], True: []}
     if a.warmup_steps > 0:
@@ -150,19 +151,19 @@ def main() -> None:
             ).train()
         print(f"  warm-up: {a.warmup_steps} steps in {time.perf_counter() - t0:.1f} s (not counted)", flush=True)
         del model
-    for bf16 in order:
-        update = {"max_steps": a.steps, "max_train_seconds": None} | ({} if prefix else {"bf16": bf16})
+    for b in order:
+        update = {"max_steps": a.steps, "max_train_seconds": None} | ({} if prefix else {"bf16": b})
         args = cfg.train.model_copy(update=update)
         model, _ = models.load_configured_model(inp.baseline, cfg.model, for_training=True)
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_gkd_trainer(
                 model, tok, ds, args, training.TrainerRun(Path(tmp), seed, []), context=inp.context
             )
-            trainer.teacher_model.keep_prefix = bf16 if prefix else True
+            trainer.teacher_model.keep_prefix = b if prefix else True
             c0, t0, p0 = cpu_times(), time.perf_counter(), time.process_time()
             train_loss = trainer.train().training_loss
-            secs[bf16].append(time.perf_counter() - t0)
-            cpu[bf16].append(time.process_time() - p0)
+            secs[b].append(time.perf_counter() - t0)
+            cpu[b].append(time.process_time() - p0)
             steal = steal_share(c0, cpu_times())
             losses = [h["loss"] for h in trainer.state.log_history if "loss" in h] or [float("nan")]
             # accelerate runs a mixed-precision model's forward under autocast (a wrapper on the instance): taken off
@@ -171,8 +172,8 @@ def main() -> None:
             ev = training.evaluate_policy(policy, training.reference_of(trainer), tok, evalset, scorer, settings)
         s = ev.summary()
         print(
-            f"  {names[bf16]:<10} {secs[bf16][-1]:7.1f} s ({secs[bf16][-1] / a.steps:.2f} s/step), process CPU "
-            f"{cpu[bf16][-1]:7.1f} s ({fmt(steal)}); loss mean {train_loss:.4f}, first/last logged {losses[0]:.4f}/{losses[-1]:.4f}; "
+            f"  {names[b]:<10} {secs[b][-1]:7.1f} s ({secs[b][-1] / a.steps:.2f} s/step), process CPU "
+            f"{cpu[b][-1]:7.1f} s ({fmt(steal)}); loss mean {train_loss:.4f}, first/last logged {losses[0]:.4f}/{losses[-1]:.4f}; "
             f"drift KL {s['kl']:.4f} nats/token, consistency {s['consistency']:.3f}, on-task {s['on_task']:.3f}",
             flush=True,
         )
