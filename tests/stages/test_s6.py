@@ -375,6 +375,45 @@ def test_round_0_is_stage_5s_own_final_measurement_unless_the_settings_changed(r
     assert "stage 7 will sample and measure the model again" in (run_copy / "log.txt").read_text()
 
 
+def test_lone_end_eval_is_one_eval_at_the_last_step():
+    from personatune.stages.s6_round import lone_end_eval
+    from personatune.training.args import TrainArgs
+
+    def a(**kw):
+        return TrainArgs(**({"eval_at_start": False, "max_steps": 50, "eval_every": 50} | kw))
+
+    assert lone_end_eval(a()) and lone_end_eval(a(eval_every=0)) and lone_end_eval(a(eval_every=80))
+    assert not lone_end_eval(a(eval_every=25))  # steps 25 and 50: two candidates
+    assert not lone_end_eval(a(eval_at_start=True))  # step 0 is a candidate too
+    assert not lone_end_eval(a(eval_every_seconds=30.0))
+    assert not lone_end_eval(a(max_steps=None))  # epochs: the step count is not known
+
+
+def test_a_round_with_one_candidate_skips_its_in_round_eval(run_copy, tmp_path, monkeypatch):
+    from personatune.stages import s6_round
+
+    calls = []
+    real = s6_round.RoundSetup.evaluate
+    monkeypatch.setattr(
+        s6_round.RoundSetup, "evaluate", lambda self, m, r, t, es: calls.append(len(es.ids)) or real(self, m, r, t, es)
+    )
+    cfg = make_config(tmp_path, rounds=1)  # iterations.max_steps 2, train.eval_every 0: one candidate, the last step
+    s6_iterations.run(cfg, RunDir(run_copy))
+    r1 = json.loads((run_copy / "06_iterations" / "round_1" / "result.json").read_text())
+    n_full = len(read_jsonl(run_copy / "03_consistency_data" / "heldout" / "prompts.jsonl"))
+    assert calls == [n_full] and r1["row"]["kl"] is not None
+    assert r1["selection"] == {"reason": s6_round.LONE_EVAL_SKIPPED, "within_budget": None, "step": 2}
+    # Evals every step: two candidates (steps 1 and 2), each evaluated on the small set, then the full measurement
+    # (round 0 is measured first: another train.eval_every is another round key, so stage 5's record is not reused).
+    shutil.rmtree(run_copy / "06_iterations")
+    calls.clear()
+    every = cfg.model_copy(update={"train": cfg.train.model_copy(update={"eval_every": 1})})
+    s6_iterations.run(every, RunDir(run_copy))
+    r1 = json.loads((run_copy / "06_iterations" / "round_1" / "result.json").read_text())
+    small = cfg.train.kl_eval_prompts
+    assert calls == [n_full, small, small, n_full] and r1["selection"]["step"] in (1, 2)
+
+
 def test_round_that_changes_nothing_does_not_improve_and_keeps_round_0(run_copy, tmp_path):
     # A learning rate of 1e-30 moves LoRA B from 0 to ~1e-30: merged into float32 weights it changes nothing, so round 1
     # measures what round 0 does (KL up to float rounding: the policy's log-probs come from its sampling pass); equal is

@@ -117,6 +117,25 @@ def write_samples(rdir: Path, full: EvalSet, ev: EvalResult) -> None:
     )
 
 
+LONE_EVAL_SKIPPED = (
+    "the round's last step, its only candidate: no in-round eval (iterations.max_steps <= train.eval_every); "
+    "measured on all held-out prompts"
+)
+
+
+def lone_end_eval(a: Any) -> bool:
+    """Whether a round's in-round evals (TrainArgs `a`) would be one eval at its last step: no step-0 eval, no
+    time-based evals, a known step count and `eval_every` 0 or >= it. Such an eval measures on a few prompts the model
+    the round's final measurement then measures on all of them, and selects among one candidate: it is skipped
+    (~45 s per round on the main job's data), and nothing a gate reads changes."""
+    return (
+        not a.eval_at_start
+        and a.eval_every_seconds is None
+        and a.max_steps is not None
+        and (not a.eval_every or a.eval_every >= a.max_steps)
+    )
+
+
 def measure_round_0(setup: RoundSetup, s5_model: Path, rdir: Path, s5_eval: Path | None = None) -> dict[str, Any]:
     """Main rank: round 0's record (written to `rdir/result.json`): the stage-5 model measured exactly like the rounds.
 
@@ -283,6 +302,7 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
         ds = gkd_dataset(tok, ds, setup.inputs.context, config.data.teacher.max_new_tokens)
     # The callback hands evaluate TRL's view of the reference (adapters off = round n-1); the gate's reference is the
     # baseline. It evaluates on the main rank only and broadcasts the KL controller's decision to the others.
+    in_round_evals = not lone_end_eval(rargs)
     cb = training.PersonaEvalCallback(
         lambda m, _r: setup.evaluate(m, reference, tok, setup.small),
         rdir,
@@ -295,7 +315,7 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
         tok,
         ds,
         rargs,
-        training.TrainerRun(rdir / "trainer", seed, [cb.hooks()]),
+        training.TrainerRun(rdir / "trainer", seed, [cb.hooks()] if in_round_evals else []),
         max_kl=g.max_kl,
         reference=DriftReference(setup.inputs.context, reference),
     )
@@ -325,8 +345,8 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
                 f"in {time.time() - t1:.1f}s"
                 + (f" ({acc.num_processes} processes, {launch['distributed_type']})" if acc.num_processes > 1 else "")
             )
-            sel = select_in_budget(cb.history, g)
-            if sel.record is not None:
+            sel = select_in_budget(cb.history, g) if in_round_evals else None
+            if sel is not None and sel.record is not None:
                 load_checkpoint(trainer, rdir / sel.record["checkpoint"], args.peft)
             final = acc.unwrap_model(trainer.model)
             if args.peft == "lora":  # the next round trains a fresh LoRA on top, so rounds are saved merged
@@ -338,11 +358,11 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
             shutil.rmtree(rdir / "checkpoints", ignore_errors=True)
             shutil.rmtree(rdir / "trainer", ignore_errors=True)
             row = round_row(n, ev, g, len(pairs), steps, time.time() - t0) | {"yield": base.get("yield")}
-            selection = {
-                "reason": sel.reason,
-                "within_budget": sel.within_budget,
-                "step": (sel.record or {}).get("step"),
-            }
+            selection = (
+                {"reason": sel.reason, "within_budget": sel.within_budget, "step": (sel.record or {}).get("step")}
+                if sel is not None
+                else {"reason": LONE_EVAL_SKIPPED, "within_budget": None, "step": steps}
+            )
             shared.value = base | {
                 "row": row,
                 "eval": ev.to_record(),
