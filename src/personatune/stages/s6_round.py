@@ -118,7 +118,7 @@ def write_samples(rdir: Path, full: EvalSet, ev: EvalResult) -> None:
 
 
 LONE_EVAL_SKIPPED = (
-    "the round's last step, its only candidate: no in-round eval (iterations.max_steps <= train.eval_every); "
+    "the round's last step, its only candidate: no in-round eval (train.eval_every is 0 or >= the round's steps); "
     "measured on all held-out prompts"
 )
 
