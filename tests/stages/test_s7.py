@@ -329,7 +329,21 @@ def test_verdict_deploy_only_when_every_gate_passes(tmp_path):
     cfg.train.algorithm = "gkd"
     gkd = s7_final.final_gate(cfg, _fig(retention={**_fig()["retention"], "value": 0.9, "final_score": 0.45}))
     assert "nears the persona-prompted baseline" in gkd.diagnosis[1] and "raise train.beta" not in gkd.diagnosis[1]
+    # On-task retention under distillation: when the persona-prompted target itself answers too rarely, the cause says
+    # so and the fix is the target; when the target clears the bar (or the recipe has a KL penalty), the training levers.
+    short = {
+        **_fig()["on_task"],
+        "final": {"value": 0.6, "n": 150},
+        "retention": {"value": 0.8, "n": 150, "ci": [0.7, 0.9]},
+    }
+    weak_target = {"on_task": {"value": 0.72, "n": 150}}  # 0.72 / 0.9 = 0.80 < 0.95
+    t = s7_final.final_gate(cfg, _fig(on_task=short, prompted_baseline=weak_target))
+    assert "itself stands at on-task retention 0.800" in t.diagnosis[1] and "stronger data.teacher" in t.diagnosis[1]
+    fine = s7_final.final_gate(cfg, _fig(on_task=short, prompted_baseline={"on_task": {"value": 0.9, "n": 150}}))
+    assert "itself stands" not in fine.diagnosis[1] and "GRPO/RLOO" in fine.diagnosis[1]
     cfg.train.algorithm = "dpo"
+    d = s7_final.final_gate(cfg, _fig(on_task=short, prompted_baseline=weak_target))
+    assert "itself stands" not in d.diagnosis[1] and "GRPO/RLOO" in d.diagnosis[1]
     # A baseline that scores 0: retention is not measured, which fails (never passes silently).
     zero = s7_final.final_gate(cfg, _fig(retention={**_fig()["retention"], "value": None}))
     assert not zero.passed and "cannot be measured" in zero.diagnosis[1]
