@@ -87,9 +87,11 @@ def gold_sets(inst: Instrument) -> None:
         )
 
 
-def run_split(run: Path, inst: Instrument) -> None:
+def stage3_splits(run: Path):
+    """A run's persona and its stage-3 rows read as stage 4 reads them: (spec, train sft, held-out sft, train pairs,
+    held-out pairs), every trait-flipped pair carrying `rejected_on_task` (s4_learning_curve.py uses it too)."""
     from personatune.stage3_rows import SFT_NEEDS, STAGE3_FIX, read_stage3
-    from personatune.stages.s4_evaluation import flip_took, labelled_examples, with_flip_on_task
+    from personatune.stages.s4_evaluation import with_flip_on_task
 
     spec = load_persona(next((run / "02_persona").glob("persona*.yaml")))
     d = run / "03_consistency_data"
@@ -99,6 +101,13 @@ def run_split(run: Path, inst: Instrument) -> None:
     tr_pairs, ho_pairs = with_flip_on_task(
         spec, *(read_stage3(d / s / "pairs.jsonl", "pairs", STAGE3_FIX, spec.trait_ids) for s in ("train", "heldout"))
     )
+    return spec, tr_sft, ho_sft, tr_pairs, ho_pairs
+
+
+def run_split(run: Path, inst: Instrument) -> None:
+    from personatune.stages.s4_evaluation import flip_took, labelled_examples
+
+    spec, tr_sft, ho_sft, tr_pairs, ho_pairs = stage3_splits(run)
     plain = Scorer(spec, instrument=inst, profile=fit(spec, [], instrument=inst))
     tr_exp = expressed_targets(plain, [r["messages"][-1]["content"] for r in tr_sft], [r["targets"] for r in tr_sft])
     ho_exp = expressed_targets(plain, [r["messages"][-1]["content"] for r in ho_sft], [r["targets"] for r in ho_sft])

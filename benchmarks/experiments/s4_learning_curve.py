@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from personatune.persona import load_persona
 from personatune.scoring.instrument import Instrument
 from personatune.scoring.scorer import Scorer
 from personatune.scoring.traits import fit
@@ -32,19 +31,12 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3)
     args = ap.parse_args()
 
-    from personatune.stage3_rows import SFT_NEEDS, STAGE3_FIX, read_stage3
-    from personatune.stages.s4_evaluation import heldout_auroc, labelled_examples, with_flip_on_task
+    from personatune.stages.s4_evaluation import heldout_auroc, labelled_examples
+    from s4_expressed import stage3_splits  # this folder
 
     run = Path(args.run)
     inst = Instrument.default()
-    spec = load_persona(next((run / "02_persona").glob("persona*.yaml")))
-    d = run / "03_consistency_data"
-    tr_sft, ho_sft = (
-        read_stage3(d / s / "sft.jsonl", "sft", STAGE3_FIX, spec.trait_ids, SFT_NEEDS) for s in ("train", "heldout")
-    )
-    tr_pairs, ho_pairs = with_flip_on_task(
-        spec, *(read_stage3(d / s / "pairs.jsonl", "pairs", STAGE3_FIX, spec.trait_ids) for s in ("train", "heldout"))
-    )
+    spec, tr_sft, ho_sft, tr_pairs, ho_pairs = stage3_splits(run)
     ids = sorted({r["scenario_id"] for r in tr_sft} | {p["scenario_id"] for p in tr_pairs})
     print(f"run {run}: {len(ids)} training prompts ({len(tr_sft)} chosen, {len(tr_pairs)} pairs); held-out: stage 4's rules")
     for frac in (float(f) for f in args.fractions.split(",")):

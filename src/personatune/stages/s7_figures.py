@@ -173,11 +173,17 @@ DISTILLED_ON_TASK_FIX = (
 )
 
 
+DISTILLATION_RECIPES = ("gkd", "sft", "sdft")  # train.algorithm values that pull towards the prompted baseline
+
+
 def target_on_task_retention(fig: dict[str, Any]) -> float | None:
-    """On-task rate of the baseline given the persona prompt / that of the baseline without it (None: not measured)."""
-    p = ((fig.get("prompted_baseline") or {}).get("on_task") or {}).get("value")
-    b = ((fig.get("on_task") or {}).get("baseline") or {}).get("value")
-    return p / b if isinstance(p, (int, float)) and isinstance(b, (int, float)) and b > 0 else None
+    """`evidence.on_task_retention` of the baseline with the persona prompt against it without (None: unmeasured)."""
+    p = (fig.get("prompted_baseline") or {}).get("on_task")
+    b = (fig.get("on_task") or {}).get("baseline")
+    if not p or not b:
+        return None
+    ret, _ = evidence.on_task_retention(Measurement(p["value"], n=p.get("n")), Measurement(b["value"], n=b.get("n")))
+    return None if ret is None else ret.value
 
 
 def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
@@ -298,7 +304,7 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
                 )
                 fix = "train with GRPO/RLOO (the reward multiplies on_task) or a higher train.beta; check stage 3's chosen on-task rate (gates.data.chosen_on_task)"
                 target = target_on_task_retention(fig)
-                if target is not None and target < r.threshold and config.train.algorithm in ("gkd", "sft", "sdft"):
+                if target is not None and target < r.threshold and config.train.algorithm in DISTILLATION_RECIPES:
                     cause += (
                         f"; the distillation target, the baseline given the persona prompt, itself stands at on-task "
                         f"retention {target:.3f}, so a student that matches it cannot pass"
@@ -322,7 +328,7 @@ def final_gate(config: RunConfig, fig: dict[str, Any]) -> GateReport:
                 cause = f"general ability fell from {ret['baseline_score']:.3f} to {ret['final_score']:.3f} while training the persona ({kl_txt})"
                 fix = (
                     DISTILLED_CAPABILITY_FIX
-                    if config.train.algorithm in ("gkd", "sft", "sdft")
+                    if config.train.algorithm in DISTILLATION_RECIPES
                     else "raise train.beta, lower train.learning_rate or train.max_steps, or mix general data into stage 1 (sft.dataset, sft.persona_mix)"
                 )
         elif r.metric.startswith("capability_drop["):
