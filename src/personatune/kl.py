@@ -297,19 +297,23 @@ def _sample_responses(
     width = max(len(b) for b in prefixes)
     ids = torch.tensor([[pad] * (width - len(b)) + b for b in prefixes], device=device)
     am = torch.tensor([[0] * (width - len(b)) + [1] * len(b) for b in prefixes], device=device)
-    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-    out = policy.generate(
-        input_ids=ids,
-        attention_mask=am,
-        do_sample=True,
-        temperature=1.0,
-        top_p=1.0,
-        top_k=0,
-        max_new_tokens=max_new_tokens,
-        pad_token_id=pad,
-        return_dict_in_generate=True,
-        output_logits=True,
-    )
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=gen))
+    # The global RNG is forked, so that an eval inside training does not reseed the trainer's randomness (its data
+    # order): with or without an eval at some step, training draws the same numbers.
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        out = policy.generate(
+            input_ids=ids,
+            attention_mask=am,
+            do_sample=True,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            max_new_tokens=max_new_tokens,
+            pad_token_id=pad,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
     eos = tokenizer.eos_token_id
     responses = []
     for row in out.sequences[:, width:].tolist():

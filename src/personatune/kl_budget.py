@@ -155,11 +155,13 @@ def decide(
     beta: float | None = None,
     raise_factor: float = 2.0,
     max_raises: int = 3,
+    untrained_start: bool = False,
 ) -> Decision:
     """Decide from the latest eval record whether training goes on.
 
     Rules: while the latest KL is within the budget (kl <= max_kl), continue; at step 0 (the untrained start),
-    continue; over it but not significantly above the lowest
+    and at the first eval of a run from the untrained baseline that has no step-0 eval (`untrained_start`), continue;
+    over it but not significantly above the lowest
     earlier eval's KL (drift KL falling towards the budget from the unprompted start; "significantly": by more than
     two standard errors of the difference, from the records' `kl_stderr`, 0 where absent), continue. Otherwise, once it is over:
     policy "stop" stops (the best earlier checkpoint is kept by `select_checkpoint`); policy
@@ -173,6 +175,9 @@ def decide(
         beta: the current KL penalty (needed for "raise_beta").
         raise_factor: multiplier applied to beta on each raise (> 1).
         max_raises: raises allowed before the controller stops.
+        untrained_start: training began at the untrained baseline (stage 5), whose drift KL is over the budget by
+            construction; a run that began inside the budget (a stage-6 round) leaves it False, so its first eval over
+            the budget is read as drifting out of it.
 
     Returns:
         A Decision.
@@ -192,6 +197,15 @@ def decide(
     # Drift KL starts above the budget (the unprompted baseline is not the persona-prompted reference): while training
     # brings it down — not significantly above the lowest earlier eval's — it is moving into the budget, so it goes on.
     earlier = [r for r in history[:-1] if _num(r.get("kl")) is not None]
+    if not earlier and untrained_start:
+        # The first eval of a run that started from the untrained baseline without a step-0 eval
+        # (train.eval_at_start false): that start is over the budget by construction, and one measurement is no
+        # trend, so it goes on; the next eval is compared with this one.
+        return Decision(
+            "continue",
+            f"step {last.get('step')}: KL {kl:.4g} > {max_kl:g} nats/token at the first eval of a run from the untrained "
+            "baseline; no earlier eval to compare it with, so training goes on",
+        )
     if earlier:
         low = min(earlier, key=lambda r: _num(r.get("kl")))
         low_kl = _num(low.get("kl"))

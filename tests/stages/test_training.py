@@ -244,6 +244,38 @@ def test_eval_callback_stops_when_kl_over_budget_and_logs(tmp_path):
     assert any("persona/kl" in r for r in trainer.state.log_history)
 
 
+def test_first_eval_over_budget_goes_on_from_an_untrained_start_without_a_step0_eval(tmp_path):
+    """Stage 5 without `train.eval_at_start`: its untrained start is over the drift budget by construction, so the
+    first eval over the budget is no reason to stop (`untrained_start`); a run that began inside the budget stops."""
+    _, tok = models.build_tiny_model(seed=2)
+
+    def evaluate(policy, reference):
+        kl = measure_kl(policy, reference, tok, HELD, max_new_tokens=8, seed=0, batch_size=4)
+        return EvalResult(kl, Measurement(0.5, n=4), Measurement(0.9, n=4), 0.1, texts=["x"] * 4)
+
+    budget = 1e-6
+    a = args(max_steps=2, eval_every=1, kl_control="stop", eval_at_start=False)
+    steps = {}
+    for untrained in (True, False):
+        out = tmp_path / str(untrained)
+        cb = PersonaEvalCallback(evaluate, out, a, max_kl=budget, untrained_start=untrained)
+        trainer = build_dpo_trainer(
+            models.build_tiny_model(seed=2)[0],
+            tok,
+            pair_dataset(),
+            a,
+            TrainerRun(out / "trl", callbacks=[cb.hooks()]),
+            max_kl=budget,
+        )
+        cb.bind(trainer)
+        trainer.train()
+        hist = read_history(out / "metrics.jsonl")
+        assert hist[0]["step"] == 1 and hist[0]["kl"] > budget
+        steps[untrained] = (trainer.state.global_step, hist[0]["decision"], hist[0]["reason"])
+    assert steps[True][:2] == (2, "continue") and "first eval" in steps[True][2]
+    assert steps[False][:2] == (1, "stop")
+
+
 def _tensorboard_scalars(folder) -> dict[str, list[tuple[int, float]]]:
     """Every scalar in the TensorBoard event files under `folder` (TFRecord framing: length, crc, event, crc)."""
     import struct

@@ -216,6 +216,32 @@ def test_sampled_logprobs_equal_a_second_forward_pass():
 
 
 @pytest.mark.stage
+def test_sampling_for_kl_leaves_the_global_rng_as_it_was():
+    """An eval inside training must not reseed the trainer's randomness (its data order): the KL sampler forks the
+    global RNG, and its own draws still follow its generator."""
+    from personatune.kl import _sample_responses
+    from personatune.models import build_tiny_model, encode_chat
+
+    policy, tok = build_tiny_model(2)
+    plain = [encode_chat(tok, [{"role": "user", "content": "hello there"}], add_generation_prompt=True)]
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+
+    def sample() -> list[list[int]]:
+        with torch.inference_mode():
+            return _sample_responses(
+                policy, tok, plain, max_new_tokens=12, gen=torch.Generator().manual_seed(0), pad=pad
+            )[0]
+
+    torch.manual_seed(123)
+    expected = torch.rand(4)
+    torch.manual_seed(123)
+    first = sample()
+    assert torch.equal(torch.rand(4), expected)  # the global stream goes on as if no eval had run
+    torch.manual_seed(7)
+    assert sample() == first  # the sample depends on the sampler's generator only
+
+
+@pytest.mark.stage
 def test_a_model_that_ignores_the_cache_gets_the_plain_path():
     from personatune.kl import MIN_SHARED_PREFIX, response_logprobs
 

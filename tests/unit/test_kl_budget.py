@@ -106,8 +106,18 @@ def test_drift_kl_falling_towards_the_budget_continues_and_stops_once_it_rises()
     assert decide(h, max_kl=0.1, policy="stop").action == "continue"
     h.append({"step": 30, "kl": 0.15})  # over the budget and no longer falling: stop
     assert decide(h, max_kl=0.1, policy="stop").action == "stop"
-    # the first record over the budget, with nothing earlier to compare, stops as before
+    # the first record over the budget, with nothing earlier to compare, stops as before when training began inside
+    # the budget (a stage-6 round: drifting out of it)...
     assert decide([{"step": 10, "kl": 0.3}], max_kl=0.1, policy="stop").action == "stop"
+    assert decide([{"step": 10, "kl": 0.3}], max_kl=0.1, policy="raise_beta", beta=0.1).action == "raise_beta"
+    # ...and goes on when it began at the untrained baseline without a step-0 eval (stage 5, train.eval_at_start
+    # false): that start is over the budget by construction; the next eval is then compared with this one
+    d = decide([{"step": 10, "kl": 0.3}], max_kl=0.1, policy="stop", untrained_start=True)
+    assert d.action == "continue" and "first eval" in d.reason
+    h2 = [{"step": 10, "kl": 0.3, "kl_stderr": 0.01}, {"step": 20, "kl": 0.4, "kl_stderr": 0.01}]
+    assert decide(h2, max_kl=0.1, policy="stop", untrained_start=True).action == "stop"
+    h2[-1] = {"step": 20, "kl": 0.2, "kl_stderr": 0.01}
+    assert decide(h2, max_kl=0.1, policy="stop", untrained_start=True).action == "continue"
     # a rise within the estimates' noise is not a reason to stop: the main job's stage 5 of 2026-12-01 stopped at
     # step 30 on 0.2554±0.018 -> 0.2629±0.021 (a rise of 0.0075 against a standard error of the difference of 0.028)
     h = [

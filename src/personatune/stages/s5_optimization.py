@@ -254,6 +254,7 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
         out,
         args,
         max_kl=g.max_kl,
+        untrained_start=True,
         echo=log.info,
     )
     trainer = build_trainer(

@@ -32,9 +32,11 @@ class PersonaEvalCallback:
         out_dir: stage folder; writes `metrics.jsonl` and `checkpoints/step-N/`.
         args: the schedule and the controller, from TrainArgs: `eval_every` (optimizer steps between evals; 0 = only
             at the end of training), `eval_every_seconds`, `eval_at_start` (also evaluate and checkpoint at step 0: the
-            starting point, a candidate within any KL budget), `max_train_seconds`, `kl_control` ("stop" or
+            starting point), `max_train_seconds`, `kl_control` ("stop" or
             "raise_beta"), `beta_raise_factor`, `max_beta_raises`.
         max_kl: the KL budget (nats/token) for the controller.
+        untrained_start: training starts at the untrained baseline (stage 5), so the controller lets a first eval over
+            the budget go on when no step-0 eval came before it (`kl_budget.decide`).
         echo: where the one-line eval summaries go.
     """
 
@@ -45,9 +47,11 @@ class PersonaEvalCallback:
         args: TrainArgs,
         *,
         max_kl: float,
+        untrained_start: bool = False,
         echo: Callable[[str], None] = print,
     ) -> None:
         self.evaluate = evaluate
+        self.untrained_start = untrained_start
         self.eval_every_seconds = args.eval_every_seconds
         self._last_eval_train_s = 0.0
         self.max_train_seconds = args.max_train_seconds
@@ -87,8 +91,8 @@ class PersonaEvalCallback:
             def on_train_begin(self, args, state, control, **kwargs):
                 outer.t_begin = time.time()
                 if outer.eval_at_start and outer.evaluate is not None and state.global_step == 0:
-                    # Saved like any other step: when every trained checkpoint exceeds the KL budget, the
-                    # starting point (KL 0) is the one within it, and the stage must not fall back to the last.
+                    # Saved like any other step: the starting point is a candidate too (under drift KL it is over
+                    # the budget, the unprompted baseline against its persona-prompted self).
                     outer.step(0, control)
 
             def on_step_end(self, args, state, control, **kwargs):
@@ -160,6 +164,7 @@ class PersonaEvalCallback:
                     beta=None if beta is None else float(beta),
                     raise_factor=self.beta_raise_factor,
                     max_raises=self.max_beta_raises,
+                    untrained_start=self.untrained_start,
                 )
                 row["decision"], row["reason"] = d.action, d.reason
                 action = {"continue": 0, "stop": 1, "raise_beta": 2}[d.action]
