@@ -1,8 +1,8 @@
 """Stage 4's positives: every trait a chosen answer targets, or only the targets stage 3's scorer found expressed?
 
 Stage 4's detector AUROC for trait t compares held-out chosen answers that target t (label 1) with trait-flipped
-answers for t (label 0). The negative side is labelled by stage 3's scorer: a flip counts only when that scorer
-found it inconsistent with t violated, and on task (`s4_evaluation.flip_took`). The positive side is labelled by
+answers for t (label 0). The negative side is labelled by stage 3's scorer: a flip counts when that scorer found
+it inconsistent (for any reason, not necessarily t violated) and on task (`s4_evaluation.flip_took`). The positive side is labelled by
 the scenario: a chosen answer is `consistent` when its targets' MEAN expression reaches 0.5, so it can leave a
 targeted trait unexpressed in stage 3's own reading, and still count as an expression of that trait — the teacher's
 failure counted against the evaluator, as off-task flips were before `flip_took`.
