@@ -7,13 +7,15 @@ targets, the teacher was asked to contradict t, and the scorer under test decide
 
 `benchmarks/labels/stage4_quickstart_hand.jsonl` holds 372 of those items of the main job (the held-out split of
 the three traits that failed stage 4 in sessions 44-46: optimistic, adventurous, protective), each labelled by
-hand, blind (shuffled, side and scores hidden; rubric in benchmarks/labels/README.md):
+hand, blind (shuffled, side and scores hidden; rubric in benchmarks/labels/README.md), by two labellers
+(`hand`: A, `hand_b`: B, who did not see A's labels):
   "+"  the answer expresses the trait, "-"  it contradicts the trait (shows the persona file's inverse),
   "0"  neither (an in-voice answer that says nothing about the trait).
 
-This prints, per trait: side x hand label; and the AUROC of traits[t] (stage 4's evaluator of the run, and the
-persona-only scorer that stage 3 uses) against stage 3's labels (chosen vs flipped, what stage 4 gates on),
-against the hand labels ("+" vs the rest) and on the items the hand labels call clear ("+" vs "-").
+This prints, per trait: the two labellers' agreement (raw and Cohen's kappa); per labeller, side x hand label and
+the AUROC of traits[t] (stage 4's evaluator of the run, and the persona-only scorer that stage 3 uses) against stage
+3's labels (chosen vs flipped, what stage 4 gates on), against the hand labels ("+" vs the rest) and on the items
+the hand labels call clear ("+" vs "-").
 
 Run: python benchmarks/experiments/s4_hand_labels.py [--run runs/quickstart] [--labels FILE]
 (--run: a finished main job whose stage-3 data the labels were drawn from; items whose text is not in the run's
@@ -37,6 +39,7 @@ from personatune.stages.s4_evaluation import flip_took  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 HAND = "+0-"
+LABELLERS = ("hand", "hand_b")
 
 
 def load_labels(path: Path) -> list[dict]:
@@ -47,9 +50,12 @@ def load_labels(path: Path) -> list[dict]:
             continue
         try:
             it = json.loads(line)
-            assert it["hand"] in HAND and it["side"] in ("chosen", "flipped") and it["text"] and it["trait"]
+            assert all(it[k] in HAND for k in LABELLERS) and it["side"] in ("chosen", "flipped")
+            assert it["text"] and it["trait"]
         except (ValueError, KeyError, AssertionError, TypeError):
-            print(f"{path}:{n}: skipped (needs JSON with text, trait, side chosen|flipped, hand one of + 0 -)")
+            print(
+                f"{path}:{n}: skipped (needs JSON with text, trait, side chosen|flipped, hand and hand_b one of + 0 -)"
+            )
             continue
         items.append(it)
     return items
@@ -77,29 +83,47 @@ def main() -> None:
     spec, items = in_split(args.run, load_labels(args.labels))
     traits = sorted({it["trait"] for it in items}, key=spec.trait_ids.index)
 
-    print("\nside x hand label (+ expresses the trait, 0 neither, - contradicts it)")
+    print("\nagreement of the two labellers (A: hand, B: hand_b)")
     for t in traits:
-        c = collections.Counter((it["side"], it["hand"]) for it in items if it["trait"] == t)
-        cells = "   ".join(f"{s}: " + " ".join(f"{h}:{c[(s, h)]:<3d}" for h in HAND) for s in ("chosen", "flipped"))
-        print(f"  {t:12s} {cells}")
-    flips = [it for it in items if it["side"] == "flipped"]
-    n_contra = sum(it["hand"] == "-" for it in flips)
-    print(f"  teacher flips that contradict their trait: {n_contra} of {len(flips)}")
-
+        print(f"  {t:12s} {agreement([it for it in items if it['trait'] == t])}")
     scorers = {
         "stage-4 evaluator": build_scorer(spec, evaluator_dir=args.run / "04_evaluation" / "evaluator"),
         "persona only (stage 3)": build_scorer(spec),
     }
-    print("\nAUROC of traits[t]: stage-3 labels (chosen vs flipped) | hand: + vs rest | hand: + vs - (n)")
-    for name, scorer in scorers.items():
-        recs = scorer.score([it["text"] for it in items])
+    scores = {name: scorer.score([it["text"] for it in items]) for name, scorer in scorers.items()}
+    for key in LABELLERS:
+        report(items, traits, key, scores)
+
+
+def agreement(items: list[dict]) -> str:
+    """Raw agreement and Cohen's kappa of the two labellers over three classes."""
+    n = len(items)
+    po = sum(it["hand"] == it["hand_b"] for it in items) / n
+    a, b = collections.Counter(it["hand"] for it in items), collections.Counter(it["hand_b"] for it in items)
+    pe = sum(a[h] * b[h] for h in HAND) / n / n
+    kappa = (po - pe) / (1 - pe) if pe < 1 else float("nan")
+    return f"agree {po:.3f}, Cohen's kappa {kappa:.3f} (n={n})"
+
+
+def report(items: list[dict], traits: list[str], key: str, scores: dict) -> None:
+    """Side x label and the AUROCs for one labeller's labels."""
+    print(f"\n[{key}] side x hand label (+ expresses the trait, 0 neither, - contradicts it)")
+    for t in traits:
+        c = collections.Counter((it["side"], it[key]) for it in items if it["trait"] == t)
+        cells = "   ".join(f"{s}: " + " ".join(f"{h}:{c[(s, h)]:<3d}" for h in HAND) for s in ("chosen", "flipped"))
+        print(f"  {t:12s} {cells}")
+    flips = [it for it in items if it["side"] == "flipped"]
+    n_contra = sum(it[key] == "-" for it in flips)
+    print(f"  teacher flips that contradict their trait: {n_contra} of {len(flips)}")
+    print(f"[{key}] AUROC of traits[t]: stage-3 labels (chosen vs flipped) | hand: + vs rest | hand: + vs - (n)")
+    for name, recs in scores.items():
         for t in traits:
             rows = [(r.traits[t], it) for r, it in zip(recs, items) if it["trait"] == t]
             s = [x for x, _ in rows]
             side = auroc(s, [int(it["side"] == "chosen") for _, it in rows])
-            hand = auroc(s, [int(it["hand"] == "+") for _, it in rows])
-            clear = [(x, it) for x, it in rows if it["hand"] in "+-"]
-            pm = auroc([x for x, _ in clear], [int(it["hand"] == "+") for _, it in clear])
+            hand = auroc(s, [int(it[key] == "+") for _, it in rows])
+            clear = [(x, it) for x, it in rows if it[key] in "+-"]
+            pm = auroc([x for x, _ in clear], [int(it[key] == "+") for _, it in clear])
             print(f"  {name:22s} {t:12s} {fmt(side)} | {fmt(hand)} | {fmt(pm)} ({len(clear)})")
 
 
