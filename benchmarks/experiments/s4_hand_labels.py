@@ -50,9 +50,11 @@ def load_labels(path: Path) -> list[dict]:
             continue
         try:
             it = json.loads(line)
-            assert all(it[k] in HAND for k in LABELLERS) and it["side"] in ("chosen", "flipped")
-            assert it["text"] and it["trait"]
-        except (ValueError, KeyError, AssertionError, TypeError):
+            ok = all(it[k] in HAND for k in LABELLERS) and it["side"] in ("chosen", "flipped")
+            ok = ok and bool(it["text"]) and bool(it["trait"])
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
             print(
                 f"{path}:{n}: skipped (needs JSON with text, trait, side chosen|flipped, hand and hand_b one of + 0 -)"
             )
