@@ -358,8 +358,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
                         "raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy"
                     )
                 steps.append(
-                    f"read {t}'s hardest answers in 04_evaluation/detector_errors.md (flips that did not take, or detector errors), then "
-                    f"give {t} sharper positive/negative exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai with a stronger model)"
+                    f"read {t}'s hardest answers in 04_evaluation/detector_errors.md: flips that say nothing about {t} mean the teacher cannot write its contradiction (use a stronger data.teacher, e.g. backend=openai; "
+                    f"docs/benchmarks.md measured this for SmolLM2-135M); detector errors: give {t} sharper exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai)"
                 )
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
