@@ -8,7 +8,13 @@ import pytest
 
 from personatune.consistency_pairs import ON_TASK_LINE
 from personatune.persona import load_persona
-from personatune.stages.s4_evaluation import auroc_examples, detector_errors, flip_took, with_flip_on_task
+from personatune.stages.s4_evaluation import (
+    auroc_advice,
+    auroc_examples,
+    detector_errors,
+    flip_took,
+    with_flip_on_task,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,6 +47,20 @@ def test_lists_the_lowest_chosen_and_highest_flipped_answers_per_trait():
     calm = section(md, "calm")
     assert calm.startswith(" AUROC not measured (1 chosen, 0 trait-flipped)")
     assert "0.700 calm chosen" in calm and "- (none)" in calm.split("trait-flipped, highest first:")[1]
+
+
+def test_a_failed_auroc_names_the_teacher_for_silent_flips_and_a_judge_for_detector_errors():
+    # A hand check found the 135M teacher's flips mostly silent on the trait (docs/benchmarks.md, "Who writes a
+    # flip"), so the diagnosis names both fixes, by trait, with the figure it failed on.
+    why, fixes = auroc_advice("brave", {"auroc": 0.873, "n_pos": 55, "n_neg": 67, "ci": (0.80, 0.94)})
+    assert why == ["trait brave: detector AUROC 0.873 on 55+67 held-out responses, 95% CI 0.80-0.94"]
+    assert len(fixes) == 1 and "nothing about brave" in fixes[0]
+    assert "data.teacher" in fixes[0] and "scorer.judge.backend" in fixes[0]
+    # Few responses per side: the noise comes first; no held-out contrast at all: only more prompts help.
+    assert "fewer than 10" in auroc_advice("brave", {"auroc": 0.7, "n_pos": 9, "n_neg": 30})[1][0]
+    why, fixes = auroc_advice("calm", {"auroc": None, "n_pos": 3, "n_neg": 0})
+    assert "no held-out examples of both classes (3 expressed, 0 trait-flipped)" in why[0]
+    assert fixes == ["raise data.heldout_fraction or the number of prompts so every trait has held-out contrast"]
 
 
 def test_long_answers_are_cut():

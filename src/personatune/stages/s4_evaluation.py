@@ -39,6 +39,25 @@ from personatune.stage3_rows import SFT_NEEDS, STAGE3_FIX, read_stage3
 STAGE = "04_evaluation"
 
 
+def auroc_advice(t: str, a: dict) -> tuple[list[str], list[str]]:
+    """The diagnosis and the fixes for trait t's failed held-out AUROC `a` (auroc, n_pos, n_neg, ci)."""
+    if a["auroc"] is None:
+        why = f"trait {t}: no held-out examples of both classes ({a['n_pos']} expressed, {a['n_neg']} trait-flipped)"
+        return [why], ["raise data.heldout_fraction or the number of prompts so every trait has held-out contrast"]
+    ci = f", 95% CI {a['ci'][0]:.2f}-{a['ci'][1]:.2f}" if a.get("ci") else ""
+    steps = []
+    if min(a["n_pos"], a["n_neg"]) < 10:  # one swapped pair moves AUROC by 1/(n_pos*n_neg): mostly noise
+        steps.append(
+            "raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy"
+        )
+    steps.append(
+        f"read {t}'s hardest answers in 04_evaluation/detector_errors.md: flips that say nothing about {t} mean the teacher "
+        "cannot write its contradiction (use a stronger data.teacher, e.g. backend=openai; docs/benchmarks.md measured this "
+        f"for SmolLM2-135M); detector errors: give {t} sharper exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai)"
+    )
+    return [f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses{ci}"], steps
+
+
 def flip_took(pair: dict) -> bool:
     """Whether a stage-3 pair's rejected answer is an example of its flipped trait being violated: a trait-flipped
     answer the stage-3 scorer found inconsistent (the flip took) AND on task (`rejected_on_task` >= ON_TASK_LINE,
@@ -338,29 +357,8 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             if r.meets_threshold():
                 continue
         if r.metric.startswith("auroc["):
-            t = r.metric[6:-1]
-            a = aucs[t]
-            if a["auroc"] is None:
-                diagnosis.append(
-                    f"trait {t}: no held-out examples of both classes ({a['n_pos']} expressed, {a['n_neg']} trait-flipped)"
-                )
-                steps.append(
-                    "raise data.heldout_fraction or the number of prompts so every trait has held-out contrast"
-                )
-            else:
-                ci = f", 95% CI {a['ci'][0]:.2f}-{a['ci'][1]:.2f}" if a.get("ci") else ""
-                diagnosis.append(
-                    f"trait {t}: detector AUROC {a['auroc']:.3f} on {a['n_pos']}+{a['n_neg']} held-out responses{ci}"
-                )
-                if min(a["n_pos"], a["n_neg"]) < 10:
-                    # One swapped pair moves AUROC by 1/(n_pos*n_neg): with a handful per side the value is mostly noise.
-                    steps.append(
-                        "raise data.max_prompts or data.heldout_fraction: with fewer than 10 held-out responses per side the AUROC is noisy"
-                    )
-                steps.append(
-                    f"read {t}'s hardest answers in 04_evaluation/detector_errors.md: flips that say nothing about {t} mean the teacher cannot write its contradiction (use a stronger data.teacher, e.g. backend=openai; "
-                    f"docs/benchmarks.md measured this for SmolLM2-135M); detector errors: give {t} sharper exemplars or an explicit `inverse`, or add a judge (scorer.judge.backend=openai)"
-                )
+            more = auroc_advice(r.metric[6:-1], aucs[r.metric[6:-1]])
+            diagnosis, steps = diagnosis + more[0], steps + more[1]
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
             steps.append(f"add persona example interactions in context {r.metric[10:-1]}, or raise data.best_of")
