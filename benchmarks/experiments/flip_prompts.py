@@ -38,21 +38,24 @@ import collections
 import json
 import random
 import re
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from personatune.consistency_pairs import ON_TASK_LINE
-from personatune.generation.hf import HFBackend
-from personatune.models import load_model_and_tokenizer
-from personatune.persona import load_persona
-from personatune.persona_prompt import persona_conversation
-from personatune.scoring.factory import build_scorer
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from s4_hand_labels import HAND, kappa  # noqa: E402
+
+from personatune.consistency_pairs import ON_TASK_LINE  # noqa: E402
+from personatune.generation.hf import HFBackend  # noqa: E402
+from personatune.models import load_model_and_tokenizer  # noqa: E402
+from personatune.persona import load_persona  # noqa: E402
+from personatune.persona_prompt import persona_conversation  # noqa: E402
+from personatune.scoring.factory import build_scorer  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAITS = ("optimistic", "adventurous", "protective")
-HAND = "+0-"
 KEYS = {"A": "hand", "B": "hand_b", "C": "hand_c"}  # labeller -> field
 PERSONA = ROOT / "examples" / "personas" / "captain_nova.yaml"
 GEMMA_TEMPLATE = (
@@ -188,11 +191,17 @@ def read_labels(path: Path) -> dict[str, str]:
 
 def pack(args: argparse.Namespace) -> None:
     """The items every labeller labelled, as one JSONL file (labeller X's files OUT/labX_{trait}.txt -> field KEYS[X])."""
+    if not (args.out / "items.jsonl").is_file():
+        raise SystemExit(f"--out {args.out}: no items.jsonl; draw the items with `generate --out {args.out}` first")
     items = [json.loads(line) for line in (args.out / "items.jsonl").open()]
     labs = {}
     for who, key in KEYS.items():
         if all((args.out / f"lab{who}_{t}.txt").exists() for t in TRAITS):
             labs[key] = {i: h for t in TRAITS for i, h in read_labels(args.out / f"lab{who}_{t}.txt").items()}
+    if not labs:
+        raise SystemExit(
+            f"--out {args.out}: no labeller has all three lab{{A,B,C}}_{{trait}}.txt files; label the blind files first"
+        )
     rows = [
         {**it, **{k: lab[it["id"]] for k, lab in labs.items()}}
         for it in items
@@ -214,15 +223,6 @@ def copies(text: str, spec, trait: str) -> bool:
     return bool(ngrams(text) & set().union(*(ngrams(x) for x in [tr.inverse or "", *tr.negative])))
 
 
-def kappa(x: list[str], y: list[str]) -> tuple[float, float]:
-    """Raw agreement and Cohen's kappa over the three classes."""
-    n = len(x)
-    po = sum(p == q for p, q in zip(x, y)) / n
-    cx, cy = collections.Counter(x), collections.Counter(y)
-    pe = sum(cx[h] * cy[h] for h in HAND) / n / n
-    return po, (po - pe) / (1 - pe) if pe < 1 else float("nan")
-
-
 def load_items(path: Path) -> tuple[list[dict], list[str]]:
     """The labelled items and the label fields every item has; a bad line is reported by number and skipped."""
     items = []
@@ -230,7 +230,8 @@ def load_items(path: Path) -> tuple[list[dict], list[str]]:
         try:
             it = json.loads(line)
             have = [k for k in KEYS.values() if k in it]
-            ok = it["trait"] in TRAITS and bool(it["text"]) and bool(have) and all(it[k] in HAND for k in have)
+            ok = it["trait"] in TRAITS and bool(it["text"]) and bool(it["prompt"]) and bool(it["variant"])
+            ok = ok and bool(have) and all(it[k] in HAND for k in have)
         except (ValueError, KeyError, TypeError):
             ok = False
         if ok:
@@ -247,6 +248,8 @@ def table(args: argparse.Namespace) -> None:
     if not args.labels.is_file():
         raise SystemExit(f"--labels {args.labels}: no such file; write one with `pack` (see --help)")
     items, keys = load_items(args.labels)
+    if not keys:
+        raise SystemExit(f"--labels {args.labels}: no item with a label field that every item has; nothing to table")
     spec = load_persona(PERSONA)
     recs = build_scorer(spec).score([it["text"] for it in items], prompts=[it["prompt"] for it in items])
     for it, r in zip(items, recs):

@@ -97,14 +97,19 @@ def main() -> None:
         report(items, traits, key, scores)
 
 
+def kappa(x: list[str], y: list[str]) -> tuple[float, float]:
+    """Raw agreement and Cohen's kappa of two labellers' labels over the three classes."""
+    n = len(x)
+    po = sum(p == q for p, q in zip(x, y)) / n
+    cx, cy = collections.Counter(x), collections.Counter(y)
+    pe = sum(cx[h] * cy[h] for h in HAND) / n / n
+    return po, (po - pe) / (1 - pe) if pe < 1 else float("nan")
+
+
 def agreement(items: list[dict]) -> str:
-    """Raw agreement and Cohen's kappa of the two labellers over three classes."""
-    n = len(items)
-    po = sum(it["hand"] == it["hand_b"] for it in items) / n
-    a, b = collections.Counter(it["hand"] for it in items), collections.Counter(it["hand_b"] for it in items)
-    pe = sum(a[h] * b[h] for h in HAND) / n / n
-    kappa = (po - pe) / (1 - pe) if pe < 1 else float("nan")
-    return f"agree {po:.3f}, Cohen's kappa {kappa:.3f} (n={n})"
+    """Raw agreement and Cohen's kappa of labellers A and B."""
+    po, k = kappa([it["hand"] for it in items], [it["hand_b"] for it in items])
+    return f"agree {po:.3f}, Cohen's kappa {k:.3f} (n={len(items)})"
 
 
 def report(items: list[dict], traits: list[str], key: str, scores: dict) -> None:

@@ -357,8 +357,9 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
             if r.meets_threshold():
                 continue
         if r.metric.startswith("auroc["):
-            more = auroc_advice(r.metric[6:-1], aucs[r.metric[6:-1]])
-            diagnosis, steps = diagnosis + more[0], steps + more[1]
+            why, fixes = auroc_advice(r.metric[6:-1], aucs[r.metric[6:-1]])
+            diagnosis += why
+            steps += fixes
         elif r.metric.startswith("adherence["):
             diagnosis.append(f"context {r.metric[10:-1]} drifts: adherence {r.value:.3f}")
             steps.append(f"add persona example interactions in context {r.metric[10:-1]}, or raise data.best_of")
