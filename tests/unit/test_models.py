@@ -8,6 +8,7 @@ checkpoint when one exists and skip otherwise.
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -79,6 +80,22 @@ def test_local_folder_resolution(tmp_path, saved_tiny):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="no config.json"):
         models.resolve_model(str(tmp_path / "empty"))
+
+
+@pytest.mark.stage
+def test_models_load_without_hub_kernels(saved_tiny, monkeypatch):
+    # transformers 5 turns on Hub kernels by default; on a CUDA GPU, train() then downloads one (stage 5 failed offline).
+    monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
+    import importlib
+
+    import personatune
+
+    importlib.reload(personatune)  # what importing personatune does in a fresh process
+    model, _ = models.load_model_and_tokenizer(str(saved_tiny), for_training=True)
+    assert model.use_kernels is False
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    importlib.reload(personatune)
+    assert os.environ["USE_HUB_KERNELS"] == "YES"  # a user who asks for them keeps them
 
 
 def test_gguf_file_path_resolves():
