@@ -68,6 +68,19 @@ class GateSpec:
         }[self.direction]
 
 
+def shown(value: float, threshold: float, direction: str) -> str:
+    """`value` to 4 significant digits, or more where 4 would read as the other side of the threshold.
+
+    A style variance of 0.149996 passes `< 0.15`, but "0.15 < 0.15" reads as a failure; it is shown as 0.149996.
+    """
+    spec = GateSpec("", threshold, direction, "")  # type: ignore[arg-type]
+    for digits in (4, 6, 8, 12):
+        text = f"{value:.{digits}g}"
+        if spec.holds(float(text)) == spec.holds(value):
+            return text
+    return repr(value)
+
+
 @dataclass
 class Measurement:
     """A measured value with its sample size and (optional) 95% confidence interval."""
@@ -111,7 +124,7 @@ class GateResult:
 
     def line(self) -> str:
         """One human line: `PASS consistency_rate = 0.912 >= 0.85 (fraction, n=200, 95% CI 0.87-0.94)`."""
-        v = "missing" if self.value is None else f"{self.value:.4g}"
+        v = "missing" if self.value is None else shown(self.value, self.threshold, self.direction)
         extra = [self.unit]
         if self.n is not None:
             extra.append(f"n={self.n}")

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from personatune.gates import GateReport, GateSpec, Measurement, check_gates
+from personatune.gates import GateReport, GateResult, GateSpec, Measurement, check_gates, shown
 
 
 @pytest.mark.parametrize(
@@ -92,3 +92,13 @@ def test_shortfall_names_the_largest_need_per_key():
     assert rep.shortfall() == "90 more samples needed (raise k1) for a, b"
     assert rep.results[0].meets_threshold() and rep.results[0].inconclusive
     assert "INCONCLUSIVE" in rep.summary()
+
+
+def test_a_value_is_never_shown_on_the_wrong_side_of_its_threshold():
+    # 0.149996 passes `< 0.15`; at 4 digits it would read "0.15 < 0.15", a failure.
+    ok = GateResult("style_variance", 0.149996, 0.15, "<", "relative std", passed=True)
+    assert "= 0.149996 < 0.15" in ok.line()
+    bad = GateResult("style_variance", 0.150004, 0.15, "<", "relative std", passed=False)
+    assert "= 0.15 < 0.15" in bad.line()  # 4 digits already read as a failure
+    assert shown(0.8499999, 0.85, ">=") == "0.8499999"
+    assert shown(0.912345, 0.85, ">=") == "0.9123"

@@ -878,3 +878,13 @@ def test_stale_later_stages_do_not_change_the_verdict(tmp_path):
         "(n=129 &lt; 137, raise data.max_prompts); chosen_on_task_rate inconclusive (n=129 &lt; 137, raise data.max_prompts); "
         "stage 5: gate kl 0.1432 &gt; 0.1</div>"
     ) in page
+
+
+def test_gate_table_shows_a_value_on_its_side_of_the_threshold():
+    from personatune.records import GateResultRecord
+    from personatune.report.sections import _value_text
+
+    r = GateResultRecord(metric="style_variance", value=0.149996, threshold=0.15, direction="<", passed=True)
+    assert _value_text(r) == "0.149996"  # 4 digits ("0.15") would read as a failure of < 0.15
+    assert _value_text(GateResultRecord(metric="kl", value=0.08745, threshold=0.1, direction="<=")) == "0.08745"
+    assert _value_text(GateResultRecord(metric="x", value=None, threshold=0.1, direction="<=")) == "—"

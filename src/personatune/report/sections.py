@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from personatune.gates import shown
 from personatune.records import (
     AdherenceFigures,
     BaselinePersona,
@@ -56,6 +57,14 @@ def stage_strip(rd: RunData) -> str:
     return f'<div class="strip">{"".join(parts)}</div>'
 
 
+def _value_text(r: GateResultRecord) -> str:
+    """A gate's value as the CLI line shows it (`gates.shown`: never on the wrong side of its threshold)."""
+    v, t = num(r.value), num(r.threshold)
+    if v is None or t is None or r.direction not in (">=", ">", "<=", "<"):
+        return fmt(r.value)
+    return shown(v, t, r.direction)
+
+
 def _gate_table(results: list[GateResultRecord]) -> str:
     """One row per gate result: value against threshold, unit, n, interval, PASS / FAIL / INCONCLUSIVE, and what it measures."""
     rows = []
@@ -69,7 +78,7 @@ def _gate_table(results: list[GateResultRecord]) -> str:
                 state,
                 [
                     esc(r.metric),
-                    f'<td class="num">{esc(fmt(r.value))}</td>',
+                    f'<td class="num">{esc(_value_text(r))}</td>',
                     f'<td class="num">{esc(thr)}</td>',
                     esc(r.unit),
                     f'<td class="num">{esc(fmt(r.n))}</td>',
