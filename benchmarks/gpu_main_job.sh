@@ -7,7 +7,7 @@
 #   PYTHON=python3 bash benchmarks/gpu_main_job.sh  # any Python that imports personatune (PYTHONPATH=src, say)
 #
 # Extra arguments go to both `personatune run` calls (e.g. `data.teacher.batch_size=128`).
-# Env: RUN_LIMIT (seconds, default 3000) caps the two runs together; GPU memory is sampled once a second
+# Env: RUN_LIMIT (seconds, default 3000) caps the two runs together; GPU memory and utilisation are sampled once a second
 # into $OUT/gpu_smi.csv (or runs/gpu_smi.csv) while they run.
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,13 +43,18 @@ start, mid, end = (float(x) for x in sys.argv[1:4])
 print(f"main job as scripts/main.sh runs it: {mid - start:.1f} s (exit {sys.argv[4]})")
 print(f"resumed with --keep-going (the stages not done yet): {end - mid:.1f} s (exit {sys.argv[5]})")
 print(f"both: {end - start:.1f} s")
-stages = json.load(open(sys.argv[6]))["stages"]
+try:
+    stages = json.load(open(sys.argv[6]))["stages"]
+except (OSError, ValueError, KeyError):
+    sys.exit(f"gpu_main_job: no stage times: {sys.argv[6]} is missing or unreadable (the run did not start; see above)")
 print("| stage | status | seconds |\n|---|---|---|")
 for name, s in stages.items():
     print(f"| {name} | {s.get('status')} | {s.get('seconds')} |")
 try:
-    used = [int(r[1].split()[0]) for r in csv.reader(open(sys.argv[7])) if r and r[1].strip()[0].isdigit()]
-    print(f"GPU memory used, peak of 1 s samples: {max(used)} MiB")
-except (OSError, ValueError, IndexError):
+    rows = [r for r in csv.reader(open(sys.argv[7])) if len(r) > 1 and r[1].strip()[:1].isdigit()]
+    print(f"GPU memory used, peak of 1 s samples: {max(int(r[1].split()[0]) for r in rows)} MiB")
+    busy = [int(r[2].split()[0]) for r in rows if len(r) > 2]
+    print(f"GPU utilisation, mean of {len(busy)} 1 s samples: {sum(busy) / len(busy):.1f} %")
+except (OSError, ValueError):
     print("GPU memory: no samples")
 EOF

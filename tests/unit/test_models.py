@@ -7,6 +7,7 @@ checkpoint when one exists and skip otherwise.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -14,6 +15,7 @@ import sys
 import pytest
 import torch
 
+import personatune
 from personatune import model_cache, models
 from personatune.errors import ConfigError, ModelNotFoundError, RunDirError
 
@@ -86,10 +88,6 @@ def test_local_folder_resolution(tmp_path, saved_tiny):
 def test_models_load_without_hub_kernels(saved_tiny, monkeypatch):
     # transformers 5 turns on Hub kernels by default; on a CUDA GPU, train() then downloads one (stage 5 failed offline).
     monkeypatch.delenv("USE_HUB_KERNELS", raising=False)
-    import importlib
-
-    import personatune
-
     importlib.reload(personatune)  # what importing personatune does in a fresh process
     model, _ = models.load_model_and_tokenizer(str(saved_tiny), for_training=True)
     assert model.use_kernels is False

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from personatune.errors import RunDirError
+from personatune.records import GateResultRecord
 from personatune.report import build_report, render_report
 from personatune.report.charts import bar_chart, line_chart, nice_ticks
+from personatune.report.sections import _value_text
 
 XSS = '<script>alert("pwned")</script>'
 TRAITS = ("warmth", "curiosity", "precision")
@@ -881,9 +883,6 @@ def test_stale_later_stages_do_not_change_the_verdict(tmp_path):
 
 
 def test_gate_table_shows_a_value_on_its_side_of_the_threshold():
-    from personatune.records import GateResultRecord
-    from personatune.report.sections import _value_text
-
     r = GateResultRecord(metric="style_variance", value=0.149996, threshold=0.15, direction="<", passed=True)
     assert _value_text(r) == "0.149996"  # 4 digits ("0.15") would read as a failure of < 0.15
     assert _value_text(GateResultRecord(metric="kl", value=0.08745, threshold=0.1, direction="<=")) == "0.08745"
