@@ -11,6 +11,7 @@ import textwrap
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from personatune.errors import ConfigError
 from personatune.gates import Measurement
@@ -352,18 +353,27 @@ def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
     assert (tmp_path / "checkpoints/step-4/adapter_model.safetensors").exists()
 
 
-@pytest.mark.slow
-def test_two_process_deepspeed_zero2_dpo_on_cpu(tmp_path, repo_root):
-    """The shipped configs/accelerate/deepspeed_zero2.yaml, cut to 2 CPU processes (DeepSpeed's CPU accelerator over
-    gloo), trains the tiny model with DPO: a ZeRO-2 engine, the persona eval callback and adapter checkpoints.
-    Needs `pip install deepspeed` (not a personatune dependency); skipped without it."""
+def deepspeed_cpu_config(repo_root, zero, folder):
+    """The shipped configs/accelerate/deepspeed_zero{2,3}.yaml cut to 2 CPU processes (run with DS_ACCELERATOR=cpu:
+    DeepSpeed's CPU accelerator over gloo). Skips the test without deepspeed (not a personatune dependency)."""
     pytest.importorskip("deepspeed")
-    shipped = (repo_root / "configs/accelerate/deepspeed_zero2.yaml").read_text()
+    shipped = (repo_root / f"configs/accelerate/deepspeed_zero{zero}.yaml").read_text()
     cpu = shipped.replace("num_processes: 8", "num_processes: 2").replace("use_cpu: false", "use_cpu: true")
     cpu = cpu.replace("mixed_precision: bf16", 'mixed_precision: "no"')
     assert cpu.count("num_processes: 2") == 1 and "use_cpu: true" in cpu  # the shipped file still has these keys
-    (tmp_path / "zero2_cpu.yaml").write_text(cpu)
-    script = tmp_path / "zero2_dpo.py"
+    path = folder / f"zero{zero}_cpu.yaml"
+    path.write_text(cpu)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_two_process_deepspeed_dpo_on_cpu(tmp_path, repo_root, zero):
+    """The shipped configs/accelerate/deepspeed_zero{2,3}.yaml, cut to 2 CPU processes (DeepSpeed's CPU accelerator over
+    gloo), train the tiny model with DPO: a ZeRO engine, the persona eval callback and adapter checkpoints.
+    Needs `pip install deepspeed` (not a personatune dependency); skipped without it."""
+    config = deepspeed_cpu_config(repo_root, zero, tmp_path)
+    script = tmp_path / "zero_dpo.py"
     script.write_text(
         textwrap.dedent(f"""
         import json, torch
@@ -381,13 +391,50 @@ def test_two_process_deepspeed_zero2_dpo_on_cpu(tmp_path, repo_root):
                                          "zero": tr.accelerator.state.deepspeed_plugin.zero_stage, "steps": tr.state.global_step}}))
     """)
     )
-    rc, out, err = launch_two_cpu(
-        script, [], repo_root, timeout=600, config=tmp_path / "zero2_cpu.yaml", env={"DS_ACCELERATOR": "cpu"}
-    )
+    rc, out, err = launch_two_cpu(script, [], repo_root, timeout=600, config=config, env={"DS_ACCELERATOR": "cpu"})
     assert rc == 0, err[-3000:]
     res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    assert res == {"world": 2, "type": "DEEPSPEED", "zero": 2, "steps": 4}
-    assert (tmp_path / "checkpoints/step-4/adapter_model.safetensors").exists()
+    assert res == {"world": 2, "type": "DEEPSPEED", "zero": zero, "steps": 4}
+    adapters = load_file(tmp_path / "checkpoints/step-4/adapter_model.safetensors")
+    assert adapters and all(t.numel() > 0 for t in adapters.values())  # gathered, not ZeRO-3's empty shards
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("zero", [2, 3])
+def test_stage5_under_deepspeed_on_two_cpu_processes(tmp_path, repo_root, zero):
+    """Stage 5 on the tiny model under the shipped ZeRO-2 / ZeRO-3 config cut to 2 CPU processes: every rank trains, the
+    main one measures (ZeRO-3: each saved checkpoint after training, loaded whole; the trainer's model is a shard there),
+    gates and saves a whole model once. Under ZeRO-3 the main rank's deferred evals first failed (a shard cannot merge)
+    and then hung (transformers loaded the whole copy partitioned, a collective call)."""
+    config = deepspeed_cpu_config(repo_root, zero, tmp_path)
+    rd = tiny_run_through_stage3(
+        tmp_path / "run", pair_dataset().to_list(), heldout_rows([m[0]["content"] for m in HELD * 2])
+    )
+    script = tmp_path / "stage5.py"
+    script.write_text(
+        textwrap.dedent(f"""
+        import json, os
+        from personatune.rundir import RunDir
+        from personatune.stages import s5_optimization
+        from tests.helpers import persona_config
+        from tests.stages.test_training import STAGE5_TINY
+        cfg = persona_config("model.name=tiny", "data.teacher.max_new_tokens=8", "eval.min_per_context=2",
+                             "data.few_shot=false", *[f"train.{{k}}={{v}}" for k, v in STAGE5_TINY.items()])
+        res = s5_optimization.run(cfg, RunDir({str(rd.root)!r}))
+        print("RESULT", json.dumps({{"rank": int(os.environ["RANK"]), "gates": len(res.gate.results)}}))
+    """)
+    )
+    rc, out, err = launch_two_cpu(script, [], repo_root, timeout=900, config=config, env={"DS_ACCELERATOR": "cpu"})
+    assert rc == 0, err[-3000:]
+    ranks = sorted(json.loads(line[7:])["rank"] for line in out.splitlines() if line.startswith("RESULT"))
+    assert ranks == [0, 1]
+    out5 = rd.root / "05_optimization"
+    m = json.loads((out5 / "metrics.json").read_text())
+    assert [r["step"] for r in m["history"]] == [0, 2, 4] and all(r["kl"] is not None for r in m["history"])
+    assert (out5 / "metrics_deferred.jsonl").exists() == (zero == 3)
+    model, _ = models.load_model_and_tokenizer(str(out5 / "model"))
+    tiny, _ = models.build_tiny_model(seed=0)
+    assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in tiny.parameters())  # whole, not a shard
 
 
 def test_stage5_run_selects_checkpoint_within_budget_and_writes_gate(tmp_path):

@@ -27,8 +27,10 @@ Multi-process (accelerate launch / torchrun): every rank trains; the main rank d
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -279,17 +281,21 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     model_u = acc.unwrap_model(trainer.model)
     reference = training.reference_of(trainer)
     history = cb.history
-    if cb.sharded:  # deferred evals: measure each saved checkpoint now
-        for row in history:
-            if row.get("checkpoint"):
-                load_checkpoint(trainer, out / row["checkpoint"], args.peft)
-                row.update(training.evaluate_policy(model_u, reference, tok, small, scorer, settings).summary())
-        training.append_jsonl(out / "metrics_deferred.jsonl", {"records": history})
-    sel = select_in_budget(history, g)
-    if sel.record is not None:
-        load_checkpoint(trainer, out / sel.record["checkpoint"], args.peft)
-    ev = training.evaluate_policy(model_u, reference, tok, full, scorer, settings)
-    base_on_task, base_source = baseline_on_task(config, run_dir, scorer, inp.held_rows)
+    with _on_this_rank_alone(cb.sharded):
+        if cb.sharded:  # deferred evals: each saved checkpoint now, whole on this rank (the trainer's model is a shard)
+            for row in history:
+                if row.get("checkpoint"):
+                    model_u, reference = _whole_checkpoint(config, inp.baseline, out / row["checkpoint"], args.peft)
+                    row.update(training.evaluate_policy(model_u, reference, tok, small, scorer, settings).summary())
+            training.append_jsonl(out / "metrics_deferred.jsonl", {"records": history})
+        sel = select_in_budget(history, g)
+        if sel.record is not None and cb.sharded:
+            model_u, reference = _whole_checkpoint(config, inp.baseline, out / sel.record["checkpoint"], args.peft)
+        elif sel.record is not None:
+            load_checkpoint(trainer, out / sel.record["checkpoint"], args.peft)
+        # (sharded, nothing selected: model_u is the last checkpoint, the trained state: the callback saves it at the end)
+        ev = training.evaluate_policy(model_u, reference, tok, full, scorer, settings)
+        base_on_task, base_source = baseline_on_task(config, run_dir, scorer, inp.held_rows)
     gate = optimization_gate(config, ev, sel, history, baseline_on_task=base_on_task)
     retention = next(r for r in gate.results if r.metric == "on_task_retention")
     summary = {
@@ -387,3 +393,41 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     if acc.num_processes > 1:
         acc.wait_for_everyone()
     return result
+
+
+def _whole_checkpoint(config: RunConfig, baseline: str, ckpt: Path, peft: str) -> tuple[Any, Any]:
+    """(policy, reference) of a checkpoint saved by a sharded run (ZeRO-3, FSDP), whole on this rank.
+
+    There each rank holds a shard of the trainer's model, which cannot sample or merge alone (ZeRO-3 failed here on
+    SmolLM2: "size of tensor a (0) must match ... (576)"), while checkpoints are saved gathered. LoRA: the baseline with
+    the checkpoint's adapters, its reference the same model with them off, as in an unsharded run. Full fine-tuning: the
+    checkpoint, and the baseline as reference.
+    """
+    from personatune import models, training
+
+    if peft == "lora":
+        from peft import PeftModel
+
+        base, _ = models.load_configured_model(baseline, config.model)
+        policy = PeftModel.from_pretrained(base, str(ckpt))
+        return policy, training.AdapterDisabledReference(policy)
+    policy, _ = models.load_configured_model(str(ckpt), config.model)
+    return policy, models.load_configured_model(baseline, config.model)[0]
+
+
+@contextlib.contextmanager
+def _on_this_rank_alone(sharded: bool) -> Iterator[None]:
+    """Measure on the main rank alone while the others wait: under ZeRO-3, transformers otherwise loads every model
+    partitioned across the ranks (zero.Init) and `generate` syncs every token with them (synced_gpus), two collective
+    calls that hung here with one rank calling. The launch's DeepSpeed config is set aside meanwhile."""
+    if not sharded:
+        yield
+        return
+    import transformers.integrations.deepspeed as hf_deepspeed
+
+    launch_config = hf_deepspeed._hf_deepspeed_config_weak_ref
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        hf_deepspeed._hf_deepspeed_config_weak_ref = launch_config
