@@ -325,34 +325,6 @@ def test_report_to_tensorboard_receives_the_persona_metrics(tmp_path):
     assert [s for s, _ in scalars["train/loss"]] == [1, 2]
 
 
-@pytest.mark.slow
-def test_two_process_cpu_gloo_dpo(tmp_path, repo_root):
-    """accelerate launch with configs/accelerate/cpu_2proc.yaml: 2 CPU processes (gloo) train the tiny model with DPO."""
-    script = tmp_path / "ddp_dpo.py"
-    script.write_text(
-        textwrap.dedent(f"""
-        import json, sys, torch, datasets
-        from tests.stages.test_training import pair_dataset, args
-        from personatune import models
-        from personatune.training import PersonaEvalCallback, TrainerRun, build_dpo_trainer
-        model, tok = models.build_tiny_model(seed=0)
-        a = args(max_steps=4, per_device_batch_size=2, eval_every=2)
-        cb = PersonaEvalCallback(None, {str(tmp_path)!r}, a, max_kl=0.1)
-        tr = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun({str(tmp_path / "trl")!r}, callbacks=[cb.hooks()]), max_kl=0.1)
-        cb.bind(tr)
-        tr.train()
-        if tr.accelerator.is_main_process:
-            print("RESULT", json.dumps({{"world": tr.accelerator.num_processes, "backend": str(torch.distributed.get_backend()),
-                                         "steps": tr.state.global_step}}))
-    """)
-    )
-    rc, out, err = launch_two_cpu(script, [], repo_root)
-    assert rc == 0, err[-3000:]
-    res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    assert res == {"world": 2, "backend": "gloo", "steps": 4}
-    assert (tmp_path / "checkpoints/step-4/adapter_model.safetensors").exists()
-
-
 def deepspeed_cpu_config(repo_root, zero, folder):
     """The shipped configs/accelerate/deepspeed_zero{2,3}.yaml cut to 2 CPU processes (run with DS_ACCELERATOR=cpu:
     DeepSpeed's CPU accelerator over gloo). Skips the test without deepspeed (not a personatune dependency)."""
@@ -367,13 +339,14 @@ def deepspeed_cpu_config(repo_root, zero, folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("zero", [2, 3])
-def test_two_process_deepspeed_dpo_on_cpu(tmp_path, repo_root, zero):
-    """The shipped configs/accelerate/deepspeed_zero{2,3}.yaml, cut to 2 CPU processes (DeepSpeed's CPU accelerator over
-    gloo), train the tiny model with DPO: a ZeRO engine, the persona eval callback and adapter checkpoints.
-    Needs `pip install deepspeed` (not a personatune dependency); skipped without it."""
-    config = deepspeed_cpu_config(repo_root, zero, tmp_path)
-    script = tmp_path / "zero_dpo.py"
+@pytest.mark.parametrize("launch", ["ddp", "zero2", "zero3"])
+def test_two_process_cpu_dpo(tmp_path, repo_root, launch):
+    """accelerate launch with 2 CPU processes trains the tiny model with DPO: configs/accelerate/cpu_2proc.yaml (DDP over
+    gloo), or the shipped deepspeed_zero{2,3}.yaml cut to the CPU (a ZeRO engine; skipped without deepspeed). The eval
+    callback runs and the adapter checkpoints are whole (ZeRO-3 gathers them)."""
+    zero = None if launch == "ddp" else int(launch[-1])
+    config = None if zero is None else deepspeed_cpu_config(repo_root, zero, tmp_path)
+    script = tmp_path / "dpo.py"
     script.write_text(
         textwrap.dedent(f"""
         import json, torch
@@ -386,15 +359,20 @@ def test_two_process_deepspeed_dpo_on_cpu(tmp_path, repo_root, zero):
         tr = build_dpo_trainer(model, tok, pair_dataset(), a, TrainerRun({str(tmp_path / "trl")!r}, callbacks=[cb.hooks()]), max_kl=0.1)
         cb.bind(tr)
         tr.train()
-        if tr.accelerator.is_main_process:
-            print("RESULT", json.dumps({{"world": tr.accelerator.num_processes, "type": tr.accelerator.distributed_type.value,
-                                         "zero": tr.accelerator.state.deepspeed_plugin.zero_stage, "steps": tr.state.global_step}}))
+        acc = tr.accelerator
+        if acc.is_main_process:
+            ds = acc.state.deepspeed_plugin
+            print("RESULT", json.dumps({{"world": acc.num_processes, "backend": str(torch.distributed.get_backend()),
+                                         "type": acc.distributed_type.value, "zero": ds.zero_stage if ds else None,
+                                         "steps": tr.state.global_step}}))
     """)
     )
-    rc, out, err = launch_two_cpu(script, [], repo_root, timeout=600, config=config, env={"DS_ACCELERATOR": "cpu"})
+    env = None if zero is None else {"DS_ACCELERATOR": "cpu"}
+    rc, out, err = launch_two_cpu(script, [], repo_root, timeout=600, config=config, env=env)
     assert rc == 0, err[-3000:]
     res = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT"))[7:])
-    assert res == {"world": 2, "type": "DEEPSPEED", "zero": zero, "steps": 4}
+    kind = "MULTI_CPU" if zero is None else "DEEPSPEED"
+    assert res == {"world": 2, "backend": "gloo", "type": kind, "zero": zero, "steps": 4}
     adapters = load_file(tmp_path / "checkpoints/step-4/adapter_model.safetensors")
     assert adapters and all(t.numel() > 0 for t in adapters.values())  # gathered, not ZeRO-3's empty shards
 
