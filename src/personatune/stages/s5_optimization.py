@@ -22,7 +22,9 @@
    measurement of that same model: it reads it instead of measuring again).
 
 Multi-process (accelerate launch / torchrun): every rank trains; the main rank does steps 3-4 and writes
-`result.json`, the others wait at a barrier and return the same result. Outputs: model, metrics, card, final_eval.
+`result.json`, the others wait at a barrier and return the same result. Under ZeRO-3 (parameters sharded) the main
+rank evaluates the saved checkpoints after training, as whole copies (`_whole_checkpoint`, `_on_this_rank_alone`).
+Outputs: model, metrics, card, final_eval.
 """
 
 from __future__ import annotations
