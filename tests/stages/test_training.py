@@ -339,7 +339,7 @@ def deepspeed_cpu_config(repo_root, zero, folder):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch", ["ddp", "zero2", "zero3"])
+@pytest.mark.parametrize("launch", ["ddp", "deepspeed_zero2", "deepspeed_zero3"])
 def test_two_process_cpu_dpo(tmp_path, repo_root, launch):
     """accelerate launch with 2 CPU processes trains the tiny model with DPO: configs/accelerate/cpu_2proc.yaml (DDP over
     gloo), or the shipped deepspeed_zero{2,3}.yaml cut to the CPU (a ZeRO engine; skipped without deepspeed). The eval
