@@ -25,15 +25,11 @@ nvidia-smi --query-gpu=timestamp,memory.used,utilization.gpu --format=csv -l 1 >
 SMI=$!
 trap 'kill $SMI 2>/dev/null' EXIT
 start=$(date +%s.%N)
+SECONDS=0
 timeout "$LIMIT" "$PY" -m personatune run examples/quickstart.yaml model.device=cuda "$@"
 rc1=$?
 mid=$(date +%s.%N)
-left=$(
-  "$PY" - "$start" "$mid" "$LIMIT" <<'EOF'
-import sys
-print(max(1, int(float(sys.argv[3]) - (float(sys.argv[2]) - float(sys.argv[1])))))
-EOF
-)
+left=$((LIMIT - SECONDS > 1 ? LIMIT - SECONDS : 1))
 timeout "$left" "$PY" -m personatune run examples/quickstart.yaml model.device=cuda --keep-going "$@"
 rc2=$?
 end=$(date +%s.%N)

@@ -239,17 +239,17 @@ def select_in_budget(history: list[dict[str, Any]], g: OptimGateArgs) -> Selecti
     )
 
 
-def load_checkpoint(trainer: Any, ckpt: Path, peft: str) -> None:
-    """Put the weights of a saved checkpoint into the trainer's model, in place."""
+def load_checkpoint(model: Any, ckpt: Path, peft: str) -> None:
+    """Put the weights of a saved checkpoint into `model` (a trainer's, or a whole copy of it), in place."""
     from safetensors.torch import load_file
 
     if peft == "lora":
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(trainer.model, load_file(str(ckpt / "adapter_model.safetensors")))
+        set_peft_model_state_dict(model, load_file(str(ckpt / "adapter_model.safetensors")))
     else:
         # Tied weights (e.g. lm_head = embeddings) are saved once; strict=False leaves the tie in place.
-        trainer.model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")), strict=False)
 
 
 # --- 5. the gate -------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@
 
 Multi-process (accelerate launch / torchrun): every rank trains; the main rank does steps 3-4 and writes
 `result.json`, the others wait at a barrier and return the same result. Under ZeRO-3 (parameters sharded) the main
-rank evaluates the saved checkpoints after training, as whole copies (`_whole_checkpoint`, `_on_this_rank_alone`).
+rank evaluates the saved checkpoints after training, in a whole copy (`_whole_copy`, `_on_this_rank_alone`).
 Outputs: model, metrics, card, final_eval.
 """
 
@@ -284,18 +284,16 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     reference = training.reference_of(trainer)
     history = cb.history
     with _on_this_rank_alone(cb.sharded):
-        if cb.sharded:  # deferred evals: each saved checkpoint now, whole on this rank (the trainer's model is a shard)
-            for row in history:
-                if row.get("checkpoint"):
-                    model_u, reference = _whole_checkpoint(config, inp.baseline, out / row["checkpoint"], args.peft)
-                    row.update(training.evaluate_policy(model_u, reference, tok, small, scorer, settings).summary())
+        if cb.sharded:  # deferred evals: each saved checkpoint now, in a whole copy (the trainer's model is a shard)
+            saved = [row for row in history if row.get("checkpoint")]  # the last one: the trained state
+            model_u, reference = _whole_copy(config, inp.baseline, out / saved[-1]["checkpoint"], args.peft)
+            for row in saved:
+                load_checkpoint(model_u, out / row["checkpoint"], args.peft)
+                row.update(training.evaluate_policy(model_u, reference, tok, small, scorer, settings).summary())
             training.append_jsonl(out / "metrics_deferred.jsonl", {"records": history})
         sel = select_in_budget(history, g)
-        if sel.record is not None and cb.sharded:
-            model_u, reference = _whole_checkpoint(config, inp.baseline, out / sel.record["checkpoint"], args.peft)
-        elif sel.record is not None:
-            load_checkpoint(trainer, out / sel.record["checkpoint"], args.peft)
-        # (sharded, nothing selected: model_u is the last checkpoint, the trained state: the callback saves it at the end)
+        if sel.record is not None:
+            load_checkpoint(model_u, out / sel.record["checkpoint"], args.peft)
         ev = training.evaluate_policy(model_u, reference, tok, full, scorer, settings)
         base_on_task, base_source = baseline_on_task(config, run_dir, scorer, inp.held_rows)
     gate = optimization_gate(config, ev, sel, history, baseline_on_task=base_on_task)
@@ -397,13 +395,14 @@ def run(config: RunConfig, run_dir: RunDir) -> StageResult:
     return result
 
 
-def _whole_checkpoint(config: RunConfig, baseline: str, ckpt: Path, peft: str) -> tuple[Any, Any]:
-    """(policy, reference) of a checkpoint saved by a sharded run (ZeRO-3, FSDP), whole on this rank.
+def _whole_copy(config: RunConfig, baseline: str, ckpt: Path, peft: str) -> tuple[Any, Any]:
+    """(policy, reference) on this rank, whole, for a sharded run (ZeRO-3, FSDP), loaded once: other checkpoints then go
+    into it with `load_checkpoint`.
 
     There each rank holds a shard of the trainer's model, which cannot sample or merge alone (ZeRO-3 failed here on
     SmolLM2: "size of tensor a (0) must match ... (576)"), while checkpoints are saved gathered. LoRA: the baseline with
-    the checkpoint's adapters, its reference the same model with them off, as in an unsharded run. Full fine-tuning: the
-    checkpoint, and the baseline as reference.
+    `ckpt`'s adapters, its reference the same model with them off, as in an unsharded run. Full fine-tuning: `ckpt`, and
+    the baseline as reference.
     """
     from personatune import models, training
 

@@ -347,7 +347,7 @@ def train_round(setup: RoundSetup, n: int, rdir: Path, start: Path) -> dict[str,
             )
             sel = select_in_budget(cb.history, g) if in_round_evals else None
             if sel is not None and sel.record is not None:
-                load_checkpoint(trainer, rdir / sel.record["checkpoint"], args.peft)
+                load_checkpoint(trainer.model, rdir / sel.record["checkpoint"], args.peft)
             final = acc.unwrap_model(trainer.model)
             if args.peft == "lora":  # the next round trains a fresh LoRA on top, so rounds are saved merged
                 final = final.merge_and_unload()
